@@ -1,0 +1,49 @@
+//! Where moat keeps state (DESIGN.md "Where state lives"): the image store and
+//! MOAT_HOME. One place decides, so no command can write somewhere surprising.
+use std::env;
+use std::path::{Path, PathBuf};
+
+/// `MOAT_HOME`, else `/var/lib/moat` for root, else `$XDG_STATE_HOME/moat`
+/// (default `~/.local/state/moat`).
+pub fn moat_home() -> PathBuf {
+    if let Some(h) = env::var_os("MOAT_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h);
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/moat");
+    }
+    if let Some(x) = env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("moat");
+    }
+    let home = env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".local/state/moat")
+}
+
+/// Content-addressed download and layer caches.
+pub fn cache_dir() -> PathBuf {
+    moat_home().join("cache")
+}
+
+/// `explicit` (`--store`), else `MOAT_STORE`, else the `images/` folder of the
+/// enclosing moat project (nearest parent of the current directory holding
+/// `blueprints/`), else `$MOAT_HOME/images`.
+pub fn store_dir(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    if let Some(s) = env::var_os("MOAT_STORE").filter(|v| !v.is_empty()) {
+        return PathBuf::from(s);
+    }
+    if let Ok(cwd) = env::current_dir() {
+        if let Some(project) = project_root(&cwd) {
+            return project.join("images");
+        }
+    }
+    moat_home().join("images")
+}
+
+/// The nearest ancestor of `start` (inclusive) that holds a `blueprints/` directory.
+pub fn project_root(start: &Path) -> Option<PathBuf> {
+    start.ancestors().find(|p| p.join("blueprints").is_dir()).map(Path::to_path_buf)
+}

@@ -1,0 +1,435 @@
+//! The image store: one OCI image layout (`oci-layout`, `index.json`,
+//! `blobs/sha256/…`). Guards against torn writes (temp file + fsync + rename),
+//! silent corruption (every blob read is checked against its digest) and
+//! concurrent index updates (an exclusive flock around read-modify-write).
+use crate::cjson;
+use crate::digest::{Digest, HashingWriter};
+use crate::oci::{Descriptor, ImageConfig, Index, Manifest, ANNOTATION_REF_NAME, MEDIA_MANIFEST};
+use fs2::FileExt;
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{0} is not an OCI image layout (no oci-layout file)")]
+    NotALayout(PathBuf),
+    #[error("blob {0} is missing from the store")]
+    Missing(Digest),
+    #[error("blob {expected} is corrupt: its content hashes to {actual}")]
+    Corrupt { expected: Digest, actual: Digest },
+    #[error("blob {digest} is invalid JSON: {source}")]
+    BadJson { digest: Digest, source: serde_json::Error },
+    #[error("index.json: {0}")]
+    BadIndex(serde_json::Error),
+    #[error("no image named {0:?} in the store (see `moat images`)")]
+    UnknownImage(String),
+    #[error("image reference {0:?} is ambiguous: several images match")]
+    Ambiguous(String),
+    #[error("written blob hashes to {actual}, expected {expected}")]
+    Mismatch { expected: Digest, actual: Digest },
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+/// An image named in the store's index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedImage {
+    pub name: String,
+    pub manifest: Descriptor,
+}
+
+/// What garbage collection removed.
+#[derive(Debug, Default, Clone)]
+pub struct GcReport {
+    pub removed: Vec<Digest>,
+    pub freed_bytes: u64,
+    pub temp_files: usize,
+}
+
+/// An OCI image layout on disk.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens the layout at `root`, creating an empty one if it does not exist.
+    pub fn open(root: &Path) -> Result<Store> {
+        let store = Store { root: root.to_path_buf() };
+        fs::create_dir_all(store.blobs_dir()).map_err(io_err(root))?;
+        fs::create_dir_all(store.tmp_dir()).map_err(io_err(root))?;
+        let layout = root.join("oci-layout");
+        if !layout.exists() {
+            atomic_write(&store.tmp_dir(), &layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        let index = root.join("index.json");
+        if !index.exists() {
+            let bytes = cjson::to_vec(&Index::default()).map_err(StoreError::BadIndex)?;
+            atomic_write(&store.tmp_dir(), &index, &bytes)?;
+        }
+        Ok(store)
+    }
+
+    /// Opens an existing layout read-only (never creates anything).
+    pub fn open_existing(root: &Path) -> Result<Store> {
+        if !root.join("oci-layout").is_file() {
+            return Err(StoreError::NotALayout(root.to_path_buf()));
+        }
+        Ok(Store { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs").join("sha256")
+    }
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join(".moat").join("tmp")
+    }
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.blobs_dir().join(d.hex())
+    }
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+    pub fn blob_size(&self, d: &Digest) -> Result<u64> {
+        let p = self.blob_path(d);
+        match fs::metadata(&p) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::Missing(d.clone())),
+            Err(e) => Err(StoreError::Io { path: p, source: e }),
+        }
+    }
+
+    /// Starts a streamed blob write; nothing is visible until `commit`.
+    pub fn blob_writer(&self) -> Result<BlobWriter> {
+        let dir = self.tmp_dir();
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io_err(&dir))?;
+        Ok(BlobWriter { store: self.clone(), inner: HashingWriter::new(BufWriter::with_capacity(1 << 20, tmp)) })
+    }
+
+    /// Writes a whole blob and returns its digest.
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest> {
+        let d = Digest::of(bytes);
+        if !self.has_blob(&d) {
+            let mut w = self.blob_writer()?;
+            w.write_all(bytes).map_err(io_err(&self.root))?;
+            w.commit(Some(&d))?;
+        }
+        Ok(d)
+    }
+
+    /// Reads a whole blob, verifying its digest.
+    pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
+        let mut r = self.open_blob(d)?;
+        let mut buf = Vec::new();
+        r.read_to_end(&mut buf).map_err(|e| unwrap_verify_error(e, &self.blob_path(d)))?;
+        Ok(buf)
+    }
+
+    /// Opens a blob for streaming; the reader fails at end of stream if the
+    /// content does not hash to `d` (callers must read to the end).
+    pub fn open_blob(&self, d: &Digest) -> Result<VerifyingReader<File>> {
+        let p = self.blob_path(d);
+        let f = File::open(&p).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::Missing(d.clone()),
+            _ => StoreError::Io { path: p.clone(), source: e },
+        })?;
+        Ok(VerifyingReader::new(f, d.clone()))
+    }
+
+    /// Re-hashes a blob on disk.
+    pub fn verify_blob(&self, d: &Digest) -> Result<()> {
+        let mut r = self.open_blob(d)?;
+        io::copy(&mut r, &mut io::sink()).map_err(|e| unwrap_verify_error(e, &self.blob_path(d)))?;
+        Ok(())
+    }
+
+    pub fn read_json<T: serde::de::DeserializeOwned>(&self, d: &Digest) -> Result<T> {
+        let bytes = self.read_blob(d)?;
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::BadJson { digest: d.clone(), source })
+    }
+    pub fn manifest(&self, d: &Digest) -> Result<Manifest> {
+        self.read_json(d)
+    }
+    pub fn config(&self, m: &Manifest) -> Result<ImageConfig> {
+        self.read_json(&m.config.digest)
+    }
+
+    pub fn index(&self) -> Result<Index> {
+        let p = self.root.join("index.json");
+        let bytes = fs::read(&p).map_err(io_err(&p))?;
+        serde_json::from_slice(&bytes).map_err(StoreError::BadIndex)
+    }
+
+    /// Every named image, in index order.
+    pub fn images(&self) -> Result<Vec<NamedImage>> {
+        Ok(self
+            .index()?
+            .manifests
+            .into_iter()
+            .map(|m| NamedImage { name: m.annotations.get(ANNOTATION_REF_NAME).cloned().unwrap_or_default(), manifest: m })
+            .collect())
+    }
+
+    /// Finds an image by `NAME`, `NAME@sha256:…`, `sha256:…` or a unique hex prefix.
+    pub fn resolve(&self, reference: &str) -> Result<NamedImage> {
+        let images = self.images()?;
+        let (name, digest) = match reference.split_once('@') {
+            Some((n, d)) => (Some(n), Some(d)),
+            None if reference.starts_with("sha256:") => (None, Some(reference)),
+            None => (Some(reference), None),
+        };
+        let hits: Vec<_> = images
+            .into_iter()
+            .filter(|i| name.is_none_or(|n| i.name == n))
+            .filter(|i| digest.is_none_or(|d| i.manifest.digest.to_string().starts_with(d)))
+            .collect();
+        match hits.len() {
+            0 => Err(StoreError::UnknownImage(reference.into())),
+            1 => Ok(hits.into_iter().next().expect("one hit")),
+            _ => Err(StoreError::Ambiguous(reference.into())),
+        }
+    }
+
+    /// Names `manifest` as `name` in index.json (replacing an older image of that name).
+    pub fn set_ref(&self, name: &str, mut manifest: Descriptor) -> Result<()> {
+        manifest.annotations.insert(ANNOTATION_REF_NAME.into(), name.into());
+        if manifest.media_type.is_empty() {
+            manifest.media_type = MEDIA_MANIFEST.into();
+        }
+        self.update_index(|idx| {
+            idx.manifests.retain(|m| m.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) != Some(name));
+            idx.manifests.push(manifest);
+            idx.manifests.sort_by(|a, b| a.annotations.get(ANNOTATION_REF_NAME).cmp(&b.annotations.get(ANNOTATION_REF_NAME)));
+        })
+    }
+
+    /// Removes the name from index.json; blobs stay until `gc`.
+    pub fn remove_ref(&self, name: &str) -> Result<bool> {
+        let mut found = false;
+        self.update_index(|idx| {
+            let before = idx.manifests.len();
+            idx.manifests.retain(|m| m.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) != Some(name));
+            found = idx.manifests.len() != before;
+        })?;
+        Ok(found)
+    }
+
+    fn update_index(&self, f: impl FnOnce(&mut Index)) -> Result<()> {
+        let _lock = self.lock()?;
+        let mut idx = self.index()?;
+        f(&mut idx);
+        let bytes = cjson::to_vec(&idx).map_err(StoreError::BadIndex)?;
+        atomic_write(&self.tmp_dir(), &self.root.join("index.json"), &bytes)
+    }
+
+    /// An exclusive lock on the store, held until dropped.
+    pub fn lock(&self) -> Result<File> {
+        let p = self.root.join(".moat").join("lock");
+        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(io_err(&p))?;
+        f.lock_exclusive().map_err(io_err(&p))?;
+        Ok(f)
+    }
+
+    /// Every blob an index entry reaches (manifests, configs, layers).
+    pub fn reachable(&self) -> Result<BTreeSet<Digest>> {
+        let mut live = BTreeSet::new();
+        for m in self.index()?.manifests {
+            live.insert(m.digest.clone());
+            let man = self.manifest(&m.digest)?;
+            live.insert(man.config.digest.clone());
+            live.extend(man.layers.into_iter().map(|l| l.digest));
+        }
+        Ok(live)
+    }
+
+    /// Removes blobs no index entry reaches, and stale temp files. Holds the
+    /// store lock so it cannot race a build's `set_ref`.
+    pub fn gc(&self) -> Result<GcReport> {
+        let _lock = self.lock()?;
+        let live = self.reachable()?;
+        let mut report = GcReport::default();
+        let dir = self.blobs_dir();
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Ok(d) = Digest::parse_hex(name) else { continue };
+            if !live.contains(&d) {
+                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+                report.freed_bytes += size;
+                report.removed.push(d);
+            }
+        }
+        let tmp = self.tmp_dir();
+        if let Ok(rd) = fs::read_dir(&tmp) {
+            for e in rd.flatten() {
+                if fs::remove_file(e.path()).is_ok() {
+                    report.temp_files += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn unwrap_verify_error(e: io::Error, path: &Path) -> StoreError {
+    if e.get_ref().is_some_and(|i| i.is::<CorruptBlob>()) {
+        if let Some(c) = e.into_inner().and_then(|i| i.downcast::<CorruptBlob>().ok()) {
+            return StoreError::Corrupt { expected: c.expected, actual: c.actual };
+        }
+        unreachable!("checked is::<CorruptBlob> above")
+    }
+    StoreError::Io { path: path.to_path_buf(), source: e }
+}
+
+/// A streamed blob being written to a temp file in the store.
+pub struct BlobWriter {
+    store: Store,
+    inner: HashingWriter<BufWriter<tempfile::NamedTempFile>>,
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl BlobWriter {
+    /// Fsyncs and renames the blob into place; refuses it if it does not hash
+    /// to `expected`. Returns its digest and size.
+    pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
+        let (buf, digest, size) = self.inner.finish();
+        let root = self.store.root.clone();
+        if let Some(exp) = expected {
+            if exp != &digest {
+                return Err(StoreError::Mismatch { expected: exp.clone(), actual: digest });
+            }
+        }
+        let tmp = buf.into_inner().map_err(|e| StoreError::Io { path: root.clone(), source: e.into_error() })?;
+        tmp.as_file().sync_all().map_err(io_err(&root))?;
+        let dest = self.store.blob_path(&digest);
+        tmp.persist(&dest).map_err(|e| StoreError::Io { path: dest.clone(), source: e.error })?;
+        sync_dir(&self.store.blobs_dir());
+        Ok((digest, size))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("content hashes to {actual}, expected {expected}")]
+struct CorruptBlob {
+    expected: Digest,
+    actual: Digest,
+}
+
+/// A reader that checks the digest of everything read when it reaches EOF.
+pub struct VerifyingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    expected: Digest,
+    done: bool,
+}
+impl<R: Read> VerifyingReader<R> {
+    pub fn new(inner: R, expected: Digest) -> Self {
+        VerifyingReader { inner, hasher: Sha256::new(), expected, done: false }
+    }
+}
+impl<R: Read> Read for VerifyingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() && !self.done {
+            self.done = true;
+            let actual = Digest::from_raw(self.hasher.clone().finalize().into());
+            if actual != self.expected {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, CorruptBlob { expected: self.expected.clone(), actual }));
+            }
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Writes `bytes` to `dest` atomically: temp file in `tmp_dir`, fsync, rename, fsync dir.
+pub fn atomic_write(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
+    fs::create_dir_all(tmp_dir).map_err(io_err(tmp_dir))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir).map_err(io_err(tmp_dir))?;
+    tmp.write_all(bytes).map_err(io_err(dest))?;
+    tmp.as_file().sync_all().map_err(io_err(dest))?;
+    tmp.persist(dest).map_err(|e| StoreError::Io { path: dest.to_path_buf(), source: e.error })?;
+    if let Some(parent) = dest.parent() {
+        sync_dir(parent);
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    // Best effort: a directory fsync makes the rename durable; failure to open
+    // the directory (odd filesystems) does not make the data wrong.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_read_and_detect_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let d = s.put_blob(b"hello").unwrap();
+        assert_eq!(s.read_blob(&d).unwrap(), b"hello");
+        fs::write(s.blob_path(&d), b"hellO").unwrap();
+        assert!(matches!(s.read_blob(&d), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(s.read_blob(&Digest::of(b"x")), Err(StoreError::Missing(_))));
+    }
+
+    #[test]
+    fn writer_refuses_wrong_digest_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut w = s.blob_writer().unwrap();
+        w.write_all(b"abc").unwrap();
+        let wrong = Digest::of(b"abd");
+        assert!(w.commit(Some(&wrong)).is_err());
+        assert!(!s.has_blob(&Digest::of(b"abc")));
+        assert_eq!(fs::read_dir(s.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn refs_resolve_and_gc_keeps_reachable() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let layer = s.put_blob(b"layer").unwrap();
+        let config = s.put_blob(b"{}").unwrap();
+        let junk = s.put_blob(b"junk").unwrap();
+        let desc = |d: &Digest, n| Descriptor { media_type: "x".into(), digest: d.clone(), size: n, annotations: Default::default(), platform: None };
+        let m = Manifest { schema_version: 2, media_type: Some(MEDIA_MANIFEST.into()), config: desc(&config, 2), layers: vec![desc(&layer, 5)], annotations: Default::default() };
+        let mbytes = cjson::to_vec(&m).unwrap();
+        let md = s.put_blob(&mbytes).unwrap();
+        s.set_ref("demo", desc(&md, mbytes.len() as u64)).unwrap();
+        assert_eq!(s.resolve("demo").unwrap().manifest.digest, md);
+        assert_eq!(s.resolve(&format!("demo@{md}")).unwrap().name, "demo");
+        assert!(s.resolve("nope").is_err());
+        let r = s.gc().unwrap();
+        assert_eq!(r.removed, vec![junk.clone()]);
+        assert!(s.has_blob(&layer) && s.has_blob(&config) && s.has_blob(&md) && !s.has_blob(&junk));
+    }
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian packages moat's tests and benchmarks use (interop peers,
+# registry, runtimes). Idempotent: skips apt when everything is present.
+set -euo pipefail
+pkgs=(skopeo umoci oci-image-tool docker-registry apache2-utils runc crun
+      busybox-static iproute2 dpkg-dev nix-bin hyperfine jq)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: need root to install: ${missing[*]}" >&2; exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,1 @@
+//! moat-supervisor: runs images from the store as sandboxes (filled by the supervisor issue).
