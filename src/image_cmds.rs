@@ -1,8 +1,9 @@
 //! Image commands: lock, build, verify, lint, audit, images, inspect, gc.
 use crate::Global;
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
 use clap::Args;
-use std::path::PathBuf;
+use moat_builder::{audit, blueprint, build, home, lint, lock::Lock, verify, Store};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Args)]
@@ -15,6 +16,7 @@ pub struct LockArgs {
 }
 #[derive(Args)]
 pub struct BuildArgs {
+    /// Blueprint file (TOML); its lock must exist beside it.
     pub blueprint: PathBuf,
 }
 #[derive(Args)]
@@ -29,6 +31,7 @@ pub struct LintArgs {
 }
 #[derive(Args)]
 pub struct AuditArgs {
+    /// NAME, NAME@sha256:..., or sha256:...
     pub image: String,
     #[arg(long)]
     pub json: bool,
@@ -47,27 +50,172 @@ pub struct InspectArgs {
 #[derive(Args)]
 pub struct GcArgs {}
 
-pub fn lock(_a: LockArgs, _g: &Global) -> Result<ExitCode> {
-    bail!("not implemented yet")
+fn open_store(g: &Global) -> Result<Store> {
+    let dir = home::store_dir(g.store.as_deref());
+    Store::open(&dir).with_context(|| format!("opening image store {}", dir.display()))
 }
-pub fn build(_a: BuildArgs, _g: &Global) -> Result<ExitCode> {
-    bail!("not implemented yet")
+
+fn options(g: &Global, store: Store) -> build::Options {
+    let cache = home::cache_dir();
+    build::Options { store, layer_cache: Some(cache.join("layers")), download_cache: cache, progress: !g.quiet }
 }
-pub fn verify(_a: VerifyArgs, _g: &Global) -> Result<ExitCode> {
-    bail!("not implemented yet")
+
+fn load(p: &Path) -> Result<blueprint::Loaded> {
+    Ok(blueprint::load(p)?)
 }
-pub fn lint(_a: LintArgs, _g: &Global) -> Result<ExitCode> {
-    bail!("not implemented yet")
+
+pub fn lock(a: LockArgs, g: &Global) -> Result<ExitCode> {
+    let l = load(&a.blueprint)?;
+    let store = open_store(g)?;
+    let built = build::build(&l, &options(g, store.clone()), None)?;
+    built.lock.write(&l.lock_path()).with_context(|| format!("writing {}", l.lock_path().display()))?;
+    store.set_ref(&built.lock.name, built.manifest.clone())?;
+    eprintln!("wrote {}", l.lock_path().display());
+    println!("{}@{}", built.lock.name, built.lock.image.manifest);
+    Ok(ExitCode::SUCCESS)
 }
-pub fn audit(_a: AuditArgs, _g: &Global) -> Result<ExitCode> {
-    bail!("not implemented yet")
+
+pub fn build(a: BuildArgs, g: &Global) -> Result<ExitCode> {
+    let l = load(&a.blueprint)?;
+    let locked = Lock::read(&l.lock_path(), &l.path)?;
+    let store = open_store(g)?;
+    let built = build::build(&l, &options(g, store), Some(&locked))
+        .with_context(|| format!("building {}", a.blueprint.display()))?;
+    println!("{}@{}", built.lock.name, built.manifest.digest);
+    Ok(ExitCode::SUCCESS)
 }
-pub fn images(_a: ImagesArgs, _g: &Global) -> Result<ExitCode> {
-    bail!("not implemented yet")
+
+pub fn verify(a: VerifyArgs, g: &Global) -> Result<ExitCode> {
+    let reference = Store::open_existing(&home::store_dir(g.store.as_deref())).ok();
+    let mut failed = false;
+    for bp in &a.blueprints {
+        let l = load(bp)?;
+        let out = verify::verify(&l, reference.as_ref(), home::cache_dir())
+            .with_context(|| format!("verifying {}", bp.display()))?;
+        match out.difference {
+            None => println!("ok {} {}@{}", bp.display(), out.name, out.manifest),
+            Some(d) => {
+                failed = true;
+                let at = out.path.map(|p| format!(" (first differing path: /{p})")).unwrap_or_default();
+                println!("FAIL {}: {d}{at}", bp.display());
+            }
+        }
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
-pub fn inspect(_a: InspectArgs, _g: &Global) -> Result<ExitCode> {
-    bail!("not implemented yet")
+
+pub fn lint(a: LintArgs, _g: &Global) -> Result<ExitCode> {
+    let paths = if a.paths.is_empty() { vec![PathBuf::from("blueprints"), PathBuf::from("policies")] } else { a.paths };
+    let findings = lint::lint(&paths, &|_, _| Vec::new());
+    for f in &findings {
+        println!("{}: {}", f.at, f.msg);
+    }
+    Ok(if findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
-pub fn gc(_a: GcArgs, _g: &Global) -> Result<ExitCode> {
-    bail!("not implemented yet")
+
+pub fn audit(a: AuditArgs, g: &Global) -> Result<ExitCode> {
+    let store = open_store(g)?;
+    let r = audit::audit(&store, &a.image)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("image {}", r.image);
+        for (title, list) in [
+            ("toolchain binaries", &r.toolchain),
+            ("setuid/setgid files", &r.setuid),
+            ("world-writable paths", &r.world_writable),
+        ] {
+            println!("{title}: {}", list.len());
+            for f in list {
+                println!("  {} {} {}", f.mode, f.path, f.why);
+            }
+        }
+    }
+    Ok(if r.toolchain.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+pub fn images(a: ImagesArgs, g: &Global) -> Result<ExitCode> {
+    let store = open_store(g)?;
+    let mut rows = Vec::new();
+    for img in store.images()? {
+        let m = store.manifest(&img.manifest.digest)?;
+        let size: u64 = m.layers.iter().map(|l| l.size).sum::<u64>() + m.config.size;
+        rows.push(serde_json::json!({"name": img.name, "digest": img.manifest.digest.to_string(), "layers": m.layers.len(), "size": size}));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("{:<24} {:<20} {:>6} {:>12}", "NAME", "DIGEST", "LAYERS", "SIZE");
+        for r in rows {
+            println!(
+                "{:<24} {:<20} {:>6} {:>12}",
+                r["name"].as_str().unwrap_or(""),
+                &r["digest"].as_str().unwrap_or("")[..19.min(r["digest"].as_str().unwrap_or("").len())],
+                r["layers"],
+                human(r["size"].as_u64().unwrap_or(0))
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn inspect(a: InspectArgs, g: &Global) -> Result<ExitCode> {
+    let store = open_store(g)?;
+    let img = store.resolve(&a.image)?;
+    let m = store.manifest(&img.manifest.digest)?;
+    let c = store.config(&m)?;
+    if a.json {
+        let v = serde_json::json!({"name": img.name, "digest": img.manifest.digest, "manifest": m, "config": c});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("name:     {}", img.name);
+    println!("digest:   {}", img.manifest.digest);
+    println!("platform: {}/{}", c.os, c.architecture);
+    println!("created:  {}", c.created.as_deref().unwrap_or("-"));
+    println!("user:     {}", c.config.user.as_deref().unwrap_or("-"));
+    println!("workdir:  {}", c.config.working_dir.as_deref().unwrap_or("-"));
+    println!(
+        "entrypoint: {:?}  cmd: {:?}",
+        c.config.entrypoint.clone().unwrap_or_default(),
+        c.config.cmd.clone().unwrap_or_default()
+    );
+    println!("env:");
+    for e in &c.config.env {
+        println!("  {e}");
+    }
+    println!("layers:");
+    let history: Vec<_> = c.history.iter().filter(|h| !h.empty_layer).collect();
+    let offset = m.layers.len().saturating_sub(history.len());
+    for (i, (l, diff)) in m.layers.iter().zip(&c.rootfs.diff_ids).enumerate() {
+        let by = i
+            .checked_sub(offset)
+            .and_then(|j| history.get(j))
+            .and_then(|h| h.created_by.clone())
+            .unwrap_or_else(|| "base".into());
+        println!("  {i:>2} {} {:>10}  diff {}  {by}", l.digest, human(l.size), diff.short());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn gc(_a: GcArgs, g: &Global) -> Result<ExitCode> {
+    let store = open_store(g)?;
+    let r = store.gc()?;
+    println!("removed {} blobs ({}), {} temp files", r.removed.len(), human(r.freed_bytes), r.temp_files);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
 }

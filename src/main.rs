@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod image_cmds;
+mod registry_cmds;
+mod sandbox_cmds;
 
 #[derive(Parser)]
 #[command(name = "moat", version, about = "Reproducible sandbox images and the supervisor that runs them")]
@@ -45,6 +47,38 @@ enum Cmd {
     Inspect(image_cmds::InspectArgs),
     /// Remove blobs no image in the store reaches.
     Gc(image_cmds::GcArgs),
+    /// Push an image to a registry; prints REGISTRY/REPO@sha256:...
+    Push(registry_cmds::PushArgs),
+    /// Pull REGISTRY/REPO@sha256:... into the store, verifying every blob.
+    Pull(registry_cmds::PullArgs),
+    /// Print the digest a registry tag names now (to pin it).
+    Resolve(registry_cmds::ResolveArgs),
+    /// Store registry credentials (password read from stdin).
+    Login(registry_cmds::LoginArgs),
+    /// Forget stored registry credentials.
+    Logout(registry_cmds::LogoutArgs),
+    /// Run a command from an image in a new sandbox (foreground unless -d).
+    Run(sandbox_cmds::RunArgs),
+    /// List sandboxes.
+    Ls(sandbox_cmds::LsArgs),
+    /// Stop sandboxes: SIGTERM, then SIGKILL after a grace period.
+    Stop(sandbox_cmds::StopArgs),
+    /// Remove stopped sandboxes (the workspace stays unless --workspace).
+    Rm(sandbox_cmds::RmArgs),
+    /// Run a command inside a running sandbox, under the same restrictions.
+    Exec(sandbox_cmds::ExecArgs),
+    /// Print a detached sandbox's output.
+    Logs(sandbox_cmds::LogsArgs),
+    /// Write the OCI runtime bundle (rootfs + config.json) moat would run.
+    Bundle(sandbox_cmds::BundleArgs),
+    /// Check the kernel features the sandbox relies on.
+    Doctor(sandbox_cmds::DoctorArgs),
+    /// Internal: a detached sandbox's supervisor.
+    #[command(name = "__supervise", hide = true)]
+    Supervise(sandbox_cmds::InternalArgs),
+    /// Internal: the single-threaded launcher (the only libcontainer caller).
+    #[command(name = "__launch", hide = true)]
+    Launch(sandbox_cmds::InternalArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,11 +104,29 @@ fn dispatch(cmd: Cmd, g: &Global) -> Result<ExitCode> {
         Cmd::Images(a) => image_cmds::images(a, g),
         Cmd::Inspect(a) => image_cmds::inspect(a, g),
         Cmd::Gc(a) => image_cmds::gc(a, g),
+        Cmd::Push(a) => registry_cmds::push(a, g),
+        Cmd::Pull(a) => registry_cmds::pull(a, g),
+        Cmd::Resolve(a) => registry_cmds::resolve(a, g),
+        Cmd::Login(a) => registry_cmds::login(a, g),
+        Cmd::Logout(a) => registry_cmds::logout(a, g),
+        Cmd::Run(a) => sandbox_cmds::run(a, g),
+        Cmd::Ls(a) => sandbox_cmds::ls(a, g),
+        Cmd::Stop(a) => sandbox_cmds::stop(a, g),
+        Cmd::Rm(a) => sandbox_cmds::rm(a, g),
+        Cmd::Exec(a) => sandbox_cmds::exec(a, g),
+        Cmd::Logs(a) => sandbox_cmds::logs(a, g),
+        Cmd::Bundle(a) => sandbox_cmds::bundle(a, g),
+        Cmd::Doctor(a) => sandbox_cmds::doctor(a, g),
+        Cmd::Supervise(a) => sandbox_cmds::supervise_internal(a),
+        Cmd::Launch(a) => sandbox_cmds::launch_internal(a),
     }
 }
 
 fn init_tracing(quiet: bool) {
-    let default = if quiet { "error" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // libcontainer warns about every absent cgroup v1 controller on hybrid
+    // hosts (FIELD-NOTES.md); only its errors are worth the user's attention.
+    let default = if quiet { "error" } else { "warn,libcontainer=error,libcgroups=error" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }

@@ -1,11 +1,28 @@
 //! moat-builder: turns a blueprint into a bit-reproducible OCI image and keeps
 //! the content-addressed store it lands in.
+pub mod audit;
+pub mod blueprint;
+pub mod build;
 pub mod cjson;
+pub mod debian;
 pub mod digest;
+pub mod fetch;
+pub mod fixups;
+pub mod gz;
 pub mod home;
+pub mod layer_cache;
+pub mod lint;
+pub mod layer_read;
+pub mod local;
+pub mod lock;
 pub mod oci;
+pub mod registry;
 pub mod store;
+pub mod strip;
+pub mod tar_in;
+pub mod tar_out;
 pub mod tree;
+pub mod verify;
 
 pub use digest::Digest;
 pub use store::Store;

@@ -179,7 +179,10 @@ impl Store {
             .index()?
             .manifests
             .into_iter()
-            .map(|m| NamedImage { name: m.annotations.get(ANNOTATION_REF_NAME).cloned().unwrap_or_default(), manifest: m })
+            .map(|m| NamedImage {
+                name: m.annotations.get(ANNOTATION_REF_NAME).cloned().unwrap_or_default(),
+                manifest: m,
+            })
             .collect())
     }
 
@@ -212,7 +215,8 @@ impl Store {
         self.update_index(|idx| {
             idx.manifests.retain(|m| m.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) != Some(name));
             idx.manifests.push(manifest);
-            idx.manifests.sort_by(|a, b| a.annotations.get(ANNOTATION_REF_NAME).cmp(&b.annotations.get(ANNOTATION_REF_NAME)));
+            idx.manifests
+                .sort_by(|a, b| a.annotations.get(ANNOTATION_REF_NAME).cmp(&b.annotations.get(ANNOTATION_REF_NAME)));
         })
     }
 
@@ -357,7 +361,10 @@ impl<R: Read> Read for VerifyingReader<R> {
             self.done = true;
             let actual = Digest::from_raw(self.hasher.clone().finalize().into());
             if actual != self.expected {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, CorruptBlob { expected: self.expected.clone(), actual }));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    CorruptBlob { expected: self.expected.clone(), actual },
+                ));
             }
         }
         self.hasher.update(&buf[..n]);
@@ -420,8 +427,20 @@ mod tests {
         let layer = s.put_blob(b"layer").unwrap();
         let config = s.put_blob(b"{}").unwrap();
         let junk = s.put_blob(b"junk").unwrap();
-        let desc = |d: &Digest, n| Descriptor { media_type: "x".into(), digest: d.clone(), size: n, annotations: Default::default(), platform: None };
-        let m = Manifest { schema_version: 2, media_type: Some(MEDIA_MANIFEST.into()), config: desc(&config, 2), layers: vec![desc(&layer, 5)], annotations: Default::default() };
+        let desc = |d: &Digest, n| Descriptor {
+            media_type: "x".into(),
+            digest: d.clone(),
+            size: n,
+            annotations: Default::default(),
+            platform: None,
+        };
+        let m = Manifest {
+            schema_version: 2,
+            media_type: Some(MEDIA_MANIFEST.into()),
+            config: desc(&config, 2),
+            layers: vec![desc(&layer, 5)],
+            annotations: Default::default(),
+        };
         let mbytes = cjson::to_vec(&m).unwrap();
         let md = s.put_blob(&mbytes).unwrap();
         s.set_ref("demo", desc(&md, mbytes.len() as u64)).unwrap();

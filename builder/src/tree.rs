@@ -31,7 +31,10 @@ impl Content {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     Dir,
-    File { content: Content, size: u64 },
+    File {
+        content: Content,
+        size: u64,
+    },
     Symlink(String),
     /// A hard link to another regular file of the same layer (root-relative path).
     Hardlink(String),
@@ -58,10 +61,24 @@ impl Entry {
     pub fn file(path: &str, bytes: impl Into<Vec<u8>>, mode: u32) -> Entry {
         let bytes: Vec<u8> = bytes.into();
         let size = bytes.len() as u64;
-        Entry { path: path.into(), kind: Kind::File { content: Content::bytes(bytes), size }, mode, uid: 0, gid: 0, xattrs: BTreeMap::new() }
+        Entry {
+            path: path.into(),
+            kind: Kind::File { content: Content::bytes(bytes), size },
+            mode,
+            uid: 0,
+            gid: 0,
+            xattrs: BTreeMap::new(),
+        }
     }
     pub fn symlink(path: &str, target: &str) -> Entry {
-        Entry { path: path.into(), kind: Kind::Symlink(target.into()), mode: 0o777, uid: 0, gid: 0, xattrs: BTreeMap::new() }
+        Entry {
+            path: path.into(),
+            kind: Kind::Symlink(target.into()),
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+            xattrs: BTreeMap::new(),
+        }
     }
     pub fn is_dir(&self) -> bool {
         matches!(self.kind, Kind::Dir)
@@ -142,7 +159,12 @@ impl Tree {
         let mut removed = Vec::new();
         for d in doomed {
             let prefix = format!("{d}/");
-            let below: Vec<String> = self.entries.range(d.clone()..).map(|(k, _)| k.clone()).take_while(|k| k == &d || k.starts_with(&prefix)).collect();
+            let below: Vec<String> = self
+                .entries
+                .range(d.clone()..)
+                .map(|(k, _)| k.clone())
+                .take_while(|k| k == &d || k.starts_with(&prefix))
+                .collect();
             for k in below {
                 self.entries.remove(&k);
                 removed.push(k);

@@ -1,1 +1,21 @@
-//! moat-supervisor: runs images from the store as sandboxes (filled by the supervisor issue).
+//! moat-supervisor: runs images from the store as locked-down sandboxes.
+//!
+//! Process tree: supervisor (`sandbox::supervise`, may run threads: gateway,
+//! later tokio) -> launcher (`launcher::launch`, a single-threaded re-exec of
+//! moat, the only caller of libcontainer) -> sandbox init (`executor`:
+//! Landlock, then seccomp, then exec) -> agent.
+pub mod doctor;
+pub mod executor;
+pub mod gateway_placeholder;
+pub mod landlock;
+pub mod launcher;
+pub mod layers;
+pub mod netns;
+pub mod policy;
+pub mod rootfs;
+pub mod sandbox;
+pub mod seccomp;
+pub mod spec;
+pub mod state;
+
+pub use policy::Policy;

@@ -1,0 +1,258 @@
+//! Unpacks a `.deb` (ar, then control.tar and data.tar in xz/zst/gz) into
+//! tree entries without running any maintainer script, rewriting paths for
+//! merged /usr. Guards against archive tricks: paths are cleaned (no `..`),
+//! devices/FIFOs are refused, hardlinks must point inside the package.
+use super::DebianError;
+use crate::tree::{clean_path, Content, Entry, Kind};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::sync::Arc;
+
+/// Top-level directories that are symlinks into /usr on a merged-/usr system.
+pub const MERGED: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+/// What one package contributes: its files (merged-/usr paths) and the
+/// control data the dpkg database needs.
+#[derive(Debug, Clone, Default)]
+pub struct DebContents {
+    pub control: String,
+    pub conffiles: Vec<String>,
+    pub md5sums: Option<Vec<u8>>,
+    /// Paths as the package ships them (`/bin/bash`), in archive order, for info/*.list.
+    pub list: Vec<String>,
+    /// Entries with merged-/usr paths, sorted by path.
+    pub entries: BTreeMap<String, Entry>,
+    /// Merged roots (`bin`, `lib`, ...) this package ships something under.
+    pub merged_roots: BTreeSet<String>,
+}
+
+/// `bin/x` -> `usr/bin/x`; `var/run/x` -> `run/x` and `var/lock/x` ->
+/// `run/lock/x` (base-files' postinst turns those two into symlinks); other
+/// paths unchanged.
+pub fn merge_usr(path: &str) -> String {
+    let first = path.split('/').next().unwrap_or("");
+    if MERGED.contains(&first) {
+        return format!("usr/{path}");
+    }
+    for (from, to) in [("var/run/", "run/"), ("var/lock/", "run/lock/")] {
+        if let Some(rest) = path.strip_prefix(from) {
+            return format!("{to}{rest}");
+        }
+    }
+    path.to_string()
+}
+
+/// The symlinks a merged-/usr Debian root has where packages ship directories.
+pub const ROOT_LINKS: &[(&str, &str)] = &[("bin", "usr/bin"), ("lib", "usr/lib"), ("lib32", "usr/lib32"), ("lib64", "usr/lib64"), ("libx32", "usr/libx32"), ("sbin", "usr/sbin"), ("var/lock", "/run/lock"), ("var/run", "/run")];
+
+fn decompress(name: &str, data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let r = if name.ends_with(".xz") {
+        liblzma::read::XzDecoder::new(data).read_to_end(&mut out)
+    } else if name.ends_with(".zst") {
+        zstd::stream::read::Decoder::new(data).and_then(|mut d| d.read_to_end(&mut out))
+    } else if name.ends_with(".gz") {
+        flate2::read::GzDecoder::new(data).read_to_end(&mut out)
+    } else if name.ends_with(".tar") {
+        out = data.to_vec();
+        Ok(0)
+    } else {
+        return Err(format!("unsupported member {name}"));
+    };
+    r.map_err(|e| format!("{name}: {e}"))?;
+    Ok(out)
+}
+
+/// Root-relative parent directory of a clean path (`""` for top level).
+fn parent(p: &str) -> &str {
+    p.rsplit_once('/').map(|(a, _)| a).unwrap_or("")
+}
+
+/// Resolves `target` relative to directory `dir` (clamped at the root, as the
+/// kernel does) into a clean root-relative path.
+fn resolve_rel(dir: &str, target: &str) -> String {
+    let mut parts: Vec<&str> = if target.starts_with('/') { Vec::new() } else { dir.split('/').filter(|s| !s.is_empty()).collect() };
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    parts.join("/")
+}
+
+/// A relative symlink target from directory `from` to path `to`.
+fn relative(from: &str, to: &str) -> String {
+    let f: Vec<&str> = from.split('/').filter(|s| !s.is_empty()).collect();
+    let t: Vec<&str> = to.split('/').filter(|s| !s.is_empty()).collect();
+    let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();
+    let mut out: Vec<&str> = vec![".."; f.len() - common];
+    out.extend(&t[common..]);
+    if out.is_empty() {
+        ".".into()
+    } else {
+        out.join("/")
+    }
+}
+
+fn tar_entries(bytes: &[u8], what: &str, mut f: impl FnMut(String, &mut tar::Entry<&[u8]>) -> Result<(), String>) -> Result<(), String> {
+    let mut ar = tar::Archive::new(bytes);
+    for e in ar.entries().map_err(|e| format!("{what}: {e}"))? {
+        let mut e = e.map_err(|e| format!("{what}: {e}"))?;
+        let raw = e.path_bytes();
+        let p = std::str::from_utf8(&raw).map_err(|_| format!("{what}: non-UTF-8 path"))?.to_string();
+        f(p, &mut e)?;
+    }
+    Ok(())
+}
+
+/// Unpacks one verified `.deb`.
+pub fn extract(pkg: &str, deb: &[u8]) -> Result<DebContents, DebianError> {
+    let err = |msg: String| DebianError::Deb { package: pkg.to_string(), msg };
+    let mut control_tar = None;
+    let mut data_tar = None;
+    let mut ar = ar::Archive::new(deb);
+    while let Some(m) = ar.next_entry() {
+        let mut m = m.map_err(|e| err(format!("ar: {e}")))?;
+        let name = String::from_utf8_lossy(m.header().identifier()).trim_end_matches('/').to_string();
+        let mut buf = Vec::new();
+        m.read_to_end(&mut buf).map_err(|e| err(format!("ar member {name}: {e}")))?;
+        if name.starts_with("control.tar") {
+            control_tar = Some(decompress(&name, &buf).map_err(err)?);
+        } else if name.starts_with("data.tar") {
+            data_tar = Some(decompress(&name, &buf).map_err(err)?);
+        }
+    }
+    let control_tar = control_tar.ok_or_else(|| err("no control.tar member".into()))?;
+    let data_tar = data_tar.ok_or_else(|| err("no data.tar member".into()))?;
+    let mut out = DebContents::default();
+    tar_entries(&control_tar, "control.tar", |p, e| {
+        let mut b = Vec::new();
+        e.read_to_end(&mut b).map_err(|x| x.to_string())?;
+        match clean_path(&p).unwrap_or_default().as_str() {
+            "control" => out.control = String::from_utf8(b).map_err(|_| "control is not UTF-8".to_string())?,
+            "conffiles" => out.conffiles = String::from_utf8_lossy(&b).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect(),
+            "md5sums" => out.md5sums = Some(b),
+            _ => {}
+        }
+        Ok(())
+    })
+    .map_err(err)?;
+    if out.control.is_empty() {
+        return Err(err("control.tar has no control file".into()));
+    }
+    let mut links: Vec<(String, String)> = Vec::new();
+    tar_entries(&data_tar, "data.tar", |p, e| {
+        let orig = clean_path(&p).map_err(|x| x.to_string())?;
+        if orig.is_empty() {
+            return Ok(());
+        }
+        out.list.push(format!("/{orig}"));
+        for (l, _) in ROOT_LINKS {
+            if orig == *l || orig.strip_prefix(l).is_some_and(|r| r.starts_with('/')) {
+                out.merged_roots.insert(l.to_string());
+            }
+        }
+        let path = merge_usr(&orig);
+        let h = e.header();
+        let mode = h.mode().map_err(|x| x.to_string())? & 0o7777;
+        let uid = h.uid().map_err(|x| x.to_string())? as u32;
+        let gid = h.gid().map_err(|x| x.to_string())? as u32;
+        let link = || -> Result<String, String> {
+            let l = e.link_name_bytes().ok_or_else(|| format!("{orig}: link without a target"))?;
+            Ok(std::str::from_utf8(&l).map_err(|_| format!("{orig}: non-UTF-8 link"))?.to_string())
+        };
+        if ROOT_LINKS.iter().any(|(l, _)| *l == orig) {
+            // The directory itself becomes a symlink (emitted by the layer).
+            return Ok(());
+        }
+        let kind = match h.entry_type() {
+            tar::EntryType::Directory => Kind::Dir,
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mut b = Vec::new();
+                e.read_to_end(&mut b).map_err(|x| x.to_string())?;
+                Kind::File { size: b.len() as u64, content: Content::Bytes(Arc::new(b)) }
+            }
+            tar::EntryType::Symlink => {
+                let t = link()?;
+                if !t.starts_with('/') && path != orig {
+                    // Moved by merged /usr: keep a relative target pointing where it did.
+                    let abs = merge_usr(&resolve_rel(parent(&orig), &t));
+                    Kind::Symlink(relative(parent(&path), &abs))
+                } else {
+                    Kind::Symlink(t)
+                }
+            }
+            tar::EntryType::Link => {
+                let t = merge_usr(&clean_path(&link()?).map_err(|x| x.to_string())?);
+                links.push((path.clone(), t.clone()));
+                Kind::Hardlink(t)
+            }
+            other => return Err(format!("{orig}: unsupported entry type {other:?} (devices and FIFOs are refused)")),
+        };
+        let entry = Entry { path: path.clone(), kind, mode, uid, gid, xattrs: BTreeMap::new() };
+        match out.entries.get(&path) {
+            // /bin/x and /usr/bin/x in one package: keep the real file, drop the symlink.
+            Some(old) if matches!(old.kind, Kind::File { .. }) && matches!(entry.kind, Kind::Symlink(_)) => {}
+            _ => {
+                out.entries.insert(path, entry);
+            }
+        }
+        Ok(())
+    })
+    .map_err(err)?;
+    fix_hardlinks(&mut out.entries, &links).map_err(err)?;
+    Ok(out)
+}
+
+/// Makes the first path (in sort order) of each hardlink group the regular
+/// file and points the others at it, as archive readers need.
+fn fix_hardlinks(entries: &mut BTreeMap<String, Entry>, links: &[(String, String)]) -> Result<(), String> {
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (p, t) in links {
+        groups.entry(t.clone()).or_default().push(p.clone());
+    }
+    for (target, mut members) in groups {
+        let file = entries.get(&target).cloned().ok_or_else(|| format!("hardlink to {target}, which the package does not ship"))?;
+        if !matches!(file.kind, Kind::File { .. }) {
+            return Err(format!("hardlink to {target}, which is not a regular file"));
+        }
+        members.push(target.clone());
+        members.sort();
+        members.dedup();
+        let first = members[0].clone();
+        for m in &members {
+            let mut e = file.clone();
+            e.path = m.clone();
+            if *m != first {
+                e.kind = Kind::Hardlink(first.clone());
+            }
+            entries.insert(m.clone(), e);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn merged_usr_paths() {
+        assert_eq!(merge_usr("bin/bash"), "usr/bin/bash");
+        assert_eq!(merge_usr("lib64/ld.so"), "usr/lib64/ld.so");
+        assert_eq!(merge_usr("binx/y"), "binx/y");
+        assert_eq!(merge_usr("usr/bin/x"), "usr/bin/x");
+        assert_eq!(merge_usr("var/run/x"), "run/x");
+        assert_eq!(merge_usr("var/runx"), "var/runx");
+        // bin/foo -> ../usr/bin/foo moved to usr/bin/foo must still reach usr/bin/foo
+        let abs = merge_usr(&resolve_rel("bin", "../usr/bin/foo"));
+        assert_eq!(relative("usr/bin", &abs), "foo");
+        let abs = merge_usr(&resolve_rel("lib/x86_64-linux-gnu", "libz.so.1.2"));
+        assert_eq!(relative("usr/lib/x86_64-linux-gnu", &abs), "libz.so.1.2");
+        assert_eq!(relative("usr/sbin", "usr/bin/x"), "../bin/x");
+        assert_eq!(resolve_rel("a", "../../../x"), "x");
+    }
+}

@@ -1,0 +1,181 @@
+//! Deterministic, parallel gzip for layers. One pinned backend (miniz_oxide
+//! through flate2, exact versions in Cargo.toml), fixed level, header mtime 0,
+//! fixed OS byte, and fixed 1 MiB input blocks compressed independently and
+//! joined pigz-style (sync flush between blocks) into one gzip member — so
+//! the bytes depend only on the input, never on write chunking or core count.
+use flate2::{Compress, Compression, FlushCompress, Status};
+use std::io::{self, Write};
+
+/// Input bytes per independently compressed block.
+pub const BLOCK_SIZE: usize = 1 << 20;
+/// Compression level (1 = fastest). Part of the output contract: changing it
+/// changes every layer digest.
+pub const LEVEL: u32 = 1;
+const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+
+/// A `Write` that gzips into `inner`, compressing blocks on `threads` threads.
+pub struct ParGz<W: Write> {
+    inner: W,
+    pending: Vec<Vec<u8>>,
+    current: Vec<u8>,
+    crc: crc32fast::Hasher,
+    total: u64,
+    threads: usize,
+    started: bool,
+}
+
+impl<W: Write> ParGz<W> {
+    pub fn new(inner: W) -> Self {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        ParGz {
+            inner,
+            pending: Vec::new(),
+            current: Vec::with_capacity(BLOCK_SIZE),
+            crc: crc32fast::Hasher::new(),
+            total: 0,
+            threads,
+            started: false,
+        }
+    }
+
+    /// Compresses what is pending; `last` marks the final block.
+    fn drain(&mut self, last: bool) -> io::Result<()> {
+        if !self.started {
+            self.inner.write_all(&HEADER)?;
+            self.started = true;
+        }
+        let blocks = std::mem::take(&mut self.pending);
+        let n = blocks.len();
+        let results: Vec<io::Result<(Vec<u8>, crc32fast::Hasher)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = blocks
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let fin = last && i + 1 == n;
+                    s.spawn(move || deflate_block(b, fin))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(io::Error::other("compression thread panicked"))))
+                .collect()
+        });
+        for r in results {
+            let (bytes, crc) = r?;
+            self.crc.combine(&crc);
+            self.inner.write_all(&bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the final block and trailer; returns the inner writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        let cur = std::mem::take(&mut self.current);
+        self.pending.push(cur);
+        self.drain(true)?;
+        let crc = self.crc.clone().finalize();
+        self.inner.write_all(&crc.to_le_bytes())?;
+        self.inner.write_all(&(self.total as u32).to_le_bytes())?;
+        Ok(self.inner)
+    }
+}
+
+fn deflate_block(input: &[u8], last: bool) -> io::Result<(Vec<u8>, crc32fast::Hasher)> {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(input);
+    let mut c = Compress::new(Compression::new(LEVEL), false);
+    let mut out = Vec::with_capacity(input.len() / 2 + 1024);
+    let flush = if last { FlushCompress::Finish } else { FlushCompress::Sync };
+    loop {
+        let consumed = c.total_in() as usize;
+        if out.capacity() - out.len() < 1024 {
+            out.reserve(out.capacity().max(4096));
+        }
+        let status = c.compress_vec(&input[consumed..], &mut out, flush).map_err(io::Error::other)?;
+        let done_in = c.total_in() as usize == input.len();
+        match status {
+            Status::StreamEnd => break,
+            // A sync flush is complete once all input is in and output space remains.
+            Status::Ok | Status::BufError if !last && done_in && out.len() < out.capacity() => break,
+            _ => {}
+        }
+    }
+    Ok((out, crc))
+}
+
+impl<W: Write> Write for ParGz<W> {
+    fn write(&mut self, mut buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len();
+        self.total += n as u64;
+        while !buf.is_empty() {
+            let take = (BLOCK_SIZE - self.current.len()).min(buf.len());
+            self.current.extend_from_slice(&buf[..take]);
+            buf = &buf[take..];
+            if self.current.len() == BLOCK_SIZE {
+                let full = std::mem::replace(&mut self.current, Vec::with_capacity(BLOCK_SIZE));
+                self.pending.push(full);
+                if self.pending.len() >= self.threads * 2 {
+                    self.drain(false)?;
+                }
+            }
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn sample(len: usize) -> Vec<u8> {
+        // Deterministic, partly compressible data.
+        let mut x: u32 = 12345;
+        (0..len)
+            .map(|i| {
+                x = x.wrapping_mul(1103515245).wrapping_add(12345);
+                if i % 7 == 0 {
+                    (x >> 16) as u8
+                } else {
+                    b"moat layer "[i % 11]
+                }
+            })
+            .collect()
+    }
+
+    fn gz(data: &[u8], chunk: usize) -> Vec<u8> {
+        let mut g = ParGz::new(Vec::new());
+        for c in data.chunks(chunk.max(1)) {
+            g.write_all(c).unwrap();
+        }
+        g.finish().unwrap()
+    }
+
+    #[test]
+    fn round_trips_and_ignores_write_chunking() {
+        let data = sample(BLOCK_SIZE * 3 + 777);
+        let a = gz(&data, 1 << 16);
+        let b = gz(&data, 4093);
+        assert_eq!(a, b);
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&a[..]).read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+        let empty = gz(&[], 1);
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&empty[..]).read_to_end(&mut out).unwrap();
+        assert!(out.is_empty());
+    }
+
+    /// Golden bytes: if this changes, every layer digest moat has ever
+    /// produced changes. Update only with a deliberate format bump.
+    #[test]
+    fn golden_bytes() {
+        let data = sample(BLOCK_SIZE * 2 + 12345);
+        let out = gz(&data, 8192);
+        assert_eq!(crate::Digest::of(&out).to_string(), GOLDEN);
+    }
+    const GOLDEN: &str = "sha256:822496b72c30bad083b504349cb6bc30d3ed4e9e0738119c4dec25da10fd0a55";
+}

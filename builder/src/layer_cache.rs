@@ -1,0 +1,66 @@
+//! The layer cache: maps a layer's input key (every input digest, the spec
+//! and the format) to the blob it produced, so a rebuild with nothing changed
+//! does no archive work. A hit is used only if the blob is in the store;
+//! entries are written atomically and a bad entry is ignored, never trusted
+//! over the inputs.
+use crate::build::{write_layer, BuildError};
+use crate::digest::Digest;
+use crate::oci::Descriptor;
+use crate::store::Store;
+use crate::tree::Tree;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    /// `None`: the layer turned out empty and is omitted.
+    layer: Option<(Descriptor, Digest)>,
+}
+
+pub struct LayerCache<'a> {
+    dir: Option<PathBuf>,
+    store: &'a Store,
+}
+
+impl<'a> LayerCache<'a> {
+    pub fn new(dir: Option<PathBuf>, store: &'a Store) -> Self {
+        LayerCache { dir, store }
+    }
+
+    fn lookup(&self, key: &Digest) -> Option<Entry> {
+        let p = self.dir.as_ref()?.join(key.hex());
+        let e: Entry = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
+        match &e.layer {
+            Some((desc, _)) if !self.store.has_blob(&desc.digest) => None,
+            _ => Some(e),
+        }
+    }
+
+    fn record(&self, key: &Digest, e: &Entry) {
+        // A cache that cannot be written costs speed, never correctness.
+        if let (Some(dir), Ok(bytes)) = (&self.dir, serde_json::to_vec(e)) {
+            let _ = std::fs::create_dir_all(dir);
+            let _ = crate::store::atomic_write(dir, &dir.join(key.hex()), &bytes);
+        }
+    }
+
+    /// The layer for `key`: from the cache, or made by `make` and archived.
+    pub fn get_or_build(
+        &self,
+        key: &Digest,
+        make: impl FnOnce() -> Result<Option<Tree>, BuildError>,
+        epoch: u64,
+        name: &str,
+    ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
+        if let Some(e) = self.lookup(key) {
+            tracing::debug!(layer = name, key = %key, "layer cache hit");
+            return Ok(e.layer);
+        }
+        let layer = match make()? {
+            Some(mut tree) => Some(write_layer(self.store, &mut tree, epoch, name)?),
+            None => None,
+        };
+        self.record(key, &Entry { layer: layer.clone() });
+        Ok(layer)
+    }
+}

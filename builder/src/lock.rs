@@ -1,0 +1,218 @@
+//! The lock file (`BLUEPRINT.lock`): every input's sha256 and every output
+//! digest, in a canonical, diff-friendly TOML. Guards against silent drift:
+//! `build` refuses inputs that differ from it, `verify` proves outputs match it.
+use crate::digest::Digest;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Version of the lock file format.
+pub const LOCK_VERSION: u32 = 1;
+/// Version of the layer/config byte format. Bumped whenever moat would write
+/// different bytes for the same inputs (the moat-version part of determinism).
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {msg}")]
+    Parse { path: PathBuf, msg: String },
+    #[error("{0}: no lock file; run `moat lock {1}` first")]
+    Missing(PathBuf, PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lock {
+    pub version: u32,
+    /// Layer byte format (see [`FORMAT`]).
+    pub format: u32,
+    pub name: String,
+    /// Digest of the blueprint's parsed content (comments do not count).
+    pub blueprint: Digest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<LockedBase>,
+    #[serde(default, rename = "input", skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<LockedInput>,
+    /// Pinned Debian package set (present when the blueprint has `[debian]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debian: Option<toml::Value>,
+    #[serde(default, rename = "layer")]
+    pub layers: Vec<LockedLayer>,
+    pub image: LockedImage,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedBase {
+    pub image: String,
+    pub manifest: Digest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedInput {
+    /// `layer[i].entry[j]` in the blueprint.
+    pub at: String,
+    pub source: String,
+    pub kind: String,
+    pub sha256: Digest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedLayer {
+    pub name: String,
+    pub diff_id: Digest,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedImage {
+    pub config: Digest,
+    pub manifest: Digest,
+    pub manifest_size: u64,
+}
+
+impl Lock {
+    pub fn read(path: &Path, blueprint: &Path) -> Result<Lock, LockError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(LockError::Missing(path.into(), blueprint.into()))
+            }
+            Err(source) => return Err(LockError::Io { path: path.into(), source }),
+        };
+        let lock: Lock = toml::from_str(&text).map_err(|e| {
+            let (line, col) = e.span().map_or((1, 1), |s| crate::blueprint::line_col(&text, s.start));
+            LockError::Parse { path: path.into(), msg: format!("{line}:{col}: {}", e.message()) }
+        })?;
+        if lock.version != LOCK_VERSION {
+            return Err(LockError::Parse {
+                path: path.into(),
+                msg: format!("lock version {} is not supported (this moat writes {LOCK_VERSION})", lock.version),
+            });
+        }
+        Ok(lock)
+    }
+
+    /// Canonical text: fixed field order, a header comment, trailing newline.
+    pub fn to_text(&self) -> String {
+        let body = toml::to_string_pretty(self).unwrap_or_default();
+        format!("# Written by `moat lock`. Do not edit: every digest here is checked by `moat build` and `moat verify`.\n{body}")
+    }
+
+    /// Writes the lock atomically beside the blueprint.
+    pub fn write(&self, path: &Path) -> Result<(), LockError> {
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(dir).map_err(|source| LockError::Io { path: path.into(), source })?;
+        use std::io::Write;
+        tmp.write_all(self.to_text().as_bytes()).map_err(|source| LockError::Io { path: path.into(), source })?;
+        tmp.as_file().sync_all().map_err(|source| LockError::Io { path: path.into(), source })?;
+        tmp.persist(path).map_err(|e| LockError::Io { path: path.into(), source: e.error })?;
+        Ok(())
+    }
+}
+
+/// The first way `actual` departs from `expected`, for humans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Difference {
+    Blueprint,
+    Format { locked: u32, ours: u32 },
+    Base { locked: Option<Digest>, now: Option<Digest> },
+    Input { at: String, source: String, locked: Option<Digest>, now: Option<Digest> },
+    Debian,
+    LayerCount { locked: usize, now: usize },
+    Layer { index: usize, name: String, locked: Digest, now: Digest },
+    Config { locked: Digest, now: Digest },
+    Manifest { locked: Digest, now: Digest },
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Difference::Blueprint => write!(f, "the blueprint changed since it was locked (run `moat lock`)"),
+            Difference::Format { locked, ours } => write!(
+                f,
+                "the lock was written for layer format {locked}; this moat writes format {ours} (run `moat lock`)"
+            ),
+            Difference::Base { locked, now } => write!(f, "base image differs: locked {locked:?}, now {now:?}"),
+            Difference::Input { at, source, locked, now } => match (locked, now) {
+                (Some(l), Some(n)) => write!(f, "input {source} ({at}) changed: locked {l}, now {n}"),
+                (None, _) => write!(f, "input {source} ({at}) is not in the lock (run `moat lock`)"),
+                (_, None) => write!(f, "input {source} ({at}) is in the lock but not in the blueprint"),
+            },
+            Difference::Debian => write!(f, "the Debian package set differs from the lock"),
+            Difference::LayerCount { locked, now } => write!(f, "layer count differs: locked {locked}, built {now}"),
+            Difference::Layer { index, name, locked, now } => {
+                write!(f, "layer {index} ({name}) differs: locked diff_id {locked}, built {now}")
+            }
+            Difference::Config { locked, now } => write!(f, "config differs: locked {locked}, built {now}"),
+            Difference::Manifest { locked, now } => write!(f, "manifest differs: locked {locked}, built {now}"),
+        }
+    }
+}
+
+/// Compares inputs only (what `build` checks before doing archive work).
+pub fn input_difference(expected: &Lock, actual_inputs: &[LockedInput]) -> Option<Difference> {
+    let n = expected.inputs.len().max(actual_inputs.len());
+    for i in 0..n {
+        let (l, a) = (expected.inputs.get(i), actual_inputs.get(i));
+        if l.map(|x| (&x.at, &x.sha256)) != a.map(|x| (&x.at, &x.sha256)) {
+            let pick = a.or(l).expect("one side exists");
+            return Some(Difference::Input {
+                at: pick.at.clone(),
+                source: pick.source.clone(),
+                locked: l.map(|x| x.sha256.clone()),
+                now: a.map(|x| x.sha256.clone()),
+            });
+        }
+    }
+    None
+}
+
+/// The first difference between a lock and a fresh build's lock.
+pub fn first_difference(expected: &Lock, actual: &Lock) -> Option<Difference> {
+    if expected.format != actual.format {
+        return Some(Difference::Format { locked: expected.format, ours: actual.format });
+    }
+    if expected.blueprint != actual.blueprint {
+        return Some(Difference::Blueprint);
+    }
+    let bm = |b: &Option<LockedBase>| b.as_ref().map(|b| b.manifest.clone());
+    if bm(&expected.base) != bm(&actual.base) {
+        return Some(Difference::Base { locked: bm(&expected.base), now: bm(&actual.base) });
+    }
+    if let Some(d) = input_difference(expected, &actual.inputs) {
+        return Some(d);
+    }
+    if expected.debian != actual.debian {
+        return Some(Difference::Debian);
+    }
+    for (i, (l, a)) in expected.layers.iter().zip(&actual.layers).enumerate() {
+        if l.diff_id != a.diff_id || l.digest != a.digest {
+            return Some(Difference::Layer {
+                index: i,
+                name: a.name.clone(),
+                locked: l.diff_id.clone(),
+                now: a.diff_id.clone(),
+            });
+        }
+    }
+    if expected.layers.len() != actual.layers.len() {
+        return Some(Difference::LayerCount { locked: expected.layers.len(), now: actual.layers.len() });
+    }
+    if expected.image.config != actual.image.config {
+        return Some(Difference::Config { locked: expected.image.config.clone(), now: actual.image.config.clone() });
+    }
+    if expected.image.manifest != actual.image.manifest {
+        return Some(Difference::Manifest {
+            locked: expected.image.manifest.clone(),
+            now: actual.image.manifest.clone(),
+        });
+    }
+    None
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# moat CI recipe, usable from any CI system (see github-actions.yml for one).
+#
+#   moat-ci.sh check                      every change: lint + verify, fail on drift
+#   moat-ci.sh release REGISTRY/PREFIX    release: build, push, and prove that the
+#                                         pushed digest is the one each lock pins
+#
+# Environment: MOAT (default: moat), BLUEPRINTS (default: blueprints/*.toml),
+# TAG (optional alias pushed with the digest, e.g. the release version),
+# MOAT_REGISTRY_USER + MOAT_REGISTRY_PASSWORD (optional: `moat login` first),
+# MOAT_CA_FILE (optional extra CA for the registry).
+set -euo pipefail
+
+MOAT=${MOAT:-moat}
+shopt -s nullglob
+read -r -a blueprints <<<"${BLUEPRINTS:-$(echo blueprints/*.toml)}"
+[ ${#blueprints[@]} -gt 0 ] || { echo "moat-ci: no blueprints found" >&2; exit 2; }
+
+# The manifest digest a lock pins: `manifest = "sha256:..."` in its [image] table.
+lock_digest() {
+  awk '/^\[/{sec=$0} sec=="[image]" && $1=="manifest" {gsub(/"/,"",$3); print $3}' "$1"
+}
+
+check() {
+  # Mutable references, unpinned sources, unknown keys.
+  "$MOAT" lint
+  # Rebuild every blueprint in a fresh store; any digest differing from its lock fails.
+  "$MOAT" verify "${blueprints[@]}"
+}
+
+release() {
+  local prefix=${1:?usage: moat-ci.sh release REGISTRY/PREFIX}
+  local net=()
+  [ -n "${MOAT_CA_FILE:-}" ] && net+=(--ca-file "$MOAT_CA_FILE")
+  if [ -n "${MOAT_REGISTRY_USER:-}" ]; then
+    printf '%s\n' "${MOAT_REGISTRY_PASSWORD:?MOAT_REGISTRY_PASSWORD is empty}" |
+      "$MOAT" login "${prefix%%/*}" -u "$MOAT_REGISTRY_USER" "${net[@]}"
+  fi
+  check
+  local bp lock want built name pushed
+  for bp in "${blueprints[@]}"; do
+    lock="${bp%.toml}.lock"
+    want=$(lock_digest "$lock")
+    [ -n "$want" ] || { echo "moat-ci: $lock pins no [image] manifest" >&2; exit 1; }
+    built=$("$MOAT" -q build "$bp")             # NAME@sha256:...
+    name=${built%@*}
+    [ "${built#*@}" = "$want" ] || { echo "moat-ci: $bp built ${built#*@}, lock says $want" >&2; exit 1; }
+    pushed=$("$MOAT" -q push "$built" "$prefix/$name${TAG:+:$TAG}" "${net[@]}")   # REGISTRY/REPO@sha256:...
+    if [ "${pushed##*@}" != "$want" ]; then
+      echo "moat-ci: pushed ${pushed##*@} but $lock pins $want" >&2; exit 1
+    fi
+    # Ask the registry, not our own output: the tag (if any) must now name the lock's digest.
+    if [ -n "${TAG:-}" ]; then
+      resolved=$("$MOAT" resolve "$prefix/$name:$TAG" "${net[@]}")
+      [ "${resolved##*@}" = "$want" ] || { echo "moat-ci: registry says $resolved, lock pins $want" >&2; exit 1; }
+    fi
+    echo "released $pushed"
+  done
+}
+
+case "${1:-}" in
+  check) check ;;
+  release) shift; release "$@" ;;
+  *) echo "usage: moat-ci.sh check | release REGISTRY/PREFIX" >&2; exit 2 ;;
+esac

@@ -1,0 +1,180 @@
+//! Registry commands: push, pull, resolve, login, logout. Parses options and
+//! prints results; the work is in `moat_builder::registry`. Passwords come
+//! from stdin only (never argv, which other users can read in /proc).
+use crate::Global;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use moat_builder::home::store_dir;
+use moat_builder::registry::{self, auth, Options};
+use moat_builder::Store;
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// TLS and transport options every registry command takes.
+#[derive(Args, Clone, Default)]
+pub struct NetArgs {
+    /// Extra CA certificate(s) (PEM) trusted on top of the system roots.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Allow plain HTTP to this host (HOST or HOST:PORT) if HTTPS fails; repeatable.
+    /// Loopback registries are allowed without it.
+    #[arg(long, value_name = "HOST")]
+    pub insecure: Vec<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl NetArgs {
+    fn options(&self, g: &Global) -> Options {
+        Options {
+            ca_file: self.ca_file.clone(),
+            insecure: self.insecure.clone(),
+            progress: !g.quiet && !self.json,
+            name: None,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct PushArgs {
+    /// Image in the store: NAME, NAME@sha256:... or sha256:...
+    pub image: String,
+    /// Destination REGISTRY/REPO[:TAG] (a tag is only an alias; the digest is printed).
+    pub target: String,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(Args)]
+pub struct PullArgs {
+    /// REGISTRY/REPO@sha256:... (tags are refused: see `moat resolve`).
+    pub reference: String,
+    /// Name of the image in the store (default: the repository's last component).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(Args)]
+pub struct ResolveArgs {
+    /// REGISTRY/REPO:TAG to look up.
+    pub reference: String,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(Args)]
+pub struct LoginArgs {
+    /// Registry host[:port].
+    pub registry: String,
+    /// User name.
+    #[arg(short, long)]
+    pub username: String,
+    /// Store the credentials without checking them against the registry.
+    #[arg(long)]
+    pub no_verify: bool,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(Args)]
+pub struct LogoutArgs {
+    /// Registry host[:port].
+    pub registry: String,
+}
+
+pub fn push(a: PushArgs, g: &Global) -> Result<ExitCode> {
+    let dir = store_dir(g.store.as_deref());
+    let store = Store::open_existing(&dir).with_context(|| format!("opening the image store {}", dir.display()))?;
+    let r = registry::push(&store, &a.image, &a.target, &a.net.options(g))
+        .with_context(|| format!("pushing {} to {}", a.image, a.target))?;
+    if a.net.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        if !g.quiet {
+            eprintln!(
+                "uploaded {} blob(s) ({} bytes), {} already present",
+                r.uploaded.len(),
+                r.bytes_uploaded,
+                r.skipped.len()
+            );
+        }
+        println!("{}", r.pinned);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn pull(a: PullArgs, g: &Global) -> Result<ExitCode> {
+    let dir = store_dir(g.store.as_deref());
+    let store = Store::open(&dir).with_context(|| format!("opening the image store {}", dir.display()))?;
+    let mut opts = a.net.options(g);
+    opts.name = a.name.clone();
+    let r = registry::pull(&a.reference, &store, &opts).with_context(|| format!("pulling {}", a.reference))?;
+    if a.net.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        if !g.quiet {
+            eprintln!(
+                "downloaded {} blob(s) ({} bytes), {} already in the store",
+                r.downloaded.len(),
+                r.bytes_downloaded,
+                r.present.len()
+            );
+        }
+        println!("{}@{}", r.name, r.manifest.digest);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn resolve(a: ResolveArgs, g: &Global) -> Result<ExitCode> {
+    let r = registry::resolve(&a.reference, &a.net.options(g)).with_context(|| format!("resolving {}", a.reference))?;
+    if a.net.json {
+        println!("{}", serde_json::json!({ "reference": a.reference, "pinned": r.pinned, "digest": r.digest }));
+    } else {
+        println!("{}", r.pinned);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn login(a: LoginArgs, g: &Global) -> Result<ExitCode> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() && !g.quiet {
+        eprintln!("password for {}@{} (read from stdin):", a.username, a.registry);
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line).context("reading the password from stdin")?;
+    let password = line.trim_end_matches(['\n', '\r']).to_string();
+    if password.is_empty() {
+        bail!("no password on stdin (pipe it in: `printf %s \"$PASS\" | moat login {} -u USER`)", a.registry);
+    }
+    let creds = auth::Credentials { username: a.username.clone(), password };
+    if !a.no_verify {
+        registry::check_login(&a.registry, &creds, &a.net.options(g))
+            .with_context(|| format!("logging in to {}", a.registry))?;
+    }
+    let path = auth::store(&a.registry, creds)?;
+    if a.net.json {
+        println!(
+            "{}",
+            serde_json::json!({ "registry": auth::normalize(&a.registry), "username": a.username, "file": path })
+        );
+    } else if !g.quiet {
+        eprintln!("credentials for {} saved to {}", a.registry, path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn logout(a: LogoutArgs, g: &Global) -> Result<ExitCode> {
+    let found = auth::remove(&a.registry)?;
+    if !g.quiet {
+        if found {
+            eprintln!("removed credentials for {}", a.registry);
+        } else {
+            eprintln!("no moat credentials stored for {}", a.registry);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

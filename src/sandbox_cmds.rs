@@ -1,0 +1,341 @@
+//! Sandbox commands: run, ls, stop, rm, exec, logs, bundle, doctor, and the
+//! hidden `__supervise` / `__launch` re-execs of the process tree.
+use crate::Global;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use moat_builder::{home, Store};
+use moat_supervisor::sandbox::{self, RunRequest};
+use moat_supervisor::state::{self, Paths, Status};
+use moat_supervisor::{doctor, launcher, Policy};
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Sandbox name (default: the image name and a random suffix).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Policy file (TOML) instead of the embedded baseline.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Host directory to mount as the workspace (default: one moat keeps per sandbox).
+    #[arg(long)]
+    pub workspace: Option<PathBuf>,
+    /// Keep stdin open for the sandboxed command.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the command the terminal (stdin, stdout, stderr stay the caller's).
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Set an environment variable (KEY=VALUE); PATH cannot be changed.
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Run in the background under its own supervisor; prints the name.
+    #[arg(short, long, conflicts_with_all = ["interactive", "tty", "rm"])]
+    pub detach: bool,
+    /// Remove the sandbox's state when it exits (the workspace too, if moat made it).
+    #[arg(long)]
+    pub rm: bool,
+    /// Image reference: NAME, NAME@sha256:..., or sha256:...
+    pub image: String,
+    /// Command and arguments (default: the image's entrypoint and command).
+    #[arg(last = true)]
+    pub cmd: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct LsArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+#[derive(Args)]
+pub struct StopArgs {
+    /// Seconds between SIGTERM and SIGKILL.
+    #[arg(short, long, default_value_t = 10)]
+    pub time: u64,
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+#[derive(Args)]
+pub struct RmArgs {
+    /// Stop a running sandbox first.
+    #[arg(short, long)]
+    pub force: bool,
+    /// Delete the workspace moat made for it too.
+    #[arg(long)]
+    pub workspace: bool,
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+#[derive(Args)]
+pub struct ExecArgs {
+    /// Set an environment variable (KEY=VALUE).
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Keep stdin open.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the command the terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    pub name: String,
+    #[arg(last = true, required = true)]
+    pub cmd: Vec<String>,
+}
+#[derive(Args)]
+pub struct LogsArgs {
+    /// Keep printing new output until the sandbox exits.
+    #[arg(short, long)]
+    pub follow: bool,
+    pub name: String,
+}
+#[derive(Args)]
+pub struct BundleArgs {
+    /// Policy file (TOML) instead of the embedded baseline.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    pub image: String,
+    /// Output directory (created; must be empty).
+    pub dir: PathBuf,
+    #[arg(last = true)]
+    pub cmd: Vec<String>,
+}
+#[derive(Args)]
+pub struct DoctorArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+#[derive(Args)]
+pub struct InternalArgs {
+    pub name: String,
+}
+
+fn load_policy(p: &Option<PathBuf>) -> Result<Policy> {
+    Ok(match p {
+        Some(p) => Policy::load(p)?,
+        None => Policy::baseline(),
+    })
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(255))
+}
+
+pub fn run(a: RunArgs, g: &Global) -> Result<ExitCode> {
+    let req = RunRequest {
+        name: a.name,
+        image: a.image,
+        store: home::store_dir(g.store.as_deref()),
+        policy: load_policy(&a.policy)?,
+        workspace: a
+            .workspace
+            .map(|w| fs::canonicalize(&w).with_context(|| format!("--workspace {}", w.display())))
+            .transpose()?,
+        args: a.cmd,
+        env: a.env,
+        interactive: a.interactive || a.tty,
+        tty: a.tty,
+        detach: a.detach,
+    };
+    let paths = sandbox::create(&req)?;
+    if a.detach {
+        return start_detached(&paths);
+    }
+    let result = sandbox::supervise(&paths, None);
+    if a.rm {
+        sandbox::remove(&paths, true, true).with_context(|| format!("removing sandbox {}", paths.name))?;
+    }
+    Ok(exit(result?))
+}
+
+/// Starts `moat __supervise NAME` in its own session, output to the log, and
+/// waits for it to say the sandbox runs.
+fn start_detached(paths: &Paths) -> Result<ExitCode> {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(paths.log_file())
+        .with_context(|| paths.log_file().display().to_string())?;
+    let (ready_r, ready_w) = nix::unistd::pipe().context("pipe")?;
+    let ready_w_raw = std::os::fd::AsRawFd::as_raw_fd(&ready_w);
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg("__supervise")
+        .arg(&paths.name)
+        .env("MOAT_READY_FD", "3")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: runs between fork and exec; setsid and dup2 are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 || libc::dup2(ready_w_raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().context("starting the supervisor")?;
+    drop(ready_w);
+    let mut line = String::new();
+    BufReader::new(fs::File::from(ready_r)).read_line(&mut line)?;
+    match line.trim() {
+        "ok" => {
+            println!("{}", paths.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        "" => {
+            bail!("the supervisor of {} exited before the sandbox started; see `moat logs {}`", paths.name, paths.name)
+        }
+        msg => bail!("{}", msg.trim_start_matches("error: ")),
+    }
+}
+
+pub fn supervise_internal(a: InternalArgs) -> Result<ExitCode> {
+    let paths = Paths::new(&a.name)?;
+    // SAFETY: fd 3 is the ready pipe our parent placed there (MOAT_READY_FD).
+    let ready = std::env::var("MOAT_READY_FD").ok().filter(|v| v == "3").map(|_| unsafe { fs::File::from_raw_fd(3) });
+    Ok(exit(sandbox::supervise(&paths, ready)?))
+}
+
+pub fn launch_internal(a: InternalArgs) -> Result<ExitCode> {
+    let paths = Paths::new(&a.name)?;
+    let plan: launcher::LaunchPlan = serde_json::from_slice(&fs::read(paths.launch_plan())?).context("launch.json")?;
+    // SAFETY: fd 3 is the report pipe the supervisor placed there (MOAT_REPORT_FD).
+    let report = std::env::var("MOAT_REPORT_FD").ok().filter(|v| v == "3").map(|_| unsafe { fs::File::from_raw_fd(3) });
+    Ok(exit(launcher::launch(&plan, report)?))
+}
+
+pub fn ls(a: LsArgs, _g: &Global) -> Result<ExitCode> {
+    let recs = state::list()?;
+    if a.json {
+        let rows: Vec<_> = recs
+            .iter()
+            .map(|r| {
+                let st = r.live_status();
+                serde_json::json!({
+                    "name": r.name, "image": r.image, "image_digest": r.image_digest,
+                    "state": st, "pid": r.init.filter(|_| st == Status::Running).map(|p| p.pid),
+                    "uptime_seconds": r.started.filter(|_| st == Status::Running).map(|s| state::now().saturating_sub(s)),
+                    "exit_code": r.exit_code, "workspace": r.workspace,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<24} {:<14} {:<8} {:>8} {:>8}", "NAME", "IMAGE", "STATE", "PID", "UPTIME");
+    for r in recs {
+        let st = r.live_status();
+        let running = st == Status::Running;
+        let digest = r.image_digest.strip_prefix("sha256:").map(|d| &d[..12.min(d.len())]).unwrap_or("-");
+        let pid = r.init.filter(|_| running).map(|p| p.pid.to_string()).unwrap_or_else(|| "-".into());
+        let up =
+            r.started.filter(|_| running).map(|s| human(state::now().saturating_sub(s))).unwrap_or_else(|| "-".into());
+        let st = match (st, r.exit_code) {
+            (Status::Exited, Some(c)) => format!("exited({c})"),
+            (s, _) => format!("{s:?}").to_lowercase(),
+        };
+        println!("{:<24} {:<14} {:<8} {:>8} {:>8}", r.name, digest, st, pid, up);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s => format!("{}h", s / 3600),
+    }
+}
+
+pub fn stop(a: StopArgs, _g: &Global) -> Result<ExitCode> {
+    for n in &a.names {
+        let paths = Paths::new(n)?;
+        if !sandbox::stop(&paths, Duration::from_secs(a.time))? {
+            eprintln!("moat: {n} is not running");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn rm(a: RmArgs, _g: &Global) -> Result<ExitCode> {
+    for n in &a.names {
+        sandbox::remove(&Paths::new(n)?, a.force, a.workspace)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn exec(a: ExecArgs, _g: &Global) -> Result<ExitCode> {
+    let paths = Paths::new(&a.name)?;
+    let plan = sandbox::launch_plan(&paths)?;
+    if !(a.interactive || a.tty) {
+        // Like `run` without -i: the command reads end-of-file.
+        let null = fs::File::open("/dev/null")?;
+        nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0)?;
+    }
+    Ok(exit(launcher::exec(&plan, a.cmd, &a.env)?))
+}
+
+pub fn logs(a: LogsArgs, _g: &Global) -> Result<ExitCode> {
+    let paths = Paths::new(&a.name)?;
+    let rec = state::load(&paths)?;
+    let mut f = match fs::File::open(paths.log_file()) {
+        Ok(f) => f,
+        Err(_) if !rec.detached => {
+            bail!("{} ran in the foreground: its output went to the terminal, there is no log", a.name)
+        }
+        Err(e) => return Err(e).context(paths.log_file().display().to_string()),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        f.read_to_end(&mut buf)?;
+        out.write_all(&buf)?;
+        out.flush()?;
+        if !a.follow || state::load(&paths).map(|r| r.live_status() != Status::Running).unwrap_or(true) {
+            // One last read after the exit, for output written while we slept.
+            buf.clear();
+            f.read_to_end(&mut buf)?;
+            out.write_all(&buf)?;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let pos = f.stream_position()?;
+        f.seek(SeekFrom::Start(pos))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn bundle(a: BundleArgs, g: &Global) -> Result<ExitCode> {
+    let store = Store::open_existing(&home::store_dir(g.store.as_deref()))?;
+    sandbox::write_bundle(&store, &a.image, &load_policy(&a.policy)?, &a.cmd, &a.dir)?;
+    println!("{}", a.dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn doctor(a: DoctorArgs, _g: &Global) -> Result<ExitCode> {
+    let checks = doctor::run();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        for c in &checks {
+            let tag = match c.level {
+                doctor::Level::Ok => "ok",
+                doctor::Level::Degraded => "WEAK",
+                doctor::Level::Missing => "MISSING",
+            };
+            println!("{tag:<8} {:<13} {}", c.name, c.detail);
+            if !c.fix.is_empty() {
+                println!("{:<22} {}", "", c.fix);
+            }
+        }
+    }
+    let broken = checks.iter().any(|c| c.level == doctor::Level::Missing);
+    Ok(if broken { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,229 @@
+//! The launcher: the only code that calls libcontainer. It runs in a
+//! single-threaded process (a re-exec of the moat binary, or the `moat exec`
+//! CLI before any thread starts), because libcontainer clones and then runs
+//! ordinary Rust in the child: a lock held by another thread at that moment
+//! deadlocks the child (FIELD-NOTES.md). Guards against that hazard by
+//! refusing to run with more than one thread, and against leftovers: the
+//! rootfs overlay exists only in the launcher's private mount namespace, and
+//! the container (cgroups, state) is deleted when its init exits or when the
+//! supervisor dies (PDEATHSIG -> SIGTERM -> kill and delete).
+use crate::executor::{GuardPlan, MoatExecutor};
+use crate::rootfs;
+use crate::seccomp::DenyList;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("the launcher must run single-threaded (found {0} threads): libcontainer's clone is unsound otherwise")]
+    Threads(usize),
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::RootfsError),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error("libcontainer: {0}")]
+    Container(#[from] libcontainer::error::LibcontainerError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("sandbox {0} is not running")]
+    NotRunning(String),
+    #[error("the supervisor exited before the launcher started")]
+    Orphaned,
+}
+
+/// Everything the launcher needs, written by the supervisor as `launch.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LaunchPlan {
+    pub container_id: String,
+    /// libcontainer's state root (`/run/moat/containers`).
+    pub state_root: PathBuf,
+    /// Bundle directory holding config.json.
+    pub bundle: PathBuf,
+    /// Where the overlay is mounted (the spec's root.path).
+    pub rootfs: PathBuf,
+    /// Overlay lower directories, topmost first.
+    pub lowers: Vec<PathBuf>,
+    pub cache_dir: PathBuf,
+    pub guard: GuardPlan,
+    /// The supervisor's pid: if our parent is no longer it, it died before we armed PDEATHSIG.
+    pub supervisor_pid: u32,
+    /// uid/gid/cwd for `moat exec`.
+    pub uid: u32,
+    pub gid: u32,
+    pub cwd: String,
+}
+
+static SIGNALLED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    SIGNALLED.store(sig, Ordering::SeqCst);
+}
+
+/// Number of threads of this process.
+pub fn thread_count() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:").and_then(|v| v.trim().parse().ok())))
+        .unwrap_or(usize::MAX)
+}
+
+fn ensure_single_threaded() -> Result<(), LaunchError> {
+    match thread_count() {
+        1 => Ok(()),
+        n => Err(LaunchError::Threads(n)),
+    }
+}
+
+fn executor(plan: &LaunchPlan) -> Result<MoatExecutor, LaunchError> {
+    Ok(MoatExecutor { guard: plan.guard.clone(), seccomp: DenyList::builtin()?.compile()? })
+}
+
+/// Starts the sandbox described by `plan`, reports `started PID` on
+/// `report`, waits for its init and removes the container. Returns the
+/// init's exit code (128+N when killed by signal N).
+pub fn launch(plan: &LaunchPlan, mut report: Option<std::fs::File>) -> Result<i32, LaunchError> {
+    ensure_single_threaded()?;
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } as u32 != plan.supervisor_pid {
+        return Err(LaunchError::Orphaned);
+    }
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe). No
+        // SA_RESTART, so waitpid returns EINTR and the loop sees the flag.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+    rootfs::private_mount_namespace().map_err(|source| LaunchError::Io { what: "private mount namespace".into(), source })?;
+    rootfs::mount_overlay(&plan.rootfs, &plan.lowers, &plan.cache_dir)?;
+    let exec = executor(plan)?;
+    let built = ContainerBuilder::new(plan.container_id.clone(), SyscallType::Linux)
+        .with_executor(exec)
+        .with_root_path(&plan.state_root)
+        .and_then(|b| b.as_init(&plan.bundle).with_systemd(false).with_detach(false).build());
+    let mut container = match built {
+        Ok(c) => c,
+        Err(e) => {
+            remove_container(plan);
+            return Err(e.into());
+        }
+    };
+    if let Err(e) = container.start() {
+        let _ = container.delete(true);
+        return Err(e.into());
+    }
+    let Some(pid) = container.pid() else {
+        let _ = container.delete(true);
+        return Err(LaunchError::NotRunning(plan.container_id.clone()));
+    };
+    if let Some(r) = report.as_mut() {
+        let _ = writeln!(r, "started {pid}");
+    }
+    drop(report);
+    let code = wait_for(pid.as_raw(), &mut container);
+    if let Err(e) = container.delete(true) {
+        tracing::warn!(container = %plan.container_id, error = %e, "removing the finished container");
+    }
+    Ok(code)
+}
+
+/// Waits for the init; on SIGTERM/SIGINT/SIGHUP kills the whole sandbox.
+fn wait_for(pid: i32, container: &mut Container) -> i32 {
+    let mut killed = false;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into our local.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            if libc::WIFEXITED(status) {
+                return libc::WEXITSTATUS(status);
+            }
+            if libc::WIFSIGNALED(status) {
+                return 128 + libc::WTERMSIG(status);
+            }
+            continue;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            tracing::error!(error = %err, "waiting for the sandbox init");
+            return 255;
+        }
+        if SIGNALLED.load(Ordering::SeqCst) != 0 && !killed {
+            killed = true;
+            tracing::info!(signal = SIGNALLED.load(Ordering::SeqCst), "supervisor signalled: killing the sandbox");
+            if container.kill(nix::sys::signal::Signal::SIGKILL, true).is_err() {
+                // SAFETY: pid is our child (the sandbox init).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Deletes a half-created container's state, if any.
+fn remove_container(plan: &LaunchPlan) {
+    if let Ok(mut c) = Container::load(plan.state_root.join(&plan.container_id)) {
+        let _ = c.delete(true);
+    }
+}
+
+/// Runs `args` inside the running sandbox of `plan` (same namespaces, cgroup,
+/// user, Landlock, seccomp) and waits for it. Call before any thread starts.
+pub fn exec(plan: &LaunchPlan, args: Vec<String>, env: &[String]) -> Result<i32, LaunchError> {
+    ensure_single_threaded()?;
+    let env: HashMap<String, String> = env.iter().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let pid = ContainerBuilder::new(plan.container_id.clone(), SyscallType::Linux)
+        .with_executor(executor(plan)?)
+        .with_root_path(&plan.state_root)?
+        .as_tenant()
+        .with_container_args(args)
+        .with_env(env)
+        .with_cwd(Some(&plan.cwd))
+        .with_user(Some(plan.uid))
+        .with_group(Some(plan.gid))
+        .with_additional_gids(vec![plan.gid])
+        .with_no_new_privs(true)
+        .with_detach(false)
+        .build()?;
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid on our child; writes the status into our local.
+        let r = unsafe { libc::waitpid(pid.as_raw(), &mut status, 0) };
+        if r == pid.as_raw() {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(LaunchError::Io { what: "waiting for the exec'd process".into(), source: err });
+        }
+    }
+    Ok(if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) })
+}
+
+/// Deletes what a crashed launcher may have left of a container (its
+/// cgroups and libcontainer state), killing any process still in it.
+pub fn remove_leftovers(state_root: &std::path::Path, container_id: &str) {
+    let dir = state_root.join(container_id);
+    if !dir.exists() {
+        return;
+    }
+    match Container::load(dir.clone()) {
+        Ok(mut c) => {
+            let _ = c.kill(nix::sys::signal::Signal::SIGKILL, true);
+            if let Err(e) = c.delete(true) {
+                tracing::warn!(container = container_id, error = %e, "removing leftover container state");
+            }
+        }
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Sandbox start-up benchmark: `moat run --rm IMAGE -- /bin/true` end to end
+# (image in the store, layer cache warm) against `runc run` and `crun run` of
+# the bundle `moat bundle` writes for the same image, medians of N runs in
+# one invocation, ratios printed. Also: a cold-cache first run of a ~200 MB
+# image, and the memory of an idle supervisor + launcher.
+#
+# Needs root, hyperfine, jq, runc, crun, busybox-static (scripts/install-deps.sh).
+# Usage: tests/bench/run.sh [RUNS]   (default 50)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+runs=${1:-50}
+for t in hyperfine jq runc busybox; do
+  command -v "$t" >/dev/null || { echo "bench: $t is missing (scripts/install-deps.sh)" >&2; exit 1; }
+done
+[ "$(id -u)" -eq 0 ] || { echo "bench: needs root" >&2; exit 1; }
+
+triple="$(uname -m)-unknown-linux-gnu"
+echo "building (release)..." >&2
+cargo build --release --quiet --bin moat
+cargo build --release --quiet -p moat-probe --features image --bin moat-testimage
+RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=target/probe-static \
+  cargo build --release --quiet -p moat-probe --bin moat-probe --target "$triple"
+moat=$PWD/target/release/moat
+probe=$PWD/target/probe-static/$triple/release/moat-probe
+
+work=$(mktemp -d /tmp/moat-bench.XXXXXX)
+cleanup() {
+  for n in $("$moat" ls --json 2>/dev/null | jq -r '.[].name'); do "$moat" rm --force --workspace "$n" >/dev/null 2>&1 || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+export MOAT_HOME=$work/home MOAT_STORE=$work/store MOAT_RUN_DIR=$work/run
+target/release/moat-testimage "$MOAT_STORE" bench "$probe" /bin/busybox >/dev/null
+"$moat" bundle bench "$work/bundle" -- /bin/true >/dev/null
+"$moat" run --rm bench -- /bin/true   # warms the layer cache
+
+median_ms() { jq -r '.results[0].median * 1000 | . * 100 | round / 100' "$1"; }
+
+hyperfine -N --warmup 3 --runs "$runs" --export-json "$work/moat.json" \
+  "$moat run --rm bench -- /bin/true" >/dev/null 2>&1
+i=0
+hyperfine -N --warmup 3 --runs "$runs" --export-json "$work/runc.json" \
+  --setup "true" \
+  "runc --root $work/runc run --bundle $work/bundle bench-runc" >/dev/null 2>&1
+moat_ms=$(median_ms "$work/moat.json"); runc_ms=$(median_ms "$work/runc.json")
+
+# crun 1.8 refuses the hybrid cgroup layout of these VMs ("cgroups in hybrid
+# mode not supported"); without a cgroup manager it runs the same bundle.
+crun_ms=n/a; crun_note=""
+if command -v crun >/dev/null; then
+  crun_flags=""
+  if ! crun --root "$work/crun" run --bundle "$work/bundle" bench-crun-probe >/dev/null 2>&1; then
+    crun_flags="--cgroup-manager=disabled"; crun_note=" (--cgroup-manager=disabled: crun refuses hybrid cgroups)"
+  fi
+  hyperfine -N --warmup 3 --runs "$runs" --export-json "$work/crun.json" \
+    "crun $crun_flags --root $work/crun run --bundle $work/bundle bench-crun" >/dev/null 2>&1
+  crun_ms=$(median_ms "$work/crun.json")
+fi
+
+# Cold layer cache: a ~200 MB image (incompressible padding), first run.
+target/release/moat-testimage "$MOAT_STORE" big "$probe" /bin/busybox 200 >/dev/null
+big_size=$(du -sm "$MOAT_STORE" | cut -f1)
+cold_s=$( { /usr/bin/time -f %e "$moat" run --rm big -- /bin/true >/dev/null; } 2>&1 | tail -1 )
+warm_big=$( { /usr/bin/time -f %e "$moat" run --rm big -- /bin/true >/dev/null; } 2>&1 | tail -1 )
+
+# Idle supervisor memory (supervisor + launcher RSS).
+"$moat" run -d --name idle bench -- sleep 1000 >/dev/null
+sleep 1
+sup=$(jq -r '.supervisor.pid' "$MOAT_HOME/sandboxes/idle/state.json")
+launcher=$(pgrep -P "$sup" | head -1)
+rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+sup_kb=$(rss "$sup"); launcher_kb=$(rss "$launcher")
+"$moat" rm --force --workspace idle >/dev/null
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == "n/a" || a == 0) print "n/a"; else printf "%.2f", b / a }'; }
+echo "sandbox start, /bin/true, median of $runs (ms):"
+echo "  moat run --rm        $moat_ms"
+echo "  runc run             $runc_ms   (moat is $(ratio "$moat_ms" "$runc_ms")x faster)"
+echo "  crun run             $crun_ms   (moat is $(ratio "$moat_ms" "$crun_ms")x faster)$crun_note"
+echo "cold layer cache, first run of a ${big_size} MB store image: ${cold_s} s (warm: ${warm_big} s)"
+echo "idle supervisor RSS: ${sup_kb} KiB, launcher RSS: ${launcher_kb} KiB"

@@ -1,0 +1,168 @@
+//! Sandbox lifecycle through the `moat` binary: exit codes, stdin, detached
+//! runs with ls/exec/logs/stop/rm, supervisor death, two sandboxes side by
+//! side, and that nothing (process, mount, cgroup, runtime state) is left.
+mod sandbox_common;
+use sandbox_common::*;
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+/// Everything a finished sandbox must not leave behind.
+fn assert_no_leftovers(w: &World, name: &str, init_pid: i64, launcher_gone: bool) {
+    assert!(wait_until(Duration::from_secs(10), || !pid_alive(init_pid)), "sandbox init {init_pid} still alive");
+    let run = w.run_dir();
+    assert!(wait_until(Duration::from_secs(10), || !run.join("containers").join(format!("moat-{name}")).exists()), "libcontainer state left");
+    assert!(!run.join("sandboxes").join(name).exists(), "runtime dir left");
+    for ctl in ["pids", "memory"] {
+        let cg = Path::new("/sys/fs/cgroup").join(ctl).join("moat").join(name);
+        let cg2 = Path::new("/sys/fs/cgroup/moat").join(name);
+        assert!(!cg.exists() && !cg2.exists(), "cgroup {} left", cg.display());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(run.to_str().unwrap()), "a mount under {} is left:\n{mounts}", run.display());
+    if launcher_gone {
+        let procs = std::fs::read_dir("/proc").unwrap().flatten().filter(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).split('\0').collect::<Vec<_>>().windows(2).any(|w| w[0].starts_with("__") && w[1] == name))
+        });
+        assert_eq!(procs.count(), 0, "a supervisor or launcher of {name} is still running");
+    }
+}
+
+#[test]
+fn exit_codes_and_stdin_propagate() {
+    let w = World::new();
+    let o = w.run(&["run", "--rm", &w.image, "--", "sh", "-c", "exit 42"]);
+    assert_eq!(o.status.code(), Some(42), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = w.run(&["run", "--rm", &w.image, "--", "/no/such/program"]);
+    assert_eq!(o.status.code(), Some(127));
+    // -i passes stdin through; without it the command reads end-of-file.
+    for (flag, want) in [(Some("-i"), "hello from the host\n"), (None, "")] {
+        let mut c = w.moat();
+        c.arg("run").arg("--rm");
+        if let Some(f) = flag {
+            c.arg(f);
+        }
+        let mut child = c.args([&w.image, "--", "cat"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let _ = child.stdin.take().unwrap().write_all(b"hello from the host\n");
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "flag {flag:?}");
+    }
+    // --rm left nothing.
+    assert_eq!(w.ok(&["ls", "--json"]).trim(), "[]");
+}
+
+#[test]
+fn detached_sandbox_ls_exec_logs_stop_rm() {
+    let w = World::new();
+    let name = w.ok(&["run", "-d", "--name", "agent", &w.image, "--", "sh", "-c", "echo started; sleep 1000"]);
+    assert_eq!(name.trim(), "agent");
+    let ls: serde_json::Value = serde_json::from_str(&w.ok(&["ls", "--json"])).unwrap();
+    assert_eq!(ls[0]["name"], "agent");
+    assert_eq!(ls[0]["state"], "running");
+    assert!(ls[0]["image_digest"].as_str().unwrap().starts_with("sha256:"));
+    let init_pid = ls[0]["pid"].as_i64().expect("pid");
+    assert!(pid_alive(init_pid));
+    assert!(w.ok(&["ls"]).contains("agent"));
+
+    // exec lands in the same sandbox with the same restrictions.
+    let st = w.state("agent");
+    let sup = st["supervisor"]["pid"].as_i64().unwrap();
+    let r = parse(&w.ok(&["exec", "agent", "--", "/usr/local/bin/moat-probe", "all", &GATEWAY_PORT.to_string(), &sup.to_string()]));
+    assert_process_guards(&r);
+    assert_eq!(r["landlock_read_srv"], "EACCES");
+    assert_eq!(r["connect_gateway"], "ok");
+    assert_eq!(r["connect_other_port"], "EACCES");
+    assert_eq!(r["signal_supervisor"], "ESRCH", "the supervisor's pid is not in the sandbox");
+    let ps = w.ok(&["exec", "agent", "--", "ps"]);
+    assert!(ps.contains("sleep 1000"), "exec sees the sandbox's processes:\n{ps}");
+    w.ok(&["exec", "agent", "--", "sh", "-c", "echo from-exec > /sandbox/note"]);
+    let ws = w.home().join("sandboxes/agent/workspace");
+    assert_eq!(std::fs::read_to_string(ws.join("note")).unwrap(), "from-exec\n");
+    assert_eq!(w.run(&["exec", "agent", "--", "sh", "-c", "exit 7"]).status.code(), Some(7));
+
+    assert!(wait_until(Duration::from_secs(5), || w.ok(&["logs", "agent"]).contains("started")));
+    let o = w.run(&["rm", "agent"]);
+    assert!(!o.status.success(), "rm of a running sandbox needs --force");
+
+    w.ok(&["stop", "-t", "1", "agent"]);
+    let ls: serde_json::Value = serde_json::from_str(&w.ok(&["ls", "--json"])).unwrap();
+    assert_eq!(ls[0]["state"], "exited");
+    assert_eq!(ls[0]["exit_code"], 137, "pid 1 ignores SIGTERM without a handler: SIGKILL after the grace period");
+    assert_no_leftovers(&w, "agent", init_pid, true);
+    assert!(!w.run(&["exec", "agent", "--", "true"]).status.success());
+
+    w.ok(&["rm", "agent"]);
+    assert!(ws.join("note").exists(), "rm keeps the workspace");
+    assert!(!w.home().join("sandboxes/agent/state.json").exists());
+    assert!(!w.run(&["logs", "agent"]).status.success());
+}
+
+#[test]
+fn supervisor_death_kills_the_sandbox_and_leaves_nothing() {
+    let w = World::new();
+    w.ok(&["run", "-d", "--name", "victim", &w.image, "--", "sleep", "1000"]);
+    let st = w.state("victim");
+    let sup = st["supervisor"]["pid"].as_i64().unwrap();
+    let init = st["init"]["pid"].as_i64().unwrap();
+    assert!(pid_alive(sup) && pid_alive(init));
+    // SAFETY: sup is the supervisor we started.
+    assert_eq!(unsafe { libc::kill(sup as i32, libc::SIGKILL) }, 0);
+    assert_no_leftovers(&w, "victim", init, true);
+    let ls: serde_json::Value = serde_json::from_str(&w.ok(&["ls", "--json"])).unwrap();
+    assert_eq!(ls[0]["state"], "exited");
+    w.ok(&["rm", "--workspace", "victim"]);
+    assert!(!w.home().join("sandboxes/victim").exists());
+}
+
+#[test]
+fn two_sandboxes_do_not_see_each_other() {
+    let w = World::new();
+    w.ok(&["run", "-d", "--name", "one", &w.image, "--", "sleep", "1001"]);
+    w.ok(&["run", "-d", "--name", "two", &w.image, "--", "sleep", "1002"]);
+    let ps1 = w.ok(&["exec", "one", "--", "ps"]);
+    let ps2 = w.ok(&["exec", "two", "--", "ps"]);
+    assert!(ps1.contains("sleep 1001") && !ps1.contains("sleep 1002"), "{ps1}");
+    assert!(ps2.contains("sleep 1002") && !ps2.contains("sleep 1001"), "{ps2}");
+    w.ok(&["exec", "one", "--", "sh", "-c", "echo one > /sandbox/mine"]);
+    let o = w.ok(&["exec", "two", "--", "sh", "-c", "ls /sandbox"]);
+    assert!(!o.contains("mine"), "workspaces are separate");
+    let i1 = w.state("one")["init"]["pid"].as_i64().unwrap();
+    let i2 = w.state("two")["init"]["pid"].as_i64().unwrap();
+    w.ok(&["rm", "--force", "one", "two"]);
+    assert_no_leftovers(&w, "one", i1, true);
+    assert_no_leftovers(&w, "two", i2, true);
+}
+
+#[test]
+fn policy_checks_happen_before_anything_runs() {
+    let w = World::new();
+    let bad = w.dir.path().join("bad.toml");
+    std::fs::write(&bad, moat_supervisor::policy::BASELINE_TOML.replace("rlimit_core = 0", "rlimit_core = 0\nrlimit_cores = 1")).unwrap();
+    let o = w.run(&["run", "--rm", "--policy", bad.to_str().unwrap(), &w.image, "--", "true"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("bad.toml:") && err.contains("rlimit_cores"), "{err}");
+    let caps = w.dir.path().join("caps.toml");
+    std::fs::write(&caps, moat_supervisor::policy::BASELINE_TOML.replace("keep_capabilities = []", "keep_capabilities = [\"CAP_SYS_ADMIN\"]")).unwrap();
+    let o = w.run(&["run", "--rm", "--policy", caps.to_str().unwrap(), &w.image, "--", "true"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("require_cap_drop"));
+    let hard = w.dir.path().join("hard.toml");
+    std::fs::write(&hard, moat_supervisor::policy::BASELINE_TOML.replace("compatibility = \"best_effort\"", "compatibility = \"hard_requirement\"")).unwrap();
+    // This kernel has every Landlock feature moat uses (see `moat doctor`): hard_requirement starts.
+    let o = w.run(&["run", "--rm", "--policy", hard.to_str().unwrap(), &w.image, "--", "true"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(w.ok(&["ls", "--json"]).trim(), "[]", "refused runs leave no record");
+}
+
+#[test]
+fn doctor_reports_this_kernel() {
+    let w = World::new();
+    let out = w.ok(&["doctor", "--json"]);
+    let checks: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = checks.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for n in ["landlock", "seccomp", "namespaces", "cgroups", "overlayfs"] {
+        assert!(names.contains(&n), "{n} missing from {names:?}");
+    }
+    let text = w.ok(&["doctor"]);
+    assert!(text.contains("landlock") && text.contains("ABI"), "{text}");
+}
