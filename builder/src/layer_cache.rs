@@ -56,6 +56,7 @@ impl<'a> LayerCache<'a> {
             tracing::debug!(layer = name, key = %key, "layer cache hit");
             return Ok(e.layer);
         }
+        tracing::debug!(layer = name, key = %key, "archiving layer");
         let layer = match make()? {
             Some(mut tree) => Some(write_layer(self.store, &mut tree, epoch, name)?),
             None => None,

@@ -221,21 +221,19 @@ fn is_unauthorized(e: &OciDistributionError) -> bool {
     }
 }
 
-/// Whether the error chain holds a rustls certificate rejection.
+/// Whether the error chain holds a rustls certificate rejection. io::Errors
+/// nest (hyper wraps rustls' io::Error in another); their `source()` skips the
+/// wrapped error, so step into `get_ref()` explicitly.
 pub(crate) fn is_cert_error(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cur {
         if let Some(rustls::Error::InvalidCertificate(_)) = c.downcast_ref::<rustls::Error>() {
             return true;
         }
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if let Some(rustls::Error::InvalidCertificate(_)) = inner.downcast_ref::<rustls::Error>() {
-                    return true;
-                }
-            }
-        }
-        cur = c.source();
+        cur = match c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
     }
     false
 }
