@@ -66,8 +66,18 @@ fn load(p: &Path) -> Result<blueprint::Loaded> {
 
 pub fn lock(a: LockArgs, g: &Global) -> Result<ExitCode> {
     let l = load(&a.blueprint)?;
+    let previous = match Lock::read(&l.lock_path(), &l.path) {
+        Ok(p) => Some(p),
+        Err(moat_builder::lock::LockError::Missing(..)) => None,
+        Err(e) if a.update => {
+            tracing::warn!("ignoring unreadable lock: {e}");
+            None
+        }
+        Err(e) => return Err(e).context("reading the existing lock (use --update to re-resolve from scratch)"),
+    };
     let store = open_store(g)?;
-    let built = build::build(&l, &options(g, store.clone()), None)?;
+    let mode = build::Mode::Lock { previous: previous.as_ref(), update: a.update };
+    let built = build::build(&l, &options(g, store.clone()), mode)?;
     built.lock.write(&l.lock_path()).with_context(|| format!("writing {}", l.lock_path().display()))?;
     store.set_ref(&built.lock.name, built.manifest.clone())?;
     eprintln!("wrote {}", l.lock_path().display());
@@ -79,7 +89,7 @@ pub fn build(a: BuildArgs, g: &Global) -> Result<ExitCode> {
     let l = load(&a.blueprint)?;
     let locked = Lock::read(&l.lock_path(), &l.path)?;
     let store = open_store(g)?;
-    let built = build::build(&l, &options(g, store), Some(&locked))
+    let built = build::build(&l, &options(g, store), build::Mode::Build(&locked))
         .with_context(|| format!("building {}", a.blueprint.display()))?;
     println!("{}@{}", built.lock.name, built.manifest.digest);
     Ok(ExitCode::SUCCESS)

@@ -56,6 +56,9 @@ pub struct Blueprint {
     pub architecture: String,
     #[serde(default)]
     pub base: BaseSpec,
+    /// Debian packages resolved by `moat lock` and pinned in the lock.
+    #[serde(default)]
+    pub debian: Option<Spanned<crate::debian::DebianSpec>>,
     #[serde(default, rename = "layer")]
     pub layers: Vec<Spanned<LayerSpec>>,
     #[serde(default)]

@@ -80,12 +80,33 @@ struct Input {
     resolved: Resolved,
 }
 
-/// Builds `l`. With `expect`, inputs are checked against the lock before any
-/// archive work and outputs after; nothing is named in the index unless both
-/// match. Without it (`moat lock`, `moat verify`), the result is returned as a
-/// fresh lock for the caller to write or compare.
-pub fn build(l: &Loaded, opts: &Options, expect: Option<&Lock>) -> Result<Built, BuildError> {
+/// What a build is for.
+#[derive(Clone, Copy)]
+pub enum Mode<'a> {
+    /// `moat lock`: resolve what the blueprint names (Debian packages are kept
+    /// from `previous` unless `update`), build, and return a fresh lock.
+    Lock { previous: Option<&'a Lock>, update: bool },
+    /// `moat build`: use only what the lock pins; refuse inputs that differ
+    /// before any archive work and outputs that differ before naming the image.
+    Build(&'a Lock),
+    /// `moat verify`: use only what the lock pins, build, and return the result
+    /// for comparison (never refuses on a difference, never names the image).
+    Verify(&'a Lock),
+}
+
+/// Builds `l` as `mode` says. See [`Mode`].
+pub fn build(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildError> {
+    let result = build_inner(l, opts, mode);
+    crate::debian::clear_memo();
+    result
+}
+
+fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildError> {
     let progress = Progress::new(opts.progress, &l.bp.name.get_ref().clone());
+    let expect = match mode {
+        Mode::Build(lock) => Some(lock),
+        _ => None,
+    };
     if let Some(exp) = expect {
         if exp.format != lock::FORMAT {
             return Err(BuildError::Differs { diff: Difference::Format { locked: exp.format, ours: lock::FORMAT } });
@@ -109,6 +130,24 @@ pub fn build(l: &Loaded, opts: &Options, expect: Option<&Lock>) -> Result<Built,
     let stripper = strip::Stripper::new(&strip_paths, l.bp.strip.toolchain)?;
     let cache = layer_cache::LayerCache::new(opts.layer_cache.clone(), &opts.store);
     let mut layers = base_layers.clone();
+    let debian_lock = debian_set(l, mode)?;
+    if let (Some(spec), Some(dl)) = (&l.bp.debian, &debian_lock) {
+        let spec = spec.get_ref();
+        let deb_err = |e: crate::debian::DebianError| BuildError::Input { at: l.at(l.bp.debian.as_ref().map_or(0..0, |d| d.span())).to_string(), msg: e.to_string() };
+        for dl_layer in crate::debian::plan_layers(spec, dl).map_err(deb_err)? {
+            let name = dl_layer.name.clone();
+            let key = layer_key(epoch, &name, &serde_json::json!({"debian": dl_layer.key, "strip": [&strip_paths, &[l.bp.strip.toolchain.to_string()]]}));
+            progress.step(&format!("debian layer {name}"));
+            let built = cache.get_or_build(&key, || {
+                let mut tree = crate::debian::materialize(&dl_layer, dl).map_err(deb_err)?;
+                tree.retain_not(|e| stripper.matches(&e.path));
+                Ok(Some(tree))
+            }, epoch, &name)?;
+            if let Some((desc, diff_id)) = built {
+                layers.push(Layer { name: name.clone(), desc, diff_id, created_by: format!("moat: debian {name}") });
+            }
+        }
+    }
     let mut input_iter = inputs.iter();
     for (i, layer) in l.bp.layers.iter().enumerate() {
         let spec = layer.get_ref();
@@ -191,7 +230,8 @@ pub fn build(l: &Loaded, opts: &Options, expect: Option<&Lock>) -> Result<Built,
         blueprint: l.digest(),
         base: locked_base,
         inputs: inputs.into_iter().map(|i| i.locked).collect(),
-        debian: None,
+        debian_spec: l.bp.debian.as_ref().map(|s| lock::debian_spec_digest(s.get_ref())),
+        debian: debian_lock.as_ref().map(|d| toml::Value::try_from(d).map_err(|e| BuildError::Base(e.to_string()))).transpose()?,
         layers: layers
             .iter()
             .map(|x| LockedLayer {
@@ -215,6 +255,22 @@ pub fn build(l: &Loaded, opts: &Options, expect: Option<&Lock>) -> Result<Built,
     }
     progress.done();
     Ok(Built { lock, manifest: manifest_desc })
+}
+
+/// The pinned Debian package set: resolved only by `moat lock` (and kept from
+/// the previous lock unless `--update`); `build` and `verify` take the lock's.
+fn debian_set(l: &Loaded, mode: Mode) -> Result<Option<crate::debian::DebianLock>, BuildError> {
+    let Some(spec) = &l.bp.debian else { return Ok(None) };
+    let at = || l.at(spec.span()).to_string();
+    let from_lock = |lock: &Lock| -> Result<Option<crate::debian::DebianLock>, BuildError> {
+        let v = lock.debian.clone().ok_or_else(|| BuildError::Input { at: at(), msg: "the lock has no [debian] package set: run `moat lock`".into() })?;
+        v.try_into().map(Some).map_err(|e: toml::de::Error| BuildError::Input { at: at(), msg: format!("lock [debian]: {e}") })
+    };
+    match mode {
+        Mode::Build(lock) | Mode::Verify(lock) => from_lock(lock),
+        Mode::Lock { previous: Some(prev), update: false } if prev.debian.is_some() && prev.blueprint_debian_matches(spec.get_ref()) => from_lock(prev),
+        Mode::Lock { .. } => crate::debian::resolve(spec.get_ref(), &l.dir).map(Some).map_err(|e| BuildError::Input { at: at(), msg: e.to_string() }),
+    }
 }
 
 fn layer_key(epoch: u64, name: &str, what: &serde_json::Value) -> Digest {

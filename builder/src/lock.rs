@@ -34,6 +34,10 @@ pub struct Lock {
     pub base: Option<LockedBase>,
     #[serde(default, rename = "input", skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<LockedInput>,
+    /// Digest of the `[debian]` table the package set was resolved for; a
+    /// changed table is re-resolved by `moat lock` even without `--update`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debian_spec: Option<Digest>,
     /// Pinned Debian package set (present when the blueprint has `[debian]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debian: Option<toml::Value>,
@@ -76,7 +80,17 @@ pub struct LockedImage {
     pub manifest_size: u64,
 }
 
+/// Digest of a `[debian]` table's content.
+pub fn debian_spec_digest(spec: &crate::debian::DebianSpec) -> Digest {
+    Digest::of(&crate::cjson::to_vec(spec).unwrap_or_default())
+}
+
 impl Lock {
+    /// Whether this lock's Debian package set was resolved for `spec`.
+    pub fn blueprint_debian_matches(&self, spec: &crate::debian::DebianSpec) -> bool {
+        self.debian_spec.as_ref() == Some(&debian_spec_digest(spec))
+    }
+
     pub fn read(path: &Path, blueprint: &Path) -> Result<Lock, LockError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,

@@ -28,7 +28,7 @@ pub fn verify(l: &Loaded, reference: Option<&Store>, download_cache: PathBuf) ->
     let tmp = tempfile::tempdir().map_err(|e| BuildError::Base(format!("temporary store: {e}")))?;
     let store = Store::open(tmp.path())?;
     let opts = Options { store: store.clone(), layer_cache: None, download_cache, progress: false };
-    let built = build::build(l, &opts, None)?;
+    let built = build::build(l, &opts, build::Mode::Verify(&locked))?;
     let difference = lock::first_difference(&locked, &built.lock);
     let mut path = None;
     if difference.is_some() {
