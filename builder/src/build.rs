@@ -133,16 +133,28 @@ fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildErr
     let debian_lock = debian_set(l, mode)?;
     if let (Some(spec), Some(dl)) = (&l.bp.debian, &debian_lock) {
         let spec = spec.get_ref();
-        let deb_err = |e: crate::debian::DebianError| BuildError::Input { at: l.at(l.bp.debian.as_ref().map_or(0..0, |d| d.span())).to_string(), msg: e.to_string() };
+        let deb_err = |e: crate::debian::DebianError| BuildError::Input {
+            at: l.at(l.bp.debian.as_ref().map_or(0..0, |d| d.span())).to_string(),
+            msg: e.to_string(),
+        };
         for dl_layer in crate::debian::plan_layers(spec, dl).map_err(deb_err)? {
             let name = dl_layer.name.clone();
-            let key = layer_key(epoch, &name, &serde_json::json!({"debian": dl_layer.key, "strip": [&strip_paths, &[l.bp.strip.toolchain.to_string()]]}));
+            let key = layer_key(
+                epoch,
+                &name,
+                &serde_json::json!({"debian": dl_layer.key, "strip": [&strip_paths, &[l.bp.strip.toolchain.to_string()]]}),
+            );
             progress.step(&format!("debian layer {name}"));
-            let built = cache.get_or_build(&key, || {
-                let mut tree = crate::debian::materialize(&dl_layer, dl).map_err(deb_err)?;
-                tree.retain_not(|e| stripper.matches(&e.path));
-                Ok(Some(tree))
-            }, epoch, &name)?;
+            let built = cache.get_or_build(
+                &key,
+                || {
+                    let mut tree = crate::debian::materialize(&dl_layer, dl).map_err(deb_err)?;
+                    tree.retain_not(|e| stripper.matches(&e.path));
+                    Ok(Some(tree))
+                },
+                epoch,
+                &name,
+            )?;
             if let Some((desc, diff_id)) = built {
                 layers.push(Layer { name: name.clone(), desc, diff_id, created_by: format!("moat: debian {name}") });
             }
@@ -231,7 +243,10 @@ fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildErr
         base: locked_base,
         inputs: inputs.into_iter().map(|i| i.locked).collect(),
         debian_spec: l.bp.debian.as_ref().map(|s| lock::debian_spec_digest(s.get_ref())),
-        debian: debian_lock.as_ref().map(|d| toml::Value::try_from(d).map_err(|e| BuildError::Base(e.to_string()))).transpose()?,
+        debian: debian_lock
+            .as_ref()
+            .map(|d| toml::Value::try_from(d).map_err(|e| BuildError::Base(e.to_string())))
+            .transpose()?,
         layers: layers
             .iter()
             .map(|x| LockedLayer {
@@ -263,13 +278,24 @@ fn debian_set(l: &Loaded, mode: Mode) -> Result<Option<crate::debian::DebianLock
     let Some(spec) = &l.bp.debian else { return Ok(None) };
     let at = || l.at(spec.span()).to_string();
     let from_lock = |lock: &Lock| -> Result<Option<crate::debian::DebianLock>, BuildError> {
-        let v = lock.debian.clone().ok_or_else(|| BuildError::Input { at: at(), msg: "the lock has no [debian] package set: run `moat lock`".into() })?;
-        v.try_into().map(Some).map_err(|e: toml::de::Error| BuildError::Input { at: at(), msg: format!("lock [debian]: {e}") })
+        let v = lock.debian.clone().ok_or_else(|| BuildError::Input {
+            at: at(),
+            msg: "the lock has no [debian] package set: run `moat lock`".into(),
+        })?;
+        v.try_into()
+            .map(Some)
+            .map_err(|e: toml::de::Error| BuildError::Input { at: at(), msg: format!("lock [debian]: {e}") })
     };
     match mode {
         Mode::Build(lock) | Mode::Verify(lock) => from_lock(lock),
-        Mode::Lock { previous: Some(prev), update: false } if prev.debian.is_some() && prev.blueprint_debian_matches(spec.get_ref()) => from_lock(prev),
-        Mode::Lock { .. } => crate::debian::resolve(spec.get_ref(), &l.dir).map(Some).map_err(|e| BuildError::Input { at: at(), msg: e.to_string() }),
+        Mode::Lock { previous: Some(prev), update: false }
+            if prev.debian.is_some() && prev.blueprint_debian_matches(spec.get_ref()) =>
+        {
+            from_lock(prev)
+        }
+        Mode::Lock { .. } => crate::debian::resolve(spec.get_ref(), &l.dir)
+            .map(Some)
+            .map_err(|e| BuildError::Input { at: at(), msg: e.to_string() }),
     }
 }
 

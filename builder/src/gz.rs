@@ -84,20 +84,20 @@ fn deflate_block(input: &[u8], last: bool) -> io::Result<(Vec<u8>, crc32fast::Ha
     let mut crc = crc32fast::Hasher::new();
     crc.update(input);
     let mut c = Compress::new(Compression::new(LEVEL), false);
-    let mut out = Vec::with_capacity(input.len() / 2 + 1024);
+    // Room for the worst case (stored blocks cost 5 bytes per 64 KiB) plus a
+    // wide margin, so one call consumes everything and completes the flush:
+    // a flush is only known complete when the call returns with space left.
+    let mut out = Vec::with_capacity(input.len() + input.len() / 8 + (64 << 10));
     let flush = if last { FlushCompress::Finish } else { FlushCompress::Sync };
     loop {
         let consumed = c.total_in() as usize;
-        if out.capacity() - out.len() < 1024 {
-            out.reserve(out.capacity().max(4096));
-        }
         let status = c.compress_vec(&input[consumed..], &mut out, flush).map_err(io::Error::other)?;
         let done_in = c.total_in() as usize == input.len();
+        let room = out.capacity() - out.len();
         match status {
             Status::StreamEnd => break,
-            // A sync flush is complete once all input is in and output space remains.
-            Status::Ok | Status::BufError if !last && done_in && out.len() < out.capacity() => break,
-            _ => {}
+            Status::Ok | Status::BufError if !last && done_in && room >= (32 << 10) => break,
+            _ => out.reserve(out.capacity()),
         }
     }
     Ok((out, crc))
@@ -152,6 +152,23 @@ mod tests {
             g.write_all(c).unwrap();
         }
         g.finish().unwrap()
+    }
+
+    #[test]
+    fn incompressible_input_round_trips() {
+        let mut x: u64 = 99;
+        let data: Vec<u8> = (0..BLOCK_SIZE * 9 + 5)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let a = gz(&data, 1 << 20);
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&a[..]).read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use sha2::{Digest as _, Sha256};
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -327,6 +328,8 @@ impl BlobWriter {
             }
         }
         let tmp = buf.into_inner().map_err(|e| StoreError::Io { path: root.clone(), source: e.into_error() })?;
+        // Blobs are content, not secrets: readable by other tools and users.
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(io_err(&root))?;
         tmp.as_file().sync_all().map_err(io_err(&root))?;
         let dest = self.store.blob_path(&digest);
         tmp.persist(&dest).map_err(|e| StoreError::Io { path: dest.clone(), source: e.error })?;
@@ -377,6 +380,7 @@ pub fn atomic_write(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
     fs::create_dir_all(tmp_dir).map_err(io_err(tmp_dir))?;
     let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir).map_err(io_err(tmp_dir))?;
     tmp.write_all(bytes).map_err(io_err(dest))?;
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(io_err(dest))?;
     tmp.as_file().sync_all().map_err(io_err(dest))?;
     tmp.persist(dest).map_err(|e| StoreError::Io { path: dest.to_path_buf(), source: e.error })?;
     if let Some(parent) = dest.parent() {
