@@ -117,7 +117,7 @@ fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildErr
     }
     let epoch = l.bp.epoch;
     progress.step("base image");
-    let (base_layers, base_config, locked_base) = base(l, &opts.store)?;
+    let (base_layers, base_config, locked_base) = base(l, &opts.store, opts.progress)?;
     progress.step("hashing inputs");
     let inputs = resolve_inputs(l, opts)?;
     if let Some(exp) = expect {
@@ -422,16 +422,30 @@ pub fn write_layer(store: &Store, tree: &mut Tree, epoch: u64, name: &str) -> Re
 
 type BaseParts = (Vec<Layer>, Option<ImageConfig>, Option<LockedBase>);
 
-fn base(l: &Loaded, store: &Store) -> Result<BaseParts, BuildError> {
+fn base(l: &Loaded, store: &Store, progress: bool) -> Result<BaseParts, BuildError> {
     let (src, digest) = match &l.base {
         BaseRef::Scratch => return Ok((Vec::new(), None, None)),
         BaseRef::Layout { dir, digest } => {
             let p = if Path::new(dir).is_absolute() { PathBuf::from(dir) } else { l.dir.join(dir) };
             (Store::open_existing(&p)?, digest.clone())
         }
-        BaseRef::Registry { .. } => return Err(BuildError::Base(registry_base(l, store)?)),
+        BaseRef::Registry { .. } => {
+            let reference = l.bp.base.image.get_ref();
+            let digest = match &l.base {
+                BaseRef::Registry { digest, .. } => digest.clone(),
+                _ => unreachable!("matched Registry above"),
+            };
+            // Pinned by digest, so fetching it is like downloading a pinned
+            // URL: skipped when the store already holds the verified manifest.
+            if !store.has_blob(&digest) {
+                let opts = crate::registry::Options { progress, ..Default::default() };
+                crate::registry::pull_image(reference, store, &opts)
+                    .map_err(|e| BuildError::Base(format!("{}: {e}", l.at(l.bp.base.image.span()))))?;
+            }
+            (store.clone(), digest)
+        }
     };
-    let manifest: Manifest = src.read_json(&digest)?;
+    let manifest = platform_manifest(&src, &digest, &l.bp.architecture)?;
     let config: ImageConfig = src.read_json(&manifest.config.digest)?;
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(BuildError::Base(format!(
@@ -452,14 +466,22 @@ fn base(l: &Loaded, store: &Store) -> Result<BaseParts, BuildError> {
     Ok((layers, Some(config), Some(LockedBase { image: l.bp.base.image.get_ref().clone(), manifest: digest })))
 }
 
-/// Registry bases are pulled by the registry module; until it is wired in,
-/// say so plainly instead of guessing.
-fn registry_base(l: &Loaded, _store: &Store) -> Result<String, BuildError> {
-    Ok(format!(
-        "{}: pulling a registry base is done with `moat pull {}` first, then `image = \"oci:DIR@sha256:...\"`",
-        l.at(l.bp.base.image.span()),
-        l.bp.base.image.get_ref()
-    ))
+/// The image manifest `digest` names: itself, or for an index the linux
+/// manifest of the blueprint's architecture.
+fn platform_manifest(src: &Store, digest: &Digest, arch: &str) -> Result<Manifest, BuildError> {
+    let v: serde_json::Value = src.read_json(digest)?;
+    if v.get("manifests").is_none() {
+        return serde_json::from_value(v)
+            .map_err(|e| BuildError::Base(format!("{digest}: not an image manifest: {e}")));
+    }
+    let index: oci::Index =
+        serde_json::from_value(v).map_err(|e| BuildError::Base(format!("{digest}: bad index: {e}")))?;
+    let pick = index
+        .manifests
+        .iter()
+        .find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch))
+        .ok_or_else(|| BuildError::Base(format!("{digest}: the index has no linux/{arch} manifest")))?;
+    src.read_json(&pick.digest).map_err(BuildError::from)
 }
 
 /// Copies a verified blob from another layout into the store.

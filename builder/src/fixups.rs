@@ -112,6 +112,14 @@ pub fn whiteouts(store: &Store, lower: &[Descriptor], stripper: &Stripper) -> Re
         let (dir, base) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
         let wh = if dir.is_empty() { format!(".wh.{base}") } else { format!("{dir}/.wh.{base}") };
         tree.insert(Entry::file(&wh, Vec::new(), 0o644))?;
+        // Parent directories keep the lower layer's metadata.
+        let mut parent = dir;
+        while !parent.is_empty() {
+            if let Some(p) = view.get(parent) {
+                tree.insert(Entry::dir(parent, p.mode, p.uid as u32, p.gid as u32))?;
+            }
+            parent = parent.rsplit_once('/').map_or("", |(p, _)| p);
+        }
         hidden.push(path);
     }
     Ok((!tree.is_empty()).then_some(tree))
