@@ -116,11 +116,36 @@ pub fn verify(a: VerifyArgs, g: &Global) -> Result<ExitCode> {
 
 pub fn lint(a: LintArgs, _g: &Global) -> Result<ExitCode> {
     let paths = if a.paths.is_empty() { vec![PathBuf::from("blueprints"), PathBuf::from("policies")] } else { a.paths };
-    let findings = lint::lint(&paths, &|_, _| Vec::new());
+    let findings = lint::lint(&paths, &check_policy);
     for f in &findings {
         println!("{}: {}", f.at, f.msg);
     }
     Ok(if findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Validates a non-blueprint TOML file as the policy kind it looks like
+/// (sandbox policy or seccomp deny list), so unknown keys are caught in review.
+fn check_policy(path: &Path, text: &str) -> Vec<lint::Finding> {
+    let at = |msg: String| vec![lint::Finding { at: format!("{}:1:1", path.display()), msg }];
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return at("not valid TOML".into());
+    };
+    if path.file_name().is_some_and(|n| n == "seccomp.toml") {
+        return match moat_supervisor::seccomp::DenyList::parse(text) {
+            Ok(_) => Vec::new(),
+            Err(e) => at(e.to_string()),
+        };
+    }
+    if ["filesystem", "landlock", "process"].iter().any(|k| table.contains_key(*k)) {
+        return match moat_supervisor::policy::Policy::parse(text, &path.display().to_string()) {
+            Ok(_) => Vec::new(),
+            Err(moat_supervisor::policy::PolicyError::Parse { origin, line, column, message }) => {
+                vec![lint::Finding { at: format!("{origin}:{line}:{column}"), msg: message }]
+            }
+            Err(e) => at(e.to_string()),
+        };
+    }
+    Vec::new()
 }
 
 pub fn audit(a: AuditArgs, g: &Global) -> Result<ExitCode> {

@@ -244,3 +244,20 @@ fn killed_build_leaves_the_store_valid() {
     let out = ok(cmd(tmp.path(), &dir, &["lock", "blueprints/app.toml"]));
     assert!(out.starts_with("app@sha256:"));
 }
+
+#[test]
+fn lint_checks_policies_for_unknown_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), APP);
+    ok(cmd(tmp.path(), &dir, &["lock", "blueprints/app.toml"]));
+    fs::create_dir_all(dir.join("policies")).unwrap();
+    let baseline = fs::read_to_string(repo().join("policies/baseline.toml")).unwrap();
+    fs::write(dir.join("policies/baseline.toml"), &baseline).unwrap();
+    let (code, out, _) = run(cmd(tmp.path(), &dir, &["lint"]));
+    assert_eq!(code, 0, "the shipped baseline must lint clean: {out}");
+    fs::write(dir.join("policies/baseline.toml"), format!("{baseline}\nallow_everything = true\n")).unwrap();
+    let (code, out, _) = run(cmd(tmp.path(), &dir, &["lint"]));
+    assert_eq!(code, 1, "{out}");
+    let line = baseline.lines().count() + 2;
+    assert!(out.contains(&format!("policies/baseline.toml:{line}:1")) && out.contains("allow_everything"), "{out}");
+}
