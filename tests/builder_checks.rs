@@ -261,3 +261,27 @@ fn lint_checks_policies_for_unknown_keys() {
     let line = baseline.lines().count() + 2;
     assert!(out.contains(&format!("policies/baseline.toml:{line}:1")) && out.contains("allow_everything"), "{out}");
 }
+
+#[test]
+fn building_needs_no_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test drops from root to nobody; run the suite as root");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), APP);
+    let st = Command::new("chown").args(["-R", "65534:65534"]).arg(tmp.path()).status().unwrap();
+    assert!(st.success());
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(moat_bin())
+        .args(["lock", "blueprints/app.toml"])
+        .current_dir(&dir)
+        .env("HOME", tmp.path())
+        .env_remove("MOAT_HOME")
+        .env_remove("MOAT_STORE");
+    let out = ok(c);
+    assert!(out.starts_with("app@sha256:"), "{out}");
+    assert!(dir.join("images/index.json").is_file());
+    assert!(tmp.path().join(".local/state/moat/cache/layers").is_dir(), "non-root MOAT_HOME is under XDG state");
+}
