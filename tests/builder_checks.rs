@@ -217,7 +217,8 @@ fn killed_build_leaves_the_store_valid() {
     let tmpdir = store.join(".moat/tmp");
     let start = std::time::Instant::now();
     while start.elapsed() < std::time::Duration::from_secs(20) {
-        if fs::read_dir(&tmpdir).map(|mut r| r.next().is_some()).unwrap_or(false) {
+        let layout_ready = store.join("oci-layout").is_file();
+        if layout_ready && fs::read_dir(&tmpdir).map(|mut r| r.next().is_some()).unwrap_or(false) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(5));

@@ -128,36 +128,25 @@ fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildErr
     }
     let strip_paths: Vec<String> = l.bp.strip.paths.iter().map(|p| p.get_ref().clone()).collect();
     let stripper = strip::Stripper::new(&strip_paths, l.bp.strip.toolchain)?;
-    let cache = layer_cache::LayerCache::new(opts.layer_cache.clone(), &opts.store);
-    let mut layers = base_layers.clone();
+    let strip_key = serde_json::json!({"paths": &strip_paths, "toolchain": l.bp.strip.toolchain});
+    let mut asm = Assembler {
+        cache: layer_cache::LayerCache::new(opts.layer_cache.clone(), &opts.store),
+        progress: &progress,
+        epoch,
+        layers: base_layers.clone(),
+    };
     let debian_lock = debian_set(l, mode)?;
     if let (Some(spec), Some(dl)) = (&l.bp.debian, &debian_lock) {
-        let spec = spec.get_ref();
-        let deb_err = |e: crate::debian::DebianError| BuildError::Input {
-            at: l.at(l.bp.debian.as_ref().map_or(0..0, |d| d.span())).to_string(),
-            msg: e.to_string(),
-        };
-        for dl_layer in crate::debian::plan_layers(spec, dl).map_err(deb_err)? {
+        let deb_err =
+            |e: crate::debian::DebianError| BuildError::Input { at: l.at(spec.span()).to_string(), msg: e.to_string() };
+        for dl_layer in crate::debian::plan_layers(spec.get_ref(), dl).map_err(deb_err)? {
             let name = dl_layer.name.clone();
-            let key = layer_key(
-                epoch,
-                &name,
-                &serde_json::json!({"debian": dl_layer.key, "strip": [&strip_paths, &[l.bp.strip.toolchain.to_string()]]}),
-            );
-            progress.step(&format!("debian layer {name}"));
-            let built = cache.get_or_build(
-                &key,
-                || {
-                    let mut tree = crate::debian::materialize(&dl_layer, dl).map_err(deb_err)?;
-                    tree.retain_not(|e| stripper.matches(&e.path));
-                    Ok(Some(tree))
-                },
-                epoch,
-                &name,
-            )?;
-            if let Some((desc, diff_id)) = built {
-                layers.push(Layer { name: name.clone(), desc, diff_id, created_by: format!("moat: debian {name}") });
-            }
+            let what = serde_json::json!({"debian": dl_layer.key, "strip": strip_key});
+            asm.add(&name, format!("moat: debian {name}"), what, || {
+                let mut tree = crate::debian::materialize(&dl_layer, dl).map_err(deb_err)?;
+                tree.retain_not(|e| stripper.matches(&e.path));
+                Ok(Some(tree))
+            })?;
         }
     }
     let mut input_iter = inputs.iter();
@@ -165,74 +154,42 @@ fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildErr
         let spec = layer.get_ref();
         let name = spec.name.clone().unwrap_or_else(|| format!("layer-{i}"));
         let mine: Vec<&Input> = input_iter.by_ref().take(spec.entries.len()).collect();
-        let key = layer_key(
-            epoch,
-            &name,
-            &serde_json::json!({
-                "entries": spec.entries.iter().zip(&mine).map(|(e, inp)| serde_json::json!({
-                    "spec": e.get_ref(), "input": inp.locked.sha256,
-                })).collect::<Vec<_>>(),
-                "strip": [&strip_paths, &[l.bp.strip.toolchain.to_string()]],
-            }),
-        );
-        progress.step(&format!("layer {name}"));
-        let built = cache.get_or_build(
-            &key,
-            || {
-                let mut tree = Tree::new();
-                for (e, inp) in spec.entries.iter().zip(&mine) {
-                    add_entry(&mut tree, e.get_ref(), inp).map_err(|msg| BuildError::Layer {
-                        layer: name.clone(),
-                        msg: format!("{}: {msg}", inp.locked.source),
-                    })?;
-                }
-                tree.retain_not(|e| stripper.matches(&e.path));
-                Ok(Some(tree))
-            },
-            epoch,
-            &name,
-        )?;
-        if let Some((desc, diff_id)) = built {
-            layers.push(Layer { name: name.clone(), desc, diff_id, created_by: format!("moat: layer {name}") });
-        }
+        let entries: Vec<_> = spec
+            .entries
+            .iter()
+            .zip(&mine)
+            .map(|(e, inp)| serde_json::json!({"spec": e.get_ref(), "input": inp.locked.sha256}))
+            .collect();
+        let what = serde_json::json!({"entries": entries, "strip": strip_key});
+        asm.add(&name, format!("moat: layer {name}"), what, || {
+            let mut tree = Tree::new();
+            for (e, inp) in spec.entries.iter().zip(&mine) {
+                add_entry(&mut tree, e.get_ref(), inp).map_err(|msg| BuildError::Layer {
+                    layer: name.clone(),
+                    msg: format!("{}: {msg}", inp.locked.source),
+                })?;
+            }
+            tree.retain_not(|e| stripper.matches(&e.path));
+            Ok(Some(tree))
+        })?;
     }
     if !l.bp.users.is_empty() {
-        let lower: Vec<Descriptor> = layers.iter().map(|x| x.desc.clone()).collect();
-        let key = layer_key(
-            epoch,
-            "users",
-            &serde_json::json!({"users": &l.bp.users, "lower": lower.iter().map(|d| &d.digest).collect::<Vec<_>>()}),
-        );
-        progress.step("users");
-        let built = cache.get_or_build(
-            &key,
-            || Ok(Some(fixups::users_tree(&opts.store, &lower, &l.bp.users)?)),
-            epoch,
-            "users",
-        )?;
-        if let Some((desc, diff_id)) = built {
-            layers.push(Layer { name: "users".into(), desc, diff_id, created_by: "moat: users and groups".into() });
-        }
+        let lower: Vec<Descriptor> = asm.layers.iter().map(|x| x.desc.clone()).collect();
+        let what =
+            serde_json::json!({"users": &l.bp.users, "lower": lower.iter().map(|d| &d.digest).collect::<Vec<_>>()});
+        asm.add("users", "moat: users and groups".into(), what, || {
+            Ok(Some(fixups::users_tree(&opts.store, &lower, &l.bp.users)?))
+        })?;
     }
     if !base_layers.is_empty() && (l.bp.strip.toolchain || !strip_paths.is_empty()) {
         let lower: Vec<Descriptor> = base_layers.iter().map(|x| x.desc.clone()).collect();
-        let key = layer_key(
-            epoch,
-            "strip",
-            &serde_json::json!({"strip": &strip_paths, "toolchain": l.bp.strip.toolchain, "lower": lower.iter().map(|d| &d.digest).collect::<Vec<_>>()}),
-        );
-        progress.step("strip base");
-        let built =
-            cache.get_or_build(&key, || Ok(fixups::whiteouts(&opts.store, &lower, &stripper)?), epoch, "strip")?;
-        if let Some((desc, diff_id)) = built {
-            layers.push(Layer {
-                name: "strip".into(),
-                desc,
-                diff_id,
-                created_by: "moat: strip toolchain and [strip] paths from the base".into(),
-            });
-        }
+        let what =
+            serde_json::json!({"strip": strip_key, "lower": lower.iter().map(|d| &d.digest).collect::<Vec<_>>()});
+        asm.add("strip", "moat: strip toolchain and [strip] paths from the base".into(), what, || {
+            Ok(fixups::whiteouts(&opts.store, &lower, &stripper)?)
+        })?;
     }
+    let layers = asm.layers;
     progress.step("config and manifest");
     let (config_desc, manifest_desc) = write_image(l, &opts.store, &layers, base_config, locked_base.as_ref())?;
     let lock = Lock {
@@ -270,6 +227,33 @@ fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildErr
     }
     progress.done();
     Ok(Built { lock, manifest: manifest_desc })
+}
+
+/// Appends layers to the image being assembled, through the layer cache.
+struct Assembler<'a> {
+    cache: layer_cache::LayerCache<'a>,
+    progress: &'a Progress,
+    epoch: u64,
+    layers: Vec<Layer>,
+}
+
+impl Assembler<'_> {
+    /// Adds the layer whose inputs `what` describes, made by `make` unless
+    /// the cache already has it; an empty result (`None`) adds nothing.
+    fn add(
+        &mut self,
+        name: &str,
+        created_by: String,
+        what: serde_json::Value,
+        make: impl FnOnce() -> Result<Option<Tree>, BuildError>,
+    ) -> Result<(), BuildError> {
+        let key = layer_key(self.epoch, name, &what);
+        self.progress.step(&format!("layer {name}"));
+        if let Some((desc, diff_id)) = self.cache.get_or_build(&key, make, self.epoch, name)? {
+            self.layers.push(Layer { name: name.into(), desc, diff_id, created_by });
+        }
+        Ok(())
+    }
 }
 
 /// The pinned Debian package set: resolved only by `moat lock` (and kept from

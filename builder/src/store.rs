@@ -68,14 +68,16 @@ impl Store {
         let store = Store { root: root.to_path_buf() };
         fs::create_dir_all(store.blobs_dir()).map_err(io_err(root))?;
         fs::create_dir_all(store.tmp_dir()).map_err(io_err(root))?;
-        let layout = root.join("oci-layout");
-        if !layout.exists() {
-            atomic_write(&store.tmp_dir(), &layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        }
+        // index.json first: oci-layout marks a complete layout, so a process
+        // killed in between leaves "not yet a layout", never a broken one.
         let index = root.join("index.json");
         if !index.exists() {
             let bytes = cjson::to_vec(&Index::default()).map_err(StoreError::BadIndex)?;
             atomic_write(&store.tmp_dir(), &index, &bytes)?;
+        }
+        let layout = root.join("oci-layout");
+        if !layout.exists() {
+            atomic_write(&store.tmp_dir(), &layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         }
         Ok(store)
     }
