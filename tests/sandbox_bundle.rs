@@ -19,19 +19,34 @@ const RUNC_DIFFERS: &[(&str, &str)] = &[
 #[test]
 fn bundle_runs_under_runc_with_the_same_probe_results() {
     let w = World::new();
-    assert!(Command::new("runc").arg("--version").output().is_ok_and(|o| o.status.success()), "runc is missing: install it (scripts/install-deps.sh)");
+    assert!(
+        Command::new("runc").arg("--version").output().is_ok_and(|o| o.status.success()),
+        "runc is missing: install it (scripts/install-deps.sh)"
+    );
     let bundle = w.dir.path().join("bundle");
     let me = std::process::id().to_string();
     let port = GATEWAY_PORT.to_string();
     w.ok(&["bundle", &w.image, bundle.to_str().unwrap(), "--", "/usr/local/bin/moat-probe", "all", &port, &me]);
-    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["root"]["path"], "rootfs");
     assert_eq!(config["process"]["user"]["uid"], 1000);
     assert!(config["linux"]["seccomp"]["syscalls"].as_array().unwrap().len() >= 40);
     assert!(bundle.join("rootfs/usr/local/bin/moat-probe").is_file());
     assert!(!bundle.join("rootfs/etc/removed-by-layer2").exists(), "whiteouts applied in the copy");
 
-    let runc = Command::new("runc").args(["--root", w.run_dir().join("runc").to_str().unwrap(), "run", "--bundle", bundle.to_str().unwrap(), "moat-bundle-test"]).stdin(std::process::Stdio::null()).output().unwrap();
+    let runc = Command::new("runc")
+        .args([
+            "--root",
+            w.run_dir().join("runc").to_str().unwrap(),
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "moat-bundle-test",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
     let runc_out = String::from_utf8_lossy(&runc.stdout).into_owned();
     assert!(runc.status.success(), "runc run failed: {}\n{runc_out}", String::from_utf8_lossy(&runc.stderr));
     let under_runc = parse(&runc_out);

@@ -12,8 +12,11 @@ use std::time::Duration;
 fn assert_no_leftovers(w: &World, name: &str, init_pid: i64, launcher_gone: bool) {
     assert!(wait_until(Duration::from_secs(10), || !pid_alive(init_pid)), "sandbox init {init_pid} still alive");
     let run = w.run_dir();
-    assert!(wait_until(Duration::from_secs(10), || !run.join("containers").join(format!("moat-{name}")).exists()), "libcontainer state left");
-    assert!(!run.join("sandboxes").join(name).exists(), "runtime dir left");
+    assert!(
+        wait_until(Duration::from_secs(10), || !run.join("containers").join(format!("moat-{name}")).exists()),
+        "libcontainer state left"
+    );
+    assert!(wait_until(Duration::from_secs(10), || !run.join("sandboxes").join(name).exists()), "runtime dir left");
     for ctl in ["pids", "memory"] {
         let cg = Path::new("/sys/fs/cgroup").join(ctl).join("moat").join(name);
         let cg2 = Path::new("/sys/fs/cgroup/moat").join(name);
@@ -23,7 +26,13 @@ fn assert_no_leftovers(w: &World, name: &str, init_pid: i64, launcher_gone: bool
     assert!(!mounts.contains(run.to_str().unwrap()), "a mount under {} is left:\n{mounts}", run.display());
     if launcher_gone {
         let procs = std::fs::read_dir("/proc").unwrap().flatten().filter(|e| {
-            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).split('\0').collect::<Vec<_>>().windows(2).any(|w| w[0].starts_with("__") && w[1] == name))
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .split('\0')
+                    .collect::<Vec<_>>()
+                    .windows(2)
+                    .any(|w| w[0].starts_with("__") && w[1] == name)
+            })
         });
         assert_eq!(procs.count(), 0, "a supervisor or launcher of {name} is still running");
     }
@@ -68,7 +77,15 @@ fn detached_sandbox_ls_exec_logs_stop_rm() {
     // exec lands in the same sandbox with the same restrictions.
     let st = w.state("agent");
     let sup = st["supervisor"]["pid"].as_i64().unwrap();
-    let r = parse(&w.ok(&["exec", "agent", "--", "/usr/local/bin/moat-probe", "all", &GATEWAY_PORT.to_string(), &sup.to_string()]));
+    let r = parse(&w.ok(&[
+        "exec",
+        "agent",
+        "--",
+        "/usr/local/bin/moat-probe",
+        "all",
+        &GATEWAY_PORT.to_string(),
+        &sup.to_string(),
+    ]));
     assert_process_guards(&r);
     assert_eq!(r["landlock_read_srv"], "EACCES");
     assert_eq!(r["connect_gateway"], "ok");
@@ -138,16 +155,30 @@ fn two_sandboxes_do_not_see_each_other() {
 fn policy_checks_happen_before_anything_runs() {
     let w = World::new();
     let bad = w.dir.path().join("bad.toml");
-    std::fs::write(&bad, moat_supervisor::policy::BASELINE_TOML.replace("rlimit_core = 0", "rlimit_core = 0\nrlimit_cores = 1")).unwrap();
+    std::fs::write(
+        &bad,
+        moat_supervisor::policy::BASELINE_TOML.replace("rlimit_core = 0", "rlimit_core = 0\nrlimit_cores = 1"),
+    )
+    .unwrap();
     let o = w.run(&["run", "--rm", "--policy", bad.to_str().unwrap(), &w.image, "--", "true"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("bad.toml:") && err.contains("rlimit_cores"), "{err}");
     let caps = w.dir.path().join("caps.toml");
-    std::fs::write(&caps, moat_supervisor::policy::BASELINE_TOML.replace("keep_capabilities = []", "keep_capabilities = [\"CAP_SYS_ADMIN\"]")).unwrap();
+    std::fs::write(
+        &caps,
+        moat_supervisor::policy::BASELINE_TOML
+            .replace("keep_capabilities = []", "keep_capabilities = [\"CAP_SYS_ADMIN\"]"),
+    )
+    .unwrap();
     let o = w.run(&["run", "--rm", "--policy", caps.to_str().unwrap(), &w.image, "--", "true"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("require_cap_drop"));
     let hard = w.dir.path().join("hard.toml");
-    std::fs::write(&hard, moat_supervisor::policy::BASELINE_TOML.replace("compatibility = \"best_effort\"", "compatibility = \"hard_requirement\"")).unwrap();
+    std::fs::write(
+        &hard,
+        moat_supervisor::policy::BASELINE_TOML
+            .replace("compatibility = \"best_effort\"", "compatibility = \"hard_requirement\""),
+    )
+    .unwrap();
     // This kernel has every Landlock feature moat uses (see `moat doctor`): hard_requirement starts.
     let o = w.run(&["run", "--rm", "--policy", hard.to_str().unwrap(), &w.image, "--", "true"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

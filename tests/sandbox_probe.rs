@@ -7,7 +7,11 @@ use std::time::Duration;
 
 fn probe_all(w: &World, extra: &[&str]) -> std::collections::BTreeMap<String, String> {
     let mut cmd = w.moat();
-    cmd.arg("run").arg("--rm").args(extra).arg(&w.image).arg("--").args(["/usr/local/bin/moat-probe", "all", &GATEWAY_PORT.to_string()]);
+    cmd.arg("run").arg("--rm").args(extra).arg(&w.image).arg("--").args([
+        "/usr/local/bin/moat-probe",
+        "all",
+        &GATEWAY_PORT.to_string(),
+    ]);
     // The test process (the supervisor's parent) is the host pid the probe
     // tries to signal; the lifecycle tests aim at the supervisor itself via exec.
     let out = cmd.arg(std::process::id().to_string()).stdin(std::process::Stdio::null()).output().unwrap();
@@ -33,7 +37,8 @@ fn probe_finds_every_guard_in_place() {
 fn landlock_refuses_writes_where_modes_allow_them() {
     let w = World::new();
     // Same policy minus the /tmp rule: /tmp is a 1777 tmpfs, so only Landlock can refuse.
-    let text = moat_supervisor::policy::BASELINE_TOML.replace("  { path = \"/tmp\", why = \"scratch space (tmpfs, size-limited)\" },\n", "");
+    let text = moat_supervisor::policy::BASELINE_TOML
+        .replace("  { path = \"/tmp\", why = \"scratch space (tmpfs, size-limited)\" },\n", "");
     assert_ne!(text, moat_supervisor::policy::BASELINE_TOML, "the baseline's /tmp rule moved: update this test");
     let pol = w.dir.path().join("no-tmp.toml");
     std::fs::write(&pol, text).unwrap();
@@ -45,9 +50,22 @@ fn landlock_refuses_writes_where_modes_allow_them() {
 #[test]
 fn ulimit_in_a_shell_and_environment() {
     let w = World::new();
-    let out = w.ok(&["run", "--rm", "-e", "FOO=bar", &w.image, "--", "sh", "-c", "ulimit -u; echo $FOO; echo $PATH; echo $PROBE_IMAGE; id -u; pwd"]);
+    let out = w.ok(&[
+        "run",
+        "--rm",
+        "-e",
+        "FOO=bar",
+        &w.image,
+        "--",
+        "sh",
+        "-c",
+        "ulimit -u; echo $FOO; echo $PATH; echo $PROBE_IMAGE; id -u; pwd",
+    ]);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines, ["512", "bar", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "1", "1000", "/sandbox"]);
+    assert_eq!(
+        lines,
+        ["512", "bar", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "1", "1000", "/sandbox"]
+    );
     let o = w.run(&["run", "--rm", "-e", "PATH=/tmp", &w.image, "--", "true"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("PATH is fixed"));
@@ -71,7 +89,8 @@ fn fork_bomb_stops_at_the_limit_and_the_host_stays_usable() {
     assert!(t.elapsed() < Duration::from_secs(30));
     w.ok(&["rm", "--force", name]);
     let uid_procs = std::fs::read_dir("/proc").unwrap().flatten().filter(|e| {
-        std::fs::read_to_string(e.path().join("status")).is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("1000")))
+        std::fs::read_to_string(e.path().join("status"))
+            .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("1000")))
     });
     assert_eq!(uid_procs.count(), 0, "no process of the sandbox user survives rm");
 }

@@ -39,7 +39,12 @@ fn root() -> Check {
     if unsafe { libc::geteuid() } == 0 {
         check("privileges", Level::Ok, "running as root", "")
     } else {
-        check("privileges", Level::Missing, "not root", "moat run creates namespaces and mounts overlayfs: run it as root (rootless mode is not implemented yet)")
+        check(
+            "privileges",
+            Level::Missing,
+            "not root",
+            "moat run creates namespaces and mounts overlayfs: run it as root (rootless mode is not implemented yet)",
+        )
     }
 }
 
@@ -71,7 +76,8 @@ fn seccomp() -> Check {
 
 fn namespaces() -> Check {
     let wanted = ["pid", "ipc", "uts", "mnt", "net", "cgroup"];
-    let absent: Vec<&str> = wanted.iter().copied().filter(|n| !Path::new(&format!("/proc/self/ns/{n}")).exists()).collect();
+    let absent: Vec<&str> =
+        wanted.iter().copied().filter(|n| !Path::new(&format!("/proc/self/ns/{n}")).exists()).collect();
     if absent.is_empty() {
         check("namespaces", Level::Ok, "pid ipc uts mount net cgroup", "")
     } else {
@@ -82,10 +88,12 @@ fn namespaces() -> Check {
 /// "v2", "hybrid" or "v1", from the mount at /sys/fs/cgroup.
 pub fn cgroup_layout() -> &'static str {
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let fstype = |mp: &str| mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 2 && f[1] == mp).then(|| f[2].to_string())
-    });
+    let fstype = |mp: &str| {
+        mounts.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[1] == mp).then(|| f[2].to_string())
+        })
+    };
     match fstype("/sys/fs/cgroup").as_deref() {
         Some("cgroup2") => "v2",
         _ if fstype("/sys/fs/cgroup/unified").as_deref() == Some("cgroup2") => "hybrid",
@@ -100,7 +108,11 @@ fn cgroups() -> Check {
             "cgroups",
             Level::Ok,
             format!("cgroup {layout} (libcontainer uses its v1 manager; pids and memory limits apply)"),
-            if layout == "hybrid" { "crun refuses this layout (\"cgroups in hybrid mode not supported\"); moat and runc work" } else { "" },
+            if layout == "hybrid" {
+                "crun refuses this layout (\"cgroups in hybrid mode not supported\"); moat and runc work"
+            } else {
+                ""
+            },
         ),
     }
 }
@@ -110,7 +122,12 @@ fn overlayfs() -> Check {
     if fss.lines().any(|l| l.split_whitespace().last() == Some("overlay")) {
         check("overlayfs", Level::Ok, "available", "")
     } else {
-        check("overlayfs", Level::Missing, "not in /proc/filesystems", "the read-only rootfs is composed with overlayfs. Fix: `modprobe overlay` (CONFIG_OVERLAY_FS)")
+        check(
+            "overlayfs",
+            Level::Missing,
+            "not in /proc/filesystems",
+            "the read-only rootfs is composed with overlayfs. Fix: `modprobe overlay` (CONFIG_OVERLAY_FS)",
+        )
     }
 }
 

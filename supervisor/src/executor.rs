@@ -42,7 +42,12 @@ impl Executor for MoatExecutor {
     }
 
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
-        let args = spec.process().as_ref().and_then(|p| p.args().as_ref()).filter(|a| !a.is_empty()).ok_or(ExecutorError::InvalidArg)?;
+        let args = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().as_ref())
+            .filter(|a| !a.is_empty())
+            .ok_or(ExecutorError::InvalidArg)?;
         // 1. Die with the launcher. Credentials changed before this point,
         // which clears an earlier setting, so it is set here; seccomp below
         // keeps the agent from clearing it.
@@ -54,12 +59,17 @@ impl Executor for MoatExecutor {
         if self.guard.require_cap_drop {
             verify_caps_dropped().map_err(fail)?;
         }
-        // 3. rlimits (lowering needs no privilege).
+        // 3. rlimits. Lowering needs no privilege; a policy value above the
+        // caller's hard limit is clamped to it (raising would need
+        // CAP_SYS_RESOURCE, which the sandbox never has).
         for (res, v) in [
             (libc::RLIMIT_NPROC, self.guard.rlimit_nproc),
             (libc::RLIMIT_NOFILE, self.guard.rlimit_nofile),
             (libc::RLIMIT_CORE, self.guard.rlimit_core),
         ] {
+            let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: getrlimit writes into our struct.
+            let v = if unsafe { libc::getrlimit(res, &mut cur) } == 0 { v.min(cur.rlim_max) } else { v };
             let lim = libc::rlimit { rlim_cur: v, rlim_max: v };
             // SAFETY: setrlimit reads the struct we pass.
             if unsafe { libc::setrlimit(res, &lim) } != 0 {
@@ -77,7 +87,11 @@ impl Executor for MoatExecutor {
         }
         // 5. seccomp, last.
         crate::seccomp::install(&self.seccomp).map_err(|e| fail(e.to_string()))?;
-        let c_args: Vec<CString> = args.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<_, _>>().map_err(|_| ExecutorError::InvalidArg)?;
+        let c_args: Vec<CString> = args
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| ExecutorError::InvalidArg)?;
         let err = nix::unistd::execvp(&c_args[0], &c_args).unwrap_err();
         eprintln!("moat: cannot execute {:?}: {err}", args[0]);
         // 127 like a shell's "command not found"; the sandbox init exits with it.
@@ -88,11 +102,47 @@ impl Executor for MoatExecutor {
 /// Capability numbers of the names in `DANGEROUS_CAPS`.
 fn cap_number(name: &str) -> Option<u32> {
     const NAMES: &[&str] = &[
-        "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP", "LINUX_IMMUTABLE",
-        "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT",
-        "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE",
-        "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ",
-        "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
     ];
     let short = name.strip_prefix("CAP_")?;
     NAMES.iter().position(|n| *n == short).map(|i| i as u32)
@@ -100,13 +150,19 @@ fn cap_number(name: &str) -> Option<u32> {
 
 /// Reads this process's capability sets and refuses any dangerous one.
 fn verify_caps_dropped() -> Result<(), String> {
-    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| format!("cannot verify capabilities (/proc/self/status: {e})"))?;
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("cannot verify capabilities (/proc/self/status: {e})"))?;
     let mask: u64 = DANGEROUS_CAPS.iter().filter_map(|c| cap_number(c)).fold(0, |m, n| m | (1u64 << n));
     for set in ["CapBnd", "CapEff", "CapPrm", "CapAmb", "CapInh"] {
-        let line = status.lines().find_map(|l| l.strip_prefix(&format!("{set}:"))).ok_or(format!("cannot verify capabilities: no {set}"))?;
-        let v = u64::from_str_radix(line.trim(), 16).map_err(|_| format!("cannot verify capabilities: bad {set} {line:?}"))?;
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{set}:")))
+            .ok_or(format!("cannot verify capabilities: no {set}"))?;
+        let v = u64::from_str_radix(line.trim(), 16)
+            .map_err(|_| format!("cannot verify capabilities: bad {set} {line:?}"))?;
         if v & mask != 0 {
-            let held: Vec<&str> = DANGEROUS_CAPS.iter().copied().filter(|c| cap_number(c).is_some_and(|n| v & (1 << n) != 0)).collect();
+            let held: Vec<&str> =
+                DANGEROUS_CAPS.iter().copied().filter(|c| cap_number(c).is_some_and(|n| v & (1 << n) != 0)).collect();
             return Err(format!("require_cap_drop: {set} still holds {}", held.join(", ")));
         }
     }

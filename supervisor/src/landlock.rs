@@ -7,8 +7,8 @@
 //! executor inside the sandbox just before seccomp and exec.
 use crate::policy::{Compatibility, Policy};
 use landlock::{
-    Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
-    Scope, ABI,
+    Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 use serde::{Deserialize, Serialize};
 
@@ -93,7 +93,14 @@ pub fn kernel_abi() -> i32 {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
     // SAFETY: landlock_create_ruleset with a null attr, size 0 and the VERSION
     // flag only returns the ABI number; it touches no memory.
-    let v = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, LANDLOCK_CREATE_RULESET_VERSION) };
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
     if v < 0 {
         0
     } else {
@@ -121,7 +128,9 @@ pub fn missing_features(abi: i32) -> Vec<&'static str> {
         m.push("Landlock IOCTL_DEV (ABI 5, Linux 6.10): device ioctls are not restricted");
     }
     if abi < 6 {
-        m.push("Landlock scopes (ABI 6, Linux 6.12): abstract unix sockets and signals outside the sandbox are not scoped");
+        m.push(
+            "Landlock scopes (ABI 6, Linux 6.12): abstract unix sockets and signals outside the sandbox are not scoped",
+        );
     }
     m
 }

@@ -53,6 +53,9 @@ pub struct LaunchPlan {
     pub guard: GuardPlan,
     /// The supervisor's pid: if our parent is no longer it, it died before we armed PDEATHSIG.
     pub supervisor_pid: u32,
+    /// The sandbox's runtime directory: removed by the launcher itself when
+    /// the supervisor died (nobody else is left to do it).
+    pub run_dir: PathBuf,
     /// uid/gid/cwd for `moat exec`.
     pub uid: u32,
     pub gid: u32,
@@ -103,7 +106,8 @@ pub fn launch(plan: &LaunchPlan, mut report: Option<std::fs::File>) -> Result<i3
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
     }
-    rootfs::private_mount_namespace().map_err(|source| LaunchError::Io { what: "private mount namespace".into(), source })?;
+    rootfs::private_mount_namespace()
+        .map_err(|source| LaunchError::Io { what: "private mount namespace".into(), source })?;
     rootfs::mount_overlay(&plan.rootfs, &plan.lowers, &plan.cache_dir)?;
     let exec = executor(plan)?;
     let built = ContainerBuilder::new(plan.container_id.clone(), SyscallType::Linux)
@@ -132,6 +136,11 @@ pub fn launch(plan: &LaunchPlan, mut report: Option<std::fs::File>) -> Result<i3
     let code = wait_for(pid.as_raw(), &mut container);
     if let Err(e) = container.delete(true) {
         tracing::warn!(container = %plan.container_id, error = %e, "removing the finished container");
+    }
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } as u32 != plan.supervisor_pid {
+        rootfs::unmount(&plan.rootfs);
+        let _ = std::fs::remove_dir_all(&plan.run_dir);
     }
     Ok(code)
 }
@@ -179,7 +188,8 @@ fn remove_container(plan: &LaunchPlan) {
 /// user, Landlock, seccomp) and waits for it. Call before any thread starts.
 pub fn exec(plan: &LaunchPlan, args: Vec<String>, env: &[String]) -> Result<i32, LaunchError> {
     ensure_single_threaded()?;
-    let env: HashMap<String, String> = env.iter().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let env: HashMap<String, String> =
+        env.iter().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let pid = ContainerBuilder::new(plan.container_id.clone(), SyscallType::Linux)
         .with_executor(executor(plan)?)
         .with_root_path(&plan.state_root)?

@@ -86,7 +86,8 @@ fn unpack(store: &Store, layer: &Descriptor, diff_id: &Digest, root: &Path) -> R
     let blob = store.open_blob(&layer.digest)?;
     let decoded: Box<dyn Read> = if layer_is_gzip(&layer.media_type) {
         Box::new(flate2::read::GzDecoder::new(blob))
-    } else if layer.media_type == MEDIA_LAYER_TAR || layer.media_type == "application/vnd.docker.image.rootfs.diff.tar" {
+    } else if layer.media_type == MEDIA_LAYER_TAR || layer.media_type == "application/vnd.docker.image.rootfs.diff.tar"
+    {
         Box::new(blob)
     } else {
         return Err(LayerError::Media { layer: layer.digest.clone(), media: layer.media_type.clone() });
@@ -106,7 +107,9 @@ fn unpack(store: &Store, layer: &Descriptor, diff_id: &Digest, root: &Path) -> R
     // Read to the end so both digests cover every byte (tar padding included);
     // the store's reader fails here if the blob does not match its digest.
     io::copy(&mut hashing, &mut io::sink()).map_err(|e| match e.get_ref().map(|i| i.to_string()) {
-        Some(msg) if e.kind() == io::ErrorKind::InvalidData => LayerError::BadEntry { layer: layer.digest.clone(), entry: String::new(), reason: msg },
+        Some(msg) if e.kind() == io::ErrorKind::InvalidData => {
+            LayerError::BadEntry { layer: layer.digest.clone(), entry: String::new(), reason: msg }
+        }
         _ => LayerError::Io { path: store.blob_path(&layer.digest), source: e },
     })?;
     let (_, actual, _) = hashing.hasher.finish();
@@ -165,7 +168,10 @@ fn ensure_parents(root: &Path, rel: &Path) -> Result<(), EntryError> {
         match fs::symlink_metadata(&cur) {
             Ok(m) if m.is_dir() => {}
             Ok(m) if m.file_type().is_symlink() => {
-                return Err(EntryError::Bad(rel.display().to_string(), format!("goes through the symlink {}", cur.strip_prefix(root).unwrap_or(&cur).display())))
+                return Err(EntryError::Bad(
+                    rel.display().to_string(),
+                    format!("goes through the symlink {}", cur.strip_prefix(root).unwrap_or(&cur).display()),
+                ))
             }
             Ok(_) => return Err(EntryError::Bad(rel.display().to_string(), "a parent is not a directory".into())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new().mode(0o755).create(&cur)?,
@@ -227,7 +233,12 @@ fn apply_entry<R: Read>(entry: &mut tar::Entry<'_, R>, root: &Path) -> Result<()
         }
         T::Regular | T::Continuous => {
             clear_slot(&target, &name, false)?;
-            let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&target)?;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&target)?;
             io::copy(entry, &mut f)?;
             drop(f);
             // chown before chmod: chown clears setuid/setgid bits.
@@ -235,7 +246,8 @@ fn apply_entry<R: Read>(entry: &mut tar::Entry<'_, R>, root: &Path) -> Result<()
             fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
         }
         T::Symlink => {
-            let link = header.link_name()?.ok_or_else(|| EntryError::Bad(name.clone(), "symlink without target".into()))?;
+            let link =
+                header.link_name()?.ok_or_else(|| EntryError::Bad(name.clone(), "symlink without target".into()))?;
             if link.as_os_str().is_empty() {
                 return Err(EntryError::Bad(name, "empty symlink target".into()));
             }
@@ -246,20 +258,32 @@ fn apply_entry<R: Read>(entry: &mut tar::Entry<'_, R>, root: &Path) -> Result<()
             lchown(&target, uid, gid)?;
         }
         T::Link => {
-            let link = header.link_name()?.ok_or_else(|| EntryError::Bad(name.clone(), "hardlink without target".into()))?;
+            let link =
+                header.link_name()?.ok_or_else(|| EntryError::Bad(name.clone(), "hardlink without target".into()))?;
             let lrel = clean_path(&link).map_err(|r| EntryError::Bad(name.clone(), format!("hardlink target: {r}")))?;
-            ensure_parents(root, &lrel).map_err(|_| EntryError::Bad(name.clone(), "hardlink target goes through a symlink".into()))?;
+            ensure_parents(root, &lrel)
+                .map_err(|_| EntryError::Bad(name.clone(), "hardlink target goes through a symlink".into()))?;
             let src = root.join(&lrel);
             match fs::symlink_metadata(&src) {
                 Ok(m) if m.is_dir() => return Err(EntryError::Bad(name, "hardlink to a directory".into())),
                 Ok(_) => {}
-                Err(_) => return Err(EntryError::Bad(name, format!("hardlink target {} is not in this layer", lrel.display()))),
+                Err(_) => {
+                    return Err(EntryError::Bad(
+                        name,
+                        format!("hardlink target {} is not in this layer", lrel.display()),
+                    ))
+                }
             }
             clear_slot(&target, &name, false)?;
             fs::hard_link(&src, &target)?;
         }
         T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => {}
-        other => return Err(EntryError::Bad(name, format!("entry type {other:?} is not allowed in a layer (devices, FIFOs, sparse files)"))),
+        other => {
+            return Err(EntryError::Bad(
+                name,
+                format!("entry type {other:?} is not allowed in a layer (devices, FIFOs, sparse files)"),
+            ))
+        }
     }
     Ok(())
 }
@@ -281,7 +305,7 @@ fn lchown(p: &Path, uid: u32, gid: u32) -> io::Result<()> {
 fn mknod_whiteout(p: &Path) -> io::Result<()> {
     let c = cpath(p)?;
     // SAFETY: c is a valid path; mknod creates a device node and reads nothing else.
-    if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o000, libc::makedev(0, 0)) } != 0 {
+    if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -320,7 +344,10 @@ pub fn read_no_follow(root: &Path, rel: &str) -> io::Result<Option<Vec<u8>>> {
             Err(e) => return Err(e),
         };
         if m.file_type().is_symlink() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} is a symlink in the image; refusing to follow it", cur.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is a symlink in the image; refusing to follow it", cur.display()),
+            ));
         }
         if i + 1 == comps.len() && !m.is_file() {
             return Ok(None);

@@ -51,7 +51,8 @@ impl Netns {
 
     /// Opens an existing namespace (e.g. `/proc/PID/ns/net`).
     pub fn open(path: &std::path::Path) -> io::Result<Netns> {
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         open_fd(&c).map(|fd| Netns { fd })
     }
 

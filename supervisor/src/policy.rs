@@ -116,7 +116,8 @@ impl Policy {
 
     /// Reads and validates a policy file.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| PolicyError::Io { path: path.display().to_string(), source })?;
         Policy::parse(&text, &path.display().to_string())
     }
 

@@ -68,7 +68,13 @@ impl PreparedImage {
             .zip(&config.rootfs.diff_ids)
             .map(|(l, diff)| cache.ensure(store, l, diff))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(PreparedImage { reference: reference.into(), name: named.name, manifest_digest: named.manifest.digest, config, layers })
+        Ok(PreparedImage {
+            reference: reference.into(),
+            name: named.name,
+            manifest_digest: named.manifest.digest,
+            config,
+            layers,
+        })
     }
 
     /// Looks up `user` (a name, `uid`, or `uid:gid`) in the image; refuses root.
@@ -80,7 +86,10 @@ impl PreparedImage {
             Some((u, g)) => (u, Some(g)),
             None => (user, None),
         };
-        let entry = passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.len() >= 7 && (f[0] == name_part || f[2] == name_part));
+        let entry = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() >= 7 && (f[0] == name_part || f[2] == name_part));
         let (uid, mut gid, home) = match (entry, name_part.parse::<u32>()) {
             (Some(f), _) => {
                 let uid = f[2].parse().map_err(|_| err(format!("/etc/passwd: bad uid for {name_part:?}")))?;
@@ -88,7 +97,11 @@ impl PreparedImage {
                 (uid, gid, f[5].to_string())
             }
             (None, Ok(uid)) => (uid, uid, "/sandbox".to_string()),
-            (None, Err(_)) => return Err(err(format!("user {name_part:?} is not in the image's /etc/passwd (the image must provide the sandbox user)"))),
+            (None, Err(_)) => {
+                return Err(err(format!(
+                    "user {name_part:?} is not in the image's /etc/passwd (the image must provide the sandbox user)"
+                )))
+            }
         };
         if let Some(g) = group_part {
             gid = g.parse().map_err(|_| err(format!("group {g:?} must be numeric")))?;
@@ -138,7 +151,8 @@ pub fn write_top_layer(dir: &Path, workspace: &str, hosts: &str) -> Result<(), R
     };
     mk(dir, 0o755)?;
     for m in MOUNT_POINTS {
-        mk(&dir.join(m), 0o755)?;
+        // runc gives a tmpfs the mode of the directory it covers.
+        mk(&dir.join(m), if *m == "tmp" { 0o1777 } else { 0o755 })?;
     }
     mk(&dir.join(workspace.trim_start_matches('/')), 0o755)?;
     mk(&dir.join("etc"), 0o755)?;
@@ -182,7 +196,9 @@ pub fn mount_overlay(target: &Path, lowers: &[PathBuf], cache_dir: &Path) -> Res
         }
     } else {
         // SAFETY: valid C strings for source, target, type and options.
-        if unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fstype.as_ptr(), libc::MS_RDONLY, opts.as_ptr().cast()) } != 0 {
+        if unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fstype.as_ptr(), libc::MS_RDONLY, opts.as_ptr().cast()) }
+            != 0
+        {
             return Err(mount_err(io::Error::last_os_error()));
         }
     }
@@ -199,7 +215,16 @@ pub fn private_mount_namespace() -> io::Result<()> {
     }
     let root = c"/";
     // SAFETY: valid path; flags only change propagation.
-    if unsafe { libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) } != 0 {
+    if unsafe {
+        libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    } != 0
+    {
         return Err(io::Error::last_os_error());
     }
     Ok(())

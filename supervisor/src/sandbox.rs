@@ -5,6 +5,7 @@
 //! starting weaker than its policy (hard_requirement, require_cap_drop are
 //! checked before anything runs) and against leftovers (the launcher dies
 //! with the supervisor; stop/rm remove every trace but the workspace).
+use crate::executor::GuardPlan;
 use crate::landlock::{kernel_abi, missing_features, LandlockPlan};
 use crate::launcher::LaunchPlan;
 use crate::layers::LayerCache;
@@ -13,7 +14,6 @@ use crate::policy::{Compatibility, Policy};
 use crate::rootfs::{self, PreparedImage};
 use crate::spec::{self, SpecParams};
 use crate::state::{self, Paths, ProcId, Record, Status};
-use crate::executor::GuardPlan;
 use moat_builder::Store;
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -76,7 +76,10 @@ pub fn check_enforceable(policy: &Policy) -> Result<(), SandboxError> {
     if policy.process.require_cap_drop {
         let kept = policy.kept_dangerous_caps();
         if !kept.is_empty() {
-            return Err(SandboxError::Refused(format!("require_cap_drop = true but the policy keeps {}", kept.join(", "))));
+            return Err(SandboxError::Refused(format!(
+                "require_cap_drop = true but the policy keeps {}",
+                kept.join(", ")
+            )));
         }
     }
     let missing = missing_features(kernel_abi());
@@ -84,7 +87,10 @@ pub fn check_enforceable(policy: &Policy) -> Result<(), SandboxError> {
         return Ok(());
     }
     if policy.landlock.compatibility == Compatibility::HardRequirement {
-        return Err(SandboxError::Refused(format!("landlock compatibility = hard_requirement, but this kernel lacks:\n  {}", missing.join("\n  "))));
+        return Err(SandboxError::Refused(format!(
+            "landlock compatibility = hard_requirement, but this kernel lacks:\n  {}",
+            missing.join("\n  ")
+        )));
     }
     for m in missing {
         tracing::warn!(event = "landlock_degraded", feature = m, "best_effort: not enforced");
@@ -125,7 +131,11 @@ pub fn create(req: &RunRequest) -> Result<Paths, SandboxError> {
             exit_code: None,
         };
         state::save(&paths, &rec)?;
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(&paths.run).map_err(io(paths.run.display().to_string()))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&paths.run)
+            .map_err(io(paths.run.display().to_string()))?;
         let req_json = serde_json::to_vec(req).map_err(|e| SandboxError::Refused(e.to_string()))?;
         state::write_atomic(&paths.run.join("request.json"), &req_json)?;
         Ok(())
@@ -139,7 +149,17 @@ pub fn create(req: &RunRequest) -> Result<Paths, SandboxError> {
 }
 
 fn generated_name(image: &str) -> String {
-    let base: String = image.split(['@', ':']).next().unwrap_or("sandbox").rsplit('/').next().unwrap_or("sandbox").chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(40).collect();
+    let base: String = image
+        .split(['@', ':'])
+        .next()
+        .unwrap_or("sandbox")
+        .rsplit('/')
+        .next()
+        .unwrap_or("sandbox")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(40)
+        .collect();
     let base = if base.is_empty() { "sandbox".to_string() } else { base };
     let mut rnd = [0u8; 3];
     // SAFETY: getrandom fills our 3-byte buffer.
@@ -156,7 +176,13 @@ pub struct Resolved {
     pub cwd: String,
 }
 
-pub fn resolve(store: &Store, image: &str, policy: &Policy, args: &[String], env: &[String]) -> Result<Resolved, SandboxError> {
+pub fn resolve(
+    store: &Store,
+    image: &str,
+    policy: &Policy,
+    args: &[String],
+    env: &[String],
+) -> Result<Resolved, SandboxError> {
     let prepared = PreparedImage::prepare(store, image, &LayerCache::default_location())?;
     let user = prepared.user(&policy.process.user)?;
     let rc = &prepared.config.config;
@@ -204,8 +230,9 @@ pub fn supervise(paths: &Paths, ready: Option<fs::File>) -> Result<i32, SandboxE
 }
 
 fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, SandboxError> {
-    let req: RunRequest = serde_json::from_slice(&fs::read(paths.run.join("request.json")).map_err(io("request.json"))?)
-        .map_err(|e| SandboxError::Refused(format!("request.json: {e}")))?;
+    let req: RunRequest =
+        serde_json::from_slice(&fs::read(paths.run.join("request.json")).map_err(io("request.json"))?)
+            .map_err(|e| SandboxError::Refused(format!("request.json: {e}")))?;
     let rec = state::load(paths)?;
     let store = Store::open_existing(&req.store)?;
     let policy = &req.policy;
@@ -213,7 +240,11 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
 
     // Workspace: moat's own is created for the sandbox user.
     if rec.workspace_owned {
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(&rec.workspace).map_err(io(rec.workspace.display().to_string()))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&rec.workspace)
+            .map_err(io(rec.workspace.display().to_string()))?;
         chown(&rec.workspace, Some(r.user.uid), Some(r.user.gid)).map_err(io("chown workspace"))?;
     }
     // Network: a namespace with only lo, and the gateway's socket inside it.
@@ -251,6 +282,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
         cache_dir: LayerCache::default_location().dir().to_path_buf(),
         guard: guard_plan(policy),
         supervisor_pid: std::process::id(),
+        run_dir: paths.run.clone(),
         uid: r.user.uid,
         gid: r.user.gid,
         cwd: r.cwd.clone(),
@@ -271,7 +303,9 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
     // async-signal-safe calls (prctl, dup2).
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0 || libc::dup2(report_w_raw, 3) < 0 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0
+                || libc::dup2(report_w_raw, 3) < 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -302,9 +336,12 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
     }
     let status = child.wait().map_err(io("waiting for the launcher"))?;
     LAUNCHER_PID.store(0, Ordering::SeqCst);
-    let code = status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0));
+    let code =
+        status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0));
     if line.is_empty() {
-        return Err(SandboxError::Refused(format!("the sandbox failed to start (launcher exit code {code}); see the messages above")));
+        return Err(SandboxError::Refused(format!(
+            "the sandbox failed to start (launcher exit code {code}); see the messages above"
+        )));
     }
     drop(netns);
     state::update(paths, |rec| {
@@ -391,7 +428,13 @@ pub fn remove(paths: &Paths, force: bool, workspace: bool) -> Result<(), Sandbox
 /// Writes an OCI bundle (rootfs copy + config.json) that runc can run.
 /// Must be called from a single-threaded process (it enters a private
 /// mount namespace to read the merged image).
-pub fn write_bundle(store: &Store, image: &str, policy: &Policy, args: &[String], dir: &Path) -> Result<(), SandboxError> {
+pub fn write_bundle(
+    store: &Store,
+    image: &str,
+    policy: &Policy,
+    args: &[String],
+    dir: &Path,
+) -> Result<(), SandboxError> {
     check_enforceable(policy)?;
     let r = resolve(store, image, policy, args, &[])?;
     if dir.exists() && fs::read_dir(dir).map_err(io(dir.display().to_string()))?.next().is_some() {
@@ -431,11 +474,19 @@ fn copy_merged(image: &PreparedImage, dest: &Path) -> Result<(), SandboxError> {
     let mnt = tempfile::tempdir().map_err(io("temp mount point"))?;
     let lowers: Vec<PathBuf> = image.layers.iter().rev().cloned().collect();
     rootfs::mount_overlay(mnt.path(), &lowers, LayerCache::default_location().dir())?;
-    let out = Command::new("cp").arg("-a").arg(format!("{}/.", mnt.path().display())).arg(dest).output().map_err(io("running cp"));
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", mnt.path().display()))
+        .arg(dest)
+        .output()
+        .map_err(io("running cp"));
     rootfs::unmount(mnt.path());
     let out = out?;
     if !out.status.success() {
-        return Err(SandboxError::Refused(format!("copying the image: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(SandboxError::Refused(format!(
+            "copying the image: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(())
 }

@@ -109,7 +109,10 @@ impl DenyList {
                     return Err(SeccompError::Invalid(format!("{}: argument index {} > 5", d.syscall, a.index)));
                 }
                 if (a.op == ArgOp::MaskedEq) != a.mask.is_some() {
-                    return Err(SeccompError::Invalid(format!("{}: `mask` goes with op = \"masked_eq\" only", d.syscall)));
+                    return Err(SeccompError::Invalid(format!(
+                        "{}: `mask` goes with op = \"masked_eq\" only",
+                        d.syscall
+                    )));
                 }
             }
         }
@@ -122,14 +125,19 @@ impl DenyList {
     }
 
     /// Compiles one BPF program per errno (the kernel runs all installed
-    /// filters and takes the strictest answer; each syscall is in one only).
+    /// filters and takes the strictest answer; each syscall is in one only),
+    /// in the order they must be installed.
     pub fn compile(&self) -> Result<Vec<seccompiler::BpfProgram>, SeccompError> {
-        use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
-        let arch: seccompiler::TargetArch = std::env::consts::ARCH.try_into().map_err(|e| SeccompError::Compile(format!("{e:?}")))?;
+        use seccompiler::{
+            SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+        };
+        let arch: seccompiler::TargetArch =
+            std::env::consts::ARCH.try_into().map_err(|e| SeccompError::Compile(format!("{e:?}")))?;
         let mut by_errno: BTreeMap<u32, BTreeMap<i64, Vec<SeccompRule>>> = BTreeMap::new();
         // Calls denied whatever their arguments: an empty rule list means that
         // to seccompiler, so conditional rules must not be added to them.
-        let unconditional: std::collections::BTreeSet<i64> = self.present().filter(|(d, _)| d.args.is_empty()).map(|(_, n)| n).collect();
+        let unconditional: std::collections::BTreeSet<i64> =
+            self.present().filter(|(d, _)| d.args.is_empty()).map(|(_, n)| n).collect();
         for (d, nr) in self.present() {
             let rules = by_errno.entry(d.errno.value()).or_default().entry(nr).or_default();
             if unconditional.contains(&nr) {
@@ -151,7 +159,11 @@ impl DenyList {
                 .map_err(|e| SeccompError::Compile(e.to_string()))?;
             rules.push(SeccompRule::new(conds).map_err(|e| SeccompError::Compile(e.to_string()))?);
         }
-        by_errno
+        // The filter that denies seccomp() itself must be installed last, or
+        // it would refuse the filters after it.
+        let mut ordered: Vec<_> = by_errno.into_iter().collect();
+        ordered.sort_by_key(|(_, rules)| rules.contains_key(&libc::SYS_seccomp));
+        ordered
             .into_iter()
             .map(|(errno, rules)| {
                 let f = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(errno), arch)
@@ -179,7 +191,10 @@ impl DenyList {
                             let b = match a.op {
                                 ArgOp::Eq => b.value(a.value).op(LinuxSeccompOperator::ScmpCmpEq),
                                 // OCI/libseccomp: `value` is the mask, `valueTwo` the datum.
-                                ArgOp::MaskedEq => b.value(a.mask.unwrap_or(u64::MAX)).value_two(a.value).op(LinuxSeccompOperator::ScmpCmpMaskedEq),
+                                ArgOp::MaskedEq => b
+                                    .value(a.mask.unwrap_or(u64::MAX))
+                                    .value_two(a.value)
+                                    .op(LinuxSeccompOperator::ScmpCmpMaskedEq),
                             };
                             b.build().expect("every field of a seccomp argument is set")
                         })
@@ -273,8 +288,25 @@ mod tests {
     fn builtin_list_parses_and_covers_the_issue() {
         let l = DenyList::builtin().unwrap();
         for must in [
-            "ptrace", "process_vm_readv", "process_vm_writev", "bpf", "io_uring_setup", "mount", "move_mount", "fsopen", "umount2",
-            "pivot_root", "setns", "unshare", "clone", "userfaultfd", "perf_event_open", "kexec_load", "init_module", "finit_module", "seccomp",
+            "ptrace",
+            "process_vm_readv",
+            "process_vm_writev",
+            "bpf",
+            "io_uring_setup",
+            "mount",
+            "move_mount",
+            "fsopen",
+            "umount2",
+            "pivot_root",
+            "setns",
+            "unshare",
+            "clone",
+            "userfaultfd",
+            "perf_event_open",
+            "kexec_load",
+            "init_module",
+            "finit_module",
+            "seccomp",
         ] {
             assert!(l.entries.iter().any(|d| d.syscall == must), "{must} missing");
         }
@@ -290,7 +322,8 @@ mod tests {
         let oci = l.to_oci();
         let n = oci.syscalls().as_ref().unwrap().len();
         assert_eq!(n, l.present().count());
-        let unshare = oci.syscalls().as_ref().unwrap().iter().find(|s| s.names() == &vec!["unshare".to_string()]).unwrap();
+        let unshare =
+            oci.syscalls().as_ref().unwrap().iter().find(|s| s.names() == &vec!["unshare".to_string()]).unwrap();
         let a = &unshare.args().as_ref().unwrap()[0];
         assert_eq!((a.value(), a.value_two()), (0x1000_0000, Some(0x1000_0000)));
     }

@@ -62,7 +62,12 @@ const READONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys"];
 
 /// The sandbox environment: the image's variables, then the caller's `-e`,
 /// with PATH fixed and proxies pointing at the gateway.
-pub fn environment(image_env: &[String], extra: &[String], home: &str, gateway_port: u16) -> Result<Vec<String>, SpecError> {
+pub fn environment(
+    image_env: &[String],
+    extra: &[String],
+    home: &str,
+    gateway_port: u16,
+) -> Result<Vec<String>, SpecError> {
     let proxy = format!("http://127.0.0.1:{gateway_port}");
     let mut vars: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: &str| {
@@ -98,7 +103,13 @@ pub fn environment(image_env: &[String], extra: &[String], home: &str, gateway_p
 pub fn build(policy: &Policy, p: &SpecParams) -> Result<Spec, SpecError> {
     let proc_ = &policy.process;
     let caps: Vec<Value> = proc_.keep_capabilities.iter().map(|c| json!(c)).collect();
-    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"}), json!({"type": "cgroup"})];
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+        json!({"type": "cgroup"}),
+    ];
     namespaces.push(match &p.netns_path {
         Some(path) => json!({"type": "network", "path": path}),
         None => json!({"type": "network"}),

@@ -30,7 +30,10 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
 
 /// Root of runtime-only state (libcontainer's root, per-sandbox bundles).
 pub fn run_root() -> PathBuf {
-    std::env::var_os("MOAT_RUN_DIR").filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/run/moat"))
+    std::env::var_os("MOAT_RUN_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/moat"))
 }
 
 /// Checks a sandbox name.
@@ -186,7 +189,8 @@ pub fn reserve(paths: &Paths) -> Result<(), StateError> {
 }
 
 pub fn save(paths: &Paths, rec: &Record) -> Result<(), StateError> {
-    let bytes = serde_json::to_vec_pretty(rec).map_err(|source| StateError::Corrupt { path: paths.state_file(), source })?;
+    let bytes =
+        serde_json::to_vec_pretty(rec).map_err(|source| StateError::Corrupt { path: paths.state_file(), source })?;
     write_atomic(&paths.state_file(), &bytes)
 }
 

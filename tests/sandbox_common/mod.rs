@@ -33,8 +33,15 @@ pub fn probe_binary() -> PathBuf {
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the sandbox tests need root (CI runs as root): namespaces, overlayfs, cgroups");
-    assert!(Path::new("/bin/busybox").is_file(), "missing /bin/busybox: install busybox-static (scripts/install-deps.sh)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the sandbox tests need root (CI runs as root): namespaces, overlayfs, cgroups"
+    );
+    assert!(
+        Path::new("/bin/busybox").is_file(),
+        "missing /bin/busybox: install busybox-static (scripts/install-deps.sh)"
+    );
 }
 
 /// Sandboxes of one test binary run one test at a time: they share the
@@ -54,7 +61,14 @@ impl World {
         require_root();
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::Builder::new().prefix("moat-test-").tempdir().expect("tempdir");
-        let image = moat_probe::testimage::build(&dir.path().join("store"), "probe", &probe_binary(), Path::new("/bin/busybox"), 0).expect("write the test image");
+        let image = moat_probe::testimage::build(
+            &dir.path().join("store"),
+            "probe",
+            &probe_binary(),
+            Path::new("/bin/busybox"),
+            0,
+        )
+        .expect("write the test image");
         World { dir, image, _serial: serial }
     }
     pub fn home(&self) -> PathBuf {
@@ -68,7 +82,10 @@ impl World {
     }
     pub fn moat(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_moat"));
-        c.env("MOAT_HOME", self.home()).env("MOAT_STORE", self.store()).env("MOAT_RUN_DIR", self.run_dir()).env_remove("RUST_LOG");
+        c.env("MOAT_HOME", self.home())
+            .env("MOAT_STORE", self.store())
+            .env("MOAT_RUN_DIR", self.run_dir())
+            .env_remove("RUST_LOG");
         c
     }
     /// Runs moat with `args`, stdin closed; returns the output.
@@ -78,12 +95,19 @@ impl World {
     /// Like `run` but asserts success and returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
-        assert!(o.status.success(), "moat {args:?} failed ({:?}):\nstdout: {}\nstderr: {}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "moat {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
     pub fn state(&self, name: &str) -> serde_json::Value {
         let p = self.home().join("sandboxes").join(name).join("state.json");
-        serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).expect("state json")
+        serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+            .expect("state json")
     }
 }
 
@@ -122,7 +146,9 @@ pub fn pid_alive(pid: i64) -> bool {
 
 /// The results every sandbox must give, whatever runs it (moat or runc).
 pub fn assert_process_guards(r: &BTreeMap<String, String>) {
-    let want = |k: &str, v: &str| assert_eq!(r.get(k).map(String::as_str), Some(v), "probe {k}: got {:?}\nall: {r:#?}", r.get(k));
+    let want = |k: &str, v: &str| {
+        assert_eq!(r.get(k).map(String::as_str), Some(v), "probe {k}: got {:?}\nall: {r:#?}", r.get(k))
+    };
     want("uid", "1000");
     want("euid", "1000");
     for k in ["capinh", "capprm", "capeff", "capbnd", "capamb"] {
@@ -140,7 +166,7 @@ pub fn assert_process_guards(r: &BTreeMap<String, String>) {
     want("read_etc_passwd", "ok");
     want("whiteout_applied", "yes");
     want("hosts_inference", "127.0.0.1");
-    want("proc_kcore", "masked");
+    want("proc_keys", "masked");
     want("interfaces", "lo");
     want("sees_moat", "no");
     want("signal_supervisor", "ESRCH");

@@ -57,7 +57,16 @@ fn put(f: &Fixture, tar: &[u8]) -> (Descriptor, Digest) {
     gz.write_all(tar).unwrap();
     let gz = gz.finish().unwrap();
     let d = f.store.put_blob(&gz).unwrap();
-    (Descriptor { media_type: MEDIA_LAYER_GZIP.into(), digest: d, size: gz.len() as u64, annotations: Default::default(), platform: None }, Digest::of(tar))
+    (
+        Descriptor {
+            media_type: MEDIA_LAYER_GZIP.into(),
+            digest: d,
+            size: gz.len() as u64,
+            annotations: Default::default(),
+            platform: None,
+        },
+        Digest::of(tar),
+    )
 }
 
 fn cache_is_clean(f: &Fixture) -> bool {

@@ -89,8 +89,14 @@ fn syscalls() -> Vec<(&'static str, String)> {
         let src = [0u8; 8];
         let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: 8 };
         let remote = libc::iovec { iov_base: src.as_ptr() as *mut _, iov_len: 8 };
-        out.push(("sys_process_vm_readv", res(libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) as i64)));
-        out.push(("sys_process_vm_writev", res(libc::process_vm_writev(libc::getpid(), &remote, 1, &local, 1, 0) as i64)));
+        out.push((
+            "sys_process_vm_readv",
+            res(libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) as i64),
+        ));
+        out.push((
+            "sys_process_vm_writev",
+            res(libc::process_vm_writev(libc::getpid(), &remote, 1, &local, 1, 0) as i64),
+        ));
         let mut attr = [0u8; 128];
         out.push(("sys_bpf", res(libc::syscall(libc::SYS_bpf, 0, attr.as_mut_ptr(), attr.len()))));
         let mut params = [0u8; 120];
@@ -103,15 +109,24 @@ fn syscalls() -> Vec<(&'static str, String)> {
         out.push(("sys_userfaultfd", res(r)));
         let mut pattr = [0u8; 128];
         pattr[4..8].copy_from_slice(&128u32.to_ne_bytes());
-        out.push(("sys_perf_event_open", res(libc::syscall(libc::SYS_perf_event_open, pattr.as_mut_ptr(), 0, -1, -1, 0))));
+        out.push((
+            "sys_perf_event_open",
+            res(libc::syscall(libc::SYS_perf_event_open, pattr.as_mut_ptr(), 0, -1, -1, 0)),
+        ));
         let tmp = CString::new("/tmp").unwrap();
         let tmpfs = CString::new("tmpfs").unwrap();
-        out.push(("sys_mount", res(libc::mount(tmpfs.as_ptr(), tmp.as_ptr(), tmpfs.as_ptr(), 0, std::ptr::null()) as i64)));
+        out.push((
+            "sys_mount",
+            res(libc::mount(tmpfs.as_ptr(), tmp.as_ptr(), tmpfs.as_ptr(), 0, std::ptr::null()) as i64),
+        ));
         out.push(("sys_umount2", res(libc::umount2(tmp.as_ptr(), libc::MNT_DETACH) as i64)));
         out.push(("sys_pivot_root", res(libc::syscall(libc::SYS_pivot_root, tmp.as_ptr(), tmp.as_ptr()))));
         out.push(("sys_fsopen", res(libc::syscall(libc::SYS_fsopen, tmpfs.as_ptr(), 0))));
         out.push(("sys_open_tree", res(libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, tmp.as_ptr(), 1))));
-        out.push(("sys_move_mount", res(libc::syscall(libc::SYS_move_mount, -1, tmp.as_ptr(), libc::AT_FDCWD, tmp.as_ptr(), 0))));
+        out.push((
+            "sys_move_mount",
+            res(libc::syscall(libc::SYS_move_mount, -1, tmp.as_ptr(), libc::AT_FDCWD, tmp.as_ptr(), 0)),
+        ));
         let ns = CString::new("/proc/self/ns/net").unwrap();
         let fd = libc::open(ns.as_ptr(), libc::O_RDONLY);
         out.push(("sys_setns", res(libc::setns(fd, 0) as i64)));
@@ -138,10 +153,17 @@ fn syscalls() -> Vec<(&'static str, String)> {
         out.push(("sys_clone3", res(r)));
         out.push(("sys_kexec_load", res(libc::syscall(libc::SYS_kexec_load, 0, 0, 0, 0))));
         let empty = CString::new("").unwrap();
-        out.push(("sys_init_module", res(libc::syscall(libc::SYS_init_module, std::ptr::null::<u8>(), 0, empty.as_ptr()))));
+        out.push((
+            "sys_init_module",
+            res(libc::syscall(libc::SYS_init_module, std::ptr::null::<u8>(), 0, empty.as_ptr())),
+        ));
         out.push(("sys_finit_module", res(libc::syscall(libc::SYS_finit_module, -1, empty.as_ptr(), 0))));
         out.push(("sys_keyctl", res(libc::syscall(libc::SYS_keyctl, 0, -3, 0))));
-        for (k, fam) in [("sys_socket_packet", libc::AF_PACKET), ("sys_socket_vsock", libc::AF_VSOCK), ("sys_socket_bluetooth", libc::AF_BLUETOOTH)] {
+        for (k, fam) in [
+            ("sys_socket_packet", libc::AF_PACKET),
+            ("sys_socket_vsock", libc::AF_VSOCK),
+            ("sys_socket_bluetooth", libc::AF_BLUETOOTH),
+        ] {
             let s = libc::socket(fam, libc::SOCK_DGRAM, 0);
             if s >= 0 {
                 libc::close(s);
@@ -149,9 +171,13 @@ fn syscalls() -> Vec<(&'static str, String)> {
             out.push((k, res(s as i64)));
         }
         // A filter that allows everything: only our seccomp policy can refuse it.
-        let allow = libc::sock_filter { code: (libc::BPF_RET | libc::BPF_K) as u16, jt: 0, jf: 0, k: libc::SECCOMP_RET_ALLOW };
+        let allow =
+            libc::sock_filter { code: (libc::BPF_RET | libc::BPF_K) as u16, jt: 0, jf: 0, k: libc::SECCOMP_RET_ALLOW };
         let prog = libc::sock_fprog { len: 1, filter: &allow as *const _ as *mut _ };
-        out.push(("sys_seccomp_filter", res(libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog))));
+        out.push((
+            "sys_seccomp_filter",
+            res(libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog)),
+        ));
         out.push(("sys_prctl_pdeathsig", res(libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) as i64)));
         let c = b'x';
         out.push(("sys_ioctl_tiocsti", res(libc::ioctl(0, libc::TIOCSTI, &c) as i64)));
@@ -167,7 +193,8 @@ fn syscalls() -> Vec<(&'static str, String)> {
 
 fn interfaces() -> String {
     let text = fs::read_to_string("/proc/net/dev").unwrap_or_default();
-    let mut v: Vec<String> = text.lines().skip(2).filter_map(|l| l.split(':').next()).map(|s| s.trim().to_string()).collect();
+    let mut v: Vec<String> =
+        text.lines().skip(2).filter_map(|l| l.split(':').next()).map(|s| s.trim().to_string()).collect();
     v.sort();
     v.join(",")
 }
@@ -199,26 +226,51 @@ fn all(gateway_port: u16, supervisor_pid: i32) {
     for f in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"] {
         put(&f.to_lowercase(), status_field(f));
     }
-    for (k, r) in [("rlimit_nproc", libc::RLIMIT_NPROC), ("rlimit_core", libc::RLIMIT_CORE), ("rlimit_nofile", libc::RLIMIT_NOFILE)] {
+    for (k, r) in [
+        ("rlimit_nproc", libc::RLIMIT_NPROC),
+        ("rlimit_core", libc::RLIMIT_CORE),
+        ("rlimit_nofile", libc::RLIMIT_NOFILE),
+    ] {
         let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: getrlimit writes into our struct.
         unsafe { libc::getrlimit(r, &mut l) };
         put(k, l.rlim_cur.to_string());
     }
-    for (k, p) in [("write_usr", "/usr/probe"), ("write_etc", "/etc/probe"), ("write_root", "/probe"), ("write_sandbox", "/sandbox/probe"), ("write_tmp", "/tmp/probe")] {
+    for (k, p) in [
+        ("write_usr", "/usr/probe"),
+        ("write_etc", "/etc/probe"),
+        ("write_root", "/probe"),
+        ("write_sandbox", "/sandbox/probe"),
+        ("write_tmp", "/tmp/probe"),
+    ] {
         put(k, try_write(p));
     }
     // /opt/open is mode 0777 in the test image: only Landlock can refuse these.
     put("landlock_write_open_dir", try_write("/opt/open/probe"));
     put("landlock_read_srv", try_read("/srv/readable.txt"));
     put("read_etc_passwd", try_read("/etc/passwd"));
-    put("whiteout_applied", if fs::symlink_metadata("/etc/removed-by-layer2").is_err() { "yes".into() } else { "no".into() });
-    put("hosts_inference", fs::read_to_string("/etc/hosts").unwrap_or_default().lines().find(|l| l.contains("inference.local")).map(|l| l.split_whitespace().next().unwrap_or("").to_string()).unwrap_or_else(|| "missing".into()));
-    put("proc_kcore", match fs::read("/proc/kcore") {
-        Ok(b) if b.is_empty() => "masked".into(),
-        Ok(_) => "readable".into(),
-        Err(e) => errno_name(e.raw_os_error().unwrap_or(0)),
-    });
+    put(
+        "whiteout_applied",
+        if fs::symlink_metadata("/etc/removed-by-layer2").is_err() { "yes".into() } else { "no".into() },
+    );
+    put(
+        "hosts_inference",
+        fs::read_to_string("/etc/hosts")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains("inference.local"))
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+            .unwrap_or_else(|| "missing".into()),
+    );
+    // /proc/keys is world-readable on the host; masked, it reads empty.
+    put(
+        "proc_keys",
+        match fs::read("/proc/keys") {
+            Ok(b) if b.is_empty() => "masked".into(),
+            Ok(_) => "readable".into(),
+            Err(e) => errno_name(e.raw_os_error().unwrap_or(0)),
+        },
+    );
     put("interfaces", interfaces());
     put("connect_gateway", connect(gateway_port));
     put("connect_other_port", connect(gateway_port.wrapping_add(1)));

@@ -3,7 +3,9 @@
 //! /srv file that only Landlock refuses, in two layers (the second whites
 //! out a file of the first, so overlay composition is exercised).
 use moat_builder::cjson;
-use moat_builder::oci::{Descriptor, ImageConfig, Manifest, RootFs, RunConfig, MEDIA_CONFIG, MEDIA_LAYER_GZIP, MEDIA_MANIFEST};
+use moat_builder::oci::{
+    Descriptor, ImageConfig, Manifest, RootFs, RunConfig, MEDIA_CONFIG, MEDIA_LAYER_GZIP, MEDIA_MANIFEST,
+};
 use moat_builder::{Digest, Store};
 use std::io::Write;
 use std::path::Path;
@@ -58,7 +60,16 @@ fn put_layer(store: &Store, tar: &[u8]) -> std::io::Result<(Descriptor, Digest)>
     gz.write_all(tar)?;
     let gz = gz.finish()?;
     let d = store.put_blob(&gz).map_err(|e| std::io::Error::other(e.to_string()))?;
-    Ok((Descriptor { media_type: MEDIA_LAYER_GZIP.into(), digest: d, size: gz.len() as u64, annotations: Default::default(), platform: None }, diff_id))
+    Ok((
+        Descriptor {
+            media_type: MEDIA_LAYER_GZIP.into(),
+            digest: d,
+            size: gz.len() as u64,
+            annotations: Default::default(),
+            platform: None,
+        },
+        diff_id,
+    ))
 }
 
 /// Writes the test image as `name` into the store at `store_dir`; returns
@@ -91,7 +102,10 @@ pub fn build(store_dir: &Path, name: &str, probe: &Path, busybox: &Path, pad_mib
         ("var", Node::Dir(0o755)),
         ("var/log", Node::Dir(0o755)),
     ];
-    const APPLETS: &[&str] = &["sh", "ls", "cat", "id", "echo", "true", "false", "sleep", "touch", "mkdir", "rm", "ps", "kill", "test", "env", "head", "wc", "grep", "ip", "nproc"];
+    const APPLETS: &[&str] = &[
+        "sh", "ls", "cat", "id", "echo", "true", "false", "sleep", "touch", "mkdir", "rm", "ps", "kill", "test", "env",
+        "head", "wc", "grep", "ip", "nproc",
+    ];
     let links: Vec<String> = APPLETS.iter().map(|a| format!("bin/{a}")).collect();
     for l in &links {
         base.push((l, Node::Link("busybox")));
@@ -136,14 +150,29 @@ pub fn build(store_dir: &Path, name: &str, probe: &Path, busybox: &Path, pad_mib
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(MEDIA_MANIFEST.into()),
-        config: Descriptor { media_type: MEDIA_CONFIG.into(), digest: cd, size: cbytes.len() as u64, annotations: Default::default(), platform: None },
+        config: Descriptor {
+            media_type: MEDIA_CONFIG.into(),
+            digest: cd,
+            size: cbytes.len() as u64,
+            annotations: Default::default(),
+            platform: None,
+        },
         layers: vec![l1, l2],
         annotations: Default::default(),
     };
     let mbytes = cjson::to_vec(&manifest).map_err(|e| fail(&e))?;
     let md = store.put_blob(&mbytes).map_err(|e| fail(&e))?;
     store
-        .set_ref(name, Descriptor { media_type: MEDIA_MANIFEST.into(), digest: md.clone(), size: mbytes.len() as u64, annotations: Default::default(), platform: None })
+        .set_ref(
+            name,
+            Descriptor {
+                media_type: MEDIA_MANIFEST.into(),
+                digest: md.clone(),
+                size: mbytes.len() as u64,
+                annotations: Default::default(),
+                platform: None,
+            },
+        )
         .map_err(|e| fail(&e))?;
     Ok(format!("{name}@{md}"))
 }
