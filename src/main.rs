@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod debian_cmds;
 mod image_cmds;
 mod registry_cmds;
 mod sandbox_cmds;
@@ -47,6 +48,8 @@ enum Cmd {
     Inspect(image_cmds::InspectArgs),
     /// Remove blobs no image in the store reaches.
     Gc(image_cmds::GcArgs),
+    /// Write an SPDX JSON SBOM of an image's Debian packages.
+    Sbom(debian_cmds::SbomArgs),
     /// Push an image to a registry; prints REGISTRY/REPO@sha256:...
     Push(registry_cmds::PushArgs),
     /// Pull REGISTRY/REPO@sha256:... into the store, verifying every blob.
@@ -104,6 +107,7 @@ fn dispatch(cmd: Cmd, g: &Global) -> Result<ExitCode> {
         Cmd::Images(a) => image_cmds::images(a, g),
         Cmd::Inspect(a) => image_cmds::inspect(a, g),
         Cmd::Gc(a) => image_cmds::gc(a, g),
+        Cmd::Sbom(a) => debian_cmds::sbom(a, g),
         Cmd::Push(a) => registry_cmds::push(a, g),
         Cmd::Pull(a) => registry_cmds::pull(a, g),
         Cmd::Resolve(a) => registry_cmds::resolve(a, g),
@@ -125,7 +129,7 @@ fn dispatch(cmd: Cmd, g: &Global) -> Result<ExitCode> {
 fn init_tracing(quiet: bool) {
     // libcontainer warns about every absent cgroup v1 controller on hybrid
     // hosts (FIELD-NOTES.md); only its errors are worth the user's attention.
-    let default = if quiet { "error" } else { "warn,libcontainer=error,libcgroups=error" };
+    let default = if quiet { "error" } else { "warn,libcontainer=error,libcgroups=error,rustls_platform_verifier=off" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

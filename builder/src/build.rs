@@ -422,7 +422,11 @@ fn base(l: &Loaded, store: &Store, progress: bool) -> Result<BaseParts, BuildErr
             // Pinned by digest, so fetching it is like downloading a pinned
             // URL: skipped when the store already holds the verified manifest.
             if !store.has_blob(&digest) {
-                let opts = crate::registry::Options { progress, ..Default::default() };
+                let opts = crate::registry::Options {
+                    progress,
+                    architecture: Some(l.bp.architecture.clone()),
+                    ..Default::default()
+                };
                 crate::registry::pull_image(reference, store, &opts)
                     .map_err(|e| BuildError::Base(format!("{}: {e}", l.at(l.bp.base.image.span()))))?;
             }
