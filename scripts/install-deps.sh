@@ -3,7 +3,8 @@
 # registry, runtimes). Idempotent: skips apt when everything is present.
 set -euo pipefail
 pkgs=(skopeo umoci oci-image-tool docker-registry apache2-utils runc crun
-      busybox-static iproute2 dpkg-dev nix-bin hyperfine jq)
+      busybox-static iproute2 dpkg-dev nix-bin hyperfine jq
+      gpg gpg-agent debian-archive-keyring mmdebstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

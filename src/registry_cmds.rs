@@ -33,6 +33,7 @@ impl NetArgs {
             insecure: self.insecure.clone(),
             progress: !g.quiet && !self.json,
             name: None,
+            architecture: None,
         }
     }
 }
@@ -54,6 +55,9 @@ pub struct PullArgs {
     /// Name of the image in the store (default: the repository's last component).
     #[arg(long)]
     pub name: Option<String>,
+    /// Architecture to pick when the digest names a multi-platform index (default: this machine's).
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<String>,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -96,9 +100,10 @@ pub fn push(a: PushArgs, g: &Global) -> Result<ExitCode> {
     } else {
         if !g.quiet {
             eprintln!(
-                "uploaded {} blob(s) ({} bytes), {} already present",
+                "uploaded {} blob(s) ({} bytes), mounted {}, {} already present",
                 r.uploaded.len(),
                 r.bytes_uploaded,
+                r.mounted.len(),
                 r.skipped.len()
             );
         }
@@ -112,6 +117,7 @@ pub fn pull(a: PullArgs, g: &Global) -> Result<ExitCode> {
     let store = Store::open(&dir).with_context(|| format!("opening the image store {}", dir.display()))?;
     let mut opts = a.net.options(g);
     opts.name = a.name.clone();
+    opts.architecture = a.arch.clone();
     let r = registry::pull(&a.reference, &store, &opts).with_context(|| format!("pulling {}", a.reference))?;
     if a.net.json {
         println!("{}", serde_json::to_string(&r)?);

@@ -29,7 +29,7 @@ pub struct RunArgs {
     /// Keep stdin open for the sandboxed command.
     #[arg(short, long)]
     pub interactive: bool,
-    /// Give the command the terminal (stdin, stdout, stderr stay the caller's).
+    /// Give the command a pseudo-terminal of its own, relayed to this one.
     #[arg(short, long)]
     pub tty: bool,
     /// Set an environment variable (KEY=VALUE); PATH cannot be changed.
@@ -80,7 +80,7 @@ pub struct ExecArgs {
     /// Keep stdin open.
     #[arg(short, long)]
     pub interactive: bool,
-    /// Give the command the terminal.
+    /// Give the command a pseudo-terminal of its own, relayed to this one.
     #[arg(short, long)]
     pub tty: bool,
     pub name: String,
@@ -278,7 +278,7 @@ pub fn exec(a: ExecArgs, _g: &Global) -> Result<ExitCode> {
         let null = fs::File::open("/dev/null")?;
         nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0)?;
     }
-    Ok(exit(launcher::exec(&plan, a.cmd, &a.env)?))
+    Ok(exit(launcher::exec(&plan, a.cmd, &a.env, a.tty, a.interactive || a.tty)?))
 }
 
 pub fn logs(a: LogsArgs, _g: &Global) -> Result<ExitCode> {

@@ -3,6 +3,7 @@
 //! loopback: untrusted certificate refused, wrong password named clearly,
 //! login/logout with 0600 credentials, Docker's config.json auths honoured.
 #[path = "common/registry.rs"]
+#[allow(dead_code)] // each test file uses part of the helpers
 mod reg;
 
 use moat_builder::Store;
@@ -32,7 +33,10 @@ fn tls_with_basic_auth_login_push_pull_logout() {
 
     // Wrong password: login refuses and stores nothing.
     let err = moat_err(&home, &["login", &r.addr, "-u", USER, "--ca-file", ca], Some("not-the-password\n"));
-    assert!(err.contains(&r.addr) && err.contains("rejected the credentials") && err.contains(USER), "wrong-password message: {err}");
+    assert!(
+        err.contains(&r.addr) && err.contains("rejected the credentials") && err.contains(USER),
+        "wrong-password message: {err}"
+    );
     assert!(!err.contains("not-the-password"), "password echoed: {err}");
     let creds = home.join("credentials/registries.json");
     assert!(!creds.exists(), "credentials stored despite a failed login");
@@ -62,8 +66,39 @@ fn tls_with_basic_auth_login_push_pull_logout() {
     // Docker's config.json auths are read (HOME is the test home).
     let auth = base64_encode(format!("{USER}:{PASS}").as_bytes());
     std::fs::create_dir_all(home.join(".docker")).unwrap();
-    std::fs::write(home.join(".docker/config.json"), format!(r#"{{"auths":{{"https://{}":{{"auth":"{auth}"}}}}}}"#, r.addr)).unwrap();
+    std::fs::write(
+        home.join(".docker/config.json"),
+        format!(r#"{{"auths":{{"https://{}":{{"auth":"{auth}"}}}}}}"#, r.addr),
+    )
+    .unwrap();
     moat_ok(&home, &["-q", "--store", dst2.to_str().unwrap(), "pull", &pinned, "--ca-file", ca]);
+
+    // A Docker credential helper named in credHelpers is asked (protocol:
+    // `docker-credential-NAME get`, server on stdin, JSON on stdout).
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-moattest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread -r server\n[ \"$server\" = \"{}\" ] || exit 1\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{PASS}\"}}' \"$server\"\n",
+            r.addr
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(home.join(".docker/config.json"), format!(r#"{{"credHelpers":{{"{}":"moattest"}}}}"#, r.addr))
+        .unwrap();
+    let dst3 = tmp.path().join("dst3");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moat"))
+        .args(["-q", "--store", dst3.to_str().unwrap(), "pull", &pinned, "--ca-file", ca])
+        .env("MOAT_HOME", &home)
+        .env("HOME", &home)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pull with a credential helper: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn base64_encode(b: &[u8]) -> String {

@@ -25,16 +25,23 @@ fn assert_no_leftovers(w: &World, name: &str, init_pid: i64, launcher_gone: bool
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(run.to_str().unwrap()), "a mount under {} is left:\n{mounts}", run.display());
     if launcher_gone {
-        let procs = std::fs::read_dir("/proc").unwrap().flatten().filter(|e| {
-            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
-                String::from_utf8_lossy(&c)
-                    .split('\0')
-                    .collect::<Vec<_>>()
-                    .windows(2)
-                    .any(|w| w[0].starts_with("__") && w[1] == name)
-            })
-        });
-        assert_eq!(procs.count(), 0, "a supervisor or launcher of {name} is still running");
+        let ours = || {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                        let args: Vec<String> =
+                            c.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+                        args.windows(2).any(|w| w[0].starts_with("__") && w[1] == name)
+                    })
+                })
+                .count()
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || ours() == 0),
+            "a supervisor or launcher of {name} is still running"
+        );
     }
 }
 
@@ -59,6 +66,45 @@ fn exit_codes_and_stdin_propagate() {
     }
     // --rm left nothing.
     assert_eq!(w.ok(&["ls", "--json"]).trim(), "[]");
+}
+
+#[test]
+fn tty_gives_the_sandbox_its_own_terminal() {
+    let w = World::new();
+    // `script` (util-linux) gives moat a terminal, as a user's shell would.
+    let moat = env!("CARGO_BIN_EXE_moat");
+    let run = |inner: &str| {
+        std::process::Command::new("script")
+            .args(["-eqc", inner, "/dev/null"])
+            .env("MOAT_HOME", w.home())
+            .env("MOAT_STORE", w.store())
+            .env("MOAT_RUN_DIR", w.run_dir())
+            .stdin(Stdio::null())
+            .output()
+            .expect("script (util-linux) runs")
+    };
+    let o = run(&format!("{moat} run --rm -t {} -- sh -c 'tty; exit 3'", w.image));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("/dev/pts/0"), "the sandbox's own pty, numbered in its own devpts: {out}");
+    assert_eq!(o.status.code(), Some(3));
+    w.ok(&["run", "-d", "--name", "shell", &w.image, "--", "sleep", "1000"]);
+    let o = run(&format!("{moat} exec -t shell -- sh -c 'tty; exit 5'"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("/dev/pts/"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(o.status.code(), Some(5));
+    // Without -t the command has no terminal at all.
+    let out = w.ok(&["exec", "shell", "--", "sh", "-c", "tty || true"]);
+    assert!(out.contains("not a tty"), "{out}");
+}
+
+#[test]
+fn a_removed_sandbox_name_can_be_used_again_and_keeps_its_workspace() {
+    let w = World::new();
+    w.ok(&["run", "--name", "again", &w.image, "--", "sh", "-c", "echo 1 > /sandbox/count"]);
+    assert!(!w.run(&["run", "--name", "again", &w.image, "--", "true"]).status.success(), "the name is taken until rm");
+    w.ok(&["rm", "again"]);
+    let out = w.ok(&["run", "--rm", "--name", "again", &w.image, "--", "cat", "/sandbox/count"]);
+    assert_eq!(out, "1\n");
+    assert!(!w.home().join("sandboxes/again").exists(), "--rm removes moat's workspace too");
 }
 
 #[test]

@@ -10,11 +10,11 @@
 use crate::executor::{GuardPlan, MoatExecutor};
 use crate::rootfs;
 use crate::seccomp::DenyList;
+use crate::tty::{self, ConsoleSocket};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -35,6 +35,8 @@ pub enum LaunchError {
     NotRunning(String),
     #[error("the supervisor exited before the launcher started")]
     Orphaned,
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Everything the launcher needs, written by the supervisor as `launch.json`.
@@ -56,6 +58,9 @@ pub struct LaunchPlan {
     /// The sandbox's runtime directory: removed by the launcher itself when
     /// the supervisor died (nobody else is left to do it).
     pub run_dir: PathBuf,
+    /// Give the sandbox a pseudo-terminal (`-t`) and relay it; keep stdin (`-i`).
+    pub tty: bool,
+    pub interactive: bool,
     /// uid/gid/cwd for `moat exec`.
     pub uid: u32,
     pub gid: u32,
@@ -110,10 +115,19 @@ pub fn launch(plan: &LaunchPlan, mut report: Option<std::fs::File>) -> Result<i3
         .map_err(|source| LaunchError::Io { what: "private mount namespace".into(), source })?;
     rootfs::mount_overlay(&plan.rootfs, &plan.lowers, &plan.cache_dir)?;
     let exec = executor(plan)?;
+    let console = match plan.tty {
+        true => Some(
+            ConsoleSocket::bind(&plan.run_dir.join("console.sock"))
+                .map_err(|source| LaunchError::Io { what: "console socket".into(), source })?,
+        ),
+        false => None,
+    };
+    // libcontainer wants `detach` exactly when a console socket is given.
     let built = ContainerBuilder::new(plan.container_id.clone(), SyscallType::Linux)
         .with_executor(exec)
+        .with_console_socket(console.as_ref().map(|c| c.path.clone()))
         .with_root_path(&plan.state_root)
-        .and_then(|b| b.as_init(&plan.bundle).with_systemd(false).with_detach(false).build());
+        .and_then(|b| b.as_init(&plan.bundle).with_systemd(false).with_detach(console.is_some()).build());
     let mut container = match built {
         Ok(c) => c,
         Err(e) => {
@@ -133,7 +147,21 @@ pub fn launch(plan: &LaunchPlan, mut report: Option<std::fs::File>) -> Result<i3
         let _ = writeln!(r, "started {pid}");
     }
     drop(report);
-    let code = wait_for(pid.as_raw(), &mut container);
+    let code = match &console {
+        Some(c) => match c.receive_master() {
+            Ok(master) => {
+                let signalled = || SIGNALLED.load(Ordering::SeqCst) != 0;
+                let mut kill = || kill_all(&mut container, pid.as_raw());
+                tty::relay(master, pid.as_raw(), plan.interactive, &signalled, &mut kill)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "receiving the sandbox's terminal");
+                kill_all(&mut container, pid.as_raw());
+                wait_for(pid.as_raw(), &mut container)
+            }
+        },
+        None => wait_for(pid.as_raw(), &mut container),
+    };
     if let Err(e) = container.delete(true) {
         tracing::warn!(container = %plan.container_id, error = %e, "removing the finished container");
     }
@@ -168,12 +196,17 @@ fn wait_for(pid: i32, container: &mut Container) -> i32 {
         }
         if SIGNALLED.load(Ordering::SeqCst) != 0 && !killed {
             killed = true;
-            tracing::info!(signal = SIGNALLED.load(Ordering::SeqCst), "supervisor signalled: killing the sandbox");
-            if container.kill(nix::sys::signal::Signal::SIGKILL, true).is_err() {
-                // SAFETY: pid is our child (the sandbox init).
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
+            kill_all(container, pid);
         }
+    }
+}
+
+/// Kills every process of the sandbox (the supervisor asked, or died).
+fn kill_all(container: &mut Container, pid: i32) {
+    tracing::info!(signal = SIGNALLED.load(Ordering::SeqCst), "supervisor signalled: killing the sandbox");
+    if container.kill(nix::sys::signal::Signal::SIGKILL, true).is_err() {
+        // SAFETY: pid is our child (the sandbox init).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
 
@@ -185,24 +218,55 @@ fn remove_container(plan: &LaunchPlan) {
 }
 
 /// Runs `args` inside the running sandbox of `plan` (same namespaces, cgroup,
-/// user, Landlock, seccomp) and waits for it. Call before any thread starts.
-pub fn exec(plan: &LaunchPlan, args: Vec<String>, env: &[String]) -> Result<i32, LaunchError> {
+/// user, capabilities, rlimits, Landlock, seccomp) and waits for it. The
+/// process is the sandbox spec's own process with `args`, `env` (KEY=VALUE
+/// overrides, PATH excluded) and `tty` swapped in. Call before any thread starts.
+pub fn exec(
+    plan: &LaunchPlan,
+    args: Vec<String>,
+    env: &[String],
+    tty: bool,
+    interactive: bool,
+) -> Result<i32, LaunchError> {
     ensure_single_threaded()?;
-    let env: HashMap<String, String> =
-        env.iter().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let pid = ContainerBuilder::new(plan.container_id.clone(), SyscallType::Linux)
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| LaunchError::Io { what, source }
+    };
+    let spec = oci_spec::runtime::Spec::load(plan.bundle.join("config.json"))
+        .map_err(|e| LaunchError::Refused(format!("the sandbox's config.json: {e}")))?;
+    let mut process = spec.process().clone().unwrap_or_default();
+    let mut vars: Vec<String> = process.env().clone().unwrap_or_default();
+    for kv in env {
+        let Some((k, _)) = kv.split_once('=') else { continue };
+        if k == "PATH" {
+            return Err(LaunchError::Refused("PATH is fixed by moat to the system directories".into()));
+        }
+        vars.retain(|v| v.split_once('=').map(|(vk, _)| vk) != Some(k));
+        vars.push(kv.clone());
+    }
+    process.set_args(Some(args)).set_env(Some(vars)).set_terminal(Some(tty));
+    let process_file = plan.run_dir.join(format!("exec-{}.json", std::process::id()));
+    let json = serde_json::to_vec(&process).map_err(|e| LaunchError::Refused(format!("process.json: {e}")))?;
+    std::fs::write(&process_file, json).map_err(io("writing process.json"))?;
+    let console = match tty {
+        true => Some(
+            ConsoleSocket::bind(&plan.run_dir.join(format!("exec-{}.sock", std::process::id())))
+                .map_err(io("console socket"))?,
+        ),
+        false => None,
+    };
+    let built = ContainerBuilder::new(plan.container_id.clone(), SyscallType::Linux)
         .with_executor(executor(plan)?)
-        .with_root_path(&plan.state_root)?
-        .as_tenant()
-        .with_container_args(args)
-        .with_env(env)
-        .with_cwd(Some(&plan.cwd))
-        .with_user(Some(plan.uid))
-        .with_group(Some(plan.gid))
-        .with_additional_gids(vec![plan.gid])
-        .with_no_new_privs(true)
-        .with_detach(false)
-        .build()?;
+        .with_console_socket(console.as_ref().map(|c| c.path.clone()))
+        .with_root_path(&plan.state_root)
+        .and_then(|b| b.as_tenant().with_process(Some(&process_file)).with_detach(console.is_some()).build());
+    let _ = std::fs::remove_file(&process_file);
+    let pid = built?;
+    if let Some(c) = &console {
+        let master = c.receive_master().map_err(io("receiving the terminal"))?;
+        return Ok(tty::relay(master, pid.as_raw(), interactive, &|| false, &mut || {}));
+    }
     let mut status = 0;
     loop {
         // SAFETY: waitpid on our child; writes the status into our local.

@@ -17,5 +17,6 @@ pub mod sandbox;
 pub mod seccomp;
 pub mod spec;
 pub mod state;
+pub mod tty;
 
 pub use policy::Policy;

@@ -141,7 +141,9 @@ pub fn create(req: &RunRequest) -> Result<Paths, SandboxError> {
         Ok(())
     })();
     if let Err(e) = result {
-        let _ = fs::remove_dir_all(&paths.home);
+        let _ = fs::remove_file(paths.state_file());
+        let _ = fs::remove_file(paths.policy_file());
+        let _ = fs::remove_dir(&paths.home); // only if nothing (no kept workspace) is in it
         let _ = fs::remove_dir_all(&paths.run);
         return Err(e);
     }
@@ -265,7 +267,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
         workspace_host: rec.workspace.clone(),
         netns_path: Some(netns.proc_path()),
         cgroups_path: Some(format!("/moat/{}", paths.name)),
-        terminal: false,
+        terminal: req.tty,
         seccomp: None,
     };
     let spec = spec::build(policy, &params)?;
@@ -283,6 +285,8 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
         guard: guard_plan(policy),
         supervisor_pid: std::process::id(),
         run_dir: paths.run.clone(),
+        tty: req.tty,
+        interactive: req.interactive,
         uid: r.user.uid,
         gid: r.user.gid,
         cwd: r.cwd.clone(),

@@ -177,14 +177,14 @@ pub fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Reserves the sandbox's home directory; fails if the name is taken.
+/// Reserves the name: creates `state.json` exclusively (a workspace kept
+/// by `rm` does not hold the name; a new sandbox of that name reuses it).
 pub fn reserve(paths: &Paths) -> Result<(), StateError> {
-    let parent = paths.home.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(parent).map_err(io_err(parent))?;
-    match fs::create_dir(&paths.home) {
-        Ok(()) => Ok(()),
+    fs::create_dir_all(&paths.home).map_err(io_err(&paths.home))?;
+    match fs::OpenOptions::new().write(true).create_new(true).open(paths.state_file()) {
+        Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(StateError::Exists(paths.name.clone())),
-        Err(e) => Err(StateError::Io { path: paths.home.clone(), source: e }),
+        Err(e) => Err(StateError::Io { path: paths.state_file(), source: e }),
     }
 }
 

@@ -16,13 +16,15 @@ done
 [ "$(id -u)" -eq 0 ] || { echo "bench: needs root" >&2; exit 1; }
 
 triple="$(uname -m)-unknown-linux-gnu"
+tgt=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 echo "building (release)..." >&2
 cargo build --release --quiet --bin moat
 cargo build --release --quiet -p moat-probe --features image --bin moat-testimage
-RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=target/probe-static \
+RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=$tgt/probe-static \
   cargo build --release --quiet -p moat-probe --bin moat-probe --target "$triple"
-moat=$PWD/target/release/moat
-probe=$PWD/target/probe-static/$triple/release/moat-probe
+moat=$tgt/release/moat
+testimage=$tgt/release/moat-testimage
+probe=$tgt/probe-static/$triple/release/moat-probe
 
 work=$(mktemp -d /tmp/moat-bench.XXXXXX)
 cleanup() {
@@ -31,7 +33,7 @@ cleanup() {
 }
 trap cleanup EXIT
 export MOAT_HOME=$work/home MOAT_STORE=$work/store MOAT_RUN_DIR=$work/run
-target/release/moat-testimage "$MOAT_STORE" bench "$probe" /bin/busybox >/dev/null
+"$testimage" "$MOAT_STORE" bench "$probe" /bin/busybox >/dev/null
 "$moat" bundle bench "$work/bundle" -- /bin/true >/dev/null
 "$moat" run --rm bench -- /bin/true   # warms the layer cache
 
@@ -39,9 +41,7 @@ median_ms() { jq -r '.results[0].median * 1000 | . * 100 | round / 100' "$1"; }
 
 hyperfine -N --warmup 3 --runs "$runs" --export-json "$work/moat.json" \
   "$moat run --rm bench -- /bin/true" >/dev/null 2>&1
-i=0
 hyperfine -N --warmup 3 --runs "$runs" --export-json "$work/runc.json" \
-  --setup "true" \
   "runc --root $work/runc run --bundle $work/bundle bench-runc" >/dev/null 2>&1
 moat_ms=$(median_ms "$work/moat.json"); runc_ms=$(median_ms "$work/runc.json")
 
@@ -59,7 +59,7 @@ if command -v crun >/dev/null; then
 fi
 
 # Cold layer cache: a ~200 MB image (incompressible padding), first run.
-target/release/moat-testimage "$MOAT_STORE" big "$probe" /bin/busybox 200 >/dev/null
+"$testimage" "$MOAT_STORE" big "$probe" /bin/busybox 200 >/dev/null
 big_size=$(du -sm "$MOAT_STORE" | cut -f1)
 cold_s=$( { /usr/bin/time -f %e "$moat" run --rm big -- /bin/true >/dev/null; } 2>&1 | tail -1 )
 warm_big=$( { /usr/bin/time -f %e "$moat" run --rm big -- /bin/true >/dev/null; } 2>&1 | tail -1 )

@@ -9,7 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub fn need(tool: &str) {
-    let ok = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false);
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     assert!(ok, "this test needs `{tool}` (install it with scripts/install-deps.sh)");
 }
 
@@ -46,7 +51,12 @@ impl Repo {
         let mut perms = std::fs::metadata(&gnupg).unwrap().permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o700);
         std::fs::set_permissions(&gnupg, perms).unwrap();
-        let gpg = |args: &[&str]| run(Command::new("gpg").env("GNUPGHOME", &gnupg).args(["--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""]).args(args));
+        let gpg = |args: &[&str]| {
+            run(Command::new("gpg")
+                .env("GNUPGHOME", &gnupg)
+                .args(["--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""])
+                .args(args))
+        };
         gpg(&["--quick-gen-key", "moat test archive <test@moat.invalid>", "ed25519", "sign", "1d"]);
         let keyring = root.join("keyring.gpg");
         std::fs::write(&keyring, gpg(&["--export"])).unwrap();
@@ -79,7 +89,12 @@ impl Repo {
         let deb = self.root.join(&rel);
         run(Command::new("dpkg-deb").args(["--root-owner-group", "-Zxz", "--build"]).arg(&work).arg(&deb));
         let bytes = std::fs::read(&deb).unwrap();
-        self.stanzas += &format!("{control}Filename: {rel}\nSize: {}\nSHA256: {}\nPriority: optional\n\n", bytes.len(), hex::encode(Sha256::digest(&bytes)));
+        let prio = if p.fields.contains("Priority:") { "" } else { "Priority: optional\n" };
+        self.stanzas += &format!(
+            "{control}Filename: {rel}\nSize: {}\nSHA256: {}\n{prio}\n",
+            bytes.len(),
+            hex::encode(Sha256::digest(&bytes))
+        );
         deb
     }
 
@@ -100,7 +115,11 @@ impl Repo {
         let release = format!("Origin: moat-test\nSuite: {s}\nCodename: {s}\nArchitectures: amd64\nComponents: main\nDate: Thu, 01 Jan 2026 00:00:00 UTC\nSHA256:\n{sums}", s = self.suite);
         std::fs::write(dists.join("Release"), &release).unwrap();
         let _ = std::fs::remove_file(dists.join("InRelease"));
-        run(Command::new("gpg").env("GNUPGHOME", &self.gnupg).args(["--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", "", "--clearsign", "-o"]).arg(dists.join("InRelease")).arg(dists.join("Release")));
+        run(Command::new("gpg")
+            .env("GNUPGHOME", &self.gnupg)
+            .args(["--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", "", "--clearsign", "-o"])
+            .arg(dists.join("InRelease"))
+            .arg(dists.join("Release")));
     }
 
     pub fn keyring_sha256(&self) -> String {
@@ -129,9 +148,15 @@ pub fn serve(root: &Path) -> String {
                     h.clear();
                 }
                 let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let body = if path.contains("..") { None } else { std::fs::read(root.join(path.trim_start_matches('/'))).ok() };
+                let body = if path.contains("..") {
+                    None
+                } else {
+                    std::fs::read(root.join(path.trim_start_matches('/'))).ok()
+                };
                 let _ = match body {
-                    Some(b) => s.write_all(format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", b.len()).as_bytes()).and_then(|_| s.write_all(&b)),
+                    Some(b) => s
+                        .write_all(format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", b.len()).as_bytes())
+                        .and_then(|_| s.write_all(&b)),
                     None => s.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
                 };
                 let _ = s.read(&mut [0u8; 1]);

@@ -3,9 +3,10 @@
 //! CA plus a separate server certificate and htpasswd basic auth), test images
 //! written straight into an OCI layout with the Store API, and a runner for the
 //! `moat` binary with its own MOAT_HOME.
-#![allow(dead_code)]
 use moat_builder::digest::Digest;
-use moat_builder::oci::{Descriptor, ImageConfig, Manifest, RootFs, MEDIA_CONFIG, MEDIA_LAYER_GZIP, MEDIA_LAYER_TAR, MEDIA_MANIFEST};
+use moat_builder::oci::{
+    Descriptor, ImageConfig, Manifest, RootFs, MEDIA_CONFIG, MEDIA_LAYER_GZIP, MEDIA_LAYER_TAR, MEDIA_MANIFEST,
+};
 use moat_builder::{cjson, Store};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -21,13 +22,12 @@ pub struct Registry {
     pub addr: String,
     pub dir: tempfile::TempDir,
     pub ca: Option<PathBuf>,
-    child: Child,
+    child: std::sync::Mutex<Child>,
 }
 
 fn need(bin: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-        .unwrap_or(false);
+    let found =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file())).unwrap_or(false);
     assert!(found, "{bin} is missing: run scripts/install-deps.sh (Debian package providing {bin})");
 }
 
@@ -74,25 +74,16 @@ impl Registry {
             ca = Some(d.join("ca.pem"));
         }
         std::fs::write(d.join("config.yml"), cfg).unwrap();
-        let mut child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(d.join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join("registry.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        loop {
-            if TcpStream::connect(&addr).is_ok() {
-                break;
-            }
-            if let Some(st) = child.try_wait().unwrap() {
-                panic!("docker-registry exited ({st}): {}", std::fs::read_to_string(d.join("registry.log")).unwrap_or_default());
-            }
-            assert!(start.elapsed() < Duration::from_secs(20), "docker-registry did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(30));
-        }
-        Registry { addr, dir, ca, child }
+        let child = spawn(d, &addr);
+        Registry { addr, dir, ca, child: std::sync::Mutex::new(child) }
+    }
+
+    /// Kills the registry (SIGKILL) and starts it again on the same port and storage.
+    pub fn restart(&self) {
+        let mut child = self.child.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        *child = spawn(self.dir.path(), &self.addr);
     }
 
     /// The file holding blob `d` in the registry's storage.
@@ -103,8 +94,36 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Ok(child) = self.child.get_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts docker-registry with `dir/config.yml` and waits until it listens on `addr`.
+fn spawn(d: &Path, addr: &str) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("registry.log")).unwrap();
+    let mut child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(d.join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if TcpStream::connect(addr).is_ok() {
+            return child;
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "docker-registry exited ({st}): {}",
+                std::fs::read_to_string(d.join("registry.log")).unwrap_or_default()
+            );
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "docker-registry did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -193,7 +212,13 @@ pub fn make_image(store: &Store, name: &str, seed: u64, size: u64, gzip: bool) -
     };
     let cbytes = cjson::to_vec(&config).unwrap();
     let cd = store.put_blob(&cbytes).unwrap();
-    let desc = |mt: &str, d: Digest, size: u64| Descriptor { media_type: mt.into(), digest: d, size, annotations: Default::default(), platform: None };
+    let desc = |mt: &str, d: Digest, size: u64| Descriptor {
+        media_type: mt.into(),
+        digest: d,
+        size,
+        annotations: Default::default(),
+        platform: None,
+    };
     let m = Manifest {
         schema_version: 2,
         media_type: Some(MEDIA_MANIFEST.into()),
@@ -212,7 +237,9 @@ pub fn make_image(store: &Store, name: &str, seed: u64, size: u64, gzip: bool) -
 pub fn moat(home: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_moat"));
     cmd.args(args).env("MOAT_HOME", home).env_remove("MOAT_STORE").env("HOME", home).env_remove("DOCKER_CONFIG");
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     if let Some(s) = stdin {
         child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
@@ -223,14 +250,23 @@ pub fn moat(home: &Path, args: &[&str], stdin: Option<&str>) -> Output {
 /// `moat` that must succeed; returns trimmed stdout.
 pub fn moat_ok(home: &Path, args: &[&str]) -> String {
     let out = moat(home, args, None);
-    assert!(out.status.success(), "moat {args:?} failed: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "moat {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// `moat` that must fail; returns stderr.
 pub fn moat_err(home: &Path, args: &[&str], stdin: Option<&str>) -> String {
     let out = moat(home, args, stdin);
-    assert!(!out.status.success(), "moat {args:?} should have failed; stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "moat {args:?} should have failed; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8(out.stderr).unwrap()
 }
 

@@ -33,7 +33,8 @@ pub fn load(p: &LockedPackage, fetcher: &mut Option<Fetcher>) -> Result<Vec<u8>,
     }
     let dir = debs_dir();
     let path = dir.join(&p.sha256);
-    let io = |e: std::io::Error, what: &PathBuf| DebianError::Io { path: what.display().to_string(), msg: e.to_string() };
+    let io =
+        |e: std::io::Error, what: &PathBuf| DebianError::Io { path: what.display().to_string(), msg: e.to_string() };
     if let Ok(b) = fs::read(&path) {
         match check(p, &b) {
             Ok(()) => return Ok(b),
@@ -51,13 +52,27 @@ pub fn load(p: &LockedPackage, fetcher: &mut Option<Fetcher>) -> Result<Vec<u8>,
     }
     let f = fetcher.as_ref().ok_or_else(|| DebianError::Spec("no fetcher".into()))?;
     let partial = dir.join(format!("{}.partial", p.sha256));
-    let mut file = fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&partial).map_err(|e| io(e, &partial))?;
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&partial)
+        .map_err(|e| io(e, &partial))?;
+    // One downloader per file across threads and processes (the lock is held
+    // until the rename); whoever waited may find the work done.
+    fs2::FileExt::lock_exclusive(&file).map_err(|e| io(e, &partial))?;
+    if let Ok(b) = fs::read(&path) {
+        if check(p, &b).is_ok() {
+            let _ = fs::remove_file(&partial);
+            return Ok(b);
+        }
+    }
     let have = file.metadata().map(|m| m.len()).unwrap_or(0);
     let offset = if have < p.size { have } else { 0 };
     let n = f.get_into(&url, offset, &mut file)?;
     file.flush().map_err(|e| io(e, &partial))?;
     file.sync_all().map_err(|e| io(e, &partial))?;
-    drop(file);
     let bytes = fs::read(&partial).map_err(|e| io(e, &partial))?;
     if let Err(e) = check(p, &bytes) {
         let _ = fs::remove_file(&partial);
@@ -65,5 +80,6 @@ pub fn load(p: &LockedPackage, fetcher: &mut Option<Fetcher>) -> Result<Vec<u8>,
         return Err(e);
     }
     fs::rename(&partial, &path).map_err(|e| io(e, &path))?;
+    drop(file);
     Ok(bytes)
 }

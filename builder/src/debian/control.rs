@@ -228,7 +228,11 @@ fn parse_one(s: &str) -> Result<Dep, String> {
     let constraint = match rest {
         None => None,
         Some(r) => {
-            let inner = r.strip_prefix('(').and_then(|r| r.strip_suffix(')')).ok_or_else(|| format!("bad version relation in {s:?}"))?.trim();
+            let inner = r
+                .strip_prefix('(')
+                .and_then(|r| r.strip_suffix(')'))
+                .ok_or_else(|| format!("bad version relation in {s:?}"))?
+                .trim();
             let op_len = inner.bytes().take_while(|b| b"<>=".contains(b)).count();
             let op = Op::parse(&inner[..op_len]).ok_or_else(|| format!("bad relation operator in {s:?}"))?;
             let v = inner[op_len..].trim();
@@ -274,7 +278,8 @@ mod tests {
     }
     #[test]
     fn deps_parse() {
-        let d = parse_deps("libc6 (>= 2.34), perl:any, usrmerge | usr-is-merged, awk [amd64], x (<< 2) <!nocheck>").unwrap();
+        let d = parse_deps("libc6 (>= 2.34), perl:any, usrmerge | usr-is-merged, awk [amd64], x (<< 2) <!nocheck>")
+            .unwrap();
         assert_eq!(d.len(), 5);
         assert_eq!(d[4][0], Dep { name: "x".into(), constraint: Some((Op::Lt, "2".into())) });
         assert_eq!(d[0][0], Dep { name: "libc6".into(), constraint: Some((Op::Ge, "2.34".into())) });

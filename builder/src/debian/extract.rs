@@ -43,7 +43,16 @@ pub fn merge_usr(path: &str) -> String {
 }
 
 /// The symlinks a merged-/usr Debian root has where packages ship directories.
-pub const ROOT_LINKS: &[(&str, &str)] = &[("bin", "usr/bin"), ("lib", "usr/lib"), ("lib32", "usr/lib32"), ("lib64", "usr/lib64"), ("libx32", "usr/libx32"), ("sbin", "usr/sbin"), ("var/lock", "/run/lock"), ("var/run", "/run")];
+pub const ROOT_LINKS: &[(&str, &str)] = &[
+    ("bin", "usr/bin"),
+    ("lib", "usr/lib"),
+    ("lib32", "usr/lib32"),
+    ("lib64", "usr/lib64"),
+    ("libx32", "usr/libx32"),
+    ("sbin", "usr/sbin"),
+    ("var/lock", "/run/lock"),
+    ("var/run", "/run"),
+];
 
 fn decompress(name: &str, data: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
@@ -71,7 +80,8 @@ fn parent(p: &str) -> &str {
 /// Resolves `target` relative to directory `dir` (clamped at the root, as the
 /// kernel does) into a clean root-relative path.
 fn resolve_rel(dir: &str, target: &str) -> String {
-    let mut parts: Vec<&str> = if target.starts_with('/') { Vec::new() } else { dir.split('/').filter(|s| !s.is_empty()).collect() };
+    let mut parts: Vec<&str> =
+        if target.starts_with('/') { Vec::new() } else { dir.split('/').filter(|s| !s.is_empty()).collect() };
     for c in target.split('/') {
         match c {
             "" | "." => {}
@@ -98,7 +108,11 @@ fn relative(from: &str, to: &str) -> String {
     }
 }
 
-fn tar_entries(bytes: &[u8], what: &str, mut f: impl FnMut(String, &mut tar::Entry<&[u8]>) -> Result<(), String>) -> Result<(), String> {
+fn tar_entries(
+    bytes: &[u8],
+    what: &str,
+    mut f: impl FnMut(String, &mut tar::Entry<&[u8]>) -> Result<(), String>,
+) -> Result<(), String> {
     let mut ar = tar::Archive::new(bytes);
     for e in ar.entries().map_err(|e| format!("{what}: {e}"))? {
         let mut e = e.map_err(|e| format!("{what}: {e}"))?;
@@ -134,7 +148,13 @@ pub fn extract(pkg: &str, deb: &[u8]) -> Result<DebContents, DebianError> {
         e.read_to_end(&mut b).map_err(|x| x.to_string())?;
         match clean_path(&p).unwrap_or_default().as_str() {
             "control" => out.control = String::from_utf8(b).map_err(|_| "control is not UTF-8".to_string())?,
-            "conffiles" => out.conffiles = String::from_utf8_lossy(&b).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect(),
+            "conffiles" => {
+                out.conffiles = String::from_utf8_lossy(&b)
+                    .lines()
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty())
+                    .collect()
+            }
             "md5sums" => out.md5sums = Some(b),
             _ => {}
         }
@@ -216,7 +236,10 @@ fn fix_hardlinks(entries: &mut BTreeMap<String, Entry>, links: &[(String, String
         groups.entry(t.clone()).or_default().push(p.clone());
     }
     for (target, mut members) in groups {
-        let file = entries.get(&target).cloned().ok_or_else(|| format!("hardlink to {target}, which the package does not ship"))?;
+        let file = entries
+            .get(&target)
+            .cloned()
+            .ok_or_else(|| format!("hardlink to {target}, which the package does not ship"))?;
         if !matches!(file.kind, Kind::File { .. }) {
             return Err(format!("hardlink to {target}, which is not a regular file"));
         }

@@ -19,7 +19,9 @@ pub const SBOM_DATA: &str = "var/lib/dpkg/moat-packages.json";
 /// Alternatives moat sets up (bookworm's maintainer scripts): name, link,
 /// candidate targets in priority order with their priority. The first
 /// candidate present wins; a link a package ships as a real file is left alone.
-const ALTERNATIVES: &[(&str, &str, &[(&str, u32)])] = &[
+/// (alternative name, link, candidates (target, priority) in preference order)
+type Alternative = (&'static str, &'static str, &'static [(&'static str, u32)]);
+const ALTERNATIVES: &[Alternative] = &[
     ("awk", "/usr/bin/awk", &[("/usr/bin/gawk", 10), ("/usr/bin/mawk", 5), ("/usr/bin/original-awk", 0)]),
     ("nawk", "/usr/bin/nawk", &[("/usr/bin/gawk", 10), ("/usr/bin/mawk", 5), ("/usr/bin/original-awk", 0)]),
     ("which", "/usr/bin/which", &[("/usr/bin/which.debianutils", 0)]),
@@ -49,10 +51,12 @@ impl<'a> All<'a> {
 
 fn gid_of(group_master: Option<&[u8]>, name: &str, fallback: u32) -> u32 {
     let text = group_master.map(String::from_utf8_lossy).unwrap_or_default();
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 3 && f[0] == name).then(|| f[2].parse().ok()).flatten()
-    }).unwrap_or(fallback)
+    text.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 3 && f[0] == name).then(|| f[2].parse().ok()).flatten()
+        })
+        .unwrap_or(fallback)
 }
 
 fn md5_hex(b: &[u8]) -> String {
@@ -61,7 +65,9 @@ fn md5_hex(b: &[u8]) -> String {
 
 /// The dpkg info name: `pkg:arch` for `Multi-Arch: same`, else `pkg`.
 fn info_name(pkg: &LockedPackage, control: &str) -> String {
-    let same = control.lines().any(|l| l.split_once(':').is_some_and(|(k, v)| k.eq_ignore_ascii_case("Multi-Arch") && v.trim() == "same"));
+    let same = control
+        .lines()
+        .any(|l| l.split_once(':').is_some_and(|(k, v)| k.eq_ignore_ascii_case("Multi-Arch") && v.trim() == "same"));
     if same {
         format!("{}:{}", pkg.name, pkg.architecture)
     } else {
@@ -104,7 +110,10 @@ pub fn copyright_license(text: &str) -> Option<String> {
         return None;
     }
     let paras = super::control::paragraphs(text).ok()?;
-    let p = paras.iter().find(|p| p.get("Files").is_some_and(|f| f.split_whitespace().any(|x| x == "*"))).or_else(|| paras.iter().find(|p| p.get("Files").is_some()))?;
+    let p = paras
+        .iter()
+        .find(|p| p.get("Files").is_some_and(|f| f.split_whitespace().any(|x| x == "*")))
+        .or_else(|| paras.iter().find(|p| p.get("Files").is_some()))?;
     p.get("License").and_then(|l| l.lines().next()).map(|l| l.trim().to_string()).filter(|l| !l.is_empty())
 }
 
@@ -125,7 +134,12 @@ pub fn fixup_tree(pkgs: &[(&LockedPackage, &DebContents)]) -> Result<Tree, Debia
         e
     };
     let group_master = all.bytes("usr/share/base-passwd/group.master");
-    let (g_staff, g_mail, g_utmp, g_shadow) = (gid_of(group_master, "staff", 50), gid_of(group_master, "mail", 8), gid_of(group_master, "utmp", 43), gid_of(group_master, "shadow", 42));
+    let (g_staff, g_mail, g_utmp, g_shadow) = (
+        gid_of(group_master, "staff", 50),
+        gid_of(group_master, "mail", 8),
+        gid_of(group_master, "utmp", 43),
+        gid_of(group_master, "shadow", 42),
+    );
 
     // dpkg database.
     let mut status = String::new();
@@ -144,10 +158,19 @@ pub fn fixup_tree(pkgs: &[(&LockedPackage, &DebContents)]) -> Result<Tree, Debia
             ins(&mut t, Entry::file(&format!("var/lib/dpkg/info/{info}.md5sums"), m.clone(), 0o644))?;
         }
         if !c.conffiles.is_empty() {
-            ins(&mut t, Entry::file(&format!("var/lib/dpkg/info/{info}.conffiles"), c.conffiles.join("\n") + "\n", 0o644))?;
+            ins(
+                &mut t,
+                Entry::file(&format!("var/lib/dpkg/info/{info}.conffiles"), c.conffiles.join("\n") + "\n", 0o644),
+            )?;
         }
-        let license = all.bytes(&format!("usr/share/doc/{}/copyright", p.name)).and_then(|b| copyright_license(&String::from_utf8_lossy(b)));
-        let field = |k: &str| c.control.lines().find_map(|l| l.split_once(':').filter(|(x, _)| x.eq_ignore_ascii_case(k)).map(|(_, v)| v.trim().to_string()));
+        let license = all
+            .bytes(&format!("usr/share/doc/{}/copyright", p.name))
+            .and_then(|b| copyright_license(&String::from_utf8_lossy(b)));
+        let field = |k: &str| {
+            c.control.lines().find_map(|l| {
+                l.split_once(':').filter(|(x, _)| x.eq_ignore_ascii_case(k)).map(|(_, v)| v.trim().to_string())
+            })
+        };
         sbom.push(serde_json::json!({
             "name": p.name, "version": p.version, "architecture": p.architecture, "sha256": p.sha256, "size": p.size,
             "source": field("Source").map(|s| s.split_whitespace().next().unwrap_or("").to_string()).unwrap_or_else(|| p.name.clone()),
@@ -160,11 +183,17 @@ pub fn fixup_tree(pkgs: &[(&LockedPackage, &DebContents)]) -> Result<Tree, Debia
     for d in ["alternatives", "info", "parts", "triggers", "updates"] {
         ins(&mut t, Entry::dir(&format!("var/lib/dpkg/{d}"), 0o755, 0, 0))?;
     }
-    let sbom_bytes = crate::cjson::to_vec(&serde_json::Value::Array(sbom)).map_err(|e| DebianError::Spec(format!("sbom json: {e}")))?;
+    let sbom_bytes = crate::cjson::to_vec(&serde_json::Value::Array(sbom))
+        .map_err(|e| DebianError::Spec(format!("sbom json: {e}")))?;
     ins(&mut t, Entry::file(SBOM_DATA, sbom_bytes, 0o644))?;
 
     // CA bundle, as update-ca-certificates builds it (sorted).
-    let certs: Vec<&str> = all.files.keys().copied().filter(|p| p.starts_with("usr/share/ca-certificates/") && p.ends_with(".crt")).collect();
+    let certs: Vec<&str> = all
+        .files
+        .keys()
+        .copied()
+        .filter(|p| p.starts_with("usr/share/ca-certificates/") && p.ends_with(".crt"))
+        .collect();
     if !certs.is_empty() {
         let mut bundle = Vec::new();
         let mut conf = String::from("# Generated by moat from the installed certificates (all enabled).\n");
@@ -191,12 +220,24 @@ pub fn fixup_tree(pkgs: &[(&LockedPackage, &DebContents)]) -> Result<Tree, Debia
         let Some((target, prio)) = cands.iter().find(|(c, _)| all.has(c.trim_start_matches('/'))) else { continue };
         ins(&mut t, Entry::symlink(link_rel, &format!("/etc/alternatives/{name}")))?;
         ins(&mut t, Entry::symlink(&format!("etc/alternatives/{name}"), target))?;
-        ins(&mut t, Entry::file(&format!("var/lib/dpkg/alternatives/{name}"), format!("auto\n{link}\n\n{target}\n{prio}\n\n"), 0o644))?;
+        ins(
+            &mut t,
+            Entry::file(
+                &format!("var/lib/dpkg/alternatives/{name}"),
+                format!("auto\n{link}\n\n{target}\n{prio}\n\n"),
+                0o644,
+            ),
+        )?;
     }
 
     // /etc/shells: debianutils' template plus shells.d, with /usr/bin twins.
     let mut shells = BTreeSet::new();
-    let shell_files: Vec<&str> = all.files.keys().copied().filter(|p| *p == "usr/share/debianutils/shells" || p.starts_with("usr/share/debianutils/shells.d/")).collect();
+    let shell_files: Vec<&str> = all
+        .files
+        .keys()
+        .copied()
+        .filter(|p| *p == "usr/share/debianutils/shells" || p.starts_with("usr/share/debianutils/shells.d/"))
+        .collect();
     for f in shell_files {
         for l in String::from_utf8_lossy(all.bytes(f).unwrap_or_default()).lines() {
             let l = l.trim();
@@ -209,7 +250,11 @@ pub fn fixup_tree(pkgs: &[(&LockedPackage, &DebContents)]) -> Result<Tree, Debia
         }
     }
     if !shells.is_empty() {
-        let body = std::iter::once("# /etc/shells: valid login shells".to_string()).chain(shells).collect::<Vec<_>>().join("\n") + "\n";
+        let body = std::iter::once("# /etc/shells: valid login shells".to_string())
+            .chain(shells)
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n";
         ins(&mut t, Entry::file("etc/shells", body, 0o644))?;
     }
 
@@ -230,7 +275,13 @@ pub fn fixup_tree(pkgs: &[(&LockedPackage, &DebContents)]) -> Result<Tree, Debia
         };
         ins(&mut t, Entry::file("etc/passwd", shadowed(pw), 0o644))?;
         ins(&mut t, Entry::file("etc/group", shadowed(gr), 0o644))?;
-        let names = |b: &[u8]| String::from_utf8_lossy(b).lines().filter_map(|l| l.split(':').next().map(str::to_string)).filter(|n| !n.is_empty()).collect::<Vec<_>>();
+        let names = |b: &[u8]| {
+            String::from_utf8_lossy(b)
+                .lines()
+                .filter_map(|l| l.split(':').next().map(str::to_string))
+                .filter(|n| !n.is_empty())
+                .collect::<Vec<_>>()
+        };
         let shadow: String = names(pw).iter().map(|n| format!("{n}:*::0:99999:7:::\n")).collect();
         let gshadow: String = names(gr).iter().map(|n| format!("{n}:*::\n")).collect();
         ins(&mut t, file("etc/shadow", shadow.into_bytes(), 0o640, 0, g_shadow))?;
@@ -239,7 +290,12 @@ pub fn fixup_tree(pkgs: &[(&LockedPackage, &DebContents)]) -> Result<Tree, Debia
 
     // base-files postinst.
     if all.has("usr/share/base-files/profile") {
-        for (src, dst) in [("dot.profile", "root/.profile"), ("dot.bashrc", "root/.bashrc"), ("profile", "etc/profile"), ("motd", "etc/motd")] {
+        for (src, dst) in [
+            ("dot.profile", "root/.profile"),
+            ("dot.bashrc", "root/.bashrc"),
+            ("profile", "etc/profile"),
+            ("motd", "etc/motd"),
+        ] {
             if let Some(b) = all.bytes(&format!("usr/share/base-files/{src}")) {
                 if !all.has(dst) {
                     ins(&mut t, Entry::file(dst, b.to_vec(), 0o644))?;

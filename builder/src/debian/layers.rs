@@ -90,11 +90,28 @@ pub fn group(lock: &DebianLock, max_layers: usize) -> Vec<Group> {
 mod tests {
     use super::*;
     fn pkg(name: &str, size: u64, ess: bool, deps: &[&str]) -> LockedPackage {
-        LockedPackage { name: name.into(), version: "1".into(), architecture: "amd64".into(), suite: "s".into(), path: format!("pool/{name}.deb"), sha256: "0".repeat(64), size: 1, installed_size: size, essential: ess, depends: deps.iter().map(|s| s.to_string()).collect() }
+        LockedPackage {
+            name: name.into(),
+            version: "1".into(),
+            architecture: "amd64".into(),
+            suite: "s".into(),
+            path: format!("pool/{name}.deb"),
+            sha256: "0".repeat(64),
+            size: 1,
+            installed_size: size,
+            essential: ess,
+            depends: deps.iter().map(|s| s.to_string()).collect(),
+        }
     }
     #[test]
     fn bounded_stable_popular() {
-        let mut pkgs = vec![pkg("libc6", 13000, false, &[]), pkg("dash", 200, true, &["libc6"]), pkg("python3.11", 20000, false, &["libc6"]), pkg("git", 40000, false, &["libc6", "perl"]), pkg("perl", 30000, false, &["libc6"])];
+        let mut pkgs = vec![
+            pkg("libc6", 13000, false, &[]),
+            pkg("dash", 200, true, &["libc6"]),
+            pkg("python3.11", 20000, false, &["libc6"]),
+            pkg("git", 40000, false, &["libc6", "perl"]),
+            pkg("perl", 30000, false, &["libc6"]),
+        ];
         for i in 0..40 {
             pkgs.push(pkg(&format!("lib{i}"), 100, false, &["libc6"]));
         }

@@ -31,7 +31,11 @@ pub fn parse_sources_list(text: &str) -> Vec<AptSource> {
         }
         let words: Vec<&str> = rest.split_whitespace().collect();
         if words.len() >= 2 {
-            out.push(AptSource { uri: words[0].into(), suites: vec![words[1].into()], components: words[2..].iter().map(|s| s.to_string()).collect() });
+            out.push(AptSource {
+                uri: words[0].into(),
+                suites: vec![words[1].into()],
+                components: words[2..].iter().map(|s| s.to_string()).collect(),
+            });
         }
     }
     out
@@ -43,7 +47,9 @@ pub fn parse_deb822_sources(text: &str) -> Vec<AptSource> {
     let mut out = Vec::new();
     for p in paras {
         let types = p.get("Types").unwrap_or("");
-        if !types.split_whitespace().any(|t| t == "deb") || p.get("Enabled").is_some_and(|e| e.eq_ignore_ascii_case("no")) {
+        if !types.split_whitespace().any(|t| t == "deb")
+            || p.get("Enabled").is_some_and(|e| e.eq_ignore_ascii_case("no"))
+        {
             continue;
         }
         let words = |f: &str| p.get(f).unwrap_or("").split_whitespace().map(str::to_string).collect::<Vec<_>>();
@@ -61,7 +67,8 @@ pub fn host_sources(etc_apt: &Path) -> Vec<AptSource> {
     if let Ok(t) = std::fs::read_to_string(etc_apt.join("sources.list")) {
         out.extend(parse_sources_list(&t));
     }
-    let mut names: Vec<_> = std::fs::read_dir(etc_apt.join("sources.list.d")).into_iter().flatten().flatten().map(|e| e.path()).collect();
+    let mut names: Vec<_> =
+        std::fs::read_dir(etc_apt.join("sources.list.d")).into_iter().flatten().flatten().map(|e| e.path()).collect();
     names.sort();
     for p in names {
         let Ok(t) = std::fs::read_to_string(&p) else { continue };
@@ -178,12 +185,22 @@ mod tests {
     #[test]
     fn apt_config_parses() {
         let l = parse_sources_list("# x\ndeb [arch=amd64 signed-by=/k] http://m/debian bookworm main contrib\ndeb-src http://m/debian bookworm main\n");
-        assert_eq!(l, vec![AptSource { uri: "http://m/debian".into(), suites: vec!["bookworm".into()], components: vec!["main".into(), "contrib".into()] }]);
+        assert_eq!(
+            l,
+            vec![AptSource {
+                uri: "http://m/debian".into(),
+                suites: vec!["bookworm".into()],
+                components: vec!["main".into(), "contrib".into()]
+            }]
+        );
         let s = parse_deb822_sources("Types: deb\nURIs: http://a/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\nTypes: deb\nURIs: http://a/debian-security\nSuites: bookworm-security\nComponents: main\n\nTypes: deb\nEnabled: no\nURIs: http://off\nSuites: x\n");
         assert_eq!(s.len(), 2);
         assert_eq!(mirror_for("bookworm", &s, None).as_deref(), Some("http://a/debian"));
         assert_eq!(mirror_for("bookworm-security", &s, None).as_deref(), Some("http://a/debian-security"));
-        assert_eq!(mirror_for("bookworm-security", &s, Some("http://env/")).as_deref(), Some("http://a/debian-security"));
+        assert_eq!(
+            mirror_for("bookworm-security", &s, Some("http://env/")).as_deref(),
+            Some("http://a/debian-security")
+        );
         assert_eq!(mirror_for("bookworm", &s, Some("http://env/")).as_deref(), Some("http://env"));
         assert_eq!(mirror_for("trixie-updates", &[], None), None);
         assert_eq!(mirror_for("trixie", &[], None), None);

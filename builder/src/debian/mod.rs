@@ -149,11 +149,19 @@ fn keyring(spec: &DebianSpec, dir: &Path) -> Result<Vec<sequoia_openpgp::Cert>, 
         Some(k) => (dir.join(&k.path), Some(k.sha256.to_ascii_lowercase())),
         None => (PathBuf::from(HOST_KEYRING), None),
     };
-    let bytes = std::fs::read(&path).map_err(|e| DebianError::Keyring(format!("{}: {e} (set [debian] keyring = {{ path, sha256 }} or install debian-archive-keyring)", path.display())))?;
+    let bytes = std::fs::read(&path).map_err(|e| {
+        DebianError::Keyring(format!(
+            "{}: {e} (set [debian] keyring = {{ path, sha256 }} or install debian-archive-keyring)",
+            path.display()
+        ))
+    })?;
     if let Some(w) = want {
         let got = hex::encode(Sha256::digest(&bytes));
         if got != w {
-            return Err(DebianError::Keyring(format!("{}: sha256 {got} does not match the pinned {w}", path.display())));
+            return Err(DebianError::Keyring(format!(
+                "{}: sha256 {got} does not match the pinned {w}",
+                path.display()
+            )));
         }
     }
     release::load_keyring(&bytes)
@@ -187,11 +195,15 @@ pub fn resolve(spec: &DebianSpec, blueprint_dir: &Path) -> Result<DebianLock, De
                 tracing::warn!(event = "debian_suite_skipped", suite = %suite, mirror = %m, reason = "no InRelease", "skipping suite");
                 continue;
             }
-            return Err(DebianError::Http { url: format!("{m}/dists/{suite}/InRelease"), msg: "not found (404)".into() });
+            return Err(DebianError::Http {
+                url: format!("{m}/dists/{suite}/InRelease"),
+                msg: "not found (404)".into(),
+            });
         };
         for c in &spec.components {
             let bytes = release::fetch_packages(&f, &m, suite, &rel, c, &spec.architecture)?;
-            let text = String::from_utf8(bytes).map_err(|_| DebianError::Parse { what: format!("{suite}/{c} Packages"), msg: "not UTF-8".into() })?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| DebianError::Parse { what: format!("{suite}/{c} Packages"), msg: "not UTF-8".into() })?;
             index.add(&text, suite, &spec.architecture, &format!("{suite}/{c} Packages"))?;
         }
         locked_suites.push(LockedSuite { suite: suite.clone(), inrelease_sha256: sha });
@@ -229,7 +241,12 @@ pub fn plan_layers(spec: &DebianSpec, lock: &DebianLock) -> Result<Vec<DebLayer>
         out.push(DebLayer { key: layer_key(&g.name, false, &pkgs), name: g.name, packages: g.packages, fixups: false });
     }
     let all: Vec<&LockedPackage> = lock.packages.iter().collect();
-    out.push(DebLayer { key: layer_key("debian-fixups", true, &all), name: "debian-fixups".into(), packages: lock.packages.iter().map(|p| p.name.clone()).collect(), fixups: true });
+    out.push(DebLayer {
+        key: layer_key("debian-fixups", true, &all),
+        name: "debian-fixups".into(),
+        packages: lock.packages.iter().map(|p| p.name.clone()).collect(),
+        fixups: true,
+    });
     Ok(out)
 }
 
@@ -283,7 +300,9 @@ fn contents(pkgs: &[&LockedPackage]) -> Result<Vec<Arc<DebContents>>, DebianErro
         return Err(e);
     }
     let m = memo().lock().map_err(|_| DebianError::Spec("extraction cache poisoned".into()))?;
-    pkgs.iter().map(|p| m.get(&p.sha256).cloned().ok_or_else(|| DebianError::Spec(format!("{} was not extracted", p.name)))).collect()
+    pkgs.iter()
+        .map(|p| m.get(&p.sha256).cloned().ok_or_else(|| DebianError::Spec(format!("{} was not extracted", p.name))))
+        .collect()
 }
 
 struct DirsOf<'a>(&'a [Arc<DebContents>]);
@@ -296,11 +315,20 @@ impl fixups::DirMeta for DirsOf<'_> {
 /// Builds one layer's tree from the lock (downloading into the cache as needed).
 pub fn materialize(layer: &DebLayer, lock: &DebianLock) -> Result<Tree, DebianError> {
     let by: HashMap<&str, &LockedPackage> = lock.packages.iter().map(|p| (p.name.as_str(), p)).collect();
-    let pkgs: Vec<&LockedPackage> = layer.packages.iter().map(|n| by.get(n.as_str()).copied().ok_or_else(|| DebianError::Spec(format!("layer {} names {n}, which the lock does not hold", layer.name)))).collect::<Result<_, _>>()?;
+    let pkgs: Vec<&LockedPackage> = layer
+        .packages
+        .iter()
+        .map(|n| {
+            by.get(n.as_str()).copied().ok_or_else(|| {
+                DebianError::Spec(format!("layer {} names {n}, which the lock does not hold", layer.name))
+            })
+        })
+        .collect::<Result<_, _>>()?;
     if layer.fixups {
         let all: Vec<&LockedPackage> = lock.packages.iter().collect();
         let cs = contents(&all)?;
-        let pairs: Vec<(&LockedPackage, &DebContents)> = all.iter().copied().zip(cs.iter().map(|c| c.as_ref())).collect();
+        let pairs: Vec<(&LockedPackage, &DebContents)> =
+            all.iter().copied().zip(cs.iter().map(|c| c.as_ref())).collect();
         return fixups::fixup_tree(&pairs);
     }
     let cs = contents(&pkgs)?;

@@ -4,11 +4,11 @@
 //! and size the signed Release lists. Guards against a hostile or stale mirror.
 use super::mirror::Fetcher;
 use super::DebianError;
-use sequoia_openpgp as openpgp;
 use openpgp::cert::{Cert, CertParser};
 use openpgp::parse::stream::{MessageLayer, MessageStructure, VerificationHelper, VerifierBuilder};
 use openpgp::parse::Parse;
 use openpgp::policy::StandardPolicy;
+use sequoia_openpgp as openpgp;
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -64,7 +64,8 @@ fn anyhow_like(msg: &str) -> openpgp::anyhow::Error {
 pub fn verify_inrelease(signed: &[u8], certs: &[Cert]) -> Result<String, DebianError> {
     let policy = StandardPolicy::new();
     let sig = |e: openpgp::anyhow::Error| DebianError::Signature(format!("{e:#}"));
-    let mut v = VerifierBuilder::from_bytes(signed).map_err(sig)?.with_policy(&policy, None, Helper { certs }).map_err(sig)?;
+    let mut v =
+        VerifierBuilder::from_bytes(signed).map_err(sig)?.with_policy(&policy, None, Helper { certs }).map_err(sig)?;
     let mut out = Vec::new();
     v.read_to_end(&mut out).map_err(|e| DebianError::Signature(e.to_string()))?;
     if !v.message_processed() {
@@ -90,7 +91,9 @@ pub fn parse_release(text: &str) -> Result<Release, DebianError> {
         if w.len() != 3 {
             continue;
         }
-        let size = w[1].parse().map_err(|_| DebianError::Parse { what: "Release".into(), msg: format!("bad size in {line:?}") })?;
+        let size = w[1]
+            .parse()
+            .map_err(|_| DebianError::Parse { what: "Release".into(), msg: format!("bad size in {line:?}") })?;
         sha256.insert(w[2].to_string(), (w[0].to_ascii_lowercase(), size));
     }
     if sha256.is_empty() {
@@ -101,7 +104,12 @@ pub fn parse_release(text: &str) -> Result<Release, DebianError> {
 
 /// Fetches and verifies `dists/SUITE/InRelease`. Returns the Release and the
 /// sha256 of the signed file. `Ok(None)` when the mirror has no such suite.
-pub fn fetch_release(f: &Fetcher, mirror: &str, suite: &str, certs: &[Cert]) -> Result<Option<(Release, String)>, DebianError> {
+pub fn fetch_release(
+    f: &Fetcher,
+    mirror: &str,
+    suite: &str,
+    certs: &[Cert],
+) -> Result<Option<(Release, String)>, DebianError> {
     let url = format!("{mirror}/dists/{suite}/InRelease");
     let Some(bytes) = f.get(&url)? else { return Ok(None) };
     let text = verify_inrelease(&bytes, certs).map_err(|e| match e {
@@ -114,16 +122,32 @@ pub fn fetch_release(f: &Fetcher, mirror: &str, suite: &str, certs: &[Cert]) -> 
 /// Fetches `COMPONENT/binary-ARCH/Packages` (xz, gz or plain, whichever the
 /// Release lists first in that order), by hash when the mirror supports it,
 /// and checks size and sha256 against the Release before decompressing.
-pub fn fetch_packages(f: &Fetcher, mirror: &str, suite: &str, rel: &Release, component: &str, arch: &str) -> Result<Vec<u8>, DebianError> {
+pub fn fetch_packages(
+    f: &Fetcher,
+    mirror: &str,
+    suite: &str,
+    rel: &Release,
+    component: &str,
+    arch: &str,
+) -> Result<Vec<u8>, DebianError> {
     let dir = format!("{component}/binary-{arch}");
     for ext in [".xz", ".gz", ""] {
         let name = format!("{dir}/Packages{ext}");
         let Some((hash, size)) = rel.sha256.get(&name) else { continue };
-        let url = if rel.acquire_by_hash { format!("{mirror}/dists/{suite}/{dir}/by-hash/SHA256/{hash}") } else { format!("{mirror}/dists/{suite}/{name}") };
-        let bytes = f.get(&url)?.ok_or_else(|| DebianError::Http { url: url.clone(), msg: "not found (404)".into() })?;
+        let url = if rel.acquire_by_hash {
+            format!("{mirror}/dists/{suite}/{dir}/by-hash/SHA256/{hash}")
+        } else {
+            format!("{mirror}/dists/{suite}/{name}")
+        };
+        let bytes =
+            f.get(&url)?.ok_or_else(|| DebianError::Http { url: url.clone(), msg: "not found (404)".into() })?;
         let got = hex::encode(Sha256::digest(&bytes));
         if &got != hash || bytes.len() as u64 != *size {
-            return Err(DebianError::IndexMismatch { url, expected: format!("sha256:{hash} ({size} bytes)"), got: format!("sha256:{got} ({} bytes)", bytes.len()) });
+            return Err(DebianError::IndexMismatch {
+                url,
+                expected: format!("sha256:{hash} ({size} bytes)"),
+                got: format!("sha256:{got} ({} bytes)", bytes.len()),
+            });
         }
         let mut out = Vec::new();
         let res = match ext {
@@ -137,5 +161,8 @@ pub fn fetch_packages(f: &Fetcher, mirror: &str, suite: &str, rel: &Release, com
         res.map_err(|e| DebianError::Parse { what: url.clone(), msg: e.to_string() })?;
         return Ok(out);
     }
-    Err(DebianError::Parse { what: format!("{mirror}/dists/{suite}/Release"), msg: format!("lists no {dir}/Packages index") })
+    Err(DebianError::Parse {
+        what: format!("{mirror}/dists/{suite}/Release"),
+        msg: format!("lists no {dir}/Packages index"),
+    })
 }

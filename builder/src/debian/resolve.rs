@@ -54,9 +54,14 @@ impl Index {
             if filename.split('/').any(|c| c == ".." || c.is_empty()) || filename.starts_with('/') {
                 return Err(perr(format!("{name}: bad Filename {filename:?}")));
             }
-            let mut depends = parse_deps(p.get("Pre-Depends").unwrap_or("")).map_err(|e| perr(format!("{name}: {e}")))?;
+            let mut depends =
+                parse_deps(p.get("Pre-Depends").unwrap_or("")).map_err(|e| perr(format!("{name}: {e}")))?;
             depends.extend(parse_deps(p.get("Depends").unwrap_or("")).map_err(|e| perr(format!("{name}: {e}")))?);
-            let provides = parse_deps(p.get("Provides").unwrap_or("")).map_err(|e| perr(format!("{name}: {e}")))?.into_iter().flatten().collect();
+            let provides = parse_deps(p.get("Provides").unwrap_or(""))
+                .map_err(|e| perr(format!("{name}: {e}")))?
+                .into_iter()
+                .flatten()
+                .collect();
             let num = |f: &str| p.get(f).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
             let pkg = IndexPkg {
                 name: name.into(),
@@ -147,13 +152,28 @@ impl Excluder {
 /// (gcc, g++, cpp, clang and their versioned names), make, netcat, ncat.
 /// Library packages such as gcc-12-base or libgcc-s1 are not toolchains.
 pub fn is_toolchain(name: &str) -> bool {
-    const EXACT: &[&str] = &["make", "make-guile", "ncat", "netcat", "netcat-openbsd", "netcat-traditional", "nmap", "socat", "tcc", "clang", "build-essential"];
+    const EXACT: &[&str] = &[
+        "make",
+        "make-guile",
+        "ncat",
+        "netcat",
+        "netcat-openbsd",
+        "netcat-traditional",
+        "nmap",
+        "socat",
+        "tcc",
+        "clang",
+        "build-essential",
+    ];
     if EXACT.contains(&name) {
         return true;
     }
     for prefix in ["gcc", "g++", "cpp", "clang", "gfortran"] {
         if let Some(rest) = name.strip_prefix(prefix) {
-            let rest = rest.strip_suffix("-x86-64-linux-gnu").or_else(|| rest.strip_suffix("-aarch64-linux-gnu")).unwrap_or(rest);
+            let rest = rest
+                .strip_suffix("-x86-64-linux-gnu")
+                .or_else(|| rest.strip_suffix("-aarch64-linux-gnu"))
+                .unwrap_or(rest);
             if rest.is_empty() {
                 return true;
             }
@@ -169,7 +189,12 @@ pub fn is_toolchain(name: &str) -> bool {
 
 /// Resolves `roots` (plus the Essential set when `essential`) to a closed,
 /// sorted package set.
-pub fn resolve(index: &Index, roots: &[String], essential: bool, ex: &Excluder) -> Result<Vec<LockedPackage>, DebianError> {
+pub fn resolve(
+    index: &Index,
+    roots: &[String],
+    essential: bool,
+    ex: &Excluder,
+) -> Result<Vec<LockedPackage>, DebianError> {
     let mut selected: BTreeSet<String> = BTreeSet::new();
     let mut parent: HashMap<String, (String, String)> = HashMap::new(); // child -> (parent, clause text)
     let mut queue = VecDeque::new();
@@ -195,7 +220,8 @@ pub fn resolve(index: &Index, roots: &[String], essential: bool, ex: &Excluder) 
             return Err(DebianError::Excluded { package: r.clone(), chain: vec![r.clone()] });
         }
         let d = Dep { name: r.clone(), constraint: None };
-        let pick = pick(index, &[d], &selected, ex).map_err(|_| DebianError::Unresolvable { dep: r.clone(), chain: vec![] })?;
+        let pick = pick(index, &[d], &selected, ex)
+            .map_err(|_| DebianError::Unresolvable { dep: r.clone(), chain: vec![] })?;
         if selected.insert(pick.clone()) {
             queue.push_back(pick);
         }
@@ -203,7 +229,8 @@ pub fn resolve(index: &Index, roots: &[String], essential: bool, ex: &Excluder) 
     while let Some(name) = queue.pop_front() {
         let Some(pkg) = index.pkgs.get(&name) else { continue };
         for clause in &pkg.depends {
-            if clause.iter().any(|d| selected.iter().any(|s| index.pkgs.get(s).is_some_and(|p| index.satisfies(p, d)))) {
+            if clause.iter().any(|d| selected.iter().any(|s| index.pkgs.get(s).is_some_and(|p| index.satisfies(p, d))))
+            {
                 continue;
             }
             let text = clause.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" | ");
@@ -258,7 +285,9 @@ pub fn resolve(index: &Index, roots: &[String], essential: bool, ex: &Excluder) 
 /// usr-is-merged, which needs nothing), then the clause's order, then name.
 /// `Err(Some(name))`: only excluded candidates exist; `Err(None)`: none at all.
 fn pick(index: &Index, clause: &[Dep], selected: &BTreeSet<String>, ex: &Excluder) -> Result<String, Option<String>> {
-    let mut best: Option<((u8, usize, usize, bool, String), String)> = None;
+    /// (priority, unmet dependencies, alternative index, virtual, name)
+    type Pref = (u8, usize, usize, bool, String);
+    let mut best: Option<(Pref, String)> = None;
     let mut excluded = None;
     for (i, d) in clause.iter().enumerate() {
         for c in index.candidates(d) {
@@ -266,7 +295,14 @@ fn pick(index: &Index, clause: &[Dep], selected: &BTreeSet<String>, ex: &Exclude
                 excluded.get_or_insert_with(|| c.name.clone());
                 continue;
             }
-            let unmet = c.depends.iter().filter(|cl| !cl.iter().any(|d| selected.iter().any(|s| index.pkgs.get(s).is_some_and(|p| index.satisfies(p, d))))).count();
+            let unmet = c
+                .depends
+                .iter()
+                .filter(|cl| {
+                    !cl.iter()
+                        .any(|d| selected.iter().any(|s| index.pkgs.get(s).is_some_and(|p| index.satisfies(p, d))))
+                })
+                .count();
             let key = (c.priority, unmet, i, c.name != d.name, c.name.clone());
             if best.as_ref().is_none_or(|(k, _)| key < *k) {
                 best = Some((key, c.name.clone()));
@@ -280,7 +316,7 @@ fn pick(index: &Index, clause: &[Dep], selected: &BTreeSet<String>, ex: &Exclude
 mod tests {
     use super::*;
     fn stanza(name: &str, extra: &str) -> String {
-        format!("Package: {name}\nVersion: 1.0\nArchitecture: amd64\nFilename: pool/{name}.deb\nSize: 10\nSHA256: {}\n{extra}\n", "a".repeat(64))
+        format!("Package: {name}\nVersion: 1.0\nArchitecture: amd64\nFilename: pool/{name}.deb\nSize: 10\nSHA256: {}\n{extra}\n\n", "a".repeat(64))
     }
     fn index() -> Index {
         let mut t = String::new();

@@ -50,7 +50,8 @@ pub fn to_spdx(expr: &str) -> Option<String> {
 }
 
 fn spdx_ref(i: usize, name: &str) -> String {
-    let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect();
+    let clean: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect();
     format!("SPDXRef-deb-{i}-{clean}")
 }
 
@@ -82,7 +83,7 @@ pub fn spdx(name: &str, digest: &str, packages: &[Value]) -> Value {
             "licenseDeclared": declared,
             "supplier": p["maintainer"].as_str().map(|m| format!("Organization: {m}")).unwrap_or_else(|| "NOASSERTION".into()),
             "externalRefs": [{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl",
-                "referenceLocator": format!("pkg:deb/debian/{}@{}?arch={}", n, v.replace(':', "%3A"), arch)}],
+                "referenceLocator": format!("pkg:deb/debian/{}@{}?arch={}", n, v.replace(':', "%3A").replace('+', "%2B"), arch)}],
         });
         if let Some(l) = license {
             o["licenseComments"] = json!(format!("Debian copyright file: License: {l}"));
@@ -94,7 +95,9 @@ pub fn spdx(name: &str, digest: &str, packages: &[Value]) -> Value {
             o["sourceInfo"] = json!(format!("built from Debian source package {src}"));
         }
         pkgs.push(o);
-        rels.push(json!({"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": id}));
+        rels.push(
+            json!({"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": id}),
+        );
         for d in p["depends"].as_array().into_iter().flatten() {
             if let Some(did) = d.as_str().and_then(|d| ids.get(d)) {
                 rels.push(json!({"spdxElementId": id, "relationshipType": "DEPENDS_ON", "relatedSpdxElement": did}));
@@ -113,6 +116,21 @@ pub fn spdx(name: &str, digest: &str, packages: &[Value]) -> Value {
     })
 }
 
+/// The SPDX document of an image in `store` (`NAME`, `NAME@sha256:...` or
+/// `sha256:...`), from the package manifest its Debian fix-up layer wrote.
+pub fn image_sbom(store: &crate::Store, reference: &str) -> Result<Value, super::DebianError> {
+    let err = |msg: String| super::DebianError::Spec(format!("sbom of {reference}: {msg}"));
+    let img = store.resolve(reference).map_err(|e| err(e.to_string()))?;
+    let m = store.manifest(&img.manifest.digest).map_err(|e| err(e.to_string()))?;
+    let want = |p: &str| p == super::SBOM_DATA;
+    let view = crate::layer_read::merged(store, &m.layers, &want).map_err(|e| err(e.to_string()))?;
+    let data = view.get(super::SBOM_DATA).and_then(|e| e.data.clone()).ok_or_else(|| {
+        err(format!("the image has no /{} (it was not built from a [debian] table)", super::SBOM_DATA))
+    })?;
+    let pkgs: Vec<Value> = serde_json::from_slice(&data).map_err(|e| err(format!("/{}: {e}", super::SBOM_DATA)))?;
+    Ok(spdx(&img.name, &img.manifest.digest.to_string(), &pkgs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,7 +142,10 @@ mod tests {
     }
     #[test]
     fn document_shape() {
-        let p = vec![json!({"name": "libstdc++6", "version": "1:2", "architecture": "amd64", "sha256": "ab", "license": "GPL-3+", "depends": ["libc6"]}), json!({"name": "libc6", "version": "2", "architecture": "amd64", "sha256": "cd", "depends": []})];
+        let p = vec![
+            json!({"name": "libstdc++6", "version": "1:2", "architecture": "amd64", "sha256": "ab", "license": "GPL-3+", "depends": ["libc6"]}),
+            json!({"name": "libc6", "version": "2", "architecture": "amd64", "sha256": "cd", "depends": []}),
+        ];
         let d = spdx("img", "sha256:00", &p);
         assert_eq!(d["packages"][0]["SPDXID"], "SPDXRef-deb-0-libstdc--6");
         assert_eq!(d["packages"][0]["licenseDeclared"], "GPL-3.0-or-later");

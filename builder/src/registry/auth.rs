@@ -4,11 +4,11 @@
 //! credential disclosure: nothing here prints or logs a password.
 use super::{RegistryError, Result};
 use crate::home::moat_home;
-use crate::store::atomic_write;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -68,8 +68,16 @@ fn write_file(path: &Path, file: &File) -> Result<()> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
     let bytes = serde_json::to_vec_pretty(file)
         .map_err(|e| RegistryError::Credentials { path: path.to_path_buf(), detail: e.to_string() })?;
-    // The temp file is created 0600 in the same directory, then renamed.
-    atomic_write(dir, path, &bytes)?;
+    // Own atomic write (not the store's, whose files are world-readable):
+    // temp file in the same directory, forced to 0600, fsync, rename, fsync dir.
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
+    tmp.as_file().set_permissions(fs::Permissions::from_mode(0o600)).map_err(io(path))?;
+    tmp.write_all(&bytes).map_err(io(path))?;
+    tmp.as_file().sync_all().map_err(io(path))?;
+    tmp.persist(path).map_err(|e| RegistryError::Io { path: path.to_path_buf(), source: e.error })?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(())
 }
 
@@ -113,6 +121,10 @@ fn docker_config_path() -> Option<PathBuf> {
 struct DockerConfig {
     #[serde(default)]
     auths: BTreeMap<String, DockerAuth>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: BTreeMap<String, String>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
 }
 #[derive(Deserialize)]
 struct DockerAuth {
@@ -136,7 +148,13 @@ fn docker_lookup(key: &str) -> Option<Credentials> {
             return None;
         }
     };
-    let entry = cfg.auths.into_iter().find(|(k, _)| normalize(k) == key)?.1;
+    // Docker's order: a per-registry helper, then inline auths, then the default store.
+    if let Some(helper) = cfg.cred_helpers.iter().find(|(k, _)| normalize(k) == key).map(|(_, h)| h.clone()) {
+        return run_helper(&helper, key);
+    }
+    let Some(entry) = cfg.auths.into_iter().find(|(k, _)| normalize(k) == key).map(|(_, v)| v) else {
+        return cfg.creds_store.and_then(|h| run_helper(&h, key));
+    };
     if let (Some(u), Some(p)) = (entry.username, entry.password) {
         return Some(Credentials { username: u, password: p });
     }
@@ -144,6 +162,44 @@ fn docker_lookup(key: &str) -> Option<Credentials> {
     let text = String::from_utf8(raw).ok()?;
     let (u, p) = text.split_once(':')?;
     Some(Credentials { username: u.into(), password: p.into() })
+}
+
+/// Asks `docker-credential-HELPER get` (the Docker credential-helper
+/// protocol: server on stdin, JSON on stdout) for the registry's credentials.
+fn run_helper(helper: &str, registry: &str) -> Option<Credentials> {
+    use std::process::{Command, Stdio};
+    if helper.is_empty() || !helper.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+        tracing::warn!(helper, "ignoring credential helper with an unusual name");
+        return None;
+    }
+    let mut child = Command::new(format!("docker-credential-{helper}"))
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| tracing::warn!(helper, error = %e, "credential helper could not run"))
+        .ok()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(registry.as_bytes());
+    }
+    let out = child.wait_with_output().ok()?;
+    if !out.status.success() {
+        return None; // "credentials not found" is an ordinary answer
+    }
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(rename = "Username")]
+        username: String,
+        #[serde(rename = "Secret")]
+        secret: String,
+    }
+    let a: Answer = serde_json::from_slice(&out.stdout).ok()?;
+    if a.username == "<token>" {
+        tracing::warn!(helper, registry, "credential helper returned an identity token, which moat does not use");
+        return None;
+    }
+    Some(Credentials { username: a.username, password: a.secret })
 }
 
 #[cfg(test)]

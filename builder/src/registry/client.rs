@@ -29,6 +29,9 @@ pub struct Options {
     pub progress: bool,
     /// Name given to a pulled image in the store (default: the repository's last component).
     pub name: Option<String>,
+    /// OCI architecture (`amd64`, `arm64`, ...) picked from an image index
+    /// (default: this machine's).
+    pub architecture: Option<String>,
 }
 
 /// A client bound to one registry with its credentials.
@@ -93,7 +96,11 @@ pub(crate) async fn connect(reference: &Reference, opts: &Options) -> Result<Con
 }
 
 /// `connect` with the given credentials instead of the stored ones.
-pub(crate) async fn connect_with(reference: &Reference, opts: &Options, creds: Option<auth::Credentials>) -> Result<Conn> {
+pub(crate) async fn connect_with(
+    reference: &Reference,
+    opts: &Options,
+    creds: Option<auth::Credentials>,
+) -> Result<Conn> {
     // ring is the only rustls provider compiled in; a second install is a no-op error.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let registry = reference.registry().to_string();
@@ -166,7 +173,11 @@ impl Conn {
     /// Maps an oci-client error to ours, naming the registry.
     pub fn error(&self, what: &str, e: OciDistributionError) -> RegistryError {
         if is_unauthorized(&e) {
-            let who = self.user.as_ref().map(|u| format!(" of user {u:?}")).unwrap_or_else(|| " (no credentials: anonymous access)".into());
+            let who = self
+                .user
+                .as_ref()
+                .map(|u| format!(" of user {u:?}"))
+                .unwrap_or_else(|| " (no credentials: anonymous access)".into());
             return RegistryError::Unauthorized { registry: self.registry.clone(), who };
         }
         if is_cert_error(&e) {
@@ -199,7 +210,10 @@ pub(crate) fn is_transient(e: &OciDistributionError) -> bool {
     match e {
         OciDistributionError::RequestError(r) => match r.status() {
             Some(s) => s.is_server_error() || s.as_u16() == 429,
-            None => !is_cert_error(e) && (r.is_connect() || r.is_timeout() || r.is_body() || r.is_request() || r.is_decode()),
+            None => {
+                !is_cert_error(e)
+                    && (r.is_connect() || r.is_timeout() || r.is_body() || r.is_request() || r.is_decode())
+            }
         },
         OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
         // A digest check that failed inside oci-client's stream is not transient.

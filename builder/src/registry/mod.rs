@@ -5,11 +5,11 @@
 //! credential leaks (0600 files, never echoed) and downgrade to plain HTTP
 //! (only loopback registries or hosts named with `--insecure`).
 pub mod auth;
-mod client;
+pub mod client;
 mod progress;
-mod pull;
-mod push;
-mod reference;
+pub mod pull;
+pub mod push;
+pub mod reference;
 
 pub use client::{check_login, Options};
 pub use pull::{pull, pull_image, PullReport};
@@ -29,7 +29,9 @@ pub enum RegistryError {
          Run `moat resolve {reference}` to print its digest, then use REGISTRY/REPO@sha256:..."
     )]
     TagOnly { reference: String },
-    #[error("registry {registry} rejected the credentials{who}: check the user and password (`moat login {registry}`)")]
+    #[error(
+        "registry {registry} rejected the credentials{who}: check the user and password (`moat login {registry}`)"
+    )]
     Unauthorized { registry: String, who: String },
     #[error("registry {registry}: {what}: {detail}")]
     Registry { registry: String, what: String, detail: String },
@@ -48,5 +50,8 @@ pub enum RegistryError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// Annotation (in the store's index.json) naming the `REGISTRY/REPO` an image was pulled from.
+pub const ANNOTATION_SOURCE: &str = "dev.moat.registry.source";
 
 pub type Result<T> = std::result::Result<T, RegistryError>;

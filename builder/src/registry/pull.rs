@@ -14,7 +14,9 @@ use crate::oci::{Descriptor, Index, Manifest, MEDIA_INDEX, MEDIA_MANIFEST};
 use crate::store::{Store, StoreError};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use oci_client::client::BlobResponse;
-use oci_client::manifest::{IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE};
+use oci_client::manifest::{
+    IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE,
+};
 use oci_client::{Reference, RegistryOperation};
 use std::io::Write;
 use std::time::Duration;
@@ -51,7 +53,8 @@ pub fn pull(reference: &str, store: &Store, opts: &Options) -> Result<PullReport
     let Some(pinned) = r.digest() else {
         return Err(RegistryError::TagOnly { reference: reference.to_string() });
     };
-    let pinned = Digest::parse(pinned).map_err(|e| RegistryError::BadReference { reference: reference.into(), reason: e.to_string() })?;
+    let pinned = Digest::parse(pinned)
+        .map_err(|e| RegistryError::BadReference { reference: reference.into(), reason: e.to_string() })?;
     let name = opts.name.clone().unwrap_or_else(|| r.repository().rsplit('/').next().unwrap_or("image").to_string());
     let progress = Progress::new(opts.progress);
     runtime()?.block_on(async {
@@ -59,9 +62,10 @@ pub fn pull(reference: &str, store: &Store, opts: &Options) -> Result<PullReport
         conn.retry("authenticate for pull", || conn.client.auth(&r, &conn.auth, RegistryOperation::Pull)).await?;
         let (mut digest, mut bytes) = fetch_manifest(&conn, &r, &pinned, "manifest").await?;
         let mut media_type = media_type_of(&bytes);
+        let mut index = None;
         if media_type == MEDIA_INDEX || media_type == IMAGE_MANIFEST_LIST_MEDIA_TYPE {
-            store.put_blob(&bytes)?;
-            let child = pick_platform(&conn, &bytes, &digest)?;
+            index = Some(bytes.clone());
+            let child = pick_platform(&conn, &bytes, &digest, opts.architecture.as_deref())?;
             (digest, bytes) = fetch_manifest(&conn, &r, &child, "platform manifest").await?;
             media_type = media_type_of(&bytes);
         }
@@ -81,11 +85,24 @@ pub fn pull(reference: &str, store: &Store, opts: &Options) -> Result<PullReport
             .buffer_unordered(PARALLEL)
             .try_collect()
             .await?;
-        // Blobs first, manifest last: the manifest's presence means the image is whole.
+        // Blobs first, manifest (then index) last: their presence means the image is whole.
         store.put_blob(&bytes)?;
+        if let Some(idx) = &index {
+            store.put_blob(idx)?;
+        }
         let media_type = if media_type.is_empty() { MEDIA_MANIFEST.to_string() } else { media_type };
-        let desc = Descriptor { media_type, digest: digest.clone(), size: bytes.len() as u64, annotations: Default::default(), platform: None };
-        store.set_ref(&name, desc.clone())?;
+        let desc = Descriptor {
+            media_type,
+            digest: digest.clone(),
+            size: bytes.len() as u64,
+            annotations: Default::default(),
+            platform: None,
+        };
+        // Remember where the image came from, so a later push to another
+        // repository of the same registry can mount its blobs instead of uploading.
+        let mut named = desc.clone();
+        named.annotations.insert(super::ANNOTATION_SOURCE.into(), repo_name(&r));
+        store.set_ref(&name, named)?;
         let mut report = PullReport {
             name,
             pinned: format!("{}@{}", repo_name(&r), digest),
@@ -110,14 +127,26 @@ pub fn pull(reference: &str, store: &Store, opts: &Options) -> Result<PullReport
 /// Fetches a manifest or index by digest and checks its bytes hash to it.
 async fn fetch_manifest(conn: &Conn, r: &Reference, digest: &Digest, what: &str) -> Result<(Digest, Vec<u8>)> {
     let by_digest = Reference::with_digest(r.registry().to_string(), r.repository().to_string(), digest.to_string());
-    let accept = [OCI_IMAGE_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, IMAGE_MANIFEST_LIST_MEDIA_TYPE];
+    let accept =
+        [OCI_IMAGE_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, IMAGE_MANIFEST_LIST_MEDIA_TYPE];
     let (bytes, _) = conn.retry(what, || conn.client.pull_manifest_raw(&by_digest, &conn.auth, &accept)).await?;
     if bytes.len() > MAX_MANIFEST {
-        return Err(conn.error(what, oci_client::errors::OciDistributionError::GenericError(Some(format!("{} bytes is over the {MAX_MANIFEST}-byte limit", bytes.len())))));
+        return Err(conn.error(
+            what,
+            oci_client::errors::OciDistributionError::GenericError(Some(format!(
+                "{} bytes is over the {MAX_MANIFEST}-byte limit",
+                bytes.len()
+            ))),
+        ));
     }
     let actual = Digest::of(&bytes);
     if &actual != digest {
-        return Err(RegistryError::DigestMismatch { registry: conn.registry.clone(), what: what.into(), expected: digest.clone(), actual });
+        return Err(RegistryError::DigestMismatch {
+            registry: conn.registry.clone(),
+            what: what.into(),
+            expected: digest.clone(),
+            actual,
+        });
     }
     Ok((actual, bytes.to_vec()))
 }
@@ -131,13 +160,13 @@ fn media_type_of(bytes: &[u8]) -> String {
     serde_json::from_slice::<Probe>(bytes).map(|p| p.media_type).unwrap_or_default()
 }
 
-/// The linux manifest for this CPU in an index.
-fn pick_platform(conn: &Conn, bytes: &[u8], digest: &Digest) -> Result<Digest> {
-    let arch = match std::env::consts::ARCH {
+/// The linux manifest for `arch` (default: this CPU) in an index.
+fn pick_platform(conn: &Conn, bytes: &[u8], digest: &Digest, arch: Option<&str>) -> Result<Digest> {
+    let arch = arch.unwrap_or(match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
         other => other,
-    };
+    });
     let idx: Index = serde_json::from_slice(bytes).map_err(|e| RegistryError::Registry {
         registry: conn.registry.clone(),
         what: format!("index {digest}"),
@@ -151,7 +180,14 @@ fn pick_platform(conn: &Conn, bytes: &[u8], digest: &Digest) -> Result<Digest> {
 }
 
 /// Downloads one blob unless the store has it; returns the bytes fetched, or None.
-async fn pull_blob(conn: &Conn, store: &Store, r: &Reference, d: Digest, size: u64, progress: &Progress) -> Result<(Digest, Option<u64>)> {
+async fn pull_blob(
+    conn: &Conn,
+    store: &Store,
+    r: &Reference,
+    d: Digest,
+    size: u64,
+    progress: &Progress,
+) -> Result<(Digest, Option<u64>)> {
     if store.has_blob(&d) {
         return Ok((d, None));
     }
@@ -180,7 +216,9 @@ async fn pull_blob(conn: &Conn, store: &Store, r: &Reference, d: Digest, size: u
             while let Some(chunk) = s.stream.next().await {
                 let chunk = chunk?;
                 if written + chunk.len() as u64 > size {
-                    return Err(oci_client::errors::OciDistributionError::GenericError(Some(format!("more than the {size} bytes its descriptor says"))));
+                    return Err(oci_client::errors::OciDistributionError::GenericError(Some(format!(
+                        "more than the {size} bytes its descriptor says"
+                    ))));
                 }
                 w.write_all(&chunk)?;
                 written += chunk.len() as u64;
@@ -201,12 +239,23 @@ async fn pull_blob(conn: &Conn, store: &Store, r: &Reference, d: Digest, size: u
         }
     }
     if written != size {
-        return Err(RegistryError::SizeMismatch { registry: conn.registry.clone(), what: "blob".into(), digest: d, got: written, want: size });
+        return Err(RegistryError::SizeMismatch {
+            registry: conn.registry.clone(),
+            what: "blob".into(),
+            digest: d,
+            got: written,
+            want: size,
+        });
     }
     match w.commit(Some(&d)) {
         Ok(_) => {}
         Err(StoreError::Mismatch { expected, actual }) => {
-            return Err(RegistryError::DigestMismatch { registry: conn.registry.clone(), what: "blob".into(), expected, actual });
+            return Err(RegistryError::DigestMismatch {
+                registry: conn.registry.clone(),
+                what: "blob".into(),
+                expected,
+                actual,
+            });
         }
         Err(e) => return Err(e.into()),
     }

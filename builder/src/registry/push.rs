@@ -17,6 +17,7 @@ use oci_client::errors::OciDistributionError;
 use oci_client::{Reference, RegistryOperation};
 use reqwest::header::HeaderValue;
 use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tokio::io::AsyncReadExt;
 
@@ -34,6 +35,8 @@ pub struct PushReport {
     pub tag: Option<String>,
     pub uploaded: Vec<Digest>,
     pub skipped: Vec<Digest>,
+    /// Blobs the registry linked from another repository (cross-repository mount).
+    pub mounted: Vec<Digest>,
     pub bytes_uploaded: u64,
 }
 
@@ -42,8 +45,9 @@ pub fn push(store: &Store, image: &str, target: &str, opts: &Options) -> Result<
     let named = store.resolve(image)?;
     let digest = named.manifest.digest.clone();
     let bytes = store.read_blob(&digest)?;
-    let manifest: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| RegistryError::Unsupported(format!("image {image}: manifest {digest} is not an image manifest: {e}")))?;
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+        RegistryError::Unsupported(format!("image {image}: manifest {digest} is not an image manifest: {e}"))
+    })?;
     let target_ref = parse_reference(target)?;
     if let Some(d) = target_ref.digest() {
         if d != digest.to_string() {
@@ -62,11 +66,13 @@ pub fn push(store: &Store, image: &str, target: &str, opts: &Options) -> Result<
         }
     }
     let progress = Progress::new(opts.progress);
+    let sources = mount_sources(store, &target_ref);
     runtime()?.block_on(async {
         let conn = connect(&target_ref, opts).await?;
-        conn.retry("authenticate for push", || conn.client.auth(&target_ref, &conn.auth, RegistryOperation::Push)).await?;
-        let results: Vec<(Digest, Option<u64>)> = stream::iter(blobs)
-            .map(|(d, size)| push_blob(&conn, store, &target_ref, d, size, &progress))
+        conn.retry("authenticate for push", || conn.client.auth(&target_ref, &conn.auth, RegistryOperation::Push))
+            .await?;
+        let results: Vec<(Digest, Sent)> = stream::iter(blobs)
+            .map(|(d, size)| push_blob(&conn, store, &target_ref, d, size, &progress, &sources))
             .buffer_unordered(PARALLEL)
             .try_collect()
             .await?;
@@ -76,15 +82,17 @@ pub fn push(store: &Store, image: &str, target: &str, opts: &Options) -> Result<
             tag: target_ref.tag().map(str::to_string),
             uploaded: Vec::new(),
             skipped: Vec::new(),
+            mounted: Vec::new(),
             bytes_uploaded: 0,
         };
-        for (d, sent) in results {
-            match sent {
-                Some(n) => {
+        for (d, how) in results {
+            match how {
+                Sent::Uploaded(n) => {
                     report.bytes_uploaded += n;
                     report.uploaded.push(d);
                 }
-                None => report.skipped.push(d),
+                Sent::Mounted => report.mounted.push(d),
+                Sent::Present => report.skipped.push(d),
             }
         }
         let (reg, repo) = (target_ref.registry().to_string(), target_ref.repository().to_string());
@@ -92,20 +100,64 @@ pub fn push(store: &Store, image: &str, target: &str, opts: &Options) -> Result<
             Some(tag) => Reference::with_tag(reg, repo, tag.to_string()),
             None => Reference::with_digest(reg, repo, digest.to_string()),
         };
-        let ct = HeaderValue::from_str(&media_type)
-            .map_err(|_| RegistryError::Unsupported(format!("manifest media type {media_type:?} is not a valid header")))?;
+        let ct = HeaderValue::from_str(&media_type).map_err(|_| {
+            RegistryError::Unsupported(format!("manifest media type {media_type:?} is not a valid header"))
+        })?;
         let body = Bytes::from(bytes);
         conn.retry("push manifest", || conn.client.push_manifest_raw(&manifest_ref, body.clone(), ct.clone())).await?;
         Ok(report)
     })
 }
 
-/// Uploads one blob unless the registry has it; returns the bytes sent, or None if skipped.
-async fn push_blob(conn: &Conn, store: &Store, r: &Reference, d: Digest, size: u64, progress: &Progress) -> Result<(Digest, Option<u64>)> {
+/// How a blob reached the registry.
+enum Sent {
+    Present,
+    Mounted,
+    Uploaded(u64),
+}
+
+/// For each blob, another repository of the target registry known to hold it:
+/// images in the store pulled from there carry `ANNOTATION_SOURCE`.
+fn mount_sources(store: &Store, target: &Reference) -> BTreeMap<Digest, String> {
+    let mut out = BTreeMap::new();
+    for img in store.images().unwrap_or_default() {
+        let Some(src) = img.manifest.annotations.get(super::ANNOTATION_SOURCE) else { continue };
+        let Some((reg, repo)) = src.split_once('/') else { continue };
+        if reg != target.registry() || repo == target.repository() {
+            continue;
+        }
+        let Ok(m) = store.manifest(&img.manifest.digest) else { continue };
+        for d in std::iter::once(m.config.digest).chain(m.layers.into_iter().map(|l| l.digest)) {
+            out.entry(d).or_insert_with(|| repo.to_string());
+        }
+    }
+    out
+}
+
+/// Gets one blob into the target repository: skipped if present, mounted
+/// from another repository if one is known to hold it, else uploaded.
+async fn push_blob(
+    conn: &Conn,
+    store: &Store,
+    r: &Reference,
+    d: Digest,
+    size: u64,
+    progress: &Progress,
+    sources: &BTreeMap<Digest, String>,
+) -> Result<(Digest, Sent)> {
     let ds = d.to_string();
     if conn.retry("check blob", || conn.client.blob_exists(r, &ds)).await? {
         tracing::debug!(blob = %d, "registry has blob; skipped");
-        return Ok((d, None));
+        return Ok((d, Sent::Present));
+    }
+    if let Some(repo) = sources.get(&d) {
+        let from = Reference::with_digest(r.registry().to_string(), repo.clone(), ds.clone());
+        // A refused mount (no pull right on the source, registry without
+        // mount support) is not an error: the blob is uploaded instead.
+        match conn.client.mount_blob(r, &from, &ds).await {
+            Ok(()) => return Ok((d, Sent::Mounted)),
+            Err(e) => tracing::debug!(blob = %d, from = %repo, error = %e, "cross-repository mount refused; uploading"),
+        }
     }
     let on_disk = store.blob_size(&d)?;
     if on_disk != size {
@@ -113,15 +165,21 @@ async fn push_blob(conn: &Conn, store: &Store, r: &Reference, d: Digest, size: u
     }
     let bar = progress.bar(format!("push {}", d.short()), size);
     let path = store.blob_path(&d);
-    conn.retry("upload blob", || conn.client.push_blob_stream(r, file_stream(path.clone(), d.clone(), bar.clone()), &ds, Some(size)))
-        .await?;
+    conn.retry("upload blob", || {
+        conn.client.push_blob_stream(r, file_stream(path.clone(), d.clone(), bar.clone()), &ds, Some(size))
+    })
+    .await?;
     bar.finish();
-    Ok((d, Some(size)))
+    Ok((d, Sent::Uploaded(size)))
 }
 
 /// Streams a store blob in `CHUNK`s, re-hashing it; the stream fails at the
 /// end if the file no longer hashes to `expected` (so the upload is aborted).
-fn file_stream(path: PathBuf, expected: Digest, bar: ProgressBar) -> impl Stream<Item = std::result::Result<Bytes, OciDistributionError>> + Send + 'static {
+fn file_stream(
+    path: PathBuf,
+    expected: Digest,
+    bar: ProgressBar,
+) -> impl Stream<Item = std::result::Result<Bytes, OciDistributionError>> + Send + 'static {
     bar.set_position(0);
     struct St {
         file: Option<tokio::fs::File>,
