@@ -7,7 +7,7 @@
 //! executor inside the sandbox just before seccomp and exec.
 use crate::policy::{Compatibility, Policy};
 use landlock::{
-    Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
     RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,7 @@ pub enum LandlockError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LandlockPlan {
     pub read_only: Vec<String>,
+    pub list_dirs: Vec<String>,
     pub read_write: Vec<String>,
     pub connect_port: u16,
     pub compatibility: Compatibility,
@@ -43,6 +44,7 @@ impl LandlockPlan {
     pub fn from_policy(p: &Policy) -> LandlockPlan {
         LandlockPlan {
             read_only: p.filesystem.read_only.iter().map(|r| r.path.clone()).collect(),
+            list_dirs: p.filesystem.list_dirs.iter().map(|r| r.path.clone()).collect(),
             read_write: p.filesystem.read_write.iter().map(|r| r.path.clone()).collect(),
             connect_port: p.network.gateway_port,
             compatibility: p.landlock.compatibility,
@@ -64,16 +66,20 @@ impl LandlockPlan {
             .handle_access(AccessNet::ConnectTcp)?
             .scope(Scope::AbstractUnixSocket | Scope::Signal)?
             .create()?;
-        for (paths, write) in [(&self.read_only, false), (&self.read_write, true)] {
+        let read = AccessFs::from_read(WANTED);
+        let list = BitFlags::from(AccessFs::ReadDir);
+        let all = AccessFs::from_all(WANTED);
+        for (paths, wanted) in [(&self.read_only, read), (&self.list_dirs, list), (&self.read_write, all)] {
             for p in paths {
                 let Ok(fd) = PathFd::new(p) else {
                     skipped.push(p.clone());
                     continue;
                 };
                 let is_dir = std::fs::metadata(p).map(|m| m.is_dir()).unwrap_or(false);
-                let mut access = if write { AccessFs::from_all(WANTED) } else { AccessFs::from_read(WANTED) };
-                if !is_dir {
-                    access &= AccessFs::from_file(WANTED);
+                let access = if is_dir { wanted } else { wanted & AccessFs::from_file(WANTED) };
+                if access.is_empty() {
+                    skipped.push(p.clone());
+                    continue;
                 }
                 created = created.add_rule(PathBeneath::new(fd, access))?;
             }

@@ -164,6 +164,8 @@ pub fn assert_process_guards(r: &BTreeMap<String, String>) {
         assert!(r.get(k).is_some_and(|v| v == "EROFS" || v == "EACCES"), "probe {k} should fail: {:?}", r.get(k));
     }
     want("read_etc_passwd", "ok");
+    want("list_root", "ok");
+    want("list_srv", "ok:1");
     want("whiteout_applied", "yes");
     want("hosts_inference", "127.0.0.1");
     want("proc_keys", "masked");

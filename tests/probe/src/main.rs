@@ -250,6 +250,21 @@ fn all(gateway_port: u16, supervisor_pid: i32) {
     put("landlock_read_srv", try_read("/srv/readable.txt"));
     put("read_etc_passwd", try_read("/etc/passwd"));
     put(
+        "list_root",
+        match fs::read_dir("/") {
+            Ok(_) => "ok".into(),
+            Err(e) => errno_name(e.raw_os_error().unwrap_or(0)),
+        },
+    );
+    // Listing is granted below /, reading is not: /srv lists, its file does not read.
+    put(
+        "list_srv",
+        match fs::read_dir("/srv") {
+            Ok(rd) => format!("ok:{}", rd.count()),
+            Err(e) => errno_name(e.raw_os_error().unwrap_or(0)),
+        },
+    );
+    put(
         "whiteout_applied",
         if fs::symlink_metadata("/etc/removed-by-layer2").is_err() { "yes".into() } else { "no".into() },
     );
