@@ -9,6 +9,7 @@ mod debian_cmds;
 mod image_cmds;
 mod registry_cmds;
 mod sandbox_cmds;
+mod snapshot_cmds;
 
 #[derive(Parser)]
 #[command(name = "moat", version, about = "Reproducible sandbox images and the supervisor that runs them")]
@@ -76,6 +77,14 @@ enum Cmd {
     Bundle(sandbox_cmds::BundleArgs),
     /// Check the kernel features the sandbox relies on.
     Doctor(sandbox_cmds::DoctorArgs),
+    /// Snapshot a sandbox's workspace (content-addressed, incremental); prints its digest.
+    Backup(snapshot_cmds::BackupArgs),
+    /// List a sandbox's snapshots.
+    Snapshots(snapshot_cmds::SnapshotsArgs),
+    /// Restore a sandbox's workspace from a snapshot (digest, tag or latest).
+    Restore(snapshot_cmds::RestoreArgs),
+    /// Export, import or garbage-collect snapshots.
+    Snapshot(snapshot_cmds::SnapshotArgs),
     /// Internal: a detached sandbox's supervisor.
     #[command(name = "__supervise", hide = true)]
     Supervise(sandbox_cmds::InternalArgs),
@@ -121,6 +130,10 @@ fn dispatch(cmd: Cmd, g: &Global) -> Result<ExitCode> {
         Cmd::Logs(a) => sandbox_cmds::logs(a, g),
         Cmd::Bundle(a) => sandbox_cmds::bundle(a, g),
         Cmd::Doctor(a) => sandbox_cmds::doctor(a, g),
+        Cmd::Backup(a) => snapshot_cmds::backup(a, g),
+        Cmd::Snapshots(a) => snapshot_cmds::snapshots(a, g),
+        Cmd::Restore(a) => snapshot_cmds::restore(a, g),
+        Cmd::Snapshot(a) => snapshot_cmds::snapshot(a, g),
         Cmd::Supervise(a) => sandbox_cmds::supervise_internal(a),
         Cmd::Launch(a) => sandbox_cmds::launch_internal(a),
     }

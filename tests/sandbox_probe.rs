@@ -94,3 +94,28 @@ fn fork_bomb_stops_at_the_limit_and_the_host_stays_usable() {
     });
     assert_eq!(uid_procs.count(), 0, "no process of the sandbox user survives rm");
 }
+
+#[test]
+fn every_unconditionally_denied_syscall_fails_as_the_data_says() {
+    let w = World::new();
+    let list = moat_supervisor::seccomp::DenyList::builtin().unwrap();
+    let mut want = std::collections::BTreeMap::new();
+    let mut args = vec![
+        "run".to_string(),
+        "--rm".into(),
+        w.image.clone(),
+        "--".into(),
+        "/usr/local/bin/moat-probe".into(),
+        "calls".into(),
+    ];
+    for d in list.entries.iter().filter(|d| d.args.is_empty()) {
+        if let Some(nr) = moat_supervisor::seccomp::syscall_number(&d.syscall) {
+            args.push(format!("{}:{nr}", d.syscall));
+            want.insert(d.syscall.clone(), format!("{:?}", d.errno));
+        }
+    }
+    assert!(want.len() >= 40, "the deny list shrank? {} unconditional entries", want.len());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let got = parse(&w.ok(&argv));
+    assert_eq!(got, want, "every call the data denies fails with the data's errno");
+}

@@ -37,6 +37,9 @@ pub fn fetch(cache: &Path, url: &str, expected: &Digest) -> Result<PathBuf, Fetc
     let dir = cache.join("downloads");
     fs::create_dir_all(&dir).map_err(|source| FetchError::Io { path: dir.clone(), source })?;
     let http = |msg: String| FetchError::Http { url: url.into(), msg };
+    // ring is the one rustls provider compiled in (shared with the registry
+    // client); installing it twice is a harmless error.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::blocking::Client::builder()
         .user_agent(concat!("moat/", env!("CARGO_PKG_VERSION")))
         .build()

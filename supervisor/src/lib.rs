@@ -15,6 +15,7 @@ pub mod policy;
 pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;
+pub mod snapshot;
 pub mod spec;
 pub mod state;
 pub mod tty;

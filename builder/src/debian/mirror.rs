@@ -119,6 +119,8 @@ pub struct Fetcher {
 
 impl Fetcher {
     pub fn new() -> Result<Fetcher, DebianError> {
+        // ring is the one rustls provider compiled in (shared with the registry client).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(20))
             .timeout(Duration::from_secs(600))

@@ -3,7 +3,7 @@
 //! so the tests can assert each result and compare runtimes line by line.
 //! Built statically (`-C target-feature=+crt-static`) to need nothing from
 //! the image. Subcommands: `all GATEWAY_PORT SUPERVISOR_PID`, `id`,
-//! `forkbomb`, `connect PORT`.
+//! `forkbomb`, `connect PORT`, `calls NAME:NR...`.
 use std::ffi::CString;
 use std::fs;
 use std::io::Write;
@@ -350,6 +350,19 @@ fn main() {
         // SAFETY: plain getters.
         Some("id") => println!("uid={} euid={}", unsafe { libc::getuid() }, unsafe { libc::geteuid() }),
         Some("forkbomb") => forkbomb(),
+        // `calls NAME:NR...`: each syscall with all-zero arguments (harmless
+        // for every call moat denies unconditionally) and its result.
+        Some("calls") => {
+            for spec in &args[2..] {
+                let Some((name, nr)) = spec.split_once(':') else { continue };
+                let Ok(nr) = nr.parse::<libc::c_long>() else { continue };
+                // SAFETY: zero (null) arguments only; the calls are denied by
+                // the filter, and without it they fail on the null pointers
+                // or lack of privilege.
+                let r = unsafe { libc::syscall(nr, 0, 0, 0, 0, 0, 0) };
+                println!("{name}={}", res(r));
+            }
+        }
         Some("connect") => println!("{}", connect(args.get(2).and_then(|p| p.parse().ok()).unwrap_or(0))),
         _ => {
             eprintln!("usage: moat-probe all GATEWAY_PORT SUPERVISOR_PID | id | forkbomb | connect PORT");

@@ -1,0 +1,103 @@
+//! Helpers for the snapshot tests: deterministic data, a tree with every file
+//! type, and a description of a tree (kinds, modes, owners, contents, symlink
+//! targets, hardlink groups) to compare a restore with its source.
+#![allow(dead_code)]
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+/// Deterministic pseudo-random bytes (xorshift64*), incompressible.
+pub fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn chmod(p: &Path, mode: u32) {
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A workspace with every file type: dirs (one empty, odd modes), regular
+/// files (empty, small, 1 MiB, setuid, odd owner), symlinks (relative,
+/// absolute, dangling, to a dir), a hardlink pair, a FIFO and a socket.
+pub fn every_type(root: &Path) {
+    fs::create_dir_all(root.join("src/deep/er")).unwrap();
+    fs::create_dir_all(root.join("empty")).unwrap();
+    chmod(&root.join("empty"), 0o750);
+    fs::write(root.join("src/main.rs"), b"fn main() {}\n").unwrap();
+    fs::write(root.join("src/deep/er/blob.bin"), data(1, 1 << 20)).unwrap();
+    fs::write(root.join("zero"), b"").unwrap();
+    fs::write(root.join("tool.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    chmod(&root.join("tool.sh"), 0o755);
+    fs::write(root.join("suid"), b"x").unwrap();
+    std::os::unix::fs::chown(root.join("suid"), Some(1234), Some(5678)).unwrap();
+    chmod(&root.join("suid"), 0o4750);
+    fs::write(root.join("private"), b"secret-free but private").unwrap();
+    chmod(&root.join("private"), 0o600);
+    std::os::unix::fs::chown(root.join("src/deep"), Some(1000), Some(1000)).unwrap();
+    symlink("src/main.rs", root.join("link-rel")).unwrap();
+    symlink("/etc/passwd", root.join("link-abs")).unwrap();
+    symlink("nowhere/at/all", root.join("link-dangling")).unwrap();
+    symlink("src", root.join("link-dir")).unwrap();
+    std::os::unix::fs::lchown(root.join("link-rel"), Some(42), Some(43)).unwrap();
+    fs::write(root.join("hard-a"), b"shared inode\n").unwrap();
+    fs::hard_link(root.join("hard-a"), root.join("src/hard-b")).unwrap();
+    let fifo = std::ffi::CString::new(root.join("pipe").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let _sock = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
+}
+
+/// path -> description; plus the hardlink groups (sets of paths sharing an inode).
+pub fn describe(root: &Path) -> (BTreeMap<String, String>, BTreeSet<Vec<String>>) {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>, inodes: &mut BTreeMap<u64, Vec<String>>) {
+        let mut ents: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        ents.sort();
+        for p in ents {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let own = format!("{:o} {}:{}", m.mode() & 0o7777, m.uid(), m.gid());
+            let ft = m.file_type();
+            let d = if ft.is_dir() {
+                walk(root, &p, out, inodes);
+                format!("dir {own}")
+            } else if ft.is_symlink() {
+                format!("symlink -> {} {}:{}", fs::read_link(&p).unwrap().display(), m.uid(), m.gid())
+            } else if ft.is_file() {
+                if m.nlink() > 1 {
+                    inodes.entry(m.ino()).or_default().push(rel.clone());
+                }
+                format!("file {own} {}", hex::encode(Sha256::digest(fs::read(&p).unwrap())))
+            } else {
+                "special".to_string()
+            };
+            out.insert(rel, d);
+        }
+    }
+    let rm = fs::metadata(root).unwrap();
+    out.insert(".".into(), format!("dir {:o} {}:{}", rm.mode() & 0o7777, rm.uid(), rm.gid()));
+    walk(root, root, &mut out, &mut inodes);
+    let groups = inodes.into_values().filter(|v| v.len() > 1).collect();
+    (out, groups)
+}
+
+/// Every manifest in the repository parses and every chunk it names verifies.
+pub fn check_repo(repo: &moat_supervisor::snapshot::Repo) {
+    for id in repo.manifests().unwrap() {
+        let m = repo.manifest(&id).unwrap();
+        for c in m.chunk_ids() {
+            repo.read_chunk(c).unwrap_or_else(|e| panic!("manifest {id}: chunk {c}: {e}"));
+        }
+    }
+}

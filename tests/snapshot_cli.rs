@@ -1,0 +1,316 @@
+//! `moat backup / snapshots / restore / snapshot export|import|gc` end to end:
+//! a sandbox record made through the supervisor's state API, restore into a
+//! new sandbox, export/import between two MOAT_HOMEs, kill -9 in the middle of
+//! a backup and of a restore, and a backup of a running (write-loaded)
+//! process group frozen with the real cgroup freezer.
+mod common;
+#[path = "common/snapshot.rs"]
+mod snap;
+
+use common::{moat, ok, run};
+use moat_supervisor::snapshot::Repo;
+use moat_supervisor::state::{self, Paths, ProcId, Record, Status};
+use snap::{check_repo, data, describe, every_type};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Records a sandbox NAME in `home` (stopped, or running as `running`) with
+/// its moat-owned workspace; returns the workspace path.
+fn sandbox(home: &Path, name: &str, running: Option<ProcId>) -> PathBuf {
+    let paths = Paths { name: name.into(), home: home.join("sandboxes").join(name), run: home.join("run").join(name) };
+    fs::create_dir_all(&paths.home).unwrap();
+    let ws = paths.default_workspace();
+    fs::create_dir_all(&ws).unwrap();
+    let rec = Record {
+        name: name.into(),
+        image: "probe".into(),
+        image_digest: String::new(),
+        command: vec![],
+        workspace: ws.clone(),
+        workspace_owned: true,
+        created: state::now(),
+        status: if running.is_some() { Status::Running } else { Status::Exited },
+        detached: true,
+        supervisor: running,
+        init: running,
+        started: None,
+        exit_code: None,
+    };
+    state::save(&paths, &rec).unwrap();
+    ws
+}
+
+fn digest_of(out: &str) -> String {
+    out.trim().strip_prefix("sha256:").unwrap_or_else(|| panic!("no digest in {out:?}")).to_string()
+}
+
+fn without_specials(
+    d: (std::collections::BTreeMap<String, String>, std::collections::BTreeSet<Vec<String>>),
+) -> impl PartialEq + std::fmt::Debug {
+    let (mut m, l) = d;
+    m.retain(|_, v| v != "special");
+    (m, l)
+}
+
+#[test]
+fn backup_list_restore_to_new_export_import_gc() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let ws = sandbox(&home, "agent", None);
+    every_type(&ws);
+    fs::write(ws.join(".env"), b"TOKEN=1\n").unwrap();
+    let first_desc = without_specials(describe(&ws));
+
+    let mut c = moat(&home);
+    c.args(["backup", "agent", "--tag", "first"]);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    let first = digest_of(&out);
+    assert!(err.contains("looks like a secret") && err.contains(".env"), "{err}");
+    assert!(err.contains("pipe: FIFO"), "{err}");
+
+    fs::write(ws.join("src/main.rs"), b"fn main() { changed() }\n").unwrap();
+    fs::remove_file(ws.join("zero")).unwrap();
+    let second = digest_of(&ok({
+        let mut c = moat(&home);
+        c.args(["backup", "agent", "--exclude-secrets"]);
+        c
+    }));
+    assert_ne!(first, second);
+    let list: serde_json::Value = serde_json::from_str(&ok({
+        let mut c = moat(&home);
+        c.args(["snapshots", "agent", "--json"]);
+        c
+    }))
+    .unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["tag"], "first");
+    assert_eq!(list[1]["digest"], second.as_str());
+    assert!(list[1]["skipped"].to_string().contains(".env"));
+    let table = ok({
+        let mut c = moat(&home);
+        c.args(["snapshots", "agent"]);
+        c
+    });
+    assert!(table.contains(&first[..12]) && table.contains("first"), "{table}");
+
+    // Restore by tag; the previous workspace becomes an undo snapshot.
+    let mut c = moat(&home);
+    c.args(["restore", "agent", "first"]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("undo with: moat restore agent"), "{err}");
+    assert_eq!(without_specials(describe(&ws)), first_desc);
+
+    // Restore into a new sandbox's workspace.
+    ok({
+        let mut c = moat(&home);
+        c.args(["restore", "agent", &first[..12], "--to", "agent2"]);
+        c
+    });
+    assert_eq!(without_specials(describe(&home.join("sandboxes/agent2/workspace"))), first_desc);
+
+    // Export, import into a fresh MOAT_HOME, restore there.
+    let file = t.path().join("agent.snap");
+    assert_eq!(
+        digest_of(&ok({
+            let mut c = moat(&home);
+            c.args(["snapshot", "export", "agent:first", "-o"]).arg(&file);
+            c
+        })),
+        first
+    );
+    let home2 = t.path().join("home2");
+    assert_eq!(
+        digest_of(&ok({
+            let mut c = moat(&home2);
+            c.args(["snapshot", "import"]).arg(&file);
+            c
+        })),
+        first
+    );
+    ok({
+        let mut c = moat(&home2);
+        c.args(["restore", "agent", "first", "--to", "moved"]);
+        c
+    });
+    assert_eq!(without_specials(describe(&home2.join("sandboxes/moved/workspace"))), first_desc);
+    let gc = ok({
+        let mut c = moat(&home);
+        c.args(["snapshot", "gc"]);
+        c
+    });
+    assert!(gc.starts_with("removed 0 chunks"), "{gc}");
+    check_repo(&Repo::open(&home.join("snapshots")).unwrap());
+}
+
+fn big_workspace(ws: &Path, seed: u64) {
+    for i in 0..24u64 {
+        fs::write(ws.join(format!("f{i:02}")), data(seed * 100 + i, 1 << 20)).unwrap();
+    }
+}
+
+#[test]
+fn kill_9_during_backup_leaves_a_valid_repository() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let ws = sandbox(&home, "k", None);
+    big_workspace(&ws, 1);
+    for delay in [20, 80, 250] {
+        let mut c = moat(&home);
+        c.args(["backup", "k"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        let mut child = c.spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        check_repo(&Repo::open(&home.join("snapshots")).unwrap());
+    }
+    let d = digest_of(&ok({
+        let mut c = moat(&home);
+        c.args(["backup", "k"]);
+        c
+    }));
+    ok({
+        let mut c = moat(&home);
+        c.args(["restore", "k", &d, "--to", "k2"]);
+        c
+    });
+    assert_eq!(describe(&home.join("sandboxes/k2/workspace")), describe(&ws));
+    check_repo(&Repo::open(&home.join("snapshots")).unwrap());
+}
+
+#[test]
+fn kill_9_during_restore_leaves_old_or_new_workspace() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let ws = sandbox(&home, "r", None);
+    big_workspace(&ws, 2);
+    let a = describe(&ws);
+    let da = digest_of(&ok({
+        let mut c = moat(&home);
+        c.args(["backup", "r"]);
+        c
+    }));
+    for f in fs::read_dir(&ws).unwrap() {
+        fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    big_workspace(&ws, 3);
+    fs::write(ws.join("only-in-b"), b"b").unwrap();
+    let b = describe(&ws);
+    // Kill later and later (doubling) until a restore gets to finish: the
+    // kills land in every phase (verify/build, undo snapshot, swap, cleanup).
+    let (mut saw_old, mut delay) = (0, 25u64);
+    loop {
+        let mut c = moat(&home);
+        c.args(["restore", "r", &da]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        let mut child = c.spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = child.kill();
+        let _ = child.wait();
+        check_repo(&Repo::open(&home.join("snapshots")).unwrap());
+        let now = describe(&ws);
+        if now == a {
+            break;
+        }
+        assert!(now == b, "after kill -9 at {delay} ms the workspace is neither the old nor the new tree");
+        saw_old += 1;
+        delay *= 2;
+        assert!(delay < 60_000, "restore never finished");
+    }
+    assert!(saw_old >= 1, "no kill landed before the swap");
+    let saw = (1, saw_old);
+    eprintln!("kill -9 during restore: {} times the new tree, {} times the old", saw.0, saw.1);
+    // And once more from B, uninterrupted.
+    for f in fs::read_dir(&ws).unwrap() {
+        fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    big_workspace(&ws, 3);
+    ok({
+        let mut c = moat(&home);
+        c.args(["restore", "r", &da]);
+        c
+    });
+    assert_eq!(describe(&ws), a);
+    let names: Vec<String> = fs::read_dir(home.join("sandboxes/r"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains("moat-restore")), "staging trees left: {names:?}");
+}
+
+/// A process in the sandbox's freezer cgroup rewrites a 4 MiB file with one
+/// write(2) of all-'A' then all-'B'; every backup taken through the freezer
+/// holds a uniform file, and the process runs on afterwards (thawed).
+#[test]
+fn backup_of_a_running_sandbox_under_write_load_is_consistent() {
+    let cg = PathBuf::from("/sys/fs/cgroup/freezer");
+    let cg2 = PathBuf::from("/sys/fs/cgroup/cgroup.freeze");
+    let name = format!("snaptest-{}", std::process::id());
+    let dir = if cg.join("freezer.state").exists() || cg.join("cgroup.procs").exists() {
+        cg.join("moat").join(&name)
+    } else {
+        assert!(
+            cg2.exists() || Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+            "no cgroup freezer (v1 freezer or v2) on this machine"
+        );
+        PathBuf::from("/sys/fs/cgroup/moat").join(&name)
+    };
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e} (the test runs as root)", dir.display()));
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    fs::create_dir_all(&home).unwrap();
+    let ws_probe = home.join("sandboxes").join(&name).join("workspace");
+    fs::create_dir_all(&ws_probe).unwrap();
+    let target = ws_probe.join("data");
+    let mut writer = std::process::Command::new("perl")
+        .arg("-e")
+        .arg(
+            r#"open(my $f, "+>", $ARGV[0]) or die; my @b = ("A" x 4194304, "B" x 4194304); my $i = 0;
+               while (1) { sysseek($f, 0, 0); syswrite($f, $b[$i++ % 2]) == 4194304 or die "short write"; }"#,
+        )
+        .arg(&target)
+        .spawn()
+        .expect("perl (perl-base) to drive the write load");
+    fs::write(dir.join("cgroup.procs"), writer.id().to_string()).unwrap();
+    while fs::metadata(&target).map(|m| m.len()).unwrap_or(0) < 4 << 20 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ws = sandbox(&home, &name, ProcId::of(writer.id() as i32));
+    assert_eq!(ws, ws_probe);
+    let repo_root = home.join("snapshots");
+    let mut result = Ok(());
+    for _ in 0..5 {
+        let mut c = moat(&home);
+        c.args(["backup", &name]);
+        let (code, out, err) = run(c);
+        if code != 0 {
+            result = Err(format!("backup failed: {err}"));
+            break;
+        }
+        let repo = Repo::open(&repo_root).unwrap();
+        let m = repo.manifest(&digest_of(&out)).unwrap();
+        let e = m.entries.iter().find(|e| e.path == "data").unwrap();
+        let mut bytes = Vec::new();
+        for c in &e.chunks {
+            bytes.extend(repo.read_chunk(c).unwrap());
+        }
+        if bytes.len() != 4 << 20 || !(bytes.iter().all(|b| *b == b'A') || bytes.iter().all(|b| *b == b'B')) {
+            result = Err(format!("torn file in the snapshot ({} bytes, mixed content)", bytes.len()));
+            break;
+        }
+    }
+    let state_file =
+        if dir.join("freezer.state").exists() { dir.join("freezer.state") } else { dir.join("cgroup.freeze") };
+    let thawed = fs::read_to_string(&state_file).unwrap();
+    let before = fs::metadata(&target).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let after = fs::metadata(&target).unwrap().modified().unwrap();
+    let _ = writer.kill();
+    let _ = writer.wait();
+    let _ = fs::remove_dir(&dir);
+    result.unwrap();
+    assert!(thawed.trim() == "THAWED" || thawed.trim() == "0", "left frozen: {thawed}");
+    assert_ne!(before, after, "the writer did not run on after the backups");
+}

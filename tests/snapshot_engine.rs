@@ -1,0 +1,273 @@
+//! Snapshot engine scenarios on plain directories (no sandbox needed): round
+//! trip of every file type, digest identity, incremental backups, chunk-level
+//! deduplication, verification of corrupt/missing chunks, undo, export/import,
+//! secrets and gc.
+#[path = "common/snapshot.rs"]
+mod snap;
+
+use moat_supervisor::snapshot::{archive, backup_dir, restore_dir, BackupOptions, Repo, SnapshotError};
+use snap::{check_repo, data, describe, every_type};
+use std::fs;
+use std::path::Path;
+
+fn opts(name: &str) -> BackupOptions {
+    BackupOptions { sandbox: name.into(), ..Default::default() }
+}
+
+fn setup() -> (tempfile::TempDir, Repo) {
+    let t = tempfile::tempdir().unwrap();
+    let repo = Repo::open(&t.path().join("repo")).unwrap();
+    (t, repo)
+}
+
+fn chunk_count(repo: &Repo) -> usize {
+    fs::read_dir(repo.root().join("chunks")).unwrap().count()
+}
+
+#[test]
+fn round_trip_every_file_type() {
+    let (t, repo) = setup();
+    let src = t.path().join("ws");
+    fs::create_dir(&src).unwrap();
+    snap::chmod(&src, 0o711);
+    every_type(&src);
+    let r = backup_dir(&repo, &src, &opts("rt")).unwrap();
+    let skipped = r.record.skipped.join("\n");
+    assert!(skipped.contains("pipe: FIFO, skipped"), "{skipped}");
+    assert!(skipped.contains("sock: socket, skipped"), "{skipped}");
+
+    let dest = t.path().join("restored");
+    let rep = restore_dir(&repo, &r.digest, &dest, Some("rt")).unwrap();
+    assert_eq!(rep.undo, None, "nothing was at the destination");
+    let (mut want, want_links) = describe(&src);
+    want.remove("pipe");
+    want.remove("sock");
+    let (got, got_links) = describe(&dest);
+    assert_eq!(got, want);
+    assert_eq!(got_links, want_links);
+    assert_eq!(got_links.len(), 1, "the hardlink pair is one inode again");
+    // The restored tree snapshots to the same digest.
+    assert_eq!(backup_dir(&repo, &dest, &opts("rt2")).unwrap().digest, r.digest);
+}
+
+#[test]
+fn identical_content_gives_identical_digest() {
+    let (t, repo) = setup();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    for d in [&a, &b] {
+        fs::create_dir_all(d.join("x/y")).unwrap();
+        fs::write(d.join("x/y/f"), data(7, 300_000)).unwrap();
+        fs::write(d.join("g"), b"g").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20)); // different mtimes
+    }
+    let da = backup_dir(&repo, &a, &opts("a")).unwrap().digest;
+    let db = backup_dir(&repo, &b, &opts("b")).unwrap().digest;
+    assert_eq!(da, db);
+    fs::write(b.join("g"), b"h").unwrap();
+    assert_ne!(backup_dir(&repo, &b, &opts("b")).unwrap().digest, da);
+}
+
+#[test]
+fn incremental_backup_reads_and_stores_only_changes() {
+    let (t, repo) = setup();
+    let src = t.path().join("ws");
+    fs::create_dir(&src).unwrap();
+    for i in 0..200 {
+        fs::write(src.join(format!("f{i:03}")), data(i, 10_000 + i as usize * 20)).unwrap();
+    }
+    let first = backup_dir(&repo, &src, &opts("inc")).unwrap();
+    assert_eq!(first.files_read, 200);
+    assert_eq!(first.record.new_chunks, 200);
+    let again = backup_dir(&repo, &src, &opts("inc")).unwrap();
+    assert_eq!(again.files_read, 0, "stat cache answers for unchanged files");
+    assert_eq!(again.record.new_chunks, 0);
+    assert_eq!(again.digest, first.digest);
+    fs::write(src.join("f010"), data(999, 5000)).unwrap();
+    let third = backup_dir(&repo, &src, &opts("inc")).unwrap();
+    assert_eq!(third.files_read, 1);
+    assert_eq!(third.record.new_chunks, 1);
+    assert_ne!(third.digest, first.digest);
+    assert_eq!(chunk_count(&repo), 201);
+}
+
+#[test]
+fn one_byte_change_in_a_20mb_file_stores_about_one_chunk() {
+    let (t, repo) = setup();
+    let src = t.path().join("ws");
+    fs::create_dir(&src).unwrap();
+    let mut big = data(3, 20 << 20);
+    fs::write(src.join("big"), &big).unwrap();
+    let first = backup_dir(&repo, &src, &opts("big")).unwrap();
+    let n0 = first.record.new_chunks;
+    assert!(n0 >= 80, "20 MiB at ~64 KiB average is many chunks, got {n0}");
+    big[10 << 20] ^= 0xff;
+    fs::write(src.join("big"), &big).unwrap();
+    let second = backup_dir(&repo, &src, &opts("big")).unwrap();
+    assert!(second.record.new_chunks <= 2, "1-byte change stored {} chunks", second.record.new_chunks);
+    assert!(second.record.new_bytes <= 2 * 256 * 1024 + 2);
+    // An insertion near the start does not re-store the rest (content-defined).
+    big.insert(1000, b'!');
+    fs::write(src.join("big"), &big).unwrap();
+    let third = backup_dir(&repo, &src, &opts("big")).unwrap();
+    assert!(third.record.new_chunks <= 3, "insert stored {} chunks", third.record.new_chunks);
+    let dest = t.path().join("out");
+    restore_dir(&repo, &third.digest, &dest, None).unwrap();
+    assert!(fs::read(dest.join("big")).unwrap() == big);
+}
+
+fn corrupt_and_check(missing: bool) {
+    let (t, repo) = setup();
+    let src = t.path().join("ws");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/victim"), data(11, 100_000)).unwrap();
+    fs::hard_link(src.join("d/victim"), src.join("victim-link")).unwrap();
+    fs::write(src.join("ok"), data(12, 50_000)).unwrap();
+    let r = backup_dir(&repo, &src, &opts("bad")).unwrap();
+    let m = repo.manifest(&r.digest).unwrap();
+    let victim = m.entries.iter().find(|e| e.path == "d/victim").unwrap().chunks[0].clone();
+    let p = repo.chunk_path(&victim);
+    if missing {
+        fs::remove_file(&p).unwrap();
+    } else {
+        let mut raw = fs::read(&p).unwrap();
+        let n = raw.len();
+        raw[n / 2] ^= 1;
+        fs::write(&p, raw).unwrap();
+    }
+    // The destination holds other data, which must survive untouched.
+    let dest = t.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    fs::write(dest.join("precious"), b"keep me").unwrap();
+    let before = describe(&dest);
+    let err = restore_dir(&repo, &r.digest, &dest, Some("bad")).unwrap_err();
+    match &err {
+        SnapshotError::Damaged { chunks, paths, .. } => {
+            assert_eq!(chunks, &vec![victim.clone()]);
+            assert_eq!(paths, &vec!["d/victim".to_string(), "victim-link".to_string()]);
+        }
+        e => panic!("expected Damaged, got {e}"),
+    }
+    assert!(err.to_string().contains("d/victim"), "{err}");
+    assert_eq!(describe(&dest), before, "destination untouched");
+    let leftovers: Vec<_> = fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 3, "no staging tree left behind: {leftovers:?}");
+    assert!(repo.records("bad").unwrap().iter().all(|r| r.tag.as_deref() != Some("pre-restore")));
+}
+
+#[test]
+fn corrupt_chunk_fails_restore_with_paths_and_changes_nothing() {
+    corrupt_and_check(false);
+}
+
+#[test]
+fn missing_chunk_fails_restore_with_paths_and_changes_nothing() {
+    corrupt_and_check(true);
+}
+
+#[test]
+fn restore_keeps_the_previous_tree_as_a_snapshot_and_can_be_undone() {
+    let (t, repo) = setup();
+    let ws = t.path().join("ws");
+    fs::create_dir(&ws).unwrap();
+    fs::write(ws.join("v"), b"one").unwrap();
+    let one = backup_dir(&repo, &ws, &opts("u")).unwrap().digest;
+    fs::write(ws.join("v"), b"two").unwrap();
+    fs::write(ws.join("added"), b"only in two").unwrap();
+    let two_desc = describe(&ws);
+    let rep = restore_dir(&repo, &one, &ws, Some("u")).unwrap();
+    assert_eq!(fs::read(ws.join("v")).unwrap(), b"one");
+    assert!(!ws.join("added").exists());
+    let undo = rep.undo.expect("pre-restore snapshot");
+    assert_eq!(repo.resolve("u", Some("pre-restore")).unwrap().digest, undo);
+    restore_dir(&repo, &undo, &ws, Some("u")).unwrap();
+    assert_eq!(describe(&ws), two_desc);
+    let names: Vec<_> = fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 2, "old trees removed after the swap: {names:?}");
+}
+
+#[test]
+fn export_import_round_trip_into_a_fresh_repository() {
+    let (t, repo) = setup();
+    let ws = t.path().join("ws");
+    fs::create_dir(&ws).unwrap();
+    every_type(&ws);
+    let r = backup_dir(&repo, &ws, &BackupOptions { tag: Some("t1".into()), ..opts("ex") }).unwrap();
+    let file = t.path().join("snap.tar");
+    archive::export(&repo, &r.digest, Some(&r.record), &file).unwrap();
+    let other = Repo::open(&t.path().join("repo2")).unwrap();
+    let (digest, rec) = archive::import(&other, &file).unwrap();
+    assert_eq!(digest, r.digest);
+    assert_eq!(rec.tag.as_deref(), Some("t1"));
+    assert_eq!(other.resolve("ex", Some("t1")).unwrap().digest, digest);
+    check_repo(&other);
+    let dest = t.path().join("out");
+    restore_dir(&other, &digest, &dest, None).unwrap();
+    let (mut want, wl) = describe(&ws);
+    want.remove("pipe");
+    want.remove("sock");
+    assert_eq!(describe(&dest), (want, wl));
+
+    // A tampered export is refused and adds nothing.
+    let mut bytes = fs::read(&file).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x55;
+    let bad = t.path().join("bad.tar");
+    fs::write(&bad, &bytes).unwrap();
+    let third = Repo::open(&t.path().join("repo3")).unwrap();
+    assert!(archive::import(&third, &bad).is_err());
+    assert!(third.manifests().unwrap().is_empty());
+}
+
+#[test]
+fn secrets_are_reported_and_excluded_on_request() {
+    let (t, repo) = setup();
+    let ws = t.path().join("ws");
+    fs::create_dir(&ws).unwrap();
+    fs::write(ws.join(".env"), b"X=1\n").unwrap();
+    fs::write(ws.join("gcp-credentials.json"), b"{}").unwrap();
+    fs::write(ws.join("notes.txt"), b"key: ghp_0123456789abcdefghijklmnopqrstuvwxyz\n").unwrap();
+    fs::write(ws.join("code.py"), b"print('hello')\n").unwrap();
+    let kept = backup_dir(&repo, &ws, &opts("s")).unwrap();
+    let listed = kept.record.secrets.join("\n");
+    for f in [".env", "gcp-credentials.json", "notes.txt"] {
+        assert!(listed.contains(f), "{f} not reported: {listed}");
+    }
+    assert!(!listed.contains("code.py"));
+    assert_eq!(kept.record.files, 4);
+    let ex = backup_dir(&repo, &ws, &BackupOptions { exclude_secrets: true, ..opts("s") }).unwrap();
+    assert_eq!(ex.record.files, 1);
+    let skipped = ex.record.skipped.join("\n");
+    for f in [".env", "gcp-credentials.json", "notes.txt"] {
+        assert!(skipped.contains(f), "{f} not listed as excluded: {skipped}");
+    }
+    let m = repo.manifest(&ex.digest).unwrap();
+    assert_eq!(m.entries.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), vec![".", "code.py"]);
+}
+
+#[test]
+fn excludes_and_gc() {
+    let (t, repo) = setup();
+    let ws = t.path().join("ws");
+    fs::create_dir_all(ws.join("target/debug")).unwrap();
+    fs::write(ws.join("target/debug/huge"), data(5, 100_000)).unwrap();
+    fs::write(ws.join("keep.rs"), b"fn f() {}").unwrap();
+    fs::write(ws.join("x.log"), b"log").unwrap();
+    let o = BackupOptions { exclude: vec!["target".into(), "*.log".into()], ..opts("g") };
+    let r = backup_dir(&repo, &ws, &o).unwrap();
+    let m = repo.manifest(&r.digest).unwrap();
+    assert_eq!(m.entries.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), vec![".", "keep.rs"]);
+    // An orphan chunk (e.g. from an interrupted backup) is collected; live ones stay.
+    let orphan = data(77, 1000);
+    let id = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&orphan));
+    repo.put_chunk(&id, &orphan).unwrap();
+    fs::write(repo.root().join("tmp/.tmpABC"), b"half").unwrap();
+    let (n, _) = repo.gc().unwrap();
+    assert_eq!(n, 1);
+    assert!(!repo.has_chunk(&id));
+    assert_eq!(fs::read_dir(repo.root().join("tmp")).unwrap().count(), 0);
+    check_repo(&repo);
+    let dest = t.path().join("out");
+    restore_dir(&repo, &r.digest, &dest, None).unwrap();
+    assert_eq!(fs::read(dest.join("keep.rs")).unwrap(), b"fn f() {}");
+    let _ = Path::new("");
+}
