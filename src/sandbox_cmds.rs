@@ -141,6 +141,7 @@ pub fn run(a: RunArgs, g: &Global) -> Result<ExitCode> {
         interactive: a.interactive || a.tty,
         tty: a.tty,
         detach: a.detach,
+        ephemeral: a.rm,
     };
     let paths = sandbox::create(&req)?;
     if a.detach {

@@ -174,30 +174,51 @@ pub fn launch(plan: &LaunchPlan, mut report: Option<std::fs::File>) -> Result<i3
 }
 
 /// Waits for the init; on SIGTERM/SIGINT/SIGHUP kills the whole sandbox.
+/// The signals stay blocked except inside `ppoll`, so one that arrives at
+/// any moment is seen (a plain blocking waitpid could miss it and wait
+/// forever on a sandbox that nobody will stop).
 fn wait_for(pid: i32, container: &mut Container) -> i32 {
-    let mut killed = false;
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid writes the status into our local.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            if libc::WIFEXITED(status) {
-                return libc::WEXITSTATUS(status);
+    // SAFETY (block): sigset_t is plain data initialised by sigemptyset;
+    // pidfd_open returns a descriptor we own; ppoll and waitpid write only
+    // into our locals.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut unblocked: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut unblocked);
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        let mut killed = false;
+        let code = loop {
+            if SIGNALLED.load(Ordering::SeqCst) != 0 && !killed {
+                killed = true;
+                kill_all(container, pid);
             }
-            if libc::WIFSIGNALED(status) {
-                return 128 + libc::WTERMSIG(status);
+            let mut status = 0;
+            let r = libc::waitpid(pid, &mut status, libc::WNOHANG);
+            if r == pid && libc::WIFEXITED(status) {
+                break libc::WEXITSTATUS(status);
             }
-            continue;
+            if r == pid && libc::WIFSIGNALED(status) {
+                break 128 + libc::WTERMSIG(status);
+            }
+            if r < 0 {
+                tracing::error!(error = %std::io::Error::last_os_error(), "waiting for the sandbox init");
+                break 255;
+            }
+            // Readable when the init exits; without a pidfd (old kernel), re-check every 50 ms.
+            let mut pfd = libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 };
+            let tick = libc::timespec { tv_sec: 0, tv_nsec: 50_000_000 };
+            let timeout = if pidfd >= 0 { std::ptr::null() } else { &tick as *const libc::timespec };
+            libc::ppoll(&mut pfd, 1, timeout, &unblocked);
+        };
+        if pidfd >= 0 {
+            libc::close(pidfd);
         }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            tracing::error!(error = %err, "waiting for the sandbox init");
-            return 255;
-        }
-        if SIGNALLED.load(Ordering::SeqCst) != 0 && !killed {
-            killed = true;
-            kill_all(container, pid);
-        }
+        libc::sigprocmask(libc::SIG_SETMASK, &unblocked, std::ptr::null_mut());
+        code
     }
 }
 

@@ -68,6 +68,9 @@ pub struct RunRequest {
     pub interactive: bool,
     pub tty: bool,
     pub detach: bool,
+    /// `run --rm`: the record is deleted at exit, so it is not fsynced.
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 /// Refuses policies the kernel or the policy itself cannot honour; logs
@@ -114,7 +117,8 @@ pub fn create(req: &RunRequest) -> Result<Paths, SandboxError> {
             }
         }
         let policy_json = serde_json::to_vec_pretty(&req.policy).map_err(|e| SandboxError::Refused(e.to_string()))?;
-        state::write_atomic(&paths.policy_file(), &policy_json)?;
+        let write = if req.ephemeral { state::write_runtime } else { state::write_atomic };
+        write(&paths.policy_file(), &policy_json)?;
         let rec = Record {
             name: name.clone(),
             image: req.image.clone(),
@@ -130,14 +134,15 @@ pub fn create(req: &RunRequest) -> Result<Paths, SandboxError> {
             started: None,
             exit_code: None,
         };
-        state::save(&paths, &rec)?;
+        let rec_json = serde_json::to_vec_pretty(&rec).map_err(|e| SandboxError::Refused(e.to_string()))?;
+        write(&paths.state_file(), &rec_json)?;
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&paths.run)
             .map_err(io(paths.run.display().to_string()))?;
         let req_json = serde_json::to_vec(req).map_err(|e| SandboxError::Refused(e.to_string()))?;
-        state::write_atomic(&paths.run.join("request.json"), &req_json)?;
+        state::write_runtime(&paths.run.join("request.json"), &req_json)?;
         Ok(())
     })();
     if let Err(e) = result {
@@ -238,6 +243,14 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
     let rec = state::load(paths)?;
     let store = Store::open_existing(&req.store)?;
     let policy = &req.policy;
+    // Network: a namespace with only lo, and the gateway's socket inside it
+    // (made while the image is resolved: namespace creation takes a while).
+    let port = policy.network.gateway_port;
+    let net = std::thread::spawn(move || -> Result<(Netns, std::net::TcpListener), SandboxError> {
+        let ns = Netns::create()?;
+        let listener = ns.listen(port)?;
+        Ok((ns, listener))
+    });
     let r = resolve(&store, &req.image, policy, &req.args, &req.env)?;
 
     // Workspace: moat's own is created for the sandbox user.
@@ -249,9 +262,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
             .map_err(io(rec.workspace.display().to_string()))?;
         chown(&rec.workspace, Some(r.user.uid), Some(r.user.gid)).map_err(io("chown workspace"))?;
     }
-    // Network: a namespace with only lo, and the gateway's socket inside it.
-    let netns = Netns::create()?;
-    let listener = netns.listen(policy.network.gateway_port)?;
+    let (netns, listener) = net.join().map_err(|_| SandboxError::Netns(crate::netns::NetnsError::Thread))??;
     crate::gateway_placeholder::serve(listener);
 
     rootfs::write_top_layer(&paths.top_layer(), &policy.filesystem.workspace, &rootfs::hosts_file(&paths.name))?;
@@ -272,7 +283,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
     };
     let spec = spec::build(policy, &params)?;
     let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| SandboxError::Refused(e.to_string()))?;
-    state::write_atomic(&paths.bundle().join("config.json"), &spec_json)?;
+    state::write_runtime(&paths.bundle().join("config.json"), &spec_json)?;
     let mut lowers = vec![paths.top_layer()];
     lowers.extend(r.image.layers.iter().rev().cloned());
     let plan = LaunchPlan {
@@ -292,7 +303,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
         cwd: r.cwd.clone(),
     };
     let plan_json = serde_json::to_vec_pretty(&plan).map_err(|e| SandboxError::Refused(e.to_string()))?;
-    state::write_atomic(&paths.launch_plan(), &plan_json)?;
+    state::write_runtime(&paths.launch_plan(), &plan_json)?;
     fs::create_dir_all(Paths::containers_root()).map_err(io("containers root"))?;
 
     // The launcher: a fresh single-threaded moat process.

@@ -204,11 +204,16 @@ pub fn load(paths: &Paths) -> Result<Record, StateError> {
     serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path: p, source })
 }
 
-/// Applies `f` to the record on disk (read, change, atomic write).
+/// Applies `f` to the record on disk (read, change, atomic rename). Not
+/// fsynced: these are status transitions on the start-up path, and status
+/// is re-derived from process liveness anyway (`Record::live_status`); the
+/// durable facts (name, image, workspace, policy) were fsynced at creation.
 pub fn update(paths: &Paths, f: impl FnOnce(&mut Record)) -> Result<Record, StateError> {
     let mut r = load(paths)?;
     f(&mut r);
-    save(paths, &r)?;
+    let bytes =
+        serde_json::to_vec_pretty(&r).map_err(|source| StateError::Corrupt { path: paths.state_file(), source })?;
+    write_replace(&paths.state_file(), &bytes, false)?;
     Ok(r)
 }
 
@@ -234,11 +239,23 @@ pub fn list() -> Result<Vec<Record>, StateError> {
 
 /// Temp file + fsync + rename in the destination's directory.
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    write_replace(dest, bytes, true)
+}
+
+/// Temp file + rename without fsync: for runtime files under the run
+/// directory, which mean nothing after a reboot (and /run is a tmpfs).
+pub fn write_runtime(dest: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    write_replace(dest, bytes, false)
+}
+
+fn write_replace(dest: &Path, bytes: &[u8], durable: bool) -> Result<(), StateError> {
     use std::io::Write;
     let dir = dest.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
     tmp.write_all(bytes).map_err(io_err(dest))?;
-    tmp.as_file().sync_all().map_err(io_err(dest))?;
+    if durable {
+        tmp.as_file().sync_all().map_err(io_err(dest))?;
+    }
     tmp.persist(dest).map_err(|e| StateError::Io { path: dest.to_path_buf(), source: e.error })?;
     Ok(())
 }
