@@ -7,7 +7,8 @@
 # Medians of RUNS rounds (fresh repositories each round), ratios printed
 # (moat / restic: below 1 means moat is faster). restic also encrypts and
 # MACs everything (AES-256 + Poly1305); moat's chunks are sha256-addressed
-# and zstd-compressed, not encrypted. Page cache is warm for both.
+# and zstd-compressed, not encrypted. Page cache is warm for both; `sync`
+# runs before every timed step so neither pays for the other's dirty pages.
 #
 # The workspace: FILES files, ~SIZE_MB in total, mixed sizes (90% 1-16 KiB,
 # 9% 16 KiB-512 KiB, 1% large files holding the rest), half random bytes,
@@ -71,19 +72,19 @@ for round in $(seq 1 "$runs"); do
     > "$MOAT_HOME/sandboxes/bench/state.json"
   restic init -q >/dev/null
 
-  s=$(now); "$moat" -q backup bench >/dev/null; e=$(now); t[moat_full]+="$(awk -v a="$s" -v b="$e" 'BEGIN{print b-a}') "
-  s=$(now); restic backup -q "$ws" >/dev/null; e=$(now); t[restic_full]+="$(awk -v a="$s" -v b="$e" 'BEGIN{print b-a}') "
+  sync; s=$(now); "$moat" -q backup bench >/dev/null; e=$(now); t[moat_full]+="$(awk -v a="$s" -v b="$e" 'BEGIN{print b-a}') "
+  sync; s=$(now); restic backup -q "$ws" >/dev/null; e=$(now); t[restic_full]+="$(awk -v a="$s" -v b="$e" 'BEGIN{print b-a}') "
 
   # Change 1% of the files: overwrite 100 bytes in the middle of every 100th file.
   find "$ws" -type f | sort | awk -v r="$round" 'NR % 100 == r % 100' | while read -r f; do
     perl -e 'open(my $f, "+<", $ARGV[0]) or die; my $s = -s $f; seek($f, int($s/2), 0); print $f "x" x 100; close $f' "$f"
   done
 
-  s=$(now); "$moat" -q backup bench >/dev/null; e=$(now); t[moat_incr]+="$(awk -v a="$s" -v b="$e" 'BEGIN{print b-a}') "
-  s=$(now); restic backup -q "$ws" >/dev/null; e=$(now); t[restic_incr]+="$(awk -v a="$s" -v b="$e" 'BEGIN{print b-a}') "
+  sync; s=$(now); "$moat" -q backup bench >/dev/null; e=$(now); t[moat_incr]+="$(awk -v a="$s" -v b="$e" 'BEGIN{print b-a}') "
+  sync; s=$(now); restic backup -q "$ws" >/dev/null; e=$(now); t[restic_incr]+="$(awk -v a="$s" -v b="$e" 'BEGIN{print b-a}') "
 
-  s=$(now); "$moat" -q restore bench --to restored >/dev/null; e=$(now); t[moat_restore]+="$(awk -v a="$s" -v b="$e" 'BEGIN{print b-a}') "
-  s=$(now); restic restore -q latest --target "$work/restic-out$round" >/dev/null; e=$(now); t[restic_restore]+="$(awk -v a="$s" -v b="$e" 'BEGIN{print b-a}') "
+  sync; s=$(now); "$moat" -q restore bench --to restored >/dev/null; e=$(now); t[moat_restore]+="$(awk -v a="$s" -v b="$e" 'BEGIN{print b-a}') "
+  sync; s=$(now); restic restore -q latest --target "$work/restic-out$round" >/dev/null; e=$(now); t[restic_restore]+="$(awk -v a="$s" -v b="$e" 'BEGIN{print b-a}') "
 
   diff -r "$ws" "$MOAT_HOME/sandboxes/restored/workspace" >/dev/null || { echo "bench: moat restore differs from the workspace" >&2; exit 1; }
   diff -r "$ws" "$work/restic-out$round$ws" >/dev/null || { echo "bench: restic restore differs from the workspace" >&2; exit 1; }

@@ -199,7 +199,7 @@ pub fn backup_dir(repo: &Repo, src: &Path, opts: &BackupOptions) -> Result<Backu
         final_entries.push(e);
     }
     let manifest = Manifest::new(final_entries);
-    // Every chunk is durable (syncfs, rename, fsync) before the manifest names it.
+    // Every chunk is durable (syncfs, rename, fsync dir) before the manifest names it.
     writer.commit()?;
     let digest = repo.put_manifest(&manifest)?;
     let time_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
@@ -316,11 +316,8 @@ fn read_files(
     });
     let slots = slots.into_inner().map_err(|_| SnapshotError::Invalid("a backup worker panicked".into()))?;
     let mut out = Vec::with_capacity(idx.len());
-    for s in slots {
-        match s {
-            Some(r) => out.push(r?),
-            None => {}
-        }
+    for r in slots.into_iter().flatten() {
+        out.push(r?);
     }
     if out.len() != idx.len() {
         return Err(SnapshotError::Invalid("a backup worker stopped early".into()));
@@ -421,4 +418,35 @@ fn store_file(repo: &super::repo::ChunkWriter, f: &Found, exclude_secrets: bool)
         && after.size() == size
         && f.meta.size() == size;
     Ok(FileResult { outcome: Outcome::Stored { size, chunks, secret, stable }, new_chunks, new_bytes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windowed_chunking_cuts_where_whole_file_chunking_does() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let data: Vec<u8> = (0..(11 << 20) + 12345)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, &data).unwrap();
+        std::io::Seek::rewind(&mut f).unwrap();
+        let mut got = Vec::new();
+        chunk_stream(&f, Path::new("t"), &mut |c: &[u8]| {
+            got.push(c.len());
+            Ok(())
+        })
+        .unwrap();
+        let want: Vec<usize> =
+            fastcdc::v2020::FastCDC::new(&data, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK).map(|c| c.length).collect();
+        assert_eq!(got, want);
+        assert!(want.len() > 100);
+    }
 }

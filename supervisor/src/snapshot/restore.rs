@@ -1,5 +1,6 @@
 //! Restore: rebuilds a snapshot's tree beside the destination, verifying every
-//! chunk against its sha256, then swaps it in with one rename (renameat2
+//! chunk against its sha256, makes it durable (syncfs), then swaps it in
+//! with one rename (renameat2
 //! RENAME_EXCHANGE) after snapshotting what was there. Addresses data loss:
 //! a missing or corrupt chunk fails the restore with the affected paths and
 //! leaves the destination untouched, a crash at any point leaves either the
