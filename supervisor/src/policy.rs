@@ -145,7 +145,8 @@ impl Policy {
         if fs.tmp_size_mib == 0 {
             return Err("filesystem.tmp_size_mib must be at least 1".into());
         }
-        for (list, name) in [(&fs.read_only, "read_only"), (&fs.list_dirs, "list_dirs"), (&fs.read_write, "read_write")] {
+        for (list, name) in [(&fs.read_only, "read_only"), (&fs.list_dirs, "list_dirs"), (&fs.read_write, "read_write")]
+        {
             for r in list.iter() {
                 check_sandbox_path(&r.path, &format!("filesystem.{name} path {:?}", r.path))?;
                 if r.why.trim().is_empty() {
