@@ -76,6 +76,12 @@ pub struct RunRequest {
 /// Refuses policies the kernel or the policy itself cannot honour; logs
 /// every degraded feature under best_effort (one structured event each).
 pub fn check_enforceable(policy: &Policy) -> Result<(), SandboxError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(SandboxError::Refused(
+            "sandboxes need root for now (namespaces, overlayfs, cgroups; rootless mode is not implemented): run moat as root".into(),
+        ));
+    }
     if policy.process.require_cap_drop {
         let kept = policy.kept_dangerous_caps();
         if !kept.is_empty() {
