@@ -72,12 +72,7 @@ pub fn list_layer(store: &Store, layer: &Descriptor, want: &dyn Fn(&str) -> bool
     let mut rest = ar.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(ioe)?;
     drop(rest);
-    io::copy(&mut blob, &mut io::sink()).map_err(|e| match e.get_ref().map(|i| i.to_string()) {
-        Some(msg) if e.kind() == io::ErrorKind::InvalidData => {
-            ReadError::Io { digest: layer.digest.clone(), source: io::Error::new(io::ErrorKind::InvalidData, msg) }
-        }
-        _ => ioe(e),
-    })?;
+    io::copy(&mut blob, &mut io::sink()).map_err(ioe)?;
     Ok(out)
 }
 

@@ -64,7 +64,7 @@ pub fn scan(root: &Path) -> Result<Scanned, LocalError> {
     if is_file {
         let name =
             root.file_name().and_then(|n| n.to_str()).ok_or_else(|| LocalError::NotUtf8 { path: root.into() })?;
-        entries.push(classify(root, name, &meta, root, &mut inodes)?);
+        entries.push(classify(root, name, &meta, &mut inodes)?);
     } else {
         walk(root, "", &mut entries, &mut inodes)?;
     }
@@ -95,14 +95,13 @@ fn walk(
         names.push(name);
     }
     names.sort(); // byte-wise: creation order and directory hashing cannot matter
-    let root_depth = rel.split('/').filter(|s| !s.is_empty()).count();
     for name in names {
         let host = dir.join(&name);
         let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
         let meta = fs::symlink_metadata(&host).map_err(|source| LocalError::Io { path: host.clone(), source })?;
-        let e = classify(&host, &child_rel, &meta, dir, inodes)?;
+        let e = classify(&host, &child_rel, &meta, inodes)?;
         if let ScanKind::Symlink(t) = &e.kind {
-            check_link(&host, &child_rel, t, root_depth)?;
+            check_link(&host, &child_rel, t)?;
         }
         let is_dir = matches!(e.kind, ScanKind::Dir);
         out.push(e);
@@ -117,7 +116,6 @@ fn classify(
     host: &Path,
     rel: &str,
     meta: &fs::Metadata,
-    _dir: &Path,
     inodes: &mut BTreeMap<(u64, u64), String>,
 ) -> Result<ScanEntry, LocalError> {
     let ft = meta.file_type();
@@ -155,7 +153,7 @@ fn classify(
 
 /// Relative link targets must stay inside the source tree. Absolute targets
 /// name paths of the image (they are never followed on the host).
-fn check_link(host: &Path, rel: &str, target: &str, _depth: usize) -> Result<(), LocalError> {
+fn check_link(host: &Path, rel: &str, target: &str) -> Result<(), LocalError> {
     if target.starts_with('/') {
         return Ok(());
     }

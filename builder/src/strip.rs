@@ -83,9 +83,11 @@ fn is_toolchain(s: &Stripper, path: &str) -> bool {
     BIN_DIRS.contains(&dir) && s.tool_names.is_match(base)
 }
 
-/// The toolchain reason for `path`, if it is a toolchain binary.
+/// The toolchain reason for `path`, if it is a toolchain binary. The
+/// matcher is compiled once (audit calls this for every file of an image).
 pub fn toolchain_reason(path: &str) -> Option<&'static str> {
-    let s = Stripper::new(&[], true).ok()?;
+    static TOOLS: std::sync::LazyLock<Option<Stripper>> = std::sync::LazyLock::new(|| Stripper::new(&[], true).ok());
+    let s = TOOLS.as_ref()?;
     if s.tool_paths.is_match(path) {
         return Some("compiler back end");
     }
@@ -93,10 +95,8 @@ pub fn toolchain_reason(path: &str) -> Option<&'static str> {
     if !BIN_DIRS.contains(&dir) {
         return None;
     }
-    TOOLCHAIN
-        .iter()
-        .find(|(p, _)| Glob::new(p).map(|g| g.compile_matcher().is_match(base)).unwrap_or(false))
-        .map(|(_, why)| *why)
+    // tool_names was built from TOOLCHAIN in order, so indices line up.
+    s.tool_names.matches(base).into_iter().next().map(|i| TOOLCHAIN[i].1)
 }
 
 #[cfg(test)]
