@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 mod debian_cmds;
 mod image_cmds;
+mod policy_cmds;
 mod registry_cmds;
 mod sandbox_cmds;
 mod snapshot_cmds;
@@ -85,6 +86,16 @@ enum Cmd {
     Restore(snapshot_cmds::RestoreArgs),
     /// Export, import or garbage-collect snapshots.
     Snapshot(snapshot_cmds::SnapshotArgs),
+    /// Check, import and change network policies (live, on running sandboxes).
+    Policy(policy_cmds::PolicyArgs),
+    /// List a sandbox's refused destinations waiting for an operator.
+    Approvals(policy_cmds::ApprovalsArgs),
+    /// Allow a pending destination: writes a new network policy revision.
+    Approve(policy_cmds::DecideArgs),
+    /// Drop a pending destination (it stays refused).
+    Deny(policy_cmds::DecideArgs),
+    /// Print a sandbox's egress audit log (JSON lines with --json).
+    Events(policy_cmds::EventsArgs),
     /// Internal: a detached sandbox's supervisor.
     #[command(name = "__supervise", hide = true)]
     Supervise(sandbox_cmds::InternalArgs),
@@ -134,6 +145,11 @@ fn dispatch(cmd: Cmd, g: &Global) -> Result<ExitCode> {
         Cmd::Snapshots(a) => snapshot_cmds::snapshots(a, g),
         Cmd::Restore(a) => snapshot_cmds::restore(a, g),
         Cmd::Snapshot(a) => snapshot_cmds::snapshot(a, g),
+        Cmd::Policy(a) => policy_cmds::policy(a),
+        Cmd::Approvals(a) => policy_cmds::approvals(a),
+        Cmd::Approve(a) => policy_cmds::approve(a),
+        Cmd::Deny(a) => policy_cmds::deny(a),
+        Cmd::Events(a) => policy_cmds::events(a),
         Cmd::Supervise(a) => sandbox_cmds::supervise_internal(a),
         Cmd::Launch(a) => sandbox_cmds::launch_internal(a),
     }

@@ -23,6 +23,12 @@ pub struct RunArgs {
     /// Policy file (TOML) instead of the embedded baseline.
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// Add a network preset (policies/presets/NAME.toml); repeatable. `moat policy presets` lists them.
+    #[arg(long = "preset", value_name = "NAME")]
+    pub presets: Vec<String>,
+    /// Add every preset of a profile (policies/profiles/NAME.toml); repeatable.
+    #[arg(long = "profile", value_name = "NAME")]
+    pub profiles: Vec<String>,
     /// Host directory to mount as the workspace (default: one moat keeps per sandbox).
     #[arg(long)]
     pub workspace: Option<PathBuf>,
@@ -131,7 +137,7 @@ pub fn run(a: RunArgs, g: &Global) -> Result<ExitCode> {
         name: a.name,
         image: a.image,
         store: home::store_dir(g.store.as_deref()),
-        policy: load_policy(&a.policy)?,
+        policy: crate::policy_cmds::with_presets(load_policy(&a.policy)?, &a.presets, &a.profiles)?,
         workspace: a
             .workspace
             .map(|w| fs::canonicalize(&w).with_context(|| format!("--workspace {}", w.display())))

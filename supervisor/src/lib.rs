@@ -6,12 +6,14 @@
 //! Landlock, then seccomp, then exec) -> agent.
 pub mod doctor;
 pub mod executor;
-pub mod gateway_placeholder;
+pub mod gateway;
 pub mod landlock;
 pub mod launcher;
 pub mod layers;
 pub mod netns;
+pub mod netpolicy;
 pub mod policy;
+pub mod policy_import;
 pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;

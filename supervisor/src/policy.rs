@@ -75,12 +75,7 @@ pub struct Process {
     pub memory_max_mib: i64,
 }
 
-/// The network section; the egress gateway issue adds its tables here.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Network {
-    pub gateway_port: u16,
-}
+pub use crate::netpolicy::Network;
 
 /// Capabilities that `require_cap_drop` refuses to see in the bounding set
 /// (each one is a known container escape or host-wide power).
@@ -169,10 +164,7 @@ impl Policy {
         if p.pids_max < 1 || p.memory_max_mib < 16 {
             return Err("process.pids_max must be >= 1 and memory_max_mib >= 16".into());
         }
-        if self.network.gateway_port == 0 {
-            return Err("network.gateway_port must be 1-65535".into());
-        }
-        Ok(())
+        self.network.validate().map_err(|e| e.to_string())
     }
 
     /// Capabilities that `require_cap_drop` would refuse but the policy keeps.
@@ -193,7 +185,7 @@ fn check_sandbox_path(p: &str, what: &str) -> Result<(), String> {
 }
 
 /// 1-based line and column of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;

@@ -163,6 +163,45 @@ pub fn write_top_layer(dir: &Path, workspace: &str, hosts: &str) -> Result<(), R
     Ok(())
 }
 
+/// Where the sandbox finds the gateway's CA: alone, and appended to the
+/// image's own bundle (so passthrough TLS keeps verifying real servers).
+pub const CA_FILE: &str = "/etc/moat/ca.pem";
+pub const CA_BUNDLE: &str = "/etc/moat/ca-bundle.pem";
+/// Variables that point common TLS stacks at the bundle (NODE_EXTRA_CA_CERTS adds to Node's own).
+pub const CA_ENV: &[(&str, &str)] = &[
+    ("SSL_CERT_FILE", CA_BUNDLE),
+    ("REQUESTS_CA_BUNDLE", CA_BUNDLE),
+    ("CURL_CA_BUNDLE", CA_BUNDLE),
+    ("GIT_SSL_CAINFO", CA_BUNDLE),
+    ("NODE_EXTRA_CA_CERTS", CA_FILE),
+];
+
+/// Writes the gateway CA into the top layer `dir`: `CA_FILE`, and
+/// `CA_BUNDLE` = the image's Debian bundle (first found in `layers`,
+/// topmost first) followed by the CA.
+pub fn write_trust(dir: &Path, layers_top_first: &[PathBuf], ca_pem: &str) -> Result<(), RootfsError> {
+    let etc = dir.join("etc/moat");
+    fs::DirBuilder::new().recursive(true).mode(0o755).create(&etc).map_err(io_err(&etc))?;
+    let mut bundle = String::new();
+    for l in layers_top_first {
+        let p = l.join("etc/ssl/certs/ca-certificates.crt");
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_file()) {
+            bundle = fs::read_to_string(&p).map_err(io_err(&p))?;
+            break;
+        }
+    }
+    if !bundle.is_empty() && !bundle.ends_with('\n') {
+        bundle.push('\n');
+    }
+    bundle.push_str(ca_pem);
+    for (name, text) in [("ca.pem", ca_pem), ("ca-bundle.pem", bundle.as_str())] {
+        let p = etc.join(name);
+        fs::write(&p, text).map_err(io_err(&p))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).map_err(io_err(&p))?;
+    }
+    Ok(())
+}
+
 /// The sandbox's /etc/hosts: the gateway listens on 127.0.0.1 inside the netns.
 pub fn hosts_file(hostname: &str) -> String {
     format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\tinference.local\n")

@@ -49,6 +49,10 @@ pub enum SandboxError {
     NotRunning(String),
 }
 
+fn gateway_err(e: impl std::fmt::Display) -> SandboxError {
+    SandboxError::Refused(format!("egress gateway: {e}"))
+}
+
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
     let what = what.into();
     move |source| SandboxError::Io { what, source }
@@ -269,15 +273,35 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
         chown(&rec.workspace, Some(r.user.uid), Some(r.user.gid)).map_err(io("chown workspace"))?;
     }
     let (netns, listener) = net.join().map_err(|_| SandboxError::Netns(crate::netns::NetnsError::Thread))??;
-    crate::gateway_placeholder::serve(listener);
+    let ca = std::sync::Arc::new(crate::gateway::ca::Ca::new(&paths.name).map_err(gateway_err)?);
+    let gateway = crate::gateway::Config {
+        sandbox: paths.name.clone(),
+        network: policy.network.clone(),
+        revisions: crate::gateway::revisions::RevisionStore::at(crate::gateway::revisions::revisions_dir(&paths.home)),
+        events: crate::gateway::events::EventLog::open(&paths.audit_log()).map_err(io("audit log"))?,
+        identity: crate::gateway::identity::Identity::for_netns_fd(netns.raw_fd()).map_err(io("sandbox netns"))?,
+        resolver: crate::gateway::ssrf::Resolver::from_env().map_err(gateway_err)?,
+        ca: ca.clone(),
+        control_socket: Some(paths.control_socket()),
+        limits: crate::gateway::Limits::default(),
+    };
+    crate::gateway::start(gateway, listener).map_err(gateway_err)?;
 
     rootfs::write_top_layer(&paths.top_layer(), &policy.filesystem.workspace, &rootfs::hosts_file(&paths.name))?;
+    let top_first: Vec<PathBuf> = r.image.layers.iter().rev().cloned().collect();
+    rootfs::write_trust(&paths.top_layer(), &top_first, &ca.cert_pem())?;
+    let mut env = r.env.clone();
+    for (k, v) in rootfs::CA_ENV {
+        if !env.iter().any(|kv| kv.split_once('=').is_some_and(|(key, _)| key == *k)) {
+            env.push(format!("{k}={v}"));
+        }
+    }
     fs::create_dir_all(paths.rootfs()).map_err(io("rootfs mount point"))?;
     fs::create_dir_all(paths.bundle()).map_err(io("bundle dir"))?;
     let params = SpecParams {
         rootfs: paths.rootfs().display().to_string(),
         args: r.args.clone(),
-        env: r.env.clone(),
+        env,
         cwd: r.cwd.clone(),
         user: r.user.clone(),
         hostname: paths.name.clone(),

@@ -82,8 +82,11 @@ pub fn environment(
         }
     }
     set("HOME", home);
-    for p in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+    for p in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
         set(p, &proxy);
+    }
+    for p in ["NO_PROXY", "no_proxy"] {
+        set(p, "localhost,127.0.0.1,::1");
     }
     for kv in extra {
         let (k, v) = kv.split_once('=').ok_or_else(|| SpecError::Env(format!("{kv:?} is not KEY=VALUE")))?;

@@ -72,6 +72,14 @@ impl Paths {
     pub fn log_file(&self) -> PathBuf {
         self.home.join("log")
     }
+    /// The gateway's audit log (JSON lines).
+    pub fn audit_log(&self) -> PathBuf {
+        self.home.join("audit.log")
+    }
+    /// The gateway's control socket (runtime; exists while the supervisor runs).
+    pub fn control_socket(&self) -> PathBuf {
+        self.run.join("control.sock")
+    }
     pub fn policy_file(&self) -> PathBuf {
         self.home.join("policy.json")
     }

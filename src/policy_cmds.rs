@@ -1,0 +1,284 @@
+//! Network policy commands: `policy check|import|show|set|add-preset|
+//! remove-preset|presets`, `approvals`, `approve`, `deny` and `events`.
+//! Live changes go through the sandbox's control socket, so the running
+//! gateway validates them and keeps the old policy when they are invalid.
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use moat_supervisor::gateway::control::{self, Request};
+use moat_supervisor::gateway::events::Event;
+use moat_supervisor::netpolicy::{self, Network};
+use moat_supervisor::state::{self, Paths, Status};
+use moat_supervisor::Policy;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    cmd: PolicyCmd,
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Validate a policy file (exit 1 with file:line:column on an error).
+    Check { file: PathBuf },
+    /// Convert an OpenShell/NemoClaw YAML policy to moat's TOML network rules.
+    Import {
+        file: PathBuf,
+        /// Write here instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// List the presets and profiles shipped with moat, with their risks.
+    Presets,
+    /// Print the network policy revision a running sandbox enforces.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a running sandbox's network policy (filesystem and process sections cannot change).
+    Set { name: String, file: PathBuf },
+    /// Add a preset to a running sandbox's network policy.
+    AddPreset { name: String, preset: String },
+    /// Remove a preset from a running sandbox's network policy.
+    RemovePreset { name: String, preset: String },
+}
+
+#[derive(Args)]
+pub struct ApprovalsArgs {
+    pub name: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct DecideArgs {
+    pub name: String,
+    /// The approval id from the refusal or `moat approvals`.
+    pub id: String,
+}
+
+#[derive(Args)]
+pub struct EventsArgs {
+    pub name: String,
+    /// Keep printing new events until interrupted.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Print the JSON lines as recorded.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Adds presets and profiles' presets to a policy (deduplicated, validated).
+pub fn with_presets(mut policy: Policy, presets: &[String], profiles: &[String]) -> Result<Policy> {
+    let mut names: Vec<String> = presets.to_vec();
+    for p in profiles {
+        names.extend(netpolicy::profile(p)?.presets);
+    }
+    for n in names {
+        if !policy.network.presets.contains(&n) {
+            policy.network.presets.push(n);
+        }
+    }
+    policy.network.validate()?;
+    Ok(policy)
+}
+
+fn socket(name: &str) -> Result<PathBuf> {
+    let paths = Paths::new(name)?;
+    let rec = state::load(&paths)?;
+    if rec.live_status() != Status::Running {
+        bail!("sandbox {name} is not running: its network policy can only change while it runs");
+    }
+    Ok(paths.control_socket())
+}
+
+fn call(name: &str, req: &Request) -> Result<Value> {
+    Ok(control::call(&socket(name)?, req)?)
+}
+
+fn current_network(name: &str) -> Result<Network> {
+    let v = call(name, &Request::Status)?;
+    serde_json::from_value(v["network"].clone()).context("control socket: network section")
+}
+
+fn set_network(name: &str, network: Network, why: &str) -> Result<ExitCode> {
+    let v = call(name, &Request::SetNetwork { network: Box::new(network), why: why.into() })?;
+    println!("{name}: network policy revision {} (sha256 {})", v["revision"], v["sha256"].as_str().unwrap_or(""));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn policy(a: PolicyArgs) -> Result<ExitCode> {
+    match a.cmd {
+        PolicyCmd::Check { file } => {
+            let p = Policy::load(&file)?;
+            let rules = p.network.effective()?;
+            println!(
+                "{}: valid (network: {} rule sets, presets: {})",
+                file.display(),
+                rules.len(),
+                if p.network.presets.is_empty() { "none".into() } else { p.network.presets.join(", ") }
+            );
+            for w in moat_supervisor::netpolicy::lint(&rules) {
+                println!("warning: {w}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCmd::Import { file, output } => {
+            let text = std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
+            let imported = moat_supervisor::policy_import::import_yaml(&text, &file.display().to_string())?;
+            for w in &imported.warnings {
+                eprintln!("moat: not carried over: {w}");
+            }
+            let toml = moat_supervisor::policy_import::to_toml(&imported);
+            match output {
+                Some(o) => moat_supervisor::state::write_atomic(&o, toml.as_bytes())?,
+                None => print!("{toml}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCmd::Presets => {
+            for (name, _) in netpolicy::PRESETS {
+                let p = netpolicy::preset(name)?;
+                println!("{name:<16} {}\n{:<16} risk: {}", p.description, "", p.risk.trim());
+            }
+            for (name, _) in netpolicy::PROFILES {
+                let p = netpolicy::profile(name)?;
+                println!("profile {name:<16} [{}] {}", p.presets.join(", "), p.description);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCmd::Show { name, json } => {
+            let v = call(&name, &Request::Status)?;
+            if json {
+                println!("{v}");
+            } else {
+                let network: Network = serde_json::from_value(v["network"].clone())?;
+                println!("# revision {} sha256 {}", v["revision"], v["sha256"].as_str().unwrap_or(""));
+                print!("{}", toml::to_string(&Wrap { network })?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCmd::Set { name, file } => {
+            let new = Policy::load(&file)?;
+            let paths = Paths::new(&name)?;
+            let running: Policy = serde_json::from_slice(
+                &std::fs::read(paths.policy_file()).with_context(|| paths.policy_file().display().to_string())?,
+            )?;
+            if new.filesystem != running.filesystem
+                || new.landlock != running.landlock
+                || new.process != running.process
+            {
+                bail!(
+                    "{}: the filesystem, landlock and process sections cannot change on a live sandbox \
+                     (they are enforced by the kernel at creation); recreate the sandbox to change them",
+                    file.display()
+                );
+            }
+            if new.network.gateway_port != running.network.gateway_port {
+                bail!("{}: network.gateway_port cannot change on a live sandbox", file.display());
+            }
+            set_network(&name, new.network, &format!("moat policy set {}", file.display()))
+        }
+        PolicyCmd::AddPreset { name, preset } => {
+            netpolicy::preset(&preset)?;
+            let mut n = current_network(&name)?;
+            if n.presets.contains(&preset) {
+                bail!("sandbox {name} already has preset {preset}");
+            }
+            n.presets.push(preset.clone());
+            set_network(&name, n, &format!("moat policy add-preset {preset}"))
+        }
+        PolicyCmd::RemovePreset { name, preset } => {
+            let mut n = current_network(&name)?;
+            if !n.presets.contains(&preset) {
+                bail!("sandbox {name} has no preset {preset} (it has: {})", n.presets.join(", "));
+            }
+            n.presets.retain(|p| *p != preset);
+            set_network(&name, n, &format!("moat policy remove-preset {preset}"))
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Wrap {
+    network: Network,
+}
+
+pub fn approvals(a: ApprovalsArgs) -> Result<ExitCode> {
+    let v = call(&a.name, &Request::Approvals)?;
+    if a.json {
+        println!("{}", v["pending"]);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<10} {:<32} {:<30} {:>6} LAST SEEN", "ID", "BINARY", "DESTINATION", "COUNT");
+    for p in v["pending"].as_array().into_iter().flatten() {
+        println!(
+            "{:<10} {:<32} {:<30} {:>6} {}",
+            p["id"].as_str().unwrap_or(""),
+            p["binary"].as_str().unwrap_or(""),
+            format!("{}:{}", p["host"].as_str().unwrap_or(""), p["port"]),
+            p["count"],
+            p["last_seen"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn approve(a: DecideArgs) -> Result<ExitCode> {
+    let v = call(&a.name, &Request::Approve { id: a.id.clone() })?;
+    println!("{}: approved {}; network policy revision {}", a.name, a.id, v["revision"]);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn deny(a: DecideArgs) -> Result<ExitCode> {
+    call(&a.name, &Request::Deny { id: a.id.clone() })?;
+    println!("{}: denied {} (it stays refused)", a.name, a.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the audit log; with `follow`, keeps reading as it grows.
+pub fn events(a: EventsArgs) -> Result<ExitCode> {
+    let paths = Paths::new(&a.name)?;
+    state::load(&paths)?;
+    let path = paths.audit_log();
+    let mut f = match std::fs::File::open(&path) {
+        Ok(f) => BufReader::new(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !a.follow => return Ok(ExitCode::SUCCESS),
+        Err(e) => return Err(e).with_context(|| path.display().to_string()),
+    };
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = f.read_line(&mut line)?;
+        if n == 0 || !line.ends_with('\n') {
+            if !a.follow {
+                return Ok(ExitCode::SUCCESS);
+            }
+            // A partial line: rewind and wait for the rest.
+            f.seek(SeekFrom::Current(-(n as i64)))?;
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        if a.json {
+            print!("{line}");
+        } else if let Ok(e) = serde_json::from_str::<Event>(&line) {
+            println!(
+                "{} {:<6} {} {}:{} {} {} rule={} {}",
+                e.time,
+                format!("{:?}", e.decision).to_lowercase(),
+                e.binary,
+                e.host,
+                e.port,
+                e.method,
+                e.path,
+                if e.rule.is_empty() { "-" } else { &e.rule },
+                e.reason
+            );
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The per-sandbox certificate authority for L7 inspection: made when the
+//! sandbox starts (never written to the host's trust store, its key never
+//! leaves the supervisor's memory), leaf certificates cached per host, and
+//! the upstream TLS client with the system roots. Guards against a sandbox
+//! being able to mint certificates (it sees only the CA certificate) and
+//! against an inspected connection downgrading to HTTP/2 or unverified TLS
+//! upstream.
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use time::{Duration, OffsetDateTime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("making the sandbox CA: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("{0}: not a valid TLS server name")]
+    Name(String),
+    #[error("reading CA file {path}: {message}")]
+    File { path: String, message: String },
+}
+
+/// Leaf certificates cached per host (bounded: an agent could ask for many names).
+const LEAF_CACHE: usize = 1024;
+
+pub struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+    /// One key for every leaf of this CA: generating keys per host is slow
+    /// and gains nothing (all leaves live in this process only).
+    leaf_key: KeyPair,
+    leaves: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").finish_non_exhaustive()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl Ca {
+    /// A fresh CA named after the sandbox, valid from a day ago for a year.
+    pub fn new(sandbox: &str) -> Result<Ca, CaError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("moat sandbox CA ({sandbox})"));
+        dn.push(DnType::OrganizationName, "moat");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + Duration::days(365);
+        let cert = params.self_signed(&key)?;
+        Ok(Ca { cert, key, leaf_key: KeyPair::generate()?, leaves: Mutex::default() })
+    }
+
+    /// The CA certificate (PEM) that the sandbox trusts.
+    pub fn cert_pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A TLS server configuration presenting a leaf certificate for `host`.
+    pub fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, CaError> {
+        let host = host.to_ascii_lowercase();
+        if let Some(c) = self.leaves.lock().unwrap_or_else(|p| p.into_inner()).get(&host) {
+            return Ok(c.clone());
+        }
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, host.clone());
+        params.subject_alt_names = vec![match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(host.clone().try_into().map_err(|_| CaError::Name(host.clone()))?),
+        }];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + Duration::days(30);
+        let leaf = params.signed_by(&self.leaf_key, &self.cert, &self.key)?;
+        let chain = vec![leaf.der().clone(), self.cert.der().clone()];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key.serialize_der()));
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        // HTTP/1.1 only: the inspector parses HTTP/1 requests.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = Arc::new(config);
+        let mut leaves = self.leaves.lock().unwrap_or_else(|p| p.into_inner());
+        if leaves.len() >= LEAF_CACHE {
+            leaves.clear();
+        }
+        leaves.insert(host, config.clone());
+        Ok(config)
+    }
+}
+
+/// The upstream TLS client: the host's system roots, plus the PEM file
+/// named by `MOAT_GATEWAY_UPSTREAM_CA` (tests' private upstream CA).
+pub fn upstream_client() -> Result<Arc<rustls::ClientConfig>, CaError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::warn!(event = "system_roots", error = %e, "some system root certificates could not be read");
+    }
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    if let Some(path) = std::env::var_os("MOAT_GATEWAY_UPSTREAM_CA").filter(|p| !p.is_empty()) {
+        let bad = |message: String| CaError::File { path: path.to_string_lossy().into_owned(), message };
+        let pem = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
+        for der in pem_certificates(&pem).map_err(bad)? {
+            roots.add(der).map_err(CaError::Tls)?;
+        }
+    } else if added == 0 {
+        tracing::warn!(event = "system_roots", "no system root certificates: upstream TLS will fail");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The TLS name for an upstream host (DNS name or IP literal).
+pub fn server_name(host: &str) -> Result<ServerName<'static>, CaError> {
+    ServerName::try_from(host.to_string()).map_err(|_| CaError::Name(host.into()))
+}
+
+/// Every CERTIFICATE block of a PEM file, decoded.
+fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let out: Vec<_> = CertificateDer::pem_slice_iter(pem).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    if out.is_empty() {
+        return Err("no CERTIFICATE block".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaves_chain_to_the_ca_and_are_cached() {
+        let ca = Ca::new("t").unwrap();
+        assert!(ca.cert_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+        let a = ca.server_config("api.example.com").unwrap();
+        let b = ca.server_config("API.example.com").unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        ca.server_config("198.18.0.2").unwrap();
+        assert!(ca.server_config("bad name!").is_err());
+        let ders = pem_certificates(ca.cert_pem().as_bytes()).unwrap();
+        assert_eq!(ders.len(), 1);
+    }
+}

@@ -1,0 +1,120 @@
+//! The control API: a unix socket per sandbox (0600, owned by the user who
+//! runs the supervisor, normally root) speaking one JSON request and one
+//! JSON answer per line; the CLI's `approvals`, `approve`, `deny` and
+//! `policy set/add-preset/remove-preset` go through it. Guards against the
+//! sandbox changing its own policy (the socket lives outside the sandbox's
+//! filesystem and network namespace, and its mode admits only its owner).
+use super::Shared;
+use crate::netpolicy::Network;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("sandbox is not running or its gateway is unreachable ({path}): {source}")]
+    Connect { path: String, source: std::io::Error },
+    #[error("control socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("control socket answered: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What the CLI can ask.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// The revision in force.
+    Status,
+    Approvals,
+    Approve {
+        id: String,
+    },
+    Deny {
+        id: String,
+    },
+    /// Replace the network section (validated; the old one stays on error).
+    SetNetwork {
+        network: Box<Network>,
+        why: String,
+    },
+}
+
+/// Binds the socket with mode 0600 (any stale socket is replaced).
+pub fn bind(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    let _ = std::fs::remove_file(path);
+    let l = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+pub async fn serve(shared: Arc<Shared>, listener: std::os::unix::net::UnixListener) {
+    let Ok(listener) = tokio::net::UnixListener::from_std(listener) else { return };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut lines = tokio::io::BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let answer = match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => {
+                        let s = shared.clone();
+                        tokio::task::spawn_blocking(move || answer(&s, req))
+                            .await
+                            .unwrap_or_else(|_| json!({"ok": false, "error": "internal error"}))
+                    }
+                    Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+                };
+                let mut out = answer.to_string();
+                out.push('\n');
+                if w.write_all(out.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn status(shared: &Shared) -> Value {
+    let c = shared.current();
+    json!({"ok": true, "revision": c.number, "sha256": c.sha256, "generation": c.generation, "network": c.network})
+}
+
+fn answer(shared: &Shared, req: Request) -> Value {
+    let result = match req {
+        Request::Status => return status(shared),
+        Request::Approvals => return json!({"ok": true, "pending": shared.pending()}),
+        Request::Approve { id } => shared.approve(&id).map(|_| ()),
+        Request::Deny { id } => shared.deny(&id).map(|_| ()),
+        Request::SetNetwork { network, why } => shared.set_network(*network, &why).map(|_| ()),
+    };
+    match result {
+        Ok(()) => status(shared),
+        Err(e) => json!({"ok": false, "error": e.to_string()}),
+    }
+}
+
+/// The CLI side: sends one request, returns the answer (errors as Err).
+pub fn call(socket: &Path, req: &Request) -> Result<Value, ControlError> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|source| ControlError::Connect { path: socket.display().to_string(), source })?;
+    let mut line = serde_json::to_string(req).map_err(|e| ControlError::Protocol(e.to_string()))?;
+    line.push('\n');
+    s.write_all(line.as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(&s).read_line(&mut answer)?;
+    let v: Value = serde_json::from_str(&answer).map_err(|e| ControlError::Protocol(e.to_string()))?;
+    if v.get("ok") == Some(&Value::Bool(true)) {
+        Ok(v)
+    } else {
+        Err(ControlError::Refused(v.get("error").and_then(Value::as_str).unwrap_or("refused").to_string()))
+    }
+}

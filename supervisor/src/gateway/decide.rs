@@ -1,0 +1,162 @@
+//! The one decision pipeline CONNECT tunnels and plain-HTTP forward requests
+//! share: caller identity, metadata names, policy match, operator approval
+//! for unlisted destinations, then resolution with every address checked by
+//! the SSRF guard. Guards against any path out that skips a check: the only
+//! way to get addresses to dial is a `Relay` from here, and each outcome is
+//! an audit event.
+use super::events::{Decision, Event};
+use super::identity::{Caller, IdentityError};
+use super::ssrf;
+use super::Shared;
+use crate::netpolicy::{Endpoint, Match, RequestVerdict};
+use std::net::SocketAddr;
+
+/// A permitted destination: the rule that allowed it and the validated addresses.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    pub policy: String,
+    pub endpoint: Endpoint,
+    /// Allowed only because the endpoint is in audit mode.
+    pub audit: bool,
+    pub addrs: Vec<SocketAddr>,
+    pub generation: u64,
+}
+
+/// A refusal: the status and body the client gets.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub status: u16,
+    pub body: String,
+}
+
+/// What the connection knows about its caller (identified once).
+pub type Identified = Result<Caller, IdentityError>;
+
+/// Decides whether the caller may reach `host:port`; `method` is `CONNECT`
+/// for tunnels. Records the event.
+pub async fn destination(
+    shared: &Shared,
+    caller: &Identified,
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+) -> Result<Relay, Refusal> {
+    let proc_ = caller.as_ref().ok().map(|c| &c.process);
+    let deny = |rule: &str, reason: String, body: String, status: u16| {
+        shared.events.record(&Event::new(proc_, host, port, method, path, Decision::Deny, rule, &reason));
+        Refusal { status, body }
+    };
+    let caller = match caller {
+        Ok(c) => c,
+        Err(e) => {
+            let reason = format!("caller not identified: {e}");
+            return Err(deny("", reason.clone(), format!("moat: egress denied: {reason}\n"), 403));
+        }
+    };
+    let bin = &caller.process.exe;
+    if ssrf::is_metadata_host(host) {
+        let reason = "cloud metadata endpoints are never reachable".to_string();
+        return Err(deny("", reason.clone(), format!("moat: egress denied: {host}: {reason}\n"), 403));
+    }
+    let cur = shared.current();
+    let host_lc = host.trim_end_matches('.').to_ascii_lowercase();
+    let (policy, endpoint, audit) = match cur.compiled.match_destination(bin, &host_lc, port) {
+        Match::Allowed { policy, endpoint, audit } => (policy, endpoint, audit),
+        other => {
+            let why = match other {
+                Match::WrongBinary { policies } => {
+                    format!("{host}:{port} is allowed only for other binaries (policy {})", policies.join(", "))
+                }
+                _ => format!("no policy lists {host}:{port}"),
+            };
+            let id = shared.request_approval(bin, &caller.process.sha256, &host_lc, port);
+            let body = format!(
+                "moat: egress denied: binary {bin} may not reach {host}:{port}: {why}.\n\
+                 approval id: {id} (an operator can allow it with `moat approve {} {id}`)\n",
+                shared.sandbox
+            );
+            return Err(deny("", format!("{why}; pending approval {id}"), body, 403));
+        }
+    };
+    let nets = endpoint.allowed_nets();
+    let addrs = match ssrf::resolve_checked(&shared.resolver, &host_lc, port, &nets).await {
+        Ok(a) => a,
+        Err(e) => {
+            let status =
+                if matches!(e, ssrf::SsrfError::Resolve { .. } | ssrf::SsrfError::NoAddress(..)) { 502 } else { 403 };
+            return Err(deny(&policy, e.to_string(), format!("moat: egress denied: {e}\n"), status));
+        }
+    };
+    // Inspected endpoints record one event per request (`request`); the rest one here.
+    if !endpoint.inspected() {
+        let (d, reason) =
+            if audit { (Decision::Audit, "binary not listed (audit mode)") } else { (Decision::Allow, "") };
+        shared.events.record(&Event::new(Some(&caller.process), host, port, method, path, d, &policy, reason));
+    }
+    Ok(Relay { policy, endpoint, audit, addrs, generation: cur.generation })
+}
+
+/// Checks one request on an inspected endpoint; records the event.
+pub fn request(
+    shared: &Shared,
+    caller: &Caller,
+    relay: &Relay,
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+) -> Result<(), Refusal> {
+    let cur = shared.current();
+    let verdict = cur.compiled.check_request(&relay.policy, &relay.endpoint, method, path);
+    let verdict = match verdict {
+        RequestVerdict::Allow if relay.audit => RequestVerdict::Audit("binary not listed (audit mode)".into()),
+        v => v,
+    };
+    let (decision, reason) = match &verdict {
+        RequestVerdict::Allow => (Decision::Allow, String::new()),
+        RequestVerdict::Audit(r) => (Decision::Audit, r.clone()),
+        RequestVerdict::Deny(r) => (Decision::Deny, r.clone()),
+    };
+    shared.events.record(&Event::new(
+        Some(&caller.process),
+        host,
+        port,
+        method,
+        path,
+        decision,
+        &relay.policy,
+        &reason,
+    ));
+    match verdict {
+        RequestVerdict::Deny(r) => Err(Refusal {
+            status: 403,
+            body: format!(
+                "moat: request denied: {method} {} on {host}: {r} (policy {})\n",
+                strip_query(path),
+                relay.policy
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a relay decided under an older generation still holds; a new
+/// `Relay` when it does (the rule may have changed), else the reason.
+pub fn recheck(shared: &Shared, caller: &Caller, relay: &Relay, host: &str, port: u16) -> Result<Relay, String> {
+    let cur = shared.current();
+    if cur.generation == relay.generation {
+        return Ok(relay.clone());
+    }
+    match cur.compiled.match_destination(&caller.process.exe, &host.to_ascii_lowercase(), port) {
+        Match::Allowed { policy, endpoint, audit } if endpoint.inspected() == relay.endpoint.inspected() => {
+            Ok(Relay { policy, endpoint, audit, addrs: relay.addrs.clone(), generation: cur.generation })
+        }
+        Match::Allowed { .. } => Err(format!("revision {} changes how {host}:{port} is inspected", cur.number)),
+        _ => Err(format!("revision {} no longer allows {host}:{port}", cur.number)),
+    }
+}
+
+fn strip_query(p: &str) -> &str {
+    p.split(['?', '#']).next().unwrap_or(p)
+}

@@ -1,0 +1,282 @@
+//! Who is calling: maps a gateway client socket to the process that owns it
+//! and the binary that process runs. Guards against an agent borrowing a
+//! trusted program's permissions: identity comes from the kernel (the
+//! socket's inode in the sandbox's /proc/net/tcp, the fd tables, and
+//! /proc/PID/exe, never argv[0]), every binary in the caller's ancestry is
+//! hashed and trusted on first use, and a changed hash, a deleted binary or
+//! a socket held by processes running different programs is refused.
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("no process in the sandbox owns the connection from {0}")]
+    NotFound(SocketAddr),
+    #[error("the connection is shared by processes running different programs ({0})")]
+    Ambiguous(String),
+    #[error("{path} changed since it was first trusted (sha256 {was} -> {now})")]
+    HashChanged { path: String, was: String, now: String },
+    #[error("{0} was deleted or replaced while running")]
+    Deleted(String),
+    #[error("reading {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
+    move |source| IdentityError::Io { path: path.display().to_string(), source }
+}
+
+/// One process of the caller's chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    /// Host pid.
+    pub pid: i32,
+    /// The binary's path as the sandbox sees it.
+    pub exe: String,
+    pub sha256: String,
+}
+
+/// The calling process and its ancestors inside the sandbox (nearest first).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub process: Proc,
+    pub ancestors: Vec<Proc>,
+}
+
+/// File identity used to skip rehashing an unchanged binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+/// Resolves callers in one network namespace (the sandbox's).
+#[derive(Debug)]
+pub struct Identity {
+    /// Inode of the network namespace whose processes are candidates.
+    netns_ino: u64,
+    proc_root: std::path::PathBuf,
+    hashes: Mutex<HashMap<Fingerprint, String>>,
+    /// Trust on first use: path -> the sha256 first seen.
+    trusted: Mutex<HashMap<String, String>>,
+}
+
+impl Identity {
+    /// Candidates are the processes whose network namespace has `netns_ino`.
+    pub fn new(netns_ino: u64) -> Identity {
+        Identity { netns_ino, proc_root: "/proc".into(), hashes: Mutex::default(), trusted: Mutex::default() }
+    }
+
+    /// The namespace of a descriptor (e.g. the sandbox netns handle).
+    pub fn for_netns_fd(fd: i32) -> std::io::Result<Identity> {
+        Ok(Identity::new(fs::metadata(format!("/proc/self/fd/{fd}"))?.ino()))
+    }
+
+    /// The namespace this process runs in (tests run clients in-process).
+    pub fn for_own_netns() -> std::io::Result<Identity> {
+        Ok(Identity::new(fs::metadata("/proc/self/ns/net")?.ino()))
+    }
+
+    /// Finds the process that owns the client end `peer` of a connection
+    /// accepted on `local`. Blocking (reads /proc): call off the reactor.
+    pub fn identify(&self, peer: SocketAddr, local: SocketAddr) -> Result<Caller, IdentityError> {
+        let pids = self.candidates()?;
+        let Some(&reader) = pids.first() else { return Err(IdentityError::NotFound(peer)) };
+        let table = if peer.is_ipv4() { "tcp" } else { "tcp6" };
+        let path = self.proc_root.join(reader.to_string()).join("net").join(table);
+        let text = fs::read_to_string(&path).map_err(io_at(&path))?;
+        let inode = socket_inode(&text, peer, local).ok_or(IdentityError::NotFound(peer))?;
+        let owners = self.owners(&pids, inode);
+        let Some(&first) = owners.first() else { return Err(IdentityError::NotFound(peer)) };
+        let process = self.describe(first)?;
+        for &other in &owners[1..] {
+            let p = self.describe(other)?;
+            if p.exe != process.exe || p.sha256 != process.sha256 {
+                return Err(IdentityError::Ambiguous(format!("{} and {}", process.exe, p.exe)));
+            }
+        }
+        let mut ancestors = Vec::new();
+        let mut pid = first;
+        while ancestors.len() < 64 {
+            let Some(parent) = parent_pid(&self.proc_root, pid) else { break };
+            if parent <= 1 || !pids.contains(&parent) {
+                break;
+            }
+            ancestors.push(self.describe(parent)?);
+            pid = parent;
+        }
+        Ok(Caller { process, ancestors })
+    }
+
+    /// Host pids in the namespace, ascending.
+    fn candidates(&self) -> Result<Vec<i32>, IdentityError> {
+        let dir = fs::read_dir(&self.proc_root).map_err(io_at(&self.proc_root))?;
+        let mut pids: Vec<i32> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+            .filter(|pid| {
+                fs::metadata(self.proc_root.join(pid.to_string()).join("ns/net"))
+                    .is_ok_and(|m| m.ino() == self.netns_ino)
+            })
+            .collect();
+        pids.sort_unstable();
+        Ok(pids)
+    }
+
+    /// Pids whose fd table holds socket `inode`.
+    fn owners(&self, pids: &[i32], inode: u64) -> Vec<i32> {
+        let want = format!("socket:[{inode}]");
+        let mut out = Vec::new();
+        for &pid in pids {
+            let Ok(fds) = fs::read_dir(self.proc_root.join(pid.to_string()).join("fd")) else { continue };
+            if fds.flatten().any(|fd| fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want.as_str())) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    /// The binary of `pid`: its path, and its hash checked against trust-on-first-use.
+    fn describe(&self, pid: i32) -> Result<Proc, IdentityError> {
+        let link = self.proc_root.join(pid.to_string()).join("exe");
+        let exe = fs::read_link(&link).map_err(io_at(&link))?.to_string_lossy().into_owned();
+        if exe.ends_with(" (deleted)") {
+            return Err(IdentityError::Deleted(exe));
+        }
+        let sha256 = self.hash(&link)?;
+        let mut trusted = self.trusted.lock().unwrap_or_else(|p| p.into_inner());
+        match trusted.get(&exe) {
+            Some(was) if *was != sha256 => {
+                return Err(IdentityError::HashChanged { path: exe, was: was.clone(), now: sha256 });
+            }
+            Some(_) => {}
+            None => {
+                tracing::info!(event = "binary_trusted", binary = %exe, sha256 = %sha256, "trusted on first use");
+                trusted.insert(exe.clone(), sha256.clone());
+            }
+        }
+        Ok(Proc { pid, exe, sha256 })
+    }
+
+    /// sha256 of the file behind /proc/PID/exe (the mapped binary itself).
+    fn hash(&self, link: &Path) -> Result<String, IdentityError> {
+        let mut f = fs::File::open(link).map_err(io_at(link))?;
+        let m = f.metadata().map_err(io_at(link))?;
+        let fp = Fingerprint {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        };
+        if let Some(h) = self.hashes.lock().unwrap_or_else(|p| p.into_inner()).get(&fp) {
+            return Ok(h.clone());
+        }
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = f.read(&mut buf).map_err(io_at(link))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let h = hex::encode(hasher.finalize());
+        self.hashes.lock().unwrap_or_else(|p| p.into_inner()).insert(fp, h.clone());
+        Ok(h)
+    }
+}
+
+fn parent_pid(proc_root: &Path, pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(1)?.parse().ok()
+}
+
+/// Finds the inode of the socket whose local end is `client` and remote end
+/// `server` in a /proc/net/tcp{,6} table.
+pub fn socket_inode(table: &str, client: SocketAddr, server: SocketAddr) -> Option<u64> {
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 {
+            continue;
+        }
+        if parse_addr(f[1]) == Some(normal(client)) && parse_addr(f[2]) == Some(normal(server)) {
+            return f[9].parse().ok().filter(|&i| i != 0);
+        }
+    }
+    None
+}
+
+fn normal(a: SocketAddr) -> SocketAddr {
+    match a.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(|v4| SocketAddr::new(v4.into(), a.port())).unwrap_or(a),
+        _ => a,
+    }
+}
+
+/// Parses `0100007F:1F90` (IPv4) or the 32-hex-digit IPv6 form.
+fn parse_addr(s: &str) -> Option<SocketAddr> {
+    let (ip, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let ip: IpAddr = match ip.len() {
+        8 => std::net::Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_ne_bytes()).into(),
+        32 => {
+            let mut b = [0u8; 16];
+            for (i, chunk) in b.chunks_mut(4).enumerate() {
+                let w = u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok()?;
+                chunk.copy_from_slice(&w.to_ne_bytes());
+            }
+            std::net::Ipv6Addr::from(b).into()
+        }
+        _ => return None,
+    };
+    Some(normal(SocketAddr::new(ip, port)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn parses_proc_net_tcp_rows() {
+        let t = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:D431 0100007F:0C38 01 00000000:00000000 00:00000000 00000000  1000        0 4242 1 0 20 4 30 10 -1\n";
+        let c: SocketAddr = "127.0.0.1:54321".parse().unwrap();
+        let s: SocketAddr = "127.0.0.1:3128".parse().unwrap();
+        assert_eq!(socket_inode(t, c, s), Some(4242));
+        assert_eq!(socket_inode(t, s, c), None);
+        let v6 = "0000000000000000FFFF00000100007F:0C38";
+        assert_eq!(parse_addr(v6), Some(s));
+    }
+
+    #[test]
+    fn finds_this_test_as_the_owner_and_trusts_on_first_use() {
+        if !cfg!(target_endian = "little") {
+            return;
+        }
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (_server, peer) = l.accept().unwrap();
+        let id = Identity::for_own_netns().unwrap();
+        let caller = id.identify(peer, l.local_addr().unwrap()).unwrap();
+        assert_eq!(caller.process.pid, std::process::id() as i32);
+        let me = fs::read_link("/proc/self/exe").unwrap();
+        assert_eq!(caller.process.exe, me.to_string_lossy());
+        assert_eq!(caller.process.sha256.len(), 64);
+        // A different hash for the same path is refused.
+        id.trusted.lock().unwrap().insert(caller.process.exe.clone(), "0".repeat(64));
+        assert!(matches!(id.identify(peer, l.local_addr().unwrap()), Err(IdentityError::HashChanged { .. })));
+        drop(client);
+    }
+}

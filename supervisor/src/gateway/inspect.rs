@@ -1,0 +1,400 @@
+//! Request-by-request relaying: the plain-HTTP forward path and the L7 path
+//! inside a TLS-terminated tunnel both read one request head, check it,
+//! stream its body upstream, and stream the response back (keep-alive,
+//! chunked bodies, `Expect: 100-continue`, WebSocket upgrades). Guards
+//! against smuggling (strict framing from `http1`, refused on conflict),
+//! against domain fronting (the Host header must name the tunnel's host),
+//! and against a tunnel outliving its rule (each request re-checks the
+//! policy generation).
+use super::decide::{self, Identified, Refusal, Relay};
+use super::events::{Decision, Event};
+use super::http1::{self, RequestHead};
+use super::identity::Caller;
+use super::Shared;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Longest line of a chunked body (size plus extensions).
+const MAX_CHUNK_LINE: usize = 4096;
+/// Time the upstream may take to start answering (model calls are slow).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Reads one request head within `deadline`; Err is the response to send.
+pub async fn read_head<R: tokio::io::AsyncBufRead + Unpin>(
+    shared: &Shared,
+    r: &mut R,
+    deadline: Duration,
+) -> Result<Option<RequestHead>, Vec<u8>> {
+    match tokio::time::timeout(deadline, http1::read_request_head(r, shared.limits.max_head)).await {
+        Err(_) => {
+            Err(http1::simple_response(408, "Request Timeout", "moat: request head not received in time\n", true))
+        }
+        Ok(Ok(h)) => Ok(h),
+        Ok(Err(http1::HttpError::Io(_) | http1::HttpError::UnexpectedEof)) => Ok(None),
+        Ok(Err(e)) => {
+            tracing::info!(event = "gateway_bad_request", error = %e, "malformed request refused");
+            Err(http1::simple_response(e.status(), reason(e.status()), &format!("moat: {e}\n"), true))
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        408 => "Request Timeout",
+        421 => "Misdirected Request",
+        431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+pub fn refusal_response(r: &Refusal) -> Vec<u8> {
+    http1::simple_response(r.status, reason(r.status), &r.body, true)
+}
+
+/// `http://host[:port]/path` -> (host, port, origin-form path).
+fn parse_absolute(target: &str) -> Option<(String, u16, String)> {
+    let rest = target.strip_prefix("http://").or_else(|| {
+        let (scheme, rest) = target.split_once("://")?;
+        scheme.eq_ignore_ascii_case("http").then_some(rest)
+    })?;
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.contains('@') {
+        return None; // userinfo in a proxy target: refused, never forwarded
+    }
+    let (host, port) = match super::proxy::split_authority(authority) {
+        Some(hp) => hp,
+        None => (authority.trim_start_matches('[').trim_end_matches(']').to_string(), 80),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let path = if path.starts_with('?') { format!("/{path}") } else { path.to_string() };
+    Some((host, port, path))
+}
+
+/// The plain-HTTP forward proxy loop (absolute-form requests).
+pub async fn forward(
+    shared: &Arc<Shared>,
+    client: &mut BufReader<TcpStream>,
+    first: Option<RequestHead>,
+    caller: &Identified,
+) {
+    let mut upstream: Option<(String, u16, Relay, BufReader<TcpStream>)> = None;
+    let mut next = first;
+    loop {
+        let head = match next.take() {
+            Some(h) => h,
+            None => match read_head(shared, client, shared.limits.idle_timeout).await {
+                Ok(Some(h)) => h,
+                Ok(None) => return,
+                Err(resp) => {
+                    let _ = client.get_mut().write_all(&resp).await;
+                    return;
+                }
+            },
+        };
+        let Some((host, port, path)) = parse_absolute(&head.target) else {
+            let (status, body) = if head.header("host").is_some_and(|h| h.starts_with(b"inference.local")) {
+                (503, "moat: the inference gateway is not configured for this sandbox\n")
+            } else if head.target.starts_with("https://") {
+                (400, "moat: use CONNECT for https:// (set HTTPS_PROXY)\n")
+            } else {
+                (400, "moat: this is an HTTP proxy: send absolute-form requests (set HTTP_PROXY)\n")
+            };
+            let _ = client.get_mut().write_all(&http1::simple_response(status, reason(status), body, true)).await;
+            return;
+        };
+        let cur_gen = shared.current().generation;
+        let reuse = upstream.as_ref().is_some_and(|(h, p, r, _)| *h == host && *p == port && r.generation == cur_gen);
+        if !reuse {
+            upstream = None;
+        }
+        let relay = match &upstream {
+            Some((_, _, r, _)) => {
+                // Same destination and policy: one event per request all the same.
+                if !r.endpoint.inspected() {
+                    if let Ok(c) = caller {
+                        shared.events.record(&Event::new(
+                            Some(&c.process),
+                            &host,
+                            port,
+                            &head.method,
+                            &path,
+                            if r.audit { Decision::Audit } else { Decision::Allow },
+                            &r.policy,
+                            "",
+                        ));
+                    }
+                }
+                r.clone()
+            }
+            None => match decide::destination(shared, caller, &host, port, &head.method, &path).await {
+                Ok(r) => r,
+                Err(refusal) => {
+                    let _ = client.get_mut().write_all(&refusal_response(&refusal)).await;
+                    return;
+                }
+            },
+        };
+        let Ok(c) = caller else { return };
+        if relay.endpoint.inspected() {
+            if let Err(refusal) = decide::request(shared, c, &relay, &host, port, &head.method, &path) {
+                let _ = client.get_mut().write_all(&refusal_response(&refusal)).await;
+                return;
+            }
+        }
+        if upstream.is_none() {
+            match super::proxy::dial(shared, &relay).await {
+                Ok(s) => upstream = Some((host.clone(), port, relay, BufReader::new(s))),
+                Err(e) => {
+                    let body = format!("moat: cannot reach {host}:{port}: {e}\n");
+                    let _ = client.get_mut().write_all(&http1::simple_response(502, "Bad Gateway", &body, true)).await;
+                    return;
+                }
+            }
+        }
+        let Some((_, _, _, up)) = upstream.as_mut() else { return };
+        if exchange(shared, client, up, head, &path).await != Flow::KeepAlive {
+            return;
+        }
+    }
+}
+
+/// An inspected tunnel's destination, already decided and dialled.
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub relay: Relay,
+    pub upstream: TcpStream,
+}
+
+/// Terminates the client's TLS with a leaf for the tunnel's host, opens
+/// verified TLS upstream, then checks and relays each request.
+pub async fn tunnel(shared: &Arc<Shared>, client: BufReader<TcpStream>, caller: &Caller, t: Target) {
+    let Target { host, port, mut relay, upstream } = t;
+    let policy = relay.policy.clone();
+    let deny_event = |reason: &str| {
+        shared.events.record(&Event::new(
+            Some(&caller.process),
+            &host,
+            port,
+            "CONNECT",
+            "",
+            Decision::Deny,
+            &policy,
+            reason,
+        ));
+    };
+    let server = match shared.ca.server_config(&host) {
+        Ok(c) => c,
+        Err(e) => return deny_event(&e.to_string()),
+    };
+    let up = async {
+        let name = super::ca::server_name(&host).map_err(|e| e.to_string())?;
+        let connector = tokio_rustls::TlsConnector::from(shared.upstream_tls.clone());
+        match tokio::time::timeout(shared.limits.connect_timeout, connector.connect(name, upstream)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(format!("upstream TLS: {e}")),
+            Err(_) => Err("upstream TLS handshake timed out".to_string()),
+        }
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(server);
+    let accept = tokio::time::timeout(shared.limits.head_timeout, acceptor.accept(client));
+    let (up, accepted) = tokio::join!(up, accept);
+    let Ok(Ok(tls)) = accepted else { return };
+    let mut client = BufReader::new(tls);
+    let mut up = match up {
+        Ok(u) => BufReader::new(u),
+        Err(e) => {
+            deny_event(&e);
+            let body = format!("moat: cannot reach {host}:{port}: {e}\n");
+            let _ = client.get_mut().write_all(&http1::simple_response(502, "Bad Gateway", &body, true)).await;
+            let _ = client.get_mut().shutdown().await;
+            return;
+        }
+    };
+    loop {
+        let head = match read_head(shared, &mut client, shared.limits.idle_timeout).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(resp) => {
+                let _ = client.get_mut().write_all(&resp).await;
+                return;
+            }
+        };
+        relay = match decide::recheck(shared, caller, &relay, &host, port) {
+            Ok(r) => r,
+            Err(reason) => {
+                shared.events.record(&Event::new(
+                    Some(&caller.process),
+                    &host,
+                    port,
+                    &head.method,
+                    &head.target,
+                    Decision::Revoke,
+                    &relay.policy,
+                    &reason,
+                ));
+                let body = format!("moat: {reason}; reconnect\n");
+                let _ = client.get_mut().write_all(&http1::simple_response(403, "Forbidden", &body, true)).await;
+                return;
+            }
+        };
+        let refusal = if !head.target.starts_with('/') {
+            Some(Refusal { status: 400, body: "moat: requests in a tunnel use origin-form targets\n".into() })
+        } else if !host_header_matches(&head, &host, port) {
+            deny_event("Host header does not name the tunnel's host");
+            Some(Refusal { status: 421, body: format!("moat: Host header must be {host} in a tunnel to {host}\n") })
+        } else {
+            decide::request(shared, caller, &relay, &host, port, &head.method, &head.target).err()
+        };
+        if let Some(r) = refusal {
+            let _ = client.get_mut().write_all(&refusal_response(&r)).await;
+            let _ = client.get_mut().shutdown().await;
+            return;
+        }
+        let path = head.target.clone();
+        if exchange(shared, &mut client, &mut up, head, &path).await != Flow::KeepAlive {
+            let _ = client.get_mut().shutdown().await;
+            return;
+        }
+    }
+}
+
+fn host_header_matches(head: &RequestHead, host: &str, port: u16) -> bool {
+    let Some(v) = head.header("host").and_then(|v| std::str::from_utf8(v).ok()) else { return false };
+    let v = v.trim();
+    let (h, p) = match super::proxy::split_authority(v) {
+        Some((h, p)) => (h, p),
+        None => (v.trim_start_matches('[').trim_end_matches(']').to_string(), 443),
+    };
+    h.eq_ignore_ascii_case(host) && (p == port || (port == 443 && !v.contains(':')))
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    KeepAlive,
+    Close,
+}
+
+/// Relays one request (head already read and allowed) and its response.
+async fn exchange<C, U>(
+    shared: &Shared,
+    client: &mut BufReader<C>,
+    up: &mut BufReader<U>,
+    mut head: RequestHead,
+    path: &str,
+) -> Flow
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let framing = match http1::request_framing(&head) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = client
+                .get_mut()
+                .write_all(&http1::simple_response(e.status(), reason(e.status()), &format!("moat: {e}\n"), true))
+                .await;
+            return Flow::Close;
+        }
+    };
+    let upgrade = http1::is_upgrade(&head);
+    let upgrade_value = head.header("upgrade").map(|v| v.to_vec());
+    let client_close = http1::wants_close_request(&head);
+    let expect = head.header("expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    head.headers.retain(|(n, _)| !n.eq_ignore_ascii_case("expect") || !expect);
+    http1::strip_hop_by_hop(&mut head.headers);
+    if let (Some(_), Some(v)) = (&upgrade, upgrade_value) {
+        head.headers.push(("Connection".into(), b"Upgrade".to_vec()));
+        head.headers.push(("Upgrade".into(), v));
+    }
+    let method = head.method.clone();
+    if expect && client.get_mut().write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+        return Flow::Close;
+    }
+    if up.get_mut().write_all(&http1::write_request_head(&head, path)).await.is_err() {
+        return bad_gateway(client, "the upstream closed the connection").await;
+    }
+    if let Err(e) = http1::copy_body(&framing, client, up.get_mut(), MAX_CHUNK_LINE).await {
+        tracing::info!(event = "gateway_request_body", error = %e, "request body relay failed");
+        return Flow::Close;
+    }
+    if up.get_mut().flush().await.is_err() {
+        return bad_gateway(client, "the upstream closed the connection").await;
+    }
+    let resp = loop {
+        let r =
+            match tokio::time::timeout(RESPONSE_TIMEOUT, http1::read_response_head(up, shared.limits.max_head)).await {
+                Err(_) => return bad_gateway(client, "the upstream did not answer in time").await,
+                Ok(Err(e)) => return bad_gateway(client, &format!("bad upstream response: {e}")).await,
+                Ok(Ok(None)) => return bad_gateway(client, "the upstream closed the connection").await,
+                Ok(Ok(Some(r))) => r,
+            };
+        if (100..200).contains(&r.status) && r.status != 101 {
+            if r.status != 100 || !expect {
+                let _ = client.get_mut().write_all(&http1::write_response_head(&r)).await;
+            }
+            continue;
+        }
+        break r;
+    };
+    if resp.status == 101 && upgrade.is_some() {
+        if client.get_mut().write_all(&http1::write_response_head(&resp)).await.is_err() {
+            return Flow::Close;
+        }
+        let _ = tokio::io::copy_bidirectional(client, up).await;
+        return Flow::Close;
+    }
+    let rframing = match http1::response_framing(&method, &resp) {
+        Ok(f) => f,
+        Err(e) => return bad_gateway(client, &format!("bad upstream response: {e}")).await,
+    };
+    let server_close = http1::wants_close_response(&resp) || matches!(rframing, http1::Framing::UntilClose);
+    let mut resp = resp;
+    http1::strip_hop_by_hop(&mut resp.headers);
+    if server_close || client_close {
+        resp.headers.push(("Connection".into(), b"close".to_vec()));
+    }
+    if client.get_mut().write_all(&http1::write_response_head(&resp)).await.is_err() {
+        return Flow::Close;
+    }
+    if http1::copy_body(&rframing, up, client.get_mut(), MAX_CHUNK_LINE).await.is_err() {
+        return Flow::Close;
+    }
+    if client.get_mut().flush().await.is_err() || server_close || client_close {
+        return Flow::Close;
+    }
+    Flow::KeepAlive
+}
+
+async fn bad_gateway<C: AsyncRead + AsyncWrite + Unpin>(client: &mut BufReader<C>, why: &str) -> Flow {
+    let _ =
+        client.get_mut().write_all(&http1::simple_response(502, "Bad Gateway", &format!("moat: {why}\n"), true)).await;
+    Flow::Close
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absolute_targets() {
+        assert_eq!(parse_absolute("http://a.example/x?y"), Some(("a.example".into(), 80, "/x?y".into())));
+        assert_eq!(parse_absolute("http://a.example:8080"), Some(("a.example".into(), 8080, "/".into())));
+        assert_eq!(parse_absolute("HTTP://a.example?q"), Some(("a.example".into(), 80, "/?q".into())));
+        assert_eq!(parse_absolute("http://[::1]:81/"), Some(("::1".into(), 81, "/".into())));
+        assert_eq!(parse_absolute("http://user:pw@a.example/"), None);
+        assert_eq!(parse_absolute("https://a.example/"), None);
+        assert_eq!(parse_absolute("/x"), None);
+    }
+}

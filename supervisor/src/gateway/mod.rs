@@ -1,0 +1,252 @@
+//! The egress gateway: the sandbox's only way out (DESIGN.md). Owns the
+//! gateway's shared state (the network policy revision in force and its
+//! generation, identity, resolver, CA, audit log, approvals) and starts the
+//! tokio runtime that serves the proxy and the control socket. Guards
+//! against a policy change leaving stale permissions behind: every change is
+//! a validated, durable revision, and the generation counter makes open
+//! tunnels re-check themselves.
+pub mod ca;
+pub mod control;
+mod decide;
+pub mod events;
+pub mod http1;
+pub mod identity;
+mod inspect;
+mod proxy;
+pub mod revisions;
+pub mod ssrf;
+
+use crate::netpolicy::{Compiled, Network};
+use events::EventLog;
+use revisions::{Approvals, Pending, RevisionStore};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("invalid network policy: {0}")]
+    Policy(#[from] crate::netpolicy::NetPolicyError),
+    #[error(transparent)]
+    Revision(#[from] revisions::RevisionError),
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+    #[error(transparent)]
+    Ssrf(#[from] ssrf::SsrfError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+/// Limits that bound what one client can hold (documented in docs/egress.md).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request or response head.
+    pub max_head: usize,
+    /// Time to send a complete request head (slowloris bound).
+    pub head_timeout: Duration,
+    /// Idle time allowed between requests on a kept-alive connection.
+    pub idle_timeout: Duration,
+    /// Time to connect to an upstream.
+    pub connect_timeout: Duration,
+    /// Concurrent client connections; more are answered 503.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_head: 32 * 1024,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(90),
+            connect_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+        }
+    }
+}
+
+/// Everything the gateway needs, prepared by the supervisor.
+pub struct Config {
+    pub sandbox: String,
+    /// The network section the sandbox was created with (revision 1 unless
+    /// the sandbox's state already holds newer revisions).
+    pub network: Network,
+    pub revisions: RevisionStore,
+    pub events: EventLog,
+    pub identity: identity::Identity,
+    pub resolver: ssrf::Resolver,
+    pub ca: Arc<ca::Ca>,
+    /// Unix socket for the CLI (`moat approvals`, `policy set`, ...).
+    pub control_socket: Option<PathBuf>,
+    pub limits: Limits,
+}
+
+/// The revision in force.
+#[derive(Debug)]
+pub struct Current {
+    pub number: u64,
+    pub sha256: String,
+    pub generation: u64,
+    pub network: Network,
+    pub compiled: Compiled,
+}
+
+/// State shared by every connection.
+pub struct Shared {
+    pub sandbox: String,
+    current: RwLock<Arc<Current>>,
+    generation: tokio::sync::watch::Sender<u64>,
+    pub identity: identity::Identity,
+    pub resolver: ssrf::Resolver,
+    pub ca: Arc<ca::Ca>,
+    pub upstream_tls: Arc<rustls::ClientConfig>,
+    pub events: EventLog,
+    approvals: Mutex<Approvals>,
+    revisions: RevisionStore,
+    /// Serialises policy changes (number allocation and the file write).
+    change: Mutex<()>,
+    pub limits: Limits,
+}
+
+impl Shared {
+    pub fn current(&self) -> Arc<Current> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Validates `network` and makes it the new revision in force.
+    pub fn set_network(&self, network: Network, why: &str) -> Result<Arc<Current>, GatewayError> {
+        let _guard = self.change.lock().unwrap_or_else(|p| p.into_inner());
+        network.validate()?;
+        let compiled = Compiled::new(network.effective()?)?;
+        let prev = self.current();
+        let number = prev.number + 1;
+        let sha256 = self.revisions.write(number, &network, why)?;
+        let generation = prev.generation + 1;
+        let cur = Arc::new(Current { number, sha256, generation, network, compiled });
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = cur.clone();
+        self.generation.send_replace(generation);
+        tracing::info!(event = "policy_revision", sandbox = %self.sandbox, revision = number, sha256 = %cur.sha256, why, "network policy changed");
+        Ok(cur)
+    }
+
+    pub fn pending(&self) -> Vec<Pending> {
+        self.approvals.lock().unwrap_or_else(|p| p.into_inner()).list()
+    }
+
+    /// Records a refused destination for the operator; returns its id.
+    pub fn request_approval(&self, binary: &str, hash: &str, host: &str, port: u16) -> String {
+        self.approvals.lock().unwrap_or_else(|p| p.into_inner()).request(binary, hash, host, port)
+    }
+
+    /// Approves a pending entry: a new revision allowing exactly it.
+    pub fn approve(&self, id: &str) -> Result<Arc<Current>, GatewayError> {
+        let p = self.approvals.lock().unwrap_or_else(|p| p.into_inner()).take(id)?;
+        let mut network = self.current().network.clone();
+        network.policies.push(revisions::approval_policy(&p));
+        let why = format!("approved {} -> {}:{}", p.binary, p.host, p.port);
+        match self.set_network(network, &why) {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                self.approvals.lock().unwrap_or_else(|p| p.into_inner()).request(&p.binary, &p.hash, &p.host, p.port);
+                Err(e)
+            }
+        }
+    }
+
+    /// Denies (drops) a pending entry.
+    pub fn deny(&self, id: &str) -> Result<Pending, GatewayError> {
+        Ok(self.approvals.lock().unwrap_or_else(|p| p.into_inner()).take(id)?)
+    }
+}
+
+/// A running gateway; dropping it does not stop it (it lives as long as
+/// the supervisor process).
+pub struct Handle {
+    pub shared: Arc<Shared>,
+    pub port: u16,
+}
+
+/// Loads the revision in force, then serves `listener` (and the control
+/// socket) on a dedicated runtime thread.
+pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, GatewayError> {
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| GatewayError::Io { what, source }
+    };
+    let port = listener.local_addr().map_err(io("gateway socket"))?.port();
+    let (number, network, sha256) = match config.revisions.latest()? {
+        Some((n, net)) => {
+            let sha = config.revisions.write(n, &net, "reloaded at supervisor start")?;
+            (n, net, sha)
+        }
+        None => {
+            let sha = config.revisions.write(1, &config.network, "the policy the sandbox was created with")?;
+            (1, config.network.clone(), sha)
+        }
+    };
+    network.validate()?;
+    let compiled = Compiled::new(network.effective()?)?;
+    let current = Arc::new(Current { number, sha256, generation: 1, network, compiled });
+    let shared = Arc::new(Shared {
+        sandbox: config.sandbox,
+        current: RwLock::new(current),
+        generation: tokio::sync::watch::Sender::new(1),
+        identity: config.identity,
+        resolver: config.resolver,
+        ca: config.ca,
+        upstream_tls: ca::upstream_client()?,
+        events: config.events,
+        approvals: Mutex::default(),
+        revisions: config.revisions,
+        change: Mutex::new(()),
+        limits: config.limits,
+    });
+    raise_nofile();
+    listener.set_nonblocking(true).map_err(io("gateway socket"))?;
+    let control = match &config.control_socket {
+        Some(path) => Some(control::bind(path).map_err(io(&path.display().to_string()))?),
+        None => None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("moat-gateway")
+        .enable_all()
+        .build()
+        .map_err(io("gateway runtime"))?;
+    let s = shared.clone();
+    std::thread::Builder::new()
+        .name("moat-gateway".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(event = "gateway_failed", error = %e, "gateway socket");
+                        return;
+                    }
+                };
+                if let Some(c) = control {
+                    tokio::spawn(control::serve(s.clone(), c));
+                }
+                proxy::serve(s, listener).await;
+            })
+        })
+        .map_err(io("gateway thread"))?;
+    Ok(Handle { shared, port })
+}
+
+/// Each relayed connection holds two descriptors: lift the soft limit to
+/// the hard one so a thousand clients do not exhaust the default 1024.
+fn raise_nofile() {
+    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to our own struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}

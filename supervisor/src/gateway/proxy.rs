@@ -1,0 +1,191 @@
+//! The gateway's front door: accepts the sandbox's connections, reads the
+//! first request head under a deadline, identifies the caller once, and
+//! routes CONNECT to an L4 relay or an inspected tunnel and absolute-form
+//! requests to the forward path. Guards against resource exhaustion (bounded
+//! heads, head deadlines against slowloris, a connection cap) and against a
+//! tunnel outliving the policy that allowed it (open relays re-check
+//! themselves when the generation changes).
+use super::decide::{self, Identified, Relay};
+use super::events::{Decision, Event};
+use super::http1::{self, RequestHead};
+use super::inspect::{self, Target};
+use super::Shared;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Accepts until the runtime stops.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(shared.limits.max_connections));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(event = "gateway_accept_failed", error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let mut s = stream;
+            tokio::spawn(async move {
+                let _ = s
+                    .write_all(&http1::simple_response(
+                        503,
+                        "Service Unavailable",
+                        "moat: too many connections\n",
+                        true,
+                    ))
+                    .await;
+            });
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let local = stream.local_addr().ok();
+            handle(&shared, stream, peer, local).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>) {
+    let mut client = BufReader::new(stream);
+    let head = match inspect::read_head(shared, &mut client, shared.limits.head_timeout).await {
+        Ok(Some(h)) => h,
+        Ok(None) => return,
+        Err(resp) => {
+            let _ = client.get_mut().write_all(&resp).await;
+            return;
+        }
+    };
+    let caller = identify(shared, peer, local).await;
+    if head.method == "CONNECT" {
+        connect(shared, client, head, caller).await;
+    } else {
+        inspect::forward(shared, &mut client, Some(head), &caller).await;
+    }
+}
+
+/// Identifies the caller off the reactor (it reads /proc).
+async fn identify(shared: &Arc<Shared>, peer: SocketAddr, local: Option<SocketAddr>) -> Identified {
+    let Some(local) = local else { return Err(super::identity::IdentityError::NotFound(peer)) };
+    let s = shared.clone();
+    tokio::task::spawn_blocking(move || s.identity.identify(peer, local))
+        .await
+        .unwrap_or(Err(super::identity::IdentityError::NotFound(peer)))
+}
+
+/// Splits a CONNECT authority `host:port` / `[v6]:port`.
+pub fn split_authority(a: &str) -> Option<(String, u16)> {
+    let (host, port) = a.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|&p| p != 0)?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.is_empty() || host.contains(['/', '@', ' ']) {
+        return None;
+    }
+    Some((host.to_string(), port))
+}
+
+async fn connect(shared: &Arc<Shared>, mut client: BufReader<TcpStream>, head: RequestHead, caller: Identified) {
+    let Some((host, port)) = split_authority(&head.target) else {
+        let _ = client
+            .get_mut()
+            .write_all(&http1::simple_response(400, "Bad Request", "moat: CONNECT needs host:port\n", true))
+            .await;
+        return;
+    };
+    let relay = match decide::destination(shared, &caller, &host, port, "CONNECT", "").await {
+        Ok(r) => r,
+        Err(refusal) => {
+            let _ = client.get_mut().write_all(&inspect::refusal_response(&refusal)).await;
+            return;
+        }
+    };
+    let Ok(caller) = caller else { return };
+    let upstream = match dial(shared, &relay).await {
+        Ok(u) => u,
+        Err(e) => {
+            let body = format!("moat: cannot reach {host}:{port}: {e}\n");
+            let _ = client.get_mut().write_all(&http1::simple_response(502, "Bad Gateway", &body, true)).await;
+            return;
+        }
+    };
+    if client.get_mut().write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await.is_err() {
+        return;
+    }
+    if relay.endpoint.inspected() {
+        let target = Target { host, port, relay, upstream };
+        inspect::tunnel(shared, client, &caller, target).await;
+    } else {
+        relay_l4(shared, client, upstream, &caller, relay, &host, port).await;
+    }
+}
+
+/// Connects to the first validated address that answers.
+pub async fn dial(shared: &Shared, relay: &Relay) -> std::io::Result<TcpStream> {
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for a in &relay.addrs {
+        match tokio::time::timeout(shared.limits.connect_timeout, TcpStream::connect(a)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Ok(Err(e)) => last = e,
+            Err(_) => last = std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {a} timed out")),
+        }
+    }
+    Err(last)
+}
+
+/// Relays bytes both ways until either side closes, or until a new policy
+/// revision no longer allows the destination.
+async fn relay_l4(
+    shared: &Arc<Shared>,
+    mut client: BufReader<TcpStream>,
+    mut upstream: TcpStream,
+    caller: &super::identity::Caller,
+    relay: Relay,
+    host: &str,
+    port: u16,
+) {
+    let mut changes = shared.subscribe();
+    let mut relay = relay;
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 64 * 1024, 64 * 1024);
+    tokio::pin!(copy);
+    loop {
+        tokio::select! {
+            _ = &mut copy => return,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                match decide::recheck(shared, caller, &relay, host, port) {
+                    Ok(r) => relay = r,
+                    Err(reason) => {
+                        shared.events.record(&Event::new(Some(&caller.process), host, port, "CONNECT", "", Decision::Revoke, &relay.policy, &reason));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities() {
+        assert_eq!(split_authority("example.com:443"), Some(("example.com".into(), 443)));
+        assert_eq!(split_authority("[::1]:8443"), Some(("::1".into(), 8443)));
+        assert_eq!(split_authority("example.com"), None);
+        assert_eq!(split_authority("example.com:0"), None);
+        assert_eq!(split_authority("a@b:443"), None);
+        assert_eq!(split_authority(":443"), None);
+    }
+}

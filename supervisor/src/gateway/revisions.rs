@@ -1,0 +1,208 @@
+//! Network policy revisions and operator approvals. A revision is a numbered,
+//! hashed TOML file under the sandbox's state (`network/NNNNNN.toml`),
+//! written atomically, the newest one in force; pending approvals are a
+//! bounded, deduplicated list. Guards against an approval that vanishes on a
+//! restart or cannot be traced (every change is a durable, hashed revision),
+//! and against a flood of refused requests growing memory without bound.
+use crate::netpolicy::{Endpoint, Enforcement, NetPolicy, Network};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RevisionError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("no pending approval with id {0:?} (see `moat approvals`)")]
+    UnknownApproval(String),
+}
+
+/// The durable revision history of one sandbox's network policy.
+#[derive(Debug, Clone)]
+pub struct RevisionStore {
+    dir: Option<PathBuf>,
+}
+
+/// The TOML file body of a revision: the network section alone.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevisionFile {
+    network: Network,
+}
+
+impl RevisionStore {
+    /// Revisions under `dir` (created 0700 on first write).
+    pub fn at(dir: PathBuf) -> RevisionStore {
+        RevisionStore { dir: Some(dir) }
+    }
+
+    /// No durable history (tests, `run --rm`).
+    pub fn memory() -> RevisionStore {
+        RevisionStore { dir: None }
+    }
+
+    /// The newest revision on disk: (number, network).
+    pub fn latest(&self) -> Result<Option<(u64, Network)>, RevisionError> {
+        let Some(dir) = &self.dir else { return Ok(None) };
+        let Ok(entries) = fs::read_dir(dir) else { return Ok(None) };
+        let newest =
+            entries.flatten().filter_map(|e| e.file_name().to_str()?.strip_suffix(".toml")?.parse::<u64>().ok()).max();
+        let Some(n) = newest else { return Ok(None) };
+        let path = dir.join(file_name(n));
+        let text = fs::read_to_string(&path).map_err(|source| RevisionError::Io { path: path.clone(), source })?;
+        let f: RevisionFile =
+            toml::from_str(&text).map_err(|e| RevisionError::Corrupt { path: path.clone(), message: e.to_string() })?;
+        f.network.validate().map_err(|e| RevisionError::Corrupt { path, message: e.to_string() })?;
+        Ok(Some((n, f.network)))
+    }
+
+    /// Writes revision `n`; returns its sha256 (of the file bytes).
+    pub fn write(&self, n: u64, network: &Network, why: &str) -> Result<String, RevisionError> {
+        let body = toml::to_string(&RevisionFile { network: network.clone() })
+            .map_err(|e| RevisionError::Corrupt { path: PathBuf::from(file_name(n)), message: e.to_string() })?;
+        let text = format!("# moat network policy revision {n}: {}\n{body}", why.replace('\n', " "));
+        let hash = hex::encode(Sha256::digest(text.as_bytes()));
+        if let Some(dir) = &self.dir {
+            let io = |source| RevisionError::Io { path: dir.clone(), source };
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+            crate::state::write_atomic(&dir.join(file_name(n)), text.as_bytes())
+                .map_err(|e| RevisionError::Corrupt { path: dir.join(file_name(n)), message: e.to_string() })?;
+        }
+        Ok(hash)
+    }
+}
+
+fn file_name(n: u64) -> String {
+    format!("{n:06}.toml")
+}
+
+/// A refused destination waiting for an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    pub id: String,
+    pub binary: String,
+    pub hash: String,
+    pub host: String,
+    pub port: u16,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub count: u64,
+}
+
+/// Bounded, deduplicated pending approvals (oldest dropped when full).
+#[derive(Debug, Default)]
+pub struct Approvals {
+    pending: Vec<Pending>,
+}
+
+pub const MAX_PENDING: usize = 64;
+
+impl Approvals {
+    /// Records a refusal; returns the approval id (the same for a repeat).
+    pub fn request(&mut self, binary: &str, hash: &str, host: &str, port: u16) -> String {
+        let now = super::events::now_rfc3339();
+        let host = host.to_ascii_lowercase();
+        if let Some(p) = self.pending.iter_mut().find(|p| p.binary == binary && p.host == host && p.port == port) {
+            p.count += 1;
+            p.last_seen = now;
+            return p.id.clone();
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.remove(0);
+        }
+        let digest = Sha256::digest(format!("{binary}\0{host}\0{port}").as_bytes());
+        let id = hex::encode(&digest[..4]);
+        self.pending.push(Pending {
+            id: id.clone(),
+            binary: binary.into(),
+            hash: hash.into(),
+            host,
+            port,
+            first_seen: now.clone(),
+            last_seen: now,
+            count: 1,
+        });
+        id
+    }
+
+    pub fn list(&self) -> Vec<Pending> {
+        self.pending.clone()
+    }
+
+    /// Removes and returns a pending entry.
+    pub fn take(&mut self, id: &str) -> Result<Pending, RevisionError> {
+        let i =
+            self.pending.iter().position(|p| p.id == id).ok_or_else(|| RevisionError::UnknownApproval(id.into()))?;
+        Ok(self.pending.remove(i))
+    }
+}
+
+/// The policy entry an approval adds: exactly this binary to exactly this
+/// host and port, relayed at L4.
+pub fn approval_policy(p: &Pending) -> NetPolicy {
+    NetPolicy {
+        name: format!("approved-{}", p.id),
+        why: format!(
+            "approved by the operator at {} (sha256 {} at request time)",
+            super::events::now_rfc3339(),
+            p.hash
+        ),
+        binaries: vec![globset::escape(&p.binary)],
+        endpoints: vec![Endpoint {
+            host: p.host.clone(),
+            port: p.port,
+            protocol: None,
+            tls: None,
+            access: None,
+            rules: Vec::new(),
+            enforcement: Enforcement::Enforce,
+            allowed_ips: Vec::new(),
+        }],
+    }
+}
+
+/// Where a sandbox keeps its revisions.
+pub fn revisions_dir(home: &Path) -> PathBuf {
+    home.join("network")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revisions_round_trip_and_latest_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RevisionStore::at(dir.path().join("network"));
+        assert!(s.latest().unwrap().is_none());
+        let mut n = crate::Policy::baseline().network;
+        let h1 = s.write(1, &n, "start").unwrap();
+        n.presets.push("github".into());
+        let h2 = s.write(2, &n, "add preset").unwrap();
+        assert_ne!(h1, h2);
+        let (num, back) = s.latest().unwrap().unwrap();
+        assert_eq!(num, 2);
+        assert_eq!(back, n);
+    }
+
+    #[test]
+    fn approvals_dedupe_and_stay_bounded() {
+        let mut a = Approvals::default();
+        let id = a.request("/usr/bin/curl", "h", "Example.com", 443);
+        assert_eq!(a.request("/usr/bin/curl", "h", "example.com", 443), id);
+        assert_eq!(a.list().len(), 1);
+        assert_eq!(a.list()[0].count, 2);
+        for i in 0..200 {
+            a.request("/usr/bin/curl", "h", &format!("h{i}.example"), 443);
+        }
+        assert_eq!(a.list().len(), MAX_PENDING);
+        assert!(a.take("nope").is_err());
+        let p = a.take(&a.list()[0].id.clone()).unwrap();
+        let pol = approval_policy(&p);
+        pol.validate().unwrap();
+    }
+}
