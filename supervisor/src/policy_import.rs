@@ -7,7 +7,7 @@
 //! `NetPolicy::validate` come out.
 use crate::netpolicy::{Access, Endpoint, Enforcement, NetPolicy, Protocol, Rule, RuleMatch, Tls};
 use serde::Serialize;
-use serde_norway::{Mapping, Value};
+use serde_norway::Value;
 use std::collections::BTreeSet;
 
 /// The result of an import: rules that validate, and what was left behind.
@@ -30,25 +30,39 @@ pub enum ImportError {
 
 /// Endpoint fields moat has no counterpart for; none of them narrows access
 /// for the protocols moat imports, so they are reported and left out.
+#[rustfmt::skip]
 const UNSUPPORTED_ENDPOINT_FIELDS: &[&str] = &[
-    "allow_encoded_slash",
-    "websocket_credential_rewrite",
-    "request_body_credential_rewrite",
-    "allow_uninspected_credentials",
-    "persisted_queries",
-    "graphql_persisted_queries",
-    "graphql_max_body_bytes",
-    "credential_signing",
-    "signing_service",
-    "signing_region",
-    "json_rpc",
-    "mcp",
+    "allow_encoded_slash", "websocket_credential_rewrite", "request_body_credential_rewrite",
+    "allow_uninspected_credentials", "persisted_queries", "graphql_persisted_queries", "graphql_max_body_bytes",
+    "credential_signing", "signing_service", "signing_region", "json_rpc", "mcp",
 ];
 
 /// `allow` fields that match things moat's rules cannot (query strings,
 /// GraphQL operations, MCP tools, SQL commands): a rule using them is dropped.
 const UNSUPPORTED_ALLOW_FIELDS: &[&str] =
     &["query", "command", "operation_type", "operation_name", "fields", "tool", "params"];
+
+const NO_BINARIES: &str = "policy dropped: no usable binaries (OpenShell then lets every program use the \
+    endpoints; moat requires naming the programs: add `binaries` and import again)";
+const DENY_RULES: &str = "deny_rules cannot be carried over (moat has allow rules only), and without them the \
+    endpoint would allow what they deny";
+const ENDPOINT_PATH: &str = "an endpoint-wide path limit cannot be carried over, and without it the endpoint \
+    would allow more";
+const INFERRED_REST: &str = "absent: imported as protocol = \"rest\" (inspected), which is what enforces its \
+    access/rules in moat";
+const OTHER_PROTOCOL: &str = "moat inspects HTTP (rest) only, and relaying it as bytes would drop its limits; \
+    write an L4 endpoint by hand if that is acceptable";
+const RAW_TLS_LIMITS: &str = "a raw TLS tunnel (tls: skip/passthrough) cannot be inspected, so its access/rules \
+    could not be enforced";
+
+/// Top-level sections moat keeps elsewhere, and what to do about them.
+const OTHER_SECTIONS: &[(&str, &str)] = &[
+    ("filesystem_policy", "not carried over: write moat's [filesystem] section (read_only, read_write) by hand"),
+    ("landlock", "not carried over: moat's [landlock] section (compatibility) is separate"),
+    ("process", "not carried over: moat's [process] section (user, limits) is separate"),
+    ("network_middlewares", "not carried over: moat has no network middlewares"),
+    ("preset", "not carried over (a NemoClaw preset header): moat presets are policies/presets/NAME.toml"),
+];
 
 /// Converts OpenShell/NemoClaw policy YAML (`network_policies:` and friends)
 /// into moat network rules. `origin` names the input in errors and in each
@@ -61,62 +75,46 @@ pub fn import_yaml(text: &str, origin: &str) -> Result<Imported, ImportError> {
         _ => return Err(shape(origin, "(document)", "expected a mapping with `network_policies`")),
     };
     let mut cx = Ctx { origin: origin.to_string(), warnings: Vec::new() };
-    let mut policies_value = None;
-    let mut saw_version = false;
+    let (mut policies, mut version) = (None, None);
     for (k, v) in top {
         let key = key_text(k);
         match key.as_str() {
-            "version" => {
-                saw_version = true;
-                if v.as_u64() != Some(1) {
-                    cx.warn(&key, format!("{} is not 1: converted as version 1", scalar_text(v)));
-                }
-            }
-            "network_policies" => policies_value = Some(v),
-            "filesystem_policy" => cx.warn(&key, "not carried over: write moat's [filesystem] section (read_only, read_write, each with its reason) by hand"),
-            "landlock" => cx.warn(&key, "not carried over: moat's [landlock] section (compatibility) is separate"),
-            "process" => cx.warn(&key, "not carried over: moat's [process] section (user, limits) is separate"),
-            "network_middlewares" => cx.warn(&key, "not carried over: moat has no network middlewares"),
-            "preset" => cx.warn(&key, "NemoClaw preset header not carried over: moat presets are policies/presets/NAME.toml"),
-            _ => cx.warn(&key, "unknown field, not carried over"),
+            "version" => version = Some(v),
+            "network_policies" => policies = Some(v),
+            _ => match OTHER_SECTIONS.iter().find(|(name, _)| *name == key) {
+                Some((_, note)) => cx.warn(&key, note),
+                None => cx.warn(&key, "unknown field, not carried over"),
+            },
         }
     }
-    if !saw_version {
-        cx.warn("version", "absent (OpenShell requires `version: 1`): converted as version 1");
+    match version {
+        None => cx.warn("version", "absent (OpenShell requires `version: 1`): converted as version 1"),
+        Some(v) if v.as_u64() != Some(1) => {
+            cx.warn("version", format!("{} is not 1: converted anyway", scalar_text(v)))
+        }
+        Some(_) => {}
     }
     let mut network: Vec<NetPolicy> = Vec::new();
-    match policies_value {
+    match policies {
         None | Some(Value::Null) => cx.warn("network_policies", "absent: there are no network rules to import"),
-        Some(Value::Mapping(m)) => {
-            for (k, v) in m {
-                if let Some(p) = cx.policy(&key_text(k), v) {
-                    network.push(p);
-                }
-            }
-        }
+        Some(Value::Mapping(m)) => network.extend(m.iter().filter_map(|(k, v)| cx.policy(&key_text(k), v))),
         Some(_) => return Err(shape(origin, "network_policies", "expected a mapping of policy key to policy")),
     }
     let mut names = BTreeSet::new();
-    for p in &mut network {
+    let mut valid = Vec::new();
+    for mut p in network {
         if names.contains(&p.name) {
             let base = p.name.clone();
-            let mut n = 2;
-            while names.contains(&format!("{base}-{n}")) {
-                n += 1;
-            }
+            let n = (2..).find(|n| !names.contains(&format!("{base}-{n}"))).unwrap_or(2);
             p.name = format!("{base}-{n}");
-            cx.warnings.push(format!(
-                "network_policies: two policies are named {base:?}: the later one is renamed {:?}",
-                p.name
-            ));
+            cx.warn("network_policies", format!("two policies are named {base:?}: the later one is now {:?}", p.name));
         }
-        names.insert(p.name.clone());
-    }
-    let mut valid = Vec::new();
-    for p in network {
         match p.validate() {
-            Ok(()) => valid.push(p),
-            Err(e) => cx.warnings.push(format!("network_policies: policy {:?} dropped: {e}", p.name)),
+            Ok(()) => {
+                names.insert(p.name.clone());
+                valid.push(p);
+            }
+            Err(e) => cx.warn("network_policies", format!("policy {:?} dropped: {e}", p.name)),
         }
     }
     Ok(Imported { network: valid, warnings: cx.warnings })
@@ -134,14 +132,11 @@ pub fn to_toml(imported: &Imported) -> String {
     } else {
         out.push_str("# Not carried over:\n");
         for w in &imported.warnings {
-            out.push_str("#   - ");
-            out.push_str(&w.replace(['\n', '\r'], " "));
-            out.push('\n');
+            out.push_str(&format!("#   - {}\n", w.replace(['\n', '\r'], " ")));
         }
     }
     if imported.network.is_empty() {
         out.push_str("# No network rule could be imported.\n");
-        return out;
     }
     for p in &imported.network {
         if let Err(e) = render_policy(p, &mut out) {
@@ -184,9 +179,6 @@ struct Ctx {
     warnings: Vec<String>,
 }
 
-/// Why an endpoint was left out (its warning).
-type Dropped = String;
-
 impl Ctx {
     fn warn(&mut self, path: &str, message: impl std::fmt::Display) {
         self.warnings.push(format!("{path}: {message}"));
@@ -200,61 +192,42 @@ impl Ctx {
             self.warn(&at, "policy dropped: expected a mapping with name, endpoints, binaries");
             return None;
         };
-        let mut name = None;
-        let mut endpoints = Vec::new();
-        let mut binaries = Vec::new();
+        let (mut name, mut endpoints, mut binaries) = (key.to_string(), Vec::new(), Vec::<String>::new());
         for (k, v) in m {
             let field = key_text(k);
             let path = format!("{at}.{field}");
-            match field.as_str() {
-                "name" => match v {
-                    Value::String(s) if !s.is_empty() => name = Some(s.clone()),
-                    Value::String(_) | Value::Null => {}
-                    _ => self.warn(&path, "not a string: the policy key is used as its name"),
-                },
-                "endpoints" => match v {
-                    Value::Sequence(seq) => {
-                        for (i, e) in seq.iter().enumerate() {
-                            let epath = format!("{path}[{i}]");
-                            match self.endpoint(&epath, e) {
-                                Ok(mut eps) => endpoints.append(&mut eps),
-                                Err(why) => self.warn(&epath, format!("endpoint dropped: {why}")),
-                            }
+            match (field.as_str(), v) {
+                ("name", Value::String(s)) if !s.is_empty() => name = s.clone(),
+                ("name", Value::String(_) | Value::Null) | ("endpoints" | "binaries", Value::Null) => {}
+                ("name", _) => self.warn(&path, "not a string: the policy key is used as its name"),
+                ("endpoints", Value::Sequence(seq)) => {
+                    for (i, e) in seq.iter().enumerate() {
+                        match self.endpoint(&format!("{path}[{i}]"), e) {
+                            Ok(eps) => endpoints.extend(eps),
+                            Err(why) => self.warn(&format!("{path}[{i}]"), format!("endpoint dropped: {why}")),
                         }
                     }
-                    Value::Null => {}
-                    _ => self.warn(&path, "not a list: no endpoint imported"),
-                },
-                "binaries" => match v {
-                    Value::Sequence(seq) => {
-                        for (i, b) in seq.iter().enumerate() {
-                            if let Some(b) = self.binary(&format!("{path}[{i}]"), b) {
-                                if !binaries.contains(&b) {
-                                    binaries.push(b);
-                                }
-                            }
+                }
+                ("binaries", Value::Sequence(seq)) => {
+                    for (i, b) in seq.iter().enumerate() {
+                        match self.binary(&format!("{path}[{i}]"), b) {
+                            Some(b) if !binaries.contains(&b) => binaries.push(b),
+                            _ => {}
                         }
                     }
-                    Value::Null => {}
-                    _ => self.warn(&path, "not a list: no binary imported"),
-                },
+                }
+                ("endpoints" | "binaries", _) => self.warn(&path, "not a list: nothing imported from it"),
                 _ => self.warn(&path, "unknown field, not carried over"),
             }
         }
-        let mut name = name.unwrap_or_else(|| key.to_string());
-        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
             let fixed: String =
                 name.chars().map(|c| if c.is_whitespace() || c.is_control() { '-' } else { c }).collect();
-            let fixed = if fixed.is_empty() { "imported".to_string() } else { fixed };
             self.warn(&format!("{at}.name"), format!("{name:?} has spaces: renamed {fixed:?}"));
             name = fixed;
         }
         if binaries.is_empty() {
-            self.warn(
-                &at,
-                "policy dropped: no usable binaries (OpenShell then lets every program use the endpoints; \
-                 moat requires naming the programs: add `binaries` and import again)",
-            );
+            self.warn(&at, NO_BINARIES);
             return None;
         }
         if endpoints.is_empty() {
@@ -267,100 +240,66 @@ impl Ctx {
 
     /// One `binaries[i]` entry: `{ path: ... }` (or a bare string).
     fn binary(&mut self, at: &str, v: &Value) -> Option<String> {
-        let path = match v {
-            Value::String(s) => Some(s.clone()),
-            Value::Mapping(m) => {
-                let mut path = None;
-                for (k, v) in m {
-                    let field = key_text(k);
-                    match (field.as_str(), v) {
-                        ("path", Value::String(s)) => path = Some(s.clone()),
-                        ("harness", _) => self.warn(
-                            &format!("{at}.harness"),
-                            "deprecated in OpenShell and ignored there; not carried over",
-                        ),
-                        ("path", _) => {}
-                        _ => self.warn(&format!("{at}.{field}"), "unknown field, not carried over"),
-                    }
+        let mut path = v.as_str().map(str::to_string);
+        for (k, v) in v.as_mapping().into_iter().flatten() {
+            match (key_text(k).as_str(), v) {
+                ("path", Value::String(s)) => path = Some(s.clone()),
+                ("path", _) => {}
+                ("harness", _) => {
+                    self.warn(&format!("{at}.harness"), "deprecated and ignored by OpenShell: not carried over")
                 }
-                path
+                (f, _) => self.warn(&format!("{at}.{f}"), "unknown field, not carried over"),
             }
-            _ => None,
-        };
+        }
         let Some(path) = path else {
             self.warn(at, "binary dropped: expected `{ path: /absolute/path }`");
             return None;
         };
-        let probe = NetPolicy {
-            name: "probe".into(),
-            why: String::new(),
-            binaries: vec![path.clone()],
-            endpoints: vec![probe_endpoint()],
-        };
-        match probe.validate() {
+        match check(path.clone(), l4("example.com".into(), 443)) {
             Ok(()) => Some(path),
             Err(e) => {
-                self.warn(
-                    at,
-                    format!("binary dropped: {}", e.to_string().trim_start_matches("network.policy \"probe\": ")),
-                );
+                self.warn(at, format!("binary dropped: {e}"));
                 None
             }
         }
     }
 
-    /// One `endpoints[i]` entry, as one moat endpoint per port.
-    fn endpoint(&mut self, at: &str, v: &Value) -> Result<Vec<Endpoint>, Dropped> {
-        let Value::Mapping(m) = v else {
-            return Err("expected a mapping with host, port, ...".into());
-        };
-        let mut host = None;
-        let mut port = None;
-        let mut ports = Vec::new();
-        let (mut protocol, mut tls, mut enforcement, mut access) =
-            (String::new(), String::new(), String::new(), String::new());
-        let mut rules: Option<Vec<Rule>> = None;
-        let mut allowed_ips = Vec::new();
+    /// One `endpoints[i]` entry, as one moat endpoint per port; `Err` says
+    /// why it is dropped.
+    fn endpoint(&mut self, at: &str, v: &Value) -> Result<Vec<Endpoint>, String> {
+        let m = v.as_mapping().ok_or("expected a mapping with host, port, ...")?;
+        let (mut host, mut port, mut ports, mut allowed_ips, mut rules) = (None, None, Vec::new(), Vec::new(), None);
+        let (mut protocol, mut tls, mut enforcement, mut access) = <(String, String, String, String)>::default();
         for (k, v) in m {
             let field = key_text(k);
             let path = format!("{at}.{field}");
+            let text = || string(v).map(|s| s.to_ascii_lowercase()).ok_or(format!("{field} is not a string"));
             match field.as_str() {
                 "host" => host = Some(string(v).ok_or("host is not a string")?),
-                "port" => match v {
-                    Value::Null => {}
-                    _ => port = Some(port_number(v).ok_or_else(|| format!("port {} is not 1-65535", scalar_text(v)))?),
-                },
-                "ports" => {
-                    for p in list(v).ok_or("ports is not a list")? {
-                        ports.push(port_number(p).ok_or_else(|| format!("port {} is not 1-65535", scalar_text(p)))?);
-                    }
-                }
-                "protocol" => protocol = string(v).ok_or("protocol is not a string")?.to_ascii_lowercase(),
-                "tls" => tls = string(v).ok_or("tls is not a string")?.to_ascii_lowercase(),
-                "enforcement" => enforcement = string(v).ok_or("enforcement is not a string")?.to_ascii_lowercase(),
-                "access" => access = string(v).ok_or("access is not a string")?.to_ascii_lowercase(),
+                "port" if v.is_null() => {}
+                "port" => port = Some(port_number(v)?),
+                "ports" => ports = list(v, "ports")?.iter().map(port_number).collect::<Result<_, _>>()?,
+                "protocol" => protocol = text()?,
+                "tls" => tls = text()?,
+                "enforcement" => enforcement = text()?,
+                "access" => access = text()?,
                 "allowed_ips" => {
-                    for ip in list(v).ok_or("allowed_ips is not a list")? {
+                    for ip in list(v, "allowed_ips")? {
                         allowed_ips.push(string(ip).ok_or("allowed_ips holds a non-string")?);
                     }
                 }
                 "rules" => {
-                    let given = list(v).ok_or("rules is not a list")?;
+                    let given = list(v, "rules")?;
                     let kept = self.rules(&path, given);
                     if !given.is_empty() && kept.is_empty() {
                         return Err(
-                            "none of its rules could be carried over, and without rules it would allow every request"
-                                .into(),
+                            "none of its rules could be carried over; without rules it allows everything".into()
                         );
                     }
                     rules = Some(kept);
                 }
-                "deny_rules" if is_set(v) => {
-                    return Err("deny_rules cannot be carried over (moat has allow rules only), and without them the endpoint would allow what they deny".into());
-                }
-                "path" if is_set(v) => {
-                    return Err(format!("path {} (an endpoint-wide path limit) cannot be carried over, and without it the endpoint would allow more", scalar_text(v)));
-                }
+                "deny_rules" if is_set(v) => return Err(DENY_RULES.into()),
+                "path" if is_set(v) => return Err(format!("path {}: {ENDPOINT_PATH}", scalar_text(v))),
                 "deny_rules" | "path" => {}
                 f if UNSUPPORTED_ENDPOINT_FIELDS.contains(&f) => {
                     if is_set(v) {
@@ -386,18 +325,13 @@ impl Ctx {
         let mut rest = match protocol.as_str() {
             "rest" => true,
             "" if limits => {
-                self.warn(&format!("{at}.protocol"), "absent: imported as protocol = \"rest\" (inspected), which is what enforces its access/rules in moat");
+                self.warn(&format!("{at}.protocol"), INFERRED_REST);
                 true
             }
             "" => false,
-            "tcp" if limits || access.is_some() => return Err("protocol tcp cannot carry access or rules".into()),
+            "tcp" if access.is_some() || !rules.is_empty() => return Err("tcp cannot carry access or rules".into()),
             "tcp" => false,
-            other => {
-                return Err(format!(
-                "protocol {other:?}: moat inspects HTTP (rest) only, and relaying it as bytes would drop its limits; \
-                     write an L4 endpoint by hand if that is acceptable"
-            ))
-            }
+            other => return Err(format!("protocol {other:?}: {OTHER_PROTOCOL}")),
         };
         let mut tls = match tls.as_str() {
             "" => None,
@@ -407,14 +341,13 @@ impl Ctx {
         };
         if tls == Some(Tls::Passthrough) {
             if limits {
-                return Err("a raw TLS tunnel (tls: skip/passthrough) cannot be inspected, so its access/rules could not be enforced".into());
+                return Err(RAW_TLS_LIMITS.into());
             }
             (rest, tls) = (false, None); // an uninspected tunnel: moat's L4 relay
         }
         if rest && access.is_none() && rules.is_empty() {
             return Err(
-                "protocol rest without access or rules (OpenShell rejects it; say `access: full` to allow everything)"
-                    .into(),
+                "protocol rest without access or rules (OpenShell rejects it; `access: full` allows everything)".into(),
             );
         }
         if !rest && tls == Some(Tls::Terminate) {
@@ -431,28 +364,20 @@ impl Ctx {
         } else if port.is_some_and(|p| !ports.contains(&p)) {
             self.warn(&format!("{at}.port"), "ignored: `ports` is given and takes precedence");
         }
-        if ports.is_empty() {
-            return Err("no port".into());
-        }
-        let template = Endpoint {
-            host,
-            port: ports[0],
-            protocol: rest.then_some(Protocol::Rest),
-            tls: if rest { tls } else { None },
-            access: if rest { access } else { None },
-            rules: if rest { rules } else { Vec::new() },
-            enforcement,
-            allowed_ips,
+        let first = *ports.first().ok_or("no port")?;
+        let template = match rest {
+            true => Endpoint {
+                protocol: Some(Protocol::Rest),
+                tls,
+                access,
+                rules,
+                enforcement,
+                allowed_ips,
+                ..l4(host, first)
+            },
+            false => Endpoint { enforcement, allowed_ips, ..l4(host, first) },
         };
-        let probe = NetPolicy {
-            name: "probe".into(),
-            why: String::new(),
-            binaries: vec!["/probe".into()],
-            endpoints: vec![template.clone()],
-        };
-        if let Err(e) = probe.validate() {
-            return Err(e.to_string().trim_start_matches("network.policy \"probe\": ").to_string());
-        }
+        check("/probe".into(), template.clone())?;
         let mut seen = BTreeSet::new();
         Ok(ports.into_iter().filter(|p| seen.insert(*p)).map(|port| Endpoint { port, ..template.clone() }).collect())
     }
@@ -461,70 +386,58 @@ impl Ctx {
     /// express is dropped (that narrows the endpoint, never widens it).
     fn rules(&mut self, at: &str, given: &[Value]) -> Vec<Rule> {
         let mut kept = Vec::new();
-        'rules: for (i, r) in given.iter().enumerate() {
-            let rpath = format!("{at}[{i}]");
-            let Value::Mapping(rm) = r else {
-                self.warn(&rpath, "rule dropped: expected `allow: { method, path }`");
-                continue;
-            };
-            let mut allow = None;
-            for (k, v) in rm {
-                match (key_text(k).as_str(), v) {
-                    ("allow", Value::Mapping(a)) => allow = Some(a),
-                    (f, _) => {
-                        self.warn(
-                            &format!("{rpath}.{f}"),
-                            "rule dropped: only `allow: { method, path }` rules are understood",
-                        );
-                        continue 'rules;
-                    }
-                }
-            }
-            let Some(a) = allow else {
-                self.warn(&rpath, "rule dropped: no `allow`");
-                continue;
-            };
-            let (mut method, mut path) = (None, None);
-            for (k, v) in a {
-                let f = key_text(k);
-                match f.as_str() {
-                    "method" => method = string(v),
-                    "path" => path = string(v),
-                    _ if !is_set(v) => {}
-                    f if UNSUPPORTED_ALLOW_FIELDS.contains(&f) => {
-                        self.warn(&format!("{rpath}.allow.{f}"), "rule dropped: moat rules match method and path only");
-                        continue 'rules;
-                    }
-                    _ => {
-                        self.warn(&format!("{rpath}.allow.{f}"), "rule dropped: unknown field");
-                        continue 'rules;
-                    }
-                }
-            }
-            match (method, path) {
-                (Some(method), Some(path)) if !method.is_empty() && !path.is_empty() => {
-                    kept.push(Rule { allow: RuleMatch { method, path } });
-                }
-                _ => {
-                    self.warn(&rpath, "rule dropped: it needs both a method and a path (use \"*\" and \"/**\" for any)")
-                }
+        for (i, r) in given.iter().enumerate() {
+            match rule(r) {
+                Ok(rule) => kept.push(rule),
+                Err((field, why)) => self.warn(&format!("{at}[{i}]{field}"), format!("rule dropped: {why}")),
             }
         }
         kept
     }
 }
 
-fn probe_endpoint() -> Endpoint {
-    Endpoint {
-        host: "example.com".into(),
-        port: 443,
-        protocol: None,
-        tls: None,
-        access: None,
-        rules: Vec::new(),
-        enforcement: Enforcement::Enforce,
-        allowed_ips: Vec::new(),
+/// One `- allow: { method, path }` rule; `Err((.FIELD, why))` otherwise.
+fn rule(r: &Value) -> Result<Rule, (String, &'static str)> {
+    let whole = |why| (String::new(), why);
+    let m = r.as_mapping().ok_or(whole("expected `allow: { method, path }`"))?;
+    let (mut method, mut path, mut allow) = (None, None, None);
+    for (k, v) in m {
+        match (key_text(k).as_str(), v) {
+            ("allow", Value::Mapping(a)) => allow = Some(a),
+            (f, _) => return Err((format!(".{f}"), "only `allow: { method, path }` rules are understood")),
+        }
     }
+    for (k, v) in allow.ok_or(whole("no `allow`"))? {
+        match key_text(k).as_str() {
+            "method" => method = string(v),
+            "path" => path = string(v),
+            _ if !is_set(v) => {}
+            f if UNSUPPORTED_ALLOW_FIELDS.contains(&f) => {
+                return Err((format!(".allow.{f}"), "moat rules match method and path only"))
+            }
+            f => return Err((format!(".allow.{f}"), "unknown field")),
+        }
+    }
+    match (method, path) {
+        (Some(method), Some(path)) if !method.is_empty() && !path.is_empty() => {
+            Ok(Rule { allow: RuleMatch { method, path } })
+        }
+        _ => Err(whole("it needs both a method and a path (use \"*\" and \"/**\" for any)")),
+    }
+}
+
+/// An endpoint relayed as bytes, the base every import starts from.
+fn l4(host: String, port: u16) -> Endpoint {
+    let (protocol, tls, access, rules, allowed_ips) = (None, None, None, Vec::new(), Vec::new());
+    Endpoint { host, port, protocol, tls, access, rules, enforcement: Enforcement::Enforce, allowed_ips }
+}
+
+/// Checks one binary and one endpoint with `NetPolicy::validate`, moat's one
+/// source of truth for what a rule may say.
+fn check(binary: String, endpoint: Endpoint) -> Result<(), String> {
+    let probe =
+        NetPolicy { name: "probe".into(), why: String::new(), binaries: vec![binary], endpoints: vec![endpoint] };
+    probe.validate().map_err(|e| e.to_string().trim_start_matches("network.policy \"probe\": ").to_string())
 }
 
 fn yaml_error(e: &serde_norway::Error, origin: &str) -> ImportError {
@@ -544,10 +457,7 @@ fn shape(origin: &str, path: &str, message: &str) -> ImportError {
 }
 
 fn key_text(k: &Value) -> String {
-    match k {
-        Value::String(s) => s.clone(),
-        other => scalar_text(other),
-    }
+    k.as_str().map_or_else(|| scalar_text(k), str::to_string)
 }
 
 fn scalar_text(v: &Value) -> String {
@@ -566,16 +476,17 @@ fn string(v: &Value) -> Option<String> {
     v.as_str().map(str::to_string)
 }
 
-fn list(v: &Value) -> Option<&[Value]> {
+fn list<'a>(v: &'a Value, field: &str) -> Result<&'a [Value], String> {
     match v {
-        Value::Sequence(s) => Some(s),
-        Value::Null => Some(&[]),
-        _ => None,
+        Value::Sequence(s) => Ok(s),
+        Value::Null => Ok(&[]),
+        _ => Err(format!("{field} is not a list")),
     }
 }
 
-fn port_number(v: &Value) -> Option<u16> {
-    v.as_u64().and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0)
+fn port_number(v: &Value) -> Result<u16, String> {
+    let port = v.as_u64().and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0);
+    port.ok_or_else(|| format!("port {} is not 1-65535", scalar_text(v)))
 }
 
 /// Is a value anything but its default (null, false, 0, "", [], {})?
@@ -586,7 +497,7 @@ fn is_set(v: &Value) -> bool {
         Value::Number(n) => n.as_f64() != Some(0.0),
         Value::String(s) => !s.is_empty(),
         Value::Sequence(s) => !s.is_empty(),
-        Value::Mapping(m) => !Mapping::is_empty(m),
+        Value::Mapping(m) => !m.is_empty(),
         Value::Tagged(_) => true,
     }
 }
@@ -607,7 +518,8 @@ mod tests {
     }
 
     fn policy_yaml(endpoints: &str) -> String {
-        format!("version: 1\nnetwork_policies:\n  p:\n    name: p\n    binaries: [{{ path: /usr/bin/node }}]\n    endpoints:\n{endpoints}")
+        let head = "version: 1\nnetwork_policies:\n  p:\n    name: p\n    binaries: [{ path: /usr/bin/node }]\n";
+        format!("{head}    endpoints:\n{endpoints}")
     }
 
     #[test]
@@ -694,7 +606,12 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_warned_not_dropped_silently() {
-        let text = "version: 1\nbogus: 1\nnetwork_policies:\n  p:\n    colour: blue\n    binaries:\n      - { path: /usr/bin/node, sha: abc, harness: true }\n    endpoints:\n      - { host: a.example.com, port: 443, frobnicate: 1, websocket_credential_rewrite: true, allow_encoded_slash: false }\n";
+        let text = concat!(
+            "version: 1\nbogus: 1\nnetwork_policies:\n  p:\n    colour: blue\n",
+            "    binaries:\n      - { path: /usr/bin/node, sha: abc, harness: true }\n",
+            "    endpoints:\n      - { host: a.example.com, port: 443, frobnicate: 1,\n",
+            "          websocket_credential_rewrite: true, allow_encoded_slash: false }\n",
+        );
         let i = import_yaml(text, "t").unwrap();
         assert_eq!(i.network.len(), 1);
         assert!(warned(&i, "bogus", "unknown field"), "{:?}", i.warnings);
@@ -725,9 +642,12 @@ mod tests {
         let text = policy_yaml(concat!(
             "      - { host: \"a b\", port: 443 }\n",
             "      - { host: ok.example.com, port: 443, protocol: rest, access: read-only }\n",
-            "      - { host: c.example.com, port: 443, protocol: rest, rules: [{ allow: { method: get, path: / } }] }\n",
-            "      - { host: d.example.com, port: 443, protocol: rest, access: full, deny_rules: [{ method: DELETE, path: /** }] }\n",
-            "      - { host: e.example.com, port: 443, protocol: rest, rules: [{ allow: { method: GET, path: /x, query: { q: a } } }] }\n",
+            "      - { host: c.example.com, port: 443, protocol: rest,\n",
+            "          rules: [{ allow: { method: get, path: / } }] }\n",
+            "      - { host: d.example.com, port: 443, protocol: rest, access: full,\n",
+            "          deny_rules: [{ method: DELETE, path: /** }] }\n",
+            "      - { host: e.example.com, port: 443, protocol: rest,\n",
+            "          rules: [{ allow: { method: GET, path: /x, query: { q: a } } }] }\n",
             "      - { host: f.example.com, port: 443, tls: skip, rules: [{ allow: { method: GET, path: /** } }] }\n",
             "      - { host: g.example.com, port: 443, protocol: websocket, access: full }\n",
             "      - { host: h.example.com, port: 70000 }\n",
@@ -742,7 +662,7 @@ mod tests {
         assert!(warned(&i, &at(3), "deny_rules"));
         // Its only rule used a query matcher: dropping the rule would have left an allow-all endpoint.
         assert!(warned(&i, &format!("{}.rules[0].allow.query", at(4)), "rule dropped"));
-        assert!(warned(&i, &at(4), "would allow every request"));
+        assert!(warned(&i, &at(4), "without rules it allows everything"));
         assert!(warned(&i, &at(5), "cannot be inspected"));
         assert!(warned(&i, &at(6), "websocket"));
         assert!(warned(&i, &at(7), "70000"));
@@ -752,7 +672,13 @@ mod tests {
 
     #[test]
     fn policies_without_binaries_or_endpoints_are_dropped() {
-        let text = "version: 1\nnetwork_policies:\n  any:\n    endpoints: [{ host: a.example.com, port: 443 }]\n  rel:\n    binaries: [{ path: bin/git }]\n    endpoints: [{ host: a.example.com, port: 443 }]\n  none:\n    binaries: [{ path: /usr/bin/git }]\n    endpoints: [{ host: \"-\", port: 443, protocol: rest, access: weird }]\n";
+        let text = concat!(
+            "version: 1\nnetwork_policies:\n",
+            "  any:\n    endpoints: [{ host: a.example.com, port: 443 }]\n",
+            "  rel:\n    binaries: [{ path: bin/git }]\n    endpoints: [{ host: a.example.com, port: 443 }]\n",
+            "  none:\n    binaries: [{ path: /usr/bin/git }]\n",
+            "    endpoints: [{ host: \"-\", port: 443, protocol: rest, access: weird }]\n",
+        );
         let i = import_yaml(text, "t").unwrap();
         assert!(i.network.is_empty(), "{:?}", i.network);
         assert!(warned(&i, "network_policies.any", "no usable binaries"), "{:?}", i.warnings);
@@ -763,7 +689,12 @@ mod tests {
 
     #[test]
     fn duplicate_and_spaced_names_are_fixed_with_a_warning() {
-        let text = "version: 1\nnetwork_policies:\n  a:\n    name: same\n    binaries: [/usr/bin/git]\n    endpoints: [{ host: a.example.com, port: 443 }]\n  b:\n    name: same\n    binaries: [/usr/bin/git]\n    endpoints: [{ host: b.example.com, port: 443 }]\n  c:\n    name: has space\n    binaries: [/usr/bin/git]\n    endpoints: [{ host: c.example.com, port: 443 }]\n";
+        let text = concat!(
+            "version: 1\nnetwork_policies:\n",
+            "  a: { name: same, binaries: [/usr/bin/git], endpoints: [{ host: a.example.com, port: 443 }] }\n",
+            "  b: { name: same, binaries: [/usr/bin/git], endpoints: [{ host: b.example.com, port: 443 }] }\n",
+            "  c: { name: has space, binaries: [/usr/bin/git], endpoints: [{ host: c.example.com, port: 443 }] }\n",
+        );
         let i = import_yaml(text, "t").unwrap();
         let names: Vec<&str> = i.network.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["same", "same-2", "has-space"]);

@@ -64,6 +64,9 @@ struct Fingerprint {
 pub struct Identity {
     /// Inode of the network namespace whose processes are candidates.
     netns_ino: u64,
+    /// Ancestry stops at this pid (the sandbox boundary is the namespace;
+    /// in-process tests stop at the test process).
+    stop_at: Option<i32>,
     proc_root: std::path::PathBuf,
     hashes: Mutex<HashMap<Fingerprint, String>>,
     /// Trust on first use: path -> the sha256 first seen.
@@ -73,7 +76,13 @@ pub struct Identity {
 impl Identity {
     /// Candidates are the processes whose network namespace has `netns_ino`.
     pub fn new(netns_ino: u64) -> Identity {
-        Identity { netns_ino, proc_root: "/proc".into(), hashes: Mutex::default(), trusted: Mutex::default() }
+        Identity {
+            netns_ino,
+            stop_at: None,
+            proc_root: "/proc".into(),
+            hashes: Mutex::default(),
+            trusted: Mutex::default(),
+        }
     }
 
     /// The namespace of a descriptor (e.g. the sandbox netns handle).
@@ -81,9 +90,12 @@ impl Identity {
         Ok(Identity::new(fs::metadata(format!("/proc/self/fd/{fd}"))?.ino()))
     }
 
-    /// The namespace this process runs in (tests run clients in-process).
+    /// The namespace this process runs in, for clients in this very
+    /// process (tests): ancestry is not followed above it.
     pub fn for_own_netns() -> std::io::Result<Identity> {
-        Ok(Identity::new(fs::metadata("/proc/self/ns/net")?.ino()))
+        let mut id = Identity::new(fs::metadata("/proc/self/ns/net")?.ino());
+        id.stop_at = Some(std::process::id() as i32);
+        Ok(id)
     }
 
     /// Finds the process that owns the client end `peer` of a connection
@@ -106,7 +118,7 @@ impl Identity {
         }
         let mut ancestors = Vec::new();
         let mut pid = first;
-        while ancestors.len() < 64 {
+        while ancestors.len() < 64 && Some(pid) != self.stop_at {
             let Some(parent) = parent_pid(&self.proc_root, pid) else { break };
             if parent <= 1 || !pids.contains(&parent) {
                 break;

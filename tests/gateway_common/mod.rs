@@ -1,0 +1,270 @@
+//! Shared set-up of the egress gateway tests: a network namespace the test
+//! creates (veth, addresses from 198.18.0.0/15, the benchmarking range the
+//! SSRF guard refuses unless `allowed_ips` opts it in), an independent
+//! upstream server inside it (hyper; HTTP and HTTPS with a test CA made
+//! here; echo, streaming, big bodies, WebSocket-style upgrade, static
+//! files), and a hosts file naming it. Needs root and iproute2
+//! (scripts/install-deps.sh).
+#![allow(dead_code)]
+pub mod engine;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A request the upstream saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body_len: usize,
+}
+
+/// A network namespace with one veth to the host: the host side is
+/// `host_ip`, the namespace side `ip`. Removed on drop.
+pub struct UpNet {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub host_ip: Ipv4Addr,
+    veth: String,
+}
+
+fn sh(args: &[&str]) {
+    let o =
+        Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e} (install iproute2)"));
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+impl UpNet {
+    /// `slot` (0-63) keeps concurrent test binaries on different /30s.
+    pub fn create(slot: u8) -> UpNet {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "the gateway tests need root (network namespaces)");
+        let tag = format!("{}{}", std::process::id() % 100000, slot);
+        let name = format!("moat-up-{tag}");
+        let veth = format!("mu{tag}");
+        let peer = format!("mv{tag}");
+        let base = 4 * (slot as u32 + 4 * (std::process::id() % 60));
+        let host_ip = Ipv4Addr::new(198, 18, (base >> 8) as u8, (base & 0xff) as u8 + 1);
+        let ip = Ipv4Addr::new(198, 18, (base >> 8) as u8, (base & 0xff) as u8 + 2);
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let _ = Command::new("ip").args(["link", "del", &veth]).output();
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer]);
+        sh(&["ip", "link", "set", &peer, "netns", &name]);
+        sh(&["ip", "addr", "add", &format!("{host_ip}/30"), "dev", &veth]);
+        sh(&["ip", "link", "set", &veth, "up"]);
+        sh(&["ip", "-n", &name, "addr", "add", &format!("{ip}/30"), "dev", &peer]);
+        sh(&["ip", "-n", &name, "link", "set", &peer, "up"]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        UpNet { name, ip, host_ip, veth }
+    }
+
+    /// Binds `0.0.0.0:port` inside the namespace (from a helper thread).
+    pub fn listen(&self, port: u16) -> std::net::TcpListener {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open netns");
+            // SAFETY: setns on a descriptor we hold; changes only this helper thread.
+            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+            std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind in netns")
+        })
+        .join()
+        .expect("netns thread")
+    }
+}
+
+impl Drop for UpNet {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.veth]).output();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// A test CA and a server certificate for `names` signed by it.
+pub struct TestCa {
+    pub pem_file: PathBuf,
+    pub server: Arc<rustls::ServerConfig>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    pub fn new(names: &[&str]) -> TestCa {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, "moat test upstream CA");
+        p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let ca = p.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pem_file = dir.path().join("upstream-ca.pem");
+        std::fs::write(&pem_file, ca.pem()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone(), ca.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        TestCa { pem_file, server: Arc::new(server), _dir: dir }
+    }
+}
+
+/// The upstream server: serves until the test process ends.
+#[derive(Clone)]
+pub struct Upstream {
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub files: Option<PathBuf>,
+}
+
+impl Upstream {
+    /// Serves `listener` (plain, or TLS with `tls`) on a runtime thread.
+    pub fn serve(
+        listener: std::net::TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        files: Option<PathBuf>,
+    ) -> Upstream {
+        let up = Upstream { seen: Arc::default(), files };
+        let u = up.clone();
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((s, _)) = l.accept().await else { continue };
+                    let _ = s.set_nodelay(true);
+                    let u = u.clone();
+                    let tls = tls.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| u.clone().handle(req));
+                        match tls {
+                            Some(cfg) => {
+                                let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(s).await else { return };
+                                let _ = hyper::server::conn::http1::Builder::new()
+                                    .serve_connection(TokioIo::new(s), svc)
+                                    .with_upgrades()
+                                    .await;
+                            }
+                            None => {
+                                let _ = hyper::server::conn::http1::Builder::new()
+                                    .serve_connection(TokioIo::new(s), svc)
+                                    .with_upgrades()
+                                    .await;
+                            }
+                        }
+                    });
+                }
+            });
+        });
+        up
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    async fn handle(self, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        let method = req.method().to_string();
+        let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+        let headers: Vec<(String, String)> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        if req.uri().path() == "/ws" {
+            let resp = Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .body(empty())
+                .unwrap();
+            tokio::spawn(async move {
+                if let Ok(up) = hyper::upgrade::on(req).await {
+                    let mut io = TokioIo::new(up);
+                    let (mut r, mut w) = tokio::io::split(&mut io);
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+            self.seen.lock().unwrap().push(Seen { method, path, headers, body_len: 0 });
+            return Ok(resp);
+        }
+        let query = req.uri().query().unwrap_or("").to_string();
+        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        self.seen.lock().unwrap().push(Seen {
+            method: method.clone(),
+            path: path.clone(),
+            headers,
+            body_len: body.len(),
+        });
+        let p = path.split('?').next().unwrap_or("").to_string();
+        Ok(match p.as_str() {
+            "/stream" => {
+                // Chunks 200 ms apart: a buffering proxy would deliver them together.
+                let s = futures_util::stream::unfold(0u32, |i| async move {
+                    if i == 5 {
+                        return None;
+                    }
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Some((Ok::<_, Infallible>(Frame::data(Bytes::from(format!("data: chunk {i}\n\n")))), i + 1))
+                });
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(BodyExt::boxed(StreamBody::new(s)))
+                    .unwrap()
+            }
+            "/big" => {
+                let n: usize = query.strip_prefix("n=").and_then(|n| n.parse().ok()).unwrap_or(1 << 20);
+                Response::new(full(vec![b'x'; n]))
+            }
+            _ => match self.files.as_ref().map(|root| root.join(p.trim_start_matches('/'))) {
+                Some(f) if f.is_file() => Response::new(full(std::fs::read(f).unwrap_or_default())),
+                _ => Response::new(full(format!("echo {method} {p} {}\n", body.len()).into_bytes())),
+            },
+        })
+    }
+}
+
+fn full(v: Vec<u8>) -> Body {
+    BodyExt::boxed(Full::new(Bytes::from(v)))
+}
+fn empty() -> Body {
+    full(Vec::new())
+}
+
+/// A hosts-format file for the gateway (`MOAT_GATEWAY_HOSTS`).
+pub fn hosts_file(dir: &Path, entries: &[(&str, &str)]) -> PathBuf {
+    let p = dir.join("gateway-hosts");
+    let mut f = std::fs::File::create(&p).unwrap();
+    for (ip, name) in entries {
+        writeln!(f, "{ip} {name}").unwrap();
+    }
+    p
+}
+
+/// The address an upstream listens on, for direct comparisons.
+pub fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
