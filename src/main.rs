@@ -91,7 +91,7 @@ enum Cmd {
     /// List a sandbox's refused destinations waiting for an operator.
     Approvals(policy_cmds::ApprovalsArgs),
     /// Allow a pending destination: writes a new network policy revision.
-    Approve(policy_cmds::DecideArgs),
+    Approve(policy_cmds::ApproveArgs),
     /// Drop a pending destination (it stays refused).
     Deny(policy_cmds::DecideArgs),
     /// Print a sandbox's egress audit log (JSON lines with --json).

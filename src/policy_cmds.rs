@@ -63,6 +63,17 @@ pub struct DecideArgs {
 }
 
 #[derive(Args)]
+pub struct ApproveArgs {
+    pub name: String,
+    /// The approval id from the refusal or `moat approvals`.
+    pub id: String,
+    /// Opt a private destination in (CIDR); without it private, CGNAT and
+    /// reserved addresses stay refused even for an approved name.
+    #[arg(long = "allowed-ip", value_name = "CIDR")]
+    pub allowed_ips: Vec<String>,
+}
+
+#[derive(Args)]
 pub struct EventsArgs {
     pub name: String,
     /// Keep printing new events until interrupted.
@@ -229,8 +240,8 @@ pub fn approvals(a: ApprovalsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn approve(a: DecideArgs) -> Result<ExitCode> {
-    let v = call(&a.name, &Request::Approve { id: a.id.clone() })?;
+pub fn approve(a: ApproveArgs) -> Result<ExitCode> {
+    let v = call(&a.name, &Request::Approve { id: a.id.clone(), allowed_ips: a.allowed_ips })?;
     println!("{}: approved {}; network policy revision {}", a.name, a.id, v["revision"]);
     Ok(ExitCode::SUCCESS)
 }

@@ -33,14 +33,14 @@ fn unlisted_destination_is_refused_then_approved_and_the_approval_survives_a_res
     assert_eq!(list[0]["count"], 2);
     let id = list[0]["id"].as_str().unwrap().to_string();
     assert!(body.contains(&id), "the refusal carries the approval id");
-    let v = g.control(&Request::Approve { id: id.clone() }).unwrap();
+    let v = g.control(&Request::Approve { id: id.clone(), allowed_ips: vec![] }).unwrap();
     assert_eq!(v["revision"], 2);
     // Private (198.18/15) upstreams need allowed_ips: an approval opens the
     // name only, so the SSRF guard still refuses this one.
     let (_s, status, _) = g.tunnel("up.test:443");
     assert_eq!(status, 403);
     assert!(g.events().iter().any(|e| e["reason"].as_str().unwrap_or("").contains("198.18")));
-    assert!(g.control(&Request::Approve { id }).is_err(), "an id is used once");
+    assert!(g.control(&Request::Approve { id, allowed_ips: vec![] }).is_err(), "an id is used once");
 
     // Restart on the same state: revision 2 (with the approval) is in force.
     let dir = g.dir;

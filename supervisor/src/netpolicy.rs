@@ -480,6 +480,10 @@ pub const INFERENCE_HOSTS: &[&str] = &[
     "api.x.ai",
 ];
 
+/// Shells and interpreters: listing one extends a rule to whatever it runs.
+const LAUNCHERS: &[&str] =
+    &["sh", "bash", "dash", "zsh", "busybox", "env", "python", "python3", "node", "perl", "ruby"];
+
 /// Warnings about rules that are valid but wider than they look.
 pub fn lint(policies: &[NetPolicy]) -> Vec<String> {
     let mut out = Vec::new();
@@ -487,6 +491,14 @@ pub fn lint(policies: &[NetPolicy]) -> Vec<String> {
         for b in &p.binaries {
             if b.contains("**") || b.ends_with("/*") {
                 out.push(format!("policy {}: binary pattern {b:?} admits every program below it", p.name));
+            }
+            let base = b.rsplit('/').next().unwrap_or(b);
+            if LAUNCHERS.iter().any(|l| base == *l || base.starts_with(&format!("{l}3")) && *l == "python") {
+                out.push(format!(
+                    "policy {}: {b} starts other programs, and a rule matches the caller's ancestors too: \
+                     everything it runs gets this access",
+                    p.name
+                ));
             }
         }
         for e in &p.endpoints {

@@ -73,6 +73,13 @@ pub fn hosts() -> HashMap<String, Vec<IpAddr>> {
     m.insert("loop.test".into(), vec!["127.0.0.1".parse().unwrap()]);
     m.insert("mixed.test".into(), vec![ip, "10.0.0.1".parse().unwrap()]);
     m.insert("mapped.test".into(), vec!["::ffff:127.0.0.1".parse().unwrap()]);
+    // Further SSRF names (tests/gateway_guard.rs): 0.0.0.0 reaches local
+    // listeners on Linux; a name for the metadata address; IPv6 loopback;
+    // the NAT64 form of 127.0.0.1.
+    m.insert("zero.test".into(), vec!["0.0.0.0".parse().unwrap()]);
+    m.insert("meta.test".into(), vec!["169.254.169.254".parse().unwrap()]);
+    m.insert("v6loop.test".into(), vec!["::1".parse().unwrap()]);
+    m.insert("nat64loop.test".into(), vec!["64:ff9b::7f00:1".parse().unwrap()]);
     m
 }
 

@@ -33,8 +33,12 @@ pub enum Request {
     /// The revision in force.
     Status,
     Approvals,
+    /// `allowed_ips`: CIDRs the operator opts in for this destination
+    /// (private addresses stay refused otherwise).
     Approve {
         id: String,
+        #[serde(default)]
+        allowed_ips: Vec<String>,
     },
     Deny {
         id: String,
@@ -92,7 +96,7 @@ fn answer(shared: &Shared, req: Request) -> Value {
     let result = match req {
         Request::Status => return status(shared),
         Request::Approvals => return json!({"ok": true, "pending": shared.pending()}),
-        Request::Approve { id } => shared.approve(&id).map(|_| ()),
+        Request::Approve { id, allowed_ips } => shared.approve(&id, allowed_ips).map(|_| ()),
         Request::Deny { id } => shared.deny(&id).map(|_| ()),
         Request::SetNetwork { network, why } => shared.set_network(*network, &why).map(|_| ()),
     };

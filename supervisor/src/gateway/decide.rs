@@ -61,7 +61,7 @@ pub async fn destination(
     }
     let cur = shared.current();
     let host_lc = host.trim_end_matches('.').to_ascii_lowercase();
-    let (policy, endpoint, audit) = match cur.compiled.match_destination(bin, &host_lc, port) {
+    let (policy, endpoint, audit) = match match_caller(&cur.compiled, caller, &host_lc, port) {
         Match::Allowed { policy, endpoint, audit } => (policy, endpoint, audit),
         other => {
             let why = match other {
@@ -148,13 +148,31 @@ pub fn recheck(shared: &Shared, caller: &Caller, relay: &Relay, host: &str, port
     if cur.generation == relay.generation {
         return Ok(relay.clone());
     }
-    match cur.compiled.match_destination(&caller.process.exe, &host.to_ascii_lowercase(), port) {
+    match match_caller(&cur.compiled, caller, &host.to_ascii_lowercase(), port) {
         Match::Allowed { policy, endpoint, audit } if endpoint.inspected() == relay.endpoint.inspected() => {
             Ok(Relay { policy, endpoint, audit, addrs: relay.addrs.clone(), generation: cur.generation })
         }
         Match::Allowed { .. } => Err(format!("revision {} changes how {host}:{port} is inspected", cur.number)),
         _ => Err(format!("revision {} no longer allows {host}:{port}", cur.number)),
     }
+}
+
+/// Matches the calling binary, then each ancestor inside the sandbox
+/// (nearest first): a rule for `/usr/bin/git` covers the helpers git starts
+/// (git-remote-https), while the same helper started by a copy of git, or by
+/// a shell, matches nothing. A non-audit match beats an audit-mode one.
+fn match_caller(compiled: &crate::netpolicy::Compiled, caller: &Caller, host: &str, port: u16) -> Match {
+    let mut first = None;
+    for p in std::iter::once(&caller.process).chain(&caller.ancestors) {
+        let m = compiled.match_destination(&p.exe, host, port);
+        if matches!(m, Match::Allowed { audit: false, .. }) {
+            return m;
+        }
+        if first.is_none() || matches!(m, Match::Allowed { .. }) && !matches!(first, Some(Match::Allowed { .. })) {
+            first = Some(m);
+        }
+    }
+    first.unwrap_or(Match::Unlisted)
 }
 
 fn strip_query(p: &str) -> &str {

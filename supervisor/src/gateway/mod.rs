@@ -142,10 +142,12 @@ impl Shared {
     }
 
     /// Approves a pending entry: a new revision allowing exactly it.
-    pub fn approve(&self, id: &str) -> Result<Arc<Current>, GatewayError> {
+    pub fn approve(&self, id: &str, allowed_ips: Vec<String>) -> Result<Arc<Current>, GatewayError> {
         let p = self.approvals.lock().unwrap_or_else(|p| p.into_inner()).take(id)?;
         let mut network = self.current().network.clone();
-        network.policies.push(revisions::approval_policy(&p));
+        let mut rule = revisions::approval_policy(&p);
+        rule.endpoints[0].allowed_ips = allowed_ips;
+        network.policies.push(rule);
         let why = format!("approved {} -> {}:{}", p.binary, p.host, p.port);
         match self.set_network(network, &why) {
             Ok(c) => Ok(c),

@@ -1,0 +1,262 @@
+#!/usr/bin/env bash
+# Egress gateway benchmark: moat's gateway vs a direct connection vs
+# tinyproxy (Debian) to the same upstream, in one run, ratios printed.
+#   - bulk: a 1 GiB download over a CONNECT tunnel (L4), MiB/s, median of RUNS;
+#   - small requests (64 B body) over one keep-alive connection, N requests
+#     in one curl command line: p50/p99 per-request latency and req/s, for
+#     L4 (http://…:8080 through a CONNECT tunnel) and for L7 (https://…:8443:
+#     direct TLS vs tinyproxy CONNECT without inspection vs moat terminating
+#     TLS and checking each request).
+# The upstream is nginx in a network namespace this script makes (veth,
+# 198.18.250.0/30: the gateway's SSRF guard never lets a sandbox reach
+# loopback, and a policy opts 198.18.0.0/15 in), named bench.test through
+# the gateway's MOAT_GATEWAY_HOSTS override. moat's figures come from curl
+# inside an `agent` sandbox through the gateway at 127.0.0.1:3128, direct
+# and tinyproxy figures from curl on the host (both versions are printed);
+# each curl times its own transfers, so sandbox start-up is not counted.
+# Needs root, iproute2, nginx-light, tinyproxy,
+# openssl, curl (scripts/install-deps.sh), and the `agent` image (built from
+# blueprints/agent.toml if the store lacks it).
+#   RUNS=5 N=2000 bash tests/bench/gateway.sh     (from the repo root)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${RUNS:-5}
+N=${N:-2000}
+WARM=${WARM:-100}
+for t in ip nginx tinyproxy openssl curl unshare awk; do
+  command -v "$t" >/dev/null || { echo "gateway bench: $t is missing (scripts/install-deps.sh)" >&2; exit 2; }
+done
+[ "$(id -u)" -eq 0 ] || { echo "gateway bench: needs root (network namespaces)" >&2; exit 2; }
+[ "$N" -gt "$WARM" ] || { echo "gateway bench: N ($N) must exceed WARM ($WARM)" >&2; exit 2; }
+
+tgt=$(realpath -m "${CARGO_TARGET_DIR:-target}")
+echo "building (release)..." >&2
+cargo build --release --quiet --bin moat
+moat=$tgt/release/moat
+
+ns=moat-gwb-$$
+veth=mgb$$
+host_ip=198.18.250.1
+up_ip=198.18.250.2
+work=$(mktemp -d /tmp/moat-gwbench.XXXXXX)
+chmod 755 "$work"
+tp_pid=
+cleanup() {
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null
+  [ -n "$tp_pid" ] && kill "$tp_pid" 2>/dev/null
+  ip link del "$veth" 2>/dev/null
+  ip netns del "$ns" 2>/dev/null
+  rm -rf "$work"
+  true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+export MOAT_HOME=$work/home
+
+if ! "$moat" images 2>/dev/null | awk 'NR > 1 {print $1}' | grep -qx agent; then
+  echo "building the agent image..." >&2
+  "$moat" build blueprints/agent.toml >/dev/null
+fi
+
+# --- the upstream: nginx in its own network namespace ---------------------
+ip netns add "$ns"
+ip link add "$veth" type veth peer name "${veth}p"
+ip link set "${veth}p" netns "$ns"
+ip addr add "$host_ip/30" dev "$veth"
+ip link set "$veth" up
+ip -n "$ns" addr add "$up_ip/30" dev "${veth}p"
+ip -n "$ns" link set "${veth}p" up
+ip -n "$ns" link set lo up
+
+# A private CA and a certificate for bench.test signed by it.
+(
+  cd "$work"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=moat bench upstream CA" -keyout ca.key -out ca.pem 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -subj "/CN=bench.test" -keyout srv.key -out srv.csr 2>/dev/null
+  printf 'subjectAltName=DNS:bench.test\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > srv.ext
+  openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+    -extfile srv.ext -out srv.pem 2>/dev/null
+)
+
+mkdir -p "$work/www" "$work/nginx"
+truncate -s 1G "$work/www/1g"
+head -c 64 /dev/zero | tr '\0' x > "$work/www/small"
+chmod 644 "$work/www/1g" "$work/www/small"
+cat > "$work/nginx.conf" <<EOC
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx/error.log error;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  default_type application/octet-stream;
+  server {
+    listen $up_ip:8080;
+    root $work/www;
+  }
+  server {
+    listen $up_ip:8443 ssl;
+    ssl_certificate $work/srv.pem;
+    ssl_certificate_key $work/srv.key;
+    root $work/www;
+  }
+}
+EOC
+ip netns exec "$ns" nginx -c "$work/nginx.conf"
+
+# --- tinyproxy on the host's loopback, resolving bench.test like the gateway
+echo "$up_ip bench.test" > "$work/hosts"
+tp_port=$(awk 'BEGIN { srand(); print 20000 + int(rand() * 20000) }')
+cat > "$work/tinyproxy.conf" <<EOC
+User nobody
+Group nogroup
+Port $tp_port
+Listen 127.0.0.1
+Timeout 600
+MaxClients 100
+Allow 127.0.0.1
+ConnectPort 8080
+ConnectPort 8443
+LogFile "$work/tinyproxy.log"
+LogLevel Error
+DisableViaHeader Yes
+EOC
+unshare -m sh -c "mount --bind '$work/hosts' /etc/hosts && exec tinyproxy -d -c '$work/tinyproxy.conf'" \
+  >"$work/tinyproxy.out" 2>&1 &
+tp_pid=$!
+
+wait_port() { # host port what
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return; sleep 0.05; done
+  echo "gateway bench: $3 did not start" >&2; cat "$work"/nginx/error.log "$work"/tinyproxy.* >&2 || true; exit 1
+}
+wait_port "$up_ip" 8080 nginx
+wait_port "$up_ip" 8443 nginx
+wait_port 127.0.0.1 "$tp_port" tinyproxy
+
+# --- moat: policy = baseline + the bench endpoints, hosts override, CA ----
+cp policies/baseline.toml "$work/policy.toml"
+cat >> "$work/policy.toml" <<'EOC'
+
+[[network.policy]]
+name = "bench"
+why = "tests/bench/gateway.sh: the benchmark's upstream in a network namespace"
+binaries = ["/usr/bin/curl"]
+[[network.policy.endpoint]]
+host = "bench.test"
+port = 8080
+allowed_ips = ["198.18.0.0/15"]
+[[network.policy.endpoint]]
+host = "bench.test"
+port = 8443
+protocol = "rest"
+access = "full"
+allowed_ips = ["198.18.0.0/15"]
+EOC
+export MOAT_GATEWAY_HOSTS=$work/hosts MOAT_GATEWAY_UPSTREAM_CA=$work/ca.pem
+
+# curl config files with N transfers of the same URL (one connection reused).
+mkdir -p "$work/ws"
+kfile() { # url file
+  for _ in $(seq "$N"); do printf 'url = "%s"\noutput = "/dev/null"\n' "$1"; done > "$2"
+}
+kfile http://bench.test:8080/small "$work/ws/l4.k"
+kfile https://bench.test:8443/small "$work/ws/l7.k"
+chmod -R a+rX "$work/ws"
+fmt_bulk='%{http_code} %{size_download} %{time_total}\n'
+fmt_small='%{http_code} %{time_total}\n'
+resolve=(--resolve bench.test:8080:$up_ip --resolve bench.test:8443:$up_ip)
+tp=(-x "http://127.0.0.1:$tp_port")
+
+# One sandbox per measurement (its start is not timed: curl times itself).
+in_moat() { # args for curl, run inside an agent sandbox through the gateway
+  local q="" a
+  for a in "$@"; do q+=" '${a//\'/\'\\\'\'}'"; done
+  "$moat" run --rm -q --policy "$work/policy.toml" --workspace "$work/ws" agent -- \
+    sh -c "exec curl -sS -x http://127.0.0.1:3128 --cacert /etc/moat/ca-bundle.pem$q"
+}
+
+: > "$work/bulk.direct"; : > "$work/bulk.tinyproxy"; : > "$work/bulk.moat"
+echo "bulk: $RUNS x 1 GiB per path..." >&2
+for _ in $(seq "$RUNS"); do
+  curl -sS "${resolve[@]}" -o /dev/null -w "$fmt_bulk" http://bench.test:8080/1g >> "$work/bulk.direct"
+  curl -sS "${tp[@]}" --proxytunnel -o /dev/null -w "$fmt_bulk" http://bench.test:8080/1g >> "$work/bulk.tinyproxy"
+  in_moat --proxytunnel -o /dev/null -w "$fmt_bulk" http://bench.test:8080/1g >> "$work/bulk.moat"
+done
+
+echo "small requests: $N per path over one connection..." >&2
+curl -sS "${resolve[@]}" -K "$work/ws/l4.k" -w "$fmt_small" > "$work/l4.direct"
+curl -sS "${tp[@]}" --proxytunnel -K "$work/ws/l4.k" -w "$fmt_small" > "$work/l4.tinyproxy"
+in_moat --proxytunnel -K /sandbox/l4.k -w "$fmt_small" > "$work/l4.moat"
+curl -sS "${resolve[@]}" --cacert "$work/ca.pem" -K "$work/ws/l7.k" -w "$fmt_small" > "$work/l7.direct"
+curl -sS "${tp[@]}" --cacert "$work/ca.pem" -K "$work/ws/l7.k" -w "$fmt_small" > "$work/l7.tinyproxy"
+in_moat -K /sandbox/l7.k -w "$fmt_small" > "$work/l7.moat"
+
+# Every transfer must have succeeded with the whole body.
+check() { # file expected-lines want-bytes-column?
+  local n bad
+  n=$(wc -l < "$1")
+  [ "$n" -eq "$2" ] || { echo "gateway bench: $(basename "$1"): $n transfers, expected $2" >&2; exit 1; }
+  bad=$(awk -v sz="$3" '$1 != 200 || (sz != "" && $2 != sz)' "$1" | head -3)
+  [ -z "$bad" ] || { echo "gateway bench: $(basename "$1"): failed transfers: $bad" >&2; exit 1; }
+}
+for p in direct tinyproxy moat; do
+  check "$work/bulk.$p" "$RUNS" 1073741824
+  check "$work/l4.$p" "$N" ""
+  check "$work/l7.$p" "$N" ""
+done
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+# MiB/s of each bulk run, median.
+mibs() { awk '{printf "%.1f\n", $2 / 1048576 / $3}' "$1" | median; }
+# Small requests after the first WARM (connection set-up, handshakes):
+# "p50_ms p99_ms req_per_s", req/s = requests / sum of their times.
+lat() {
+  awk -v w="$WARM" 'NR > w {print $2}' "$1" | sort -g | awk '
+    {a[NR]=$1; s+=$1}
+    END {
+      p50 = a[int((NR + 1) * 0.50)]; p99 = a[int(NR * 0.99 + 0.999)]
+      printf "%.3f %.3f %.0f\n", p50 * 1000, p99 * 1000, NR / s
+    }'
+}
+div() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
+
+bd=$(mibs "$work/bulk.direct"); bt=$(mibs "$work/bulk.tinyproxy"); bm=$(mibs "$work/bulk.moat")
+read -r l4d50 l4d99 l4drs < <(lat "$work/l4.direct")
+read -r l4t50 l4t99 l4trs < <(lat "$work/l4.tinyproxy")
+read -r l4m50 l4m99 l4mrs < <(lat "$work/l4.moat")
+read -r l7d50 l7d99 l7drs < <(lat "$work/l7.direct")
+read -r l7t50 l7t99 l7trs < <(lat "$work/l7.tinyproxy")
+read -r l7m50 l7m99 l7mrs < <(lat "$work/l7.moat")
+sandbox_curl=$("$moat" run --rm -q --policy "$work/policy.toml" agent -- curl --version | head -1 | cut -d' ' -f1-2)
+
+echo "gateway bench: upstream nginx $(nginx -v 2>&1 | cut -d/ -f2) in a netns over veth; $(nproc) CPUs"
+echo "  direct and tinyproxy $(tinyproxy -v | cut -d' ' -f2): host $(curl --version | head -1 | cut -d' ' -f1-2);" \
+  "moat: $sandbox_curl inside an agent sandbox via the gateway"
+echo "bulk, 1 GiB over a CONNECT tunnel (L4), median of $RUNS (MiB/s):"
+printf '  %-10s %8s\n' direct "$bd" tinyproxy "$bt" moat "$bm"
+echo "  moat/direct $(div "$bm" "$bd")  moat/tinyproxy $(div "$bm" "$bt")  (targets: >= 0.9, > 1)"
+echo "small requests (64 B), $N on one keep-alive connection, first $WARM dropped:"
+printf '  %-22s %9s %9s %8s\n' "" "p50 ms" "p99 ms" "req/s"
+printf '  %-22s %9s %9s %8s\n' \
+  "L4 direct" "$l4d50" "$l4d99" "$l4drs" \
+  "L4 tinyproxy CONNECT" "$l4t50" "$l4t99" "$l4trs" \
+  "L4 moat CONNECT" "$l4m50" "$l4m99" "$l4mrs" \
+  "L7 direct TLS" "$l7d50" "$l7d99" "$l7drs" \
+  "L7 tinyproxy CONNECT" "$l7t50" "$l7t99" "$l7trs" \
+  "L7 moat TLS-terminated" "$l7m50" "$l7m99" "$l7mrs"
+echo "  L4 moat added p50 vs direct: $(sub "$l4m50" "$l4d50") ms; vs tinyproxy: $(sub "$l4m50" "$l4t50") ms"
+echo "  L7 moat added p50 vs direct: $(sub "$l7m50" "$l7d50") ms (target < 1 ms); vs tinyproxy: $(sub "$l7m50" "$l7t50") ms"
+echo "  req/s moat/direct: L4 $(div "$l4mrs" "$l4drs"), L7 $(div "$l7mrs" "$l7drs");" \
+  "moat/tinyproxy: L4 $(div "$l4mrs" "$l4trs"), L7 $(div "$l7mrs" "$l7trs")"

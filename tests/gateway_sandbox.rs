@@ -1,0 +1,232 @@
+//! The egress gateway from inside real sandboxes of the default agent image
+//! (Debian's curl, git, python3): the gateway's CA is trusted through the
+//! environment, git may reach a host curl may not, a copy of git and a
+//! replaced binary are refused, and the operator round trip (refusal with an
+//! approval id, `moat approvals`, `moat approve`, `moat events`, live policy
+//! changes) works through the CLI. Needs root, iproute2 and the Debian
+//! mirror (to build the agent image once into a store under target/).
+mod gateway_common;
+
+use gateway_common::{TestCa, UpNet, Upstream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+struct World {
+    home: tempfile::TempDir,
+    _net: UpNet,
+    ca: TestCa,
+    hosts: PathBuf,
+    up: Upstream,
+}
+
+/// The agent image, built once from the committed lock into a store shared
+/// by test runs (the download cache is shared with the Debian mirror tests).
+fn agent_store() -> PathBuf {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let store = tmp.join("agent-store");
+    let o = Command::new(env!("CARGO_BIN_EXE_moat"))
+        .args(["build", "--quiet", "blueprints/agent.toml", "--store"])
+        .arg(&store)
+        .env("MOAT_HOME", tmp.join("debian-mirror-home"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run moat build");
+    assert!(o.status.success(), "building the agent image: {}", String::from_utf8_lossy(&o.stderr));
+    store
+}
+
+fn world() -> &'static World {
+    static W: OnceLock<World> = OnceLock::new();
+    W.get_or_init(|| {
+        let home = tempfile::Builder::new().prefix("moat-gw-").tempdir().unwrap();
+        let net = UpNet::create(2);
+        let ca = TestCa::new(&["up.test", "other.test"]);
+        // A bare repository served as static files: git's dumb HTTP protocol.
+        let files = home.path().join("files");
+        let repo = files.join("repo.git");
+        let src = home.path().join("src");
+        let git = |args: &[&str], dir: &Path| {
+            let o = Command::new("git").args(args).current_dir(dir).output().expect("git");
+            assert!(o.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        };
+        std::fs::create_dir_all(&src).unwrap();
+        git(&["init", "-q", "-b", "main"], &src);
+        std::fs::write(src.join("README"), "through the gateway\n").unwrap();
+        git(&["add", "README"], &src);
+        git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one"], &src);
+        git(&["clone", "-q", "--bare", src.to_str().unwrap(), repo.to_str().unwrap()], home.path());
+        git(&["update-server-info"], &repo);
+        let up = Upstream::serve(net.listen(443), Some(ca.server.clone()), Some(files));
+        let _plain = Upstream::serve(net.listen(80), None, None);
+        let hosts = gateway_common::hosts_file(
+            home.path(),
+            &[(&net.ip.to_string(), "up.test"), (&net.ip.to_string(), "other.test")],
+        );
+        World { home, _net: net, ca, hosts, up }
+    })
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn moat(args: &[&str]) -> Output {
+    let w = world();
+    static STORE: OnceLock<PathBuf> = OnceLock::new();
+    let store = STORE.get_or_init(agent_store);
+    Command::new(env!("CARGO_BIN_EXE_moat"))
+        .args(args)
+        .env("MOAT_HOME", w.home.path().join("home"))
+        .env("MOAT_RUN_DIR", w.home.path().join("run"))
+        .env("MOAT_STORE", store)
+        .env("MOAT_GATEWAY_HOSTS", &w.hosts)
+        .env("MOAT_GATEWAY_HOSTS_ONLY", "1")
+        .env("MOAT_GATEWAY_UPSTREAM_CA", &w.ca.pem_file)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run moat")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = moat(args);
+    assert!(
+        o.status.success(),
+        "moat {args:?}: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A policy file: the baseline plus `rules` (`[[network.policy]]` tables).
+fn policy(name: &str, rules: &str) -> PathBuf {
+    let text = format!("{}\n{rules}", moat_supervisor::policy::BASELINE_TOML);
+    let p = world().home.path().join(format!("{name}.toml"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn kv(out: &str) -> std::collections::BTreeMap<String, String> {
+    out.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.trim().to_string())).collect()
+}
+
+const GIT_AND_PY: &str = r#"
+[[network.policy]]
+name = "git"
+binaries = ["/usr/bin/git"]
+[[network.policy.endpoint]]
+host = "up.test"
+port = 443
+protocol = "rest"
+access = "read-only"
+allowed_ips = ["198.18.0.0/15"]
+
+[[network.policy]]
+name = "py"
+binaries = ["/usr/bin/python3*"]
+[[network.policy.endpoint]]
+host = "other.test"
+port = 443
+protocol = "rest"
+rules = [{ allow = { method = "GET", path = "/ok/**" } }]
+allowed_ips = ["198.18.0.0/15"]
+
+[[network.policy]]
+name = "tool"
+binaries = ["/sandbox/bin/fetch"]
+[[network.policy.endpoint]]
+host = "other.test"
+port = 80
+allowed_ips = ["198.18.0.0/15"]
+"#;
+
+const SCRIPT: &str = r#"
+env | grep -E '^(HTTPS_PROXY|ALL_PROXY|NO_PROXY|SSL_CERT_FILE)=' | sed 's/^/env_/'
+git clone -q https://up.test/repo.git /sandbox/c1 2>/tmp/e && echo "git=$(cat /sandbox/c1/README)" || echo "git=fail $(cat /tmp/e)"
+curl -sS -o /dev/null https://up.test/repo.git/HEAD 2>/dev/null; echo "curl_same_host=$?"
+cp /usr/bin/git /sandbox/git-copy
+/sandbox/git-copy clone -q https://up.test/repo.git /sandbox/c2 2>/dev/null && echo git_copy=ok || echo git_copy=refused
+python3 -c "import urllib.request as u; print('py_get=' + u.urlopen('https://other.test/ok/a').read().decode().strip())"
+python3 -c "
+import urllib.request as u, urllib.error as e
+try: u.urlopen(u.Request('https://other.test/ok/a', data=b'x')); print('py_post=allowed')
+except e.HTTPError as x: print('py_post=%d' % x.code)"
+mkdir -p /sandbox/bin && cp /usr/bin/curl /sandbox/bin/fetch
+/sandbox/bin/fetch -sS http://other.test/t1; echo "tool_first=$?"
+cp /usr/bin/curl /sandbox/bin/fetch.new && printf 'x' >> /sandbox/bin/fetch.new && mv /sandbox/bin/fetch.new /sandbox/bin/fetch
+/sandbox/bin/fetch -s -o /dev/null -w '%{http_code}' http://other.test/t2 | sed 's/^/tool_replaced=/'; echo
+"#;
+
+#[test]
+fn binaries_are_told_apart_and_the_gateway_ca_is_trusted_inside() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let p = policy("git-and-py", GIT_AND_PY);
+    let out = ok(&["run", "--rm", "--policy", p.to_str().unwrap(), "agent", "--", "sh", "-c", SCRIPT]);
+    let r = kv(&out);
+    let want = |k: &str, v: &str| assert_eq!(r.get(k).map(String::as_str), Some(v), "{k}\n{out}");
+    want("env_HTTPS_PROXY", "http://127.0.0.1:3128");
+    want("env_ALL_PROXY", "http://127.0.0.1:3128");
+    want("env_NO_PROXY", "localhost,127.0.0.1,::1");
+    want("env_SSL_CERT_FILE", "/etc/moat/ca-bundle.pem");
+    // git (its https helper, matched through its parent /usr/bin/git) clones
+    // through the inspected tunnel; curl to the same host is refused.
+    want("git", "through the gateway");
+    assert_ne!(r.get("curl_same_host").map(String::as_str), Some("0"), "{out}");
+    want("git_copy", "refused");
+    want("py_get", "echo GET /ok/a 0");
+    want("py_post", "403");
+    want("tool_first", "0");
+    want("tool_replaced", "403");
+    let seen = world().up.seen();
+    assert!(seen.iter().any(|s| s.path.starts_with("/repo.git/info/refs")), "git's requests reached the upstream");
+    assert!(seen.iter().all(|s| s.method == "GET" || s.method == "HEAD"), "nothing but reads went out: {seen:?}");
+}
+
+#[test]
+fn operator_approves_a_refused_destination_and_changes_policy_live() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let p = policy("empty", "");
+    ok(&["run", "-d", "--name", "ops", "--policy", p.to_str().unwrap(), "agent", "--", "sleep", "600"]);
+    let refused = ok(&["exec", "ops", "--", "curl", "-s", "http://other.test/first"]);
+    assert!(refused.contains("egress denied") && refused.contains("/usr/bin/curl"), "{refused}");
+    let id = refused
+        .split("approval id: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("approval id")
+        .to_string();
+    let list = ok(&["approvals", "ops"]);
+    assert!(list.contains(&id) && list.contains("other.test:80"), "{list}");
+    ok(&["approve", "ops", &id, "--allowed-ip", "198.18.0.0/15"]);
+    let after = ok(&["exec", "ops", "--", "curl", "-s", "http://other.test/second"]);
+    assert_eq!(after, "echo GET /second 0\n");
+    let show = ok(&["policy", "show", "ops"]);
+    assert!(show.contains("# revision 2") && show.contains(&format!("approved-{id}")), "{show}");
+
+    // Live changes: a preset is added (revision 3); a process change is refused.
+    ok(&["policy", "add-preset", "ops", "github"]);
+    assert!(ok(&["policy", "show", "ops"]).contains("# revision 3"));
+    let weaker = policy("weaker", "").to_str().unwrap().to_string();
+    std::fs::write(
+        &weaker,
+        std::fs::read_to_string(&weaker).unwrap().replace("rlimit_nproc = 512", "rlimit_nproc = 600"),
+    )
+    .unwrap();
+    let o = moat(&["policy", "set", "ops", &weaker]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot change on a live sandbox"));
+
+    let events = ok(&["events", "ops", "--json"]);
+    let ev: Vec<serde_json::Value> = events.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(ev.iter().any(|e| e["decision"] == "deny" && e["path"] == "/first" && e["binary"] == "/usr/bin/curl"));
+    assert!(ev
+        .iter()
+        .any(|e| e["decision"] == "allow" && e["path"] == "/second" && e["rule"] == format!("approved-{id}")));
+    let audit = world().home.path().join("home/sandboxes/ops/audit.log");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&audit).unwrap().permissions().mode() & 0o777, 0o600);
+    let sock = world().home.path().join("run/sandboxes/ops/control.sock");
+    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+    ok(&["rm", "--force", "ops"]);
+    assert!(!world().home.path().join("home/sandboxes/ops/network").exists(), "revisions go with the sandbox");
+}
