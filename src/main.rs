@@ -2,11 +2,14 @@
 //! subcommand (in the `*_cmds` files) calling the libraries.
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use moat_supervisor::redact::{redact, RedactingWriter};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod credentials_cmds;
 mod debian_cmds;
 mod image_cmds;
+mod inference_cmds;
 mod policy_cmds;
 mod registry_cmds;
 mod sandbox_cmds;
@@ -96,6 +99,10 @@ enum Cmd {
     Deny(policy_cmds::DecideArgs),
     /// Print a sandbox's egress audit log (JSON lines with --json).
     Events(policy_cmds::EventsArgs),
+    /// Store provider credentials on the host (never inside a sandbox).
+    Credentials(credentials_cmds::CredentialsArgs),
+    /// Route a sandbox's inference.local to a provider; show it and its token usage.
+    Inference(inference_cmds::InferenceArgs),
     /// Internal: a detached sandbox's supervisor.
     #[command(name = "__supervise", hide = true)]
     Supervise(sandbox_cmds::InternalArgs),
@@ -105,13 +112,14 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    moat_supervisor::redact::install_panic_hook();
     let cli = Cli::parse();
     init_tracing(cli.quiet);
     let g = Global { store: cli.store, quiet: cli.quiet };
     match dispatch(cli.cmd, &g) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("moat: error: {e:#}");
+            eprintln!("{}", redact(&format!("moat: error: {e:#}")));
             ExitCode::from(2)
         }
     }
@@ -150,6 +158,8 @@ fn dispatch(cmd: Cmd, g: &Global) -> Result<ExitCode> {
         Cmd::Approve(a) => policy_cmds::approve(a),
         Cmd::Deny(a) => policy_cmds::deny(a),
         Cmd::Events(a) => policy_cmds::events(a),
+        Cmd::Credentials(a) => credentials_cmds::credentials(a),
+        Cmd::Inference(a) => inference_cmds::inference(a),
         Cmd::Supervise(a) => sandbox_cmds::supervise_internal(a),
         Cmd::Launch(a) => sandbox_cmds::launch_internal(a),
     }
@@ -161,5 +171,6 @@ fn init_tracing(quiet: bool) {
     let default = if quiet { "error" } else { "warn,libcontainer=error,libcgroups=error,rustls_platform_verifier=off" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Every log line goes through the secret redactor.
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| RedactingWriter::new(std::io::stderr())).init();
 }

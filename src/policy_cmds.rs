@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use moat_supervisor::gateway::control::{self, Request};
 use moat_supervisor::gateway::events::Event;
 use moat_supervisor::netpolicy::{self, Network};
+use moat_supervisor::redact::redact;
 use moat_supervisor::state::{self, Paths, Status};
 use moat_supervisor::Policy;
 use serde_json::Value;
@@ -276,9 +277,9 @@ pub fn events(a: EventsArgs) -> Result<ExitCode> {
             continue;
         }
         if a.json {
-            print!("{line}");
+            print!("{}", redact(&line));
         } else if let Ok(e) = serde_json::from_str::<Event>(&line) {
-            println!(
+            let text = format!(
                 "{} {:<6} {} {}:{} {} {} rule={} {}",
                 e.time,
                 format!("{:?}", e.decision).to_lowercase(),
@@ -290,6 +291,7 @@ pub fn events(a: EventsArgs) -> Result<ExitCode> {
                 if e.rule.is_empty() { "-" } else { &e.rule },
                 e.reason
             );
+            println!("{}", redact(&text));
         }
     }
 }

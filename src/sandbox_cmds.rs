@@ -4,6 +4,7 @@ use crate::Global;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use moat_builder::{home, Store};
+use moat_supervisor::redact::RedactingWriter;
 use moat_supervisor::sandbox::{self, RunRequest};
 use moat_supervisor::state::{self, Paths, Status};
 use moat_supervisor::{doctor, launcher, Policy};
@@ -298,18 +299,20 @@ pub fn logs(a: LogsArgs, _g: &Global) -> Result<ExitCode> {
         }
         Err(e) => return Err(e).context(paths.log_file().display().to_string()),
     };
-    let mut out = std::io::stdout().lock();
+    // Redacted line by line; a partial line waits for its end (or the last read).
+    let mut out = RedactingWriter::new(std::io::stdout().lock());
     let mut buf = Vec::new();
     loop {
         buf.clear();
         f.read_to_end(&mut buf)?;
         out.write_all(&buf)?;
-        out.flush()?;
+        out.get_mut().flush()?;
         if !a.follow || state::load(&paths).map(|r| r.live_status() != Status::Running).unwrap_or(true) {
             // One last read after the exit, for output written while we slept.
             buf.clear();
             f.read_to_end(&mut buf)?;
             out.write_all(&buf)?;
+            out.flush()?;
             break;
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -418,34 +418,104 @@ fn slowloris_heads_time_out_while_other_clients_are_served() {
     assert!(seen_under("/guard-slow/trickled").is_empty());
 }
 
+const BUSYBOX: &str = "/bin/busybox";
+
+fn busybox() -> String {
+    assert!(std::path::Path::new(BUSYBOX).is_file(), "{BUSYBOX} is missing (install busybox-static)");
+    std::fs::canonicalize(BUSYBOX).unwrap().to_string_lossy().into_owned()
+}
+
 #[test]
-fn a_different_binary_is_refused_for_a_destination_listed_only_for_this_test() {
-    let busybox = std::path::Path::new("/bin/busybox");
-    assert!(busybox.is_file(), "{} is missing (install busybox-static)", busybox.display());
+fn a_binary_outside_the_listed_ones_ancestry_is_refused() {
+    let exe = busybox();
     let g = Gw::start(FWD_UP);
-    // Busybox's wget, pointed at the gateway as its HTTP proxy.
-    let child = std::process::Command::new(busybox)
-        .args(["wget", "-S", "-O", "-", "http://up.test/guard-ident/other"])
-        .env("http_proxy", format!("http://{}", g.addr))
+    let proxy = format!("http://{}", g.addr);
+    // Control: busybox wget started by this test binary inherits its rule
+    // (a rule matches the caller's ancestors too).
+    let out = std::process::Command::new(BUSYBOX)
+        .args(["wget", "-S", "-O", "-", "http://up.test/guard-ident/child"])
+        .env("http_proxy", &proxy)
         .env_remove("no_proxy")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+        .output()
         .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "wget through the gateway succeeded: {stderr}");
-    assert!(stderr.contains("403"), "wget was not refused with 403: {stderr}");
-    let e = denial(&g, "up.test", 80, "GET");
-    let exe = std::fs::canonicalize(busybox).unwrap();
-    assert_eq!(e["binary"], exe.to_string_lossy().as_ref(), "the event names the real binary: {e}");
+    assert!(out.status.success(), "wget as a child of the listed binary: {}", String::from_utf8_lossy(&out.stderr));
+
+    // The same wget detached from this test (its shell exits first, so it is
+    // reparented): neither it nor any ancestor is the listed binary.
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"( while [ ! -e "$1/go" ]; do sleep 0.02; done
+exec /bin/busybox wget -S -O - http://up.test/guard-ident/orphan >"$1/out" 2>"$1/err" ) &
+echo $!"#;
+    let out = std::process::Command::new(BUSYBOX)
+        .args(["sh", "-c", script, "sh"])
+        .arg(dir.path())
+        .env("http_proxy", &proxy)
+        .env_remove("no_proxy")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let ppid: u32 = stat[stat.rfind(')').unwrap() + 2..].split(' ').nth(1).unwrap().parse().unwrap();
+    assert_ne!(ppid, std::process::id(), "wget is still this test's child");
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = std::fs::read_to_string(dir.path().join("err")).unwrap_or_default();
+    assert!(err.contains("403"), "the detached wget was not refused with 403: {err}");
+    let ev = g.events();
+    let e = ev.iter().find(|e| e["path"] == "/guard-ident/orphan").unwrap_or_else(|| panic!("no event: {ev:#?}"));
+    assert_eq!(e["decision"], "deny", "{e}");
+    assert_eq!(e["binary"], exe.as_str(), "the event names the real binary: {e}");
     assert_eq!(e["pid"], pid, "{e}");
-    assert_eq!(e["path"], "/guard-ident/other");
     assert!(e["reason"].as_str().unwrap().contains("only for other binaries"), "{e}");
-    // Control: the listed binary (this test) is allowed the same request.
-    let ok =
-        exchange(g.addr, b"GET http://up.test/guard-ident/me HTTP/1.1\r\nHost: up.test\r\nConnection: close\r\n\r\n");
-    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
-    assert_eq!(seen_under("/guard-ident/"), vec!["/guard-ident/me".to_string()]);
+    let child = ev.iter().find(|e| e["path"] == "/guard-ident/child").unwrap();
+    assert_eq!((child["decision"].as_str(), child["binary"].as_str()), (Some("allow"), Some(exe.as_str())));
+    assert_eq!(seen_under("/guard-ident/"), vec!["/guard-ident/child".to_string()]);
+}
+
+#[test]
+fn a_connection_shared_with_a_process_running_another_program_is_refused() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    busybox();
+    let g = Gw::start(FWD_UP);
+    let mut s = g.connect();
+    let fd = s.as_raw_fd();
+    let mut cmd = std::process::Command::new(BUSYBOX);
+    cmd.args(["sleep", "30"]);
+    // SAFETY: only fcntl (async-signal-safe) on a descriptor this process
+    // owns, in the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    // The child holds the socket once it has exec'd busybox.
+    let want = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let holds = || {
+        std::fs::read_link(format!("/proc/{}/exe", child.id())).is_ok_and(|e| e.ends_with("busybox"))
+            && std::fs::read_link(format!("/proc/{}/fd/{fd}", child.id())).is_ok_and(|l| l == want)
+    };
+    while !holds() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(holds(), "busybox did not inherit the socket");
+    write!(s, "GET http://up.test/guard-ident/shared HTTP/1.1\r\nHost: up.test\r\nConnection: close\r\n\r\n").unwrap();
+    let (resp, _) = read_all(&mut s);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status(&resp), 403, "{resp}");
+    let e = denial(&g, "up.test", 80, "GET");
+    assert!(e["reason"].as_str().unwrap().contains("shared by processes running different programs"), "{e}");
+    assert!(seen_under("/guard-ident/shared").is_empty());
 }

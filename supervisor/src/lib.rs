@@ -4,9 +4,11 @@
 //! later tokio) -> launcher (`launcher::launch`, a single-threaded re-exec of
 //! moat, the only caller of libcontainer) -> sandbox init (`executor`:
 //! Landlock, then seccomp, then exec) -> agent.
+pub mod credentials;
 pub mod doctor;
 pub mod executor;
 pub mod gateway;
+pub mod inference;
 pub mod landlock;
 pub mod launcher;
 pub mod layers;
@@ -14,6 +16,7 @@ pub mod netns;
 pub mod netpolicy;
 pub mod policy;
 pub mod policy_import;
+pub mod redact;
 pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;

@@ -284,6 +284,10 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
         ca: ca.clone(),
         control_socket: Some(paths.control_socket()),
         limits: crate::gateway::Limits::default(),
+        inference: std::sync::Arc::new(crate::inference::Inference::load(
+            Some(paths.home.clone()),
+            crate::credentials::Store::default_location(),
+        )),
     };
     crate::gateway::start(gateway, listener).map_err(gateway_err)?;
 

@@ -103,6 +103,10 @@ impl Gw {
             ca: Arc::new(Ca::new("t").unwrap()),
             control_socket: Some(dir.path().join("control.sock")),
             limits,
+            inference: Arc::new(moat_supervisor::inference::Inference::load(
+                Some(dir.path().to_path_buf()),
+                moat_supervisor::credentials::Store::at(dir.path().join("credentials")),
+            )),
         };
         let h = gateway::start(config, listener).expect("gateway starts");
         Gw { shared: h.shared, addr, dir }

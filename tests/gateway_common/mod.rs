@@ -29,6 +29,8 @@ pub struct Seen {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body_len: usize,
+    /// The first 4 KiB of the body, lossily decoded.
+    pub body: String,
 }
 
 /// A network namespace with one veth to the host: the host side is
@@ -206,7 +208,7 @@ impl Upstream {
                     let _ = tokio::io::copy(&mut r, &mut w).await;
                 }
             });
-            self.seen.lock().unwrap().push(Seen { method, path, headers, body_len: 0 });
+            self.seen.lock().unwrap().push(Seen { method, path, headers, body_len: 0, body: String::new() });
             return Ok(resp);
         }
         let query = req.uri().query().unwrap_or("").to_string();
@@ -214,10 +216,14 @@ impl Upstream {
         self.seen.lock().unwrap().push(Seen {
             method: method.clone(),
             path: path.clone(),
-            headers,
+            headers: headers.clone(),
             body_len: body.len(),
+            body: String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned(),
         });
         let p = path.split('?').next().unwrap_or("").to_string();
+        if let Some(r) = provider_response(&p, &headers, &body) {
+            return Ok(r);
+        }
         Ok(match p.as_str() {
             "/stream" => {
                 // Chunks 200 ms apart: a buffering proxy would deliver them together.
@@ -245,6 +251,78 @@ impl Upstream {
             },
         })
     }
+}
+
+/// OpenAI- and Anthropic-shaped answers: `/v1/chat/completions`,
+/// `/v1/messages` (streamed when the body asks, 200 ms between events, the
+/// usage last), `/v1/models`; a key of `bad-key` gets a 401 that echoes it
+/// back, as some providers do.
+fn provider_response(path: &str, headers: &[(String, String)], body: &[u8]) -> Option<Response<Body>> {
+    let h = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()).unwrap_or("");
+    let key = h("authorization").strip_prefix("Bearer ").unwrap_or(h("x-api-key")).to_string();
+    let json = |status: u16, v: serde_json::Value| {
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(full(v.to_string().into_bytes()))
+            .unwrap()
+    };
+    if !matches!(path, "/v1/chat/completions" | "/v1/messages" | "/v1/models") {
+        return None;
+    }
+    if key.ends_with("bad-key") {
+        return Some(json(
+            401,
+            serde_json::json!({"error": {"message": format!("Incorrect API key provided: {key}")}}),
+        ));
+    }
+    if path == "/v1/models" {
+        return Some(json(200, serde_json::json!({"data": [{"id": "test-model"}]})));
+    }
+    let req: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let model = req["model"].as_str().unwrap_or("").to_string();
+    let anthropic = path == "/v1/messages";
+    if req["stream"] != serde_json::Value::Bool(true) {
+        return Some(json(
+            200,
+            if anthropic {
+                serde_json::json!({"type": "message", "model": model, "content": [{"type": "text", "text": "hi"}], "usage": {"input_tokens": 11, "output_tokens": 7}})
+            } else {
+                serde_json::json!({"object": "chat.completion", "model": model, "choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}})
+            },
+        ));
+    }
+    let events: Vec<String> = if anthropic {
+        vec![
+            format!("event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"model\":\"{model}\",\"usage\":{{\"input_tokens\":20,\"output_tokens\":1}}}}}}\n\n"),
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"a\"}}\n\n".into(),
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"b\"}}\n\n".into(),
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\n\n".into(),
+        ]
+    } else {
+        vec![
+            format!("data: {{\"model\":\"{model}\",\"choices\":[{{\"delta\":{{\"content\":\"a\"}}}}]}}\n\n"),
+            "data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\n".into(),
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":9}}\n\n".into(),
+            "data: [DONE]\n\n".into(),
+        ]
+    };
+    let s = futures_util::stream::unfold((0usize, events), |(i, ev)| async move {
+        if i == ev.len() {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let item = Ok::<_, Infallible>(Frame::data(Bytes::from(ev[i].clone())));
+        Some((item, (i + 1, ev)))
+    });
+    Some(
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(BodyExt::boxed(StreamBody::new(s)))
+            .unwrap(),
+    )
 }
 
 fn full(v: Vec<u8>) -> Body {

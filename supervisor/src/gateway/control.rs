@@ -48,6 +48,12 @@ pub enum Request {
         network: Box<Network>,
         why: String,
     },
+    /// Switch where `inference.local` leads (live, persisted).
+    InferenceSet {
+        route: Box<crate::inference::Route>,
+    },
+    /// The route and today's token usage.
+    InferenceShow,
 }
 
 /// Binds the socket with mode 0600 (any stale socket is replaced).
@@ -92,6 +98,11 @@ fn status(shared: &Shared) -> Value {
     json!({"ok": true, "revision": c.number, "sha256": c.sha256, "generation": c.generation, "network": c.network})
 }
 
+fn inference(shared: &Shared) -> Value {
+    let route = shared.inference.route().map(|(r, _)| r);
+    json!({"ok": true, "route": route, "usage": shared.inference.usage()})
+}
+
 fn answer(shared: &Shared, req: Request) -> Value {
     let result = match req {
         Request::Status => return status(shared),
@@ -99,6 +110,11 @@ fn answer(shared: &Shared, req: Request) -> Value {
         Request::Approve { id, allowed_ips } => shared.approve(&id, allowed_ips).map(|_| ()),
         Request::Deny { id } => shared.deny(&id).map(|_| ()),
         Request::SetNetwork { network, why } => shared.set_network(*network, &why).map(|_| ()),
+        Request::InferenceSet { route } => match shared.inference.set_route(*route) {
+            Ok(()) => return inference(shared),
+            Err(e) => return json!({"ok": false, "error": e.to_string()}),
+        },
+        Request::InferenceShow => return inference(shared),
     };
     match result {
         Ok(()) => status(shared),

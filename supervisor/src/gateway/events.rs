@@ -4,6 +4,7 @@
 //! Guards against silent egress: every relayed, audited or refused request
 //! leaves a record an operator can follow (`moat events -f`). Query strings
 //! are never recorded (they carry tokens).
+use crate::redact::redact;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -58,13 +59,13 @@ impl Event {
             binary: caller.map(|c| c.exe.clone()).unwrap_or_default(),
             hash: caller.map(|c| c.sha256.clone()).unwrap_or_default(),
             pid: caller.map(|c| c.pid).unwrap_or(0),
-            host: host.to_string(),
+            host: redact(host).into_owned(),
             port,
             method: method.to_string(),
-            path: path.split(['?', '#']).next().unwrap_or("").to_string(),
+            path: redact(path.split(['?', '#']).next().unwrap_or("")).into_owned(),
             decision,
             rule: rule.to_string(),
-            reason: reason.to_string(),
+            reason: redact(reason).into_owned(),
         }
     }
 }
@@ -107,7 +108,8 @@ impl EventLog {
             rule = %e.rule,
             reason = %e.reason,
         );
-        let Ok(mut line) = serde_json::to_vec(e) else { return };
+        let Ok(json) = serde_json::to_string(e) else { return };
+        let mut line = redact(&json).into_owned().into_bytes();
         line.push(b'\n');
         if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             // One write per line with O_APPEND: readers never see half a record.

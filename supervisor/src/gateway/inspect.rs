@@ -102,10 +102,16 @@ pub async fn forward(
                 }
             },
         };
+        let proc_ = caller.as_ref().ok().map(|c| &c.process);
         let Some((host, port, path)) = parse_absolute(&head.target) else {
-            let (status, body) = if head.header("host").is_some_and(|h| h.starts_with(b"inference.local")) {
-                (503, "moat: the inference gateway is not configured for this sandbox\n")
-            } else if head.target.starts_with("https://") {
+            if head.target.starts_with('/') && head.header("host").is_some_and(is_inference_host) {
+                let path = head.target.clone();
+                if !crate::inference::relay::handle(shared, &shared.inference, client, head, &path, proc_).await {
+                    return;
+                }
+                continue;
+            }
+            let (status, body) = if head.target.starts_with("https://") {
                 (400, "moat: use CONNECT for https:// (set HTTPS_PROXY)\n")
             } else {
                 (400, "moat: this is an HTTP proxy: send absolute-form requests (set HTTP_PROXY)\n")
@@ -113,6 +119,12 @@ pub async fn forward(
             let _ = client.get_mut().write_all(&http1::simple_response(status, reason(status), body, true)).await;
             return;
         };
+        if host.eq_ignore_ascii_case(INFERENCE_HOST) {
+            if !crate::inference::relay::handle(shared, &shared.inference, client, head, &path, proc_).await {
+                return;
+            }
+            continue;
+        }
         let cur_gen = shared.current().generation;
         let reuse = upstream.as_ref().is_some_and(|(h, p, r, _)| *h == host && *p == port && r.generation == cur_gen);
         if !reuse {
@@ -164,6 +176,45 @@ pub async fn forward(
         }
         let Some((_, _, _, up)) = upstream.as_mut() else { return };
         if exchange(shared, client, up, head, &path).await != Flow::KeepAlive {
+            return;
+        }
+    }
+}
+
+/// The name the sandbox reaches its model by (its /etc/hosts points it at the gateway).
+pub const INFERENCE_HOST: &str = "inference.local";
+
+fn is_inference_host(v: &[u8]) -> bool {
+    let v = String::from_utf8_lossy(v);
+    let host = v.trim().rsplit_once(':').map(|(h, _)| h).unwrap_or(v.trim());
+    host.eq_ignore_ascii_case(INFERENCE_HOST)
+}
+
+/// `https://inference.local`: TLS terminated with a leaf for the name,
+/// then every request goes to the inference relay.
+pub async fn inference_tunnel(
+    shared: &Arc<Shared>,
+    client: BufReader<TcpStream>,
+    caller: Option<&super::identity::Proc>,
+) {
+    let Ok(server) = shared.ca.server_config(INFERENCE_HOST) else { return };
+    let accept = tokio_rustls::TlsAcceptor::from(server).accept(client);
+    let Ok(Ok(tls)) = tokio::time::timeout(shared.limits.head_timeout, accept).await else { return };
+    let mut client = BufReader::new(tls);
+    loop {
+        let head = match read_head(shared, &mut client, shared.limits.idle_timeout).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(resp) => {
+                let _ = client.get_mut().write_all(&resp).await;
+                return;
+            }
+        };
+        let path = head.target.clone();
+        if !path.starts_with('/')
+            || !crate::inference::relay::handle(shared, &shared.inference, &mut client, head, &path, caller).await
+        {
+            let _ = client.get_mut().shutdown().await;
             return;
         }
     }

@@ -78,6 +78,8 @@ pub struct Config {
     /// Unix socket for the CLI (`moat approvals`, `policy set`, ...).
     pub control_socket: Option<PathBuf>,
     pub limits: Limits,
+    /// Where `inference.local` leads (issue: inference gateway).
+    pub inference: Arc<crate::inference::Inference>,
 }
 
 /// The revision in force.
@@ -105,6 +107,7 @@ pub struct Shared {
     /// Serialises policy changes (number allocation and the file write).
     change: Mutex<()>,
     pub limits: Limits,
+    pub inference: Arc<crate::inference::Inference>,
 }
 
 impl Shared {
@@ -205,6 +208,7 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, 
         revisions: config.revisions,
         change: Mutex::new(()),
         limits: config.limits,
+        inference: config.inference,
     });
     raise_nofile();
     listener.set_nonblocking(true).map_err(io("gateway socket"))?;

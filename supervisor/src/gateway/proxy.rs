@@ -98,6 +98,12 @@ async fn connect(shared: &Arc<Shared>, mut client: BufReader<TcpStream>, head: R
             .await;
         return;
     };
+    if host.eq_ignore_ascii_case(inspect::INFERENCE_HOST) {
+        if client.get_mut().write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await.is_ok() {
+            inspect::inference_tunnel(shared, client, caller.as_ref().ok().map(|c| &c.process)).await;
+        }
+        return;
+    }
     let relay = match decide::destination(shared, &caller, &host, port, "CONNECT", "").await {
         Ok(r) => r,
         Err(refusal) => {

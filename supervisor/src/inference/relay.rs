@@ -1,0 +1,482 @@
+//! One request to `inference.local`: strip whatever credential the sandbox
+//! sent, inject the host-held one in the provider's header style, rewrite
+//! the model if configured, enforce the budget, and stream the response back
+//! chunk by chunk while counting tokens. Guards against the key reaching the
+//! sandbox (it is added after the request leaves the sandbox's hands, and
+//! erased from error bodies the provider echoes), against a sandbox-supplied
+//! key being used (always stripped), and against unbounded bodies.
+use super::usage::Tap;
+use super::{Endpoint, Inference, Kind, Route};
+use crate::gateway::events::{Decision, Event};
+use crate::gateway::http1::{self, Framing, RequestHead};
+use crate::gateway::identity::Proc;
+use crate::gateway::Shared;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+/// Largest request body (prompts with images fit; a runaway upload does not).
+pub const MAX_REQUEST_BODY: usize = 32 << 20;
+/// Largest response body relayed; past it the response is cut.
+pub const MAX_RESPONSE_BODY: u64 = 256 << 20;
+/// Time the provider may take to start answering.
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Any upstream stream (plain or TLS).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type Upstream = BufReader<Box<dyn Io>>;
+
+/// Idle upstream connections, per endpoint (a warm connection saves a
+/// TLS handshake per completion).
+#[derive(Default)]
+pub struct Pool(std::sync::Mutex<Vec<(String, Upstream)>>);
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pool")
+    }
+}
+
+const POOL_MAX: usize = 16;
+
+fn error_body(status: u16, kind: &str, message: &str) -> Vec<u8> {
+    let body = serde_json::json!({"error": {"type": kind, "message": message}}).to_string();
+    let reason = match status {
+        400 => "Bad Request",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Headers never forwarded to a provider.
+fn dropped(name: &str) -> bool {
+    const DROP: &[&str] = &[
+        "authorization",
+        "x-api-key",
+        "api-key",
+        "x-goog-api-key",
+        "cookie",
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "expect",
+        "accept-encoding",
+    ];
+    let n = name.to_ascii_lowercase();
+    DROP.contains(&n.as_str()) || n.starts_with("proxy-")
+}
+
+/// Handles one request; returns whether the client connection stays open.
+pub async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    inf: &Inference,
+    client: &mut BufReader<C>,
+    mut head: RequestHead,
+    path: &str,
+    caller: Option<&Proc>,
+) -> bool {
+    let started = Instant::now();
+    let method = head.method.clone();
+    let fail = |status: u16, kind: &str, msg: &str| {
+        shared.events.record(&Event::new(
+            caller,
+            "inference.local",
+            0,
+            &method,
+            path,
+            Decision::Deny,
+            "inference",
+            msg,
+        ));
+        error_body(status, kind, msg)
+    };
+    let Some((route, ep)) = inf.route() else {
+        let b = fail(503, "moat_no_route", "no inference route is configured: an operator runs `moat inference set`");
+        let _ = client.get_mut().write_all(&b).await;
+        return false;
+    };
+    let body = match read_body(&head, client).await {
+        Ok(b) => b,
+        Err((status, msg)) => {
+            let b = fail(status, "moat_bad_request", &msg);
+            let _ = client.get_mut().write_all(&b).await;
+            return false;
+        }
+    };
+    let admitted = inf.meter.lock().unwrap_or_else(|p| p.into_inner()).admit(&route.budget, Instant::now());
+    if let Err(over) = admitted {
+        let b = fail(429, "moat_budget_exceeded", &over.0);
+        let _ = client.get_mut().write_all(&b).await;
+        return false;
+    }
+    let key = match &route.credential {
+        Some(c) => match inf.credential(c) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                let b = fail(503, "moat_no_credential", &e.to_string());
+                let _ = client.get_mut().write_all(&b).await;
+                return false;
+            }
+        },
+        None => None,
+    };
+    let body = rewrite_model(body, route.model.as_deref());
+    let client_close = http1::wants_close_request(&head);
+    head.headers.retain(|(n, _)| !dropped(n));
+    http1::strip_hop_by_hop(&mut head.headers);
+    head.headers.push(("Host".into(), host_header(&ep).into_bytes()));
+    head.headers.push(("Content-Length".into(), body.len().to_string().into_bytes()));
+    inject_credential(&mut head, route.provider, key.as_deref());
+    let target = format!("{}{}", ep.base, path);
+
+    let mut up = match checkout(shared, inf, &route, &ep).await {
+        Ok(u) => u,
+        Err(e) => {
+            let b = fail(502, "moat_upstream", &format!("cannot reach the provider at {}: {e}", route.endpoint));
+            let _ = client.get_mut().write_all(&b).await;
+            return false;
+        }
+    };
+    let sent = async {
+        up.get_mut().write_all(&http1::write_request_head(&head, &target)).await?;
+        up.get_mut().write_all(&body).await?;
+        up.get_mut().flush().await
+    };
+    if let Err(e) = sent.await {
+        let b = fail(502, "moat_upstream", &format!("sending to the provider: {e}"));
+        let _ = client.get_mut().write_all(&b).await;
+        return false;
+    }
+    let resp = loop {
+        match tokio::time::timeout(FIRST_BYTE_TIMEOUT, http1::read_response_head(&mut up, shared.limits.max_head)).await
+        {
+            Ok(Ok(Some(r))) if (100..200).contains(&r.status) => continue,
+            Ok(Ok(Some(r))) => break r,
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                let b = fail(502, "moat_upstream", "the provider closed the connection or answered malformed HTTP");
+                let _ = client.get_mut().write_all(&b).await;
+                return false;
+            }
+            Err(_) => {
+                let b = fail(504, "moat_timeout", "the provider did not answer in time");
+                let _ = client.get_mut().write_all(&b).await;
+                return false;
+            }
+        }
+    };
+    let Ok(framing) = http1::response_framing(&head.method, &resp) else {
+        let b = fail(502, "moat_upstream", "the provider's response framing is ambiguous");
+        let _ = client.get_mut().write_all(&b).await;
+        return false;
+    };
+    let content_type = resp.header("content-type").map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+    let upstream_close = http1::wants_close_response(&resp) || framing == Framing::UntilClose;
+    let mut out = resp.clone();
+    http1::strip_hop_by_hop(&mut out.headers);
+    out.headers
+        .retain(|(n, _)| !n.eq_ignore_ascii_case("content-length") && !n.eq_ignore_ascii_case("transfer-encoding"));
+    let has_body = framing != Framing::None;
+    if has_body {
+        out.headers.push(("Transfer-Encoding".into(), b"chunked".to_vec()));
+    } else {
+        out.headers.push(("Content-Length".into(), b"0".to_vec()));
+    }
+    if client_close {
+        out.headers.push(("Connection".into(), b"close".to_vec()));
+    }
+    if client.get_mut().write_all(&http1::write_response_head(&out)).await.is_err() {
+        return false;
+    }
+    let mut tap = Tap::new(&content_type);
+    let scrub = key.as_deref().filter(|_| resp.status >= 400);
+    let mut reader = BodyReader::new(framing);
+    let mut total = 0u64;
+    let mut complete = !has_body;
+    while has_body {
+        match reader.next(&mut up).await {
+            Ok(Some(mut piece)) => {
+                total += piece.len() as u64;
+                if total > MAX_RESPONSE_BODY {
+                    break;
+                }
+                tap.feed(&piece);
+                if let Some(k) = scrub {
+                    piece = scrub_key(piece, k);
+                }
+                let frame = [format!("{:x}\r\n", piece.len()).as_bytes(), &piece, b"\r\n"].concat();
+                if client.get_mut().write_all(&frame).await.is_err() || client.get_mut().flush().await.is_err() {
+                    return false;
+                }
+            }
+            Ok(None) => {
+                complete = true;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    if has_body && complete && client.get_mut().write_all(b"0\r\n\r\n").await.is_err() {
+        return false;
+    }
+    let _ = client.get_mut().flush().await;
+    tap.finish();
+    inf.meter.lock().unwrap_or_else(|p| p.into_inner()).record(&route.name, tap.input, tap.output);
+    inf.save_usage();
+    let reason = format!(
+        "{} {:?} status {} tokens in {} out {} in {} ms",
+        route.name,
+        route.provider,
+        resp.status,
+        tap.input,
+        tap.output,
+        started.elapsed().as_millis()
+    );
+    shared.events.record(&Event::new(
+        caller,
+        "inference.local",
+        0,
+        &head.method,
+        path,
+        Decision::Allow,
+        "inference",
+        &reason,
+    ));
+    if complete && !upstream_close {
+        checkin(inf, &route, up);
+    }
+    complete && !client_close
+}
+
+fn host_header(ep: &Endpoint) -> String {
+    let host = if ep.host.contains(':') { format!("[{}]", ep.host) } else { ep.host.clone() };
+    if (ep.tls && ep.port == 443) || (!ep.tls && ep.port == 80) {
+        host
+    } else {
+        format!("{host}:{}", ep.port)
+    }
+}
+
+fn inject_credential(head: &mut RequestHead, kind: Kind, key: Option<&str>) {
+    match (kind, key) {
+        (Kind::Anthropic, Some(k)) => head.headers.push(("x-api-key".into(), k.as_bytes().to_vec())),
+        (_, Some(k)) => head.headers.push(("Authorization".into(), format!("Bearer {k}").into_bytes())),
+        (_, None) => {}
+    }
+    if kind == Kind::Anthropic && head.header("anthropic-version").is_none() {
+        head.headers.push(("anthropic-version".into(), b"2023-06-01".to_vec()));
+    }
+}
+
+fn rewrite_model(body: Vec<u8>, model: Option<&str>) -> Vec<u8> {
+    let Some(model) = model else { return body };
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body) else { return body };
+    let Some(obj) = v.as_object_mut() else { return body };
+    if !obj.contains_key("model") {
+        return body;
+    }
+    obj.insert("model".into(), serde_json::Value::String(model.to_string()));
+    serde_json::to_vec(&v).unwrap_or(body)
+}
+
+/// Replaces every occurrence of the key (an error body that echoes it).
+fn scrub_key(piece: Vec<u8>, key: &str) -> Vec<u8> {
+    let k = key.as_bytes();
+    if k.len() < 4 || !piece.windows(k.len()).any(|w| w == k) {
+        return piece;
+    }
+    let mut out = Vec::with_capacity(piece.len());
+    let mut i = 0;
+    while i < piece.len() {
+        if piece[i..].starts_with(k) {
+            out.extend_from_slice(b"[redacted]");
+            i += k.len();
+        } else {
+            out.push(piece[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Reads the whole request body (bounded); Err is (status, message).
+async fn read_body<C: AsyncRead + Unpin>(
+    head: &RequestHead,
+    client: &mut BufReader<C>,
+) -> Result<Vec<u8>, (u16, String)> {
+    let framing = http1::request_framing(head).map_err(|e| (400, e.to_string()))?;
+    let mut reader = BodyReader::new(framing);
+    let mut body = Vec::new();
+    while let Some(piece) = reader.next(client).await.map_err(|e| (400, format!("reading the request body: {e}")))? {
+        body.extend_from_slice(&piece);
+        if body.len() > MAX_REQUEST_BODY {
+            return Err((413, format!("request body larger than {} MiB", MAX_REQUEST_BODY >> 20)));
+        }
+    }
+    Ok(body)
+}
+
+/// Decodes a body into pieces as they arrive (chunked framing removed).
+struct BodyReader {
+    framing: Framing,
+    left: u64,
+    started: bool,
+    done: bool,
+}
+
+impl BodyReader {
+    fn new(framing: Framing) -> BodyReader {
+        let left = if let Framing::Length(n) = framing { n } else { 0 };
+        BodyReader { framing, left, started: false, done: false }
+    }
+
+    async fn next<R: tokio::io::AsyncBufRead + Unpin>(&mut self, r: &mut R) -> std::io::Result<Option<Vec<u8>>> {
+        let eof = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "body ended early");
+        if self.done {
+            return Ok(None);
+        }
+        match self.framing {
+            Framing::None => {
+                self.done = true;
+                Ok(None)
+            }
+            Framing::Length(_) | Framing::UntilClose => {
+                let until_close = self.framing == Framing::UntilClose;
+                if !until_close && self.left == 0 {
+                    self.done = true;
+                    return Ok(None);
+                }
+                let want = if until_close { 64 * 1024 } else { self.left.min(64 * 1024) as usize };
+                let mut buf = vec![0u8; want];
+                let n = r.read(&mut buf).await?;
+                if n == 0 {
+                    self.done = true;
+                    return if until_close { Ok(None) } else { Err(eof()) };
+                }
+                buf.truncate(n);
+                self.left = self.left.saturating_sub(n as u64);
+                Ok(Some(buf))
+            }
+            Framing::Chunked => {
+                if self.left == 0 {
+                    if self.started {
+                        expect_crlf(r).await?;
+                    }
+                    self.started = true;
+                    let mut line = String::new();
+                    if r.read_line(&mut line).await? == 0 || line.len() > 4096 {
+                        return Err(eof());
+                    }
+                    let size = line.trim_end().split(';').next().unwrap_or("").trim();
+                    self.left = u64::from_str_radix(size, 16)
+                        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size"))?;
+                    if self.left == 0 {
+                        // Trailers, then the blank line.
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).await? == 0 {
+                                return Err(eof());
+                            }
+                            if line == "\r\n" || line == "\n" {
+                                break;
+                            }
+                        }
+                        self.done = true;
+                        return Ok(None);
+                    }
+                }
+                let mut buf = vec![0u8; self.left.min(64 * 1024) as usize];
+                let n = r.read(&mut buf).await?;
+                if n == 0 {
+                    return Err(eof());
+                }
+                buf.truncate(n);
+                self.left -= n as u64;
+                Ok(Some(buf))
+            }
+        }
+    }
+}
+
+async fn expect_crlf<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<()> {
+    let mut b = [0u8; 2];
+    r.read_exact(&mut b).await?;
+    if &b != b"\r\n" {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "chunk data not followed by CRLF"));
+    }
+    Ok(())
+}
+
+async fn checkout(shared: &Shared, inf: &Inference, route: &Route, ep: &Endpoint) -> std::io::Result<Upstream> {
+    {
+        let mut pool = inf.pool.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = pool.iter().position(|(k, _)| *k == route.endpoint) {
+            return Ok(pool.swap_remove(i).1);
+        }
+    }
+    // The route is the operator's (it may name a server on the host's
+    // loopback, e.g. Ollama): resolved, but not subject to the egress SSRF guard.
+    let addrs = shared
+        .resolver
+        .resolve(&ep.host, ep.port)
+        .await
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string()))?;
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for a in addrs {
+        match tokio::time::timeout(shared.limits.connect_timeout, tokio::net::TcpStream::connect(a)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                if !ep.tls {
+                    return Ok(BufReader::new(Box::new(s)));
+                }
+                let name = crate::gateway::ca::server_name(&ep.host)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+                let tls = tokio_rustls::TlsConnector::from(shared.upstream_tls.clone()).connect(name, s).await?;
+                return Ok(BufReader::new(Box::new(tls)));
+            }
+            Ok(Err(e)) => last = e,
+            Err(_) => last = std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {a} timed out")),
+        }
+    }
+    Err(last)
+}
+
+fn checkin(inf: &Inference, route: &Route, up: Upstream) {
+    if !up.buffer().is_empty() {
+        return; // stray bytes: not reusable
+    }
+    let mut pool = inf.pool.0.lock().unwrap_or_else(|p| p.into_inner());
+    if pool.len() < POOL_MAX {
+        pool.push((route.endpoint.clone(), up));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_stripped_injected_and_scrubbed() {
+        for h in ["Authorization", "x-api-key", "X-Api-Key", "Proxy-Authorization", "Cookie", "Accept-Encoding"] {
+            assert!(dropped(h), "{h}");
+        }
+        assert!(!dropped("content-type"));
+        let mut head =
+            RequestHead { method: "POST".into(), target: "/v1/messages".into(), version: 1, headers: vec![] };
+        inject_credential(&mut head, Kind::Anthropic, Some("sk-ant-secret"));
+        assert_eq!(head.header("x-api-key"), Some(&b"sk-ant-secret"[..]));
+        assert_eq!(head.header("anthropic-version"), Some(&b"2023-06-01"[..]));
+        assert!(head.header("authorization").is_none());
+        let out = scrub_key(b"bad key sk-ant-secret given".to_vec(), "sk-ant-secret");
+        assert_eq!(out, b"bad key [redacted] given");
+        let body = rewrite_model(br#"{"model":"gpt-x","messages":[]}"#.to_vec(), Some("llama3"));
+        assert!(String::from_utf8(body).unwrap().contains("\"model\":\"llama3\""));
+    }
+}
