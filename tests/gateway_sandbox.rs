@@ -230,3 +230,65 @@ fn operator_approves_a_refused_destination_and_changes_policy_live() {
     ok(&["rm", "--force", "ops"]);
     assert!(!world().home.path().join("home/sandboxes/ops/network").exists(), "revisions go with the sandbox");
 }
+
+const SECRET: &str = "sk-proj-SANDBOXNEVERSEES0123456789abcdef";
+
+/// Runs moat with `input` on stdin.
+fn moat_stdin(args: &[&str], input: &str) -> Output {
+    let w = world();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_moat"))
+        .args(args)
+        .env("MOAT_HOME", w.home.path().join("home"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run moat");
+    use std::io::Write;
+    c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    c.wait_with_output().unwrap()
+}
+
+#[test]
+fn the_sandbox_reaches_its_model_but_never_sees_the_key() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let o = moat_stdin(&["credentials", "set", "openai-test"], SECRET);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&[
+        "inference",
+        "set",
+        "--default",
+        "--provider",
+        "openai",
+        "--endpoint",
+        "https://up.test",
+        "--credential",
+        "openai-test",
+    ]);
+    let script = r#"
+curl -sS -H 'Authorization: Bearer sk-sandbox-guess-0000000000' -H 'Content-Type: application/json' \
+  -d '{"model":"m","messages":[],"marker":"from-sandbox"}' http://inference.local/v1/chat/completions; echo
+curl -sS --cacert /etc/moat/ca.pem https://inference.local/v1/models; echo
+# The pattern is assembled at run time so this script's own cmdline does not match.
+pat=SANDBOXNEVER; pat="${pat}SEES"
+env | grep -c "$pat" || true
+grep -rls "$pat" /etc /sandbox /tmp /app /proc/[0-9]*/environ 2>/dev/null | head -5 | sed 's/^/leak=/'
+for f in /proc/[0-9]*/cmdline; do
+  case "$(tr '\0' ' ' < "$f" 2>/dev/null)" in *"$pat"*) echo "leak=$f";; esac
+done
+echo done
+"#;
+    let p = policy("inference-only", "");
+    let out = ok(&["run", "--rm", "--policy", p.to_str().unwrap(), "agent", "--", "sh", "-c", script]);
+    assert!(out.contains("chat.completion"), "the completion came back: {out}");
+    assert!(out.contains("test-model"), "models over https://inference.local: {out}");
+    assert!(!out.contains("SANDBOXNEVERSEES"), "the key leaked into the sandbox: {out}");
+    assert!(!out.contains("leak="), "{out}");
+    assert!(out.trim_end().ends_with("done"), "{out}");
+    let seen = world().up.seen();
+    let s = seen.iter().rev().find(|s| s.body.contains("from-sandbox")).expect("upstream saw the completion");
+    assert!(s.headers.iter().any(|(k, v)| k == "authorization" && v == &format!("Bearer {SECRET}")));
+    let usage = ok(&["credentials", "ls"]);
+    assert!(usage.contains("openai-test") && !usage.contains("SANDBOXNEVERSEES"), "{usage}");
+    std::fs::remove_file(world().home.path().join("home/inference.json")).unwrap();
+}

@@ -288,11 +288,16 @@ impl Store {
     }
 
     /// Credential name -> sandboxes naming it in `sandboxes/*/inference.json`
-    /// (a JSON object with `"credential": "NAME"` or null). Absent, oversized
-    /// or garbled files are skipped: this is a display aid, not a decision.
+    /// (a JSON object with `"credential": "NAME"` or null), plus `(default)`
+    /// for the default route in `inference.json` beside them (no sandbox name
+    /// has parentheses). Absent, oversized or garbled files are skipped: this
+    /// is a display aid, not a decision.
     fn users(&self) -> BTreeMap<String, Vec<String>> {
         let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let Some(home) = self.dir.parent() else { return map };
+        if let Some(cred) = inference_credential(&home.join("inference.json")) {
+            map.entry(cred).or_default().push("(default)".to_string());
+        }
         let Ok(rd) = fs::read_dir(home.join("sandboxes")) else { return map };
         for entry in rd.flatten() {
             let Some(sandbox) = entry.file_name().to_str().map(str::to_string) else { continue };
@@ -602,11 +607,14 @@ mod tests {
             }
         }
         fs::write(sb.join("stray-file"), "").unwrap();
+        fs::write(t.path().join("inference.json"), r#"{"route": {}, "credential": "openai"}"#).unwrap();
         let list = s.list().unwrap();
         assert_eq!(list[0].name, "openai");
-        assert_eq!(list[0].used_by, ["alpha", "zeta"]);
+        assert_eq!(list[0].used_by, ["(default)", "alpha", "zeta"]);
         assert_eq!(list[1].name, "spare");
         assert!(list[1].used_by.is_empty());
+        assert_eq!(s.used_by("openai"), ["(default)", "alpha", "zeta"]);
+        fs::remove_file(t.path().join("inference.json")).unwrap();
         assert_eq!(s.used_by("openai"), ["alpha", "zeta"]);
         // No sandboxes directory at all is fine.
         fs::remove_dir_all(&sb).unwrap();

@@ -274,6 +274,17 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
     }
     let (netns, listener) = net.join().map_err(|_| SandboxError::Netns(crate::netns::NetnsError::Thread))??;
     let ca = std::sync::Arc::new(crate::gateway::ca::Ca::new(&paths.name).map_err(gateway_err)?);
+    // Credentials stay on the host; their permissions are re-checked (and
+    // repaired, loudly) on every start.
+    let credentials = crate::credentials::Store::default_location();
+    match credentials.check_and_repair() {
+        Ok(warnings) => {
+            for w in warnings {
+                tracing::warn!(event = "credentials_repaired", "{w}");
+            }
+        }
+        Err(e) => tracing::warn!(event = "credentials_unusable", error = %e, "credential store check failed"),
+    }
     let gateway = crate::gateway::Config {
         sandbox: paths.name.clone(),
         network: policy.network.clone(),
@@ -284,10 +295,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
         ca: ca.clone(),
         control_socket: Some(paths.control_socket()),
         limits: crate::gateway::Limits::default(),
-        inference: std::sync::Arc::new(crate::inference::Inference::load(
-            Some(paths.home.clone()),
-            crate::credentials::Store::default_location(),
-        )),
+        inference: std::sync::Arc::new(crate::inference::Inference::load(Some(paths.home.clone()), credentials)),
     };
     crate::gateway::start(gateway, listener).map_err(gateway_err)?;
 

@@ -19,6 +19,8 @@ pub enum InferenceError {
     State { path: PathBuf, message: String },
     #[error("credential {0:?} does not exist (moat credentials set {0})")]
     NoCredential(String),
+    #[error("credential {name:?}: {message}")]
+    Credential { name: String, message: String },
 }
 
 /// The kinds of provider; each has its own credential header.
@@ -159,9 +161,7 @@ impl Inference {
     pub fn set_route(&self, route: Route) -> Result<(), InferenceError> {
         let ep = route.validate()?;
         if let Some(c) = &route.credential {
-            if self.credentials.get(c).is_err() {
-                return Err(InferenceError::NoCredential(c.clone()));
-            }
+            self.credential(c)?;
         }
         if let Some(d) = &self.dir {
             save_route(&d.join("inference.json"), &route)?;
@@ -174,7 +174,18 @@ impl Inference {
     /// The credential's value for a request (read on the host, per request,
     /// so a rotated key takes effect at once).
     pub fn credential(&self, name: &str) -> Result<String, InferenceError> {
-        self.credentials.get(name).map_err(|_| InferenceError::NoCredential(name.to_string()))
+        let key = self.credentials.get(name).map_err(|e| match e {
+            crate::credentials::CredentialError::Unknown(_) => InferenceError::NoCredential(name.to_string()),
+            other => InferenceError::Credential { name: name.to_string(), message: other.to_string() },
+        })?;
+        // It goes into an HTTP header: a line break would inject headers.
+        if key.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(InferenceError::Credential {
+                name: name.to_string(),
+                message: "contains a line break or NUL; store it as one line".into(),
+            });
+        }
+        Ok(key)
     }
 
     pub fn usage(&self) -> usage::Usage {

@@ -200,7 +200,7 @@ pub async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
     let mut reader = BodyReader::new(framing);
     let mut total = 0u64;
     let mut complete = !has_body;
-    while has_body {
+    while has_body && !complete {
         match reader.next(&mut up).await {
             Ok(Some(mut piece)) => {
                 total += piece.len() as u64;
