@@ -120,7 +120,9 @@ pub fn lint(a: LintArgs, _g: &Global) -> Result<ExitCode> {
     for f in &findings {
         println!("{}: {}", f.at, f.msg);
     }
-    Ok(if findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    // Warnings are printed but do not fail the check.
+    let errors = findings.iter().filter(|f| !f.msg.starts_with("warning: ")).count();
+    Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// Validates a non-blueprint TOML file as the policy kind it looks like
@@ -136,9 +138,26 @@ fn check_policy(path: &Path, text: &str) -> Vec<lint::Finding> {
             Err(e) => at(e.to_string()),
         };
     }
+    let origin = path.display().to_string();
+    let direct_inference = |rules: &[moat_supervisor::netpolicy::NetPolicy]| -> Vec<lint::Finding> {
+        moat_supervisor::netpolicy::lint(rules)
+            .into_iter()
+            .filter(|w| w.contains("inference provider"))
+            .map(|w| lint::Finding { at: format!("{origin}:1:1"), msg: format!("warning: {w}") })
+            .collect()
+    };
+    if table.contains_key("risk") && table.contains_key("policy") {
+        return match moat_supervisor::netpolicy::parse_toml::<moat_supervisor::netpolicy::Preset>(text, &origin) {
+            Ok(p) => match p.policies.iter().try_for_each(|r| r.validate()) {
+                Ok(()) => direct_inference(&p.policies),
+                Err(e) => at(e.to_string()),
+            },
+            Err(e) => at(e.to_string()),
+        };
+    }
     if ["filesystem", "landlock", "process"].iter().any(|k| table.contains_key(*k)) {
         return match moat_supervisor::policy::Policy::parse(text, &path.display().to_string()) {
-            Ok(_) => Vec::new(),
+            Ok(p) => p.network.effective().map(|r| direct_inference(&r)).unwrap_or_default(),
             Err(moat_supervisor::policy::PolicyError::Parse { origin, line, column, message }) => {
                 vec![lint::Finding { at: format!("{origin}:{line}:{column}"), msg: message }]
             }
