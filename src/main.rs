@@ -114,6 +114,14 @@ enum Cmd {
 fn main() -> ExitCode {
     moat_supervisor::redact::install_panic_hook();
     let cli = Cli::parse();
+    // Commands that only print die quietly when their reader goes away
+    // (`moat images | head`), as CLI tools do. Processes that hold sockets
+    // (supervisor, gateway, exec relays) keep Rust's SIGPIPE = ignore.
+    if !matches!(cli.cmd, Cmd::Run(_) | Cmd::Exec(_) | Cmd::Supervise(_) | Cmd::Launch(_)) {
+        // SAFETY: restoring the default disposition of one signal before any
+        // thread is started; no handler is installed.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     init_tracing(cli.quiet);
     let g = Global { store: cli.store, quiet: cli.quiet };
     match dispatch(cli.cmd, &g) {
