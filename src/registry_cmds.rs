@@ -27,7 +27,7 @@ pub struct NetArgs {
 }
 
 impl NetArgs {
-    fn options(&self, g: &Global) -> Options {
+    pub(crate) fn options(&self, g: &Global) -> Options {
         Options {
             ca_file: self.ca_file.clone(),
             insecure: self.insecure.clone(),

@@ -1,12 +1,13 @@
 //! Snapshot commands: backup, snapshots, restore, and `snapshot
-//! export|import|gc`. Thin: resolves the sandbox's workspace and state, then
+//! export|import|push|pull|gc`. Thin: resolves the sandbox's workspace and state, then
 //! calls `moat_supervisor::snapshot`. Guards against restoring under a running
 //! sandbox (its workspace is mounted) and against silent data loss (every
 //! restore prints how to undo it).
+use crate::registry_cmds::NetArgs;
 use crate::Global;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use moat_supervisor::snapshot::{self, archive, freeze, BackupOptions, Record, Repo};
+use moat_supervisor::snapshot::{self, archive, freeze, oci, BackupOptions, Record, Repo};
 use moat_supervisor::state::{self, Paths, Status};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +60,22 @@ pub enum SnapshotCmd {
     },
     /// Read a file written by `snapshot export`, verifying every chunk.
     Import { file: PathBuf },
+    /// Push one snapshot (SANDBOX, SANDBOX:TAG, or a digest) to a registry as an OCI artifact;
+    /// prints REGISTRY/REPO@sha256:...
+    Push {
+        snapshot: String,
+        /// Destination REGISTRY/REPO[:TAG] (a tag is only an alias; the digest is printed).
+        target: String,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Pull a snapshot pushed with `snapshot push` (REGISTRY/REPO@sha256:..., verified) and import it.
+    Pull {
+        /// REGISTRY/REPO@sha256:... (tags are refused: see `moat resolve`).
+        reference: String,
+        #[command(flatten)]
+        net: NetArgs,
+    },
     /// Remove chunks no snapshot references.
     Gc,
 }
@@ -182,6 +199,45 @@ pub fn snapshot(a: SnapshotArgs, g: &Global) -> Result<ExitCode> {
                 eprintln!("imported as a snapshot of {} ({} new chunks)", rec.sandbox, rec.new_chunks);
             }
             println!("sha256:{digest}");
+        }
+        SnapshotCmd::Push { snapshot, target, net } => {
+            let rec = find(&repo, &snapshot)?;
+            let r = oci::push(&repo, &rec, &target, &net.options(g))
+                .with_context(|| format!("pushing snapshot sha256:{} to {target}", rec.digest))?;
+            if net.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                if !g.quiet {
+                    let p = &r.registry;
+                    eprintln!(
+                        "snapshot {} of {}: uploaded {} blob(s) ({} bytes), {} already present",
+                        r.snapshot,
+                        rec.sandbox,
+                        p.uploaded.len(),
+                        p.bytes_uploaded,
+                        p.skipped.len() + p.mounted.len()
+                    );
+                }
+                println!("{}", r.pinned);
+            }
+        }
+        SnapshotCmd::Pull { reference, net } => {
+            let r = oci::pull(&repo, &reference, &net.options(g))
+                .with_context(|| format!("pulling snapshot {reference}"))?;
+            if net.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                if !g.quiet {
+                    eprintln!(
+                        "imported as a snapshot of {} ({} new chunks); restore with: moat restore {} {} --to NEWNAME",
+                        r.record.sandbox,
+                        r.record.new_chunks,
+                        r.record.sandbox,
+                        &r.digest[..12]
+                    );
+                }
+                println!("sha256:{}", r.digest);
+            }
         }
         SnapshotCmd::Gc => {
             let (n, bytes) = repo.gc()?;

@@ -319,7 +319,7 @@ fn a_thousand_concurrent_clients_are_all_served() {
     let _heavy = heavy();
     raise_nofile();
     let g = Gw::start(FWD_UP);
-    const N: usize = 1000;
+    let N: usize = std::env::var("GUARD_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let t0 = Instant::now();
     let mut conns: Vec<TcpStream> = (0..N)
         .map(|_| {
@@ -444,7 +444,7 @@ fn a_binary_outside_the_listed_ones_ancestry_is_refused() {
     // reparented): neither it nor any ancestor is the listed binary.
     let dir = tempfile::tempdir().unwrap();
     let script = r#"( while [ ! -e "$1/go" ]; do sleep 0.02; done
-exec /bin/busybox wget -S -O - http://up.test/guard-ident/orphan >"$1/out" 2>"$1/err" ) &
+exec /bin/busybox wget -S -O - http://up.test/guard-ident/orphan >"$1/out" 2>"$1/err" ) </dev/null >/dev/null 2>&1 &
 echo $!"#;
     let out = std::process::Command::new(BUSYBOX)
         .args(["sh", "-c", script, "sh"])

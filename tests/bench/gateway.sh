@@ -17,22 +17,28 @@
 # Needs root, iproute2, nginx-light, tinyproxy,
 # openssl, curl (scripts/install-deps.sh), and the `agent` image (built from
 # blueprints/agent.toml if the store lacks it).
-#   RUNS=5 N=2000 bash tests/bench/gateway.sh     (from the repo root)
+#   RUNS=5 ROUNDS=3 N=2000 WARM=100 bash tests/bench/gateway.sh     (as root, from the repo root)
+# MOAT=path/to/moat uses that binary instead of building the release one.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-5}
 N=${N:-2000}
+ROUNDS=${ROUNDS:-3}
 WARM=${WARM:-100}
-for t in ip nginx tinyproxy openssl curl unshare awk; do
+for t in ip nginx tinyproxy openssl curl unshare awk shuf; do
   command -v "$t" >/dev/null || { echo "gateway bench: $t is missing (scripts/install-deps.sh)" >&2; exit 2; }
 done
 [ "$(id -u)" -eq 0 ] || { echo "gateway bench: needs root (network namespaces)" >&2; exit 2; }
 [ "$N" -gt "$WARM" ] || { echo "gateway bench: N ($N) must exceed WARM ($WARM)" >&2; exit 2; }
 
-tgt=$(realpath -m "${CARGO_TARGET_DIR:-target}")
-echo "building (release)..." >&2
-cargo build --release --quiet --bin moat
-moat=$tgt/release/moat
+if [ -n "${MOAT:-}" ]; then
+  moat=$(realpath "$MOAT")
+else
+  echo "building (release)..." >&2
+  cargo build --release --quiet --bin moat
+  moat=$(realpath -m "${CARGO_TARGET_DIR:-target}")/release/moat
+fi
+[ -x "$moat" ] || { echo "gateway bench: $moat is not an executable" >&2; exit 2; }
 
 ns=moat-gwb-$$
 veth=mgb$$
@@ -117,7 +123,11 @@ ip netns exec "$ns" nginx -c "$work/nginx.conf"
 
 # --- tinyproxy on the host's loopback, resolving bench.test like the gateway
 echo "$up_ip bench.test" > "$work/hosts"
-tp_port=$(awk 'BEGIN { srand(); print 20000 + int(rand() * 20000) }')
+tp_port=
+for p in $(shuf -i 20000-40000 -n 20); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { tp_port=$p; break; }
+done
+[ -n "$tp_port" ] || { echo "gateway bench: no free port for tinyproxy" >&2; exit 1; }
 cat > "$work/tinyproxy.conf" <<EOC
 User nobody
 Group nogroup
@@ -143,6 +153,7 @@ wait_port() { # host port what
 wait_port "$up_ip" 8080 nginx
 wait_port "$up_ip" 8443 nginx
 wait_port 127.0.0.1 "$tp_port" tinyproxy
+kill -0 "$tp_pid" 2>/dev/null || { echo "gateway bench: tinyproxy exited" >&2; cat "$work"/tinyproxy.* >&2; exit 1; }
 
 # --- moat: policy = baseline + the bench endpoints, hosts override, CA ----
 cp policies/baseline.toml "$work/policy.toml"
@@ -173,56 +184,62 @@ kfile() { # url file
 kfile http://bench.test:8080/small "$work/ws/l4.k"
 kfile https://bench.test:8443/small "$work/ws/l7.k"
 chmod -R a+rX "$work/ws"
-fmt_bulk='%{http_code} %{size_download} %{time_total}\n'
-fmt_small='%{http_code} %{time_total}\n'
-resolve=(--resolve bench.test:8080:$up_ip --resolve bench.test:8443:$up_ip)
-tp=(-x "http://127.0.0.1:$tp_port")
 
 # One sandbox per measurement (its start is not timed: curl times itself).
 in_moat() { # args for curl, run inside an agent sandbox through the gateway
-  local q="" a
-  for a in "$@"; do q+=" '${a//\'/\'\\\'\'}'"; done
   "$moat" run --rm -q --policy "$work/policy.toml" --workspace "$work/ws" agent -- \
-    sh -c "exec curl -sS -x http://127.0.0.1:3128 --cacert /etc/moat/ca-bundle.pem$q"
+    curl -sS -x http://127.0.0.1:3128 --cacert /etc/moat/ca-bundle.pem "$@"
 }
 
-: > "$work/bulk.direct"; : > "$work/bulk.tinyproxy"; : > "$work/bulk.moat"
-echo "bulk: $RUNS x 1 GiB per path..." >&2
-for _ in $(seq "$RUNS"); do
-  curl -sS "${resolve[@]}" -o /dev/null -w "$fmt_bulk" http://bench.test:8080/1g >> "$work/bulk.direct"
-  curl -sS "${tp[@]}" --proxytunnel -o /dev/null -w "$fmt_bulk" http://bench.test:8080/1g >> "$work/bulk.tinyproxy"
-  in_moat --proxytunnel -o /dev/null -w "$fmt_bulk" http://bench.test:8080/1g >> "$work/bulk.moat"
-done
-
-echo "small requests: $N per path over one connection..." >&2
-curl -sS "${resolve[@]}" -K "$work/ws/l4.k" -w "$fmt_small" > "$work/l4.direct"
-curl -sS "${tp[@]}" --proxytunnel -K "$work/ws/l4.k" -w "$fmt_small" > "$work/l4.tinyproxy"
-in_moat --proxytunnel -K /sandbox/l4.k -w "$fmt_small" > "$work/l4.moat"
-curl -sS "${resolve[@]}" --cacert "$work/ca.pem" -K "$work/ws/l7.k" -w "$fmt_small" > "$work/l7.direct"
-curl -sS "${tp[@]}" --cacert "$work/ca.pem" -K "$work/ws/l7.k" -w "$fmt_small" > "$work/l7.tinyproxy"
-in_moat -K /sandbox/l7.k -w "$fmt_small" > "$work/l7.moat"
+# One round = each path once, in turn, so that load from elsewhere on the
+# machine falls on all three alike. Round 0 warms caches and is discarded.
+one() { # kind path round
+  local out="$work/$1.$2" fmt='%{http_code} %{size_download} %{time_total}\n' what=() via=()
+  [ "$3" -eq 0 ] && out=/dev/null
+  case $1 in
+    bulk) what=(-o /dev/null http://bench.test:8080/1g) ;;
+    l4) what=(-K "$work/ws/l4.k") ;;
+    l7) what=(-K "$work/ws/l7.k") ;;
+  esac
+  # Through a proxy, http:// URLs go through a CONNECT tunnel too (L4).
+  [ "$1" = l7 ] || via=(--proxytunnel)
+  case $2 in
+    direct) [ "$1" = l7 ] && what=(--cacert "$work/ca.pem" "${what[@]}")
+      curl -sS --resolve "bench.test:8080:$up_ip" --resolve "bench.test:8443:$up_ip" "${what[@]}" -w "$fmt" ;;
+    tinyproxy) [ "$1" = l7 ] && what=(--cacert "$work/ca.pem" "${what[@]}")
+      curl -sS -x "http://127.0.0.1:$tp_port" "${via[@]}" "${what[@]}" -w "$fmt" ;;
+    moat) [ "$1" = bulk ] || what=(-K "/sandbox/$1.k")
+      in_moat "${via[@]}" "${what[@]}" -w "$fmt" ;;
+  esac >> "$out"
+}
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "bulk: $RUNS x 1 GiB per path (after a warm-up round)..." >&2
+for r in $(seq 0 "$RUNS"); do for p in direct tinyproxy moat; do one bulk "$p" "$r"; done; done
+echo "small requests: $ROUNDS x $N per path, each $N on one connection..." >&2
+for r in $(seq 0 "$ROUNDS"); do for p in direct tinyproxy moat; do one l4 "$p" "$r"; one l7 "$p" "$r"; done; done
 
 # Every transfer must have succeeded with the whole body.
-check() { # file expected-lines want-bytes-column?
+check() { # file transfers bytes-each
   local n bad
   n=$(wc -l < "$1")
   [ "$n" -eq "$2" ] || { echo "gateway bench: $(basename "$1"): $n transfers, expected $2" >&2; exit 1; }
-  bad=$(awk -v sz="$3" '$1 != 200 || (sz != "" && $2 != sz)' "$1" | head -3)
+  bad=$(awk -v sz="$3" '$1 != 200 || $2 != sz' "$1" | head -3)
   [ -z "$bad" ] || { echo "gateway bench: $(basename "$1"): failed transfers: $bad" >&2; exit 1; }
 }
 for p in direct tinyproxy moat; do
   check "$work/bulk.$p" "$RUNS" 1073741824
-  check "$work/l4.$p" "$N" ""
-  check "$work/l7.$p" "$N" ""
+  check "$work/l4.$p" $((ROUNDS * N)) 64
+  check "$work/l7.$p" $((ROUNDS * N)) 64
 done
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+median() { sort -g | awk '{a[NR]=$1} END {printf "%.1f\n", (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 # MiB/s of each bulk run, median.
 mibs() { awk '{printf "%.1f\n", $2 / 1048576 / $3}' "$1" | median; }
-# Small requests after the first WARM (connection set-up, handshakes):
-# "p50_ms p99_ms req_per_s", req/s = requests / sum of their times.
+# Small requests but the first WARM of each connection (set-up, handshakes),
+# all rounds pooled: "p50_ms p99_ms req_per_s", req/s = requests / sum of
+# their times (one connection, one request at a time).
 lat() {
-  awk -v w="$WARM" 'NR > w {print $2}' "$1" | sort -g | awk '
+  awk -v w="$WARM" -v n="$N" '(NR - 1) % n >= w {print $3}' "$1" | sort -g | awk '
     {a[NR]=$1; s+=$1}
     END {
       p50 = a[int((NR + 1) * 0.50)]; p99 = a[int(NR * 0.99 + 0.999)]
@@ -241,13 +258,15 @@ read -r l7t50 l7t99 l7trs < <(lat "$work/l7.tinyproxy")
 read -r l7m50 l7m99 l7mrs < <(lat "$work/l7.moat")
 sandbox_curl=$("$moat" run --rm -q --policy "$work/policy.toml" agent -- curl --version | head -1 | cut -d' ' -f1-2)
 
-echo "gateway bench: upstream nginx $(nginx -v 2>&1 | cut -d/ -f2) in a netns over veth; $(nproc) CPUs"
+echo "gateway bench: upstream nginx $(nginx -v 2>&1 | cut -d/ -f2) in a netns over veth; $(nproc) CPUs" \
+  "(cpuidle $(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo n/a));" \
+  "load average at start $load0, at end $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "  direct and tinyproxy $(tinyproxy -v | cut -d' ' -f2): host $(curl --version | head -1 | cut -d' ' -f1-2);" \
   "moat: $sandbox_curl inside an agent sandbox via the gateway"
 echo "bulk, 1 GiB over a CONNECT tunnel (L4), median of $RUNS (MiB/s):"
 printf '  %-10s %8s\n' direct "$bd" tinyproxy "$bt" moat "$bm"
 echo "  moat/direct $(div "$bm" "$bd")  moat/tinyproxy $(div "$bm" "$bt")  (targets: >= 0.9, > 1)"
-echo "small requests (64 B), $N on one keep-alive connection, first $WARM dropped:"
+echo "small requests (64 B): $ROUNDS connections x $N requests, one at a time, first $WARM of each dropped:"
 printf '  %-22s %9s %9s %8s\n' "" "p50 ms" "p99 ms" "req/s"
 printf '  %-22s %9s %9s %8s\n' \
   "L4 direct" "$l4d50" "$l4d99" "$l4drs" \

@@ -12,8 +12,9 @@
 # moat: the same client inside an `agent` sandbox, absolute-form
 # `POST http://inference.local/...` to the gateway (HTTP_PROXY); the gateway
 # strips the sandbox's dummy key, injects the stored credential and relays.
-# The upstream counts requests carrying the stored key, so a gateway that
-# answered without reaching the model (or leaked no key) fails the run.
+# The upstream counts the requests it saw and those carrying the stored key:
+# a request answered without reaching it, or forwarded without the key,
+# fails the run, as does any wrong or erroneous answer the client sees.
 # Each client times itself; sandbox start-up is not counted.
 # Issue target: under 1 ms added at p50.
 # Needs root, python3 (host and image) and the `agent` image in the repo's
@@ -38,7 +39,7 @@ work=$(mktemp -d /tmp/moat-ibench.XXXXXX)
 chmod 755 "$work"
 up_pid=
 cleanup() {
-  [ -n "$up_pid" ] && kill "$up_pid" 2>/dev/null && wait "$up_pid" 2>/dev/null
+  if [ -n "$up_pid" ]; then kill "$up_pid" 2>/dev/null; wait "$up_pid" 2>/dev/null || true; fi
   rm -rf "$work"
   true
 }
@@ -250,6 +251,6 @@ for m in full ttfb; do
   mp50=$(field "$work/moat.out" $m 2); mp99=$(field "$work/moat.out" $m 3)
   added=$(sub "$mp50" "$dp50")
   printf '  %-34s %10s %10s %10s %10s %12s\n' "$label" "$dp50" "$dp99" "$mp50" "$mp99" "$added"
-  eval "added_$m=\$added"
+  printf -v "added_$m" %s "$added"
 done
 echo "  target < 1000 us added at p50: full completion $(verdict "$added_full"), first streamed byte $(verdict "$added_ttfb")"

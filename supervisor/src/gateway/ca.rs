@@ -76,6 +76,7 @@ impl Ca {
     /// A TLS server configuration presenting a leaf certificate for `host`.
     pub fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, CaError> {
         let host = host.to_ascii_lowercase();
+        server_name(&host)?; // a valid DNS name or IP address, nothing else
         if let Some(c) = self.leaves.lock().unwrap_or_else(|p| p.into_inner()).get(&host) {
             return Ok(c.clone());
         }

@@ -251,7 +251,8 @@ pub async fn tunnel(shared: &Arc<Shared>, client: BufReader<TcpStream>, caller: 
     };
     let up = async {
         let name = super::ca::server_name(&host).map_err(|e| e.to_string())?;
-        let connector = tokio_rustls::TlsConnector::from(shared.upstream_tls.clone());
+        let config = tokio::task::block_in_place(|| shared.upstream_tls()).map_err(|e| e.to_string())?;
+        let connector = tokio_rustls::TlsConnector::from(config);
         match tokio::time::timeout(shared.limits.connect_timeout, connector.connect(name, upstream)).await {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => Err(format!("upstream TLS: {e}")),

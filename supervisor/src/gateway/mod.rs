@@ -100,7 +100,9 @@ pub struct Shared {
     pub identity: identity::Identity,
     pub resolver: ssrf::Resolver,
     pub ca: Arc<ca::Ca>,
-    pub upstream_tls: Arc<rustls::ClientConfig>,
+    /// Upstream TLS client (system roots): loaded on first use, off the
+    /// sandbox's start-up path (reading the roots takes milliseconds).
+    upstream_tls: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
     pub events: EventLog,
     approvals: Mutex<Approvals>,
     revisions: RevisionStore,
@@ -113,6 +115,14 @@ pub struct Shared {
 impl Shared {
     pub fn current(&self) -> Arc<Current> {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The upstream TLS client configuration (built once).
+    pub fn upstream_tls(&self) -> std::io::Result<Arc<rustls::ClientConfig>> {
+        self.upstream_tls
+            .get_or_init(|| ca::upstream_client().map_err(|e| e.to_string()))
+            .clone()
+            .map_err(std::io::Error::other)
     }
 
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -183,14 +193,8 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, 
     };
     let port = listener.local_addr().map_err(io("gateway socket"))?.port();
     let (number, network, sha256) = match config.revisions.latest()? {
-        Some((n, net)) => {
-            let sha = config.revisions.write(n, &net, "reloaded at supervisor start")?;
-            (n, net, sha)
-        }
-        None => {
-            let sha = config.revisions.write(1, &config.network, "the policy the sandbox was created with")?;
-            (1, config.network.clone(), sha)
-        }
+        Some(found) => found,
+        None => (1, config.network.clone(), config.revisions.write_initial(&config.network)?),
     };
     network.validate()?;
     let compiled = Compiled::new(network.effective()?)?;
@@ -202,7 +206,7 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, 
         identity: config.identity,
         resolver: config.resolver,
         ca: config.ca,
-        upstream_tls: ca::upstream_client()?,
+        upstream_tls: std::sync::OnceLock::new(),
         events: config.events,
         approvals: Mutex::default(),
         revisions: config.revisions,

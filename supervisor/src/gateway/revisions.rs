@@ -44,8 +44,8 @@ impl RevisionStore {
         RevisionStore { dir: None }
     }
 
-    /// The newest revision on disk: (number, network).
-    pub fn latest(&self) -> Result<Option<(u64, Network)>, RevisionError> {
+    /// The newest revision on disk: (number, network, sha256 of the file).
+    pub fn latest(&self) -> Result<Option<(u64, Network, String)>, RevisionError> {
         let Some(dir) = &self.dir else { return Ok(None) };
         let Ok(entries) = fs::read_dir(dir) else { return Ok(None) };
         let newest =
@@ -56,11 +56,21 @@ impl RevisionStore {
         let f: RevisionFile =
             toml::from_str(&text).map_err(|e| RevisionError::Corrupt { path: path.clone(), message: e.to_string() })?;
         f.network.validate().map_err(|e| RevisionError::Corrupt { path, message: e.to_string() })?;
-        Ok(Some((n, f.network)))
+        Ok(Some((n, f.network, hex::encode(Sha256::digest(text.as_bytes())))))
     }
 
-    /// Writes revision `n`; returns its sha256 (of the file bytes).
+    /// Writes revision `n` durably (fsynced); returns its sha256 (of the file bytes).
     pub fn write(&self, n: u64, network: &Network, why: &str) -> Result<String, RevisionError> {
+        self.write_as(n, network, why, true)
+    }
+
+    /// Writes the first revision: the policy the sandbox was created with,
+    /// already durable in its record, so no fsync on the start-up path.
+    pub fn write_initial(&self, network: &Network) -> Result<String, RevisionError> {
+        self.write_as(1, network, "the policy the sandbox was created with", false)
+    }
+
+    fn write_as(&self, n: u64, network: &Network, why: &str, durable: bool) -> Result<String, RevisionError> {
         let body = toml::to_string(&RevisionFile { network: network.clone() })
             .map_err(|e| RevisionError::Corrupt { path: PathBuf::from(file_name(n)), message: e.to_string() })?;
         let text = format!("# moat network policy revision {n}: {}\n{body}", why.replace('\n', " "));
@@ -69,7 +79,8 @@ impl RevisionStore {
             let io = |source| RevisionError::Io { path: dir.clone(), source };
             use std::os::unix::fs::DirBuilderExt;
             fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
-            crate::state::write_atomic(&dir.join(file_name(n)), text.as_bytes())
+            let write = if durable { crate::state::write_atomic } else { crate::state::write_runtime };
+            write(&dir.join(file_name(n)), text.as_bytes())
                 .map_err(|e| RevisionError::Corrupt { path: dir.join(file_name(n)), message: e.to_string() })?;
         }
         Ok(hash)
@@ -184,8 +195,9 @@ mod tests {
         n.presets.push("github".into());
         let h2 = s.write(2, &n, "add preset").unwrap();
         assert_ne!(h1, h2);
-        let (num, back) = s.latest().unwrap().unwrap();
+        let (num, back, hash) = s.latest().unwrap().unwrap();
         assert_eq!(num, 2);
+        assert_eq!(hash, h2);
         assert_eq!(back, n);
     }
 

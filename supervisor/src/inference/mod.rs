@@ -127,6 +127,7 @@ pub struct Inference {
     dir: Option<PathBuf>,
     credentials: crate::credentials::Store,
     pub pool: relay::Pool,
+    unsaved: std::sync::Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl Inference {
@@ -150,6 +151,7 @@ impl Inference {
             dir,
             credentials,
             pool: relay::Pool::default(),
+            unsaved: Default::default(),
         }
     }
 
@@ -192,11 +194,23 @@ impl Inference {
         self.meter.lock().unwrap_or_else(|p| p.into_inner()).usage.clone()
     }
 
-    /// Persists today's usage (atomic; best effort).
+    /// Persists today's usage (atomic; best effort) off the request path.
     pub fn save_usage(&self) {
         let Some(d) = &self.dir else { return };
-        if let Ok(bytes) = serde_json::to_vec_pretty(&self.usage()) {
-            let _ = crate::state::write_runtime(&d.join("usage.json"), &bytes);
+        let Ok(bytes) = serde_json::to_vec_pretty(&self.usage()) else { return };
+        *self.unsaved.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
+        let path = d.join("usage.json");
+        let unsaved = self.unsaved.clone();
+        // Whoever holds the lock writes the newest counts: files never go back in time.
+        let write = move || {
+            let mut pending = unsaved.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(b) = pending.take() {
+                let _ = crate::state::write_runtime(&path, &b);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => drop(h.spawn_blocking(write)),
+            Err(_) => write(),
         }
     }
 }

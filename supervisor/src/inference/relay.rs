@@ -438,7 +438,8 @@ async fn checkout(shared: &Shared, inf: &Inference, route: &Route, ep: &Endpoint
                 }
                 let name = crate::gateway::ca::server_name(&ep.host)
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-                let tls = tokio_rustls::TlsConnector::from(shared.upstream_tls.clone()).connect(name, s).await?;
+                let config = tokio::task::block_in_place(|| shared.upstream_tls())?;
+                let tls = tokio_rustls::TlsConnector::from(config).connect(name, s).await?;
                 return Ok(BufReader::new(Box::new(tls)));
             }
             Ok(Err(e)) => last = e,

@@ -14,6 +14,7 @@ pub mod archive;
 pub mod backup;
 pub mod freeze;
 pub mod manifest;
+pub mod oci;
 pub mod repo;
 pub mod restore;
 pub mod secrets;
