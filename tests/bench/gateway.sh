@@ -48,12 +48,12 @@ work=$(mktemp -d /tmp/moat-gwbench.XXXXXX)
 chmod 755 "$work"
 tp_pid=
 cleanup() {
+  set +e
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null
   [ -n "$tp_pid" ] && kill "$tp_pid" 2>/dev/null
   ip link del "$veth" 2>/dev/null
   ip netns del "$ns" 2>/dev/null
   rm -rf "$work"
-  true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -210,8 +210,9 @@ one() { # kind path round
       curl -sS -x "http://127.0.0.1:$tp_port" "${via[@]}" "${what[@]}" -w "$fmt" ;;
     moat) [ "$1" = bulk ] || what=(-K "/sandbox/$1.k")
       in_moat "${via[@]}" "${what[@]}" -w "$fmt" ;;
-  esac >> "$out"
+  esac >> "$out" || { echo "gateway bench: $1 via $2 failed (round $3)" >&2; exit 1; }
 }
+
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "bulk: $RUNS x 1 GiB per path (after a warm-up round)..." >&2
 for r in $(seq 0 "$RUNS"); do for p in direct tinyproxy moat; do one bulk "$p" "$r"; done; done

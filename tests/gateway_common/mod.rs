@@ -49,18 +49,34 @@ fn sh(args: &[&str]) {
 }
 
 impl UpNet {
-    /// `slot` (0-63) keeps concurrent test binaries on different /30s.
+    /// `slot` (0-63) keeps the namespaces of one test binary apart. The
+    /// namespace is named after this process; namespaces left by test
+    /// processes that are gone (a static is never dropped) are removed
+    /// first, and the /30 is the first one no interface uses.
     pub fn create(slot: u8) -> UpNet {
         // SAFETY: geteuid has no preconditions.
         assert_eq!(unsafe { libc::geteuid() }, 0, "the gateway tests need root (network namespaces)");
-        let tag = format!("{}{}", std::process::id() % 100000, slot);
-        let name = format!("moat-up-{tag}");
+        remove_stale();
+        let pid = std::process::id();
+        let name = format!("moat-up-{pid}-{slot}");
+        let tag = format!("{}{slot}", pid % 100000);
         let veth = format!("mu{tag}");
         let peer = format!("mv{tag}");
-        let base = 4 * (slot as u32 + 4 * (std::process::id() % 60));
-        let host_ip = Ipv4Addr::new(198, 18, (base >> 8) as u8, (base & 0xff) as u8 + 1);
-        let ip = Ipv4Addr::new(198, 18, (base >> 8) as u8, (base & 0xff) as u8 + 2);
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let used = String::from_utf8_lossy(
+            &Command::new("ip").args(["-o", "-4", "addr"]).output().map(|o| o.stdout).unwrap_or_default(),
+        )
+        .into_owned();
+        let (host_ip, ip) = (0u32..16000)
+            .map(|i| (i + (pid % 4000) * 4 + slot as u32 * 64) % 16000)
+            .map(|i| {
+                let base = 4 * i;
+                let a = |n: u32| {
+                    Ipv4Addr::new(198, 18 + (base >> 16) as u8, (base >> 8) as u8, (base & 0xff) as u8 + n as u8)
+                };
+                (a(1), a(2))
+            })
+            .find(|(h, _)| !used.contains(&format!(" {h}/")))
+            .expect("a free /30 in 198.18.0.0/15");
         let _ = Command::new("ip").args(["link", "del", &veth]).output();
         sh(&["ip", "netns", "add", &name]);
         sh(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer]);
@@ -84,6 +100,23 @@ impl UpNet {
         })
         .join()
         .expect("netns thread")
+    }
+}
+
+/// Deletes `moat-up-PID-SLOT` namespaces whose PID no longer runs (their
+/// veth pairs go with them).
+fn remove_stale() {
+    let Ok(rd) = std::fs::read_dir("/var/run/netns") else { return };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) =
+            n.strip_prefix("moat-up-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", &n]).output();
+        }
     }
 }
 

@@ -107,6 +107,23 @@ pub fn request(
     method: &str,
     path: &str,
 ) -> Result<(), Refusal> {
+    if has_dot_segment(path) {
+        let reason = "dot segments (. or .., also percent-encoded) are refused in inspected requests";
+        shared.events.record(&Event::new(
+            Some(&caller.process),
+            host,
+            port,
+            method,
+            path,
+            Decision::Deny,
+            &relay.policy,
+            reason,
+        ));
+        return Err(Refusal {
+            status: 400,
+            body: format!("moat: {reason}: an upstream could resolve them outside the rule\n"),
+        });
+    }
     let cur = shared.current();
     let verdict = cur.compiled.check_request(&relay.policy, &relay.endpoint, method, path);
     let verdict = match verdict {
@@ -175,6 +192,31 @@ fn match_caller(compiled: &crate::netpolicy::Compiled, caller: &Caller, host: &s
     first.unwrap_or(Match::Unlisted)
 }
 
+/// A `.` or `..` path segment, literal or percent-encoded: the path a rule
+/// matched would not be the path an upstream that resolves them serves.
+pub fn has_dot_segment(path: &str) -> bool {
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    path.split('/').any(|seg| {
+        let lower = seg.to_ascii_lowercase().replace("%2e", ".");
+        lower == "." || lower == ".."
+    })
+}
+
 fn strip_query(p: &str) -> &str {
     p.split(['?', '#']).next().unwrap_or(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_dot_segment;
+
+    #[test]
+    fn dot_segments_in_any_spelling() {
+        for p in ["/a/../b", "/./x", "/a/%2e%2e/b", "/a/%2E%2e", "/a/.%2e/b", "/..", "/a/..?q"] {
+            assert!(has_dot_segment(p), "{p}");
+        }
+        for p in ["/a/b", "/a/..b/c", "/a/.well-known/x", "/a?x=/../", "/%2e%2ex"] {
+            assert!(!has_dot_segment(p), "{p}");
+        }
+    }
 }

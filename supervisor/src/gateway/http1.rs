@@ -691,7 +691,10 @@ pub fn is_upgrade(h: &RequestHead) -> Option<String> {
         return None;
     }
     let first = list_elements(&h.headers, "upgrade").find(|t| !t.is_empty())?;
-    Some(String::from_utf8_lossy(first).to_ascii_lowercase())
+    // Only WebSocket: after a 101 the connection is relayed as bytes, so
+    // other protocols (h2c, TLS upgrades) would leave inspection behind.
+    let proto = String::from_utf8_lossy(first).to_ascii_lowercase();
+    (proto == "websocket").then_some(proto)
 }
 
 fn wants_close(headers: &[(String, Vec<u8>)], version: u8) -> bool {

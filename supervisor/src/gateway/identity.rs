@@ -69,6 +69,7 @@ pub struct Identity {
     stop_at: Option<i32>,
     proc_root: std::path::PathBuf,
     hashes: Mutex<HashMap<Fingerprint, String>>,
+    hashing: Mutex<()>,
     /// Trust on first use: path -> the sha256 first seen.
     trusted: Mutex<HashMap<String, String>>,
 }
@@ -81,6 +82,7 @@ impl Identity {
             stop_at: None,
             proc_root: "/proc".into(),
             hashes: Mutex::default(),
+            hashing: Mutex::default(),
             trusted: Mutex::default(),
         }
     }
@@ -190,6 +192,12 @@ impl Identity {
             mtime: (m.mtime(), m.mtime_nsec()),
             ctime: (m.ctime(), m.ctime_nsec()),
         };
+        if let Some(h) = self.hashes.lock().unwrap_or_else(|p| p.into_inner()).get(&fp) {
+            return Ok(h.clone());
+        }
+        // One hash at a time: a burst of first connections from one binary
+        // hashes it once; the others find it cached.
+        let _one = self.hashing.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = self.hashes.lock().unwrap_or_else(|p| p.into_inner()).get(&fp) {
             return Ok(h.clone());
         }

@@ -21,13 +21,22 @@ const MAX_CHUNK_LINE: usize = 4096;
 /// Time the upstream may take to start answering (model calls are slow).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Reads one request head within `deadline`; Err is the response to send.
+/// Waits up to `idle` for a request to start, then gives its head
+/// `head_timeout` to arrive whole (the slowloris bound holds for every
+/// request of a kept-alive connection). Err is the response to send.
 pub async fn read_head<R: tokio::io::AsyncBufRead + Unpin>(
     shared: &Shared,
     r: &mut R,
-    deadline: Duration,
+    idle: Duration,
 ) -> Result<Option<RequestHead>, Vec<u8>> {
-    match tokio::time::timeout(deadline, http1::read_request_head(r, shared.limits.max_head)).await {
+    use tokio::io::AsyncBufReadExt;
+    match tokio::time::timeout(idle, r.fill_buf()).await {
+        Err(_) => return Ok(None), // idle: close quietly
+        Ok(Err(_)) => return Ok(None),
+        Ok(Ok([])) => return Ok(None),
+        Ok(Ok(_)) => {}
+    }
+    match tokio::time::timeout(shared.limits.head_timeout, http1::read_request_head(r, shared.limits.max_head)).await {
         Err(_) => {
             Err(http1::simple_response(408, "Request Timeout", "moat: request head not received in time\n", true))
         }

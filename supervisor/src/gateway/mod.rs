@@ -215,6 +215,11 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, 
         inference: config.inference,
     });
     raise_nofile();
+    // A deeper accept queue than std's 128: a burst of connections from the
+    // sandbox waits in the kernel instead of being dropped and retried.
+    // SAFETY: listen(2) on a socket we own that is already listening only
+    // changes its backlog.
+    unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4096) };
     listener.set_nonblocking(true).map_err(io("gateway socket"))?;
     let control = match &config.control_socket {
         Some(path) => Some(control::bind(path).map_err(io(&path.display().to_string()))?),
