@@ -14,6 +14,7 @@ pub mod identity;
 mod inspect;
 mod proxy;
 pub mod revisions;
+mod splice;
 pub mod ssrf;
 
 use crate::netpolicy::{Compiled, Network};

@@ -151,7 +151,7 @@ pub async fn dial(shared: &Shared, relay: &Relay) -> std::io::Result<TcpStream> 
 /// revision no longer allows the destination.
 async fn relay_l4(
     shared: &Arc<Shared>,
-    mut client: BufReader<TcpStream>,
+    client: BufReader<TcpStream>,
     mut upstream: TcpStream,
     caller: &super::identity::Caller,
     relay: Relay,
@@ -160,7 +160,13 @@ async fn relay_l4(
 ) {
     let mut changes = shared.subscribe();
     let mut relay = relay;
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 64 * 1024, 64 * 1024);
+    // Bytes the client sent right behind its CONNECT head go first.
+    let early = client.buffer().to_vec();
+    if !early.is_empty() && upstream.write_all(&early).await.is_err() {
+        return;
+    }
+    let client = client.into_inner();
+    let copy = super::splice::relay(&client, &upstream);
     tokio::pin!(copy);
     loop {
         tokio::select! {
