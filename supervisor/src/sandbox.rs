@@ -255,11 +255,13 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
     let policy = &req.policy;
     // Network: a namespace with only lo, and the gateway's socket inside it
     // (made while the image is resolved: namespace creation takes a while).
-    let port = policy.network.gateway_port;
-    let net = std::thread::spawn(move || -> Result<(Netns, std::net::TcpListener), SandboxError> {
+    // The gateway starts there too, with the sandbox's CA, off the main path.
+    let (net_paths, net_policy) = (paths.clone(), policy.clone());
+    let net = std::thread::spawn(move || -> Result<(Netns, std::sync::Arc<crate::gateway::ca::Ca>), SandboxError> {
         let ns = Netns::create()?;
-        let listener = ns.listen(port)?;
-        Ok((ns, listener))
+        let listener = ns.listen(net_policy.network.gateway_port)?;
+        let ca = crate::gateway::for_sandbox(&net_paths, &net_policy.network, &ns, listener).map_err(gateway_err)?;
+        Ok((ns, ca))
     });
     let r = resolve(&store, &req.image, policy, &req.args, &req.env)?;
 
@@ -272,33 +274,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
             .map_err(io(rec.workspace.display().to_string()))?;
         chown(&rec.workspace, Some(r.user.uid), Some(r.user.gid)).map_err(io("chown workspace"))?;
     }
-    let (netns, listener) = net.join().map_err(|_| SandboxError::Netns(crate::netns::NetnsError::Thread))??;
-    let ca = std::sync::Arc::new(crate::gateway::ca::Ca::new(&paths.name).map_err(gateway_err)?);
-    // Credentials stay on the host; their permissions are re-checked (and
-    // repaired, loudly) on every start.
-    let credentials = crate::credentials::Store::default_location();
-    match credentials.check_and_repair() {
-        Ok(warnings) => {
-            for w in warnings {
-                tracing::warn!(event = "credentials_repaired", "{w}");
-            }
-        }
-        Err(e) => tracing::warn!(event = "credentials_unusable", error = %e, "credential store check failed"),
-    }
-    let gateway = crate::gateway::Config {
-        sandbox: paths.name.clone(),
-        network: policy.network.clone(),
-        revisions: crate::gateway::revisions::RevisionStore::at(crate::gateway::revisions::revisions_dir(&paths.home)),
-        events: crate::gateway::events::EventLog::open(&paths.audit_log()).map_err(io("audit log"))?,
-        identity: crate::gateway::identity::Identity::for_netns_fd(netns.raw_fd()).map_err(io("sandbox netns"))?,
-        resolver: crate::gateway::ssrf::Resolver::from_env().map_err(gateway_err)?,
-        ca: ca.clone(),
-        control_socket: Some(paths.control_socket()),
-        limits: crate::gateway::Limits::default(),
-        inference: std::sync::Arc::new(crate::inference::Inference::load(Some(paths.home.clone()), credentials)),
-    };
-    crate::gateway::start(gateway, listener).map_err(gateway_err)?;
-
+    let (netns, ca) = net.join().map_err(|_| SandboxError::Netns(crate::netns::NetnsError::Thread))??;
     rootfs::write_top_layer(&paths.top_layer(), &policy.filesystem.workspace, &rootfs::hosts_file(&paths.name))?;
     let top_first: Vec<PathBuf> = r.image.layers.iter().rev().cloned().collect();
     rootfs::write_trust(&paths.top_layer(), &top_first, &ca.cert_pem())?;

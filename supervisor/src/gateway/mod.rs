@@ -254,6 +254,47 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, 
     Ok(Handle { shared, port })
 }
 
+/// Starts the gateway of the sandbox at `paths` on `listener` (inside its
+/// namespace `netns`): its CA, audit log, revisions, control socket and
+/// inference route. Returns the CA, whose certificate the sandbox trusts.
+pub fn for_sandbox(
+    paths: &crate::state::Paths,
+    network: &Network,
+    netns: &crate::netns::Netns,
+    listener: std::net::TcpListener,
+) -> Result<Arc<ca::Ca>, GatewayError> {
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| GatewayError::Io { what, source }
+    };
+    let ca = Arc::new(ca::Ca::new(&paths.name)?);
+    // Credentials stay on the host; their permissions are re-checked (and
+    // repaired, loudly) on every start.
+    let credentials = crate::credentials::Store::default_location();
+    match credentials.check_and_repair() {
+        Ok(warnings) => {
+            for w in warnings {
+                tracing::warn!(event = "credentials_repaired", "{w}");
+            }
+        }
+        Err(e) => tracing::warn!(event = "credentials_unusable", error = %e, "credential store check failed"),
+    }
+    let config = Config {
+        sandbox: paths.name.clone(),
+        network: network.clone(),
+        revisions: RevisionStore::at(revisions::revisions_dir(&paths.home)),
+        events: EventLog::open(&paths.audit_log()).map_err(io("audit log"))?,
+        identity: identity::Identity::for_netns_fd(netns.raw_fd()).map_err(io("sandbox netns"))?,
+        resolver: ssrf::Resolver::from_env()?,
+        ca: ca.clone(),
+        control_socket: Some(paths.control_socket()),
+        limits: Limits::default(),
+        inference: Arc::new(crate::inference::Inference::load(Some(paths.home.clone()), credentials)),
+    };
+    start(config, listener)?;
+    Ok(ca)
+}
+
 /// Each relayed connection holds two descriptors: lift the soft limit to
 /// the hard one so a thousand clients do not exhaust the default 1024.
 fn raise_nofile() {
