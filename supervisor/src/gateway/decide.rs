@@ -107,18 +107,13 @@ pub fn request(
     method: &str,
     path: &str,
 ) -> Result<(), Refusal> {
+    let record = |decision: Decision, reason: &str| {
+        let e = Event::new(Some(&caller.process), host, port, method, path, decision, &relay.policy, reason);
+        shared.events.record(&e);
+    };
     if has_dot_segment(path) {
         let reason = "dot segments (. or .., also percent-encoded) are refused in inspected requests";
-        shared.events.record(&Event::new(
-            Some(&caller.process),
-            host,
-            port,
-            method,
-            path,
-            Decision::Deny,
-            &relay.policy,
-            reason,
-        ));
+        record(Decision::Deny, reason);
         return Err(Refusal {
             status: 400,
             body: format!("moat: {reason}: an upstream could resolve them outside the rule\n"),
@@ -130,21 +125,11 @@ pub fn request(
         RequestVerdict::Allow if relay.audit => RequestVerdict::Audit("binary not listed (audit mode)".into()),
         v => v,
     };
-    let (decision, reason) = match &verdict {
-        RequestVerdict::Allow => (Decision::Allow, String::new()),
-        RequestVerdict::Audit(r) => (Decision::Audit, r.clone()),
-        RequestVerdict::Deny(r) => (Decision::Deny, r.clone()),
-    };
-    shared.events.record(&Event::new(
-        Some(&caller.process),
-        host,
-        port,
-        method,
-        path,
-        decision,
-        &relay.policy,
-        &reason,
-    ));
+    match &verdict {
+        RequestVerdict::Allow => record(Decision::Allow, ""),
+        RequestVerdict::Audit(r) => record(Decision::Audit, r),
+        RequestVerdict::Deny(r) => record(Decision::Deny, r),
+    }
     match verdict {
         RequestVerdict::Deny(r) => Err(Refusal {
             status: 403,

@@ -49,6 +49,21 @@ pub async fn read_head<R: tokio::io::AsyncBufRead + Unpin>(
     }
 }
 
+/// The next request head of a kept-alive connection, or None when the
+/// connection is done (closed, idle, or refused: the refusal is sent).
+async fn next_head<C: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    client: &mut BufReader<C>,
+) -> Option<RequestHead> {
+    match read_head(shared, client, shared.limits.idle_timeout).await {
+        Ok(h) => h,
+        Err(resp) => {
+            let _ = client.get_mut().write_all(&resp).await;
+            None
+        }
+    }
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
@@ -102,13 +117,9 @@ pub async fn forward(
     loop {
         let head = match next.take() {
             Some(h) => h,
-            None => match read_head(shared, client, shared.limits.idle_timeout).await {
-                Ok(Some(h)) => h,
-                Ok(None) => return,
-                Err(resp) => {
-                    let _ = client.get_mut().write_all(&resp).await;
-                    return;
-                }
+            None => match next_head(shared, client).await {
+                Some(h) => h,
+                None => return,
             },
         };
         let proc_ = caller.as_ref().ok().map(|c| &c.process);
@@ -211,14 +222,7 @@ pub async fn inference_tunnel(
     let Ok(Ok(tls)) = tokio::time::timeout(shared.limits.head_timeout, accept).await else { return };
     let mut client = BufReader::new(tls);
     loop {
-        let head = match read_head(shared, &mut client, shared.limits.idle_timeout).await {
-            Ok(Some(h)) => h,
-            Ok(None) => return,
-            Err(resp) => {
-                let _ = client.get_mut().write_all(&resp).await;
-                return;
-            }
-        };
+        let Some(head) = next_head(shared, &mut client).await else { return };
         let path = head.target.clone();
         if !path.starts_with('/')
             || !crate::inference::relay::handle(shared, &shared.inference, &mut client, head, &path, caller).await
@@ -284,14 +288,7 @@ pub async fn tunnel(shared: &Arc<Shared>, client: BufReader<TcpStream>, caller: 
         }
     };
     loop {
-        let head = match read_head(shared, &mut client, shared.limits.idle_timeout).await {
-            Ok(Some(h)) => h,
-            Ok(None) => return,
-            Err(resp) => {
-                let _ = client.get_mut().write_all(&resp).await;
-                return;
-            }
-        };
+        let Some(head) = next_head(shared, &mut client).await else { return };
         relay = match decide::recheck(shared, caller, &relay, &host, port) {
             Ok(r) => r,
             Err(reason) => {
