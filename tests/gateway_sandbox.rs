@@ -292,3 +292,56 @@ echo done
     assert!(usage.contains("openai-test") && !usage.contains("SANDBOXNEVERSEES"), "{usage}");
     std::fs::remove_file(world().home.path().join("home/inference.json")).unwrap();
 }
+
+#[test]
+fn routes_switch_live_from_the_cli_and_secrets_are_masked_in_logs() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let o = moat_stdin(&["credentials", "set", "live-test"], SECRET);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let p = policy("live", "");
+    // The sandbox prints a token-looking string: `moat logs` must mask it.
+    let token = ["ghp_", "R3dact", "MeNow0123456789abcdefXYZ"].concat();
+    let script = format!("echo token={token}; sleep 600");
+    ok(&["run", "-d", "--name", "live", "--policy", p.to_str().unwrap(), "agent", "--", "sh", "-c", &script]);
+    ok(&[
+        "inference",
+        "set",
+        "live",
+        "--provider",
+        "openai",
+        "--endpoint",
+        "https://up.test",
+        "--credential",
+        "live-test",
+    ]);
+    let body = r#"{"model":"m","marker":"live-1"}"#;
+    let curl = |marker: &str| {
+        let b = body.replace("live-1", marker);
+        ok(&[
+            "exec",
+            "live",
+            "--",
+            "curl",
+            "-s",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &b,
+            "http://inference.local/v1/chat/completions",
+        ])
+    };
+    assert!(curl("live-1").contains("chat.completion"));
+    // Switch to a keyless local server (the plain upstream) without a restart.
+    ok(&["inference", "set", "live", "--provider", "local", "--endpoint", "http://other.test:80", "--model", "small"]);
+    let out = curl("live-2");
+    assert!(out.contains("\"model\":\"small\""), "{out}");
+    let show = ok(&["inference", "show", "live"]);
+    assert!(show.contains("Local") && show.contains("other.test"), "{show}");
+    let usage = ok(&["inference", "usage", "live", "--json"]);
+    let u: serde_json::Value = serde_json::from_str(&usage).unwrap();
+    assert_eq!(u["providers"]["openai"]["requests"], 1, "{usage}");
+    assert_eq!(u["providers"]["local"]["requests"], 1, "{usage}");
+    let logs = ok(&["logs", "live"]);
+    assert!(logs.contains("token=ghp_") && !logs.contains("MeNow0123456789"), "the token is masked: {logs}");
+    ok(&["rm", "--force", "live"]);
+}
