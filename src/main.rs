@@ -113,15 +113,8 @@ enum Cmd {
 
 fn main() -> ExitCode {
     moat_supervisor::redact::install_panic_hook();
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
-    // Commands that only print die quietly when their reader goes away
-    // (`moat images | head`), as CLI tools do. Processes that hold sockets
-    // (supervisor, gateway, exec relays) keep Rust's SIGPIPE = ignore.
-    if !matches!(cli.cmd, Cmd::Run(_) | Cmd::Exec(_) | Cmd::Supervise(_) | Cmd::Launch(_)) {
-        // SAFETY: restoring the default disposition of one signal before any
-        // thread is started; no handler is installed.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    }
     init_tracing(cli.quiet);
     let g = Global { store: cli.store, quiet: cli.quiet };
     match dispatch(cli.cmd, &g) {
@@ -171,6 +164,26 @@ fn dispatch(cmd: Cmd, g: &Global) -> Result<ExitCode> {
         Cmd::Supervise(a) => sandbox_cmds::supervise_internal(a),
         Cmd::Launch(a) => sandbox_cmds::launch_internal(a),
     }
+}
+
+/// `moat images | head`: when the reader of stdout goes away, printing
+/// fails; exit quietly with 141 (as a shell reports SIGPIPE) instead of a
+/// panic report. SIGPIPE itself stays ignored (Rust's default), so network
+/// writes to a vanished peer are errors, never a silent kill.
+fn quiet_on_closed_stdout() {
+    let next = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        next(info)
+    }));
 }
 
 fn init_tracing(quiet: bool) {
