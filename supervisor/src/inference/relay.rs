@@ -177,6 +177,14 @@ pub async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
         let _ = client.get_mut().write_all(&b).await;
         return false;
     };
+    if let Framing::Length(n) = framing {
+        if n > MAX_RESPONSE_BODY {
+            let msg = format!("the provider's response is {n} bytes, over the {} MiB limit", MAX_RESPONSE_BODY >> 20);
+            let b = fail(502, "moat_response_too_large", &msg);
+            let _ = client.get_mut().write_all(&b).await;
+            return false;
+        }
+    }
     let content_type = resp.header("content-type").map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
     let upstream_close = http1::wants_close_response(&resp) || framing == Framing::UntilClose;
     let mut out = resp.clone();
