@@ -97,6 +97,7 @@ pub fn with_presets(mut policy: Policy, presets: &[String], profiles: &[String])
         }
     }
     policy.network.validate()?;
+    policy.network.effective()?; // host variables of presets must be set
     Ok(policy)
 }
 

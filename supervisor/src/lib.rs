@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod doctor;
 pub mod executor;
 pub mod gateway;
+pub mod host_vars;
 pub mod inference;
 pub mod landlock;
 pub mod launcher;

@@ -211,6 +211,7 @@ impl Network {
     }
 
     /// Own rules followed by every preset's (named `preset/POLICY`).
+    /// Host variables (`{name}`) are resolved from `registries.toml`.
     pub fn effective(&self) -> Result<Vec<NetPolicy>, NetPolicyError> {
         let mut out = self.policies.clone();
         for name in &self.presets {
@@ -219,7 +220,12 @@ impl Network {
                 out.push(p);
             }
         }
-        Ok(out)
+        let uses_variables =
+            out.iter().flat_map(|p| &p.endpoints).any(|e| crate::host_vars::variable(&e.host).is_some());
+        if !uses_variables {
+            return Ok(out);
+        }
+        crate::host_vars::expand(out, &crate::host_vars::load()?)
     }
 }
 
@@ -297,6 +303,14 @@ impl Endpoint {
 }
 
 fn check_host_pattern(h: &str) -> Result<(), String> {
+    if crate::host_vars::variable(h).is_some() {
+        return Ok(()); // `{name}`: resolved by `effective()`, checked then
+    }
+    check_host(h)
+}
+
+/// A host name, an IP literal or `*.domain`.
+pub(crate) fn check_host(h: &str) -> Result<(), String> {
     let name = h.strip_prefix("*.").unwrap_or(h);
     if name.parse::<std::net::IpAddr>().is_ok() && !h.starts_with("*.") {
         return Ok(());
