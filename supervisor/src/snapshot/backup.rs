@@ -329,13 +329,33 @@ fn read_files(
 /// fastcdc crate, compiled optimised; the last cut of a window is only final
 /// at end of file, so the cut points equal those of the whole file).
 fn chunk_stream(
+    r: &fs::File,
+    path: &Path,
+    on_chunk: &mut dyn FnMut(&[u8]) -> Result<(), SnapshotError>,
+) -> Result<(), SnapshotError> {
+    const WINDOW: usize = 4 << 20;
+    // One window per worker thread, reused for every file: allocating (and
+    // zeroing) 4 MiB per file cost a fifth of a backup's CPU.
+    thread_local! {
+        static WINDOW_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    WINDOW_BUF.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() != WINDOW {
+            *buf = vec![0u8; WINDOW];
+        }
+        chunk_window(&mut buf, r, path, on_chunk)
+    })
+}
+
+fn chunk_window(
+    buf: &mut [u8],
     mut r: &fs::File,
     path: &Path,
     on_chunk: &mut dyn FnMut(&[u8]) -> Result<(), SnapshotError>,
 ) -> Result<(), SnapshotError> {
     use std::io::Read;
     const WINDOW: usize = 4 << 20;
-    let mut buf = vec![0u8; WINDOW];
     let mut have = 0;
     let mut eof = false;
     loop {

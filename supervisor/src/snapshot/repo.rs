@@ -278,10 +278,63 @@ impl Repo {
         }
         let tmp = self.root.join("tmp");
         for e in fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
-            let _ = fs::remove_file(e.path());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = fs::remove_dir_all(e.path()); // a backup worker's staging directory
+            } else {
+                let _ = fs::remove_file(e.path());
+            }
         }
         Ok((n, bytes))
     }
+}
+
+/// A staging directory per backup thread under `tmp/`: threads creating
+/// files in one directory serialise on its lock.
+fn worker_tmp(root: &Path) -> Result<PathBuf, SnapshotError> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let dir = root.join("tmp").join(format!("w{}", INDEX.with(|i| *i)));
+    if !dir.is_dir() {
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    }
+    Ok(dir)
+}
+
+/// zstd at `ZSTD_LEVEL` with one compression context per thread (creating
+/// a context per chunk cost as much as compressing small chunks).
+fn compress(plain: &[u8]) -> io::Result<Vec<u8>> {
+    thread_local! {
+        static CTX: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
+    }
+    CTX.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
+        }
+        match slot.as_mut() {
+            Some(c) => c.compress(plain),
+            None => Err(io::Error::other("zstd context")),
+        }
+    })
+}
+
+/// The inverse, with one decompression context per thread.
+fn decompress(z: &[u8]) -> io::Result<Vec<u8>> {
+    thread_local! {
+        static CTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+    }
+    CTX.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match slot.as_mut() {
+            Some(d) => d.decompress(z, super::backup::MAX_CHUNK as usize),
+            None => Err(io::Error::other("zstd context")),
+        }
+    })
 }
 
 /// Writes a batch of chunks: each goes to `tmp/` first; `commit` makes them
@@ -314,9 +367,9 @@ impl<'a> ChunkWriter<'a> {
             return Ok(None);
         }
         let dest = self.repo.chunk_path(id);
-        let z = zstd::bulk::compress(plain, ZSTD_LEVEL).map_err(io_err(&dest))?;
+        let z = compress(plain).map_err(io_err(&dest))?;
         let (codec, payload): (u8, &[u8]) = if z.len() < plain.len() { (b'z', &z) } else { (b'r', plain) };
-        let tmpdir = self.repo.root.join("tmp");
+        let tmpdir = worker_tmp(&self.repo.root)?;
         let mut tmp = tempfile::NamedTempFile::new_in(&tmpdir).map_err(io_err(&tmpdir))?;
         tmp.write_all(&[codec]).and_then(|_| tmp.write_all(payload)).map_err(io_err(&dest))?;
         let path = tmp.into_temp_path();
@@ -350,9 +403,7 @@ impl<'a> ChunkWriter<'a> {
 pub fn decode_chunk(raw: &[u8]) -> Result<Vec<u8>, String> {
     match raw.split_first() {
         Some((b'r', rest)) => Ok(rest.to_vec()),
-        Some((b'z', rest)) => {
-            zstd::bulk::decompress(rest, super::backup::MAX_CHUNK as usize).map_err(|e| format!("zstd: {e}"))
-        }
+        Some((b'z', rest)) => decompress(rest).map_err(|e| format!("zstd: {e}")),
         Some((c, _)) => Err(format!("unknown codec byte {c:#x}")),
         None => Err("empty chunk file".into()),
     }

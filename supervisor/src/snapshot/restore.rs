@@ -127,6 +127,9 @@ fn join(root: &Path, rel: &str) -> PathBuf {
 }
 
 /// Builds the tree under `root` (an empty directory), verifying every chunk.
+/// Files a restore thread takes at once.
+const BATCH: usize = 32;
+
 fn build(repo: &Repo, digest: &str, entries: &[Entry], root: &Path) -> Result<(), SnapshotError> {
     for e in entries.iter().filter(|e| e.kind == Kind::Dir && e.path != ".") {
         let p = root.join(&e.path);
@@ -139,23 +142,29 @@ fn build(repo: &Repo, digest: &str, entries: &[Entry], root: &Path) -> Result<()
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(files.len().max(1));
     std::thread::scope(|s| {
         for _ in 0..threads {
-            s.spawn(|| loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some(e) = files.get(k) else { break };
-                match write_file(repo, e, &root.join(&e.path)) {
-                    Ok(bad) if bad.is_empty() => {}
-                    Ok(bad) => {
-                        if let Ok(mut d) = damage.lock() {
-                            d.0.extend(bad);
-                            d.1.insert(e.path.clone());
+            // Runs of consecutive files (mostly one directory) per take: two
+            // threads creating files in one directory serialise on its lock.
+            s.spawn(|| 'work: loop {
+                let start = next.fetch_add(BATCH, Ordering::Relaxed);
+                if start >= files.len() {
+                    break;
+                }
+                for e in &files[start..(start + BATCH).min(files.len())] {
+                    match write_file(repo, e, &root.join(&e.path)) {
+                        Ok(bad) if bad.is_empty() => {}
+                        Ok(bad) => {
+                            if let Ok(mut d) = damage.lock() {
+                                d.0.extend(bad);
+                                d.1.insert(e.path.clone());
+                            }
                         }
-                    }
-                    Err(err) => {
-                        if let Ok(mut f) = first_err.lock() {
-                            f.get_or_insert(err);
+                        Err(err) => {
+                            if let Ok(mut f) = first_err.lock() {
+                                f.get_or_insert(err);
+                            }
+                            next.store(files.len(), Ordering::Relaxed);
+                            break 'work;
                         }
-                        next.store(files.len(), Ordering::Relaxed);
-                        break;
                     }
                 }
             });
