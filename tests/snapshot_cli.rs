@@ -9,37 +9,11 @@ mod snap;
 
 use common::{moat, ok, run};
 use moat_supervisor::snapshot::Repo;
-use moat_supervisor::state::{self, Paths, ProcId, Record, Status};
-use snap::{check_repo, data, describe, every_type};
+use moat_supervisor::state::ProcId;
+use snap::{check_repo, data, describe, every_type, sandbox};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// Records a sandbox NAME in `home` (stopped, or running as `running`) with
-/// its moat-owned workspace; returns the workspace path.
-fn sandbox(home: &Path, name: &str, running: Option<ProcId>) -> PathBuf {
-    let paths = Paths { name: name.into(), home: home.join("sandboxes").join(name), run: home.join("run").join(name) };
-    fs::create_dir_all(&paths.home).unwrap();
-    let ws = paths.default_workspace();
-    fs::create_dir_all(&ws).unwrap();
-    let rec = Record {
-        name: name.into(),
-        image: "probe".into(),
-        image_digest: String::new(),
-        command: vec![],
-        workspace: ws.clone(),
-        workspace_owned: true,
-        created: state::now(),
-        status: if running.is_some() { Status::Running } else { Status::Exited },
-        detached: true,
-        supervisor: running,
-        init: running,
-        started: None,
-        exit_code: None,
-    };
-    state::save(&paths, &rec).unwrap();
-    ws
-}
 
 fn digest_of(out: &str) -> String {
     out.trim().strip_prefix("sha256:").unwrap_or_else(|| panic!("no digest in {out:?}")).to_string()

@@ -11,38 +11,11 @@ mod reg;
 mod snap;
 
 use moat_builder::Store;
-use moat_supervisor::state::{self, Paths, Record, Status};
 use reg::{make_image, moat, moat_err, moat_ok, Registry};
-use snap::{chmod, data, describe};
+use snap::{chmod, data, describe, sandbox};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-/// Records a stopped sandbox NAME in `home` with its moat-owned workspace
-/// (as tests/snapshot_cli.rs does); returns the workspace path.
-fn sandbox(home: &Path, name: &str) -> PathBuf {
-    let paths = Paths { name: name.into(), home: home.join("sandboxes").join(name), run: home.join("run").join(name) };
-    fs::create_dir_all(&paths.home).unwrap();
-    let ws = paths.default_workspace();
-    fs::create_dir_all(&ws).unwrap();
-    let rec = Record {
-        name: name.into(),
-        image: "probe".into(),
-        image_digest: String::new(),
-        command: vec![],
-        workspace: ws.clone(),
-        workspace_owned: true,
-        created: state::now(),
-        status: Status::Exited,
-        detached: true,
-        supervisor: None,
-        init: None,
-        started: None,
-        exit_code: None,
-    };
-    state::save(&paths, &rec).unwrap();
-    ws
-}
 
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
@@ -67,7 +40,7 @@ fn push_pull_restore_round_trip_is_deterministic_and_refuses_other_manifests() {
     let r = Registry::plain();
     let t = tempfile::tempdir().unwrap();
     let (home, home2) = (t.path().join("home"), t.path().join("home2"));
-    let ws = sandbox(&home, "agent");
+    let ws = sandbox(&home, "agent", None);
     fs::create_dir_all(ws.join("src/deep")).unwrap();
     fs::create_dir_all(ws.join("empty")).unwrap();
     fs::write(ws.join("src/main.rs"), b"fn main() {}\n").unwrap();

@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Deterministic pseudo-random bytes (xorshift64*), incompressible.
 pub fn data(seed: u64, len: usize) -> Vec<u8> {
@@ -100,4 +100,31 @@ pub fn check_repo(repo: &moat_supervisor::snapshot::Repo) {
             repo.read_chunk(c).unwrap_or_else(|e| panic!("manifest {id}: chunk {c}: {e}"));
         }
     }
+}
+
+/// Records a sandbox NAME in `home` (stopped, or running as `running`) with
+/// its moat-owned workspace; returns the workspace path.
+pub fn sandbox(home: &Path, name: &str, running: Option<moat_supervisor::state::ProcId>) -> PathBuf {
+    use moat_supervisor::state::{self, Paths, Record, Status};
+    let paths = Paths { name: name.into(), home: home.join("sandboxes").join(name), run: home.join("run").join(name) };
+    fs::create_dir_all(&paths.home).unwrap();
+    let ws = paths.default_workspace();
+    fs::create_dir_all(&ws).unwrap();
+    let rec = Record {
+        name: name.into(),
+        image: "probe".into(),
+        image_digest: String::new(),
+        command: vec![],
+        workspace: ws.clone(),
+        workspace_owned: true,
+        created: state::now(),
+        status: if running.is_some() { Status::Running } else { Status::Exited },
+        detached: true,
+        supervisor: running,
+        init: running,
+        started: None,
+        exit_code: None,
+    };
+    state::save(&paths, &rec).unwrap();
+    ws
 }
