@@ -295,7 +295,7 @@ fn worker_tmp(root: &Path) -> Result<PathBuf, SnapshotError> {
     thread_local! {
         static INDEX: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    let dir = root.join("tmp").join(format!("w{}", INDEX.with(|i| *i)));
+    let dir = root.join("tmp").join(format!("w{}-{}", std::process::id(), INDEX.with(|i| *i)));
     if !dir.is_dir() {
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     }
@@ -394,6 +394,13 @@ impl<'a> ChunkWriter<'a> {
             if let Some(tmp) = tmp {
                 let dest = self.repo.chunk_path(&id);
                 tmp.persist(&dest).map_err(|e| io_err(&dest)(e.error))?;
+            }
+        }
+        // This process's staging directories are empty now.
+        let mine = format!("w{}-", std::process::id());
+        for e in fs::read_dir(&tmpdir).map_err(io_err(&tmpdir))?.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&mine) {
+                let _ = fs::remove_dir(e.path());
             }
         }
         sync_dir(&self.repo.root.join("chunks"))
