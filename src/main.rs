@@ -87,7 +87,7 @@ enum Cmd {
     Snapshots(snapshot_cmds::SnapshotsArgs),
     /// Restore a sandbox's workspace from a snapshot (digest, tag or latest).
     Restore(snapshot_cmds::RestoreArgs),
-    /// Export, import or garbage-collect snapshots.
+    /// Export, import, push, pull or garbage-collect snapshots.
     Snapshot(snapshot_cmds::SnapshotArgs),
     /// Check, import and change network policies (live, on running sandboxes).
     Policy(policy_cmds::PolicyArgs),

@@ -12,8 +12,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 
+/// A directory reused by every run (a static is never dropped, so a temp
+/// dir here would leak the unpacked image each run): emptied at start.
+struct Home(PathBuf);
+
+impl Home {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
 struct World {
-    home: tempfile::TempDir,
+    home: Home,
     _net: UpNet,
     ca: TestCa,
     hosts: PathBuf,
@@ -39,7 +49,9 @@ fn agent_store() -> PathBuf {
 fn world() -> &'static World {
     static W: OnceLock<World> = OnceLock::new();
     W.get_or_init(|| {
-        let home = tempfile::Builder::new().prefix("moat-gw-").tempdir().unwrap();
+        let home = Home(Path::new(env!("CARGO_TARGET_TMPDIR")).join("gateway-sandbox"));
+        let _ = std::fs::remove_dir_all(home.path());
+        std::fs::create_dir_all(home.path()).unwrap();
         let net = UpNet::create(2);
         let ca = TestCa::new(&["up.test", "other.test"]);
         // A bare repository served as static files: git's dumb HTTP protocol.

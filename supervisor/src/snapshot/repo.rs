@@ -294,10 +294,13 @@ fn worker_tmp(root: &Path) -> Result<PathBuf, SnapshotError> {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     thread_local! {
         static INDEX: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        /// The directory this thread made last (one statx saved per chunk).
+        static MADE: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
     }
     let dir = root.join("tmp").join(format!("w{}-{}", std::process::id(), INDEX.with(|i| *i)));
-    if !dir.is_dir() {
+    if MADE.with(|m| m.borrow().as_ref() != Some(&dir)) {
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        MADE.with(|m| *m.borrow_mut() = Some(dir.clone()));
     }
     Ok(dir)
 }
@@ -318,6 +321,16 @@ fn compress(plain: &[u8]) -> io::Result<Vec<u8>> {
             None => Err(io::Error::other("zstd context")),
         }
     })
+}
+
+/// The codec byte and the payload in one write (one syscall per chunk).
+fn write_chunk_file(f: &mut fs::File, codec: u8, payload: &[u8]) -> io::Result<()> {
+    let head = [codec];
+    let n = f.write_vectored(&[io::IoSlice::new(&head), io::IoSlice::new(payload)])?;
+    match n {
+        0 => f.write_all(&head).and_then(|_| f.write_all(payload)),
+        n => f.write_all(&payload[n - 1..]),
+    }
 }
 
 /// The inverse, with one decompression context per thread.
@@ -370,8 +383,16 @@ impl<'a> ChunkWriter<'a> {
         let z = compress(plain).map_err(io_err(&dest))?;
         let (codec, payload): (u8, &[u8]) = if z.len() < plain.len() { (b'z', &z) } else { (b'r', plain) };
         let tmpdir = worker_tmp(&self.repo.root)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&tmpdir).map_err(io_err(&tmpdir))?;
-        tmp.write_all(&[codec]).and_then(|_| tmp.write_all(payload)).map_err(io_err(&dest))?;
+        let mut tmp = match tempfile::NamedTempFile::new_in(&tmpdir) {
+            // Removed by an earlier commit of this process: make it again.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(&tmpdir).map_err(io_err(&tmpdir))?;
+                tempfile::NamedTempFile::new_in(&tmpdir)
+            }
+            other => other,
+        }
+        .map_err(io_err(&tmpdir))?;
+        write_chunk_file(tmp.as_file_mut(), codec, payload).map_err(io_err(&dest))?;
         let path = tmp.into_temp_path();
         if let Ok(mut p) = self.pending.lock() {
             p.insert(id.to_string(), Some(path));
