@@ -156,7 +156,13 @@ pub fn run(a: RunArgs, g: &Global) -> Result<ExitCode> {
     }
     let result = sandbox::supervise(&paths, None);
     if a.rm {
-        sandbox::remove(&paths, true, true).with_context(|| format!("removing sandbox {}", paths.name))?;
+        let removed = sandbox::remove(&paths, true, true).with_context(|| format!("removing sandbox {}", paths.name));
+        match (&result, removed) {
+            (_, Ok(())) => {}
+            // The sandbox's own failure is the error to report; say the cleanup failed too.
+            (Err(_), Err(e)) => eprintln!("moat: warning: {e:#}"),
+            (Ok(_), Err(e)) => return Err(e),
+        }
     }
     Ok(exit(result?))
 }

@@ -263,18 +263,24 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
         let ca = crate::gateway::for_sandbox(&net_paths, &net_policy.network, &ns, listener).map_err(gateway_err)?;
         Ok((ns, ca))
     });
-    let r = resolve(&store, &req.image, policy, &req.args, &req.env)?;
-
-    // Workspace: moat's own is created for the sandbox user.
-    if rec.workspace_owned {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&rec.workspace)
-            .map_err(io(rec.workspace.display().to_string()))?;
-        chown(&rec.workspace, Some(r.user.uid), Some(r.user.gid)).map_err(io("chown workspace"))?;
-    }
-    let (netns, ca) = net.join().map_err(|_| SandboxError::Netns(crate::netns::NetnsError::Thread))??;
+    let prepared = (|| -> Result<Resolved, SandboxError> {
+        let r = resolve(&store, &req.image, policy, &req.args, &req.env)?;
+        // Workspace: moat's own is created for the sandbox user.
+        if rec.workspace_owned {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&rec.workspace)
+                .map_err(io(rec.workspace.display().to_string()))?;
+            chown(&rec.workspace, Some(r.user.uid), Some(r.user.gid)).map_err(io("chown workspace"))?;
+        }
+        Ok(r)
+    })();
+    // Joined before any error returns: the namespace thread writes into the
+    // sandbox's state (audit log, revisions), which a cleanup may be removing.
+    let net = net.join().map_err(|_| SandboxError::Netns(crate::netns::NetnsError::Thread))?;
+    let r = prepared?;
+    let (netns, ca) = net?;
     rootfs::write_top_layer(&paths.top_layer(), &policy.filesystem.workspace, &rootfs::hosts_file(&paths.name))?;
     let top_first: Vec<PathBuf> = r.image.layers.iter().rev().cloned().collect();
     rootfs::write_trust(&paths.top_layer(), &top_first, &ca.cert_pem())?;
