@@ -38,6 +38,11 @@ pub enum GatewayError {
     Io { what: String, source: std::io::Error },
 }
 
+fn io(what: &str) -> impl FnOnce(std::io::Error) -> GatewayError {
+    let what = what.to_string();
+    move |source| GatewayError::Io { what, source }
+}
+
 /// Limits that bound what one client can hold (documented in docs/egress.md).
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -188,10 +193,6 @@ pub struct Handle {
 /// Loads the revision in force, then serves `listener` (and the control
 /// socket) on a dedicated runtime thread.
 pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, GatewayError> {
-    let io = |what: &str| {
-        let what = what.to_string();
-        move |source| GatewayError::Io { what, source }
-    };
     let port = listener.local_addr().map_err(io("gateway socket"))?.port();
     let (number, network, sha256) = match config.revisions.latest()? {
         Some(found) => found,
@@ -263,10 +264,6 @@ pub fn for_sandbox(
     netns: &crate::netns::Netns,
     listener: std::net::TcpListener,
 ) -> Result<Arc<ca::Ca>, GatewayError> {
-    let io = |what: &str| {
-        let what = what.to_string();
-        move |source| GatewayError::Io { what, source }
-    };
     let ca = Arc::new(ca::Ca::new(&paths.name)?);
     // Credentials stay on the host; their permissions are re-checked (and
     // repaired, loudly) on every start.
