@@ -119,7 +119,7 @@ fn backup_list_restore_to_new_export_import_gc() {
     assert!(gc.starts_with("removed 0 chunks"), "{gc}");
     check_repo(&Repo::open(&home.join("snapshots")).unwrap());
     use std::os::unix::fs::PermissionsExt;
-    for d in ["snapshots", "snapshots/chunks", "snapshots/refs"] {
+    for d in ["snapshots", "snapshots/packs", "snapshots/refs"] {
         assert_eq!(fs::metadata(home.join(d)).unwrap().permissions().mode() & 0o777, 0o700, "{d}");
     }
 }

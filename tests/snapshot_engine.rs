@@ -20,8 +20,9 @@ fn setup() -> (tempfile::TempDir, Repo) {
     (t, repo)
 }
 
+/// Chunks stored, as a new process opening the repository sees them.
 fn chunk_count(repo: &Repo) -> usize {
-    fs::read_dir(repo.root().join("chunks")).unwrap().count()
+    Repo::open(repo.root()).unwrap().chunk_count().unwrap()
 }
 
 #[test]
@@ -119,21 +120,27 @@ fn corrupt_and_check(missing: bool) {
     let (t, repo) = setup();
     let src = t.path().join("ws");
     fs::create_dir_all(src.join("d")).unwrap();
-    fs::write(src.join("d/victim"), data(11, 100_000)).unwrap();
+    // Smaller than the minimum chunk: one chunk.
+    fs::write(src.join("d/victim"), data(11, 16_000)).unwrap();
+    // The victim alone first, so its chunk has a pack to itself; then the rest.
+    backup_dir(&repo, &src, &opts("bad")).unwrap();
     fs::hard_link(src.join("d/victim"), src.join("victim-link")).unwrap();
     fs::write(src.join("ok"), data(12, 50_000)).unwrap();
     let r = backup_dir(&repo, &src, &opts("bad")).unwrap();
     let m = repo.manifest(&r.digest).unwrap();
     let victim = m.entries.iter().find(|e| e.path == "d/victim").unwrap().chunks[0].clone();
-    let p = repo.chunk_path(&victim);
+    let (p, offset, len) = repo.chunk_location(&victim).unwrap();
+    let ok_chunks = &m.entries.iter().find(|e| e.path == "ok").unwrap().chunks;
+    assert!(ok_chunks.iter().all(|c| repo.chunk_location(c).unwrap().0 != p), "victim's pack holds only the victim");
     if missing {
         fs::remove_file(&p).unwrap();
     } else {
         let mut raw = fs::read(&p).unwrap();
-        let n = raw.len();
-        raw[n / 2] ^= 1;
+        raw[(offset + len / 2) as usize] ^= 1;
         fs::write(&p, raw).unwrap();
     }
+    // As a new process would see the repository.
+    let repo = Repo::open(repo.root()).unwrap();
     // The destination holds other data, which must survive untouched.
     let dest = t.path().join("dest");
     fs::create_dir(&dest).unwrap();
@@ -270,4 +277,70 @@ fn excludes_and_gc() {
     restore_dir(&repo, &r.digest, &dest, None).unwrap();
     assert_eq!(fs::read(dest.join("keep.rs")).unwrap(), b"fn f() {}");
     let _ = Path::new("");
+}
+
+/// The pack format's own guarantees: gc rewrites a pack that holds live and
+/// dead chunks (keeping every live one), removes a pack whose index never
+/// landed, a damaged index is rebuilt from its pack, and v1 loose chunk
+/// files are still read and collected.
+#[test]
+fn packs_survive_gc_damaged_indexes_and_v1_chunks() {
+    use moat_supervisor::snapshot::chunks::ChunkWriter;
+    let (t, repo) = setup();
+    let sha = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
+    let (live, dead) = (data(21, 30_000), data(22, 30_000));
+    // One writer on one thread: both chunks in one pack.
+    let w = ChunkWriter::new(&repo);
+    w.put(&sha(&live), &live).unwrap();
+    w.put(&sha(&dead), &dead).unwrap();
+    w.commit().unwrap();
+    let packs = || -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(repo.root().join("packs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(packs().len(), 2, "{:?}", packs());
+    let first_pack = repo.chunk_location(&sha(&live)).unwrap().0;
+    assert_eq!(repo.chunk_location(&sha(&dead)).unwrap().0, first_pack);
+
+    // A v1 repository's loose chunk (codec byte + payload), one live, one dead.
+    let (old_live, old_dead) = (data(23, 5000), data(24, 5000));
+    fs::create_dir_all(repo.root().join("chunks")).unwrap();
+    for b in [&old_live, &old_dead] {
+        fs::write(repo.root().join("chunks").join(sha(b)), [&b"r"[..], b].concat()).unwrap();
+    }
+    let repo = Repo::open(repo.root()).unwrap();
+    assert_eq!(repo.read_chunk(&sha(&old_live)).unwrap(), old_live);
+
+    let ws = t.path().join("ws");
+    fs::create_dir(&ws).unwrap();
+    fs::write(ws.join("live"), &live).unwrap();
+    fs::write(ws.join("old"), &old_live).unwrap();
+    let r = backup_dir(&repo, &ws, &opts("p")).unwrap();
+    assert_eq!(r.record.new_chunks, 0, "both chunks were already stored");
+
+    // An interrupted commit's pack (no index) and a damaged index elsewhere.
+    fs::write(repo.root().join("packs").join(format!("{}.pack", "ab".repeat(32))), b"half a pack").unwrap();
+    let (n, freed) = repo.gc().unwrap();
+    assert_eq!(n, 2, "the dead packed chunk and the dead loose one");
+    assert!(freed > 30_000, "freed {freed}");
+    assert!(!repo.has_chunk(&sha(&dead)) && !repo.has_chunk(&sha(&old_dead)));
+    assert!(!first_pack.exists(), "the mixed pack was rewritten");
+    assert_eq!(packs().len(), 2, "one pack and its index: {:?}", packs());
+    check_repo(&repo);
+
+    let idx = repo.root().join("packs").join(packs().into_iter().find(|n| n.ends_with(".idx")).unwrap());
+    let mut raw = fs::read(&idx).unwrap();
+    raw[10] ^= 0xff;
+    fs::write(&idx, raw).unwrap();
+    let repo = Repo::open(repo.root()).unwrap();
+    assert_eq!(repo.read_chunk(&sha(&live)).unwrap(), live, "rebuilt from the pack's records");
+    assert_eq!(repo.read_chunk(&sha(&old_live)).unwrap(), old_live);
+    let dest = t.path().join("out");
+    restore_dir(&repo, &r.digest, &dest, None).unwrap();
+    assert_eq!(fs::read(dest.join("live")).unwrap(), live);
+    assert_eq!(fs::read(dest.join("old")).unwrap(), old_live);
 }

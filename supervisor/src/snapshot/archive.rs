@@ -3,8 +3,9 @@
 //! corruption in transit: import verifies the manifest against its digest and
 //! every chunk against its sha256 before anything becomes visible, and
 //! refuses unknown or unsafe member names.
+use super::chunks::decode_chunk;
 use super::manifest::Manifest;
-use super::repo::{decode_chunk, sha256_hex, Record, Repo};
+use super::repo::{sha256_hex, Record, Repo};
 use super::{io_err, SnapshotError};
 use std::fs;
 use std::io::Read;
@@ -32,8 +33,7 @@ pub fn export(repo: &Repo, digest: &str, record: Option<&Record>, out: &Path) ->
     let mut n = 0;
     for id in m.chunk_ids() {
         // Verified on the way out too: never export a damaged snapshot silently.
-        repo.read_chunk(id)?;
-        let raw = fs::read(repo.chunk_path(id)).map_err(io_err(&repo.chunk_path(id)))?;
+        let raw = repo.read_stored(id)?;
         add(&format!("chunks/{id}"), &raw)?;
         n += 1;
     }
@@ -90,7 +90,7 @@ pub fn import(repo: &Repo, file: &Path) -> Result<(String, Record), SnapshotErro
     if !missing.is_empty() {
         return Err(bad(format!("{} chunk(s) missing: {}", missing.len(), missing.join(", "))));
     }
-    let w = super::repo::ChunkWriter::new(repo);
+    let w = super::chunks::ChunkWriter::new(repo);
     for (id, plain) in &chunks {
         w.put(id, plain)?;
     }

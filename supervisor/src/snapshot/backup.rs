@@ -143,7 +143,7 @@ pub fn backup_dir(repo: &Repo, src: &Path, opts: &BackupOptions) -> Result<Backu
     }
 
     // Read, chunk, hash, compress and store the changed files in parallel.
-    let writer = super::repo::ChunkWriter::new(repo);
+    let writer = super::chunks::ChunkWriter::new(repo);
     let results = read_files(&writer, &found, &to_read, opts.exclude_secrets)?;
     let (mut new_chunks, mut new_bytes) = (0, 0);
     let mut dropped_leaders = Vec::new();
@@ -286,7 +286,7 @@ struct FileResult {
 }
 
 fn read_files(
-    repo: &super::repo::ChunkWriter,
+    repo: &super::chunks::ChunkWriter,
     found: &[Found],
     idx: &[usize],
     exclude_secrets: bool,
@@ -391,7 +391,11 @@ fn open_nofollow(p: &Path) -> std::io::Result<fs::File> {
     fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK).open(p)
 }
 
-fn store_file(repo: &super::repo::ChunkWriter, f: &Found, exclude_secrets: bool) -> Result<FileResult, SnapshotError> {
+fn store_file(
+    repo: &super::chunks::ChunkWriter,
+    f: &Found,
+    exclude_secrets: bool,
+) -> Result<FileResult, SnapshotError> {
     let vanished = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     let nothing = FileResult { outcome: Outcome::Vanished, new_chunks: 0, new_bytes: 0 };
     if exclude_secrets {

@@ -6,15 +6,17 @@
 //! look like credentials are reported (and left out on request).
 //!
 //! Layout of the repository (`$MOAT_HOME/snapshots`, see [`repo`]):
-//! `chunks/<sha256>` (one codec byte + payload), `snapshots/<sha256>.json`
+//! `packs/<name>.pack` + `.idx` (chunks, see [`pack`]), `snapshots/<sha256>.json`
 //! (the canonical tree manifest; its sha256 is the snapshot digest),
 //! `refs/<sandbox>/<time>-<digest12>.json` (time, tag, sizes: the undigested
 //! record), `cache/<key>.json` (the stat cache), `tmp/` (in-flight writes).
 pub mod archive;
 pub mod backup;
+pub mod chunks;
 pub mod freeze;
 pub mod manifest;
 pub mod oci;
+pub mod pack;
 pub mod repo;
 pub mod restore;
 pub mod secrets;

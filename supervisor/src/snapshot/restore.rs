@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::fs;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -198,8 +199,9 @@ fn build(repo: &Repo, digest: &str, entries: &[Entry], root: &Path) -> Result<()
             _ => {}
         }
     }
-    // Owners, then modes (chown clears setuid bits), deepest first.
-    for e in entries.iter().rev().filter(|e| e.kind != Kind::Hardlink) {
+    // Owners, then modes (chown clears setuid bits), deepest first; files
+    // had theirs set by the thread that wrote them.
+    for e in entries.iter().rev().filter(|e| !matches!(e.kind, Kind::Hardlink | Kind::File)) {
         let p = join(root, &e.path);
         std::os::unix::fs::lchown(&p, Some(e.uid), Some(e.gid)).map_err(io_err(&p))?;
         if e.kind != Kind::Symlink {
@@ -241,11 +243,21 @@ fn write_file(repo: &Repo, e: &Entry, p: &Path) -> Result<Vec<String>, SnapshotE
             Err(err) => return Err(err),
         }
     }
-    if bad.is_empty() && written != e.size {
+    if !bad.is_empty() {
+        return Ok(bad);
+    }
+    if written != e.size {
         return Err(SnapshotError::Invalid(format!(
             "{}: size {} in the manifest, chunks hold {written}",
             e.path, e.size
         )));
     }
+    // Owner, then mode (chown clears setuid bits), through the open descriptor.
+    std::os::unix::fs::fchown(&f, Some(e.uid), Some(e.gid)).map_err(io_err(p))?;
+    f.set_permissions(fs::Permissions::from_mode(e.mode)).map_err(io_err(p))?;
+    // Start writing the file back now, so the syncfs before the swap waits
+    // for less (the disk works while later files are still being restored).
+    // SAFETY: sync_file_range on a descriptor we own; no memory is passed.
+    unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
     Ok(bad)
 }

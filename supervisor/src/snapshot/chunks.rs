@@ -1,0 +1,388 @@
+//! The chunk store of a snapshot repository: finding, reading and verifying
+//! chunks, writing them in batches ([`ChunkWriter`]) and collecting the ones
+//! no snapshot references. Addresses torn writes (packs are published only
+//! after one syncfs has made them durable, so a name in the index always has
+//! durable bytes behind it) and silent corruption (every chunk is checked
+//! against its sha256 on every read). Chunks live in packs
+//! ([`super::pack`]); loose chunk files of v1 repositories are still read.
+use super::pack::{self, Building, Built, ChunkId, Entry, Index, Loc};
+use super::repo::{sha256_hex, sync_dir, Repo};
+use super::{io_err, SnapshotError};
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+const ZSTD_LEVEL: i32 = 1;
+/// Open pack files kept for reading.
+const MAX_READERS: usize = 256;
+
+/// The in-memory side of the chunk store: the merged pack index (loaded on
+/// first use) and open pack files.
+pub struct ChunkStore {
+    index: RwLock<Option<Index>>,
+    readers: Mutex<HashMap<u32, Arc<fs::File>>>,
+    /// Whether `chunks/` (v1 loose chunk files) has anything in it.
+    legacy: bool,
+}
+
+impl ChunkStore {
+    pub fn new(root: &Path) -> ChunkStore {
+        let legacy = fs::read_dir(root.join("chunks")).is_ok_and(|mut d| d.next().is_some());
+        ChunkStore { index: RwLock::new(None), readers: Mutex::new(HashMap::new()), legacy }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where a chunk is stored.
+enum Place {
+    Packed(Loc, String),
+    Loose(PathBuf),
+}
+
+impl Repo {
+    fn packs_dir(&self) -> PathBuf {
+        self.root.join("packs")
+    }
+
+    fn loose_path(&self, id: &str) -> PathBuf {
+        self.root.join("chunks").join(id)
+    }
+
+    /// Runs `f` on the index, loading it first if needed.
+    fn with_index<R>(&self, f: impl FnOnce(&Index) -> R) -> Result<R, SnapshotError> {
+        if let Some(ix) = self.store.index.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(f(ix));
+        }
+        let mut w = self.store.index.write().unwrap_or_else(|p| p.into_inner());
+        if w.is_none() {
+            *w = Some(Index::load(&self.packs_dir())?);
+        }
+        Ok(f(w.as_ref().unwrap_or(&Index::default())))
+    }
+
+    fn place(&self, id: &str) -> Result<Option<Place>, SnapshotError> {
+        if let Some(cid) = pack::parse_id(id) {
+            let hit = self.with_index(|ix| ix.chunks.get(&cid).map(|l| (*l, ix.packs[l.pack as usize].clone())))?;
+            if let Some((loc, name)) = hit {
+                return Ok(Some(Place::Packed(loc, name)));
+            }
+        }
+        let loose = self.loose_path(id);
+        Ok((self.store.legacy && pack::parse_id(id).is_some() && loose.is_file()).then_some(Place::Loose(loose)))
+    }
+
+    pub fn has_chunk(&self, id: &str) -> bool {
+        matches!(self.place(id), Ok(Some(_)))
+    }
+
+    /// The file holding a chunk, the offset of its stored bytes (codec byte
+    /// and payload) and their length: for tools and tests that inspect or
+    /// damage a repository on purpose.
+    pub fn chunk_location(&self, id: &str) -> Option<(PathBuf, u64, u64)> {
+        match self.place(id).ok()?? {
+            Place::Packed(loc, name) => Some((pack::paths(&self.packs_dir(), &name).0, loc.offset, loc.len as u64)),
+            Place::Loose(p) => {
+                let len = fs::metadata(&p).ok()?.len();
+                Some((p, 0, len))
+            }
+        }
+    }
+
+    /// Distinct chunks stored.
+    pub fn chunk_count(&self) -> Result<usize, SnapshotError> {
+        let mut n = self.with_index(|ix| ix.chunks.len())?;
+        if self.store.legacy {
+            let dir = self.root.join("chunks");
+            for e in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+                let known = e.file_name().to_str().and_then(pack::parse_id);
+                if !known.is_some_and(|id| self.with_index(|ix| ix.chunks.contains_key(&id)).unwrap_or(false)) {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn reader(&self, pack: u32, name: &str) -> Result<Arc<fs::File>, SnapshotError> {
+        let mut readers = lock(&self.store.readers);
+        if let Some(f) = readers.get(&pack) {
+            return Ok(f.clone());
+        }
+        let p = pack::paths(&self.packs_dir(), name).0;
+        let f = Arc::new(fs::File::open(&p).map_err(io_err(&p))?);
+        if readers.len() >= MAX_READERS {
+            readers.clear();
+        }
+        readers.insert(pack, f.clone());
+        Ok(f)
+    }
+
+    /// The stored bytes of a chunk (codec byte + payload), decoded and
+    /// verified; returns (stored, plain).
+    fn fetch(&self, id: &str) -> Result<(Vec<u8>, Vec<u8>), SnapshotError> {
+        let (stored, path) = match self.place(id)? {
+            Some(Place::Packed(loc, name)) => {
+                let path = pack::paths(&self.packs_dir(), &name).0;
+                let f = self.reader(loc.pack, &name)?;
+                let cid = pack::parse_id(id).unwrap_or_default();
+                let raw = pack::read_record(&f, &cid, loc.offset, loc.len).map_err(|reason| {
+                    SnapshotError::Corrupt { path: path.clone(), reason: format!("chunk {id}: {reason}") }
+                })?;
+                (raw, path)
+            }
+            Some(Place::Loose(p)) => (fs::read(&p).map_err(io_err(&p))?, p),
+            None => {
+                let p = self.loose_path(id);
+                return Err(io_err(&p)(io::Error::new(io::ErrorKind::NotFound, format!("chunk {id} is not stored"))));
+            }
+        };
+        let corrupt =
+            |reason: String| SnapshotError::Corrupt { path: path.clone(), reason: format!("chunk {id}: {reason}") };
+        let plain = decode_chunk(&stored).map_err(corrupt)?;
+        if sha256_hex(&plain) != id {
+            return Err(corrupt("content does not match its sha256".into()));
+        }
+        Ok((stored, plain))
+    }
+
+    /// Reads a chunk and checks it against its id.
+    pub fn read_chunk(&self, id: &str) -> Result<Vec<u8>, SnapshotError> {
+        Ok(self.fetch(id)?.1)
+    }
+
+    /// A chunk's stored bytes (codec byte + payload), verified first.
+    pub fn read_stored(&self, id: &str) -> Result<Vec<u8>, SnapshotError> {
+        Ok(self.fetch(id)?.0)
+    }
+
+    /// Stores one chunk durably (a one-chunk [`ChunkWriter`]); returns the
+    /// stored size if it was new.
+    pub fn put_chunk(&self, id: &str, plain: &[u8]) -> Result<Option<u64>, SnapshotError> {
+        let w = ChunkWriter::new(self);
+        let n = w.put(id, plain)?;
+        w.commit()?;
+        Ok(n)
+    }
+
+    /// Removes chunks no manifest references (rewriting packs that hold both
+    /// kinds), packs left without an index, and abandoned temp files.
+    /// Returns (chunks removed, bytes freed).
+    pub fn gc(&self) -> Result<(u64, u64), SnapshotError> {
+        let _lock = self.lock(true)?;
+        let mut live = HashSet::new();
+        for id in self.manifests()? {
+            let m = self.manifest(&id)?;
+            live.extend(m.chunk_ids().into_iter().filter_map(pack::parse_id));
+        }
+        let dir = self.packs_dir();
+        let (mut removed, mut freed, mut added) = (0u64, 0u64, 0u64);
+        let mut doomed = Vec::new();
+        let writer = ChunkWriter::new(self);
+        let mut kept = HashSet::new();
+        let packs = pack::read_all(&dir)?;
+        let indexed: HashSet<&str> = packs.iter().map(|(name, _)| name.as_str()).collect();
+        // Packs whose index never landed (an interrupted commit).
+        for e in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.strip_suffix(".pack").is_some_and(|stem| !indexed.contains(stem)) {
+                freed += file_len(&e.path());
+                fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
+            }
+        }
+        for (name, entries) in &packs {
+            let keep: Vec<&Entry> = entries.iter().filter(|(id, _, _)| live.contains(id) && kept.insert(*id)).collect();
+            if keep.len() == entries.len() {
+                continue;
+            }
+            removed += (entries.len() - keep.len()) as u64;
+            if !keep.is_empty() {
+                let (p, _) = pack::paths(&dir, name);
+                let f = fs::File::open(&p).map_err(io_err(&p))?;
+                for (id, offset, len) in keep {
+                    // Copied as stored: a damaged chunk stays detectable, not lost.
+                    let raw = pack::read_record(&f, id, *offset, *len)
+                        .map_err(|reason| SnapshotError::Corrupt { path: p.clone(), reason })?;
+                    added += raw.len() as u64 + 36;
+                    writer.put_stored(*id, &raw)?;
+                }
+            }
+            doomed.push(name.clone());
+        }
+        // The surviving chunks are published before their old packs go.
+        writer.commit()?;
+        for name in &doomed {
+            let (p, i) = pack::paths(&dir, name);
+            freed += file_len(&p) + file_len(&i);
+            fs::remove_file(&i).map_err(io_err(&i))?;
+            fs::remove_file(&p).map_err(io_err(&p))?;
+        }
+        sync_dir(&dir)?;
+        if self.store.legacy {
+            let loose = self.root.join("chunks");
+            for e in fs::read_dir(&loose).map_err(io_err(&loose))?.flatten() {
+                let id = e.file_name().to_str().and_then(pack::parse_id);
+                if !id.is_some_and(|id| live.contains(&id) && kept.insert(id)) {
+                    freed += e.metadata().map(|m| m.len()).unwrap_or(0);
+                    fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
+                    removed += 1;
+                }
+            }
+        }
+        let tmp = self.root.join("tmp");
+        for e in fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = fs::remove_dir_all(e.path()); // a v1 backup worker's staging directory
+            } else {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        *self.store.index.write().unwrap_or_else(|p| p.into_inner()) = None;
+        lock(&self.store.readers).clear();
+        Ok((removed, freed.saturating_sub(added)))
+    }
+}
+
+fn file_len(p: &Path) -> u64 {
+    fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// zstd at `ZSTD_LEVEL` with one compression context per thread (creating
+/// a context per chunk cost as much as compressing small chunks).
+fn compress(plain: &[u8]) -> io::Result<Vec<u8>> {
+    thread_local! {
+        static CTX: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
+    }
+    CTX.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
+        }
+        match slot.as_mut() {
+            Some(c) => c.compress(plain),
+            None => Err(io::Error::other("zstd context")),
+        }
+    })
+}
+
+/// The inverse, with one decompression context per thread.
+fn decompress(z: &[u8]) -> io::Result<Vec<u8>> {
+    thread_local! {
+        static CTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+    }
+    CTX.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match slot.as_mut() {
+            Some(d) => d.decompress(z, super::backup::MAX_CHUNK as usize),
+            None => Err(io::Error::other("zstd context")),
+        }
+    })
+}
+
+/// Plain bytes from stored bytes (codec byte + payload).
+pub fn decode_chunk(raw: &[u8]) -> Result<Vec<u8>, String> {
+    match raw.split_first() {
+        Some((b'r', rest)) => Ok(rest.to_vec()),
+        Some((b'z', rest)) => decompress(rest).map_err(|e| format!("zstd: {e}")),
+        Some((c, _)) => Err(format!("unknown codec byte {c:#x}")),
+        None => Err("empty chunk".into()),
+    }
+}
+
+/// Writes a batch of chunks from any number of threads: each thread appends
+/// to a pack of its own in `tmp/`; `commit` makes them all durable with one
+/// syncfs, then publishes each pack and its index into `packs/`. A crash
+/// leaves only temp files (and at worst a pack without an index) for `gc`.
+pub struct ChunkWriter<'a> {
+    repo: &'a Repo,
+    claimed: Mutex<HashSet<ChunkId>>,
+    open: Mutex<Vec<Building>>,
+    built: Mutex<Vec<Built>>,
+}
+
+impl<'a> ChunkWriter<'a> {
+    pub fn new(repo: &'a Repo) -> ChunkWriter<'a> {
+        ChunkWriter { repo, claimed: Mutex::default(), open: Mutex::default(), built: Mutex::default() }
+    }
+
+    /// Queues a chunk unless it is stored or queued; returns its stored size if new.
+    pub fn put(&self, id: &str, plain: &[u8]) -> Result<Option<u64>, SnapshotError> {
+        let cid =
+            pack::parse_id(id).ok_or_else(|| SnapshotError::Invalid(format!("chunk id {id:?} is not a sha256")))?;
+        if self.repo.has_chunk(id) || !lock(&self.claimed).insert(cid) {
+            return Ok(None);
+        }
+        let z = compress(plain).map_err(io_err(&self.repo.root))?;
+        let (codec, payload): (u8, &[u8]) = if z.len() < plain.len() { (b'z', &z) } else { (b'r', plain) };
+        self.append(cid, codec, payload)?;
+        Ok(Some(payload.len() as u64 + 1))
+    }
+
+    /// Queues already stored bytes (codec byte + payload) as they are.
+    fn put_stored(&self, id: ChunkId, stored: &[u8]) -> Result<(), SnapshotError> {
+        let Some((codec, payload)) = stored.split_first() else {
+            return Err(SnapshotError::Invalid("empty stored chunk".into()));
+        };
+        if lock(&self.claimed).insert(id) {
+            self.append(id, *codec, payload)?;
+        }
+        Ok(())
+    }
+
+    fn append(&self, id: ChunkId, codec: u8, payload: &[u8]) -> Result<(), SnapshotError> {
+        let tmp = self.repo.root.join("tmp");
+        let taken = lock(&self.open).pop();
+        let mut b = match taken {
+            Some(b) => b,
+            None => Building::new(&tmp)?,
+        };
+        b.append(id, codec, payload).map_err(io_err(&tmp))?;
+        if b.is_full() {
+            let built = b.finish(&tmp)?;
+            lock(&self.built).push(built);
+        } else {
+            lock(&self.open).push(b);
+        }
+        Ok(())
+    }
+
+    /// One syncfs (far cheaper than an fdatasync per pack or chunk), then
+    /// each pack and its index renamed into `packs/`, then fsync `packs/`.
+    pub fn commit(self) -> Result<(), SnapshotError> {
+        let tmp = self.repo.root.join("tmp");
+        let mut built = self.built.into_inner().unwrap_or_else(|p| p.into_inner());
+        for b in self.open.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            if !b.is_empty() {
+                built.push(b.finish(&tmp)?);
+            }
+        }
+        if built.is_empty() {
+            return Ok(());
+        }
+        let f = fs::File::open(&tmp).map_err(io_err(&tmp))?;
+        // SAFETY: syncfs on a descriptor we own.
+        if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+            return Err(io_err(&tmp)(io::Error::last_os_error()));
+        }
+        let dir = self.repo.packs_dir();
+        let mut published = Vec::with_capacity(built.len());
+        for b in built {
+            published.push(b.publish(&dir)?);
+        }
+        sync_dir(&dir)?;
+        if let Some(ix) = self.repo.store.index.write().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            for (name, entries) in published {
+                ix.add(name, &entries);
+            }
+        }
+        Ok(())
+    }
+}
