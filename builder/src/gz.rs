@@ -4,7 +4,10 @@
 //! joined pigz-style (sync flush between blocks) into one gzip member — so
 //! the bytes depend only on the input, never on write chunking or core count.
 use flate2::{Compress, Compression, FlushCompress, Status};
+use std::collections::BTreeMap;
 use std::io::{self, Write};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 
 /// Input bytes per independently compressed block.
 pub const BLOCK_SIZE: usize = 1 << 20;
@@ -13,66 +16,108 @@ pub const BLOCK_SIZE: usize = 1 << 20;
 pub const LEVEL: u32 = 1;
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 
-/// A `Write` that gzips into `inner`, compressing blocks on `threads` threads.
+type Compressed = io::Result<(Vec<u8>, crc32fast::Hasher)>;
+
+struct Job {
+    seq: u64,
+    block: Vec<u8>,
+    last: bool,
+}
+
+/// A `Write` that gzips into `inner`. Full blocks go to compression threads
+/// while the caller keeps producing input (the tar writer and the deflate
+/// work overlap); compressed blocks are written to `inner` in input order.
 pub struct ParGz<W: Write> {
     inner: W,
-    pending: Vec<Vec<u8>>,
     current: Vec<u8>,
     crc: crc32fast::Hasher,
     total: u64,
-    threads: usize,
-    started: bool,
+    jobs: Option<mpsc::Sender<Job>>,
+    done: mpsc::Receiver<(u64, Compressed)>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    /// Blocks sent, and the next one to write.
+    sent: u64,
+    written: u64,
+    ready: BTreeMap<u64, Compressed>,
+    max_in_flight: u64,
 }
 
 impl<W: Write> ParGz<W> {
     pub fn new(inner: W) -> Self {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (results, done) = mpsc::channel();
+        let queue = Arc::new(Mutex::new(queue));
+        let workers = (0..threads)
+            .map(|_| {
+                let (queue, results) = (queue.clone(), results.clone());
+                std::thread::spawn(move || loop {
+                    let job = match queue.lock() {
+                        Ok(q) => q.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(job) = job else { return };
+                    if results.send((job.seq, deflate_block(&job.block, job.last))).is_err() {
+                        return;
+                    }
+                })
+            })
+            .collect();
         ParGz {
             inner,
-            pending: Vec::new(),
             current: Vec::with_capacity(BLOCK_SIZE),
             crc: crc32fast::Hasher::new(),
             total: 0,
-            threads,
-            started: false,
+            jobs: Some(jobs),
+            done,
+            workers,
+            sent: 0,
+            written: 0,
+            ready: BTreeMap::new(),
+            max_in_flight: threads as u64 * 2,
         }
     }
 
-    /// Compresses what is pending; `last` marks the final block.
-    fn drain(&mut self, last: bool) -> io::Result<()> {
-        if !self.started {
+    fn send(&mut self, block: Vec<u8>, last: bool) -> io::Result<()> {
+        if self.sent == 0 {
             self.inner.write_all(&HEADER)?;
-            self.started = true;
         }
-        let blocks = std::mem::take(&mut self.pending);
-        let n = blocks.len();
-        let results: Vec<io::Result<(Vec<u8>, crc32fast::Hasher)>> = std::thread::scope(|s| {
-            let handles: Vec<_> = blocks
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    let fin = last && i + 1 == n;
-                    s.spawn(move || deflate_block(b, fin))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(io::Error::other("compression thread panicked"))))
-                .collect()
-        });
-        for r in results {
-            let (bytes, crc) = r?;
-            self.crc.combine(&crc);
-            self.inner.write_all(&bytes)?;
-        }
+        let job = Job { seq: self.sent, block, last };
+        self.jobs
+            .as_ref()
+            .and_then(|j| j.send(job).ok())
+            .ok_or_else(|| io::Error::other("compression threads are gone"))?;
+        self.sent += 1;
         Ok(())
+    }
+
+    /// Writes finished blocks in order, waiting until at most `in_flight`
+    /// remain unwritten.
+    fn drain_to(&mut self, in_flight: u64) -> io::Result<()> {
+        loop {
+            while let Some(r) = self.ready.remove(&self.written) {
+                let (bytes, crc) = r?;
+                self.crc.combine(&crc);
+                self.inner.write_all(&bytes)?;
+                self.written += 1;
+            }
+            if self.sent - self.written <= in_flight {
+                return Ok(());
+            }
+            let (seq, r) = self.done.recv().map_err(|_| io::Error::other("a compression thread stopped"))?;
+            self.ready.insert(seq, r);
+        }
     }
 
     /// Writes the final block and trailer; returns the inner writer.
     pub fn finish(mut self) -> io::Result<W> {
         let cur = std::mem::take(&mut self.current);
-        self.pending.push(cur);
-        self.drain(true)?;
+        self.send(cur, true)?;
+        self.drain_to(0)?;
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
         let crc = self.crc.clone().finalize();
         self.inner.write_all(&crc.to_le_bytes())?;
         self.inner.write_all(&(self.total as u32).to_le_bytes())?;
@@ -113,10 +158,9 @@ impl<W: Write> Write for ParGz<W> {
             buf = &buf[take..];
             if self.current.len() == BLOCK_SIZE {
                 let full = std::mem::replace(&mut self.current, Vec::with_capacity(BLOCK_SIZE));
-                self.pending.push(full);
-                if self.pending.len() >= self.threads * 2 {
-                    self.drain(false)?;
-                }
+                self.send(full, false)?;
+                let limit = self.max_in_flight;
+                self.drain_to(limit)?;
             }
         }
         Ok(n)

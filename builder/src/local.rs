@@ -2,7 +2,9 @@
 //! byte-wise order without following symlinks, hashed into one content
 //! digest, normalized so host metadata (umask, owner, mtime, inode numbers,
 //! creation order) cannot reach the image. Refuses device files, FIFOs,
-//! sockets and symlinks that escape the source tree.
+//! sockets and symlinks that escape the source tree. Small files are kept in
+//! memory as they are hashed, so the layer holds exactly the bytes the
+//! digest covers (and the tree is read once, on all cores).
 use crate::digest::Digest;
 use crate::tar_in::Overrides;
 use crate::tree::{self, Content, Entry, Kind, Tree, TreeError};
@@ -12,6 +14,15 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Files up to this size are kept in memory after hashing...
+const KEEP_FILE: u64 = 1 << 20;
+/// ...while the bytes kept by one scan stay under this.
+const KEEP_TOTAL: u64 = 512 << 20;
+/// Files a hashing thread takes at once (neighbours share a directory).
+const BATCH: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
@@ -30,7 +41,12 @@ pub enum LocalError {
 #[derive(Debug, Clone)]
 enum ScanKind {
     Dir,
-    File { host: PathBuf, size: u64 },
+    /// `data`: the bytes that were hashed, when small enough to keep.
+    File {
+        host: PathBuf,
+        size: u64,
+        data: Option<Arc<Vec<u8>>>,
+    },
     Symlink(String),
     Hardlink(String),
 }
@@ -59,20 +75,36 @@ pub fn scan(root: &Path) -> Result<Scanned, LocalError> {
     };
     let meta = fs::symlink_metadata(root).map_err(io_err(root))?;
     let mut entries = Vec::new();
-    let mut inodes: BTreeMap<(u64, u64), String> = BTreeMap::new();
     let is_file = !meta.is_dir();
     if is_file {
         let name =
             root.file_name().and_then(|n| n.to_str()).ok_or_else(|| LocalError::NotUtf8 { path: root.into() })?;
-        entries.push(classify(root, name, &meta, &mut inodes)?);
+        entries.push(classify(root, name, &meta)?);
     } else {
-        walk(root, "", &mut entries, &mut inodes)?;
+        walk(root, "", &mut entries)?;
     }
+    let facts = hash_files(&mut entries)?;
+    // Hard links, in walk order (sorted, so the first path is first in sort order).
+    let mut inodes: BTreeMap<(u64, u64), String> = BTreeMap::new();
+    let mut hashes = Vec::with_capacity(facts.len());
+    let files = entries.iter_mut().filter(|e| matches!(e.kind, ScanKind::File { .. }));
+    for (e, f) in files.zip(facts) {
+        e.exec = f.exec;
+        if f.nlink > 1 {
+            if let Some(first) = inodes.get(&(f.dev, f.ino)) {
+                e.kind = ScanKind::Hardlink(first.clone());
+                continue;
+            }
+            inodes.insert((f.dev, f.ino), e.rel.clone());
+        }
+        hashes.push(f.digest);
+    }
+    let mut hashes = hashes.into_iter();
     let mut h = Sha256::new();
     for e in &entries {
         let (tag, detail) = match &e.kind {
             ScanKind::Dir => ("d", String::new()),
-            ScanKind::File { host, .. } => ("f", hash_file(host)?.hex().to_string()),
+            ScanKind::File { .. } => ("f", hashes.next().map(|d| d.hex().to_string()).unwrap_or_default()),
             ScanKind::Symlink(t) => ("l", t.clone()),
             ScanKind::Hardlink(t) => ("h", t.clone()),
         };
@@ -81,43 +113,41 @@ pub fn scan(root: &Path) -> Result<Scanned, LocalError> {
     Ok(Scanned { is_file, digest: Digest::from_raw(h.finalize().into()), entries })
 }
 
-fn walk(
-    dir: &Path,
-    rel: &str,
-    out: &mut Vec<ScanEntry>,
-    inodes: &mut BTreeMap<(u64, u64), String>,
-) -> Result<(), LocalError> {
+/// Walks `dir` in byte-wise order. Regular files (known from the directory
+/// entry's type) are stat'ed later, by the threads that hash them.
+fn walk(dir: &Path, rel: &str, out: &mut Vec<ScanEntry>) -> Result<(), LocalError> {
     let rd = fs::read_dir(dir).map_err(|source| LocalError::Io { path: dir.into(), source })?;
     let mut names = Vec::new();
     for ent in rd {
         let ent = ent.map_err(|source| LocalError::Io { path: dir.into(), source })?;
         let name = ent.file_name().into_string().map_err(|_| LocalError::NotUtf8 { path: ent.path() })?;
-        names.push(name);
+        let regular = ent.file_type().is_ok_and(|t| t.is_file());
+        names.push((name, regular));
     }
     names.sort(); // byte-wise: creation order and directory hashing cannot matter
-    for name in names {
+    for (name, regular) in names {
         let host = dir.join(&name);
         let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+        if regular {
+            let kind = ScanKind::File { host, size: 0, data: None };
+            out.push(ScanEntry { rel: child_rel, kind, exec: false });
+            continue;
+        }
         let meta = fs::symlink_metadata(&host).map_err(|source| LocalError::Io { path: host.clone(), source })?;
-        let e = classify(&host, &child_rel, &meta, inodes)?;
+        let e = classify(&host, &child_rel, &meta)?;
         if let ScanKind::Symlink(t) = &e.kind {
             check_link(&host, &child_rel, t)?;
         }
         let is_dir = matches!(e.kind, ScanKind::Dir);
         out.push(e);
         if is_dir {
-            walk(&host, &child_rel, out, inodes)?;
+            walk(&host, &child_rel, out)?;
         }
     }
     Ok(())
 }
 
-fn classify(
-    host: &Path,
-    rel: &str,
-    meta: &fs::Metadata,
-    inodes: &mut BTreeMap<(u64, u64), String>,
-) -> Result<ScanEntry, LocalError> {
+fn classify(host: &Path, rel: &str, meta: &fs::Metadata) -> Result<ScanEntry, LocalError> {
     let ft = meta.file_type();
     let exec = meta.mode() & 0o111 != 0;
     let kind = if ft.is_dir() {
@@ -126,29 +156,24 @@ fn classify(
         let t = fs::read_link(host).map_err(|source| LocalError::Io { path: host.into(), source })?;
         ScanKind::Symlink(t.to_str().ok_or_else(|| LocalError::NotUtf8 { path: host.into() })?.to_string())
     } else if ft.is_file() {
-        if meta.nlink() > 1 {
-            // Walk order is sorted, so the first path seen is first in sort order.
-            match inodes.get(&(meta.dev(), meta.ino())) {
-                Some(first) => ScanKind::Hardlink(first.clone()),
-                None => {
-                    inodes.insert((meta.dev(), meta.ino()), rel.to_string());
-                    ScanKind::File { host: host.into(), size: meta.len() }
-                }
-            }
-        } else {
-            ScanKind::File { host: host.into(), size: meta.len() }
-        }
+        ScanKind::File { host: host.into(), size: meta.len(), data: None }
     } else {
-        let what = if ft.is_block_device() || ft.is_char_device() {
-            "a device file"
-        } else if ft.is_fifo() {
-            "a FIFO"
-        } else {
-            "a socket"
-        };
-        return Err(LocalError::Special { path: host.into(), what });
+        return Err(special(host, ft));
     };
     Ok(ScanEntry { rel: rel.into(), kind, exec: exec && !matches!(ft, t if t.is_symlink()) })
+}
+
+fn special(host: &Path, ft: fs::FileType) -> LocalError {
+    let what = if ft.is_block_device() || ft.is_char_device() {
+        "a device file"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file any more"
+    };
+    LocalError::Special { path: host.into(), what }
 }
 
 /// Relative link targets must stay inside the source tree. Absolute targets
@@ -172,9 +197,84 @@ fn check_link(host: &Path, rel: &str, target: &str) -> Result<(), LocalError> {
     Ok(())
 }
 
-fn hash_file(p: &Path) -> Result<Digest, LocalError> {
-    let f = fs::File::open(p).map_err(|source| LocalError::Io { path: p.into(), source })?;
-    crate::digest::digest_reader(f).map(|(d, _)| d).map_err(|source| LocalError::Io { path: p.into(), source })
+/// What hashing learnt about one file (from its open descriptor).
+struct Facts {
+    digest: Digest,
+    exec: bool,
+    nlink: u64,
+    dev: u64,
+    ino: u64,
+}
+
+/// Stats and hashes every file entry on all cores, in entry order; small
+/// files keep their bytes (and their size becomes what was read).
+fn hash_files(entries: &mut [ScanEntry]) -> Result<Vec<Facts>, LocalError> {
+    let files: Vec<&mut ScanEntry> = entries.iter_mut().filter(|e| matches!(e.kind, ScanKind::File { .. })).collect();
+    let slots: Vec<Mutex<&mut ScanEntry>> = files.into_iter().map(Mutex::new).collect();
+    let results: Vec<Mutex<Option<Result<Facts, LocalError>>>> = slots.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let budget = AtomicU64::new(KEEP_TOTAL);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8).min(slots.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let start = next.fetch_add(BATCH, Ordering::Relaxed);
+                if start >= slots.len() {
+                    break;
+                }
+                for i in start..(start + BATCH).min(slots.len()) {
+                    let mut e = slots[i].lock().unwrap_or_else(|p| p.into_inner());
+                    let r = hash_one(&mut e.kind, &budget);
+                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| r.into_inner().unwrap_or_else(|p| p.into_inner()).unwrap_or_else(|| Err(not_hashed())))
+        .collect()
+}
+
+fn not_hashed() -> LocalError {
+    LocalError::Io { path: PathBuf::new(), source: io::Error::other("a hashing thread stopped early") }
+}
+
+fn hash_one(kind: &mut ScanKind, budget: &AtomicU64) -> Result<Facts, LocalError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let ScanKind::File { host, size, data } = kind else { return Err(not_hashed()) };
+    let err = |source| LocalError::Io { path: host.clone(), source };
+    // Never follow a symlink swapped in since the walk, never block on a FIFO.
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&*host)
+        .map_err(err)?;
+    let meta = f.metadata().map_err(err)?;
+    if !meta.is_file() {
+        return Err(special(host, meta.file_type()));
+    }
+    *size = meta.len();
+    let keep = *size <= KEEP_FILE
+        && budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(*size)).is_ok();
+    let digest = if keep {
+        // One read normally: a regular file returns fewer bytes than asked
+        // only at its end, so asking for one byte more than its size proves
+        // the end without a second call; a file that grew is read on.
+        let mut bytes = vec![0u8; *size as usize + 1];
+        let n = io::Read::read(&mut f, &mut bytes).map_err(err)?;
+        bytes.truncate(n);
+        if n > *size as usize {
+            io::Read::read_to_end(&mut f, &mut bytes).map_err(err)?;
+        }
+        *size = bytes.len() as u64;
+        let d = Digest::of(&bytes);
+        *data = Some(Arc::new(bytes));
+        d
+    } else {
+        crate::digest::digest_reader(f).map(|(d, _)| d).map_err(err)?
+    };
+    Ok(Facts { digest, exec: meta.mode() & 0o111 != 0, nlink: meta.nlink(), dev: meta.dev(), ino: meta.ino() })
 }
 
 impl Scanned {
@@ -192,8 +292,12 @@ impl Scanned {
             let file_mode = ov.mode.unwrap_or(if e.exec { 0o755 } else { 0o644 });
             let (kind, mode) = match &e.kind {
                 ScanKind::Dir => (Kind::Dir, ov.dir_mode.unwrap_or(0o755)),
-                ScanKind::File { host, size } => {
-                    (Kind::File { content: Content::Path(host.clone()), size: *size }, file_mode)
+                ScanKind::File { host, size, data } => {
+                    let content = match data {
+                        Some(b) => Content::Bytes(b.clone()),
+                        None => Content::Path(host.clone()),
+                    };
+                    (Kind::File { content, size: *size }, file_mode)
                 }
                 ScanKind::Symlink(t) => (Kind::Symlink(t.clone()), 0o777),
                 ScanKind::Hardlink(t) => (Kind::Hardlink(tree::join(dest, t)?), file_mode),
