@@ -344,3 +344,39 @@ fn packs_survive_gc_damaged_indexes_and_v1_chunks() {
     assert_eq!(fs::read(dest.join("live")).unwrap(), live);
     assert_eq!(fs::read(dest.join("old")).unwrap(), old_live);
 }
+
+/// A lost pack file does not stop gc: its index goes, the snapshots that
+/// named its chunks still report exactly those as missing, others restore.
+#[test]
+fn gc_survives_a_lost_pack() {
+    use moat_supervisor::snapshot::chunks::ChunkWriter;
+    let (t, repo) = setup();
+    let sha = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
+    let (live, dead) = (data(31, 9000), data(32, 9000));
+    let w = ChunkWriter::new(&repo);
+    w.put(&sha(&live), &live).unwrap();
+    w.put(&sha(&dead), &dead).unwrap();
+    w.commit().unwrap();
+    let ws = t.path().join("ws");
+    fs::create_dir(&ws).unwrap();
+    fs::write(ws.join("lost"), &live).unwrap();
+    let hit = backup_dir(&repo, &ws, &opts("l")).unwrap();
+    let ws2 = t.path().join("ws2");
+    fs::create_dir(&ws2).unwrap();
+    fs::write(ws2.join("fine"), data(33, 9000)).unwrap();
+    let fine = backup_dir(&repo, &ws2, &opts("l")).unwrap();
+    fs::remove_file(repo.chunk_location(&sha(&live)).unwrap().0).unwrap();
+    let repo = Repo::open(repo.root()).unwrap();
+    let (n, _) = repo.gc().unwrap();
+    assert_eq!(n, 1, "the dead chunk");
+    assert!(!repo.has_chunk(&sha(&live)));
+    match restore_dir(&repo, &hit.digest, &t.path().join("out1"), None).unwrap_err() {
+        SnapshotError::Damaged { chunks, paths, .. } => {
+            assert_eq!(chunks, vec![sha(&live)]);
+            assert_eq!(paths, vec!["lost".to_string()]);
+        }
+        e => panic!("expected Damaged, got {e}"),
+    }
+    restore_dir(&repo, &fine.digest, &t.path().join("out2"), None).unwrap();
+    assert_eq!(fs::read(t.path().join("out2/fine")).unwrap(), data(33, 9000));
+}
