@@ -5,6 +5,7 @@
 #[path = "common/snapshot.rs"]
 mod snap;
 
+use moat_supervisor::snapshot::repo::sha256_hex as sha;
 use moat_supervisor::snapshot::{archive, backup_dir, restore_dir, BackupOptions, Repo, SnapshotError};
 use snap::{check_repo, data, describe, every_type};
 use std::fs;
@@ -265,7 +266,7 @@ fn excludes_and_gc() {
     assert_eq!(m.entries.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), vec![".", "keep.rs"]);
     // An orphan chunk (e.g. from an interrupted backup) is collected; live ones stay.
     let orphan = data(77, 1000);
-    let id = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&orphan));
+    let id = sha(&orphan);
     repo.put_chunk(&id, &orphan).unwrap();
     fs::write(repo.root().join("tmp/.tmpABC"), b"half").unwrap();
     let (n, _) = repo.gc().unwrap();
@@ -279,21 +280,24 @@ fn excludes_and_gc() {
     let _ = Path::new("");
 }
 
+/// Stores `chunks` with one writer on one thread: all in one pack.
+fn one_pack(repo: &Repo, chunks: &[&[u8]]) {
+    let w = moat_supervisor::snapshot::chunks::ChunkWriter::new(repo);
+    for c in chunks {
+        w.put(&sha(c), c).unwrap();
+    }
+    w.commit().unwrap();
+}
+
 /// The pack format's own guarantees: gc rewrites a pack that holds live and
 /// dead chunks (keeping every live one), removes a pack whose index never
 /// landed, a damaged index is rebuilt from its pack, and v1 loose chunk
 /// files are still read and collected.
 #[test]
 fn packs_survive_gc_damaged_indexes_and_v1_chunks() {
-    use moat_supervisor::snapshot::chunks::ChunkWriter;
     let (t, repo) = setup();
-    let sha = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
     let (live, dead) = (data(21, 30_000), data(22, 30_000));
-    // One writer on one thread: both chunks in one pack.
-    let w = ChunkWriter::new(&repo);
-    w.put(&sha(&live), &live).unwrap();
-    w.put(&sha(&dead), &dead).unwrap();
-    w.commit().unwrap();
+    one_pack(&repo, &[&live, &dead]);
     let packs = || -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(repo.root().join("packs"))
             .unwrap()
@@ -349,14 +353,9 @@ fn packs_survive_gc_damaged_indexes_and_v1_chunks() {
 /// named its chunks still report exactly those as missing, others restore.
 #[test]
 fn gc_survives_a_lost_pack() {
-    use moat_supervisor::snapshot::chunks::ChunkWriter;
     let (t, repo) = setup();
-    let sha = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
     let (live, dead) = (data(31, 9000), data(32, 9000));
-    let w = ChunkWriter::new(&repo);
-    w.put(&sha(&live), &live).unwrap();
-    w.put(&sha(&dead), &dead).unwrap();
-    w.commit().unwrap();
+    one_pack(&repo, &[&live, &dead]);
     let ws = t.path().join("ws");
     fs::create_dir(&ws).unwrap();
     fs::write(ws.join("lost"), &live).unwrap();

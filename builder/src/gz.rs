@@ -39,7 +39,6 @@ pub struct ParGz<W: Write> {
     sent: u64,
     written: u64,
     ready: BTreeMap<u64, Compressed>,
-    max_in_flight: u64,
 }
 
 impl<W: Write> ParGz<W> {
@@ -74,7 +73,6 @@ impl<W: Write> ParGz<W> {
             sent: 0,
             written: 0,
             ready: BTreeMap::new(),
-            max_in_flight: threads as u64 * 2,
         }
     }
 
@@ -159,8 +157,8 @@ impl<W: Write> Write for ParGz<W> {
             if self.current.len() == BLOCK_SIZE {
                 let full = std::mem::replace(&mut self.current, Vec::with_capacity(BLOCK_SIZE));
                 self.send(full, false)?;
-                let limit = self.max_in_flight;
-                self.drain_to(limit)?;
+                // Two blocks per thread in flight keep every thread busy.
+                self.drain_to(self.workers.len() as u64 * 2)?;
             }
         }
         Ok(n)

@@ -15,7 +15,7 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Files up to this size are kept in memory after hashing...
 const KEEP_FILE: u64 = 1 << 20;
@@ -83,28 +83,29 @@ pub fn scan(root: &Path) -> Result<Scanned, LocalError> {
     } else {
         walk(root, "", &mut entries)?;
     }
-    let facts = hash_files(&mut entries)?;
+    let mut hashed = hash_files(&entries)?.into_iter();
     // Hard links, in walk order (sorted, so the first path is first in sort order).
     let mut inodes: BTreeMap<(u64, u64), String> = BTreeMap::new();
-    let mut hashes = Vec::with_capacity(facts.len());
-    let files = entries.iter_mut().filter(|e| matches!(e.kind, ScanKind::File { .. }));
-    for (e, f) in files.zip(facts) {
-        e.exec = f.exec;
-        if f.nlink > 1 {
-            if let Some(first) = inodes.get(&(f.dev, f.ino)) {
-                e.kind = ScanKind::Hardlink(first.clone());
-                continue;
-            }
-            inodes.insert((f.dev, f.ino), e.rel.clone());
-        }
-        hashes.push(f.digest);
-    }
-    let mut hashes = hashes.into_iter();
     let mut h = Sha256::new();
-    for e in &entries {
+    for e in &mut entries {
+        let mut digest = None;
+        if let ScanKind::File { size, data, .. } = &mut e.kind {
+            let f = hashed.next().ok_or_else(not_hashed)?;
+            e.exec = f.exec;
+            match inodes.get(&(f.dev, f.ino)).filter(|_| f.nlink > 1) {
+                Some(first) => e.kind = ScanKind::Hardlink(first.clone()),
+                None => {
+                    if f.nlink > 1 {
+                        inodes.insert((f.dev, f.ino), e.rel.clone());
+                    }
+                    (*size, *data) = (f.size, f.data);
+                    digest = Some(f.digest);
+                }
+            }
+        }
         let (tag, detail) = match &e.kind {
             ScanKind::Dir => ("d", String::new()),
-            ScanKind::File { .. } => ("f", hashes.next().map(|d| d.hex().to_string()).unwrap_or_default()),
+            ScanKind::File { .. } => ("f", digest.map(|d| d.hex().to_string()).unwrap_or_default()),
             ScanKind::Symlink(t) => ("l", t.clone()),
             ScanKind::Hardlink(t) => ("h", t.clone()),
         };
@@ -198,83 +199,90 @@ fn check_link(host: &Path, rel: &str, target: &str) -> Result<(), LocalError> {
 }
 
 /// What hashing learnt about one file (from its open descriptor).
-struct Facts {
+struct Hashed {
     digest: Digest,
+    /// The bytes that were hashed, when small enough to keep, and their count.
+    data: Option<Arc<Vec<u8>>>,
+    size: u64,
     exec: bool,
     nlink: u64,
     dev: u64,
     ino: u64,
 }
 
-/// Stats and hashes every file entry on all cores, in entry order; small
-/// files keep their bytes (and their size becomes what was read).
-fn hash_files(entries: &mut [ScanEntry]) -> Result<Vec<Facts>, LocalError> {
-    let files: Vec<&mut ScanEntry> = entries.iter_mut().filter(|e| matches!(e.kind, ScanKind::File { .. })).collect();
-    let slots: Vec<Mutex<&mut ScanEntry>> = files.into_iter().map(Mutex::new).collect();
-    let results: Vec<Mutex<Option<Result<Facts, LocalError>>>> = slots.iter().map(|_| Mutex::new(None)).collect();
+/// Stats and hashes every file entry on all cores; one result per file
+/// entry, in entry order.
+fn hash_files(entries: &[ScanEntry]) -> Result<Vec<Hashed>, LocalError> {
+    let hosts: Vec<&Path> = entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            ScanKind::File { host, .. } => Some(host.as_path()),
+            _ => None,
+        })
+        .collect();
     let next = AtomicUsize::new(0);
     let budget = AtomicU64::new(KEEP_TOTAL);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8).min(slots.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let start = next.fetch_add(BATCH, Ordering::Relaxed);
-                if start >= slots.len() {
-                    break;
-                }
-                for i in start..(start + BATCH).min(slots.len()) {
-                    let mut e = slots[i].lock().unwrap_or_else(|p| p.into_inner());
-                    let r = hash_one(&mut e.kind, &budget);
-                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-                }
-            });
-        }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8).min(hosts.len().max(1));
+    let mut done: Vec<(usize, Result<Hashed, LocalError>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let start = next.fetch_add(BATCH, Ordering::Relaxed);
+                        if start >= hosts.len() {
+                            return out;
+                        }
+                        for (i, host) in hosts.iter().enumerate().skip(start).take(BATCH) {
+                            out.push((i, hash_one(host, &budget)));
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
     });
-    results
-        .into_iter()
-        .map(|r| r.into_inner().unwrap_or_else(|p| p.into_inner()).unwrap_or_else(|| Err(not_hashed())))
-        .collect()
+    if done.len() != hosts.len() {
+        return Err(not_hashed());
+    }
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 fn not_hashed() -> LocalError {
     LocalError::Io { path: PathBuf::new(), source: io::Error::other("a hashing thread stopped early") }
 }
 
-fn hash_one(kind: &mut ScanKind, budget: &AtomicU64) -> Result<Facts, LocalError> {
+fn hash_one(host: &Path, budget: &AtomicU64) -> Result<Hashed, LocalError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let ScanKind::File { host, size, data } = kind else { return Err(not_hashed()) };
-    let err = |source| LocalError::Io { path: host.clone(), source };
+    let err = |source| LocalError::Io { path: host.into(), source };
     // Never follow a symlink swapped in since the walk, never block on a FIFO.
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&*host)
-        .map_err(err)?;
+    let mut f =
+        fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(host).map_err(err)?;
     let meta = f.metadata().map_err(err)?;
     if !meta.is_file() {
         return Err(special(host, meta.file_type()));
     }
-    *size = meta.len();
-    let keep = *size <= KEEP_FILE
-        && budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(*size)).is_ok();
-    let digest = if keep {
+    let mut size = meta.len();
+    let keep = size <= KEEP_FILE
+        && budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(size)).is_ok();
+    let (digest, data) = if keep {
         // One read normally: a regular file returns fewer bytes than asked
         // only at its end, so asking for one byte more than its size proves
         // the end without a second call; a file that grew is read on.
-        let mut bytes = vec![0u8; *size as usize + 1];
+        let mut bytes = vec![0u8; size as usize + 1];
         let n = io::Read::read(&mut f, &mut bytes).map_err(err)?;
         bytes.truncate(n);
-        if n > *size as usize {
+        if n > size as usize {
             io::Read::read_to_end(&mut f, &mut bytes).map_err(err)?;
         }
-        *size = bytes.len() as u64;
-        let d = Digest::of(&bytes);
-        *data = Some(Arc::new(bytes));
-        d
+        size = bytes.len() as u64;
+        (Digest::of(&bytes), Some(Arc::new(bytes)))
     } else {
-        crate::digest::digest_reader(f).map(|(d, _)| d).map_err(err)?
+        (crate::digest::digest_reader(f).map(|(d, _)| d).map_err(err)?, None)
     };
-    Ok(Facts { digest, exec: meta.mode() & 0o111 != 0, nlink: meta.nlink(), dev: meta.dev(), ino: meta.ino() })
+    let (exec, nlink, dev, ino) = (meta.mode() & 0o111 != 0, meta.nlink(), meta.dev(), meta.ino());
+    Ok(Hashed { digest, data, size, exec, nlink, dev, ino })
 }
 
 impl Scanned {

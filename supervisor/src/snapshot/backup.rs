@@ -18,6 +18,8 @@ use std::sync::Mutex;
 pub const MIN_CHUNK: u32 = 16 * 1024;
 pub const AVG_CHUNK: u32 = 64 * 1024;
 pub const MAX_CHUNK: u32 = 256 * 1024;
+/// Bytes a backup thread reads at once to cut chunks from.
+const WINDOW: usize = 4 << 20;
 
 #[derive(Debug, Clone, Default)]
 pub struct BackupOptions {
@@ -297,19 +299,24 @@ fn read_files(
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(idx.len().max(1));
     std::thread::scope(|s| {
         for _ in 0..threads {
-            s.spawn(|| loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                if k >= idx.len() {
-                    break;
-                }
-                let r = store_file(repo, &found[idx[k]], exclude_secrets);
-                let failed = r.is_err();
-                if let Ok(mut g) = slots.lock() {
-                    g[k] = Some(r);
-                }
-                if failed {
-                    next.store(idx.len(), Ordering::Relaxed);
-                    break;
+            // One window per thread, reused for every file: allocating (and
+            // zeroing) 4 MiB per file cost a fifth of a backup's CPU.
+            s.spawn(|| {
+                let mut window = vec![0u8; WINDOW];
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= idx.len() {
+                        break;
+                    }
+                    let r = store_file(repo, &found[idx[k]], exclude_secrets, &mut window);
+                    let failed = r.is_err();
+                    if let Ok(mut g) = slots.lock() {
+                        g[k] = Some(r);
+                    }
+                    if failed {
+                        next.store(idx.len(), Ordering::Relaxed);
+                        break;
+                    }
                 }
             });
         }
@@ -325,41 +332,21 @@ fn read_files(
     Ok(out)
 }
 
-/// Cuts a stream into FastCDC chunks through a window (the slice API of the
+/// Cuts a stream into FastCDC chunks through `buf` (the slice API of the
 /// fastcdc crate, compiled optimised; the last cut of a window is only final
 /// at end of file, so the cut points equal those of the whole file).
 fn chunk_stream(
-    r: &fs::File,
-    path: &Path,
-    on_chunk: &mut dyn FnMut(&[u8]) -> Result<(), SnapshotError>,
-) -> Result<(), SnapshotError> {
-    const WINDOW: usize = 4 << 20;
-    // One window per worker thread, reused for every file: allocating (and
-    // zeroing) 4 MiB per file cost a fifth of a backup's CPU.
-    thread_local! {
-        static WINDOW_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    WINDOW_BUF.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        if buf.len() != WINDOW {
-            *buf = vec![0u8; WINDOW];
-        }
-        chunk_window(&mut buf, r, path, on_chunk)
-    })
-}
-
-fn chunk_window(
     buf: &mut [u8],
     mut r: &fs::File,
     path: &Path,
     on_chunk: &mut dyn FnMut(&[u8]) -> Result<(), SnapshotError>,
 ) -> Result<(), SnapshotError> {
     use std::io::Read;
-    const WINDOW: usize = 4 << 20;
+    let window = buf.len();
     let mut have = 0;
     let mut eof = false;
     loop {
-        while !eof && have < WINDOW {
+        while !eof && have < window {
             match r.read(&mut buf[have..]) {
                 Ok(0) => eof = true,
                 Ok(n) => have += n,
@@ -395,6 +382,7 @@ fn store_file(
     repo: &super::chunks::ChunkWriter,
     f: &Found,
     exclude_secrets: bool,
+    window: &mut [u8],
 ) -> Result<FileResult, SnapshotError> {
     let vanished = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     let nothing = FileResult { outcome: Outcome::Vanished, new_chunks: 0, new_bytes: 0 };
@@ -435,7 +423,7 @@ fn store_file(
         chunks.push(id);
         Ok(())
     };
-    chunk_stream(&file, &f.abs, &mut on_chunk)?;
+    chunk_stream(window, &file, &f.abs, &mut on_chunk)?;
     let after = file.metadata().map_err(io_err(&f.abs))?;
     let stable = after.mtime() == f.meta.mtime()
         && after.mtime_nsec() == f.meta.mtime_nsec()
@@ -463,7 +451,7 @@ mod tests {
         std::io::Write::write_all(&mut f, &data).unwrap();
         std::io::Seek::rewind(&mut f).unwrap();
         let mut got = Vec::new();
-        chunk_stream(&f, Path::new("t"), &mut |c: &[u8]| {
+        chunk_stream(&mut vec![0u8; WINDOW], &f, Path::new("t"), &mut |c: &[u8]| {
             got.push(c.len());
             Ok(())
         })

@@ -41,7 +41,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Where a chunk is stored.
 enum Place {
-    Packed(Loc, String),
+    Packed(ChunkId, Loc),
     Loose(PathBuf),
 }
 
@@ -67,14 +67,18 @@ impl Repo {
     }
 
     fn place(&self, id: &str) -> Result<Option<Place>, SnapshotError> {
-        if let Some(cid) = pack::parse_id(id) {
-            let hit = self.with_index(|ix| ix.chunks.get(&cid).map(|l| (*l, ix.packs[l.pack as usize].clone())))?;
-            if let Some((loc, name)) = hit {
-                return Ok(Some(Place::Packed(loc, name)));
-            }
+        let Some(cid) = pack::parse_id(id) else { return Ok(None) };
+        if let Some(loc) = self.with_index(|ix| ix.chunks.get(&cid).copied())? {
+            return Ok(Some(Place::Packed(cid, loc)));
         }
         let loose = self.loose_path(id);
-        Ok((self.store.legacy && pack::parse_id(id).is_some() && loose.is_file()).then_some(Place::Loose(loose)))
+        Ok((self.store.legacy && loose.is_file()).then_some(Place::Loose(loose)))
+    }
+
+    /// The path of pack number `pack` of the loaded index.
+    fn pack_path(&self, pack: u32) -> Result<PathBuf, SnapshotError> {
+        let name = self.with_index(|ix| ix.packs.get(pack as usize).cloned())?.unwrap_or_default();
+        Ok(pack::paths(&self.packs_dir(), &name).0)
     }
 
     pub fn has_chunk(&self, id: &str) -> bool {
@@ -86,7 +90,7 @@ impl Repo {
     /// damage a repository on purpose.
     pub fn chunk_location(&self, id: &str) -> Option<(PathBuf, u64, u64)> {
         match self.place(id).ok()?? {
-            Place::Packed(loc, name) => Some((pack::paths(&self.packs_dir(), &name).0, loc.offset, loc.len as u64)),
+            Place::Packed(_, loc) => Some((self.pack_path(loc.pack).ok()?, loc.offset, loc.len as u64)),
             Place::Loose(p) => {
                 let len = fs::metadata(&p).ok()?.len();
                 Some((p, 0, len))
@@ -96,25 +100,25 @@ impl Repo {
 
     /// Distinct chunks stored.
     pub fn chunk_count(&self) -> Result<usize, SnapshotError> {
-        let mut n = self.with_index(|ix| ix.chunks.len())?;
+        let mut loose = Vec::new();
         if self.store.legacy {
             let dir = self.root.join("chunks");
             for e in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
-                let known = e.file_name().to_str().and_then(pack::parse_id);
-                if !known.is_some_and(|id| self.with_index(|ix| ix.chunks.contains_key(&id)).unwrap_or(false)) {
-                    n += 1;
-                }
+                loose.push(e.file_name().to_str().and_then(pack::parse_id));
             }
         }
-        Ok(n)
+        self.with_index(|ix| {
+            let packed_too = |id: &Option<ChunkId>| id.is_some_and(|id| ix.chunks.contains_key(&id));
+            ix.chunks.len() + loose.iter().filter(|id| !packed_too(id)).count()
+        })
     }
 
-    fn reader(&self, pack: u32, name: &str) -> Result<Arc<fs::File>, SnapshotError> {
+    fn reader(&self, pack: u32) -> Result<Arc<fs::File>, SnapshotError> {
         let mut readers = lock(&self.store.readers);
         if let Some(f) = readers.get(&pack) {
             return Ok(f.clone());
         }
-        let p = pack::paths(&self.packs_dir(), name).0;
+        let p = self.pack_path(pack)?;
         let f = Arc::new(fs::File::open(&p).map_err(io_err(&p))?);
         if readers.len() >= MAX_READERS {
             readers.clear();
@@ -127,10 +131,9 @@ impl Repo {
     /// verified; returns (stored, plain).
     fn fetch(&self, id: &str) -> Result<(Vec<u8>, Vec<u8>), SnapshotError> {
         let (stored, path) = match self.place(id)? {
-            Some(Place::Packed(loc, name)) => {
-                let path = pack::paths(&self.packs_dir(), &name).0;
-                let f = self.reader(loc.pack, &name)?;
-                let cid = pack::parse_id(id).unwrap_or_default();
+            Some(Place::Packed(cid, loc)) => {
+                let path = self.pack_path(loc.pack)?;
+                let f = self.reader(loc.pack)?;
                 let raw = pack::read_record(&f, &cid, loc.offset, loc.len).map_err(|reason| {
                     SnapshotError::Corrupt { path: path.clone(), reason: format!("chunk {id}: {reason}") }
                 })?;
@@ -215,8 +218,8 @@ impl Repo {
                     // to judge. An unreadable one is left for another copy.
                     match f.as_ref().map(|f| pack::read_record(f, id, *offset, *len)) {
                         Some(Ok(raw)) => {
-                            added += raw.len() as u64 + 36;
-                            writer.put_stored(*id, &raw)?;
+                            added += pack::RECORD_HEAD + raw.len() as u64;
+                            writer.queue_stored(*id, &raw)?;
                         }
                         other => {
                             let reason = match other {
@@ -272,39 +275,37 @@ fn file_len(p: &Path) -> u64 {
     fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
-/// zstd at `ZSTD_LEVEL` with one compression context per thread (creating
-/// a context per chunk cost as much as compressing small chunks).
-fn compress(plain: &[u8]) -> io::Result<Vec<u8>> {
-    thread_local! {
-        static CTX: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
-    }
-    CTX.with(|cell| {
+type Slot<C> = std::cell::RefCell<Option<C>>;
+
+/// Runs `f` on this thread's context in `key`, made by `make` on first use
+/// (creating a zstd context per chunk cost as much as compressing a small one).
+fn with_context<C: 'static, R>(
+    key: &'static std::thread::LocalKey<Slot<C>>,
+    make: impl FnOnce() -> io::Result<C>,
+    f: impl FnOnce(&mut C) -> io::Result<R>,
+) -> io::Result<R> {
+    key.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
-            *slot = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
+            *slot = Some(make()?);
         }
-        match slot.as_mut() {
-            Some(c) => c.compress(plain),
-            None => Err(io::Error::other("zstd context")),
-        }
+        slot.as_mut().map_or_else(|| Err(io::Error::other("zstd context")), f)
     })
 }
 
-/// The inverse, with one decompression context per thread.
+thread_local! {
+    static COMPRESSOR: Slot<zstd::bulk::Compressor<'static>> = const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: Slot<zstd::bulk::Decompressor<'static>> = const { std::cell::RefCell::new(None) };
+}
+
+/// zstd at `ZSTD_LEVEL`, one context per thread.
+fn compress(plain: &[u8]) -> io::Result<Vec<u8>> {
+    with_context(&COMPRESSOR, || zstd::bulk::Compressor::new(ZSTD_LEVEL), |c| c.compress(plain))
+}
+
+/// The inverse, one context per thread.
 fn decompress(z: &[u8]) -> io::Result<Vec<u8>> {
-    thread_local! {
-        static CTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
-    }
-    CTX.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(zstd::bulk::Decompressor::new()?);
-        }
-        match slot.as_mut() {
-            Some(d) => d.decompress(z, super::backup::MAX_CHUNK as usize),
-            None => Err(io::Error::other("zstd context")),
-        }
-    })
+    with_context(&DECOMPRESSOR, zstd::bulk::Decompressor::new, |d| d.decompress(z, super::backup::MAX_CHUNK as usize))
 }
 
 /// Plain bytes from stored bytes (codec byte + payload).
@@ -346,8 +347,20 @@ impl<'a> ChunkWriter<'a> {
         Ok(Some(payload.len() as u64 + 1))
     }
 
-    /// Queues already stored bytes (codec byte + payload) as they are.
-    fn put_stored(&self, id: ChunkId, stored: &[u8]) -> Result<(), SnapshotError> {
+    /// Queues a chunk in its stored form (codec byte + payload, verified by
+    /// the caller) unless it is stored or queued.
+    pub fn put_stored(&self, id: &str, stored: &[u8]) -> Result<(), SnapshotError> {
+        let cid =
+            pack::parse_id(id).ok_or_else(|| SnapshotError::Invalid(format!("chunk id {id:?} is not a sha256")))?;
+        if self.repo.has_chunk(id) {
+            return Ok(());
+        }
+        self.queue_stored(cid, stored)
+    }
+
+    /// Queues stored bytes as they are, even if the chunk is stored already
+    /// (gc moving it to a new pack).
+    fn queue_stored(&self, id: ChunkId, stored: &[u8]) -> Result<(), SnapshotError> {
         let Some((codec, payload)) = stored.split_first() else {
             return Err(SnapshotError::Invalid("empty stored chunk".into()));
         };

@@ -10,6 +10,7 @@
 use super::archive;
 use super::repo::{Record, Repo};
 use super::SnapshotError;
+use moat_builder::build::rfc3339;
 use moat_builder::cjson;
 use moat_builder::oci::{Descriptor, MEDIA_MANIFEST};
 use moat_builder::registry::{self, Options, RegistryError};
@@ -17,7 +18,6 @@ use moat_builder::store::StoreError;
 use moat_builder::{Digest, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 /// `artifactType` of a snapshot manifest.
@@ -103,15 +103,6 @@ fn portable(record: &Record) -> Record {
     Record { new_chunks: 0, new_bytes: 0, ..record.clone() }
 }
 
-/// RFC 3339 (UTC, whole seconds) of a Unix time in nanoseconds.
-fn rfc3339(time_ns: u128) -> String {
-    let secs = i64::try_from(time_ns / 1_000_000_000).unwrap_or(0);
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
-}
-
 /// The artifact manifest for `record` whose export file is `layer` (`size` bytes).
 /// Depends only on its arguments: the same snapshot record gives the same digest.
 pub fn snapshot_manifest(record: &Record, layer: Digest, size: u64) -> ArtifactManifest {
@@ -128,7 +119,7 @@ pub fn snapshot_manifest(record: &Record, layer: Digest, size: u64) -> ArtifactM
     let annotations = BTreeMap::from([
         (ANNOTATION_DIGEST.to_string(), format!("sha256:{}", record.digest)),
         (ANNOTATION_SANDBOX.to_string(), record.sandbox.clone()),
-        (ANNOTATION_CREATED.to_string(), rfc3339(record.time_ns)),
+        (ANNOTATION_CREATED.to_string(), rfc3339(u64::try_from(record.time_ns / 1_000_000_000).unwrap_or(0))),
     ]);
     ArtifactManifest {
         schema_version: 2,
@@ -172,15 +163,10 @@ fn scratch(repo: &Repo) -> Result<tempfile::TempDir, OciError> {
 
 /// Writes the artifact for `record` into `store` (export file as the layer,
 /// empty config, manifest) and returns the manifest's descriptor.
-fn stage(repo: &Repo, record: &Record, store: &Store, dir: &Path) -> Result<Descriptor, OciError> {
-    let file = dir.join("export.moatsnap");
-    archive::export(repo, &record.digest, Some(&portable(record)), &file)?;
+fn stage(repo: &Repo, record: &Record, store: &Store) -> Result<Descriptor, OciError> {
     let mut w = store.blob_writer()?;
-    let mut f = fs::File::open(&file).map_err(io_err(&file))?;
-    std::io::copy(&mut f, &mut w).map_err(io_err(&file))?;
+    archive::write_export(repo, &record.digest, Some(&portable(record)), &mut w)?;
     let (layer, size) = w.commit(None)?;
-    drop(f);
-    let _ = fs::remove_file(&file); // the scratch dir goes anyway; this frees the space early
     store.put_blob(EMPTY_CONFIG)?;
     let bytes = cjson::to_vec(&snapshot_manifest(record, layer, size))?;
     let digest = store.put_blob(&bytes)?;
@@ -197,7 +183,7 @@ fn stage(repo: &Repo, record: &Record, store: &Store, dir: &Path) -> Result<Desc
 pub fn push(repo: &Repo, record: &Record, target: &str, opts: &Options) -> Result<PushReport, OciError> {
     let dir = scratch(repo)?;
     let store = Store::open(&dir.path().join("layout"))?;
-    let desc = stage(repo, record, &store, dir.path())?;
+    let desc = stage(repo, record, &store)?;
     store.set_ref(REF, desc)?;
     let r = registry::push(&store, REF, target, opts)?;
     Ok(PushReport { snapshot: format!("sha256:{}", record.digest), pinned: r.pinned.clone(), registry: r })
@@ -213,12 +199,14 @@ pub fn pull(repo: &Repo, reference: &str, opts: &Options) -> Result<PullReport, 
     let bytes = store.read_blob(&r.manifest.digest)?;
     let (layer, claimed) =
         check_manifest(&bytes).map_err(|found| OciError::NotASnapshot { reference: reference.into(), found })?;
-    let (digest, record) = archive::import(repo, &store.blob_path(&layer.digest))?;
+    let imported = archive::read(&store.blob_path(&layer.digest))?;
+    // Checked before anything is stored: a mislabelled artifact imports nothing.
     if let Some(claimed) = claimed {
-        if claimed.strip_prefix("sha256:") != Some(digest.as_str()) {
-            return Err(OciError::DigestMismatch { reference: reference.into(), claimed, actual: digest });
+        if claimed.strip_prefix("sha256:") != Some(imported.digest.as_str()) {
+            return Err(OciError::DigestMismatch { reference: reference.into(), claimed, actual: imported.digest });
         }
     }
+    let (digest, record) = archive::store(repo, imported)?;
     Ok(PullReport { digest, record, registry: r })
 }
 

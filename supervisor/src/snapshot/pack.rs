@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 /// A pack is closed once it holds this many bytes.
 pub const PACK_TARGET: u64 = 16 << 20;
 const IDX_MAGIC: &[u8; 8] = b"moatidx1";
-const RECORD_HEAD: u64 = 36;
+/// Bytes before a record's codec byte: chunk id and length.
+pub const RECORD_HEAD: u64 = 36;
 const IDX_ENTRY: usize = 44;
 
 pub type ChunkId = [u8; 32];

@@ -127,10 +127,10 @@ fn join(root: &Path, rel: &str) -> PathBuf {
     }
 }
 
-/// Builds the tree under `root` (an empty directory), verifying every chunk.
 /// Files a restore thread takes at once.
 const BATCH: usize = 32;
 
+/// Builds the tree under `root` (an empty directory), verifying every chunk.
 fn build(repo: &Repo, digest: &str, entries: &[Entry], root: &Path) -> Result<(), SnapshotError> {
     for e in entries.iter().filter(|e| e.kind == Kind::Dir && e.path != ".") {
         let p = root.join(&e.path);

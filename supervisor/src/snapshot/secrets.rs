@@ -6,7 +6,8 @@
 //! PEM private keys.
 use std::io::Read;
 
-/// Token prefixes and the shortest body that makes a match plausible.
+/// Token prefixes ending in `-` or `_` (found by searching for those bytes)
+/// and the shortest body that makes a match plausible.
 const PREFIXES: &[(&str, usize)] = &[
     ("sk-", 20),
     ("ghp_", 30),
@@ -15,12 +16,13 @@ const PREFIXES: &[(&str, usize)] = &[
     ("github_pat_", 30),
     ("xoxb-", 20),
     ("xoxp-", 20),
-    ("AKIA", 16),
     ("hf_", 30),
     ("glpat-", 20),
     ("nvapi-", 30),
-    ("-----BEGIN ", 0),
 ];
+/// AWS access key ids: searched for on their own (no `-` or `_`).
+const AKIA: (&str, usize) = ("AKIA", 16);
+const PEM_BEGIN: &[u8] = b"-----BEGIN ";
 
 /// Why a file name looks like a secret, if it does.
 pub fn by_name(file_name: &str) -> Option<String> {
@@ -55,8 +57,8 @@ pub fn in_bytes(buf: &[u8]) -> Option<String> {
         }
     };
     for i in memchr::memchr2_iter(b'-', b'_', buf) {
-        if buf[i..].starts_with(b"-----BEGIN ") && (i == 0 || buf[i - 1] != b'-') {
-            let rest = &buf[i + 11..];
+        if buf[i..].starts_with(PEM_BEGIN) && (i == 0 || buf[i - 1] != b'-') {
+            let rest = &buf[i + PEM_BEGIN.len()..];
             let line = &rest[..rest.len().min(64)];
             let line = &line[..line.iter().position(|b| *b == b'\n').unwrap_or(line.len())];
             if line.windows(11).any(|w| w == b"PRIVATE KEY") {
@@ -65,7 +67,7 @@ pub fn in_bytes(buf: &[u8]) -> Option<String> {
             }
             continue;
         }
-        let hit = PREFIXES.iter().filter(|(p, _)| p.ends_with(['-', '_']) && !p.starts_with('-')).find(|(p, min)| {
+        let hit = PREFIXES.iter().find(|(p, min)| {
             (i + 1)
                 .checked_sub(p.len())
                 .is_some_and(|start| &buf[start..=i] == p.as_bytes() && token_at(buf, start, i + 1, *min))
@@ -75,9 +77,10 @@ pub fn in_bytes(buf: &[u8]) -> Option<String> {
             break;
         }
     }
-    for i in memchr::memmem::find_iter(buf, b"AKIA") {
-        if token_at(buf, i, i + 4, 16) {
-            found(i, "token with prefix AKIA".into());
+    let (akia, akia_min) = AKIA;
+    for i in memchr::memmem::find_iter(buf, akia.as_bytes()) {
+        if token_at(buf, i, i + akia.len(), akia_min) {
+            found(i, format!("token with prefix {akia}"));
             break;
         }
     }
