@@ -421,9 +421,7 @@ fn inference_credential(path: &Path) -> Option<String> {
 }
 
 fn rfc3339(t: std::time::SystemTime) -> String {
-    let t = time::OffsetDateTime::from(t);
-    let t = t.replace_nanosecond(0).unwrap_or(t);
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    moat_builder::build::rfc3339(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
 }
 
 #[cfg(test)]

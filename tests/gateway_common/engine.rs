@@ -104,7 +104,7 @@ impl Gw {
             control_socket: Some(dir.path().join("control.sock")),
             limits,
             inference: Arc::new(moat_supervisor::inference::Inference::load(
-                Some(dir.path().to_path_buf()),
+                dir.path().to_path_buf(),
                 moat_supervisor::credentials::Store::at(dir.path().join("credentials")),
             )),
         };

@@ -76,10 +76,11 @@ impl Ca {
     /// A TLS server configuration presenting a leaf certificate for `host`.
     pub fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, CaError> {
         let host = host.to_ascii_lowercase();
-        server_name(&host)?; // a valid DNS name or IP address, nothing else
+        // Only valid names are ever cached.
         if let Some(c) = self.leaves.lock().unwrap_or_else(|p| p.into_inner()).get(&host) {
             return Ok(c.clone());
         }
+        server_name(&host)?; // a valid DNS name or IP address, nothing else
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, host.clone());
         params.subject_alt_names = vec![match host.parse::<std::net::IpAddr>() {

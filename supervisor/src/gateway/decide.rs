@@ -180,11 +180,22 @@ fn match_caller(compiled: &crate::netpolicy::Compiled, caller: &Caller, host: &s
 /// A `.` or `..` path segment, literal or percent-encoded: the path a rule
 /// matched would not be the path an upstream that resolves them serves.
 pub fn has_dot_segment(path: &str) -> bool {
-    let path = path.split(['?', '#']).next().unwrap_or(path);
-    path.split('/').any(|seg| {
-        let lower = seg.to_ascii_lowercase().replace("%2e", ".");
-        lower == "." || lower == ".."
-    })
+    strip_query(path).split('/').any(is_dot_segment)
+}
+
+/// `.` or `..`, each dot possibly written `%2e`/`%2E` (checked per request,
+/// so without allocating).
+fn is_dot_segment(seg: &str) -> bool {
+    let (mut rest, mut dots) = (seg.as_bytes(), 0);
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
+            _ => return false,
+        };
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 fn strip_query(p: &str) -> &str {

@@ -648,6 +648,23 @@ pub fn write_request_head(h: &RequestHead, target: &str) -> Vec<u8> {
     out
 }
 
+/// The reason phrase of the statuses the gateway answers with itself.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        408 => "Request Timeout",
+        413 => "Payload Too Large",
+        421 => "Misdirected Request",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Error",
+    }
+}
+
 fn push_status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
     out.extend_from_slice(format!("HTTP/1.1 {:03} ", status.clamp(100, 999)).as_bytes());
     out.extend(reason.bytes().filter(|b| *b == b'\t' || (b' '..=b'~').contains(b)));
@@ -714,9 +731,14 @@ pub fn wants_close_response(h: &ResponseHead) -> bool {
 
 /// A complete small plain-text response, e.g. the gateway's own refusals.
 pub fn simple_response(status: u16, reason: &str, body: &str, close: bool) -> Vec<u8> {
+    typed_response(status, reason, "text/plain; charset=utf-8", body, close)
+}
+
+/// A complete response with a body of `content_type`.
+pub fn typed_response(status: u16, reason: &str, content_type: &str, body: &str, close: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + body.len());
     push_status_line(&mut out, status, reason);
-    out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n");
+    out.extend_from_slice(format!("Content-Type: {content_type}\r\n").as_bytes());
     out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
     if close {
         out.extend_from_slice(b"Connection: close\r\n");

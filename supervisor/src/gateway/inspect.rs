@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 /// Longest line of a chunked body (size plus extensions).
 const MAX_CHUNK_LINE: usize = 4096;
 /// Time the upstream may take to start answering (model calls are slow).
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Waits up to `idle` for a request to start, then gives its head
 /// `head_timeout` to arrive whole (the slowloris bound holds for every
@@ -44,7 +44,7 @@ pub async fn read_head<R: tokio::io::AsyncBufRead + Unpin>(
         Ok(Err(http1::HttpError::Io(_) | http1::HttpError::UnexpectedEof)) => Ok(None),
         Ok(Err(e)) => {
             tracing::info!(event = "gateway_bad_request", error = %e, "malformed request refused");
-            Err(http1::simple_response(e.status(), reason(e.status()), &format!("moat: {e}\n"), true))
+            Err(http1::simple_response(e.status(), http1::reason(e.status()), &format!("moat: {e}\n"), true))
         }
     }
 }
@@ -64,21 +64,8 @@ async fn next_head<C: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        400 => "Bad Request",
-        403 => "Forbidden",
-        408 => "Request Timeout",
-        421 => "Misdirected Request",
-        431 => "Request Header Fields Too Large",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        _ => "Error",
-    }
-}
-
 pub fn refusal_response(r: &Refusal) -> Vec<u8> {
-    http1::simple_response(r.status, reason(r.status), &r.body, true)
+    http1::simple_response(r.status, http1::reason(r.status), &r.body, true)
 }
 
 /// `http://host[:port]/path` -> (host, port, origin-form path).
@@ -136,7 +123,8 @@ pub async fn forward(
             } else {
                 (400, "moat: this is an HTTP proxy: send absolute-form requests (set HTTP_PROXY)\n")
             };
-            let _ = client.get_mut().write_all(&http1::simple_response(status, reason(status), body, true)).await;
+            let _ =
+                client.get_mut().write_all(&http1::simple_response(status, http1::reason(status), body, true)).await;
             return;
         };
         if host.eq_ignore_ascii_case(INFERENCE_HOST) {
@@ -264,7 +252,7 @@ pub async fn tunnel(shared: &Arc<Shared>, client: BufReader<TcpStream>, caller: 
     };
     let up = async {
         let name = super::ca::server_name(&host).map_err(|e| e.to_string())?;
-        let config = tokio::task::block_in_place(|| shared.upstream_tls()).map_err(|e| e.to_string())?;
+        let config = shared.upstream_tls().map_err(|e| e.to_string())?;
         let connector = tokio_rustls::TlsConnector::from(config);
         match tokio::time::timeout(shared.limits.connect_timeout, connector.connect(name, upstream)).await {
             Ok(Ok(s)) => Ok(s),
@@ -361,7 +349,12 @@ where
         Err(e) => {
             let _ = client
                 .get_mut()
-                .write_all(&http1::simple_response(e.status(), reason(e.status()), &format!("moat: {e}\n"), true))
+                .write_all(&http1::simple_response(
+                    e.status(),
+                    http1::reason(e.status()),
+                    &format!("moat: {e}\n"),
+                    true,
+                ))
                 .await;
             return Flow::Close;
         }

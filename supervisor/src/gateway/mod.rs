@@ -11,7 +11,7 @@ mod decide;
 pub mod events;
 pub mod http1;
 pub mod identity;
-mod inspect;
+pub(crate) mod inspect;
 mod proxy;
 pub mod revisions;
 mod splice;
@@ -123,12 +123,18 @@ impl Shared {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The upstream TLS client configuration (built once).
+    /// The upstream TLS client configuration, built on first use. Building
+    /// it reads the system roots (blocking), so only that first call moves
+    /// off the async worker; every later one is a plain read. Call it from
+    /// the gateway's (multi-threaded) runtime.
     pub fn upstream_tls(&self) -> std::io::Result<Arc<rustls::ClientConfig>> {
-        self.upstream_tls
-            .get_or_init(|| ca::upstream_client().map_err(|e| e.to_string()))
-            .clone()
-            .map_err(std::io::Error::other)
+        let built = match self.upstream_tls.get() {
+            Some(built) => built,
+            None => tokio::task::block_in_place(|| {
+                self.upstream_tls.get_or_init(|| ca::upstream_client().map_err(|e| e.to_string()))
+            }),
+        };
+        built.clone().map_err(std::io::Error::other)
     }
 
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -286,7 +292,7 @@ pub fn for_sandbox(
         ca: ca.clone(),
         control_socket: Some(paths.control_socket()),
         limits: Limits::default(),
-        inference: Arc::new(crate::inference::Inference::load(Some(paths.home.clone()), credentials)),
+        inference: Arc::new(crate::inference::Inference::load(paths.home.clone(), credentials)),
     };
     start(config, listener)?;
     Ok(ca)

@@ -161,8 +161,8 @@ async fn relay_l4(
     let mut changes = shared.subscribe();
     let mut relay = relay;
     // Bytes the client sent right behind its CONNECT head go first.
-    let early = client.buffer().to_vec();
-    if !early.is_empty() && upstream.write_all(&early).await.is_err() {
+    let early = client.buffer();
+    if !early.is_empty() && upstream.write_all(early).await.is_err() {
         return;
     }
     let client = client.into_inner();

@@ -124,7 +124,7 @@ pub struct Saved {
 pub struct Inference {
     route: RwLock<Option<(Route, Endpoint)>>,
     pub meter: Mutex<usage::Meter>,
-    dir: Option<PathBuf>,
+    dir: PathBuf,
     credentials: crate::credentials::Store,
     pub pool: relay::Pool,
     unsaved: std::sync::Arc<Mutex<Option<Vec<u8>>>>,
@@ -133,17 +133,15 @@ pub struct Inference {
 impl Inference {
     /// Loads the saved route and today's usage from `dir` (the sandbox's
     /// state), or the default route `$MOAT_HOME/inference.json`.
-    pub fn load(dir: Option<PathBuf>, credentials: crate::credentials::Store) -> Inference {
+    pub fn load(dir: PathBuf, credentials: crate::credentials::Store) -> Inference {
         let read = |p: &Path| -> Option<Saved> { serde_json::from_slice(&std::fs::read(p).ok()?).ok() };
-        let saved = dir
-            .as_ref()
-            .and_then(|d| read(&d.join("inference.json")))
+        let saved = read(&dir.join("inference.json"))
             .or_else(|| read(&default_route_file()))
             .and_then(|s| s.route)
             .and_then(|r| r.validate().ok().map(|e| (r, e)));
-        let usage = dir
-            .as_ref()
-            .and_then(|d| serde_json::from_slice(&std::fs::read(d.join("usage.json")).ok()?).ok())
+        let usage = std::fs::read(dir.join("usage.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         Inference {
             route: RwLock::new(saved),
@@ -165,9 +163,7 @@ impl Inference {
         if let Some(c) = &route.credential {
             self.credential(c)?;
         }
-        if let Some(d) = &self.dir {
-            save_route(&d.join("inference.json"), &route)?;
-        }
+        save_route(&self.dir.join("inference.json"), &route)?;
         tracing::info!(event = "inference_route", provider = ?route.provider, endpoint = %route.endpoint, "inference route set");
         *self.route.write().unwrap_or_else(|p| p.into_inner()) = Some((route, ep));
         Ok(())
@@ -196,10 +192,9 @@ impl Inference {
 
     /// Persists today's usage (atomic; best effort) off the request path.
     pub fn save_usage(&self) {
-        let Some(d) = &self.dir else { return };
         let Ok(bytes) = serde_json::to_vec_pretty(&self.usage()) else { return };
         *self.unsaved.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
-        let path = d.join("usage.json");
+        let path = self.dir.join("usage.json");
         let unsaved = self.unsaved.clone();
         // Whoever holds the lock writes the newest counts: files never go back in time.
         let write = move || {

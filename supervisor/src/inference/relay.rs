@@ -18,8 +18,9 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 pub const MAX_REQUEST_BODY: usize = 32 << 20;
 /// Largest response body relayed; past it the response is cut.
 pub const MAX_RESPONSE_BODY: u64 = 256 << 20;
-/// Time the provider may take to start answering.
-pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Time the provider may take to start answering: the gateway's limit for
+/// any upstream.
+pub const FIRST_BYTE_TIMEOUT: Duration = crate::gateway::inspect::RESPONSE_TIMEOUT;
 
 /// Any upstream stream (plain or TLS).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -41,19 +42,7 @@ const POOL_MAX: usize = 16;
 
 fn error_body(status: u16, kind: &str, message: &str) -> Vec<u8> {
     let body = serde_json::json!({"error": {"type": kind, "message": message}}).to_string();
-    let reason = match status {
-        400 => "Bad Request",
-        413 => "Payload Too Large",
-        429 => "Too Many Requests",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        _ => "Error",
-    };
-    format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    http1::typed_response(status, http1::reason(status), "application/json", &body, true)
 }
 
 /// Headers never forwarded to a provider.
@@ -446,7 +435,7 @@ async fn checkout(shared: &Shared, inf: &Inference, route: &Route, ep: &Endpoint
                 }
                 let name = crate::gateway::ca::server_name(&ep.host)
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-                let config = tokio::task::block_in_place(|| shared.upstream_tls())?;
+                let config = shared.upstream_tls()?;
                 let tls = tokio_rustls::TlsConnector::from(config).connect(name, s).await?;
                 return Ok(BufReader::new(Box::new(tls)));
             }
