@@ -140,9 +140,8 @@ fn check_policy(path: &Path, text: &str) -> Vec<lint::Finding> {
     }
     let origin = path.display().to_string();
     let direct_inference = |rules: &[moat_supervisor::netpolicy::NetPolicy]| -> Vec<lint::Finding> {
-        moat_supervisor::netpolicy::lint(rules)
+        moat_supervisor::netpolicy::direct_inference(rules)
             .into_iter()
-            .filter(|w| w.contains("inference provider"))
             .map(|w| lint::Finding { at: format!("{origin}:1:1"), msg: format!("warning: {w}") })
             .collect()
     };
@@ -156,7 +155,7 @@ fn check_policy(path: &Path, text: &str) -> Vec<lint::Finding> {
         };
     }
     if ["filesystem", "landlock", "process"].iter().any(|k| table.contains_key(*k)) {
-        return match moat_supervisor::policy::Policy::parse(text, &path.display().to_string()) {
+        return match moat_supervisor::policy::Policy::parse(text, &origin) {
             Ok(p) => p.network.effective().map(|r| direct_inference(&r)).unwrap_or_default(),
             Err(moat_supervisor::policy::PolicyError::Parse { origin, line, column, message }) => {
                 vec![lint::Finding { at: format!("{origin}:{line}:{column}"), msg: message }]

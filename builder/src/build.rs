@@ -549,6 +549,7 @@ fn write_image(
     }
     let manifest = Manifest {
         schema_version: 2,
+        artifact_type: None,
         media_type: Some(oci::MEDIA_MANIFEST.into()),
         config: config_desc.clone(),
         layers: layers.iter().map(|x| x.desc.clone()).collect(),

@@ -442,6 +442,7 @@ mod tests {
         };
         let m = Manifest {
             schema_version: 2,
+            artifact_type: None,
             media_type: Some(MEDIA_MANIFEST.into()),
             config: desc(&config, 2),
             layers: vec![desc(&layer, 5)],

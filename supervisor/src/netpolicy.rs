@@ -498,6 +498,22 @@ pub const INFERENCE_HOSTS: &[&str] = &[
 const LAUNCHERS: &[&str] =
     &["sh", "bash", "dash", "zsh", "busybox", "env", "python", "python3", "node", "perl", "ruby"];
 
+/// The warning for an endpoint that opens a known inference provider directly.
+fn direct_inference_warning(p: &NetPolicy, e: &Endpoint) -> Option<String> {
+    INFERENCE_HOSTS.iter().any(|h| host_matches(&e.host, h) || e.host.eq_ignore_ascii_case(h)).then(|| {
+        format!(
+            "policy {}: opens inference provider {} directly; use inference.local so the key stays on the host",
+            p.name, e.host
+        )
+    })
+}
+
+/// The [`lint`] warnings about endpoints that reach an inference provider
+/// around `inference.local` (where the key would have to be in the sandbox).
+pub fn direct_inference(policies: &[NetPolicy]) -> Vec<String> {
+    policies.iter().flat_map(|p| p.endpoints.iter().filter_map(move |e| direct_inference_warning(p, e))).collect()
+}
+
 /// Warnings about rules that are valid but wider than they look.
 pub fn lint(policies: &[NetPolicy]) -> Vec<String> {
     let mut out = Vec::new();
@@ -516,12 +532,7 @@ pub fn lint(policies: &[NetPolicy]) -> Vec<String> {
             }
         }
         for e in &p.endpoints {
-            if INFERENCE_HOSTS.iter().any(|h| host_matches(&e.host, h) || e.host.eq_ignore_ascii_case(h)) {
-                out.push(format!(
-                    "policy {}: opens inference provider {} directly; use inference.local so the key stays on the host",
-                    p.name, e.host
-                ));
-            }
+            out.extend(direct_inference_warning(p, e));
             if e.protocol.is_none() {
                 out.push(format!("policy {}: {}:{} is relayed at L4 (no method/path checks)", p.name, e.host, e.port));
             }

@@ -221,6 +221,7 @@ pub fn make_image(store: &Store, name: &str, seed: u64, size: u64, gzip: bool) -
     };
     let m = Manifest {
         schema_version: 2,
+        artifact_type: None,
         media_type: Some(MEDIA_MANIFEST.into()),
         config: desc(MEDIA_CONFIG, cd, cbytes.len() as u64),
         layers: vec![desc(if gzip { MEDIA_LAYER_GZIP } else { MEDIA_LAYER_TAR }, layer, layer_size)],

@@ -12,11 +12,11 @@ use super::repo::{Record, Repo};
 use super::SnapshotError;
 use moat_builder::build::rfc3339;
 use moat_builder::cjson;
-use moat_builder::oci::{Descriptor, MEDIA_MANIFEST};
+use moat_builder::oci::{Descriptor, Manifest, MEDIA_MANIFEST};
 use moat_builder::registry::{self, Options, RegistryError};
 use moat_builder::store::StoreError;
 use moat_builder::{Digest, Store};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -59,23 +59,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OciError + '_ {
     move |source| OciError::Io { path: path.to_path_buf(), source }
 }
 
-/// An OCI image manifest with the 1.1 `artifactType` field (the builder's
-/// `oci::Manifest` has none); parses any image manifest, for checking.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ArtifactManifest {
-    #[serde(rename = "schemaVersion")]
-    pub schema_version: u32,
-    #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    #[serde(rename = "artifactType", default, skip_serializing_if = "Option::is_none")]
-    pub artifact_type: Option<String>,
-    pub config: Descriptor,
-    #[serde(default)]
-    pub layers: Vec<Descriptor>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-}
-
 /// What a push did.
 #[derive(Debug, Clone, Serialize)]
 pub struct PushReport {
@@ -105,7 +88,7 @@ fn portable(record: &Record) -> Record {
 
 /// The artifact manifest for `record` whose export file is `layer` (`size` bytes).
 /// Depends only on its arguments: the same snapshot record gives the same digest.
-pub fn snapshot_manifest(record: &Record, layer: Digest, size: u64) -> ArtifactManifest {
+pub fn snapshot_manifest(record: &Record, layer: Digest, size: u64) -> Manifest {
     let desc = |media_type: &str, digest: Digest, size: u64| Descriptor {
         media_type: media_type.into(),
         digest,
@@ -121,7 +104,7 @@ pub fn snapshot_manifest(record: &Record, layer: Digest, size: u64) -> ArtifactM
         (ANNOTATION_SANDBOX.to_string(), record.sandbox.clone()),
         (ANNOTATION_CREATED.to_string(), rfc3339(u64::try_from(record.time_ns / 1_000_000_000).unwrap_or(0))),
     ]);
-    ArtifactManifest {
+    Manifest {
         schema_version: 2,
         media_type: Some(MEDIA_MANIFEST.into()),
         artifact_type: Some(ARTIFACT_TYPE.into()),
@@ -134,7 +117,7 @@ pub fn snapshot_manifest(record: &Record, layer: Digest, size: u64) -> ArtifactM
 /// Checks that `bytes` is a snapshot manifest; returns its layer and the
 /// snapshot digest it claims. The error says what was found instead.
 pub fn check_manifest(bytes: &[u8]) -> Result<(Descriptor, Option<String>), String> {
-    let m: ArtifactManifest = serde_json::from_slice(bytes).map_err(|e| format!("not an OCI image manifest ({e})"))?;
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("not an OCI image manifest ({e})"))?;
     match m.artifact_type.as_deref() {
         Some(ARTIFACT_TYPE) => {}
         Some(other) => return Err(format!("its artifactType is {other:?}, a snapshot's is {ARTIFACT_TYPE:?}")),

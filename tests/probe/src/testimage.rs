@@ -149,6 +149,7 @@ pub fn build(store_dir: &Path, name: &str, probe: &Path, busybox: &Path, pad_mib
     let cd = store.put_blob(&cbytes).map_err(|e| fail(&e))?;
     let manifest = Manifest {
         schema_version: 2,
+        artifact_type: None,
         media_type: Some(MEDIA_MANIFEST.into()),
         config: Descriptor {
             media_type: MEDIA_CONFIG.into(),
