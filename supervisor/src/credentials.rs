@@ -164,41 +164,23 @@ impl Store {
         dir.sync_all().map_err(io_err(&self.dir))
     }
 
-    /// Temp file created 0600 (fchmod'ed before any byte of the secret, so a
-    /// umask cannot matter), written, fsync'ed, renamed over `name`.
+    /// Temp file created 0600 (tempfile creates it exclusively, refusing
+    /// symlinks; fchmod'ed again before any byte of the secret, so a umask
+    /// cannot matter), written, fsync'ed, renamed over `name`; removed if
+    /// any step fails.
     fn write_secret(&self, name: &str, secret: &[u8]) -> Result<(), CredentialError> {
-        let (mut tmp, tmp_path) = self.create_temp(name)?;
-        let result = (|| {
-            tmp.set_permissions(fs::Permissions::from_mode(FILE_MODE)).map_err(io_err(&tmp_path))?;
-            tmp.write_all(secret).map_err(io_err(&tmp_path))?;
-            tmp.sync_all().map_err(io_err(&tmp_path))?;
-            let dest = self.path_of(name);
-            fs::rename(&tmp_path, &dest).map_err(io_err(&dest))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp_path);
-        }
-        result
-    }
-
-    fn create_temp(&self, name: &str) -> Result<(File, PathBuf), CredentialError> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos());
-        let seed = nanos.unwrap_or(0);
-        for attempt in 0u32..100 {
-            let path = self.dir.join(format!("{TMP_PREFIX}{name}-{}-{seed:x}-{attempt}", std::process::id()));
-            let opened = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(FILE_MODE)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&path);
-            match opened {
-                Ok(f) => return Ok((f, path)),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(CredentialError::Io { path, source: e }),
-            }
-        }
-        Err(CredentialError::Io { path: self.dir.clone(), source: io::Error::other("no free temporary file name") })
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!("{TMP_PREFIX}{name}-"))
+            .permissions(fs::Permissions::from_mode(FILE_MODE))
+            .tempfile_in(&self.dir)
+            .map_err(io_err(&self.dir))?;
+        let tmp_path = tmp.path().to_path_buf();
+        tmp.as_file().set_permissions(fs::Permissions::from_mode(FILE_MODE)).map_err(io_err(&tmp_path))?;
+        tmp.write_all(secret).map_err(io_err(&tmp_path))?;
+        tmp.as_file().sync_all().map_err(io_err(&tmp_path))?;
+        let dest = self.path_of(name);
+        tmp.persist(&dest).map_err(|e| io_err(&dest)(e.error))?;
+        Ok(())
     }
 
     /// Reads the secret `name`. Refuses a file that is not a regular file
