@@ -502,7 +502,7 @@ async fn copy_exact<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
 }
 
 /// Reads one CRLF-terminated line of at most `max` bytes (terminator included) into `out`, without it.
-async fn read_crlf_line<R: AsyncBufRead + Unpin>(
+pub(crate) async fn read_crlf_line<R: AsyncBufRead + Unpin>(
     r: &mut R,
     max: usize,
     what: &str,
@@ -538,7 +538,7 @@ async fn read_crlf_line<R: AsyncBufRead + Unpin>(
 }
 
 /// `chunk-size [ ";" extensions ]`: hex digits only (no sign, space or prefix), at most 2^63 - 1.
-fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
+pub(crate) fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
     let (size, ext) = match line.iter().position(|&b| b == b';') {
         Some(i) => (&line[..i], &line[i..]),
         None => (line, &line[line.len()..]),
@@ -581,23 +581,40 @@ async fn copy_chunked<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
         }
         w.write_all(format!("{size:x}\r\n").as_bytes()).await?;
         copy_exact(r, w, size, &mut buf).await?;
-        let mut crlf = [0u8; 2];
-        r.read_exact(&mut crlf).await?;
-        if &crlf != b"\r\n" {
-            return Err(smuggling("chunk data not followed by CRLF"));
-        }
+        expect_chunk_end(r).await?;
         w.write_all(b"\r\n").await?;
         w.flush().await?;
         total = total.checked_add(size).ok_or_else(|| smuggling("chunked body too large"))?;
     }
     w.write_all(b"0\r\n").await?;
-    let mut trailer_bytes = 0usize;
+    for (name, value) in read_trailers(r).await? {
+        w.write_all(&[&name[..], b": ", &value, b"\r\n"].concat()).await?;
+    }
+    w.write_all(b"\r\n").await?;
+    w.flush().await?;
+    Ok(total)
+}
+
+/// The CRLF that must follow a chunk's data.
+pub(crate) async fn expect_chunk_end<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<(), HttpError> {
+    let mut crlf = [0u8; 2];
+    r.read_exact(&mut crlf).await?;
+    if &crlf != b"\r\n" {
+        return Err(smuggling("chunk data not followed by CRLF"));
+    }
+    Ok(())
+}
+
+/// Reads the trailer section (up to and including its blank line, at most
+/// `MAX_TRAILER_BYTES`); returns the fields that may be forwarded, value trimmed.
+pub(crate) async fn read_trailers<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Vec<(Vec<u8>, Vec<u8>)>, HttpError> {
+    let (mut line, mut fields, mut trailer_bytes) = (Vec::new(), Vec::new(), 0usize);
     loop {
         let budget = MAX_TRAILER_BYTES.saturating_sub(trailer_bytes);
         read_crlf_line(r, budget, "trailer section", &mut line).await?;
         trailer_bytes += line.len() + 2;
         if line.is_empty() {
-            break;
+            return Ok(fields);
         }
         if line.first().is_some_and(|b| is_ows(*b)) {
             return Err(malformed("obsolete line folding (obs-fold) in trailers"));
@@ -609,14 +626,10 @@ async fn copy_chunked<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
         if !valid_field_name(name) || !valid_field_value(value) {
             return Err(malformed("invalid trailer field (or obs-fold)"));
         }
-        if FORBIDDEN_TRAILERS.iter().any(|f| f.as_bytes().eq_ignore_ascii_case(name)) {
-            continue;
+        if !FORBIDDEN_TRAILERS.iter().any(|f| f.as_bytes().eq_ignore_ascii_case(name)) {
+            fields.push((name.to_vec(), trim_ows(value).to_vec()));
         }
-        w.write_all(&[name, b": ", trim_ows(value), b"\r\n"].concat()).await?;
     }
-    w.write_all(b"\r\n").await?;
-    w.flush().await?;
-    Ok(total)
 }
 
 /// Appends `Name: value\r\n` for every field; fields with an invalid name or value (possible only after a

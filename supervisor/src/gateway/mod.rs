@@ -5,6 +5,7 @@
 //! against a policy change leaving stale permissions behind: every change is
 //! a validated, durable revision, and the generation counter makes open
 //! tunnels re-check themselves.
+pub mod body;
 pub mod ca;
 pub mod control;
 mod decide;

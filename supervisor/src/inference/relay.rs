@@ -7,12 +7,13 @@
 //! key being used (always stripped), and against unbounded bodies.
 use super::usage::Tap;
 use super::{Endpoint, Inference, Kind, Route};
+use crate::gateway::body::BodyDecoder;
 use crate::gateway::events::{Decision, Event};
 use crate::gateway::http1::{self, Framing, RequestHead};
 use crate::gateway::identity::Proc;
 use crate::gateway::Shared;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// Largest request body (prompts with images fit; a runaway upload does not).
 pub const MAX_REQUEST_BODY: usize = 32 << 20;
@@ -194,7 +195,7 @@ pub async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
     }
     let mut tap = Tap::new(&content_type);
     let scrub = key.as_deref().filter(|_| resp.status >= 400);
-    let mut reader = BodyReader::new(framing);
+    let mut reader = BodyDecoder::new(framing);
     let mut total = 0u64;
     let mut complete = !has_body;
     while has_body && !complete {
@@ -309,7 +310,7 @@ async fn read_body<C: AsyncRead + Unpin>(
     client: &mut BufReader<C>,
 ) -> Result<Vec<u8>, (u16, String)> {
     let framing = http1::request_framing(head).map_err(|e| (400, e.to_string()))?;
-    let mut reader = BodyReader::new(framing);
+    let mut reader = BodyDecoder::new(framing);
     let mut body = Vec::new();
     while let Some(piece) = reader.next(client).await.map_err(|e| (400, format!("reading the request body: {e}")))? {
         body.extend_from_slice(&piece);
@@ -318,97 +319,6 @@ async fn read_body<C: AsyncRead + Unpin>(
         }
     }
     Ok(body)
-}
-
-/// Decodes a body into pieces as they arrive (chunked framing removed).
-struct BodyReader {
-    framing: Framing,
-    left: u64,
-    started: bool,
-    done: bool,
-}
-
-impl BodyReader {
-    fn new(framing: Framing) -> BodyReader {
-        let left = if let Framing::Length(n) = framing { n } else { 0 };
-        BodyReader { framing, left, started: false, done: false }
-    }
-
-    async fn next<R: tokio::io::AsyncBufRead + Unpin>(&mut self, r: &mut R) -> std::io::Result<Option<Vec<u8>>> {
-        let eof = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "body ended early");
-        if self.done {
-            return Ok(None);
-        }
-        match self.framing {
-            Framing::None => {
-                self.done = true;
-                Ok(None)
-            }
-            Framing::Length(_) | Framing::UntilClose => {
-                let until_close = self.framing == Framing::UntilClose;
-                if !until_close && self.left == 0 {
-                    self.done = true;
-                    return Ok(None);
-                }
-                let want = if until_close { 64 * 1024 } else { self.left.min(64 * 1024) as usize };
-                let mut buf = vec![0u8; want];
-                let n = r.read(&mut buf).await?;
-                if n == 0 {
-                    self.done = true;
-                    return if until_close { Ok(None) } else { Err(eof()) };
-                }
-                buf.truncate(n);
-                self.left = self.left.saturating_sub(n as u64);
-                Ok(Some(buf))
-            }
-            Framing::Chunked => {
-                if self.left == 0 {
-                    if self.started {
-                        expect_crlf(r).await?;
-                    }
-                    self.started = true;
-                    let mut line = String::new();
-                    if r.read_line(&mut line).await? == 0 || line.len() > 4096 {
-                        return Err(eof());
-                    }
-                    let size = line.trim_end().split(';').next().unwrap_or("").trim();
-                    self.left = u64::from_str_radix(size, 16)
-                        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size"))?;
-                    if self.left == 0 {
-                        // Trailers, then the blank line.
-                        loop {
-                            line.clear();
-                            if r.read_line(&mut line).await? == 0 {
-                                return Err(eof());
-                            }
-                            if line == "\r\n" || line == "\n" {
-                                break;
-                            }
-                        }
-                        self.done = true;
-                        return Ok(None);
-                    }
-                }
-                let mut buf = vec![0u8; self.left.min(64 * 1024) as usize];
-                let n = r.read(&mut buf).await?;
-                if n == 0 {
-                    return Err(eof());
-                }
-                buf.truncate(n);
-                self.left -= n as u64;
-                Ok(Some(buf))
-            }
-        }
-    }
-}
-
-async fn expect_crlf<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<()> {
-    let mut b = [0u8; 2];
-    r.read_exact(&mut b).await?;
-    if &b != b"\r\n" {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "chunk data not followed by CRLF"));
-    }
-    Ok(())
 }
 
 async fn checkout(shared: &Shared, inf: &Inference, route: &Route, ep: &Endpoint) -> std::io::Result<Upstream> {
