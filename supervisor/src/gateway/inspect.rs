@@ -110,14 +110,22 @@ pub async fn forward(
             },
         };
         let proc_ = caller.as_ref().ok().map(|c| &c.process);
-        let Some((host, port, path)) = parse_absolute(&head.target) else {
-            if head.target.starts_with('/') && head.header("host").is_some_and(is_inference_host) {
-                let path = head.target.clone();
-                if !crate::inference::relay::handle(shared, &shared.inference, client, head, &path, proc_).await {
-                    return;
-                }
-                continue;
+        let target = parse_absolute(&head.target);
+        // inference.local, in absolute form or (plain HTTP) by its Host header.
+        let inference_path = match &target {
+            Some((host, _, path)) if host.eq_ignore_ascii_case(INFERENCE_HOST) => Some(path.clone()),
+            None if head.target.starts_with('/') && head.header("host").is_some_and(is_inference_host) => {
+                Some(head.target.clone())
             }
+            _ => None,
+        };
+        if let Some(path) = inference_path {
+            if !crate::inference::relay::handle(shared, client, head, &path, proc_).await {
+                return;
+            }
+            continue;
+        }
+        let Some((host, port, path)) = target else {
             let (status, body) = if head.target.starts_with("https://") {
                 (400, "moat: use CONNECT for https:// (set HTTPS_PROXY)\n")
             } else {
@@ -127,12 +135,6 @@ pub async fn forward(
                 client.get_mut().write_all(&http1::simple_response(status, http1::reason(status), body, true)).await;
             return;
         };
-        if host.eq_ignore_ascii_case(INFERENCE_HOST) {
-            if !crate::inference::relay::handle(shared, &shared.inference, client, head, &path, proc_).await {
-                return;
-            }
-            continue;
-        }
         let cur_gen = shared.current().generation;
         let reuse = upstream.as_ref().is_some_and(|(h, p, r, _)| *h == host && *p == port && r.generation == cur_gen);
         if !reuse {
@@ -212,9 +214,7 @@ pub async fn inference_tunnel(
     loop {
         let Some(head) = next_head(shared, &mut client).await else { return };
         let path = head.target.clone();
-        if !path.starts_with('/')
-            || !crate::inference::relay::handle(shared, &shared.inference, &mut client, head, &path, caller).await
-        {
+        if !path.starts_with('/') || !crate::inference::relay::handle(shared, &mut client, head, &path, caller).await {
             let _ = client.get_mut().shutdown().await;
             return;
         }

@@ -67,12 +67,12 @@ fn dropped(name: &str) -> bool {
 /// Handles one request; returns whether the client connection stays open.
 pub async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
-    inf: &Inference,
     client: &mut BufReader<C>,
     mut head: RequestHead,
     path: &str,
     caller: Option<&Proc>,
 ) -> bool {
+    let inf: &Inference = &shared.inference;
     let started = Instant::now();
     let method = head.method.clone();
     let fail = |status: u16, kind: &str, msg: &str| {
