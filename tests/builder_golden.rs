@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 
-const GOLDEN_MANIFEST: &str = "sha256:b77ed32ee146b7618cf19b67d5855e6859b2c1012bf3421d4675f794ad37571a";
+const GOLDEN_MANIFEST: &str = "sha256:c587416ab2da0bcb5863c0f240246eff9e8a293456820d58648608b614fd639d";
 
 #[test]
 fn golden_fixture_builds_to_the_committed_digest() {

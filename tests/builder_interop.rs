@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
-const GOLDEN_MANIFEST: &str = "sha256:b77ed32ee146b7618cf19b67d5855e6859b2c1012bf3421d4675f794ad37571a";
+const GOLDEN_MANIFEST: &str = "sha256:c587416ab2da0bcb5863c0f240246eff9e8a293456820d58648608b614fd639d";
 
 fn golden_store(tmp: &std::path::Path) -> std::path::PathBuf {
     let work = tmp.join("golden");

@@ -96,6 +96,7 @@ pub enum Mode<'a> {
 
 /// Builds `l` as `mode` says. See [`Mode`].
 pub fn build(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildError> {
+    crate::malloc::tune_for_build();
     let result = build_inner(l, opts, mode);
     crate::debian::clear_memo();
     result
@@ -198,7 +199,7 @@ fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildErr
         name: l.bp.name.get_ref().clone(),
         blueprint: l.digest(),
         base: locked_base,
-        inputs: inputs.into_iter().map(|i| i.locked).collect(),
+        inputs: inputs.iter().map(|i| i.locked.clone()).collect(),
         debian_spec: l.bp.debian.as_ref().map(|s| lock::debian_spec_digest(s.get_ref())),
         debian: debian_lock
             .as_ref()
@@ -225,6 +226,7 @@ fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildErr
         }
         opts.store.set_ref(&lock.name, manifest_desc.clone())?;
     }
+    crate::malloc::drop_later(inputs);
     progress.done();
     Ok(Built { lock, manifest: manifest_desc })
 }

@@ -84,6 +84,13 @@ impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
         HashingWriter { inner, hasher: Sha256::new(), count: 0 }
     }
+    /// Bytes written so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
     pub fn finish(self) -> (W, Digest, u64) {
         (self.inner, Digest::from_raw(self.hasher.finalize().into()), self.count)
     }

@@ -58,7 +58,11 @@ impl<'a> LayerCache<'a> {
         }
         tracing::debug!(layer = name, key = %key, "archiving layer");
         let layer = match make()? {
-            Some(mut tree) => Some(write_layer(self.store, &mut tree, epoch, name)?),
+            Some(mut tree) => {
+                let layer = write_layer(self.store, &mut tree, epoch, name)?;
+                crate::malloc::drop_later(tree);
+                Some(layer)
+            }
             None => None,
         };
         self.record(key, &Entry { layer: layer.clone() });

@@ -15,6 +15,7 @@ pub mod layer_read;
 pub mod lint;
 pub mod local;
 pub mod lock;
+pub mod malloc;
 pub mod oci;
 pub mod registry;
 pub mod store;

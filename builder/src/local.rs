@@ -14,8 +14,8 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 
 /// Files up to this size are kept in memory after hashing...
 const KEEP_FILE: u64 = 1 << 20;
@@ -74,19 +74,23 @@ pub fn scan(root: &Path) -> Result<Scanned, LocalError> {
         move |source| LocalError::Io { path, source }
     };
     let meta = fs::symlink_metadata(root).map_err(io_err(root))?;
-    let mut entries = Vec::new();
     let is_file = !meta.is_dir();
-    if is_file {
-        let name =
-            root.file_name().and_then(|n| n.to_str()).ok_or_else(|| LocalError::NotUtf8 { path: root.into() })?;
-        entries.push(classify(root, name, &meta)?);
-    } else {
-        walk(root, "", &mut entries)?;
-    }
-    let mut hashed = hash_files(&entries)?.into_iter();
+    let (mut entries, hashed) = walk_and_hash(|entries, on_file| {
+        if is_file {
+            let name =
+                root.file_name().and_then(|n| n.to_str()).ok_or_else(|| LocalError::NotUtf8 { path: root.into() })?;
+            entries.push(classify(root, name, &meta)?);
+            on_file(root);
+            Ok(())
+        } else {
+            walk(root, "", entries, on_file)
+        }
+    })?;
+    let mut hashed = hashed.into_iter();
     // Hard links, in walk order (sorted, so the first path is first in sort order).
     let mut inodes: BTreeMap<(u64, u64), String> = BTreeMap::new();
     let mut h = Sha256::new();
+    let mut line = Vec::with_capacity(256);
     for e in &mut entries {
         let mut digest = None;
         if let ScanKind::File { size, data, .. } = &mut e.kind {
@@ -104,19 +108,27 @@ pub fn scan(root: &Path) -> Result<Scanned, LocalError> {
             }
         }
         let (tag, detail) = match &e.kind {
-            ScanKind::Dir => ("d", String::new()),
-            ScanKind::File { .. } => ("f", digest.map(|d| d.hex().to_string()).unwrap_or_default()),
-            ScanKind::Symlink(t) => ("l", t.clone()),
-            ScanKind::Hardlink(t) => ("h", t.clone()),
+            ScanKind::Dir => (b'd', ""),
+            ScanKind::File { .. } => (b'f', digest.as_ref().map_or("", |d| d.hex())),
+            ScanKind::Symlink(t) => (b'l', t.as_str()),
+            ScanKind::Hardlink(t) => (b'h', t.as_str()),
         };
-        h.update(format!("{tag} {} {}\0{detail}\n", u8::from(e.exec), e.rel).as_bytes());
+        // "{tag} {exec} {rel}\0{detail}\n", built in one reused buffer.
+        line.clear();
+        line.extend_from_slice(&[tag, b' ', b'0' + u8::from(e.exec), b' ']);
+        line.extend_from_slice(e.rel.as_bytes());
+        line.push(0);
+        line.extend_from_slice(detail.as_bytes());
+        line.push(b'\n');
+        h.update(&line);
     }
     Ok(Scanned { is_file, digest: Digest::from_raw(h.finalize().into()), entries })
 }
 
 /// Walks `dir` in byte-wise order. Regular files (known from the directory
-/// entry's type) are stat'ed later, by the threads that hash them.
-fn walk(dir: &Path, rel: &str, out: &mut Vec<ScanEntry>) -> Result<(), LocalError> {
+/// entry's type) are handed to `on_file` in entry order and stat'ed by the
+/// threads that hash them.
+fn walk(dir: &Path, rel: &str, out: &mut Vec<ScanEntry>, on_file: &mut dyn FnMut(&Path)) -> Result<(), LocalError> {
     let rd = fs::read_dir(dir).map_err(|source| LocalError::Io { path: dir.into(), source })?;
     let mut names = Vec::new();
     for ent in rd {
@@ -130,19 +142,24 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<ScanEntry>) -> Result<(), LocalErro
         let host = dir.join(&name);
         let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
         if regular {
+            on_file(&host);
             let kind = ScanKind::File { host, size: 0, data: None };
             out.push(ScanEntry { rel: child_rel, kind, exec: false });
             continue;
         }
         let meta = fs::symlink_metadata(&host).map_err(|source| LocalError::Io { path: host.clone(), source })?;
         let e = classify(&host, &child_rel, &meta)?;
-        if let ScanKind::Symlink(t) = &e.kind {
-            check_link(&host, &child_rel, t)?;
+        match &e.kind {
+            ScanKind::Symlink(t) => check_link(&host, &child_rel, t)?,
+            // A regular file the directory entry did not call one (replaced
+            // since readdir): it is hashed like the others.
+            ScanKind::File { .. } => on_file(&host),
+            _ => {}
         }
         let is_dir = matches!(e.kind, ScanKind::Dir);
         out.push(e);
         if is_dir {
-            walk(&host, &child_rel, out)?;
+            walk(&host, &child_rel, out, on_file)?;
         }
     }
     Ok(())
@@ -210,43 +227,58 @@ struct Hashed {
     ino: u64,
 }
 
-/// Stats and hashes every file entry on all cores; one result per file
-/// entry, in entry order.
-fn hash_files(entries: &[ScanEntry]) -> Result<Vec<Hashed>, LocalError> {
-    let hosts: Vec<&Path> = entries
-        .iter()
-        .filter_map(|e| match &e.kind {
-            ScanKind::File { host, .. } => Some(host.as_path()),
-            _ => None,
-        })
-        .collect();
-    let next = AtomicUsize::new(0);
+/// Runs `produce` (the walk) while threads stat and hash the files it
+/// reports, so hashing starts with the first file instead of after the last
+/// directory. Returns the entries and one result per reported file, in the
+/// order reported.
+fn walk_and_hash(
+    produce: impl FnOnce(&mut Vec<ScanEntry>, &mut dyn FnMut(&Path)) -> Result<(), LocalError>,
+) -> Result<(Vec<ScanEntry>, Vec<Hashed>), LocalError> {
     let budget = AtomicU64::new(KEEP_TOTAL);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8).min(hosts.len().max(1));
-    let mut done: Vec<(usize, Result<Hashed, LocalError>)> = std::thread::scope(|s| {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let (tx, rx) = mpsc::channel::<Vec<(usize, PathBuf)>>();
+    let rx = Mutex::new(rx);
+    std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
                     let mut out = Vec::new();
                     loop {
-                        let start = next.fetch_add(BATCH, Ordering::Relaxed);
-                        if start >= hosts.len() {
-                            return out;
-                        }
-                        for (i, host) in hosts.iter().enumerate().skip(start).take(BATCH) {
-                            out.push((i, hash_one(host, &budget)));
+                        let batch = match rx.lock() {
+                            Ok(r) => r.recv(),
+                            Err(_) => return out,
+                        };
+                        let Ok(batch) = batch else { return out };
+                        for (i, host) in batch {
+                            out.push((i, hash_one(&host, &budget)));
                         }
                     }
                 })
             })
             .collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
-    });
-    if done.len() != hosts.len() {
-        return Err(not_hashed());
-    }
-    done.sort_by_key(|(i, _)| *i);
-    done.into_iter().map(|(_, r)| r).collect()
+        let mut entries = Vec::new();
+        let (mut batch, mut files) = (Vec::with_capacity(BATCH), 0);
+        let walked = produce(&mut entries, &mut |host: &Path| {
+            batch.push((files, host.to_path_buf()));
+            files += 1;
+            if batch.len() == BATCH {
+                let _ = tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+            }
+        });
+        if !batch.is_empty() {
+            let _ = tx.send(batch);
+        }
+        drop(tx);
+        let mut done: Vec<(usize, Result<Hashed, LocalError>)> =
+            workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect();
+        walked?;
+        if done.len() != files {
+            return Err(not_hashed());
+        }
+        done.sort_by_key(|(i, _)| *i);
+        let hashed = done.into_iter().map(|(_, r)| r).collect::<Result<Vec<_>, _>>()?;
+        Ok((entries, hashed))
+    })
 }
 
 fn not_hashed() -> LocalError {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 pub const LOCK_VERSION: u32 = 1;
 /// Version of the layer/config byte format. Bumped whenever moat would write
 /// different bytes for the same inputs (the moat-version part of determinism).
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -135,14 +135,46 @@ impl Lock {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Difference {
     Blueprint,
-    Format { locked: u32, ours: u32 },
-    Base { locked: Option<Digest>, now: Option<Digest> },
-    Input { at: String, source: String, locked: Option<Digest>, now: Option<Digest> },
+    Format {
+        locked: u32,
+        ours: u32,
+    },
+    Base {
+        locked: Option<Digest>,
+        now: Option<Digest>,
+    },
+    Input {
+        at: String,
+        source: String,
+        locked: Option<Digest>,
+        now: Option<Digest>,
+    },
     Debian,
-    LayerCount { locked: usize, now: usize },
-    Layer { index: usize, name: String, locked: Digest, now: Digest },
-    Config { locked: Digest, now: Digest },
-    Manifest { locked: Digest, now: Digest },
+    LayerCount {
+        locked: usize,
+        now: usize,
+    },
+    Layer {
+        index: usize,
+        name: String,
+        locked: Digest,
+        now: Digest,
+    },
+    /// Same uncompressed content (diff_id), different gzip bytes.
+    Compression {
+        index: usize,
+        name: String,
+        locked: Digest,
+        now: Digest,
+    },
+    Config {
+        locked: Digest,
+        now: Digest,
+    },
+    Manifest {
+        locked: Digest,
+        now: Digest,
+    },
 }
 
 impl std::fmt::Display for Difference {
@@ -164,6 +196,11 @@ impl std::fmt::Display for Difference {
             Difference::Layer { index, name, locked, now } => {
                 write!(f, "layer {index} ({name}) differs: locked diff_id {locked}, built {now}")
             }
+            Difference::Compression { index, name, locked, now } => write!(
+                f,
+                "layer {index} ({name}) has the locked content but compresses to other bytes: locked {locked}, \
+                 built {now} (the gzip backend differs from the one that wrote the lock)"
+            ),
             Difference::Config { locked, now } => write!(f, "config differs: locked {locked}, built {now}"),
             Difference::Manifest { locked, now } => write!(f, "manifest differs: locked {locked}, built {now}"),
         }
@@ -207,12 +244,20 @@ pub fn first_difference(expected: &Lock, actual: &Lock) -> Option<Difference> {
         return Some(Difference::Debian);
     }
     for (i, (l, a)) in expected.layers.iter().zip(&actual.layers).enumerate() {
-        if l.diff_id != a.diff_id || l.digest != a.digest {
+        if l.diff_id != a.diff_id {
             return Some(Difference::Layer {
                 index: i,
                 name: a.name.clone(),
                 locked: l.diff_id.clone(),
                 now: a.diff_id.clone(),
+            });
+        }
+        if l.digest != a.digest {
+            return Some(Difference::Compression {
+                index: i,
+                name: a.name.clone(),
+                locked: l.digest.clone(),
+                now: a.digest.clone(),
             });
         }
     }
@@ -229,4 +274,40 @@ pub fn first_difference(expected: &Lock, actual: &Lock) -> Option<Difference> {
         });
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lock_with(diff_id: &[u8], digest: &[u8]) -> Lock {
+        Lock {
+            version: LOCK_VERSION,
+            format: FORMAT,
+            name: "x".into(),
+            blueprint: Digest::of(b"bp"),
+            base: None,
+            inputs: Vec::new(),
+            debian_spec: None,
+            debian: None,
+            layers: vec![LockedLayer {
+                name: "app".into(),
+                diff_id: Digest::of(diff_id),
+                digest: Digest::of(digest),
+                size: 1,
+            }],
+            image: LockedImage { config: Digest::of(b"c"), manifest: Digest::of(b"m"), manifest_size: 1 },
+        }
+    }
+
+    #[test]
+    fn content_and_compression_differences_are_told_apart() {
+        let locked = lock_with(b"tar", b"gz");
+        assert_eq!(first_difference(&locked, &lock_with(b"tar", b"gz")), None);
+        let d = first_difference(&locked, &lock_with(b"tar", b"other gz")).unwrap();
+        assert!(matches!(d, Difference::Compression { index: 0, .. }), "{d:?}");
+        assert!(d.to_string().contains("gzip backend"), "{d}");
+        let d = first_difference(&locked, &lock_with(b"other tar", b"other gz")).unwrap();
+        assert!(matches!(d, Difference::Layer { index: 0, .. }), "{d:?}");
+    }
 }

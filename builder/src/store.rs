@@ -10,6 +10,7 @@ use sha2::{Digest as _, Sha256};
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -119,7 +120,11 @@ impl Store {
         let dir = self.tmp_dir();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io_err(&dir))?;
-        Ok(BlobWriter { store: self.clone(), inner: HashingWriter::new(BufWriter::with_capacity(1 << 20, tmp)) })
+        Ok(BlobWriter {
+            store: self.clone(),
+            inner: HashingWriter::new(BufWriter::with_capacity(1 << 20, tmp)),
+            started: 0,
+        })
     }
 
     /// Writes a whole blob and returns its digest.
@@ -307,11 +312,38 @@ fn unwrap_verify_error(e: io::Error, path: &Path) -> StoreError {
 pub struct BlobWriter {
     store: Store,
     inner: HashingWriter<BufWriter<tempfile::NamedTempFile>>,
+    /// Bytes whose writeback has been started.
+    started: u64,
+}
+
+/// Writeback of a large blob starts every this many bytes, so the disk works
+/// while the blob is still being made and the final fsync waits for little.
+const WRITEBACK_STEP: u64 = 4 << 20;
+
+impl BlobWriter {
+    fn start_writeback(&mut self) -> io::Result<()> {
+        let file = self.inner.get_mut();
+        file.flush()?;
+        let end = self.inner.count();
+        let fd = self.inner.get_mut().get_ref().as_file().as_raw_fd();
+        // SAFETY: sync_file_range only reads its integer arguments; `fd` is
+        // the temp file this writer owns. It is a hint: the fsync in `commit`
+        // is what makes the blob durable, so its result is ignored.
+        unsafe {
+            libc::sync_file_range(fd, self.started as i64, (end - self.started) as i64, libc::SYNC_FILE_RANGE_WRITE);
+        }
+        self.started = end;
+        Ok(())
+    }
 }
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write(buf)
+        let n = self.inner.write(buf)?;
+        if self.inner.count() - self.started >= WRITEBACK_STEP {
+            self.start_writeback()?;
+        }
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
