@@ -194,3 +194,70 @@ fn no_route_and_missing_credentials_are_clear_errors() {
     r.credential = Some("absent".into());
     assert!(g.control(&Request::InferenceSet { route: Box::new(r) }).is_err());
 }
+
+/// A provider on the host's loopback that closes every keep-alive
+/// connection 100 ms after answering (an idle timeout) and counts the
+/// connections it accepted.
+fn closing_provider() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // One request: its head, then Content-Length bytes of body.
+                let body_end = loop {
+                    let Ok(n) = conn.read(&mut chunk) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                            .unwrap_or(0usize);
+                        break end + 4 + len;
+                    }
+                };
+                while buf.len() < body_end {
+                    let Ok(n) = conn.read(&mut chunk) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = r#"{"object":"chat.completion","usage":{"prompt_tokens":1,"completion_tokens":1}}"#;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(resp.as_bytes());
+                std::thread::sleep(Duration::from_millis(100));
+                // Dropped: the idle connection is closed under the pool.
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[test]
+fn a_connection_the_provider_closed_while_idle_is_not_reused() {
+    let g = gateway(KEY);
+    let (port, accepted) = closing_provider();
+    set(&g, route(Kind::Local, &format!("http://127.0.0.1:{port}")));
+    for i in 0..3 {
+        let (status, head, body) = post(&g, "/v1/chat/completions", "", r#"{"model":"m","messages":[]}"#);
+        assert_eq!(status, 200, "request {i}: {head}\n{body}");
+        assert!(body.contains("chat.completion"), "request {i}: {body}");
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3, "each request needed a new connection");
+}

@@ -31,7 +31,18 @@ type Upstream = BufReader<Box<dyn Io>>;
 /// Idle upstream connections, per endpoint (a warm connection saves a
 /// TLS handshake per completion).
 #[derive(Default)]
-pub struct Pool(std::sync::Mutex<Vec<(String, Upstream)>>);
+pub struct Pool(std::sync::Mutex<Vec<Pooled>>);
+
+struct Pooled {
+    endpoint: String,
+    up: Upstream,
+    idle_since: Instant,
+}
+
+/// How long an idle connection is kept. Providers close idle keep-alive
+/// connections after tens of seconds (some servers after 5); a connection
+/// the provider already closed is also caught before reuse ([`closed`]).
+const POOL_IDLE: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -127,20 +138,34 @@ pub async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
     inject_credential(&mut head, route.provider, key.as_deref());
     let target = format!("{}{}", ep.base, path);
 
-    let mut up = match checkout(shared, inf, &route, &ep).await {
-        Ok(u) => u,
-        Err(e) => {
-            let b = fail(502, "moat_upstream", &format!("cannot reach the provider at {}: {e}", route.endpoint));
-            let _ = client.get_mut().write_all(&b).await;
-            return false;
+    let request = http1::write_request_head(&head, &target);
+    let (mut up, mut reused) = match checkout(inf, &route) {
+        Some(u) => (u, true),
+        None => match connect(shared, &ep).await {
+            Ok(u) => (u, false),
+            Err(e) => {
+                let b = fail(502, "moat_upstream", &format!("cannot reach the provider at {}: {e}", route.endpoint));
+                let _ = client.get_mut().write_all(&b).await;
+                return false;
+            }
+        },
+    };
+    loop {
+        let sent = async {
+            up.get_mut().write_all(&request).await?;
+            up.get_mut().write_all(&body).await?;
+            up.get_mut().flush().await
+        };
+        let Err(e) = sent.await else { break };
+        if reused {
+            // The provider closed the pooled connection while it sat idle:
+            // the request did not reach it, so one fresh connection is tried.
+            tracing::debug!(error = %e, "pooled provider connection refused the request; reconnecting");
+            if let Ok(fresh) = connect(shared, &ep).await {
+                (up, reused) = (fresh, false);
+                continue;
+            }
         }
-    };
-    let sent = async {
-        up.get_mut().write_all(&http1::write_request_head(&head, &target)).await?;
-        up.get_mut().write_all(&body).await?;
-        up.get_mut().flush().await
-    };
-    if let Err(e) = sent.await {
         let b = fail(502, "moat_upstream", &format!("sending to the provider: {e}"));
         let _ = client.get_mut().write_all(&b).await;
         return false;
@@ -321,13 +346,30 @@ async fn read_body<C: AsyncRead + Unpin>(
     Ok(body)
 }
 
-async fn checkout(shared: &Shared, inf: &Inference, route: &Route, ep: &Endpoint) -> std::io::Result<Upstream> {
-    {
-        let mut pool = inf.pool.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = pool.iter().position(|(k, _)| *k == route.endpoint) {
-            return Ok(pool.swap_remove(i).1);
+/// A pooled connection to the route's endpoint that is still fresh and
+/// still open; stale and closed ones are dropped on the way.
+fn checkout(inf: &Inference, route: &Route) -> Option<Upstream> {
+    let mut pool = inf.pool.0.lock().unwrap_or_else(|p| p.into_inner());
+    pool.retain(|p| p.idle_since.elapsed() < POOL_IDLE);
+    while let Some(i) = pool.iter().position(|p| p.endpoint == route.endpoint) {
+        let mut up = pool.swap_remove(i).up;
+        if !closed(&mut up) {
+            return Some(up);
         }
     }
+    None
+}
+
+/// True when an idle connection can no longer carry a request: the
+/// provider closed it (end of stream or a TLS close), reset it, or sent
+/// bytes nobody asked for. Polls once without waiting.
+fn closed(up: &mut Upstream) -> bool {
+    use tokio::io::AsyncBufRead;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::pin::Pin::new(up).poll_fill_buf(&mut cx).is_ready()
+}
+
+async fn connect(shared: &Shared, ep: &Endpoint) -> std::io::Result<Upstream> {
     // The route is the operator's (it may name a server on the host's
     // loopback, e.g. Ollama): resolved, but not subject to the egress SSRF guard.
     let addrs = shared
@@ -362,7 +404,7 @@ fn checkin(inf: &Inference, route: &Route, up: Upstream) {
     }
     let mut pool = inf.pool.0.lock().unwrap_or_else(|p| p.into_inner());
     if pool.len() < POOL_MAX {
-        pool.push((route.endpoint.clone(), up));
+        pool.push(Pooled { endpoint: route.endpoint.clone(), up, idle_since: Instant::now() });
     }
 }
 
