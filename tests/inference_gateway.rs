@@ -261,3 +261,27 @@ fn a_connection_the_provider_closed_while_idle_is_not_reused() {
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3, "each request needed a new connection");
 }
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    let g = gateway(KEY);
+    set(&g, route(Kind::Openai, "https://up.test"));
+    let body = r#"{"model":"m","messages":[],"marker":"expect-1"}"#;
+    let mut s = g.connect();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "POST http://inference.local/v1/chat/completions HTTP/1.1\r\nHost: inference.local\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let asked = Instant::now();
+    let (status, head) = read_head(&mut s);
+    assert_eq!(status, 100, "the gateway must tell the client to send its body: {head:?}");
+    assert!(asked.elapsed() < Duration::from_secs(2), "100 Continue took {:?}", asked.elapsed());
+    s.write_all(body.as_bytes()).unwrap();
+    let (status, head) = read_head(&mut s);
+    assert_eq!(status, 200, "{head}");
+    let seen = seen_with("expect-1");
+    assert!(!seen.headers.iter().any(|(k, _)| k == "expect"), "the expectation is the gateway's, not the provider's");
+}

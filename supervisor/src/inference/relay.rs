@@ -104,6 +104,13 @@ pub async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
         let _ = client.get_mut().write_all(&b).await;
         return false;
     };
+    if head.version == 1 && head.header("expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue")) {
+        // The client holds the body back until told to go on (curl waits a
+        // second otherwise); the expectation itself never reaches the provider.
+        if client.get_mut().write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+            return false;
+        }
+    }
     let body = match read_body(&head, client).await {
         Ok(b) => b,
         Err((status, msg)) => {
