@@ -185,6 +185,16 @@ fn a_key_echoed_in_an_error_body_is_erased() {
 }
 
 #[test]
+fn a_key_echoed_in_two_pieces_is_erased() {
+    let g = gateway("sk-live-1234567890-split-key");
+    set(&g, route(Kind::Openai, "https://up.test"));
+    let (status, _, body) = post(&g, "/v1/chat/completions", "", r#"{"marker":"echo-split"}"#);
+    assert_eq!(status, 401);
+    assert!(body.contains("[redacted]"), "{body}");
+    assert!(!body.contains("12345") && !body.contains("67890"), "no piece of the key reaches the sandbox: {body}");
+}
+
+#[test]
 fn no_route_and_missing_credentials_are_clear_errors() {
     let g = gateway(KEY);
     let (status, _, body) = post(&g, "/v1/models", "", "");

@@ -289,7 +289,7 @@ impl Upstream {
 /// OpenAI- and Anthropic-shaped answers: `/v1/chat/completions`,
 /// `/v1/messages` (streamed when the body asks, 200 ms between events, the
 /// usage last), `/v1/models`; a key of `bad-key` gets a 401 that echoes it
-/// back, as some providers do.
+/// back, as some providers do (`split-key`: echoed in two pieces).
 fn provider_response(path: &str, headers: &[(String, String)], body: &[u8]) -> Option<Response<Body>> {
     let h = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()).unwrap_or("");
     let key = h("authorization").strip_prefix("Bearer ").unwrap_or(h("x-api-key")).to_string();
@@ -302,6 +302,31 @@ fn provider_response(path: &str, headers: &[(String, String)], body: &[u8]) -> O
     };
     if !matches!(path, "/v1/chat/completions" | "/v1/messages" | "/v1/models") {
         return None;
+    }
+    if key.ends_with("split-key") {
+        // The echoed key arrives in two pieces, 100 ms apart (two reads).
+        let cut = key.len() / 2;
+        let parts = vec![
+            format!("{{\"error\":{{\"message\":\"Incorrect API key provided: {}", &key[..cut]),
+            format!("{}\"}}}}", &key[cut..]),
+        ];
+        let s = futures_util::stream::unfold((0usize, parts), |(i, parts)| async move {
+            if i == parts.len() {
+                return None;
+            }
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let item = Ok::<_, Infallible>(Frame::data(Bytes::from(parts[i].clone())));
+            Some((item, (i + 1, parts)))
+        });
+        return Some(
+            Response::builder()
+                .status(401)
+                .header("content-type", "application/json")
+                .body(BodyExt::boxed(StreamBody::new(s)))
+                .unwrap(),
+        );
     }
     if key.ends_with("bad-key") {
         return Some(json(

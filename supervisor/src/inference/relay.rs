@@ -226,7 +226,7 @@ pub async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
         return false;
     }
     let mut tap = Tap::new(&content_type);
-    let scrub = key.as_deref().filter(|_| resp.status >= 400);
+    let mut scrub = key.as_deref().filter(|_| resp.status >= 400).map(Scrubber::new);
     let mut reader = BodyDecoder::new(framing);
     let mut total = 0u64;
     let mut complete = !has_body;
@@ -238,11 +238,10 @@ pub async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
                     break;
                 }
                 tap.feed(&piece);
-                if let Some(k) = scrub {
-                    piece = scrub_key(piece, k);
+                if let Some(s) = scrub.as_mut() {
+                    piece = s.feed(&piece);
                 }
-                let frame = [format!("{:x}\r\n", piece.len()).as_bytes(), &piece, b"\r\n"].concat();
-                if client.get_mut().write_all(&frame).await.is_err() || client.get_mut().flush().await.is_err() {
+                if !write_chunk(client, &piece).await {
                     return false;
                 }
             }
@@ -253,8 +252,11 @@ pub async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
             Err(_) => break,
         }
     }
-    if has_body && complete && client.get_mut().write_all(b"0\r\n\r\n").await.is_err() {
-        return false;
+    if has_body && complete {
+        let tail = scrub.map(Scrubber::finish).unwrap_or_default();
+        if !write_chunk(client, &tail).await || client.get_mut().write_all(b"0\r\n\r\n").await.is_err() {
+            return false;
+        }
     }
     let _ = client.get_mut().flush().await;
     tap.finish();
@@ -283,6 +285,16 @@ pub async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
         checkin(inf, &route, up);
     }
     complete && !client_close
+}
+
+/// Sends one chunk of the relayed body (nothing for an empty piece: an
+/// empty chunk would end the body). False when the client is gone.
+async fn write_chunk<C: AsyncRead + AsyncWrite + Unpin>(client: &mut BufReader<C>, piece: &[u8]) -> bool {
+    if piece.is_empty() {
+        return true;
+    }
+    let frame = [format!("{:x}\r\n", piece.len()).as_bytes(), piece, b"\r\n"].concat();
+    client.get_mut().write_all(&frame).await.is_ok() && client.get_mut().flush().await.is_ok()
 }
 
 fn host_header(ep: &Endpoint) -> String {
@@ -316,24 +328,47 @@ fn rewrite_model(body: Vec<u8>, model: Option<&str>) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap_or(body)
 }
 
-/// Replaces every occurrence of the key (an error body that echoes it).
-fn scrub_key(piece: Vec<u8>, key: &str) -> Vec<u8> {
-    let k = key.as_bytes();
-    if k.len() < 4 || !piece.windows(k.len()).any(|w| w == k) {
-        return piece;
+/// Erases the key from a body that arrives in pieces: an occurrence split
+/// across pieces (or reads) is caught because the bytes that could begin
+/// one are held back until the next piece, or the end, decides.
+struct Scrubber {
+    key: Vec<u8>,
+    held: Vec<u8>,
+}
+
+impl Scrubber {
+    fn new(key: &str) -> Scrubber {
+        Scrubber { key: key.as_bytes().to_vec(), held: Vec::new() }
     }
-    let mut out = Vec::with_capacity(piece.len());
-    let mut i = 0;
-    while i < piece.len() {
-        if piece[i..].starts_with(k) {
-            out.extend_from_slice(b"[redacted]");
-            i += k.len();
-        } else {
-            out.push(piece[i]);
-            i += 1;
+
+    /// What may be sent of everything seen so far.
+    fn feed(&mut self, piece: &[u8]) -> Vec<u8> {
+        let k = self.key.len();
+        if k < 4 {
+            return piece.to_vec(); // too short to be a credential worth erasing
         }
+        let mut buf = std::mem::take(&mut self.held);
+        buf.extend_from_slice(piece);
+        let mut out = Vec::with_capacity(buf.len());
+        let mut i = 0;
+        while i + k <= buf.len() {
+            if buf[i..i + k] == self.key[..] {
+                out.extend_from_slice(b"[redacted]");
+                i += k;
+            } else {
+                out.push(buf[i]);
+                i += 1;
+            }
+        }
+        // Fewer than k bytes are left: they may be the start of the key.
+        self.held = buf[i..].to_vec();
+        out
     }
-    out
+
+    /// The held-back tail once the body has ended (it cannot hold the key).
+    fn finish(self) -> Vec<u8> {
+        self.held
+    }
 }
 
 /// Reads the whole request body (bounded); Err is (status, message).
@@ -420,6 +455,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_key_split_across_pieces_is_still_erased() {
+        let key = "sk-live-0123456789abcdef";
+        let body = format!("{{\"error\":\"bad key {key} given, {key}\"}}");
+        let want = body.replace(key, "[redacted]");
+        // Every split point, and one byte per piece.
+        for cut in 0..=body.len() {
+            let mut s = Scrubber::new(key);
+            let out = [s.feed(&body.as_bytes()[..cut]), s.feed(&body.as_bytes()[cut..]), s.finish()].concat();
+            assert_eq!(String::from_utf8(out).unwrap(), want, "cut at {cut}");
+        }
+        let mut s = Scrubber::new(key);
+        let mut out: Vec<u8> = body.bytes().flat_map(|b| s.feed(&[b])).collect();
+        out.extend(s.finish());
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+        // A prefix of the key at the very end is sent as it is.
+        let mut s = Scrubber::new(key);
+        let out = [s.feed(b"tail sk-live-01"), s.finish()].concat();
+        assert_eq!(out, b"tail sk-live-01");
+    }
+
+    #[test]
     fn credentials_are_stripped_injected_and_scrubbed() {
         for h in ["Authorization", "x-api-key", "X-Api-Key", "Proxy-Authorization", "Cookie", "Accept-Encoding"] {
             assert!(dropped(h), "{h}");
@@ -431,7 +487,8 @@ mod tests {
         assert_eq!(head.header("x-api-key"), Some(&b"sk-ant-secret"[..]));
         assert_eq!(head.header("anthropic-version"), Some(&b"2023-06-01"[..]));
         assert!(head.header("authorization").is_none());
-        let out = scrub_key(b"bad key sk-ant-secret given".to_vec(), "sk-ant-secret");
+        let mut s = Scrubber::new("sk-ant-secret");
+        let out = [s.feed(b"bad key sk-ant-secret given"), s.finish()].concat();
         assert_eq!(out, b"bad key [redacted] given");
         let body = rewrite_model(br#"{"model":"gpt-x","messages":[]}"#.to_vec(), Some("llama3"));
         assert!(String::from_utf8(body).unwrap().contains("\"model\":\"llama3\""));
