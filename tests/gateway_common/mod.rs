@@ -310,21 +310,11 @@ fn provider_response(path: &str, headers: &[(String, String)], body: &[u8]) -> O
             format!("{{\"error\":{{\"message\":\"Incorrect API key provided: {}", &key[..cut]),
             format!("{}\"}}}}", &key[cut..]),
         ];
-        let s = futures_util::stream::unfold((0usize, parts), |(i, parts)| async move {
-            if i == parts.len() {
-                return None;
-            }
-            if i > 0 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let item = Ok::<_, Infallible>(Frame::data(Bytes::from(parts[i].clone())));
-            Some((item, (i + 1, parts)))
-        });
         return Some(
             Response::builder()
                 .status(401)
                 .header("content-type", "application/json")
-                .body(BodyExt::boxed(StreamBody::new(s)))
+                .body(paced(parts, Duration::from_millis(100)))
                 .unwrap(),
         );
     }
@@ -365,22 +355,27 @@ fn provider_response(path: &str, headers: &[(String, String)], body: &[u8]) -> O
             "data: [DONE]\n\n".into(),
         ]
     };
-    let s = futures_util::stream::unfold((0usize, events), |(i, ev)| async move {
-        if i == ev.len() {
-            return None;
-        }
-        if i > 0 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let item = Ok::<_, Infallible>(Frame::data(Bytes::from(ev[i].clone())));
-        Some((item, (i + 1, ev)))
-    });
     Some(
         Response::builder()
             .header("content-type", "text/event-stream")
-            .body(BodyExt::boxed(StreamBody::new(s)))
+            .body(paced(events, Duration::from_millis(200)))
             .unwrap(),
     )
+}
+
+/// A body sent as `parts`, one frame each, `gap` apart.
+fn paced(parts: Vec<String>, gap: Duration) -> Body {
+    let s = futures_util::stream::unfold((0usize, parts), move |(i, parts)| async move {
+        if i == parts.len() {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(gap).await;
+        }
+        let item = Ok::<_, Infallible>(Frame::data(Bytes::from(parts[i].clone())));
+        Some((item, (i + 1, parts)))
+    });
+    BodyExt::boxed(StreamBody::new(s))
 }
 
 fn full(v: Vec<u8>) -> Body {
