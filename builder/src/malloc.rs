@@ -32,8 +32,7 @@ pub fn tune_for_build() {
 /// entries (and the file contents it holds) costs milliseconds that the build
 /// need not wait for.
 pub fn drop_later<T: Send + 'static>(value: T) {
-    if std::thread::Builder::new().name("moat-drop".into()).spawn(move || drop(value)).is_err() {
-        // No thread (resource limits): the value was moved into the failed
-        // closure and is dropped here, on this thread.
-    }
+    // If no thread can be made (resource limits), the closure and the value
+    // in it are dropped here, on this thread.
+    let _ = std::thread::Builder::new().name("moat-drop".into()).spawn(move || drop(value));
 }
