@@ -322,10 +322,10 @@ const WRITEBACK_STEP: u64 = 4 << 20;
 
 impl BlobWriter {
     fn start_writeback(&mut self) -> io::Result<()> {
-        let file = self.inner.get_mut();
-        file.flush()?;
         let end = self.inner.count();
-        let fd = self.inner.get_mut().get_ref().as_file().as_raw_fd();
+        let buffered = self.inner.get_mut();
+        buffered.flush()?;
+        let fd = buffered.get_ref().as_file().as_raw_fd();
         // SAFETY: sync_file_range only reads its integer arguments; `fd` is
         // the temp file this writer owns. It is a hint: the fsync in `commit`
         // is what makes the blob durable, so its result is ignored.
