@@ -106,9 +106,6 @@ enum Cmd {
     /// Internal: a detached sandbox's supervisor.
     #[command(name = "__supervise", hide = true)]
     Supervise(sandbox_cmds::InternalArgs),
-    /// Internal: the single-threaded launcher (the only libcontainer caller).
-    #[command(name = "__launch", hide = true)]
-    Launch(sandbox_cmds::InternalArgs),
 }
 
 fn main() -> ExitCode {
@@ -162,7 +159,6 @@ fn dispatch(cmd: Cmd, g: &Global) -> Result<ExitCode> {
         Cmd::Credentials(a) => credentials_cmds::credentials(a),
         Cmd::Inference(a) => inference_cmds::inference(a),
         Cmd::Supervise(a) => sandbox_cmds::supervise_internal(a),
-        Cmd::Launch(a) => sandbox_cmds::launch_internal(a),
     }
 }
 

@@ -1,5 +1,5 @@
 //! Sandbox commands: run, ls, stop, rm, exec, logs, bundle, doctor, and the
-//! hidden `__supervise` / `__launch` re-execs of the process tree.
+//! hidden `__supervise` re-exec of a detached sandbox.
 use crate::Global;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -214,14 +214,6 @@ pub fn supervise_internal(a: InternalArgs) -> Result<ExitCode> {
     // SAFETY: fd 3 is the ready pipe our parent placed there (MOAT_READY_FD).
     let ready = std::env::var("MOAT_READY_FD").ok().filter(|v| v == "3").map(|_| unsafe { fs::File::from_raw_fd(3) });
     Ok(exit(sandbox::supervise(&paths, ready)?))
-}
-
-pub fn launch_internal(a: InternalArgs) -> Result<ExitCode> {
-    let paths = Paths::new(&a.name)?;
-    let plan: launcher::LaunchPlan = serde_json::from_slice(&fs::read(paths.launch_plan())?).context("launch.json")?;
-    // SAFETY: fd 3 is the report pipe the supervisor placed there (MOAT_REPORT_FD).
-    let report = std::env::var("MOAT_REPORT_FD").ok().filter(|v| v == "3").map(|_| unsafe { fs::File::from_raw_fd(3) });
-    Ok(exit(launcher::launch(&plan, report)?))
 }
 
 pub fn ls(a: LsArgs, _g: &Global) -> Result<ExitCode> {

@@ -161,6 +161,22 @@ fn detached_sandbox_ls_exec_logs_stop_rm() {
     assert!(!w.run(&["logs", "agent"]).status.success());
 }
 
+/// The launcher is a fork of the supervisor: besides stdin/stdout/stderr it
+/// may hold only descriptors it made itself (the pidfd of the sandbox init),
+/// none of the supervisor's files, sockets or pipes (the detached CLI's ready
+/// pipe, the log, the gateway's listener).
+fn assert_launcher_holds_nothing_of_the_supervisor(sup: i64) {
+    let children = std::fs::read_to_string(format!("/proc/{sup}/task/{sup}/children")).unwrap();
+    let launchers: Vec<&str> = children.split_whitespace().collect();
+    assert_eq!(launchers.len(), 1, "the supervisor has one child, the launcher: {children:?}");
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", launchers[0])).unwrap();
+    for fd in fds.flatten() {
+        let n: u32 = fd.file_name().to_string_lossy().parse().unwrap();
+        let target = std::fs::read_link(fd.path()).map(|t| t.display().to_string()).unwrap_or_default();
+        assert!(n <= 2 || target.starts_with("anon_inode:"), "the launcher holds fd {n} -> {target}");
+    }
+}
+
 #[test]
 fn supervisor_death_kills_the_sandbox_and_leaves_nothing() {
     let w = World::new();
@@ -169,6 +185,7 @@ fn supervisor_death_kills_the_sandbox_and_leaves_nothing() {
     let sup = st["supervisor"]["pid"].as_i64().unwrap();
     let init = st["init"]["pid"].as_i64().unwrap();
     assert!(pid_alive(sup) && pid_alive(init));
+    assert_launcher_holds_nothing_of_the_supervisor(sup);
     // SAFETY: sup is the supervisor we started.
     assert_eq!(unsafe { libc::kill(sup as i32, libc::SIGKILL) }, 0);
     assert_no_leftovers(&w, "victim", init, true);

@@ -1,6 +1,7 @@
 //! The launcher: the only code that calls libcontainer. It runs in a
-//! single-threaded process (a re-exec of the moat binary, or the `moat exec`
-//! CLI before any thread starts), because libcontainer clones and then runs
+//! single-threaded process (forked by the supervisor before its first
+//! thread, see `forked_launcher`, or the `moat exec` CLI before any thread
+//! starts), because libcontainer clones and then runs
 //! ordinary Rust in the child: a lock held by another thread at that moment
 //! deadlocks the child (FIELD-NOTES.md). Guards against that hazard by
 //! refusing to run with more than one thread, and against leftovers: the
@@ -92,10 +93,26 @@ fn executor(plan: &LaunchPlan) -> Result<MoatExecutor, LaunchError> {
     Ok(MoatExecutor { guard: plan.guard.clone(), seccomp: DenyList::builtin()?.compile()? })
 }
 
+/// What the launcher sets up before it knows the plan, while the
+/// supervisor resolves the image: its private mount namespace and the
+/// compiled seccomp filter.
+pub struct Prepared {
+    seccomp: Vec<seccompiler::BpfProgram>,
+}
+
+/// Enters a private mount namespace (the rootfs overlay will exist only
+/// there) and compiles the seccomp deny list. Single-threaded callers only.
+pub fn prepare() -> Result<Prepared, LaunchError> {
+    ensure_single_threaded()?;
+    rootfs::private_mount_namespace()
+        .map_err(|source| LaunchError::Io { what: "private mount namespace".into(), source })?;
+    Ok(Prepared { seccomp: DenyList::builtin()?.compile()? })
+}
+
 /// Starts the sandbox described by `plan`, reports `started PID` on
 /// `report`, waits for its init and removes the container. Returns the
 /// init's exit code (128+N when killed by signal N).
-pub fn launch(plan: &LaunchPlan, mut report: Option<std::fs::File>) -> Result<i32, LaunchError> {
+pub fn launch(prepared: Prepared, plan: &LaunchPlan, mut report: Option<std::fs::File>) -> Result<i32, LaunchError> {
     ensure_single_threaded()?;
     // SAFETY: getppid has no preconditions.
     if unsafe { libc::getppid() } as u32 != plan.supervisor_pid {
@@ -111,10 +128,8 @@ pub fn launch(plan: &LaunchPlan, mut report: Option<std::fs::File>) -> Result<i3
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
     }
-    rootfs::private_mount_namespace()
-        .map_err(|source| LaunchError::Io { what: "private mount namespace".into(), source })?;
     rootfs::mount_overlay(&plan.rootfs, &plan.lowers, &plan.cache_dir)?;
-    let exec = executor(plan)?;
+    let exec = MoatExecutor { guard: plan.guard.clone(), seccomp: prepared.seccomp };
     let console = match plan.tty {
         true => Some(
             ConsoleSocket::bind(&plan.run_dir.join("console.sock"))

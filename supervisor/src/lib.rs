@@ -1,12 +1,14 @@
 //! moat-supervisor: runs images from the store as locked-down sandboxes.
 //!
-//! Process tree: supervisor (`sandbox::supervise`, may run threads: gateway,
-//! later tokio) -> launcher (`launcher::launch`, a single-threaded re-exec of
-//! moat, the only caller of libcontainer) -> sandbox init (`executor`:
-//! Landlock, then seccomp, then exec) -> agent.
+//! Process tree: supervisor (`sandbox::supervise`, runs threads: gateway,
+//! tokio) -> launcher (`launcher::launch`, the only caller of libcontainer,
+//! a single-threaded fork of the supervisor made before its first thread)
+//! -> sandbox init (`executor`: Landlock, then seccomp, then exec) -> agent.
+pub mod cgroup_warm;
 pub mod credentials;
 pub mod doctor;
 pub mod executor;
+pub mod forked_launcher;
 pub mod gateway;
 pub mod host_vars;
 pub mod inference;

@@ -6,6 +6,7 @@
 //! checked before anything runs) and against leftovers (the launcher dies
 //! with the supervisor; stop/rm remove every trace but the workspace).
 use crate::executor::GuardPlan;
+use crate::forked_launcher::ForkedLauncher;
 use crate::landlock::{kernel_abi, missing_features, LandlockPlan};
 use crate::launcher::LaunchPlan;
 use crate::layers::LayerCache;
@@ -19,9 +20,8 @@ use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{chown, DirBuilderExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -250,6 +250,11 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
     let req: RunRequest =
         serde_json::from_slice(&fs::read(paths.run.join("request.json")).map_err(io("request.json"))?)
             .map_err(|e| SandboxError::Refused(format!("request.json: {e}")))?;
+    // The launcher: forked now, while this process is single-threaded; it
+    // prepares itself while the image is resolved and waits for the plan.
+    let mut launcher = ForkedLauncher::fork()?;
+    // The launcher's first cgroup write waits for an RCU grace period: start that wait now.
+    let cgroup_warm = crate::cgroup_warm::start();
     let rec = state::load(paths)?;
     let store = Store::open_existing(&req.store)?;
     let policy = &req.policy;
@@ -330,35 +335,14 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
     state::write_runtime(&paths.launch_plan(), &plan_json)?;
     fs::create_dir_all(Paths::containers_root()).map_err(io("containers root"))?;
 
-    // The launcher: a fresh single-threaded moat process.
-    let (report_r, report_w) = nix::unistd::pipe().map_err(|e| io("pipe")(e.into()))?;
-    let report_w_raw = std::os::fd::AsRawFd::as_raw_fd(&report_w);
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg("__launch").arg(&paths.name).env("MOAT_REPORT_FD", "3");
-    if !req.interactive {
-        cmd.stdin(Stdio::null());
-    }
-    // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe calls (prctl, dup2).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0
-                || libc::dup2(report_w_raw, 3) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(io("starting the launcher"))?;
-    drop(report_w);
-    LAUNCHER_PID.store(child.id() as i32, Ordering::SeqCst);
+    let report = launcher.start(&plan)?;
+    LAUNCHER_PID.store(launcher.pid(), Ordering::SeqCst);
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
         // SAFETY: the handler only forwards the signal with kill (async-signal-safe).
         unsafe { libc::signal(sig, forward_signal as *const () as libc::sighandler_t) };
     }
     let mut line = String::new();
-    let _ = BufReader::new(fs::File::from(report_r)).read_line(&mut line);
+    let _ = BufReader::new(report).read_line(&mut line);
     if let Some(pid) = line.trim().strip_prefix("started ").and_then(|p| p.parse::<i32>().ok()) {
         state::update(paths, |rec| {
             rec.status = Status::Running;
@@ -373,10 +357,9 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
         }
         *ready = None;
     }
-    let status = child.wait().map_err(io("waiting for the launcher"))?;
+    let _ = cgroup_warm.join();
+    let code = launcher.wait().map_err(io("waiting for the launcher"))?;
     LAUNCHER_PID.store(0, Ordering::SeqCst);
-    let code =
-        status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0));
     if line.is_empty() {
         return Err(SandboxError::Refused(format!(
             "the sandbox failed to start (launcher exit code {code}); see the messages above"
