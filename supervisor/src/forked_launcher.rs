@@ -93,12 +93,18 @@ impl ForkedLauncher {
 }
 
 impl Drop for ForkedLauncher {
-    /// A launcher never started exits when its plan pipe closes; reap it.
+    /// A launcher never started exits when its plan pipe closes; a started
+    /// one still running means the supervisor is failing: it is told to
+    /// kill and delete its sandbox. Either way it is reaped.
     fn drop(&mut self) {
-        self.plan.take();
-        if !self.reaped {
-            let _ = self.wait();
+        if self.reaped {
+            return;
         }
+        if self.plan.take().is_none() {
+            // SAFETY: kill of our own child, not yet reaped (its pid cannot be reused).
+            unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        }
+        let _ = self.wait();
     }
 }
 

@@ -50,8 +50,12 @@ pub struct LaunchPlan {
     pub bundle: PathBuf,
     /// Where the overlay is mounted (the spec's root.path).
     pub rootfs: PathBuf,
-    /// Overlay lower directories, topmost first.
+    /// The image's layer directories, topmost first.
     pub lowers: Vec<PathBuf>,
+    /// Where the launcher mounts the per-sandbox top layer (a tmpfs in its
+    /// own mount namespace: nothing of it is on disk) and what goes in it.
+    pub top_layer: PathBuf,
+    pub top: TopLayer,
     pub cache_dir: PathBuf,
     pub guard: GuardPlan,
     /// The supervisor's pid: if our parent is no longer it, it died before we armed PDEATHSIG.
@@ -66,6 +70,17 @@ pub struct LaunchPlan {
     pub uid: u32,
     pub gid: u32,
     pub cwd: String,
+}
+
+/// The contents of the per-sandbox top layer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopLayer {
+    /// The workspace's path inside the sandbox (a mount point).
+    pub workspace: String,
+    /// The sandbox's /etc/hosts.
+    pub hosts: String,
+    /// The gateway's CA certificate, trusted inside the sandbox.
+    pub ca_pem: String,
 }
 
 static SIGNALLED: AtomicI32 = AtomicI32::new(0);
@@ -128,7 +143,11 @@ pub fn launch(prepared: Prepared, plan: &LaunchPlan, mut report: Option<std::fs:
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
     }
-    rootfs::mount_overlay(&plan.rootfs, &plan.lowers, &plan.cache_dir)?;
+    rootfs::mount_top_layer(&plan.top_layer)?;
+    rootfs::write_top_layer(&plan.top_layer, &plan.top.workspace, &plan.top.hosts)?;
+    rootfs::write_trust(&plan.top_layer, &plan.lowers, &plan.top.ca_pem)?;
+    let lowers: Vec<PathBuf> = std::iter::once(plan.top_layer.clone()).chain(plan.lowers.iter().cloned()).collect();
+    rootfs::mount_overlay(&plan.rootfs, &lowers, &plan.cache_dir)?;
     let exec = MoatExecutor { guard: plan.guard.clone(), seccomp: prepared.seccomp };
     let console = match plan.tty {
         true => Some(
@@ -183,6 +202,7 @@ pub fn launch(prepared: Prepared, plan: &LaunchPlan, mut report: Option<std::fs:
     // SAFETY: getppid has no preconditions.
     if unsafe { libc::getppid() } as u32 != plan.supervisor_pid {
         rootfs::unmount(&plan.rootfs);
+        rootfs::unmount(&plan.top_layer);
         let _ = std::fs::remove_dir_all(&plan.run_dir);
     }
     Ok(code)

@@ -22,6 +22,7 @@ pub mod policy_import;
 pub mod redact;
 pub mod rootfs;
 pub mod sandbox;
+pub mod sandbox_net;
 pub mod seccomp;
 pub mod snapshot;
 pub mod spec;

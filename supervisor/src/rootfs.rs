@@ -207,6 +207,24 @@ pub fn hosts_file(hostname: &str) -> String {
     format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\tinference.local\n")
 }
 
+/// Mounts the tmpfs that holds the per-sandbox top layer on `target`. Call
+/// only in a private mount namespace (the launcher's): the layer then exists
+/// nowhere else and vanishes with the sandbox, leaving nothing to delete.
+pub fn mount_top_layer(target: &Path) -> Result<(), RootfsError> {
+    let mount_err =
+        |source| RootfsError::Mount { target: target.to_path_buf(), lower: "tmpfs (top layer)".into(), source };
+    let tgt = CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| mount_err(io::Error::from(io::ErrorKind::InvalidInput)))?;
+    // Room for a large CA bundle; the sandbox cannot write here (read-only overlay).
+    let opts = c"size=16m,nr_inodes=4096,mode=0755";
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    // SAFETY: valid C strings for source, target, type and options.
+    if unsafe { libc::mount(c"moat-top".as_ptr(), tgt.as_ptr(), c"tmpfs".as_ptr(), flags, opts.as_ptr().cast()) } != 0 {
+        return Err(mount_err(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// Mounts the read-only overlay of `lowers` (topmost first) on `target`.
 /// Call only in a private mount namespace (the launcher's). Paths under
 /// `cache_dir` are passed relative to it to keep the option string short.

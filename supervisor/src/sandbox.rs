@@ -8,11 +8,11 @@
 use crate::executor::GuardPlan;
 use crate::forked_launcher::ForkedLauncher;
 use crate::landlock::{kernel_abi, missing_features, LandlockPlan};
-use crate::launcher::LaunchPlan;
+use crate::launcher::{LaunchPlan, TopLayer};
 use crate::layers::LayerCache;
-use crate::netns::Netns;
 use crate::policy::{Compatibility, Policy};
 use crate::rootfs::{self, PreparedImage};
+use crate::sandbox_net::{LaunchNet, NetStart};
 use crate::spec::{self, SpecParams};
 use crate::state::{self, Paths, ProcId, Record, Status};
 use moat_builder::Store;
@@ -49,7 +49,7 @@ pub enum SandboxError {
     NotRunning(String),
 }
 
-fn gateway_err(e: impl std::fmt::Display) -> SandboxError {
+pub(crate) fn gateway_err(e: impl std::fmt::Display) -> SandboxError {
     SandboxError::Refused(format!("egress gateway: {e}"))
 }
 
@@ -258,16 +258,10 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
     let rec = state::load(paths)?;
     let store = Store::open_existing(&req.store)?;
     let policy = &req.policy;
-    // Network: a namespace with only lo, and the gateway's socket inside it
-    // (made while the image is resolved: namespace creation takes a while).
-    // The gateway starts there too, with the sandbox's CA, off the main path.
-    let (net_paths, net_policy) = (paths.clone(), policy.clone());
-    let net = std::thread::spawn(move || -> Result<(Netns, std::sync::Arc<crate::gateway::ca::Ca>), SandboxError> {
-        let ns = Netns::create()?;
-        let listener = ns.listen(net_policy.network.gateway_port)?;
-        let ca = crate::gateway::for_sandbox(&net_paths, &net_policy.network, &ns, listener).map_err(gateway_err)?;
-        Ok((ns, ca))
-    });
+    // Network: a namespace with only lo, the gateway's socket inside it and
+    // the sandbox's CA (made while the image is resolved: namespace creation
+    // takes a while); then the gateway starts while the launcher works.
+    let mut net = NetStart::spawn(paths, policy);
     let prepared = (|| -> Result<Resolved, SandboxError> {
         let r = resolve(&store, &req.image, policy, &req.args, &req.env)?;
         // Workspace: moat's own is created for the sandbox user.
@@ -281,14 +275,9 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
         }
         Ok(r)
     })();
-    // Joined before any error returns: the namespace thread writes into the
-    // sandbox's state (audit log, revisions), which a cleanup may be removing.
-    let net = net.join().map_err(|_| SandboxError::Netns(crate::netns::NetnsError::Thread))?;
+    let launch_net = net.ready();
     let r = prepared?;
-    let (netns, ca) = net?;
-    rootfs::write_top_layer(&paths.top_layer(), &policy.filesystem.workspace, &rootfs::hosts_file(&paths.name))?;
-    let top_first: Vec<PathBuf> = r.image.layers.iter().rev().cloned().collect();
-    rootfs::write_trust(&paths.top_layer(), &top_first, &ca.cert_pem())?;
+    let LaunchNet { netns_path, ca } = launch_net?;
     let mut env = r.env.clone();
     for (k, v) in rootfs::CA_ENV {
         if !env.iter().any(|kv| kv.split_once('=').is_some_and(|(key, _)| key == *k)) {
@@ -296,6 +285,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
         }
     }
     fs::create_dir_all(paths.rootfs()).map_err(io("rootfs mount point"))?;
+    fs::create_dir_all(paths.top_layer()).map_err(io("top layer mount point"))?;
     fs::create_dir_all(paths.bundle()).map_err(io("bundle dir"))?;
     let params = SpecParams {
         rootfs: paths.rootfs().display().to_string(),
@@ -305,7 +295,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
         user: r.user.clone(),
         hostname: paths.name.clone(),
         workspace_host: rec.workspace.clone(),
-        netns_path: Some(netns.proc_path()),
+        netns_path: Some(netns_path),
         cgroups_path: Some(format!("/moat/{}", paths.name)),
         terminal: req.tty,
         seccomp: None,
@@ -313,14 +303,18 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
     let spec = spec::build(policy, &params)?;
     let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| SandboxError::Refused(e.to_string()))?;
     state::write_runtime(&paths.bundle().join("config.json"), &spec_json)?;
-    let mut lowers = vec![paths.top_layer()];
-    lowers.extend(r.image.layers.iter().rev().cloned());
     let plan = LaunchPlan {
         container_id: paths.container_id(),
         state_root: Paths::containers_root(),
         bundle: paths.bundle(),
         rootfs: paths.rootfs(),
-        lowers,
+        lowers: r.image.layers.iter().rev().cloned().collect(),
+        top_layer: paths.top_layer(),
+        top: TopLayer {
+            workspace: policy.filesystem.workspace.clone(),
+            hosts: rootfs::hosts_file(&paths.name),
+            ca_pem: ca.cert_pem(),
+        },
         cache_dir: LayerCache::default_location().dir().to_path_buf(),
         guard: guard_plan(policy),
         supervisor_pid: std::process::id(),
@@ -343,6 +337,9 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
     }
     let mut line = String::new();
     let _ = BufReader::new(report).read_line(&mut line);
+    // No gateway: the sandbox could reach nothing. Dropping the launcher
+    // stops it rather than reporting it running.
+    let netns = net.finish()?;
     if let Some(pid) = line.trim().strip_prefix("started ").and_then(|p| p.parse::<i32>().ok()) {
         state::update(paths, |rec| {
             rec.status = Status::Running;

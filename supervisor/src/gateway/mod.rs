@@ -270,8 +270,8 @@ pub fn for_sandbox(
     network: &Network,
     netns: &crate::netns::Netns,
     listener: std::net::TcpListener,
-) -> Result<Arc<ca::Ca>, GatewayError> {
-    let ca = Arc::new(ca::Ca::new(&paths.name)?);
+    ca: Arc<ca::Ca>,
+) -> Result<(), GatewayError> {
     // Credentials stay on the host; their permissions are re-checked (and
     // repaired, loudly) on every start.
     let credentials = crate::credentials::Store::default_location();
@@ -290,13 +290,13 @@ pub fn for_sandbox(
         events: EventLog::open(&paths.audit_log()).map_err(io("audit log"))?,
         identity: identity::Identity::for_netns_fd(netns.raw_fd()).map_err(io("sandbox netns"))?,
         resolver: ssrf::Resolver::from_env()?,
-        ca: ca.clone(),
+        ca,
         control_socket: Some(paths.control_socket()),
         limits: Limits::default(),
         inference: Arc::new(crate::inference::Inference::load(paths.home.clone(), credentials)),
     };
     start(config, listener)?;
-    Ok(ca)
+    Ok(())
 }
 
 /// Each relayed connection holds two descriptors: lift the soft limit to

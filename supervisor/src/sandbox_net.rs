@@ -1,0 +1,79 @@
+//! The sandbox's network side as the supervisor starts it, on one helper
+//! thread: first what the launch needs (the namespace with only `lo`, the
+//! gateway's socket bound inside it, the sandbox's CA for the trust bundle),
+//! then the gateway itself (policy revision, audit log, control socket,
+//! runtime), which runs while the launcher builds the sandbox. Guards
+//! against a sandbox reported running without its gateway: `finish` joins
+//! the gateway's start, and the caller kills the sandbox if it failed. Until
+//! the gateway accepts, the sandbox's connections wait in the socket's
+//! backlog; no packet has any other way out.
+use crate::gateway::ca::Ca;
+use crate::netns::{Netns, NetnsError};
+use crate::policy::Policy;
+use crate::sandbox::SandboxError;
+use crate::state::Paths;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// What the launch needs from the network side.
+pub struct LaunchNet {
+    /// `/proc/PID/fd/N` of the namespace, for the spec.
+    pub netns_path: String,
+    pub ca: Arc<Ca>,
+}
+
+/// The helper thread; joined by `finish`, or on drop (it writes into the
+/// sandbox's state, which an error path may be about to remove).
+pub struct NetStart {
+    ready: mpsc::Receiver<LaunchNet>,
+    thread: Option<JoinHandle<Result<Netns, SandboxError>>>,
+}
+
+impl NetStart {
+    pub fn spawn(paths: &Paths, policy: &Policy) -> NetStart {
+        let (tx, ready) = mpsc::channel();
+        let (paths, network) = (paths.clone(), policy.network.clone());
+        let thread = std::thread::spawn(move || -> Result<Netns, SandboxError> {
+            let ns = Netns::create()?;
+            let listener = ns.listen(network.gateway_port)?;
+            let ca = Arc::new(Ca::new(&paths.name).map_err(crate::sandbox::gateway_err)?);
+            // The receiver may be gone (the supervisor failed meanwhile): the
+            // gateway is then started and dropped with the process, as before.
+            let _ = tx.send(LaunchNet { netns_path: ns.proc_path(), ca: ca.clone() });
+            crate::gateway::for_sandbox(&paths, &network, &ns, listener, ca).map_err(crate::sandbox::gateway_err)?;
+            Ok(ns)
+        });
+        NetStart { ready, thread: Some(thread) }
+    }
+
+    /// Waits for the namespace, the socket and the CA.
+    pub fn ready(&mut self) -> Result<LaunchNet, SandboxError> {
+        match self.ready.recv() {
+            Ok(net) => Ok(net),
+            // The thread failed before sending: its error says why.
+            Err(_) => Err(self.join().err().unwrap_or(SandboxError::Netns(NetnsError::Thread))),
+        }
+    }
+
+    /// Waits for the gateway to run; returns the namespace, to be held as
+    /// long as the sandbox lives.
+    pub fn finish(mut self) -> Result<Netns, SandboxError> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<Netns, SandboxError> {
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| SandboxError::Netns(NetnsError::Thread))?,
+            None => Err(SandboxError::Netns(NetnsError::Thread)),
+        }
+    }
+}
+
+impl Drop for NetStart {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
