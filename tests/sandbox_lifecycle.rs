@@ -249,6 +249,34 @@ fn policy_checks_happen_before_anything_runs() {
 }
 
 #[test]
+fn a_gateway_that_fails_to_start_stops_the_sandbox() {
+    let w = World::new();
+    // The gateway starts while the launcher builds the sandbox. Make it fail:
+    // its audit log's path is taken by a directory.
+    std::fs::create_dir_all(w.home().join("sandboxes/nogw/audit.log")).unwrap();
+    let started = std::time::Instant::now();
+    let o = w.run(&["run", "--name", "nogw", &w.image, "--", "sleep", "31"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("egress gateway") && err.contains("audit log"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20), "the sandbox ran on without its gateway");
+    assert_ne!(w.state("nogw")["status"], "running", "reported running without a gateway");
+    let run = w.run_dir();
+    assert!(
+        wait_until(Duration::from_secs(10), || !run.join("containers/moat-nogw").exists()),
+        "libcontainer state left"
+    );
+    assert!(!Path::new("/sys/fs/cgroup/pids/moat/nogw").exists() && !Path::new("/sys/fs/cgroup/moat/nogw").exists());
+    let sleeping = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .any(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x0031\x00"))
+    };
+    assert!(wait_until(Duration::from_secs(10), || !sleeping()), "the sandbox's process is still running");
+    w.ok(&["rm", "--workspace", "nogw"]);
+}
+
+#[test]
 fn doctor_reports_this_kernel() {
     let w = World::new();
     let out = w.ok(&["doctor", "--json"]);

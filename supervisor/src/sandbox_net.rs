@@ -27,22 +27,30 @@ pub struct LaunchNet {
 /// sandbox's state, which an error path may be about to remove).
 pub struct NetStart {
     ready: mpsc::Receiver<LaunchNet>,
-    thread: Option<JoinHandle<Result<Netns, SandboxError>>>,
+    /// The outer error: no namespace or socket (nothing was sent); the inner
+    /// one: the gateway failed to start. The namespace is returned either
+    /// way, so its descriptor stays open until `finish` (the launcher opens
+    /// it by number).
+    thread: Option<JoinHandle<Result<Started, SandboxError>>>,
 }
+
+/// The namespace, and whether the gateway started in it.
+type Started = (Netns, Result<(), SandboxError>);
 
 impl NetStart {
     pub fn spawn(paths: &Paths, policy: &Policy) -> NetStart {
         let (tx, ready) = mpsc::channel();
         let (paths, network) = (paths.clone(), policy.network.clone());
-        let thread = std::thread::spawn(move || -> Result<Netns, SandboxError> {
+        let thread = std::thread::spawn(move || {
             let ns = Netns::create()?;
             let listener = ns.listen(network.gateway_port)?;
             let ca = Arc::new(Ca::new(&paths.name).map_err(crate::sandbox::gateway_err)?);
             // The receiver may be gone (the supervisor failed meanwhile): the
             // gateway is then started and dropped with the process, as before.
             let _ = tx.send(LaunchNet { netns_path: ns.proc_path(), ca: ca.clone() });
-            crate::gateway::for_sandbox(&paths, &network, &ns, listener, ca).map_err(crate::sandbox::gateway_err)?;
-            Ok(ns)
+            let gateway =
+                crate::gateway::for_sandbox(&paths, &network, &ns, listener, ca).map_err(crate::sandbox::gateway_err);
+            Ok((ns, gateway))
         });
         NetStart { ready, thread: Some(thread) }
     }
@@ -59,10 +67,11 @@ impl NetStart {
     /// Waits for the gateway to run; returns the namespace, to be held as
     /// long as the sandbox lives.
     pub fn finish(mut self) -> Result<Netns, SandboxError> {
-        self.join()
+        let (ns, gateway) = self.join()?;
+        gateway.map(|()| ns)
     }
 
-    fn join(&mut self) -> Result<Netns, SandboxError> {
+    fn join(&mut self) -> Result<Started, SandboxError> {
         match self.thread.take() {
             Some(t) => t.join().map_err(|_| SandboxError::Netns(NetnsError::Thread))?,
             None => Err(SandboxError::Netns(NetnsError::Thread)),
