@@ -286,7 +286,6 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, S
     }
     fs::create_dir_all(paths.rootfs()).map_err(io("rootfs mount point"))?;
     fs::create_dir_all(paths.top_layer()).map_err(io("top layer mount point"))?;
-    fs::create_dir_all(paths.bundle()).map_err(io("bundle dir"))?;
     let params = SpecParams {
         rootfs: paths.rootfs().display().to_string(),
         args: r.args.clone(),

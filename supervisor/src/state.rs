@@ -86,8 +86,10 @@ impl Paths {
     pub fn default_workspace(&self) -> PathBuf {
         self.home.join("workspace")
     }
+    /// The OCI bundle libcontainer reads (`config.json`): the run directory
+    /// itself, one directory fewer to create and delete per start.
     pub fn bundle(&self) -> PathBuf {
-        self.run.join("bundle")
+        self.run.clone()
     }
     pub fn rootfs(&self) -> PathBuf {
         self.run.join("rootfs")
