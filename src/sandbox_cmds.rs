@@ -134,7 +134,7 @@ fn exit(code: i32) -> ExitCode {
 }
 
 pub fn run(a: RunArgs, g: &Global) -> Result<ExitCode> {
-    let req = RunRequest {
+    let mut req = RunRequest {
         name: a.name,
         image: a.image,
         store: home::store_dir(g.store.as_deref()),
@@ -150,11 +150,16 @@ pub fn run(a: RunArgs, g: &Global) -> Result<ExitCode> {
         detach: a.detach,
         ephemeral: a.rm,
     };
-    let paths = sandbox::create(&req)?;
     if a.detach {
+        let paths = sandbox::create(&req)?;
         return start_detached(&paths);
     }
-    let result = sandbox::supervise(&paths, None);
+    // The launcher fork, the grace period and the namespace start before
+    // the sandbox is recorded, to run while it is.
+    req.name = Some(sandbox::name_for(&req));
+    let early = sandbox::begin(req.name.as_deref().unwrap_or_default(), &req.policy)?;
+    let paths = sandbox::create(&req)?;
+    let result = sandbox::supervise(&paths, None, Some(early));
     if a.rm {
         let removed = sandbox::remove(&paths, true, true).with_context(|| format!("removing sandbox {}", paths.name));
         match (&result, removed) {
@@ -213,7 +218,7 @@ pub fn supervise_internal(a: InternalArgs) -> Result<ExitCode> {
     let paths = Paths::new(&a.name)?;
     // SAFETY: fd 3 is the ready pipe our parent placed there (MOAT_READY_FD).
     let ready = std::env::var("MOAT_READY_FD").ok().filter(|v| v == "3").map(|_| unsafe { fs::File::from_raw_fd(3) });
-    Ok(exit(sandbox::supervise(&paths, ready)?))
+    Ok(exit(sandbox::supervise(&paths, ready, None)?))
 }
 
 pub fn ls(a: LsArgs, _g: &Global) -> Result<ExitCode> {

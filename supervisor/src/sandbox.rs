@@ -114,10 +114,7 @@ pub fn check_enforceable(policy: &Policy) -> Result<(), SandboxError> {
 /// Validates the request, reserves the name and records it. Returns the name.
 pub fn create(req: &RunRequest) -> Result<Paths, SandboxError> {
     check_enforceable(&req.policy)?;
-    let name = match &req.name {
-        Some(n) => n.clone(),
-        None => generated_name(&req.image),
-    };
+    let name = name_for(req);
     let paths = Paths::new(&name)?;
     state::reserve(&paths)?;
     let result = (|| -> Result<(), SandboxError> {
@@ -228,11 +225,37 @@ extern "C" fn forward_signal(sig: libc::c_int) {
     }
 }
 
+/// What a sandbox start begins before anything else, so that it runs while
+/// the sandbox is recorded and its image resolved.
+pub struct Early {
+    launcher: ForkedLauncher,
+    cgroup_warm: std::thread::JoinHandle<()>,
+    net: NetStart,
+}
+
+/// Forks the launcher (first: the process must still be single-threaded;
+/// it prepares itself and waits for its plan), starts the cgroup lock's
+/// grace period (the launcher's first cgroup write would wait for it) and
+/// the network namespace with the gateway's socket and the CA of sandbox
+/// `name`. Nothing is written to any sandbox's state.
+pub fn begin(name: &str, policy: &Policy) -> Result<Early, SandboxError> {
+    let launcher = ForkedLauncher::fork()?;
+    let cgroup_warm = crate::cgroup_warm::start();
+    let net = NetStart::spawn(name, policy.network.gateway_port);
+    Ok(Early { launcher, cgroup_warm, net })
+}
+
+/// The name a sandbox gets: the requested one, or one made from the image.
+pub fn name_for(req: &RunRequest) -> String {
+    req.name.clone().unwrap_or_else(|| generated_name(&req.image))
+}
+
 /// Runs the sandbox recorded under `paths` until it exits; returns its exit
-/// code. `ready` (the detached CLI's pipe) receives `ok` once it runs, or the error.
-pub fn supervise(paths: &Paths, ready: Option<fs::File>) -> Result<i32, SandboxError> {
+/// code. `ready` (the detached CLI's pipe) receives `ok` once it runs, or the
+/// error. `early`: what `begin` started for this sandbox, if the caller did.
+pub fn supervise(paths: &Paths, ready: Option<fs::File>, early: Option<Early>) -> Result<i32, SandboxError> {
     let mut ready = ready;
-    let result = supervise_inner(paths, &mut ready);
+    let result = supervise_inner(paths, &mut ready, early);
     if let Err(e) = &result {
         if let Some(r) = ready.as_mut() {
             let _ = writeln!(r, "error: {e}");
@@ -246,22 +269,18 @@ pub fn supervise(paths: &Paths, ready: Option<fs::File>) -> Result<i32, SandboxE
     result
 }
 
-fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>) -> Result<i32, SandboxError> {
+fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Early>) -> Result<i32, SandboxError> {
     let req: RunRequest =
         serde_json::from_slice(&fs::read(paths.run.join("request.json")).map_err(io("request.json"))?)
             .map_err(|e| SandboxError::Refused(format!("request.json: {e}")))?;
-    // The launcher: forked now, while this process is single-threaded; it
-    // prepares itself while the image is resolved and waits for the plan.
-    let mut launcher = ForkedLauncher::fork()?;
-    // The launcher's first cgroup write waits for an RCU grace period: start that wait now.
-    let cgroup_warm = crate::cgroup_warm::start();
+    let Early { mut launcher, cgroup_warm, mut net } = match early {
+        Some(e) => e,
+        None => begin(&paths.name, &req.policy)?,
+    };
+    let policy = &req.policy;
+    net.start_gateway(paths, &policy.network);
     let rec = state::load(paths)?;
     let store = Store::open_existing(&req.store)?;
-    let policy = &req.policy;
-    // Network: a namespace with only lo, the gateway's socket inside it and
-    // the sandbox's CA (made while the image is resolved: namespace creation
-    // takes a while); then the gateway starts while the launcher works.
-    let mut net = NetStart::spawn(paths, policy);
     let prepared = (|| -> Result<Resolved, SandboxError> {
         let r = resolve(&store, &req.image, policy, &req.args, &req.env)?;
         // Workspace: moat's own is created for the sandbox user.

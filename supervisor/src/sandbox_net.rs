@@ -1,15 +1,17 @@
 //! The sandbox's network side as the supervisor starts it, on one helper
 //! thread: first what the launch needs (the namespace with only `lo`, the
 //! gateway's socket bound inside it, the sandbox's CA for the trust bundle),
-//! then the gateway itself (policy revision, audit log, control socket,
-//! runtime), which runs while the launcher builds the sandbox. Guards
+//! made while the CLI records the sandbox and resolves its image; then, once
+//! the sandbox's state exists, the gateway itself (policy revision, audit
+//! log, control socket, runtime), which runs while the launcher builds the
+//! sandbox. Guards
 //! against a sandbox reported running without its gateway: `finish` joins
 //! the gateway's start, and the caller kills the sandbox if it failed. Until
 //! the gateway accepts, the sandbox's connections wait in the socket's
 //! backlog; no packet has any other way out.
 use crate::gateway::ca::Ca;
 use crate::netns::{Netns, NetnsError};
-use crate::policy::Policy;
+use crate::policy::Network;
 use crate::sandbox::SandboxError;
 use crate::state::Paths;
 use std::sync::mpsc;
@@ -27,10 +29,13 @@ pub struct LaunchNet {
 /// sandbox's state, which an error path may be about to remove).
 pub struct NetStart {
     ready: mpsc::Receiver<LaunchNet>,
+    /// Starts the gateway for the sandbox created at these paths. Dropped
+    /// unsent, the thread ends without touching any sandbox's state.
+    go: Option<mpsc::Sender<(Paths, Network)>>,
     /// The outer error: no namespace or socket (nothing was sent); the inner
-    /// one: the gateway failed to start. The namespace is returned either
-    /// way, so its descriptor stays open until `finish` (the launcher opens
-    /// it by number).
+    /// one: the gateway failed (or was never asked) to start. The namespace
+    /// is returned either way, so its descriptor stays open until `finish`
+    /// (the launcher opens it by number).
     thread: Option<JoinHandle<Result<Started, SandboxError>>>,
 }
 
@@ -38,21 +43,36 @@ pub struct NetStart {
 type Started = (Netns, Result<(), SandboxError>);
 
 impl NetStart {
-    pub fn spawn(paths: &Paths, policy: &Policy) -> NetStart {
+    /// Makes the namespace, binds the gateway's `port` in it and the CA of
+    /// sandbox `name` now; the gateway itself waits for `start_gateway`. The
+    /// name need not be reserved yet: nothing is written until then.
+    pub fn spawn(name: &str, port: u16) -> NetStart {
         let (tx, ready) = mpsc::channel();
-        let (paths, network) = (paths.clone(), policy.network.clone());
+        let (go, go_rx) = mpsc::channel::<(Paths, Network)>();
+        let name = name.to_string();
         let thread = std::thread::spawn(move || {
             let ns = Netns::create()?;
-            let listener = ns.listen(network.gateway_port)?;
-            let ca = Arc::new(Ca::new(&paths.name).map_err(crate::sandbox::gateway_err)?);
-            // The receiver may be gone (the supervisor failed meanwhile): the
-            // gateway is then started and dropped with the process, as before.
+            let listener = ns.listen(port)?;
+            let ca = Arc::new(Ca::new(&name).map_err(crate::sandbox::gateway_err)?);
+            // The receiver may be gone (the supervisor failed meanwhile).
             let _ = tx.send(LaunchNet { netns_path: ns.proc_path(), ca: ca.clone() });
-            let gateway =
-                crate::gateway::for_sandbox(&paths, &network, &ns, listener, ca).map_err(crate::sandbox::gateway_err);
+            let gateway = match go_rx.recv() {
+                Ok((paths, network)) => crate::gateway::for_sandbox(&paths, &network, &ns, listener, ca)
+                    .map_err(crate::sandbox::gateway_err),
+                Err(_) => Err(SandboxError::Refused("the gateway was not started".into())),
+            };
             Ok((ns, gateway))
         });
-        NetStart { ready, thread: Some(thread) }
+        NetStart { ready, go: Some(go), thread: Some(thread) }
+    }
+
+    /// Lets the gateway start, once the sandbox's name is reserved and its
+    /// state directory exists.
+    pub fn start_gateway(&mut self, paths: &Paths, network: &Network) {
+        if let Some(go) = self.go.take() {
+            // A send error means the thread already failed: `ready`/`finish` report it.
+            let _ = go.send((paths.clone(), network.clone()));
+        }
     }
 
     /// Waits for the namespace, the socket and the CA.
@@ -72,6 +92,7 @@ impl NetStart {
     }
 
     fn join(&mut self) -> Result<Started, SandboxError> {
+        self.go.take();
         match self.thread.take() {
             Some(t) => t.join().map_err(|_| SandboxError::Netns(NetnsError::Thread))?,
             None => Err(SandboxError::Netns(NetnsError::Thread)),
@@ -81,6 +102,7 @@ impl NetStart {
 
 impl Drop for NetStart {
     fn drop(&mut self) {
+        self.go.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
