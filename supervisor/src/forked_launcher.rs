@@ -118,12 +118,15 @@ fn child_main(parent: i32, plan_r: File, report_w: File) -> ! {
         // SAFETY: _exit ends the process without running the parent's cleanup.
         unsafe { libc::_exit(1) };
     }
-    let code = match run(plan_r, report_w) {
-        Ok(code) => code,
-        Err(e) => {
+    // A panic must not unwind out of the fork into the caller's frames (the
+    // parent's code path, in this copy): it ends the child here.
+    let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(plan_r, report_w))) {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
             eprintln!("{}", crate::redact::redact(&format!("moat: error: {e}")));
             2
         }
+        Err(_) => 101,
     };
     // SAFETY: as above; stderr is unbuffered and nothing else needs flushing.
     unsafe { libc::_exit(code) }
