@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use moat_supervisor::redact::{redact, RedactingWriter};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -117,7 +118,8 @@ fn main() -> ExitCode {
     match dispatch(cli.cmd, &g) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("{}", redact(&format!("moat: error: {e:#}")));
+            // Not eprintln!: a closed stderr must not turn the error into a panic.
+            let _ = writeln!(std::io::stderr(), "{}", redact(&format!("moat: error: {e:#}")));
             ExitCode::from(2)
         }
     }
@@ -189,5 +191,23 @@ fn init_tracing(quiet: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Every log line goes through the secret redactor.
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| RedactingWriter::new(std::io::stderr())).init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| RedactingWriter::new(LossyStderr)).init();
+}
+
+/// stderr for log lines, dropping a line it cannot write. tracing-subscriber
+/// reports a failed write with `eprintln!`, which panics on a closed stderr
+/// (`moat run ... 2>&1 | head`): that would stop a supervisor or launcher
+/// halfway through removing its sandbox.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }

@@ -277,6 +277,28 @@ fn a_gateway_that_fails_to_start_stops_the_sandbox() {
 }
 
 #[test]
+fn a_closed_stderr_does_not_stop_the_cleanup() {
+    // `moat run ... 2>&1 | head`: the reader is gone before moat logs its last
+    // lines. The run must still finish and remove its sandbox.
+    let w = World::new();
+    let mut child = w
+        .moat()
+        .env("RUST_LOG", "debug")
+        .args(["run", "--rm", "--name", "noerr", &w.image, "--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "moat run exited with {status} when its stderr closed");
+    assert_eq!(w.ok(&["ls", "--json"]).trim(), "[]", "the --rm sandbox's record is left");
+    assert!(!w.run_dir().join("containers/moat-noerr").exists(), "libcontainer state left");
+    assert!(!w.run_dir().join("sandboxes/noerr").exists(), "runtime dir left");
+}
+
+#[test]
 fn doctor_reports_this_kernel() {
     let w = World::new();
     let out = w.ok(&["doctor", "--json"]);

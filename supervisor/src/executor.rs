@@ -30,9 +30,15 @@ pub struct MoatExecutor {
     pub seccomp: Vec<seccompiler::BpfProgram>,
 }
 
+/// A line on the sandbox's stderr, where the user looks (libcontainer's log
+/// may not be). Not eprintln!: a closed stderr must not become a panic.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 fn fail(msg: String) -> ExecutorError {
-    // The sandbox's stderr is where the user looks; libcontainer's log may not be.
-    eprintln!("moat: sandbox refused to start: {msg}");
+    say(&format!("moat: sandbox refused to start: {msg}"));
     ExecutorError::Other(msg)
 }
 
@@ -80,7 +86,7 @@ impl Executor for MoatExecutor {
         match self.guard.landlock.enforce() {
             Ok(e) => {
                 if !e.fully {
-                    eprintln!("moat: warning: Landlock is only partially enforced on this kernel (compatibility = best_effort); see `moat doctor`");
+                    say("moat: warning: Landlock is only partially enforced on this kernel (compatibility = best_effort); see `moat doctor`");
                 }
             }
             Err(e) => return Err(fail(e.to_string())),
@@ -93,7 +99,7 @@ impl Executor for MoatExecutor {
             .collect::<Result<_, _>>()
             .map_err(|_| ExecutorError::InvalidArg)?;
         let err = nix::unistd::execvp(&c_args[0], &c_args).unwrap_err();
-        eprintln!("moat: cannot execute {:?}: {err}", args[0]);
+        say(&format!("moat: cannot execute {:?}: {err}", args[0]));
         // 127 like a shell's "command not found"; the sandbox init exits with it.
         std::process::exit(if err == nix::errno::Errno::ENOENT { 127 } else { 126 });
     }

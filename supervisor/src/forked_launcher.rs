@@ -123,7 +123,8 @@ fn child_main(parent: i32, plan_r: File, report_w: File) -> ! {
     let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(plan_r, report_w))) {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
-            eprintln!("{}", crate::redact::redact(&format!("moat: error: {e}")));
+            // Not eprintln!: a closed stderr must not turn the error into a panic.
+            let _ = writeln!(std::io::stderr(), "{}", crate::redact::redact(&format!("moat: error: {e}")));
             2
         }
         Err(_) => 101,
