@@ -34,10 +34,7 @@ fn pipe() -> Result<(File, File), LaunchError> {
 impl ForkedLauncher {
     /// Forks the launcher. Must be called before the process starts a thread.
     pub fn fork() -> Result<ForkedLauncher, LaunchError> {
-        match launcher::thread_count() {
-            1 => {}
-            n => return Err(LaunchError::Threads(n)),
-        }
+        launcher::ensure_single_threaded()?;
         let (plan_r, plan_w) = pipe()?;
         let (report_r, report_w) = pipe()?;
         // SAFETY: getpid has no preconditions.

@@ -97,7 +97,7 @@ pub fn thread_count() -> usize {
         .unwrap_or(usize::MAX)
 }
 
-fn ensure_single_threaded() -> Result<(), LaunchError> {
+pub(crate) fn ensure_single_threaded() -> Result<(), LaunchError> {
     match thread_count() {
         1 => Ok(()),
         n => Err(LaunchError::Threads(n)),
