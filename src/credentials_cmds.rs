@@ -40,7 +40,7 @@ pub fn credentials(a: CredentialsArgs) -> Result<ExitCode> {
     let warnings =
         store.check_and_repair().with_context(|| format!("checking the credential store {}", store.dir().display()))?;
     for w in warnings {
-        eprintln!("moat: warning: {w}");
+        say!("moat: warning: {w}");
     }
     match a.cmd {
         CredentialsCmd::Set { name, from_env } => set(&store, &name, from_env.as_deref()),
@@ -127,7 +127,7 @@ fn ls(store: &Store, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if list.is_empty() {
-        eprintln!("no credentials stored (add one with `moat credentials set NAME`)");
+        say!("no credentials stored (add one with `moat credentials set NAME`)");
         return Ok(ExitCode::SUCCESS);
     }
     let width = list.iter().map(|c| c.name.len()).max().unwrap_or(0).max("NAME".len());
@@ -144,7 +144,7 @@ fn rm(store: &Store, name: &str) -> Result<ExitCode> {
     store.remove(name).with_context(|| format!("removing credential {name}"))?;
     println!("removed credential {name}");
     if !users.is_empty() {
-        eprintln!(
+        say!(
             "moat: warning: sandbox(es) {} still name credential {name}; \
              their inference requests fail until it is set again",
             users.join(", ")

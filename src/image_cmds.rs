@@ -80,7 +80,7 @@ pub fn lock(a: LockArgs, g: &Global) -> Result<ExitCode> {
     let built = build::build(&l, &options(g, store.clone()), mode)?;
     built.lock.write(&l.lock_path()).with_context(|| format!("writing {}", l.lock_path().display()))?;
     store.set_ref(&built.lock.name, built.manifest.clone())?;
-    eprintln!("wrote {}", l.lock_path().display());
+    say!("wrote {}", l.lock_path().display());
     println!("{}@{}", built.lock.name, built.lock.image.manifest);
     Ok(ExitCode::SUCCESS)
 }

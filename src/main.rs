@@ -7,6 +7,16 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// A message for the user on stderr, like `eprintln!` but never a panic:
+/// when stderr is a pipe whose reader has gone (`moat ... 2>&1 | head -1`) the
+/// message is dropped and the command still finishes its work.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod credentials_cmds;
 mod debian_cmds;
 mod image_cmds;

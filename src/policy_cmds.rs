@@ -145,7 +145,7 @@ pub fn policy(a: PolicyArgs) -> Result<ExitCode> {
             let text = std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
             let imported = moat_supervisor::policy_import::import_yaml(&text, &file.display().to_string())?;
             for w in &imported.warnings {
-                eprintln!("moat: not carried over: {w}");
+                say!("moat: not carried over: {w}");
             }
             let toml = moat_supervisor::policy_import::to_toml(&imported);
             match output {

@@ -99,7 +99,7 @@ pub fn push(a: PushArgs, g: &Global) -> Result<ExitCode> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         if !g.quiet {
-            eprintln!(
+            say!(
                 "uploaded {} blob(s) ({} bytes), mounted {}, {} already present",
                 r.uploaded.len(),
                 r.bytes_uploaded,
@@ -123,7 +123,7 @@ pub fn pull(a: PullArgs, g: &Global) -> Result<ExitCode> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         if !g.quiet {
-            eprintln!(
+            say!(
                 "downloaded {} blob(s) ({} bytes), {} already in the store",
                 r.downloaded.len(),
                 r.bytes_downloaded,
@@ -148,7 +148,7 @@ pub fn resolve(a: ResolveArgs, g: &Global) -> Result<ExitCode> {
 pub fn login(a: LoginArgs, g: &Global) -> Result<ExitCode> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() && !g.quiet {
-        eprintln!("password for {}@{} (read from stdin):", a.username, a.registry);
+        say!("password for {}@{} (read from stdin):", a.username, a.registry);
     }
     let mut line = String::new();
     stdin.lock().read_line(&mut line).context("reading the password from stdin")?;
@@ -168,7 +168,7 @@ pub fn login(a: LoginArgs, g: &Global) -> Result<ExitCode> {
             serde_json::json!({ "registry": auth::normalize(&a.registry), "username": a.username, "file": path })
         );
     } else if !g.quiet {
-        eprintln!("credentials for {} saved to {}", a.registry, path.display());
+        say!("credentials for {} saved to {}", a.registry, path.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -177,9 +177,9 @@ pub fn logout(a: LogoutArgs, g: &Global) -> Result<ExitCode> {
     let found = auth::remove(&a.registry)?;
     if !g.quiet {
         if found {
-            eprintln!("removed credentials for {}", a.registry);
+            say!("removed credentials for {}", a.registry);
         } else {
-            eprintln!("no moat credentials stored for {}", a.registry);
+            say!("no moat credentials stored for {}", a.registry);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -165,7 +165,7 @@ pub fn run(a: RunArgs, g: &Global) -> Result<ExitCode> {
         match (&result, removed) {
             (_, Ok(())) => {}
             // The sandbox's own failure is the error to report; say the cleanup failed too.
-            (Err(_), Err(e)) => eprintln!("moat: warning: {e:#}"),
+            (Err(_), Err(e)) => say!("moat: warning: {e:#}"),
             (Ok(_), Err(e)) => return Err(e),
         }
     }
@@ -268,7 +268,7 @@ pub fn stop(a: StopArgs, _g: &Global) -> Result<ExitCode> {
     for n in &a.names {
         let paths = Paths::new(n)?;
         if !sandbox::stop(&paths, Duration::from_secs(a.time))? {
-            eprintln!("moat: {n} is not running");
+            say!("moat: {n} is not running");
         }
     }
     Ok(ExitCode::SUCCESS)

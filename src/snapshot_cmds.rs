@@ -104,15 +104,19 @@ pub fn backup(a: BackupArgs, g: &Global) -> Result<ExitCode> {
     let report = report.with_context(|| format!("backing up {}", rec.workspace.display()))?;
     let r = &report.record;
     if !g.quiet {
-        eprintln!(
+        say!(
             "{} files, {} bytes; {} read, {} new chunks ({} bytes stored)",
-            r.files, r.bytes, report.files_read, r.new_chunks, r.new_bytes
+            r.files,
+            r.bytes,
+            report.files_read,
+            r.new_chunks,
+            r.new_bytes
         );
         for s in &r.secrets {
-            eprintln!("warning: looks like a secret (kept; --exclude-secrets leaves it out): {s}");
+            say!("warning: looks like a secret (kept; --exclude-secrets leaves it out): {s}");
         }
         for s in &r.skipped {
-            eprintln!("left out: {s}");
+            say!("left out: {s}");
         }
     }
     println!("sha256:{}", report.digest);
@@ -167,13 +171,13 @@ pub fn restore(a: RestoreArgs, g: &Global) -> Result<ExitCode> {
     let report = snapshot::restore_dir(&repo, &rec.digest, &dest, Some(&target_name))
         .with_context(|| format!("restoring sha256:{} to {}", rec.digest, dest.display()))?;
     if !g.quiet {
-        eprintln!("restored {} files, {} bytes to {}", report.files, report.bytes, dest.display());
+        say!("restored {} files, {} bytes to {}", report.files, report.bytes, dest.display());
         if let Some(u) = &report.undo {
-            eprintln!("the previous workspace is snapshot sha256:{u}; undo with: moat restore {target_name} {u}");
+            say!("the previous workspace is snapshot sha256:{u}; undo with: moat restore {target_name} {u}");
         }
         if let Some(new) = &a.to {
             let image = state::load(&src).map(|s| s.image).unwrap_or_else(|_| "IMAGE".into());
-            eprintln!("start it with: moat run --name {new} {image}");
+            say!("start it with: moat run --name {new} {image}");
         }
     }
     println!("sha256:{}", rec.digest);
@@ -188,7 +192,7 @@ pub fn snapshot(a: SnapshotArgs, g: &Global) -> Result<ExitCode> {
             let n = archive::export(&repo, &rec.digest, Some(&rec), &output)
                 .with_context(|| format!("exporting to {}", output.display()))?;
             if !g.quiet {
-                eprintln!("wrote {} ({n} chunks)", output.display());
+                say!("wrote {} ({n} chunks)", output.display());
             }
             println!("sha256:{}", rec.digest);
         }
@@ -196,7 +200,7 @@ pub fn snapshot(a: SnapshotArgs, g: &Global) -> Result<ExitCode> {
             let (digest, rec) =
                 archive::import(&repo, &file).with_context(|| format!("importing {}", file.display()))?;
             if !g.quiet {
-                eprintln!("imported as a snapshot of {} ({} new chunks)", rec.sandbox, rec.new_chunks);
+                say!("imported as a snapshot of {} ({} new chunks)", rec.sandbox, rec.new_chunks);
             }
             println!("sha256:{digest}");
         }
@@ -209,7 +213,7 @@ pub fn snapshot(a: SnapshotArgs, g: &Global) -> Result<ExitCode> {
             } else {
                 if !g.quiet {
                     let p = &r.registry;
-                    eprintln!(
+                    say!(
                         "snapshot {} of {}: uploaded {} blob(s) ({} bytes), {} already present",
                         r.snapshot,
                         rec.sandbox,
@@ -228,7 +232,7 @@ pub fn snapshot(a: SnapshotArgs, g: &Global) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 if !g.quiet {
-                    eprintln!(
+                    say!(
                         "imported as a snapshot of {} ({} new chunks); restore with: moat restore {} {} --to NEWNAME",
                         r.record.sandbox,
                         r.record.new_chunks,

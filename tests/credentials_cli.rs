@@ -248,3 +248,28 @@ fn as_root_a_file_of_another_owner_is_taken_back_with_a_warning() {
     assert_eq!(fs::metadata(&dir).unwrap().uid(), 0);
     assert_eq!(mode(&dir.join("k")), 0o600);
 }
+
+#[test]
+fn a_closed_stderr_does_not_stop_a_command() {
+    // `moat credentials rm x 2>&1 | head -0`: the reader of stderr is gone
+    // before moat warns about loose modes. The warning is lost; the repair
+    // and the removal still happen and the exit code is 0 (an `eprintln!`
+    // there panicked with 101 after the repair, before the removal).
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let dir = home.join("credentials");
+    ok(&home, &["set", "openai"], Some(SECRET), &[]);
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = moat(&home)
+        .args(["credentials", "rm", "openai"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "moat credentials rm with a closed stderr");
+    assert_eq!(mode(&dir), 0o700, "the store's mode was not repaired");
+    assert!(!dir.join("openai").exists(), "the credential was not removed");
+}
