@@ -2,6 +2,8 @@
 # Egress gateway benchmark: moat's gateway vs a direct connection vs
 # tinyproxy (Debian) to the same upstream, in one run, ratios printed.
 #   - bulk: a 1 GiB download over a CONNECT tunnel (L4), MiB/s, median of RUNS;
+#   - the ceiling of any relay here: the gateway's own L4 relay alone on
+#     loopback vs a direct loopback download (supervisor/examples/relay_ceiling.rs);
 #   - small requests (64 B body) over one keep-alive connection, N requests
 #     in one curl command line: p50/p99 per-request latency and req/s, for
 #     L4 (http://…:8080 through a CONNECT tunnel) and for L7 (https://…:8443:
@@ -39,6 +41,10 @@ else
   moat=$(realpath -m "${CARGO_TARGET_DIR:-target}")/release/moat
 fi
 [ -x "$moat" ] || { echo "gateway bench: $moat is not an executable" >&2; exit 2; }
+# The ceiling of a user-space relay here: the gateway's own L4 relay on
+# loopback, without sandbox or policy, against a direct download.
+cargo build --release --quiet -p moat-supervisor --example relay_ceiling
+ceiling=$(realpath -m "${CARGO_TARGET_DIR:-target}")/release/examples/relay_ceiling
 
 ns=moat-gwb-$$
 veth=mgb$$
@@ -257,6 +263,8 @@ read -r l4m50 l4m99 l4mrs < <(lat "$work/l4.moat")
 read -r l7d50 l7d99 l7drs < <(lat "$work/l7.direct")
 read -r l7t50 l7t99 l7trs < <(lat "$work/l7.tinyproxy")
 read -r l7m50 l7m99 l7mrs < <(lat "$work/l7.moat")
+echo "relay ceiling: $RUNS x 1 GiB on loopback, direct and through the gateway's relay alone..." >&2
+ceiling_out=$("$ceiling" 1024 "$RUNS")
 sandbox_curl=$("$moat" run --rm -q --policy "$work/policy.toml" agent -- curl --version | head -1 | cut -d' ' -f1-2)
 
 echo "gateway bench: upstream nginx $(nginx -v 2>&1 | cut -d/ -f2) in a netns over veth; $(nproc) CPUs" \
@@ -280,3 +288,4 @@ echo "  L4 moat added p50 vs direct: $(sub "$l4m50" "$l4d50") ms; vs tinyproxy: 
 echo "  L7 moat added p50 vs direct: $(sub "$l7m50" "$l7d50") ms (target < 1 ms); vs tinyproxy: $(sub "$l7m50" "$l7t50") ms"
 echo "  req/s moat/direct: L4 $(div "$l4mrs" "$l4drs"), L7 $(div "$l7mrs" "$l7drs");" \
   "moat/tinyproxy: L4 $(div "$l4mrs" "$l4trs"), L7 $(div "$l7mrs" "$l7trs")"
+echo "$ceiling_out" | sed '1s/^/ceiling, no sandbox or policy: /'

@@ -2,8 +2,10 @@
 # Sandbox start-up benchmark: `moat run --rm IMAGE -- /bin/true` end to end
 # (image in the store, layer cache warm) against `runc run` and `crun run` of
 # the bundle `moat bundle` writes for the same image, medians of N runs in
-# one invocation, ratios printed. Also: a cold-cache first run of a ~200 MB
-# image, and the memory of an idle supervisor + launcher.
+# one invocation, ratios printed, and the floor under moat: libcontainer
+# alone on that bundle (supervisor/examples/libcontainer_floor.rs). Also: a
+# cold-cache first run of a ~200 MB image, and the memory of an idle
+# supervisor + launcher.
 #
 # Needs root, hyperfine, jq, runc, crun, busybox-static (scripts/install-deps.sh).
 # Usage: tests/bench/run.sh [RUNS]   (default 50)
@@ -20,11 +22,13 @@ tgt=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 echo "building (release)..." >&2
 cargo build --release --quiet --bin moat
 cargo build --release --quiet -p moat-probe --features image --bin moat-testimage
+cargo build --release --quiet -p moat-supervisor --example libcontainer_floor
 RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=$tgt/probe-static \
   cargo build --release --quiet -p moat-probe --bin moat-probe --target "$triple"
 moat=$tgt/release/moat
 testimage=$tgt/release/moat-testimage
 probe=$tgt/probe-static/$triple/release/moat-probe
+floor=$tgt/release/examples/libcontainer_floor
 
 work=$(mktemp -d /tmp/moat-bench.XXXXXX)
 cleanup() {
@@ -43,7 +47,12 @@ hyperfine -N --warmup 3 --runs "$runs" --export-json "$work/moat.json" \
   "$moat run --rm bench -- /bin/true" >/dev/null 2>&1
 hyperfine -N --warmup 3 --runs "$runs" --export-json "$work/runc.json" \
   "runc --root $work/runc run --bundle $work/bundle bench-runc" >/dev/null 2>&1
+# The floor: libcontainer alone (its default executor, nothing of moat's)
+# creating, starting, waiting for and deleting the same bundle.
+hyperfine -N --warmup 3 --runs "$runs" --export-json "$work/floor.json" \
+  "$floor $work/bundle $work/floor bench-floor" >/dev/null 2>&1
 moat_ms=$(median_ms "$work/moat.json"); runc_ms=$(median_ms "$work/runc.json")
+floor_ms=$(median_ms "$work/floor.json")
 
 # crun 1.8 refuses the hybrid cgroup layout of these VMs ("cgroups in hybrid
 # mode not supported, drop all controllers from cgroupv2": the empty v2
@@ -84,5 +93,6 @@ echo "sandbox start, /bin/true, median of $runs (ms):"
 echo "  moat run --rm        $moat_ms"
 echo "  runc run             $runc_ms   (moat is $(ratio "$moat_ms" "$runc_ms")x faster)"
 echo "  crun run             $crun_ms   (moat is $(ratio "$moat_ms" "$crun_ms")x faster)$crun_note"
+echo "  libcontainer alone   $floor_ms   (the library under moat, same bundle: moat adds $(awk -v a="$moat_ms" -v b="$floor_ms" 'BEGIN { printf "%.2f", a - b }') ms)"
 echo "cold layer cache, first run of a ${big_size} MB store image: ${cold_s} s (warm: ${warm_big} s)"
 echo "idle supervisor RSS: ${sup_kb} KiB, launcher RSS: ${launcher_kb} KiB"

@@ -15,7 +15,7 @@ pub mod identity;
 pub(crate) mod inspect;
 mod proxy;
 pub mod revisions;
-mod splice;
+pub mod splice;
 pub mod ssrf;
 
 use crate::netpolicy::{Compiled, Network};
