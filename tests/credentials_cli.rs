@@ -260,15 +260,7 @@ fn a_closed_stderr_does_not_stop_a_command() {
     let dir = home.join("credentials");
     ok(&home, &["set", "openai"], Some(SECRET), &[]);
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-    let mut child = moat(&home)
-        .args(["credentials", "rm", "openai"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stderr.take());
-    let status = child.wait().unwrap();
+    let status = common::status_with_stderr_gone(moat(&home).args(["credentials", "rm", "openai"]));
     assert_eq!(status.code(), Some(0), "moat credentials rm with a closed stderr");
     assert_eq!(mode(&dir), 0o700, "the store's mode was not repaired");
     assert!(!dir.join("openai").exists(), "the credential was not removed");

@@ -1,6 +1,7 @@
 //! Sandbox lifecycle through the `moat` binary: exit codes, stdin, detached
 //! runs with ls/exec/logs/stop/rm, supervisor death, two sandboxes side by
 //! side, and that nothing (process, mount, cgroup, runtime state) is left.
+mod common;
 mod sandbox_common;
 use sandbox_common::*;
 use std::io::Write;
@@ -281,17 +282,9 @@ fn a_closed_stderr_does_not_stop_the_cleanup() {
     // `moat run ... 2>&1 | head`: the reader is gone before moat logs its last
     // lines. The run must still finish and remove its sandbox.
     let w = World::new();
-    let mut child = w
-        .moat()
-        .env("RUST_LOG", "debug")
-        .args(["run", "--rm", "--name", "noerr", &w.image, "--", "true"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stderr.take());
-    let status = child.wait().unwrap();
+    let status = common::status_with_stderr_gone(
+        w.moat().env("RUST_LOG", "debug").args(["run", "--rm", "--name", "noerr", &w.image, "--", "true"]),
+    );
     assert!(status.success(), "moat run exited with {status} when its stderr closed");
     assert_eq!(w.ok(&["ls", "--json"]).trim(), "[]", "the --rm sandbox's record is left");
     assert!(!w.run_dir().join("containers/moat-noerr").exists(), "libcontainer state left");

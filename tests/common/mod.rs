@@ -1,7 +1,7 @@
 //! Shared helpers for end-to-end tests of the `moat` binary.
 #![allow(dead_code)]
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, ExitStatus, Output, Stdio};
 
 /// The moat binary under test.
 pub fn moat_bin() -> PathBuf {
@@ -24,6 +24,15 @@ pub fn run(mut c: Command) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs with stdin and stdout empty and stderr a pipe whose reader is gone
+/// before the command writes to it (`moat ... 2>&1 | head -0`); returns how
+/// it exited.
+pub fn status_with_stderr_gone(c: &mut Command) -> ExitStatus {
+    let mut child = c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+    drop(child.stderr.take());
+    child.wait().expect("wait")
 }
 
 /// Runs and asserts success, returning stdout.
