@@ -33,8 +33,17 @@ fn run(bundle: &str, root: &str, id: &str) -> Result<u8, Box<dyn std::error::Err
         .with_systemd(false)
         .with_detach(false)
         .build()?;
-    container.start()?;
-    let pid = container.pid().ok_or("the container has no process")?;
+    let started = container
+        .start()
+        .map_err(|e| e.to_string())
+        .and_then(|()| container.pid().ok_or_else(|| "the container has no process".to_string()));
+    let pid = match started {
+        Ok(pid) => pid,
+        Err(e) => {
+            let _ = container.delete(true);
+            return Err(e.into());
+        }
+    };
     let mut status = 0;
     // SAFETY: waits for our own child (libcontainer starts the container's
     // init as a child of this process); writes only into `status`.
