@@ -86,6 +86,7 @@ impl UpNet {
         sh(&["ip", "-n", &name, "addr", "add", &format!("{ip}/30"), "dev", &peer]);
         sh(&["ip", "-n", &name, "link", "set", &peer, "up"]);
         sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        remove_at_exit(&name);
         UpNet { name, ip, host_ip, veth }
     }
 
@@ -101,6 +102,26 @@ impl UpNet {
         .join()
         .expect("netns thread")
     }
+}
+
+/// Namespaces this process made, deleted when it exits: the tests keep theirs
+/// in statics, which are never dropped.
+static AT_EXIT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn remove_at_exit(name: &str) {
+    extern "C" fn remove_all() {
+        let names = std::mem::take(&mut *AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()));
+        for n in names {
+            let _ = Command::new("ip").args(["netns", "del", &n]).output();
+        }
+    }
+    let mut names = AT_EXIT.lock().unwrap_or_else(|e| e.into_inner());
+    if names.is_empty() {
+        // SAFETY: registers a plain function with no arguments, run by libc's
+        // exit(); it only takes a lock and runs `ip`.
+        unsafe { libc::atexit(remove_all) };
+    }
+    names.push(name.to_string());
 }
 
 /// Deletes `moat-up-PID-SLOT` namespaces whose PID no longer runs (their
