@@ -3,7 +3,6 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use moat_supervisor::redact::{redact, RedactingWriter};
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -128,8 +127,7 @@ fn main() -> ExitCode {
     match dispatch(cli.cmd, &g) {
         Ok(code) => code,
         Err(e) => {
-            // Not eprintln!: a closed stderr must not turn the error into a panic.
-            let _ = writeln!(std::io::stderr(), "{}", redact(&format!("moat: error: {e:#}")));
+            say!("{}", redact(&format!("moat: error: {e:#}")));
             ExitCode::from(2)
         }
     }
