@@ -47,3 +47,40 @@ pub fn store_dir(explicit: Option<&Path>) -> PathBuf {
 pub fn project_root(start: &Path) -> Option<PathBuf> {
     start.ancestors().find(|p| p.join("blueprints").is_dir()).map(Path::to_path_buf)
 }
+
+/// A name that breaks the sandbox-name rule of [`check_sandbox_name`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid sandbox name {0:?}: use 1-63 of a-z A-Z 0-9 _ . - (not starting with . or -)")]
+pub struct BadSandboxName(pub String);
+
+/// The one sandbox-name rule. A sandbox name becomes one path component
+/// under MOAT_HOME (`sandboxes/NAME`, `snapshots/refs/NAME`) and a cgroup
+/// (`/moat/NAME`), so it is a closed alphabet, never a path: 1-63 of
+/// `a-z A-Z 0-9 _ . -`, not starting with `.` or `-`. The supervisor's
+/// sandbox state and the snapshot repository both check names with it.
+pub fn check_sandbox_name(name: &str) -> Result<(), BadSandboxName> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with(['.', '-'])
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(BadSandboxName(name.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_names_are_a_closed_alphabet() {
+        for ok in ["a", "agent-1", "A_b.c", &"x".repeat(63)] {
+            assert!(check_sandbox_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", ".hidden", "-x", "a/b", "../x", "a b", "ü", &"x".repeat(64)] {
+            assert_eq!(check_sandbox_name(bad), Err(BadSandboxName(bad.into())), "{bad}");
+        }
+    }
+}

@@ -3,10 +3,10 @@
 //! corruption in transit: import verifies the manifest against its digest and
 //! every chunk against its sha256 before anything becomes visible, and
 //! refuses unknown or unsafe member names.
-use super::chunks::decode_chunk;
-use super::manifest::Manifest;
-use super::repo::{sha256_hex, Record, Repo};
-use super::{io_err, SnapshotError};
+use crate::chunks::decode_chunk;
+use crate::manifest::Manifest;
+use crate::repo::{sha256_hex, Record, Repo};
+use crate::{io_err, SnapshotError};
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -127,7 +127,7 @@ pub fn store(repo: &Repo, imp: Imported) -> Result<(String, Record), SnapshotErr
     if !missing.is_empty() {
         return Err(bad(format!("{} chunk(s) missing: {}", missing.len(), missing.join(", "))));
     }
-    let w = super::chunks::ChunkWriter::new(repo);
+    let w = crate::chunks::ChunkWriter::new(repo);
     for (id, stored, _) in &chunks {
         // Stored as they came (verified above): no second compression.
         w.put_stored(id, stored)?;

@@ -11,7 +11,7 @@
 //! then per chunk its 32-byte id, u64 LE offset of the codec byte and u32 LE
 //! length, then the sha256 of everything before it. A pack is named by the
 //! sha256 of its index's bytes, so equal names mean equal contents.
-use super::{io_err, SnapshotError};
+use crate::{io_err, SnapshotError};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::fs;

@@ -4,7 +4,7 @@
 //! part of it, so identical content always yields the identical digest.
 //! Guards against path tricks on restore: every path is checked to be
 //! relative, normalised and free of `..` before it is used.
-use super::SnapshotError;
+use crate::SnapshotError;
 use serde::{Deserialize, Serialize};
 
 /// The format string every manifest carries.

@@ -2,7 +2,7 @@
 //! is consistent (no file torn by a concurrent write), and always thaws it
 //! again (on drop, so also on error or panic). The cgroup is the one the
 //! launcher asks for: `/moat/NAME` under the v2 root or the v1 freezer.
-use super::SnapshotError;
+use crate::SnapshotError;
 use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -29,7 +29,7 @@ pub fn control_file(name: &str) -> Option<(PathBuf, bool)> {
 
 /// Freezes sandbox `name` and waits until every task is frozen.
 pub fn freeze(name: &str) -> Result<Frozen, SnapshotError> {
-    crate::state::check_name(name).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+    moat_builder::home::check_sandbox_name(name)?;
     let (control, v2) = control_file(name)
         .ok_or_else(|| err(&PathBuf::from(format!("/sys/fs/cgroup/moat/{name}")), "no cgroup for this sandbox"))?;
     fs::write(&control, if v2 { "1" } else { "FROZEN" }).map_err(|e| err(&control, e.to_string()))?;

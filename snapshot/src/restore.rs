@@ -6,10 +6,10 @@
 //! leaves the destination untouched, a crash at any point leaves either the
 //! old or the new tree in place (never a mix), and the previous contents are
 //! kept as a `pre-restore` snapshot so a restore can be undone.
-use super::backup::{backup_dir, BackupOptions};
-use super::manifest::{Entry, Kind};
-use super::repo::{sync_dir, Repo};
-use super::{io_err, SnapshotError};
+use crate::backup::{backup_dir, BackupOptions};
+use crate::manifest::{Entry, Kind};
+use crate::repo::{sync_dir, Repo};
+use crate::{io_err, SnapshotError};
 use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::fs;

@@ -4,10 +4,10 @@
 //! after one syncfs has made them durable, so a name in the index always has
 //! durable bytes behind it) and silent corruption (every chunk is checked
 //! against its sha256 on every read). Chunks live in packs
-//! ([`super::pack`]); loose chunk files of v1 repositories are still read.
-use super::pack::{self, Building, Built, ChunkId, Entry, Index, Loc};
-use super::repo::{sha256_hex, sync_dir, Repo};
-use super::{io_err, SnapshotError};
+//! ([`crate::pack`]); loose chunk files of v1 repositories are still read.
+use crate::pack::{self, Building, Built, ChunkId, Entry, Index, Loc};
+use crate::repo::{sha256_hex, sync_dir, Repo};
+use crate::{io_err, SnapshotError};
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
@@ -305,7 +305,7 @@ fn compress(plain: &[u8]) -> io::Result<Vec<u8>> {
 
 /// The inverse, one context per thread.
 fn decompress(z: &[u8]) -> io::Result<Vec<u8>> {
-    with_context(&DECOMPRESSOR, zstd::bulk::Decompressor::new, |d| d.decompress(z, super::backup::MAX_CHUNK as usize))
+    with_context(&DECOMPRESSOR, zstd::bulk::Decompressor::new, |d| d.decompress(z, crate::backup::MAX_CHUNK as usize))
 }
 
 /// Plain bytes from stored bytes (codec byte + payload).

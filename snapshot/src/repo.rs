@@ -1,10 +1,10 @@
 //! The snapshot repository on disk: manifests named by their own sha256,
-//! per-sandbox records, the stat cache and a lock (chunks: [`super::chunks`]).
+//! per-sandbox records, the stat cache and a lock (chunks: [`crate::chunks`]).
 //! Guards against torn or corrupt data: every write is temp file + fsync +
 //! rename, every read is verified against its name, and `gc` takes the lock
 //! exclusively so it never races a backup.
-use super::manifest::Manifest;
-use super::{io_err, SnapshotError};
+use crate::manifest::Manifest;
+use crate::{io_err, SnapshotError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,7 +53,7 @@ pub type StatCache = BTreeMap<String, CacheEntry>;
 
 pub struct Repo {
     pub(super) root: PathBuf,
-    pub(super) store: super::chunks::ChunkStore,
+    pub(super) store: crate::chunks::ChunkStore,
 }
 
 /// A held lock on the repository (released on drop).
@@ -83,7 +83,7 @@ impl Repo {
         if fs::read(&note).ok().as_deref() != Some(FORMAT_NOTE) {
             write_atomic(&note, FORMAT_NOTE)?;
         }
-        Ok(Repo { root: root.to_path_buf(), store: super::chunks::ChunkStore::new(root) })
+        Ok(Repo { root: root.to_path_buf(), store: crate::chunks::ChunkStore::new(root) })
     }
 
     pub fn root(&self) -> &Path {
@@ -148,7 +148,7 @@ impl Repo {
     }
 
     pub fn add_record(&self, r: &Record) -> Result<(), SnapshotError> {
-        crate::state::check_name(&r.sandbox).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+        moat_builder::home::check_sandbox_name(&r.sandbox)?;
         let dir = self.root.join("refs").join(&r.sandbox);
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let bytes = serde_json::to_vec_pretty(r).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
@@ -157,7 +157,7 @@ impl Repo {
 
     /// A sandbox's records, oldest first.
     pub fn records(&self, sandbox: &str) -> Result<Vec<Record>, SnapshotError> {
-        crate::state::check_name(sandbox).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+        moat_builder::home::check_sandbox_name(sandbox)?;
         let dir = self.root.join("refs").join(sandbox);
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
@@ -207,7 +207,7 @@ impl Repo {
         let mut out = Vec::new();
         for e in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
             if let Some(n) = e.file_name().to_str() {
-                if crate::state::check_name(n).is_ok() {
+                if moat_builder::home::check_sandbox_name(n).is_ok() {
                     out.extend(self.records(n)?);
                 }
             }

@@ -35,6 +35,8 @@ pub enum SnapshotError {
     Io { path: PathBuf, source: io::Error },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    BadName(#[from] moat_builder::home::BadSandboxName),
     #[error("no snapshot {0:?} (see `moat snapshots NAME`)")]
     Unknown(String),
     #[error("{path}: corrupt: {reason}")]

@@ -5,9 +5,9 @@
 //! partial backups (the manifest is written only after every chunk it names
 //! is durable) and secret leakage (credential-like files are reported and,
 //! on request, left out).
-use super::manifest::{Entry, Kind, Manifest};
-use super::repo::{CacheEntry, Record, Repo, StatCache};
-use super::{io_err, secrets, SnapshotError};
+use crate::manifest::{Entry, Kind, Manifest};
+use crate::repo::{CacheEntry, Record, Repo, StatCache};
+use crate::{io_err, secrets, SnapshotError};
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -47,7 +47,7 @@ struct Found {
 
 /// Backs up `src` into `repo`; records it under `opts.sandbox`.
 pub fn backup_dir(repo: &Repo, src: &Path, opts: &BackupOptions) -> Result<BackupReport, SnapshotError> {
-    crate::state::check_name(&opts.sandbox).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+    moat_builder::home::check_sandbox_name(&opts.sandbox)?;
     let _lock = repo.lock(false)?;
     let excludes = build_globs(&opts.exclude)?;
     let root_meta = fs::symlink_metadata(src).map_err(io_err(src))?;
@@ -145,7 +145,7 @@ pub fn backup_dir(repo: &Repo, src: &Path, opts: &BackupOptions) -> Result<Backu
     }
 
     // Read, chunk, hash, compress and store the changed files in parallel.
-    let writer = super::chunks::ChunkWriter::new(repo);
+    let writer = crate::chunks::ChunkWriter::new(repo);
     let results = read_files(&writer, &found, &to_read, opts.exclude_secrets)?;
     let (mut new_chunks, mut new_bytes) = (0, 0);
     let mut dropped_leaders = Vec::new();
@@ -288,7 +288,7 @@ struct FileResult {
 }
 
 fn read_files(
-    repo: &super::chunks::ChunkWriter,
+    repo: &crate::chunks::ChunkWriter,
     found: &[Found],
     idx: &[usize],
     exclude_secrets: bool,
@@ -379,7 +379,7 @@ fn open_nofollow(p: &Path) -> std::io::Result<fs::File> {
 }
 
 fn store_file(
-    repo: &super::chunks::ChunkWriter,
+    repo: &crate::chunks::ChunkWriter,
     f: &Found,
     exclude_secrets: bool,
     window: &mut [u8],
@@ -414,7 +414,7 @@ fn store_file(
             prev_tail.clear();
             prev_tail.extend_from_slice(&data[data.len().saturating_sub(128)..]);
         }
-        let id = super::repo::sha256_hex(data);
+        let id = crate::repo::sha256_hex(data);
         if let Some(n) = repo.put(&id, data)? {
             new_chunks += 1;
             new_bytes += n;

@@ -1,5 +1,5 @@
 //! Snapshots as OCI artifacts: `moat snapshot push` wraps one snapshot's
-//! export file (see [`super::archive`]) in an OCI image manifest with
+//! export file (see [`crate::archive`]) in an OCI image manifest with
 //! `artifactType` `application/vnd.moat.snapshot.v1` (OCI image spec 1.1
 //! artifact guidance: empty config, one layer) and pushes it with the
 //! registry client; `moat snapshot pull` fetches such a manifest by digest and
@@ -7,9 +7,9 @@
 //! pull is pinned by digest and every blob is verified by the registry client,
 //! then every chunk again by the import), and being fed something else (any
 //! manifest that is not a moat snapshot is refused, naming what it is).
-use super::archive;
-use super::repo::{Record, Repo};
-use super::SnapshotError;
+use crate::archive;
+use crate::repo::{Record, Repo};
+use crate::SnapshotError;
 use moat_builder::build::rfc3339;
 use moat_builder::cjson;
 use moat_builder::oci::{Descriptor, Manifest, MEDIA_MANIFEST};
