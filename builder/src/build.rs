@@ -3,8 +3,7 @@
 //! the moat format reach the output bytes; inputs that differ from the lock
 //! are refused before any archive work, outputs that differ are never named.
 use crate::blueprint::{BaseRef, Loaded, SourceKind, FIXED_PATH};
-use crate::digest::{Digest, HashingWriter};
-use crate::gz::ParGz;
+use crate::digest::Digest;
 use crate::lock::{self, Difference, Lock, LockedBase, LockedImage, LockedInput, LockedLayer};
 use crate::oci::{self, Descriptor, History, ImageConfig, Manifest, RootFs};
 use crate::store::{Store, StoreError};
@@ -12,7 +11,7 @@ use crate::tar_in::{self, Overrides};
 use crate::tree::Tree;
 use crate::{cjson, fetch, fixups, layer_cache, local, strip};
 use std::collections::BTreeMap;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +34,8 @@ pub enum BuildError {
     Archive { layer: String, source: tar_in::ArchiveError },
     #[error("layer {layer}: {msg}")]
     Layer { layer: String, msg: String },
-    #[error("writing layer {layer}: {source}")]
-    Write { layer: String, source: io::Error },
+    #[error(transparent)]
+    Write(#[from] crate::layer_write::WriteError),
     #[error("{diff}")]
     Differs { diff: Difference },
     #[error("base image: {0}")]
@@ -380,30 +379,6 @@ fn add_entry(tree: &mut Tree, spec: &crate::blueprint::EntrySpec, inp: &Input) -
             Ok(())
         }
     }
-}
-
-/// Archives `tree` into a gzip layer blob; returns (descriptor, diff_id).
-pub fn write_layer(store: &Store, tree: &mut Tree, epoch: u64, name: &str) -> Result<(Descriptor, Digest), BuildError> {
-    tree.add_parents();
-    tree.check_hardlinks().map_err(|e| BuildError::Layer { layer: name.into(), msg: e.to_string() })?;
-    let werr = |source: io::Error| BuildError::Write { layer: name.into(), source };
-    let blob = store.blob_writer()?;
-    let mut raw = HashingWriter::new(ParGz::new(blob));
-    crate::tar_out::write_tree(tree, epoch, &mut raw).map_err(werr)?;
-    raw.flush().map_err(werr)?;
-    let (gz, diff_id, _) = raw.finish();
-    let blob = gz.finish().map_err(werr)?;
-    let (digest, size) = blob.commit(None)?;
-    Ok((
-        Descriptor {
-            media_type: oci::MEDIA_LAYER_GZIP.into(),
-            digest,
-            size,
-            annotations: BTreeMap::new(),
-            platform: None,
-        },
-        diff_id,
-    ))
 }
 
 type BaseParts = (Vec<Layer>, Option<ImageConfig>, Option<LockedBase>);

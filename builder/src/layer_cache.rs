@@ -3,8 +3,8 @@
 //! does no archive work. A hit is used only if the blob is in the store;
 //! entries are written atomically and a bad entry is ignored, never trusted
 //! over the inputs.
-use crate::build::{write_layer, BuildError};
 use crate::digest::Digest;
+use crate::layer_write::{write_layer, WriteError};
 use crate::oci::Descriptor;
 use crate::store::Store;
 use crate::tree::Tree;
@@ -45,13 +45,13 @@ impl<'a> LayerCache<'a> {
     }
 
     /// The layer for `key`: from the cache, or made by `make` and archived.
-    pub fn get_or_build(
+    pub fn get_or_build<E: From<WriteError>>(
         &self,
         key: &Digest,
-        make: impl FnOnce() -> Result<Option<Tree>, BuildError>,
+        make: impl FnOnce() -> Result<Option<Tree>, E>,
         epoch: u64,
         name: &str,
-    ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
+    ) -> Result<Option<(Descriptor, Digest)>, E> {
         if let Some(e) = self.lookup(key) {
             tracing::debug!(layer = name, key = %key, "layer cache hit");
             return Ok(e.layer);

@@ -12,6 +12,7 @@ pub mod gz;
 pub mod home;
 pub mod layer_cache;
 pub mod layer_read;
+pub mod layer_write;
 pub mod lint;
 pub mod local;
 pub mod lock;
