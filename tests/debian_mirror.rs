@@ -3,7 +3,7 @@
 //! layer materializes from it, and the image has what agents need and no
 //! toolchain. Needs the host's apt configuration (or MOAT_DEBIAN_MIRROR).
 use moat_builder::debian::{self, DebianLock, DebianSpec};
-use moat_builder::tree::{Kind, Tree};
+use moat_builder::layer::tree::{Kind, Tree};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -23,7 +23,7 @@ fn committed_lock() -> Option<DebianLock> {
 }
 
 /// Flattens layers (later layers win) into one view of the root filesystem.
-fn flatten(trees: &[Tree]) -> BTreeMap<String, moat_builder::tree::Entry> {
+fn flatten(trees: &[Tree]) -> BTreeMap<String, moat_builder::layer::tree::Entry> {
     let mut m = BTreeMap::new();
     for t in trees {
         for e in t.iter() {
@@ -131,7 +131,7 @@ fn agent_packages_materialize_and_run() {
     let trees: Vec<Tree> = layers.iter().map(|l| debian::materialize(l, &lock).expect("materialize")).collect();
     let fs = flatten(&trees);
     let file = |p: &str| match fs.get(p).map(|e| &e.kind) {
-        Some(Kind::File { content: moat_builder::tree::Content::Bytes(b), .. }) => b.to_vec(),
+        Some(Kind::File { content: moat_builder::layer::tree::Content::Bytes(b), .. }) => b.to_vec(),
         other => panic!("{p}: expected a file, got {other:?}"),
     };
     for exe in [
@@ -217,14 +217,14 @@ fn agent_packages_materialize_and_run() {
 }
 
 /// Writes a flattened tree to `dir` (as root: owners and modes kept).
-fn unpack(fs: &BTreeMap<String, moat_builder::tree::Entry>, dir: &Path) {
+fn unpack(fs: &BTreeMap<String, moat_builder::layer::tree::Entry>, dir: &Path) {
     use std::os::unix::fs::{chown, symlink, PermissionsExt};
     std::fs::create_dir_all(dir).unwrap();
     for e in fs.values() {
         let p = dir.join(&e.path);
         match &e.kind {
             Kind::Dir => std::fs::create_dir_all(&p).unwrap(),
-            Kind::File { content: moat_builder::tree::Content::Bytes(b), .. } => std::fs::write(&p, &b[..]).unwrap(),
+            Kind::File { content: moat_builder::layer::tree::Content::Bytes(b), .. } => std::fs::write(&p, &b[..]).unwrap(),
             Kind::File { .. } => panic!("{}: unexpected host-path content", e.path),
             Kind::Symlink(t) => symlink(t, &p).unwrap(),
             Kind::Hardlink(t) => std::fs::hard_link(dir.join(t), &p).unwrap(),

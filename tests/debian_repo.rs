@@ -8,7 +8,7 @@ mod debian_common;
 
 use debian_common::{serve, Pkg, Repo};
 use moat_builder::debian::{self, DebianError, DebianSpec, KeyringSpec};
-use moat_builder::tree::Kind;
+use moat_builder::layer::tree::Kind;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -149,7 +149,7 @@ fn lock_and_build_with_alternatives_and_provides() {
     assert_eq!(all["etc/alternatives/awk"].kind, Kind::Symlink("/usr/bin/mawk".into()));
     assert!(all.contains_key("var/lib/dpkg/info/libfoo:amd64.list"), "Multi-Arch: same gets the :amd64 suffix");
     match &all["var/lib/dpkg/status"].kind {
-        Kind::File { content: moat_builder::tree::Content::Bytes(b), .. } => {
+        Kind::File { content: moat_builder::layer::tree::Content::Bytes(b), .. } => {
             let s = String::from_utf8_lossy(b);
             assert_eq!(s.matches("Status: install ok installed").count(), 4);
         }

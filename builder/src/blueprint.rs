@@ -3,7 +3,7 @@
 //! references without a digest, destinations escaping the root and bad
 //! modes are errors that name file:line:column.
 use crate::digest::Digest;
-use crate::tree;
+use crate::layer::tree;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;

@@ -3,7 +3,7 @@
 //! CI proof that what the lock says is what the sources make.
 use crate::blueprint::Loaded;
 use crate::build::{self, BuildError, Options};
-use crate::layer_read::{self, Listed};
+use crate::layer::read::{self as layer_read, Listed};
 use crate::lock::{self, Difference, Lock};
 use crate::oci::{Descriptor, MEDIA_LAYER_GZIP};
 use crate::store::Store;

@@ -2,17 +2,29 @@
 //! store. Guards the determinism contract: only the blueprint, the lock and
 //! the moat format reach the output bytes; inputs that differ from the lock
 //! are refused before any archive work, outputs that differ are never named.
-use crate::blueprint::{BaseRef, Loaded, SourceKind, FIXED_PATH};
+//! This file runs the stages in order and decides what is refused; the
+//! stages live beside it (`inputs`, `base`, `fixups`, `image`).
+mod base;
+mod fixups;
+mod image;
+mod inputs;
+mod local;
+mod progress;
+
+pub use base::copy_blob;
+pub use image::rfc3339;
+
+use crate::blueprint::Loaded;
 use crate::digest::Digest;
-use crate::lock::{self, Difference, Lock, LockedBase, LockedImage, LockedInput, LockedLayer};
-use crate::oci::{self, Descriptor, History, ImageConfig, Manifest, RootFs};
+use crate::layer::cache::LayerCache;
+use crate::layer::tree::Tree;
+use crate::lock::{self, Difference, Lock, LockedImage, LockedInput, LockedLayer};
+use crate::oci::Descriptor;
 use crate::store::{Store, StoreError};
-use crate::tar_in::{self, Overrides};
-use crate::tree::Tree;
-use crate::{cjson, fetch, fixups, layer_cache, local, strip};
-use std::collections::BTreeMap;
-use std::io;
-use std::path::{Path, PathBuf};
+use crate::{cjson, fetch, strip};
+use inputs::Input;
+use progress::Progress;
+use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -23,7 +35,7 @@ pub enum BuildError {
     #[error("{0}")]
     Lock(#[from] lock::LockError),
     #[error("{0}")]
-    Read(#[from] crate::layer_read::ReadError),
+    Read(#[from] crate::layer::read::ReadError),
     #[error("{0}")]
     Fetch(#[from] fetch::FetchError),
     #[error("{0}")]
@@ -31,11 +43,11 @@ pub enum BuildError {
     #[error("{0}")]
     Users(#[from] fixups::FixupError),
     #[error("layer {layer}: {source}")]
-    Archive { layer: String, source: tar_in::ArchiveError },
+    Archive { layer: String, source: crate::layer::tar_in::ArchiveError },
     #[error("layer {layer}: {msg}")]
     Layer { layer: String, msg: String },
     #[error(transparent)]
-    Write(#[from] crate::layer_write::WriteError),
+    Write(#[from] crate::layer::write::WriteError),
     #[error("{diff}")]
     Differs { diff: Difference },
     #[error("base image: {0}")]
@@ -66,17 +78,6 @@ struct Layer {
     desc: Descriptor,
     diff_id: Digest,
     created_by: String,
-}
-
-/// A resolved input of one blueprint entry.
-enum Resolved {
-    Local(local::Scanned),
-    Archive(PathBuf),
-}
-
-struct Input {
-    locked: LockedInput,
-    resolved: Resolved,
 }
 
 /// What a build is for.
@@ -117,9 +118,9 @@ fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildErr
     }
     let epoch = l.bp.epoch;
     progress.step("base image");
-    let (base_layers, base_config, locked_base) = base(l, &opts.store, opts.progress)?;
+    let (base_layers, base_config, locked_base) = base::base(l, &opts.store, opts.progress)?;
     progress.step("hashing inputs");
-    let inputs = resolve_inputs(l, opts)?;
+    let inputs = inputs::resolve_inputs(l, opts)?;
     if let Some(exp) = expect {
         let locked: Vec<LockedInput> = inputs.iter().map(|i| i.locked.clone()).collect();
         if let Some(diff) = lock::input_difference(exp, &locked) {
@@ -130,7 +131,7 @@ fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildErr
     let stripper = strip::Stripper::new(&strip_paths, l.bp.strip.toolchain)?;
     let strip_key = serde_json::json!({"paths": &strip_paths, "toolchain": l.bp.strip.toolchain});
     let mut asm = Assembler {
-        cache: layer_cache::LayerCache::new(opts.layer_cache.clone(), &opts.store),
+        cache: LayerCache::new(opts.layer_cache.clone(), &opts.store),
         progress: &progress,
         epoch,
         layers: base_layers.clone(),
@@ -164,7 +165,7 @@ fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildErr
         asm.add(&name, format!("moat: layer {name}"), what, || {
             let mut tree = Tree::new();
             for (e, inp) in spec.entries.iter().zip(&mine) {
-                add_entry(&mut tree, e.get_ref(), inp).map_err(|msg| BuildError::Layer {
+                inputs::add_entry(&mut tree, e.get_ref(), inp).map_err(|msg| BuildError::Layer {
                     layer: name.clone(),
                     msg: format!("{}: {msg}", inp.locked.source),
                 })?;
@@ -191,7 +192,7 @@ fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildErr
     }
     let layers = asm.layers;
     progress.step("config and manifest");
-    let (config_desc, manifest_desc) = write_image(l, &opts.store, &layers, base_config, locked_base.as_ref())?;
+    let (config_desc, manifest_desc) = image::write_image(l, &opts.store, &layers, base_config, locked_base.as_ref())?;
     let lock = Lock {
         version: lock::LOCK_VERSION,
         format: lock::FORMAT,
@@ -232,7 +233,7 @@ fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildErr
 
 /// Appends layers to the image being assembled, through the layer cache.
 struct Assembler<'a> {
-    cache: layer_cache::LayerCache<'a>,
+    cache: LayerCache<'a>,
     progress: &'a Progress,
     epoch: u64,
     layers: Vec<Layer>,
@@ -287,297 +288,4 @@ fn debian_set(l: &Loaded, mode: Mode) -> Result<Option<crate::debian::DebianLock
 fn layer_key(epoch: u64, name: &str, what: &serde_json::Value) -> Digest {
     let v = serde_json::json!({"format": lock::FORMAT, "epoch": epoch, "name": name, "what": what});
     Digest::of(&cjson::to_vec(&v).unwrap_or_default())
-}
-
-fn resolve_inputs(l: &Loaded, opts: &Options) -> Result<Vec<Input>, BuildError> {
-    let mut out = Vec::new();
-    for (i, layer) in l.bp.layers.iter().enumerate() {
-        for (j, e) in layer.get_ref().entries.iter().enumerate() {
-            let spec = e.get_ref();
-            let Some((kind, src)) = spec.source() else { continue };
-            let at = format!("{} (layer[{i}].entry[{j}])", l.at(src.span()));
-            let fail = |msg: String| BuildError::Input { at: at.clone(), msg };
-            let pin = spec
-                .sha256
-                .as_ref()
-                .map(|h| Digest::parse_hex(h.get_ref().trim_start_matches("sha256:")).map_err(|e| fail(e.to_string())))
-                .transpose()?;
-            let s = src.get_ref();
-            let (digest, resolved) = match kind {
-                SourceKind::Path => {
-                    let scanned = local::scan(&l.source_path(s)).map_err(|e| fail(e.to_string()))?;
-                    (scanned.digest.clone(), Resolved::Local(scanned))
-                }
-                SourceKind::Tar | SourceKind::Deb if crate::blueprint::is_url(s) => {
-                    let pin = pin.clone().ok_or_else(|| fail("URL sources need sha256".into()))?;
-                    let p = fetch::fetch(&opts.download_cache, s, &pin)?;
-                    (pin, Resolved::Archive(p))
-                }
-                SourceKind::Tar | SourceKind::Deb => {
-                    let p = l.source_path(s);
-                    let f = std::fs::File::open(&p).map_err(|e| fail(format!("{}: {e}", p.display())))?;
-                    let (d, _) = crate::digest::digest_reader(f).map_err(|e| fail(format!("{}: {e}", p.display())))?;
-                    if let Some(pin) = &pin {
-                        if pin != &d {
-                            return Err(fail(format!(
-                                "{s} hashes to {d}, but the blueprint pins sha256 {}",
-                                pin.hex()
-                            )));
-                        }
-                    }
-                    (d, Resolved::Archive(p))
-                }
-            };
-            let kind_s = match kind {
-                SourceKind::Path => {
-                    if matches!(&resolved, Resolved::Local(sc) if sc.is_file) {
-                        "file"
-                    } else {
-                        "dir"
-                    }
-                }
-                SourceKind::Tar => "tar",
-                SourceKind::Deb => "deb",
-            };
-            out.push(Input {
-                locked: LockedInput {
-                    at: format!("layer[{i}].entry[{j}]"),
-                    source: s.clone(),
-                    kind: kind_s.into(),
-                    sha256: digest,
-                },
-                resolved,
-            });
-        }
-    }
-    Ok(out)
-}
-
-fn add_entry(tree: &mut Tree, spec: &crate::blueprint::EntrySpec, inp: &Input) -> Result<(), String> {
-    let ov = Overrides {
-        mode: spec.mode.as_ref().map(|m| m.get_ref().0),
-        dir_mode: spec.dir_mode.as_ref().map(|m| m.get_ref().0),
-        uid: spec.uid,
-        gid: spec.gid,
-    };
-    let dest = spec.dest();
-    match &inp.resolved {
-        Resolved::Local(sc) => sc.add_to(tree, &dest, spec.dest_is_dir(), ov).map_err(|e| e.to_string()),
-        Resolved::Archive(p) => {
-            let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            // Verify again after reading: the file could have changed since hashing.
-            if Digest::of(&bytes) != inp.locked.sha256 {
-                return Err("source changed while building".into());
-            }
-            if inp.locked.kind == "deb" {
-                let data = tar_in::deb_data_tar(&bytes).map_err(|e| e.to_string())?;
-                tar_in::read_tar_stream(tree, &data[..], &dest, ov).map_err(|e| e.to_string())?;
-            } else {
-                tar_in::read_tar_into(tree, &bytes, &dest, ov).map_err(|e| e.to_string())?;
-            }
-            tar_in::normalize_hardlinks(tree);
-            Ok(())
-        }
-    }
-}
-
-type BaseParts = (Vec<Layer>, Option<ImageConfig>, Option<LockedBase>);
-
-fn base(l: &Loaded, store: &Store, progress: bool) -> Result<BaseParts, BuildError> {
-    let (src, digest) = match &l.base {
-        BaseRef::Scratch => return Ok((Vec::new(), None, None)),
-        BaseRef::Layout { dir, digest } => {
-            let p = if Path::new(dir).is_absolute() { PathBuf::from(dir) } else { l.dir.join(dir) };
-            (Store::open_existing(&p)?, digest.clone())
-        }
-        BaseRef::Registry { .. } => {
-            let reference = l.bp.base.image.get_ref();
-            let digest = match &l.base {
-                BaseRef::Registry { digest, .. } => digest.clone(),
-                _ => unreachable!("matched Registry above"),
-            };
-            // Pinned by digest, so fetching it is like downloading a pinned
-            // URL: skipped when the store already holds the verified manifest.
-            if !store.has_blob(&digest) {
-                let opts = crate::registry::Options {
-                    progress,
-                    architecture: Some(l.bp.architecture.clone()),
-                    ..Default::default()
-                };
-                crate::registry::pull_image(reference, store, &opts)
-                    .map_err(|e| BuildError::Base(format!("{}: {e}", l.at(l.bp.base.image.span()))))?;
-            }
-            (store.clone(), digest)
-        }
-    };
-    let manifest = platform_manifest(&src, &digest, &l.bp.architecture)?;
-    let config: ImageConfig = src.read_json(&manifest.config.digest)?;
-    if config.rootfs.diff_ids.len() != manifest.layers.len() {
-        return Err(BuildError::Base(format!(
-            "{digest}: config lists {} diff_ids for {} layers",
-            config.rootfs.diff_ids.len(),
-            manifest.layers.len()
-        )));
-    }
-    let mut layers = Vec::new();
-    for (i, (desc, diff_id)) in manifest.layers.iter().zip(&config.rootfs.diff_ids).enumerate() {
-        copy_blob(&src, store, &desc.digest)?;
-        let mut desc = desc.clone();
-        if desc.media_type == oci::MEDIA_DOCKER_LAYER_GZIP {
-            desc.media_type = oci::MEDIA_LAYER_GZIP.into();
-        }
-        layers.push(Layer { name: format!("base-{i}"), desc, diff_id: diff_id.clone(), created_by: String::new() });
-    }
-    Ok((layers, Some(config), Some(LockedBase { image: l.bp.base.image.get_ref().clone(), manifest: digest })))
-}
-
-/// The image manifest `digest` names: itself, or for an index the linux
-/// manifest of the blueprint's architecture.
-fn platform_manifest(src: &Store, digest: &Digest, arch: &str) -> Result<Manifest, BuildError> {
-    let v: serde_json::Value = src.read_json(digest)?;
-    if v.get("manifests").is_none() {
-        return serde_json::from_value(v)
-            .map_err(|e| BuildError::Base(format!("{digest}: not an image manifest: {e}")));
-    }
-    let index: oci::Index =
-        serde_json::from_value(v).map_err(|e| BuildError::Base(format!("{digest}: bad index: {e}")))?;
-    let pick = index
-        .manifests
-        .iter()
-        .find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch))
-        .ok_or_else(|| BuildError::Base(format!("{digest}: the index has no linux/{arch} manifest")))?;
-    src.read_json(&pick.digest).map_err(BuildError::from)
-}
-
-/// Copies a verified blob from another layout into the store.
-pub fn copy_blob(src: &Store, dst: &Store, d: &Digest) -> Result<(), BuildError> {
-    if dst.has_blob(d) {
-        return Ok(());
-    }
-    let mut r = src.open_blob(d)?;
-    let mut w = dst.blob_writer()?;
-    io::copy(&mut r, &mut w).map_err(|e| BuildError::Base(format!("copying {d}: {e}")))?;
-    w.commit(Some(d))?;
-    Ok(())
-}
-
-fn write_image(
-    l: &Loaded,
-    store: &Store,
-    layers: &[Layer],
-    base: Option<ImageConfig>,
-    locked_base: Option<&LockedBase>,
-) -> Result<(Descriptor, Descriptor), BuildError> {
-    let bp = &l.bp;
-    let created = rfc3339(bp.epoch);
-    let mut cfg = base.unwrap_or_else(|| ImageConfig {
-        architecture: bp.architecture.clone(),
-        os: "linux".into(),
-        ..Default::default()
-    });
-    cfg.created = Some(created.clone());
-    cfg.architecture = bp.architecture.clone();
-    let rc = &mut cfg.config;
-    let mut env: BTreeMap<String, String> =
-        rc.env.iter().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    for (k, v) in &bp.config.env {
-        env.insert(k.clone(), v.get_ref().clone());
-    }
-    env.remove("PATH");
-    rc.env = std::iter::once(format!("PATH={FIXED_PATH}")).chain(env.iter().map(|(k, v)| format!("{k}={v}"))).collect();
-    if let Some(ep) = &bp.config.entrypoint {
-        rc.entrypoint = Some(ep.clone());
-        rc.cmd = bp.config.cmd.clone();
-    } else if let Some(cmd) = &bp.config.cmd {
-        rc.cmd = Some(cmd.clone());
-    }
-    rc.working_dir = Some(bp.config.workdir.clone().unwrap_or_else(|| "/sandbox".into()));
-    if let Some(u) = &bp.config.user {
-        rc.user = Some(u.clone());
-    } else if bp.users.contains_key("sandbox") {
-        rc.user = Some("sandbox".into());
-    }
-    rc.labels.extend(bp.config.labels.clone());
-    if let Some(s) = &bp.config.stop_signal {
-        rc.stop_signal = Some(s.clone());
-    }
-    let base_count = cfg.rootfs.diff_ids.len();
-    cfg.rootfs = RootFs { kind: "layers".into(), diff_ids: layers.iter().map(|x| x.diff_id.clone()).collect() };
-    for x in &layers[base_count.min(layers.len())..] {
-        cfg.history.push(History {
-            created: Some(created.clone()),
-            created_by: Some(x.created_by.clone()),
-            comment: None,
-            empty_layer: false,
-        });
-    }
-    let config_bytes = cjson::to_vec(&cfg).map_err(|e| BuildError::Base(e.to_string()))?;
-    let config_digest = store.put_blob(&config_bytes)?;
-    let config_desc = Descriptor {
-        media_type: oci::MEDIA_CONFIG.into(),
-        digest: config_digest,
-        size: config_bytes.len() as u64,
-        annotations: BTreeMap::new(),
-        platform: None,
-    };
-    let mut annotations = bp.annotations.clone();
-    if let Some(b) = locked_base {
-        annotations.insert("org.opencontainers.image.base.digest".into(), b.manifest.to_string());
-    }
-    let manifest = Manifest {
-        schema_version: 2,
-        artifact_type: None,
-        media_type: Some(oci::MEDIA_MANIFEST.into()),
-        config: config_desc.clone(),
-        layers: layers.iter().map(|x| x.desc.clone()).collect(),
-        annotations,
-    };
-    let mbytes = cjson::to_vec(&manifest).map_err(|e| BuildError::Base(e.to_string()))?;
-    let mdigest = store.put_blob(&mbytes)?;
-    let platform = Some(oci::Platform { architecture: cfg.architecture.clone(), os: cfg.os.clone() });
-    Ok((
-        config_desc,
-        Descriptor {
-            media_type: oci::MEDIA_MANIFEST.into(),
-            digest: mdigest,
-            size: mbytes.len() as u64,
-            annotations: BTreeMap::new(),
-            platform,
-        },
-    ))
-}
-
-/// RFC 3339 UTC time of a Unix epoch second.
-pub fn rfc3339(epoch: u64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(epoch as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
-}
-
-/// Progress on stderr while building (only when asked and stderr is a terminal).
-struct Progress(Option<indicatif::ProgressBar>);
-impl Progress {
-    fn new(enabled: bool, name: &str) -> Progress {
-        use std::io::IsTerminal;
-        if !enabled || !io::stderr().is_terminal() {
-            return Progress(None);
-        }
-        let pb = indicatif::ProgressBar::new_spinner();
-        pb.set_prefix(name.to_string());
-        pb.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {prefix}: {msg} [{elapsed}]")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        pb.enable_steady_tick(std::time::Duration::from_millis(120));
-        Progress(Some(pb))
-    }
-    fn step(&self, msg: &str) {
-        if let Some(pb) = &self.0 {
-            pb.set_message(msg.to_string());
-        }
-    }
-    fn done(&self) {
-        if let Some(pb) = &self.0 {
-            pb.finish_and_clear();
-        }
-    }
 }

@@ -3,7 +3,7 @@
 //! merged /usr. Guards against archive tricks: paths are cleaned (no `..`),
 //! devices/FIFOs are refused, hardlinks must point inside the package.
 use super::DebianError;
-use crate::tree::{clean_path, Content, Entry, Kind};
+use crate::layer::tree::{clean_path, Content, Entry, Kind};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! is sorted so the output is reproducible.
 use super::extract::{merge_usr, DebContents};
 use super::{DebianError, LockedPackage};
-use crate::tree::{clean_path, Content, Entry, Kind, Tree};
+use crate::layer::tree::{clean_path, Content, Entry, Kind, Tree};
 use md5::{Digest as _, Md5};
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -13,7 +13,7 @@ pub mod release;
 pub mod resolve;
 pub mod sbom;
 
-use crate::tree::{Entry, Tree, TreeError};
+use crate::layer::tree::{Entry, Tree, TreeError};
 use crate::Digest;
 use extract::DebContents;
 use sha2::{Digest as _, Sha256};

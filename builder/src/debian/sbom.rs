@@ -123,7 +123,7 @@ pub fn image_sbom(store: &crate::Store, reference: &str) -> Result<Value, super:
     let img = store.resolve(reference).map_err(|e| err(e.to_string()))?;
     let m = store.manifest(&img.manifest.digest).map_err(|e| err(e.to_string()))?;
     let want = |p: &str| p == super::SBOM_DATA;
-    let view = crate::layer_read::merged(store, &m.layers, &want).map_err(|e| err(e.to_string()))?;
+    let view = crate::layer::read::merged(store, &m.layers, &want).map_err(|e| err(e.to_string()))?;
     let data = view.get(super::SBOM_DATA).and_then(|e| e.data.clone()).ok_or_else(|| {
         err(format!("the image has no /{} (it was not built from a [debian] table)", super::SBOM_DATA))
     })?;

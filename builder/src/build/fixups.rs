@@ -3,11 +3,11 @@
 //! is never root and never collides with an existing id) and whiteouts that
 //! remove stripped toolchain paths from a base image.
 use crate::blueprint::UserSpec;
-use crate::layer_read::{self, ReadError};
+use crate::layer::read::{self as layer_read, ReadError};
+use crate::layer::tree::{Entry, Tree};
 use crate::oci::Descriptor;
 use crate::store::Store;
 use crate::strip::Stripper;
-use crate::tree::{Entry, Tree};
 use std::collections::BTreeMap;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +17,7 @@ pub enum FixupError {
     #[error("[users] {user}: {msg}")]
     User { user: String, msg: String },
     #[error("{0}")]
-    Tree(#[from] crate::tree::TreeError),
+    Tree(#[from] crate::layer::tree::TreeError),
 }
 
 const DEFAULT_PASSWD: &str =

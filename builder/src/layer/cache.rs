@@ -4,10 +4,10 @@
 //! entries are written atomically and a bad entry is ignored, never trusted
 //! over the inputs.
 use crate::digest::Digest;
-use crate::layer_write::{write_layer, WriteError};
+use crate::layer::tree::Tree;
+use crate::layer::write::{write_layer, WriteError};
 use crate::oci::Descriptor;
 use crate::store::Store;
-use crate::tree::Tree;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 

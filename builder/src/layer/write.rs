@@ -3,10 +3,10 @@
 //! way. Guards the determinism contract (the bytes depend only on the tree and
 //! the epoch) and refuses hardlinks that do not resolve inside the layer.
 use crate::digest::{Digest, HashingWriter};
-use crate::gz::ParGz;
+use crate::layer::gz::ParGz;
+use crate::layer::tree::{Tree, TreeError};
 use crate::oci::{self, Descriptor};
 use crate::store::{Store, StoreError};
-use crate::tree::{Tree, TreeError};
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
@@ -27,7 +27,7 @@ pub fn write_layer(store: &Store, tree: &mut Tree, epoch: u64, name: &str) -> Re
     let werr = |source: io::Error| WriteError::Io { layer: name.into(), source };
     let blob = store.blob_writer()?;
     let mut raw = HashingWriter::new(ParGz::new(blob));
-    crate::tar_out::write_tree(tree, epoch, &mut raw).map_err(werr)?;
+    crate::layer::tar_out::write_tree(tree, epoch, &mut raw).map_err(werr)?;
     raw.flush().map_err(werr)?;
     let (gz, diff_id, _) = raw.finish();
     let blob = gz.finish().map_err(werr)?;

@@ -6,8 +6,8 @@
 //! memory as they are hashed, so the layer holds exactly the bytes the
 //! digest covers (and the tree is read once, on all cores).
 use crate::digest::Digest;
-use crate::tar_in::Overrides;
-use crate::tree::{self, Content, Entry, Kind, Tree, TreeError};
+use crate::layer::tar_in::Overrides;
+use crate::layer::tree::{self, Content, Entry, Kind, Tree, TreeError};
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 use std::fs;

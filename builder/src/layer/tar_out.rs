@@ -3,7 +3,7 @@
 //! xattrs), one mtime (the blueprint epoch), empty uname/gname, no sparse
 //! entries. Hand-written because the tar crate's builder emits GNU long-name
 //! records and host metadata; the contract (DESIGN.md) needs byte control.
-use crate::tree::{Content, Kind, Tree};
+use crate::layer::tree::{Content, Kind, Tree};
 use std::fs::File;
 use std::io::{self, Read, Write};
 
@@ -172,7 +172,7 @@ fn set_checksum(h: &mut [u8; BLOCK]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::Entry;
+    use crate::layer::tree::Entry;
 
     fn roundtrip(tree: &Tree) -> Vec<(String, u8, Vec<u8>, Option<String>)> {
         let mut buf = Vec::new();

@@ -1,0 +1,13 @@
+//! One layer, from files to a blob and back: the in-memory tree, archives
+//! read into it, the reproducible tar and gzip it is written as, the store
+//! blob it becomes, the cache of finished layers, and reading layers back.
+//! Guards the determinism contract (the bytes depend only on the tree and
+//! the epoch) and hostile archives (paths, links and devices are checked
+//! on the way in).
+pub mod cache;
+pub mod gz;
+pub mod read;
+pub mod tar_in;
+pub mod tar_out;
+pub mod tree;
+pub mod write;
