@@ -1,12 +1,12 @@
 //! `moat credentials set|ls|rm`: provider credentials kept on the host, in
-//! `$MOAT_HOME/credentials` (`moat_supervisor::credentials`). Guards against
+//! `$MOAT_HOME/credentials` (`moat_supervisor::secrets::credentials`). Guards against
 //! a secret showing up where other users or logs can see it: it is read from
 //! stdin (without echo on a terminal) or from an environment variable, never
 //! from argv (readable in /proc), and no command prints a value. Every command
 //! first checks and repairs the store's permissions, warning about each repair.
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use moat_supervisor::credentials::{self, CredentialError, Store, MAX_SECRET};
+use moat_supervisor::secrets::credentials::{self, CredentialError, Store, MAX_SECRET};
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::process::ExitCode;
 

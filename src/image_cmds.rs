@@ -133,20 +133,20 @@ fn check_policy(path: &Path, text: &str) -> Vec<lint::Finding> {
         return at("not valid TOML".into());
     };
     if path.file_name().is_some_and(|n| n == "seccomp.toml") {
-        return match moat_supervisor::seccomp::DenyList::parse(text) {
+        return match moat_supervisor::launch::seccomp::DenyList::parse(text) {
             Ok(_) => Vec::new(),
             Err(e) => at(e.to_string()),
         };
     }
     let origin = path.display().to_string();
-    let direct_inference = |rules: &[moat_supervisor::netpolicy::NetPolicy]| -> Vec<lint::Finding> {
-        moat_supervisor::netpolicy::direct_inference(rules)
+    let direct_inference = |rules: &[moat_supervisor::policy::schema::NetPolicy]| -> Vec<lint::Finding> {
+        moat_supervisor::policy::lint::direct_inference(rules)
             .into_iter()
             .map(|w| lint::Finding { at: format!("{origin}:1:1"), msg: format!("warning: {w}") })
             .collect()
     };
     if table.contains_key("risk") && table.contains_key("policy") {
-        return match moat_supervisor::netpolicy::parse_toml::<moat_supervisor::netpolicy::Preset>(text, &origin) {
+        return match moat_supervisor::policy::schema::parse_toml::<moat_supervisor::policy::presets::Preset>(text, &origin) {
             Ok(p) => match p.policies.iter().try_for_each(|r| r.validate()) {
                 Ok(()) => direct_inference(&p.policies),
                 Err(e) => at(e.to_string()),

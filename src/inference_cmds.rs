@@ -4,8 +4,8 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use moat_supervisor::gateway::control::{self, Request};
-use moat_supervisor::inference::{self, usage::Budget, Kind, Route};
-use moat_supervisor::state::{self, Paths, Status};
+use moat_supervisor::gateway::inference::{self, usage::Budget, Kind, Route};
+use moat_supervisor::sandbox::state::{self, Paths, Status};
 use serde_json::Value;
 use std::process::ExitCode;
 
@@ -135,7 +135,7 @@ fn set(s: SetArgs) -> Result<ExitCode> {
     };
     route.validate()?;
     if let Some(c) = &route.credential {
-        moat_supervisor::credentials::Store::default_location()
+        moat_supervisor::secrets::credentials::Store::default_location()
             .get(c)
             .with_context(|| format!("credential {c} (store it with `moat credentials set {c}`)"))?;
     }

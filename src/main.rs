@@ -2,7 +2,7 @@
 //! subcommand (in the `*_cmds` files) calling the libraries.
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use moat_supervisor::redact::{redact, RedactingWriter};
+use moat_supervisor::secrets::redact::{redact, RedactingWriter};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -119,7 +119,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    moat_supervisor::redact::install_panic_hook();
+    moat_supervisor::secrets::redact::install_panic_hook();
     quiet_on_closed_stdout();
     let cli = Cli::parse();
     init_tracing(cli.quiet);

@@ -6,9 +6,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use moat_supervisor::gateway::control::{self, Request};
 use moat_supervisor::gateway::events::Event;
-use moat_supervisor::netpolicy::{self, Network};
-use moat_supervisor::redact::redact;
-use moat_supervisor::state::{self, Paths, Status};
+use moat_supervisor::policy::network::{self, Network};
+use moat_supervisor::secrets::redact::redact;
+use moat_supervisor::sandbox::state::{self, Paths, Status};
 use moat_supervisor::Policy;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
@@ -136,20 +136,20 @@ pub fn policy(a: PolicyArgs) -> Result<ExitCode> {
                 rules.len(),
                 if p.network.presets.is_empty() { "none".into() } else { p.network.presets.join(", ") }
             );
-            for w in moat_supervisor::netpolicy::lint(&rules) {
+            for w in moat_supervisor::policy::lint::lint(&rules) {
                 println!("warning: {w}");
             }
             Ok(ExitCode::SUCCESS)
         }
         PolicyCmd::Import { file, output } => {
             let text = std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
-            let imported = moat_supervisor::policy_import::import_yaml(&text, &file.display().to_string())?;
+            let imported = moat_supervisor::policy::import::import_yaml(&text, &file.display().to_string())?;
             for w in &imported.warnings {
                 say!("moat: not carried over: {w}");
             }
-            let toml = moat_supervisor::policy_import::to_toml(&imported);
+            let toml = moat_supervisor::policy::import::to_toml(&imported);
             match output {
-                Some(o) => moat_supervisor::state::write_atomic(&o, toml.as_bytes())?,
+                Some(o) => moat_supervisor::sandbox::state::write_atomic(&o, toml.as_bytes())?,
                 None => print!("{toml}"),
             }
             Ok(ExitCode::SUCCESS)

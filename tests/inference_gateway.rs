@@ -8,7 +8,7 @@ mod gateway_common;
 
 use gateway_common::engine::{self, read_head, Gw};
 use moat_supervisor::gateway::control::Request;
-use moat_supervisor::inference::{usage::Budget, Kind, Route};
+use moat_supervisor::gateway::inference::{usage::Budget, Kind, Route};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ const KEY: &str = "sk-proj-TESTKEY0123456789abcdefTESTKEY";
 
 fn gateway(credential_value: &str) -> Gw {
     let g = Gw::start("");
-    moat_supervisor::credentials::Store::at(g.dir.path().join("credentials"))
+    moat_supervisor::secrets::credentials::Store::at(g.dir.path().join("credentials"))
         .set("prov", credential_value.as_bytes())
         .unwrap();
     g

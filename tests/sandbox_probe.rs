@@ -108,7 +108,7 @@ fn pids_in(ns: &std::path::Path) -> usize {
 #[test]
 fn every_unconditionally_denied_syscall_fails_as_the_data_says() {
     let w = World::new();
-    let list = moat_supervisor::seccomp::DenyList::builtin().unwrap();
+    let list = moat_supervisor::launch::seccomp::DenyList::builtin().unwrap();
     let mut want = std::collections::BTreeMap::new();
     let mut args = vec![
         "run".to_string(),
@@ -119,7 +119,7 @@ fn every_unconditionally_denied_syscall_fails_as_the_data_says() {
         "calls".into(),
     ];
     for d in list.entries.iter().filter(|d| d.args.is_empty()) {
-        if let Some(nr) = moat_supervisor::seccomp::syscall_number(&d.syscall) {
+        if let Some(nr) = moat_supervisor::launch::seccomp::syscall_number(&d.syscall) {
             args.push(format!("{}:{nr}", d.syscall));
             want.insert(d.syscall.clone(), format!("{:?}", d.errno));
         }

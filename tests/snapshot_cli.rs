@@ -9,7 +9,7 @@ mod snap;
 
 use common::{moat, ok, run};
 use moat_supervisor::snapshot::Repo;
-use moat_supervisor::state::ProcId;
+use moat_supervisor::sandbox::state::ProcId;
 use snap::{check_repo, data, describe, every_type, sandbox};
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -18,7 +18,7 @@ use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Store(#[from] moat_builder::store::StoreError),

@@ -1,32 +1,28 @@
 //! moat-supervisor: runs images from the store as locked-down sandboxes.
 //!
+//! Rooms by layer (HACKING.md draws them):
+//! - `policy/`: the one typed policy (schema, network rules, host variables,
+//!   OpenShell import). A leaf: it imports no other room.
+//! - `sandbox/`: the supervisor side of a sandbox, where threads are allowed
+//!   (state, spec, netns, the gateway's start, doctor).
+//! - `launch/`: the single-threaded launcher and sandbox init (fork,
+//!   libcontainer, rootfs, Landlock, seccomp, tty). It imports nothing that
+//!   starts threads: `scripts/check-imports.py` enforces it.
+//! - `gateway/`: the egress gateway and the inference relay (tokio).
+//! - `secrets/`: the credential store and the redactor.
+//! - `layers`: the unpacked-layer cache, a leaf both sides read.
+//!
 //! Process tree: supervisor (`sandbox::supervise`, runs threads: gateway,
-//! tokio) -> launcher (`launcher::launch`, the only caller of libcontainer,
+//! tokio) -> launcher (`launch::launch`, the only caller of libcontainer,
 //! a single-threaded fork of the supervisor made before its first thread)
-//! -> sandbox init (`executor`: Landlock, then seccomp, then exec) -> agent.
-pub mod cgroup_warm;
-pub mod credentials;
-pub mod doctor;
-pub mod executor;
-pub mod forked_launcher;
+//! -> sandbox init (`launch::executor`: Landlock, then seccomp, then exec)
+//! -> agent.
 pub mod gateway;
-pub mod host_vars;
-pub mod inference;
-pub mod landlock;
-pub mod launcher;
+pub mod launch;
 pub mod layers;
-pub mod netns;
-pub mod netpolicy;
 pub mod policy;
-pub mod policy_import;
-pub mod redact;
-pub mod rootfs;
+pub mod report;
 pub mod sandbox;
-pub mod sandbox_net;
-pub mod seccomp;
-pub mod snapshot;
-pub mod spec;
-pub mod state;
-pub mod tty;
+pub mod secrets;
 
 pub use policy::Policy;

@@ -104,8 +104,8 @@ pub fn check_repo(repo: &moat_supervisor::snapshot::Repo) {
 
 /// Records a sandbox NAME in `home` (stopped, or running as `running`) with
 /// its moat-owned workspace; returns the workspace path.
-pub fn sandbox(home: &Path, name: &str, running: Option<moat_supervisor::state::ProcId>) -> PathBuf {
-    use moat_supervisor::state::{self, Paths, Record, Status};
+pub fn sandbox(home: &Path, name: &str, running: Option<moat_supervisor::sandbox::state::ProcId>) -> PathBuf {
+    use moat_supervisor::sandbox::state::{self, Paths, Record, Status};
     let paths = Paths { name: name.into(), home: home.join("sandboxes").join(name), run: home.join("run").join(name) };
     fs::create_dir_all(&paths.home).unwrap();
     let ws = paths.default_workspace();

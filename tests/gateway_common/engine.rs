@@ -8,7 +8,7 @@ use super::{TestCa, UpNet, Upstream};
 use moat_supervisor::gateway::{
     self, ca::Ca, control, events::EventLog, identity::Identity, revisions::RevisionStore, ssrf::Resolver, Limits,
 };
-use moat_supervisor::netpolicy::Network;
+use moat_supervisor::policy::network::Network;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -103,9 +103,9 @@ impl Gw {
             ca: Arc::new(Ca::new("t").unwrap()),
             control_socket: Some(dir.path().join("control.sock")),
             limits,
-            inference: Arc::new(moat_supervisor::inference::Inference::load(
+            inference: Arc::new(moat_supervisor::gateway::inference::Inference::load(
                 dir.path().to_path_buf(),
-                moat_supervisor::credentials::Store::at(dir.path().join("credentials")),
+                moat_supervisor::secrets::credentials::Store::at(dir.path().join("credentials")),
             )),
         };
         let h = gateway::start(config, listener).expect("gateway starts");

@@ -17,9 +17,9 @@ use time::{Duration, OffsetDateTime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
-    #[error("making the sandbox CA: {0}")]
+    #[error("making the sandbox CA")]
     Rcgen(#[from] rcgen::Error),
-    #[error("TLS configuration: {0}")]
+    #[error("TLS configuration")]
     Tls(#[from] rustls::Error),
     #[error("{0}: not a valid TLS server name")]
     Name(String),
@@ -117,7 +117,7 @@ pub fn upstream_client() -> Result<Arc<rustls::ClientConfig>, CaError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for e in &native.errors {
-        tracing::warn!(event = "system_roots", error = %e, "some system root certificates could not be read");
+        tracing::warn!(event = "system_roots", error = %crate::report::chain(&e), "some system root certificates could not be read");
     }
     let (added, _ignored) = roots.add_parsable_certificates(native.certs);
     if let Some(path) = std::env::var_os("MOAT_GATEWAY_UPSTREAM_CA").filter(|p| !p.is_empty()) {

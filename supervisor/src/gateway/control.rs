@@ -5,7 +5,7 @@
 //! sandbox changing its own policy (the socket lives outside the sandbox's
 //! filesystem and network namespace, and its mode admits only its owner).
 use super::Shared;
-use crate::netpolicy::Network;
+use crate::policy::network::Network;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
@@ -16,9 +16,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("sandbox is not running or its gateway is unreachable ({path}): {source}")]
+    #[error("sandbox is not running or its gateway is unreachable ({path})")]
     Connect { path: String, source: std::io::Error },
-    #[error("control socket: {0}")]
+    #[error("control socket")]
     Io(#[from] std::io::Error),
     #[error("control socket answered: {0}")]
     Protocol(String),
@@ -50,7 +50,7 @@ pub enum Request {
     },
     /// Switch where `inference.local` leads (live, persisted).
     InferenceSet {
-        route: Box<crate::inference::Route>,
+        route: Box<crate::gateway::inference::Route>,
     },
     /// The route and today's token usage.
     InferenceShow,
@@ -112,13 +112,13 @@ fn answer(shared: &Shared, req: Request) -> Value {
         Request::SetNetwork { network, why } => shared.set_network(*network, &why).map(|_| ()),
         Request::InferenceSet { route } => match shared.inference.set_route(*route) {
             Ok(()) => return inference(shared),
-            Err(e) => return json!({"ok": false, "error": e.to_string()}),
+            Err(e) => return json!({"ok": false, "error": crate::report::chain(&e)}),
         },
         Request::InferenceShow => return inference(shared),
     };
     match result {
         Ok(()) => status(shared),
-        Err(e) => json!({"ok": false, "error": e.to_string()}),
+        Err(e) => json!({"ok": false, "error": crate::report::chain(&e)}),
     }
 }
 

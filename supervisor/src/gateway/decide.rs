@@ -8,7 +8,8 @@ use super::events::{Decision, Event};
 use super::identity::{Caller, IdentityError};
 use super::ssrf;
 use super::Shared;
-use crate::netpolicy::{Endpoint, Match, RequestVerdict};
+use crate::policy::matcher::{Match, RequestVerdict};
+use crate::policy::schema::Endpoint;
 use std::net::SocketAddr;
 
 /// A permitted destination: the rule that allowed it and the validated addresses.
@@ -50,7 +51,7 @@ pub async fn destination(
     let caller = match caller {
         Ok(c) => c,
         Err(e) => {
-            let reason = format!("caller not identified: {e}");
+            let reason = format!("caller not identified: {}", crate::report::chain(&e));
             return Err(deny("", reason.clone(), format!("moat: egress denied: {reason}\n"), 403));
         }
     };
@@ -85,7 +86,8 @@ pub async fn destination(
         Err(e) => {
             let status =
                 if matches!(e, ssrf::SsrfError::Resolve { .. } | ssrf::SsrfError::NoAddress(..)) { 502 } else { 403 };
-            return Err(deny(&policy, e.to_string(), format!("moat: egress denied: {e}\n"), status));
+            let e = crate::report::chain(&e);
+            return Err(deny(&policy, e.clone(), format!("moat: egress denied: {e}\n"), status));
         }
     };
     // Inspected endpoints record one event per request (`request`); the rest one here.
@@ -163,7 +165,7 @@ pub fn recheck(shared: &Shared, caller: &Caller, relay: &Relay, host: &str, port
 /// (nearest first): a rule for `/usr/bin/git` covers the helpers git starts
 /// (git-remote-https), while the same helper started by a copy of git, or by
 /// a shell, matches nothing. A non-audit match beats an audit-mode one.
-fn match_caller(compiled: &crate::netpolicy::Compiled, caller: &Caller, host: &str, port: u16) -> Match {
+fn match_caller(compiled: &crate::policy::matcher::Compiled, caller: &Caller, host: &str, port: u16) -> Match {
     let mut first = None;
     for p in std::iter::once(&caller.process).chain(&caller.ancestors) {
         let m = compiled.match_destination(&p.exe, host, port);

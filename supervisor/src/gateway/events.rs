@@ -4,7 +4,7 @@
 //! Guards against silent egress: every relayed, audited or refused request
 //! leaves a record an operator can follow (`moat events -f`). Query strings
 //! are never recorded (they carry tokens).
-use crate::redact::redact;
+use crate::secrets::redact::redact;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -114,7 +114,7 @@ impl EventLog {
         if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             // One write per line with O_APPEND: readers never see half a record.
             if let Err(err) = f.write_all(&line) {
-                tracing::error!(event = "audit_log_write_failed", error = %err, "audit log write failed");
+                tracing::error!(event = "audit_log_write_failed", error = %crate::report::chain(&err), "audit log write failed");
             }
         }
     }

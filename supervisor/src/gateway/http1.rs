@@ -30,7 +30,7 @@ pub type Headers = Vec<(String, Vec<u8>)>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("i/o error: {0}")]
+    #[error("i/o error")]
     Io(#[source] std::io::Error),
     #[error("message head larger than the limit")]
     HeaderTooLarge,

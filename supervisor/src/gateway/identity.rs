@@ -24,7 +24,7 @@ pub enum IdentityError {
     HashChanged { path: String, was: String, now: String },
     #[error("{0} was deleted or replaced while running")]
     Deleted(String),
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Io { path: String, source: std::io::Error },
 }
 

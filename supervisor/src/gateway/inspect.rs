@@ -10,6 +10,7 @@ use super::decide::{self, Identified, Refusal, Relay};
 use super::events::{Decision, Event};
 use super::http1::{self, RequestHead};
 use super::identity::Caller;
+use super::inference::{is_inference_host, INFERENCE_HOST};
 use super::Shared;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +19,6 @@ use tokio::net::TcpStream;
 
 /// Longest line of a chunked body (size plus extensions).
 const MAX_CHUNK_LINE: usize = 4096;
-/// Time the upstream may take to start answering (model calls are slow).
-pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Waits up to `idle` for a request to start, then gives its head
 /// `head_timeout` to arrive whole (the slowloris bound holds for every
@@ -43,8 +42,8 @@ pub async fn read_head<R: tokio::io::AsyncBufRead + Unpin>(
         Ok(Ok(h)) => Ok(h),
         Ok(Err(http1::HttpError::Io(_) | http1::HttpError::UnexpectedEof)) => Ok(None),
         Ok(Err(e)) => {
-            tracing::info!(event = "gateway_bad_request", error = %e, "malformed request refused");
-            Err(http1::simple_response(e.status(), http1::reason(e.status()), &format!("moat: {e}\n"), true))
+            tracing::info!(event = "gateway_bad_request", error = %crate::report::chain(&e), "malformed request refused");
+            Err(http1::simple_response(e.status(), http1::reason(e.status()), &format!("moat: {}\n", crate::report::chain(&e)), true))
         }
     }
 }
@@ -81,7 +80,7 @@ fn parse_absolute(target: &str) -> Option<(String, u16, String)> {
     if authority.contains('@') {
         return None; // userinfo in a proxy target: refused, never forwarded
     }
-    let (host, port) = match super::proxy::split_authority(authority) {
+    let (host, port) = match super::upstream::split_authority(authority) {
         Some(hp) => hp,
         None => (authority.trim_start_matches('[').trim_end_matches(']').to_string(), 80),
     };
@@ -113,14 +112,14 @@ pub async fn forward(
         let target = parse_absolute(&head.target);
         // inference.local, in absolute form or (plain HTTP) by its Host header.
         let inference_path = match &target {
-            Some((host, _, path)) if host.eq_ignore_ascii_case(INFERENCE_HOST) => Some(path.clone()),
-            None if head.target.starts_with('/') && head.header("host").is_some_and(is_inference_host) => {
+            Some((host, _, path)) if is_inference_host(host) => Some(path.clone()),
+            None if head.target.starts_with('/') && head.header("host").is_some_and(|v| is_inference_host(&String::from_utf8_lossy(v))) => {
                 Some(head.target.clone())
             }
             _ => None,
         };
         if let Some(path) = inference_path {
-            if !crate::inference::relay::handle(shared, client, head, &path, proc_).await {
+            if !crate::gateway::inference::relay::handle(shared, client, head, &path, proc_).await {
                 return;
             }
             continue;
@@ -175,7 +174,7 @@ pub async fn forward(
             }
         }
         if upstream.is_none() {
-            match super::proxy::dial(shared, &relay).await {
+            match super::upstream::dial(shared, &relay).await {
                 Ok(s) => upstream = Some((host.clone(), port, relay, BufReader::new(s))),
                 Err(e) => {
                     let body = format!("moat: cannot reach {host}:{port}: {e}\n");
@@ -189,15 +188,6 @@ pub async fn forward(
             return;
         }
     }
-}
-
-/// The name the sandbox reaches its model by (its /etc/hosts points it at the gateway).
-pub const INFERENCE_HOST: &str = "inference.local";
-
-fn is_inference_host(v: &[u8]) -> bool {
-    let v = String::from_utf8_lossy(v);
-    let host = v.trim().rsplit_once(':').map(|(h, _)| h).unwrap_or(v.trim());
-    host.eq_ignore_ascii_case(INFERENCE_HOST)
 }
 
 /// `https://inference.local`: TLS terminated with a leaf for the name,
@@ -214,7 +204,7 @@ pub async fn inference_tunnel(
     loop {
         let Some(head) = next_head(shared, &mut client).await else { return };
         let path = head.target.clone();
-        if !path.starts_with('/') || !crate::inference::relay::handle(shared, &mut client, head, &path, caller).await {
+        if !path.starts_with('/') || !crate::gateway::inference::relay::handle(shared, &mut client, head, &path, caller).await {
             let _ = client.get_mut().shutdown().await;
             return;
         }
@@ -248,10 +238,10 @@ pub async fn tunnel(shared: &Arc<Shared>, client: BufReader<TcpStream>, caller: 
     };
     let server = match shared.ca.server_config(&host) {
         Ok(c) => c,
-        Err(e) => return deny_event(&e.to_string()),
+        Err(e) => return deny_event(&crate::report::chain(&e)),
     };
     let up = async {
-        let name = super::ca::server_name(&host).map_err(|e| e.to_string())?;
+        let name = super::ca::server_name(&host).map_err(|e| crate::report::chain(&e))?;
         let config = shared.upstream_tls().map_err(|e| e.to_string())?;
         let connector = tokio_rustls::TlsConnector::from(config);
         match tokio::time::timeout(shared.limits.connect_timeout, connector.connect(name, upstream)).await {
@@ -319,7 +309,7 @@ pub async fn tunnel(shared: &Arc<Shared>, client: BufReader<TcpStream>, caller: 
 fn host_header_matches(head: &RequestHead, host: &str, port: u16) -> bool {
     let Some(v) = head.header("host").and_then(|v| std::str::from_utf8(v).ok()) else { return false };
     let v = v.trim();
-    let (h, p) = match super::proxy::split_authority(v) {
+    let (h, p) = match super::upstream::split_authority(v) {
         Some((h, p)) => (h, p),
         None => (v.trim_start_matches('[').trim_end_matches(']').to_string(), 443),
     };
@@ -352,7 +342,7 @@ where
                 .write_all(&http1::simple_response(
                     e.status(),
                     http1::reason(e.status()),
-                    &format!("moat: {e}\n"),
+                    &format!("moat: {}\n", crate::report::chain(&e)),
                     true,
                 ))
                 .await;
@@ -377,7 +367,7 @@ where
         return bad_gateway(client, "the upstream closed the connection").await;
     }
     if let Err(e) = http1::copy_body(&framing, client, up.get_mut(), MAX_CHUNK_LINE).await {
-        tracing::info!(event = "gateway_request_body", error = %e, "request body relay failed");
+        tracing::info!(event = "gateway_request_body", error = %crate::report::chain(&e), "request body relay failed");
         return Flow::Close;
     }
     if up.get_mut().flush().await.is_err() {
@@ -385,9 +375,9 @@ where
     }
     let resp = loop {
         let r =
-            match tokio::time::timeout(RESPONSE_TIMEOUT, http1::read_response_head(up, shared.limits.max_head)).await {
+            match tokio::time::timeout(super::upstream::RESPONSE_TIMEOUT, http1::read_response_head(up, shared.limits.max_head)).await {
                 Err(_) => return bad_gateway(client, "the upstream did not answer in time").await,
-                Ok(Err(e)) => return bad_gateway(client, &format!("bad upstream response: {e}")).await,
+                Ok(Err(e)) => return bad_gateway(client, &format!("bad upstream response: {}", crate::report::chain(&e))).await,
                 Ok(Ok(None)) => return bad_gateway(client, "the upstream closed the connection").await,
                 Ok(Ok(Some(r))) => r,
             };
@@ -408,7 +398,7 @@ where
     }
     let rframing = match http1::response_framing(&method, &resp) {
         Ok(f) => f,
-        Err(e) => return bad_gateway(client, &format!("bad upstream response: {e}")).await,
+        Err(e) => return bad_gateway(client, &format!("bad upstream response: {}", crate::report::chain(&e))).await,
     };
     let server_close = http1::wants_close_response(&resp) || matches!(rframing, http1::Framing::UntilClose);
     let mut resp = resp;

@@ -5,6 +5,7 @@
 //! against a policy change leaving stale permissions behind: every change is
 //! a validated, durable revision, and the generation counter makes open
 //! tunnels re-check themselves.
+pub mod inference;
 pub mod body;
 pub mod ca;
 pub mod control;
@@ -17,8 +18,10 @@ mod proxy;
 pub mod revisions;
 pub mod splice;
 pub mod ssrf;
+pub mod upstream;
 
-use crate::netpolicy::{Compiled, Network};
+use crate::policy::matcher::Compiled;
+use crate::policy::network::Network;
 use events::EventLog;
 use revisions::{Approvals, Pending, RevisionStore};
 use std::path::PathBuf;
@@ -27,15 +30,15 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error("invalid network policy: {0}")]
-    Policy(#[from] crate::netpolicy::NetPolicyError),
+    #[error("invalid network policy")]
+    Policy(#[from] crate::policy::schema::NetPolicyError),
     #[error(transparent)]
     Revision(#[from] revisions::RevisionError),
     #[error(transparent)]
     Ca(#[from] ca::CaError),
     #[error(transparent)]
     Ssrf(#[from] ssrf::SsrfError),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io { what: String, source: std::io::Error },
 }
 
@@ -86,7 +89,7 @@ pub struct Config {
     pub control_socket: Option<PathBuf>,
     pub limits: Limits,
     /// Where `inference.local` leads (issue: inference gateway).
-    pub inference: Arc<crate::inference::Inference>,
+    pub inference: Arc<crate::gateway::inference::Inference>,
 }
 
 /// The revision in force.
@@ -116,7 +119,7 @@ pub struct Shared {
     /// Serialises policy changes (number allocation and the file write).
     change: Mutex<()>,
     pub limits: Limits,
-    pub inference: Arc<crate::inference::Inference>,
+    pub inference: Arc<crate::gateway::inference::Inference>,
 }
 
 impl Shared {
@@ -132,7 +135,7 @@ impl Shared {
         let built = match self.upstream_tls.get() {
             Some(built) => built,
             None => tokio::task::block_in_place(|| {
-                self.upstream_tls.get_or_init(|| ca::upstream_client().map_err(|e| e.to_string()))
+                self.upstream_tls.get_or_init(|| ca::upstream_client().map_err(|e| crate::report::chain(&e)))
             }),
         };
         built.clone().map_err(std::io::Error::other)
@@ -248,7 +251,7 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, 
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => l,
                     Err(e) => {
-                        tracing::error!(event = "gateway_failed", error = %e, "gateway socket");
+                        tracing::error!(event = "gateway_failed", error = %crate::report::chain(&e), "gateway socket");
                         return;
                     }
                 };
@@ -260,43 +263,6 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, 
         })
         .map_err(io("gateway thread"))?;
     Ok(Handle { shared, port })
-}
-
-/// Starts the gateway of the sandbox at `paths` on `listener` (inside its
-/// namespace `netns`): its CA, audit log, revisions, control socket and
-/// inference route. Returns the CA, whose certificate the sandbox trusts.
-pub fn for_sandbox(
-    paths: &crate::state::Paths,
-    network: &Network,
-    netns: &crate::netns::Netns,
-    listener: std::net::TcpListener,
-    ca: Arc<ca::Ca>,
-) -> Result<(), GatewayError> {
-    // Credentials stay on the host; their permissions are re-checked (and
-    // repaired, loudly) on every start.
-    let credentials = crate::credentials::Store::default_location();
-    match credentials.check_and_repair() {
-        Ok(warnings) => {
-            for w in warnings {
-                tracing::warn!(event = "credentials_repaired", "{w}");
-            }
-        }
-        Err(e) => tracing::warn!(event = "credentials_unusable", error = %e, "credential store check failed"),
-    }
-    let config = Config {
-        sandbox: paths.name.clone(),
-        network: network.clone(),
-        revisions: RevisionStore::at(revisions::revisions_dir(&paths.home)),
-        events: EventLog::open(&paths.audit_log()).map_err(io("audit log"))?,
-        identity: identity::Identity::for_netns_fd(netns.raw_fd()).map_err(io("sandbox netns"))?,
-        resolver: ssrf::Resolver::from_env()?,
-        ca,
-        control_socket: Some(paths.control_socket()),
-        limits: Limits::default(),
-        inference: Arc::new(crate::inference::Inference::load(paths.home.clone(), credentials)),
-    };
-    start(config, listener)?;
-    Ok(())
 }
 
 /// Each relayed connection holds two descriptors: lift the soft limit to

@@ -9,6 +9,7 @@ use super::decide::{self, Identified, Relay};
 use super::events::{Decision, Event};
 use super::http1::{self, RequestHead};
 use super::inspect::{self, Target};
+use super::upstream::{dial, split_authority};
 use super::Shared;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             Ok(c) => c,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(event = "gateway_accept_failed", error = %e, "accept failed");
+                tracing::warn!(event = "gateway_accept_failed", error = %crate::report::chain(&e), "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
@@ -79,17 +80,6 @@ async fn identify(shared: &Arc<Shared>, peer: SocketAddr, local: Option<SocketAd
         .unwrap_or(Err(super::identity::IdentityError::NotFound(peer)))
 }
 
-/// Splits a CONNECT authority `host:port` / `[v6]:port`.
-pub fn split_authority(a: &str) -> Option<(String, u16)> {
-    let (host, port) = a.rsplit_once(':')?;
-    let port: u16 = port.parse().ok().filter(|&p| p != 0)?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    if host.is_empty() || host.contains(['/', '@', ' ']) {
-        return None;
-    }
-    Some((host.to_string(), port))
-}
-
 async fn connect(shared: &Arc<Shared>, mut client: BufReader<TcpStream>, head: RequestHead, caller: Identified) {
     let Some((host, port)) = split_authority(&head.target) else {
         let _ = client
@@ -98,7 +88,7 @@ async fn connect(shared: &Arc<Shared>, mut client: BufReader<TcpStream>, head: R
             .await;
         return;
     };
-    if host.eq_ignore_ascii_case(inspect::INFERENCE_HOST) {
+    if super::inference::is_inference_host(&host) {
         if client.get_mut().write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await.is_ok() {
             inspect::inference_tunnel(shared, client, caller.as_ref().ok().map(|c| &c.process)).await;
         }
@@ -129,22 +119,6 @@ async fn connect(shared: &Arc<Shared>, mut client: BufReader<TcpStream>, head: R
     } else {
         relay_l4(shared, client, upstream, &caller, relay, &host, port).await;
     }
-}
-
-/// Connects to the first validated address that answers.
-pub async fn dial(shared: &Shared, relay: &Relay) -> std::io::Result<TcpStream> {
-    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
-    for a in &relay.addrs {
-        match tokio::time::timeout(shared.limits.connect_timeout, TcpStream::connect(a)).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                return Ok(s);
-            }
-            Ok(Err(e)) => last = e,
-            Err(_) => last = std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {a} timed out")),
-        }
-    }
-    Err(last)
 }
 
 /// Relays bytes both ways until either side closes, or until a new policy
@@ -184,20 +158,5 @@ async fn relay_l4(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn authorities() {
-        assert_eq!(split_authority("example.com:443"), Some(("example.com".into(), 443)));
-        assert_eq!(split_authority("[::1]:8443"), Some(("::1".into(), 8443)));
-        assert_eq!(split_authority("example.com"), None);
-        assert_eq!(split_authority("example.com:0"), None);
-        assert_eq!(split_authority("a@b:443"), None);
-        assert_eq!(split_authority(":443"), None);
     }
 }

@@ -4,7 +4,8 @@
 //! bounded, deduplicated list. Guards against an approval that vanishes on a
 //! restart or cannot be traced (every change is a durable, hashed revision),
 //! and against a flood of refused requests growing memory without bound.
-use crate::netpolicy::{Endpoint, Enforcement, NetPolicy, Network};
+use crate::policy::network::Network;
+use crate::policy::schema::{Endpoint, Enforcement, NetPolicy};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RevisionError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Corrupt { path: PathBuf, message: String },
@@ -79,7 +80,7 @@ impl RevisionStore {
             let io = |source| RevisionError::Io { path: dir.clone(), source };
             use std::os::unix::fs::DirBuilderExt;
             fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
-            let write = if durable { crate::state::write_atomic } else { crate::state::write_runtime };
+            let write = if durable { crate::sandbox::state::write_atomic } else { crate::sandbox::state::write_runtime };
             write(&dir.join(file_name(n)), text.as_bytes())
                 .map_err(|e| RevisionError::Corrupt { path: dir.join(file_name(n)), message: e.to_string() })?;
         }

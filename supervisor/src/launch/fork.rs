@@ -1,0 +1,182 @@
+//! The launcher's process: forked from the supervisor while the supervisor
+//! is still single-threaded, it prepares what needs no plan (its private
+//! mount namespace, the compiled seccomp filter) and then waits for the
+//! launch plan on a pipe. Guards against the libcontainer threading hazard
+//! (the fork happens before any thread exists; FIELD-NOTES.md), against a
+//! launcher outliving its supervisor (PDEATHSIG, checked against a race),
+//! and against descriptors of the supervisor leaking towards the sandbox
+//! (the child closes every one it was not given).
+//!
+//! A fork instead of a re-exec of moat saves the dynamic loader, the
+//! relocation of a large binary and the runtime start-up on the sandbox's
+//! critical path (2-3 ms on these VMs, BENCHMARKS.md).
+use crate::launch::{self as launcher, LaunchError, LaunchPlan};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+
+/// The parent's handle on a forked launcher.
+#[derive(Debug)]
+pub struct ForkedLauncher {
+    pid: i32,
+    /// Write end of the plan pipe; dropping it unsent tells the child to exit.
+    plan: Option<File>,
+    /// Read end of the report pipe (`started PID`).
+    report: Option<File>,
+    reaped: bool,
+}
+
+fn pipe() -> Result<(File, File), LaunchError> {
+    let (r, w) = nix::unistd::pipe().map_err(|e| LaunchError::Io { what: "pipe".into(), source: e.into() })?;
+    Ok((File::from(r), File::from(w)))
+}
+
+impl ForkedLauncher {
+    /// Forks the launcher. Must be called before the process starts a thread.
+    pub fn fork() -> Result<ForkedLauncher, LaunchError> {
+        launcher::ensure_single_threaded()?;
+        let (plan_r, plan_w) = pipe()?;
+        let (report_r, report_w) = pipe()?;
+        // SAFETY: getpid has no preconditions.
+        let parent = unsafe { libc::getpid() };
+        // SAFETY: the process is single-threaded (checked above), so the
+        // child inherits no lock held by another thread; it never returns
+        // into the caller (child_main ends in _exit).
+        match unsafe { libc::fork() } {
+            -1 => Err(LaunchError::Io { what: "fork of the launcher".into(), source: std::io::Error::last_os_error() }),
+            0 => {
+                drop(plan_w);
+                drop(report_r);
+                child_main(parent, plan_r, report_w)
+            }
+            pid => Ok(ForkedLauncher { pid, plan: Some(plan_w), report: Some(report_r), reaped: false }),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Hands the plan over; the launcher starts the sandbox. Returns the
+    /// pipe on which it reports `started PID` (EOF if it failed).
+    pub fn start(&mut self, plan: &LaunchPlan) -> Result<File, LaunchError> {
+        let json = serde_json::to_vec(plan).map_err(|e| LaunchError::Refused(format!("launch plan: {e}")))?;
+        let mut w = self.plan.take().ok_or_else(|| LaunchError::Refused("the launcher was already started".into()))?;
+        w.write_all(&json).map_err(|source| LaunchError::Io { what: "sending the launch plan".into(), source })?;
+        drop(w);
+        self.report.take().ok_or_else(|| LaunchError::Refused("the launcher's report was already taken".into()))
+    }
+
+    /// Waits for the launcher; its exit code (128+N when killed by signal N).
+    pub fn wait(&mut self) -> std::io::Result<i32> {
+        let mut status = 0;
+        loop {
+            // SAFETY: waitpid on our own child; writes only into `status`.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
+            if r == self.pid {
+                self.reaped = true;
+                return Ok(if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    128 + libc::WTERMSIG(status)
+                });
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINTR) {
+                return Err(err);
+            }
+        }
+    }
+}
+
+impl Drop for ForkedLauncher {
+    /// A launcher never started exits when its plan pipe closes; a started
+    /// one still running means the supervisor is failing: it is told to
+    /// kill and delete its sandbox. Either way it is reaped.
+    fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        if self.plan.take().is_none() {
+            // SAFETY: kill of our own child, not yet reaped (its pid cannot be reused).
+            unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        }
+        let _ = self.wait();
+    }
+}
+
+/// The child: never returns.
+fn child_main(parent: i32, plan_r: File, report_w: File) -> ! {
+    // SAFETY: prctl/getppid with integer arguments only.
+    let orphaned = unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0 || libc::getppid() != parent
+    };
+    if orphaned {
+        // SAFETY: _exit ends the process without running the parent's cleanup.
+        unsafe { libc::_exit(1) };
+    }
+    // A panic must not unwind out of the fork into the caller's frames (the
+    // parent's code path, in this copy): it ends the child here.
+    let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(plan_r, report_w))) {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
+            // Not eprintln!: a closed stderr must not turn the error into a panic.
+            let _ = writeln!(std::io::stderr(), "{}", crate::secrets::redact::redact(&format!("moat: error: {e}")));
+            2
+        }
+        Err(_) => 101,
+    };
+    // SAFETY: as above; stderr is unbuffered and nothing else needs flushing.
+    unsafe { libc::_exit(code) }
+}
+
+fn run(plan_r: File, report_w: File) -> Result<i32, LaunchError> {
+    let (mut plan_r, report_w) = keep_only(plan_r, report_w)?;
+    let prepared = launcher::prepare();
+    let mut json = Vec::new();
+    plan_r
+        .read_to_end(&mut json)
+        .map_err(|source| LaunchError::Io { what: "reading the launch plan".into(), source })?;
+    drop(plan_r);
+    if json.is_empty() {
+        // The supervisor gave up before the launch (its error is reported there).
+        return Ok(0);
+    }
+    let plan: LaunchPlan =
+        serde_json::from_slice(&json).map_err(|e| LaunchError::Refused(format!("launch plan: {e}")))?;
+    if !plan.interactive {
+        stdin_from_dev_null()?;
+    }
+    launcher::launch(prepared?, &plan, Some(report_w))
+}
+
+/// Moves the two pipes to fds 3 and 4 and closes every other descriptor
+/// above 2 (the supervisor's files, the detached CLI's ready pipe).
+fn keep_only(plan: File, report: File) -> Result<(File, File), LaunchError> {
+    let err = |what: &str| LaunchError::Io { what: what.into(), source: std::io::Error::last_os_error() };
+    let (plan, report) = (plan.into_raw_fd(), report.into_raw_fd());
+    // SAFETY: fcntl/dup3/close_range on descriptors this process owns. The
+    // pipes are first copied above 9 so that placing one cannot overwrite
+    // the other; close_range then closes the originals and the copies, and
+    // only fds 3 and 4 are owned afterwards.
+    unsafe {
+        let p = libc::fcntl(plan, libc::F_DUPFD_CLOEXEC, 10);
+        let r = libc::fcntl(report, libc::F_DUPFD_CLOEXEC, 10);
+        if p < 0 || r < 0 || libc::dup3(p, 3, libc::O_CLOEXEC) < 0 || libc::dup3(r, 4, libc::O_CLOEXEC) < 0 {
+            return Err(err("moving the launcher's pipes"));
+        }
+        if libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) != 0 {
+            return Err(err("closing the supervisor's descriptors"));
+        }
+        Ok((File::from(OwnedFd::from_raw_fd(3)), File::from(OwnedFd::from_raw_fd(4))))
+    }
+}
+
+fn stdin_from_dev_null() -> Result<(), LaunchError> {
+    let null = File::open("/dev/null").map_err(|source| LaunchError::Io { what: "/dev/null".into(), source })?;
+    // SAFETY: dup2 onto fd 0; `null` stays owned and is closed on drop.
+    if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
+        return Err(LaunchError::Io { what: "stdin".into(), source: std::io::Error::last_os_error() });
+    }
+    Ok(())
+}

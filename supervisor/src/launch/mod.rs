@@ -1,0 +1,364 @@
+//! The launcher: the only code that calls libcontainer. It runs in a
+//! single-threaded process (forked by the supervisor before its first
+//! thread, see `forked_launcher`, or the `moat exec` CLI before any thread
+//! starts), because libcontainer clones and then runs
+//! ordinary Rust in the child: a lock held by another thread at that moment
+//! deadlocks the child (FIELD-NOTES.md). Guards against that hazard by
+//! refusing to run with more than one thread, and against leftovers: the
+//! rootfs overlay exists only in the launcher's private mount namespace, and
+//! the container (cgroups, state) is deleted when its init exits or when the
+//! supervisor dies (PDEATHSIG -> SIGTERM -> kill and delete).
+pub mod executor;
+pub mod fork;
+pub mod landlock;
+pub mod rootfs;
+pub mod seccomp;
+pub mod tty;
+use crate::launch::executor::{GuardPlan, MoatExecutor};
+use crate::launch::seccomp::DenyList;
+use crate::launch::tty::ConsoleSocket;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("the launcher must run single-threaded (found {0} threads): libcontainer's clone is unsound otherwise")]
+    Threads(usize),
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::RootfsError),
+    #[error(transparent)]
+    Seccomp(#[from] crate::launch::seccomp::SeccompError),
+    #[error("libcontainer")]
+    Container(#[from] libcontainer::error::LibcontainerError),
+    #[error("{what}")]
+    Io { what: String, source: std::io::Error },
+    #[error("sandbox {0} is not running")]
+    NotRunning(String),
+    #[error("the supervisor exited before the launcher started")]
+    Orphaned,
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Everything the launcher needs, written by the supervisor as `launch.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LaunchPlan {
+    pub container_id: String,
+    /// libcontainer's state root (`/run/moat/containers`).
+    pub state_root: PathBuf,
+    /// Bundle directory holding config.json.
+    pub bundle: PathBuf,
+    /// Where the overlay is mounted (the spec's root.path).
+    pub rootfs: PathBuf,
+    /// The image's layer directories, topmost first.
+    pub lowers: Vec<PathBuf>,
+    /// Where the launcher mounts the per-sandbox top layer (a tmpfs in its
+    /// own mount namespace: nothing of it is on disk) and what goes in it.
+    pub top_layer: PathBuf,
+    pub top: TopLayer,
+    pub cache_dir: PathBuf,
+    pub guard: GuardPlan,
+    /// The supervisor's pid: if our parent is no longer it, it died before we armed PDEATHSIG.
+    pub supervisor_pid: u32,
+    /// The sandbox's runtime directory: removed by the launcher itself when
+    /// the supervisor died (nobody else is left to do it).
+    pub run_dir: PathBuf,
+    /// Give the sandbox a pseudo-terminal (`-t`) and relay it; keep stdin (`-i`).
+    pub tty: bool,
+    pub interactive: bool,
+    /// uid/gid/cwd for `moat exec`.
+    pub uid: u32,
+    pub gid: u32,
+    pub cwd: String,
+}
+
+/// The contents of the per-sandbox top layer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopLayer {
+    /// The workspace's path inside the sandbox (a mount point).
+    pub workspace: String,
+    /// The sandbox's /etc/hosts.
+    pub hosts: String,
+    /// The gateway's CA certificate, trusted inside the sandbox.
+    pub ca_pem: String,
+}
+
+static SIGNALLED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    SIGNALLED.store(sig, Ordering::SeqCst);
+}
+
+/// Number of threads of this process.
+pub fn thread_count() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:").and_then(|v| v.trim().parse().ok())))
+        .unwrap_or(usize::MAX)
+}
+
+pub(crate) fn ensure_single_threaded() -> Result<(), LaunchError> {
+    match thread_count() {
+        1 => Ok(()),
+        n => Err(LaunchError::Threads(n)),
+    }
+}
+
+fn executor(plan: &LaunchPlan) -> Result<MoatExecutor, LaunchError> {
+    Ok(MoatExecutor { guard: plan.guard.clone(), seccomp: DenyList::builtin()?.compile()? })
+}
+
+/// What the launcher sets up before it knows the plan, while the
+/// supervisor resolves the image: its private mount namespace and the
+/// compiled seccomp filter.
+pub struct Prepared {
+    seccomp: Vec<seccompiler::BpfProgram>,
+}
+
+/// Enters a private mount namespace (the rootfs overlay will exist only
+/// there) and compiles the seccomp deny list. Single-threaded callers only.
+pub fn prepare() -> Result<Prepared, LaunchError> {
+    ensure_single_threaded()?;
+    rootfs::private_mount_namespace()
+        .map_err(|source| LaunchError::Io { what: "private mount namespace".into(), source })?;
+    Ok(Prepared { seccomp: DenyList::builtin()?.compile()? })
+}
+
+/// Starts the sandbox described by `plan`, reports `started PID` on
+/// `report`, waits for its init and removes the container. Returns the
+/// init's exit code (128+N when killed by signal N).
+pub fn launch(prepared: Prepared, plan: &LaunchPlan, mut report: Option<std::fs::File>) -> Result<i32, LaunchError> {
+    ensure_single_threaded()?;
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } as u32 != plan.supervisor_pid {
+        return Err(LaunchError::Orphaned);
+    }
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe). No
+        // SA_RESTART, so waitpid returns EINTR and the loop sees the flag.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+    rootfs::mount_top_layer(&plan.top_layer)?;
+    rootfs::write_top_layer(&plan.top_layer, &plan.top.workspace, &plan.top.hosts)?;
+    rootfs::write_trust(&plan.top_layer, &plan.lowers, &plan.top.ca_pem)?;
+    let lowers: Vec<PathBuf> = std::iter::once(plan.top_layer.clone()).chain(plan.lowers.iter().cloned()).collect();
+    rootfs::mount_overlay(&plan.rootfs, &lowers, &plan.cache_dir)?;
+    let exec = MoatExecutor { guard: plan.guard.clone(), seccomp: prepared.seccomp };
+    let console = match plan.tty {
+        true => Some(
+            ConsoleSocket::bind(&plan.run_dir.join("console.sock"))
+                .map_err(|source| LaunchError::Io { what: "console socket".into(), source })?,
+        ),
+        false => None,
+    };
+    // libcontainer wants `detach` exactly when a console socket is given.
+    let built = ContainerBuilder::new(plan.container_id.clone(), SyscallType::Linux)
+        .with_executor(exec)
+        .with_console_socket(console.as_ref().map(|c| c.path.clone()))
+        .with_root_path(&plan.state_root)
+        .and_then(|b| b.as_init(&plan.bundle).with_systemd(false).with_detach(console.is_some()).build());
+    let mut container = match built {
+        Ok(c) => c,
+        Err(e) => {
+            remove_container(plan);
+            return Err(e.into());
+        }
+    };
+    if let Err(e) = container.start() {
+        let _ = container.delete(true);
+        return Err(e.into());
+    }
+    let Some(pid) = container.pid() else {
+        let _ = container.delete(true);
+        return Err(LaunchError::NotRunning(plan.container_id.clone()));
+    };
+    if let Some(r) = report.as_mut() {
+        let _ = writeln!(r, "started {pid}");
+    }
+    drop(report);
+    let code = match &console {
+        Some(c) => match c.receive_master() {
+            Ok(master) => {
+                let signalled = || SIGNALLED.load(Ordering::SeqCst) != 0;
+                let mut kill = || kill_all(&mut container, pid.as_raw());
+                tty::relay(master, pid.as_raw(), plan.interactive, &signalled, &mut kill)
+            }
+            Err(e) => {
+                tracing::error!(error = %crate::report::chain(&e), "receiving the sandbox's terminal");
+                kill_all(&mut container, pid.as_raw());
+                wait_for(pid.as_raw(), &mut container)
+            }
+        },
+        None => wait_for(pid.as_raw(), &mut container),
+    };
+    if let Err(e) = container.delete(true) {
+        tracing::warn!(container = %plan.container_id, error = %crate::report::chain(&e), "removing the finished container");
+    }
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } as u32 != plan.supervisor_pid {
+        rootfs::unmount(&plan.rootfs);
+        rootfs::unmount(&plan.top_layer);
+        let _ = std::fs::remove_dir_all(&plan.run_dir);
+    }
+    Ok(code)
+}
+
+/// Waits for the init; on SIGTERM/SIGINT/SIGHUP kills the whole sandbox.
+/// The signals stay blocked except inside `ppoll`, so one that arrives at
+/// any moment is seen (a plain blocking waitpid could miss it and wait
+/// forever on a sandbox that nobody will stop).
+fn wait_for(pid: i32, container: &mut Container) -> i32 {
+    // SAFETY (block): sigset_t is plain data initialised by sigemptyset;
+    // pidfd_open returns a descriptor we own; ppoll and waitpid write only
+    // into our locals.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut unblocked: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut unblocked);
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        let mut killed = false;
+        let code = loop {
+            if SIGNALLED.load(Ordering::SeqCst) != 0 && !killed {
+                killed = true;
+                kill_all(container, pid);
+            }
+            let mut status = 0;
+            let r = libc::waitpid(pid, &mut status, libc::WNOHANG);
+            if r == pid && libc::WIFEXITED(status) {
+                break libc::WEXITSTATUS(status);
+            }
+            if r == pid && libc::WIFSIGNALED(status) {
+                break 128 + libc::WTERMSIG(status);
+            }
+            if r < 0 {
+                tracing::error!(error = %std::io::Error::last_os_error(), "waiting for the sandbox init");
+                break 255;
+            }
+            // Readable when the init exits; without a pidfd (old kernel), re-check every 50 ms.
+            let mut pfd = libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 };
+            let tick = libc::timespec { tv_sec: 0, tv_nsec: 50_000_000 };
+            let timeout = if pidfd >= 0 { std::ptr::null() } else { &tick as *const libc::timespec };
+            libc::ppoll(&mut pfd, 1, timeout, &unblocked);
+        };
+        if pidfd >= 0 {
+            libc::close(pidfd);
+        }
+        libc::sigprocmask(libc::SIG_SETMASK, &unblocked, std::ptr::null_mut());
+        code
+    }
+}
+
+/// Kills every process of the sandbox (the supervisor asked, or died).
+fn kill_all(container: &mut Container, pid: i32) {
+    tracing::info!(signal = SIGNALLED.load(Ordering::SeqCst), "supervisor signalled: killing the sandbox");
+    if container.kill(nix::sys::signal::Signal::SIGKILL, true).is_err() {
+        // SAFETY: pid is our child (the sandbox init).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Deletes a half-created container's state, if any.
+fn remove_container(plan: &LaunchPlan) {
+    if let Ok(mut c) = Container::load(plan.state_root.join(&plan.container_id)) {
+        let _ = c.delete(true);
+    }
+}
+
+/// Runs `args` inside the running sandbox of `plan` (same namespaces, cgroup,
+/// user, capabilities, rlimits, Landlock, seccomp) and waits for it. The
+/// process is the sandbox spec's own process with `args`, `env` (KEY=VALUE
+/// overrides, PATH excluded) and `tty` swapped in. Call before any thread starts.
+pub fn exec(
+    plan: &LaunchPlan,
+    args: Vec<String>,
+    env: &[String],
+    tty: bool,
+    interactive: bool,
+) -> Result<i32, LaunchError> {
+    ensure_single_threaded()?;
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| LaunchError::Io { what, source }
+    };
+    let spec = oci_spec::runtime::Spec::load(plan.bundle.join("config.json"))
+        .map_err(|e| LaunchError::Refused(format!("the sandbox's config.json: {e}")))?;
+    let mut process = spec.process().clone().unwrap_or_default();
+    let mut vars: Vec<String> = process.env().clone().unwrap_or_default();
+    for kv in env {
+        let Some((k, _)) = kv.split_once('=') else { continue };
+        if k == "PATH" {
+            return Err(LaunchError::Refused("PATH is fixed by moat to the system directories".into()));
+        }
+        vars.retain(|v| v.split_once('=').map(|(vk, _)| vk) != Some(k));
+        vars.push(kv.clone());
+    }
+    process.set_args(Some(args)).set_env(Some(vars)).set_terminal(Some(tty));
+    let process_file = plan.run_dir.join(format!("exec-{}.json", std::process::id()));
+    let json = serde_json::to_vec(&process).map_err(|e| LaunchError::Refused(format!("process.json: {e}")))?;
+    std::fs::write(&process_file, json).map_err(io("writing process.json"))?;
+    let console = match tty {
+        true => Some(
+            ConsoleSocket::bind(&plan.run_dir.join(format!("exec-{}.sock", std::process::id())))
+                .map_err(io("console socket"))?,
+        ),
+        false => None,
+    };
+    let built = ContainerBuilder::new(plan.container_id.clone(), SyscallType::Linux)
+        .with_executor(executor(plan)?)
+        .with_console_socket(console.as_ref().map(|c| c.path.clone()))
+        .with_root_path(&plan.state_root)
+        .and_then(|b| b.as_tenant().with_process(Some(&process_file)).with_detach(console.is_some()).build());
+    let _ = std::fs::remove_file(&process_file);
+    let pid = built?;
+    if let Some(c) = &console {
+        let master = c.receive_master().map_err(io("receiving the terminal"))?;
+        return Ok(tty::relay(master, pid.as_raw(), interactive, &|| false, &mut || {}));
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid on our child; writes the status into our local.
+        let r = unsafe { libc::waitpid(pid.as_raw(), &mut status, 0) };
+        if r == pid.as_raw() {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(LaunchError::Io { what: "waiting for the exec'd process".into(), source: err });
+        }
+    }
+    Ok(if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) })
+}
+
+/// Deletes what a crashed launcher may have left of a container (its
+/// cgroups and libcontainer state), killing any process still in it.
+pub fn remove_leftovers(state_root: &std::path::Path, container_id: &str) {
+    let dir = state_root.join(container_id);
+    if !dir.exists() {
+        return;
+    }
+    match Container::load(dir.clone()) {
+        Ok(mut c) => {
+            let _ = c.kill(nix::sys::signal::Signal::SIGKILL, true);
+            if let Err(e) = c.delete(true) {
+                tracing::warn!(container = container_id, error = %crate::report::chain(&e), "removing leftover container state");
+            }
+        }
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! A sandbox's root filesystem: the image's cached layers plus a small
+//! per-sandbox top layer (mount points, /etc/hosts), composed read-only with
+//! overlayfs inside the launcher's private mount namespace. Guards against
+//! the agent changing the image (no upper layer: the kernel refuses writes),
+//! against mounts outliving the sandbox (they exist only in namespaces that
+//! die with it), and against reading the host through an image's symlinks.
+use crate::layers::{read_no_follow, LayerCache, LayerError};
+use moat_builder::oci::{ImageConfig, Manifest};
+use moat_builder::{Digest, Store};
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    #[error(transparent)]
+    Store(#[from] moat_builder::store::StoreError),
+    #[error("image {0}: the config lists {1} diff_ids for {2} layers")]
+    LayerCount(String, usize, usize),
+    #[error("{path}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("image {image}: {message}")]
+    User { image: String, message: String },
+    #[error("mounting overlayfs on {target} (lowerdir={lower})")]
+    Mount { target: PathBuf, lower: String, source: io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RootfsError + '_ {
+    move |source| RootfsError::Io { path: path.to_path_buf(), source }
+}
+
+/// An image resolved from the store with every layer unpacked in the cache.
+#[derive(Debug, Clone)]
+pub struct PreparedImage {
+    pub reference: String,
+    pub name: String,
+    pub manifest_digest: Digest,
+    pub config: ImageConfig,
+    /// Unpacked layer directories, bottom layer first.
+    pub layers: Vec<PathBuf>,
+}
+
+/// The user a sandbox runs as, from the image's /etc/passwd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+}
+
+impl PreparedImage {
+    /// Resolves `reference` in the store and makes sure every layer is in the cache.
+    pub fn prepare(store: &Store, reference: &str, cache: &LayerCache) -> Result<PreparedImage, RootfsError> {
+        let named = store.resolve(reference)?;
+        let manifest: Manifest = store.manifest(&named.manifest.digest)?;
+        let config = store.config(&manifest)?;
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(RootfsError::LayerCount(reference.into(), config.rootfs.diff_ids.len(), manifest.layers.len()));
+        }
+        let layers = manifest
+            .layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .map(|(l, diff)| cache.ensure(store, l, diff))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(PreparedImage {
+            reference: reference.into(),
+            name: named.name,
+            manifest_digest: named.manifest.digest,
+            config,
+            layers,
+        })
+    }
+
+    /// Looks up `user` (a name, `uid`, or `uid:gid`) in the image; refuses root.
+    pub fn user(&self, user: &str) -> Result<SandboxUser, RootfsError> {
+        let err = |message: String| RootfsError::User { image: self.reference.clone(), message };
+        let passwd = self.read_file("etc/passwd").map_err(|e| err(format!("/etc/passwd: {e}")))?;
+        let passwd = String::from_utf8_lossy(passwd.as_deref().unwrap_or_default()).into_owned();
+        let (name_part, group_part) = match user.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (user, None),
+        };
+        let entry = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() >= 7 && (f[0] == name_part || f[2] == name_part));
+        let (uid, mut gid, home) = match (entry, name_part.parse::<u32>()) {
+            (Some(f), _) => {
+                let uid = f[2].parse().map_err(|_| err(format!("/etc/passwd: bad uid for {name_part:?}")))?;
+                let gid = f[3].parse().map_err(|_| err(format!("/etc/passwd: bad gid for {name_part:?}")))?;
+                (uid, gid, f[5].to_string())
+            }
+            (None, Ok(uid)) => (uid, uid, "/sandbox".to_string()),
+            (None, Err(_)) => {
+                return Err(err(format!(
+                    "user {name_part:?} is not in the image's /etc/passwd (the image must provide the sandbox user)"
+                )))
+            }
+        };
+        if let Some(g) = group_part {
+            gid = g.parse().map_err(|_| err(format!("group {g:?} must be numeric")))?;
+        }
+        if uid == 0 {
+            return Err(err(format!("user {user:?} is uid 0: sandboxes never run as root")));
+        }
+        Ok(SandboxUser { uid, gid, home })
+    }
+
+    /// A file from the topmost layer that has it (never following symlinks).
+    fn read_file(&self, rel: &str) -> io::Result<Option<Vec<u8>>> {
+        for layer in self.layers.iter().rev() {
+            if let Some(bytes) = read_no_follow(layer, rel)? {
+                return Ok(Some(bytes));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Paths the runtime mounts over; the top layer provides them so the
+/// read-only rootfs needs no writes at start.
+pub const MOUNT_POINTS: &[&str] = &["proc", "dev", "sys", "tmp"];
+
+/// Writes the per-sandbox top layer: mount points, the workspace directory
+/// and `/etc/hosts` (mapping `inference.local` to the gateway).
+///
+/// `dir` may be a copy of an image (`moat bundle`): a symlink at any path
+/// touched here is replaced, never followed, so the image cannot redirect
+/// these writes to the host.
+pub fn write_top_layer(dir: &Path, workspace: &str, hosts: &str) -> Result<(), RootfsError> {
+    let unlink_symlink = |p: &Path| -> Result<(), RootfsError> {
+        match fs::symlink_metadata(p) {
+            Ok(m) if m.file_type().is_symlink() => fs::remove_file(p).map_err(io_err(p)),
+            _ => Ok(()),
+        }
+    };
+    let mk = |p: &Path, mode: u32| -> Result<(), RootfsError> {
+        let mut cur = dir.to_path_buf();
+        for c in p.strip_prefix(dir).unwrap_or(p).components() {
+            cur.push(c);
+            unlink_symlink(&cur)?;
+        }
+        fs::DirBuilder::new().recursive(true).mode(mode).create(p).map_err(io_err(p))?;
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).map_err(io_err(p))
+    };
+    mk(dir, 0o755)?;
+    for m in MOUNT_POINTS {
+        // runc gives a tmpfs the mode of the directory it covers.
+        mk(&dir.join(m), if *m == "tmp" { 0o1777 } else { 0o755 })?;
+    }
+    mk(&dir.join(workspace.trim_start_matches('/')), 0o755)?;
+    mk(&dir.join("etc"), 0o755)?;
+    let h = dir.join("etc/hosts");
+    unlink_symlink(&h)?;
+    fs::write(&h, hosts).map_err(io_err(&h))?;
+    fs::set_permissions(&h, fs::Permissions::from_mode(0o644)).map_err(io_err(&h))?;
+    Ok(())
+}
+
+/// Where the sandbox finds the gateway's CA: alone, and appended to the
+/// image's own bundle (so passthrough TLS keeps verifying real servers).
+pub const CA_FILE: &str = "/etc/moat/ca.pem";
+pub const CA_BUNDLE: &str = "/etc/moat/ca-bundle.pem";
+/// Variables that point common TLS stacks at the bundle (NODE_EXTRA_CA_CERTS adds to Node's own).
+pub const CA_ENV: &[(&str, &str)] = &[
+    ("SSL_CERT_FILE", CA_BUNDLE),
+    ("REQUESTS_CA_BUNDLE", CA_BUNDLE),
+    ("CURL_CA_BUNDLE", CA_BUNDLE),
+    ("GIT_SSL_CAINFO", CA_BUNDLE),
+    ("NODE_EXTRA_CA_CERTS", CA_FILE),
+];
+
+/// Writes the gateway CA into the top layer `dir`: `CA_FILE`, and
+/// `CA_BUNDLE` = the image's Debian bundle (first found in `layers`,
+/// topmost first) followed by the CA.
+pub fn write_trust(dir: &Path, layers_top_first: &[PathBuf], ca_pem: &str) -> Result<(), RootfsError> {
+    let etc = dir.join("etc/moat");
+    fs::DirBuilder::new().recursive(true).mode(0o755).create(&etc).map_err(io_err(&etc))?;
+    let mut bundle = String::new();
+    for l in layers_top_first {
+        let p = l.join("etc/ssl/certs/ca-certificates.crt");
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_file()) {
+            bundle = fs::read_to_string(&p).map_err(io_err(&p))?;
+            break;
+        }
+    }
+    if !bundle.is_empty() && !bundle.ends_with('\n') {
+        bundle.push('\n');
+    }
+    bundle.push_str(ca_pem);
+    for (name, text) in [("ca.pem", ca_pem), ("ca-bundle.pem", bundle.as_str())] {
+        let p = etc.join(name);
+        fs::write(&p, text).map_err(io_err(&p))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).map_err(io_err(&p))?;
+    }
+    Ok(())
+}
+
+/// The sandbox's /etc/hosts: the gateway listens on 127.0.0.1 inside the netns.
+pub fn hosts_file(hostname: &str) -> String {
+    format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\tinference.local\n")
+}
+
+/// Mounts the tmpfs that holds the per-sandbox top layer on `target`. Call
+/// only in a private mount namespace (the launcher's): the layer then exists
+/// nowhere else and vanishes with the sandbox, leaving nothing to delete.
+pub fn mount_top_layer(target: &Path) -> Result<(), RootfsError> {
+    let mount_err =
+        |source| RootfsError::Mount { target: target.to_path_buf(), lower: "tmpfs (top layer)".into(), source };
+    let tgt = CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| mount_err(io::Error::from(io::ErrorKind::InvalidInput)))?;
+    // Room for a large CA bundle; the sandbox cannot write here (read-only overlay).
+    let opts = c"size=16m,nr_inodes=4096,mode=0755";
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    // SAFETY: valid C strings for source, target, type and options.
+    if unsafe { libc::mount(c"moat-top".as_ptr(), tgt.as_ptr(), c"tmpfs".as_ptr(), flags, opts.as_ptr().cast()) } != 0 {
+        return Err(mount_err(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Mounts the read-only overlay of `lowers` (topmost first) on `target`.
+/// Call only in a private mount namespace (the launcher's). Paths under
+/// `cache_dir` are passed relative to it to keep the option string short.
+pub fn mount_overlay(target: &Path, lowers: &[PathBuf], cache_dir: &Path) -> Result<(), RootfsError> {
+    let rel: Vec<String> = lowers
+        .iter()
+        .map(|l| l.strip_prefix(cache_dir).map(|r| r.display().to_string()).unwrap_or_else(|_| l.display().to_string()))
+        .collect();
+    let lower = rel.join(":");
+    let mount_err = |source| RootfsError::Mount { target: target.to_path_buf(), lower: lower.clone(), source };
+    std::env::set_current_dir(cache_dir).map_err(io_err(cache_dir))?;
+    let c = |s: &[u8]| CString::new(s).map_err(|_| mount_err(io::Error::from(io::ErrorKind::InvalidInput)));
+    let (src, tgt, fstype) = (c(b"overlay")?, c(target.as_os_str().as_bytes())?, c(b"overlay")?);
+    let opts = c(format!("lowerdir={lower}").as_bytes())?;
+    if lowers.len() == 1 {
+        // overlayfs needs two lowers without an upper; one layer is a read-only bind.
+        let one = c(lowers[0].as_os_str().as_bytes())?;
+        // SAFETY: valid C strings; a bind mount reads no other memory.
+        if unsafe { libc::mount(one.as_ptr(), tgt.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) } != 0 {
+            return Err(mount_err(io::Error::last_os_error()));
+        }
+        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+        // SAFETY: as above.
+        if unsafe { libc::mount(std::ptr::null(), tgt.as_ptr(), std::ptr::null(), flags, std::ptr::null()) } != 0 {
+            return Err(mount_err(io::Error::last_os_error()));
+        }
+    } else {
+        // SAFETY: valid C strings for source, target, type and options.
+        if unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fstype.as_ptr(), libc::MS_RDONLY, opts.as_ptr().cast()) }
+            != 0
+        {
+            return Err(mount_err(io::Error::last_os_error()));
+        }
+    }
+    let _ = std::env::set_current_dir("/");
+    Ok(())
+}
+
+/// Enters a new mount namespace in which nothing propagates back to the host.
+/// The calling process must be single-threaded.
+pub fn private_mount_namespace() -> io::Result<()> {
+    // SAFETY: unshare affects only this (single-threaded) process.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let root = c"/";
+    // SAFETY: valid path; flags only change propagation.
+    if unsafe {
+        libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Unmounts `target` (detaching it if busy).
+pub fn unmount(target: &Path) {
+    if let Ok(c) = CString::new(target.as_os_str().as_bytes()) {
+        // SAFETY: valid path; umount2 reads nothing else.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}

@@ -1,0 +1,714 @@
+//! Imports the network part of an OpenShell/NemoClaw sandbox policy (YAML)
+//! as moat `[[network.policy]]` rules. Guards against an import meaning more
+//! than its source: a limit moat cannot express (deny rules, query matchers,
+//! endpoint paths, non-HTTP inspection, a raw TLS tunnel with method rules)
+//! drops the rule or endpoint instead of widening it, every field left behind
+//! is reported with its YAML path, and only rules that pass
+//! `NetPolicy::validate` come out.
+use crate::policy::schema::{Access, Endpoint, Enforcement, NetPolicy, Protocol, Rule, RuleMatch, Tls};
+use serde::Serialize;
+use serde_norway::Value;
+use std::collections::BTreeSet;
+
+/// The result of an import: rules that validate, and what was left behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    pub network: Vec<NetPolicy>,
+    /// Every field that could not be carried over, as `YAML.PATH: why`.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{origin}:{line}:{column}: {message}")]
+    Yaml { origin: String, line: usize, column: usize, message: String },
+    #[error("{origin}: {message}")]
+    YamlUnplaced { origin: String, message: String },
+    #[error("{origin}: {path}: {message}")]
+    Shape { origin: String, path: String, message: String },
+}
+
+/// Endpoint fields moat has no counterpart for; none of them narrows access
+/// for the protocols moat imports, so they are reported and left out.
+#[rustfmt::skip]
+const UNSUPPORTED_ENDPOINT_FIELDS: &[&str] = &[
+    "allow_encoded_slash", "websocket_credential_rewrite", "request_body_credential_rewrite",
+    "allow_uninspected_credentials", "persisted_queries", "graphql_persisted_queries", "graphql_max_body_bytes",
+    "credential_signing", "signing_service", "signing_region", "json_rpc", "mcp",
+];
+
+/// `allow` fields that match things moat's rules cannot (query strings,
+/// GraphQL operations, MCP tools, SQL commands): a rule using them is dropped.
+const UNSUPPORTED_ALLOW_FIELDS: &[&str] =
+    &["query", "command", "operation_type", "operation_name", "fields", "tool", "params"];
+
+const NO_BINARIES: &str = "policy dropped: no usable binaries (OpenShell then lets every program use the \
+    endpoints; moat requires naming the programs: add `binaries` and import again)";
+const DENY_RULES: &str = "deny_rules cannot be carried over (moat has allow rules only), and without them the \
+    endpoint would allow what they deny";
+const ENDPOINT_PATH: &str = "an endpoint-wide path limit cannot be carried over, and without it the endpoint \
+    would allow more";
+const INFERRED_REST: &str = "absent: imported as protocol = \"rest\" (inspected), which is what enforces its \
+    access/rules in moat";
+const OTHER_PROTOCOL: &str = "moat inspects HTTP (rest) only, and relaying it as bytes would drop its limits; \
+    write an L4 endpoint by hand if that is acceptable";
+const RAW_TLS_LIMITS: &str = "a raw TLS tunnel (tls: skip/passthrough) cannot be inspected, so its access/rules \
+    could not be enforced";
+
+/// Top-level sections moat keeps elsewhere, and what to do about them.
+const OTHER_SECTIONS: &[(&str, &str)] = &[
+    ("filesystem_policy", "not carried over: write moat's [filesystem] section (read_only, read_write) by hand"),
+    ("landlock", "not carried over: moat's [landlock] section (compatibility) is separate"),
+    ("process", "not carried over: moat's [process] section (user, limits) is separate"),
+    ("network_middlewares", "not carried over: moat has no network middlewares"),
+    ("preset", "not carried over (a NemoClaw preset header): moat presets are policies/presets/NAME.toml"),
+];
+
+/// Converts OpenShell/NemoClaw policy YAML (`network_policies:` and friends)
+/// into moat network rules. `origin` names the input in errors and in each
+/// rule's `why`.
+pub fn import_yaml(text: &str, origin: &str) -> Result<Imported, ImportError> {
+    let doc: Value = serde_norway::from_str(text).map_err(|e| yaml_error(&e, origin))?;
+    let top = match &doc {
+        Value::Mapping(m) => m,
+        Value::Null => return Err(shape(origin, "(document)", "empty: expected an OpenShell policy mapping")),
+        _ => return Err(shape(origin, "(document)", "expected a mapping with `network_policies`")),
+    };
+    let mut cx = Ctx { origin: origin.to_string(), warnings: Vec::new() };
+    let (mut policies, mut version) = (None, None);
+    for (k, v) in top {
+        let key = key_text(k);
+        match key.as_str() {
+            "version" => version = Some(v),
+            "network_policies" => policies = Some(v),
+            _ => match OTHER_SECTIONS.iter().find(|(name, _)| *name == key) {
+                Some((_, note)) => cx.warn(&key, note),
+                None => cx.warn(&key, "unknown field, not carried over"),
+            },
+        }
+    }
+    match version {
+        None => cx.warn("version", "absent (OpenShell requires `version: 1`): converted as version 1"),
+        Some(v) if v.as_u64() != Some(1) => {
+            cx.warn("version", format!("{} is not 1: converted anyway", scalar_text(v)))
+        }
+        Some(_) => {}
+    }
+    let mut network: Vec<NetPolicy> = Vec::new();
+    match policies {
+        None | Some(Value::Null) => cx.warn("network_policies", "absent: there are no network rules to import"),
+        Some(Value::Mapping(m)) => network.extend(m.iter().filter_map(|(k, v)| cx.policy(&key_text(k), v))),
+        Some(_) => return Err(shape(origin, "network_policies", "expected a mapping of policy key to policy")),
+    }
+    let mut names = BTreeSet::new();
+    let mut valid = Vec::new();
+    for mut p in network {
+        if names.contains(&p.name) {
+            let base = p.name.clone();
+            let n = (2..).find(|n| !names.contains(&format!("{base}-{n}"))).unwrap_or(2);
+            p.name = format!("{base}-{n}");
+            cx.warn("network_policies", format!("two policies are named {base:?}: the later one is now {:?}", p.name));
+        }
+        match p.validate() {
+            Ok(()) => {
+                names.insert(p.name.clone());
+                valid.push(p);
+            }
+            Err(e) => cx.warn("network_policies", format!("policy {:?} dropped: {e}", p.name)),
+        }
+    }
+    Ok(Imported { network: valid, warnings: cx.warnings })
+}
+
+/// Renders imported rules as TOML tables for the `[network]` section of a
+/// moat policy (`[[network.policy]]`), with the warnings as comments on top.
+pub fn to_toml(imported: &Imported) -> String {
+    let mut out = String::from(
+        "# Network rules imported from an OpenShell/NemoClaw policy. Review every entry, then add\n\
+         # these tables to a moat policy (they extend its [network] section).\n",
+    );
+    if imported.warnings.is_empty() {
+        out.push_str("# Everything was carried over.\n");
+    } else {
+        out.push_str("# Not carried over:\n");
+        for w in &imported.warnings {
+            out.push_str(&format!("#   - {}\n", w.replace(['\n', '\r'], " ")));
+        }
+    }
+    if imported.network.is_empty() {
+        out.push_str("# No network rule could be imported.\n");
+    }
+    for p in &imported.network {
+        if let Err(e) = render_policy(p, &mut out) {
+            out.push_str(&format!("# Policy {:?} could not be rendered as TOML: {e}\n", p.name));
+        }
+    }
+    out
+}
+
+/// One `[[network.policy]]` with its endpoints; rules as inline tables, as
+/// in the presets. Every string goes through the TOML serializer.
+fn render_policy(p: &NetPolicy, out: &mut String) -> Result<(), toml::ser::Error> {
+    #[derive(Serialize)]
+    struct Head<'a> {
+        name: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        why: &'a str,
+        binaries: &'a [String],
+    }
+    let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
+    out.push_str("\n[[network.policy]]\n");
+    out.push_str(&toml::to_string(&Head { name: &p.name, why: &p.why, binaries: &p.binaries })?);
+    for e in &p.endpoints {
+        out.push_str("\n[[network.policy.endpoint]]\n");
+        out.push_str(&toml::to_string(&Endpoint { rules: Vec::new(), ..e.clone() })?);
+        if !e.rules.is_empty() {
+            out.push_str("rules = [\n");
+            for r in &e.rules {
+                let (m, path) = (quote(&r.allow.method), quote(&r.allow.path));
+                out.push_str(&format!("  {{ allow = {{ method = {m}, path = {path} }} }},\n"));
+            }
+            out.push_str("]\n");
+        }
+    }
+    Ok(())
+}
+
+struct Ctx {
+    origin: String,
+    warnings: Vec<String>,
+}
+
+impl Ctx {
+    fn warn(&mut self, path: &str, message: impl std::fmt::Display) {
+        self.warnings.push(format!("{path}: {message}"));
+    }
+
+    /// One `network_policies.KEY` entry, or `None` (with a warning) when
+    /// nothing usable is left of it.
+    fn policy(&mut self, key: &str, v: &Value) -> Option<NetPolicy> {
+        let at = format!("network_policies.{key}");
+        let Value::Mapping(m) = v else {
+            self.warn(&at, "policy dropped: expected a mapping with name, endpoints, binaries");
+            return None;
+        };
+        let (mut name, mut endpoints, mut binaries) = (key.to_string(), Vec::new(), Vec::<String>::new());
+        for (k, v) in m {
+            let field = key_text(k);
+            let path = format!("{at}.{field}");
+            match (field.as_str(), v) {
+                ("name", Value::String(s)) if !s.is_empty() => name = s.clone(),
+                ("name", Value::String(_) | Value::Null) | ("endpoints" | "binaries", Value::Null) => {}
+                ("name", _) => self.warn(&path, "not a string: the policy key is used as its name"),
+                ("endpoints", Value::Sequence(seq)) => {
+                    for (i, e) in seq.iter().enumerate() {
+                        match self.endpoint(&format!("{path}[{i}]"), e) {
+                            Ok(eps) => endpoints.extend(eps),
+                            Err(why) => self.warn(&format!("{path}[{i}]"), format!("endpoint dropped: {why}")),
+                        }
+                    }
+                }
+                ("binaries", Value::Sequence(seq)) => {
+                    for (i, b) in seq.iter().enumerate() {
+                        match self.binary(&format!("{path}[{i}]"), b) {
+                            Some(b) if !binaries.contains(&b) => binaries.push(b),
+                            _ => {}
+                        }
+                    }
+                }
+                ("endpoints" | "binaries", _) => self.warn(&path, "not a list: nothing imported from it"),
+                _ => self.warn(&path, "unknown field, not carried over"),
+            }
+        }
+        if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            let fixed: String =
+                name.chars().map(|c| if c.is_whitespace() || c.is_control() { '-' } else { c }).collect();
+            self.warn(&format!("{at}.name"), format!("{name:?} has spaces: renamed {fixed:?}"));
+            name = fixed;
+        }
+        if binaries.is_empty() {
+            self.warn(&at, NO_BINARIES);
+            return None;
+        }
+        if endpoints.is_empty() {
+            self.warn(&at, "policy dropped: no endpoint could be carried over");
+            return None;
+        }
+        let why = format!("imported from {} ({at})", self.origin);
+        Some(NetPolicy { name, why, binaries, endpoints })
+    }
+
+    /// One `binaries[i]` entry: `{ path: ... }` (or a bare string).
+    fn binary(&mut self, at: &str, v: &Value) -> Option<String> {
+        let mut path = v.as_str().map(str::to_string);
+        for (k, v) in v.as_mapping().into_iter().flatten() {
+            match (key_text(k).as_str(), v) {
+                ("path", Value::String(s)) => path = Some(s.clone()),
+                ("path", _) => {}
+                ("harness", _) => {
+                    self.warn(&format!("{at}.harness"), "deprecated and ignored by OpenShell: not carried over")
+                }
+                (f, _) => self.warn(&format!("{at}.{f}"), "unknown field, not carried over"),
+            }
+        }
+        let Some(path) = path else {
+            self.warn(at, "binary dropped: expected `{ path: /absolute/path }`");
+            return None;
+        };
+        match check(path.clone(), l4("example.com".into(), 443)) {
+            Ok(()) => Some(path),
+            Err(e) => {
+                self.warn(at, format!("binary dropped: {e}"));
+                None
+            }
+        }
+    }
+
+    /// One `endpoints[i]` entry, as one moat endpoint per port; `Err` says
+    /// why it is dropped.
+    fn endpoint(&mut self, at: &str, v: &Value) -> Result<Vec<Endpoint>, String> {
+        let m = v.as_mapping().ok_or("expected a mapping with host, port, ...")?;
+        let (mut host, mut port, mut ports, mut allowed_ips, mut rules) = (None, None, Vec::new(), Vec::new(), None);
+        let (mut protocol, mut tls, mut enforcement, mut access) = <(String, String, String, String)>::default();
+        for (k, v) in m {
+            let field = key_text(k);
+            let path = format!("{at}.{field}");
+            let text = || string(v).map(|s| s.to_ascii_lowercase()).ok_or(format!("{field} is not a string"));
+            match field.as_str() {
+                "host" => host = Some(string(v).ok_or("host is not a string")?),
+                "port" if v.is_null() => {}
+                "port" => port = Some(port_number(v)?),
+                "ports" => ports = list(v, "ports")?.iter().map(port_number).collect::<Result<_, _>>()?,
+                "protocol" => protocol = text()?,
+                "tls" => tls = text()?,
+                "enforcement" => enforcement = text()?,
+                "access" => access = text()?,
+                "allowed_ips" => {
+                    for ip in list(v, "allowed_ips")? {
+                        allowed_ips.push(string(ip).ok_or("allowed_ips holds a non-string")?);
+                    }
+                }
+                "rules" => {
+                    let given = list(v, "rules")?;
+                    let kept = self.rules(&path, given);
+                    if !given.is_empty() && kept.is_empty() {
+                        return Err(
+                            "none of its rules could be carried over; without rules it allows everything".into()
+                        );
+                    }
+                    rules = Some(kept);
+                }
+                "deny_rules" if is_set(v) => return Err(DENY_RULES.into()),
+                "path" if is_set(v) => return Err(format!("path {}: {ENDPOINT_PATH}", scalar_text(v))),
+                "deny_rules" | "path" => {}
+                f if UNSUPPORTED_ENDPOINT_FIELDS.contains(&f) => {
+                    if is_set(v) {
+                        self.warn(&path, "not carried over (moat has no equivalent)");
+                    }
+                }
+                _ => self.warn(&path, "unknown field, not carried over"),
+            }
+        }
+        let host = host.ok_or("no host")?;
+        let rules = rules.unwrap_or_default();
+        let access = match access.as_str() {
+            "" => None,
+            "full" => Some(Access::Full),
+            "read-only" => Some(Access::ReadOnly),
+            "read-write" => Some(Access::ReadWrite),
+            other => return Err(format!("access {other:?} is not full, read-only or read-write")),
+        };
+        if access.is_some() && !rules.is_empty() {
+            return Err("access and rules are mutually exclusive".into());
+        }
+        let limits = !rules.is_empty() || access.is_some_and(|a| a != Access::Full);
+        let mut rest = match protocol.as_str() {
+            "rest" => true,
+            "" if limits => {
+                self.warn(&format!("{at}.protocol"), INFERRED_REST);
+                true
+            }
+            "" => false,
+            "tcp" if access.is_some() || !rules.is_empty() => return Err("tcp cannot carry access or rules".into()),
+            "tcp" => false,
+            other => return Err(format!("protocol {other:?}: {OTHER_PROTOCOL}")),
+        };
+        let mut tls = match tls.as_str() {
+            "" => None,
+            "terminate" => Some(Tls::Terminate),
+            "skip" | "passthrough" => Some(Tls::Passthrough),
+            other => return Err(format!("tls {other:?} is not terminate, passthrough or skip")),
+        };
+        if tls == Some(Tls::Passthrough) {
+            if limits {
+                return Err(RAW_TLS_LIMITS.into());
+            }
+            (rest, tls) = (false, None); // an uninspected tunnel: moat's L4 relay
+        }
+        if rest && access.is_none() && rules.is_empty() {
+            return Err(
+                "protocol rest without access or rules (OpenShell rejects it; `access: full` allows everything)".into(),
+            );
+        }
+        if !rest && tls == Some(Tls::Terminate) {
+            self.warn(&format!("{at}.tls"), "terminate on an uninspected endpoint: moat relays it as bytes (L4)");
+            tls = None;
+        }
+        let enforcement = match enforcement.as_str() {
+            "" | "enforce" => Enforcement::Enforce,
+            "audit" => Enforcement::Audit,
+            other => return Err(format!("enforcement {other:?} is not enforce or audit")),
+        };
+        if ports.is_empty() {
+            ports.extend(port);
+        } else if port.is_some_and(|p| !ports.contains(&p)) {
+            self.warn(&format!("{at}.port"), "ignored: `ports` is given and takes precedence");
+        }
+        let first = *ports.first().ok_or("no port")?;
+        let template = match rest {
+            true => Endpoint {
+                protocol: Some(Protocol::Rest),
+                tls,
+                access,
+                rules,
+                enforcement,
+                allowed_ips,
+                ..l4(host, first)
+            },
+            false => Endpoint { enforcement, allowed_ips, ..l4(host, first) },
+        };
+        check("/probe".into(), template.clone())?;
+        let mut seen = BTreeSet::new();
+        Ok(ports.into_iter().filter(|p| seen.insert(*p)).map(|port| Endpoint { port, ..template.clone() }).collect())
+    }
+
+    /// The `rules` list: `- allow: { method, path }`. A rule moat cannot
+    /// express is dropped (that narrows the endpoint, never widens it).
+    fn rules(&mut self, at: &str, given: &[Value]) -> Vec<Rule> {
+        let mut kept = Vec::new();
+        for (i, r) in given.iter().enumerate() {
+            match rule(r) {
+                Ok(rule) => kept.push(rule),
+                Err((field, why)) => self.warn(&format!("{at}[{i}]{field}"), format!("rule dropped: {why}")),
+            }
+        }
+        kept
+    }
+}
+
+/// One `- allow: { method, path }` rule; `Err((.FIELD, why))` otherwise.
+fn rule(r: &Value) -> Result<Rule, (String, &'static str)> {
+    let whole = |why| (String::new(), why);
+    let m = r.as_mapping().ok_or(whole("expected `allow: { method, path }`"))?;
+    let (mut method, mut path, mut allow) = (None, None, None);
+    for (k, v) in m {
+        match (key_text(k).as_str(), v) {
+            ("allow", Value::Mapping(a)) => allow = Some(a),
+            (f, _) => return Err((format!(".{f}"), "only `allow: { method, path }` rules are understood")),
+        }
+    }
+    for (k, v) in allow.ok_or(whole("no `allow`"))? {
+        match key_text(k).as_str() {
+            "method" => method = string(v),
+            "path" => path = string(v),
+            _ if !is_set(v) => {}
+            f if UNSUPPORTED_ALLOW_FIELDS.contains(&f) => {
+                return Err((format!(".allow.{f}"), "moat rules match method and path only"))
+            }
+            f => return Err((format!(".allow.{f}"), "unknown field")),
+        }
+    }
+    match (method, path) {
+        (Some(method), Some(path)) if !method.is_empty() && !path.is_empty() => {
+            Ok(Rule { allow: RuleMatch { method, path } })
+        }
+        _ => Err(whole("it needs both a method and a path (use \"*\" and \"/**\" for any)")),
+    }
+}
+
+/// An endpoint relayed as bytes, the base every import starts from.
+fn l4(host: String, port: u16) -> Endpoint {
+    let (protocol, tls, access, rules, allowed_ips) = (None, None, None, Vec::new(), Vec::new());
+    Endpoint { host, port, protocol, tls, access, rules, enforcement: Enforcement::Enforce, allowed_ips }
+}
+
+/// Checks one binary and one endpoint with `NetPolicy::validate`, moat's one
+/// source of truth for what a rule may say.
+fn check(binary: String, endpoint: Endpoint) -> Result<(), String> {
+    let probe =
+        NetPolicy { name: "probe".into(), why: String::new(), binaries: vec![binary], endpoints: vec![endpoint] };
+    probe.validate().map_err(|e| e.to_string().trim_start_matches("network.policy \"probe\": ").to_string())
+}
+
+fn yaml_error(e: &serde_norway::Error, origin: &str) -> ImportError {
+    let message = e.to_string();
+    match e.location() {
+        Some(loc) => {
+            let (line, column) = (loc.line(), loc.column());
+            let message = message.replace(&format!(" at line {line} column {column}"), "");
+            ImportError::Yaml { origin: origin.into(), line, column, message }
+        }
+        None => ImportError::YamlUnplaced { origin: origin.into(), message },
+    }
+}
+
+fn shape(origin: &str, path: &str, message: &str) -> ImportError {
+    ImportError::Shape { origin: origin.into(), path: path.into(), message: message.into() }
+}
+
+fn key_text(k: &Value) -> String {
+    k.as_str().map_or_else(|| scalar_text(k), str::to_string)
+}
+
+fn scalar_text(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Sequence(_) => "a list".into(),
+        Value::Mapping(_) => "a mapping".into(),
+        Value::Tagged(t) => format!("a value tagged {}", t.tag),
+    }
+}
+
+fn string(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_string)
+}
+
+fn list<'a>(v: &'a Value, field: &str) -> Result<&'a [Value], String> {
+    match v {
+        Value::Sequence(s) => Ok(s),
+        Value::Null => Ok(&[]),
+        _ => Err(format!("{field} is not a list")),
+    }
+}
+
+fn port_number(v: &Value) -> Result<u16, String> {
+    let port = v.as_u64().and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0);
+    port.ok_or_else(|| format!("port {} is not 1-65535", scalar_text(v)))
+}
+
+/// Is a value anything but its default (null, false, 0, "", [], {})?
+fn is_set(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Sequence(s) => !s.is_empty(),
+        Value::Mapping(m) => !m.is_empty(),
+        Value::Tagged(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::matcher::{Compiled, Match, RequestVerdict};
+
+    const FIXTURE: &str = include_str!("../../../tests/fixtures/openshell-policy.yaml");
+
+    fn by_name<'a>(i: &'a Imported, name: &str) -> &'a NetPolicy {
+        i.network.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no policy {name}: {:?}", i.network))
+    }
+
+    fn warned(i: &Imported, path: &str, words: &str) -> bool {
+        i.warnings.iter().any(|w| w.starts_with(&format!("{path}:")) && w.contains(words))
+    }
+
+    fn policy_yaml(endpoints: &str) -> String {
+        let head = "version: 1\nnetwork_policies:\n  p:\n    name: p\n    binaries: [{ path: /usr/bin/node }]\n";
+        format!("{head}    endpoints:\n{endpoints}")
+    }
+
+    #[test]
+    fn converts_the_fixture() {
+        let i = import_yaml(FIXTURE, "openshell-policy.yaml").unwrap();
+        let names: Vec<&str> = i.network.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["github-git", "github_api", "npm_registry", "brave", "local_inference", "atlassian"]);
+        for p in &i.network {
+            p.validate().unwrap();
+        }
+
+        let git = by_name(&i, "github-git");
+        assert_eq!(git.binaries, ["/usr/bin/git", "/usr/lib/git-core/git-remote-https"]);
+        assert!(git.why.contains("openshell-policy.yaml") && git.why.contains("network_policies.github_git"));
+        let e = &git.endpoints[0];
+        assert_eq!(
+            (e.host.as_str(), e.port, e.protocol, e.tls),
+            ("github.com", 443, Some(Protocol::Rest), Some(Tls::Terminate))
+        );
+        assert_eq!(e.rules.len(), 2);
+        assert_eq!(e.rules[1].allow, RuleMatch { method: "POST".into(), path: "/**/git-upload-pack".into() });
+
+        let api = &by_name(&i, "github_api").endpoints[0];
+        assert_eq!((api.protocol, api.access), (Some(Protocol::Rest), Some(Access::ReadOnly)));
+        // access: full without a protocol is an L4 relay; nothing is lost.
+        let npm = &by_name(&i, "npm_registry").endpoints[0];
+        assert_eq!((npm.protocol, npm.access, npm.tls), (None, None, None));
+        // rules without a protocol become inspected, with a note.
+        assert_eq!(by_name(&i, "brave").endpoints[0].protocol, Some(Protocol::Rest));
+        assert!(warned(&i, "network_policies.brave.endpoints[0].protocol", "imported as protocol"));
+        // ports: one endpoint per port, audit and allowed_ips carried.
+        let li = &by_name(&i, "local_inference").endpoints;
+        assert_eq!(li.iter().map(|e| e.port).collect::<Vec<_>>(), [11434, 8000]);
+        assert!(li
+            .iter()
+            .all(|e| e.enforcement == Enforcement::Audit && e.allowed_ips == ["10.0.0.0/8", "192.168.0.0/16"]));
+        // tls: skip with access: full is a raw tunnel: L4. A policy without `name` uses its key.
+        let at = by_name(&i, "atlassian");
+        assert_eq!((at.endpoints[0].host.as_str(), at.endpoints[0].protocol), ("*.atlassian.net", None));
+        assert_eq!(at.binaries, ["/usr/local/bin/*"]);
+
+        // The converted rules behave as the source meant.
+        let c = Compiled::new(i.network.clone()).unwrap();
+        let Match::Allowed { policy, endpoint, .. } =
+            c.match_destination("/usr/lib/git-core/git-remote-https", "github.com", 443)
+        else {
+            panic!("git-remote-https should reach github.com")
+        };
+        assert_eq!(c.check_request(&policy, &endpoint, "POST", "/a/b.git/git-upload-pack"), RequestVerdict::Allow);
+        assert!(matches!(
+            c.check_request(&policy, &endpoint, "POST", "/a/b.git/git-receive-pack"),
+            RequestVerdict::Deny(_)
+        ));
+        assert_eq!(
+            c.match_destination("/usr/bin/curl", "api.search.brave.com", 443),
+            Match::WrongBinary { policies: vec!["brave".into()] }
+        );
+
+        // Only the non-network sections were left behind.
+        for section in ["filesystem_policy", "landlock", "process"] {
+            assert!(warned(&i, section, "not carried over"), "{section}: {:?}", i.warnings);
+        }
+        assert_eq!(i.warnings.len(), 4, "{:?}", i.warnings);
+    }
+
+    #[test]
+    fn toml_output_round_trips() {
+        // A quote and a newline in the origin end up in every `why`: they must be escaped.
+        let i = import_yaml(FIXTURE, "dir/we\"ird\n.yaml").unwrap();
+        let text = to_toml(&i);
+        assert!(text.contains("rules = [\n  { allow = { method = \"GET\", path = \"/res/v1/**\" } },\n]"), "{text}");
+        assert!(text.contains("#   - filesystem_policy: not carried over"), "{text}");
+        assert!(!text.contains("\n[network]\n"), "{text}");
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Doc {
+            network: crate::policy::network::Network,
+        }
+        let doc: Doc = toml::from_str(&format!("[network]\ngateway_port = 3128\n{text}")).unwrap();
+        doc.network.validate().unwrap();
+        assert_eq!(doc.network.policies, i.network);
+        assert!(to_toml(&Imported { network: vec![], warnings: vec![] }).contains("No network rule"));
+    }
+
+    #[test]
+    fn unknown_fields_are_warned_not_dropped_silently() {
+        let text = concat!(
+            "version: 1\nbogus: 1\nnetwork_policies:\n  p:\n    colour: blue\n",
+            "    binaries:\n      - { path: /usr/bin/node, sha: abc, harness: true }\n",
+            "    endpoints:\n      - { host: a.example.com, port: 443, frobnicate: 1,\n",
+            "          websocket_credential_rewrite: true, allow_encoded_slash: false }\n",
+        );
+        let i = import_yaml(text, "t").unwrap();
+        assert_eq!(i.network.len(), 1);
+        assert!(warned(&i, "bogus", "unknown field"), "{:?}", i.warnings);
+        assert!(warned(&i, "network_policies.p.colour", "unknown field"));
+        assert!(warned(&i, "network_policies.p.binaries[0].sha", "unknown field"));
+        assert!(warned(&i, "network_policies.p.binaries[0].harness", "deprecated"));
+        assert!(warned(&i, "network_policies.p.endpoints[0].frobnicate", "unknown field"));
+        assert!(warned(&i, "network_policies.p.endpoints[0].websocket_credential_rewrite", "not carried over"));
+        // A field at its default carries nothing, so it is not reported.
+        assert!(!i.warnings.iter().any(|w| w.contains("allow_encoded_slash")));
+        assert_eq!(i.warnings.len(), 6, "{:?}", i.warnings);
+    }
+
+    #[test]
+    fn filesystem_and_process_sections_are_warned() {
+        let text =
+            "version: 1\nfilesystem_policy:\n  read_write: [/]\nprocess:\n  run_as_user: root\npreset:\n  name: x\n";
+        let i = import_yaml(text, "t").unwrap();
+        assert!(i.network.is_empty());
+        assert!(warned(&i, "filesystem_policy", "[filesystem]"), "{:?}", i.warnings);
+        assert!(warned(&i, "process", "[process]"));
+        assert!(warned(&i, "preset", "not carried over"));
+        assert!(warned(&i, "network_policies", "absent"));
+    }
+
+    #[test]
+    fn bad_endpoints_are_dropped_with_a_warning() {
+        let text = policy_yaml(concat!(
+            "      - { host: \"a b\", port: 443 }\n",
+            "      - { host: ok.example.com, port: 443, protocol: rest, access: read-only }\n",
+            "      - { host: c.example.com, port: 443, protocol: rest,\n",
+            "          rules: [{ allow: { method: get, path: / } }] }\n",
+            "      - { host: d.example.com, port: 443, protocol: rest, access: full,\n",
+            "          deny_rules: [{ method: DELETE, path: /** }] }\n",
+            "      - { host: e.example.com, port: 443, protocol: rest,\n",
+            "          rules: [{ allow: { method: GET, path: /x, query: { q: a } } }] }\n",
+            "      - { host: f.example.com, port: 443, tls: skip, rules: [{ allow: { method: GET, path: /** } }] }\n",
+            "      - { host: g.example.com, port: 443, protocol: websocket, access: full }\n",
+            "      - { host: h.example.com, port: 70000 }\n",
+            "      - { host: i.example.com, port: 443, allowed_ips: [10.0.0.0/33] }\n",
+        ));
+        let i = import_yaml(&text, "t").unwrap();
+        let p = by_name(&i, "p");
+        assert_eq!(p.endpoints.iter().map(|e| e.host.as_str()).collect::<Vec<_>>(), ["ok.example.com"]);
+        let at = |n: usize| format!("network_policies.p.endpoints[{n}]");
+        assert!(warned(&i, &at(0), "host"), "{:?}", i.warnings);
+        assert!(warned(&i, &at(2), "method"));
+        assert!(warned(&i, &at(3), "deny_rules"));
+        // Its only rule used a query matcher: dropping the rule would have left an allow-all endpoint.
+        assert!(warned(&i, &format!("{}.rules[0].allow.query", at(4)), "rule dropped"));
+        assert!(warned(&i, &at(4), "without rules it allows everything"));
+        assert!(warned(&i, &at(5), "cannot be inspected"));
+        assert!(warned(&i, &at(6), "websocket"));
+        assert!(warned(&i, &at(7), "70000"));
+        assert!(warned(&i, &at(8), "CIDR"));
+        assert!(i.warnings.iter().all(|w| !w.contains(&at(1))), "{:?}", i.warnings);
+    }
+
+    #[test]
+    fn policies_without_binaries_or_endpoints_are_dropped() {
+        let text = concat!(
+            "version: 1\nnetwork_policies:\n",
+            "  any:\n    endpoints: [{ host: a.example.com, port: 443 }]\n",
+            "  rel:\n    binaries: [{ path: bin/git }]\n    endpoints: [{ host: a.example.com, port: 443 }]\n",
+            "  none:\n    binaries: [{ path: /usr/bin/git }]\n",
+            "    endpoints: [{ host: \"-\", port: 443, protocol: rest, access: weird }]\n",
+        );
+        let i = import_yaml(text, "t").unwrap();
+        assert!(i.network.is_empty(), "{:?}", i.network);
+        assert!(warned(&i, "network_policies.any", "no usable binaries"), "{:?}", i.warnings);
+        assert!(warned(&i, "network_policies.rel.binaries[0]", "absolute"));
+        assert!(warned(&i, "network_policies.none.endpoints[0]", "weird"));
+        assert!(warned(&i, "network_policies.none", "no endpoint"));
+    }
+
+    #[test]
+    fn duplicate_and_spaced_names_are_fixed_with_a_warning() {
+        let text = concat!(
+            "version: 1\nnetwork_policies:\n",
+            "  a: { name: same, binaries: [/usr/bin/git], endpoints: [{ host: a.example.com, port: 443 }] }\n",
+            "  b: { name: same, binaries: [/usr/bin/git], endpoints: [{ host: b.example.com, port: 443 }] }\n",
+            "  c: { name: has space, binaries: [/usr/bin/git], endpoints: [{ host: c.example.com, port: 443 }] }\n",
+        );
+        let i = import_yaml(text, "t").unwrap();
+        let names: Vec<&str> = i.network.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["same", "same-2", "has-space"]);
+        assert_eq!(i.warnings.len(), 2, "{:?}", i.warnings);
+    }
+
+    #[test]
+    fn yaml_errors_have_line_and_column() {
+        let e = import_yaml("version: 1\nnetwork_policies:\n  p: [\n", "bad.yaml").unwrap_err();
+        let ImportError::Yaml { line, .. } = &e else { panic!("{e:?}") };
+        assert!(*line >= 3, "{e}");
+        assert!(e.to_string().starts_with("bad.yaml:"), "{e}");
+        assert!(matches!(import_yaml("", "e.yaml"), Err(ImportError::Shape { .. })));
+        assert!(matches!(import_yaml("- a\n", "e.yaml"), Err(ImportError::Shape { .. })));
+        assert!(matches!(import_yaml("network_policies: [1]\n", "e.yaml"), Err(ImportError::Shape { .. })));
+    }
+}

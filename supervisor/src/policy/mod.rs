@@ -1,0 +1,240 @@
+//! The sandbox policy (filesystem, landlock, process and network sections of
+//! the policy TOML) as one typed value. Guards against a typo or a bad value
+//! silently weakening the sandbox: unknown keys are rejected, every value is
+//! checked, and errors name file:line:column.
+pub mod host_vars;
+pub mod import;
+pub mod lint;
+pub mod matcher;
+pub mod network;
+pub mod presets;
+pub mod schema;
+use serde::{Deserialize, Serialize};
+use std::path::{Component, Path};
+
+/// The default policy, embedded so `moat` works from any directory.
+pub const BASELINE_TOML: &str = include_str!("../../../policies/baseline.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{origin}:{line}:{column}: {message}")]
+    Parse { origin: String, line: usize, column: usize, message: String },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+    #[error("{path}")]
+    Io { path: String, source: std::io::Error },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub version: u32,
+    pub filesystem: Filesystem,
+    pub landlock: LandlockSection,
+    pub process: Process,
+    pub network: Network,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filesystem {
+    pub workspace: String,
+    pub tmp_size_mib: u64,
+    pub read_only: Vec<PathRule>,
+    /// Directory listing only (Landlock READ_DIR), inherited below.
+    pub list_dirs: Vec<PathRule>,
+    pub read_write: Vec<PathRule>,
+}
+
+/// One Landlock path rule with the reason it exists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathRule {
+    pub path: String,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compatibility {
+    /// Apply what the kernel supports; log what it could not.
+    BestEffort,
+    /// Refuse to start unless everything is enforced.
+    HardRequirement,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LandlockSection {
+    pub compatibility: Compatibility,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Process {
+    pub user: String,
+    pub keep_capabilities: Vec<String>,
+    pub require_cap_drop: bool,
+    pub rlimit_nproc: u64,
+    pub rlimit_nofile: u64,
+    pub rlimit_core: u64,
+    pub pids_max: i64,
+    pub memory_max_mib: i64,
+}
+
+pub use crate::policy::network::Network;
+
+/// Capabilities that `require_cap_drop` refuses to see in the bounding set
+/// (each one is a known container escape or host-wide power).
+pub const DANGEROUS_CAPS: &[&str] = &[
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_TIME",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_SETUID",
+    "CAP_SETGID",
+    "CAP_SETFCAP",
+    "CAP_MKNOD",
+    "CAP_BPF",
+    "CAP_PERFMON",
+    "CAP_SYS_CHROOT",
+    "CAP_MAC_ADMIN",
+    "CAP_MAC_OVERRIDE",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_CHOWN",
+    "CAP_FOWNER",
+];
+
+impl Policy {
+    /// The embedded baseline policy.
+    pub fn baseline() -> Policy {
+        // The embedded file is checked by a unit test; failing here is a build defect.
+        Policy::parse(BASELINE_TOML, "policies/baseline.toml").expect("embedded baseline policy is valid")
+    }
+
+    /// Reads and validates a policy file.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| PolicyError::Io { path: path.display().to_string(), source })?;
+        Policy::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates policy TOML; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+        let policy: Policy = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            PolicyError::Parse { origin: origin.into(), line, column, message: e.message().to_string() }
+        })?;
+        policy.validate().map_err(|message| PolicyError::Invalid { origin: origin.into(), message })?;
+        Ok(policy)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.version != 1 {
+            return Err(format!("version {} is not supported (expected 1)", self.version));
+        }
+        let fs = &self.filesystem;
+        check_sandbox_path(&fs.workspace, "filesystem.workspace")?;
+        if fs.workspace == "/" {
+            return Err("filesystem.workspace must not be /".into());
+        }
+        if fs.tmp_size_mib == 0 {
+            return Err("filesystem.tmp_size_mib must be at least 1".into());
+        }
+        for (list, name) in [(&fs.read_only, "read_only"), (&fs.list_dirs, "list_dirs"), (&fs.read_write, "read_write")]
+        {
+            for r in list.iter() {
+                check_sandbox_path(&r.path, &format!("filesystem.{name} path {:?}", r.path))?;
+                if r.why.trim().is_empty() {
+                    return Err(format!("filesystem.{name} path {:?} has no `why`", r.path));
+                }
+            }
+        }
+        let p = &self.process;
+        if p.user.is_empty() || p.user == "root" || p.user == "0" || p.user.starts_with("0:") {
+            return Err(format!("process.user {:?}: sandboxes never run as root", p.user));
+        }
+        for c in &p.keep_capabilities {
+            if !c.starts_with("CAP_") || c.len() < 5 || !c[4..].bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+                return Err(format!("process.keep_capabilities: {c:?} is not a capability name (CAP_...)"));
+            }
+        }
+        if p.rlimit_nproc == 0 || p.rlimit_nofile < 16 {
+            return Err("process.rlimit_nproc must be >= 1 and rlimit_nofile >= 16".into());
+        }
+        if p.pids_max < 1 || p.memory_max_mib < 16 {
+            return Err("process.pids_max must be >= 1 and memory_max_mib >= 16".into());
+        }
+        self.network.validate().map_err(|e| e.to_string())
+    }
+
+    /// Capabilities that `require_cap_drop` would refuse but the policy keeps.
+    pub fn kept_dangerous_caps(&self) -> Vec<String> {
+        self.process.keep_capabilities.iter().filter(|c| DANGEROUS_CAPS.contains(&c.as_str())).cloned().collect()
+    }
+}
+
+fn check_sandbox_path(p: &str, what: &str) -> Result<(), String> {
+    let path = Path::new(p);
+    if !path.is_absolute() {
+        return Err(format!("{what}: must be an absolute path inside the sandbox"));
+    }
+    if path.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(format!("{what}: must not contain `..`"));
+    }
+    Ok(())
+}
+
+/// 1-based line and column of a byte offset.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn baseline_parses_and_is_strict() {
+        let p = Policy::baseline();
+        assert_eq!(p.process.rlimit_nproc, 512);
+        assert_eq!(p.process.rlimit_core, 0);
+        assert!(p.process.keep_capabilities.is_empty());
+        assert!(p.process.require_cap_drop);
+        assert!(p.filesystem.read_write.iter().any(|r| r.path == "/sandbox"));
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_position() {
+        let text = BASELINE_TOML.replace("rlimit_core = 0", "rlimit_core = 0\nrlimit_cores = 1");
+        let err = Policy::parse(&text, "p.toml").unwrap_err().to_string();
+        let line = text.lines().position(|l| l.starts_with("rlimit_cores")).unwrap() + 1;
+        assert!(err.starts_with(&format!("p.toml:{line}:1: ")), "{err}");
+        assert!(err.contains("rlimit_cores"), "{err}");
+    }
+
+    #[test]
+    fn root_user_and_relative_paths_are_refused() {
+        let root = BASELINE_TOML.replace("user = \"sandbox\"", "user = \"root\"");
+        assert!(Policy::parse(&root, "p").unwrap_err().to_string().contains("never run as root"));
+        let rel = BASELINE_TOML.replace("path = \"/app\"", "path = \"app\"");
+        assert!(Policy::parse(&rel, "p").unwrap_err().to_string().contains("absolute"));
+        let dots = BASELINE_TOML.replace("path = \"/app\"", "path = \"/app/../etc\"");
+        assert!(Policy::parse(&dots, "p").unwrap_err().to_string().contains(".."));
+    }
+
+    #[test]
+    fn network_table_is_closed_too() {
+        let text = BASELINE_TOML.replace("gateway_port = 3128", "gateway_port = 3128\nallow_all = true");
+        assert!(Policy::parse(&text, "p").is_err());
+    }
+}

@@ -1,0 +1,233 @@
+//! The schema of a network rule: which binaries may reach which host, port,
+//! method and path, and how (L4 relay, L7 inspection, passthrough); its TOML
+//! form (unknown keys rejected) and its validation. A leaf of `policy/`.
+//! Guards against a rule meaning more than it says: host and binary globs
+//! are anchored, `*` never crosses a `/` or `.` boundary it should not, and
+//! a rule the gateway cannot enforce (inspection through a passthrough
+//! tunnel) is an error, not a silent allow.
+use globset::{GlobBuilder, GlobMatcher};
+use serde::{Deserialize, Serialize};
+
+/// One named rule set: these binaries may reach these endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetPolicy {
+    pub name: String,
+    /// Why this access exists (shown in events and `moat policy check`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub why: String,
+    /// Absolute paths inside the sandbox; `*` one component, `**` any depth.
+    pub binaries: Vec<String>,
+    #[serde(rename = "endpoint")]
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// Exact host name, IP literal, or `*.example.com` (any name below it).
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Absent: L4 (the tunnel is relayed as bytes). `rest`: each HTTP request is checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    /// For `rest`: `terminate` (default) or `passthrough` (not inspectable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
+    #[serde(default, skip_serializing_if = "is_enforce")]
+    pub enforcement: Enforcement,
+    /// CIDRs that opt private/reserved destinations of this endpoint in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ips: Vec<String>,
+}
+
+fn default_port() -> u16 {
+    443
+}
+fn is_enforce(e: &Enforcement) -> bool {
+    *e == Enforcement::Enforce
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Rest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tls {
+    Terminate,
+    Passthrough,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    Full,
+    ReadOnly,
+    ReadWrite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Enforcement {
+    #[default]
+    Enforce,
+    /// Requests that would be refused are relayed and logged as `audit`.
+    Audit,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub allow: RuleMatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleMatch {
+    /// An HTTP method, or `*`.
+    pub method: String,
+    /// A path glob (`*` one segment, `**` any depth); the query is not matched.
+    pub path: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetPolicyError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{origin}:{line}:{column}: {message}")]
+    Parse { origin: String, line: usize, column: usize, message: String },
+}
+
+pub(crate) fn invalid(s: impl Into<String>) -> NetPolicyError {
+    NetPolicyError::Invalid(s.into())
+}
+
+/// Parses TOML with errors at file:line:column.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result<T, NetPolicyError> {
+    toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map(|s| crate::policy::line_col(text, s.start)).unwrap_or((1, 1));
+        NetPolicyError::Parse { origin: origin.into(), line, column, message: e.message().to_string() }
+    })
+}
+
+impl NetPolicy {
+    pub fn validate(&self) -> Result<(), NetPolicyError> {
+        let at = format!("network.policy {:?}", self.name);
+        if self.name.is_empty() || self.name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(format!("{at}: name must be non-empty without spaces")));
+        }
+        if self.binaries.is_empty() {
+            return Err(invalid(format!("{at}: binaries is empty (name the programs that need this access)")));
+        }
+        for b in &self.binaries {
+            if !b.starts_with('/') || b.split('/').any(|c| c == "..") {
+                return Err(invalid(format!("{at}: binary {b:?} must be an absolute path without `..`")));
+            }
+            binary_glob(b).map_err(|e| invalid(format!("{at}: binary {b:?}: {e}")))?;
+        }
+        if self.endpoints.is_empty() {
+            return Err(invalid(format!("{at}: no [[network.policy.endpoint]]")));
+        }
+        for e in &self.endpoints {
+            e.validate().map_err(|m| invalid(format!("{at}: endpoint {}:{}: {m}", e.host, e.port)))?;
+        }
+        Ok(())
+    }
+}
+
+impl Endpoint {
+    fn validate(&self) -> Result<(), String> {
+        check_host_pattern(&self.host)?;
+        if self.port == 0 {
+            return Err("port must be 1-65535".into());
+        }
+        let inspects = self.access.is_some_and(|a| a != Access::Full) || !self.rules.is_empty();
+        if self.protocol.is_none() && (self.access.is_some() || !self.rules.is_empty() || self.tls.is_some()) {
+            return Err("access, rules and tls need protocol = \"rest\" (L4 endpoints are relayed as bytes)".into());
+        }
+        if self.access.is_some() && !self.rules.is_empty() {
+            return Err("give either access or rules, not both".into());
+        }
+        if self.tls == Some(Tls::Passthrough) && inspects {
+            return Err("tls = \"passthrough\" cannot be inspected: method/path limits need tls = \"terminate\"".into());
+        }
+        for r in &self.rules {
+            let m = &r.allow.method;
+            if m != "*" && (m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase())) {
+                return Err(format!("rule method {m:?}: use an upper-case HTTP method or *"));
+            }
+            if !r.allow.path.starts_with('/') {
+                return Err(format!("rule path {:?} must start with /", r.allow.path));
+            }
+            path_glob(&r.allow.path).map_err(|e| format!("rule path {:?}: {e}", r.allow.path))?;
+        }
+        for c in &self.allowed_ips {
+            c.parse::<ipnet::IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("allowed_ips: {c:?} is not a CIDR"))?;
+        }
+        Ok(())
+    }
+
+    /// True when requests through this endpoint are parsed and checked.
+    pub fn inspected(&self) -> bool {
+        self.protocol == Some(Protocol::Rest) && self.tls != Some(Tls::Passthrough)
+    }
+
+    /// The parsed `allowed_ips`.
+    pub fn allowed_nets(&self) -> Vec<ipnet::IpNet> {
+        self.allowed_ips
+            .iter()
+            .filter_map(|c| c.parse().ok().or_else(|| c.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from)))
+            .collect()
+    }
+}
+
+fn check_host_pattern(h: &str) -> Result<(), String> {
+    if variable(h).is_some() {
+        return Ok(()); // `{name}`: resolved by `effective()`, checked then
+    }
+    check_host(h)
+}
+
+/// A host name, an IP literal or `*.domain`.
+pub(crate) fn check_host(h: &str) -> Result<(), String> {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    if name.parse::<std::net::IpAddr>().is_ok() && !h.starts_with("*.") {
+        return Ok(());
+    }
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("host {h:?}: use a host name, an IP address or *.domain"))
+    }
+}
+
+pub(crate) fn binary_glob(p: &str) -> Result<GlobMatcher, globset::Error> {
+    Ok(GlobBuilder::new(p).literal_separator(true).build()?.compile_matcher())
+}
+
+pub(crate) fn path_glob(p: &str) -> Result<GlobMatcher, globset::Error> {
+    Ok(GlobBuilder::new(p).literal_separator(true).build()?.compile_matcher())
+}
+
+/// The variable name of a `{name}` host, if it is one (`policy::host_vars`
+/// resolves them).
+pub fn variable(host: &str) -> Option<&str> {
+    let name = host.strip_prefix('{')?.strip_suffix('}')?;
+    let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    ok.then_some(name)
+}

@@ -1,0 +1,535 @@
+//! One sandbox's life as the supervisor sees it: create (validate, reserve
+//! the name, record the request), supervise (prepare the rootfs, create the
+//! netns and the gateway socket, write the bundle, start the single-threaded
+//! launcher, wait, record the exit), stop, remove. Guards against a sandbox
+//! starting weaker than its policy (hard_requirement, require_cap_drop are
+//! checked before anything runs) and against leftovers (the launcher dies
+//! with the supervisor; stop/rm remove every trace but the workspace).
+pub mod cgroup_warm;
+pub mod doctor;
+pub mod net;
+pub mod netns;
+pub mod spec;
+pub mod state;
+use crate::launch::executor::GuardPlan;
+use crate::launch::fork::ForkedLauncher;
+use crate::launch::landlock::{kernel_abi, missing_features, LandlockPlan};
+use crate::launch::{LaunchPlan, TopLayer};
+use crate::layers::LayerCache;
+use crate::policy::{Compatibility, Policy};
+use crate::launch::rootfs::{self, PreparedImage};
+use crate::sandbox::net::{LaunchNet, NetStart};
+use crate::sandbox::spec::SpecParams;
+use crate::sandbox::state::{Paths, ProcId, Record, Status};
+use moat_builder::Store;
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{chown, DirBuilderExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::RootfsError),
+    #[error(transparent)]
+    Store(#[from] moat_builder::store::StoreError),
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
+    #[error(transparent)]
+    Netns(#[from] crate::sandbox::netns::NetnsError),
+    #[error(transparent)]
+    Launch(#[from] crate::launch::LaunchError),
+    #[error("{what}")]
+    Io { what: String, source: std::io::Error },
+    #[error("{0}")]
+    Refused(String),
+    #[error("sandbox {0} is running: stop it first (or use --force)")]
+    Running(String),
+    #[error("sandbox {0} is not running")]
+    NotRunning(String),
+}
+
+pub(crate) fn gateway_err(e: impl std::error::Error) -> SandboxError {
+    SandboxError::Refused(format!("egress gateway: {}", crate::report::chain(&e)))
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let what = what.into();
+    move |source| SandboxError::Io { what, source }
+}
+
+/// What `moat run` asked for, kept in the runtime directory for the supervisor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRequest {
+    pub name: Option<String>,
+    pub image: String,
+    pub store: PathBuf,
+    pub policy: Policy,
+    pub workspace: Option<PathBuf>,
+    /// Empty: the image's entrypoint and command.
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub interactive: bool,
+    pub tty: bool,
+    pub detach: bool,
+    /// `run --rm`: the record is deleted at exit, so it is not fsynced.
+    #[serde(default)]
+    pub ephemeral: bool,
+}
+
+/// Refuses policies the kernel or the policy itself cannot honour; logs
+/// every degraded feature under best_effort (one structured event each).
+pub fn check_enforceable(policy: &Policy) -> Result<(), SandboxError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(SandboxError::Refused(
+            "sandboxes need root for now (namespaces, overlayfs, cgroups; rootless mode is not implemented): run moat as root".into(),
+        ));
+    }
+    if policy.process.require_cap_drop {
+        let kept = policy.kept_dangerous_caps();
+        if !kept.is_empty() {
+            return Err(SandboxError::Refused(format!(
+                "require_cap_drop = true but the policy keeps {}",
+                kept.join(", ")
+            )));
+        }
+    }
+    let missing = missing_features(kernel_abi());
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if policy.landlock.compatibility == Compatibility::HardRequirement {
+        return Err(SandboxError::Refused(format!(
+            "landlock compatibility = hard_requirement, but this kernel lacks:\n  {}",
+            missing.join("\n  ")
+        )));
+    }
+    for m in missing {
+        tracing::warn!(event = "landlock_degraded", feature = m, "best_effort: not enforced");
+    }
+    Ok(())
+}
+
+/// Validates the request, reserves the name and records it. Returns the name.
+pub fn create(req: &RunRequest) -> Result<Paths, SandboxError> {
+    check_enforceable(&req.policy)?;
+    let name = name_for(req);
+    let paths = Paths::new(&name)?;
+    state::reserve(&paths)?;
+    let result = (|| -> Result<(), SandboxError> {
+        if let Some(w) = &req.workspace {
+            if !w.is_dir() {
+                return Err(SandboxError::Refused(format!("--workspace {}: not a directory", w.display())));
+            }
+        }
+        let policy_json = serde_json::to_vec_pretty(&req.policy).map_err(|e| SandboxError::Refused(e.to_string()))?;
+        let write = if req.ephemeral { state::write_runtime } else { state::write_atomic };
+        write(&paths.policy_file(), &policy_json)?;
+        let rec = Record {
+            name: name.clone(),
+            image: req.image.clone(),
+            image_digest: String::new(),
+            command: req.args.clone(),
+            workspace: req.workspace.clone().unwrap_or_else(|| paths.default_workspace()),
+            workspace_owned: req.workspace.is_none(),
+            created: state::now(),
+            status: Status::Created,
+            detached: req.detach,
+            supervisor: None,
+            init: None,
+            started: None,
+            exit_code: None,
+        };
+        let rec_json = serde_json::to_vec_pretty(&rec).map_err(|e| SandboxError::Refused(e.to_string()))?;
+        write(&paths.state_file(), &rec_json)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&paths.run)
+            .map_err(io(paths.run.display().to_string()))?;
+        let req_json = serde_json::to_vec(req).map_err(|e| SandboxError::Refused(e.to_string()))?;
+        state::write_runtime(&paths.run.join("request.json"), &req_json)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(paths.state_file());
+        let _ = fs::remove_file(paths.policy_file());
+        let _ = fs::remove_dir(&paths.home); // only if nothing (no kept workspace) is in it
+        let _ = fs::remove_dir_all(&paths.run);
+        return Err(e);
+    }
+    Ok(paths)
+}
+
+fn generated_name(image: &str) -> String {
+    let base: String = image
+        .split(['@', ':'])
+        .next()
+        .unwrap_or("sandbox")
+        .rsplit('/')
+        .next()
+        .unwrap_or("sandbox")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(40)
+        .collect();
+    let base = if base.is_empty() { "sandbox".to_string() } else { base };
+    let mut rnd = [0u8; 3];
+    // SAFETY: getrandom fills our 3-byte buffer.
+    unsafe { libc::getrandom(rnd.as_mut_ptr().cast(), rnd.len(), 0) };
+    format!("{base}-{}", hex::encode(rnd))
+}
+
+/// The image-derived part of a sandbox, shared by `run` and `bundle`.
+pub struct Resolved {
+    pub image: PreparedImage,
+    pub user: rootfs::SandboxUser,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+}
+
+pub fn resolve(
+    store: &Store,
+    image: &str,
+    policy: &Policy,
+    args: &[String],
+    env: &[String],
+) -> Result<Resolved, SandboxError> {
+    let prepared = PreparedImage::prepare(store, image, &LayerCache::default_location())?;
+    let user = prepared.user(&policy.process.user)?;
+    let rc = &prepared.config.config;
+    let args = if args.is_empty() {
+        let mut a = rc.entrypoint.clone().unwrap_or_default();
+        a.extend(rc.cmd.clone().unwrap_or_default());
+        a
+    } else {
+        args.to_vec()
+    };
+    if args.is_empty() {
+        return Err(SandboxError::Refused(format!("image {image} names no command: give one after `--`")));
+    }
+    let env = spec::environment(&rc.env, env, &user.home, policy.network.gateway_port)?;
+    let cwd = rc.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| policy.filesystem.workspace.clone());
+    Ok(Resolved { image: prepared, user, args, env, cwd })
+}
+
+static LAUNCHER_PID: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int) {
+    let pid = LAUNCHER_PID.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe; pid is our launcher child.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// What a sandbox start begins before anything else, so that it runs while
+/// the sandbox is recorded and its image resolved.
+pub struct Early {
+    launcher: ForkedLauncher,
+    cgroup_warm: std::thread::JoinHandle<()>,
+    net: NetStart,
+}
+
+/// Forks the launcher (first: the process must still be single-threaded;
+/// it prepares itself and waits for its plan), starts the cgroup lock's
+/// grace period (the launcher's first cgroup write would wait for it) and
+/// the network namespace with the gateway's socket and the CA of sandbox
+/// `name`. Nothing is written to any sandbox's state.
+pub fn begin(name: &str, policy: &Policy) -> Result<Early, SandboxError> {
+    let launcher = ForkedLauncher::fork()?;
+    let cgroup_warm = crate::sandbox::cgroup_warm::start();
+    let net = NetStart::spawn(name, policy.network.gateway_port);
+    Ok(Early { launcher, cgroup_warm, net })
+}
+
+/// The name a sandbox gets: the requested one, or one made from the image.
+pub fn name_for(req: &RunRequest) -> String {
+    req.name.clone().unwrap_or_else(|| generated_name(&req.image))
+}
+
+/// Runs the sandbox recorded under `paths` until it exits; returns its exit
+/// code. `ready` (the detached CLI's pipe) receives `ok` once it runs, or the
+/// error. `early`: what `begin` started for this sandbox, if the caller did.
+pub fn supervise(paths: &Paths, ready: Option<fs::File>, early: Option<Early>) -> Result<i32, SandboxError> {
+    let mut ready = ready;
+    let result = supervise_inner(paths, &mut ready, early);
+    if let Err(e) = &result {
+        if let Some(r) = ready.as_mut() {
+            let _ = writeln!(r, "error: {}", crate::report::chain(e));
+        }
+        let _ = state::update(paths, |r| {
+            r.status = Status::Exited;
+            r.exit_code.get_or_insert(125);
+        });
+    }
+    let _ = fs::remove_dir_all(&paths.run);
+    result
+}
+
+fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Early>) -> Result<i32, SandboxError> {
+    let req: RunRequest =
+        serde_json::from_slice(&fs::read(paths.run.join("request.json")).map_err(io("request.json"))?)
+            .map_err(|e| SandboxError::Refused(format!("request.json: {e}")))?;
+    let Early { mut launcher, cgroup_warm, mut net } = match early {
+        Some(e) => e,
+        None => begin(&paths.name, &req.policy)?,
+    };
+    let policy = &req.policy;
+    net.start_gateway(paths, &policy.network);
+    let rec = state::load(paths)?;
+    let store = Store::open_existing(&req.store)?;
+    let prepared = (|| -> Result<Resolved, SandboxError> {
+        let r = resolve(&store, &req.image, policy, &req.args, &req.env)?;
+        // Workspace: moat's own is created for the sandbox user.
+        if rec.workspace_owned {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&rec.workspace)
+                .map_err(io(rec.workspace.display().to_string()))?;
+            chown(&rec.workspace, Some(r.user.uid), Some(r.user.gid)).map_err(io("chown workspace"))?;
+        }
+        Ok(r)
+    })();
+    let launch_net = net.ready();
+    let r = prepared?;
+    let LaunchNet { netns_path, ca } = launch_net?;
+    let mut env = r.env.clone();
+    for (k, v) in rootfs::CA_ENV {
+        if !env.iter().any(|kv| kv.split_once('=').is_some_and(|(key, _)| key == *k)) {
+            env.push(format!("{k}={v}"));
+        }
+    }
+    fs::create_dir_all(paths.rootfs()).map_err(io("rootfs mount point"))?;
+    fs::create_dir_all(paths.top_layer()).map_err(io("top layer mount point"))?;
+    let params = SpecParams {
+        rootfs: paths.rootfs().display().to_string(),
+        args: r.args.clone(),
+        env,
+        cwd: r.cwd.clone(),
+        user: r.user.clone(),
+        hostname: paths.name.clone(),
+        workspace_host: rec.workspace.clone(),
+        netns_path: Some(netns_path),
+        cgroups_path: Some(format!("/moat/{}", paths.name)),
+        terminal: req.tty,
+        seccomp: None,
+    };
+    let spec = spec::build(policy, &params)?;
+    let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| SandboxError::Refused(e.to_string()))?;
+    state::write_runtime(&paths.bundle().join("config.json"), &spec_json)?;
+    let plan = LaunchPlan {
+        container_id: paths.container_id(),
+        state_root: Paths::containers_root(),
+        bundle: paths.bundle(),
+        rootfs: paths.rootfs(),
+        lowers: r.image.layers.iter().rev().cloned().collect(),
+        top_layer: paths.top_layer(),
+        top: TopLayer {
+            workspace: policy.filesystem.workspace.clone(),
+            hosts: rootfs::hosts_file(&paths.name),
+            ca_pem: ca.cert_pem(),
+        },
+        cache_dir: LayerCache::default_location().dir().to_path_buf(),
+        guard: guard_plan(policy),
+        supervisor_pid: std::process::id(),
+        run_dir: paths.run.clone(),
+        tty: req.tty,
+        interactive: req.interactive,
+        uid: r.user.uid,
+        gid: r.user.gid,
+        cwd: r.cwd.clone(),
+    };
+    let plan_json = serde_json::to_vec_pretty(&plan).map_err(|e| SandboxError::Refused(e.to_string()))?;
+    state::write_runtime(&paths.launch_plan(), &plan_json)?;
+    fs::create_dir_all(Paths::containers_root()).map_err(io("containers root"))?;
+
+    let report = launcher.start(&plan)?;
+    LAUNCHER_PID.store(launcher.pid(), Ordering::SeqCst);
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: the handler only forwards the signal with kill (async-signal-safe).
+        unsafe { libc::signal(sig, forward_signal as *const () as libc::sighandler_t) };
+    }
+    let mut line = String::new();
+    let _ = BufReader::new(report).read_line(&mut line);
+    // No gateway: the sandbox could reach nothing. Dropping the launcher
+    // stops it rather than reporting it running.
+    let netns = net.finish()?;
+    if let Some(pid) = line.trim().strip_prefix("started ").and_then(|p| p.parse::<i32>().ok()) {
+        state::update(paths, |rec| {
+            rec.status = Status::Running;
+            rec.image_digest = r.image.manifest_digest.to_string();
+            rec.supervisor = ProcId::of(std::process::id() as i32);
+            rec.init = ProcId::of(pid);
+            rec.started = Some(state::now());
+        })?;
+        tracing::info!(event = "sandbox_started", sandbox = %paths.name, pid, "sandbox running");
+        if let Some(r) = ready.as_mut() {
+            let _ = writeln!(r, "ok");
+        }
+        *ready = None;
+    }
+    let _ = cgroup_warm.join();
+    let code = launcher.wait().map_err(io("waiting for the launcher"))?;
+    LAUNCHER_PID.store(0, Ordering::SeqCst);
+    if line.is_empty() {
+        return Err(SandboxError::Refused(format!(
+            "the sandbox failed to start (launcher exit code {code}); see the messages above"
+        )));
+    }
+    drop(netns);
+    state::update(paths, |rec| {
+        rec.status = Status::Exited;
+        rec.exit_code = Some(code);
+    })?;
+    tracing::info!(event = "sandbox_exited", sandbox = %paths.name, code, "sandbox exited");
+    Ok(code)
+}
+
+pub fn guard_plan(policy: &Policy) -> GuardPlan {
+    GuardPlan {
+        landlock: LandlockPlan::from_policy(policy),
+        require_cap_drop: policy.process.require_cap_drop,
+        rlimit_nproc: policy.process.rlimit_nproc,
+        rlimit_nofile: policy.process.rlimit_nofile,
+        rlimit_core: policy.process.rlimit_core,
+    }
+}
+
+/// Reads the launch plan of a running sandbox (for `exec`).
+pub fn launch_plan(paths: &Paths) -> Result<LaunchPlan, SandboxError> {
+    let rec = state::load(paths)?;
+    if rec.live_status() != Status::Running {
+        return Err(SandboxError::NotRunning(paths.name.clone()));
+    }
+    let bytes = fs::read(paths.launch_plan()).map_err(io(paths.launch_plan().display().to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| SandboxError::Refused(format!("launch.json: {e}")))
+}
+
+/// SIGTERM to the sandbox, SIGKILL after `grace`; waits for the supervisor to finish.
+pub fn stop(paths: &Paths, grace: Duration) -> Result<bool, SandboxError> {
+    let rec = state::load(paths)?;
+    if rec.live_status() != Status::Running {
+        return Ok(false);
+    }
+    let gone = || !rec.supervisor.is_some_and(|s| s.alive());
+    if let Some(init) = rec.init {
+        init.signal(libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && init.alive() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        init.signal(libc::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && !gone() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !gone() {
+        if let Some(s) = rec.supervisor {
+            s.signal(libc::SIGTERM);
+        }
+    }
+    Ok(true)
+}
+
+/// Removes a stopped sandbox's state; the workspace stays unless `workspace`.
+pub fn remove(paths: &Paths, force: bool, workspace: bool) -> Result<(), SandboxError> {
+    let rec = state::load(paths)?;
+    if rec.live_status() == Status::Running {
+        if !force {
+            return Err(SandboxError::Running(paths.name.clone()));
+        }
+        stop(paths, Duration::from_secs(0))?;
+    }
+    crate::launch::remove_leftovers(&Paths::containers_root(), &paths.container_id());
+    let _ = fs::remove_dir_all(&paths.run);
+    let keep = rec.workspace_owned && !workspace;
+    for e in fs::read_dir(&paths.home).map_err(io(paths.home.display().to_string()))?.flatten() {
+        let p = e.path();
+        if keep && p == rec.workspace {
+            continue;
+        }
+        let res = if p.is_dir() && !p.is_symlink() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+        res.map_err(io(p.display().to_string()))?;
+    }
+    if !keep {
+        fs::remove_dir(&paths.home).map_err(io(paths.home.display().to_string()))?;
+    }
+    Ok(())
+}
+
+/// Writes an OCI bundle (rootfs copy + config.json) that runc can run.
+/// Must be called from a single-threaded process (it enters a private
+/// mount namespace to read the merged image).
+pub fn write_bundle(
+    store: &Store,
+    image: &str,
+    policy: &Policy,
+    args: &[String],
+    dir: &Path,
+) -> Result<(), SandboxError> {
+    check_enforceable(policy)?;
+    let r = resolve(store, image, policy, args, &[])?;
+    if dir.exists() && fs::read_dir(dir).map_err(io(dir.display().to_string()))?.next().is_some() {
+        return Err(SandboxError::Refused(format!("{}: exists and is not empty", dir.display())));
+    }
+    let root = dir.join("rootfs");
+    fs::create_dir_all(&root).map_err(io(root.display().to_string()))?;
+    let dir = fs::canonicalize(dir).map_err(io(dir.display().to_string()))?;
+    let root = dir.join("rootfs");
+    copy_merged(&r.image, &root)?;
+    rootfs::write_top_layer(&root, &policy.filesystem.workspace, &rootfs::hosts_file("moat"))?;
+    let ws = dir.join("workspace");
+    fs::DirBuilder::new().mode(0o700).create(&ws).map_err(io(ws.display().to_string()))?;
+    chown(&ws, Some(r.user.uid), Some(r.user.gid)).map_err(io("chown workspace"))?;
+    let params = SpecParams {
+        rootfs: "rootfs".into(),
+        args: r.args,
+        env: r.env,
+        cwd: r.cwd,
+        user: r.user,
+        hostname: "moat".into(),
+        workspace_host: ws,
+        netns_path: None,
+        cgroups_path: None,
+        terminal: false,
+        seccomp: Some(crate::launch::seccomp::DenyList::builtin().map_err(|e| SandboxError::Refused(e.to_string()))?.to_oci()),
+    };
+    let spec = spec::build(policy, &params)?;
+    let json = serde_json::to_vec_pretty(&spec).map_err(|e| SandboxError::Refused(e.to_string()))?;
+    state::write_atomic(&dir.join("config.json"), &json)?;
+    Ok(())
+}
+
+/// Copies the image's merged filesystem (overlay of its cached layers) to `dest`.
+fn copy_merged(image: &PreparedImage, dest: &Path) -> Result<(), SandboxError> {
+    rootfs::private_mount_namespace().map_err(io("private mount namespace (run `moat bundle` as root)"))?;
+    let mnt = tempfile::tempdir().map_err(io("temp mount point"))?;
+    let lowers: Vec<PathBuf> = image.layers.iter().rev().cloned().collect();
+    rootfs::mount_overlay(mnt.path(), &lowers, LayerCache::default_location().dir())?;
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", mnt.path().display()))
+        .arg(dest)
+        .output()
+        .map_err(io("running cp"));
+    rootfs::unmount(mnt.path());
+    let out = out?;
+    if !out.status.success() {
+        return Err(SandboxError::Refused(format!(
+            "copying the image: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}

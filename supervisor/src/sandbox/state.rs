@@ -1,0 +1,294 @@
+//! Where a sandbox's state lives and what it records: the durable record in
+//! `$MOAT_HOME/sandboxes/NAME/` (state.json, policy, workspace, log) and the
+//! runtime directory `/run/moat/sandboxes/NAME/` (bundle, top layer, launch
+//! plan). Guards against acting on the wrong process (pids are checked with
+//! their start time, so a recycled pid is never signalled), against name
+//! tricks (names are a closed alphabet, never a path), and against torn
+//! records (atomic writes).
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("invalid sandbox name {0:?}: use 1-63 of a-z A-Z 0-9 _ . - (not starting with . or -)")]
+    BadName(String),
+    #[error("no sandbox named {0:?} (see `moat ls`)")]
+    Unknown(String),
+    #[error("a sandbox named {0:?} already exists (`moat rm {0}` first)")]
+    Exists(String),
+    #[error("{path}: corrupt state")]
+    Corrupt { path: PathBuf, source: serde_json::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
+    move |source| StateError::Io { path: path.to_path_buf(), source }
+}
+
+/// Root of runtime-only state (libcontainer's root, per-sandbox bundles).
+pub fn run_root() -> PathBuf {
+    std::env::var_os("MOAT_RUN_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/moat"))
+}
+
+/// Checks a sandbox name.
+pub fn check_name(name: &str) -> Result<(), StateError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with(['.', '-'])
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::BadName(name.into()))
+    }
+}
+
+/// The directories of one sandbox.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub name: String,
+    pub home: PathBuf,
+    pub run: PathBuf,
+}
+
+impl Paths {
+    pub fn new(name: &str) -> Result<Paths, StateError> {
+        check_name(name)?;
+        Ok(Paths {
+            name: name.into(),
+            home: moat_builder::home::moat_home().join("sandboxes").join(name),
+            run: run_root().join("sandboxes").join(name),
+        })
+    }
+    pub fn state_file(&self) -> PathBuf {
+        self.home.join("state.json")
+    }
+    pub fn log_file(&self) -> PathBuf {
+        self.home.join("log")
+    }
+    /// The gateway's audit log (JSON lines).
+    pub fn audit_log(&self) -> PathBuf {
+        self.home.join("audit.log")
+    }
+    /// The gateway's control socket (runtime; exists while the supervisor runs).
+    pub fn control_socket(&self) -> PathBuf {
+        self.run.join("control.sock")
+    }
+    pub fn policy_file(&self) -> PathBuf {
+        self.home.join("policy.json")
+    }
+    pub fn default_workspace(&self) -> PathBuf {
+        self.home.join("workspace")
+    }
+    /// The OCI bundle libcontainer reads (`config.json`): the run directory
+    /// itself, one directory fewer to create and delete per start.
+    pub fn bundle(&self) -> PathBuf {
+        self.run.clone()
+    }
+    pub fn rootfs(&self) -> PathBuf {
+        self.run.join("rootfs")
+    }
+    pub fn top_layer(&self) -> PathBuf {
+        self.run.join("top")
+    }
+    pub fn launch_plan(&self) -> PathBuf {
+        self.run.join("launch.json")
+    }
+    pub fn container_id(&self) -> String {
+        format!("moat-{}", self.name)
+    }
+    pub fn containers_root() -> PathBuf {
+        run_root().join("containers")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Created,
+    Running,
+    Exited,
+}
+
+/// A process identified by pid and start time (clock ticks since boot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcId {
+    pub pid: i32,
+    pub start: u64,
+}
+
+impl ProcId {
+    /// Identifies a live process now.
+    pub fn of(pid: i32) -> Option<ProcId> {
+        start_time(pid).map(|start| ProcId { pid, start })
+    }
+    /// Whether this very process still exists (not a recycled pid).
+    pub fn alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start) && !is_zombie(self.pid)
+    }
+    /// Sends `sig` if the process is still the same one.
+    pub fn signal(&self, sig: i32) -> bool {
+        // SAFETY: kill with a checked pid; the start-time check above makes a
+        // recycled pid unlikely to be hit (a pidfd would close the gap fully).
+        self.alive() && unsafe { libc::kill(self.pid, sig) } == 0
+    }
+}
+
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: split after the last ')'.
+    let rest = &s[s.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+fn start_time(pid: i32) -> Option<u64> {
+    // Field 22 overall = index 19 after pid and comm.
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+fn is_zombie(pid: i32) -> bool {
+    stat_fields(pid).and_then(|f| f.first().cloned()).is_some_and(|s| s == "Z" || s == "X")
+}
+
+/// The durable record of a sandbox (`state.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub name: String,
+    pub image: String,
+    pub image_digest: String,
+    pub command: Vec<String>,
+    pub workspace: PathBuf,
+    /// Whether moat made the workspace (and `rm --workspace` may delete it).
+    pub workspace_owned: bool,
+    pub created: u64,
+    pub status: Status,
+    pub detached: bool,
+    pub supervisor: Option<ProcId>,
+    pub init: Option<ProcId>,
+    pub started: Option<u64>,
+    pub exit_code: Option<i32>,
+}
+
+impl Record {
+    /// The status as seen now: a "running" record whose supervisor is gone is "exited".
+    pub fn live_status(&self) -> Status {
+        match self.status {
+            Status::Running if !self.supervisor.is_some_and(|s| s.alive()) => Status::Exited,
+            s => s,
+        }
+    }
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Reserves the name: creates `state.json` exclusively (a workspace kept
+/// by `rm` does not hold the name; a new sandbox of that name reuses it).
+pub fn reserve(paths: &Paths) -> Result<(), StateError> {
+    fs::create_dir_all(&paths.home).map_err(io_err(&paths.home))?;
+    match fs::OpenOptions::new().write(true).create_new(true).open(paths.state_file()) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(StateError::Exists(paths.name.clone())),
+        Err(e) => Err(StateError::Io { path: paths.state_file(), source: e }),
+    }
+}
+
+pub fn save(paths: &Paths, rec: &Record) -> Result<(), StateError> {
+    let bytes =
+        serde_json::to_vec_pretty(rec).map_err(|source| StateError::Corrupt { path: paths.state_file(), source })?;
+    write_atomic(&paths.state_file(), &bytes)
+}
+
+pub fn load(paths: &Paths) -> Result<Record, StateError> {
+    let p = paths.state_file();
+    let bytes = match fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StateError::Unknown(paths.name.clone())),
+        Err(e) => return Err(StateError::Io { path: p, source: e }),
+    };
+    serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path: p, source })
+}
+
+/// Applies `f` to the record on disk (read, change, atomic rename). Not
+/// fsynced: these are status transitions on the start-up path, and status
+/// is re-derived from process liveness anyway (`Record::live_status`); the
+/// durable facts (name, image, workspace, policy) were fsynced at creation.
+pub fn update(paths: &Paths, f: impl FnOnce(&mut Record)) -> Result<Record, StateError> {
+    let mut r = load(paths)?;
+    f(&mut r);
+    let bytes =
+        serde_json::to_vec_pretty(&r).map_err(|source| StateError::Corrupt { path: paths.state_file(), source })?;
+    write_replace(&paths.state_file(), &bytes, false)?;
+    Ok(r)
+}
+
+/// Every sandbox with a readable record, sorted by name.
+pub fn list() -> Result<Vec<Record>, StateError> {
+    let dir = moat_builder::home::moat_home().join("sandboxes");
+    let rd = match fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StateError::Io { path: dir, source: e }),
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let Some(name) = e.file_name().to_str().map(str::to_string) else { continue };
+        let Ok(paths) = Paths::new(&name) else { continue };
+        if let Ok(r) = load(&paths) {
+            out.push(r);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Temp file + fsync + rename in the destination's directory.
+pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    write_replace(dest, bytes, true)
+}
+
+/// Temp file + rename without fsync: for runtime files under the run
+/// directory, which mean nothing after a reboot (and /run is a tmpfs).
+pub fn write_runtime(dest: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    write_replace(dest, bytes, false)
+}
+
+fn write_replace(dest: &Path, bytes: &[u8], durable: bool) -> Result<(), StateError> {
+    use std::io::Write;
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
+    tmp.write_all(bytes).map_err(io_err(dest))?;
+    if durable {
+        tmp.as_file().sync_all().map_err(io_err(dest))?;
+    }
+    tmp.persist(dest).map_err(|e| StateError::Io { path: dest.to_path_buf(), source: e.error })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_a_closed_alphabet() {
+        for ok in ["a", "agent-1", "A.b_c"] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "../x", "a/b", ".hidden", "-x", &"x".repeat(64), "a b"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn proc_identity_includes_start_time() {
+        let me = ProcId::of(std::process::id() as i32).unwrap();
+        assert!(me.alive());
+        let recycled = ProcId { pid: me.pid, start: me.start + 1 };
+        assert!(!recycled.alive());
+    }
+}
