@@ -24,13 +24,7 @@ pub fn sbom(a: SbomArgs, g: &Global) -> Result<ExitCode> {
     bytes.push(b'\n');
     match a.output {
         Some(path) => {
-            let parent = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("."));
-            moat_builder::store::atomic_write(&parent, &path, &bytes)
-                .with_context(|| format!("writing {}", path.display()))?;
+            moat_builder::fsio::write(&path, &bytes, 0o644).with_context(|| format!("writing {}", path.display()))?
         }
         None => std::io::Write::write_all(&mut std::io::stdout().lock(), &bytes)?,
     }

@@ -56,7 +56,6 @@ pub fn fetch(cache: &Path, url: &str, expected: &Digest) -> Result<PathBuf, Fetc
     if &actual != expected {
         return Err(FetchError::Mismatch { url: url.into(), expected: expected.clone(), actual });
     }
-    tmp.as_file().sync_all().map_err(|source| FetchError::Io { path: dest.clone(), source })?;
-    tmp.persist(&dest).map_err(|e| FetchError::Io { path: dest.clone(), source: e.error })?;
+    crate::fsio::persist(tmp, &dest).map_err(|source| FetchError::Io { path: dest.clone(), source })?;
     Ok(dest)
 }

@@ -7,6 +7,7 @@ pub mod cjson;
 pub mod debian;
 pub mod digest;
 pub mod fetch;
+pub mod fsio;
 pub mod home;
 pub mod layer;
 pub mod lint;

@@ -120,14 +120,10 @@ impl Lock {
 
     /// Writes the lock atomically beside the blueprint.
     pub fn write(&self, path: &Path) -> Result<(), LockError> {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let mut tmp =
-            tempfile::NamedTempFile::new_in(dir).map_err(|source| LockError::Io { path: path.into(), source })?;
-        use std::io::Write;
-        tmp.write_all(self.to_text().as_bytes()).map_err(|source| LockError::Io { path: path.into(), source })?;
-        tmp.as_file().sync_all().map_err(|source| LockError::Io { path: path.into(), source })?;
-        tmp.persist(path).map_err(|e| LockError::Io { path: path.into(), source: e.error })?;
-        Ok(())
+        // 0600: the mode lock files have always been written with (a temp
+        // file's); git records 0644 whatever the mode on disk.
+        crate::fsio::write(path, self.to_text().as_bytes(), 0o600)
+            .map_err(|source| LockError::Io { path: path.into(), source })
     }
 }
 

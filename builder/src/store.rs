@@ -2,7 +2,7 @@
 //! `blobs/sha256/…`). Guards against torn writes (temp file + fsync + rename),
 //! silent corruption (every blob read is checked against its digest) and
 //! concurrent index updates (an exclusive flock around read-modify-write).
-use crate::cjson;
+use crate::{cjson, fsio};
 use crate::digest::{Digest, HashingWriter};
 use crate::oci::{Descriptor, ImageConfig, Index, Manifest, ANNOTATION_REF_NAME, MEDIA_MANIFEST};
 use fs2::FileExt;
@@ -74,11 +74,11 @@ impl Store {
         let index = root.join("index.json");
         if !index.exists() {
             let bytes = cjson::to_vec(&Index::default()).map_err(StoreError::BadIndex)?;
-            atomic_write(&store.tmp_dir(), &index, &bytes)?;
+            store.write_file(&index, &bytes)?;
         }
         let layout = root.join("oci-layout");
         if !layout.exists() {
-            atomic_write(&store.tmp_dir(), &layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+            store.write_file(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         }
         Ok(store)
     }
@@ -244,7 +244,14 @@ impl Store {
         let mut idx = self.index()?;
         f(&mut idx);
         let bytes = cjson::to_vec(&idx).map_err(StoreError::BadIndex)?;
-        atomic_write(&self.tmp_dir(), &self.root.join("index.json"), &bytes)
+        self.write_file(&self.root.join("index.json"), &bytes)
+    }
+
+    /// Writes one of the layout's own files atomically (world-readable, like
+    /// blobs), through the store's temp directory so `gc` sweeps what a crash
+    /// leaves behind.
+    fn write_file(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
+        fsio::write_via(&self.tmp_dir(), dest, bytes, 0o644).map_err(io_err(dest))
     }
 
     /// An exclusive lock on the store, held until dropped.
@@ -364,10 +371,8 @@ impl BlobWriter {
         let tmp = buf.into_inner().map_err(|e| StoreError::Io { path: root.clone(), source: e.into_error() })?;
         // Blobs are content, not secrets: readable by other tools and users.
         tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(io_err(&root))?;
-        tmp.as_file().sync_all().map_err(io_err(&root))?;
         let dest = self.store.blob_path(&digest);
-        tmp.persist(&dest).map_err(|e| StoreError::Io { path: dest.clone(), source: e.error })?;
-        sync_dir(&self.store.blobs_dir());
+        fsio::persist(tmp, &dest).map_err(io_err(&dest))?;
         Ok((digest, size))
     }
 }
@@ -406,28 +411,6 @@ impl<R: Read> Read for VerifyingReader<R> {
         }
         self.hasher.update(&buf[..n]);
         Ok(n)
-    }
-}
-
-/// Writes `bytes` to `dest` atomically: temp file in `tmp_dir`, fsync, rename, fsync dir.
-pub fn atomic_write(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
-    fs::create_dir_all(tmp_dir).map_err(io_err(tmp_dir))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir).map_err(io_err(tmp_dir))?;
-    tmp.write_all(bytes).map_err(io_err(dest))?;
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(io_err(dest))?;
-    tmp.as_file().sync_all().map_err(io_err(dest))?;
-    tmp.persist(dest).map_err(|e| StoreError::Io { path: dest.to_path_buf(), source: e.error })?;
-    if let Some(parent) = dest.parent() {
-        sync_dir(parent);
-    }
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) {
-    // Best effort: a directory fsync makes the rename durable; failure to open
-    // the directory (odd filesystems) does not make the data wrong.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
     }
 }
 

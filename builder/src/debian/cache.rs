@@ -72,14 +72,13 @@ pub fn load(p: &LockedPackage, fetcher: &mut Option<Fetcher>) -> Result<Vec<u8>,
     let offset = if have < p.size { have } else { 0 };
     let n = f.get_into(&url, offset, &mut file)?;
     file.flush().map_err(|e| io(e, &partial))?;
-    file.sync_all().map_err(|e| io(e, &partial))?;
     let bytes = fs::read(&partial).map_err(|e| io(e, &partial))?;
     if let Err(e) = check(p, &bytes) {
         let _ = fs::remove_file(&partial);
         tracing::warn!(event = "deb_download_refused", package = %p.name, url = %url, bytes = n, "downloaded package does not match the lock; discarded");
         return Err(e);
     }
-    fs::rename(&partial, &path).map_err(|e| io(e, &path))?;
+    crate::fsio::rename(&file, &partial, &path).map_err(|e| io(e, &path))?;
     drop(file);
     Ok(bytes)
 }

@@ -39,8 +39,7 @@ impl<'a> LayerCache<'a> {
     fn record(&self, key: &Digest, e: &Entry) {
         // A cache that cannot be written costs speed, never correctness.
         if let (Some(dir), Ok(bytes)) = (&self.dir, serde_json::to_vec(e)) {
-            let _ = std::fs::create_dir_all(dir);
-            let _ = crate::store::atomic_write(dir, &dir.join(key.hex()), &bytes);
+            let _ = crate::fsio::write_via(dir, &dir.join(key.hex()), &bytes, 0o644);
         }
     }
 

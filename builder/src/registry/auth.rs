@@ -68,17 +68,8 @@ fn write_file(path: &Path, file: &File) -> Result<()> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
     let bytes = serde_json::to_vec_pretty(file)
         .map_err(|e| RegistryError::Credentials { path: path.to_path_buf(), detail: e.to_string() })?;
-    // Own atomic write (not the store's, whose files are world-readable):
-    // temp file in the same directory, forced to 0600, fsync, rename, fsync dir.
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
-    tmp.as_file().set_permissions(fs::Permissions::from_mode(0o600)).map_err(io(path))?;
-    tmp.write_all(&bytes).map_err(io(path))?;
-    tmp.as_file().sync_all().map_err(io(path))?;
-    tmp.persist(path).map_err(|e| RegistryError::Io { path: path.to_path_buf(), source: e.error })?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    // 0600 from the first byte on (the store's files are world-readable).
+    crate::fsio::write(path, &bytes, 0o600).map_err(io(path))
 }
 
 /// Stores credentials for `registry` (replacing older ones).
