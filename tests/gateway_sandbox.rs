@@ -5,6 +5,7 @@
 //! approval id, `moat approvals`, `moat approve`, `moat events`, live policy
 //! changes) works through the CLI. Needs root, iproute2 and the Debian
 //! mirror (to build the agent image once into a store under target/).
+#[path = "../supervisor/tests/gateway_common/mod.rs"]
 mod gateway_common;
 
 use gateway_common::{TestCa, UpNet, Upstream};

@@ -56,6 +56,18 @@ pub fn sync_dir(dir: &Path) {
     }
 }
 
+/// [`write`] without the fsyncs: atomic (readers see old or new bytes) but
+/// not durable. For files that mean nothing after a crash (runtime files on
+/// /run) or whose content is already durable elsewhere, on a start-up path
+/// where an fsync would be measured latency.
+pub fn replace(dest: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut tmp = NamedTempFile::new_in(parent(dest))?;
+    tmp.as_file().set_permissions(Permissions::from_mode(mode))?;
+    tmp.write_all(bytes)?;
+    tmp.persist(dest).map_err(|e| e.error)?;
+    Ok(())
+}
+
 /// The directory `path` is named in (`.` for a bare file name).
 fn parent(path: &Path) -> &Path {
     path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))

@@ -80,9 +80,9 @@ impl RevisionStore {
             let io = |source| RevisionError::Io { path: dir.clone(), source };
             use std::os::unix::fs::DirBuilderExt;
             fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
-            let write = if durable { crate::sandbox::state::write_atomic } else { crate::sandbox::state::write_runtime };
-            write(&dir.join(file_name(n)), text.as_bytes())
-                .map_err(|e| RevisionError::Corrupt { path: dir.join(file_name(n)), message: e.to_string() })?;
+            let write = if durable { moat_builder::fsio::write } else { moat_builder::fsio::replace };
+            let path = dir.join(file_name(n));
+            write(&path, text.as_bytes(), 0o600).map_err(|source| RevisionError::Io { path, source })?;
         }
         Ok(hash)
     }

@@ -259,15 +259,8 @@ pub fn write_runtime(dest: &Path, bytes: &[u8]) -> Result<(), StateError> {
 }
 
 fn write_replace(dest: &Path, bytes: &[u8], durable: bool) -> Result<(), StateError> {
-    use std::io::Write;
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
-    tmp.write_all(bytes).map_err(io_err(dest))?;
-    if durable {
-        tmp.as_file().sync_all().map_err(io_err(dest))?;
-    }
-    tmp.persist(dest).map_err(|e| StateError::Io { path: dest.to_path_buf(), source: e.error })?;
-    Ok(())
+    let write = if durable { moat_builder::fsio::write } else { moat_builder::fsio::replace };
+    write(dest, bytes, 0o600).map_err(io_err(dest))
 }
 
 #[cfg(test)]

@@ -215,7 +215,7 @@ impl Inference {
         let write = move || {
             let mut pending = unsaved.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(b) = pending.take() {
-                let _ = crate::sandbox::state::write_runtime(&path, &b);
+                let _ = moat_builder::fsio::replace(&path, &b, 0o600);
             }
         };
         match tokio::runtime::Handle::try_current() {
@@ -235,7 +235,7 @@ pub fn save_route(path: &Path, route: &Route) -> Result<(), InferenceError> {
     let saved = Saved { route: Some(route.clone()), credential: route.credential.clone() };
     let bytes = serde_json::to_vec_pretty(&saved)
         .map_err(|e| InferenceError::State { path: path.to_path_buf(), message: e.to_string() })?;
-    crate::sandbox::state::write_atomic(path, &bytes)
+    moat_builder::fsio::write(path, &bytes, 0o600)
         .map_err(|e| InferenceError::State { path: path.to_path_buf(), message: e.to_string() })
 }
 
