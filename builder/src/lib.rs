@@ -6,6 +6,7 @@ pub mod build;
 pub mod cjson;
 pub mod debian;
 pub mod digest;
+pub mod downloads;
 pub mod fetch;
 pub mod fsio;
 pub mod home;

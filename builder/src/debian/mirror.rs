@@ -1,9 +1,13 @@
 //! Where Debian files come from: the mirror for each suite (MOAT_DEBIAN_MIRROR,
-//! else the host's apt configuration; no host is written into moat) and the
-//! one HTTP/file fetch path. Nothing fetched here is trusted: callers verify
-//! every byte against a signature or a pinned sha256.
-use super::DebianError;
-use std::path::Path;
+//! else the host's apt configuration; no host is written into moat), the
+//! one HTTP/file fetch path, and locked packages through the downloads
+//! cache (`cache_dir()/debs`). Nothing fetched here is trusted: index files
+//! are verified by callers against the signature, packages by the cache
+//! against the lock's sha256 and size before any byte is used.
+use super::{DebianError, LockedPackage};
+use crate::digest::Digest;
+use crate::downloads::{Downloads, Failure, Pin};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// One `deb` source from the apt configuration.
@@ -179,6 +183,37 @@ impl Fetcher {
         out.flush().map_err(ioerr)?;
         Ok(start + n)
     }
+}
+
+/// The Debian packages' directory of the downloads cache.
+pub fn debs_dir() -> PathBuf {
+    crate::home::cache_dir().join("debs")
+}
+
+/// Returns the verified bytes of a locked package, downloading it into the
+/// cache if needed (from the mirror of the package's suite; a partial
+/// download resumes).
+pub fn load(p: &LockedPackage, fetcher: &mut Option<Fetcher>) -> Result<Vec<u8>, DebianError> {
+    let sha256 = Digest::parse_hex(&p.sha256)
+        .map_err(|_| DebianError::Spec(format!("lock entry {}: bad sha256 {:?}", p.name, p.sha256)))?;
+    let pin = Pin { sha256, size: Some(p.size) };
+    let fetch = |file: &mut std::fs::File, offset: u64| {
+        let url = format!("{}/{}", mirror_from_host(&p.suite)?, p.path);
+        let f = match fetcher {
+            Some(f) => f,
+            None => fetcher.insert(Fetcher::new()?),
+        };
+        f.get_into(&url, offset, file).map(drop)
+    };
+    Downloads::new(debs_dir()).bytes(&pin, fetch).map_err(|e| match e {
+        Failure::Fetch(e) => e,
+        Failure::Io { path, source } => DebianError::Io { path: path.display().to_string(), msg: source.to_string() },
+        Failure::Mismatch { actual, size } => DebianError::HashMismatch {
+            what: format!("{} {} ({})", p.name, p.version, p.path),
+            expected: format!("sha256:{} ({} bytes)", p.sha256, p.size),
+            got: format!("{actual} ({size} bytes)"),
+        },
+    })
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 //! writes a lock of pool paths and sha256s; `plan_layers` and `materialize`
 //! build only from that lock. Threats: a hostile mirror (signature, hashes),
 //! package code at build time (no maintainer scripts), drifting inputs.
-pub mod cache;
 pub mod control;
 pub mod extract;
 pub mod fixups;
@@ -278,7 +277,7 @@ fn contents(pkgs: &[&LockedPackage]) -> Result<Vec<Arc<DebContents>>, DebianErro
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some(p) = todo.get(i) else { break };
-                    let r = cache::load(p, &mut fetcher).and_then(|b| extract::extract(&p.name, &b));
+                    let r = mirror::load(p, &mut fetcher).and_then(|b| extract::extract(&p.name, &b));
                     match r {
                         Ok(c) => {
                             if let Ok(mut m) = memo().lock() {
