@@ -5,8 +5,8 @@
 //! against a policy change leaving stale permissions behind: every change is
 //! a validated, durable revision, and the generation counter makes open
 //! tunnels re-check themselves.
+#![forbid(unsafe_code)]
 pub mod inference;
-pub mod body;
 pub mod ca;
 pub mod control;
 mod decide;
@@ -229,9 +229,10 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, 
     raise_nofile();
     // A deeper accept queue than std's 128: a burst of connections from the
     // sandbox waits in the kernel instead of being dropped and retried.
-    // SAFETY: listen(2) on a socket we own that is already listening only
-    // changes its backlog.
-    unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4096) };
+    // listen(2) on a socket that is already listening only changes its
+    // backlog: SOMAXCONN (4096 with glibc; the kernel caps it at
+    // net.core.somaxconn).
+    let _ = nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXCONN);
     listener.set_nonblocking(true).map_err(io("gateway socket"))?;
     let control = match &config.control_socket {
         Some(path) => Some(control::bind(path).map_err(io(&path.display().to_string()))?),
@@ -268,12 +269,10 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, 
 /// Each relayed connection holds two descriptors: lift the soft limit to
 /// the hard one so a thousand clients do not exhaust the default 1024.
 fn raise_nofile() {
-    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to our own struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
-            l.rlim_cur = l.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((cur, max)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if cur < max {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, max, max);
         }
     }
 }

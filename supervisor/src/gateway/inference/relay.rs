@@ -5,9 +5,10 @@
 //! sandbox (it is added after the request leaves the sandbox's hands, and
 //! erased from error bodies the provider echoes), against a sandbox-supplied
 //! key being used (always stripped), and against unbounded bodies.
+#![forbid(unsafe_code)]
 use super::usage::Tap;
 use super::{Endpoint, Inference, Kind, Route};
-use crate::gateway::body::BodyDecoder;
+use crate::gateway::http1::BodyDecoder;
 use crate::gateway::events::{Decision, Event};
 use crate::gateway::http1::{self, Framing, RequestHead};
 use crate::gateway::identity::Proc;

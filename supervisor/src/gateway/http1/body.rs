@@ -3,7 +3,8 @@
 //! tokens and scrubs keys from it). Built on http1's chunk parsing, so a body
 //! read here meets the same limits as one the proxy copies: bounded
 //! chunk-size lines and trailers, no bare LF, no signed or overflowing sizes.
-use super::http1::{self, Framing, HttpError};
+#![forbid(unsafe_code)]
+use super::{self as http1, Framing, HttpError};
 use tokio::io::AsyncBufRead;
 use tokio::io::AsyncBufReadExt;
 

@@ -1,4 +1,5 @@
-//! Tests for http1.rs: strict head parsing, framing decisions and body streaming against smuggling vectors.
+//! Tests for http1/: strict head parsing, framing decisions and body streaming against smuggling vectors.
+#![forbid(unsafe_code)]
 use super::*;
 use tokio::io::{AsyncReadExt, BufReader};
 
