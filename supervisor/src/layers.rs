@@ -6,10 +6,11 @@
 //! hardlinks out of the layer) and malformed whiteouts are refused, devices
 //! are refused, and nothing appears in the cache until the whole layer has
 //! unpacked and verified (temp dir + rename).
+#![forbid(unsafe_code)]
 use moat_builder::digest::{Digest, HashingWriter};
 use moat_builder::oci::{layer_is_gzip, Descriptor, MEDIA_LAYER_TAR};
 use moat_builder::Store;
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -288,46 +289,27 @@ fn apply_entry<R: Read>(entry: &mut tar::Entry<'_, R>, root: &Path) -> Result<()
     Ok(())
 }
 
-fn cpath(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
-}
-
 fn lchown(p: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    let c = cpath(p)?;
-    // SAFETY: c is a valid NUL-terminated path; lchown does not follow symlinks.
-    if unsafe { libc::lchown(c.as_ptr(), uid, gid) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // Does not follow symlinks.
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid))
 }
 
 /// An overlayfs whiteout: a 0/0 character device.
 fn mknod_whiteout(p: &Path) -> io::Result<()> {
-    let c = cpath(p)?;
-    // SAFETY: c is a valid path; mknod creates a device node and reads nothing else.
-    if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    Ok(mknod(p, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))?)
 }
 
 /// Marks a directory opaque for overlayfs (hides the lower layers' content).
 fn set_opaque(dir: &Path) -> io::Result<()> {
-    let c = cpath(dir)?;
-    let key = c"trusted.overlay.opaque";
-    // SAFETY: valid path, attribute name and a 1-byte value buffer.
-    if unsafe { libc::lsetxattr(c.as_ptr(), key.as_ptr(), b"y".as_ptr().cast(), 1, 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    crate::sys::set_xattr_no_follow(dir, c"trusted.overlay.opaque", b"y")
 }
 
 /// Flushes the filesystem holding `p` so a renamed cache entry is complete on disk.
 fn sync_fs(p: &Path) {
     if let Ok(f) = fs::File::open(p) {
         use std::os::fd::AsRawFd;
-        // SAFETY: syncfs on an open descriptor has no memory effects.
-        unsafe { libc::syncfs(f.as_raw_fd()) };
+        let _ = nix::unistd::syncfs(f.as_raw_fd());
     }
 }
 

@@ -17,6 +17,8 @@
 //! a single-threaded fork of the supervisor made before its first thread)
 //! -> sandbox init (`launch::executor`: Landlock, then seccomp, then exec)
 //! -> agent.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 pub mod gateway;
 pub mod launch;
 pub mod layers;
@@ -24,5 +26,6 @@ pub mod policy;
 pub mod report;
 pub mod sandbox;
 pub mod secrets;
+mod sys;
 
 pub use policy::Policy;

@@ -4,6 +4,7 @@
 //! made from `{e}` alone would drop the cause; `chain` walks the sources.
 //! The CLI gets the same from anyhow's `{:#}`. Guards against an operator or
 //! an agent being told "reading /x" without the "permission denied".
+#![forbid(unsafe_code)]
 use std::error::Error;
 
 /// `e` and each of its causes, joined by ": ".

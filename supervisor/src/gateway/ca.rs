@@ -5,6 +5,7 @@
 //! being able to mint certificates (it sees only the CA certificate) and
 //! against an inspected connection downgrading to HTTP/2 or unverified TLS
 //! upstream.
+#![forbid(unsafe_code)]
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose, SanType,

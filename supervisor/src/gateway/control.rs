@@ -4,6 +4,7 @@
 //! `policy set/add-preset/remove-preset` go through it. Guards against the
 //! sandbox changing its own policy (the socket lives outside the sandbox's
 //! filesystem and network namespace, and its mode admits only its owner).
+#![forbid(unsafe_code)]
 use super::Shared;
 use crate::policy::network::Network;
 use serde::{Deserialize, Serialize};

@@ -4,6 +4,7 @@
 //! the SSRF guard. Guards against any path out that skips a check: the only
 //! way to get addresses to dial is a `Relay` from here, and each outcome is
 //! an audit event.
+#![forbid(unsafe_code)]
 use super::events::{Decision, Event};
 use super::identity::{Caller, IdentityError};
 use super::ssrf;

@@ -4,6 +4,7 @@
 //! Guards against silent egress: every relayed, audited or refused request
 //! leaves a record an operator can follow (`moat events -f`). Query strings
 //! are never recorded (they carry tokens).
+#![forbid(unsafe_code)]
 use crate::secrets::redact::redact;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};

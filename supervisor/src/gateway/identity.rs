@@ -5,6 +5,7 @@
 //! /proc/PID/exe, never argv[0]), every binary in the caller's ancestry is
 //! hashed and trusted on first use, and a changed hash, a deleted binary or
 //! a socket held by processes running different programs is refused.
+#![forbid(unsafe_code)]
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs;

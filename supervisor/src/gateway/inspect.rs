@@ -6,6 +6,7 @@
 //! against domain fronting (the Host header must name the tunnel's host),
 //! and against a tunnel outliving its rule (each request re-checks the
 //! policy generation).
+#![forbid(unsafe_code)]
 use super::decide::{self, Identified, Refusal, Relay};
 use super::events::{Decision, Event};
 use super::http1::{self, RequestHead};

@@ -5,6 +5,7 @@
 //! heads, head deadlines against slowloris, a connection cap) and against a
 //! tunnel outliving the policy that allowed it (open relays re-check
 //! themselves when the generation changes).
+#![forbid(unsafe_code)]
 use super::decide::{self, Identified, Relay};
 use super::events::{Decision, Event};
 use super::http1::{self, RequestHead};

@@ -4,6 +4,7 @@
 //! bounded, deduplicated list. Guards against an approval that vanishes on a
 //! restart or cannot be traced (every change is a durable, hashed revision),
 //! and against a flood of refused requests growing memory without bound.
+#![forbid(unsafe_code)]
 use crate::policy::network::Network;
 use crate::policy::schema::{Endpoint, Enforcement, NetPolicy};
 use serde::{Deserialize, Serialize};

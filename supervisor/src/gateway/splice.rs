@@ -4,8 +4,11 @@
 //! only splice/pipe syscalls of the gateway. Guards against the gateway
 //! becoming the bottleneck (and the CPU hog) of a sandbox's bulk transfers;
 //! it relays only what the decision pipeline already allowed.
+#![forbid(unsafe_code)]
+use nix::fcntl::{fcntl, FcntlArg, OFlag, SpliceFFlags};
+use nix::sys::socket::{shutdown, Shutdown};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -18,37 +21,16 @@ struct Pipe {
 }
 
 fn pipe() -> io::Result<Pipe> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two descriptors into our two-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
     // A larger pipe means fewer round trips; the default (64 KiB) still works.
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, CHUNK as libc::c_int) };
+    let _ = fcntl(write.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(CHUNK as libc::c_int));
     Ok(Pipe { read, write })
 }
 
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: splice between descriptors we hold; null offsets (sockets and
-    // pipes have none); no memory is passed.
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+/// splice(2) without offsets (sockets and pipes have none).
+fn splice(from: BorrowedFd, to: BorrowedFd, len: usize) -> io::Result<usize> {
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    Ok(nix::fcntl::splice(from, None, to, None, len, flags)?)
 }
 
 /// Moves bytes from `src` to `dst` until `src` ends; then shuts `dst`'s
@@ -59,21 +41,21 @@ async fn one_way(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
     loop {
         let n = loop {
             src.readable().await?;
-            match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), p.write.as_raw_fd(), CHUNK)) {
+            match src.try_io(Interest::READABLE, || splice(src.as_fd(), p.write.as_fd(), CHUNK)) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }
         };
         if n == 0 {
-            // SAFETY: shutdown of a socket we hold; ENOTCONN after a reset is harmless.
-            unsafe { libc::shutdown(dst.as_raw_fd(), libc::SHUT_WR) };
+            // ENOTCONN after a reset is harmless.
+            let _ = shutdown(dst.as_raw_fd(), Shutdown::Write);
             return Ok(total);
         }
         let mut left = n;
         while left > 0 {
             dst.writable().await?;
-            match dst.try_io(Interest::WRITABLE, || splice(p.read.as_raw_fd(), dst.as_raw_fd(), left)) {
+            match dst.try_io(Interest::WRITABLE, || splice(p.read.as_fd(), dst.as_fd(), left)) {
                 Ok(m) => left -= m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),

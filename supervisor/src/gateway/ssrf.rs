@@ -2,6 +2,7 @@
 //! Threat: a sandbox using the gateway to reach host loopback services, cloud metadata (credential theft) or
 //! private networks, via IPv6 embeddings of IPv4, odd IP spellings (`0x7f.1`), or DNS answers mixing public and
 //! private addresses or changing between check and dial (callers dial exactly the addresses returned here).
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -3,6 +3,7 @@
 //! made only to addresses the decision already validated (no second DNS
 //! lookup, so no rebinding between the check and the dial). Guards against
 //! an authority that smuggles a path, user info or a space into the host.
+#![forbid(unsafe_code)]
 use super::decide::Relay;
 use super::Shared;
 use std::time::Duration;

@@ -6,9 +6,12 @@
 //! sandbox that starts with capabilities the policy did not keep, or without
 //! the Landlock and seccomp layers. Its inputs travel inside the value (the
 //! executor does not see the supervisor's environment).
+#![forbid(unsafe_code)]
 use crate::launch::landlock::LandlockPlan;
 use crate::policy::DANGEROUS_CAPS;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::signal::Signal;
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
@@ -57,9 +60,8 @@ impl Executor for MoatExecutor {
         // 1. Die with the launcher. Credentials changed before this point,
         // which clears an earlier setting, so it is set here; seccomp below
         // keeps the agent from clearing it.
-        // SAFETY: prctl with integer arguments only.
-        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } != 0 {
-            return Err(fail(format!("PR_SET_PDEATHSIG: {}", std::io::Error::last_os_error())));
+        if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+            return Err(fail(format!("PR_SET_PDEATHSIG: {}", std::io::Error::from(e))));
         }
         // 2. Fail closed on capabilities.
         if self.guard.require_cap_drop {
@@ -69,17 +71,14 @@ impl Executor for MoatExecutor {
         // caller's hard limit is clamped to it (raising would need
         // CAP_SYS_RESOURCE, which the sandbox never has).
         for (res, v) in [
-            (libc::RLIMIT_NPROC, self.guard.rlimit_nproc),
-            (libc::RLIMIT_NOFILE, self.guard.rlimit_nofile),
-            (libc::RLIMIT_CORE, self.guard.rlimit_core),
+            (Resource::RLIMIT_NPROC, self.guard.rlimit_nproc),
+            (Resource::RLIMIT_NOFILE, self.guard.rlimit_nofile),
+            (Resource::RLIMIT_CORE, self.guard.rlimit_core),
         ] {
-            let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            // SAFETY: getrlimit writes into our struct.
-            let v = if unsafe { libc::getrlimit(res, &mut cur) } == 0 { v.min(cur.rlim_max) } else { v };
-            let lim = libc::rlimit { rlim_cur: v, rlim_max: v };
-            // SAFETY: setrlimit reads the struct we pass.
-            if unsafe { libc::setrlimit(res, &lim) } != 0 {
-                return Err(fail(format!("setrlimit({res}, {v}): {}", std::io::Error::last_os_error())));
+            let v = getrlimit(res).map_or(v, |(_, max)| v.min(max));
+            if let Err(e) = setrlimit(res, v, v) {
+                let e = std::io::Error::from(e);
+                return Err(fail(format!("setrlimit({}, {v}): {e}", res as libc::c_int)));
             }
         }
         // 4. Landlock.

@@ -10,10 +10,13 @@
 //! A fork instead of a re-exec of moat saves the dynamic loader, the
 //! relocation of a large binary and the runtime start-up on the sandbox's
 //! critical path (2-3 ms on these VMs, BENCHMARKS.md).
-use crate::launch::{self as launcher, LaunchError, LaunchPlan};
+#![forbid(unsafe_code)]
+use crate::launch::{self as launcher, sys, LaunchError, LaunchPlan};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{ForkResult, Pid};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 /// The parent's handle on a forked launcher.
 #[derive(Debug)]
@@ -34,22 +37,20 @@ fn pipe() -> Result<(File, File), LaunchError> {
 impl ForkedLauncher {
     /// Forks the launcher. Must be called before the process starts a thread.
     pub fn fork() -> Result<ForkedLauncher, LaunchError> {
-        launcher::ensure_single_threaded()?;
+        let one_thread = launcher::ensure_single_threaded()?;
         let (plan_r, plan_w) = pipe()?;
         let (report_r, report_w) = pipe()?;
-        // SAFETY: getpid has no preconditions.
-        let parent = unsafe { libc::getpid() };
-        // SAFETY: the process is single-threaded (checked above), so the
-        // child inherits no lock held by another thread; it never returns
-        // into the caller (child_main ends in _exit).
-        match unsafe { libc::fork() } {
-            -1 => Err(LaunchError::Io { what: "fork of the launcher".into(), source: std::io::Error::last_os_error() }),
-            0 => {
+        let parent = nix::unistd::getpid().as_raw();
+        match sys::fork(one_thread) {
+            Err(source) => Err(LaunchError::Io { what: "fork of the launcher".into(), source }),
+            Ok(ForkResult::Child) => {
                 drop(plan_w);
                 drop(report_r);
                 child_main(parent, plan_r, report_w)
             }
-            pid => Ok(ForkedLauncher { pid, plan: Some(plan_w), report: Some(report_r), reaped: false }),
+            Ok(ForkResult::Parent { child }) => {
+                Ok(ForkedLauncher { pid: child.as_raw(), plan: Some(plan_w), report: Some(report_r), reaped: false })
+            }
         }
     }
 
@@ -69,23 +70,9 @@ impl ForkedLauncher {
 
     /// Waits for the launcher; its exit code (128+N when killed by signal N).
     pub fn wait(&mut self) -> std::io::Result<i32> {
-        let mut status = 0;
-        loop {
-            // SAFETY: waitpid on our own child; writes only into `status`.
-            let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
-            if r == self.pid {
-                self.reaped = true;
-                return Ok(if libc::WIFEXITED(status) {
-                    libc::WEXITSTATUS(status)
-                } else {
-                    128 + libc::WTERMSIG(status)
-                });
-            }
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EINTR) {
-                return Err(err);
-            }
-        }
+        let code = sys::wait(self.pid)?;
+        self.reaped = true;
+        Ok(code)
     }
 }
 
@@ -98,8 +85,8 @@ impl Drop for ForkedLauncher {
             return;
         }
         if self.plan.take().is_none() {
-            // SAFETY: kill of our own child, not yet reaped (its pid cannot be reused).
-            unsafe { libc::kill(self.pid, libc::SIGTERM) };
+            // Our own child, not yet reaped: its pid cannot be reused.
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGTERM);
         }
         let _ = self.wait();
     }
@@ -107,13 +94,11 @@ impl Drop for ForkedLauncher {
 
 /// The child: never returns.
 fn child_main(parent: i32, plan_r: File, report_w: File) -> ! {
-    // SAFETY: prctl/getppid with integer arguments only.
-    let orphaned = unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0 || libc::getppid() != parent
-    };
+    let orphaned =
+        nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).is_err() || nix::unistd::getppid().as_raw() != parent;
     if orphaned {
-        // SAFETY: _exit ends the process without running the parent's cleanup.
-        unsafe { libc::_exit(1) };
+        // Without running the parent's cleanup.
+        sys::exit_now(1);
     }
     // A panic must not unwind out of the fork into the caller's frames (the
     // parent's code path, in this copy): it ends the child here.
@@ -126,8 +111,8 @@ fn child_main(parent: i32, plan_r: File, report_w: File) -> ! {
         }
         Err(_) => 101,
     };
-    // SAFETY: as above; stderr is unbuffered and nothing else needs flushing.
-    unsafe { libc::_exit(code) }
+    // stderr is unbuffered and nothing else needs flushing.
+    sys::exit_now(code)
 }
 
 fn run(plan_r: File, report_w: File) -> Result<i32, LaunchError> {
@@ -153,30 +138,16 @@ fn run(plan_r: File, report_w: File) -> Result<i32, LaunchError> {
 /// Moves the two pipes to fds 3 and 4 and closes every other descriptor
 /// above 2 (the supervisor's files, the detached CLI's ready pipe).
 fn keep_only(plan: File, report: File) -> Result<(File, File), LaunchError> {
-    let err = |what: &str| LaunchError::Io { what: what.into(), source: std::io::Error::last_os_error() };
-    let (plan, report) = (plan.into_raw_fd(), report.into_raw_fd());
-    // SAFETY: fcntl/dup3/close_range on descriptors this process owns. The
-    // pipes are first copied above 9 so that placing one cannot overwrite
-    // the other; close_range then closes the originals and the copies, and
-    // only fds 3 and 4 are owned afterwards.
-    unsafe {
-        let p = libc::fcntl(plan, libc::F_DUPFD_CLOEXEC, 10);
-        let r = libc::fcntl(report, libc::F_DUPFD_CLOEXEC, 10);
-        if p < 0 || r < 0 || libc::dup3(p, 3, libc::O_CLOEXEC) < 0 || libc::dup3(r, 4, libc::O_CLOEXEC) < 0 {
-            return Err(err("moving the launcher's pipes"));
-        }
-        if libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) != 0 {
-            return Err(err("closing the supervisor's descriptors"));
-        }
-        Ok((File::from(OwnedFd::from_raw_fd(3)), File::from(OwnedFd::from_raw_fd(4))))
-    }
+    let (plan, report) = sys::keep_only(OwnedFd::from(plan), OwnedFd::from(report))
+        .map_err(|(what, source)| LaunchError::Io { what: what.into(), source })?;
+    Ok((File::from(plan), File::from(report)))
 }
 
 fn stdin_from_dev_null() -> Result<(), LaunchError> {
     let null = File::open("/dev/null").map_err(|source| LaunchError::Io { what: "/dev/null".into(), source })?;
-    // SAFETY: dup2 onto fd 0; `null` stays owned and is closed on drop.
-    if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
-        return Err(LaunchError::Io { what: "stdin".into(), source: std::io::Error::last_os_error() });
+    // `null` stays owned and is closed on drop; fd 0 gets its own copy.
+    if let Err(e) = nix::unistd::dup2(null.as_raw_fd(), 0) {
+        return Err(LaunchError::Io { what: "stdin".into(), source: e.into() });
     }
     Ok(())
 }

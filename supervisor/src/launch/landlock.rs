@@ -5,6 +5,7 @@
 //! service but the gateway, and signalling or connecting to processes outside
 //! its Landlock domain. Planned as root (`LandlockPlan`), enforced by the
 //! executor inside the sandbox just before seccomp and exec.
+#![forbid(unsafe_code)]
 use crate::policy::{Compatibility, Policy};
 use landlock::{
     Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
@@ -96,22 +97,7 @@ impl LandlockPlan {
 
 /// The running kernel's Landlock ABI (0: absent or disabled).
 pub fn kernel_abi() -> i32 {
-    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
-    // SAFETY: landlock_create_ruleset with a null attr, size 0 and the VERSION
-    // flag only returns the ABI number; it touches no memory.
-    let v = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<u8>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    if v < 0 {
-        0
-    } else {
-        v as i32
-    }
+    crate::launch::sys::landlock_abi()
 }
 
 /// What moat's Landlock plan loses on a kernel with `abi`, one line each with its cost.

@@ -13,6 +13,7 @@ pub mod fork;
 pub mod landlock;
 pub mod rootfs;
 pub mod seccomp;
+mod sys;
 pub mod tty;
 use crate::launch::executor::{GuardPlan, MoatExecutor};
 use crate::launch::seccomp::DenyList;
@@ -20,10 +21,14 @@ use crate::launch::tty::ConsoleSocket;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
+use nix::poll::{ppoll, PollFd, PollFlags};
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{getppid, Pid};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI32, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -88,25 +93,8 @@ pub struct TopLayer {
     pub ca_pem: String,
 }
 
-static SIGNALLED: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    SIGNALLED.store(sig, Ordering::SeqCst);
-}
-
-/// Number of threads of this process.
-pub fn thread_count() -> usize {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:").and_then(|v| v.trim().parse().ok())))
-        .unwrap_or(usize::MAX)
-}
-
-pub(crate) fn ensure_single_threaded() -> Result<(), LaunchError> {
-    match thread_count() {
-        1 => Ok(()),
-        n => Err(LaunchError::Threads(n)),
-    }
+pub(crate) fn ensure_single_threaded() -> Result<sys::OneThread, LaunchError> {
+    sys::one_thread().map_err(LaunchError::Threads)
 }
 
 fn executor(plan: &LaunchPlan) -> Result<MoatExecutor, LaunchError> {
@@ -134,20 +122,10 @@ pub fn prepare() -> Result<Prepared, LaunchError> {
 /// init's exit code (128+N when killed by signal N).
 pub fn launch(prepared: Prepared, plan: &LaunchPlan, mut report: Option<std::fs::File>) -> Result<i32, LaunchError> {
     ensure_single_threaded()?;
-    // SAFETY: getppid has no preconditions.
-    if unsafe { libc::getppid() } as u32 != plan.supervisor_pid {
+    if getppid().as_raw() as u32 != plan.supervisor_pid {
         return Err(LaunchError::Orphaned);
     }
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic (async-signal-safe). No
-        // SA_RESTART, so waitpid returns EINTR and the loop sees the flag.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
+    sys::catch_stop_signals();
     rootfs::mount_top_layer(&plan.top_layer)?;
     rootfs::write_top_layer(&plan.top_layer, &plan.top.workspace, &plan.top.hosts)?;
     rootfs::write_trust(&plan.top_layer, &plan.lowers, &plan.top.ca_pem)?;
@@ -189,7 +167,7 @@ pub fn launch(prepared: Prepared, plan: &LaunchPlan, mut report: Option<std::fs:
     let code = match &console {
         Some(c) => match c.receive_master() {
             Ok(master) => {
-                let signalled = || SIGNALLED.load(Ordering::SeqCst) != 0;
+                let signalled = || sys::stop_signal() != 0;
                 let mut kill = || kill_all(&mut container, pid.as_raw());
                 tty::relay(master, pid.as_raw(), plan.interactive, &signalled, &mut kill)
             }
@@ -204,8 +182,7 @@ pub fn launch(prepared: Prepared, plan: &LaunchPlan, mut report: Option<std::fs:
     if let Err(e) = container.delete(true) {
         tracing::warn!(container = %plan.container_id, error = %crate::report::chain(&e), "removing the finished container");
     }
-    // SAFETY: getppid has no preconditions.
-    if unsafe { libc::getppid() } as u32 != plan.supervisor_pid {
+    if getppid().as_raw() as u32 != plan.supervisor_pid {
         rootfs::unmount(&plan.rootfs);
         rootfs::unmount(&plan.top_layer);
         let _ = std::fs::remove_dir_all(&plan.run_dir);
@@ -218,56 +195,44 @@ pub fn launch(prepared: Prepared, plan: &LaunchPlan, mut report: Option<std::fs:
 /// any moment is seen (a plain blocking waitpid could miss it and wait
 /// forever on a sandbox that nobody will stop).
 fn wait_for(pid: i32, container: &mut Container) -> i32 {
-    // SAFETY (block): sigset_t is plain data initialised by sigemptyset;
-    // pidfd_open returns a descriptor we own; ppoll and waitpid write only
-    // into our locals.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        let mut unblocked: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    let mut unblocked = SigSet::empty();
+    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut unblocked));
+    let pidfd = sys::pidfd_open(pid).ok();
+    let mut killed = false;
+    let code = loop {
+        if sys::stop_signal() != 0 && !killed {
+            killed = true;
+            kill_all(container, pid);
         }
-        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut unblocked);
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
-        let mut killed = false;
-        let code = loop {
-            if SIGNALLED.load(Ordering::SeqCst) != 0 && !killed {
-                killed = true;
-                kill_all(container, pid);
-            }
-            let mut status = 0;
-            let r = libc::waitpid(pid, &mut status, libc::WNOHANG);
-            if r == pid && libc::WIFEXITED(status) {
-                break libc::WEXITSTATUS(status);
-            }
-            if r == pid && libc::WIFSIGNALED(status) {
-                break 128 + libc::WTERMSIG(status);
-            }
-            if r < 0 {
-                tracing::error!(error = %std::io::Error::last_os_error(), "waiting for the sandbox init");
+        match sys::try_wait(pid) {
+            Ok(Some(code)) => break code,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "waiting for the sandbox init");
                 break 255;
             }
-            // Readable when the init exits; without a pidfd (old kernel), re-check every 50 ms.
-            let mut pfd = libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 };
-            let tick = libc::timespec { tv_sec: 0, tv_nsec: 50_000_000 };
-            let timeout = if pidfd >= 0 { std::ptr::null() } else { &tick as *const libc::timespec };
-            libc::ppoll(&mut pfd, 1, timeout, &unblocked);
-        };
-        if pidfd >= 0 {
-            libc::close(pidfd);
         }
-        libc::sigprocmask(libc::SIG_SETMASK, &unblocked, std::ptr::null_mut());
-        code
-    }
+        // Readable when the init exits; without a pidfd (old kernel), re-check every 50 ms.
+        let _ = match &pidfd {
+            Some(fd) => ppoll(&mut [PollFd::new(fd.as_fd(), PollFlags::POLLIN)], None, Some(unblocked)),
+            None => ppoll(&mut [], Some(TimeSpec::new(0, 50_000_000)), Some(unblocked)),
+        };
+    };
+    drop(pidfd);
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&unblocked), None);
+    code
 }
 
 /// Kills every process of the sandbox (the supervisor asked, or died).
 fn kill_all(container: &mut Container, pid: i32) {
-    tracing::info!(signal = SIGNALLED.load(Ordering::SeqCst), "supervisor signalled: killing the sandbox");
-    if container.kill(nix::sys::signal::Signal::SIGKILL, true).is_err() {
-        // SAFETY: pid is our child (the sandbox init).
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+    tracing::info!(signal = sys::stop_signal(), "supervisor signalled: killing the sandbox");
+    if container.kill(Signal::SIGKILL, true).is_err() {
+        // pid is our child (the sandbox init).
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
 
@@ -328,19 +293,7 @@ pub fn exec(
         let master = c.receive_master().map_err(io("receiving the terminal"))?;
         return Ok(tty::relay(master, pid.as_raw(), interactive, &|| false, &mut || {}));
     }
-    let mut status = 0;
-    loop {
-        // SAFETY: waitpid on our child; writes the status into our local.
-        let r = unsafe { libc::waitpid(pid.as_raw(), &mut status, 0) };
-        if r == pid.as_raw() {
-            break;
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(LaunchError::Io { what: "waiting for the exec'd process".into(), source: err });
-        }
-    }
-    Ok(if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) })
+    sys::wait(pid.as_raw()).map_err(|source| LaunchError::Io { what: "waiting for the exec'd process".into(), source })
 }
 
 /// Deletes what a crashed launcher may have left of a container (its

@@ -4,13 +4,13 @@
 //! the agent changing the image (no upper layer: the kernel refuses writes),
 //! against mounts outliving the sandbox (they exist only in namespaces that
 //! die with it), and against reading the host through an image's symlinks.
+#![forbid(unsafe_code)]
 use crate::layers::{read_no_follow, LayerCache, LayerError};
 use moat_builder::oci::{ImageConfig, Manifest};
 use moat_builder::{Digest, Store};
-use std::ffi::CString;
+use nix::mount::{mount, MntFlags, MsFlags};
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -213,16 +213,10 @@ pub fn hosts_file(hostname: &str) -> String {
 pub fn mount_top_layer(target: &Path) -> Result<(), RootfsError> {
     let mount_err =
         |source| RootfsError::Mount { target: target.to_path_buf(), lower: "tmpfs (top layer)".into(), source };
-    let tgt = CString::new(target.as_os_str().as_bytes())
-        .map_err(|_| mount_err(io::Error::from(io::ErrorKind::InvalidInput)))?;
     // Room for a large CA bundle; the sandbox cannot write here (read-only overlay).
-    let opts = c"size=16m,nr_inodes=4096,mode=0755";
-    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    // SAFETY: valid C strings for source, target, type and options.
-    if unsafe { libc::mount(c"moat-top".as_ptr(), tgt.as_ptr(), c"tmpfs".as_ptr(), flags, opts.as_ptr().cast()) } != 0 {
-        return Err(mount_err(io::Error::last_os_error()));
-    }
-    Ok(())
+    let opts = "size=16m,nr_inodes=4096,mode=0755";
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("moat-top"), target, Some("tmpfs"), flags, Some(opts)).map_err(|e| mount_err(e.into()))
 }
 
 /// Mounts the read-only overlay of `lowers` (topmost first) on `target`.
@@ -236,28 +230,16 @@ pub fn mount_overlay(target: &Path, lowers: &[PathBuf], cache_dir: &Path) -> Res
     let lower = rel.join(":");
     let mount_err = |source| RootfsError::Mount { target: target.to_path_buf(), lower: lower.clone(), source };
     std::env::set_current_dir(cache_dir).map_err(io_err(cache_dir))?;
-    let c = |s: &[u8]| CString::new(s).map_err(|_| mount_err(io::Error::from(io::ErrorKind::InvalidInput)));
-    let (src, tgt, fstype) = (c(b"overlay")?, c(target.as_os_str().as_bytes())?, c(b"overlay")?);
-    let opts = c(format!("lowerdir={lower}").as_bytes())?;
+    let none = None::<&str>;
     if lowers.len() == 1 {
         // overlayfs needs two lowers without an upper; one layer is a read-only bind.
-        let one = c(lowers[0].as_os_str().as_bytes())?;
-        // SAFETY: valid C strings; a bind mount reads no other memory.
-        if unsafe { libc::mount(one.as_ptr(), tgt.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) } != 0 {
-            return Err(mount_err(io::Error::last_os_error()));
-        }
-        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
-        // SAFETY: as above.
-        if unsafe { libc::mount(std::ptr::null(), tgt.as_ptr(), std::ptr::null(), flags, std::ptr::null()) } != 0 {
-            return Err(mount_err(io::Error::last_os_error()));
-        }
+        mount(Some(&lowers[0]), target, none, MsFlags::MS_BIND, none).map_err(|e| mount_err(e.into()))?;
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        mount(none, target, none, flags, none).map_err(|e| mount_err(e.into()))?;
     } else {
-        // SAFETY: valid C strings for source, target, type and options.
-        if unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fstype.as_ptr(), libc::MS_RDONLY, opts.as_ptr().cast()) }
-            != 0
-        {
-            return Err(mount_err(io::Error::last_os_error()));
-        }
+        let opts = format!("lowerdir={lower}");
+        mount(Some("overlay"), target, Some("overlay"), MsFlags::MS_RDONLY, Some(opts.as_str()))
+            .map_err(|e| mount_err(e.into()))?;
     }
     let _ = std::env::set_current_dir("/");
     Ok(())
@@ -266,31 +248,14 @@ pub fn mount_overlay(target: &Path, lowers: &[PathBuf], cache_dir: &Path) -> Res
 /// Enters a new mount namespace in which nothing propagates back to the host.
 /// The calling process must be single-threaded.
 pub fn private_mount_namespace() -> io::Result<()> {
-    // SAFETY: unshare affects only this (single-threaded) process.
-    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let root = c"/";
-    // SAFETY: valid path; flags only change propagation.
-    if unsafe {
-        libc::mount(
-            std::ptr::null(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
+    // Affects only this (single-threaded) process.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+    let none = None::<&str>;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)?;
     Ok(())
 }
 
 /// Unmounts `target` (detaching it if busy).
 pub fn unmount(target: &Path) {
-    if let Ok(c) = CString::new(target.as_os_str().as_bytes()) {
-        // SAFETY: valid path; umount2 reads nothing else.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
+    let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
 }

@@ -3,6 +3,7 @@
 //! last before exec, and the OCI `linux.seccomp` section `moat bundle` writes
 //! for runc. Guards against the kernel attack surface and escape primitives
 //! each entry names (ptrace, mount, user namespaces, io_uring, ...).
+#![forbid(unsafe_code)]
 use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompOperator, LinuxSyscall};
 use serde::Deserialize;
 use std::collections::BTreeMap;

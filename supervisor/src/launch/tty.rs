@@ -4,12 +4,14 @@
 //! the user's real terminal: on a shared tty, TIOCSTI-style tricks and job
 //! control signals would reach the user's shell; here the sandbox only ever
 //! sees its own pty.
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-use std::io::{self, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+#![forbid(unsafe_code)]
+use crate::launch::sys;
+use nix::poll::{poll, PollFd, PollFlags};
+use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, Termios};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A listening socket libcontainer connects to and sends the pty master over.
 pub struct ConsoleSocket {
@@ -26,20 +28,8 @@ impl ConsoleSocket {
     /// Accepts libcontainer's connection and takes the pty master from it.
     pub fn receive_master(&self) -> io::Result<OwnedFd> {
         let (conn, _) = self.listener.accept()?;
-        let mut buf = [0u8; 64];
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let mut space = nix::cmsg_space!([RawFd; 1]);
-        let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-            .map_err(io::Error::from)?;
-        for c in msg.cmsgs().map_err(io::Error::from)? {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                if let Some(&fd) = fds.first() {
-                    // SAFETY: the kernel just installed fd in our table for us.
-                    return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-                }
-            }
-        }
-        Err(io::Error::new(io::ErrorKind::InvalidData, "no pty master on the console socket"))
+        sys::receive_fd(conn.as_fd())?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no pty master on the console socket"))
     }
 }
 
@@ -49,38 +39,32 @@ impl Drop for ConsoleSocket {
     }
 }
 
-static WINCH: AtomicBool = AtomicBool::new(true);
-
-extern "C" fn on_winch(_: libc::c_int) {
-    WINCH.store(true, Ordering::SeqCst);
-}
-
 /// The user's terminal in raw mode until dropped.
 struct RawMode {
-    saved: Option<libc::termios>,
+    saved: Option<Termios>,
 }
 
 impl RawMode {
     fn enter() -> RawMode {
-        // SAFETY: termios is plain data; tcgetattr fills it or fails (not a tty).
-        unsafe {
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::isatty(0) == 0 || libc::tcgetattr(0, &mut t) != 0 {
-                return RawMode { saved: None };
-            }
-            let saved = t;
-            libc::cfmakeraw(&mut t);
-            libc::tcsetattr(0, libc::TCSANOW, &t);
-            RawMode { saved: Some(saved) }
+        let stdin = io::stdin();
+        if !nix::unistd::isatty(0).unwrap_or(false) {
+            return RawMode { saved: None };
         }
+        let Ok(saved) = tcgetattr(stdin.as_fd()) else {
+            return RawMode { saved: None };
+        };
+        let mut t = saved.clone();
+        cfmakeraw(&mut t);
+        let _ = tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &t);
+        RawMode { saved: Some(saved) }
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        if let Some(t) = self.saved {
-            // SAFETY: restores the attributes we saved.
-            unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+        if let Some(t) = &self.saved {
+            // Restores the attributes we saved.
+            let _ = tcsetattr(io::stdin().as_fd(), SetArg::TCSANOW, t);
         }
     }
 }
@@ -95,46 +79,42 @@ pub fn relay(
     on_signal: &mut dyn FnMut(),
 ) -> i32 {
     let _raw = RawMode::enter();
-    // SAFETY: the handler only stores to an atomic.
-    unsafe { libc::signal(libc::SIGWINCH, on_winch as *const () as libc::sighandler_t) };
-    let m = master.as_raw_fd();
+    sys::watch_window_size();
+    let (stdin, stdout) = (io::stdin(), io::stdout());
+    let (input, output, m) = (stdin.as_fd(), stdout.as_fd(), master.as_fd());
     let mut stdin_open = interactive;
     let mut master_open = true;
     let mut killed = false;
     let mut buf = [0u8; 8192];
     loop {
-        if WINCH.swap(false, Ordering::SeqCst) {
-            // SAFETY: winsize is plain data; copies the user's size to the pty.
-            unsafe {
-                let mut ws: libc::winsize = std::mem::zeroed();
-                if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
-                    libc::ioctl(m, libc::TIOCSWINSZ, &ws);
-                }
-            }
+        if sys::window_resized() {
+            // The user's size, copied to the pty.
+            sys::copy_window_size(input, m);
         }
         if signalled() && !killed {
             killed = true;
             on_signal();
         }
-        let mut status = 0;
-        // SAFETY: non-blocking wait on our child.
-        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-            drain(m, &mut buf);
-            return if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+        if let Ok(Some(code)) = sys::try_wait(pid) {
+            drain(m, output, &mut buf);
+            return code;
         }
-        let mut fds = [
-            libc::pollfd { fd: if stdin_open { 0 } else { -1 }, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: if master_open { m } else { -1 }, events: libc::POLLIN, revents: 0 },
-        ];
-        // SAFETY: fds is a valid array of two pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
-        if n <= 0 {
+        let mut fds = [PollFd::new(input, PollFlags::POLLIN), PollFd::new(m, PollFlags::POLLIN)];
+        // Only the open ones are polled (none: a 100 ms sleep).
+        let open = match (stdin_open, master_open) {
+            (true, true) => 0..2,
+            (true, false) => 0..1,
+            (false, true) => 1..2,
+            (false, false) => 0..0,
+        };
+        if poll(&mut fds[open], 100u8).unwrap_or(0) <= 0 {
             continue;
         }
-        if fds[0].revents != 0 && !copy(0, m, &mut buf) {
+        let ready = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
+        if ready(&fds[0]) && !copy(input, m, &mut buf) {
             stdin_open = false;
         }
-        if fds[1].revents != 0 && !copy(m, 1, &mut buf) {
+        if ready(&fds[1]) && !copy(m, output, &mut buf) {
             // EIO: every holder of the pty's other side is gone; wait for the exit.
             master_open = false;
         }
@@ -142,30 +122,28 @@ pub fn relay(
 }
 
 /// Copies one read's worth; false at end of input or error.
-fn copy(from: RawFd, to: RawFd, buf: &mut [u8]) -> bool {
-    // SAFETY: buf is valid for its length.
-    let n = unsafe { libc::read(from, buf.as_mut_ptr().cast(), buf.len()) };
-    if n <= 0 {
-        return false;
-    }
+fn copy(from: BorrowedFd, to: BorrowedFd, buf: &mut [u8]) -> bool {
+    use std::os::fd::AsRawFd;
+    let n = match nix::unistd::read(from.as_raw_fd(), buf) {
+        Ok(n) if n > 0 => n,
+        _ => return false,
+    };
     let mut off = 0usize;
-    while off < n as usize {
-        // SAFETY: writes from the initialized part of buf.
-        let w = unsafe { libc::write(to, buf[off..].as_ptr().cast(), n as usize - off) };
-        if w <= 0 {
-            return false;
+    while off < n {
+        match nix::unistd::write(to, &buf[off..n]) {
+            Ok(w) if w > 0 => off += w,
+            _ => return false,
         }
-        off += w as usize;
     }
     true
 }
 
 /// Prints what the pty still holds after the process exited.
-fn drain(m: RawFd, buf: &mut [u8]) {
+fn drain(m: BorrowedFd, output: BorrowedFd, buf: &mut [u8]) {
     loop {
-        let mut p = libc::pollfd { fd: m, events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd, no wait.
-        if unsafe { libc::poll(&mut p, 1, 0) } <= 0 || !copy(m, 1, buf) {
+        let mut p = [PollFd::new(m, PollFlags::POLLIN)];
+        // No wait.
+        if poll(&mut p, 0u8).unwrap_or(0) <= 0 || !copy(m, output, buf) {
             return;
         }
     }

@@ -1,4 +1,5 @@
 //! Unit tests of the layer unpacker against hand-made hostile tars.
+#![forbid(unsafe_code)]
 use super::*;
 use moat_builder::oci::MEDIA_LAYER_GZIP;
 use std::io::Write;

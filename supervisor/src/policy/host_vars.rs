@@ -4,6 +4,7 @@
 //! names). Lets one preset serve the public registry or an organisation's
 //! mirror, and guards against a rule silently opening nothing or the wrong
 //! host: an unset variable is an error naming the file and the key to set.
+#![forbid(unsafe_code)]
 use crate::policy::schema::{check_host, parse_toml, variable, NetPolicy, NetPolicyError};
 use serde::Deserialize;
 use std::collections::BTreeMap;

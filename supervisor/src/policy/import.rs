@@ -5,6 +5,7 @@
 //! drops the rule or endpoint instead of widening it, every field left behind
 //! is reported with its YAML path, and only rules that pass
 //! `NetPolicy::validate` come out.
+#![forbid(unsafe_code)]
 use crate::policy::schema::{Access, Endpoint, Enforcement, NetPolicy, Protocol, Rule, RuleMatch, Tls};
 use serde::Serialize;
 use serde_norway::Value;

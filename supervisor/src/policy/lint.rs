@@ -3,6 +3,7 @@
 //! their access on, L4 and audit-mode endpoints, and endpoints that reach a
 //! model provider around `inference.local`. Guards against an operator
 //! granting more than they meant.
+#![forbid(unsafe_code)]
 use crate::policy::matcher::host_matches;
 use crate::policy::schema::{Endpoint, Enforcement, NetPolicy};
 

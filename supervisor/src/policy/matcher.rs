@@ -4,6 +4,7 @@
 //! connection and request. Guards against a match wider than the rule: hosts
 //! compare case-insensitively and `*.domain` never matches `domain` itself or
 //! a look-alike suffix; paths are matched without their query.
+#![forbid(unsafe_code)]
 use crate::policy::schema::{binary_glob, invalid, path_glob, Access, Endpoint, Enforcement, NetPolicy, NetPolicyError};
 use globset::GlobMatcher;
 

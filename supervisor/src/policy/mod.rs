@@ -2,6 +2,7 @@
 //! the policy TOML) as one typed value. Guards against a typo or a bad value
 //! silently weakening the sandbox: unknown keys are rejected, every value is
 //! checked, and errors name file:line:column.
+#![forbid(unsafe_code)]
 pub mod host_vars;
 pub mod import;
 pub mod lint;

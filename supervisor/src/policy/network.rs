@@ -4,6 +4,7 @@
 //! `schema`, matching in `matcher`, warnings in `lint`. Guards against a
 //! policy that names a preset twice or an unknown one, or whose rules would
 //! silently open nothing (an unset host variable is an error).
+#![forbid(unsafe_code)]
 use crate::policy::presets::preset;
 use crate::policy::schema::{invalid, variable, NetPolicy, NetPolicyError};
 use serde::{Deserialize, Serialize};

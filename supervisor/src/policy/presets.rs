@@ -2,6 +2,7 @@
 //! `policies/profiles/*.toml`), embedded in the binary and validated like
 //! any rule. Guards against a preset that opens more than its file says: each
 //! one is parsed with unknown keys rejected and every rule validated.
+#![forbid(unsafe_code)]
 use crate::policy::schema::{invalid, parse_toml, NetPolicy, NetPolicyError};
 use serde::{Deserialize, Serialize};
 

@@ -5,6 +5,7 @@
 //! are anchored, `*` never crosses a `/` or `.` boundary it should not, and
 //! a rule the gateway cannot enforce (inspection through a passthrough
 //! tunnel) is an error, not a silent allow.
+#![forbid(unsafe_code)]
 use globset::{GlobBuilder, GlobMatcher};
 use serde::{Deserialize, Serialize};
 

@@ -10,6 +10,7 @@
 //! is already in takes the same lock and changes nothing, so doing that at
 //! the start of `supervise` lets the wait elapse while the image is
 //! resolved, the namespace made and the launcher exec'd.
+#![forbid(unsafe_code)]
 use std::io::Write;
 use std::path::PathBuf;
 

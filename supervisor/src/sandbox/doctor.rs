@@ -2,6 +2,7 @@
 //! ABI, seccomp, namespaces, cgroup layout, overlayfs) and says, for each one
 //! missing, what protection it costs and how to get it back. Guards against a
 //! silently weaker sandbox: what best_effort would drop is shown up front.
+#![forbid(unsafe_code)]
 use serde::Serialize;
 use std::fs;
 use std::path::Path;
@@ -35,8 +36,7 @@ pub fn run() -> Vec<Check> {
 }
 
 fn root() -> Check {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         check("privileges", Level::Ok, "running as root", "")
     } else {
         check(

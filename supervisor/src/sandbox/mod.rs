@@ -11,6 +11,7 @@ pub mod net;
 pub mod netns;
 pub mod spec;
 pub mod state;
+mod sys;
 use crate::launch::executor::GuardPlan;
 use crate::launch::fork::ForkedLauncher;
 use crate::launch::landlock::{kernel_abi, missing_features, LandlockPlan};
@@ -28,7 +29,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{chown, DirBuilderExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -86,8 +86,7 @@ pub struct RunRequest {
 /// Refuses policies the kernel or the policy itself cannot honour; logs
 /// every degraded feature under best_effort (one structured event each).
 pub fn check_enforceable(policy: &Policy) -> Result<(), SandboxError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Err(SandboxError::Refused(
             "sandboxes need root for now (namespaces, overlayfs, cgroups; rootless mode is not implemented): run moat as root".into(),
         ));
@@ -182,8 +181,7 @@ fn generated_name(image: &str) -> String {
         .collect();
     let base = if base.is_empty() { "sandbox".to_string() } else { base };
     let mut rnd = [0u8; 3];
-    // SAFETY: getrandom fills our 3-byte buffer.
-    unsafe { libc::getrandom(rnd.as_mut_ptr().cast(), rnd.len(), 0) };
+    sys::random_bytes(&mut rnd);
     format!("{base}-{}", hex::encode(rnd))
 }
 
@@ -219,16 +217,6 @@ pub fn resolve(
     let env = spec::environment(&rc.env, env, &user.home, policy.network.gateway_port)?;
     let cwd = rc.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| policy.filesystem.workspace.clone());
     Ok(Resolved { image: prepared, user, args, env, cwd })
-}
-
-static LAUNCHER_PID: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn forward_signal(sig: libc::c_int) {
-    let pid = LAUNCHER_PID.load(Ordering::SeqCst);
-    if pid > 0 {
-        // SAFETY: kill is async-signal-safe; pid is our launcher child.
-        unsafe { libc::kill(pid, sig) };
-    }
 }
 
 /// What a sandbox start begins before anything else, so that it runs while
@@ -354,11 +342,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     fs::create_dir_all(Paths::containers_root()).map_err(io("containers root"))?;
 
     let report = launcher.start(&plan)?;
-    LAUNCHER_PID.store(launcher.pid(), Ordering::SeqCst);
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        // SAFETY: the handler only forwards the signal with kill (async-signal-safe).
-        unsafe { libc::signal(sig, forward_signal as *const () as libc::sighandler_t) };
-    }
+    sys::forward_stop_signals(launcher.pid());
     let mut line = String::new();
     let _ = BufReader::new(report).read_line(&mut line);
     // No gateway: the sandbox could reach nothing. Dropping the launcher
@@ -380,7 +364,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     }
     let _ = cgroup_warm.join();
     let code = launcher.wait().map_err(io("waiting for the launcher"))?;
-    LAUNCHER_PID.store(0, Ordering::SeqCst);
+    sys::stop_forwarding();
     if line.is_empty() {
         return Err(SandboxError::Refused(format!(
             "the sandbox failed to start (launcher exit code {code}); see the messages above"

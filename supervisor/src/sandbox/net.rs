@@ -9,6 +9,7 @@
 //! the gateway's start, and the caller kills the sandbox if it failed. Until
 //! the gateway accepts, the sandbox's connections wait in the socket's
 //! backlog; no packet has any other way out.
+#![forbid(unsafe_code)]
 use crate::gateway::{self, ca::Ca};
 use crate::sandbox::netns::{Netns, NetnsError};
 use crate::policy::Network;

@@ -8,9 +8,12 @@
 //! Both operations run on a short-lived thread, because unshare/setns of a
 //! network namespace change only the calling thread: the process's other
 //! threads (a tokio runtime) stay in the host namespace.
+#![forbid(unsafe_code)]
+use nix::sched::{setns, unshare, CloneFlags};
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
@@ -36,13 +39,10 @@ impl Netns {
     /// Creates a new network namespace and brings its `lo` up.
     pub fn create() -> Result<Netns, NetnsError> {
         std::thread::spawn(|| -> Result<OwnedFd, NetnsError> {
-            // SAFETY: unshare(CLONE_NEWNET) changes only this helper thread,
-            // which exits right after; no memory is passed.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                return Err(NetnsError::Create(io::Error::last_os_error()));
-            }
-            loopback_up().map_err(NetnsError::Loopback)?;
-            open_fd(c"/proc/thread-self/ns/net").map_err(NetnsError::Create)
+            // Changes only this helper thread, which exits right after.
+            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Create(e.into()))?;
+            super::sys::interface_up("lo").map_err(NetnsError::Loopback)?;
+            open_fd(Path::new("/proc/thread-self/ns/net")).map_err(NetnsError::Create)
         })
         .join()
         .map_err(|_| NetnsError::Thread)?
@@ -50,10 +50,8 @@ impl Netns {
     }
 
     /// Opens an existing namespace (e.g. `/proc/PID/ns/net`).
-    pub fn open(path: &std::path::Path) -> io::Result<Netns> {
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        open_fd(&c).map(|fd| Netns { fd })
+    pub fn open(path: &Path) -> io::Result<Netns> {
+        open_fd(path).map(|fd| Netns { fd })
     }
 
     pub fn raw_fd(&self) -> i32 {
@@ -69,72 +67,43 @@ impl Netns {
     /// returned socket is used from the host namespace as usual. This is how
     /// the egress gateway becomes the only thing the sandbox can reach.
     pub fn listen(&self, port: u16) -> Result<TcpListener, NetnsError> {
-        let fd = self.fd.as_raw_fd();
-        std::thread::spawn(move || -> Result<TcpListener, NetnsError> {
-            // SAFETY: setns on a namespace descriptor we hold; affects only this
-            // helper thread, which exits after binding.
-            if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-                return Err(NetnsError::Enter(io::Error::last_os_error()));
-            }
-            TcpListener::bind(("127.0.0.1", port)).map_err(|source| NetnsError::Listen { port, source })
+        let fd = self.fd.as_fd();
+        std::thread::scope(|s| {
+            s.spawn(move || -> Result<TcpListener, NetnsError> {
+                // Affects only this helper thread, which exits after binding.
+                enter(fd)?;
+                TcpListener::bind(("127.0.0.1", port)).map_err(|source| NetnsError::Listen { port, source })
+            })
+            .join()
+            .map_err(|_| NetnsError::Thread)?
         })
-        .join()
-        .map_err(|_| NetnsError::Thread)?
     }
 
     /// Names of the interfaces in the namespace (from a helper thread inside it).
     pub fn interfaces(&self) -> Result<Vec<String>, NetnsError> {
-        let fd = self.fd.as_raw_fd();
-        std::thread::spawn(move || -> Result<Vec<String>, NetnsError> {
-            // SAFETY: as in `listen`.
-            if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-                return Err(NetnsError::Enter(io::Error::last_os_error()));
-            }
-            // /sys/class/net shows the mounting namespace's view; /proc/self/net
-            // follows the thread's namespace.
-            let text = std::fs::read_to_string("/proc/thread-self/net/dev").map_err(NetnsError::Enter)?;
-            Ok(text.lines().skip(2).filter_map(|l| l.split(':').next()).map(|s| s.trim().to_string()).collect())
+        let fd = self.fd.as_fd();
+        std::thread::scope(|s| {
+            s.spawn(move || -> Result<Vec<String>, NetnsError> {
+                enter(fd)?;
+                // /sys/class/net shows the mounting namespace's view; /proc/self/net
+                // follows the thread's namespace.
+                let text = std::fs::read_to_string("/proc/thread-self/net/dev").map_err(NetnsError::Enter)?;
+                Ok(text.lines().skip(2).filter_map(|l| l.split(':').next()).map(|s| s.trim().to_string()).collect())
+            })
+            .join()
+            .map_err(|_| NetnsError::Thread)?
         })
-        .join()
-        .map_err(|_| NetnsError::Thread)?
     }
 }
 
-fn open_fd(path: &std::ffi::CStr) -> io::Result<OwnedFd> {
-    // SAFETY: valid C string; the returned descriptor is owned below.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned by open and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// Moves the calling thread into the network namespace `fd`.
+fn enter(fd: BorrowedFd) -> Result<(), NetnsError> {
+    setns(fd, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Enter(e.into()))
 }
 
-/// SIOCSIFFLAGS IFF_UP on `lo` of the calling thread's namespace.
-fn loopback_up() -> io::Result<()> {
-    // SAFETY: plain socket creation; the descriptor is owned below.
-    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if s < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: s is a fresh descriptor.
-    let sock = unsafe { OwnedFd::from_raw_fd(s) };
-    // SAFETY: ifreq is plain data; zeroed is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: valid socket and ifreq for SIOCGIFFLAGS/SIOCSIFFLAGS.
-    unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+/// Opens `path` read-only, close-on-exec (what std's File::open does).
+fn open_fd(path: &Path) -> io::Result<OwnedFd> {
+    std::fs::File::open(path).map(OwnedFd::from)
 }
 
 #[cfg(test)]
@@ -152,18 +121,19 @@ mod tests {
         // From the host namespace the port is not reachable...
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || port_in_use_on_host(port));
         // ...but a thread inside the namespace reaches it.
-        let fd = ns.raw_fd();
-        let client = std::thread::spawn(move || {
-            // SAFETY: test thread joins the namespace we hold.
-            assert_eq!(unsafe { libc::setns(fd, libc::CLONE_NEWNET) }, 0);
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-            s.write_all(b"hi").unwrap();
+        std::thread::scope(|s| {
+            let client = s.spawn(|| {
+                // The test thread joins the namespace we hold.
+                enter(ns.fd.as_fd()).unwrap();
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.write_all(b"hi").unwrap();
+            });
+            let (mut conn, _) = l.accept().unwrap();
+            let mut buf = [0u8; 2];
+            conn.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"hi");
+            client.join().unwrap();
         });
-        let (mut conn, _) = l.accept().unwrap();
-        let mut buf = [0u8; 2];
-        conn.read_exact(&mut buf).unwrap();
-        assert_eq!(&buf, b"hi");
-        client.join().unwrap();
     }
 
     fn port_in_use_on_host(port: u16) -> bool {

@@ -3,6 +3,7 @@
 //! than the policy grants: every capability set empty unless kept, no new
 //! privileges, rlimits, all namespaces but user new, /proc masked, rootfs
 //! read-only, PATH fixed, and a user other than root.
+#![forbid(unsafe_code)]
 use crate::policy::Policy;
 use crate::launch::rootfs::SandboxUser;
 use oci_spec::runtime::{LinuxSeccomp, Spec};

@@ -5,6 +5,7 @@
 //! their start time, so a recycled pid is never signalled), against name
 //! tricks (names are a closed alphabet, never a path), and against torn
 //! records (atomic writes).
+#![forbid(unsafe_code)]
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io;
@@ -134,9 +135,10 @@ impl ProcId {
     }
     /// Sends `sig` if the process is still the same one.
     pub fn signal(&self, sig: i32) -> bool {
-        // SAFETY: kill with a checked pid; the start-time check above makes a
-        // recycled pid unlikely to be hit (a pidfd would close the gap fully).
-        self.alive() && unsafe { libc::kill(self.pid, sig) } == 0
+        // The start-time check makes a recycled pid unlikely to be hit (a
+        // pidfd would close the gap fully).
+        let Ok(sig) = nix::sys::signal::Signal::try_from(sig) else { return false };
+        self.alive() && nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig).is_ok()
     }
 }
 

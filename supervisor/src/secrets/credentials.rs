@@ -7,6 +7,7 @@
 //! file created 0600 before the secret is written, fsync, rename), and against
 //! secrets in logs (no error message carries one). Nothing here is ever
 //! mounted, copied or passed into a sandbox: only the supervisor reads it.
+#![forbid(unsafe_code)]
 use nix::unistd::{getegid, geteuid};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};

@@ -40,6 +40,7 @@
 //! ANSI colour sequences (tracing's `name=value` field formatting) between a
 //! name, its separator and its value are skipped. Known over-redaction: names
 //! such as `sort_key=`, `primary_key=` lose their values too.
+#![forbid(unsafe_code)]
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use std::borrow::Cow;
 use std::io::Write;

@@ -4,6 +4,7 @@
 //! usage meter. Guards against the sandbox holding a provider key: the route
 //! names a credential the supervisor reads on the host for each request;
 //! nothing of it enters the sandbox.
+#![forbid(unsafe_code)]
 pub mod relay;
 pub mod usage;
 

@@ -4,6 +4,7 @@
 //! caps (tokens per day, requests per minute). Guards against the cost
 //! overrun of an unattended agent looping on a paid model: past the cap the
 //! gateway answers 429 before anything reaches the provider.
+#![forbid(unsafe_code)]
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};

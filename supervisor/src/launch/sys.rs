@@ -1,0 +1,222 @@
+//! The launcher's raw syscalls, each behind a small safe function: the ones
+//! `nix` does not wrap (`_exit`, `close_range`, `pidfd_open`, the Landlock
+//! ABI probe, the window-size ioctls), the ones it wraps as `unsafe`
+//! (fork, signal handlers), and waitpid, whose nix wrapper loses the status
+//! of a child killed by a real-time signal (it reaps, then fails with
+//! EINVAL). Guards against unsound syscalls spread over the launcher: every
+//! `unsafe` of launch/ is here with the reason it holds. Like all of
+//! launch/, it starts no thread and, on the forked child's path, allocates
+//! nothing.
+use nix::sys::signal::{sigaction, signal, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use nix::unistd::ForkResult;
+use std::io::{self, IoSliceMut};
+use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+/// Number of threads of this process.
+fn thread_count() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:").and_then(|v| v.trim().parse().ok())))
+        .unwrap_or(usize::MAX)
+}
+
+/// Evidence that this process had exactly one thread when it was made.
+/// Neither `Send` nor `Clone`: it stays in the thread that checked, and
+/// `fork` consumes it.
+pub(crate) struct OneThread(PhantomData<*const ()>);
+
+/// `Err(n)` when this process has `n` threads rather than one.
+pub(crate) fn one_thread() -> Result<OneThread, usize> {
+    match thread_count() {
+        1 => Ok(OneThread(PhantomData)),
+        n => Err(n),
+    }
+}
+
+/// fork(2) of a single-threaded process.
+pub(super) fn fork(_checked: OneThread) -> io::Result<ForkResult> {
+    // SAFETY: `OneThread` was made by the caller's check that this process
+    // has one thread, and it cannot leave that thread; the only caller
+    // (`ForkedLauncher::fork`) creates two pipes and no thread between the
+    // check and here. So the child inherits no lock held by another thread,
+    // and it never returns into the caller's frames (it ends in `exit_now`).
+    unsafe { nix::unistd::fork() }.map_err(io::Error::from)
+}
+
+/// `_exit(code)`: ends the process without running the parent's atexit
+/// handlers or flushing its buffers (a forked child's copies of them).
+pub(super) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit takes an integer, touches no memory of ours and does not
+    // return.
+    unsafe { libc::_exit(code) }
+}
+
+/// Moves `a` and `b` to descriptors 3 and 4 (close-on-exec) and closes
+/// every other descriptor above 2. On failure, says which step failed.
+pub(super) fn keep_only(a: OwnedFd, b: OwnedFd) -> Result<(OwnedFd, OwnedFd), (&'static str, io::Error)> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let moving = |e: nix::Error| ("moving the launcher's pipes", io::Error::from(e));
+    // Released here: close_range below closes them.
+    let (a, b) = (a.into_raw_fd(), b.into_raw_fd());
+    // Copied above 9 first so that placing one cannot overwrite the other.
+    let a2 = fcntl(a, FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(moving)?;
+    let b2 = fcntl(b, FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(moving)?;
+    nix::unistd::dup3(a2, 3, OFlag::O_CLOEXEC).map_err(moving)?;
+    nix::unistd::dup3(b2, 4, OFlag::O_CLOEXEC).map_err(moving)?;
+    // SAFETY: close_range takes integers only. What it closes (5 and up)
+    // belongs to no live value: `a` and `b` were released above, their
+    // copies are plain integers, and the forked launcher holds nothing else
+    // it still uses.
+    if unsafe { libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) } != 0 {
+        return Err(("closing the supervisor's descriptors", io::Error::last_os_error()));
+    }
+    // SAFETY: dup3 made 3 and 4 copies of the pipes; no value of this
+    // process owned those numbers before (they are taken over here).
+    Ok(unsafe { (OwnedFd::from_raw_fd(3), OwnedFd::from_raw_fd(4)) })
+}
+
+/// The exit code of a wait status (128+N when killed by signal N); None
+/// while the child has neither exited nor been killed.
+fn code_of(status: libc::c_int) -> Option<i32> {
+    if libc::WIFEXITED(status) {
+        Some(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        Some(128 + libc::WTERMSIG(status))
+    } else {
+        None
+    }
+}
+
+fn waitpid(pid: i32, flags: libc::c_int) -> io::Result<Option<i32>> {
+    let mut status = 0;
+    // SAFETY: waitpid writes only into our local `status`.
+    let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(if r == pid { code_of(status) } else { None })
+}
+
+/// Waits for the child `pid` (retrying after EINTR); its exit code, 128+N
+/// when killed by signal N.
+pub(super) fn wait(pid: i32) -> io::Result<i32> {
+    loop {
+        match waitpid(pid, 0) {
+            Ok(Some(code)) => return Ok(code),
+            Ok(None) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The exit code of the child `pid` if it has ended (reaping it); None while it runs.
+pub(super) fn try_wait(pid: i32) -> io::Result<Option<i32>> {
+    waitpid(pid, libc::WNOHANG)
+}
+
+/// A pidfd for `pid` (readable when it exits); an error on kernels before 5.3.
+pub(super) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes integers only.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn record_stop(sig: libc::c_int) {
+    STOP_SIGNAL.store(sig, Ordering::SeqCst);
+}
+
+/// From now on SIGTERM, SIGINT and SIGHUP only set `stop_signal`. Without
+/// SA_RESTART, so a blocking call returns EINTR and its loop sees the flag.
+pub(super) fn catch_stop_signals() {
+    let sa = SigAction::new(SigHandler::Handler(record_stop), SaFlags::empty(), SigSet::empty());
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        let _ = unsafe { sigaction(sig, &sa) };
+    }
+}
+
+/// The last of SIGTERM/SIGINT/SIGHUP received since `catch_stop_signals` (0: none).
+pub(super) fn stop_signal() -> i32 {
+    STOP_SIGNAL.load(Ordering::SeqCst)
+}
+
+static WINCH: AtomicBool = AtomicBool::new(true);
+
+extern "C" fn on_winch(_: libc::c_int) {
+    WINCH.store(true, Ordering::SeqCst);
+}
+
+/// From now on SIGWINCH sets the flag `window_resized` returns.
+pub(super) fn watch_window_size() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    let _ = unsafe { signal(Signal::SIGWINCH, SigHandler::Handler(on_winch)) };
+}
+
+/// Whether the window changed size since the last call (true the first time).
+pub(super) fn window_resized() -> bool {
+    WINCH.swap(false, Ordering::SeqCst)
+}
+
+/// Copies the terminal size of `from` to `to` (TIOCGWINSZ, TIOCSWINSZ); does
+/// nothing if `from` is not a terminal.
+pub(super) fn copy_window_size(from: BorrowedFd, to: BorrowedFd) {
+    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes one winsize into `ws`, TIOCSWINSZ reads one;
+    // both descriptors are borrowed, so open for the call.
+    unsafe {
+        if libc::ioctl(from.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) == 0 {
+            libc::ioctl(to.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+        }
+    }
+}
+
+/// Receives one message on `conn` and owns the first descriptor it carries
+/// (SCM_RIGHTS), if any.
+pub(super) fn receive_fd(conn: BorrowedFd) -> io::Result<Option<OwnedFd>> {
+    let mut buf = [0u8; 64];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(io::Error::from)?;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel just installed fd in our table for us;
+                // nothing else owns it.
+                return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The running kernel's Landlock ABI (0: absent or disabled).
+pub(crate) fn landlock_abi() -> i32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: landlock_create_ruleset with a null attr, size 0 and the VERSION
+    // flag only returns the ABI number; it touches no memory.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if v < 0 {
+        0
+    } else {
+        v as i32
+    }
+}

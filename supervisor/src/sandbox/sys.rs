@@ -1,0 +1,72 @@
+//! The supervisor side's raw syscalls that `nix` does not wrap or wraps
+//! only as `unsafe`, each behind a small safe function: getrandom, the
+//! interface-flags ioctls that bring `lo` up, and the handler that forwards
+//! SIGTERM/SIGINT/SIGHUP to the launcher. Guards against unsound syscalls
+//! spread over sandbox/: every `unsafe` of it is here, with the reason it holds.
+use nix::sys::signal::{kill, signal, SigHandler, Signal};
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+use nix::unistd::Pid;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// Fills `buf` from the kernel's random source; a failure leaves it as it was.
+pub(super) fn random_bytes(buf: &mut [u8]) {
+    // SAFETY: getrandom writes at most `buf.len()` bytes into `buf`, which
+    // we borrow mutably for the call.
+    unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+}
+
+/// Sets IFF_UP on the interface `name` (SIOCGIFFLAGS, SIOCSIFFLAGS) in the
+/// calling thread's network namespace.
+pub(super) fn interface_up(name: &str) -> io::Result<()> {
+    let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    let mut req =
+        libc::ifreq { ifr_name: [0; libc::IFNAMSIZ], ifr_ifru: libc::__c_anonymous_ifr_ifru { ifru_flags: 0 } };
+    if name.len() >= req.ifr_name.len() || name.contains('\0') {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: `sock` is an open socket we own; `req` is a whole ifreq with a
+    // NUL-terminated name, which SIOCGIFFLAGS fills and SIOCSIFFLAGS reads.
+    // Reading `ifru_flags` is sound: the union is plain integers and the
+    // kernel just wrote that member.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+static LAUNCHER_PID: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int) {
+    let pid = LAUNCHER_PID.load(Ordering::SeqCst);
+    if pid > 0 {
+        if let Ok(sig) = Signal::try_from(sig) {
+            let _ = kill(Pid::from_raw(pid), sig);
+        }
+    }
+}
+
+/// From now on SIGTERM, SIGINT and SIGHUP are forwarded to `launcher` (our child).
+pub(super) fn forward_stop_signals(launcher: i32) {
+    LAUNCHER_PID.store(launcher, Ordering::SeqCst);
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: the handler only loads an atomic and calls kill, both
+        // async-signal-safe.
+        let _ = unsafe { signal(sig, SigHandler::Handler(forward_signal)) };
+    }
+}
+
+/// Stops forwarding: the launcher was reaped and its pid may be reused.
+pub(super) fn stop_forwarding() {
+    LAUNCHER_PID.store(0, Ordering::SeqCst);
+}
