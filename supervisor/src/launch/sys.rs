@@ -1,12 +1,13 @@
 //! The launcher's raw syscalls, each behind a small safe function: the ones
 //! `nix` does not wrap (`_exit`, `close_range`, `pidfd_open`, the Landlock
 //! ABI probe, the window-size ioctls), the ones it wraps as `unsafe`
-//! (fork, signal handlers), and waitpid, whose nix wrapper loses the status
+//! (fork, signal handlers), taking ownership of a descriptor the kernel
+//! hands over (SCM_RIGHTS), and waitpid, whose nix wrapper loses the status
 //! of a child killed by a real-time signal (it reaps, then fails with
 //! EINVAL). Guards against unsound syscalls spread over the launcher: every
 //! `unsafe` of launch/ is here with the reason it holds. Like all of
-//! launch/, it starts no thread and, on the forked child's path, allocates
-//! nothing.
+//! launch/, it starts no thread; what the forked child calls before its
+//! plan arrives (`exit_now`, `keep_only`) allocates nothing.
 use nix::sys::signal::{sigaction, signal, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use nix::unistd::ForkResult;
