@@ -70,7 +70,7 @@ pub fn lock(a: LockArgs, g: &Global) -> Result<ExitCode> {
         Ok(p) => Some(p),
         Err(moat_builder::lock::LockError::Missing(..)) => None,
         Err(e) if a.update => {
-            tracing::warn!("ignoring unreadable lock: {e}");
+            tracing::warn!("ignoring unreadable lock: {}", moat_builder::errors::chain(&e));
             None
         }
         Err(e) => return Err(e).context("reading the existing lock (use --update to re-resolve from scratch)"),

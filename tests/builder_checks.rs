@@ -132,6 +132,26 @@ fn bad_input_gets_a_located_error_and_writes_nothing() {
 }
 
 #[test]
+fn each_cause_is_named_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let once = |err: &str, what: &str| {
+        assert_eq!(err.matches("No such file or directory").count(), 1, "the cause once, in {what}: {err}");
+    };
+    // A missing blueprint: the path, then the cause.
+    let (code, _, err) = run(cmd(tmp.path(), tmp.path(), &["build", "/nonexistent/x.toml"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("/nonexistent/x.toml: No such file or directory"), "{err}");
+    once(&err, "a missing blueprint");
+    // A missing local source, reported through the build's located error.
+    let bp = "name = \"app\"\n[[layer]]\n[[layer.entry]]\npath = \"gone\"\n";
+    let dir = project(tmp.path(), bp);
+    let (code, _, err) = run(cmd(tmp.path(), &dir, &["lock", "blueprints/app.toml"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("gone"), "{err}");
+    once(&err, "a missing source");
+}
+
+#[test]
 fn special_files_and_escaping_symlinks_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = project(tmp.path(), APP);

@@ -15,7 +15,7 @@ pub const FIXED_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlueprintError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Read { path: PathBuf, source: std::io::Error },
     /// A located error: `file:line:column: message`.
     #[error("{at}: {msg}")]

@@ -14,7 +14,7 @@ pub enum FetchError {
     Http { url: String, msg: String },
     #[error("{url}: downloaded content hashes to {actual}, the pin is {expected}; the file was discarded")]
     Mismatch { url: String, expected: Digest, actual: Digest },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
 }
 

@@ -7,6 +7,7 @@ pub mod cjson;
 pub mod debian;
 pub mod digest;
 pub mod downloads;
+pub mod errors;
 pub mod fetch;
 pub mod fsio;
 pub mod home;

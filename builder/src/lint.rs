@@ -40,7 +40,7 @@ pub fn lint(paths: &[PathBuf], check_other: &dyn Fn(&Path, &str) -> Vec<Finding>
                     }
                 }
                 Err(blueprint::BlueprintError::At { at, msg }) => out.push(Finding { at: at.to_string(), msg }),
-                Err(e) => out.push(Finding { at: f.display().to_string(), msg: e.to_string() }),
+                Err(e) => out.push(Finding { at: f.display().to_string(), msg: crate::errors::chain(&e) }),
             }
         } else {
             out.extend(mutable_refs(&f, &text));

@@ -13,7 +13,7 @@ pub const FORMAT: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {msg}")]
     Parse { path: PathBuf, msg: String },

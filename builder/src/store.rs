@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{0} is not an OCI image layout (no oci-layout file)")]
     NotALayout(PathBuf),
@@ -24,7 +24,7 @@ pub enum StoreError {
     Missing(Digest),
     #[error("blob {expected} is corrupt: its content hashes to {actual}")]
     Corrupt { expected: Digest, actual: Digest },
-    #[error("blob {digest} is invalid JSON: {source}")]
+    #[error("blob {digest} is invalid JSON")]
     BadJson { digest: Digest, source: serde_json::Error },
     #[error("index.json: {0}")]
     BadIndex(serde_json::Error),

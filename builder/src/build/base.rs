@@ -5,6 +5,7 @@
 use super::{BuildError, Layer};
 use crate::blueprint::{BaseRef, Loaded};
 use crate::digest::Digest;
+use crate::errors::chain;
 use crate::lock::LockedBase;
 use crate::oci::{self, ImageConfig, Manifest};
 use crate::store::Store;
@@ -35,7 +36,7 @@ pub(super) fn base(l: &Loaded, store: &Store, progress: bool) -> Result<BasePart
                     ..Default::default()
                 };
                 crate::registry::pull_image(reference, store, &opts)
-                    .map_err(|e| BuildError::Base(format!("{}: {e}", l.at(l.bp.base.image.span()))))?;
+                    .map_err(|e| BuildError::Base(format!("{}: {}", l.at(l.bp.base.image.span()), chain(&e))))?;
             }
             (store.clone(), digest)
         }

@@ -12,11 +12,11 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FixupError {
-    #[error("{0}")]
+    #[error(transparent)]
     Read(#[from] ReadError),
     #[error("[users] {user}: {msg}")]
     User { user: String, msg: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Tree(#[from] crate::layer::tree::TreeError),
 }
 

@@ -6,6 +6,7 @@ use super::local;
 use super::{BuildError, Options};
 use crate::blueprint::{Loaded, SourceKind};
 use crate::digest::Digest;
+use crate::errors::chain;
 use crate::fetch;
 use crate::layer::tar_in::{self, Overrides};
 use crate::layer::tree::Tree;
@@ -39,7 +40,7 @@ pub(super) fn resolve_inputs(l: &Loaded, opts: &Options) -> Result<Vec<Input>, B
             let s = src.get_ref();
             let (digest, resolved) = match kind {
                 SourceKind::Path => {
-                    let scanned = local::scan(&l.source_path(s)).map_err(|e| fail(e.to_string()))?;
+                    let scanned = local::scan(&l.source_path(s)).map_err(|e| fail(chain(&e)))?;
                     (scanned.digest.clone(), Resolved::Local(scanned))
                 }
                 SourceKind::Tar | SourceKind::Deb if crate::blueprint::is_url(s) => {
@@ -96,7 +97,7 @@ pub(super) fn add_entry(tree: &mut Tree, spec: &crate::blueprint::EntrySpec, inp
     };
     let dest = spec.dest();
     match &inp.resolved {
-        Resolved::Local(sc) => sc.add_to(tree, &dest, spec.dest_is_dir(), ov).map_err(|e| e.to_string()),
+        Resolved::Local(sc) => sc.add_to(tree, &dest, spec.dest_is_dir(), ov).map_err(|e| chain(&e)),
         Resolved::Archive(p) => {
             let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
             // Verify again after reading: the file could have changed since hashing.
@@ -104,10 +105,10 @@ pub(super) fn add_entry(tree: &mut Tree, spec: &crate::blueprint::EntrySpec, inp
                 return Err("source changed while building".into());
             }
             if inp.locked.kind == "deb" {
-                let data = tar_in::deb_data_tar(&bytes).map_err(|e| e.to_string())?;
-                tar_in::read_tar_stream(tree, &data[..], &dest, ov).map_err(|e| e.to_string())?;
+                let data = tar_in::deb_data_tar(&bytes).map_err(|e| chain(&e))?;
+                tar_in::read_tar_stream(tree, &data[..], &dest, ov).map_err(|e| chain(&e))?;
             } else {
-                tar_in::read_tar_into(tree, &bytes, &dest, ov).map_err(|e| e.to_string())?;
+                tar_in::read_tar_into(tree, &bytes, &dest, ov).map_err(|e| chain(&e))?;
             }
             tar_in::normalize_hardlinks(tree);
             Ok(())

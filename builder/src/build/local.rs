@@ -26,7 +26,7 @@ const BATCH: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: {what} cannot go into an image")]
     Special { path: PathBuf, what: &'static str },
@@ -34,7 +34,7 @@ pub enum LocalError {
     Escape { path: PathBuf, target: String },
     #[error("{path}: file name is not valid UTF-8")]
     NotUtf8 { path: PathBuf },
-    #[error("{0}")]
+    #[error(transparent)]
     Path(#[from] TreeError),
 }
 

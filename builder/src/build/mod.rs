@@ -30,20 +30,18 @@ use std::path::PathBuf;
 pub enum BuildError {
     #[error("{at}: {msg}")]
     Input { at: String, msg: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Lock(#[from] lock::LockError),
-    #[error("{0}")]
+    #[error(transparent)]
     Read(#[from] crate::layer::read::ReadError),
-    #[error("{0}")]
+    #[error(transparent)]
     Fetch(#[from] fetch::FetchError),
-    #[error("{0}")]
+    #[error(transparent)]
     Strip(#[from] strip::StripError),
-    #[error("{0}")]
+    #[error(transparent)]
     Users(#[from] fixups::FixupError),
-    #[error("layer {layer}: {source}")]
-    Archive { layer: String, source: crate::layer::tar_in::ArchiveError },
     #[error("layer {layer}: {msg}")]
     Layer { layer: String, msg: String },
     #[error(transparent)]

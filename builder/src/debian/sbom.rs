@@ -120,10 +120,10 @@ pub fn spdx(name: &str, digest: &str, packages: &[Value]) -> Value {
 /// `sha256:...`), from the package manifest its Debian fix-up layer wrote.
 pub fn image_sbom(store: &crate::Store, reference: &str) -> Result<Value, super::DebianError> {
     let err = |msg: String| super::DebianError::Spec(format!("sbom of {reference}: {msg}"));
-    let img = store.resolve(reference).map_err(|e| err(e.to_string()))?;
-    let m = store.manifest(&img.manifest.digest).map_err(|e| err(e.to_string()))?;
+    let img = store.resolve(reference).map_err(|e| err(crate::errors::chain(&e)))?;
+    let m = store.manifest(&img.manifest.digest).map_err(|e| err(crate::errors::chain(&e)))?;
     let want = |p: &str| p == super::SBOM_DATA;
-    let view = crate::layer::read::merged(store, &m.layers, &want).map_err(|e| err(e.to_string()))?;
+    let view = crate::layer::read::merged(store, &m.layers, &want).map_err(|e| err(crate::errors::chain(&e)))?;
     let data = view.get(super::SBOM_DATA).and_then(|e| e.data.clone()).ok_or_else(|| {
         err(format!("the image has no /{} (it was not built from a [debian] table)", super::SBOM_DATA))
     })?;

@@ -9,9 +9,9 @@ use std::io::{self, Read};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("layer {digest}: {source}")]
+    #[error("layer {digest}")]
     Io { digest: Digest, source: io::Error },
 }
 

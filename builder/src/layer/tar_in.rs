@@ -8,9 +8,9 @@ use std::io::{self, Read};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Path(#[from] TreeError),
     #[error("{path}: {what} entries are not allowed in images")]
     Special { path: String, what: &'static str },

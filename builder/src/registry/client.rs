@@ -4,6 +4,7 @@
 //! credentials, retry with backoff on transient errors, and error mapping that
 //! always names the registry.
 use super::{auth, RegistryError, Result};
+use crate::errors::chain;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
@@ -185,21 +186,6 @@ impl Conn {
         }
         RegistryError::Registry { registry: self.registry.clone(), what: what.to_string(), detail: chain(&e) }
     }
-}
-
-/// The error and its sources on one line.
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 fn is_transport(e: &OciDistributionError) -> bool {

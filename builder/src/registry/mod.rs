@@ -45,7 +45,7 @@ pub enum RegistryError {
     Unsupported(String),
     #[error("credentials file {path}: {detail}")]
     Credentials { path: PathBuf, detail: String },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -230,7 +230,7 @@ async fn pull_blob(
         match res {
             Ok(()) => break,
             Err(e) if attempt < BLOB_ATTEMPTS && super::client::is_transient(&e) => {
-                tracing::warn!(registry = %conn.registry, blob = %d, attempt, resume_at = written, error = %super::client::chain(&e), "blob transfer broke; resuming");
+                tracing::warn!(registry = %conn.registry, blob = %d, attempt, resume_at = written, error = %crate::errors::chain(&e), "blob transfer broke; resuming");
                 tokio::time::sleep(delay).await;
                 delay *= 3;
                 attempt += 1;
