@@ -36,7 +36,7 @@ mod tests {
     fn every_cause_once() {
         let e = Outer(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied"));
         assert_eq!(chain(&e), "reading /x: permission denied");
-        let plain = std::io::Error::new(std::io::ErrorKind::Other, "plain");
+        let plain = std::io::Error::other("plain");
         assert_eq!(chain(&plain), "plain");
     }
 }
