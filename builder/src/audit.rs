@@ -1,6 +1,7 @@
 //! `moat audit`: inspects an image's final filesystem (all layers, whiteouts
 //! applied) for what the seed forbids or flags: toolchain binaries
 //! (compilers, make, netcat), setuid/setgid files and world-writable paths.
+#![forbid(unsafe_code)]
 use crate::layer::read::{self as layer_read, ReadError};
 use crate::store::Store;
 use crate::strip;

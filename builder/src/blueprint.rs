@@ -2,6 +2,7 @@
 //! ambiguous or unpinned inputs reaching a build: unknown and duplicate keys,
 //! references without a digest, destinations escaping the root and bad
 //! modes are errors that name file:line:column.
+#![forbid(unsafe_code)]
 use crate::digest::Digest;
 use crate::layer::tree;
 use serde::{Deserialize, Serialize};

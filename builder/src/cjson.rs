@@ -1,5 +1,6 @@
 //! Canonical JSON for everything that is hashed (config, manifest, index):
 //! sorted keys, no whitespace, so map iteration order can never change a digest.
+#![forbid(unsafe_code)]
 use serde::Serialize;
 
 /// Serializes `v` canonically: through `serde_json::Value`, whose map is a

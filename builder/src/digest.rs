@@ -1,5 +1,6 @@
 //! sha256 digests as OCI writes them (`sha256:<64 hex>`); guards against
 //! malformed or non-sha256 references reaching a path join in the store.
+#![forbid(unsafe_code)]
 use sha2::{Digest as _, Sha256};
 use std::fmt;
 use std::io::{self, Read, Write};

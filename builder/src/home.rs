@@ -1,5 +1,6 @@
 //! Where moat keeps state (DESIGN.md "Where state lives"): the image store and
 //! MOAT_HOME. One place decides, so no command can write somewhere surprising.
+#![forbid(unsafe_code)]
 use std::env;
 use std::path::{Path, PathBuf};
 
@@ -9,8 +10,7 @@ pub fn moat_home() -> PathBuf {
     if let Some(h) = env::var_os("MOAT_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(h);
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         return PathBuf::from("/var/lib/moat");
     }
     if let Some(x) = env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {

@@ -1,5 +1,10 @@
 //! moat-builder: turns a blueprint into a bit-reproducible OCI image and keeps
 //! the content-addressed store it lands in.
+//!
+//! `unsafe` lives only in `sys.rs` (raw calls `nix` does not wrap, each with
+//! its SAFETY comment); every other module file forbids it.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 pub mod audit;
 pub mod blueprint;
 pub mod build;
@@ -19,6 +24,7 @@ pub mod oci;
 pub mod registry;
 pub mod store;
 pub mod strip;
+mod sys;
 pub mod verify;
 
 pub use digest::Digest;

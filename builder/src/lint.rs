@@ -1,6 +1,7 @@
 //! `moat lint`: finds what makes a build or a policy not reproducible or not
 //! reviewable — mutable image references (a tag without a digest), unpinned
 //! remote sources, unknown keys, unlocked blueprints — each with file:line.
+#![forbid(unsafe_code)]
 use crate::blueprint;
 use std::path::{Path, PathBuf};
 

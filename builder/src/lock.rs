@@ -1,6 +1,7 @@
 //! The lock file (`BLUEPRINT.lock`): every input's sha256 and every output
 //! digest, in a canonical, diff-friendly TOML. Guards against silent drift:
 //! `build` refuses inputs that differ from it, `verify` proves outputs match it.
+#![forbid(unsafe_code)]
 use crate::digest::Digest;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

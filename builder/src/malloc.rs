@@ -8,6 +8,7 @@
 //! reserved, not memory: pages are touched only when used. Freed memory is
 //! kept for reuse instead of being handed back page by page, and large
 //! structures are dropped off the critical path ([`drop_later`]).
+#![forbid(unsafe_code)]
 
 /// Tunes the process allocator once; later calls do nothing. Meant for the
 /// short-lived CLI processes that build, not for long-running supervisors.
@@ -17,13 +18,9 @@ pub fn tune_for_build() {
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         {
             const STEP: libc::c_int = 64 << 20;
-            // SAFETY: mallopt only changes allocator parameters; it takes
-            // plain integers and is safe to call at any time.
-            unsafe {
-                libc::mallopt(libc::M_TOP_PAD, STEP);
-                libc::mallopt(libc::M_MMAP_THRESHOLD, STEP);
-                libc::mallopt(libc::M_TRIM_THRESHOLD, 4 * STEP);
-            }
+            crate::sys::mallopt(libc::M_TOP_PAD, STEP);
+            crate::sys::mallopt(libc::M_MMAP_THRESHOLD, STEP);
+            crate::sys::mallopt(libc::M_TRIM_THRESHOLD, 4 * STEP);
         }
     });
 }

@@ -1,6 +1,7 @@
 //! OCI image-spec documents (descriptor, manifest, index, image config) as
 //! serde types with sorted maps, so serializing them is deterministic
 //! (oci-spec's HashMaps are not; see FIELD-NOTES.md).
+#![forbid(unsafe_code)]
 use crate::digest::Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

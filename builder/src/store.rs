@@ -2,6 +2,7 @@
 //! `blobs/sha256/…`). Guards against torn writes (temp file + fsync + rename),
 //! silent corruption (every blob read is checked against its digest) and
 //! concurrent index updates (an exclusive flock around read-modify-write).
+#![forbid(unsafe_code)]
 use crate::{cjson, fsio};
 use crate::digest::{Digest, HashingWriter};
 use crate::oci::{Descriptor, ImageConfig, Index, Manifest, ANNOTATION_REF_NAME, MEDIA_MANIFEST};
@@ -10,7 +11,6 @@ use sha2::{Digest as _, Sha256};
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -332,13 +332,7 @@ impl BlobWriter {
         let end = self.inner.count();
         let buffered = self.inner.get_mut();
         buffered.flush()?;
-        let fd = buffered.get_ref().as_file().as_raw_fd();
-        // SAFETY: sync_file_range only reads its integer arguments; `fd` is
-        // the temp file this writer owns. It is a hint: the fsync in `commit`
-        // is what makes the blob durable, so its result is ignored.
-        unsafe {
-            libc::sync_file_range(fd, self.started as i64, (end - self.started) as i64, libc::SYNC_FILE_RANGE_WRITE);
-        }
+        crate::sys::start_writeback(buffered.get_ref().as_file(), self.started, end - self.started);
         self.started = end;
         Ok(())
     }

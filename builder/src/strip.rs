@@ -1,6 +1,7 @@
 //! Which paths never reach an image: the toolchain defaults (compilers, make
 //! and network probes — the seed's "build toolchain removal") plus a
 //! blueprint's `[strip] paths` globs. Also used by `moat audit` to find them.
+#![forbid(unsafe_code)]
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 /// Directories whose executables are on PATH (root-relative).

@@ -1,6 +1,7 @@
 //! `moat verify`: rebuilds a blueprint from scratch in a fresh temporary store
 //! (no layer cache) and compares every digest with the committed lock — the
 //! CI proof that what the lock says is what the sources make.
+#![forbid(unsafe_code)]
 use crate::blueprint::Loaded;
 use crate::build::{self, BuildError, Options};
 use crate::layer::read::{self as layer_read, Listed};

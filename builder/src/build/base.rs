@@ -2,6 +2,7 @@
 //! registry image pinned by digest) copied into the store, its layers and
 //! config taken as the start of the image. Guards against a substituted
 //! base: every manifest and blob is read verified against its digest.
+#![forbid(unsafe_code)]
 use super::{BuildError, Layer};
 use crate::blueprint::{BaseRef, Loaded};
 use crate::digest::Digest;

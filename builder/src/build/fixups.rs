@@ -2,6 +2,7 @@
 //! the /etc/passwd and /etc/group the lower layers hold, so the sandbox user
 //! is never root and never collides with an existing id) and whiteouts that
 //! remove stripped toolchain paths from a base image.
+#![forbid(unsafe_code)]
 use crate::blueprint::UserSpec;
 use crate::layer::read::{self as layer_read, ReadError};
 use crate::layer::tree::{Entry, Tree};

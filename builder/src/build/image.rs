@@ -2,6 +2,7 @@
 //! the fixed PATH and one history entry per layer) and the manifest, both as
 //! canonical JSON in the store. Guards the determinism contract: the only
 //! time written is the blueprint's epoch, and map order cannot reach a digest.
+#![forbid(unsafe_code)]
 use super::{BuildError, Layer};
 use crate::blueprint::{Loaded, FIXED_PATH};
 use crate::cjson;

@@ -2,6 +2,7 @@
 //! (a scanned local tree, a downloaded or local archive) and checked against
 //! its sha256 pin, then added to a layer tree. Guards against drifting
 //! inputs: an archive is hashed again after it is read for the layer.
+#![forbid(unsafe_code)]
 use super::local;
 use super::{BuildError, Options};
 use crate::blueprint::{Loaded, SourceKind};

@@ -5,6 +5,7 @@
 //! sockets and symlinks that escape the source tree. Small files are kept in
 //! memory as they are hashed, so the layer holds exactly the bytes the
 //! digest covers (and the tree is read once, on all cores).
+#![forbid(unsafe_code)]
 use crate::digest::Digest;
 use crate::layer::tar_in::Overrides;
 use crate::layer::tree::{self, Content, Entry, Kind, Tree, TreeError};

@@ -4,6 +4,7 @@
 //! are refused before any archive work, outputs that differ are never named.
 //! This file runs the stages in order and decides what is refused; the
 //! stages live beside it (`inputs`, `base`, `fixups`, `image`).
+#![forbid(unsafe_code)]
 mod base;
 mod fixups;
 mod image;

@@ -1,5 +1,6 @@
 //! Build progress on stderr (only when asked and stderr is a terminal; no
 //! threat: it never reaches the image or the lock).
+#![forbid(unsafe_code)]
 use std::io;
 
 /// Progress on stderr while building (only when asked and stderr is a terminal).

@@ -1,6 +1,7 @@
 //! Debian control-file syntax: deb822 paragraphs, version ordering and
 //! dependency fields. Pure parsing of mirror- and package-supplied text, so
 //! every function returns an error (never panics) on malformed input.
+#![forbid(unsafe_code)]
 use std::cmp::Ordering;
 
 /// One deb822 paragraph: fields in file order; values keep continuation lines

@@ -2,6 +2,7 @@
 //! tree entries without running any maintainer script, rewriting paths for
 //! merged /usr. Guards against archive tricks: paths are cleaned (no `..`),
 //! devices/FIFOs are refused, hardlinks must point inside the package.
+#![forbid(unsafe_code)]
 use super::DebianError;
 use crate::layer::tree::{clean_path, Content, Entry, Kind};
 use std::collections::{BTreeMap, BTreeSet};

@@ -3,6 +3,7 @@
 //! code at build time): dpkg status database, CA bundle, alternatives,
 //! /etc/shells, base-files and base-passwd copies. Every order-dependent input
 //! is sorted so the output is reproducible.
+#![forbid(unsafe_code)]
 use super::extract::{merge_usr, DebContents};
 use super::{DebianError, LockedPackage};
 use crate::layer::tree::{clean_path, Content, Entry, Kind, Tree};

@@ -3,6 +3,7 @@
 //! packages many others depend on get a layer of their own), and sharing-
 //! friendly (the Essential set is one layer; the rest is bucketed by a hash
 //! of the package name, so one added package changes one bucket).
+#![forbid(unsafe_code)]
 use super::{DebianLock, LockedPackage};
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, BTreeSet};

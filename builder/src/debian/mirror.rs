@@ -4,6 +4,7 @@
 //! cache (`cache_dir()/debs`). Nothing fetched here is trusted: index files
 //! are verified by callers against the signature, packages by the cache
 //! against the lock's sha256 and size before any byte is used.
+#![forbid(unsafe_code)]
 use super::{DebianError, LockedPackage};
 use crate::digest::Digest;
 use crate::downloads::{Downloads, Failure, Pin};

@@ -3,6 +3,7 @@
 //! writes a lock of pool paths and sha256s; `plan_layers` and `materialize`
 //! build only from that lock. Threats: a hostile mirror (signature, hashes),
 //! package code at build time (no maintainer scripts), drifting inputs.
+#![forbid(unsafe_code)]
 pub mod control;
 pub mod extract;
 pub mod fixups;

@@ -2,6 +2,7 @@
 //! (sequoia, standard policy: bindings, expiry, revocation, key flags) against
 //! a pinned keyring, then every `Packages` index checked against the sha256
 //! and size the signed Release lists. Guards against a hostile or stale mirror.
+#![forbid(unsafe_code)]
 use super::mirror::Fetcher;
 use super::DebianError;
 use openpgp::cert::{Cert, CertParser};

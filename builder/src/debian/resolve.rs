@@ -2,6 +2,7 @@
 //! Pre-Depends with alternatives, version constraints, Provides, the Essential
 //! set, and exclusions (the chain that needs an excluded package is shown).
 //! Deterministic: the same indexes and spec give the same lock.
+#![forbid(unsafe_code)]
 use super::control::{compare_versions, paragraphs, parse_deps, priority_rank, Dep};
 use super::{DebianError, LockedPackage};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};

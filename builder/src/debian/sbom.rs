@@ -2,6 +2,7 @@
 //! manifest the fix-up layer writes (name, version, sha256 of the .deb,
 //! license from machine-readable copyright files). Deterministic: the same
 //! image gives the same document.
+#![forbid(unsafe_code)]
 use serde_json::{json, Value};
 
 /// Debian short license names -> SPDX identifiers (only unambiguous ones).

@@ -3,6 +3,7 @@
 //! does no archive work. A hit is used only if the blob is in the store;
 //! entries are written atomically and a bad entry is ignored, never trusted
 //! over the inputs.
+#![forbid(unsafe_code)]
 use crate::digest::Digest;
 use crate::layer::tree::Tree;
 use crate::layer::write::{write_layer, WriteError};

@@ -3,6 +3,7 @@
 //! fixed OS byte, and fixed 1 MiB input blocks compressed independently and
 //! joined pigz-style (sync flush between blocks) into one gzip member — so
 //! the bytes depend only on the input, never on write chunking or core count.
+#![forbid(unsafe_code)]
 use flate2::{Compress, Compression, FlushCompress, Status};
 use std::collections::BTreeMap;
 use std::io::{self, Write};

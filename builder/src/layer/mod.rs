@@ -4,6 +4,7 @@
 //! Guards the determinism contract (the bytes depend only on the tree and
 //! the epoch) and hostile archives (paths, links and devices are checked
 //! on the way in).
+#![forbid(unsafe_code)]
 pub mod cache;
 pub mod gz;
 pub mod read;

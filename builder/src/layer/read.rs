@@ -1,6 +1,7 @@
 //! Reads layers back out of the store (verified against their digest while
 //! streaming): entry listings for audit and verify, and single files for
 //! fix-ups that extend lower layers (/etc/passwd). Applies OCI whiteouts.
+#![forbid(unsafe_code)]
 use crate::digest::Digest;
 use crate::oci::Descriptor;
 use crate::store::{Store, StoreError};

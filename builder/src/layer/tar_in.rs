@@ -2,6 +2,7 @@
 //! `Tree`. Guards against hostile archives: `..` and absolute-path escapes,
 //! hardlinks to files outside the archive, and device files, FIFOs and
 //! sockets, which are refused rather than carried into an image.
+#![forbid(unsafe_code)]
 use crate::layer::tree::{self, Content, Entry, Kind, Tree, TreeError};
 use std::collections::BTreeMap;
 use std::io::{self, Read};

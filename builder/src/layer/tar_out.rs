@@ -3,6 +3,7 @@
 //! xattrs), one mtime (the blueprint epoch), empty uname/gname, no sparse
 //! entries. Hand-written because the tar crate's builder emits GNU long-name
 //! records and host metadata; the contract (DESIGN.md) needs byte control.
+#![forbid(unsafe_code)]
 use crate::layer::tree::{Content, Kind, Tree};
 use std::fs::File;
 use std::io::{self, Read, Write};

@@ -1,6 +1,7 @@
 //! The in-memory file tree of one layer before it is archived: normalized,
 //! root-relative paths sorted byte-wise. Guards against path traversal (`..`,
 //! absolute paths), entries that escape the root, and host-dependent order.
+#![forbid(unsafe_code)]
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;

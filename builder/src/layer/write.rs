@@ -2,6 +2,7 @@
 //! a committed store blob, with its diff_id taken from the tar stream on the
 //! way. Guards the determinism contract (the bytes depend only on the tree and
 //! the epoch) and refuses hardlinks that do not resolve inside the layer.
+#![forbid(unsafe_code)]
 use crate::digest::{Digest, HashingWriter};
 use crate::layer::gz::ParGz;
 use crate::layer::tree::{Tree, TreeError};

@@ -2,6 +2,7 @@
 //! directory 0700, file 0600, atomic writes) and, read-only, the `auths` of
 //! `~/.docker/config.json` (or `$DOCKER_CONFIG/config.json`). Addresses
 //! credential disclosure: nothing here prints or logs a password.
+#![forbid(unsafe_code)]
 use super::{RegistryError, Result};
 use crate::home::moat_home;
 use base64::Engine as _;

@@ -3,6 +3,7 @@
 //! only after HTTPS failed for a reason other than an untrusted certificate),
 //! credentials, retry with backoff on transient errors, and error mapping that
 //! always names the registry.
+#![forbid(unsafe_code)]
 use super::{auth, RegistryError, Result};
 use crate::errors::chain;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};

@@ -4,6 +4,7 @@
 //! the store), mutable references (tags are refused where content is chosen),
 //! credential leaks (0600 files, never echoed) and downgrade to plain HTTP
 //! (only loopback registries or hosts named with `--insecure`).
+#![forbid(unsafe_code)]
 pub mod auth;
 pub mod client;
 mod progress;

@@ -1,5 +1,6 @@
 //! Per-blob progress bars on stderr (only when stderr is a terminal and the
 //! caller asked for them; otherwise hidden bars cost nothing).
+#![forbid(unsafe_code)]
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 

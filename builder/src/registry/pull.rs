@@ -5,6 +5,7 @@
 //! its descriptor's digest and size, so nothing unverified enters the store.
 //! A transfer cut mid-blob resumes from the bytes already written (HTTP Range);
 //! blobs already committed are skipped, so a killed pull restarts cleanly.
+#![forbid(unsafe_code)]
 use super::client::{connect, runtime, Conn, Options};
 use super::progress::Progress;
 use super::reference::{parse_reference, repo_name};

@@ -3,6 +3,7 @@
 //! the store in one PUT each (size known; memory bounded by one chunk) and are
 //! re-hashed on the way out, so a blob corrupted on disk never leaves; the
 //! manifest goes up with its exact stored bytes, so the digest stays the lock's.
+#![forbid(unsafe_code)]
 use super::client::{connect, runtime, Conn, Options};
 use super::progress::Progress;
 use super::reference::{parse_reference, repo_name};

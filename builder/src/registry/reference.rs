@@ -1,6 +1,7 @@
 //! Registry references (`REGISTRY/REPO[:TAG][@sha256:...]`) and `resolve`,
 //! the one command that turns a tag into the digest to pin. Addresses mutable
 //! references: everything else demands a digest.
+#![forbid(unsafe_code)]
 use super::client::{connect, runtime, Options};
 use super::{RegistryError, Result};
 use crate::digest::Digest;
