@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 pub enum StateError {
     #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("invalid sandbox name {0:?}: use 1-63 of a-z A-Z 0-9 _ . - (not starting with . or -)")]
-    BadName(String),
+    #[error(transparent)]
+    BadName(#[from] moat_builder::home::BadSandboxName),
     #[error("no sandbox named {0:?} (see `moat ls`)")]
     Unknown(String),
     #[error("a sandbox named {0:?} already exists (`moat rm {0}` first)")]
@@ -37,17 +37,10 @@ pub fn run_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/run/moat"))
 }
 
-/// Checks a sandbox name.
+/// Checks a sandbox name with the one rule,
+/// [`moat_builder::home::check_sandbox_name`] (snapshots use it too).
 pub fn check_name(name: &str) -> Result<(), StateError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && !name.starts_with(['.', '-'])
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(StateError::BadName(name.into()))
-    }
+    Ok(moat_builder::home::check_sandbox_name(name)?)
 }
 
 /// The directories of one sandbox.
