@@ -1,14 +1,14 @@
 //! Snapshot commands: backup, snapshots, restore, and `snapshot
 //! export|import|push|pull|gc`. Thin: resolves the sandbox's workspace and state, then
-//! calls `moat_supervisor::snapshot`. Guards against restoring under a running
+//! calls `moat_snapshot`. Guards against restoring under a running
 //! sandbox (its workspace is mounted) and against silent data loss (every
 //! restore prints how to undo it).
 use crate::registry_cmds::NetArgs;
 use crate::Global;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use moat_supervisor::snapshot::{self, archive, freeze, oci, BackupOptions, Record, Repo};
-use moat_supervisor::state::{self, Paths, Status};
+use moat_snapshot::{archive, backup_dir, freeze, oci, restore_dir, BackupOptions, Record, Repo};
+use moat_supervisor::sandbox::state::{self, Paths, Status};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -99,7 +99,7 @@ pub fn backup(a: BackupArgs, g: &Global) -> Result<ExitCode> {
     } else {
         None
     };
-    let report = snapshot::backup_dir(&repo, &rec.workspace, &opts);
+    let report = backup_dir(&repo, &rec.workspace, &opts);
     drop(frozen);
     let report = report.with_context(|| format!("backing up {}", rec.workspace.display()))?;
     let r = &report.record;
@@ -168,7 +168,7 @@ pub fn restore(a: RestoreArgs, g: &Global) -> Result<ExitCode> {
             Err(e) => return Err(e.into()),
         },
     };
-    let report = snapshot::restore_dir(&repo, &rec.digest, &dest, Some(&target_name))
+    let report = restore_dir(&repo, &rec.digest, &dest, Some(&target_name))
         .with_context(|| format!("restoring sha256:{} to {}", rec.digest, dest.display()))?;
     if !g.quiet {
         say!("restored {} files, {} bytes to {}", report.files, report.bytes, dest.display());

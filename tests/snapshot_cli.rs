@@ -4,13 +4,16 @@
 //! a backup and of a restore, and a backup of a running (write-loaded)
 //! process group frozen with the real cgroup freezer.
 mod common;
-#[path = "common/snapshot.rs"]
+#[path = "common/sandbox_record.rs"]
+mod sandbox_record;
+#[path = "../snapshot/tests/common/mod.rs"]
 mod snap;
 
 use common::{moat, ok, run};
-use moat_supervisor::snapshot::Repo;
+use moat_snapshot::Repo;
 use moat_supervisor::sandbox::state::ProcId;
-use snap::{check_repo, data, describe, every_type, sandbox};
+use sandbox_record::sandbox;
+use snap::{check_repo, data, describe, every_type};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -272,7 +275,7 @@ fn backup_of_a_running_sandbox_under_write_load_is_consistent() {
         let e = m.entries.iter().find(|e| e.path == "data").unwrap();
         let mut bytes = Vec::new();
         for c in &e.chunks {
-            bytes.extend(repo.read_chunk(c).unwrap());
+            bytes.extend(repo.chunks().read_chunk(c).unwrap());
         }
         if bytes.len() != 4 << 20 || !(bytes.iter().all(|b| *b == b'A') || bytes.iter().all(|b| *b == b'B')) {
             result = Err(format!("torn file in the snapshot ({} bytes, mixed content)", bytes.len()));

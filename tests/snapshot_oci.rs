@@ -7,12 +7,15 @@
 #[path = "common/registry.rs"]
 #[allow(dead_code)] // each test file uses part of the helpers
 mod reg;
-#[path = "common/snapshot.rs"]
+#[path = "common/sandbox_record.rs"]
+mod sandbox_record;
+#[path = "../snapshot/tests/common/mod.rs"]
 mod snap;
 
 use moat_builder::Store;
 use reg::{make_image, moat, moat_err, moat_ok, Registry};
-use snap::{chmod, data, describe, sandbox};
+use sandbox_record::sandbox;
+use snap::{chmod, data, describe};
 use std::fs;
 use std::path::Path;
 use std::process::Command;

@@ -26,10 +26,10 @@ fn backup_running_sandbox_then_restore_into_a_new_one() {
     );
     let out = w.ok(&["backup", "agent", "--tag", "live"]);
     let digest = out.trim().strip_prefix("sha256:").expect("digest").to_string();
-    let repo = moat_supervisor::snapshot::Repo::open(&w.home().join("snapshots")).unwrap();
+    let repo = moat_snapshot::Repo::open(&w.home().join("snapshots")).unwrap();
     let m = repo.manifest(&digest).unwrap();
     let data = m.entries.iter().find(|e| e.path == "data").expect("data in the snapshot");
-    let bytes: Vec<u8> = data.chunks.iter().flat_map(|c| repo.read_chunk(c).unwrap()).collect();
+    let bytes: Vec<u8> = data.chunks.iter().flat_map(|c| repo.chunks().read_chunk(c).unwrap()).collect();
     assert!(bytes.len() == 65536 && (bytes.iter().all(|b| *b == b'a') || bytes.iter().all(|b| *b == b'b')));
     // Thawed: the writer keeps going.
     let before = fs::metadata(ws.join("data")).unwrap().modified().unwrap();

@@ -3,9 +3,11 @@
 //! corruption in transit: import verifies the manifest against its digest and
 //! every chunk against its sha256 before anything becomes visible, and
 //! refuses unknown or unsafe member names.
-use crate::chunks::decode_chunk;
+#![forbid(unsafe_code)]
+use crate::chunks::{decode_chunk, ChunkWriter};
+use crate::format::sha256_hex;
 use crate::manifest::Manifest;
-use crate::repo::{sha256_hex, Record, Repo};
+use crate::repo::{Record, Repo};
 use crate::{io_err, SnapshotError};
 use std::fs;
 use std::io::{Read, Write};
@@ -27,7 +29,12 @@ pub fn export(repo: &Repo, digest: &str, record: Option<&Record>, out: &Path) ->
 
 /// Writes the export of snapshot `digest` (and its record, if given) to
 /// `w`; returns the number of chunks written.
-pub fn write_export(repo: &Repo, digest: &str, record: Option<&Record>, w: impl Write) -> Result<u64, SnapshotError> {
+pub(crate) fn write_export(
+    repo: &Repo,
+    digest: &str,
+    record: Option<&Record>,
+    w: impl Write,
+) -> Result<u64, SnapshotError> {
     let _lock = repo.lock(false)?;
     let m = repo.manifest(digest)?;
     let here = Path::new("export");
@@ -48,7 +55,7 @@ pub fn write_export(repo: &Repo, digest: &str, record: Option<&Record>, w: impl 
     let mut n = 0;
     for id in m.chunk_ids() {
         // Verified on the way out too: never export a damaged snapshot silently.
-        let raw = repo.read_stored(id)?;
+        let raw = repo.chunks().read_stored(id)?;
         add(&format!("chunks/{id}"), &raw)?;
         n += 1;
     }
@@ -57,9 +64,9 @@ pub fn write_export(repo: &Repo, digest: &str, record: Option<&Record>, w: impl 
 }
 
 /// A verified export file, read but not yet stored.
-pub struct Imported {
+pub(crate) struct Imported {
     /// The snapshot digest (sha256 hex of its manifest).
-    pub digest: String,
+    pub(crate) digest: String,
     manifest: Manifest,
     record: Option<Record>,
     /// Chunk id, stored bytes (codec byte + payload), plain length.
@@ -75,7 +82,7 @@ pub fn import(repo: &Repo, file: &Path) -> Result<(String, Record), SnapshotErro
 
 /// Reads and verifies an export file: the manifest against its digest, the
 /// record against the manifest, every chunk against its sha256.
-pub fn read(file: &Path) -> Result<Imported, SnapshotError> {
+pub(crate) fn read(file: &Path) -> Result<Imported, SnapshotError> {
     let f = fs::File::open(file).map_err(io_err(file))?;
     let mut ar = tar::Archive::new(std::io::BufReader::new(f));
     let (mut manifest, mut record) = (None, None);
@@ -118,16 +125,17 @@ pub fn read(file: &Path) -> Result<Imported, SnapshotError> {
 }
 
 /// Stores what [`read`] verified; returns the snapshot digest and its record.
-pub fn store(repo: &Repo, imp: Imported) -> Result<(String, Record), SnapshotError> {
+pub(crate) fn store(repo: &Repo, imp: Imported) -> Result<(String, Record), SnapshotError> {
     let Imported { digest, manifest: m, record, chunks, file } = imp;
     let bad = |reason: String| SnapshotError::Corrupt { path: file.clone(), reason };
     let _lock = repo.lock(false)?;
     let have: std::collections::BTreeSet<&str> = chunks.iter().map(|(id, _, _)| id.as_str()).collect();
-    let missing: Vec<&str> = m.chunk_ids().into_iter().filter(|id| !have.contains(id) && !repo.has_chunk(id)).collect();
+    let missing: Vec<&str> =
+        m.chunk_ids().into_iter().filter(|id| !have.contains(id) && !repo.chunks().has_chunk(id)).collect();
     if !missing.is_empty() {
         return Err(bad(format!("{} chunk(s) missing: {}", missing.len(), missing.join(", "))));
     }
-    let w = crate::chunks::ChunkWriter::new(repo);
+    let w = ChunkWriter::new(repo.chunks());
     for (id, stored, _) in &chunks {
         // Stored as they came (verified above): no second compression.
         w.put_stored(id, stored)?;

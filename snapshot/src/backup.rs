@@ -5,6 +5,9 @@
 //! partial backups (the manifest is written only after every chunk it names
 //! is durable) and secret leakage (credential-like files are reported and,
 //! on request, left out).
+#![forbid(unsafe_code)]
+use crate::chunks::ChunkWriter;
+use crate::format::{sha256_hex, AVG_CHUNK, MAX_CHUNK, MIN_CHUNK};
 use crate::manifest::{Entry, Kind, Manifest};
 use crate::repo::{CacheEntry, Record, Repo, StatCache};
 use crate::{io_err, secrets, SnapshotError};
@@ -15,9 +18,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-pub const MIN_CHUNK: u32 = 16 * 1024;
-pub const AVG_CHUNK: u32 = 64 * 1024;
-pub const MAX_CHUNK: u32 = 256 * 1024;
 /// Bytes a backup thread reads at once to cut chunks from.
 const WINDOW: usize = 4 << 20;
 
@@ -112,7 +112,7 @@ pub fn backup_dir(repo: &Repo, src: &Path, opts: &BackupOptions) -> Result<Backu
             }
             e.kind = Kind::File;
             match old_cache.get(&f.rel) {
-                Some(c) if cache_matches(c, m) && c.chunks.iter().all(|id| repo.has_chunk(id)) => {
+                Some(c) if cache_matches(c, m) && c.chunks.iter().all(|id| repo.chunks().has_chunk(id)) => {
                     if let Some(why) = &c.secret {
                         if opts.exclude_secrets {
                             skipped.push(format!("{}: secret ({why}), excluded", f.rel));
@@ -145,7 +145,7 @@ pub fn backup_dir(repo: &Repo, src: &Path, opts: &BackupOptions) -> Result<Backu
     }
 
     // Read, chunk, hash, compress and store the changed files in parallel.
-    let writer = crate::chunks::ChunkWriter::new(repo);
+    let writer = ChunkWriter::new(repo.chunks());
     let results = read_files(&writer, &found, &to_read, opts.exclude_secrets)?;
     let (mut new_chunks, mut new_bytes) = (0, 0);
     let mut dropped_leaders = Vec::new();
@@ -288,7 +288,7 @@ struct FileResult {
 }
 
 fn read_files(
-    repo: &crate::chunks::ChunkWriter,
+    writer: &ChunkWriter,
     found: &[Found],
     idx: &[usize],
     exclude_secrets: bool,
@@ -308,7 +308,7 @@ fn read_files(
                     if k >= idx.len() {
                         break;
                     }
-                    let r = store_file(repo, &found[idx[k]], exclude_secrets, &mut window);
+                    let r = store_file(writer, &found[idx[k]], exclude_secrets, &mut window);
                     let failed = r.is_err();
                     if let Ok(mut g) = slots.lock() {
                         g[k] = Some(r);
@@ -379,7 +379,7 @@ fn open_nofollow(p: &Path) -> std::io::Result<fs::File> {
 }
 
 fn store_file(
-    repo: &crate::chunks::ChunkWriter,
+    writer: &ChunkWriter,
     f: &Found,
     exclude_secrets: bool,
     window: &mut [u8],
@@ -414,8 +414,8 @@ fn store_file(
             prev_tail.clear();
             prev_tail.extend_from_slice(&data[data.len().saturating_sub(128)..]);
         }
-        let id = crate::repo::sha256_hex(data);
-        if let Some(n) = repo.put(&id, data)? {
+        let id = sha256_hex(data);
+        if let Some(n) = writer.put(&id, data)? {
             new_chunks += 1;
             new_bytes += n;
         }

@@ -5,13 +5,13 @@
 //! durable bytes behind it) and silent corruption (every chunk is checked
 //! against its sha256 on every read). Chunks live in packs
 //! ([`crate::pack`]); loose chunk files of v1 repositories are still read.
+#![forbid(unsafe_code)]
+use crate::format::{sha256_hex, MAX_CHUNK};
 use crate::pack::{self, Building, Built, ChunkId, Entry, Index, Loc};
-use crate::repo::{sha256_hex, sync_dir, Repo};
-use crate::{io_err, SnapshotError};
+use crate::{io_err, sys, SnapshotError};
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -19,20 +19,15 @@ const ZSTD_LEVEL: i32 = 1;
 /// Open pack files kept for reading.
 const MAX_READERS: usize = 256;
 
-/// The in-memory side of the chunk store: the merged pack index (loaded on
-/// first use) and open pack files.
+/// The chunk store of the repository at `root` (`packs/`, v1 `chunks/`,
+/// `tmp/`), with its in-memory side: the merged pack index (loaded on first
+/// use) and open pack files.
 pub struct ChunkStore {
+    root: PathBuf,
     index: RwLock<Option<Index>>,
     readers: Mutex<HashMap<u32, Arc<fs::File>>>,
     /// Whether `chunks/` (v1 loose chunk files) has anything in it.
     legacy: bool,
-}
-
-impl ChunkStore {
-    pub fn new(root: &Path) -> ChunkStore {
-        let legacy = fs::read_dir(root.join("chunks")).is_ok_and(|mut d| d.next().is_some());
-        ChunkStore { index: RwLock::new(None), readers: Mutex::new(HashMap::new()), legacy }
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -45,7 +40,13 @@ enum Place {
     Loose(PathBuf),
 }
 
-impl Repo {
+impl ChunkStore {
+    /// The chunk store of the repository at `root` (whose directories exist).
+    pub(crate) fn open(root: &Path) -> ChunkStore {
+        let legacy = fs::read_dir(root.join("chunks")).is_ok_and(|mut d| d.next().is_some());
+        ChunkStore { root: root.to_path_buf(), index: RwLock::new(None), readers: Mutex::new(HashMap::new()), legacy }
+    }
+
     fn packs_dir(&self) -> PathBuf {
         self.root.join("packs")
     }
@@ -56,10 +57,10 @@ impl Repo {
 
     /// Runs `f` on the index, loading it first if needed.
     fn with_index<R>(&self, f: impl FnOnce(&Index) -> R) -> Result<R, SnapshotError> {
-        if let Some(ix) = self.store.index.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(ix) = self.index.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
             return Ok(f(ix));
         }
-        let mut w = self.store.index.write().unwrap_or_else(|p| p.into_inner());
+        let mut w = self.index.write().unwrap_or_else(|p| p.into_inner());
         if w.is_none() {
             *w = Some(Index::load(&self.packs_dir())?);
         }
@@ -72,7 +73,7 @@ impl Repo {
             return Ok(Some(Place::Packed(cid, loc)));
         }
         let loose = self.loose_path(id);
-        Ok((self.store.legacy && loose.is_file()).then_some(Place::Loose(loose)))
+        Ok((self.legacy && loose.is_file()).then_some(Place::Loose(loose)))
     }
 
     /// The path of pack number `pack` of the loaded index.
@@ -101,7 +102,7 @@ impl Repo {
     /// Distinct chunks stored.
     pub fn chunk_count(&self) -> Result<usize, SnapshotError> {
         let mut loose = Vec::new();
-        if self.store.legacy {
+        if self.legacy {
             let dir = self.root.join("chunks");
             for e in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
                 loose.push(e.file_name().to_str().and_then(pack::parse_id));
@@ -114,7 +115,7 @@ impl Repo {
     }
 
     fn reader(&self, pack: u32) -> Result<Arc<fs::File>, SnapshotError> {
-        let mut readers = lock(&self.store.readers);
+        let mut readers = lock(&self.readers);
         if let Some(f) = readers.get(&pack) {
             return Ok(f.clone());
         }
@@ -160,7 +161,7 @@ impl Repo {
     }
 
     /// A chunk's stored bytes (codec byte + payload), verified first.
-    pub fn read_stored(&self, id: &str) -> Result<Vec<u8>, SnapshotError> {
+    pub(crate) fn read_stored(&self, id: &str) -> Result<Vec<u8>, SnapshotError> {
         Ok(self.fetch(id)?.0)
     }
 
@@ -173,16 +174,11 @@ impl Repo {
         Ok(n)
     }
 
-    /// Removes chunks no manifest references (rewriting packs that hold both
-    /// kinds), packs left without an index, and abandoned temp files.
+    /// Removes the chunks not in `live` (rewriting packs that hold both
+    /// kinds, live ones first) and packs left without an index. The caller
+    /// holds the repository's lock exclusively ([`crate::Repo::gc`]).
     /// Returns (chunks removed, bytes freed).
-    pub fn gc(&self) -> Result<(u64, u64), SnapshotError> {
-        let _lock = self.lock(true)?;
-        let mut live = HashSet::new();
-        for id in self.manifests()? {
-            let m = self.manifest(&id)?;
-            live.extend(m.chunk_ids().into_iter().filter_map(pack::parse_id));
-        }
+    pub(crate) fn sweep(&self, live: &HashSet<ChunkId>) -> Result<(u64, u64), SnapshotError> {
         let dir = self.packs_dir();
         let (mut removed, mut freed, mut added) = (0u64, 0u64, 0u64);
         let mut doomed = Vec::new();
@@ -245,8 +241,8 @@ impl Repo {
                 _ => {}
             }
         }
-        sync_dir(&dir)?;
-        if self.store.legacy {
+        sys::sync_dir(&dir).map_err(io_err(&dir))?;
+        if self.legacy {
             let loose = self.root.join("chunks");
             for e in fs::read_dir(&loose).map_err(io_err(&loose))?.flatten() {
                 let id = e.file_name().to_str().and_then(pack::parse_id);
@@ -257,16 +253,8 @@ impl Repo {
                 }
             }
         }
-        let tmp = self.root.join("tmp");
-        for e in fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                let _ = fs::remove_dir_all(e.path()); // a v1 backup worker's staging directory
-            } else {
-                let _ = fs::remove_file(e.path());
-            }
-        }
-        *self.store.index.write().unwrap_or_else(|p| p.into_inner()) = None;
-        lock(&self.store.readers).clear();
+        *self.index.write().unwrap_or_else(|p| p.into_inner()) = None;
+        lock(&self.readers).clear();
         Ok((removed, freed.saturating_sub(added)))
     }
 }
@@ -305,11 +293,11 @@ fn compress(plain: &[u8]) -> io::Result<Vec<u8>> {
 
 /// The inverse, one context per thread.
 fn decompress(z: &[u8]) -> io::Result<Vec<u8>> {
-    with_context(&DECOMPRESSOR, zstd::bulk::Decompressor::new, |d| d.decompress(z, crate::backup::MAX_CHUNK as usize))
+    with_context(&DECOMPRESSOR, zstd::bulk::Decompressor::new, |d| d.decompress(z, MAX_CHUNK as usize))
 }
 
 /// Plain bytes from stored bytes (codec byte + payload).
-pub fn decode_chunk(raw: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn decode_chunk(raw: &[u8]) -> Result<Vec<u8>, String> {
     match raw.split_first() {
         Some((b'r', rest)) => Ok(rest.to_vec()),
         Some((b'z', rest)) => decompress(rest).map_err(|e| format!("zstd: {e}")),
@@ -323,25 +311,25 @@ pub fn decode_chunk(raw: &[u8]) -> Result<Vec<u8>, String> {
 /// syncfs, then publishes each pack and its index into `packs/`. A crash
 /// leaves only temp files (and at worst a pack without an index) for `gc`.
 pub struct ChunkWriter<'a> {
-    repo: &'a Repo,
+    store: &'a ChunkStore,
     claimed: Mutex<HashSet<ChunkId>>,
     open: Mutex<Vec<Building>>,
     built: Mutex<Vec<Built>>,
 }
 
 impl<'a> ChunkWriter<'a> {
-    pub fn new(repo: &'a Repo) -> ChunkWriter<'a> {
-        ChunkWriter { repo, claimed: Mutex::default(), open: Mutex::default(), built: Mutex::default() }
+    pub fn new(store: &'a ChunkStore) -> ChunkWriter<'a> {
+        ChunkWriter { store, claimed: Mutex::default(), open: Mutex::default(), built: Mutex::default() }
     }
 
     /// Queues a chunk unless it is stored or queued; returns its stored size if new.
     pub fn put(&self, id: &str, plain: &[u8]) -> Result<Option<u64>, SnapshotError> {
         let cid =
             pack::parse_id(id).ok_or_else(|| SnapshotError::Invalid(format!("chunk id {id:?} is not a sha256")))?;
-        if self.repo.has_chunk(id) || !lock(&self.claimed).insert(cid) {
+        if self.store.has_chunk(id) || !lock(&self.claimed).insert(cid) {
             return Ok(None);
         }
-        let z = compress(plain).map_err(io_err(&self.repo.root))?;
+        let z = compress(plain).map_err(io_err(&self.store.root))?;
         let (codec, payload): (u8, &[u8]) = if z.len() < plain.len() { (b'z', &z) } else { (b'r', plain) };
         self.append(cid, codec, payload)?;
         Ok(Some(payload.len() as u64 + 1))
@@ -349,10 +337,10 @@ impl<'a> ChunkWriter<'a> {
 
     /// Queues a chunk in its stored form (codec byte + payload, verified by
     /// the caller) unless it is stored or queued.
-    pub fn put_stored(&self, id: &str, stored: &[u8]) -> Result<(), SnapshotError> {
+    pub(crate) fn put_stored(&self, id: &str, stored: &[u8]) -> Result<(), SnapshotError> {
         let cid =
             pack::parse_id(id).ok_or_else(|| SnapshotError::Invalid(format!("chunk id {id:?} is not a sha256")))?;
-        if self.repo.has_chunk(id) {
+        if self.store.has_chunk(id) {
             return Ok(());
         }
         self.queue_stored(cid, stored)
@@ -371,7 +359,7 @@ impl<'a> ChunkWriter<'a> {
     }
 
     fn append(&self, id: ChunkId, codec: u8, payload: &[u8]) -> Result<(), SnapshotError> {
-        let tmp = self.repo.root.join("tmp");
+        let tmp = self.store.root.join("tmp");
         let taken = lock(&self.open).pop();
         let mut b = match taken {
             Some(b) => b,
@@ -390,7 +378,7 @@ impl<'a> ChunkWriter<'a> {
     /// One syncfs (far cheaper than an fdatasync per pack or chunk), then
     /// each pack and its index renamed into `packs/`, then fsync `packs/`.
     pub fn commit(self) -> Result<(), SnapshotError> {
-        let tmp = self.repo.root.join("tmp");
+        let tmp = self.store.root.join("tmp");
         let mut built = self.built.into_inner().unwrap_or_else(|p| p.into_inner());
         for b in self.open.into_inner().unwrap_or_else(|p| p.into_inner()) {
             if !b.is_empty() {
@@ -401,17 +389,14 @@ impl<'a> ChunkWriter<'a> {
             return Ok(());
         }
         let f = fs::File::open(&tmp).map_err(io_err(&tmp))?;
-        // SAFETY: syncfs on a descriptor we own.
-        if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-            return Err(io_err(&tmp)(io::Error::last_os_error()));
-        }
-        let dir = self.repo.packs_dir();
+        sys::syncfs(&f).map_err(io_err(&tmp))?;
+        let dir = self.store.packs_dir();
         let mut published = Vec::with_capacity(built.len());
         for b in built {
             published.push(b.publish(&dir)?);
         }
-        sync_dir(&dir)?;
-        if let Some(ix) = self.repo.store.index.write().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        sys::sync_dir(&dir).map_err(io_err(&dir))?;
+        if let Some(ix) = self.store.index.write().unwrap_or_else(|p| p.into_inner()).as_mut() {
             for (name, entries) in published {
                 ix.add(name, &entries);
             }

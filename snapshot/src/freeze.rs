@@ -2,6 +2,7 @@
 //! is consistent (no file torn by a concurrent write), and always thaws it
 //! again (on drop, so also on error or panic). The cgroup is the one the
 //! launcher asks for: `/moat/NAME` under the v2 root or the v1 freezer.
+#![forbid(unsafe_code)]
 use crate::SnapshotError;
 use std::fs;
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ fn err(path: &std::path::Path, reason: impl Into<String>) -> SnapshotError {
 }
 
 /// The freezer control file of sandbox `name`, if its cgroup exists.
-pub fn control_file(name: &str) -> Option<(PathBuf, bool)> {
+pub(crate) fn control_file(name: &str) -> Option<(PathBuf, bool)> {
     let v2 = PathBuf::from(format!("/sys/fs/cgroup/moat/{name}/cgroup.freeze"));
     if v2.exists() {
         return Some((v2, true));
@@ -49,7 +50,7 @@ pub fn freeze(name: &str) -> Result<Frozen, SnapshotError> {
 }
 
 impl Frozen {
-    pub fn is_frozen(&self) -> bool {
+    pub(crate) fn is_frozen(&self) -> bool {
         if self.v2 {
             let events = self.control.with_file_name("cgroup.events");
             fs::read_to_string(events).is_ok_and(|s| s.lines().any(|l| l.trim() == "frozen 1"))

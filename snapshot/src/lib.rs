@@ -1,37 +1,65 @@
-//! Workspace snapshots: content-addressed, incremental, verified backups of a
-//! sandbox's workspace and atomic restores. Addresses the threat of losing an
-//! agent's work (a torn copy, a half-done rebuild, a corrupt store) and of
-//! leaking secrets into backups: every byte is checked against its sha256 on
-//! the way back, restores swap a fully built tree in by rename, and files that
-//! look like credentials are reported (and left out on request).
+//! moat-snapshot: workspace snapshots. Content-addressed, incremental,
+//! verified backups of a sandbox's workspace and atomic restores. Addresses
+//! the threat of losing an agent's work (a torn copy, a half-done rebuild, a
+//! corrupt store) and of leaking secrets into backups: every byte is checked
+//! against its sha256 on the way back, restores swap a fully built tree in
+//! by rename, and files that look like credentials are reported (and left out
+//! on request).
 //!
-//! Layout of the repository (`$MOAT_HOME/snapshots`, see [`repo`]):
-//! `packs/<name>.pack` + `.idx` (chunks, see [`pack`]), `snapshots/<sha256>.json`
+//! Layout of the repository (`$MOAT_HOME/snapshots`, see [`Repo`]):
+//! `packs/<name>.pack` + `.idx` (chunks, see `pack.rs`), `snapshots/<sha256>.json`
 //! (the canonical tree manifest; its sha256 is the snapshot digest),
 //! `refs/<sandbox>/<time>-<digest12>.json` (time, tag, sizes: the undigested
 //! record), `cache/<key>.json` (the stat cache), `tmp/` (in-flight writes).
+//!
+//! Modules, leaves first (imports point one way; `scripts/check-imports.py`):
+//! - `format` (chunk sizes, ids), `sys` (the crate's system calls and its
+//!   only `unsafe`), `secrets`, `pack` (pack and index format), `manifest`:
+//!   leaves. Small files are written with `moat_builder::fsio`.
+//! - `chunks`: the [`ChunkStore`] (lookup, verified reads, [`ChunkWriter`],
+//!   sweeping unreferenced chunks).
+//! - `repo`: the [`Repo`], which owns its chunk store, manifests, records,
+//!   stat cache, lock and `gc`.
+//! - `backup`, `restore`, [`archive`] (export/import), [`oci`] (push/pull),
+//!   [`freeze`] (the cgroup freezer): what the CLI calls.
+//!
+//! Sandbox names. Records are kept per sandbox (`refs/NAME/`), an imported
+//! record brings its name from the file, and `freeze` builds the cgroup path
+//! `/moat/NAME`, so every name is checked before it becomes a path. The rule
+//! is the one of the supervisor's sandbox state; it lives in
+//! `moat_builder::home::check_sandbox_name`, beside the rest of the MOAT_HOME
+//! layout, because moat-builder is a dependency of both crates: one
+//! definition, and this crate does not depend on the supervisor (which does
+//! not use snapshots). A bad name is [`SnapshotError::BadName`].
+#![deny(unreachable_pub, unsafe_code, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 pub mod archive;
-pub mod backup;
-pub mod chunks;
+mod backup;
+mod chunks;
+mod format;
 pub mod freeze;
-pub mod manifest;
+mod manifest;
 pub mod oci;
-pub mod pack;
-pub mod repo;
-pub mod restore;
-pub mod secrets;
-
-use std::io;
-use std::path::{Path, PathBuf};
+mod pack;
+mod repo;
+mod restore;
+mod secrets;
+mod sys;
 
 pub use backup::{backup_dir, BackupOptions, BackupReport};
+pub use chunks::{ChunkStore, ChunkWriter};
+pub use format::sha256_hex;
 pub use manifest::{Entry, Kind, Manifest};
 pub use repo::{Record, Repo};
 pub use restore::{restore_dir, RestoreReport};
 
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What went wrong in a snapshot operation. Display shows this level only;
+/// the cause (an `io::Error`, the failed undo backup) is its `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{0}")]
     Invalid(String),
@@ -48,6 +76,9 @@ pub enum SnapshotError {
     Damaged { digest: String, chunks: Vec<String>, paths: Vec<String> },
     #[error("cgroup freezer {path}: {reason}")]
     Freeze { path: PathBuf, reason: String },
+    /// The snapshot of what a restore would replace failed: nothing was changed.
+    #[error("could not snapshot the current {} before restoring (nothing was changed)", .dest.display())]
+    UndoSnapshot { dest: PathBuf, source: Box<SnapshotError> },
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {

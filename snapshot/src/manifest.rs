@@ -4,13 +4,14 @@
 //! part of it, so identical content always yields the identical digest.
 //! Guards against path tricks on restore: every path is checked to be
 //! relative, normalised and free of `..` before it is used.
+#![forbid(unsafe_code)]
 use crate::SnapshotError;
 use serde::{Deserialize, Serialize};
 
 /// The format string every manifest carries.
-pub const FORMAT: &str = "moat.snapshot.v1";
+pub(crate) const FORMAT: &str = "moat.snapshot.v1";
 /// How files were cut into chunks (recorded so a reader knows).
-pub const CHUNKING: &str = "fastcdc-v2020 min=16384 avg=65536 max=262144; chunk id = sha256(plain bytes)";
+pub(crate) const CHUNKING: &str = "fastcdc-v2020 min=16384 avg=65536 max=262144; chunk id = sha256(plain bytes)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,19 +52,19 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    pub fn new(mut entries: Vec<Entry>) -> Manifest {
+    pub(crate) fn new(mut entries: Vec<Entry>) -> Manifest {
         entries.sort_by(|a, b| order(&a.path, &b.path));
         Manifest { format: FORMAT.into(), chunking: CHUNKING.into(), entries }
     }
 
     /// Canonical bytes (sorted keys, no whitespace): what the digest covers.
-    pub fn to_bytes(&self) -> Result<Vec<u8>, SnapshotError> {
+    pub(crate) fn to_bytes(&self) -> Result<Vec<u8>, SnapshotError> {
         moat_builder::cjson::to_vec(self).map_err(|e| SnapshotError::Invalid(format!("manifest: {e}")))
     }
 
     /// Parses and checks a manifest (format, sorted unique safe paths,
     /// hardlinks pointing at earlier regular files, well-formed chunk ids).
-    pub fn parse(bytes: &[u8]) -> Result<Manifest, SnapshotError> {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Manifest, SnapshotError> {
         let m: Manifest =
             serde_json::from_slice(bytes).map_err(|e| SnapshotError::Invalid(format!("manifest: {e}")))?;
         if m.format != FORMAT {
@@ -131,22 +132,22 @@ impl Manifest {
         self.entries.iter().flat_map(|e| e.chunks.iter().map(String::as_str)).collect()
     }
 
-    pub fn files(&self) -> u64 {
+    pub(crate) fn files(&self) -> u64 {
         self.entries.iter().filter(|e| matches!(e.kind, Kind::File | Kind::Hardlink)).count() as u64
     }
 
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.entries.iter().filter(|e| e.kind == Kind::File).map(|e| e.size).sum()
     }
 }
 
 /// Manifest order: the root "." first, then paths by bytes.
-pub fn order(a: &str, b: &str) -> std::cmp::Ordering {
+pub(crate) fn order(a: &str, b: &str) -> std::cmp::Ordering {
     (a != ".", a).cmp(&(b != ".", b))
 }
 
 /// A relative path: "." or components that are not empty, "." or "..".
-pub fn check_path(p: &str) -> Result<(), SnapshotError> {
+pub(crate) fn check_path(p: &str) -> Result<(), SnapshotError> {
     let ok = p == "."
         || (!p.starts_with('/') && !p.contains('\0') && p.split('/').all(|c| !c.is_empty() && c != "." && c != ".."));
     if ok {

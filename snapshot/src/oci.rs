@@ -7,6 +7,7 @@
 //! pull is pinned by digest and every blob is verified by the registry client,
 //! then every chunk again by the import), and being fed something else (any
 //! manifest that is not a moat snapshot is refused, naming what it is).
+#![forbid(unsafe_code)]
 use crate::archive;
 use crate::repo::{Record, Repo};
 use crate::SnapshotError;
@@ -21,17 +22,17 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// `artifactType` of a snapshot manifest.
-pub const ARTIFACT_TYPE: &str = "application/vnd.moat.snapshot.v1";
+pub(crate) const ARTIFACT_TYPE: &str = "application/vnd.moat.snapshot.v1";
 /// Media type of its one layer: a file written by [`archive::export`].
-pub const MEDIA_EXPORT: &str = "application/vnd.moat.snapshot.export.v1";
+pub(crate) const MEDIA_EXPORT: &str = "application/vnd.moat.snapshot.export.v1";
 /// The OCI empty descriptor's media type (config of an artifact without one).
-pub const MEDIA_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+pub(crate) const MEDIA_EMPTY: &str = "application/vnd.oci.empty.v1+json";
 /// Content of the empty config blob.
-pub const EMPTY_CONFIG: &[u8] = b"{}";
+pub(crate) const EMPTY_CONFIG: &[u8] = b"{}";
 /// Annotation on the manifest: `sha256:<snapshot digest>`.
-pub const ANNOTATION_DIGEST: &str = "dev.moat.snapshot.digest";
+pub(crate) const ANNOTATION_DIGEST: &str = "dev.moat.snapshot.digest";
 /// Annotation on the manifest: the sandbox the snapshot was taken of.
-pub const ANNOTATION_SANDBOX: &str = "dev.moat.snapshot.sandbox";
+pub(crate) const ANNOTATION_SANDBOX: &str = "dev.moat.snapshot.sandbox";
 const ANNOTATION_CREATED: &str = "org.opencontainers.image.created";
 const ANNOTATION_TITLE: &str = "org.opencontainers.image.title";
 /// Name of the artifact in the scratch OCI layout.
@@ -49,9 +50,9 @@ pub enum OciError {
     NotASnapshot { reference: String, found: String },
     #[error("{reference}: the manifest says snapshot {claimed}, its layer holds sha256:{actual}")]
     DigestMismatch { reference: String, claimed: String, actual: String },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("snapshot manifest: {0}")]
+    #[error("snapshot manifest")]
     Json(#[from] serde_json::Error),
 }
 
@@ -88,7 +89,7 @@ fn portable(record: &Record) -> Record {
 
 /// The artifact manifest for `record` whose export file is `layer` (`size` bytes).
 /// Depends only on its arguments: the same snapshot record gives the same digest.
-pub fn snapshot_manifest(record: &Record, layer: Digest, size: u64) -> Manifest {
+pub(crate) fn snapshot_manifest(record: &Record, layer: Digest, size: u64) -> Manifest {
     let desc = |media_type: &str, digest: Digest, size: u64| Descriptor {
         media_type: media_type.into(),
         digest,
@@ -116,7 +117,7 @@ pub fn snapshot_manifest(record: &Record, layer: Digest, size: u64) -> Manifest 
 
 /// Checks that `bytes` is a snapshot manifest; returns its layer and the
 /// snapshot digest it claims. The error says what was found instead.
-pub fn check_manifest(bytes: &[u8]) -> Result<(Descriptor, Option<String>), String> {
+pub(crate) fn check_manifest(bytes: &[u8]) -> Result<(Descriptor, Option<String>), String> {
     let m: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("not an OCI image manifest ({e})"))?;
     match m.artifact_type.as_deref() {
         Some(ARTIFACT_TYPE) => {}

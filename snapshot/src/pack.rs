@@ -11,6 +11,7 @@
 //! then per chunk its 32-byte id, u64 LE offset of the codec byte and u32 LE
 //! length, then the sha256 of everything before it. A pack is named by the
 //! sha256 of its index's bytes, so equal names mean equal contents.
+#![forbid(unsafe_code)]
 use crate::{io_err, SnapshotError};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
@@ -20,16 +21,16 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// A pack is closed once it holds this many bytes.
-pub const PACK_TARGET: u64 = 16 << 20;
+pub(crate) const PACK_TARGET: u64 = 16 << 20;
 const IDX_MAGIC: &[u8; 8] = b"moatidx1";
 /// Bytes before a record's codec byte: chunk id and length.
-pub const RECORD_HEAD: u64 = 36;
+pub(crate) const RECORD_HEAD: u64 = 36;
 const IDX_ENTRY: usize = 44;
 
-pub type ChunkId = [u8; 32];
+pub(crate) type ChunkId = [u8; 32];
 
 /// Parses a chunk id (64 lowercase hex digits).
-pub fn parse_id(id: &str) -> Option<ChunkId> {
+pub(crate) fn parse_id(id: &str) -> Option<ChunkId> {
     let mut out = [0u8; 32];
     (id.len() == 64 && !id.bytes().any(|b| b.is_ascii_uppercase()) && hex::decode_to_slice(id, &mut out).is_ok())
         .then_some(out)
@@ -37,25 +38,25 @@ pub fn parse_id(id: &str) -> Option<ChunkId> {
 
 /// Where one chunk's stored bytes (codec byte + payload) lie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Loc {
+pub(crate) struct Loc {
     pub pack: u32,
     pub offset: u64,
     pub len: u32,
 }
 
 /// One index entry: chunk id, offset of its codec byte, stored length.
-pub type Entry = (ChunkId, u64, u32);
+pub(crate) type Entry = (ChunkId, u64, u32);
 
 /// Every pack's index, merged (the first pack to hold a chunk wins).
 #[derive(Default)]
-pub struct Index {
+pub(crate) struct Index {
     pub packs: Vec<String>,
     pub chunks: HashMap<ChunkId, Loc>,
 }
 
 impl Index {
     /// Reads every `*.idx` under `dir`; a damaged index is rebuilt from its pack.
-    pub fn load(dir: &Path) -> Result<Index, SnapshotError> {
+    pub(crate) fn load(dir: &Path) -> Result<Index, SnapshotError> {
         let mut ix = Index::default();
         for (name, entries) in read_all(dir)? {
             ix.add(name, &entries);
@@ -63,7 +64,7 @@ impl Index {
         Ok(ix)
     }
 
-    pub fn add(&mut self, name: String, entries: &[Entry]) {
+    pub(crate) fn add(&mut self, name: String, entries: &[Entry]) {
         let pack = self.packs.len() as u32;
         self.packs.push(name);
         for (id, offset, len) in entries {
@@ -74,7 +75,7 @@ impl Index {
 
 /// Every pack under `dir` with its entries, sorted by name. Packs without an
 /// index are left out (an interrupted commit; `gc` removes them).
-pub fn read_all(dir: &Path) -> Result<Vec<(String, Vec<Entry>)>, SnapshotError> {
+pub(crate) fn read_all(dir: &Path) -> Result<Vec<(String, Vec<Entry>)>, SnapshotError> {
     let mut names = Vec::new();
     for e in fs::read_dir(dir).map_err(io_err(dir))? {
         let e = e.map_err(io_err(dir))?;
@@ -100,7 +101,7 @@ pub fn read_all(dir: &Path) -> Result<Vec<(String, Vec<Entry>)>, SnapshotError> 
     Ok(out)
 }
 
-pub fn encode_index(entries: &[Entry]) -> Vec<u8> {
+pub(crate) fn encode_index(entries: &[Entry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + entries.len() * IDX_ENTRY + 32);
     out.extend_from_slice(IDX_MAGIC);
     for (id, offset, len) in entries {
@@ -113,7 +114,7 @@ pub fn encode_index(entries: &[Entry]) -> Vec<u8> {
     out
 }
 
-pub fn decode_index(bytes: &[u8]) -> Result<Vec<Entry>, String> {
+pub(crate) fn decode_index(bytes: &[u8]) -> Result<Vec<Entry>, String> {
     let body_len = bytes.len().checked_sub(32).ok_or("too short")?;
     let (body, sum) = bytes.split_at(body_len);
     if Sha256::digest(body).as_slice() != sum {
@@ -137,7 +138,7 @@ pub fn decode_index(bytes: &[u8]) -> Result<Vec<Entry>, String> {
 
 /// Rebuilds a pack's entries from its record headers; stops at the first
 /// truncated record (what came before it is still found).
-pub fn scan_pack(path: &Path) -> io::Result<Vec<Entry>> {
+pub(crate) fn scan_pack(path: &Path) -> io::Result<Vec<Entry>> {
     let mut r = BufReader::new(fs::File::open(path)?);
     let mut out = Vec::new();
     let mut at = 0u64;
@@ -168,7 +169,7 @@ fn split_head(head: &[u8; RECORD_HEAD as usize]) -> (ChunkId, u32) {
 
 /// Reads the stored bytes at `loc` in `file` and checks the record header
 /// names `id` with the same length.
-pub fn read_record(file: &fs::File, id: &ChunkId, offset: u64, len: u32) -> Result<Vec<u8>, String> {
+pub(crate) fn read_record(file: &fs::File, id: &ChunkId, offset: u64, len: u32) -> Result<Vec<u8>, String> {
     let start = offset.checked_sub(RECORD_HEAD).ok_or("offset inside the pack header")?;
     let mut buf = vec![0u8; RECORD_HEAD as usize + len as usize];
     file.read_exact_at(&mut buf, start).map_err(|e| format!("reading {len} bytes at {offset}: {e}"))?;
@@ -183,14 +184,14 @@ pub fn read_record(file: &fs::File, id: &ChunkId, offset: u64, len: u32) -> Resu
 }
 
 /// A pack being written in the repository's `tmp/`.
-pub struct Building {
+pub(crate) struct Building {
     file: tempfile::NamedTempFile,
     entries: Vec<Entry>,
     size: u64,
 }
 
 /// A closed pack and its index, both still temp files.
-pub struct Built {
+pub(crate) struct Built {
     pub name: String,
     pub entries: Vec<Entry>,
     pack: tempfile::TempPath,
@@ -198,21 +199,21 @@ pub struct Built {
 }
 
 impl Building {
-    pub fn new(tmp: &Path) -> Result<Building, SnapshotError> {
+    pub(crate) fn new(tmp: &Path) -> Result<Building, SnapshotError> {
         let file = tempfile::Builder::new().prefix("pack-").tempfile_in(tmp).map_err(io_err(tmp))?;
         Ok(Building { file, entries: Vec::new(), size: 0 })
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.size >= PACK_TARGET
     }
 
     /// Appends one record: id, length, codec byte, payload.
-    pub fn append(&mut self, id: ChunkId, codec: u8, payload: &[u8]) -> io::Result<()> {
+    pub(crate) fn append(&mut self, id: ChunkId, codec: u8, payload: &[u8]) -> io::Result<()> {
         let len = u32::try_from(payload.len() + 1).map_err(|_| io::Error::other("chunk too large"))?;
         let mut head = [0u8; RECORD_HEAD as usize + 1];
         head[..32].copy_from_slice(&id);
@@ -225,7 +226,7 @@ impl Building {
     }
 
     /// Writes the index beside the pack (in `tmp/`) and names both.
-    pub fn finish(self, tmp: &Path) -> Result<Built, SnapshotError> {
+    pub(crate) fn finish(self, tmp: &Path) -> Result<Built, SnapshotError> {
         let bytes = encode_index(&self.entries);
         let name = hex::encode(Sha256::digest(&bytes));
         let mut idx = tempfile::Builder::new().prefix("idx-").tempfile_in(tmp).map_err(io_err(tmp))?;
@@ -237,7 +238,7 @@ impl Building {
 impl Built {
     /// Renames the pack, then its index, into `dir` (call after the data is
     /// durable; an index is only ever visible beside a complete pack).
-    pub fn publish(self, dir: &Path) -> Result<(String, Vec<Entry>), SnapshotError> {
+    pub(crate) fn publish(self, dir: &Path) -> Result<(String, Vec<Entry>), SnapshotError> {
         let pack = dir.join(format!("{}.pack", self.name));
         self.pack.persist(&pack).map_err(|e| io_err(&pack)(e.error))?;
         let idx = dir.join(format!("{}.idx", self.name));
@@ -258,7 +259,7 @@ fn write_both(f: &mut fs::File, head: &[u8], payload: &[u8]) -> io::Result<()> {
 }
 
 /// Paths of a pack and its index in `dir`.
-pub fn paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (dir.join(format!("{name}.pack")), dir.join(format!("{name}.idx")))
 }
 

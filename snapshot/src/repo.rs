@@ -1,16 +1,19 @@
 //! The snapshot repository on disk: manifests named by their own sha256,
-//! per-sandbox records, the stat cache and a lock (chunks: [`crate::chunks`]).
-//! Guards against torn or corrupt data: every write is temp file + fsync +
-//! rename, every read is verified against its name, and `gc` takes the lock
-//! exclusively so it never races a backup.
+//! per-sandbox records, the stat cache, the lock and `gc` (chunks:
+//! [`crate::chunks`], owned by the repository). Guards against torn or
+//! corrupt data: every write is temp file + fsync + rename, every read is
+//! verified against its name, and `gc` takes the lock exclusively so it never
+//! races a backup.
+#![forbid(unsafe_code)]
+use crate::chunks::ChunkStore;
+use crate::format::sha256_hex;
 use crate::manifest::Manifest;
-use crate::{io_err, SnapshotError};
+use crate::{io_err, pack, SnapshotError};
+use moat_builder::home::check_sandbox_name;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
-use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::io;
 use std::path::{Path, PathBuf};
 
 const FORMAT_NOTE: &[u8] = b"{\"format\":\"moat.snapshots.v2\",\"packs\":\"packs/NAME.pack holds chunk records (32-byte sha256 of the plain bytes, u32 LE length, codec byte r = raw or z = zstd frame, payload); packs/NAME.idx lists them (see supervisor/src/snapshot/pack.rs)\",\"chunks\":\"v1 loose chunk files, still read\"}\n";
@@ -39,30 +42,27 @@ pub struct Record {
 
 /// One stat-cache line: a file as it was seen, and its chunks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CacheEntry {
-    pub size: u64,
-    pub mtime_ns: i128,
-    pub ctime_ns: i128,
-    pub ino: u64,
-    pub dev: u64,
-    pub chunks: Vec<String>,
+pub(crate) struct CacheEntry {
+    pub(crate) size: u64,
+    pub(crate) mtime_ns: i128,
+    pub(crate) ctime_ns: i128,
+    pub(crate) ino: u64,
+    pub(crate) dev: u64,
+    pub(crate) chunks: Vec<String>,
     #[serde(default)]
-    pub secret: Option<String>,
+    pub(crate) secret: Option<String>,
 }
-pub type StatCache = BTreeMap<String, CacheEntry>;
+pub(crate) type StatCache = BTreeMap<String, CacheEntry>;
 
+/// A snapshot repository: its root and its chunk store.
 pub struct Repo {
-    pub(super) root: PathBuf,
-    pub(super) store: crate::chunks::ChunkStore,
+    root: PathBuf,
+    chunks: ChunkStore,
 }
 
 /// A held lock on the repository (released on drop).
-pub struct RepoLock {
+pub(crate) struct RepoLock {
     _file: fs::File,
-}
-
-pub fn sha256_hex(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
 }
 
 impl Repo {
@@ -83,27 +83,29 @@ impl Repo {
         if fs::read(&note).ok().as_deref() != Some(FORMAT_NOTE) {
             write_atomic(&note, FORMAT_NOTE)?;
         }
-        Ok(Repo { root: root.to_path_buf(), store: crate::chunks::ChunkStore::new(root) })
+        Ok(Repo { root: root.to_path_buf(), chunks: ChunkStore::open(root) })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// Shared lock (backups, restores) or exclusive (gc).
-    pub fn lock(&self, exclusive: bool) -> Result<RepoLock, SnapshotError> {
+    /// The chunks: lookup, verified reads, writes.
+    pub fn chunks(&self) -> &ChunkStore {
+        &self.chunks
+    }
+
+    /// Shared lock (backups, restores) or exclusive (gc); blocks until granted.
+    pub(crate) fn lock(&self, exclusive: bool) -> Result<RepoLock, SnapshotError> {
         let p = self.root.join("lock");
         let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(io_err(&p))?;
-        let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
-        // SAFETY: flock on a descriptor we own; blocks until granted.
-        if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
-            return Err(io_err(&p)(io::Error::last_os_error()));
-        }
+        let locked = if exclusive { fs2::FileExt::lock_exclusive(&f) } else { fs2::FileExt::lock_shared(&f) };
+        locked.map_err(io_err(&p))?;
         Ok(RepoLock { _file: f })
     }
 
     /// Writes the manifest; returns its digest (sha256 hex of its canonical bytes).
-    pub fn put_manifest(&self, m: &Manifest) -> Result<String, SnapshotError> {
+    pub(crate) fn put_manifest(&self, m: &Manifest) -> Result<String, SnapshotError> {
         let bytes = m.to_bytes()?;
         let id = sha256_hex(&bytes);
         let p = self.manifest_path(&id);
@@ -113,7 +115,7 @@ impl Repo {
         Ok(id)
     }
 
-    pub fn manifest_path(&self, id: &str) -> PathBuf {
+    pub(crate) fn manifest_path(&self, id: &str) -> PathBuf {
         self.root.join("snapshots").join(format!("{id}.json"))
     }
 
@@ -147,8 +149,8 @@ impl Repo {
         Ok(out)
     }
 
-    pub fn add_record(&self, r: &Record) -> Result<(), SnapshotError> {
-        moat_builder::home::check_sandbox_name(&r.sandbox)?;
+    pub(crate) fn add_record(&self, r: &Record) -> Result<(), SnapshotError> {
+        check_sandbox_name(&r.sandbox)?;
         let dir = self.root.join("refs").join(&r.sandbox);
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let bytes = serde_json::to_vec_pretty(r).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
@@ -157,7 +159,7 @@ impl Repo {
 
     /// A sandbox's records, oldest first.
     pub fn records(&self, sandbox: &str) -> Result<Vec<Record>, SnapshotError> {
-        moat_builder::home::check_sandbox_name(sandbox)?;
+        check_sandbox_name(sandbox)?;
         let dir = self.root.join("refs").join(sandbox);
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
@@ -207,7 +209,7 @@ impl Repo {
         let mut out = Vec::new();
         for e in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
             if let Some(n) = e.file_name().to_str() {
-                if moat_builder::home::check_sandbox_name(n).is_ok() {
+                if check_sandbox_name(n).is_ok() {
                     out.extend(self.records(n)?);
                 }
             }
@@ -220,27 +222,41 @@ impl Repo {
     }
 
     /// The stat cache of one source (empty if absent or unreadable: it is only a hint).
-    pub fn load_cache(&self, key: &str) -> StatCache {
+    pub(crate) fn load_cache(&self, key: &str) -> StatCache {
         fs::read(self.cache_path(key)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
     }
 
-    pub fn save_cache(&self, key: &str, c: &StatCache) -> Result<(), SnapshotError> {
+    pub(crate) fn save_cache(&self, key: &str, c: &StatCache) -> Result<(), SnapshotError> {
         let bytes = serde_json::to_vec(c).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
         write_atomic(&self.cache_path(key), &bytes)
     }
+
+    /// Removes chunks no manifest references (see [`ChunkStore::sweep`])
+    /// and abandoned temp files, holding the lock exclusively.
+    /// Returns (chunks removed, bytes freed).
+    pub fn gc(&self) -> Result<(u64, u64), SnapshotError> {
+        let _lock = self.lock(true)?;
+        let mut live = HashSet::new();
+        for id in self.manifests()? {
+            let m = self.manifest(&id)?;
+            live.extend(m.chunk_ids().into_iter().filter_map(pack::parse_id));
+        }
+        let removed = self.chunks.sweep(&live)?;
+        let tmp = self.root.join("tmp");
+        for e in fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = fs::remove_dir_all(e.path()); // a v1 backup worker's staging directory
+            } else {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        Ok(removed)
+    }
 }
 
-/// Temp file + fsync + rename in the destination's directory.
-pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
-    tmp.write_all(bytes).map_err(io_err(dest))?;
-    tmp.as_file().sync_all().map_err(io_err(dest))?;
-    tmp.persist(dest).map_err(|e| io_err(dest)(e.error))?;
-    Ok(())
-}
-
-/// fsyncs a directory (makes renames in it durable).
-pub fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
-    fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io_err(dir))
+/// The repository's small files (manifests, records, the stat cache, the
+/// format note), written with the workspace's contract: temp file, fsync,
+/// rename, directory fsync. Private (0600): snapshots hold whole workspaces.
+fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+    moat_builder::fsio::write(dest, bytes, 0o600).map_err(io_err(dest))
 }

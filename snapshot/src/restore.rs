@@ -6,23 +6,21 @@
 //! leaves the destination untouched, a crash at any point leaves either the
 //! old or the new tree in place (never a mix), and the previous contents are
 //! kept as a `pre-restore` snapshot so a restore can be undone.
+#![forbid(unsafe_code)]
 use crate::backup::{backup_dir, BackupOptions};
 use crate::manifest::{Entry, Kind};
-use crate::repo::{sync_dir, Repo};
-use crate::{io_err, SnapshotError};
+use crate::repo::Repo;
+use crate::{io_err, sys, SnapshotError};
 use std::collections::BTreeSet;
-use std::ffi::CString;
 use std::fs;
 use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// The tag of the snapshot taken of a destination just before a restore.
-pub const UNDO_TAG: &str = "pre-restore";
+pub(crate) const UNDO_TAG: &str = "pre-restore";
 
 #[derive(Debug, Clone)]
 pub struct RestoreReport {
@@ -74,14 +72,11 @@ pub fn restore_dir(
                 Ok(r) => undo = Some(r.digest),
                 Err(e) => {
                     let _ = fs::remove_dir_all(&staging);
-                    return Err(SnapshotError::Invalid(format!(
-                        "could not snapshot the current {} before restoring (nothing was changed): {e}",
-                        dest.display()
-                    )));
+                    return Err(SnapshotError::UndoSnapshot { dest: dest.to_path_buf(), source: Box::new(e) });
                 }
             }
         }
-        exchange(&staging, dest)?;
+        sys::rename_exchange(&staging, dest).map_err(io_err(dest))?;
         // `staging` now holds the previous tree.
         if let Err(e) = fs::remove_dir_all(&staging) {
             tracing::warn!(event = "snapshot_old_tree_kept", path = %staging.display(), error = %e, "could not remove the previous tree");
@@ -89,7 +84,7 @@ pub fn restore_dir(
     } else {
         fs::rename(&staging, dest).map_err(io_err(dest))?;
     }
-    sync_dir(parent)?;
+    sys::sync_dir(parent).map_err(io_err(parent))?;
     Ok(RestoreReport { digest: digest.into(), files: manifest.files(), bytes: manifest.bytes(), undo })
 }
 
@@ -105,18 +100,6 @@ fn remove_stale_staging(parent: &Path, name: &str) {
         }
         let _ = fs::remove_dir_all(e.path());
     }
-}
-
-fn exchange(a: &Path, b: &Path) -> Result<(), SnapshotError> {
-    let ca = CString::new(a.as_os_str().as_bytes()).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
-    let cb = CString::new(b.as_os_str().as_bytes()).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
-    // SAFETY: two NUL-terminated paths that outlive the call.
-    let rc =
-        unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
-    if rc != 0 {
-        return Err(io_err(b)(std::io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 fn join(root: &Path, rel: &str) -> PathBuf {
@@ -210,10 +193,7 @@ fn build(repo: &Repo, digest: &str, entries: &[Entry], root: &Path) -> Result<()
     }
     // One syncfs makes the whole tree durable before it is swapped in.
     let f = fs::File::open(root).map_err(io_err(root))?;
-    // SAFETY: syncfs on a descriptor we own.
-    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } != 0 {
-        return Err(io_err(root)(std::io::Error::last_os_error()));
-    }
+    sys::syncfs(&f).map_err(io_err(root))?;
     Ok(())
 }
 
@@ -229,7 +209,7 @@ fn write_file(repo: &Repo, e: &Entry, p: &Path) -> Result<Vec<String>, SnapshotE
     let mut bad = Vec::new();
     let mut written = 0u64;
     for id in &e.chunks {
-        match repo.read_chunk(id) {
+        match repo.chunks().read_chunk(id) {
             Ok(data) => {
                 if bad.is_empty() {
                     f.write_all(&data).map_err(io_err(p))?;
@@ -257,7 +237,6 @@ fn write_file(repo: &Repo, e: &Entry, p: &Path) -> Result<Vec<String>, SnapshotE
     f.set_permissions(fs::Permissions::from_mode(e.mode)).map_err(io_err(p))?;
     // Start writing the file back now, so the syncfs before the swap waits
     // for less (the disk works while later files are still being restored).
-    // SAFETY: sync_file_range on a descriptor we own; no memory is passed.
-    unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    sys::start_writeback(&f);
     Ok(bad)
 }

@@ -4,6 +4,7 @@
 //! exported snapshot files. Names: `.env*`, `*credentials*.json|yaml|yml`;
 //! content: well-known token prefixes followed by a plausible token body, and
 //! PEM private keys.
+#![forbid(unsafe_code)]
 use std::io::Read;
 
 /// Token prefixes ending in `-` or `_` (found by searching for those bytes)
@@ -25,7 +26,7 @@ const AKIA: (&str, usize) = ("AKIA", 16);
 const PEM_BEGIN: &[u8] = b"-----BEGIN ";
 
 /// Why a file name looks like a secret, if it does.
-pub fn by_name(file_name: &str) -> Option<String> {
+pub(crate) fn by_name(file_name: &str) -> Option<String> {
     let lower = file_name.to_ascii_lowercase();
     if lower.starts_with(".env") {
         return Some("named .env*".into());
@@ -49,7 +50,7 @@ fn token_byte(b: u8) -> bool {
 /// place. This runs over every byte a backup reads, so it must keep up with
 /// the disk (an Aho-Corasick automaton over all bytes cost a fifth of a
 /// backup's CPU).
-pub fn in_bytes(buf: &[u8]) -> Option<String> {
+pub(crate) fn in_bytes(buf: &[u8]) -> Option<String> {
     let mut first: Option<(usize, String)> = None;
     let mut found = |at: usize, why: String| {
         if first.as_ref().is_none_or(|(i, _)| at < *i) {
@@ -96,7 +97,7 @@ fn token_at(buf: &[u8], start: usize, body_start: usize, min_body: usize) -> boo
 }
 
 /// Scans a whole stream (with overlap between reads so no token is split).
-pub fn in_reader(mut r: impl Read) -> std::io::Result<Option<String>> {
+pub(crate) fn in_reader(mut r: impl Read) -> std::io::Result<Option<String>> {
     const OVERLAP: usize = 128;
     let mut buf = vec![0u8; 1 << 20];
     let mut keep = 0;

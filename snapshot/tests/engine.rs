@@ -2,12 +2,11 @@
 //! trip of every file type, digest identity, incremental backups, chunk-level
 //! deduplication, verification of corrupt/missing chunks, undo, export/import,
 //! secrets and gc.
-#[path = "common/snapshot.rs"]
-mod snap;
+mod common;
 
-use moat_supervisor::snapshot::repo::sha256_hex as sha;
-use moat_supervisor::snapshot::{archive, backup_dir, restore_dir, BackupOptions, Repo, SnapshotError};
-use snap::{check_repo, data, describe, every_type};
+use common::{check_repo, data, describe, every_type};
+use moat_snapshot::sha256_hex as sha;
+use moat_snapshot::{archive, backup_dir, restore_dir, BackupOptions, ChunkWriter, Repo, SnapshotError};
 use std::fs;
 use std::path::Path;
 
@@ -23,7 +22,7 @@ fn setup() -> (tempfile::TempDir, Repo) {
 
 /// Chunks stored, as a new process opening the repository sees them.
 fn chunk_count(repo: &Repo) -> usize {
-    Repo::open(repo.root()).unwrap().chunk_count().unwrap()
+    Repo::open(repo.root()).unwrap().chunks().chunk_count().unwrap()
 }
 
 #[test]
@@ -31,7 +30,7 @@ fn round_trip_every_file_type() {
     let (t, repo) = setup();
     let src = t.path().join("ws");
     fs::create_dir(&src).unwrap();
-    snap::chmod(&src, 0o711);
+    common::chmod(&src, 0o711);
     every_type(&src);
     let r = backup_dir(&repo, &src, &opts("rt")).unwrap();
     let skipped = r.record.skipped.join("\n");
@@ -130,9 +129,12 @@ fn corrupt_and_check(missing: bool) {
     let r = backup_dir(&repo, &src, &opts("bad")).unwrap();
     let m = repo.manifest(&r.digest).unwrap();
     let victim = m.entries.iter().find(|e| e.path == "d/victim").unwrap().chunks[0].clone();
-    let (p, offset, len) = repo.chunk_location(&victim).unwrap();
+    let (p, offset, len) = repo.chunks().chunk_location(&victim).unwrap();
     let ok_chunks = &m.entries.iter().find(|e| e.path == "ok").unwrap().chunks;
-    assert!(ok_chunks.iter().all(|c| repo.chunk_location(c).unwrap().0 != p), "victim's pack holds only the victim");
+    assert!(
+        ok_chunks.iter().all(|c| repo.chunks().chunk_location(c).unwrap().0 != p),
+        "victim's pack holds only the victim"
+    );
     if missing {
         fs::remove_file(&p).unwrap();
     } else {
@@ -267,11 +269,11 @@ fn excludes_and_gc() {
     // An orphan chunk (e.g. from an interrupted backup) is collected; live ones stay.
     let orphan = data(77, 1000);
     let id = sha(&orphan);
-    repo.put_chunk(&id, &orphan).unwrap();
+    repo.chunks().put_chunk(&id, &orphan).unwrap();
     fs::write(repo.root().join("tmp/.tmpABC"), b"half").unwrap();
     let (n, _) = repo.gc().unwrap();
     assert_eq!(n, 1);
-    assert!(!repo.has_chunk(&id));
+    assert!(!repo.chunks().has_chunk(&id));
     assert_eq!(fs::read_dir(repo.root().join("tmp")).unwrap().count(), 0);
     check_repo(&repo);
     let dest = t.path().join("out");
@@ -282,7 +284,7 @@ fn excludes_and_gc() {
 
 /// Stores `chunks` with one writer on one thread: all in one pack.
 fn one_pack(repo: &Repo, chunks: &[&[u8]]) {
-    let w = moat_supervisor::snapshot::chunks::ChunkWriter::new(repo);
+    let w = ChunkWriter::new(repo.chunks());
     for c in chunks {
         w.put(&sha(c), c).unwrap();
     }
@@ -307,8 +309,8 @@ fn packs_survive_gc_damaged_indexes_and_v1_chunks() {
         v
     };
     assert_eq!(packs().len(), 2, "{:?}", packs());
-    let first_pack = repo.chunk_location(&sha(&live)).unwrap().0;
-    assert_eq!(repo.chunk_location(&sha(&dead)).unwrap().0, first_pack);
+    let first_pack = repo.chunks().chunk_location(&sha(&live)).unwrap().0;
+    assert_eq!(repo.chunks().chunk_location(&sha(&dead)).unwrap().0, first_pack);
 
     // A v1 repository's loose chunk (codec byte + payload), one live, one dead.
     let (old_live, old_dead) = (data(23, 5000), data(24, 5000));
@@ -317,7 +319,7 @@ fn packs_survive_gc_damaged_indexes_and_v1_chunks() {
         fs::write(repo.root().join("chunks").join(sha(b)), [&b"r"[..], b].concat()).unwrap();
     }
     let repo = Repo::open(repo.root()).unwrap();
-    assert_eq!(repo.read_chunk(&sha(&old_live)).unwrap(), old_live);
+    assert_eq!(repo.chunks().read_chunk(&sha(&old_live)).unwrap(), old_live);
 
     let ws = t.path().join("ws");
     fs::create_dir(&ws).unwrap();
@@ -331,7 +333,7 @@ fn packs_survive_gc_damaged_indexes_and_v1_chunks() {
     let (n, freed) = repo.gc().unwrap();
     assert_eq!(n, 2, "the dead packed chunk and the dead loose one");
     assert!(freed > 30_000, "freed {freed}");
-    assert!(!repo.has_chunk(&sha(&dead)) && !repo.has_chunk(&sha(&old_dead)));
+    assert!(!repo.chunks().has_chunk(&sha(&dead)) && !repo.chunks().has_chunk(&sha(&old_dead)));
     assert!(!first_pack.exists(), "the mixed pack was rewritten");
     assert_eq!(packs().len(), 2, "one pack and its index: {:?}", packs());
     check_repo(&repo);
@@ -341,8 +343,8 @@ fn packs_survive_gc_damaged_indexes_and_v1_chunks() {
     raw[10] ^= 0xff;
     fs::write(&idx, raw).unwrap();
     let repo = Repo::open(repo.root()).unwrap();
-    assert_eq!(repo.read_chunk(&sha(&live)).unwrap(), live, "rebuilt from the pack's records");
-    assert_eq!(repo.read_chunk(&sha(&old_live)).unwrap(), old_live);
+    assert_eq!(repo.chunks().read_chunk(&sha(&live)).unwrap(), live, "rebuilt from the pack's records");
+    assert_eq!(repo.chunks().read_chunk(&sha(&old_live)).unwrap(), old_live);
     let dest = t.path().join("out");
     restore_dir(&repo, &r.digest, &dest, None).unwrap();
     assert_eq!(fs::read(dest.join("live")).unwrap(), live);
@@ -364,11 +366,11 @@ fn gc_survives_a_lost_pack() {
     fs::create_dir(&ws2).unwrap();
     fs::write(ws2.join("fine"), data(33, 9000)).unwrap();
     let fine = backup_dir(&repo, &ws2, &opts("l")).unwrap();
-    fs::remove_file(repo.chunk_location(&sha(&live)).unwrap().0).unwrap();
+    fs::remove_file(repo.chunks().chunk_location(&sha(&live)).unwrap().0).unwrap();
     let repo = Repo::open(repo.root()).unwrap();
     let (n, _) = repo.gc().unwrap();
     assert_eq!(n, 1, "the dead chunk");
-    assert!(!repo.has_chunk(&sha(&live)));
+    assert!(!repo.chunks().has_chunk(&sha(&live)));
     match restore_dir(&repo, &hit.digest, &t.path().join("out1"), None).unwrap_err() {
         SnapshotError::Damaged { chunks, paths, .. } => {
             assert_eq!(chunks, vec![sha(&live)]);

@@ -1,12 +1,16 @@
-//! Helpers for the snapshot tests: deterministic data, a tree with every file
-//! type, and a description of a tree (kinds, modes, owners, contents, symlink
-//! targets, hardlink groups) to compare a restore with its source.
+//! Helpers for the snapshot tests (this crate's and the `moat` scenario
+//! tests in the root `tests/`, which include this file by path):
+//! deterministic data, a tree with every file type, a description of a tree
+//! (kinds, modes, owners, contents, symlink targets, hardlink groups) to
+//! compare a restore with its source, and a check of a whole repository.
+//! Guards the tests against trusting what they check: comparisons are of
+//! what is on disk, never of what the engine reports.
 #![allow(dead_code)]
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Deterministic pseudo-random bytes (xorshift64*), incompressible.
 pub fn data(seed: u64, len: usize) -> Vec<u8> {
@@ -93,38 +97,11 @@ pub fn describe(root: &Path) -> (BTreeMap<String, String>, BTreeSet<Vec<String>>
 }
 
 /// Every manifest in the repository parses and every chunk it names verifies.
-pub fn check_repo(repo: &moat_supervisor::snapshot::Repo) {
+pub fn check_repo(repo: &moat_snapshot::Repo) {
     for id in repo.manifests().unwrap() {
         let m = repo.manifest(&id).unwrap();
         for c in m.chunk_ids() {
-            repo.read_chunk(c).unwrap_or_else(|e| panic!("manifest {id}: chunk {c}: {e}"));
+            repo.chunks().read_chunk(c).unwrap_or_else(|e| panic!("manifest {id}: chunk {c}: {e}"));
         }
     }
-}
-
-/// Records a sandbox NAME in `home` (stopped, or running as `running`) with
-/// its moat-owned workspace; returns the workspace path.
-pub fn sandbox(home: &Path, name: &str, running: Option<moat_supervisor::sandbox::state::ProcId>) -> PathBuf {
-    use moat_supervisor::sandbox::state::{self, Paths, Record, Status};
-    let paths = Paths { name: name.into(), home: home.join("sandboxes").join(name), run: home.join("run").join(name) };
-    fs::create_dir_all(&paths.home).unwrap();
-    let ws = paths.default_workspace();
-    fs::create_dir_all(&ws).unwrap();
-    let rec = Record {
-        name: name.into(),
-        image: "probe".into(),
-        image_digest: String::new(),
-        command: vec![],
-        workspace: ws.clone(),
-        workspace_owned: true,
-        created: state::now(),
-        status: if running.is_some() { Status::Running } else { Status::Exited },
-        detached: true,
-        supervisor: running,
-        init: running,
-        started: None,
-        exit_code: None,
-    };
-    state::save(&paths, &rec).unwrap();
-    ws
 }
