@@ -49,7 +49,11 @@ impl Downloads {
 
     /// The verified cached file for `pin`, downloaded with `fetch` if needed
     /// (see [`Downloads::bytes`] for `fetch`'s contract).
-    pub fn file<E>(&self, pin: &Pin, fetch: impl FnOnce(&mut File, u64) -> Result<(), E>) -> Result<PathBuf, Failure<E>> {
+    pub fn file<E>(
+        &self,
+        pin: &Pin,
+        fetch: impl FnOnce(&mut File, u64) -> Result<(), E>,
+    ) -> Result<PathBuf, Failure<E>> {
         self.get(pin, false, fetch).map(|(path, _)| path)
     }
 
@@ -57,7 +61,11 @@ impl Downloads {
     /// `fetch`, which writes the content from the given offset on into the
     /// file it is handed (positioned there, nothing after it). The offset is
     /// non-zero only to resume a partial download of a pin with a size.
-    pub fn bytes<E>(&self, pin: &Pin, fetch: impl FnOnce(&mut File, u64) -> Result<(), E>) -> Result<Vec<u8>, Failure<E>> {
+    pub fn bytes<E>(
+        &self,
+        pin: &Pin,
+        fetch: impl FnOnce(&mut File, u64) -> Result<(), E>,
+    ) -> Result<Vec<u8>, Failure<E>> {
         self.get(pin, true, fetch).map(|(_, bytes)| bytes.unwrap_or_default())
     }
 
@@ -116,7 +124,9 @@ impl Downloads {
             Ok((actual, ..)) => {
                 tracing::warn!(event = "download_cache_corrupt", path = %path.display(), expected = %pin.sha256, actual = %actual, "discarding a cached download that does not match its pin");
             }
-            Err(e) => tracing::warn!(event = "download_cache_corrupt", path = %path.display(), error = %e, "discarding a cached download that cannot be read"),
+            Err(e) => {
+                tracing::warn!(event = "download_cache_corrupt", path = %path.display(), error = %e, "discarding a cached download that cannot be read")
+            }
         }
         let _ = fs::remove_file(path);
         None

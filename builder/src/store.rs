@@ -3,9 +3,9 @@
 //! silent corruption (every blob read is checked against its digest) and
 //! concurrent index updates (an exclusive flock around read-modify-write).
 #![forbid(unsafe_code)]
-use crate::{cjson, fsio};
 use crate::digest::{Digest, HashingWriter};
 use crate::oci::{Descriptor, ImageConfig, Index, Manifest, ANNOTATION_REF_NAME, MEDIA_MANIFEST};
+use crate::{cjson, fsio};
 use fs2::FileExt;
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeSet;
