@@ -11,6 +11,7 @@
 //! - `gateway/`: the egress gateway and the inference relay (tokio).
 //! - `secrets/`: the credential store and the redactor.
 //! - `layers`: the unpacked-layer cache, a leaf both sides read.
+//! - `visible`: text escaped for an operator's terminal, a leaf.
 //!
 //! Process tree: supervisor (`sandbox::supervise`, runs threads: gateway,
 //! tokio) -> launcher (`launch::launch`, the only caller of libcontainer,
@@ -27,5 +28,6 @@ pub mod report;
 pub mod sandbox;
 pub mod secrets;
 mod sys;
+pub mod visible;
 
 pub use policy::Policy;
