@@ -127,7 +127,9 @@ fn main() -> ExitCode {
     match dispatch(cli.cmd, &g) {
         Ok(code) => code,
         Err(e) => {
-            say!("{}", redact(&format!("moat: error: {e:#}")));
+            // An error can quote what a sandbox chose (a path, a host):
+            // shown escaped, as every operator-facing output is.
+            say!("{}", moat_supervisor::visible::lines(&redact(&format!("moat: error: {e:#}"))));
             ExitCode::from(2)
         }
     }

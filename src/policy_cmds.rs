@@ -2,6 +2,8 @@
 //! remove-preset|presets`, `approvals`, `approve`, `deny` and `events`.
 //! Live changes go through the sandbox's control socket, so the running
 //! gateway validates them and keeps the old policy when they are invalid.
+//! Text that the sandbox can shape (binary paths, hosts, paths, reasons) is
+//! printed through `visible`, so the operator sees what is true.
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use moat_supervisor::gateway::control::{self, Request};
@@ -10,6 +12,7 @@ use moat_supervisor::policy::network::Network;
 use moat_supervisor::policy::presets as netpolicy;
 use moat_supervisor::secrets::redact::redact;
 use moat_supervisor::sandbox::state::{self, Paths, Status};
+use moat_supervisor::visible;
 use moat_supervisor::Policy;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
@@ -122,7 +125,8 @@ fn current_network(name: &str) -> Result<Network> {
 
 fn set_network(name: &str, network: Network, why: &str) -> Result<ExitCode> {
     let v = call(name, &Request::SetNetwork { network: Box::new(network), why: why.into() })?;
-    println!("{name}: network policy revision {} (sha256 {})", v["revision"], v["sha256"].as_str().unwrap_or(""));
+    let sha = visible::field(v["sha256"].as_str().unwrap_or("")).into_owned();
+    println!("{name}: network policy revision {} (sha256 {sha})", v["revision"]);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -138,7 +142,7 @@ pub fn policy(a: PolicyArgs) -> Result<ExitCode> {
                 if p.network.presets.is_empty() { "none".into() } else { p.network.presets.join(", ") }
             );
             for w in moat_supervisor::policy::lint::lint(&rules) {
-                println!("warning: {w}");
+                println!("warning: {}", visible::lines(&w));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -146,7 +150,7 @@ pub fn policy(a: PolicyArgs) -> Result<ExitCode> {
             let text = std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
             let imported = moat_supervisor::policy::import::import_yaml(&text, &file.display().to_string())?;
             for w in &imported.warnings {
-                say!("moat: not carried over: {w}");
+                say!("moat: not carried over: {}", visible::lines(w));
             }
             let toml = moat_supervisor::policy::import::to_toml(&imported);
             match output {
@@ -169,11 +173,11 @@ pub fn policy(a: PolicyArgs) -> Result<ExitCode> {
         PolicyCmd::Show { name, json } => {
             let v = call(&name, &Request::Status)?;
             if json {
-                println!("{v}");
+                println!("{}", visible::json(&v.to_string()));
             } else {
                 let network: Network = serde_json::from_value(v["network"].clone())?;
-                println!("# revision {} sha256 {}", v["revision"], v["sha256"].as_str().unwrap_or(""));
-                print!("{}", toml::to_string(&Wrap { network })?);
+                println!("# revision {} sha256 {}", v["revision"], visible::field(v["sha256"].as_str().unwrap_or("")));
+                print!("{}", visible::lines(&toml::to_string(&Wrap { network })?));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -226,32 +230,38 @@ struct Wrap {
 pub fn approvals(a: ApprovalsArgs) -> Result<ExitCode> {
     let v = call(&a.name, &Request::Approvals)?;
     if a.json {
-        println!("{}", v["pending"]);
+        println!("{}", visible::json(&v["pending"].to_string()));
         return Ok(ExitCode::SUCCESS);
     }
+    let text = |p: &Value, k: &str| visible::field(p[k].as_str().unwrap_or("")).into_owned();
     println!("{:<10} {:<32} {:<30} {:>6} LAST SEEN", "ID", "BINARY", "DESTINATION", "COUNT");
     for p in v["pending"].as_array().into_iter().flatten() {
         println!(
             "{:<10} {:<32} {:<30} {:>6} {}",
-            p["id"].as_str().unwrap_or(""),
-            p["binary"].as_str().unwrap_or(""),
-            format!("{}:{}", p["host"].as_str().unwrap_or(""), p["port"]),
+            text(p, "id"),
+            text(p, "binary"),
+            format!("{}:{}", text(p, "host"), p["port"]),
             p["count"],
-            p["last_seen"].as_str().unwrap_or("")
+            text(p, "last_seen")
         );
+        // What an approval would pin, and who started the binary.
+        println!("{:<10} sha256 {}", "", text(p, "hash"));
+        for a in p["ancestors"].as_array().into_iter().flatten() {
+            println!("{:<10} started by {} (sha256 {})", "", text(a, "binary"), text(a, "hash"));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn approve(a: ApproveArgs) -> Result<ExitCode> {
     let v = call(&a.name, &Request::Approve { id: a.id.clone(), allowed_ips: a.allowed_ips })?;
-    println!("{}: approved {}; network policy revision {}", a.name, a.id, v["revision"]);
+    println!("{}: approved {}; network policy revision {}", a.name, visible::field(&a.id), v["revision"]);
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn deny(a: DecideArgs) -> Result<ExitCode> {
     call(&a.name, &Request::Deny { id: a.id.clone() })?;
-    println!("{}: denied {} (it stays refused)", a.name, a.id);
+    println!("{}: denied {} (it stays refused)", a.name, visible::field(&a.id));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -279,7 +289,7 @@ pub fn events(a: EventsArgs) -> Result<ExitCode> {
             continue;
         }
         if a.json {
-            print!("{}", redact(&line));
+            print!("{}", visible::json(&redact(&line)));
         } else if let Ok(e) = serde_json::from_str::<Event>(&line) {
             let text = format!(
                 "{} {:<6} {} {}:{} {} {} rule={} {}",
@@ -293,7 +303,7 @@ pub fn events(a: EventsArgs) -> Result<ExitCode> {
                 if e.rule.is_empty() { "-" } else { &e.rule },
                 e.reason
             );
-            println!("{}", redact(&text));
+            println!("{}", visible::field(&redact(&text)));
         }
     }
 }

@@ -9,6 +9,7 @@ use moat_supervisor::sandbox::{self, RunRequest};
 use moat_supervisor::sandbox::state::{self, Paths, Status};
 use moat_supervisor::launch as launcher;
 use moat_supervisor::sandbox::doctor;
+use moat_supervisor::visible;
 use moat_supervisor::Policy;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -101,6 +102,10 @@ pub struct LogsArgs {
     /// Keep printing new output until the sandbox exits.
     #[arg(short, long)]
     pub follow: bool,
+    /// Print the output as written, terminal control sequences included
+    /// (by default they are shown escaped: the sandbox wrote them).
+    #[arg(long)]
+    pub raw: bool,
     pub name: String,
 }
 #[derive(Args)]
@@ -238,7 +243,7 @@ pub fn ls(a: LsArgs, _g: &Global) -> Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        println!("{}", visible::json(&serde_json::to_string_pretty(&rows)?));
         return Ok(ExitCode::SUCCESS);
     }
     println!("{:<24} {:<14} {:<8} {:>8} {:>8}", "NAME", "IMAGE", "STATE", "PID", "UPTIME");
@@ -253,7 +258,7 @@ pub fn ls(a: LsArgs, _g: &Global) -> Result<ExitCode> {
             (Status::Exited, Some(c)) => format!("exited({c})"),
             (s, _) => format!("{s:?}").to_lowercase(),
         };
-        println!("{:<24} {:<14} {:<8} {:>8} {:>8}", r.name, digest, st, pid, up);
+        println!("{:<24} {:<14} {:<8} {:>8} {:>8}", visible::field(&r.name), visible::field(digest), st, pid, up);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -304,8 +309,14 @@ pub fn logs(a: LogsArgs, _g: &Global) -> Result<ExitCode> {
         }
         Err(e) => return Err(e).context(paths.log_file().display().to_string()),
     };
-    // Redacted line by line; a partial line waits for its end (or the last read).
-    let mut out = RedactingWriter::new(std::io::stdout().lock());
+    // Redacted line by line; a partial line waits for its end (or the last
+    // read). Then escaped, unless --raw: the sandbox wrote most of it, and
+    // could otherwise move the cursor over, recolour or hide what is shown.
+    let stdout: Box<dyn Write> = match a.raw {
+        true => Box::new(std::io::stdout().lock()),
+        false => Box::new(visible::Writer::new(std::io::stdout().lock())),
+    };
+    let mut out = RedactingWriter::new(stdout);
     let mut buf = Vec::new();
     loop {
         buf.clear();
