@@ -162,22 +162,22 @@ pub fn recheck(shared: &Shared, caller: &Caller, relay: &Relay, host: &str, port
     }
 }
 
-/// Matches the calling binary, then each ancestor inside the sandbox
-/// (nearest first): a rule for `/usr/bin/git` covers the helpers git starts
-/// (git-remote-https), while the same helper started by a copy of git, or by
-/// a shell, matches nothing. A non-audit match beats an audit-mode one.
+/// Matches the calling binary; failing that, each ancestor inside the
+/// sandbox (nearest first) whose rule says `children = true` and whose own
+/// code is all from the image. A rule for `/usr/bin/git` alone does not
+/// cover the python a git alias starts; git's https helper needs its own
+/// entry (the presets list it).
 fn match_caller(compiled: &crate::policy::matcher::Compiled, caller: &Caller, host: &str, port: u16) -> Match {
-    let mut first = None;
-    for p in std::iter::once(&caller.process).chain(&caller.ancestors) {
-        let m = compiled.match_destination(&p.exe, host, port);
-        if matches!(m, Match::Allowed { audit: false, .. }) {
-            return m;
-        }
-        if first.is_none() || matches!(m, Match::Allowed { .. }) && !matches!(first, Some(Match::Allowed { .. })) {
-            first = Some(m);
-        }
+    let own = compiled.match_destination_pinned(&caller.process.exe, Some(&caller.process.sha256), host, port);
+    if matches!(own, Match::Allowed { audit: false, .. }) {
+        return own;
     }
-    first.unwrap_or(Match::Unlisted)
+    caller
+        .ancestors
+        .iter()
+        .filter(|a| a.taint.is_none())
+        .find_map(|a| compiled.match_inherited_pinned(&a.exe, Some(&a.sha256), host, port))
+        .unwrap_or(own)
 }
 
 /// A `.` or `..` path segment, literal or percent-encoded: the path a rule

@@ -6,6 +6,7 @@
 //! hashed and trusted on first use, and a changed hash, a deleted binary or
 //! a socket held by processes running different programs is refused.
 #![forbid(unsafe_code)]
+use super::integrity::{Integrity, Taint};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs;
@@ -25,6 +26,8 @@ pub enum IdentityError {
     HashChanged { path: String, was: String, now: String },
     #[error("{0} was deleted or replaced while running")]
     Deleted(String),
+    #[error("{exe} (pid {pid}) gets no network rights: {taint}")]
+    Tainted { exe: String, pid: i32, taint: Taint },
     #[error("reading {path}")]
     Io { path: String, source: std::io::Error },
 }
@@ -41,6 +44,10 @@ pub struct Proc {
     /// The binary's path as the sandbox sees it.
     pub exe: String,
     pub sha256: String,
+    /// Why its code is not all from the image, if it is not.
+    pub taint: Option<Taint>,
+    /// It has anonymous executable memory (a JIT); rules decide (`jit`).
+    pub anonymous_exec: bool,
 }
 
 /// The calling process and its ancestors inside the sandbox (nearest first).
@@ -73,6 +80,7 @@ pub struct Identity {
     hashing: Mutex<()>,
     /// Trust on first use: path -> the sha256 first seen.
     trusted: Mutex<HashMap<String, String>>,
+    integrity: Integrity,
 }
 
 impl Identity {
@@ -85,6 +93,7 @@ impl Identity {
             hashes: Mutex::default(),
             hashing: Mutex::default(),
             trusted: Mutex::default(),
+            integrity: Integrity::builtin(),
         }
     }
 
@@ -98,6 +107,7 @@ impl Identity {
     pub fn for_own_netns() -> std::io::Result<Identity> {
         let mut id = Identity::new(fs::metadata("/proc/self/ns/net")?.ino());
         id.stop_at = Some(std::process::id() as i32);
+        id.integrity = id.integrity.without_env_check();
         Ok(id)
     }
 
@@ -118,7 +128,9 @@ impl Identity {
             if p.exe != process.exe || p.sha256 != process.sha256 {
                 return Err(IdentityError::Ambiguous(format!("{} and {}", process.exe, p.exe)));
             }
+            untainted(&p)?;
         }
+        untainted(&process)?;
         let mut ancestors = Vec::new();
         let mut pid = first;
         while ancestors.len() < 64 && Some(pid) != self.stop_at {
@@ -179,7 +191,8 @@ impl Identity {
                 trusted.insert(exe.clone(), sha256.clone());
             }
         }
-        Ok(Proc { pid, exe, sha256 })
+        let found = self.integrity.check(&self.proc_root, pid, &exe);
+        Ok(Proc { pid, exe, sha256, taint: found.taint, anonymous_exec: found.anonymous_exec })
     }
 
     /// sha256 of the file behind /proc/PID/exe (the mapped binary itself).
@@ -214,6 +227,14 @@ impl Identity {
         let h = hex::encode(hasher.finalize());
         self.hashes.lock().unwrap_or_else(|p| p.into_inner()).insert(fp, h.clone());
         Ok(h)
+    }
+}
+
+/// A process whose code is not all from its image holds no rights.
+fn untainted(p: &Proc) -> Result<(), IdentityError> {
+    match &p.taint {
+        Some(t) => Err(IdentityError::Tainted { exe: p.exe.clone(), pid: p.pid, taint: t.clone() }),
+        None => Ok(()),
     }
 }
 

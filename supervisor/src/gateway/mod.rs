@@ -13,6 +13,7 @@ mod decide;
 pub mod events;
 pub mod http1;
 pub mod identity;
+pub mod integrity;
 pub(crate) mod inspect;
 mod proxy;
 pub mod revisions;

@@ -165,6 +165,7 @@ pub fn approval_policy(p: &Pending) -> NetPolicy {
             p.hash
         ),
         binaries: vec![globset::escape(&p.binary)],
+        children: false,
         endpoints: vec![Endpoint {
             host: p.host.clone(),
             port: p.port,

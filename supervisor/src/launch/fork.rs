@@ -106,7 +106,11 @@ fn child_main(parent: i32, plan_r: File, report_w: File) -> ! {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
             // Not eprintln!: a closed stderr must not turn the error into a panic.
-            let _ = writeln!(std::io::stderr(), "{}", crate::secrets::redact::redact(&format!("moat: error: {e}")));
+            let _ = writeln!(
+                std::io::stderr(),
+                "{}",
+                crate::secrets::redact::redact(&format!("moat: error: {}", crate::report::chain(&e)))
+            );
             2
         }
         Err(_) => 101,

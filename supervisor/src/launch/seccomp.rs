@@ -231,6 +231,8 @@ pub fn syscall_number(name: &str) -> Option<i64> {
         "process_vm_readv" => SYS_process_vm_readv,
         "process_vm_writev" => SYS_process_vm_writev,
         "kcmp" => SYS_kcmp,
+        "pidfd_getfd" => SYS_pidfd_getfd,
+        "pidfd_open" => SYS_pidfd_open,
         "bpf" => SYS_bpf,
         "io_uring_setup" => SYS_io_uring_setup,
         "io_uring_enter" => SYS_io_uring_enter,

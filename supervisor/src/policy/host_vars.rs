@@ -35,8 +35,7 @@ pub fn load() -> Result<BTreeMap<String, String>, NetPolicyError> {
     };
     let f: File = parse_toml(&text, &path.display().to_string())?;
     for (k, v) in &f.hosts {
-        check_host(v)
-            .map_err(|e| NetPolicyError::Invalid(format!("{}: hosts.{k}: {e}", path.display())))?;
+        check_host(v).map_err(|e| NetPolicyError::Invalid(format!("{}: hosts.{k}: {e}", path.display())))?;
     }
     Ok(f.hosts)
 }

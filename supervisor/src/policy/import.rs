@@ -236,7 +236,7 @@ impl Ctx {
             return None;
         }
         let why = format!("imported from {} ({at})", self.origin);
-        Some(NetPolicy { name, why, binaries, endpoints })
+        Some(NetPolicy { name, why, binaries, children: false, endpoints })
     }
 
     /// One `binaries[i]` entry: `{ path: ... }` (or a bare string).
@@ -437,7 +437,7 @@ fn l4(host: String, port: u16) -> Endpoint {
 /// source of truth for what a rule may say.
 fn check(binary: String, endpoint: Endpoint) -> Result<(), String> {
     let probe =
-        NetPolicy { name: "probe".into(), why: String::new(), binaries: vec![binary], endpoints: vec![endpoint] };
+        NetPolicy { name: "probe".into(), why: String::new(), binaries: vec![binary], children: false, endpoints: vec![endpoint] };
     probe.validate().map_err(|e| e.to_string().trim_start_matches("network.policy \"probe\": ").to_string())
 }
 

@@ -24,9 +24,47 @@ pub const INFERENCE_HOSTS: &[&str] = &[
     "api.x.ai",
 ];
 
-/// Shells and interpreters: listing one extends a rule to whatever it runs.
-const LAUNCHERS: &[&str] =
-    &["sh", "bash", "dash", "zsh", "busybox", "env", "python", "python3", "node", "perl", "ruby"];
+/// Shells and interpreters: a rule for one covers every script it is given.
+const INTERPRETERS: &[&str] = &["sh", "bash", "dash", "zsh", "busybox", "python", "python3", "node", "perl", "ruby"];
+
+/// Programs known to start other programs, with how: under `children =
+/// true` everything they start gets the rule's access.
+const SPAWNERS: &[(&str, &str)] = &[
+    ("git", "aliases (`!cmd`), hooks, core.sshCommand, credential helpers and editors"),
+    ("npm", "package install scripts and `npm exec`"),
+    ("npx", "whatever package it is asked to run"),
+    ("yarn", "package scripts"),
+    ("pip", "build backends of source packages"),
+    ("pip3", "build backends of source packages"),
+    ("make", "every recipe line"),
+    ("env", "the command it is given"),
+    ("xargs", "the command it is given"),
+    ("find", "-exec commands"),
+    ("ssh", "ProxyCommand and the remote command's local side"),
+    ("sudo", "the command it is given"),
+    ("timeout", "the command it is given"),
+    ("nohup", "the command it is given"),
+    ("sh", "any command"),
+    ("bash", "any command"),
+    ("dash", "any command"),
+    ("zsh", "any command"),
+    ("busybox", "any applet and command"),
+    ("python", "any program (subprocess)"),
+    ("python3", "any program (subprocess)"),
+    ("node", "any program (child_process)"),
+    ("perl", "any program"),
+    ("ruby", "any program"),
+];
+
+/// The file name of a binary pattern, with python3.N read as python3.
+fn base_name(b: &str) -> &str {
+    let base = b.rsplit('/').next().unwrap_or(b);
+    if base.starts_with("python3") {
+        "python3"
+    } else {
+        base
+    }
+}
 
 /// The warning for an endpoint that opens a known inference provider directly.
 fn direct_inference_warning(p: &NetPolicy, e: &Endpoint) -> Option<String> {
@@ -52,13 +90,23 @@ pub fn lint(policies: &[NetPolicy]) -> Vec<String> {
             if b.contains("**") || b.ends_with("/*") {
                 out.push(format!("policy {}: binary pattern {b:?} admits every program below it", p.name));
             }
-            let base = b.rsplit('/').next().unwrap_or(b);
-            if LAUNCHERS.iter().any(|l| base == *l || base.starts_with(&format!("{l}3")) && *l == "python") {
+            let base = base_name(b);
+            if INTERPRETERS.contains(&base) {
                 out.push(format!(
-                    "policy {}: {b} starts other programs, and a rule matches the caller's ancestors too: \
-                     everything it runs gets this access",
+                    "policy {}: {b} runs whatever script or command it is given: any code written for it gets this access",
                     p.name
                 ));
+            }
+            if p.children {
+                let how = SPAWNERS.iter().find(|(n, _)| *n == base).map(|(_, how)| *how);
+                out.push(match how {
+                    Some(how) => format!(
+                        "policy {}: children = true: every program {b} starts gets this access, and it starts \
+                         programs through {how}",
+                        p.name
+                    ),
+                    None => format!("policy {}: children = true: every program {b} starts gets this access", p.name),
+                });
             }
         }
         for e in &p.endpoints {
@@ -75,4 +123,42 @@ pub fn lint(policies: &[NetPolicy]) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::schema::parse_toml;
+
+    fn policies(text: &str) -> Vec<NetPolicy> {
+        #[derive(serde::Deserialize)]
+        struct F {
+            policy: Vec<NetPolicy>,
+        }
+        parse_toml::<F>(text, "test").unwrap().policy
+    }
+
+    const GIT: &str = r#"
+[[policy]]
+name = "git"
+binaries = ["/usr/bin/git", "/usr/bin/python3.11"]
+CHILDREN
+[[policy.endpoint]]
+host = "github.com"
+protocol = "rest"
+access = "read-only"
+"#;
+
+    #[test]
+    fn children_name_what_each_spawner_runs() {
+        let quiet = lint(&policies(&GIT.replace("CHILDREN", "")));
+        assert!(quiet.iter().all(|w| !w.contains("children")), "{quiet:?}");
+        assert!(quiet.iter().any(|w| w.contains("/usr/bin/python3.11 runs whatever script")), "{quiet:?}");
+        let loud = lint(&policies(&GIT.replace("CHILDREN", "children = true")));
+        assert!(
+            loud.iter().any(|w| w.contains("every program /usr/bin/git starts") && w.contains("aliases")),
+            "{loud:?}"
+        );
+        assert!(loud.iter().any(|w| w.contains("every program /usr/bin/python3.11 starts")), "{loud:?}");
+    }
 }

@@ -113,6 +113,20 @@ impl Compiled {
         }
     }
 
+    /// The rule, if any, that lets a program started by `ancestor` reach
+    /// `host:port`: only rules that say `children = true` pass access down.
+    pub fn match_inherited(&self, ancestor: &str, host: &str, port: u16) -> Option<Match> {
+        self.match_inherited_pinned(ancestor, None, host, port)
+    }
+
+    /// `match_inherited` for an ancestor whose SHA-256 is `sha256`.
+    pub fn match_inherited_pinned(&self, ancestor: &str, sha256: Option<&str>, host: &str, port: u16) -> Option<Match> {
+        self.entries.iter().filter(|c| c.policy.children && c.covers(ancestor, sha256)).find_map(|c| {
+            let e = c.policy.endpoints.iter().find(|e| e.port == port && host_matches(&e.host, host))?;
+            Some(Match::Allowed { policy: c.policy.name.clone(), endpoint: e.clone(), audit: false })
+        })
+    }
+
     /// Checks one request (method, path without query) against the endpoint
     /// a destination matched.
     pub fn check_request(&self, policy: &str, endpoint: &Endpoint, method: &str, path: &str) -> RequestVerdict {

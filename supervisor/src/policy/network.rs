@@ -50,8 +50,7 @@ impl Network {
                 out.push(p);
             }
         }
-        let uses_variables =
-            out.iter().flat_map(|p| &p.endpoints).any(|e| variable(&e.host).is_some());
+        let uses_variables = out.iter().flat_map(|p| &p.endpoints).any(|e| variable(&e.host).is_some());
         if !uses_variables {
             return Ok(out);
         }

@@ -19,6 +19,12 @@ pub struct NetPolicy {
     pub why: String,
     /// Absolute paths inside the sandbox; `*` one component, `**` any depth.
     pub binaries: Vec<String>,
+    /// Whether the programs a listed binary starts (and theirs) get this
+    /// access too. Off by default: a rule for git does not cover the python
+    /// a git alias runs. `moat policy check` names the binaries known to run
+    /// other programs when it is on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub children: bool,
     #[serde(rename = "endpoint")]
     pub endpoints: Vec<Endpoint>,
 }

@@ -15,10 +15,10 @@ mod sys;
 use crate::launch::executor::GuardPlan;
 use crate::launch::fork::ForkedLauncher;
 use crate::launch::landlock::{kernel_abi, missing_features, LandlockPlan};
+use crate::launch::rootfs::{self, PreparedImage};
 use crate::launch::{LaunchPlan, TopLayer};
 use crate::layers::LayerCache;
 use crate::policy::{Compatibility, Policy};
-use crate::launch::rootfs::{self, PreparedImage};
 use crate::sandbox::net::{LaunchNet, NetStart};
 use crate::sandbox::spec::SpecParams;
 use crate::sandbox::state::{Paths, ProcId, Record, Status};
@@ -487,7 +487,9 @@ pub fn write_bundle(
         netns_path: None,
         cgroups_path: None,
         terminal: false,
-        seccomp: Some(crate::launch::seccomp::DenyList::builtin().map_err(|e| SandboxError::Refused(e.to_string()))?.to_oci()),
+        seccomp: Some(
+            crate::launch::seccomp::DenyList::builtin().map_err(|e| SandboxError::Refused(e.to_string()))?.to_oci(),
+        ),
     };
     let spec = spec::build(policy, &params)?;
     let json = serde_json::to_vec_pretty(&spec).map_err(|e| SandboxError::Refused(e.to_string()))?;

@@ -11,10 +11,10 @@
 //! backlog; no packet has any other way out.
 #![forbid(unsafe_code)]
 use crate::gateway::{self, ca::Ca};
-use crate::sandbox::netns::{Netns, NetnsError};
 use crate::policy::Network;
-use crate::sandbox::SandboxError;
+use crate::sandbox::netns::{Netns, NetnsError};
 use crate::sandbox::state::Paths;
+use crate::sandbox::SandboxError;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -58,8 +58,9 @@ impl NetStart {
             // The receiver may be gone (the supervisor failed meanwhile).
             let _ = tx.send(LaunchNet { netns_path: ns.proc_path(), ca: ca.clone() });
             let gateway = match go_rx.recv() {
-                Ok((paths, network)) => gateway_for(&paths, &network, &ns, listener, ca)
-                    .map_err(crate::sandbox::gateway_err),
+                Ok((paths, network)) => {
+                    gateway_for(&paths, &network, &ns, listener, ca).map_err(crate::sandbox::gateway_err)
+                }
                 Err(_) => Err(SandboxError::Refused("the gateway was not started".into())),
             };
             Ok((ns, gateway))
@@ -129,14 +130,18 @@ fn gateway_for(
                 tracing::warn!(event = "credentials_repaired", "{w}");
             }
         }
-        Err(e) => tracing::warn!(event = "credentials_unusable", error = %crate::report::chain(&e), "credential store check failed"),
+        Err(e) => {
+            tracing::warn!(event = "credentials_unusable", error = %crate::report::chain(&e), "credential store check failed")
+        }
     }
     let config = gateway::Config {
         sandbox: paths.name.clone(),
         network: network.clone(),
         revisions: gateway::revisions::RevisionStore::at(gateway::revisions::revisions_dir(&paths.home)),
-        events: gateway::events::EventLog::open(&paths.audit_log()).map_err(|source| gateway::GatewayError::Io { what: "audit log".into(), source })?,
-        identity: gateway::identity::Identity::for_netns_fd(netns.raw_fd()).map_err(|source| gateway::GatewayError::Io { what: "sandbox netns".into(), source })?,
+        events: gateway::events::EventLog::open(&paths.audit_log())
+            .map_err(|source| gateway::GatewayError::Io { what: "audit log".into(), source })?,
+        identity: gateway::identity::Identity::for_netns_fd(netns.raw_fd())
+            .map_err(|source| gateway::GatewayError::Io { what: "sandbox netns".into(), source })?,
         resolver: gateway::ssrf::Resolver::from_env()?,
         ca,
         control_socket: Some(paths.control_socket()),

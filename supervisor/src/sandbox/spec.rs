@@ -4,8 +4,8 @@
 //! privileges, rlimits, all namespaces but user new, /proc masked, rootfs
 //! read-only, PATH fixed, and a user other than root.
 #![forbid(unsafe_code)]
-use crate::policy::Policy;
 use crate::launch::rootfs::SandboxUser;
+use crate::policy::Policy;
 use oci_spec::runtime::{LinuxSeccomp, Spec};
 use serde_json::{json, Value};
 use std::path::PathBuf;

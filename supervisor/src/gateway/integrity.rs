@@ -1,0 +1,287 @@
+//! Whether all the code in a process came from its image: every executable
+//! file mapping in `/proc/PID/maps` must lie on the sandbox's root mount (the
+//! read-only image; the workspace, /tmp, /dev/shm, memfds and deleted files
+//! are other mounts or no file at all), and the environment the process was
+//! started with must hold none of the loader-redirecting variables in
+//! `policies/loader-env.toml`. Guards against an agent borrowing an allowed
+//! binary's network rights by running its own code inside it (LD_PRELOAD,
+//! LD_AUDIT, an OpenSSL engine). What it does not see: code written into
+//! anonymous executable memory (a JIT's, or an injected library that copied
+//! itself there and unloaded) is reported, not judged here; a rule decides
+//! (`jit`). The executable itself may live outside the image when a rule
+//! names it by path: its hash is pinned on first use by `identity`.
+#![forbid(unsafe_code)]
+use serde::Deserialize;
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+/// The reviewed list of loader-redirecting variables.
+pub const LOADER_ENV_TOML: &str = include_str!("../../../policies/loader-env.toml");
+
+/// Most bytes of /proc/PID/maps read (about 40,000 mappings); a process
+/// with more is not judged and gets no rights.
+const MAX_MAPS: u64 = 4 << 20;
+/// Most bytes of /proc/PID/environ read (the kernel's own argument+env
+/// limit is a quarter of the stack limit; 1 MiB is far beyond real use).
+const MAX_ENVIRON: u64 = 1 << 20;
+/// Most bytes of /proc/PID/mountinfo read.
+const MAX_MOUNTINFO: u64 = 1 << 20;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    version: u32,
+    var: Vec<Var>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Var {
+    name: String,
+    #[allow(dead_code)] // the reason is for the reviewer of the TOML
+    why: String,
+}
+
+/// What is wrong with a process's code, in words for the refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taint {
+    /// A variable of the list is set in its environment.
+    LoaderEnv(String),
+    /// An executable mapping of a file outside the image.
+    ForeignCode(String),
+    /// Its maps or environment could not be read or were too large.
+    Unreadable(String),
+}
+
+impl std::fmt::Display for Taint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Taint::LoaderEnv(v) => write!(f, "it was started with {v} set, which loads code from outside the image"),
+            Taint::ForeignCode(p) => write!(f, "it runs code from outside the image ({p})"),
+            Taint::Unreadable(w) => write!(f, "its code cannot be checked ({w})"),
+        }
+    }
+}
+
+/// The checks, with the variable list parsed once.
+#[derive(Debug)]
+pub struct Integrity {
+    vars: Vec<String>,
+    /// Off only for in-process tests: cargo runs test binaries with
+    /// LD_LIBRARY_PATH set.
+    check_env: bool,
+}
+
+/// What the checks found in one process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Findings {
+    pub taint: Option<Taint>,
+    /// It has anonymous executable memory (a JIT, or code that hid itself).
+    pub anonymous_exec: bool,
+}
+
+impl Integrity {
+    /// The embedded list; a defect in it is a build defect (a unit test parses it).
+    pub fn builtin() -> Integrity {
+        let vars = toml::from_str::<File>(LOADER_ENV_TOML)
+            .map(|f| {
+                debug_assert_eq!(f.version, 1);
+                f.var.into_iter().map(|v| v.name).collect()
+            })
+            .unwrap_or_else(|e| {
+                tracing::error!(event = "loader_env_invalid", error = %e, "policies/loader-env.toml does not parse");
+                // Fail closed on the variables that matter most.
+                ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "OPENSSL_CONF"].map(String::from).to_vec()
+            });
+        Integrity { vars, check_env: true }
+    }
+
+    /// For clients in the test process itself (see `check_env`).
+    pub fn without_env_check(mut self) -> Integrity {
+        self.check_env = false;
+        self
+    }
+
+    /// Checks process `pid` (under `proc_root`) whose executable is `exe`
+    /// (the path as the process's mount namespace sees it).
+    pub fn check(&self, proc_root: &Path, pid: i32, exe: &str) -> Findings {
+        let dir = proc_root.join(pid.to_string());
+        let mut out = Findings::default();
+        if self.check_env {
+            match read_bounded(&dir.join("environ"), MAX_ENVIRON) {
+                Ok(env) => out.taint = self.loader_var(&env).map(Taint::LoaderEnv),
+                Err(e) => out.taint = Some(Taint::Unreadable(format!("environ: {e}"))),
+            }
+            if out.taint.is_some() {
+                return out;
+            }
+        }
+        let mounts = match read_bounded(&dir.join("mountinfo"), MAX_MOUNTINFO) {
+            Ok(m) => mount_points(&String::from_utf8_lossy(&m)),
+            Err(e) => return Findings { taint: Some(Taint::Unreadable(format!("mountinfo: {e}"))), ..out },
+        };
+        match read_bounded(&dir.join("maps"), MAX_MAPS) {
+            Ok(m) => judge_maps(&String::from_utf8_lossy(&m), &mounts, exe, &mut out),
+            Err(e) => out.taint = Some(Taint::Unreadable(format!("maps: {e}"))),
+        }
+        out
+    }
+
+    /// The first listed variable set in a NUL-separated environment block.
+    fn loader_var(&self, env: &[u8]) -> Option<String> {
+        env.split(|&b| b == 0).find_map(|kv| {
+            let name = kv.split(|&b| b == b'=').next()?;
+            self.vars.iter().find(|v| v.as_bytes() == name).cloned()
+        })
+    }
+}
+
+/// Reads at most `max` bytes; more is an error, never a truncated verdict.
+fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    fs::File::open(path)?.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(std::io::Error::other(format!("larger than {max} bytes")));
+    }
+    Ok(buf)
+}
+
+/// Mount points (field 5 of each mountinfo line), unescaped.
+fn mount_points(mountinfo: &str) -> Vec<String> {
+    mountinfo.lines().filter_map(|l| l.split(' ').nth(4)).map(unescape).collect()
+}
+
+/// The kernel writes space, tab, newline and backslash in paths as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The mount point a path lies under (the longest matching prefix).
+fn mount_of<'a>(path: &str, mounts: &'a [String]) -> Option<&'a str> {
+    mounts
+        .iter()
+        .filter(|m| m.as_str() == "/" || path == m.as_str() || path.starts_with(&format!("{m}/")))
+        .max_by_key(|m| m.len())
+        .map(String::as_str)
+}
+
+/// Walks the executable mappings. A file mapping must lie on the root mount
+/// (or be the executable itself, which a rule named); `[vdso]` and its kin
+/// are the kernel's; anonymous ones are only reported.
+fn judge_maps(maps: &str, mounts: &[String], exe: &str, out: &mut Findings) {
+    for line in maps.lines() {
+        // address perms offset dev inode [path]; the path may hold spaces.
+        let mut f = line.splitn(6, ' ');
+        let (Some(_), Some(perms), Some(_), Some(_), Some(inode)) = (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        if perms.as_bytes().get(2) != Some(&b'x') {
+            continue;
+        }
+        let path = f.next().unwrap_or("").trim_start();
+        if path.is_empty() {
+            out.anonymous_exec = true;
+            continue;
+        }
+        if path.starts_with('[') && inode == "0" {
+            continue; // [vdso], [vsyscall], [uprobes]: the kernel's own code
+        }
+        let path = unescape(path);
+        let foreign = if path.ends_with(" (deleted)") || !path.starts_with('/') || path.starts_with("/memfd:") {
+            true
+        } else {
+            path != exe && mount_of(&path, mounts) != Some("/")
+        };
+        if foreign {
+            out.taint = Some(Taint::ForeignCode(path));
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mounts() -> Vec<String> {
+        mount_points(
+            "23 1 0:40 / / ro,relatime - overlay overlay ro\n\
+             24 23 254:1 /ws /sandbox rw - ext4 /dev/vda rw\n\
+             25 23 0:41 / /tmp rw - tmpfs tmpfs rw\n\
+             26 23 0:42 / /dev/shm rw - tmpfs tmpfs rw\n\
+             27 23 0:43 / /odd\\040dir rw - tmpfs tmpfs rw\n",
+        )
+    }
+
+    fn judge(maps: &str) -> Findings {
+        let mut f = Findings::default();
+        judge_maps(maps, &mounts(), "/usr/bin/curl", &mut f);
+        f
+    }
+
+    #[test]
+    fn the_embedded_list_parses() {
+        let f: File = toml::from_str(LOADER_ENV_TOML).unwrap();
+        assert!(f.var.iter().any(|v| v.name == "LD_PRELOAD"));
+        assert!(f.var.iter().all(|v| !v.why.is_empty()));
+        let i = Integrity::builtin();
+        assert_eq!(i.loader_var(b"HOME=/sandbox\0LD_PRELOAD=/x.so\0"), Some("LD_PRELOAD".into()));
+        assert_eq!(i.loader_var(b"HOME=/sandbox\0XLD_PRELOAD=/x.so\0LD_PRELOADX=1\0"), None);
+        assert_eq!(i.loader_var(b"OPENSSL_CONF=/sandbox/e.cnf"), Some("OPENSSL_CONF".into()));
+    }
+
+    #[test]
+    fn image_code_passes_and_foreign_code_is_named() {
+        let image = "5555-5556 r-xp 00000000 00:28 12 /usr/bin/curl\n\
+                     7f00-7f01 r-xp 00000000 00:28 13 /usr/lib/x86_64-linux-gnu/libc.so.6\n\
+                     7f01-7f02 rw-p 00000000 00:00 0 \n\
+                     7ffd-7ffe r-xp 00000000 00:00 0                          [vdso]\n";
+        assert_eq!(judge(image), Findings::default());
+        for (bad, named) in [
+            ("7f-80 r-xp 00000000 fe:01 99 /sandbox/evil.so", "/sandbox/evil.so"),
+            ("7f-80 r-xp 00000000 00:29 99 /tmp/evil.so", "/tmp/evil.so"),
+            ("7f-80 r-xp 00000000 00:2a 99 /dev/shm/x", "/dev/shm/x"),
+            ("7f-80 r-xp 00000000 00:01 99 /memfd:x (deleted)", "/memfd:x (deleted)"),
+            ("7f-80 r-xp 00000000 00:28 99 /usr/lib/gone.so (deleted)", "/usr/lib/gone.so (deleted)"),
+            ("7f-80 r-xp 00000000 00:2b 99 /odd\\040dir/x.so", "/odd dir/x.so"),
+            ("7f-80 r-xp 00000000 00:29 99 [fake]", "[fake]"),
+        ] {
+            let f = judge(&format!("{image}{bad}\n"));
+            assert_eq!(f.taint, Some(Taint::ForeignCode(named.into())), "{bad}");
+        }
+        // A writable or data-only mapping of a workspace file is not code.
+        assert_eq!(judge("7f-80 rw-p 00000000 fe:01 99 /sandbox/data.bin\n").taint, None);
+        // The executable itself may be outside the image (a rule named it).
+        let mut f = Findings::default();
+        judge_maps("7f-80 r-xp 00000000 fe:01 99 /sandbox/bin/tool\n", &mounts(), "/sandbox/bin/tool", &mut f);
+        assert_eq!(f.taint, None);
+        // Anonymous executable memory is reported, not refused here.
+        let f = judge("7f-80 rwxp 00000000 00:00 0 \n");
+        assert!(f.anonymous_exec && f.taint.is_none());
+    }
+
+    #[test]
+    fn this_process_is_judged_by_its_own_maps() {
+        let me = fs::read_link("/proc/self/exe").unwrap();
+        let f = Integrity::builtin().without_env_check().check(
+            Path::new("/proc"),
+            std::process::id() as i32,
+            &me.to_string_lossy(),
+        );
+        assert!(!matches!(f.taint, Some(Taint::Unreadable(_))), "{f:?}");
+    }
+}

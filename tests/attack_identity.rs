@@ -1,0 +1,162 @@
+//! Attacks on the gateway's idea of who is calling, each performed from
+//! inside a real sandbox of the agent image (issue 17): the agent's own code
+//! injected into an allowed binary (LD_PRELOAD, LD_AUDIT, an OpenSSL config
+//! that loads an engine), a descriptor taken from another process
+//! (pidfd_getfd), and rights inherited from an allowed parent (a git alias
+//! that runs python). Each must be refused; the control requests beside them
+//! must still work. The injected library is built on the host with the
+//! system compiler (tests/probe/attacks/evil.c). Needs root, iproute2, cc
+//! and the Debian mirror.
+#[path = "../supervisor/tests/gateway_common/mod.rs"]
+mod gateway_common;
+mod gateway_world;
+
+use gateway_world::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// curl may reach other.test over plain HTTP; git (and its https helper,
+/// named explicitly) may read up.test. Nothing else is allowed.
+const RULES: &str = r#"
+[[network.policy]]
+name = "curl"
+binaries = ["/usr/bin/curl"]
+[[network.policy.endpoint]]
+host = "other.test"
+port = 80
+allowed_ips = ["198.18.0.0/15"]
+
+[[network.policy]]
+name = "git"
+binaries = ["/usr/bin/git", "/usr/lib/git-core/git-remote-http", "/usr/lib/git-core/git-remote-https"]
+[[network.policy.endpoint]]
+host = "up.test"
+port = 443
+protocol = "rest"
+access = "read-only"
+allowed_ips = ["198.18.0.0/15"]
+"#;
+
+/// A workspace the sandbox user owns, holding the attack's files.
+fn workspace(name: &str) -> PathBuf {
+    let dir = world().home.path().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let so = dir.join("evil.so");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/attacks/evil.c");
+    let o = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .output()
+        .expect("run cc (install gcc)");
+    assert!(o.status.success(), "cc: {}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(dir.join("alias.py"), ALIAS_PY).unwrap();
+    std::fs::write(dir.join("steal.py"), STEAL_PY).unwrap();
+    std::fs::write(dir.join("engine.cnf"), ENGINE_CNF.replace("SO", "/sandbox/evil.so")).unwrap();
+    for p in [dir.clone(), so, dir.join("alias.py"), dir.join("steal.py"), dir.join("engine.cnf")] {
+        std::os::unix::fs::chown(&p, Some(1000), Some(1000)).unwrap();
+    }
+    dir
+}
+
+/// Run as a git alias: python started by git, asking for a host only git may reach.
+const ALIAS_PY: &str = r#"
+import urllib.request as u, urllib.error as e
+try:
+    print("alias_py=%d" % u.urlopen("https://up.test/repo.git/HEAD").status)
+except e.HTTPError as x:
+    print("alias_py=%d" % x.code)
+except Exception as x:
+    print("alias_py=refused" if "403" in str(x) else "alias_py=error %s" % x)
+"#;
+
+/// Takes a descriptor out of another process of the sandbox.
+const STEAL_PY: &str = r#"
+import ctypes, errno, os, subprocess
+p = subprocess.Popen(["sleep", "30"])
+try:
+    pidfd = os.pidfd_open(p.pid)
+    print("pidfd_open=ok")
+except OSError as x:
+    print("pidfd_open=%s" % errno.errorcode.get(x.errno, x.errno))
+    pidfd = -1
+libc = ctypes.CDLL(None, use_errno=True)
+SYS_pidfd_getfd = 438
+fd = libc.syscall(SYS_pidfd_getfd, pidfd, 0, 0) if pidfd >= 0 else -1
+if fd >= 0:
+    print("pidfd_getfd=stolen")
+else:
+    # Without a pidfd, ask for one of the sandbox's init (pid 1) anyway.
+    fd = libc.syscall(SYS_pidfd_getfd, 3, 0, 0)
+    print("pidfd_getfd=%s" % errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno()))
+p.kill()
+"#;
+
+/// An OpenSSL config whose engine section loads the agent's library.
+const ENGINE_CNF: &str = r#"
+openssl_conf = conf
+[conf]
+engines = engines
+[engines]
+evil = evil
+[evil]
+dynamic_path = SO
+init = 1
+"#;
+
+const SCRIPT: &str = r#"
+code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
+ran() { test -s /tmp/injected && echo yes || echo no; rm -f /tmp/injected; }
+echo "plain=$(code http://other.test/plain)"
+echo "preload=$(LD_PRELOAD=/sandbox/evil.so code http://other.test/preload)"
+echo "preload_ran=$(ran)"
+echo "audit=$(LD_AUDIT=/sandbox/evil.so code http://other.test/audit)"
+echo "audit_ran=$(ran)"
+echo "engine=$(OPENSSL_CONF=/sandbox/engine.cnf code http://other.test/engine)"
+echo "engine_ran=$(ran)"
+git clone -q https://up.test/repo.git /tmp/c 2>/tmp/e && echo "git=$(cat /tmp/c/README)" || echo "git=fail $(cat /tmp/e)"
+git -c alias.x='!python3 /sandbox/alias.py' x
+python3 /sandbox/steal.py
+"#;
+
+#[test]
+fn borrowed_rights_are_refused_from_inside_a_sandbox() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ws = workspace("identity-ws");
+    let p = policy("identity", RULES);
+    let out = ok(&[
+        "run",
+        "--rm",
+        "--policy",
+        p.to_str().unwrap(),
+        "--workspace",
+        ws.to_str().unwrap(),
+        "agent",
+        "--",
+        "sh",
+        "-c",
+        SCRIPT,
+    ]);
+    let r = kv(&out);
+    let want = |k: &str, v: &str| assert_eq!(r.get(k).map(String::as_str), Some(v), "{k}\n{out}");
+    // Controls: the allowed binaries, unaltered, work.
+    want("plain", "200");
+    want("git", "through the gateway");
+    // Code injected into curl: it ran (the marker), and the gateway refused curl.
+    want("preload_ran", "yes");
+    want("preload", "403");
+    want("audit_ran", "yes");
+    want("audit", "403");
+    want("engine_ran", "yes");
+    want("engine", "403");
+    // python started by git does not inherit git's rule.
+    want("alias_py", "refused");
+    // No descriptor leaves another process.
+    assert_ne!(r.get("pidfd_getfd").map(String::as_str), Some("stolen"), "{out}");
+    want("pidfd_getfd", "EPERM");
+    let seen = world().up.seen();
+    for path in ["/preload", "/audit", "/engine"] {
+        assert!(!seen.iter().any(|s| s.path == path), "{path} reached the upstream: {seen:?}");
+    }
+}
