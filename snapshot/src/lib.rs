@@ -31,6 +31,9 @@
 //! layout, because moat-builder is a dependency of both crates: one
 //! definition, and this crate does not depend on the supervisor (which does
 //! not use snapshots). A bad name is [`SnapshotError::BadName`].
+//!
+//! `unsafe_code` is denied crate-wide and allowed in `sys` alone; every other
+//! module forbids it outright.
 #![deny(unreachable_pub, unsafe_code, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 pub mod archive;
 mod backup;

@@ -381,3 +381,23 @@ fn gc_survives_a_lost_pack() {
     restore_dir(&repo, &fine.digest, &t.path().join("out2"), None).unwrap();
     assert_eq!(fs::read(t.path().join("out2/fine")).unwrap(), data(33, 9000));
 }
+
+/// Display shows one level; the chain (what `moat` prints) names each cause once.
+#[test]
+fn errors_name_their_cause_once_and_bad_names_are_their_own_variant() {
+    let (t, repo) = setup();
+    let e = backup_dir(&repo, &t.path().join("absent"), &opts("x")).unwrap_err();
+    let mut chain = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        chain.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    assert!(chain.contains("absent"), "{chain}");
+    assert_eq!(chain.matches("No such file or directory").count(), 1, "{chain}");
+    for bad in ["../x", "a/b", ".hidden", ""] {
+        let e = backup_dir(&repo, t.path(), &opts(bad)).unwrap_err();
+        assert!(matches!(e, SnapshotError::BadName(_)), "{bad:?}: {e:?}");
+        assert!(matches!(repo.records(bad), Err(SnapshotError::BadName(_))), "{bad:?}");
+    }
+}
