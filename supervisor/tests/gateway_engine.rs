@@ -97,6 +97,7 @@ rules = [
   { allow = { method = "GET", path = "/stream" } },
   { allow = { method = "GET", path = "/ws" } },
 ]
+upgrade = true
 allowed_ips = ["198.18.0.0/15"]
 "#;
 

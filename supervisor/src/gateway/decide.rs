@@ -6,11 +6,12 @@
 //! an audit event.
 #![forbid(unsafe_code)]
 use super::events::{Decision, Event};
+use super::http1::{self, RequestHead};
 use super::identity::{Caller, IdentityError};
-use super::ssrf;
 use super::Shared;
+use super::{path_shape, ssrf};
 use crate::policy::matcher::{Match, RequestVerdict};
-use crate::policy::schema::Endpoint;
+use crate::policy::schema::{Endpoint, Enforcement};
 use std::net::SocketAddr;
 
 /// A permitted destination: the rule that allowed it and the validated addresses.
@@ -100,30 +101,56 @@ pub async fn destination(
     Ok(Relay { policy, endpoint, audit, addrs, generation: cur.generation })
 }
 
-/// Checks one request on an inspected endpoint; records the event.
+/// Checks one request on an inspected endpoint; records the event. `path`
+/// is the origin-form target (with its query). Beside the rule's method and
+/// path: the path's shape (`path_shape`), the method-override headers
+/// (checked as methods too) and upgrades (only where the rule says
+/// `upgrade = true`).
 pub fn request(
     shared: &Shared,
     caller: &Caller,
     relay: &Relay,
     host: &str,
     port: u16,
-    method: &str,
+    head: &RequestHead,
     path: &str,
 ) -> Result<(), Refusal> {
+    let method = head.method.as_str();
     let record = |decision: Decision, reason: &str| {
         let e = Event::new(Some(&caller.process), host, port, method, path, decision, &relay.policy, reason);
         shared.events.record(&e);
     };
-    if has_dot_segment(path) {
-        let reason = "dot segments (. or .., also percent-encoded) are refused in inspected requests";
-        record(Decision::Deny, reason);
-        return Err(Refusal {
-            status: 400,
-            body: format!("moat: {reason}: an upstream could resolve them outside the rule\n"),
-        });
+    let malformed = |reason: String| {
+        record(Decision::Deny, &reason);
+        Err(Refusal { status: 400, body: format!("moat: {reason}\n") })
+    };
+    if let Some(shape) = path_shape::refusal(path, !relay.endpoint.rules.is_empty()) {
+        return malformed(format!(
+            "{shape} are refused in inspected requests: the upstream could read another path than the rule matched"
+        ));
     }
+    let overrides = match method_overrides(head) {
+        Ok(m) => m,
+        Err(reason) => return malformed(reason),
+    };
     let cur = shared.current();
-    let verdict = cur.compiled.check_request(&relay.policy, &relay.endpoint, method, path);
+    let mut verdict = cur.compiled.check_request(&relay.policy, &relay.endpoint, method, path);
+    for (name, m) in &overrides {
+        let v = match cur.compiled.check_request(&relay.policy, &relay.endpoint, m, path) {
+            RequestVerdict::Allow => continue,
+            RequestVerdict::Audit(r) => RequestVerdict::Audit(format!("{name}: {m}: {r}")),
+            RequestVerdict::Deny(r) => RequestVerdict::Deny(format!("{name}: {m}: {r}")),
+        };
+        verdict = stricter(verdict, v);
+    }
+    if http1::is_upgrade(head).is_some() && !relay.endpoint.upgrade {
+        let r = "an upgrade (WebSocket) is not allowed: the endpoint does not say upgrade = true".to_string();
+        let v = match relay.endpoint.enforcement {
+            Enforcement::Audit => RequestVerdict::Audit(r),
+            Enforcement::Enforce => RequestVerdict::Deny(r),
+        };
+        verdict = stricter(verdict, v);
+    }
     let verdict = match verdict {
         RequestVerdict::Allow if relay.audit => RequestVerdict::Audit("binary not listed (audit mode)".into()),
         v => v,
@@ -138,11 +165,43 @@ pub fn request(
             status: 403,
             body: format!(
                 "moat: request denied: {method} {} on {host}: {r} (policy {})\n",
-                strip_query(path),
+                path_shape::strip_query(path),
                 relay.policy
             ),
         }),
         _ => Ok(()),
+    }
+}
+
+/// Headers by which a client asks the upstream to treat a request as
+/// another method (Express, Rails, Laravel, Google APIs and others honour one
+/// of them). They are checked as the method, so a rule holds whichever
+/// method the upstream acts on; stripping them would turn a client's
+/// override DELETE into the POST it was carried by, a different action.
+const METHOD_OVERRIDES: [&str; 3] = ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"];
+
+/// (header, method upper-cased as the frameworks read it) for each override
+/// header; Err when one names anything but a single method.
+fn method_overrides(head: &RequestHead) -> Result<Vec<(&'static str, String)>, String> {
+    let mut out = Vec::new();
+    for name in METHOD_OVERRIDES {
+        for v in head.headers_all(name) {
+            if v.is_empty() || !v.iter().all(u8::is_ascii_alphabetic) {
+                return Err(format!("{name} must name exactly one method"));
+            }
+            out.push((name, String::from_utf8_lossy(v).to_ascii_uppercase()));
+        }
+    }
+    Ok(out)
+}
+
+/// The stricter of two verdicts (deny, then audit, then allow).
+fn stricter(a: RequestVerdict, b: RequestVerdict) -> RequestVerdict {
+    match (&a, &b) {
+        (RequestVerdict::Deny(_), _) => a,
+        (_, RequestVerdict::Deny(_)) => b,
+        (RequestVerdict::Audit(_), _) => a,
+        _ => b,
     }
 }
 
@@ -178,44 +237,4 @@ fn match_caller(compiled: &crate::policy::matcher::Compiled, caller: &Caller, ho
         .filter(|a| a.taint.is_none())
         .find_map(|a| compiled.match_inherited_pinned(&a.exe, Some(&a.sha256), host, port))
         .unwrap_or(own)
-}
-
-/// A `.` or `..` path segment, literal or percent-encoded: the path a rule
-/// matched would not be the path an upstream that resolves them serves.
-pub fn has_dot_segment(path: &str) -> bool {
-    strip_query(path).split('/').any(is_dot_segment)
-}
-
-/// `.` or `..`, each dot possibly written `%2e`/`%2E` (checked per request,
-/// so without allocating).
-fn is_dot_segment(seg: &str) -> bool {
-    let (mut rest, mut dots) = (seg.as_bytes(), 0);
-    while !rest.is_empty() {
-        rest = match rest {
-            [b'.', tail @ ..] => tail,
-            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
-            _ => return false,
-        };
-        dots += 1;
-    }
-    dots == 1 || dots == 2
-}
-
-fn strip_query(p: &str) -> &str {
-    p.split(['?', '#']).next().unwrap_or(p)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::has_dot_segment;
-
-    #[test]
-    fn dot_segments_in_any_spelling() {
-        for p in ["/a/../b", "/./x", "/a/%2e%2e/b", "/a/%2E%2e", "/a/.%2e/b", "/..", "/a/..?q"] {
-            assert!(has_dot_segment(p), "{p}");
-        }
-        for p in ["/a/b", "/a/..b/c", "/a/.well-known/x", "/a?x=/../", "/%2e%2ex"] {
-            assert!(!has_dot_segment(p), "{p}");
-        }
-    }
 }

@@ -1,11 +1,12 @@
 //! Request-by-request relaying: the plain-HTTP forward path and the L7 path
 //! inside a TLS-terminated tunnel both read one request head, check it,
 //! stream its body upstream, and stream the response back (keep-alive,
-//! chunked bodies, `Expect: 100-continue`, WebSocket upgrades). Guards
-//! against smuggling (strict framing from `http1`, refused on conflict),
-//! against domain fronting (the Host header must name the tunnel's host),
-//! and against a tunnel outliving its rule (each request re-checks the
-//! policy generation).
+//! chunked bodies, `Expect: 100-continue`, WebSocket upgrades where the
+//! rule allows them). Guards against smuggling (strict framing from
+//! `http1`, refused on conflict), against domain fronting (the Host header
+//! must name the tunnel's host; on the forward path it is replaced by the
+//! target's authority), and against a tunnel outliving its rule (each
+//! request re-checks the policy generation).
 #![forbid(unsafe_code)]
 use super::decide::{self, Identified, Refusal, Relay};
 use super::events::{Decision, Event};
@@ -44,7 +45,12 @@ pub async fn read_head<R: tokio::io::AsyncBufRead + Unpin>(
         Ok(Err(http1::HttpError::Io(_) | http1::HttpError::UnexpectedEof)) => Ok(None),
         Ok(Err(e)) => {
             tracing::info!(event = "gateway_bad_request", error = %crate::report::chain(&e), "malformed request refused");
-            Err(http1::simple_response(e.status(), http1::reason(e.status()), &format!("moat: {}\n", crate::report::chain(&e)), true))
+            Err(http1::simple_response(
+                e.status(),
+                http1::reason(e.status()),
+                &format!("moat: {}\n", crate::report::chain(&e)),
+                true,
+            ))
         }
     }
 }
@@ -92,6 +98,16 @@ fn parse_absolute(target: &str) -> Option<(String, u16, String)> {
     Some((host, port, path))
 }
 
+/// `host[:port]` for a Host header (port 80 left out, IPv6 in brackets).
+fn authority(host: &str, port: u16) -> String {
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+    if port == 80 {
+        host
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// The plain-HTTP forward proxy loop (absolute-form requests).
 pub async fn forward(
     shared: &Arc<Shared>,
@@ -102,7 +118,7 @@ pub async fn forward(
     let mut upstream: Option<(String, u16, Relay, BufReader<TcpStream>)> = None;
     let mut next = first;
     loop {
-        let head = match next.take() {
+        let mut head = match next.take() {
             Some(h) => h,
             None => match next_head(shared, client).await {
                 Some(h) => h,
@@ -114,7 +130,9 @@ pub async fn forward(
         // inference.local, in absolute form or (plain HTTP) by its Host header.
         let inference_path = match &target {
             Some((host, _, path)) if is_inference_host(host) => Some(path.clone()),
-            None if head.target.starts_with('/') && head.header("host").is_some_and(|v| is_inference_host(&String::from_utf8_lossy(v))) => {
+            None if head.target.starts_with('/')
+                && head.header("host").is_some_and(|v| is_inference_host(&String::from_utf8_lossy(v))) =>
+            {
                 Some(head.target.clone())
             }
             _ => None,
@@ -169,10 +187,11 @@ pub async fn forward(
         };
         let Ok(c) = caller else { return };
         if relay.endpoint.inspected() {
-            if let Err(refusal) = decide::request(shared, c, &relay, &host, port, &head.method, &path) {
+            if let Err(refusal) = decide::request(shared, c, &relay, &host, port, &head, &path) {
                 let _ = client.get_mut().write_all(&refusal_response(&refusal)).await;
                 return;
             }
+            strip_routing_headers(&mut head);
         }
         if upstream.is_none() {
             match super::upstream::dial(shared, &relay).await {
@@ -184,6 +203,9 @@ pub async fn forward(
                 }
             }
         }
+        // RFC 9112 §3.2.2: the Host the decision was made for, never the
+        // client's (which could name another virtual host behind the same front door).
+        head.set_header("Host", authority(&host, port));
         let Some((_, _, _, up)) = upstream.as_mut() else { return };
         if exchange(shared, client, up, head, &path).await != Flow::KeepAlive {
             return;
@@ -205,7 +227,9 @@ pub async fn inference_tunnel(
     loop {
         let Some(head) = next_head(shared, &mut client).await else { return };
         let path = head.target.clone();
-        if !path.starts_with('/') || !crate::gateway::inference::relay::handle(shared, &mut client, head, &path, caller).await {
+        if !path.starts_with('/')
+            || !crate::gateway::inference::relay::handle(shared, &mut client, head, &path, caller).await
+        {
             let _ = client.get_mut().shutdown().await;
             return;
         }
@@ -267,7 +291,7 @@ pub async fn tunnel(shared: &Arc<Shared>, client: BufReader<TcpStream>, caller: 
         }
     };
     loop {
-        let Some(head) = next_head(shared, &mut client).await else { return };
+        let Some(mut head) = next_head(shared, &mut client).await else { return };
         relay = match decide::recheck(shared, caller, &relay, &host, port) {
             Ok(r) => r,
             Err(reason) => {
@@ -292,7 +316,7 @@ pub async fn tunnel(shared: &Arc<Shared>, client: BufReader<TcpStream>, caller: 
             deny_event("Host header does not name the tunnel's host");
             Some(Refusal { status: 421, body: format!("moat: Host header must be {host} in a tunnel to {host}\n") })
         } else {
-            decide::request(shared, caller, &relay, &host, port, &head.method, &head.target).err()
+            decide::request(shared, caller, &relay, &host, port, &head, &head.target).err()
         };
         if let Some(r) = refusal {
             let _ = client.get_mut().write_all(&refusal_response(&r)).await;
@@ -300,11 +324,20 @@ pub async fn tunnel(shared: &Arc<Shared>, client: BufReader<TcpStream>, caller: 
             return;
         }
         let path = head.target.clone();
+        strip_routing_headers(&mut head);
         if exchange(shared, &mut client, &mut up, head, &path).await != Flow::KeepAlive {
             let _ = client.get_mut().shutdown().await;
             return;
         }
     }
+}
+
+/// Removes the headers some frameworks (Symfony, IIS URL Rewrite) route by
+/// instead of the request line: on an inspected endpoint the path the rule
+/// checked is the one the upstream routes.
+fn strip_routing_headers(head: &mut RequestHead) {
+    head.remove_header("X-Original-URL");
+    head.remove_header("X-Rewrite-URL");
 }
 
 fn host_header_matches(head: &RequestHead, host: &str, port: u16) -> bool {
@@ -375,13 +408,19 @@ where
         return bad_gateway(client, "the upstream closed the connection").await;
     }
     let resp = loop {
-        let r =
-            match tokio::time::timeout(super::upstream::RESPONSE_TIMEOUT, http1::read_response_head(up, shared.limits.max_head)).await {
-                Err(_) => return bad_gateway(client, "the upstream did not answer in time").await,
-                Ok(Err(e)) => return bad_gateway(client, &format!("bad upstream response: {}", crate::report::chain(&e))).await,
-                Ok(Ok(None)) => return bad_gateway(client, "the upstream closed the connection").await,
-                Ok(Ok(Some(r))) => r,
-            };
+        let r = match tokio::time::timeout(
+            super::upstream::RESPONSE_TIMEOUT,
+            http1::read_response_head(up, shared.limits.max_head),
+        )
+        .await
+        {
+            Err(_) => return bad_gateway(client, "the upstream did not answer in time").await,
+            Ok(Err(e)) => {
+                return bad_gateway(client, &format!("bad upstream response: {}", crate::report::chain(&e))).await
+            }
+            Ok(Ok(None)) => return bad_gateway(client, "the upstream closed the connection").await,
+            Ok(Ok(Some(r))) => r,
+        };
         if (100..200).contains(&r.status) && r.status != 101 {
             if r.status != 100 || !expect {
                 let _ = client.get_mut().write_all(&http1::write_response_head(&r)).await;
@@ -438,5 +477,8 @@ mod tests {
         assert_eq!(parse_absolute("http://user:pw@a.example/"), None);
         assert_eq!(parse_absolute("https://a.example/"), None);
         assert_eq!(parse_absolute("/x"), None);
+        assert_eq!(authority("a.example", 80), "a.example");
+        assert_eq!(authority("a.example", 8080), "a.example:8080");
+        assert_eq!(authority("::1", 81), "[::1]:81");
     }
 }

@@ -15,6 +15,7 @@ pub mod http1;
 pub mod identity;
 pub mod integrity;
 pub(crate) mod inspect;
+pub mod path_shape;
 mod proxy;
 pub mod revisions;
 pub mod splice;

@@ -175,6 +175,7 @@ pub fn approval_policy(p: &Pending) -> NetPolicy {
             rules: Vec::new(),
             enforcement: Enforcement::Enforce,
             allowed_ips: Vec::new(),
+            upgrade: false,
         }],
     }
 }

@@ -430,7 +430,17 @@ fn rule(r: &Value) -> Result<Rule, (String, &'static str)> {
 /// An endpoint relayed as bytes, the base every import starts from.
 fn l4(host: String, port: u16) -> Endpoint {
     let (protocol, tls, access, rules, allowed_ips) = (None, None, None, Vec::new(), Vec::new());
-    Endpoint { host, port, protocol, tls, access, rules, enforcement: Enforcement::Enforce, allowed_ips }
+    Endpoint {
+        host,
+        port,
+        protocol,
+        tls,
+        access,
+        rules,
+        enforcement: Enforcement::Enforce,
+        allowed_ips,
+        upgrade: false,
+    }
 }
 
 /// Checks one binary and one endpoint with `NetPolicy::validate`, moat's one

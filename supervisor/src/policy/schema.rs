@@ -51,6 +51,10 @@ pub struct Endpoint {
     /// CIDRs that opt private/reserved destinations of this endpoint in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_ips: Vec<String>,
+    /// For inspected endpoints: relay WebSocket upgrades (after the 101 the
+    /// connection is bytes, no longer inspected). Never with `read-only`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upgrade: bool,
 }
 
 fn default_port() -> u16 {
@@ -163,6 +167,16 @@ impl Endpoint {
         if self.access.is_some() && !self.rules.is_empty() {
             return Err("give either access or rules, not both".into());
         }
+        if self.upgrade && !self.inspected() {
+            return Err("upgrade = true needs protocol = \"rest\" with tls = \"terminate\" \
+                        (uninspected endpoints relay bytes already)"
+                .into());
+        }
+        if self.upgrade && self.access == Some(Access::ReadOnly) {
+            return Err("upgrade = true with access = \"read-only\": an upgraded connection carries \
+                        uninspected writes"
+                .into());
+        }
         if self.tls == Some(Tls::Passthrough) && inspects {
             return Err("tls = \"passthrough\" cannot be inspected: method/path limits need tls = \"terminate\"".into());
         }
@@ -237,4 +251,30 @@ pub fn variable(host: &str) -> Option<&str> {
     let name = host.strip_prefix('{')?.strip_suffix('}')?;
     let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     ok.then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(extra: &str) -> Result<Endpoint, String> {
+        let e: Endpoint = toml::from_str(&format!("host = \"a.example\"\n{extra}")).map_err(|e| e.to_string())?;
+        e.validate().map(|()| e)
+    }
+
+    #[test]
+    fn upgrades_are_opt_in_and_never_read_only() {
+        assert!(!endpoint("protocol = \"rest\"").unwrap().upgrade);
+        assert!(endpoint("protocol = \"rest\"\naccess = \"read-write\"\nupgrade = true").unwrap().upgrade);
+        assert!(endpoint(
+            "protocol = \"rest\"\nrules = [{ allow = { method = \"GET\", path = \"/ws\" } }]\nupgrade = true"
+        )
+        .is_ok());
+        let e = endpoint("protocol = \"rest\"\naccess = \"read-only\"\nupgrade = true").unwrap_err();
+        assert!(e.contains("read-only"), "{e}");
+        assert!(endpoint("upgrade = true").unwrap_err().contains("needs protocol"));
+        assert!(endpoint("protocol = \"rest\"\ntls = \"passthrough\"\nupgrade = true").is_err());
+        assert!(endpoint("protocol = \"rest\"\nupgrade = \"yes\"").is_err(), "a boolean");
+        assert!(endpoint("protocol = \"rest\"\nupgrades = true").unwrap_err().contains("unknown field"));
+    }
 }

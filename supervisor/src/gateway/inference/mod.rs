@@ -6,6 +6,7 @@
 //! nothing of it enters the sandbox.
 #![forbid(unsafe_code)]
 pub mod relay;
+pub mod shapes;
 pub mod usage;
 
 /// The name the sandbox reaches its model by (its /etc/hosts points it at

@@ -3,13 +3,15 @@
 //! the model if configured, enforce the budget, and stream the response back
 //! chunk by chunk while counting tokens. Guards against the key reaching the
 //! sandbox (it is added after the request leaves the sandbox's hands, and
-//! erased from error bodies the provider echoes), against a sandbox-supplied
-//! key being used (always stripped), and against unbounded bodies.
+//! erased from every response's headers and body, whatever the status),
+//! against the key being used for anything but model calls (`shapes`),
+//! against a sandbox-supplied key being used (always stripped), and against
+//! unbounded bodies.
 #![forbid(unsafe_code)]
 use super::usage::Tap;
 use super::{Endpoint, Inference, Kind, Route};
-use crate::gateway::http1::BodyDecoder;
 use crate::gateway::events::{Decision, Event};
+use crate::gateway::http1::BodyDecoder;
 use crate::gateway::http1::{self, Framing, RequestHead};
 use crate::gateway::identity::Proc;
 use crate::gateway::Shared;
@@ -105,6 +107,11 @@ pub async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
         let _ = client.get_mut().write_all(&b).await;
         return false;
     };
+    if let Err(r) = super::shapes::check(route.provider, &method, path) {
+        let kind = if r.status == 400 { "moat_bad_path" } else { "moat_not_inference" };
+        let _ = client.get_mut().write_all(&fail(r.status, kind, &r.message)).await;
+        return false;
+    }
     if head.version == 1 && head.header("expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue")) {
         // The client holds the body back until told to go on (curl waits a
         // second otherwise); the expectation itself never reaches the provider.
@@ -212,6 +219,13 @@ pub async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
     let upstream_close = http1::wants_close_response(&resp) || framing == Framing::UntilClose;
     let mut out = resp.clone();
     http1::strip_hop_by_hop(&mut out.headers);
+    if let Some(k) = key.as_deref() {
+        // Headers and the reason phrase too: a provider may echo what it got.
+        out.reason = String::from_utf8_lossy(&scrub_all(k, out.reason.as_bytes())).into_owned();
+        for (_, v) in out.headers.iter_mut() {
+            *v = scrub_all(k, v);
+        }
+    }
     out.headers
         .retain(|(n, _)| !n.eq_ignore_ascii_case("content-length") && !n.eq_ignore_ascii_case("transfer-encoding"));
     let has_body = framing != Framing::None;
@@ -227,7 +241,8 @@ pub async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
         return false;
     }
     let mut tap = Tap::new(&content_type);
-    let mut scrub = key.as_deref().filter(|_| resp.status >= 400).map(Scrubber::new);
+    // Every body, 2xx included: a provider or a local server may echo the request.
+    let mut scrub = key.as_deref().map(Scrubber::new);
     let mut reader = BodyDecoder::new(framing);
     let mut total = 0u64;
     let mut complete = !has_body;
@@ -329,6 +344,12 @@ fn rewrite_model(body: Vec<u8>, model: Option<&str>) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap_or(body)
 }
 
+/// `v` with every occurrence of `key` erased (one whole value: a header).
+fn scrub_all(key: &str, v: &[u8]) -> Vec<u8> {
+    let mut s = Scrubber::new(key);
+    [s.feed(v), s.finish()].concat()
+}
+
 /// Erases the key from a body that arrives in pieces: an occurrence split
 /// across pieces (or reads) is caught because the bytes that could begin
 /// one are held back until the next piece, or the end, decides.
@@ -380,7 +401,11 @@ async fn read_body<C: AsyncRead + Unpin>(
     let framing = http1::request_framing(head).map_err(|e| (400, crate::report::chain(&e)))?;
     let mut reader = BodyDecoder::new(framing);
     let mut body = Vec::new();
-    while let Some(piece) = reader.next(client).await.map_err(|e| (400, format!("reading the request body: {}", crate::report::chain(&e))))? {
+    while let Some(piece) = reader
+        .next(client)
+        .await
+        .map_err(|e| (400, format!("reading the request body: {}", crate::report::chain(&e))))?
+    {
         body.extend_from_slice(&piece);
         if body.len() > MAX_REQUEST_BODY {
             return Err((413, format!("request body larger than {} MiB", MAX_REQUEST_BODY >> 20)));
@@ -491,6 +516,11 @@ mod tests {
         let mut s = Scrubber::new("sk-ant-secret");
         let out = [s.feed(b"bad key sk-ant-secret given"), s.finish()].concat();
         assert_eq!(out, b"bad key [redacted] given");
+        assert_eq!(
+            scrub_all("sk-ant-secret", b"Bearer sk-ant-secret, sk-ant-secret"),
+            b"Bearer [redacted], [redacted]"
+        );
+        assert_eq!(scrub_all("sk-ant-secret", b"sk-ant-secre"), b"sk-ant-secre");
         let body = rewrite_model(br#"{"model":"gpt-x","messages":[]}"#.to_vec(), Some("llama3"));
         assert!(String::from_utf8(body).unwrap().contains("\"model\":\"llama3\""));
     }
