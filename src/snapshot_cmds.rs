@@ -113,10 +113,11 @@ pub fn backup(a: BackupArgs, g: &Global) -> Result<ExitCode> {
             r.new_bytes
         );
         for s in &r.secrets {
+            let s = moat_supervisor::visible::field(s); // a workspace path: the sandbox named it
             say!("warning: looks like a secret (kept; --exclude-secrets leaves it out): {s}");
         }
         for s in &r.skipped {
-            say!("left out: {s}");
+            say!("left out: {}", moat_supervisor::visible::field(s));
         }
     }
     println!("sha256:{}", report.digest);

@@ -21,7 +21,12 @@ fn invisible(c: char) -> bool {
 
 fn assert_visible(what: &str, out: &str) {
     let bad: Vec<String> = out.chars().filter(|&c| invisible(c)).map(|c| format!("U+{:04X}", c as u32)).collect();
-    assert!(bad.is_empty(), "{what} carries characters a terminal acts on ({}):\n{}", bad.join(" "), out.escape_debug());
+    assert!(
+        bad.is_empty(),
+        "{what} carries characters a terminal acts on ({}):\n{}",
+        bad.join(" "),
+        out.escape_debug()
+    );
 }
 
 /// The request the fake git makes: prints `status=N`, then the body.
@@ -155,4 +160,58 @@ fn a_name_for_the_hosts_own_address_is_refused_unless_allowed_ips_names_it() {
     // Named in allowed_ips: reachable.
     let out = curl_host_service("host-named", &format!("\"{ip}/32\""));
     assert!(out.contains("echo GET /on-the-host") && out.contains("http=200"), "allowed when named:\n{out}");
+}
+
+/// The name of the host-side veth that carries `ip` (the test's own).
+fn dev_of(ip: std::net::Ipv4Addr) -> String {
+    let o = std::process::Command::new("ip").args(["-o", "-4", "addr", "show", "to", &format!("{ip}/32")]).output();
+    let out = String::from_utf8_lossy(&o.expect("ip addr show").stdout).into_owned();
+    out.split_whitespace().nth(1).unwrap_or_else(|| panic!("no interface holds {ip}: {out}")).to_string()
+}
+
+#[test]
+fn an_address_the_host_gains_while_the_sandbox_runs_is_refused_at_once() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (_, port) = host_service();
+    // 198.19.254.0/24: inside the range the rule opens, never handed out by
+    // the test namespaces (they take /30s from the start of 198.18.0.0/15).
+    let used = String::from_utf8_lossy(
+        &std::process::Command::new("ip").args(["-o", "-4", "addr"]).output().expect("ip addr").stdout,
+    )
+    .into_owned();
+    let late = (1..255u8)
+        .map(|n| std::net::Ipv4Addr::new(198, 19, 254, n.wrapping_add((std::process::id() % 200) as u8).max(1)))
+        .find(|a| !used.contains(&format!(" {a}/")))
+        .expect("a free address in 198.19.254.0/24");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&world().hosts).expect("hosts file");
+    writeln!(f, "{late} host-late.test").expect("hosts entry");
+    drop(f);
+    let rules = format!(
+        "[[network.policy]]\nname = \"self\"\nbinaries = [\"/usr/bin/curl\"]\n\
+         [[network.policy.endpoint]]\nhost = \"host-self.test\"\nport = {port}\nallowed_ips = [\"198.18.0.0/15\"]\n\
+         [[network.policy.endpoint]]\nhost = \"host-late.test\"\nport = {port}\nallowed_ips = [\"198.18.0.0/15\"]\n"
+    );
+    let p = policy("host-late", &rules);
+    let _ = moat(&["rm", "--force", "late"]);
+    ok(&["run", "-d", "--name", "late", "--policy", p.to_str().unwrap(), "agent", "--", "sleep", "600"]);
+    let curl = |name: &str| {
+        let url = format!("http://{name}:{port}/late");
+        ok(&["exec", "late", "--", "curl", "-s", "-m", "20", "-w", "\nhttp=%{http_code}\n", &url])
+    };
+    // The gateway reads the host's addresses once (and caches them).
+    let first = curl("host-self.test");
+    assert!(first.contains("http=403"), "{first}");
+    // Then the host gains an address, and a service listens on it.
+    let dev = dev_of(world().net.host_ip);
+    let added = std::process::Command::new("ip")
+        .args(["addr", "add", &format!("{late}/32"), "dev", &dev])
+        .status()
+        .expect("ip addr add");
+    assert!(added.success(), "ip addr add {late}/32 dev {dev}");
+    let l = std::net::TcpListener::bind((late, port)).expect("listen on the new address");
+    let _up = Upstream::serve(l, None, None);
+    let out = curl("host-late.test");
+    let _ = std::process::Command::new("ip").args(["addr", "del", &format!("{late}/32"), "dev", &dev]).status();
+    ok(&["rm", "--force", "late"]);
+    assert!(out.contains("http=403") && out.contains("host's own"), "the new address is the host's:\n{out}");
 }

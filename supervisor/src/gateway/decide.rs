@@ -73,7 +73,7 @@ pub async fn destination(
                 }
                 _ => format!("no policy lists {host}:{port}"),
             };
-            let id = shared.request_approval(bin, &caller.process.sha256, &host_lc, port);
+            let id = shared.request_approval(caller, &host_lc, port);
             let body = format!(
                 "moat: egress denied: binary {bin} may not reach {host}:{port}: {why}.\n\
                  approval id: {id} (an operator can allow it with `moat approve {} {id}`)\n",

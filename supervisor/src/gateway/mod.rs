@@ -6,15 +6,16 @@
 //! a validated, durable revision, and the generation counter makes open
 //! tunnels re-check themselves.
 #![forbid(unsafe_code)]
-pub mod inference;
 pub mod ca;
 pub mod control;
 mod decide;
 pub mod events;
 pub mod http1;
 pub mod identity;
-pub mod integrity;
+pub mod inference;
 pub(crate) mod inspect;
+pub mod integrity;
+mod own_addrs;
 pub mod path_shape;
 mod proxy;
 pub mod revisions;
@@ -168,8 +169,15 @@ impl Shared {
     }
 
     /// Records a refused destination for the operator; returns its id.
-    pub fn request_approval(&self, binary: &str, hash: &str, host: &str, port: u16) -> String {
-        self.approvals.lock().unwrap_or_else(|p| p.into_inner()).request(binary, hash, host, port)
+    /// The entry shows the caller's binary, its hash and its ancestors.
+    pub fn request_approval(&self, caller: &identity::Caller, host: &str, port: u16) -> String {
+        let chain: Vec<revisions::Ancestor> = caller
+            .ancestors
+            .iter()
+            .map(|a| revisions::Ancestor { binary: a.exe.clone(), hash: a.sha256.clone() })
+            .collect();
+        let p = &caller.process;
+        self.approvals.lock().unwrap_or_else(|p| p.into_inner()).request(&p.exe, &p.sha256, &chain, host, port)
     }
 
     /// Approves a pending entry: a new revision allowing exactly it.
@@ -179,11 +187,11 @@ impl Shared {
         let mut rule = revisions::approval_policy(&p);
         rule.endpoints[0].allowed_ips = allowed_ips;
         network.policies.push(rule);
-        let why = format!("approved {} -> {}:{}", p.binary, p.host, p.port);
+        let why = format!("approved {} (sha256 {}) -> {}:{}", crate::visible::field(&p.binary), p.hash, p.host, p.port);
         match self.set_network(network, &why) {
             Ok(c) => Ok(c),
             Err(e) => {
-                self.approvals.lock().unwrap_or_else(|p| p.into_inner()).request(&p.binary, &p.hash, &p.host, p.port);
+                self.approvals.lock().unwrap_or_else(|p| p.into_inner()).restore(p);
                 Err(e)
             }
         }

@@ -3,7 +3,10 @@
 //! written atomically, the newest one in force; pending approvals are a
 //! bounded, deduplicated list. Guards against an approval that vanishes on a
 //! restart or cannot be traced (every change is a durable, hashed revision),
-//! and against a flood of refused requests growing memory without bound.
+//! against a flood of refused requests growing memory without bound, and
+//! against an approval given for one program opening the way to another:
+//! a pending entry carries the binary's sha256 and the chain that started
+//! it, and the rule an approval writes pins that sha256.
 #![forbid(unsafe_code)]
 use crate::policy::network::Network;
 use crate::policy::schema::{Endpoint, Enforcement, NetPolicy};
@@ -75,7 +78,9 @@ impl RevisionStore {
     fn write_as(&self, n: u64, network: &Network, why: &str, durable: bool) -> Result<String, RevisionError> {
         let body = toml::to_string(&RevisionFile { network: network.clone() })
             .map_err(|e| RevisionError::Corrupt { path: PathBuf::from(file_name(n)), message: e.to_string() })?;
-        let text = format!("# moat network policy revision {n}: {}\n{body}", why.replace('\n', " "));
+        // A TOML comment may hold no control character: `why` can carry a
+        // binary's path, which the sandbox chose.
+        let text = format!("# moat network policy revision {n}: {}\n{body}", crate::visible::field(why));
         let hash = hex::encode(Sha256::digest(text.as_bytes()));
         if let Some(dir) = &self.dir {
             let io = |source| RevisionError::Io { path: dir.clone(), source };
@@ -99,11 +104,21 @@ pub struct Pending {
     pub id: String,
     pub binary: String,
     pub hash: String,
+    /// The processes that started it, nearest first (inside the sandbox).
+    #[serde(default)]
+    pub ancestors: Vec<Ancestor>,
     pub host: String,
     pub port: u16,
     pub first_seen: String,
     pub last_seen: String,
     pub count: u64,
+}
+
+/// One process of the chain that started a refused binary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ancestor {
+    pub binary: String,
+    pub hash: String,
 }
 
 /// Bounded, deduplicated pending approvals (oldest dropped when full).
@@ -115,11 +130,13 @@ pub struct Approvals {
 pub const MAX_PENDING: usize = 64;
 
 impl Approvals {
-    /// Records a refusal; returns the approval id (the same for a repeat).
-    pub fn request(&mut self, binary: &str, hash: &str, host: &str, port: u16) -> String {
+    /// Records a refusal; returns the approval id (the same for a repeat of
+    /// the same binary, with the same hash, to the same destination).
+    pub fn request(&mut self, binary: &str, hash: &str, ancestors: &[Ancestor], host: &str, port: u16) -> String {
         let now = super::events::now_rfc3339();
         let host = host.to_ascii_lowercase();
-        if let Some(p) = self.pending.iter_mut().find(|p| p.binary == binary && p.host == host && p.port == port) {
+        let same = |p: &&mut Pending| p.binary == binary && p.hash == hash && p.host == host && p.port == port;
+        if let Some(p) = self.pending.iter_mut().find(same) {
             p.count += 1;
             p.last_seen = now;
             return p.id.clone();
@@ -127,12 +144,13 @@ impl Approvals {
         if self.pending.len() >= MAX_PENDING {
             self.pending.remove(0);
         }
-        let digest = Sha256::digest(format!("{binary}\0{host}\0{port}").as_bytes());
+        let digest = Sha256::digest(format!("{binary}\0{hash}\0{host}\0{port}").as_bytes());
         let id = hex::encode(&digest[..4]);
         self.pending.push(Pending {
             id: id.clone(),
             binary: binary.into(),
             hash: hash.into(),
+            ancestors: ancestors.to_vec(),
             host,
             port,
             first_seen: now.clone(),
@@ -146,6 +164,14 @@ impl Approvals {
         self.pending.clone()
     }
 
+    /// Puts back an entry taken for an approval that failed.
+    pub fn restore(&mut self, p: Pending) {
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.remove(0);
+        }
+        self.pending.push(p);
+    }
+
     /// Removes and returns a pending entry.
     pub fn take(&mut self, id: &str) -> Result<Pending, RevisionError> {
         let i =
@@ -154,17 +180,19 @@ impl Approvals {
     }
 }
 
-/// The policy entry an approval adds: exactly this binary to exactly this
-/// host and port, relayed at L4.
+/// The policy entry an approval adds: exactly this binary (its path, glob
+/// characters escaped, and its sha256) to exactly this host and port,
+/// relayed at L4.
 pub fn approval_policy(p: &Pending) -> NetPolicy {
     NetPolicy {
         name: format!("approved-{}", p.id),
         why: format!(
-            "approved by the operator at {} (sha256 {} at request time)",
+            "approved by the operator at {} for the binary with sha256 {}",
             super::events::now_rfc3339(),
             p.hash
         ),
-        binaries: vec![globset::escape(&p.binary)],
+        binaries: vec![glob_literal(&p.binary)],
+        sha256: vec![p.hash.clone()],
         children: false,
         endpoints: vec![Endpoint {
             host: p.host.clone(),
@@ -178,6 +206,12 @@ pub fn approval_policy(p: &Pending) -> NetPolicy {
             upgrade: false,
         }],
     }
+}
+
+/// A glob matching exactly `path`: globset's escape brackets `*?[]{}` but
+/// leaves `\\`, an escape character in globs, so it is doubled too.
+fn glob_literal(path: &str) -> String {
+    globset::escape(path).replace('\\', "\\\\")
 }
 
 /// Where a sandbox keeps its revisions.
@@ -207,18 +241,51 @@ mod tests {
 
     #[test]
     fn approvals_dedupe_and_stay_bounded() {
+        let h = "a".repeat(64);
         let mut a = Approvals::default();
-        let id = a.request("/usr/bin/curl", "h", "Example.com", 443);
-        assert_eq!(a.request("/usr/bin/curl", "h", "example.com", 443), id);
+        let id = a.request("/usr/bin/curl", &h, &[], "Example.com", 443);
+        assert_eq!(a.request("/usr/bin/curl", &h, &[], "example.com", 443), id);
         assert_eq!(a.list().len(), 1);
         assert_eq!(a.list()[0].count, 2);
+        assert_ne!(a.request("/usr/bin/curl", &"b".repeat(64), &[], "example.com", 443), id, "another hash");
         for i in 0..200 {
-            a.request("/usr/bin/curl", "h", &format!("h{i}.example"), 443);
+            a.request("/usr/bin/curl", &h, &[], &format!("h{i}.example"), 443);
         }
         assert_eq!(a.list().len(), MAX_PENDING);
         assert!(a.take("nope").is_err());
         let p = a.take(&a.list()[0].id.clone()).unwrap();
         let pol = approval_policy(&p);
         pol.validate().unwrap();
+    }
+
+    #[test]
+    fn an_approval_pins_the_binary_and_its_exact_path() {
+        use crate::policy::matcher::{Compiled, Match};
+        let (h, other) = ("c".repeat(64), "d".repeat(64));
+        let mut a = Approvals::default();
+        let chain = [Ancestor { binary: "/usr/bin/dash".into(), hash: "e".repeat(64) }];
+        let path = "/tmp/\x08\x08/a\\*b/[x]/git";
+        let id = a.request(path, &h, &chain, "up.test", 443);
+        let p = a.take(&id).unwrap();
+        assert_eq!(p.ancestors, chain);
+        let c = Compiled::new(vec![approval_policy(&p)]).unwrap();
+        let allowed = |bin: &str, hash: Option<&str>| {
+            matches!(c.match_destination_pinned(bin, hash, "up.test", 443), Match::Allowed { .. })
+        };
+        assert!(allowed(path, Some(&h)));
+        assert!(!allowed(path, Some(&other)), "another program at the same path");
+        assert!(!allowed(path, None), "a binary whose hash is unknown");
+        assert!(!allowed("/tmp/\x08\x08/a\\zzb/[x]/git", Some(&h)), "the path is literal, never a glob");
+        assert!(!allowed("/tmp/\x08\x08/a\\*b/x/git", Some(&h)));
+    }
+
+    #[test]
+    fn a_why_with_control_characters_still_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RevisionStore::at(dir.path().join("network"));
+        let n = crate::Policy::baseline().network;
+        s.write(2, &n, "approved /tmp/\x08\x08\r\u{1b}[2K/usr/bin/git -> up.test:443").unwrap();
+        let (num, back, _) = s.latest().unwrap().unwrap();
+        assert_eq!((num, back), (2, n));
     }
 }

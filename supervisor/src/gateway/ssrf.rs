@@ -1,7 +1,8 @@
 //! SSRF guard for the egress gateway: which addresses it may dial for a sandbox, and the resolver producing them.
 //! Threat: a sandbox using the gateway to reach host loopback services, cloud metadata (credential theft) or
 //! private networks, via IPv6 embeddings of IPv4, odd IP spellings (`0x7f.1`), or DNS answers mixing public and
-//! private addresses or changing between check and dial (callers dial exactly the addresses returned here).
+//! private addresses or changing between check and dial (callers dial exactly the addresses returned here),
+//! or a name resolving to one of the host's own interface addresses (`own_addrs`), whatever its range.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -39,6 +40,8 @@ pub enum SsrfError {
     NoAddress(String),
     #[error("{0:?} is not a valid host name or IP literal")]
     BadHost(String),
+    #[error("cannot list the host's own addresses to tell them apart")]
+    OwnAddrs(#[source] std::io::Error),
     #[error("hosts file {}:{line}: {message}", path.display())]
     HostsFile { path: PathBuf, line: usize, message: String },
     #[error("cannot read hosts file {}: {source}", path.display())]
@@ -196,6 +199,24 @@ pub fn check_ip(ip: IpAddr, allowed: &[IpNet]) -> Result<(), Refusal> {
         Ok(())
     } else {
         Err(Refusal { addr: ip, reason })
+    }
+}
+
+/// May the gateway dial `ip`, given the host's own addresses `own`? Only when
+/// an `allowed_ips` entry names that very address (a /32 or /128): a range
+/// opened for a LAN does not open the host that sits in it.
+pub fn check_not_own(ip: IpAddr, own: &[IpAddr], allowed: &[IpNet]) -> Result<(), Refusal> {
+    let canon = canonical(ip);
+    let carried = match canon {
+        IpAddr::V6(v6) => embedded_v4(v6).map(IpAddr::V4),
+        IpAddr::V4(_) => None,
+    };
+    let Some(&hit) = own.iter().find(|o| **o == canon || Some(**o) == carried) else { return Ok(()) };
+    let named = allowed.iter().any(|n| n.prefix_len() == n.max_prefix_len() && [ip, canon, hit].contains(&n.addr()));
+    if named {
+        Ok(())
+    } else {
+        Err(Refusal { addr: ip, reason: "one of the host's own addresses (allowed only where allowed_ips names it)" })
     }
 }
 
@@ -366,8 +387,9 @@ pub async fn resolve_checked(
     if addrs.is_empty() {
         return Err(SsrfError::NoAddress(host.to_string()));
     }
+    let own = super::own_addrs::current().map_err(SsrfError::OwnAddrs)?;
     for a in &addrs {
-        if let Err(refusal) = check_ip(a.ip(), allowed) {
+        if let Err(refusal) = check_ip(a.ip(), allowed).and_then(|()| check_not_own(a.ip(), &own, allowed)) {
             tracing::warn!(host, port, addr = %refusal.addr, reason = refusal.reason, "gateway destination refused");
             return Err(refusal.into());
         }
@@ -439,6 +461,22 @@ mod tests {
         }
         assert!(check_ip(ip("10.0.0.1"), &nets(&["10.0.0.0/24"])).is_ok());
         assert!(check_ip(ip("10.0.1.1"), &nets(&["10.0.0.0/24"])).is_err());
+    }
+
+    #[test]
+    fn the_hosts_own_addresses_only_where_allowed_ips_names_them() {
+        let own = [ip("10.0.0.5"), ip("203.0.113.7"), ip("2606:4700::5")];
+        for a in ["10.0.0.5", "::ffff:10.0.0.5", "64:ff9b::a00:5", "203.0.113.7", "2606:4700::5"] {
+            let r = check_not_own(ip(a), &own, &nets(&["10.0.0.0/8", "203.0.113.0/24", "::/0"])).expect_err(a);
+            assert!(r.to_string().contains("host's own"), "{r}");
+        }
+        assert_eq!(check_not_own(ip("10.0.0.6"), &own, &[]), Ok(()), "a neighbour is not the host");
+        assert_eq!(check_not_own(ip("8.8.8.8"), &own, &[]), Ok(()));
+        for (a, named) in
+            [("10.0.0.5", "10.0.0.5/32"), ("::ffff:10.0.0.5", "10.0.0.5/32"), ("2606:4700::5", "2606:4700::5/128")]
+        {
+            assert_eq!(check_not_own(ip(a), &own, &nets(&[named])), Ok(()), "{a} named by {named}");
+        }
     }
 
     #[test]

@@ -236,7 +236,7 @@ impl Ctx {
             return None;
         }
         let why = format!("imported from {} ({at})", self.origin);
-        Some(NetPolicy { name, why, binaries, children: false, endpoints })
+        Some(NetPolicy { name, why, binaries, sha256: Vec::new(), children: false, endpoints })
     }
 
     /// One `binaries[i]` entry: `{ path: ... }` (or a bare string).
@@ -446,8 +446,14 @@ fn l4(host: String, port: u16) -> Endpoint {
 /// Checks one binary and one endpoint with `NetPolicy::validate`, moat's one
 /// source of truth for what a rule may say.
 fn check(binary: String, endpoint: Endpoint) -> Result<(), String> {
-    let probe =
-        NetPolicy { name: "probe".into(), why: String::new(), binaries: vec![binary], children: false, endpoints: vec![endpoint] };
+    let probe = NetPolicy {
+        name: "probe".into(),
+        why: String::new(),
+        binaries: vec![binary],
+        sha256: Vec::new(),
+        children: false,
+        endpoints: vec![endpoint],
+    };
     probe.validate().map_err(|e| e.to_string().trim_start_matches("network.policy \"probe\": ").to_string())
 }
 

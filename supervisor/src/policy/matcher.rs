@@ -5,7 +5,9 @@
 //! compare case-insensitively and `*.domain` never matches `domain` itself or
 //! a look-alike suffix; paths are matched without their query.
 #![forbid(unsafe_code)]
-use crate::policy::schema::{binary_glob, invalid, path_glob, Access, Endpoint, Enforcement, NetPolicy, NetPolicyError};
+use crate::policy::schema::{
+    binary_glob, invalid, path_glob, Access, Endpoint, Enforcement, NetPolicy, NetPolicyError,
+};
 use globset::GlobMatcher;
 
 /// Does `host` (lower-cased by the caller) fall under `pattern`?
@@ -41,6 +43,16 @@ struct CompiledPolicy {
     policy: NetPolicy,
     binaries: Vec<GlobMatcher>,
     paths: Vec<Vec<GlobMatcher>>,
+}
+
+impl CompiledPolicy {
+    /// Whether the rule names `binary`, and, when it pins hashes, `sha256`
+    /// is one of them (an unknown hash never matches a pin).
+    fn covers(&self, binary: &str, sha256: Option<&str>) -> bool {
+        let pinned = &self.policy.sha256;
+        self.binaries.iter().any(|g| g.is_match(binary))
+            && (pinned.is_empty() || sha256.is_some_and(|h| pinned.iter().any(|p| p == h)))
+    }
 }
 
 /// The outcome of matching a destination for one binary.
@@ -83,12 +95,19 @@ impl Compiled {
         Ok(Compiled { entries })
     }
 
-    /// Which rule, if any, lets `binary` reach `host:port`.
+    /// Which rule, if any, lets `binary` reach `host:port` (its hash
+    /// unknown: rules that pin hashes do not match).
     pub fn match_destination(&self, binary: &str, host: &str, port: u16) -> Match {
+        self.match_destination_pinned(binary, None, host, port)
+    }
+
+    /// Which rule, if any, lets `binary` whose SHA-256 is `sha256` reach
+    /// `host:port`; a rule with `sha256` pins matches only those hashes.
+    pub fn match_destination_pinned(&self, binary: &str, sha256: Option<&str>, host: &str, port: u16) -> Match {
         let mut wrong = Vec::new();
         let mut audit: Option<Match> = None;
         for c in &self.entries {
-            let bin_ok = c.binaries.iter().any(|g| g.is_match(binary));
+            let bin_ok = c.covers(binary, sha256);
             for e in &c.policy.endpoints {
                 if e.port != port || !host_matches(&e.host, host) {
                     continue;

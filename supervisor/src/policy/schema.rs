@@ -19,6 +19,11 @@ pub struct NetPolicy {
     pub why: String,
     /// Absolute paths inside the sandbox; `*` one component, `**` any depth.
     pub binaries: Vec<String>,
+    /// When not empty, a listed binary matches only while its SHA-256 is one
+    /// of these (lower-case hex): an approval pins the binary it was given
+    /// for, so another program later put at the same path is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sha256: Vec<String>,
     /// Whether the programs a listed binary starts (and theirs) get this
     /// access too. Off by default: a rule for git does not cover the python
     /// a git alias runs. `moat policy check` names the binaries known to run
@@ -143,6 +148,11 @@ impl NetPolicy {
                 return Err(invalid(format!("{at}: binary {b:?} must be an absolute path without `..`")));
             }
             binary_glob(b).map_err(|e| invalid(format!("{at}: binary {b:?}: {e}")))?;
+        }
+        if let Some(h) =
+            self.sha256.iter().find(|h| h.len() != 64 || !h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        {
+            return Err(invalid(format!("{at}: sha256 {h:?} is not 64 lower-case hex digits")));
         }
         if self.endpoints.is_empty() {
             return Err(invalid(format!("{at}: no [[network.policy.endpoint]]")));
