@@ -173,7 +173,10 @@ fn unescape(s: &str) -> String {
 fn mount_of<'a>(path: &str, mounts: &'a [String]) -> Option<&'a str> {
     mounts
         .iter()
-        .filter(|m| m.as_str() == "/" || path == m.as_str() || path.starts_with(&format!("{m}/")))
+        .filter(|m| {
+            m.as_str() == "/"
+                || path.strip_prefix(m.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
         .max_by_key(|m| m.len())
         .map(String::as_str)
 }
@@ -182,6 +185,8 @@ fn mount_of<'a>(path: &str, mounts: &'a [String]) -> Option<&'a str> {
 /// (or be the executable itself, which a rule named); `[vdso]` and its kin
 /// are the kernel's; anonymous ones are only reported.
 fn judge_maps(maps: &str, mounts: &[String], exe: &str, out: &mut Findings) {
+    // A library's mappings are consecutive lines: judge each path once.
+    let mut last_ok: &str = "";
     for line in maps.lines() {
         // address perms offset dev inode [path]; the path may hold spaces.
         let mut f = line.splitn(6, ' ');
@@ -200,7 +205,11 @@ fn judge_maps(maps: &str, mounts: &[String], exe: &str, out: &mut Findings) {
         if path.starts_with('[') && inode == "0" {
             continue; // [vdso], [vsyscall], [uprobes]: the kernel's own code
         }
-        let path = unescape(path);
+        if path == last_ok {
+            continue;
+        }
+        let raw = path;
+        let path = if path.contains('\\') { unescape(path) } else { path.to_string() };
         let foreign = if path.ends_with(" (deleted)") || !path.starts_with('/') || path.starts_with("/memfd:") {
             true
         } else {
@@ -210,6 +219,7 @@ fn judge_maps(maps: &str, mounts: &[String], exe: &str, out: &mut Findings) {
             out.taint = Some(Taint::ForeignCode(path));
             return;
         }
+        last_ok = raw;
     }
 }
 
