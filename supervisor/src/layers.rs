@@ -315,7 +315,7 @@ fn sync_fs(p: &Path) {
 
 /// Reads a small file from an unpacked layer without following any symlink
 /// (a hostile layer's `etc/passwd -> /etc/shadow` must not read the host's).
-pub fn read_no_follow(root: &Path, rel: &str) -> io::Result<Option<Vec<u8>>> {
+pub(crate) fn read_no_follow(root: &Path, rel: &str) -> io::Result<Option<Vec<u8>>> {
     let mut cur = root.to_path_buf();
     let comps: Vec<_> = Path::new(rel).components().filter(|c| matches!(c, Component::Normal(_))).collect();
     for (i, c) in comps.iter().enumerate() {

@@ -19,12 +19,13 @@
 //! -> sandbox init (`launch::executor`: Landlock, then seccomp, then exec)
 //! -> agent.
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(unreachable_pub)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 pub mod gateway;
 pub mod launch;
-pub mod layers;
+pub(crate) mod layers;
 pub mod policy;
-pub mod report;
+pub(crate) mod report;
 pub mod sandbox;
 pub mod secrets;
 mod sys;

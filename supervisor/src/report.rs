@@ -8,7 +8,7 @@
 use std::error::Error;
 
 /// `e` and each of its causes, joined by ": ".
-pub fn chain(e: &dyn Error) -> String {
+pub(crate) fn chain(e: &dyn Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

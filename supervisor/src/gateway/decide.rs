@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 
 /// A permitted destination: the rule that allowed it and the validated addresses.
 #[derive(Debug, Clone)]
-pub struct Relay {
+pub(crate) struct Relay {
     pub policy: String,
     pub endpoint: Endpoint,
     /// Allowed only because the endpoint is in audit mode.
@@ -27,17 +27,17 @@ pub struct Relay {
 
 /// A refusal: the status and body the client gets.
 #[derive(Debug, Clone)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     pub status: u16,
     pub body: String,
 }
 
 /// What the connection knows about its caller (identified once).
-pub type Identified = Result<Caller, IdentityError>;
+pub(super) type Identified = Result<Caller, IdentityError>;
 
 /// Decides whether the caller may reach `host:port`; `method` is `CONNECT`
 /// for tunnels. Records the event.
-pub async fn destination(
+pub(super) async fn destination(
     shared: &Shared,
     caller: &Identified,
     host: &str,
@@ -106,7 +106,7 @@ pub async fn destination(
 /// path: the path's shape (`path_shape`), the method-override headers
 /// (checked as methods too) and upgrades (only where the rule says
 /// `upgrade = true`).
-pub fn request(
+pub(super) fn request(
     shared: &Shared,
     caller: &Caller,
     relay: &Relay,
@@ -207,7 +207,7 @@ fn stricter(a: RequestVerdict, b: RequestVerdict) -> RequestVerdict {
 
 /// Whether a relay decided under an older generation still holds; a new
 /// `Relay` when it does (the rule may have changed), else the reason.
-pub fn recheck(shared: &Shared, caller: &Caller, relay: &Relay, host: &str, port: u16) -> Result<Relay, String> {
+pub(super) fn recheck(shared: &Shared, caller: &Caller, relay: &Relay, host: &str, port: u16) -> Result<Relay, String> {
     let cur = shared.current();
     if cur.generation == relay.generation {
         return Ok(relay.clone());

@@ -25,7 +25,7 @@ const MAX_CHUNK_LINE: usize = 4096;
 /// Waits up to `idle` for a request to start, then gives its head
 /// `head_timeout` to arrive whole (the slowloris bound holds for every
 /// request of a kept-alive connection). Err is the response to send.
-pub async fn read_head<R: tokio::io::AsyncBufRead + Unpin>(
+pub(crate) async fn read_head<R: tokio::io::AsyncBufRead + Unpin>(
     shared: &Shared,
     r: &mut R,
     idle: Duration,
@@ -70,7 +70,7 @@ async fn next_head<C: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-pub fn refusal_response(r: &Refusal) -> Vec<u8> {
+pub(crate) fn refusal_response(r: &Refusal) -> Vec<u8> {
     http1::simple_response(r.status, http1::reason(r.status), &r.body, true)
 }
 
@@ -109,7 +109,7 @@ fn authority(host: &str, port: u16) -> String {
 }
 
 /// The plain-HTTP forward proxy loop (absolute-form requests).
-pub async fn forward(
+pub(crate) async fn forward(
     shared: &Arc<Shared>,
     client: &mut BufReader<TcpStream>,
     first: Option<RequestHead>,
@@ -215,7 +215,7 @@ pub async fn forward(
 
 /// `https://inference.local`: TLS terminated with a leaf for the name,
 /// then every request goes to the inference relay.
-pub async fn inference_tunnel(
+pub(crate) async fn inference_tunnel(
     shared: &Arc<Shared>,
     client: BufReader<TcpStream>,
     caller: Option<&super::identity::Proc>,
@@ -237,7 +237,7 @@ pub async fn inference_tunnel(
 }
 
 /// An inspected tunnel's destination, already decided and dialled.
-pub struct Target {
+pub(crate) struct Target {
     pub host: String,
     pub port: u16,
     pub relay: Relay,
@@ -246,7 +246,7 @@ pub struct Target {
 
 /// Terminates the client's TLS with a leaf for the tunnel's host, opens
 /// verified TLS upstream, then checks and relays each request.
-pub async fn tunnel(shared: &Arc<Shared>, client: BufReader<TcpStream>, caller: &Caller, t: Target) {
+pub(crate) async fn tunnel(shared: &Arc<Shared>, client: BufReader<TcpStream>, caller: &Caller, t: Target) {
     let Target { host, port, mut relay, upstream } = t;
     let policy = relay.policy.clone();
     let deny_event = |reason: &str| {

@@ -16,12 +16,12 @@ pub mod inference;
 pub(crate) mod inspect;
 pub mod integrity;
 mod own_addrs;
-pub mod path_shape;
+pub(crate) mod path_shape;
 mod proxy;
 pub mod revisions;
 pub mod splice;
 pub mod ssrf;
-pub mod upstream;
+pub(crate) mod upstream;
 
 use crate::policy::matcher::Compiled;
 use crate::policy::network::Network;

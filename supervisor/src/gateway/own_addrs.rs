@@ -28,7 +28,7 @@ static STATE: Mutex<State> = Mutex::new(State { watch: None, addrs: None });
 
 /// The host's addresses now. Err when they cannot be read (the caller
 /// refuses the destination: it cannot tell the host apart).
-pub fn current() -> std::io::Result<Arc<Vec<IpAddr>>> {
+pub(super) fn current() -> std::io::Result<Arc<Vec<IpAddr>>> {
     let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
     if st.watch.is_none() {
         // Subscribe before reading, so no change can fall between the two.

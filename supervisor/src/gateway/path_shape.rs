@@ -25,7 +25,7 @@
 
 /// Why `path` (origin-form; a query is not examined) is refused; `rules`:
 /// the endpoint matches paths with globs. None when it may be matched.
-pub fn refusal(path: &str, rules: bool) -> Option<&'static str> {
+pub(crate) fn refusal(path: &str, rules: bool) -> Option<&'static str> {
     let p = strip_query(path).as_bytes();
     if segments(p).any(is_dot_segment) {
         return Some("dot segments (. or .., also percent-encoded, after an encoded separator or before a ;parameter)");
@@ -103,7 +103,7 @@ fn is_dot_segment(seg: &[u8]) -> bool {
 }
 
 /// The path without its query (and fragment, which http1 refuses anyway).
-pub fn strip_query(p: &str) -> &str {
+pub(crate) fn strip_query(p: &str) -> &str {
     p.split(['?', '#']).next().unwrap_or(p)
 }
 

@@ -18,7 +18,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Accepts until the runtime stops.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let slots = Arc::new(tokio::sync::Semaphore::new(shared.limits.max_connections));
     loop {
         let (stream, peer) = match listener.accept().await {

@@ -10,10 +10,10 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 /// Time the upstream may take to start answering (model calls are slow).
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Splits a CONNECT authority `host:port` / `[v6]:port`.
-pub fn split_authority(a: &str) -> Option<(String, u16)> {
+pub(crate) fn split_authority(a: &str) -> Option<(String, u16)> {
     let (host, port) = a.rsplit_once(':')?;
     let port: u16 = port.parse().ok().filter(|&p| p != 0)?;
     let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
@@ -24,7 +24,7 @@ pub fn split_authority(a: &str) -> Option<(String, u16)> {
 }
 
 /// Connects to the first validated address that answers.
-pub async fn dial(shared: &Shared, relay: &Relay) -> std::io::Result<TcpStream> {
+pub(crate) async fn dial(shared: &Shared, relay: &Relay) -> std::io::Result<TcpStream> {
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
     for a in &relay.addrs {
         match tokio::time::timeout(shared.limits.connect_timeout, TcpStream::connect(a)).await {

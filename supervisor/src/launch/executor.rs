@@ -28,7 +28,7 @@ pub struct GuardPlan {
 
 /// The executor value libcontainer clones into the container's init.
 #[derive(Clone)]
-pub struct MoatExecutor {
+pub(crate) struct MoatExecutor {
     pub guard: GuardPlan,
     pub seccomp: Vec<seccompiler::BpfProgram>,
 }

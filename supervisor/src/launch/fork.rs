@@ -20,7 +20,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 /// The parent's handle on a forked launcher.
 #[derive(Debug)]
-pub struct ForkedLauncher {
+pub(crate) struct ForkedLauncher {
     pid: i32,
     /// Write end of the plan pipe; dropping it unsent tells the child to exit.
     plan: Option<File>,
@@ -36,7 +36,7 @@ fn pipe() -> Result<(File, File), LaunchError> {
 
 impl ForkedLauncher {
     /// Forks the launcher. Must be called before the process starts a thread.
-    pub fn fork() -> Result<ForkedLauncher, LaunchError> {
+    pub(crate) fn fork() -> Result<ForkedLauncher, LaunchError> {
         let one_thread = launcher::ensure_single_threaded()?;
         let (plan_r, plan_w) = pipe()?;
         let (report_r, report_w) = pipe()?;
@@ -54,13 +54,13 @@ impl ForkedLauncher {
         }
     }
 
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.pid
     }
 
     /// Hands the plan over; the launcher starts the sandbox. Returns the
     /// pipe on which it reports `started PID` (EOF if it failed).
-    pub fn start(&mut self, plan: &LaunchPlan) -> Result<File, LaunchError> {
+    pub(crate) fn start(&mut self, plan: &LaunchPlan) -> Result<File, LaunchError> {
         let json = serde_json::to_vec(plan).map_err(|e| LaunchError::Refused(format!("launch plan: {e}")))?;
         let mut w = self.plan.take().ok_or_else(|| LaunchError::Refused("the launcher was already started".into()))?;
         w.write_all(&json).map_err(|source| LaunchError::Io { what: "sending the launch plan".into(), source })?;
@@ -69,7 +69,7 @@ impl ForkedLauncher {
     }
 
     /// Waits for the launcher; its exit code (128+N when killed by signal N).
-    pub fn wait(&mut self) -> std::io::Result<i32> {
+    pub(crate) fn wait(&mut self) -> std::io::Result<i32> {
         let code = sys::wait(self.pid)?;
         self.reaped = true;
         Ok(code)

@@ -96,12 +96,12 @@ impl LandlockPlan {
 }
 
 /// The running kernel's Landlock ABI (0: absent or disabled).
-pub fn kernel_abi() -> i32 {
+pub(crate) fn kernel_abi() -> i32 {
     crate::launch::sys::landlock_abi()
 }
 
 /// What moat's Landlock plan loses on a kernel with `abi`, one line each with its cost.
-pub fn missing_features(abi: i32) -> Vec<&'static str> {
+pub(crate) fn missing_features(abi: i32) -> Vec<&'static str> {
     let mut m = Vec::new();
     if abi < 1 {
         m.push("Landlock filesystem rules (needs Linux 5.13+ with landlock in the lsm= boot list): the sandbox can read any file its uid may");

@@ -8,13 +8,13 @@
 //! rootfs overlay exists only in the launcher's private mount namespace, and
 //! the container (cgroups, state) is deleted when its init exits or when the
 //! supervisor dies (PDEATHSIG -> SIGTERM -> kill and delete).
-pub mod executor;
-pub mod fork;
-pub mod landlock;
-pub mod rootfs;
+pub(crate) mod executor;
+pub(crate) mod fork;
+pub(crate) mod landlock;
+pub(crate) mod rootfs;
 pub mod seccomp;
 mod sys;
-pub mod tty;
+pub(crate) mod tty;
 use crate::launch::executor::{GuardPlan, MoatExecutor};
 use crate::launch::seccomp::DenyList;
 use crate::launch::tty::ConsoleSocket;

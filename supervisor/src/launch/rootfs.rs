@@ -125,7 +125,7 @@ impl PreparedImage {
 
 /// Paths the runtime mounts over; the top layer provides them so the
 /// read-only rootfs needs no writes at start.
-pub const MOUNT_POINTS: &[&str] = &["proc", "dev", "sys", "tmp"];
+pub(crate) const MOUNT_POINTS: &[&str] = &["proc", "dev", "sys", "tmp"];
 
 /// Writes the per-sandbox top layer: mount points, the workspace directory
 /// and `/etc/hosts` (mapping `inference.local` to the gateway).
@@ -133,7 +133,7 @@ pub const MOUNT_POINTS: &[&str] = &["proc", "dev", "sys", "tmp"];
 /// `dir` may be a copy of an image (`moat bundle`): a symlink at any path
 /// touched here is replaced, never followed, so the image cannot redirect
 /// these writes to the host.
-pub fn write_top_layer(dir: &Path, workspace: &str, hosts: &str) -> Result<(), RootfsError> {
+pub(crate) fn write_top_layer(dir: &Path, workspace: &str, hosts: &str) -> Result<(), RootfsError> {
     let unlink_symlink = |p: &Path| -> Result<(), RootfsError> {
         match fs::symlink_metadata(p) {
             Ok(m) if m.file_type().is_symlink() => fs::remove_file(p).map_err(io_err(p)),
@@ -165,10 +165,10 @@ pub fn write_top_layer(dir: &Path, workspace: &str, hosts: &str) -> Result<(), R
 
 /// Where the sandbox finds the gateway's CA: alone, and appended to the
 /// image's own bundle (so passthrough TLS keeps verifying real servers).
-pub const CA_FILE: &str = "/etc/moat/ca.pem";
-pub const CA_BUNDLE: &str = "/etc/moat/ca-bundle.pem";
+pub(crate) const CA_FILE: &str = "/etc/moat/ca.pem";
+pub(crate) const CA_BUNDLE: &str = "/etc/moat/ca-bundle.pem";
 /// Variables that point common TLS stacks at the bundle (NODE_EXTRA_CA_CERTS adds to Node's own).
-pub const CA_ENV: &[(&str, &str)] = &[
+pub(crate) const CA_ENV: &[(&str, &str)] = &[
     ("SSL_CERT_FILE", CA_BUNDLE),
     ("REQUESTS_CA_BUNDLE", CA_BUNDLE),
     ("CURL_CA_BUNDLE", CA_BUNDLE),
@@ -179,7 +179,7 @@ pub const CA_ENV: &[(&str, &str)] = &[
 /// Writes the gateway CA into the top layer `dir`: `CA_FILE`, and
 /// `CA_BUNDLE` = the image's Debian bundle (first found in `layers`,
 /// topmost first) followed by the CA.
-pub fn write_trust(dir: &Path, layers_top_first: &[PathBuf], ca_pem: &str) -> Result<(), RootfsError> {
+pub(crate) fn write_trust(dir: &Path, layers_top_first: &[PathBuf], ca_pem: &str) -> Result<(), RootfsError> {
     let etc = dir.join("etc/moat");
     fs::DirBuilder::new().recursive(true).mode(0o755).create(&etc).map_err(io_err(&etc))?;
     let mut bundle = String::new();
@@ -203,14 +203,14 @@ pub fn write_trust(dir: &Path, layers_top_first: &[PathBuf], ca_pem: &str) -> Re
 }
 
 /// The sandbox's /etc/hosts: the gateway listens on 127.0.0.1 inside the netns.
-pub fn hosts_file(hostname: &str) -> String {
+pub(crate) fn hosts_file(hostname: &str) -> String {
     format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\tinference.local\n")
 }
 
 /// Mounts the tmpfs that holds the per-sandbox top layer on `target`. Call
 /// only in a private mount namespace (the launcher's): the layer then exists
 /// nowhere else and vanishes with the sandbox, leaving nothing to delete.
-pub fn mount_top_layer(target: &Path) -> Result<(), RootfsError> {
+pub(crate) fn mount_top_layer(target: &Path) -> Result<(), RootfsError> {
     let mount_err =
         |source| RootfsError::Mount { target: target.to_path_buf(), lower: "tmpfs (top layer)".into(), source };
     // Room for a large CA bundle; the sandbox cannot write here (read-only overlay).
@@ -222,7 +222,7 @@ pub fn mount_top_layer(target: &Path) -> Result<(), RootfsError> {
 /// Mounts the read-only overlay of `lowers` (topmost first) on `target`.
 /// Call only in a private mount namespace (the launcher's). Paths under
 /// `cache_dir` are passed relative to it to keep the option string short.
-pub fn mount_overlay(target: &Path, lowers: &[PathBuf], cache_dir: &Path) -> Result<(), RootfsError> {
+pub(crate) fn mount_overlay(target: &Path, lowers: &[PathBuf], cache_dir: &Path) -> Result<(), RootfsError> {
     let rel: Vec<String> = lowers
         .iter()
         .map(|l| l.strip_prefix(cache_dir).map(|r| r.display().to_string()).unwrap_or_else(|_| l.display().to_string()))
@@ -247,7 +247,7 @@ pub fn mount_overlay(target: &Path, lowers: &[PathBuf], cache_dir: &Path) -> Res
 
 /// Enters a new mount namespace in which nothing propagates back to the host.
 /// The calling process must be single-threaded.
-pub fn private_mount_namespace() -> io::Result<()> {
+pub(crate) fn private_mount_namespace() -> io::Result<()> {
     // Affects only this (single-threaded) process.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
     let none = None::<&str>;
@@ -256,6 +256,6 @@ pub fn private_mount_namespace() -> io::Result<()> {
 }
 
 /// Unmounts `target` (detaching it if busy).
-pub fn unmount(target: &Path) {
+pub(crate) fn unmount(target: &Path) {
     let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
 }

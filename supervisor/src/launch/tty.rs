@@ -14,19 +14,19 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 /// A listening socket libcontainer connects to and sends the pty master over.
-pub struct ConsoleSocket {
+pub(crate) struct ConsoleSocket {
     listener: UnixListener,
     pub path: PathBuf,
 }
 
 impl ConsoleSocket {
-    pub fn bind(path: &Path) -> io::Result<ConsoleSocket> {
+    pub(crate) fn bind(path: &Path) -> io::Result<ConsoleSocket> {
         let _ = std::fs::remove_file(path);
         Ok(ConsoleSocket { listener: UnixListener::bind(path)?, path: path.to_path_buf() })
     }
 
     /// Accepts libcontainer's connection and takes the pty master from it.
-    pub fn receive_master(&self) -> io::Result<OwnedFd> {
+    pub(crate) fn receive_master(&self) -> io::Result<OwnedFd> {
         let (conn, _) = self.listener.accept()?;
         sys::receive_fd(conn.as_fd())?
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no pty master on the console socket"))
@@ -71,7 +71,7 @@ impl Drop for RawMode {
 
 /// Relays stdin -> master and master -> stdout until `pid` exits; returns
 /// its exit code. `on_signal` runs when SIGTERM/SIGINT/SIGHUP set `signalled`.
-pub fn relay(
+pub(crate) fn relay(
     master: OwnedFd,
     pid: i32,
     interactive: bool,

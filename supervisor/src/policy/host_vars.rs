@@ -18,7 +18,7 @@ struct File {
 }
 
 /// Where the values live.
-pub fn file() -> PathBuf {
+pub(crate) fn file() -> PathBuf {
     std::env::var_os("MOAT_REGISTRY_HOSTS")
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
@@ -26,7 +26,7 @@ pub fn file() -> PathBuf {
 }
 
 /// Reads the values (an absent file means none are set).
-pub fn load() -> Result<BTreeMap<String, String>, NetPolicyError> {
+pub(crate) fn load() -> Result<BTreeMap<String, String>, NetPolicyError> {
     let path = file();
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -41,7 +41,7 @@ pub fn load() -> Result<BTreeMap<String, String>, NetPolicyError> {
 }
 
 /// Replaces every `{name}` host in `policies` with its value.
-pub fn expand(
+pub(crate) fn expand(
     mut policies: Vec<NetPolicy>,
     values: &BTreeMap<String, String>,
 ) -> Result<Vec<NetPolicy>, NetPolicyError> {

@@ -11,7 +11,7 @@ use crate::policy::schema::{
 use globset::GlobMatcher;
 
 /// Does `host` (lower-cased by the caller) fall under `pattern`?
-pub fn host_matches(pattern: &str, host: &str) -> bool {
+pub(crate) fn host_matches(pattern: &str, host: &str) -> bool {
     let host = host.trim_end_matches('.');
     match pattern.strip_prefix("*.") {
         Some(suffix) => {
@@ -24,7 +24,7 @@ pub fn host_matches(pattern: &str, host: &str) -> bool {
 }
 
 /// Methods an access level allows.
-pub fn access_allows(access: Access, method: &str) -> bool {
+pub(crate) fn access_allows(access: Access, method: &str) -> bool {
     match access {
         Access::Full => true,
         Access::ReadOnly => matches!(method, "GET" | "HEAD" | "OPTIONS"),

@@ -3,10 +3,10 @@
 //! silently weakening the sandbox: unknown keys are rejected, every value is
 //! checked, and errors name file:line:column.
 #![forbid(unsafe_code)]
-pub mod host_vars;
+pub(crate) mod host_vars;
 pub mod import;
 pub mod lint;
-pub mod matcher;
+pub(crate) mod matcher;
 pub mod network;
 pub mod presets;
 pub mod schema;

@@ -44,7 +44,7 @@ fn candidates(cgroups: &str, pure_v2: bool) -> Vec<PathBuf> {
 /// cgroupfs, no permission) only lose the head start, so they are logged at
 /// debug level and otherwise ignored. Join the handle once the sandbox has
 /// started to leave no thread behind.
-pub fn start() -> std::thread::JoinHandle<()> {
+pub(crate) fn start() -> std::thread::JoinHandle<()> {
     std::thread::spawn(|| {
         let Some(file) = own_procs_file() else {
             tracing::debug!("cgroup warm-up: no cgroup.procs of our own found");

@@ -5,11 +5,11 @@
 //! starting weaker than its policy (hard_requirement, require_cap_drop are
 //! checked before anything runs) and against leftovers (the launcher dies
 //! with the supervisor; stop/rm remove every trace but the workspace).
-pub mod cgroup_warm;
+pub(crate) mod cgroup_warm;
 pub mod doctor;
-pub mod net;
-pub mod netns;
-pub mod spec;
+pub(crate) mod net;
+pub(crate) mod netns;
+pub(crate) mod spec;
 pub mod state;
 mod sys;
 use crate::launch::executor::GuardPlan;

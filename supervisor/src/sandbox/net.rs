@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// What the launch needs from the network side.
-pub struct LaunchNet {
+pub(crate) struct LaunchNet {
     /// `/proc/PID/fd/N` of the namespace, for the spec.
     pub netns_path: String,
     pub ca: Arc<Ca>,
@@ -28,7 +28,7 @@ pub struct LaunchNet {
 
 /// The helper thread; joined by `finish`, or on drop (it writes into the
 /// sandbox's state, which an error path may be about to remove).
-pub struct NetStart {
+pub(crate) struct NetStart {
     ready: mpsc::Receiver<LaunchNet>,
     /// Starts the gateway for the sandbox created at these paths. Dropped
     /// unsent, the thread ends without touching any sandbox's state.
@@ -47,7 +47,7 @@ impl NetStart {
     /// Makes the namespace, binds the gateway's `port` in it and the CA of
     /// sandbox `name` now; the gateway itself waits for `start_gateway`. The
     /// name need not be reserved yet: nothing is written until then.
-    pub fn spawn(name: &str, port: u16) -> NetStart {
+    pub(crate) fn spawn(name: &str, port: u16) -> NetStart {
         let (tx, ready) = mpsc::channel();
         let (go, go_rx) = mpsc::channel::<(Paths, Network)>();
         let name = name.to_string();
@@ -70,7 +70,7 @@ impl NetStart {
 
     /// Lets the gateway start, once the sandbox's name is reserved and its
     /// state directory exists.
-    pub fn start_gateway(&mut self, paths: &Paths, network: &Network) {
+    pub(crate) fn start_gateway(&mut self, paths: &Paths, network: &Network) {
         if let Some(go) = self.go.take() {
             // A send error means the thread already failed: `ready`/`finish` report it.
             let _ = go.send((paths.clone(), network.clone()));
@@ -78,7 +78,7 @@ impl NetStart {
     }
 
     /// Waits for the namespace, the socket and the CA.
-    pub fn ready(&mut self) -> Result<LaunchNet, SandboxError> {
+    pub(crate) fn ready(&mut self) -> Result<LaunchNet, SandboxError> {
         match self.ready.recv() {
             Ok(net) => Ok(net),
             // The thread failed before sending: its error says why.
@@ -88,7 +88,7 @@ impl NetStart {
 
     /// Waits for the gateway to run; returns the namespace, to be held as
     /// long as the sandbox lives.
-    pub fn finish(mut self) -> Result<Netns, SandboxError> {
+    pub(crate) fn finish(mut self) -> Result<Netns, SandboxError> {
         let (ns, gateway) = self.join()?;
         gateway.map(|()| ns)
     }

@@ -31,13 +31,13 @@ pub enum NetnsError {
 
 /// A network namespace with only `lo`, held open by this descriptor.
 #[derive(Debug)]
-pub struct Netns {
+pub(crate) struct Netns {
     fd: OwnedFd,
 }
 
 impl Netns {
     /// Creates a new network namespace and brings its `lo` up.
-    pub fn create() -> Result<Netns, NetnsError> {
+    pub(crate) fn create() -> Result<Netns, NetnsError> {
         std::thread::spawn(|| -> Result<OwnedFd, NetnsError> {
             // Changes only this helper thread, which exits right after.
             unshare(CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Create(e.into()))?;
@@ -49,24 +49,19 @@ impl Netns {
         .map(|fd| Netns { fd })
     }
 
-    /// Opens an existing namespace (e.g. `/proc/PID/ns/net`).
-    pub fn open(path: &Path) -> io::Result<Netns> {
-        open_fd(path).map(|fd| Netns { fd })
-    }
-
-    pub fn raw_fd(&self) -> i32 {
+    pub(crate) fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()
     }
 
     /// A path other processes can open to join this namespace while it is held.
-    pub fn proc_path(&self) -> String {
+    pub(crate) fn proc_path(&self) -> String {
         format!("/proc/{}/fd/{}", std::process::id(), self.fd.as_raw_fd())
     }
 
     /// Binds and listens on 127.0.0.1:`port` inside the namespace; the
     /// returned socket is used from the host namespace as usual. This is how
     /// the egress gateway becomes the only thing the sandbox can reach.
-    pub fn listen(&self, port: u16) -> Result<TcpListener, NetnsError> {
+    pub(crate) fn listen(&self, port: u16) -> Result<TcpListener, NetnsError> {
         let fd = self.fd.as_fd();
         std::thread::scope(|s| {
             s.spawn(move || -> Result<TcpListener, NetnsError> {
@@ -79,8 +74,10 @@ impl Netns {
         })
     }
 
-    /// Names of the interfaces in the namespace (from a helper thread inside it).
-    pub fn interfaces(&self) -> Result<Vec<String>, NetnsError> {
+    /// Names of the interfaces in the namespace (from a helper thread inside
+    /// it): what the tests check the namespace by.
+    #[cfg(test)]
+    pub(crate) fn interfaces(&self) -> Result<Vec<String>, NetnsError> {
         let fd = self.fd.as_fd();
         std::thread::scope(|s| {
             s.spawn(move || -> Result<Vec<String>, NetnsError> {

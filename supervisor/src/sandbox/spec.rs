@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 /// PATH inside every sandbox: the system directories only, never the image's
 /// or the caller's (a writable directory on PATH is a hijack waiting).
-pub const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -24,7 +24,7 @@ pub enum SpecError {
 
 /// Everything a spec depends on besides the policy.
 #[derive(Debug, Clone)]
-pub struct SpecParams {
+pub(crate) struct SpecParams {
     /// Root filesystem path (absolute, or relative to the bundle).
     pub rootfs: String,
     pub args: Vec<String>,
@@ -63,7 +63,7 @@ const READONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys"];
 
 /// The sandbox environment: the image's variables, then the caller's `-e`,
 /// with PATH fixed and proxies pointing at the gateway.
-pub fn environment(
+pub(crate) fn environment(
     image_env: &[String],
     extra: &[String],
     home: &str,
@@ -104,7 +104,7 @@ pub fn environment(
 }
 
 /// Builds the runtime spec for `p` under `policy`.
-pub fn build(policy: &Policy, p: &SpecParams) -> Result<Spec, SpecError> {
+pub(crate) fn build(policy: &Policy, p: &SpecParams) -> Result<Spec, SpecError> {
     let proc_ = &policy.process;
     let caps: Vec<Value> = proc_.keep_capabilities.iter().map(|c| json!(c)).collect();
     let mut namespaces = vec![

@@ -143,7 +143,10 @@ macro_rules! header_methods {
 header_methods!(RequestHead);
 header_methods!(ResponseHead);
 
-pub(super) fn headers_named<'a>(headers: &'a [(String, Vec<u8>)], name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+pub(super) fn headers_named<'a>(
+    headers: &'a [(String, Vec<u8>)],
+    name: &'a str,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
 }
 
@@ -158,7 +161,10 @@ pub(super) fn trim_ows(v: &[u8]) -> &[u8] {
 }
 
 /// Elements of a comma-separated list field (all occurrences), OWS-trimmed, empty elements kept.
-pub(super) fn list_elements<'a>(headers: &'a [(String, Vec<u8>)], name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+pub(super) fn list_elements<'a>(
+    headers: &'a [(String, Vec<u8>)],
+    name: &'a str,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers_named(headers, name).flat_map(|v| v.split(|b| *b == b',')).map(trim_ows)
 }
 

@@ -5,8 +5,8 @@
 //! names a credential the supervisor reads on the host for each request;
 //! nothing of it enters the sandbox.
 #![forbid(unsafe_code)]
-pub mod relay;
-pub mod shapes;
+pub(crate) mod relay;
+pub(crate) mod shapes;
 pub mod usage;
 
 /// The name the sandbox reaches its model by (its /etc/hosts points it at

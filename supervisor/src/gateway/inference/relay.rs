@@ -19,15 +19,15 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// Largest request body (prompts with images fit; a runaway upload does not).
-pub const MAX_REQUEST_BODY: usize = 32 << 20;
+pub(crate) const MAX_REQUEST_BODY: usize = 32 << 20;
 /// Largest response body relayed; past it the response is cut.
-pub const MAX_RESPONSE_BODY: u64 = 256 << 20;
+pub(crate) const MAX_RESPONSE_BODY: u64 = 256 << 20;
 /// Time the provider may take to start answering: the gateway's limit for
 /// any upstream.
-pub const FIRST_BYTE_TIMEOUT: Duration = crate::gateway::upstream::RESPONSE_TIMEOUT;
+pub(crate) const FIRST_BYTE_TIMEOUT: Duration = crate::gateway::upstream::RESPONSE_TIMEOUT;
 
 /// Any upstream stream (plain or TLS).
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 type Upstream = BufReader<Box<dyn Io>>;
 
@@ -79,7 +79,7 @@ fn dropped(name: &str) -> bool {
 }
 
 /// Handles one request; returns whether the client connection stays open.
-pub async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     client: &mut BufReader<C>,
     mut head: RequestHead,

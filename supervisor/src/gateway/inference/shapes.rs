@@ -12,7 +12,7 @@ use serde::Deserialize;
 use std::sync::OnceLock;
 
 /// The allowlist as shipped (reviewed with the code that reads it).
-pub const INFERENCE_API_TOML: &str = include_str!("../../../../policies/inference-api.toml");
+pub(crate) const INFERENCE_API_TOML: &str = include_str!("../../../../policies/inference-api.toml");
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,7 +23,7 @@ struct File {
 /// One relayed call: these provider kinds, this method, this path.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Shape {
+pub(crate) struct Shape {
     pub providers: Vec<Kind>,
     pub method: String,
     /// Literal segments, `*` for one segment (a model id).
@@ -33,13 +33,13 @@ pub struct Shape {
 
 /// Why a request is not relayed: the status and the message for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused {
+pub(crate) struct Refused {
     pub status: u16,
     pub message: String,
 }
 
 /// Parses and validates an allowlist (errors at file:line:column, or naming the entry).
-pub fn parse(text: &str, origin: &str) -> Result<Vec<Shape>, String> {
+pub(crate) fn parse(text: &str, origin: &str) -> Result<Vec<Shape>, String> {
     let f: File = crate::policy::schema::parse_toml(text, origin).map_err(|e| e.to_string())?;
     for (i, s) in f.api.iter().enumerate() {
         let at = format!("{origin}: api[{i}] {} {}", s.method, s.path);
@@ -70,7 +70,7 @@ fn shipped() -> &'static Result<Vec<Shape>, String> {
 
 /// Whether `inference.local` relays `method path` (origin-form, query
 /// allowed) for a route of `kind`.
-pub fn check(kind: Kind, method: &str, path: &str) -> Result<(), Refused> {
+pub(crate) fn check(kind: Kind, method: &str, path: &str) -> Result<(), Refused> {
     let shapes = shipped().as_ref().map_err(|e| Refused { status: 503, message: format!("allowlist: {e}") })?;
     check_in(shapes, kind, method, path)
 }
