@@ -15,12 +15,22 @@ use gateway_world::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// curl may reach other.test over plain HTTP; git (and its https helper,
-/// named explicitly) may read up.test. Nothing else is allowed.
+/// curl, and python without anonymous executable memory (`jit = false`),
+/// may reach other.test over plain HTTP; git (and its https helper, named
+/// explicitly) may read up.test. Nothing else is allowed.
 const RULES: &str = r#"
 [[network.policy]]
 name = "curl"
 binaries = ["/usr/bin/curl"]
+[[network.policy.endpoint]]
+host = "other.test"
+port = 80
+allowed_ips = ["198.18.0.0/15"]
+
+[[network.policy]]
+name = "py"
+binaries = ["/usr/bin/python3*"]
+jit = false
 [[network.policy.endpoint]]
 host = "other.test"
 port = 80
@@ -53,8 +63,9 @@ fn workspace(name: &str) -> PathBuf {
     assert!(o.status.success(), "cc: {}", String::from_utf8_lossy(&o.stderr));
     std::fs::write(dir.join("alias.py"), ALIAS_PY).unwrap();
     std::fs::write(dir.join("steal.py"), STEAL_PY).unwrap();
+    std::fs::write(dir.join("jit.py"), JIT_PY).unwrap();
     std::fs::write(dir.join("engine.cnf"), ENGINE_CNF.replace("SO", "/sandbox/evil.so")).unwrap();
-    for p in [dir.clone(), so, dir.join("alias.py"), dir.join("steal.py"), dir.join("engine.cnf")] {
+    for p in [dir.clone(), so, dir.join("alias.py"), dir.join("steal.py"), dir.join("jit.py"), dir.join("engine.cnf")] {
         std::os::unix::fs::chown(&p, Some(1000), Some(1000)).unwrap();
     }
     dir
@@ -93,6 +104,19 @@ else:
 p.kill()
 "#;
 
+/// python asks for other.test, once as it is and once holding anonymous
+/// executable memory (where code loaded from anywhere could have been put).
+const JIT_PY: &str = r#"
+import mmap, sys, urllib.request as u, urllib.error as e
+if sys.argv[1] == "jit":
+    m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    m.write(b"\xc3")
+try:
+    print("%s=%d" % (sys.argv[1], u.urlopen("http://other.test/" + sys.argv[1]).status))
+except e.HTTPError as x:
+    print("%s=%d" % (sys.argv[1], x.code))
+"#;
+
 /// An OpenSSL config whose engine section loads the agent's library.
 const ENGINE_CNF: &str = r#"
 openssl_conf = conf
@@ -118,6 +142,8 @@ echo "engine_ran=$(ran)"
 git clone -q https://up.test/repo.git /tmp/c 2>/tmp/e && echo "git=$(cat /tmp/c/README)" || echo "git=fail $(cat /tmp/e)"
 git -c alias.x='!python3 /sandbox/alias.py' x
 python3 /sandbox/steal.py
+python3 /sandbox/jit.py py_plain
+python3 /sandbox/jit.py jit
 "#;
 
 #[test]
@@ -152,6 +178,9 @@ fn borrowed_rights_are_refused_from_inside_a_sandbox() {
     want("engine", "403");
     // python started by git does not inherit git's rule.
     want("alias_py", "refused");
+    // A rule with jit = false refuses a caller holding anonymous executable memory.
+    want("py_plain", "200");
+    want("jit", "403");
     // No descriptor leaves another process.
     assert_ne!(r.get("pidfd_getfd").map(String::as_str), Some("stolen"), "{out}");
     want("pidfd_getfd", "EPERM");

@@ -35,6 +35,18 @@ port = 80
 allowed_ips = ["198.18.0.0/15"]
 "#;
 
+/// FWD_UP whose rule passes its access to the programs this test starts.
+const FWD_UP_CHILDREN: &str = r#"
+[[policy]]
+name = "guard-fwd"
+binaries = ["{me}"]
+children = true
+[[policy.endpoint]]
+host = "up.test"
+port = 80
+allowed_ips = ["198.18.0.0/15"]
+"#;
+
 /// An inspected tunnel to up.test that allows GET and POST below /guard-smuggle only.
 const L7_UP: &str = r#"
 [[policy]]
@@ -543,10 +555,21 @@ fn busybox() -> String {
 #[test]
 fn a_binary_outside_the_listed_ones_ancestry_is_refused() {
     let exe = busybox();
-    let g = Gw::start(FWD_UP);
+    // Without `children = true`, a program the listed binary starts gets nothing.
+    let plain = Gw::start(FWD_UP);
+    let out = std::process::Command::new(BUSYBOX)
+        .args(["wget", "-S", "-O", "-", "http://up.test/guard-ident/no-children"])
+        .env("http_proxy", format!("http://{}", plain.addr))
+        .env_remove("no_proxy")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("403"), "a child without children = true: {err}");
+    drop(plain);
+    let g = Gw::start(FWD_UP_CHILDREN);
     let proxy = format!("http://{}", g.addr);
     // Control: busybox wget started by this test binary inherits its rule
-    // (a rule matches the caller's ancestors too).
+    // (the rule says children = true).
     let out = std::process::Command::new(BUSYBOX)
         .args(["wget", "-S", "-O", "-", "http://up.test/guard-ident/child"])
         .env("http_proxy", &proxy)

@@ -82,6 +82,10 @@ pub(super) async fn destination(
             return Err(deny("", format!("{why}; pending approval {id}"), body, 403));
         }
     };
+    if caller.process.anonymous_exec && !cur.compiled.allows_jit(&policy) {
+        let reason = format!("{bin} holds anonymous executable memory and policy {policy} says jit = false");
+        return Err(deny(&policy, reason.clone(), format!("moat: egress denied: {reason}\n"), 403));
+    }
     let nets = endpoint.allowed_nets();
     let addrs = match ssrf::resolve_checked(&shared.resolver, &host_lc, port, &nets).await {
         Ok(a) => a,

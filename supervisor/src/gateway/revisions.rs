@@ -194,6 +194,7 @@ pub fn approval_policy(p: &Pending) -> NetPolicy {
         binaries: vec![glob_literal(&p.binary)],
         sha256: vec![p.hash.clone()],
         children: false,
+        jit: true,
         endpoints: vec![Endpoint {
             host: p.host.clone(),
             port: p.port,

@@ -236,7 +236,7 @@ impl Ctx {
             return None;
         }
         let why = format!("imported from {} ({at})", self.origin);
-        Some(NetPolicy { name, why, binaries, sha256: Vec::new(), children: false, endpoints })
+        Some(NetPolicy { name, why, binaries, sha256: Vec::new(), children: false, jit: true, endpoints })
     }
 
     /// One `binaries[i]` entry: `{ path: ... }` (or a bare string).
@@ -452,6 +452,7 @@ fn check(binary: String, endpoint: Endpoint) -> Result<(), String> {
         binaries: vec![binary],
         sha256: Vec::new(),
         children: false,
+        jit: true,
         endpoints: vec![endpoint],
     };
     probe.validate().map_err(|e| e.to_string().trim_start_matches("network.policy \"probe\": ").to_string())

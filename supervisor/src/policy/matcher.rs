@@ -132,6 +132,13 @@ impl Compiled {
         }
     }
 
+    /// Whether rule `policy` lets a caller hold anonymous executable memory
+    /// (`jit`; an unknown name, after a revision, is judged by the caller's
+    /// next match instead).
+    pub fn allows_jit(&self, policy: &str) -> bool {
+        self.entries.iter().find(|c| c.policy.name == policy).is_none_or(|c| c.policy.jit)
+    }
+
     /// The rule, if any, that lets a program started by `ancestor` reach
     /// `host:port`: only rules that say `children = true` pass access down.
     pub fn match_inherited(&self, ancestor: &str, host: &str, port: u16) -> Option<Match> {

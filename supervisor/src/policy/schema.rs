@@ -30,6 +30,11 @@ pub struct NetPolicy {
     /// other programs when it is on.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub children: bool,
+    /// Whether the caller may hold anonymous executable memory (a JIT: node,
+    /// the JVM). On by default, which keeps node working; `jit = false` for
+    /// a native program refuses a caller whose code could hide there.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub jit: bool,
     #[serde(rename = "endpoint")]
     pub endpoints: Vec<Endpoint>,
 }
@@ -62,6 +67,12 @@ pub struct Endpoint {
     pub upgrade: bool,
 }
 
+fn yes() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
 fn default_port() -> u16 {
     443
 }
