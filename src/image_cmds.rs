@@ -146,7 +146,9 @@ fn check_policy(path: &Path, text: &str) -> Vec<lint::Finding> {
             .collect()
     };
     if table.contains_key("risk") && table.contains_key("policy") {
-        return match moat_supervisor::policy::schema::parse_toml::<moat_supervisor::policy::presets::Preset>(text, &origin) {
+        return match moat_supervisor::policy::schema::parse_toml::<moat_supervisor::policy::presets::Preset>(
+            text, &origin,
+        ) {
             Ok(p) => match p.policies.iter().try_for_each(|r| r.validate()) {
                 Ok(()) => direct_inference(&p.policies),
                 Err(e) => at(e.to_string()),

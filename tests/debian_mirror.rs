@@ -224,7 +224,9 @@ fn unpack(fs: &BTreeMap<String, moat_builder::layer::tree::Entry>, dir: &Path) {
         let p = dir.join(&e.path);
         match &e.kind {
             Kind::Dir => std::fs::create_dir_all(&p).unwrap(),
-            Kind::File { content: moat_builder::layer::tree::Content::Bytes(b), .. } => std::fs::write(&p, &b[..]).unwrap(),
+            Kind::File { content: moat_builder::layer::tree::Content::Bytes(b), .. } => {
+                std::fs::write(&p, &b[..]).unwrap()
+            }
             Kind::File { .. } => panic!("{}: unexpected host-path content", e.path),
             Kind::Symlink(t) => symlink(t, &p).unwrap(),
             Kind::Hardlink(t) => std::fs::hard_link(dir.join(t), &p).unwrap(),
