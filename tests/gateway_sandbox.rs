@@ -16,7 +16,8 @@ use std::process::{Command, Output, Stdio};
 const GIT_AND_PY: &str = r#"
 [[network.policy]]
 name = "git"
-binaries = ["/usr/bin/git"]
+# git and its https helper, the process that connects (named, not inherited).
+binaries = ["/usr/bin/git", "/usr/lib/git-core/git-remote-http", "/usr/lib/git-core/git-remote-https"]
 [[network.policy.endpoint]]
 host = "up.test"
 port = 443
@@ -47,8 +48,8 @@ const SCRIPT: &str = r#"
 env | grep -E '^(HTTPS_PROXY|ALL_PROXY|NO_PROXY|SSL_CERT_FILE)=' | sed 's/^/env_/'
 git clone -q https://up.test/repo.git /sandbox/c1 2>/tmp/e && echo "git=$(cat /sandbox/c1/README)" || echo "git=fail $(cat /tmp/e)"
 curl -sS -o /dev/null https://up.test/repo.git/HEAD 2>/dev/null; echo "curl_same_host=$?"
-cp /usr/bin/git /sandbox/git-copy
-/sandbox/git-copy clone -q https://up.test/repo.git /sandbox/c2 2>/dev/null && echo git_copy=ok || echo git_copy=refused
+mkdir -p /sandbox/gx && cp /usr/bin/git /usr/lib/git-core/git-remote-http /usr/lib/git-core/git-remote-https /sandbox/gx/
+GIT_EXEC_PATH=/sandbox/gx /sandbox/gx/git clone -q https://up.test/repo.git /sandbox/c2 2>/dev/null && echo git_copy=ok || echo git_copy=refused
 python3 -c "import urllib.request as u; print('py_get=' + u.urlopen('https://other.test/ok/a').read().decode().strip())"
 python3 -c "
 import urllib.request as u, urllib.error as e
@@ -71,7 +72,7 @@ fn binaries_are_told_apart_and_the_gateway_ca_is_trusted_inside() {
     want("env_ALL_PROXY", "http://127.0.0.1:3128");
     want("env_NO_PROXY", "localhost,127.0.0.1,::1");
     want("env_SSL_CERT_FILE", "/etc/moat/ca-bundle.pem");
-    // git (its https helper, matched through its parent /usr/bin/git) clones
+    // git (its https helper, listed by name in the rule) clones
     // through the inspected tunnel; curl to the same host is refused.
     want("git", "through the gateway");
     assert_ne!(r.get("curl_same_host").map(String::as_str), Some("0"), "{out}");
