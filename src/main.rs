@@ -1,5 +1,6 @@
 //! The `moat` command line: parses arguments and dispatches, one function per
 //! subcommand (in the `*_cmds` files) calling the libraries.
+#![forbid(unsafe_code)]
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use moat_supervisor::secrets::redact::{redact, RedactingWriter};

@@ -13,8 +13,6 @@ use moat_supervisor::visible;
 use moat_supervisor::Policy;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::fd::FromRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
@@ -196,15 +194,7 @@ fn start_detached(paths: &Paths) -> Result<ExitCode> {
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    // SAFETY: runs between fork and exec; setsid and dup2 are async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 || libc::dup2(ready_w_raw, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    sandbox::detach_with_ready_fd(&mut cmd, ready_w_raw);
     cmd.spawn().context("starting the supervisor")?;
     drop(ready_w);
     let mut line = String::new();
@@ -223,8 +213,7 @@ fn start_detached(paths: &Paths) -> Result<ExitCode> {
 
 pub fn supervise_internal(a: InternalArgs) -> Result<ExitCode> {
     let paths = Paths::new(&a.name)?;
-    // SAFETY: fd 3 is the ready pipe our parent placed there (MOAT_READY_FD).
-    let ready = std::env::var("MOAT_READY_FD").ok().filter(|v| v == "3").map(|_| unsafe { fs::File::from_raw_fd(3) });
+    let ready = sandbox::ready_pipe_from_parent();
     Ok(exit(sandbox::supervise(&paths, ready, None)?))
 }
 

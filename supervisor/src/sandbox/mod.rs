@@ -30,6 +30,7 @@ use std::os::unix::fs::{chown, DirBuilderExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+pub use sys::{detach_with_ready_fd, ready_pipe_from_parent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {

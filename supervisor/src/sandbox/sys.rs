@@ -70,3 +70,34 @@ pub(super) fn forward_stop_signals(launcher: i32) {
 pub(super) fn stop_forwarding() {
     LAUNCHER_PID.store(0, Ordering::SeqCst);
 }
+
+/// Makes `cmd`'s child a session leader (it outlives the terminal that ran
+/// `moat run -d`) with `ready` duplicated onto its descriptor 3, where
+/// [`ready_pipe_from_parent`] finds it.
+pub fn detach_with_ready_fd(cmd: &mut std::process::Command, ready: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec in the child and calls
+    // only setsid and dup2, which are async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 || libc::dup2(ready, 3) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The ready pipe a detaching parent put on descriptor 3, if the
+/// environment says it did (`MOAT_READY_FD=3`); taken once.
+pub fn ready_pipe_from_parent() -> Option<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if std::env::var("MOAT_READY_FD").ok().as_deref() != Some("3") || TAKEN.swap(true, Ordering::SeqCst) {
+        return None;
+    }
+    // SAFETY: descriptor 3 is the ready pipe our parent placed there with
+    // `detach_with_ready_fd` (it says so in MOAT_READY_FD), nothing else in
+    // this process owns it, and TAKEN makes this the only File made from it.
+    Some(unsafe { std::fs::File::from_raw_fd(3) })
+}
