@@ -6,7 +6,7 @@
 
 /// `e` and its causes on one line; a cause whose text is already shown
 /// (an error that still prints its source) is not repeated.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

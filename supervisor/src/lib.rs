@@ -25,7 +25,6 @@ pub mod gateway;
 pub mod launch;
 pub(crate) mod layers;
 pub mod policy;
-pub(crate) mod report;
 pub mod sandbox;
 pub mod secrets;
 mod sys;

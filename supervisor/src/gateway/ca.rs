@@ -118,7 +118,7 @@ pub fn upstream_client() -> Result<Arc<rustls::ClientConfig>, CaError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for e in &native.errors {
-        tracing::warn!(event = "system_roots", error = %crate::report::chain(&e), "some system root certificates could not be read");
+        tracing::warn!(event = "system_roots", error = %moat_builder::errors::chain(&e), "some system root certificates could not be read");
     }
     let (added, _ignored) = roots.add_parsable_certificates(native.certs);
     if let Some(path) = std::env::var_os("MOAT_GATEWAY_UPSTREAM_CA").filter(|p| !p.is_empty()) {

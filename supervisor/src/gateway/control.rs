@@ -113,13 +113,13 @@ fn answer(shared: &Shared, req: Request) -> Value {
         Request::SetNetwork { network, why } => shared.set_network(*network, &why).map(|_| ()),
         Request::InferenceSet { route } => match shared.inference.set_route(*route) {
             Ok(()) => return inference(shared),
-            Err(e) => return json!({"ok": false, "error": crate::report::chain(&e)}),
+            Err(e) => return json!({"ok": false, "error": moat_builder::errors::chain(&e)}),
         },
         Request::InferenceShow => return inference(shared),
     };
     match result {
         Ok(()) => status(shared),
-        Err(e) => json!({"ok": false, "error": crate::report::chain(&e)}),
+        Err(e) => json!({"ok": false, "error": moat_builder::errors::chain(&e)}),
     }
 }
 

@@ -53,7 +53,7 @@ pub(super) async fn destination(
     let caller = match caller {
         Ok(c) => c,
         Err(e) => {
-            let reason = format!("caller not identified: {}", crate::report::chain(&e));
+            let reason = format!("caller not identified: {}", moat_builder::errors::chain(&e));
             return Err(deny("", reason.clone(), format!("moat: egress denied: {reason}\n"), 403));
         }
     };
@@ -92,7 +92,7 @@ pub(super) async fn destination(
         Err(e) => {
             let status =
                 if matches!(e, ssrf::SsrfError::Resolve { .. } | ssrf::SsrfError::NoAddress(..)) { 502 } else { 403 };
-            let e = crate::report::chain(&e);
+            let e = moat_builder::errors::chain(&e);
             return Err(deny(&policy, e.clone(), format!("moat: egress denied: {e}\n"), status));
         }
     };

@@ -115,7 +115,7 @@ impl EventLog {
         if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             // One write per line with O_APPEND: readers never see half a record.
             if let Err(err) = f.write_all(&line) {
-                tracing::error!(event = "audit_log_write_failed", error = %crate::report::chain(&err), "audit log write failed");
+                tracing::error!(event = "audit_log_write_failed", error = %moat_builder::errors::chain(&err), "audit log write failed");
             }
         }
     }

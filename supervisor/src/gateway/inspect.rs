@@ -44,11 +44,11 @@ pub(crate) async fn read_head<R: tokio::io::AsyncBufRead + Unpin>(
         Ok(Ok(h)) => Ok(h),
         Ok(Err(http1::HttpError::Io(_) | http1::HttpError::UnexpectedEof)) => Ok(None),
         Ok(Err(e)) => {
-            tracing::info!(event = "gateway_bad_request", error = %crate::report::chain(&e), "malformed request refused");
+            tracing::info!(event = "gateway_bad_request", error = %moat_builder::errors::chain(&e), "malformed request refused");
             Err(http1::simple_response(
                 e.status(),
                 http1::reason(e.status()),
-                &format!("moat: {}\n", crate::report::chain(&e)),
+                &format!("moat: {}\n", moat_builder::errors::chain(&e)),
                 true,
             ))
         }
@@ -263,10 +263,10 @@ pub(crate) async fn tunnel(shared: &Arc<Shared>, client: BufReader<TcpStream>, c
     };
     let server = match shared.ca.server_config(&host) {
         Ok(c) => c,
-        Err(e) => return deny_event(&crate::report::chain(&e)),
+        Err(e) => return deny_event(&moat_builder::errors::chain(&e)),
     };
     let up = async {
-        let name = super::ca::server_name(&host).map_err(|e| crate::report::chain(&e))?;
+        let name = super::ca::server_name(&host).map_err(|e| moat_builder::errors::chain(&e))?;
         let config = shared.upstream_tls().map_err(|e| e.to_string())?;
         let connector = tokio_rustls::TlsConnector::from(config);
         match tokio::time::timeout(shared.limits.connect_timeout, connector.connect(name, upstream)).await {
@@ -376,7 +376,7 @@ where
                 .write_all(&http1::simple_response(
                     e.status(),
                     http1::reason(e.status()),
-                    &format!("moat: {}\n", crate::report::chain(&e)),
+                    &format!("moat: {}\n", moat_builder::errors::chain(&e)),
                     true,
                 ))
                 .await;
@@ -401,7 +401,7 @@ where
         return bad_gateway(client, "the upstream closed the connection").await;
     }
     if let Err(e) = http1::copy_body(&framing, client, up.get_mut(), MAX_CHUNK_LINE).await {
-        tracing::info!(event = "gateway_request_body", error = %crate::report::chain(&e), "request body relay failed");
+        tracing::info!(event = "gateway_request_body", error = %moat_builder::errors::chain(&e), "request body relay failed");
         return Flow::Close;
     }
     if up.get_mut().flush().await.is_err() {
@@ -416,7 +416,8 @@ where
         {
             Err(_) => return bad_gateway(client, "the upstream did not answer in time").await,
             Ok(Err(e)) => {
-                return bad_gateway(client, &format!("bad upstream response: {}", crate::report::chain(&e))).await
+                return bad_gateway(client, &format!("bad upstream response: {}", moat_builder::errors::chain(&e)))
+                    .await
             }
             Ok(Ok(None)) => return bad_gateway(client, "the upstream closed the connection").await,
             Ok(Ok(Some(r))) => r,
@@ -438,7 +439,9 @@ where
     }
     let rframing = match http1::response_framing(&method, &resp) {
         Ok(f) => f,
-        Err(e) => return bad_gateway(client, &format!("bad upstream response: {}", crate::report::chain(&e))).await,
+        Err(e) => {
+            return bad_gateway(client, &format!("bad upstream response: {}", moat_builder::errors::chain(&e))).await
+        }
     };
     let server_close = http1::wants_close_response(&resp) || matches!(rframing, http1::Framing::UntilClose);
     let mut resp = resp;

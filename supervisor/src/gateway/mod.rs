@@ -138,7 +138,7 @@ impl Shared {
         let built = match self.upstream_tls.get() {
             Some(built) => built,
             None => tokio::task::block_in_place(|| {
-                self.upstream_tls.get_or_init(|| ca::upstream_client().map_err(|e| crate::report::chain(&e)))
+                self.upstream_tls.get_or_init(|| ca::upstream_client().map_err(|e| moat_builder::errors::chain(&e)))
             }),
         };
         built.clone().map_err(std::io::Error::other)
@@ -262,7 +262,7 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, 
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => l,
                     Err(e) => {
-                        tracing::error!(event = "gateway_failed", error = %crate::report::chain(&e), "gateway socket");
+                        tracing::error!(event = "gateway_failed", error = %moat_builder::errors::chain(&e), "gateway socket");
                         return;
                     }
                 };

@@ -25,7 +25,7 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             Ok(c) => c,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(event = "gateway_accept_failed", error = %crate::report::chain(&e), "accept failed");
+                tracing::warn!(event = "gateway_accept_failed", error = %moat_builder::errors::chain(&e), "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }

@@ -558,7 +558,7 @@ mod tests {
         assert_eq!(r.resolve("pub.test.", 443).await.unwrap(), want);
         let e = r.resolve("unknown.test", 443).await.unwrap_err();
         assert!(matches!(e, SsrfError::Resolve { .. }), "{e}");
-        assert!(crate::report::chain(&e).contains("MOAT_GATEWAY_HOSTS_ONLY=1 forbids system DNS"), "{e}");
+        assert!(moat_builder::errors::chain(&e).contains("MOAT_GATEWAY_HOSTS_ONLY=1 forbids system DNS"), "{e}");
         assert!(matches!(r.resolve("[not-v6]", 443).await, Err(SsrfError::BadHost(_))));
         assert!(matches!(r.resolve("bad name", 443).await, Err(SsrfError::BadHost(_))));
         assert!(matches!(r.resolve("", 443).await, Err(SsrfError::BadHost(_))));

@@ -88,7 +88,7 @@ impl Executor for MoatExecutor {
                     say("moat: warning: Landlock is only partially enforced on this kernel (compatibility = best_effort); see `moat doctor`");
                 }
             }
-            Err(e) => return Err(fail(crate::report::chain(&e))),
+            Err(e) => return Err(fail(moat_builder::errors::chain(&e))),
         }
         // 5. seccomp, last.
         crate::launch::seccomp::install(&self.seccomp).map_err(|e| fail(e.to_string()))?;

@@ -109,7 +109,7 @@ fn child_main(parent: i32, plan_r: File, report_w: File) -> ! {
             let _ = writeln!(
                 std::io::stderr(),
                 "{}",
-                crate::secrets::redact::redact(&format!("moat: error: {}", crate::report::chain(&e)))
+                crate::secrets::redact::redact(&format!("moat: error: {}", moat_builder::errors::chain(&e)))
             );
             2
         }

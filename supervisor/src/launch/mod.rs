@@ -172,7 +172,7 @@ pub fn launch(prepared: Prepared, plan: &LaunchPlan, mut report: Option<std::fs:
                 tty::relay(master, pid.as_raw(), plan.interactive, &signalled, &mut kill)
             }
             Err(e) => {
-                tracing::error!(error = %crate::report::chain(&e), "receiving the sandbox's terminal");
+                tracing::error!(error = %moat_builder::errors::chain(&e), "receiving the sandbox's terminal");
                 kill_all(&mut container, pid.as_raw());
                 wait_for(pid.as_raw(), &mut container)
             }
@@ -180,7 +180,7 @@ pub fn launch(prepared: Prepared, plan: &LaunchPlan, mut report: Option<std::fs:
         None => wait_for(pid.as_raw(), &mut container),
     };
     if let Err(e) = container.delete(true) {
-        tracing::warn!(container = %plan.container_id, error = %crate::report::chain(&e), "removing the finished container");
+        tracing::warn!(container = %plan.container_id, error = %moat_builder::errors::chain(&e), "removing the finished container");
     }
     if getppid().as_raw() as u32 != plan.supervisor_pid {
         rootfs::unmount(&plan.rootfs);
@@ -307,7 +307,7 @@ pub fn remove_leftovers(state_root: &std::path::Path, container_id: &str) {
         Ok(mut c) => {
             let _ = c.kill(nix::sys::signal::Signal::SIGKILL, true);
             if let Err(e) = c.delete(true) {
-                tracing::warn!(container = container_id, error = %crate::report::chain(&e), "removing leftover container state");
+                tracing::warn!(container = container_id, error = %moat_builder::errors::chain(&e), "removing leftover container state");
             }
         }
         Err(_) => {

@@ -53,7 +53,7 @@ pub(crate) fn start() -> std::thread::JoinHandle<()> {
         // "0" moves the writing thread's process: into the cgroup it is in.
         let result = std::fs::OpenOptions::new().write(true).open(&file).and_then(|mut f| f.write_all(b"0"));
         if let Err(e) = result {
-            tracing::debug!(file = %file.display(), error = %crate::report::chain(&e), "cgroup warm-up skipped");
+            tracing::debug!(file = %file.display(), error = %moat_builder::errors::chain(&e), "cgroup warm-up skipped");
         }
     })
 }

@@ -57,7 +57,7 @@ pub enum SandboxError {
 }
 
 pub(crate) fn gateway_err(e: impl std::error::Error) -> SandboxError {
-    SandboxError::Refused(format!("egress gateway: {}", crate::report::chain(&e)))
+    SandboxError::Refused(format!("egress gateway: {}", moat_builder::errors::chain(&e)))
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
@@ -253,7 +253,7 @@ pub fn supervise(paths: &Paths, ready: Option<fs::File>, early: Option<Early>) -
     let result = supervise_inner(paths, &mut ready, early);
     if let Err(e) = &result {
         if let Some(r) = ready.as_mut() {
-            let _ = writeln!(r, "error: {}", crate::report::chain(e));
+            let _ = writeln!(r, "error: {}", moat_builder::errors::chain(e));
         }
         let _ = state::update(paths, |r| {
             r.status = Status::Exited;

@@ -131,7 +131,7 @@ fn gateway_for(
             }
         }
         Err(e) => {
-            tracing::warn!(event = "credentials_unusable", error = %crate::report::chain(&e), "credential store check failed")
+            tracing::warn!(event = "credentials_unusable", error = %moat_builder::errors::chain(&e), "credential store check failed")
         }
     }
     let config = gateway::Config {

@@ -191,7 +191,9 @@ impl Inference {
     pub fn credential(&self, name: &str) -> Result<String, InferenceError> {
         let key = self.credentials.get(name).map_err(|e| match e {
             crate::secrets::credentials::CredentialError::Unknown(_) => InferenceError::NoCredential(name.to_string()),
-            other => InferenceError::Credential { name: name.to_string(), message: crate::report::chain(&other) },
+            other => {
+                InferenceError::Credential { name: name.to_string(), message: moat_builder::errors::chain(&other) }
+            }
         })?;
         // It goes into an HTTP header: a line break would inject headers.
         if key.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {

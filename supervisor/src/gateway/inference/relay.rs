@@ -137,7 +137,7 @@ pub(crate) async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
         Some(c) => match inf.credential(c) {
             Ok(k) => Some(k),
             Err(e) => {
-                let b = fail(503, "moat_no_credential", &crate::report::chain(&e));
+                let b = fail(503, "moat_no_credential", &moat_builder::errors::chain(&e));
                 let _ = client.get_mut().write_all(&b).await;
                 return false;
             }
@@ -175,7 +175,7 @@ pub(crate) async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
         if reused {
             // The provider closed the pooled connection while it sat idle:
             // the request did not reach it, so one fresh connection is tried.
-            tracing::debug!(error = %crate::report::chain(&e), "pooled provider connection refused the request; reconnecting");
+            tracing::debug!(error = %moat_builder::errors::chain(&e), "pooled provider connection refused the request; reconnecting");
             if let Ok(fresh) = connect(shared, &ep).await {
                 (up, reused) = (fresh, false);
                 continue;
@@ -398,13 +398,13 @@ async fn read_body<C: AsyncRead + Unpin>(
     head: &RequestHead,
     client: &mut BufReader<C>,
 ) -> Result<Vec<u8>, (u16, String)> {
-    let framing = http1::request_framing(head).map_err(|e| (400, crate::report::chain(&e)))?;
+    let framing = http1::request_framing(head).map_err(|e| (400, moat_builder::errors::chain(&e)))?;
     let mut reader = BodyDecoder::new(framing);
     let mut body = Vec::new();
     while let Some(piece) = reader
         .next(client)
         .await
-        .map_err(|e| (400, format!("reading the request body: {}", crate::report::chain(&e))))?
+        .map_err(|e| (400, format!("reading the request body: {}", moat_builder::errors::chain(&e))))?
     {
         body.extend_from_slice(&piece);
         if body.len() > MAX_REQUEST_BODY {
