@@ -11,7 +11,6 @@ mod gateway_common;
 mod gateway_world;
 
 use gateway_world::*;
-use std::process::{Command, Output, Stdio};
 
 const GIT_AND_PY: &str = r#"
 [[network.policy]]
@@ -136,22 +135,6 @@ fn operator_approves_a_refused_destination_and_changes_policy_live() {
 }
 
 const SECRET: &str = "sk-proj-SANDBOXNEVERSEES0123456789abcdef";
-
-/// Runs moat with `input` on stdin.
-fn moat_stdin(args: &[&str], input: &str) -> Output {
-    let w = world();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_moat"))
-        .args(args)
-        .env("MOAT_HOME", w.home.path().join("home"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run moat");
-    use std::io::Write;
-    c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    c.wait_with_output().unwrap()
-}
 
 #[test]
 fn the_sandbox_reaches_its_model_but_never_sees_the_key() {
