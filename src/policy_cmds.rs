@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use moat_supervisor::gateway::control::{self, Request};
 use moat_supervisor::gateway::events::Event;
 use moat_supervisor::policy::network::Network;
-use moat_supervisor::policy::presets as netpolicy;
+use moat_supervisor::policy::presets;
 use moat_supervisor::sandbox::state::{self, Paths, Status};
 use moat_supervisor::secrets::redact::redact;
 use moat_supervisor::visible;
@@ -93,7 +93,7 @@ pub struct EventsArgs {
 pub fn with_presets(mut policy: Policy, presets: &[String], profiles: &[String]) -> Result<Policy> {
     let mut names: Vec<String> = presets.to_vec();
     for p in profiles {
-        names.extend(netpolicy::profile(p)?.presets);
+        names.extend(presets::profile(p)?.presets);
     }
     for n in names {
         if !policy.network.presets.contains(&n) {
@@ -160,12 +160,12 @@ pub fn policy(a: PolicyArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PolicyCmd::Presets => {
-            for (name, _) in netpolicy::PRESETS {
-                let p = netpolicy::preset(name)?;
+            for (name, _) in presets::PRESETS {
+                let p = presets::preset(name)?;
                 println!("{name:<16} {}\n{:<16} risk: {}", p.description, "", p.risk.trim());
             }
-            for (name, _) in netpolicy::PROFILES {
-                let p = netpolicy::profile(name)?;
+            for (name, _) in presets::PROFILES {
+                let p = presets::profile(name)?;
                 println!("profile {name:<16} [{}] {}", p.presets.join(", "), p.description);
             }
             Ok(ExitCode::SUCCESS)
@@ -203,7 +203,7 @@ pub fn policy(a: PolicyArgs) -> Result<ExitCode> {
             set_network(&name, new.network, &format!("moat policy set {}", file.display()))
         }
         PolicyCmd::AddPreset { name, preset } => {
-            netpolicy::preset(&preset)?;
+            presets::preset(&preset)?;
             let mut n = current_network(&name)?;
             if n.presets.contains(&preset) {
                 bail!("sandbox {name} already has preset {preset}");

@@ -1,6 +1,6 @@
 //! The launcher: the only code that calls libcontainer. It runs in a
 //! single-threaded process (forked by the supervisor before its first
-//! thread, see `forked_launcher`, or the `moat exec` CLI before any thread
+//! thread, see `launch::fork`, or the `moat exec` CLI before any thread
 //! starts), because libcontainer clones and then runs
 //! ordinary Rust in the child: a lock held by another thread at that moment
 //! deadlocks the child (FIELD-NOTES.md). Guards against that hazard by
