@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 /// What a download must be.
 #[derive(Debug, Clone)]
-pub struct Pin {
+pub(crate) struct Pin {
     pub sha256: Digest,
     /// Size in bytes, when the pin states it (then a partial download resumes).
     pub size: Option<u64>,
@@ -22,7 +22,7 @@ pub struct Pin {
 /// Why [`Downloads::file`] or [`Downloads::bytes`] failed; callers turn it
 /// into their own error, naming what was downloaded.
 #[derive(Debug)]
-pub enum Failure<E> {
+pub(crate) enum Failure<E> {
     /// The download itself failed.
     Fetch(E),
     /// Reading or writing the cache failed.
@@ -33,23 +33,23 @@ pub enum Failure<E> {
 
 /// One cache directory: `<dir>/<sha256 hex>`.
 #[derive(Debug, Clone)]
-pub struct Downloads {
+pub(crate) struct Downloads {
     dir: PathBuf,
 }
 
 impl Downloads {
-    pub fn new(dir: PathBuf) -> Downloads {
+    pub(crate) fn new(dir: PathBuf) -> Downloads {
         Downloads { dir }
     }
 
     /// Where the content `d` is kept.
-    pub fn path(&self, d: &Digest) -> PathBuf {
+    pub(crate) fn path(&self, d: &Digest) -> PathBuf {
         self.dir.join(d.hex())
     }
 
     /// The verified cached file for `pin`, downloaded with `fetch` if needed
     /// (see [`Downloads::bytes`] for `fetch`'s contract).
-    pub fn file<E>(
+    pub(crate) fn file<E>(
         &self,
         pin: &Pin,
         fetch: impl FnOnce(&mut File, u64) -> Result<(), E>,
@@ -61,7 +61,7 @@ impl Downloads {
     /// `fetch`, which writes the content from the given offset on into the
     /// file it is handed (positioned there, nothing after it). The offset is
     /// non-zero only to resume a partial download of a pin with a size.
-    pub fn bytes<E>(
+    pub(crate) fn bytes<E>(
         &self,
         pin: &Pin,
         fetch: impl FnOnce(&mut File, u64) -> Result<(), E>,

@@ -24,7 +24,7 @@ fn downloads(cache: &Path) -> Downloads {
 }
 
 /// Returns the cached file for `expected`, downloading `url` if needed.
-pub fn fetch(cache: &Path, url: &str, expected: &Digest) -> Result<PathBuf, FetchError> {
+pub(crate) fn fetch(cache: &Path, url: &str, expected: &Digest) -> Result<PathBuf, FetchError> {
     let http = |msg: String| FetchError::Http { url: url.into(), msg };
     let get = |file: &mut std::fs::File, _offset: u64| {
         // ring is the one rustls provider compiled in (shared with the registry

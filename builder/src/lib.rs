@@ -4,6 +4,7 @@
 //! `unsafe` lives only in `sys.rs` (raw calls `nix` does not wrap, each with
 //! its SAFETY comment); every other module file forbids it.
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(unreachable_pub)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 pub mod audit;
 pub mod blueprint;
@@ -11,19 +12,19 @@ pub mod build;
 pub mod cjson;
 pub mod debian;
 pub mod digest;
-pub mod downloads;
+pub(crate) mod downloads;
 pub mod errors;
-pub mod fetch;
+pub(crate) mod fetch;
 pub mod fsio;
 pub mod home;
 pub mod layer;
 pub mod lint;
 pub mod lock;
-pub mod malloc;
+pub(crate) mod malloc;
 pub mod oci;
 pub mod registry;
 pub mod store;
-pub mod strip;
+pub(crate) mod strip;
 mod sys;
 pub mod verify;
 

@@ -12,7 +12,7 @@
 
 /// Tunes the process allocator once; later calls do nothing. Meant for the
 /// short-lived CLI processes that build, not for long-running supervisors.
-pub fn tune_for_build() {
+pub(crate) fn tune_for_build() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -28,7 +28,7 @@ pub fn tune_for_build() {
 /// Drops `value` on a short-lived thread: freeing a tree of thousands of
 /// entries (and the file contents it holds) costs milliseconds that the build
 /// need not wait for.
-pub fn drop_later<T: Send + 'static>(value: T) {
+pub(crate) fn drop_later<T: Send + 'static>(value: T) {
     // If no thread can be made (resource limits), the closure and the value
     // in it are dropped here, on this thread.
     let _ = std::thread::Builder::new().name("moat-drop".into()).spawn(move || drop(value));

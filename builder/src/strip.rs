@@ -5,10 +5,10 @@
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 /// Directories whose executables are on PATH (root-relative).
-pub const BIN_DIRS: &[&str] = &["bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin", "usr/local/sbin"];
+pub(crate) const BIN_DIRS: &[&str] = &["bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin", "usr/local/sbin"];
 
 /// Basename patterns of toolchain binaries, each with the reason it is removed.
-pub const TOOLCHAIN: &[(&str, &str)] = &[
+pub(crate) const TOOLCHAIN: &[(&str, &str)] = &[
     ("gcc", "C compiler: builds kernel exploits and custom network tools"),
     ("gcc-*", "versioned C compiler"),
     ("*-gcc", "cross/triplet C compiler"),
@@ -45,7 +45,7 @@ pub struct StripError {
 
 /// Matches paths to strip.
 #[derive(Debug, Clone)]
-pub struct Stripper {
+pub(crate) struct Stripper {
     user: GlobSet,
     tool_names: GlobSet,
     tool_paths: GlobSet,
@@ -62,7 +62,7 @@ fn build(globs: impl IntoIterator<Item = String>) -> Result<GlobSet, StripError>
 }
 
 impl Stripper {
-    pub fn new(paths: &[String], toolchain: bool) -> Result<Stripper, StripError> {
+    pub(crate) fn new(paths: &[String], toolchain: bool) -> Result<Stripper, StripError> {
         Ok(Stripper {
             user: build(paths.iter().map(|p| p.trim_start_matches('/').to_string()))?,
             tool_names: build(TOOLCHAIN.iter().map(|(p, _)| p.to_string()))?,
@@ -71,7 +71,7 @@ impl Stripper {
         })
     }
     /// Whether a root-relative path must not be in the image.
-    pub fn matches(&self, path: &str) -> bool {
+    pub(crate) fn matches(&self, path: &str) -> bool {
         self.user.is_match(path) || (self.toolchain && is_toolchain(self, path))
     }
 }
@@ -86,7 +86,7 @@ fn is_toolchain(s: &Stripper, path: &str) -> bool {
 
 /// The toolchain reason for `path`, if it is a toolchain binary. The
 /// matcher is compiled once (audit calls this for every file of an image).
-pub fn toolchain_reason(path: &str) -> Option<&'static str> {
+pub(crate) fn toolchain_reason(path: &str) -> Option<&'static str> {
     static TOOLS: std::sync::LazyLock<Option<Stripper>> = std::sync::LazyLock::new(|| Stripper::new(&[], true).ok());
     let s = TOOLS.as_ref()?;
     if s.tool_paths.is_match(path) {

@@ -26,7 +26,7 @@ const DEFAULT_PASSWD: &str =
 const DEFAULT_GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
 
 /// /etc/passwd and /etc/group (and home directories) with `users` added.
-pub fn users_tree(
+pub(super) fn users_tree(
     store: &Store,
     lower: &[Descriptor],
     users: &BTreeMap<String, toml::Spanned<UserSpec>>,
@@ -102,7 +102,7 @@ fn render_db(db: &Db) -> String {
 
 /// A layer of whiteouts hiding every lower path `stripper` matches; `None`
 /// when nothing matches.
-pub fn whiteouts(store: &Store, lower: &[Descriptor], stripper: &Stripper) -> Result<Option<Tree>, FixupError> {
+pub(super) fn whiteouts(store: &Store, lower: &[Descriptor], stripper: &Stripper) -> Result<Option<Tree>, FixupError> {
     let view = layer_read::merged(store, lower, &|_| false)?;
     let mut tree = Tree::new();
     let mut hidden: Vec<&String> = Vec::new();

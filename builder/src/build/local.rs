@@ -26,7 +26,7 @@ const KEEP_TOTAL: u64 = 512 << 20;
 const BATCH: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
-pub enum LocalError {
+pub(super) enum LocalError {
     #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: {what} cannot go into an image")]
@@ -61,7 +61,7 @@ struct ScanEntry {
 
 /// A walked local source and its content digest.
 #[derive(Debug, Clone)]
-pub struct Scanned {
+pub(super) struct Scanned {
     /// True when the source is a single file (not a directory).
     pub is_file: bool,
     pub digest: Digest,
@@ -69,7 +69,7 @@ pub struct Scanned {
 }
 
 /// Walks and hashes `root` (a directory or a single file).
-pub fn scan(root: &Path) -> Result<Scanned, LocalError> {
+pub(super) fn scan(root: &Path) -> Result<Scanned, LocalError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| LocalError::Io { path, source }
@@ -321,7 +321,13 @@ fn hash_one(host: &Path, budget: &AtomicU64) -> Result<Hashed, LocalError> {
 impl Scanned {
     /// Adds the scanned entries to `tree` under `dest`. A single-file source
     /// lands at `dest` itself unless `dest_is_dir`, then inside it.
-    pub fn add_to(&self, tree: &mut Tree, dest: &str, dest_is_dir: bool, ov: Overrides) -> Result<(), LocalError> {
+    pub(super) fn add_to(
+        &self,
+        tree: &mut Tree,
+        dest: &str,
+        dest_is_dir: bool,
+        ov: Overrides,
+    ) -> Result<(), LocalError> {
         for e in &self.entries {
             let path = if self.is_file && !dest_is_dir && !dest.is_empty() {
                 dest.to_string()

@@ -7,20 +7,20 @@ use std::cmp::Ordering;
 /// One deb822 paragraph: fields in file order; values keep continuation lines
 /// (joined with `\n`, leading space kept as in the file).
 #[derive(Debug, Clone, Default)]
-pub struct Paragraph<'a> {
+pub(crate) struct Paragraph<'a> {
     pub fields: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> Paragraph<'a> {
     /// Field value by case-insensitive name, trimmed.
-    pub fn get(&self, name: &str) -> Option<&'a str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&'a str> {
         self.fields.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim())
     }
 }
 
 /// Splits deb822 text into paragraphs without copying. Comment lines (`#`)
 /// are skipped; a line without `:` that is not a continuation is an error.
-pub fn paragraphs(text: &str) -> Result<Vec<Paragraph<'_>>, String> {
+pub(crate) fn paragraphs(text: &str) -> Result<Vec<Paragraph<'_>>, String> {
     let mut out = Vec::new();
     let mut cur = Paragraph::default();
     // (name, value start offset, value end offset)
@@ -68,7 +68,7 @@ pub fn paragraphs(text: &str) -> Result<Vec<Paragraph<'_>>, String> {
 }
 
 /// Compares two Debian versions (`[epoch:]upstream[-revision]`) as dpkg does.
-pub fn compare_versions(a: &str, b: &str) -> Ordering {
+pub(crate) fn compare_versions(a: &str, b: &str) -> Ordering {
     let (ea, ua, ra) = split_version(a);
     let (eb, ub, rb) = split_version(b);
     ea.cmp(&eb).then_with(|| cmp_part(ua, ub)).then_with(|| cmp_part(ra, rb))
@@ -136,7 +136,7 @@ fn cmp_part(a: &str, b: &str) -> Ordering {
 
 /// A version relation in a dependency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     Lt,
     Le,
     Eq,
@@ -155,7 +155,7 @@ impl Op {
             _ => return None,
         })
     }
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Op::Lt => "<<",
             Op::Le => "<=",
@@ -165,7 +165,7 @@ impl Op {
         }
     }
     /// Whether `have OP want` holds.
-    pub fn holds(self, have: &str, want: &str) -> bool {
+    pub(crate) fn holds(self, have: &str, want: &str) -> bool {
         let c = compare_versions(have, want);
         match self {
             Op::Lt => c == Ordering::Less,
@@ -179,7 +179,7 @@ impl Op {
 
 /// `name[:arch] [(op version)]`; the arch qualifier (`:any`, `:native`) is dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dep {
+pub(crate) struct Dep {
     pub name: String,
     pub constraint: Option<(Op, String)>,
 }
@@ -194,7 +194,7 @@ impl std::fmt::Display for Dep {
 }
 
 /// Parses a `Depends`-style field: comma-separated clauses of `|` alternatives.
-pub fn parse_deps(field: &str) -> Result<Vec<Vec<Dep>>, String> {
+pub(crate) fn parse_deps(field: &str) -> Result<Vec<Vec<Dep>>, String> {
     let mut out = Vec::new();
     for clause in field.split(',') {
         let clause = clause.trim();
@@ -247,7 +247,7 @@ fn parse_one(s: &str) -> Result<Dep, String> {
 }
 
 /// Debian priorities in the order debootstrap prefers them (lower is preferred).
-pub fn priority_rank(p: Option<&str>) -> u8 {
+pub(crate) fn priority_rank(p: Option<&str>) -> u8 {
     match p.unwrap_or("") {
         "required" => 0,
         "important" => 1,

@@ -10,12 +10,12 @@ use std::io::Read;
 use std::sync::Arc;
 
 /// Top-level directories that are symlinks into /usr on a merged-/usr system.
-pub const MERGED: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+pub(crate) const MERGED: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 
 /// What one package contributes: its files (merged-/usr paths) and the
 /// control data the dpkg database needs.
 #[derive(Debug, Clone, Default)]
-pub struct DebContents {
+pub(crate) struct DebContents {
     pub control: String,
     pub conffiles: Vec<String>,
     pub md5sums: Option<Vec<u8>>,
@@ -30,7 +30,7 @@ pub struct DebContents {
 /// `bin/x` -> `usr/bin/x`; `var/run/x` -> `run/x` and `var/lock/x` ->
 /// `run/lock/x` (base-files' postinst turns those two into symlinks); other
 /// paths unchanged.
-pub fn merge_usr(path: &str) -> String {
+pub(crate) fn merge_usr(path: &str) -> String {
     let first = path.split('/').next().unwrap_or("");
     if MERGED.contains(&first) {
         return format!("usr/{path}");
@@ -44,7 +44,7 @@ pub fn merge_usr(path: &str) -> String {
 }
 
 /// The symlinks a merged-/usr Debian root has where packages ship directories.
-pub const ROOT_LINKS: &[(&str, &str)] = &[
+pub(crate) const ROOT_LINKS: &[(&str, &str)] = &[
     ("bin", "usr/bin"),
     ("lib", "usr/lib"),
     ("lib32", "usr/lib32"),
@@ -125,7 +125,7 @@ fn tar_entries(
 }
 
 /// Unpacks one verified `.deb`.
-pub fn extract(pkg: &str, deb: &[u8]) -> Result<DebContents, DebianError> {
+pub(crate) fn extract(pkg: &str, deb: &[u8]) -> Result<DebContents, DebianError> {
     let err = |msg: String| DebianError::Deb { package: pkg.to_string(), msg };
     let mut control_tar = None;
     let mut data_tar = None;

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Bump when the fix-up output changes for the same packages: it is part of
 /// every Debian layer key.
-pub const FIXUP_VERSION: &str = "moat-debian-fixups-1";
+pub(crate) const FIXUP_VERSION: &str = "moat-debian-fixups-1";
 
 /// Path of moat's package manifest inside the image (read by `moat sbom`).
 pub const SBOM_DATA: &str = "var/lib/dpkg/moat-packages.json";
@@ -106,7 +106,7 @@ fn status_stanza(c: &DebContents, all: &All) -> String {
 
 /// The first paragraph `License:` of a machine-readable copyright file
 /// (the `Files: *` stanza), or `None` for free-form files.
-pub fn copyright_license(text: &str) -> Option<String> {
+pub(crate) fn copyright_license(text: &str) -> Option<String> {
     if !text.starts_with("Format:") {
         return None;
     }
@@ -119,7 +119,7 @@ pub fn copyright_license(text: &str) -> Option<String> {
 }
 
 /// Builds the fix-up layer from every package of the lock (in lock order).
-pub fn fixup_tree(pkgs: &[(&LockedPackage, &DebContents)]) -> Result<Tree, DebianError> {
+pub(crate) fn fixup_tree(pkgs: &[(&LockedPackage, &DebContents)]) -> Result<Tree, DebianError> {
     let mut all = All { files: BTreeMap::new() };
     for (_, c) in pkgs {
         for (p, e) in &c.entries {
@@ -329,7 +329,7 @@ pub fn fixup_tree(pkgs: &[(&LockedPackage, &DebContents)]) -> Result<Tree, Debia
 
 /// Adds missing parent directories, copying mode/owner from the packages'
 /// entry when one exists (never resetting /tmp-like modes to 0755).
-pub fn add_parents_from(t: &mut Tree, all_dirs: &dyn DirMeta) {
+pub(crate) fn add_parents_from(t: &mut Tree, all_dirs: &dyn DirMeta) {
     let mut missing = BTreeSet::new();
     for p in t.paths() {
         let mut p = p.as_str();
@@ -347,7 +347,7 @@ pub fn add_parents_from(t: &mut Tree, all_dirs: &dyn DirMeta) {
 }
 
 /// Directory metadata as the packages ship it.
-pub trait DirMeta {
+pub(crate) trait DirMeta {
     fn dir_meta(&self, path: &str) -> Option<(u32, u32, u32)>;
 }
 

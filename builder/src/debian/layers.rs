@@ -9,20 +9,20 @@ use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Default bound on Debian layers (fix-up layer included).
-pub const DEFAULT_MAX_LAYERS: usize = 10;
+pub(crate) const DEFAULT_MAX_LAYERS: usize = 10;
 /// Packages smaller than this (installed KiB) never get a layer of their own.
 const SOLO_MIN_KIB: u64 = 2048;
 
 /// One planned group: layer name and package names (sorted).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Group {
+pub(crate) struct Group {
     pub name: String,
     pub packages: Vec<String>,
 }
 
 /// Popularity: how many locked packages (itself included) reach `p` through
 /// their dependencies.
-pub fn popularity(pkgs: &[LockedPackage]) -> BTreeMap<String, usize> {
+pub(crate) fn popularity(pkgs: &[LockedPackage]) -> BTreeMap<String, usize> {
     let by: BTreeMap<&str, &LockedPackage> = pkgs.iter().map(|p| (p.name.as_str(), p)).collect();
     let mut pop: BTreeMap<String, usize> = BTreeMap::new();
     for p in pkgs {
@@ -51,7 +51,7 @@ fn bucket_of(name: &str, n: usize) -> usize {
 
 /// Groups the lock's packages into at most `max_layers - 1` package layers
 /// (the last layer is the fix-ups).
-pub fn group(lock: &DebianLock, max_layers: usize) -> Vec<Group> {
+pub(crate) fn group(lock: &DebianLock, max_layers: usize) -> Vec<Group> {
     let budget = max_layers.max(3) - 1;
     let pop = popularity(&lock.packages);
     let essential: BTreeSet<&str> = lock.packages.iter().filter(|p| p.essential).map(|p| p.name.as_str()).collect();

@@ -13,14 +13,14 @@ use std::time::Duration;
 
 /// One `deb` source from the apt configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AptSource {
+pub(crate) struct AptSource {
     pub uri: String,
     pub suites: Vec<String>,
     pub components: Vec<String>,
 }
 
 /// Parses classic one-line `sources.list` text (`deb [opts] URI SUITE COMP...`).
-pub fn parse_sources_list(text: &str) -> Vec<AptSource> {
+pub(crate) fn parse_sources_list(text: &str) -> Vec<AptSource> {
     let mut out = Vec::new();
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("").trim();
@@ -47,7 +47,7 @@ pub fn parse_sources_list(text: &str) -> Vec<AptSource> {
 }
 
 /// Parses deb822 `.sources` text; `Enabled: no` and non-`deb` types are skipped.
-pub fn parse_deb822_sources(text: &str) -> Vec<AptSource> {
+pub(crate) fn parse_deb822_sources(text: &str) -> Vec<AptSource> {
     let Ok(paras) = super::control::paragraphs(text) else { return Vec::new() };
     let mut out = Vec::new();
     for p in paras {
@@ -67,7 +67,7 @@ pub fn parse_deb822_sources(text: &str) -> Vec<AptSource> {
 
 /// Every `deb` source of the host's apt configuration under `etc_apt`, in
 /// apt's reading order (sources.list, then sources.list.d sorted by name).
-pub fn host_sources(etc_apt: &Path) -> Vec<AptSource> {
+pub(crate) fn host_sources(etc_apt: &Path) -> Vec<AptSource> {
     let mut out = Vec::new();
     if let Ok(t) = std::fs::read_to_string(etc_apt.join("sources.list")) {
         out.extend(parse_sources_list(&t));
@@ -90,7 +90,7 @@ pub fn host_sources(etc_apt: &Path) -> Vec<AptSource> {
 /// `-security` suite only when the apt configuration has no source for it),
 /// else the apt source listing that suite, else (for the main suite) the
 /// first Debian source. `None` when nothing fits.
-pub fn mirror_for(suite: &str, sources: &[AptSource], env: Option<&str>) -> Option<String> {
+pub(crate) fn mirror_for(suite: &str, sources: &[AptSource], env: Option<&str>) -> Option<String> {
     let listed = sources.iter().find(|s| s.suites.iter().any(|x| x == suite)).map(|s| s.uri.clone());
     let base = match env.filter(|e| !e.is_empty()) {
         Some(e) if suite.ends_with("-security") => listed.or_else(|| Some(e.to_string())),
@@ -107,7 +107,7 @@ pub fn mirror_for(suite: &str, sources: &[AptSource], env: Option<&str>) -> Opti
 }
 
 /// The mirror for `suite` from the real environment and /etc/apt.
-pub fn mirror_from_host(suite: &str) -> Result<String, DebianError> {
+pub(crate) fn mirror_from_host(suite: &str) -> Result<String, DebianError> {
     let env = std::env::var("MOAT_DEBIAN_MIRROR").ok();
     let sources = host_sources(Path::new("/etc/apt"));
     mirror_for(suite, &sources, env.as_deref()).ok_or_else(|| {
@@ -118,12 +118,12 @@ pub fn mirror_from_host(suite: &str) -> Result<String, DebianError> {
 }
 
 /// A fetch client (plain HTTP, HTTPS or file://).
-pub struct Fetcher {
+pub(crate) struct Fetcher {
     client: reqwest::blocking::Client,
 }
 
 impl Fetcher {
-    pub fn new() -> Result<Fetcher, DebianError> {
+    pub(crate) fn new() -> Result<Fetcher, DebianError> {
         // ring is the one rustls provider compiled in (shared with the registry client).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::blocking::Client::builder()
@@ -136,7 +136,7 @@ impl Fetcher {
     }
 
     /// Fetches a whole (small) file. `Ok(None)` on 404.
-    pub fn get(&self, url: &str) -> Result<Option<Vec<u8>>, DebianError> {
+    pub(crate) fn get(&self, url: &str) -> Result<Option<Vec<u8>>, DebianError> {
         if let Some(p) = url.strip_prefix("file://") {
             return match std::fs::read(p) {
                 Ok(b) => Ok(Some(b)),
@@ -157,7 +157,7 @@ impl Fetcher {
 
     /// Appends `url`'s bytes from `offset` on to `out` (resume with a Range
     /// request). Returns the number of bytes now in `out` from offset 0.
-    pub fn get_into(&self, url: &str, offset: u64, out: &mut std::fs::File) -> Result<u64, DebianError> {
+    pub(crate) fn get_into(&self, url: &str, offset: u64, out: &mut std::fs::File) -> Result<u64, DebianError> {
         use std::io::{Seek, SeekFrom, Write};
         let ioerr = |e: std::io::Error| DebianError::Http { url: url.into(), msg: e.to_string() };
         if let Some(p) = url.strip_prefix("file://") {
@@ -187,14 +187,14 @@ impl Fetcher {
 }
 
 /// The Debian packages' directory of the downloads cache.
-pub fn debs_dir() -> PathBuf {
+pub(crate) fn debs_dir() -> PathBuf {
     crate::home::cache_dir().join("debs")
 }
 
 /// Returns the verified bytes of a locked package, downloading it into the
 /// cache if needed (from the mirror of the package's suite; a partial
 /// download resumes).
-pub fn load(p: &LockedPackage, fetcher: &mut Option<Fetcher>) -> Result<Vec<u8>, DebianError> {
+pub(crate) fn load(p: &LockedPackage, fetcher: &mut Option<Fetcher>) -> Result<Vec<u8>, DebianError> {
     let sha256 = Digest::parse_hex(&p.sha256)
         .map_err(|_| DebianError::Spec(format!("lock entry {}: bad sha256 {:?}", p.name, p.sha256)))?;
     let pin = Pin { sha256, size: Some(p.size) };

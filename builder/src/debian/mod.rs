@@ -4,13 +4,13 @@
 //! build only from that lock. Threats: a hostile mirror (signature, hashes),
 //! package code at build time (no maintainer scripts), drifting inputs.
 #![forbid(unsafe_code)]
-pub mod control;
-pub mod extract;
-pub mod fixups;
-pub mod layers;
-pub mod mirror;
-pub mod release;
-pub mod resolve;
+pub(crate) mod control;
+pub(crate) mod extract;
+pub(crate) mod fixups;
+pub(crate) mod layers;
+pub(crate) mod mirror;
+pub(crate) mod release;
+pub(crate) mod resolve;
 pub mod sbom;
 
 use crate::layer::tree::{Entry, Tree, TreeError};

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 /// Loads every certificate of a keyring file (binary or armored).
-pub fn load_keyring(bytes: &[u8]) -> Result<Vec<Cert>, DebianError> {
+pub(crate) fn load_keyring(bytes: &[u8]) -> Result<Vec<Cert>, DebianError> {
     let parser = CertParser::from_bytes(bytes).map_err(|e| DebianError::Keyring(e.to_string()))?;
     let certs: Vec<Cert> = parser.filter_map(Result::ok).collect();
     if certs.is_empty() {
@@ -62,7 +62,7 @@ fn anyhow_like(msg: &str) -> openpgp::anyhow::Error {
 
 /// Verifies a cleartext-signed `InRelease` and returns the signed text only
 /// (never the unverified bytes). At least one signature must be good.
-pub fn verify_inrelease(signed: &[u8], certs: &[Cert]) -> Result<String, DebianError> {
+pub(crate) fn verify_inrelease(signed: &[u8], certs: &[Cert]) -> Result<String, DebianError> {
     let policy = StandardPolicy::new();
     let sig = |e: openpgp::anyhow::Error| DebianError::Signature(format!("{e:#}"));
     let mut v =
@@ -77,13 +77,13 @@ pub fn verify_inrelease(signed: &[u8], certs: &[Cert]) -> Result<String, DebianE
 
 /// The parts of a verified Release file moat uses.
 #[derive(Debug, Clone)]
-pub struct Release {
+pub(crate) struct Release {
     pub acquire_by_hash: bool,
     /// index path (relative to dists/SUITE) -> (sha256 hex, size)
     pub sha256: BTreeMap<String, (String, u64)>,
 }
 
-pub fn parse_release(text: &str) -> Result<Release, DebianError> {
+pub(crate) fn parse_release(text: &str) -> Result<Release, DebianError> {
     let paras = super::control::paragraphs(text).map_err(|e| DebianError::Parse { what: "Release".into(), msg: e })?;
     let p = paras.first().ok_or_else(|| DebianError::Parse { what: "Release".into(), msg: "empty".into() })?;
     let mut sha256 = BTreeMap::new();
@@ -105,7 +105,7 @@ pub fn parse_release(text: &str) -> Result<Release, DebianError> {
 
 /// Fetches and verifies `dists/SUITE/InRelease`. Returns the Release and the
 /// sha256 of the signed file. `Ok(None)` when the mirror has no such suite.
-pub fn fetch_release(
+pub(crate) fn fetch_release(
     f: &Fetcher,
     mirror: &str,
     suite: &str,
@@ -123,7 +123,7 @@ pub fn fetch_release(
 /// Fetches `COMPONENT/binary-ARCH/Packages` (xz, gz or plain, whichever the
 /// Release lists first in that order), by hash when the mirror supports it,
 /// and checks size and sha256 against the Release before decompressing.
-pub fn fetch_packages(
+pub(crate) fn fetch_packages(
     f: &Fetcher,
     mirror: &str,
     suite: &str,

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 /// One binary package from a Packages index.
 #[derive(Debug, Clone)]
-pub struct IndexPkg {
+pub(crate) struct IndexPkg {
     pub name: String,
     pub version: String,
     pub arch: String,
@@ -26,14 +26,14 @@ pub struct IndexPkg {
 
 /// Merged indexes of every suite: the highest version of each name wins.
 #[derive(Debug, Default)]
-pub struct Index {
+pub(crate) struct Index {
     pub pkgs: BTreeMap<String, IndexPkg>,
     providers: HashMap<String, Vec<String>>,
 }
 
 impl Index {
     /// Adds one decompressed Packages file; only `arch` and `all` are kept.
-    pub fn add(&mut self, text: &str, suite: &str, arch: &str, what: &str) -> Result<(), DebianError> {
+    pub(crate) fn add(&mut self, text: &str, suite: &str, arch: &str, what: &str) -> Result<(), DebianError> {
         let perr = |msg: String| DebianError::Parse { what: what.to_string(), msg };
         for p in paragraphs(text).map_err(perr)? {
             let a = p.get("Architecture").unwrap_or("");
@@ -84,7 +84,7 @@ impl Index {
     }
 
     /// Builds the Provides map; call once after the last `add`.
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         self.providers.clear();
         for p in self.pkgs.values() {
             for v in &p.provides {
@@ -132,19 +132,19 @@ impl Index {
 }
 
 /// Decides which package names may never be installed.
-pub struct Excluder {
+pub(crate) struct Excluder {
     user: globset::GlobSet,
 }
 
 impl Excluder {
-    pub fn new(patterns: &[String]) -> Result<Excluder, DebianError> {
+    pub(crate) fn new(patterns: &[String]) -> Result<Excluder, DebianError> {
         let mut b = globset::GlobSetBuilder::new();
         for p in patterns {
             b.add(globset::Glob::new(p).map_err(|e| DebianError::Spec(format!("exclude pattern {p:?}: {e}")))?);
         }
         Ok(Excluder { user: b.build().map_err(|e| DebianError::Spec(e.to_string()))? })
     }
-    pub fn excluded(&self, name: &str) -> bool {
+    pub(crate) fn excluded(&self, name: &str) -> bool {
         self.user.is_match(name) || is_toolchain(name)
     }
 }
@@ -152,7 +152,7 @@ impl Excluder {
 /// Toolchain and network-probe packages excluded by default: compilers
 /// (gcc, g++, cpp, clang and their versioned names), make, netcat, ncat.
 /// Library packages such as gcc-12-base or libgcc-s1 are not toolchains.
-pub fn is_toolchain(name: &str) -> bool {
+pub(crate) fn is_toolchain(name: &str) -> bool {
     const EXACT: &[&str] = &[
         "make",
         "make-guile",
@@ -190,7 +190,7 @@ pub fn is_toolchain(name: &str) -> bool {
 
 /// Resolves `roots` (plus the Essential set when `essential`) to a closed,
 /// sorted package set.
-pub fn resolve(
+pub(crate) fn resolve(
     index: &Index,
     roots: &[String],
     essential: bool,

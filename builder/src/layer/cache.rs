@@ -18,13 +18,13 @@ struct Entry {
     layer: Option<(Descriptor, Digest)>,
 }
 
-pub struct LayerCache<'a> {
+pub(crate) struct LayerCache<'a> {
     dir: Option<PathBuf>,
     store: &'a Store,
 }
 
 impl<'a> LayerCache<'a> {
-    pub fn new(dir: Option<PathBuf>, store: &'a Store) -> Self {
+    pub(crate) fn new(dir: Option<PathBuf>, store: &'a Store) -> Self {
         LayerCache { dir, store }
     }
 
@@ -45,7 +45,7 @@ impl<'a> LayerCache<'a> {
     }
 
     /// The layer for `key`: from the cache, or made by `make` and archived.
-    pub fn get_or_build<E: From<WriteError>>(
+    pub(crate) fn get_or_build<E: From<WriteError>>(
         &self,
         key: &Digest,
         make: impl FnOnce() -> Result<Option<Tree>, E>,

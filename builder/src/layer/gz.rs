@@ -11,10 +11,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 /// Input bytes per independently compressed block.
-pub const BLOCK_SIZE: usize = 1 << 20;
+pub(crate) const BLOCK_SIZE: usize = 1 << 20;
 /// Compression level (1 = fastest). Part of the output contract: changing it
 /// changes every layer digest.
-pub const LEVEL: u32 = 1;
+pub(crate) const LEVEL: u32 = 1;
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 
 type Compressed = io::Result<(Vec<u8>, crc32fast::Hasher)>;
@@ -28,7 +28,7 @@ struct Job {
 /// A `Write` that gzips into `inner`. Full blocks go to compression threads
 /// while the caller keeps producing input (the tar writer and the deflate
 /// work overlap); compressed blocks are written to `inner` in input order.
-pub struct ParGz<W: Write> {
+pub(crate) struct ParGz<W: Write> {
     inner: W,
     current: Vec<u8>,
     crc: crc32fast::Hasher,
@@ -43,7 +43,7 @@ pub struct ParGz<W: Write> {
 }
 
 impl<W: Write> ParGz<W> {
-    pub fn new(inner: W) -> Self {
+    pub(crate) fn new(inner: W) -> Self {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
         let (jobs, queue) = mpsc::channel::<Job>();
         let (results, done) = mpsc::channel();
@@ -115,7 +115,7 @@ impl<W: Write> ParGz<W> {
     }
 
     /// Writes the final block and trailer; returns the inner writer.
-    pub fn finish(mut self) -> io::Result<W> {
+    pub(crate) fn finish(mut self) -> io::Result<W> {
         let cur = std::mem::take(&mut self.current);
         self.send(cur, true)?;
         self.drain_to(0)?;

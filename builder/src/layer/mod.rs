@@ -5,10 +5,10 @@
 //! the epoch) and hostile archives (paths, links and devices are checked
 //! on the way in).
 #![forbid(unsafe_code)]
-pub mod cache;
-pub mod gz;
-pub mod read;
-pub mod tar_in;
-pub mod tar_out;
+pub(crate) mod cache;
+pub(crate) mod gz;
+pub(crate) mod read;
+pub(crate) mod tar_in;
+pub(crate) mod tar_out;
 pub mod tree;
-pub mod write;
+pub(crate) mod write;

@@ -18,7 +18,7 @@ pub enum ReadError {
 
 /// One entry of a layer, as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listed {
+pub(crate) struct Listed {
     pub path: String,
     /// tar type flag: b'0' file, b'1' hardlink, b'2' symlink, b'5' dir.
     pub flag: u8,
@@ -35,7 +35,11 @@ pub struct Listed {
 
 /// Lists every entry of a layer blob; `want(path)` selects entries whose
 /// bytes to keep. The whole blob is read so its digest is verified.
-pub fn list_layer(store: &Store, layer: &Descriptor, want: &dyn Fn(&str) -> bool) -> Result<Vec<Listed>, ReadError> {
+pub(crate) fn list_layer(
+    store: &Store,
+    layer: &Descriptor,
+    want: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Listed>, ReadError> {
     let ioe = |source| ReadError::Io { digest: layer.digest.clone(), source };
     let mut blob = store.open_blob(&layer.digest)?;
     let reader: Box<dyn Read> = if crate::oci::layer_is_gzip(&layer.media_type) {
@@ -78,7 +82,7 @@ pub fn list_layer(store: &Store, layer: &Descriptor, want: &dyn Fn(&str) -> bool
 }
 
 /// The merged view of several layers (lower first): whiteouts applied.
-pub fn merged(
+pub(crate) fn merged(
     store: &Store,
     layers: &[Descriptor],
     want: &dyn Fn(&str) -> bool,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ArchiveError {
+pub(crate) enum ArchiveError {
     #[error(transparent)]
     Io(#[from] io::Error),
     #[error(transparent)]
@@ -21,7 +21,7 @@ pub enum ArchiveError {
 
 /// Ownership/mode overrides applied to every entry read.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Overrides {
+pub(crate) struct Overrides {
     pub mode: Option<u32>,
     pub dir_mode: Option<u32>,
     pub uid: Option<u32>,
@@ -29,7 +29,7 @@ pub struct Overrides {
 }
 
 /// Wraps `bytes` in the decompressor its magic number asks for.
-pub fn decompress(bytes: &[u8]) -> io::Result<Box<dyn Read + '_>> {
+pub(crate) fn decompress(bytes: &[u8]) -> io::Result<Box<dyn Read + '_>> {
     Ok(match bytes {
         [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(bytes)),
         [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => Box::new(liblzma::read::XzDecoder::new_multi_decoder(bytes)),
@@ -39,12 +39,12 @@ pub fn decompress(bytes: &[u8]) -> io::Result<Box<dyn Read + '_>> {
 }
 
 /// Reads a (possibly compressed) tar from `bytes` into `tree` under `dest`.
-pub fn read_tar_into(tree: &mut Tree, bytes: &[u8], dest: &str, ov: Overrides) -> Result<(), ArchiveError> {
+pub(crate) fn read_tar_into(tree: &mut Tree, bytes: &[u8], dest: &str, ov: Overrides) -> Result<(), ArchiveError> {
     read_tar_stream(tree, decompress(bytes)?, dest, ov)
 }
 
 /// Reads an uncompressed tar stream into `tree` under `dest`.
-pub fn read_tar_stream<R: Read>(tree: &mut Tree, r: R, dest: &str, ov: Overrides) -> Result<(), ArchiveError> {
+pub(crate) fn read_tar_stream<R: Read>(tree: &mut Tree, r: R, dest: &str, ov: Overrides) -> Result<(), ArchiveError> {
     let mut ar = tar::Archive::new(r);
     for entry in ar.entries()? {
         let mut entry = entry?;
@@ -99,7 +99,7 @@ fn link_name<R: Read>(e: &tar::Entry<R>) -> Result<String, ArchiveError> {
 }
 
 /// Returns the decompressed `data.tar` member of a `.deb`.
-pub fn deb_data_tar(deb: &[u8]) -> Result<Vec<u8>, ArchiveError> {
+pub(crate) fn deb_data_tar(deb: &[u8]) -> Result<Vec<u8>, ArchiveError> {
     let mut ar = ar::Archive::new(deb);
     while let Some(member) = ar.next_entry() {
         let mut member = member.map_err(|e| ArchiveError::NotDeb(e.to_string()))?;
@@ -117,7 +117,7 @@ pub fn deb_data_tar(deb: &[u8]) -> Result<Vec<u8>, ArchiveError> {
 
 /// Makes hardlinks point at the first path of their group in sort order
 /// (the contract in DESIGN.md), so the archive reads back on any tool.
-pub fn normalize_hardlinks(tree: &mut Tree) {
+pub(crate) fn normalize_hardlinks(tree: &mut Tree) {
     // Group every link by its ultimate regular-file target.
     let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for e in tree.iter() {

@@ -12,7 +12,7 @@ const BLOCK: usize = 512;
 
 /// Writes every entry of `tree` (which must already hold its parents) and the
 /// end-of-archive marker.
-pub fn write_tree<W: Write>(tree: &Tree, epoch: u64, out: &mut W) -> io::Result<()> {
+pub(crate) fn write_tree<W: Write>(tree: &Tree, epoch: u64, out: &mut W) -> io::Result<()> {
     for e in tree.iter() {
         let (flag, size, link) = match &e.kind {
             Kind::Dir => (b'5', 0, None),

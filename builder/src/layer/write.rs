@@ -22,7 +22,12 @@ pub enum WriteError {
 }
 
 /// Archives `tree` into a gzip layer blob; returns (descriptor, diff_id).
-pub fn write_layer(store: &Store, tree: &mut Tree, epoch: u64, name: &str) -> Result<(Descriptor, Digest), WriteError> {
+pub(crate) fn write_layer(
+    store: &Store,
+    tree: &mut Tree,
+    epoch: u64,
+    name: &str,
+) -> Result<(Descriptor, Digest), WriteError> {
     tree.add_parents();
     tree.check_hardlinks().map_err(|source| WriteError::Tree { layer: name.into(), source })?;
     let werr = |source: io::Error| WriteError::Io { layer: name.into(), source };

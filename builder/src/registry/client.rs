@@ -151,7 +151,7 @@ pub fn check_login(registry: &str, creds: &auth::Credentials, opts: &Options) ->
 
 impl Conn {
     /// Runs `f` until it succeeds, retrying transient failures with backoff.
-    pub async fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
+    pub(crate) async fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<T, OciDistributionError>>,
@@ -173,7 +173,7 @@ impl Conn {
     }
 
     /// Maps an oci-client error to ours, naming the registry.
-    pub fn error(&self, what: &str, e: OciDistributionError) -> RegistryError {
+    pub(crate) fn error(&self, what: &str, e: OciDistributionError) -> RegistryError {
         if is_unauthorized(&e) {
             let who = self
                 .user

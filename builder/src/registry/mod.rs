@@ -6,11 +6,11 @@
 //! (only loopback registries or hosts named with `--insecure`).
 #![forbid(unsafe_code)]
 pub mod auth;
-pub mod client;
+pub(crate) mod client;
 mod progress;
-pub mod pull;
-pub mod push;
-pub mod reference;
+pub(crate) mod pull;
+pub(crate) mod push;
+pub(crate) mod reference;
 
 pub use client::{check_login, Options};
 pub use pull::{pull, pull_image, PullReport};

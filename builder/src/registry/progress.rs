@@ -9,13 +9,13 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    pub fn new(wanted: bool) -> Progress {
+    pub(super) fn new(wanted: bool) -> Progress {
         let on = wanted && std::io::stderr().is_terminal();
         Progress { multi: on.then(MultiProgress::new) }
     }
 
     /// A bar for one blob of `size` bytes, labelled with a verb and the short digest.
-    pub fn bar(&self, label: String, size: u64) -> ProgressBar {
+    pub(super) fn bar(&self, label: String, size: u64) -> ProgressBar {
         let Some(m) = &self.multi else { return ProgressBar::hidden() };
         let style = ProgressStyle::with_template("{prefix:>24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
