@@ -5,7 +5,8 @@ set -euo pipefail
 pkgs=(skopeo umoci oci-image-tool docker-registry apache2-utils runc crun
       busybox-static iproute2 dpkg-dev nix-bin hyperfine jq
       gpg gpg-agent debian-archive-keyring mmdebstrap
-      restic tinyproxy nginx-light qemu-user)
+      restic tinyproxy nginx-light qemu-user
+      gcc libc6-dev)  # gcc: tests/attack_identity.rs builds the injected library
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
