@@ -187,14 +187,15 @@ const METHOD_OVERRIDES: [&str; 3] = ["X-HTTP-Method-Override", "X-HTTP-Method", 
 /// (header, method upper-cased as the frameworks read it) for each override
 /// header; Err when one names anything but a single method.
 fn method_overrides(head: &RequestHead) -> Result<Vec<(&'static str, String)>, String> {
+    // One pass over the head; nothing is allocated for the usual request
+    // that carries none of them.
     let mut out = Vec::new();
-    for name in METHOD_OVERRIDES {
-        for v in head.headers_all(name) {
-            if v.is_empty() || !v.iter().all(u8::is_ascii_alphabetic) {
-                return Err(format!("{name} must name exactly one method"));
-            }
-            out.push((name, String::from_utf8_lossy(v).to_ascii_uppercase()));
+    for (n, v) in &head.headers {
+        let Some(name) = METHOD_OVERRIDES.into_iter().find(|o| n.eq_ignore_ascii_case(o)) else { continue };
+        if v.is_empty() || !v.iter().all(u8::is_ascii_alphabetic) {
+            return Err(format!("{name} must name exactly one method"));
         }
+        out.push((name, String::from_utf8_lossy(v).to_ascii_uppercase()));
     }
     Ok(out)
 }

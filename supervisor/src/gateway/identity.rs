@@ -6,7 +6,7 @@
 //! hashed and trusted on first use, and a changed hash, a deleted binary or
 //! a socket held by processes running different programs is refused.
 #![forbid(unsafe_code)]
-use super::integrity::{Integrity, Taint};
+use super::integrity::{Findings, Integrity, Taint};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs;
@@ -113,7 +113,15 @@ impl Identity {
 
     /// Finds the process that owns the client end `peer` of a connection
     /// accepted on `local`. Blocking (reads /proc): call off the reactor.
-    pub fn identify(&self, peer: SocketAddr, local: SocketAddr) -> Result<Caller, IdentityError> {
+    /// The code of the ancestors is checked only when `check_ancestors`
+    /// (some rule passes access to children); otherwise they are marked
+    /// `Taint::Unchecked` and no rule is inherited from them.
+    pub fn identify(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        check_ancestors: bool,
+    ) -> Result<Caller, IdentityError> {
         let pids = self.candidates()?;
         let Some(&reader) = pids.first() else { return Err(IdentityError::NotFound(peer)) };
         let table = if peer.is_ipv4() { "tcp" } else { "tcp6" };
@@ -122,9 +130,11 @@ impl Identity {
         let inode = socket_inode(&text, peer, local).ok_or(IdentityError::NotFound(peer))?;
         let owners = self.owners(&pids, inode);
         let Some(&first) = owners.first() else { return Err(IdentityError::NotFound(peer)) };
-        let process = self.describe(first)?;
+        // One mount namespace for the whole sandbox: its mounts are read once.
+        let mounts = self.integrity.mounts(&self.proc_root, first);
+        let process = self.describe(first, Some(&mounts))?;
         for &other in &owners[1..] {
-            let p = self.describe(other)?;
+            let p = self.describe(other, Some(&mounts))?;
             if p.exe != process.exe || p.sha256 != process.sha256 {
                 return Err(IdentityError::Ambiguous(format!("{} and {}", process.exe, p.exe)));
             }
@@ -138,7 +148,7 @@ impl Identity {
             if parent <= 1 || !pids.contains(&parent) {
                 break;
             }
-            ancestors.push(self.describe(parent)?);
+            ancestors.push(self.describe(parent, check_ancestors.then_some(&mounts))?);
             pid = parent;
         }
         Ok(Caller { process, ancestors })
@@ -172,8 +182,10 @@ impl Identity {
         out
     }
 
-    /// The binary of `pid`: its path, and its hash checked against trust-on-first-use.
-    fn describe(&self, pid: i32) -> Result<Proc, IdentityError> {
+    /// The binary of `pid`: its path, its hash checked against
+    /// trust-on-first-use, and (with the namespace's `mounts`) whether all
+    /// its code is the image's.
+    fn describe(&self, pid: i32, mounts: Option<&Result<Vec<String>, Taint>>) -> Result<Proc, IdentityError> {
         let link = self.proc_root.join(pid.to_string()).join("exe");
         let exe = fs::read_link(&link).map_err(io_at(&link))?.to_string_lossy().into_owned();
         if exe.ends_with(" (deleted)") {
@@ -191,7 +203,11 @@ impl Identity {
                 trusted.insert(exe.clone(), sha256.clone());
             }
         }
-        let found = self.integrity.check(&self.proc_root, pid, &exe);
+        let found = match mounts {
+            Some(Ok(m)) => self.integrity.check(&self.proc_root, pid, &exe, m),
+            Some(Err(t)) => Findings { taint: Some(t.clone()), anonymous_exec: false },
+            None => Findings { taint: Some(Taint::Unchecked), anonymous_exec: false },
+        };
         Ok(Proc { pid, exe, sha256, taint: found.taint, anonymous_exec: found.anonymous_exec })
     }
 
@@ -311,14 +327,14 @@ mod tests {
         let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (_server, peer) = l.accept().unwrap();
         let id = Identity::for_own_netns().unwrap();
-        let caller = id.identify(peer, l.local_addr().unwrap()).unwrap();
+        let caller = id.identify(peer, l.local_addr().unwrap(), true).unwrap();
         assert_eq!(caller.process.pid, std::process::id() as i32);
         let me = fs::read_link("/proc/self/exe").unwrap();
         assert_eq!(caller.process.exe, me.to_string_lossy());
         assert_eq!(caller.process.sha256.len(), 64);
         // A different hash for the same path is refused.
         id.trusted.lock().unwrap().insert(caller.process.exe.clone(), "0".repeat(64));
-        assert!(matches!(id.identify(peer, l.local_addr().unwrap()), Err(IdentityError::HashChanged { .. })));
+        assert!(matches!(id.identify(peer, l.local_addr().unwrap(), true), Err(IdentityError::HashChanged { .. })));
         drop(client);
     }
 }

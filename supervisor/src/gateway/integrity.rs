@@ -52,6 +52,8 @@ pub enum Taint {
     ForeignCode(String),
     /// Its maps or environment could not be read or were too large.
     Unreadable(String),
+    /// Not checked: an ancestor while no rule passes access to children.
+    Unchecked,
 }
 
 impl std::fmt::Display for Taint {
@@ -60,6 +62,7 @@ impl std::fmt::Display for Taint {
             Taint::LoaderEnv(v) => write!(f, "it was started with {v} set, which loads code from outside the image"),
             Taint::ForeignCode(p) => write!(f, "it runs code from outside the image ({p})"),
             Taint::Unreadable(w) => write!(f, "its code cannot be checked ({w})"),
+            Taint::Unchecked => write!(f, "its code was not checked"),
         }
     }
 }
@@ -103,9 +106,20 @@ impl Integrity {
         self
     }
 
+    /// The mount points of `pid`'s mount namespace, which every process of
+    /// a sandbox shares: read once per identification, passed to [`check`].
+    ///
+    /// [`check`]: Integrity::check
+    pub fn mounts(&self, proc_root: &Path, pid: i32) -> Result<Vec<String>, Taint> {
+        read_bounded(&proc_root.join(pid.to_string()).join("mountinfo"), MAX_MOUNTINFO)
+            .map(|m| mount_points(&String::from_utf8_lossy(&m)))
+            .map_err(|e| Taint::Unreadable(format!("mountinfo: {e}")))
+    }
+
     /// Checks process `pid` (under `proc_root`) whose executable is `exe`
-    /// (the path as the process's mount namespace sees it).
-    pub fn check(&self, proc_root: &Path, pid: i32, exe: &str) -> Findings {
+    /// (the path as the process's mount namespace sees it), against the
+    /// namespace's `mounts`.
+    pub fn check(&self, proc_root: &Path, pid: i32, exe: &str, mounts: &[String]) -> Findings {
         let dir = proc_root.join(pid.to_string());
         let mut out = Findings::default();
         if self.check_env {
@@ -117,12 +131,8 @@ impl Integrity {
                 return out;
             }
         }
-        let mounts = match read_bounded(&dir.join("mountinfo"), MAX_MOUNTINFO) {
-            Ok(m) => mount_points(&String::from_utf8_lossy(&m)),
-            Err(e) => return Findings { taint: Some(Taint::Unreadable(format!("mountinfo: {e}"))), ..out },
-        };
         match read_bounded(&dir.join("maps"), MAX_MAPS) {
-            Ok(m) => judge_maps(&String::from_utf8_lossy(&m), &mounts, exe, &mut out),
+            Ok(m) => judge_maps(&String::from_utf8_lossy(&m), mounts, exe, &mut out),
             Err(e) => out.taint = Some(Taint::Unreadable(format!("maps: {e}"))),
         }
         out
@@ -287,11 +297,8 @@ mod tests {
     #[test]
     fn this_process_is_judged_by_its_own_maps() {
         let me = fs::read_link("/proc/self/exe").unwrap();
-        let f = Integrity::builtin().without_env_check().check(
-            Path::new("/proc"),
-            std::process::id() as i32,
-            &me.to_string_lossy(),
-        );
+        let (i, pid) = (Integrity::builtin().without_env_check(), std::process::id() as i32);
+        let f = i.check(Path::new("/proc"), pid, &me.to_string_lossy(), &i.mounts(Path::new("/proc"), pid).unwrap());
         assert!(!matches!(f.taint, Some(Taint::Unreadable(_))), "{f:?}");
     }
 }

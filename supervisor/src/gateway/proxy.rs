@@ -76,7 +76,8 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, local
 async fn identify(shared: &Arc<Shared>, peer: SocketAddr, local: Option<SocketAddr>) -> Identified {
     let Some(local) = local else { return Err(super::identity::IdentityError::NotFound(peer)) };
     let s = shared.clone();
-    tokio::task::spawn_blocking(move || s.identity.identify(peer, local))
+    let check_ancestors = s.current().compiled.passes_to_children();
+    tokio::task::spawn_blocking(move || s.identity.identify(peer, local, check_ancestors))
         .await
         .unwrap_or(Err(super::identity::IdentityError::NotFound(peer)))
 }

@@ -139,6 +139,12 @@ impl Compiled {
         self.entries.iter().find(|c| c.policy.name == policy).is_none_or(|c| c.policy.jit)
     }
 
+    /// Whether any rule says `children = true` (only then do a caller's
+    /// ancestors matter, and their code is checked).
+    pub fn passes_to_children(&self) -> bool {
+        self.entries.iter().any(|c| c.policy.children)
+    }
+
     /// The rule, if any, that lets a program started by `ancestor` reach
     /// `host:port`: only rules that say `children = true` pass access down.
     pub fn match_inherited(&self, ancestor: &str, host: &str, port: u16) -> Option<Match> {
