@@ -1,4 +1,4 @@
-//! Image commands: lock, build, verify, lint, audit, images, inspect, gc.
+//! Image commands: lock, build, verify, lint, audit, images, inspect, gc, fsck.
 use crate::Global;
 use anyhow::{Context, Result};
 use clap::Args;
@@ -49,6 +49,11 @@ pub struct InspectArgs {
 }
 #[derive(Args)]
 pub struct GcArgs {}
+#[derive(Args)]
+pub struct FsckArgs {
+    #[arg(long)]
+    pub json: bool,
+}
 
 fn open_store(g: &Global) -> Result<Store> {
     let dir = home::store_dir(g.store.as_deref());
@@ -258,6 +263,36 @@ pub fn gc(_a: GcArgs, g: &Global) -> Result<ExitCode> {
     let r = store.gc()?;
     println!("removed {} blobs ({}), {} temp files", r.removed.len(), human(r.freed_bytes), r.temp_files);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Hashes every blob of the real store and names each corrupt, unreadable or
+/// missing one with the images that need it; exit 1 if there is any.
+pub fn fsck(a: FsckArgs, g: &Global) -> Result<ExitCode> {
+    use moat_builder::store::FsckProblem;
+    let dir = home::store_dir(g.store.as_deref());
+    let store = Store::open_existing(&dir).with_context(|| format!("opening image store {}", dir.display()))?;
+    let r = store.fsck().with_context(|| format!("checking image store {}", dir.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        let users = |u: &[String]| if u.is_empty() { String::new() } else { format!(" ({})", u.join(", ")) };
+        for p in &r.problems {
+            match p {
+                FsckProblem::Corrupt { digest, actual, used_by } => {
+                    println!("corrupt {digest}: its content hashes to {actual}{}", users(used_by))
+                }
+                FsckProblem::Unreadable { digest, error, used_by } => {
+                    println!("unreadable {digest}: {error}{}", users(used_by))
+                }
+                FsckProblem::Missing { digest, used_by } => println!("missing {digest}{}", users(used_by)),
+            }
+        }
+        for s in &r.stray {
+            println!("stray file blobs/sha256/{} (not a digest; not checked)", moat_supervisor::visible::field(s));
+        }
+        println!("checked {} blobs ({}): {} corrupt, {} missing", r.blobs, human(r.bytes), r.corrupt(), r.missing());
+    }
+    Ok(if r.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn human(n: u64) -> String {

@@ -64,6 +64,8 @@ enum Cmd {
     Inspect(image_cmds::InspectArgs),
     /// Remove blobs no image in the store reaches.
     Gc(image_cmds::GcArgs),
+    /// Hash every blob in the store; name each corrupt or missing one (exit 1).
+    Fsck(image_cmds::FsckArgs),
     /// Write an SPDX JSON SBOM of an image's Debian packages.
     Sbom(debian_cmds::SbomArgs),
     /// Push an image to a registry; prints REGISTRY/REPO@sha256:...
@@ -146,6 +148,7 @@ fn dispatch(cmd: Cmd, g: &Global) -> Result<ExitCode> {
         Cmd::Images(a) => image_cmds::images(a, g),
         Cmd::Inspect(a) => image_cmds::inspect(a, g),
         Cmd::Gc(a) => image_cmds::gc(a, g),
+        Cmd::Fsck(a) => image_cmds::fsck(a, g),
         Cmd::Sbom(a) => debian_cmds::sbom(a, g),
         Cmd::Push(a) => registry_cmds::push(a, g),
         Cmd::Pull(a) => registry_cmds::pull(a, g),

@@ -1,18 +1,27 @@
 //! The image store: one OCI image layout (`oci-layout`, `index.json`,
 //! `blobs/sha256/…`). Guards against torn writes (temp file + fsync + rename),
-//! silent corruption (every blob read is checked against its digest) and
-//! concurrent index updates (an exclusive flock around read-modify-write).
+//! silent corruption (every blob read is checked against its digest, a blob is
+//! reused only after its digest is checked, a corrupt one is written again),
+//! concurrent index updates (an exclusive flock around read-modify-write),
+//! gc racing a writer (the writer lease, `lease`) and an index entry naming
+//! blobs that are gone (`set_ref` checks the image is whole before naming it).
+//! `fsck` checks the whole store.
 #![forbid(unsafe_code)]
+mod fsck;
+mod lease;
+
 use crate::digest::{Digest, HashingWriter};
 use crate::oci::{Descriptor, ImageConfig, Index, Manifest, ANNOTATION_REF_NAME, MEDIA_MANIFEST};
 use crate::{cjson, fsio};
 use fs2::FileExt;
+pub use fsck::{FsckProblem, FsckReport};
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -34,6 +43,12 @@ pub enum StoreError {
     Ambiguous(String),
     #[error("written blob hashes to {actual}, expected {expected}")]
     Mismatch { expected: Digest, actual: Digest },
+    #[error("image {name} is not whole: its {role} {digest} is missing from the store (removed by a concurrent gc?)")]
+    Incomplete { name: String, role: String, digest: Digest },
+    #[error("image {name}: its {role} {digest} is {size} bytes in the store, {expected} in the manifest")]
+    WrongSize { name: String, role: String, digest: Digest, size: u64, expected: u64 },
+    #[error("the store's writer lease ({0})")]
+    Lease(PathBuf, #[source] io::Error),
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -57,18 +72,28 @@ pub struct GcReport {
     pub temp_files: usize,
 }
 
-/// An OCI image layout on disk.
+/// An OCI image layout on disk. A handle that writes a blob, or decides to
+/// reuse one, takes the store's shared writer lease and keeps it until its
+/// last clone is dropped, so a concurrent `gc` waits for it (see `lease`).
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    lease: Arc<lease::Lease>,
 }
 
 impl Store {
     /// Opens the layout at `root`, creating an empty one if it does not exist.
     pub fn open(root: &Path) -> Result<Store> {
-        let store = Store { root: root.to_path_buf() };
+        let store = Store { root: root.to_path_buf(), lease: Default::default() };
         fs::create_dir_all(store.blobs_dir()).map_err(io_err(root))?;
         fs::create_dir_all(store.tmp_dir()).map_err(io_err(root))?;
+        let layout = root.join("oci-layout");
+        if layout.exists() {
+            return Ok(store);
+        }
+        // Under the index lock: a concurrent first open cannot replace an
+        // index another process has just written, nor gc sweep the temp file.
+        let _lock = store.lock()?;
         // index.json first: oci-layout marks a complete layout, so a process
         // killed in between leaves "not yet a layout", never a broken one.
         let index = root.join("index.json");
@@ -76,7 +101,6 @@ impl Store {
             let bytes = cjson::to_vec(&Index::default()).map_err(StoreError::BadIndex)?;
             store.write_file(&index, &bytes)?;
         }
-        let layout = root.join("oci-layout");
         if !layout.exists() {
             store.write_file(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         }
@@ -88,7 +112,7 @@ impl Store {
         if !root.join("oci-layout").is_file() {
             return Err(StoreError::NotALayout(root.to_path_buf()));
         }
-        Ok(Store { root: root.to_path_buf() })
+        Ok(Store { root: root.to_path_buf(), lease: Default::default() })
     }
 
     pub fn root(&self) -> &Path {
@@ -115,8 +139,34 @@ impl Store {
         }
     }
 
+    /// Takes this handle's shared writer lease now (it is taken anyway at the
+    /// first blob write or reuse): from here until the last clone of the handle
+    /// is dropped, `gc` waits. Writers call it before their first decision
+    /// about what the store holds.
+    pub fn hold_writer_lease(&self) -> Result<()> {
+        self.lease.hold_shared(&self.root).map_err(|e| StoreError::Lease(self.root.join(".moat/gc.lock"), e))
+    }
+
+    /// Whether a writer may skip writing `d`: the blob is present and hashes
+    /// to its name. A corrupt blob gives `false` with a warning; the caller's
+    /// write then replaces it. Takes the writer lease (a reuse decision must
+    /// hold until the blob is named in the index).
+    pub fn reuse_blob(&self, d: &Digest) -> Result<bool> {
+        self.hold_writer_lease()?;
+        match self.verify_blob(d) {
+            Ok(()) => Ok(true),
+            Err(StoreError::Missing(_)) => Ok(false),
+            Err(StoreError::Corrupt { expected, actual }) => {
+                tracing::warn!(blob = %expected, hashes_to = %actual, "corrupt blob {expected} in the store; writing it again");
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Starts a streamed blob write; nothing is visible until `commit`.
     pub fn blob_writer(&self) -> Result<BlobWriter> {
+        self.hold_writer_lease()?;
         let dir = self.tmp_dir();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io_err(&dir))?;
@@ -127,10 +177,11 @@ impl Store {
         })
     }
 
-    /// Writes a whole blob and returns its digest.
+    /// Writes a whole blob and returns its digest (a present blob is kept
+    /// only if it hashes right, see `reuse_blob`).
     pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest> {
         let d = Digest::of(bytes);
-        if !self.has_blob(&d) {
+        if !self.reuse_blob(&d)? {
             let mut w = self.blob_writer()?;
             w.write_all(bytes).map_err(io_err(&self.root))?;
             w.commit(Some(&d))?;
@@ -214,18 +265,50 @@ impl Store {
         }
     }
 
-    /// Names `manifest` as `name` in index.json (replacing an older image of that name).
+    /// Names `manifest` as `name` in index.json (replacing an older image of
+    /// that name). Refuses an image that is not whole: under the index lock,
+    /// which `gc` holds too, the manifest must read verified and its config
+    /// and layers be present at their sizes.
     pub fn set_ref(&self, name: &str, mut manifest: Descriptor) -> Result<()> {
         manifest.annotations.insert(ANNOTATION_REF_NAME.into(), name.into());
         if manifest.media_type.is_empty() {
             manifest.media_type = MEDIA_MANIFEST.into();
         }
+        // The lease before the index lock: gc takes them in this order too.
+        self.hold_writer_lease()?;
         self.update_index(|idx| {
+            self.check_whole(name, &manifest)?;
             idx.manifests.retain(|m| m.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) != Some(name));
             idx.manifests.push(manifest);
             idx.manifests
                 .sort_by(|a, b| a.annotations.get(ANNOTATION_REF_NAME).cmp(&b.annotations.get(ANNOTATION_REF_NAME)));
+            Ok(())
         })
+    }
+
+    /// The manifest `desc` names, its config and its layers are in the store.
+    fn check_whole(&self, name: &str, desc: &Descriptor) -> Result<()> {
+        let present = |role: &str, d: &Descriptor| match self.blob_size(&d.digest) {
+            Ok(size) if size == d.size => Ok(()),
+            Ok(size) => Err(StoreError::WrongSize {
+                name: name.into(),
+                role: role.into(),
+                digest: d.digest.clone(),
+                size,
+                expected: d.size,
+            }),
+            Err(StoreError::Missing(digest)) => {
+                Err(StoreError::Incomplete { name: name.into(), role: role.into(), digest })
+            }
+            Err(e) => Err(e),
+        };
+        present("manifest", desc)?;
+        let m = self.manifest(&desc.digest)?;
+        present("config", &m.config)?;
+        for (i, l) in m.layers.iter().enumerate() {
+            present(&format!("layer {i}"), l)?;
+        }
+        Ok(())
     }
 
     /// Removes the name from index.json; blobs stay until `gc`.
@@ -235,14 +318,15 @@ impl Store {
             let before = idx.manifests.len();
             idx.manifests.retain(|m| m.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) != Some(name));
             found = idx.manifests.len() != before;
+            Ok(())
         })?;
         Ok(found)
     }
 
-    fn update_index(&self, f: impl FnOnce(&mut Index)) -> Result<()> {
+    fn update_index(&self, f: impl FnOnce(&mut Index) -> Result<()>) -> Result<()> {
         let _lock = self.lock()?;
         let mut idx = self.index()?;
-        f(&mut idx);
+        f(&mut idx)?;
         let bytes = cjson::to_vec(&idx).map_err(StoreError::BadIndex)?;
         self.write_file(&self.root.join("index.json"), &bytes)
     }
@@ -275,8 +359,15 @@ impl Store {
     }
 
     /// Removes blobs no index entry reaches, and stale temp files. Holds the
-    /// store lock so it cannot race a build's `set_ref`.
+    /// writer lease exclusively (no build, lock or pull is between its first
+    /// blob and its `set_ref`, so every temp file is stale and every blob a
+    /// writer will name is already named) and the index lock.
     pub fn gc(&self) -> Result<GcReport> {
+        let lease_path = self.root.join(".moat/gc.lock");
+        self.lease.exclusively(&self.root, || self.gc_locked()).map_err(|e| StoreError::Lease(lease_path, e))?
+    }
+
+    fn gc_locked(&self) -> Result<GcReport> {
         let _lock = self.lock()?;
         let live = self.reachable()?;
         let mut report = GcReport::default();

@@ -83,7 +83,7 @@ fn platform_manifest(src: &Store, digest: &Digest, arch: &str) -> Result<Manifes
 
 /// Copies a verified blob from another layout into the store.
 pub fn copy_blob(src: &Store, dst: &Store, d: &Digest) -> Result<(), BuildError> {
-    if dst.has_blob(d) {
+    if dst.reuse_blob(d)? {
         return Ok(());
     }
     let mut r = src.open_blob(d)?;

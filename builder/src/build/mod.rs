@@ -102,6 +102,10 @@ pub fn build(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildError
 }
 
 fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildError> {
+    // Before the first look at what the store holds: from here until the
+    // image is named (and until `opts.store` is dropped, which covers
+    // `moat lock` naming it after this returns) a gc waits.
+    opts.store.hold_writer_lease()?;
     let progress = Progress::new(opts.progress, &l.bp.name.get_ref().clone());
     let expect = match mode {
         Mode::Build(lock) => Some(lock),

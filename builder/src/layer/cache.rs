@@ -1,6 +1,7 @@
 //! The layer cache: maps a layer's input key (every input digest, the spec
 //! and the format) to the blob it produced, so a rebuild with nothing changed
-//! does no archive work. A hit is used only if the blob is in the store;
+//! does no archive work. A hit is used only if the blob is in the store and
+//! hashes to its name (a corrupt blob is archived again, which replaces it);
 //! entries are written atomically and a bad entry is ignored, never trusted
 //! over the inputs.
 #![forbid(unsafe_code)]
@@ -32,7 +33,9 @@ impl<'a> LayerCache<'a> {
         let p = self.dir.as_ref()?.join(key.hex());
         let e: Entry = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
         match &e.layer {
-            Some((desc, _)) if !self.store.has_blob(&desc.digest) => None,
+            // An error reading the blob is a miss: archiving again reports
+            // what is wrong with the store, or repairs it.
+            Some((desc, _)) if !self.store.reuse_blob(&desc.digest).unwrap_or(false) => None,
             _ => Some(e),
         }
     }

@@ -189,7 +189,7 @@ async fn pull_blob(
     size: u64,
     progress: &Progress,
 ) -> Result<(Digest, Option<u64>)> {
-    if store.has_blob(&d) {
+    if store.reuse_blob(&d)? {
         return Ok((d, None));
     }
     let what = format!("blob {d}");

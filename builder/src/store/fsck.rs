@@ -1,0 +1,120 @@
+//! `moat fsck`: hashes every blob of the store and follows every index entry
+//! to its manifest, config and layers. Addresses silent corruption and lost
+//! blobs in the real store (`moat verify` rebuilds in a fresh one and never
+//! looks here): each corrupt, unreadable or missing blob is named with the
+//! images that need it. Reports only; a rebuild or pull repairs.
+#![forbid(unsafe_code)]
+use super::{Result, Store, StoreError};
+use crate::digest::{digest_reader, Digest};
+use crate::oci::{Manifest, ANNOTATION_REF_NAME};
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+
+/// One thing wrong with the store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FsckProblem {
+    /// The blob's content hashes to `actual`, not to its name.
+    Corrupt { digest: Digest, actual: Digest, used_by: Vec<String> },
+    /// The blob could not be read (I/O error) or parsed (a manifest).
+    Unreadable { digest: Digest, error: String, used_by: Vec<String> },
+    /// An index entry or manifest names the blob, the store lacks it.
+    Missing { digest: Digest, used_by: Vec<String> },
+}
+
+/// What `fsck` found.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct FsckReport {
+    /// Blobs hashed.
+    pub blobs: usize,
+    pub bytes: u64,
+    pub problems: Vec<FsckProblem>,
+    /// Files in `blobs/sha256/` whose name is not a digest (not checked).
+    pub stray: Vec<String>,
+}
+
+impl FsckReport {
+    pub fn corrupt(&self) -> usize {
+        self.problems.iter().filter(|p| !matches!(p, FsckProblem::Missing { .. })).count()
+    }
+    pub fn missing(&self) -> usize {
+        self.problems.iter().filter(|p| matches!(p, FsckProblem::Missing { .. })).count()
+    }
+}
+
+impl Store {
+    /// Hashes every blob and checks that every blob the index reaches is
+    /// present. Holds the writer lease, so a concurrent gc cannot make a
+    /// referenced blob look missing (builds may run beside it).
+    pub fn fsck(&self) -> Result<FsckReport> {
+        self.hold_writer_lease()?;
+        let mut report = FsckReport::default();
+        // Every blob on disk, hashed (no shortcut: this is the check of record).
+        let mut bad: BTreeMap<Digest, FsckProblem> = BTreeMap::new();
+        let mut present = std::collections::BTreeSet::new();
+        let dir = self.blobs_dir();
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .map_err(super::io_err(&dir))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()
+            .map_err(super::io_err(&dir))?;
+        names.sort();
+        for name in names {
+            let Some(d) = name.to_str().and_then(|n| Digest::parse_hex(n).ok()) else {
+                report.stray.push(name.to_string_lossy().into_owned());
+                continue;
+            };
+            present.insert(d.clone());
+            let hashed = File::open(self.blob_path(&d)).and_then(digest_reader);
+            report.blobs += 1;
+            match hashed {
+                Ok((actual, size)) => {
+                    report.bytes += size;
+                    if actual != d {
+                        bad.insert(d.clone(), FsckProblem::Corrupt { digest: d, actual, used_by: Vec::new() });
+                    }
+                }
+                Err(e) => {
+                    let error = e.to_string();
+                    bad.insert(d.clone(), FsckProblem::Unreadable { digest: d, error, used_by: Vec::new() });
+                }
+            }
+        }
+        // Every blob the index reaches, with who needs it.
+        let mut used: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
+        for m in self.index()?.manifests {
+            let name = m.annotations.get(ANNOTATION_REF_NAME).cloned().unwrap_or_else(|| m.digest.to_string());
+            used.entry(m.digest.clone()).or_default().push(format!("manifest of {name}"));
+            if !present.contains(&m.digest) || bad.contains_key(&m.digest) {
+                continue; // its children cannot be known
+            }
+            match self.read_json::<Manifest>(&m.digest) {
+                Ok(man) => {
+                    used.entry(man.config.digest).or_default().push(format!("config of {name}"));
+                    for (i, l) in man.layers.into_iter().enumerate() {
+                        used.entry(l.digest).or_default().push(format!("layer {i} of {name}"));
+                    }
+                }
+                Err(StoreError::BadJson { source, .. }) => {
+                    let (digest, error) = (m.digest.clone(), format!("not an image manifest: {source}"));
+                    bad.insert(m.digest.clone(), FsckProblem::Unreadable { digest, error, used_by: Vec::new() });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for (d, who) in used {
+            if !present.contains(&d) {
+                report.problems.push(FsckProblem::Missing { digest: d, used_by: who });
+            } else if let Some(
+                FsckProblem::Corrupt { used_by, .. }
+                | FsckProblem::Unreadable { used_by, .. }
+                | FsckProblem::Missing { used_by, .. },
+            ) = bad.get_mut(&d)
+            {
+                *used_by = who;
+            }
+        }
+        report.problems.extend(bad.into_values());
+        Ok(report)
+    }
+}
