@@ -1,7 +1,8 @@
 //! The inputs stage: every blueprint entry's source resolved to pinned bytes
 //! (a scanned local tree, a downloaded or local archive) and checked against
 //! its sha256 pin, then added to a layer tree. Guards against drifting
-//! inputs: an archive is hashed again after it is read for the layer.
+//! inputs (an archive is hashed again after it is read for the layer) and
+//! entries that would be unpacked through a symlink of the same layer.
 #![forbid(unsafe_code)]
 use super::local;
 use super::{BuildError, Options};
@@ -98,21 +99,19 @@ pub(super) fn add_entry(tree: &mut Tree, spec: &crate::blueprint::EntrySpec, inp
     };
     let dest = spec.dest();
     match &inp.resolved {
-        Resolved::Local(sc) => sc.add_to(tree, &dest, spec.dest_is_dir(), ov).map_err(|e| chain(&e)),
+        Resolved::Local(sc) => sc.add_to(tree, &dest, spec.dest_is_dir(), ov).map_err(|e| chain(&e))?,
         Resolved::Archive(p) => {
             let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
             // Verify again after reading: the file could have changed since hashing.
             if Digest::of(&bytes) != inp.locked.sha256 {
                 return Err("source changed while building".into());
             }
-            if inp.locked.kind == "deb" {
-                let data = tar_in::deb_data_tar(&bytes).map_err(|e| chain(&e))?;
-                tar_in::read_tar_stream(tree, &data[..], &dest, ov).map_err(|e| chain(&e))?;
-            } else {
-                tar_in::read_tar_into(tree, &bytes, &dest, ov).map_err(|e| chain(&e))?;
-            }
+            let tar =
+                if inp.locked.kind == "deb" { tar_in::deb_data_tar(&bytes).map_err(|e| chain(&e))? } else { bytes };
+            tar_in::read_tar_into(tree, &tar, &dest, ov).map_err(|e| chain(&e))?;
             tar_in::normalize_hardlinks(tree);
-            Ok(())
         }
     }
+    // Refused while reading the input, at lock and at build alike.
+    tree.check_symlink_parents().map_err(|e| chain(&e))
 }

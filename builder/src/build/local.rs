@@ -1,7 +1,10 @@
 //! Local sources (a directory or file beside the blueprint): walked in
 //! byte-wise order without following symlinks, hashed into one content
 //! digest, normalized so host metadata (umask, owner, mtime, inode numbers,
-//! creation order) cannot reach the image. Refuses device files, FIFOs,
+//! hard links, creation order) cannot reach the image: every name of a
+//! hard-linked file is its own regular file, as after `cp -r`, so copying the
+//! tree without `-H` or touching one name on overlayfs changes nothing
+//! (docs/builder-inputs.md). Refuses device files, FIFOs,
 //! sockets and symlinks that escape the source tree. Small files are kept in
 //! memory as they are hashed, so the layer holds exactly the bytes the
 //! digest covers (and the tree is read once, on all cores).
@@ -49,7 +52,6 @@ enum ScanKind {
         data: Option<Arc<Vec<u8>>>,
     },
     Symlink(String),
-    Hardlink(String),
 }
 
 #[derive(Debug, Clone)]
@@ -88,31 +90,21 @@ pub(super) fn scan(root: &Path) -> Result<Scanned, LocalError> {
         }
     })?;
     let mut hashed = hashed.into_iter();
-    // Hard links, in walk order (sorted, so the first path is first in sort order).
-    let mut inodes: BTreeMap<(u64, u64), String> = BTreeMap::new();
     let mut h = Sha256::new();
     let mut line = Vec::with_capacity(256);
     for e in &mut entries {
         let mut digest = None;
         if let ScanKind::File { size, data, .. } = &mut e.kind {
+            // Each name is a file of its own: host hard links are not input.
             let f = hashed.next().ok_or_else(not_hashed)?;
             e.exec = f.exec;
-            match inodes.get(&(f.dev, f.ino)).filter(|_| f.nlink > 1) {
-                Some(first) => e.kind = ScanKind::Hardlink(first.clone()),
-                None => {
-                    if f.nlink > 1 {
-                        inodes.insert((f.dev, f.ino), e.rel.clone());
-                    }
-                    (*size, *data) = (f.size, f.data);
-                    digest = Some(f.digest);
-                }
-            }
+            (*size, *data) = (f.size, f.data);
+            digest = Some(f.digest);
         }
         let (tag, detail) = match &e.kind {
             ScanKind::Dir => (b'd', ""),
             ScanKind::File { .. } => (b'f', digest.as_ref().map_or("", |d| d.hex())),
             ScanKind::Symlink(t) => (b'l', t.as_str()),
-            ScanKind::Hardlink(t) => (b'h', t.as_str()),
         };
         // "{tag} {exec} {rel}\0{detail}\n", built in one reused buffer.
         line.clear();
@@ -223,9 +215,6 @@ struct Hashed {
     data: Option<Arc<Vec<u8>>>,
     size: u64,
     exec: bool,
-    nlink: u64,
-    dev: u64,
-    ino: u64,
 }
 
 /// Runs `produce` (the walk) while threads stat and hash the files it
@@ -314,8 +303,7 @@ fn hash_one(host: &Path, budget: &AtomicU64) -> Result<Hashed, LocalError> {
     } else {
         (crate::digest::digest_reader(f).map(|(d, _)| d).map_err(err)?, None)
     };
-    let (exec, nlink, dev, ino) = (meta.mode() & 0o111 != 0, meta.nlink(), meta.dev(), meta.ino());
-    Ok(Hashed { digest, data, size, exec, nlink, dev, ino })
+    Ok(Hashed { digest, data, size, exec: meta.mode() & 0o111 != 0 })
 }
 
 impl Scanned {
@@ -347,7 +335,6 @@ impl Scanned {
                     (Kind::File { content, size: *size }, file_mode)
                 }
                 ScanKind::Symlink(t) => (Kind::Symlink(t.clone()), 0o777),
-                ScanKind::Hardlink(t) => (Kind::Hardlink(tree::join(dest, t)?), file_mode),
             };
             tree.insert(Entry { path, kind, mode, uid, gid, xattrs: BTreeMap::new() })?;
         }
@@ -375,6 +362,24 @@ mod tests {
         assert_eq!(scan(a.path()).unwrap().digest, scan(b.path()).unwrap().digest);
         fs::write(b.path().join("d/x"), "3").unwrap();
         assert_ne!(scan(a.path()).unwrap().digest, scan(b.path()).unwrap().digest);
+    }
+    #[test]
+    fn host_hard_links_are_not_input() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        fs::create_dir(a.path().join("d")).unwrap();
+        fs::write(a.path().join("d/a"), "same").unwrap();
+        fs::hard_link(a.path().join("d/a"), a.path().join("d-b")).unwrap();
+        fs::create_dir(b.path().join("d")).unwrap();
+        fs::write(b.path().join("d/a"), "same").unwrap();
+        fs::write(b.path().join("d-b"), "same").unwrap();
+        let (sa, sb) = (scan(a.path()).unwrap(), scan(b.path()).unwrap());
+        assert_eq!(sa.digest, sb.digest);
+        let mut t = Tree::new();
+        sa.add_to(&mut t, "", false, Overrides::default()).unwrap();
+        for p in ["d/a", "d-b"] {
+            assert!(matches!(t.get(p).unwrap().kind, Kind::File { size: 4, .. }), "{p}");
+        }
     }
     #[test]
     fn escaping_symlink_refused() {

@@ -1,10 +1,13 @@
 //! Unpacks a `.deb` (ar, then control.tar and data.tar in xz/zst/gz) into
 //! tree entries without running any maintainer script, rewriting paths for
 //! merged /usr. Guards against archive tricks: paths are cleaned (no `..`),
-//! devices/FIFOs are refused, hardlinks must point inside the package.
+//! devices/FIFOs are refused, hardlinks must point inside the package, no
+//! file lies under one of its symlinks, and the ar headers, tar sizes and
+//! decompressed bytes are bounded (`layer::bounds`) before any allocation.
 #![forbid(unsafe_code)]
 use super::DebianError;
-use crate::layer::tree::{clean_path, Content, Entry, Kind};
+use crate::layer::bounds::{self, TarGuard};
+use crate::layer::tree::{clean_path, Content, Entry, Kind, Tree};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::sync::Arc;
@@ -55,22 +58,19 @@ pub(crate) const ROOT_LINKS: &[(&str, &str)] = &[
     ("var/run", "/run"),
 ];
 
-fn decompress(name: &str, data: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    let r = if name.ends_with(".xz") {
-        liblzma::read::XzDecoder::new(data).read_to_end(&mut out)
+/// A decompressing reader for an ar member, chosen by its name.
+fn decompress<'a>(name: &str, data: &'a [u8]) -> Result<Box<dyn Read + 'a>, String> {
+    Ok(if name.ends_with(".xz") {
+        Box::new(liblzma::read::XzDecoder::new(data))
     } else if name.ends_with(".zst") {
-        zstd::stream::read::Decoder::new(data).and_then(|mut d| d.read_to_end(&mut out))
+        Box::new(zstd::stream::read::Decoder::new(data).map_err(|e| format!("{name}: {e}"))?)
     } else if name.ends_with(".gz") {
-        flate2::read::GzDecoder::new(data).read_to_end(&mut out)
+        Box::new(flate2::read::GzDecoder::new(data))
     } else if name.ends_with(".tar") {
-        out = data.to_vec();
-        Ok(0)
+        Box::new(data)
     } else {
         return Err(format!("unsupported member {name}"));
-    };
-    r.map_err(|e| format!("{name}: {e}"))?;
-    Ok(out)
+    })
 }
 
 /// Root-relative parent directory of a clean path (`""` for top level).
@@ -109,17 +109,19 @@ fn relative(from: &str, to: &str) -> String {
     }
 }
 
-fn tar_entries(
-    bytes: &[u8],
+/// Runs `f` on every entry of the tar in `r`, each header checked against
+/// `bounds::LIMITS` before the tar crate reads it.
+fn tar_entries<R: Read>(
+    r: R,
     what: &str,
-    mut f: impl FnMut(String, &mut tar::Entry<&[u8]>) -> Result<(), String>,
+    mut f: impl FnMut(String, &mut tar::Entry<TarGuard<R>>) -> Result<(), String>,
 ) -> Result<(), String> {
-    let mut ar = tar::Archive::new(bytes);
+    let mut ar = tar::Archive::new(TarGuard::new(r, bounds::LIMITS));
     for e in ar.entries().map_err(|e| format!("{what}: {e}"))? {
         let mut e = e.map_err(|e| format!("{what}: {e}"))?;
         let raw = e.path_bytes();
         let p = std::str::from_utf8(&raw).map_err(|_| format!("{what}: non-UTF-8 path"))?.to_string();
-        f(p, &mut e)?;
+        f(p, &mut e).map_err(|e| format!("{what}: {e}"))?;
     }
     Ok(())
 }
@@ -127,6 +129,8 @@ fn tar_entries(
 /// Unpacks one verified `.deb`.
 pub(crate) fn extract(pkg: &str, deb: &[u8]) -> Result<DebContents, DebianError> {
     let err = |msg: String| DebianError::Deb { package: pkg.to_string(), msg };
+    // Every ar header is checked before the ar crate parses one.
+    bounds::check_deb_ar(deb).map_err(|e| err(format!("ar: {e}")))?;
     let mut control_tar = None;
     let mut data_tar = None;
     let mut ar = ar::Archive::new(deb);
@@ -134,17 +138,18 @@ pub(crate) fn extract(pkg: &str, deb: &[u8]) -> Result<DebContents, DebianError>
         let mut m = m.map_err(|e| err(format!("ar: {e}")))?;
         let name = String::from_utf8_lossy(m.header().identifier()).trim_end_matches('/').to_string();
         let mut buf = Vec::new();
+        // At most the .deb's own size: check_deb_ar bounded every member.
         m.read_to_end(&mut buf).map_err(|e| err(format!("ar member {name}: {e}")))?;
         if name.starts_with("control.tar") {
-            control_tar = Some(decompress(&name, &buf).map_err(err)?);
+            control_tar = Some((name, buf));
         } else if name.starts_with("data.tar") {
-            data_tar = Some(decompress(&name, &buf).map_err(err)?);
+            data_tar = Some((name, buf));
         }
     }
-    let control_tar = control_tar.ok_or_else(|| err("no control.tar member".into()))?;
-    let data_tar = data_tar.ok_or_else(|| err("no data.tar member".into()))?;
+    let (control_name, control_tar) = control_tar.ok_or_else(|| err("no control.tar member".into()))?;
+    let (data_name, data_tar) = data_tar.ok_or_else(|| err("no data.tar member".into()))?;
     let mut out = DebContents::default();
-    tar_entries(&control_tar, "control.tar", |p, e| {
+    tar_entries(decompress(&control_name, &control_tar).map_err(err)?, &control_name, |p, e| {
         let mut b = Vec::new();
         e.read_to_end(&mut b).map_err(|x| x.to_string())?;
         match clean_path(&p).unwrap_or_default().as_str() {
@@ -166,7 +171,7 @@ pub(crate) fn extract(pkg: &str, deb: &[u8]) -> Result<DebContents, DebianError>
         return Err(err("control.tar has no control file".into()));
     }
     let mut links: Vec<(String, String)> = Vec::new();
-    tar_entries(&data_tar, "data.tar", |p, e| {
+    tar_entries(decompress(&data_name, &data_tar).map_err(err)?, &data_name, |p, e| {
         let orig = clean_path(&p).map_err(|x| x.to_string())?;
         if orig.is_empty() {
             return Ok(());
@@ -226,6 +231,11 @@ pub(crate) fn extract(pkg: &str, deb: &[u8]) -> Result<DebContents, DebianError>
     })
     .map_err(err)?;
     fix_hardlinks(&mut out.entries, &links).map_err(err)?;
+    let mut tree = Tree::new();
+    for e in out.entries.values() {
+        tree.insert(e.clone()).map_err(|e| err(e.to_string()))?;
+    }
+    tree.check_symlink_parents().map_err(|e| err(e.to_string()))?;
     Ok(out)
 }
 

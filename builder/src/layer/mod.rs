@@ -5,6 +5,7 @@
 //! the epoch) and hostile archives (paths, links and devices are checked
 //! on the way in).
 #![forbid(unsafe_code)]
+pub(crate) mod bounds;
 pub(crate) mod cache;
 pub(crate) mod gz;
 pub(crate) mod read;

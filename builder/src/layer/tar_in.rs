@@ -1,8 +1,10 @@
 //! Reads archives (tar, compressed tar, the data member of a `.deb`) into a
 //! `Tree`. Guards against hostile archives: `..` and absolute-path escapes,
-//! hardlinks to files outside the archive, and device files, FIFOs and
-//! sockets, which are refused rather than carried into an image.
+//! hardlinks to files outside the archive, device files, FIFOs and sockets
+//! (refused rather than carried into an image), and, through
+//! `bounds`, sizes, counts and decompressed bytes past the input limits.
 #![forbid(unsafe_code)]
+use crate::layer::bounds::{self, BoundsError, TarGuard};
 use crate::layer::tree::{self, Content, Entry, Kind, Tree, TreeError};
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -17,6 +19,8 @@ pub(crate) enum ArchiveError {
     Special { path: String, what: &'static str },
     #[error("not a Debian package: {0}")]
     NotDeb(String),
+    #[error("not a usable Debian package")]
+    Deb(#[source] BoundsError),
 }
 
 /// Ownership/mode overrides applied to every entry read.
@@ -43,9 +47,10 @@ pub(crate) fn read_tar_into(tree: &mut Tree, bytes: &[u8], dest: &str, ov: Overr
     read_tar_stream(tree, decompress(bytes)?, dest, ov)
 }
 
-/// Reads an uncompressed tar stream into `tree` under `dest`.
+/// Reads an uncompressed tar stream into `tree` under `dest`, within
+/// `bounds::LIMITS` (every header is checked before the tar crate acts on it).
 pub(crate) fn read_tar_stream<R: Read>(tree: &mut Tree, r: R, dest: &str, ov: Overrides) -> Result<(), ArchiveError> {
-    let mut ar = tar::Archive::new(r);
+    let mut ar = tar::Archive::new(TarGuard::new(r, bounds::LIMITS));
     for entry in ar.entries()? {
         let mut entry = entry?;
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
@@ -71,7 +76,9 @@ pub(crate) fn read_tar_stream<R: Read>(tree: &mut Tree, r: R, dest: &str, ov: Ov
         let kind = match etype {
             tar::EntryType::Directory => Kind::Dir,
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let mut data = Vec::with_capacity(entry.size() as usize);
+                // No capacity from the header: the guard bounded the size,
+                // and the bytes that really arrive decide the length.
+                let mut data = Vec::new();
                 entry.read_to_end(&mut data)?;
                 Kind::File { size: data.len() as u64, content: Content::bytes(data) }
             }
@@ -98,52 +105,84 @@ fn link_name<R: Read>(e: &tar::Entry<R>) -> Result<String, ArchiveError> {
     Ok(String::from_utf8_lossy(&l).into_owned())
 }
 
-/// Returns the decompressed `data.tar` member of a `.deb`.
+/// Returns the `data.tar` member of a `.deb`, still compressed (read it with
+/// `read_tar_into`, which decompresses within the limits). Every ar header
+/// is checked first (`bounds::check_deb_ar`), so the ar crate never sees an
+/// extended name, a size past the file or an empty member.
 pub(crate) fn deb_data_tar(deb: &[u8]) -> Result<Vec<u8>, ArchiveError> {
+    bounds::check_deb_ar(deb).map_err(ArchiveError::Deb)?;
     let mut ar = ar::Archive::new(deb);
     while let Some(member) = ar.next_entry() {
         let mut member = member.map_err(|e| ArchiveError::NotDeb(e.to_string()))?;
         let name = String::from_utf8_lossy(member.header().identifier()).into_owned();
         if name.starts_with("data.tar") {
             let mut raw = Vec::new();
-            member.read_to_end(&mut raw)?;
-            let mut out = Vec::new();
-            decompress(&raw)?.read_to_end(&mut out)?;
-            return Ok(out);
+            member.read_to_end(&mut raw)?; // at most the .deb's own size (checked)
+            return Ok(raw);
         }
     }
     Err(ArchiveError::NotDeb("no data.tar member".into()))
 }
 
-/// Makes hardlinks point at the first path of their group in sort order
-/// (the contract in DESIGN.md), so the archive reads back on any tool.
+/// Makes hardlinks point at the first path of their group in byte-wise
+/// sort order (the contract in DESIGN.md), so the archive reads back on any
+/// tool: that path becomes the file (with the file's metadata), every other
+/// name of the group links to it. Chains (a link to a link) are followed to
+/// their file; a link to anything else is left for `check_hardlinks` to name.
 pub(crate) fn normalize_hardlinks(tree: &mut Tree) {
-    // Group every link by its ultimate regular-file target.
     let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for e in tree.iter() {
         if let Kind::Hardlink(t) = &e.kind {
-            groups.entry(t.clone()).or_default().push(e.path.clone());
+            if let Some(file) = link_file(tree, t) {
+                groups.entry(file).or_default().push(e.path.clone());
+            }
         }
     }
     for (target, mut links) in groups {
         let Some(original) = tree.get(&target).cloned() else { continue };
-        if !matches!(original.kind, Kind::File { .. }) {
-            continue;
-        }
         links.push(target.clone());
         links.sort();
+        links.dedup();
         let first = links[0].clone();
-        if first == target {
-            continue;
-        }
-        // The first path becomes the file; every other path links to it.
         if let Some(e) = tree.get_mut(&first) {
-            e.kind = original.kind.clone();
+            let path = std::mem::take(&mut e.path);
+            *e = Entry { path, ..original };
         }
         for l in links.iter().skip(1) {
             if let Some(e) = tree.get_mut(l) {
                 e.kind = Kind::Hardlink(first.clone());
             }
         }
+    }
+}
+
+/// The regular file a hardlink at `target` ends at, following links to links.
+fn link_file<'a>(tree: &'a Tree, mut target: &'a str) -> Option<String> {
+    for _ in 0..=tree.len() {
+        match &tree.get(target)?.kind {
+            Kind::File { .. } => return Some(target.to_string()),
+            Kind::Hardlink(next) => target = next,
+            _ => return None,
+        }
+    }
+    None // a cycle
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn hardlinks_point_at_the_first_name_in_byte_order() {
+        let mut t = Tree::new();
+        t.insert(Entry::file("d/a", "x", 0o600)).unwrap();
+        let link = |p: &str, to: &str| Entry { kind: Kind::Hardlink(to.into()), ..Entry::file(p, "", 0o644) };
+        t.insert(link("d-b", "d/a")).unwrap();
+        t.insert(link("e", "d-b")).unwrap(); // a chain
+        normalize_hardlinks(&mut t);
+        assert!(matches!(t.get("d-b").unwrap().kind, Kind::File { .. }));
+        assert_eq!(t.get("d-b").unwrap().mode, 0o600, "the file's metadata moves with it");
+        assert_eq!(t.get("d/a").unwrap().kind, Kind::Hardlink("d-b".into()));
+        assert_eq!(t.get("e").unwrap().kind, Kind::Hardlink("d-b".into()));
+        t.check_hardlinks().unwrap();
     }
 }

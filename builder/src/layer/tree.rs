@@ -1,6 +1,7 @@
 //! The in-memory file tree of one layer before it is archived: normalized,
 //! root-relative paths sorted byte-wise. Guards against path traversal (`..`,
-//! absolute paths), entries that escape the root, and host-dependent order.
+//! absolute paths, entries below a symlink of the same layer), entries that
+//! escape the root, and host-dependent order.
 #![forbid(unsafe_code)]
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,6 +13,8 @@ pub enum TreeError {
     BadPath(String),
     #[error("hardlink {path:?} points at {target:?}, which is not a regular file in this layer")]
     BadHardlink { path: String, target: String },
+    #[error("{path:?} lies under {link:?}, a symlink in the same layer: unpacking it would write through the link")]
+    UnderSymlink { path: String, link: String },
 }
 
 /// Where a regular file's bytes come from.
@@ -154,10 +157,13 @@ impl Tree {
         self.entries.keys()
     }
     /// Removes every entry for which `drop` is true, and everything below a
-    /// dropped directory. Returns the removed paths.
+    /// dropped directory. Returns the removed paths. A removed file whose
+    /// hard links survive passes its bytes and metadata to the first
+    /// surviving link in byte order; the other links point at that one.
     pub fn retain_not(&mut self, mut drop: impl FnMut(&Entry) -> bool) -> Vec<String> {
         let doomed: Vec<String> = self.entries.values().filter(|e| drop(e)).map(|e| e.path.clone()).collect();
         let mut removed = Vec::new();
+        let mut files: BTreeMap<String, Entry> = BTreeMap::new();
         for d in doomed {
             let prefix = format!("{d}/");
             let below: Vec<String> = self
@@ -167,11 +173,45 @@ impl Tree {
                 .take_while(|k| k == &d || k.starts_with(&prefix))
                 .collect();
             for k in below {
-                self.entries.remove(&k);
+                if let Some(e) = self.entries.remove(&k) {
+                    if matches!(e.kind, Kind::File { .. }) {
+                        files.insert(k.clone(), e);
+                    }
+                }
                 removed.push(k);
             }
         }
+        if !files.is_empty() {
+            self.promote_links(&files);
+        }
         removed
+    }
+    /// For each removed file in `files`, makes its first surviving hard link
+    /// (in byte order, which `entries` iterates in) the file.
+    fn promote_links(&mut self, files: &BTreeMap<String, Entry>) {
+        let mut new_target: BTreeMap<String, String> = BTreeMap::new();
+        let paths: Vec<String> = self
+            .entries
+            .values()
+            .filter(|e| matches!(&e.kind, Kind::Hardlink(t) if files.contains_key(t)))
+            .map(|e| e.path.clone())
+            .collect();
+        for p in paths {
+            let Some(Kind::Hardlink(t)) = self.entries.get(&p).map(|e| e.kind.clone()) else { continue };
+            match new_target.get(&t) {
+                Some(first) => {
+                    if let Some(e) = self.entries.get_mut(&p) {
+                        e.kind = Kind::Hardlink(first.clone());
+                    }
+                }
+                None => {
+                    if let (Some(e), Some(file)) = (self.entries.get_mut(&p), files.get(&t)) {
+                        *e = Entry { path: p.clone(), ..file.clone() };
+                    }
+                    new_target.insert(t, p);
+                }
+            }
+        }
     }
     /// Adds every missing parent directory (0755 root:root) so the archive
     /// never relies on a tool creating them implicitly.
@@ -203,6 +243,26 @@ impl Tree {
         }
         Ok(())
     }
+    /// Checks that no entry lies below a symlink of this tree: such a layer
+    /// would make whoever unpacks it write through the link (to wherever it
+    /// points), so it is refused here, naming the entry and the link.
+    pub fn check_symlink_parents(&self) -> Result<(), TreeError> {
+        // Byte order puts every ancestor before its descendants.
+        let mut links: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+        for e in self.entries.values() {
+            let mut p = e.path.as_str();
+            while let Some((parent, _)) = p.rsplit_once('/') {
+                if links.contains(parent) {
+                    return Err(TreeError::UnderSymlink { path: e.path.clone(), link: parent.to_string() });
+                }
+                p = parent;
+            }
+            if matches!(e.kind, Kind::Symlink(_)) {
+                links.insert(e.path.as_str());
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -226,5 +286,29 @@ mod tests {
         let removed = t.retain_not(|e| e.path == "a/b");
         assert_eq!(removed, ["a/b", "a/b/c.txt"]);
         assert_eq!(t.len(), 3);
+    }
+    #[test]
+    fn stripping_a_linked_file_keeps_the_first_surviving_name() {
+        let mut t = Tree::new();
+        let link = |p: &str, to: &str| Entry { kind: Kind::Hardlink(to.into()), ..Entry::file(p, "", 0o644) };
+        t.insert(Entry::file("a", "bytes", 0o755)).unwrap();
+        t.insert(link("c", "a")).unwrap();
+        t.insert(link("b", "a")).unwrap();
+        t.retain_not(|e| e.path == "a");
+        let b = t.get("b").unwrap();
+        assert_eq!((&b.kind, b.mode), (&Kind::File { content: Content::bytes("bytes"), size: 5 }, 0o755));
+        assert_eq!(t.get("c").unwrap().kind, Kind::Hardlink("b".into()));
+        t.check_hardlinks().unwrap();
+    }
+    #[test]
+    fn entries_below_a_symlink_are_refused() {
+        let mut t = Tree::new();
+        t.insert(Entry::symlink("l", "/etc")).unwrap();
+        t.insert(Entry::file("l-x", "", 0o644)).unwrap(); // sorts between l and l/...
+        t.insert(Entry::file("m/l/x", "", 0o644)).unwrap(); // an l deeper down is not l
+        t.check_symlink_parents().unwrap();
+        t.insert(Entry::file("l/sub/passwd", "", 0o644)).unwrap();
+        let e = t.check_symlink_parents().unwrap_err();
+        assert!(matches!(&e, TreeError::UnderSymlink { path, link } if path == "l/sub/passwd" && link == "l"), "{e}");
     }
 }
