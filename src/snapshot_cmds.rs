@@ -7,7 +7,7 @@ use crate::registry_cmds::NetArgs;
 use crate::Global;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use moat_snapshot::{archive, backup_dir, freeze, oci, restore_dir, BackupOptions, Record, Repo};
+use moat_snapshot::{archive, backup_dir, freeze, oci, restore_with, BackupOptions, Record, Repo, RestoreOptions};
 use moat_supervisor::sandbox::state::{self, Paths, Status};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +42,10 @@ pub struct RestoreArgs {
     /// Restore into the workspace of a new sandbox NEWNAME instead.
     #[arg(long, value_name = "NEWNAME")]
     pub to: Option<String>,
+    /// Replace the workspace even when the undo snapshot cannot hold all of
+    /// it (what it cannot hold is lost, and listed).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args)]
@@ -169,8 +173,13 @@ pub fn restore(a: RestoreArgs, g: &Global) -> Result<ExitCode> {
             Err(e) => return Err(e.into()),
         },
     };
-    let report = restore_dir(&repo, &rec.digest, &dest, Some(&target_name))
+    let opts = RestoreOptions { undo_as: Some(&target_name), force: a.force };
+    let report = restore_with(&repo, &rec.digest, &dest, &opts)
         .with_context(|| format!("restoring sha256:{} to {}", rec.digest, dest.display()))?;
+    for l in &report.lost {
+        // Said even with -q: it is gone for good.
+        say!("warning: replaced without a snapshot (--force): {}", moat_supervisor::visible::field(l));
+    }
     if !g.quiet {
         say!("restored {} files, {} bytes to {}", report.files, report.bytes, dest.display());
         if let Some(u) = &report.undo {

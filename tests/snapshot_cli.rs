@@ -1,8 +1,9 @@
 //! `moat backup / snapshots / restore / snapshot export|import|gc` end to end:
 //! a sandbox record made through the supervisor's state API, restore into a
 //! new sandbox, export/import between two MOAT_HOMEs, kill -9 in the middle of
-//! a backup and of a restore, and a backup of a running (write-loaded)
-//! process group frozen with the real cgroup freezer.
+//! a backup and of a restore, a backup of a running (write-loaded)
+//! process group frozen with the real cgroup freezer, and a workspace deeper
+//! than PATH_MAX holding what no snapshot can keep (refused, then `--force`).
 mod common;
 #[path = "common/sandbox_record.rs"]
 mod sandbox_record;
@@ -13,7 +14,7 @@ use common::{moat, ok, run};
 use moat_snapshot::Repo;
 use moat_supervisor::sandbox::state::ProcId;
 use sandbox_record::sandbox;
-use snap::{check_repo, data, describe, every_type};
+use snap::{as_restored, check_repo, data, deep_tree, describe, every_type, fd_path};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,7 +38,8 @@ fn backup_list_restore_to_new_export_import_gc() {
     let ws = sandbox(&home, "agent", None);
     every_type(&ws);
     fs::write(ws.join(".env"), b"TOKEN=1\n").unwrap();
-    let first_desc = without_specials(describe(&ws));
+    // What a restore gives back: the tree without specials and setuid bits.
+    let first_desc = without_specials(as_restored(describe(&ws)));
 
     let mut c = moat(&home);
     c.args(["backup", "agent", "--tag", "first"]);
@@ -294,4 +296,58 @@ fn backup_of_a_running_sandbox_under_write_load_is_consistent() {
     result.unwrap();
     assert!(thawed.trim() == "THAWED" || thawed.trim() == "0", "left frozen: {thawed}");
     assert_ne!(before, after, "the writer did not run on after the backups");
+}
+
+/// A workspace deeper than PATH_MAX backs up and is replaced by a restore;
+/// one holding a file whose name no snapshot can keep is not (the refusal
+/// names it and the workspace is untouched) unless `--force` is given.
+#[test]
+fn deep_workspace_restores_and_what_cannot_be_kept_needs_force() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let ws = sandbox(&home, "deep", None);
+    fs::write(ws.join("top"), b"top\n").unwrap();
+    let small = digest_of(&ok({
+        let mut c = moat(&home);
+        c.args(["backup", "deep", "--tag", "small"]);
+        c
+    }));
+    let inner = deep_tree(&ws, 250, &"d".repeat(40));
+    fs::write(fd_path(&inner).join("bottom"), data(9, 50_000)).unwrap();
+    drop(inner);
+    let deep_desc = describe(&ws);
+    let deep = digest_of(&ok({
+        let mut c = moat(&home);
+        c.args(["backup", "deep"]);
+        c
+    }));
+    let mut c = moat(&home);
+    c.args(["restore", "deep", "small"]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 0, "restoring over a deep workspace: {err}");
+    assert!(err.contains(&format!("undo with: moat restore deep {deep}")), "the undo snapshot is the deep tree: {err}");
+    ok({
+        let mut c = moat(&home);
+        c.args(["restore", "deep", &deep]);
+        c
+    });
+    assert_eq!(describe(&ws), deep_desc);
+
+    let odd = ws.join(std::ffi::OsStr::from_bytes(b"notes-\xff"));
+    fs::write(&odd, b"unsaved work\n").unwrap();
+    let before = describe(&ws);
+    let mut c = moat(&home);
+    c.args(["restore", "deep", &small]);
+    let (code, _, err) = run(c);
+    assert_ne!(code, 0, "a restore that would lose notes-\\xff went ahead");
+    assert!(err.contains("notes-") && err.contains("not UTF-8") && err.contains("--force"), "{err}");
+    assert_eq!(describe(&ws), before, "the workspace is untouched");
+    let mut c = moat(&home);
+    c.args(["restore", "deep", &small, "--force"]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("replaced without a snapshot") && err.contains("notes-"), "{err}");
+    assert!(fs::symlink_metadata(&odd).is_err());
+    assert_eq!(fs::read(ws.join("top")).unwrap(), b"top\n");
 }

@@ -1,20 +1,26 @@
-//! Backup: walks a directory (never following symlinks), cuts regular files
-//! into content-defined chunks, stores each new chunk once and writes the
-//! canonical manifest. Incremental through the stat cache (a file whose
-//! size/mtime/ctime/inode are unchanged is not read again). Addresses torn or
-//! partial backups (the manifest is written only after every chunk it names
-//! is durable) and secret leakage (credential-like files are reported and,
-//! on request, left out).
+//! Backup: walks a directory through descriptors (never following symlinks,
+//! at any depth), cuts the data of regular files into content-defined chunks
+//! (the holes of sparse files are recorded, not read), stores each new chunk
+//! once and writes the canonical manifest. Incremental through the stat
+//! cache (a file whose size/mtime/ctime/inode are unchanged is not read
+//! again). Addresses torn or partial backups (the manifest is written only
+//! after every chunk it names is durable), secret leakage (credential-like
+//! files are reported and, on request, left out), workspaces a path cannot
+//! reach (deeper than PATH_MAX) and sparse files that would cost their full
+//! size to read.
 #![forbid(unsafe_code)]
 use crate::chunks::ChunkWriter;
-use crate::format::{sha256_hex, AVG_CHUNK, MAX_CHUNK, MIN_CHUNK};
-use crate::manifest::{Entry, Kind, Manifest};
+use crate::format::{sha256_hex, AVG_CHUNK, MAX_CHUNK, MIN_CHUNK, MIN_HOLE};
+use crate::manifest::{data_ranges, Entry, Kind, Manifest};
 use crate::repo::{CacheEntry, Record, Repo, StatCache};
-use crate::{io_err, secrets, SnapshotError};
+use crate::tree::{self, Descend};
+use crate::{io_err, secrets, sys, SnapshotError};
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -37,12 +43,56 @@ pub struct BackupReport {
     pub record: Record,
     /// Files actually read (not answered by the stat cache).
     pub files_read: u64,
+    /// What the snapshot could not hold although it has content (names or
+    /// symlink targets that are not UTF-8, files that vanished): the subset
+    /// of `record.skipped` a restore replacing this tree would lose.
+    pub unkept: Vec<String>,
 }
 
+/// What the walk saw of one entry (an `lstat`, and a symlink's target).
 struct Found {
     rel: String,
-    abs: PathBuf,
-    meta: fs::Metadata,
+    st: Stat,
+    link: Option<std::ffi::OsString>,
+}
+
+/// The fields of an `lstat` a backup uses.
+#[derive(Clone, Copy)]
+struct Stat {
+    fmt: u32,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    blocks: u64,
+    nlink: u64,
+    dev: u64,
+    ino: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Stat {
+    fn of(s: &libc::stat) -> Stat {
+        Stat {
+            fmt: s.st_mode & libc::S_IFMT,
+            mode: s.st_mode & 0o7777,
+            uid: s.st_uid,
+            gid: s.st_gid,
+            size: s.st_size.max(0) as u64,
+            blocks: s.st_blocks.max(0) as u64,
+            nlink: s.st_nlink,
+            dev: s.st_dev,
+            ino: s.st_ino,
+            mtime_ns: s.st_mtime as i128 * 1_000_000_000 + s.st_mtime_nsec as i128,
+            ctime_ns: s.st_ctime as i128 * 1_000_000_000 + s.st_ctime_nsec as i128,
+        }
+    }
+
+    /// Fewer blocks than bytes: the file may have holes worth looking for.
+    fn maybe_sparse(&self) -> bool {
+        self.blocks.saturating_mul(512) < self.size
+    }
 }
 
 /// Backs up `src` into `repo`; records it under `opts.sandbox`.
@@ -54,9 +104,17 @@ pub fn backup_dir(repo: &Repo, src: &Path, opts: &BackupOptions) -> Result<Backu
     if !root_meta.is_dir() {
         return Err(SnapshotError::Invalid(format!("{}: not a directory", src.display())));
     }
-    let mut found = vec![Found { rel: ".".into(), abs: src.to_path_buf(), meta: root_meta }];
+    let root = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(src)
+        .map(OwnedFd::from)
+        .map_err(io_err(src))?;
+    let root_st = sys::stat_fd(root.as_fd()).map_err(io_err(src))?;
+    let mut found = vec![Found { rel: ".".into(), st: Stat::of(&root_st), link: None }];
     let mut skipped = Vec::new();
-    walk(src, "", &excludes, &mut found, &mut skipped)?;
+    let mut unkept = Vec::new();
+    walk(root.as_fd(), src, &excludes, &mut found, &mut skipped, &mut unkept)?;
     found.sort_by(|a, b| a.rel.cmp(&b.rel));
 
     let cache_key = format!("{}\0{}", opts.sandbox, fs::canonicalize(src).map_err(io_err(src))?.display());
@@ -69,29 +127,30 @@ pub fn backup_dir(repo: &Repo, src: &Path, opts: &BackupOptions) -> Result<Backu
     let mut to_read: Vec<usize> = Vec::new();
     let mut new_cache = StatCache::new();
     for (i, f) in found.iter().enumerate() {
-        let m = &f.meta;
+        let m = &f.st;
         let mut e = Entry {
             path: f.rel.clone(),
             kind: Kind::Dir,
-            mode: m.mode() & 0o7777,
-            uid: m.uid(),
-            gid: m.gid(),
+            mode: m.mode,
+            uid: m.uid,
+            gid: m.gid,
             size: 0,
             target: None,
             chunks: vec![],
+            holes: vec![],
         };
-        let ft = m.file_type();
-        if ft.is_dir() {
-        } else if ft.is_symlink() {
-            let t = fs::read_link(&f.abs).map_err(io_err(&f.abs))?;
-            let Some(t) = t.to_str() else {
-                skipped.push(format!("{}: symlink target is not UTF-8", f.rel));
+        if m.fmt == libc::S_IFDIR {
+        } else if m.fmt == libc::S_IFLNK {
+            let Some(t) = f.link.as_ref().and_then(|t| t.to_str()) else {
+                let why = format!("{}: symlink target is not UTF-8", f.rel);
+                skipped.push(why.clone());
+                unkept.push(why);
                 entries.push(None);
                 continue;
             };
             e.kind = Kind::Symlink;
             e.target = Some(t.into());
-        } else if ft.is_file() {
+        } else if m.fmt == libc::S_IFREG {
             let name = f.rel.rsplit('/').next().unwrap_or(&f.rel);
             if let Some(why) = secrets::by_name(name) {
                 if opts.exclude_secrets {
@@ -101,14 +160,14 @@ pub fn backup_dir(repo: &Repo, src: &Path, opts: &BackupOptions) -> Result<Backu
                 }
                 secrets_seen.push(format!("{}: {why}", f.rel));
             }
-            if m.nlink() > 1 {
-                if let Some(leader) = links.get(&(m.dev(), m.ino())) {
+            if m.nlink > 1 {
+                if let Some(leader) = links.get(&(m.dev, m.ino)) {
                     e.kind = Kind::Hardlink;
                     e.target = Some(leader.clone());
                     entries.push(Some(e));
                     continue;
                 }
-                links.insert((m.dev(), m.ino()), f.rel.clone());
+                links.insert((m.dev, m.ino), f.rel.clone());
             }
             e.kind = Kind::File;
             match old_cache.get(&f.rel) {
@@ -123,19 +182,17 @@ pub fn backup_dir(repo: &Repo, src: &Path, opts: &BackupOptions) -> Result<Backu
                     }
                     e.size = c.size;
                     e.chunks = c.chunks.clone();
+                    e.holes = c.holes.clone().unwrap_or_default();
                     new_cache.insert(f.rel.clone(), c.clone());
                 }
                 _ => to_read.push(i),
             }
         } else {
-            let what = if ft.is_fifo() {
-                "FIFO"
-            } else if ft.is_socket() {
-                "socket"
-            } else if ft.is_char_device() {
-                "character device"
-            } else {
-                "block device"
+            let what = match m.fmt {
+                libc::S_IFIFO => "FIFO",
+                libc::S_IFSOCK => "socket",
+                libc::S_IFCHR => "character device",
+                _ => "block device",
             };
             skipped.push(format!("{}: {what}, skipped", f.rel));
             entries.push(None);
@@ -146,7 +203,7 @@ pub fn backup_dir(repo: &Repo, src: &Path, opts: &BackupOptions) -> Result<Backu
 
     // Read, chunk, hash, compress and store the changed files in parallel.
     let writer = ChunkWriter::new(repo.chunks());
-    let results = read_files(&writer, &found, &to_read, opts.exclude_secrets)?;
+    let results = read_files(&writer, root.as_fd(), src, &found, &to_read, opts.exclude_secrets)?;
     let (mut new_chunks, mut new_bytes) = (0, 0);
     let mut dropped_leaders = Vec::new();
     for (i, r) in to_read.iter().zip(results) {
@@ -155,7 +212,9 @@ pub fn backup_dir(repo: &Repo, src: &Path, opts: &BackupOptions) -> Result<Backu
         new_bytes += r.new_bytes;
         match r.outcome {
             Outcome::Vanished => {
-                skipped.push(format!("{}: vanished during the backup", f.rel));
+                let why = format!("{}: vanished during the backup", f.rel);
+                skipped.push(why.clone());
+                unkept.push(why);
                 entries[*i] = None;
                 dropped_leaders.push(f.rel.clone());
             }
@@ -164,28 +223,30 @@ pub fn backup_dir(repo: &Repo, src: &Path, opts: &BackupOptions) -> Result<Backu
                 entries[*i] = None;
                 dropped_leaders.push(f.rel.clone());
             }
-            Outcome::Stored { size, chunks, secret, stable } => {
+            Outcome::Stored { size, chunks, holes, secret, stable } => {
                 if let Some(why) = &secret {
                     secrets_seen.push(format!("{}: {why}", f.rel));
                 }
                 if stable {
-                    let m = &f.meta;
+                    let m = &f.st;
                     new_cache.insert(
                         f.rel.clone(),
                         CacheEntry {
                             size,
-                            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
-                            ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
-                            ino: m.ino(),
-                            dev: m.dev(),
+                            mtime_ns: m.mtime_ns,
+                            ctime_ns: m.ctime_ns,
+                            ino: m.ino,
+                            dev: m.dev,
                             chunks: chunks.clone(),
                             secret,
+                            holes: Some(holes.clone()),
                         },
                     );
                 }
                 if let Some(e) = entries[*i].as_mut() {
                     e.size = size;
                     e.chunks = chunks;
+                    e.holes = holes;
                 }
             }
         }
@@ -221,15 +282,19 @@ pub fn backup_dir(repo: &Repo, src: &Path, opts: &BackupOptions) -> Result<Backu
     };
     repo.add_record(&record)?;
     repo.save_cache(&cache_key, &new_cache)?;
-    Ok(BackupReport { digest, record, files_read: to_read.len() as u64 })
+    unkept.sort();
+    Ok(BackupReport { digest, record, files_read: to_read.len() as u64, unkept })
 }
 
-fn cache_matches(c: &CacheEntry, m: &fs::Metadata) -> bool {
-    c.size == m.size()
-        && c.ino == m.ino()
-        && c.dev == m.dev()
-        && c.mtime_ns == m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
-        && c.ctime_ns == m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128
+/// The file is as the cache saw it. A cache line written before holes were
+/// recorded (`holes: None`) answers only for a file without room for holes.
+fn cache_matches(c: &CacheEntry, m: &Stat) -> bool {
+    c.size == m.size
+        && c.ino == m.ino
+        && c.dev == m.dev
+        && c.mtime_ns == m.mtime_ns
+        && c.ctime_ns == m.ctime_ns
+        && (c.holes.is_some() || !m.maybe_sparse())
 }
 
 fn build_globs(pats: &[String]) -> Result<globset::GlobSet, SnapshotError> {
@@ -244,40 +309,50 @@ fn build_globs(pats: &[String]) -> Result<globset::GlobSet, SnapshotError> {
     b.build().map_err(|e| SnapshotError::Invalid(format!("--exclude: {e}")))
 }
 
+/// Lists the tree under `root` (through descriptors: any depth) into `out`,
+/// leaving out what `ex` matches and saying what it cannot hold.
 fn walk(
-    dir: &Path,
-    prefix: &str,
+    root: BorrowedFd<'_>,
+    src: &Path,
     ex: &globset::GlobSet,
     out: &mut Vec<Found>,
     skipped: &mut Vec<String>,
+    unkept: &mut Vec<String>,
 ) -> Result<(), SnapshotError> {
-    for ent in fs::read_dir(dir).map_err(io_err(dir))? {
-        let ent = ent.map_err(io_err(dir))?;
-        let abs = ent.path();
-        let Some(name) = ent.file_name().to_str().map(str::to_string) else {
-            skipped.push(format!("{}: name is not UTF-8, skipped", abs.display()));
-            continue;
+    let mut visit = |dir: BorrowedFd<'_>, parent: &str, name: &std::ffi::OsStr, st: &libc::stat| {
+        let Some(name) = name.to_str() else {
+            let shown = if parent == "." {
+                name.to_string_lossy().into_owned()
+            } else {
+                format!("{parent}/{}", name.to_string_lossy())
+            };
+            let why = format!("{shown}: name is not UTF-8, skipped");
+            skipped.push(why.clone());
+            unkept.push(why);
+            return Ok(Descend::Skip);
         };
-        let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
-        if ex.is_match(&rel) || ex.is_match(&name) {
-            continue;
+        let rel = if parent == "." { name.to_string() } else { format!("{parent}/{name}") };
+        if ex.is_match(&rel) || ex.is_match(name) {
+            return Ok(Descend::Skip);
         }
-        let meta = match fs::symlink_metadata(&abs) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_err(&abs)(e)),
+        let st = Stat::of(st);
+        let link = if st.fmt == libc::S_IFLNK {
+            match sys::readlink_at(dir, std::ffi::OsStr::new(name)) {
+                Ok(t) => Some(t),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Descend::Skip),
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
         };
-        let is_dir = meta.is_dir();
-        out.push(Found { rel: rel.clone(), abs: abs.clone(), meta });
-        if is_dir {
-            walk(&abs, &rel, ex, out, skipped)?;
-        }
-    }
-    Ok(())
+        out.push(Found { rel: rel.clone(), st, link });
+        Ok(if st.fmt == libc::S_IFDIR { Descend::Into(rel) } else { Descend::Skip })
+    };
+    tree::walk(root, &mut visit).map_err(io_err(src))
 }
 
 enum Outcome {
-    Stored { size: u64, chunks: Vec<String>, secret: Option<String>, stable: bool },
+    Stored { size: u64, chunks: Vec<String>, holes: Vec<[u64; 2]>, secret: Option<String>, stable: bool },
     Secret(String),
     Vanished,
 }
@@ -289,6 +364,8 @@ struct FileResult {
 
 fn read_files(
     writer: &ChunkWriter,
+    root: BorrowedFd<'_>,
+    src: &Path,
     found: &[Found],
     idx: &[usize],
     exclude_secrets: bool,
@@ -308,7 +385,7 @@ fn read_files(
                     if k >= idx.len() {
                         break;
                     }
-                    let r = store_file(writer, &found[idx[k]], exclude_secrets, &mut window);
+                    let r = store_file(writer, root, src, &found[idx[k]], exclude_secrets, &mut window);
                     let failed = r.is_err();
                     if let Ok(mut g) = slots.lock() {
                         g[k] = Some(r);
@@ -337,11 +414,10 @@ fn read_files(
 /// at end of file, so the cut points equal those of the whole file).
 fn chunk_stream(
     buf: &mut [u8],
-    mut r: &fs::File,
+    mut r: impl std::io::Read,
     path: &Path,
     on_chunk: &mut dyn FnMut(&[u8]) -> Result<(), SnapshotError>,
 ) -> Result<(), SnapshotError> {
-    use std::io::Read;
     let window = buf.len();
     let mut have = 0;
     let mut eof = false;
@@ -374,36 +450,92 @@ fn chunk_stream(
     }
 }
 
-fn open_nofollow(p: &Path) -> std::io::Result<fs::File> {
-    fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK).open(p)
+/// Opens the regular file `rel` under `root` for reading (no symlink is
+/// followed on the way, at any depth).
+fn open_beneath(root: BorrowedFd<'_>, rel: &str) -> std::io::Result<fs::File> {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDONLY | OFlag::O_NOCTTY | OFlag::O_NONBLOCK;
+    sys::open_beneath(root, rel, flags, 0).map(fs::File::from)
+}
+
+/// Reads the data of a file, skipping its holes: the bytes of `[0, size)`
+/// outside `holes`, in order. Stops early if the file shrinks; `reached`
+/// is then the offset it got to.
+struct DataReader<'a> {
+    file: &'a fs::File,
+    ranges: Vec<(u64, u64)>,
+    at: usize,
+    done_in_range: u64,
+    reached: u64,
+}
+
+impl<'a> DataReader<'a> {
+    fn new(file: &'a fs::File, size: u64, holes: &[[u64; 2]]) -> DataReader<'a> {
+        DataReader { file, ranges: data_ranges(size, holes), at: 0, done_in_range: 0, reached: 0 }
+    }
+}
+
+impl std::io::Read for DataReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while let Some(&(off, len)) = self.ranges.get(self.at) {
+            let left = len - self.done_in_range;
+            if left == 0 {
+                self.at += 1;
+                self.done_in_range = 0;
+                continue;
+            }
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = self.file.read_at(&mut buf[..want], off + self.done_in_range)?;
+            if n == 0 {
+                self.at = self.ranges.len(); // shrank: nothing more to read
+                return Ok(0);
+            }
+            self.done_in_range += n as u64;
+            self.reached = off + self.done_in_range;
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}
+
+/// The holes of `file` worth recording: at least [`MIN_HOLE`] long (shorter
+/// ones are read as the zeros they hold, so a manifest stays small).
+fn holes_of(file: &fs::File, st: &Stat) -> std::io::Result<Vec<[u64; 2]>> {
+    if !st.maybe_sparse() {
+        return Ok(Vec::new());
+    }
+    Ok(sys::holes(file, st.size)?.into_iter().filter(|(_, len)| *len >= MIN_HOLE).map(|(o, l)| [o, l]).collect())
 }
 
 fn store_file(
     writer: &ChunkWriter,
+    root: BorrowedFd<'_>,
+    src: &Path,
     f: &Found,
     exclude_secrets: bool,
     window: &mut [u8],
 ) -> Result<FileResult, SnapshotError> {
     let vanished = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     let nothing = FileResult { outcome: Outcome::Vanished, new_chunks: 0, new_bytes: 0 };
-    if exclude_secrets {
-        match open_nofollow(&f.abs).and_then(secrets::in_reader) {
-            Ok(Some(why)) => return Ok(FileResult { outcome: Outcome::Secret(why), ..nothing }),
-            Ok(None) => {}
-            Err(e) if vanished(&e) => return Ok(nothing),
-            Err(e) => return Err(io_err(&f.abs)(e)),
-        }
-    }
-    let file = match open_nofollow(&f.abs) {
+    let abs = src.join(&f.rel);
+    let file = match open_beneath(root, &f.rel) {
         Ok(file) => file,
         Err(e) if vanished(&e) => return Ok(nothing),
-        Err(e) => return Err(io_err(&f.abs)(e)),
+        Err(e) => return Err(io_err(&abs)(e)),
     };
-    let before = file.metadata().map_err(io_err(&f.abs))?;
-    if !before.is_file() || before.ino() != f.meta.ino() {
+    let before = sys::stat_fd(file.as_fd()).map(|s| Stat::of(&s)).map_err(io_err(&abs))?;
+    if before.fmt != libc::S_IFREG || before.ino != f.st.ino {
         return Ok(nothing); // replaced by something else since the walk
     }
-    let (mut size, mut chunks, mut new_chunks, mut new_bytes) = (0u64, Vec::new(), 0, 0);
+    let mut holes = holes_of(&file, &before).map_err(io_err(&abs))?;
+    if exclude_secrets {
+        match secrets::in_reader(DataReader::new(&file, before.size, &holes)) {
+            Ok(Some(why)) => return Ok(FileResult { outcome: Outcome::Secret(why), ..nothing }),
+            Ok(None) => {}
+            Err(e) => return Err(io_err(&abs)(e)),
+        }
+    }
+    let (mut data_len, mut chunks, mut new_chunks, mut new_bytes) = (0u64, Vec::new(), 0, 0);
     let mut secret = None;
     let mut prev_tail: Vec<u8> = Vec::new();
     let mut on_chunk = |data: &[u8]| -> Result<(), SnapshotError> {
@@ -419,17 +551,23 @@ fn store_file(
             new_chunks += 1;
             new_bytes += n;
         }
-        size += data.len() as u64;
+        data_len += data.len() as u64;
         chunks.push(id);
         Ok(())
     };
-    chunk_stream(window, &file, &f.abs, &mut on_chunk)?;
-    let after = file.metadata().map_err(io_err(&f.abs))?;
-    let stable = after.mtime() == f.meta.mtime()
-        && after.mtime_nsec() == f.meta.mtime_nsec()
-        && after.size() == size
-        && f.meta.size() == size;
-    Ok(FileResult { outcome: Outcome::Stored { size, chunks, secret, stable }, new_chunks, new_bytes })
+    let mut reader = DataReader::new(&file, before.size, &holes);
+    chunk_stream(window, &mut reader, &abs, &mut on_chunk)?;
+    let hole_bytes: u64 = holes.iter().map(|[_, l]| l).sum();
+    let mut size = before.size;
+    if data_len != size - hole_bytes {
+        // Shrank while read: the file ends where reading stopped, with the
+        // holes before that point.
+        size = reader.reached;
+        holes.retain(|[o, l]| o + l <= size);
+    }
+    let after = sys::stat_fd(file.as_fd()).map(|s| Stat::of(&s)).map_err(io_err(&abs))?;
+    let stable = after.mtime_ns == f.st.mtime_ns && after.size == size && f.st.size == size;
+    Ok(FileResult { outcome: Outcome::Stored { size, chunks, holes, secret, stable }, new_chunks, new_bytes })
 }
 
 #[cfg(test)]

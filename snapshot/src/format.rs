@@ -13,6 +13,11 @@ pub(crate) const MIN_CHUNK: u32 = 16 * 1024;
 pub(crate) const AVG_CHUNK: u32 = 64 * 1024;
 pub(crate) const MAX_CHUNK: u32 = 256 * 1024;
 
+/// The shortest hole of a sparse file a manifest records; shorter holes are
+/// stored as the zeros they read as (a file with many small holes keeps a
+/// small manifest).
+pub(crate) const MIN_HOLE: u64 = 64 * 1024;
+
 /// The id of a chunk or a manifest: sha256 (lowercase hex) of its bytes.
 pub fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))

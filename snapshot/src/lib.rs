@@ -47,13 +47,14 @@ mod repo;
 mod restore;
 mod secrets;
 mod sys;
+mod tree;
 
 pub use backup::{backup_dir, BackupOptions, BackupReport};
 pub use chunks::{ChunkStore, ChunkWriter};
 pub use format::sha256_hex;
 pub use manifest::{Entry, Kind, Manifest};
 pub use repo::{Record, Repo};
-pub use restore::{restore_dir, RestoreReport};
+pub use restore::{restore_dir, restore_with, RestoreOptions, RestoreReport};
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -80,8 +81,14 @@ pub enum SnapshotError {
     #[error("cgroup freezer {path}: {reason}")]
     Freeze { path: PathBuf, reason: String },
     /// The snapshot of what a restore would replace failed: nothing was changed.
-    #[error("could not snapshot the current {} before restoring (nothing was changed)", .dest.display())]
+    #[error("could not snapshot the current {} before restoring, so it is not replaced (nothing was changed; `moat restore --force` replaces it without that snapshot)", .dest.display())]
     UndoSnapshot { dest: PathBuf, source: Box<SnapshotError> },
+    /// What a restore would replace holds what no snapshot can keep: nothing was changed.
+    #[error(
+        "{} holds what a snapshot cannot keep, so restoring over it would lose it; nothing was changed (`moat restore --force` replaces it anyway):\n  {}",
+        .dest.display(), .paths.join("\n  ")
+    )]
+    CannotKeep { dest: PathBuf, paths: Vec<String> },
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {

@@ -16,7 +16,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-const FORMAT_NOTE: &[u8] = b"{\"format\":\"moat.snapshots.v2\",\"packs\":\"packs/NAME.pack holds chunk records (32-byte sha256 of the plain bytes, u32 LE length, codec byte r = raw or z = zstd frame, payload); packs/NAME.idx lists them (see supervisor/src/snapshot/pack.rs)\",\"chunks\":\"v1 loose chunk files, still read\"}\n";
+const FORMAT_NOTE: &[u8] = b"{\"format\":\"moat.snapshots.v2\",\"packs\":\"packs/NAME.pack holds chunk records (32-byte sha256 of the plain bytes, u32 LE length, codec byte r = raw or z = zstd frame, payload); packs/NAME.idx lists them (see snapshot/src/pack.rs)\",\"chunks\":\"v1 loose chunk files, still read\",\"manifests\":\"moat.snapshot.v1, or moat.snapshot.v2 when a file has holes (entries carry holes: [[offset, length], ...] and their chunks hold the rest of the file); both are read\"}\n";
 
 /// The undigested facts about one backup: when, of what, under which tag.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +51,10 @@ pub(crate) struct CacheEntry {
     pub(crate) chunks: Vec<String>,
     #[serde(default)]
     pub(crate) secret: Option<String>,
+    /// The file's recorded holes; `None` in a line written before holes
+    /// were recorded.
+    #[serde(default)]
+    pub(crate) holes: Option<Vec<[u64; 2]>>,
 }
 pub(crate) type StatCache = BTreeMap<String, CacheEntry>;
 

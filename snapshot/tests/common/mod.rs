@@ -62,19 +62,25 @@ pub fn every_type(root: &Path) {
 }
 
 /// path -> description; plus the hardlink groups (sets of paths sharing an inode).
+/// Works at any depth: every directory is reached through its open
+/// descriptor (`/proc/self/fd/N/name`), never through a path longer than
+/// PATH_MAX.
 pub fn describe(root: &Path) -> (BTreeMap<String, String>, BTreeSet<Vec<String>>) {
     let mut out = BTreeMap::new();
     let mut inodes: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>, inodes: &mut BTreeMap<u64, Vec<String>>) {
-        let mut ents: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-        ents.sort();
-        for p in ents {
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+    fn walk(dir: &fs::File, rel: &str, out: &mut BTreeMap<String, String>, inodes: &mut BTreeMap<u64, Vec<String>>) {
+        let base = fd_path(dir);
+        let mut names: Vec<_> = fs::read_dir(&base).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        for n in names {
+            let p = base.join(&n);
+            let n = n.to_string_lossy();
+            let rel = if rel.is_empty() { n.into_owned() } else { format!("{rel}/{n}") };
             let m = fs::symlink_metadata(&p).unwrap();
             let own = format!("{:o} {}:{}", m.mode() & 0o7777, m.uid(), m.gid());
             let ft = m.file_type();
             let d = if ft.is_dir() {
-                walk(root, &p, out, inodes);
+                walk(&open_dir(&p), &rel, out, inodes);
                 format!("dir {own}")
             } else if ft.is_symlink() {
                 format!("symlink -> {} {}:{}", fs::read_link(&p).unwrap().display(), m.uid(), m.gid())
@@ -91,9 +97,55 @@ pub fn describe(root: &Path) -> (BTreeMap<String, String>, BTreeSet<Vec<String>>
     }
     let rm = fs::metadata(root).unwrap();
     out.insert(".".into(), format!("dir {:o} {}:{}", rm.mode() & 0o7777, rm.uid(), rm.gid()));
-    walk(root, root, &mut out, &mut inodes);
+    walk(&open_dir(root), "", &mut out, &mut inodes);
     let groups = inodes.into_values().filter(|v| v.len() > 1).collect();
     (out, groups)
+}
+
+/// What a restore makes of a description: regular files lose their setuid
+/// and setgid bits (directories keep theirs).
+pub fn as_restored(
+    d: (BTreeMap<String, String>, BTreeSet<Vec<String>>),
+) -> (BTreeMap<String, String>, BTreeSet<Vec<String>>) {
+    let (mut m, l) = d;
+    for v in m.values_mut() {
+        if let Some(rest) = v.strip_prefix("file ") {
+            let (mode, tail) = rest.split_once(' ').unwrap();
+            let mode = u32::from_str_radix(mode, 8).unwrap() & !0o6000;
+            *v = format!("file {mode:o} {tail}");
+        }
+    }
+    (m, l)
+}
+
+/// A short path naming the open directory `dir` (however deep it is).
+pub fn fd_path(dir: &fs::File) -> std::path::PathBuf {
+    use std::os::fd::AsRawFd;
+    std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+}
+
+/// Opens a directory without following a symlink at its last component.
+pub fn open_dir(p: &Path) -> fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Builds `depth` nested directories named `name` (a long name makes the
+/// path pass PATH_MAX) under `root`, each holding a small file `f` (its
+/// content names its depth), and returns the innermost directory, open.
+pub fn deep_tree(root: &Path, depth: usize, name: &str) -> fs::File {
+    let mut dir = open_dir(root);
+    for i in 0..depth {
+        let base = fd_path(&dir);
+        fs::create_dir(base.join(name)).unwrap();
+        fs::write(base.join("f"), format!("depth {i}\n")).unwrap();
+        dir = open_dir(&base.join(name));
+    }
+    dir
 }
 
 /// Every manifest in the repository parses and every chunk it names verifies.
