@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 mod fsck;
 mod lease;
+mod verified;
 
 use crate::digest::{Digest, HashingWriter};
 use crate::oci::{Descriptor, ImageConfig, Index, Manifest, ANNOTATION_REF_NAME, MEDIA_MANIFEST};
@@ -153,7 +154,7 @@ impl Store {
     /// hold until the blob is named in the index).
     pub fn reuse_blob(&self, d: &Digest) -> Result<bool> {
         self.hold_writer_lease()?;
-        match self.verify_blob(d) {
+        match self.check_for_reuse(d) {
             Ok(()) => Ok(true),
             Err(StoreError::Missing(_)) => Ok(false),
             Err(StoreError::Corrupt { expected, actual }) => {
@@ -162,6 +163,25 @@ impl Store {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Re-hashes a blob on disk unless the verified-blob memo says its file
+    /// is unchanged since it was last checked (see `verified`).
+    fn check_for_reuse(&self, d: &Digest) -> Result<()> {
+        let p = self.blob_path(d);
+        let f = File::open(&p).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::Missing(d.clone()),
+            _ => StoreError::Io { path: p.clone(), source: e },
+        })?;
+        // The stamp is taken before hashing: a write during the hash changes
+        // ctime, so the entry written below no longer matches.
+        let meta = f.metadata().map_err(io_err(&p))?;
+        if self.memo_knows(d, &meta) {
+            return Ok(());
+        }
+        io::copy(&mut VerifyingReader::new(&f, d.clone()), &mut io::sink()).map_err(|e| unwrap_verify_error(e, &p))?;
+        self.memo_remember(d, &meta);
+        Ok(())
     }
 
     /// Starts a streamed blob write; nothing is visible until `commit`.
@@ -392,6 +412,7 @@ impl Store {
                 }
             }
         }
+        self.memo_prune();
         Ok(report)
     }
 }
@@ -458,6 +479,9 @@ impl BlobWriter {
         tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(io_err(&root))?;
         let dest = self.store.blob_path(&digest);
         fsio::persist(tmp, &dest).map_err(io_err(&dest))?;
+        if let Ok(meta) = fs::metadata(&dest) {
+            self.store.memo_remember(&digest, &meta);
+        }
         Ok((digest, size))
     }
 }
@@ -557,5 +581,78 @@ mod tests {
         let r = s.gc().unwrap();
         assert_eq!(r.removed, vec![junk.clone()]);
         assert!(s.has_blob(&layer) && s.has_blob(&config) && s.has_blob(&md) && !s.has_blob(&junk));
+    }
+
+    fn image(s: &Store, layer: &[u8]) -> Descriptor {
+        let desc = |d: Digest, n: usize| Descriptor {
+            media_type: "x".into(),
+            digest: d,
+            size: n as u64,
+            annotations: Default::default(),
+            platform: None,
+        };
+        let m = Manifest {
+            schema_version: 2,
+            artifact_type: None,
+            media_type: Some(MEDIA_MANIFEST.into()),
+            config: desc(s.put_blob(b"{}").unwrap(), 2),
+            layers: vec![desc(s.put_blob(layer).unwrap(), layer.len())],
+            annotations: Default::default(),
+        };
+        let mbytes = cjson::to_vec(&m).unwrap();
+        desc(s.put_blob(&mbytes).unwrap(), mbytes.len())
+    }
+
+    #[test]
+    fn put_blob_replaces_a_corrupt_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let d = s.put_blob(b"hello").unwrap();
+        fs::write(s.blob_path(&d), b"hellO").unwrap();
+        assert!(!s.reuse_blob(&d).unwrap());
+        assert_eq!(s.put_blob(b"hello").unwrap(), d);
+        assert_eq!(fs::read(s.blob_path(&d)).unwrap(), b"hello");
+        assert!(s.reuse_blob(&d).unwrap());
+    }
+
+    #[test]
+    fn set_ref_refuses_an_image_that_is_not_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let m = image(&s, b"layer bytes");
+        let layer = s.manifest(&m.digest).unwrap().layers[0].digest.clone();
+        fs::remove_file(s.blob_path(&layer)).unwrap();
+        let e = s.set_ref("demo", m.clone()).unwrap_err();
+        assert!(matches!(&e, StoreError::Incomplete { digest, .. } if digest == &layer), "{e}");
+        fs::write(s.blob_path(&layer), b"layer byte").unwrap();
+        assert!(matches!(s.set_ref("demo", m), Err(StoreError::WrongSize { .. })));
+        assert!(s.images().unwrap().is_empty());
+    }
+
+    /// A writer's handle holds gc off from its first blob until it is dropped:
+    /// blobs it wrote and then names survive a gc started in between.
+    #[test]
+    fn gc_waits_for_a_writer_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Store::open(dir.path()).unwrap();
+        let m = image(&writer, b"fresh layer");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let root = dir.path().to_path_buf();
+        let gc = std::thread::spawn(move || {
+            let collector = Store::open(&root).unwrap();
+            tx.send(()).unwrap();
+            collector.gc().unwrap()
+        });
+        rx.recv().unwrap();
+        // gc has had time to delete the unnamed blobs if it were not held off.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!gc.is_finished(), "gc ran while a writer held the lease");
+        writer.set_ref("demo", m.clone()).unwrap();
+        drop(writer);
+        let report = gc.join().unwrap();
+        assert!(report.removed.is_empty(), "{:?}", report.removed);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.resolve("demo").unwrap().manifest.digest, m.digest);
+        assert_eq!(s.fsck().unwrap().problems, vec![]);
     }
 }
