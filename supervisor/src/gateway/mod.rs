@@ -61,8 +61,14 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Time to connect to an upstream.
     pub connect_timeout: Duration,
-    /// Concurrent client connections; more are answered 503.
+    /// Concurrent client connections; more are answered 503. With
+    /// `max_head` this bounds the heads held at once (32 MiB).
     pub max_connections: usize,
+    /// Time a client has to send one whole request body that the gateway
+    /// reads itself (inference.local); 408 after.
+    pub body_timeout: Duration,
+    /// Bytes of request bodies held whole at once, for the whole sandbox.
+    pub body_buffer: usize,
 }
 
 impl Default for Limits {
@@ -72,7 +78,9 @@ impl Default for Limits {
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
             connect_timeout: Duration::from_secs(10),
-            max_connections: 4096,
+            max_connections: 1024,
+            body_timeout: Duration::from_secs(120),
+            body_buffer: 64 << 20,
         }
     }
 }

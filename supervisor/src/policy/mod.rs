@@ -33,6 +33,10 @@ pub struct Policy {
     pub filesystem: Filesystem,
     pub landlock: LandlockSection,
     pub process: Process,
+    /// Bounds on the work the sandbox's supervisor does on its behalf
+    /// (absent in policies written before it existed: the defaults apply).
+    #[serde(default)]
+    pub supervisor: Supervisor,
     pub network: Network,
 }
 
@@ -81,6 +85,61 @@ pub struct Process {
     pub rlimit_core: u64,
     pub pids_max: i64,
     pub memory_max_mib: i64,
+    /// CPU time the whole sandbox may use, in cores (0.5: half of one core);
+    /// absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_max: Option<Cores>,
+}
+
+/// A CPU share in thousandths of a core, written in the policy as a number
+/// of cores (`1`, `0.5`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cores(pub u32);
+
+impl Serialize for Cores {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(f64::from(self.0) / 1000.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cores {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Cores, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Number {
+            Int(i64),
+            Float(f64),
+        }
+        let cores = match Number::deserialize(d)? {
+            Number::Int(i) => i as f64,
+            Number::Float(f) => f,
+        };
+        if !(0.01..=1024.0).contains(&cores) {
+            return Err(serde::de::Error::custom(format!("{cores} cores: use a number from 0.01 to 1024")));
+        }
+        Ok(Cores((cores * 1000.0).round() as u32))
+    }
+}
+
+/// The supervisor's own work for one sandbox: it runs outside the sandbox's
+/// cgroup (it holds the gateways), so it gets bounds of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Supervisor {
+    /// Memory limit of the supervisor's own cgroup (MiB).
+    pub memory_max_mib: u64,
+    /// Seconds a client has to send one whole request body to
+    /// `inference.local`; past it the request is answered 408.
+    pub request_body_timeout_secs: u64,
+    /// Bytes of request bodies (MiB) the inference gateway may hold at once
+    /// for this sandbox (only bodies it must rewrite whole are held).
+    pub body_buffer_mib: u64,
+}
+
+impl Default for Supervisor {
+    fn default() -> Supervisor {
+        Supervisor { memory_max_mib: 256, request_body_timeout_secs: 120, body_buffer_mib: 64 }
+    }
 }
 
 pub use crate::policy::network::Network;
@@ -171,6 +230,15 @@ impl Policy {
         }
         if p.pids_max < 1 || p.memory_max_mib < 16 {
             return Err("process.pids_max must be >= 1 and memory_max_mib >= 16".into());
+        }
+        let sup = &self.supervisor;
+        if sup.memory_max_mib < 32 || sup.request_body_timeout_secs == 0 || sup.body_buffer_mib == 0 {
+            return Err(
+                "supervisor.memory_max_mib must be >= 32, request_body_timeout_secs and body_buffer_mib >= 1".into()
+            );
+        }
+        if sup.body_buffer_mib >= sup.memory_max_mib {
+            return Err("supervisor.body_buffer_mib must be below supervisor.memory_max_mib".into());
         }
         self.network.validate().map_err(|e| e.to_string())
     }

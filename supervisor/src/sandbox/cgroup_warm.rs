@@ -9,7 +9,9 @@
 //! a sandbox start is such a writer. Moving this process into the cgroup it
 //! is already in takes the same lock and changes nothing, so doing that at
 //! the start of `supervise` lets the wait elapse while the image is
-//! resolved, the namespace made and the launcher exec'd.
+//! resolved, the namespace made and the launcher exec'd. Normally the
+//! supervisor's move into its own cgroup (`host_cgroup`) is that writer;
+//! this is the fallback where it has none.
 #![forbid(unsafe_code)]
 use std::io::Write;
 use std::path::PathBuf;
@@ -40,22 +42,23 @@ fn candidates(cgroups: &str, pure_v2: bool) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Begins the wait on a helper thread and returns at once. Failures (no
+/// Takes the migration lock by moving this process into the cgroup it is
+/// already in: call it on a helper thread ([`host_cgroup`] does, when the
+/// supervisor has no cgroup of its own to move into). Failures (no
 /// cgroupfs, no permission) only lose the head start, so they are logged at
-/// debug level and otherwise ignored. Join the handle once the sandbox has
-/// started to leave no thread behind.
-pub(crate) fn start() -> std::thread::JoinHandle<()> {
-    std::thread::spawn(|| {
-        let Some(file) = own_procs_file() else {
-            tracing::debug!("cgroup warm-up: no cgroup.procs of our own found");
-            return;
-        };
-        // "0" moves the writing thread's process: into the cgroup it is in.
-        let result = std::fs::OpenOptions::new().write(true).open(&file).and_then(|mut f| f.write_all(b"0"));
-        if let Err(e) = result {
-            tracing::debug!(file = %file.display(), error = %moat_builder::errors::chain(&e), "cgroup warm-up skipped");
-        }
-    })
+/// debug level and otherwise ignored.
+///
+/// [`host_cgroup`]: crate::sandbox::host_cgroup
+pub(crate) fn warm() {
+    let Some(file) = own_procs_file() else {
+        tracing::debug!("cgroup warm-up: no cgroup.procs of our own found");
+        return;
+    };
+    // "0" moves the writing thread's process: into the cgroup it is in.
+    let result = std::fs::OpenOptions::new().write(true).open(&file).and_then(|mut f| f.write_all(b"0"));
+    if let Err(e) = result {
+        tracing::debug!(file = %file.display(), error = %moat_builder::errors::chain(&e), "cgroup warm-up skipped");
+    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ fn check(name: &'static str, level: Level, detail: impl Into<String>, fix: impl 
 
 /// Runs every probe.
 pub fn run() -> Vec<Check> {
-    vec![root(), landlock(), seccomp(), namespaces(), cgroups(), overlayfs(), runtimes()]
+    vec![root(), landlock(), seccomp(), namespaces(), cgroups(), supervisor_memory(), overlayfs(), runtimes()]
 }
 
 fn root() -> Check {
@@ -117,6 +117,21 @@ fn cgroups() -> Check {
     }
 }
 
+fn supervisor_memory() -> Check {
+    let where_ = crate::sandbox::host_cgroup::describe();
+    if crate::sandbox::host_cgroup::dir_of("x").is_some() {
+        check("supervisor memory", Level::Ok, format!("bounded per sandbox in {where_}"), "")
+    } else {
+        check(
+            "supervisor memory",
+            Level::Degraded,
+            where_,
+            "the gateways run outside the sandbox's cgroup: without a memory controller what a sandbox makes them \
+             hold is the host's. Fix: enable the memory controller (cgroup_enable=memory)",
+        )
+    }
+}
+
 fn overlayfs() -> Check {
     let fss = fs::read_to_string("/proc/filesystems").unwrap_or_default();
     if fss.lines().any(|l| l.split_whitespace().last() == Some("overlay")) {
@@ -149,7 +164,7 @@ mod tests {
     #[test]
     fn every_check_reports_and_gaps_say_how_to_fix() {
         let checks = super::run();
-        assert_eq!(checks.len(), 7);
+        assert_eq!(checks.len(), 8);
         for c in &checks {
             assert!(!c.detail.is_empty(), "{}", c.name);
             if c.level != super::Level::Ok {

@@ -7,6 +7,7 @@
 //! with the supervisor; stop/rm remove every trace but the workspace).
 pub(crate) mod cgroup_warm;
 pub mod doctor;
+pub mod host_cgroup;
 pub(crate) mod net;
 pub(crate) mod netns;
 pub(crate) mod spec;
@@ -229,13 +230,14 @@ pub struct Early {
 }
 
 /// Forks the launcher (first: the process must still be single-threaded;
-/// it prepares itself and waits for its plan), starts the cgroup lock's
-/// grace period (the launcher's first cgroup write would wait for it) and
+/// it prepares itself and waits for its plan), moves both into the
+/// supervisor's own memory cgroup (which also starts the cgroup lock's
+/// grace period the launcher's first cgroup write would wait for) and
 /// the network namespace with the gateway's socket and the CA of sandbox
 /// `name`. Nothing is written to any sandbox's state.
 pub fn begin(name: &str, policy: &Policy) -> Result<Early, SandboxError> {
     let launcher = ForkedLauncher::fork()?;
-    let cgroup_warm = crate::sandbox::cgroup_warm::start();
+    let cgroup_warm = host_cgroup::start(name, policy.supervisor.memory_max_mib, launcher.pid());
     let net = NetStart::spawn(name, policy.network.gateway_port);
     Ok(Early { launcher, cgroup_warm, net })
 }
@@ -273,7 +275,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
         None => begin(&paths.name, &req.policy)?,
     };
     let policy = &req.policy;
-    net.start_gateway(paths, &policy.network);
+    net.start_gateway(paths, &policy.network, gateway_limits(&policy.supervisor));
     let rec = state::load(paths)?;
     let store = Store::open_existing(&req.store)?;
     let prepared = (|| -> Result<Resolved, SandboxError> {
@@ -380,6 +382,15 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     Ok(code)
 }
 
+/// The gateway's bounds from the policy's `[supervisor]` section.
+fn gateway_limits(s: &crate::policy::Supervisor) -> crate::gateway::Limits {
+    crate::gateway::Limits {
+        body_timeout: Duration::from_secs(s.request_body_timeout_secs),
+        body_buffer: usize::try_from(s.body_buffer_mib << 20).unwrap_or(usize::MAX),
+        ..Default::default()
+    }
+}
+
 pub fn guard_plan(policy: &Policy) -> GuardPlan {
     GuardPlan {
         landlock: LandlockPlan::from_policy(policy),
@@ -437,6 +448,7 @@ pub fn remove(paths: &Paths, force: bool, workspace: bool) -> Result<(), Sandbox
         stop(paths, Duration::from_secs(0))?;
     }
     crate::launch::remove_leftovers(&Paths::containers_root(), &paths.container_id());
+    host_cgroup::remove(&paths.name);
     let _ = fs::remove_dir_all(&paths.run);
     let keep = rec.workspace_owned && !workspace;
     for e in fs::read_dir(&paths.home).map_err(io(paths.home.display().to_string()))?.flatten() {

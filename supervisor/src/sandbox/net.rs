@@ -32,7 +32,7 @@ pub(crate) struct NetStart {
     ready: mpsc::Receiver<LaunchNet>,
     /// Starts the gateway for the sandbox created at these paths. Dropped
     /// unsent, the thread ends without touching any sandbox's state.
-    go: Option<mpsc::Sender<(Paths, Network)>>,
+    go: Option<mpsc::Sender<(Paths, Network, gateway::Limits)>>,
     /// The outer error: no namespace or socket (nothing was sent); the inner
     /// one: the gateway failed (or was never asked) to start. The namespace
     /// is returned either way, so its descriptor stays open until `finish`
@@ -49,7 +49,7 @@ impl NetStart {
     /// name need not be reserved yet: nothing is written until then.
     pub(crate) fn spawn(name: &str, port: u16) -> NetStart {
         let (tx, ready) = mpsc::channel();
-        let (go, go_rx) = mpsc::channel::<(Paths, Network)>();
+        let (go, go_rx) = mpsc::channel::<(Paths, Network, gateway::Limits)>();
         let name = name.to_string();
         let thread = std::thread::spawn(move || {
             let ns = Netns::create()?;
@@ -58,8 +58,8 @@ impl NetStart {
             // The receiver may be gone (the supervisor failed meanwhile).
             let _ = tx.send(LaunchNet { netns_path: ns.proc_path(), ca: ca.clone() });
             let gateway = match go_rx.recv() {
-                Ok((paths, network)) => {
-                    gateway_for(&paths, &network, &ns, listener, ca).map_err(crate::sandbox::gateway_err)
+                Ok((paths, network, limits)) => {
+                    gateway_for(&paths, &network, limits, &ns, listener, ca).map_err(crate::sandbox::gateway_err)
                 }
                 Err(_) => Err(SandboxError::Refused("the gateway was not started".into())),
             };
@@ -70,10 +70,10 @@ impl NetStart {
 
     /// Lets the gateway start, once the sandbox's name is reserved and its
     /// state directory exists.
-    pub(crate) fn start_gateway(&mut self, paths: &Paths, network: &Network) {
+    pub(crate) fn start_gateway(&mut self, paths: &Paths, network: &Network, limits: gateway::Limits) {
         if let Some(go) = self.go.take() {
             // A send error means the thread already failed: `ready`/`finish` report it.
-            let _ = go.send((paths.clone(), network.clone()));
+            let _ = go.send((paths.clone(), network.clone(), limits));
         }
     }
 
@@ -117,6 +117,7 @@ impl Drop for NetStart {
 fn gateway_for(
     paths: &Paths,
     network: &Network,
+    limits: gateway::Limits,
     netns: &Netns,
     listener: std::net::TcpListener,
     ca: Arc<Ca>,
@@ -145,7 +146,7 @@ fn gateway_for(
         resolver: gateway::ssrf::Resolver::from_env()?,
         ca,
         control_socket: Some(paths.control_socket()),
-        limits: gateway::Limits::default(),
+        limits,
         inference: Arc::new(crate::gateway::inference::Inference::load(paths.home.clone(), credentials)),
     };
     gateway::start(config, listener)?;

@@ -22,6 +22,9 @@ pub enum SpecError {
     Env(String),
 }
 
+/// The CFS period the CPU quota is measured over (µs).
+const CPU_PERIOD_US: u64 = 100_000;
+
 /// Everything a spec depends on besides the policy.
 #[derive(Debug, Clone)]
 pub(crate) struct SpecParams {
@@ -160,6 +163,10 @@ pub(crate) fn build(policy: &Policy, p: &SpecParams) -> Result<Spec, SpecError> 
         },
     });
     let mut spec = spec;
+    if let Some(cores) = proc_.cpu_max {
+        // quota/period = cores; a 100 ms period, the kernel's default.
+        spec["linux"]["resources"]["cpu"] = json!({"quota": i64::from(cores.0) * 100, "period": CPU_PERIOD_US});
+    }
     if let Some(cg) = &p.cgroups_path {
         spec["linux"]["cgroupsPath"] = json!(cg);
     }

@@ -6,6 +6,7 @@
 //! nothing of it enters the sandbox.
 #![forbid(unsafe_code)]
 pub(crate) mod relay;
+mod request_body;
 pub(crate) mod shapes;
 pub mod usage;
 
@@ -144,6 +145,8 @@ pub struct Inference {
     dir: PathBuf,
     credentials: crate::secrets::credentials::Store,
     pub pool: relay::Pool,
+    /// Budget of request bodies held whole (sized from the gateway's limits on first use).
+    pub(crate) held: std::sync::OnceLock<tokio::sync::Semaphore>,
     unsaved: std::sync::Arc<Mutex<Option<Vec<u8>>>>,
 }
 
@@ -166,6 +169,7 @@ impl Inference {
             dir,
             credentials,
             pool: relay::Pool::default(),
+            held: std::sync::OnceLock::new(),
             unsaved: Default::default(),
         }
     }

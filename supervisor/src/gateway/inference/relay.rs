@@ -8,6 +8,7 @@
 //! against a sandbox-supplied key being used (always stripped), and against
 //! unbounded bodies.
 #![forbid(unsafe_code)]
+use super::request_body;
 use super::usage::Tap;
 use super::{Endpoint, Inference, Kind, Route};
 use crate::gateway::events::{Decision, Event};
@@ -16,10 +17,9 @@ use crate::gateway::http1::{self, Framing, RequestHead};
 use crate::gateway::identity::Proc;
 use crate::gateway::Shared;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::Semaphore;
 
-/// Largest request body (prompts with images fit; a runaway upload does not).
-pub(crate) const MAX_REQUEST_BODY: usize = 32 << 20;
 /// Largest response body relayed; past it the response is cut.
 pub(crate) const MAX_RESPONSE_BODY: u64 = 256 << 20;
 /// Time the provider may take to start answering: the gateway's limit for
@@ -104,13 +104,11 @@ pub(crate) async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
     };
     let Some((route, ep)) = inf.route() else {
         let b = fail(503, "moat_no_route", "no inference route is configured: an operator runs `moat inference set`");
-        let _ = client.get_mut().write_all(&b).await;
-        return false;
+        return refuse(client, &b).await;
     };
     if let Err(r) = super::shapes::check(route.provider, &method, path) {
         let kind = if r.status == 400 { "moat_bad_path" } else { "moat_not_inference" };
-        let _ = client.get_mut().write_all(&fail(r.status, kind, &r.message)).await;
-        return false;
+        return refuse(client, &fail(r.status, kind, &r.message)).await;
     }
     if head.version == 1 && head.header("expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue")) {
         // The client holds the body back until told to go on (curl waits a
@@ -119,56 +117,76 @@ pub(crate) async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
             return false;
         }
     }
-    let body = match read_body(&head, client).await {
-        Ok(b) => b,
-        Err((status, msg)) => {
-            let b = fail(status, "moat_bad_request", &msg);
-            let _ = client.get_mut().write_all(&b).await;
-            return false;
+    let framing = match http1::request_framing(&head) {
+        Ok(f) => f,
+        Err(e) => {
+            let b = fail(400, "moat_bad_request", &moat_builder::errors::chain(&e));
+            return refuse(client, &b).await;
         }
     };
+    if let Err(r) = request_body::check_declared(framing) {
+        return refuse(client, &fail(r.status, r.kind, &r.message)).await;
+    }
     let admitted = inf.meter.lock().unwrap_or_else(|p| p.into_inner()).admit(&route.budget, Instant::now());
     if let Err(over) = admitted {
         let b = fail(429, "moat_budget_exceeded", &over.0);
-        let _ = client.get_mut().write_all(&b).await;
-        return false;
+        return refuse(client, &b).await;
     }
     let key = match &route.credential {
         Some(c) => match inf.credential(c) {
             Ok(k) => Some(k),
             Err(e) => {
                 let b = fail(503, "moat_no_credential", &moat_builder::errors::chain(&e));
-                let _ = client.get_mut().write_all(&b).await;
-                return false;
+                return refuse(client, &b).await;
             }
         },
         None => None,
     };
-    let body = rewrite_model(body, route.model.as_deref());
+    let deadline_secs = shared.limits.body_timeout.as_secs();
+    let deadline = tokio::time::Instant::now() + shared.limits.body_timeout;
+    // Only a body whose model is rewritten is read whole (under the
+    // sandbox's budget); every other body streams to the provider.
+    let held = match route.model.as_deref() {
+        Some(model) => {
+            let budget = inf.held.get_or_init(|| Semaphore::new(shared.limits.body_buffer));
+            match request_body::hold(framing, client, budget, deadline, deadline_secs).await {
+                Ok(mut h) => {
+                    h.body = rewrite_model(std::mem::take(&mut h.body), Some(model));
+                    Some(h)
+                }
+                Err(r) => return refuse(client, &fail(r.status, r.kind, &r.message)).await,
+            }
+        }
+        None => None,
+    };
     let client_close = http1::wants_close_request(&head);
     head.headers.retain(|(n, _)| !dropped(n));
     http1::strip_hop_by_hop(&mut head.headers);
     head.headers.push(("Host".into(), host_header(&ep).into_bytes()));
-    head.headers.push(("Content-Length".into(), body.len().to_string().into_bytes()));
+    head.headers.push(match &held {
+        Some(h) => ("Content-Length".into(), h.body.len().to_string().into_bytes()),
+        None => request_body::streamed_framing_header(framing),
+    });
     inject_credential(&mut head, route.provider, key.as_deref());
     let target = format!("{}{}", ep.base, path);
 
     let request = http1::write_request_head(&head, &target);
+    let streamed = held.is_none();
+    let body: &[u8] = held.as_ref().map(|h| &h.body[..]).unwrap_or_default();
     let (mut up, mut reused) = match checkout(inf, &route) {
         Some(u) => (u, true),
         None => match connect(shared, &ep).await {
             Ok(u) => (u, false),
             Err(e) => {
                 let b = fail(502, "moat_upstream", &format!("cannot reach the provider at {}: {e}", route.endpoint));
-                let _ = client.get_mut().write_all(&b).await;
-                return false;
+                return refuse(client, &b).await;
             }
         },
     };
     loop {
         let sent = async {
             up.get_mut().write_all(&request).await?;
-            up.get_mut().write_all(&body).await?;
+            up.get_mut().write_all(body).await?;
             up.get_mut().flush().await
         };
         let Err(e) = sent.await else { break };
@@ -182,8 +200,13 @@ pub(crate) async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         let b = fail(502, "moat_upstream", &format!("sending to the provider: {e}"));
-        let _ = client.get_mut().write_all(&b).await;
-        return false;
+        return refuse(client, &b).await;
+    }
+    drop(held);
+    if streamed && framing != Framing::None {
+        if let Err(r) = request_body::stream(framing, client, up.get_mut(), deadline, deadline_secs).await {
+            return refuse(client, &fail(r.status, r.kind, &r.message)).await;
+        }
     }
     let resp = loop {
         match tokio::time::timeout(FIRST_BYTE_TIMEOUT, http1::read_response_head(&mut up, shared.limits.max_head)).await
@@ -192,20 +215,17 @@ pub(crate) async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
             Ok(Ok(Some(r))) => break r,
             Ok(Ok(None)) | Ok(Err(_)) => {
                 let b = fail(502, "moat_upstream", "the provider closed the connection or answered malformed HTTP");
-                let _ = client.get_mut().write_all(&b).await;
-                return false;
+                return refuse(client, &b).await;
             }
             Err(_) => {
                 let b = fail(504, "moat_timeout", "the provider did not answer in time");
-                let _ = client.get_mut().write_all(&b).await;
-                return false;
+                return refuse(client, &b).await;
             }
         }
     };
     let Ok(framing) = http1::response_framing(&head.method, &resp) else {
         let b = fail(502, "moat_upstream", "the provider's response framing is ambiguous");
-        let _ = client.get_mut().write_all(&b).await;
-        return false;
+        return refuse(client, &b).await;
     };
     if let Framing::Length(n) = framing {
         if n > MAX_RESPONSE_BODY {
@@ -303,6 +323,33 @@ pub(crate) async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
     complete && !client_close
 }
 
+/// Answers with `response` and closes the connection; returns false (the
+/// connection does not stay open). What the client was still sending is
+/// read and dropped for a moment first: closing a socket with unread bytes
+/// resets it, and the reset would destroy the answer before the client
+/// reads it.
+async fn refuse<C: AsyncRead + AsyncWrite + Unpin>(client: &mut BufReader<C>, response: &[u8]) -> bool {
+    if client.get_mut().write_all(response).await.is_err() || client.get_mut().shutdown().await.is_err() {
+        return false;
+    }
+    let drain = async {
+        let mut sink = [0u8; 16 * 1024];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match client.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+    false
+}
+
+/// How long, and how much, a refused client's unread bytes are drained.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 64 << 20;
+
 /// Sends one chunk of the relayed body (nothing for an empty piece: an
 /// empty chunk would end the body). False when the client is gone.
 async fn write_chunk<C: AsyncRead + AsyncWrite + Unpin>(client: &mut BufReader<C>, piece: &[u8]) -> bool {
@@ -391,27 +438,6 @@ impl Scrubber {
     fn finish(self) -> Vec<u8> {
         self.held
     }
-}
-
-/// Reads the whole request body (bounded); Err is (status, message).
-async fn read_body<C: AsyncRead + Unpin>(
-    head: &RequestHead,
-    client: &mut BufReader<C>,
-) -> Result<Vec<u8>, (u16, String)> {
-    let framing = http1::request_framing(head).map_err(|e| (400, moat_builder::errors::chain(&e)))?;
-    let mut reader = BodyDecoder::new(framing);
-    let mut body = Vec::new();
-    while let Some(piece) = reader
-        .next(client)
-        .await
-        .map_err(|e| (400, format!("reading the request body: {}", moat_builder::errors::chain(&e))))?
-    {
-        body.extend_from_slice(&piece);
-        if body.len() > MAX_REQUEST_BODY {
-            return Err((413, format!("request body larger than {} MiB", MAX_REQUEST_BODY >> 20)));
-        }
-    }
-    Ok(body)
 }
 
 /// A pooled connection to the route's endpoint that is still fresh and
