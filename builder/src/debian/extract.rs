@@ -289,4 +289,20 @@ mod tests {
         assert_eq!(relative("usr/sbin", "usr/bin/x"), "../bin/x");
         assert_eq!(resolve_rel("a", "../../../x"), "x");
     }
+    #[test]
+    fn hostile_ar_headers_are_refused_before_the_ar_crate() {
+        let member = |name: &str, data: &[u8]| {
+            let mut v = format!("{name:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n", 0, 0, 0, 100644, data.len()).into_bytes();
+            v.extend_from_slice(data);
+            v
+        };
+        let deb = |members: &[Vec<u8>]| [b"!<arch>\n".to_vec(), members.concat()].concat();
+        // A GNU name-table offset past a table that is not there (the ar
+        // crate indexes with it and panics).
+        let e = extract("p", &deb(&[member("debian-binary", b"2.0\n"), member("/9999", b"xx")])).unwrap_err();
+        assert!(e.to_string().contains("\"/9999\""), "{e}");
+        // An empty data member.
+        let e = extract("p", &deb(&[member("debian-binary", b"2.0\n"), member("data.tar.xz", b"")])).unwrap_err();
+        assert!(e.to_string().contains("\"data.tar.xz\" is empty"), "{e}");
+    }
 }

@@ -63,11 +63,14 @@ pub(crate) fn list_layer(
         let gid = h.gid().map_err(ioe)?;
         let size = h.size().map_err(ioe)?;
         let link = e.link_name_bytes().map(|l| String::from_utf8_lossy(&l).into_owned());
-        let (content, data) = if flag == b'0' || flag == 0 {
+        let (content, data) = if (flag == b'0' || flag == 0) && want(&path) {
             let mut buf = Vec::new();
             e.read_to_end(&mut buf).map_err(ioe)?;
-            let d = Digest::of(&buf);
-            (Some(d), want(&path).then_some(buf))
+            (Some(Digest::of(&buf)), Some(buf))
+        } else if flag == b'0' || flag == 0 {
+            // Hashed as it streams: a file is never held whole unless asked for.
+            let (d, _) = crate::digest::digest_reader(&mut e).map_err(ioe)?;
+            (Some(d), None)
         } else {
             (None, None)
         };
