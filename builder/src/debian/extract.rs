@@ -305,4 +305,61 @@ mod tests {
         let e = extract("p", &deb(&[member("debian-binary", b"2.0\n"), member("data.tar.xz", b"")])).unwrap_err();
         assert!(e.to_string().contains("\"data.tar.xz\" is empty"), "{e}");
     }
+    #[test]
+    fn mutated_ar_headers_are_refused_or_read_never_panic() {
+        let tar = |name: &str, body: &[u8]| {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_ustar();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            b.append_data(&mut h, name, body).unwrap();
+            b.into_inner().unwrap()
+        };
+        let member = |name: &str, data: &[u8]| {
+            let mut v = format!("{name:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n", 0, 0, 0, 100644, data.len()).into_bytes();
+            v.extend_from_slice(data);
+            if data.len() % 2 == 1 {
+                v.push(b'\n');
+            }
+            v
+        };
+        let members = [
+            member("debian-binary", b"2.0\n"),
+            member("control.tar", &tar("control", b"Package: p\n")),
+            member("data.tar", &tar("usr/share/p", b"p\n")),
+        ];
+        let offsets: Vec<usize> = members.iter().scan(8, |at, m| Some(std::mem::replace(at, *at + m.len()))).collect();
+        let base = [b"!<arch>\n".to_vec(), members.concat()].concat();
+        extract("p", &base).unwrap();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rng = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        for _ in 0..3000 {
+            let mut m = base.clone();
+            let at = offsets[rng(offsets.len())];
+            match rng(4) {
+                // A GNU or BSD extended name with a random offset or length.
+                0 => {
+                    let name = format!("{}{}", ["/", "#1/", "//"][rng(3)], rng(100_000));
+                    m[at..at + 16].copy_from_slice(format!("{name:<16}").as_bytes());
+                }
+                // A random size.
+                1 => m[at + 48..at + 58].copy_from_slice(format!("{:<10}", rng(10_000_000_000)).as_bytes()),
+                2 => m.truncate(rng(m.len())),
+                _ => {
+                    let i = rng(m.len());
+                    m[i] = [0, b'/', b' ', b'9', b'`', b'\n'][rng(6)];
+                }
+            }
+            let _ = extract("p", &m);
+            let _ = crate::layer::tar_in::deb_data_tar(&m);
+        }
+    }
 }

@@ -447,6 +447,32 @@ mod tests {
     }
 
     #[test]
+    fn gnu_tar_archives_read_whole_in_every_format() {
+        // The guard must stay in step with real tars: long names (GNU `L`,
+        // PAX `path`), PAX sizes and xattrs, hard links, sizes on and off
+        // block boundaries.
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        let deep = src.join("d".repeat(90)).join("e".repeat(90));
+        std::fs::create_dir_all(&deep).unwrap();
+        for (i, n) in [0usize, 1, 512, 4097].iter().enumerate() {
+            std::fs::write(deep.join(format!("{}{i}", "f".repeat(120))), vec![b'x'; *n]).unwrap();
+        }
+        std::fs::hard_link(deep.join(format!("{}1", "f".repeat(120))), src.join("link")).unwrap();
+        let _ = std::process::Command::new("setfattr").args(["-n", "user.k", "-v", "v"]).arg(src.join("link")).status();
+        for format in ["gnu", "pax"] {
+            let out = d.path().join(format!("{format}.tar"));
+            let mut tar = std::process::Command::new("tar");
+            if format == "pax" {
+                tar.arg("--xattrs");
+            }
+            let st = tar.arg(format!("--format={format}")).arg("-C").arg(&src).arg("-cf").arg(&out).arg(".");
+            assert!(st.status().expect("tar is installed").success(), "{format}");
+            let bytes = std::fs::read(&out).unwrap();
+            assert_eq!(drain(&bytes, LIMITS).unwrap(), 8, "{format}");
+        }
+    }
+    #[test]
     fn ar_headers_are_checked() {
         let m = |name: &str, size: &str| format!("{name:<16}{:<12}{:<6}{:<6}{:<8}{size:<10}`\n", 0, 0, 0, 100644);
         let deb = format!("!<arch>\n{}2.0\n{}x\n", m("debian-binary", "4"), m("data.tar/", "1"));

@@ -185,4 +185,99 @@ mod tests {
         assert_eq!(t.get("e").unwrap().kind, Kind::Hardlink("d-b".into()));
         t.check_hardlinks().unwrap();
     }
+
+    /// A fixed-seed xorshift: the same mutations on every run.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    fn sample_tar() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let add = |b: &mut tar::Builder<Vec<u8>>, path: &str, typ: tar::EntryType, data: &[u8], link: Option<&str>| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(typ);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            match link {
+                Some(l) => b.append_link(&mut h, path, l).unwrap(),
+                None => b.append_data(&mut h, path, data).unwrap(),
+            }
+        };
+        add(&mut b, "d/", tar::EntryType::Directory, b"", None);
+        add(&mut b, &format!("d/{}", "n".repeat(150)), tar::EntryType::Regular, &[b'x'; 700], None);
+        add(&mut b, "d/a", tar::EntryType::Regular, b"file", None);
+        add(&mut b, "d-b", tar::EntryType::Link, b"", Some("d/a"));
+        add(&mut b, "s", tar::EntryType::Symlink, b"", Some(&"t".repeat(120)));
+        b.append_pax_extensions([("SCHILY.xattr.user.k", &b"v"[..]), ("size", &b"3"[..])]).unwrap();
+        add(&mut b, "p", tar::EntryType::Regular, b"pax", None);
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn mutated_tars_are_refused_or_read_never_panic() {
+        let base = sample_tar();
+        let mut t = Tree::new();
+        read_tar_into(&mut t, &base, "", Overrides::default()).unwrap();
+        normalize_hardlinks(&mut t);
+        t.check_hardlinks().unwrap();
+        assert_eq!(t.get("p").map(|e| &e.kind), Some(&Kind::File { content: Content::bytes("pax"), size: 3 }));
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..20000 {
+            let mut m = base.clone();
+            let headers: Vec<usize> =
+                (0..m.len() / 512).map(|b| b * 512).filter(|o| &m[o + 257..o + 262] == b"ustar").collect();
+            match rng.next(4) {
+                0 => m.truncate(rng.next(m.len())),
+                1 => {
+                    // A header's size: base-256 or octal, from 0 to 2^64-1, checksum fixed.
+                    let o = headers[rng.next(headers.len())];
+                    let v = (rng.next(usize::MAX) as u64) >> rng.next(64);
+                    let f = &mut m[o + 124..o + 136];
+                    if rng.next(2) == 0 {
+                        f.fill(0);
+                        f[0] = 0x80;
+                        f[4..].copy_from_slice(&v.to_be_bytes());
+                    } else {
+                        f.copy_from_slice(format!("{:011o}\0", v & 0o77_777_777_777).as_bytes());
+                    }
+                    let h = &mut m[o..o + 512];
+                    h[148..156].fill(b' ');
+                    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+                    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+                }
+                _ => {
+                    for _ in 0..=rng.next(3) {
+                        // Mostly header fields (sizes, types, checksums), where the tricks are.
+                        let span = if rng.next(2) == 0 { 160 } else { 512 };
+                        let block = rng.next(m.len() / 512) * 512;
+                        let i = (block + rng.next(span)).min(m.len() - 1);
+                        m[i] = [0, 0x80, 0xff, b'7', b'0', b' ', b'L', b'x', b'S', b'1', b'2'][rng.next(11)]
+                            ^ (rng.next(2) as u8);
+                        // Usually keep the checksum right, so the crate gets past it.
+                        if rng.next(4) != 0 && block + 512 <= m.len() {
+                            let h = &mut m[block..block + 512];
+                            h[148..156].fill(b' ');
+                            let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+                            h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+                        }
+                    }
+                }
+            }
+            let mut t = Tree::new();
+            if read_tar_into(&mut t, &m, "", Overrides::default()).is_ok() {
+                normalize_hardlinks(&mut t);
+                let _ = t.check_hardlinks();
+                let _ = t.check_symlink_parents();
+            }
+        }
+    }
 }
