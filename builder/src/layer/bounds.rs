@@ -109,15 +109,20 @@ impl<R: Read> TarGuard<R> {
         }
     }
 
+    /// Follows `bytes` (the next bytes of the stream) through the structure,
+    /// advancing `pos`; a header is checked as its block completes.
     fn consume(&mut self, mut bytes: &[u8]) -> Result<(), BoundsError> {
         while !bytes.is_empty() {
             if self.ended {
-                return Ok(()); // trailing blocks: the crate stops reading at the end block
+                // Trailing blocks: the crate stops reading at the end block.
+                self.pos += bytes.len() as u64;
+                return Ok(());
             }
             match &mut self.state {
                 State::Header => {
                     let take = (BLOCK as usize - self.block.len()).min(bytes.len());
                     self.block.extend_from_slice(&bytes[..take]);
+                    self.pos += take as u64;
                     bytes = &bytes[take..];
                     if self.block.len() == BLOCK as usize {
                         let block = std::mem::take(&mut self.block);
@@ -133,6 +138,7 @@ impl<R: Read> TarGuard<R> {
                         self.record.extend_from_slice(&bytes[..want]);
                     }
                     *left -= take as u64;
+                    self.pos += take as u64;
                     bytes = &bytes[take..];
                     if *left == 0 {
                         if let State::Data { keep: Some((typ, _)), .. } =
@@ -149,7 +155,7 @@ impl<R: Read> TarGuard<R> {
 
     /// Checks one complete header block, as `tar::Archive` will read it.
     fn header(&mut self, h: &[u8]) -> Result<(), BoundsError> {
-        let at = self.pos; // just after this block (reads are fed in block-aligned pieces)
+        let at = self.pos; // just after this block
         if h.iter().all(|b| *b == 0) {
             self.ended = true;
             return Ok(());
@@ -242,17 +248,7 @@ impl<R: Read> Read for TarGuard<R> {
             self.at_eof()?;
             return Ok(0);
         }
-        // `pos` is the offset after these bytes once they are consumed; the
-        // header check needs the offset after its own block, so feed in
-        // pieces that end on block boundaries.
-        let mut rest = &buf[..n];
-        while !rest.is_empty() {
-            let to_boundary = (BLOCK - self.pos % BLOCK) as usize;
-            let (piece, tail) = rest.split_at(to_boundary.min(rest.len()));
-            self.pos += piece.len() as u64;
-            self.consume(piece)?;
-            rest = tail;
-        }
+        self.consume(&buf[..n])?;
         if self.pos > self.limits.unpacked {
             return Err(BoundsError::Cap {
                 name: "(after the last entry)".into(),
