@@ -8,7 +8,8 @@
 //!
 //! Layout of the repository (`$MOAT_HOME/snapshots`, see [`Repo`]):
 //! `packs/<name>.pack` + `.idx` (chunks, see `pack.rs`), `snapshots/<sha256>.json`
-//! (the canonical tree manifest; its sha256 is the snapshot digest),
+//! (the canonical tree manifest, with the holes of sparse files; its sha256
+//! is the snapshot digest),
 //! `refs/<sandbox>/<time>-<digest12>.json` (time, tag, sizes: the undigested
 //! record), `cache/<key>.json` (the stat cache), `tmp/` (in-flight writes).
 //!
@@ -16,6 +17,8 @@
 //! - `format` (chunk sizes, ids), `sys` (the crate's system calls and its
 //!   only `unsafe`), `secrets`, `pack` (pack and index format), `manifest`:
 //!   leaves. Small files are written with `moat_builder::fsio`.
+//! - `tree` (trees through directory descriptors: walk, open beneath a
+//!   root, remove; any depth), on `sys`.
 //! - `chunks`: the [`ChunkStore`] (lookup, verified reads, [`ChunkWriter`],
 //!   sweeping unreferenced chunks).
 //! - `repo`: the [`Repo`], which owns its chunk store, manifests, records,
