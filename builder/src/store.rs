@@ -48,7 +48,7 @@ pub enum StoreError {
     Incomplete { name: String, role: String, digest: Digest },
     #[error("image {name}: its {role} {digest} is {size} bytes in the store, {expected} in the manifest")]
     WrongSize { name: String, role: String, digest: Digest, size: u64, expected: u64 },
-    #[error("the store's writer lease ({0})")]
+    #[error("taking the store's writer lease {0}")]
     Lease(PathBuf, #[source] io::Error),
 }
 
