@@ -306,7 +306,28 @@ impl Store {
         })
     }
 
-    /// The manifest `desc` names, its config and its layers are in the store.
+    /// What a manifest or an image index names: (role, descriptor, whether
+    /// it is itself a manifest or index). Read verified.
+    pub(crate) fn named_by(&self, d: &Digest) -> Result<Vec<(String, Descriptor, bool)>> {
+        let v: serde_json::Value = self.read_json(d)?;
+        let bad = |source| StoreError::BadJson { digest: d.clone(), source };
+        if v.get("manifests").is_some() {
+            let idx: Index = serde_json::from_value(v).map_err(bad)?;
+            return Ok(idx
+                .manifests
+                .into_iter()
+                .enumerate()
+                .map(|(i, m)| (format!("manifest {i}"), m, true))
+                .collect());
+        }
+        let m: Manifest = serde_json::from_value(v).map_err(bad)?;
+        let mut out = vec![("config".to_string(), m.config, false)];
+        out.extend(m.layers.into_iter().enumerate().map(|(i, l)| (format!("layer {i}"), l, false)));
+        Ok(out)
+    }
+
+    /// The manifest (or index) `desc` names and every blob it reaches are in
+    /// the store at their sizes.
     fn check_whole(&self, name: &str, desc: &Descriptor) -> Result<()> {
         let present = |role: &str, d: &Descriptor| match self.blob_size(&d.digest) {
             Ok(size) if size == d.size => Ok(()),
@@ -323,10 +344,14 @@ impl Store {
             Err(e) => Err(e),
         };
         present("manifest", desc)?;
-        let m = self.manifest(&desc.digest)?;
-        present("config", &m.config)?;
-        for (i, l) in m.layers.iter().enumerate() {
-            present(&format!("layer {i}"), l)?;
+        let mut todo = vec![(desc.digest.clone(), 0)];
+        while let Some((d, depth)) = todo.pop() {
+            for (role, child, nested) in self.named_by(&d)? {
+                present(&role, &child)?;
+                if nested && depth < MAX_NESTING {
+                    todo.push((child.digest, depth + 1));
+                }
+            }
         }
         Ok(())
     }
@@ -366,14 +391,23 @@ impl Store {
         Ok(f)
     }
 
-    /// Every blob an index entry reaches (manifests, configs, layers).
+    /// Every blob an index entry reaches (image indexes, manifests, configs,
+    /// layers). A manifest or index the store lacks is skipped: there is
+    /// nothing of it to keep (`fsck` reports it).
     pub fn reachable(&self) -> Result<BTreeSet<Digest>> {
         let mut live = BTreeSet::new();
-        for m in self.index()?.manifests {
-            live.insert(m.digest.clone());
-            let man = self.manifest(&m.digest)?;
-            live.insert(man.config.digest.clone());
-            live.extend(man.layers.into_iter().map(|l| l.digest));
+        let mut todo: Vec<_> = self.index()?.manifests.into_iter().map(|m| (m.digest, 0)).collect();
+        while let Some((d, depth)) = todo.pop() {
+            if !live.insert(d.clone()) || !self.has_blob(&d) {
+                continue;
+            }
+            for (_, child, nested) in self.named_by(&d)? {
+                if nested && depth < MAX_NESTING {
+                    todo.push((child.digest, depth + 1));
+                } else {
+                    live.insert(child.digest);
+                }
+            }
         }
         Ok(live)
     }
@@ -416,6 +450,9 @@ impl Store {
         Ok(report)
     }
 }
+
+/// How deep image indexes may nest below an index.json entry.
+const MAX_NESTING: usize = 4;
 
 fn unwrap_verify_error(e: io::Error, path: &Path) -> StoreError {
     if e.get_ref().is_some_and(|i| i.is::<CorruptBlob>()) {
@@ -627,6 +664,29 @@ mod tests {
         fs::write(s.blob_path(&layer), b"layer byte").unwrap();
         assert!(matches!(s.set_ref("demo", m), Err(StoreError::WrongSize { .. })));
         assert!(s.images().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_image_index_is_named_whole_and_kept_by_gc() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let (a, b) = (image(&s, b"amd64 layer"), image(&s, b"arm64 layer"));
+        let idx = Index { manifests: vec![a.clone(), b.clone()], ..Index::default() };
+        let bytes = cjson::to_vec(&idx).unwrap();
+        let d = s.put_blob(&bytes).unwrap();
+        let desc = Descriptor { digest: d, size: bytes.len() as u64, ..a.clone() };
+        s.set_ref("multi", desc.clone()).unwrap();
+        assert_eq!(s.gc().unwrap().removed, vec![]);
+        assert_eq!(s.fsck().unwrap().problems, vec![]);
+        let layer = s.manifest(&b.digest).unwrap().layers[0].digest.clone();
+        fs::remove_file(s.blob_path(&layer)).unwrap();
+        assert!(matches!(s.set_ref("again", desc), Err(StoreError::Incomplete { .. })));
+        let report = s.fsck().unwrap();
+        assert!(
+            matches!(&report.problems[..], [FsckProblem::Missing { digest, used_by }]
+                if digest == &layer && used_by == &["layer 0 of manifest 1 of multi".to_string()]),
+            "{report:?}"
+        );
     }
 
     /// A writer's handle holds gc off from its first blob until it is dropped:

@@ -6,7 +6,7 @@
 #![forbid(unsafe_code)]
 use super::{Result, Store, StoreError};
 use crate::digest::{digest_reader, Digest};
-use crate::oci::{Manifest, ANNOTATION_REF_NAME};
+use crate::oci::ANNOTATION_REF_NAME;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 
@@ -82,22 +82,28 @@ impl Store {
         }
         // Every blob the index reaches, with who needs it.
         let mut used: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
+        let mut todo = Vec::new();
         for m in self.index()?.manifests {
             let name = m.annotations.get(ANNOTATION_REF_NAME).cloned().unwrap_or_else(|| m.digest.to_string());
             used.entry(m.digest.clone()).or_default().push(format!("manifest of {name}"));
-            if !present.contains(&m.digest) || bad.contains_key(&m.digest) {
+            todo.push((m.digest, name, 0));
+        }
+        while let Some((d, of, depth)) = todo.pop() {
+            if !present.contains(&d) || bad.contains_key(&d) {
                 continue; // its children cannot be known
             }
-            match self.read_json::<Manifest>(&m.digest) {
-                Ok(man) => {
-                    used.entry(man.config.digest).or_default().push(format!("config of {name}"));
-                    for (i, l) in man.layers.into_iter().enumerate() {
-                        used.entry(l.digest).or_default().push(format!("layer {i} of {name}"));
+            match self.named_by(&d) {
+                Ok(children) => {
+                    for (role, child, nested) in children {
+                        used.entry(child.digest.clone()).or_default().push(format!("{role} of {of}"));
+                        if nested && depth < super::MAX_NESTING {
+                            todo.push((child.digest, format!("{role} of {of}"), depth + 1));
+                        }
                     }
                 }
                 Err(StoreError::BadJson { source, .. }) => {
-                    let (digest, error) = (m.digest.clone(), format!("not an image manifest: {source}"));
-                    bad.insert(m.digest.clone(), FsckProblem::Unreadable { digest, error, used_by: Vec::new() });
+                    let error = format!("not an image manifest or index: {source}");
+                    bad.insert(d.clone(), FsckProblem::Unreadable { digest: d, error, used_by: Vec::new() });
                 }
                 Err(e) => return Err(e),
             }
