@@ -204,8 +204,11 @@ fn init_tracing(quiet: bool) {
     let default = if quiet { "error" } else { "warn,libcontainer=error,libcgroups=error,rustls_platform_verifier=off" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Every log line goes through the secret redactor.
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| RedactingWriter::new(LossyStderr)).init();
+    // Every log line goes through the secret redactor, and stays one line
+    // (a newline in a field a sandbox chose must not start a line of its
+    // own in a detached sandbox's log: sandbox::logs).
+    let writer = || RedactingWriter::new(moat_supervisor::sandbox::logs::OneLine(LossyStderr));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).init();
 }
 
 /// stderr for log lines, dropping a line it cannot write. tracing-subscriber

@@ -250,6 +250,15 @@ pub fn approvals(a: ApprovalsArgs) -> Result<ExitCode> {
             println!("{:<10} started by {} (sha256 {})", "", text(a, "binary"), text(a, "hash"));
         }
     }
+    // Evicted to make room (oldest first): an operator must not mistake the
+    // list for everything that was refused.
+    let dropped = v["dropped"].as_u64().unwrap_or(0);
+    if dropped > 0 {
+        println!(
+            "{dropped} more were dropped (the oldest go when the list is full); their refusals are in `moat events {}`",
+            visible::field(&a.name)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -265,34 +274,63 @@ pub fn deny(a: DecideArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints the audit log; with `follow`, keeps reading as it grows.
+/// Prints the audit log (the rotated-away `audit.log.1` first); with
+/// `follow`, keeps reading as it grows and across rotations.
 pub fn events(a: EventsArgs) -> Result<ExitCode> {
+    use std::os::unix::fs::MetadataExt;
     let paths = Paths::new(&a.name)?;
     state::load(&paths)?;
     let path = paths.audit_log();
-    let mut f = match std::fs::File::open(&path) {
-        Ok(f) => BufReader::new(f),
+    let open = |p: &std::path::Path| std::fs::File::open(p).map(BufReader::new);
+    let mut f = match open(&path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !a.follow => return Ok(ExitCode::SUCCESS),
         Err(e) => return Err(e).with_context(|| path.display().to_string()),
     };
+    let ino = |f: &BufReader<std::fs::File>| f.get_ref().metadata().map(|m| m.ino()).ok();
+    if let Ok(mut old) = open(&moat_supervisor::gateway::events::rotated_path(&path)) {
+        // Unless it is the file just opened, rotated away in between.
+        if ino(&old) != ino(&f) {
+            print_events(&mut old, &a, false)?;
+        }
+    }
+    loop {
+        print_events(&mut f, &a, a.follow)?;
+        if !a.follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        // Rotated: finish the old file, then read the new one from its start.
+        let now = std::fs::metadata(&path).map(|m| m.ino()).ok();
+        if now.is_some() && now != ino(&f) {
+            print_events(&mut f, &a, false)?;
+            if let Ok(next) = open(&path) {
+                f = next;
+            }
+        }
+    }
+}
+
+/// Prints the complete lines `f` holds from where it is; a partial last
+/// line is left for the next call when `wait` (a follower).
+fn print_events(f: &mut BufReader<std::fs::File>, a: &EventsArgs, wait: bool) -> Result<()> {
     let mut line = String::new();
     loop {
         line.clear();
         let n = f.read_line(&mut line)?;
-        if n == 0 || !line.ends_with('\n') {
-            if !a.follow {
-                return Ok(ExitCode::SUCCESS);
-            }
+        if n == 0 {
+            return Ok(());
+        }
+        if !line.ends_with('\n') && wait {
             // A partial line: rewind and wait for the rest.
             f.seek(SeekFrom::Current(-(n as i64)))?;
-            std::thread::sleep(Duration::from_millis(200));
-            continue;
+            return Ok(());
         }
         if a.json {
             print!("{}", visible::json(&redact(&line)));
         } else if let Ok(e) = serde_json::from_str::<Event>(&line) {
             let text = format!(
-                "{} {:<6} {} {}:{} {} {} rule={} {}",
+                "{} {:<6} {} {}:{} {} {} rule={} {}{}",
                 e.time,
                 format!("{:?}", e.decision).to_lowercase(),
                 e.binary,
@@ -301,7 +339,8 @@ pub fn events(a: EventsArgs) -> Result<ExitCode> {
                 e.method,
                 e.path,
                 if e.rule.is_empty() { "-" } else { &e.rule },
-                e.reason
+                e.reason,
+                if e.count > 1 { format!(" (x{})", e.count) } else { String::new() }
             );
             println!("{}", visible::field(&redact(&text)));
         }

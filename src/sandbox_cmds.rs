@@ -12,7 +12,7 @@ use moat_supervisor::secrets::redact::RedactingWriter;
 use moat_supervisor::visible;
 use moat_supervisor::Policy;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
@@ -177,14 +177,10 @@ pub fn run(a: RunArgs, g: &Global) -> Result<ExitCode> {
     Ok(exit(result?))
 }
 
-/// Starts `moat __supervise NAME` in its own session, output to the log, and
-/// waits for it to say the sandbox runs.
+/// Starts `moat __supervise NAME` in its own session and waits for it to
+/// say the sandbox runs. The supervisor writes the log itself (the
+/// sandbox's output reaches it through pipes): nothing here opens it.
 fn start_detached(paths: &Paths) -> Result<ExitCode> {
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(paths.log_file())
-        .with_context(|| paths.log_file().display().to_string())?;
     let (ready_r, ready_w) = nix::unistd::pipe().context("pipe")?;
     let ready_w_raw = std::os::fd::AsRawFd::as_raw_fd(&ready_w);
     let mut cmd = Command::new("/proc/self/exe");
@@ -192,8 +188,8 @@ fn start_detached(paths: &Paths) -> Result<ExitCode> {
         .arg(&paths.name)
         .env("MOAT_READY_FD", "3")
         .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     sandbox::detach_with_ready_fd(&mut cmd, ready_w_raw);
     cmd.spawn().context("starting the supervisor")?;
     drop(ready_w);
@@ -214,7 +210,7 @@ fn start_detached(paths: &Paths) -> Result<ExitCode> {
 pub fn supervise_internal(a: InternalArgs) -> Result<ExitCode> {
     let paths = Paths::new(&a.name)?;
     let ready = sandbox::ready_pipe_from_parent();
-    Ok(exit(sandbox::supervise(&paths, ready, None)?))
+    Ok(exit(sandbox::supervise_detached(&paths, ready)?))
 }
 
 pub fn ls(a: LsArgs, _g: &Global) -> Result<ExitCode> {
@@ -289,42 +285,84 @@ pub fn exec(a: ExecArgs, _g: &Global) -> Result<ExitCode> {
 }
 
 pub fn logs(a: LogsArgs, _g: &Global) -> Result<ExitCode> {
+    use moat_supervisor::sandbox::logs;
+    use std::os::unix::fs::MetadataExt;
     let paths = Paths::new(&a.name)?;
     let rec = state::load(&paths)?;
-    let mut f = match fs::File::open(paths.log_file()) {
+    let path = paths.log_file();
+    let mut f = match fs::File::open(&path) {
         Ok(f) => f,
         Err(_) if !rec.detached => {
             bail!("{} ran in the foreground: its output went to the terminal, there is no log", a.name)
         }
-        Err(e) => return Err(e).context(paths.log_file().display().to_string()),
+        Err(e) => return Err(e).context(path.display().to_string()),
     };
-    // Redacted line by line; a partial line waits for its end (or the last
-    // read). Then escaped, unless --raw: the sandbox wrote most of it, and
-    // could otherwise move the cursor over, recolour or hide what is shown.
+    // Each record shown with its source in front (the supervisor's as
+    // `moat`), redacted, then escaped unless --raw: the sandbox wrote most
+    // of it, and could otherwise move the cursor over, recolour or hide
+    // what is shown. --raw: the sandbox's own bytes as written.
     let stdout: Box<dyn Write> = match a.raw {
         true => Box::new(std::io::stdout().lock()),
         false => Box::new(visible::Writer::new(std::io::stdout().lock())),
     };
     let mut out = RedactingWriter::new(stdout);
-    let mut buf = Vec::new();
+    let mut held = Vec::new();
+    let ino = |f: &fs::File| f.metadata().map(|m| m.ino()).ok();
+    if let Ok(mut old) = fs::File::open(logs::rotated_path(&path)) {
+        // Unless it is the file just opened, rotated away in between.
+        if ino(&old) != ino(&f) {
+            show_records(&mut old, &mut held, a.raw, &mut out)?;
+            held.clear();
+        }
+    }
     loop {
-        buf.clear();
-        f.read_to_end(&mut buf)?;
-        out.write_all(&buf)?;
+        show_records(&mut f, &mut held, a.raw, &mut out)?;
         out.get_mut().flush()?;
         if !a.follow || state::load(&paths).map(|r| r.live_status() != Status::Running).unwrap_or(true) {
             // One last read after the exit, for output written while we slept.
-            buf.clear();
-            f.read_to_end(&mut buf)?;
-            out.write_all(&buf)?;
-            out.flush()?;
+            show_records(&mut f, &mut held, a.raw, &mut out)?;
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
-        let pos = f.stream_position()?;
-        f.seek(SeekFrom::Start(pos))?;
+        // Rotated: finish the old file, then read the new one from its start.
+        let now = fs::metadata(&path).map(|m| m.ino()).ok();
+        if now.is_some() && now != ino(&f) {
+            show_records(&mut f, &mut held, a.raw, &mut out)?;
+            held.clear();
+            if let Ok(next) = fs::File::open(&path) {
+                f = next;
+            }
+        }
     }
+    if !held.is_empty() {
+        // A record cut short (the log was being written): shown as it is.
+        let mut shown = Vec::new();
+        logs::render(&held, a.raw, &mut shown);
+        out.write_all(&shown)?;
+    }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Shows the complete records `f` holds from where it is; an unfinished
+/// last line stays in `held` for the next call.
+fn show_records(f: &mut fs::File, held: &mut Vec<u8>, raw: bool, out: &mut impl Write) -> Result<()> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut shown = Vec::new();
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        held.extend_from_slice(&buf[..n]);
+        let Some(last) = held.iter().rposition(|b| *b == b'\n') else { continue };
+        shown.clear();
+        for line in held[..last].split(|b| *b == b'\n') {
+            moat_supervisor::sandbox::logs::render(line, raw, &mut shown);
+        }
+        held.drain(..=last);
+        out.write_all(&shown)?;
+    }
 }
 
 pub fn bundle(a: BundleArgs, g: &Global) -> Result<ExitCode> {

@@ -107,7 +107,10 @@ fn inference(shared: &Shared) -> Value {
 fn answer(shared: &Shared, req: Request) -> Value {
     let result = match req {
         Request::Status => return status(shared),
-        Request::Approvals => return json!({"ok": true, "pending": shared.pending()}),
+        Request::Approvals => {
+            let dropped = shared.approvals.lock().unwrap_or_else(|p| p.into_inner()).dropped();
+            return json!({"ok": true, "pending": shared.pending(), "dropped": dropped});
+        }
         Request::Approve { id, allowed_ips } => shared.approve(&id, allowed_ips).map(|_| ()),
         Request::Deny { id } => shared.deny(&id).map(|_| ()),
         Request::SetNetwork { network, why } => shared.set_network(*network, &why).map(|_| ()),

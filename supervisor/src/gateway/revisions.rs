@@ -121,10 +121,13 @@ pub struct Ancestor {
     pub hash: String,
 }
 
-/// Bounded, deduplicated pending approvals (oldest dropped when full).
+/// Bounded, deduplicated pending approvals (oldest dropped when full). A
+/// flood of refusals can evict real entries: each eviction is counted, so
+/// the operator is told how many were dropped (`moat approvals`).
 #[derive(Debug, Default)]
 pub struct Approvals {
     pending: Vec<Pending>,
+    dropped: u64,
 }
 
 pub const MAX_PENDING: usize = 64;
@@ -141,9 +144,7 @@ impl Approvals {
             p.last_seen = now;
             return p.id.clone();
         }
-        if self.pending.len() >= MAX_PENDING {
-            self.pending.remove(0);
-        }
+        self.make_room();
         let digest = Sha256::digest(format!("{binary}\0{hash}\0{host}\0{port}").as_bytes());
         let id = hex::encode(&digest[..4]);
         self.pending.push(Pending {
@@ -164,11 +165,33 @@ impl Approvals {
         self.pending.clone()
     }
 
+    /// How many entries were evicted to make room since the sandbox started.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Evicts the oldest entry when full, counting it (logged at the first
+    /// eviction and at every power of two, not once per eviction of a flood).
+    fn make_room(&mut self) {
+        if self.pending.len() < MAX_PENDING {
+            return;
+        }
+        let old = self.pending.remove(0);
+        self.dropped += 1;
+        if self.dropped.is_power_of_two() {
+            tracing::warn!(
+                event = "approval_dropped",
+                dropped = self.dropped,
+                host = %crate::visible::field(&old.host),
+                port = old.port,
+                "pending approvals full: the oldest were dropped"
+            );
+        }
+    }
+
     /// Puts back an entry taken for an approval that failed.
     pub fn restore(&mut self, p: Pending) {
-        if self.pending.len() >= MAX_PENDING {
-            self.pending.remove(0);
-        }
+        self.make_room();
         self.pending.push(p);
     }
 
@@ -253,6 +276,7 @@ mod tests {
             a.request("/usr/bin/curl", &h, &[], &format!("h{i}.example"), 443);
         }
         assert_eq!(a.list().len(), MAX_PENDING);
+        assert_eq!(a.dropped(), 202 - MAX_PENDING as u64, "every eviction is counted");
         assert!(a.take("nope").is_err());
         let p = a.take(&a.list()[0].id.clone()).unwrap();
         let pol = approval_policy(&p);

@@ -8,6 +8,7 @@
 pub(crate) mod cgroup_warm;
 pub mod doctor;
 pub mod host_cgroup;
+pub mod logs;
 pub(crate) mod net;
 pub(crate) mod netns;
 pub(crate) mod spec;
@@ -236,10 +237,49 @@ pub struct Early {
 /// the network namespace with the gateway's socket and the CA of sandbox
 /// `name`. Nothing is written to any sandbox's state.
 pub fn begin(name: &str, policy: &Policy) -> Result<Early, SandboxError> {
-    let launcher = ForkedLauncher::fork()?;
+    Ok(begin_after(ForkedLauncher::fork()?, name, policy))
+}
+
+/// The rest of `begin`, once the launcher is forked.
+fn begin_after(launcher: ForkedLauncher, name: &str, policy: &Policy) -> Early {
     let cgroup_warm = host_cgroup::start(name, policy.supervisor.memory_max_mib, launcher.pid());
     let net = NetStart::spawn(name, policy.network.gateway_port);
-    Ok(Early { launcher, cgroup_warm, net })
+    Early { launcher, cgroup_warm, net }
+}
+
+/// `supervise` for a detached sandbox: its stdout and stderr go through
+/// pipes to the log the supervisor writes (`logs`), with the supervisor's
+/// own lines marked as its. Call single-threaded (it forks the launcher).
+pub fn supervise_detached(paths: &Paths, ready: Option<fs::File>) -> Result<i32, SandboxError> {
+    let begun = (|| {
+        let req: RunRequest =
+            serde_json::from_slice(&fs::read(paths.run.join("request.json")).map_err(io("request.json"))?)
+                .map_err(|e| SandboxError::Refused(format!("request.json: {e}")))?;
+        let pipes =
+            logs::SandboxPipes::install().map_err(|e| SandboxError::Refused(moat_builder::errors::chain(&e)))?;
+        let launcher = ForkedLauncher::fork();
+        let log = pipes.start(&paths.log_file()).map_err(|e| SandboxError::Refused(moat_builder::errors::chain(&e)));
+        let (launcher, log) = (launcher?, log?);
+        Ok((begin_after(launcher, &paths.name, &req.policy), log))
+    })();
+    let (early, log) = match begun {
+        Ok(b) => b,
+        Err(e) => {
+            let mut ready = ready;
+            failed(paths, &mut ready, &e);
+            let _ = fs::remove_dir_all(&paths.run);
+            return Err(e);
+        }
+    };
+    let result = supervise(paths, ready, Some(early));
+    // The supervisor's last lines, on its own (marked) stream.
+    let mut own = std::io::stderr();
+    let _ = match &result {
+        Ok(code) => writeln!(own, "sandbox exited with code {code}"),
+        Err(e) => writeln!(own, "error: {}", crate::visible::field(&moat_builder::errors::chain(e))),
+    };
+    log.finish();
+    result
 }
 
 /// The name a sandbox gets: the requested one, or one made from the image.
@@ -254,16 +294,21 @@ pub fn supervise(paths: &Paths, ready: Option<fs::File>, early: Option<Early>) -
     let mut ready = ready;
     let result = supervise_inner(paths, &mut ready, early);
     if let Err(e) = &result {
-        if let Some(r) = ready.as_mut() {
-            let _ = writeln!(r, "error: {}", moat_builder::errors::chain(e));
-        }
-        let _ = state::update(paths, |r| {
-            r.status = Status::Exited;
-            r.exit_code.get_or_insert(125);
-        });
+        failed(paths, &mut ready, e);
     }
     let _ = fs::remove_dir_all(&paths.run);
     result
+}
+
+/// A sandbox that could not run: the waiting CLI is told why, the record says exited.
+fn failed(paths: &Paths, ready: &mut Option<fs::File>, e: &SandboxError) {
+    if let Some(r) = ready.as_mut() {
+        let _ = writeln!(r, "error: {}", moat_builder::errors::chain(e));
+    }
+    let _ = state::update(paths, |r| {
+        r.status = Status::Exited;
+        r.exit_code.get_or_insert(125);
+    });
 }
 
 fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Early>) -> Result<i32, SandboxError> {
