@@ -45,10 +45,25 @@ pub struct Policy {
 pub struct Filesystem {
     pub workspace: String,
     pub tmp_size_mib: u64,
+    /// Size of the workspace moat makes (MiB): its image's size, the most
+    /// host disk it can take (absent in older policies: the default).
+    #[serde(default = "default_workspace_size_mib")]
+    pub workspace_size_mib: u64,
+    /// Files, directories and links the workspace can hold (its inodes).
+    #[serde(default = "default_workspace_inodes")]
+    pub workspace_inodes: u64,
     pub read_only: Vec<PathRule>,
     /// Directory listing only (Landlock READ_DIR), inherited below.
     pub list_dirs: Vec<PathRule>,
     pub read_write: Vec<PathRule>,
+}
+
+fn default_workspace_size_mib() -> u64 {
+    10240
+}
+
+fn default_workspace_inodes() -> u64 {
+    1_000_000
 }
 
 /// One Landlock path rule with the reason it exists.
@@ -207,6 +222,12 @@ impl Policy {
         if fs.tmp_size_mib == 0 {
             return Err("filesystem.tmp_size_mib must be at least 1".into());
         }
+        if !(16..=16 << 20).contains(&fs.workspace_size_mib) {
+            return Err("filesystem.workspace_size_mib must be from 16 (MiB) to 16777216 (16 TiB)".into());
+        }
+        if !(256..=1 << 30).contains(&fs.workspace_inodes) {
+            return Err("filesystem.workspace_inodes must be from 256 to 1073741824".into());
+        }
         for (list, name) in [(&fs.read_only, "read_only"), (&fs.list_dirs, "list_dirs"), (&fs.read_write, "read_write")]
         {
             for r in list.iter() {
@@ -299,6 +320,15 @@ mod tests {
         assert!(Policy::parse(&rel, "p").unwrap_err().to_string().contains("absolute"));
         let dots = BASELINE_TOML.replace("path = \"/app\"", "path = \"/app/../etc\"");
         assert!(Policy::parse(&dots, "p").unwrap_err().to_string().contains(".."));
+    }
+
+    #[test]
+    fn workspace_limits_default_when_absent_and_are_bounded() {
+        let old: String = BASELINE_TOML.lines().filter(|l| !l.starts_with("workspace_")).collect::<Vec<_>>().join("\n");
+        let p = Policy::parse(&old, "old.toml").unwrap();
+        assert_eq!((p.filesystem.workspace_size_mib, p.filesystem.workspace_inodes), (10240, 1_000_000));
+        let tiny = BASELINE_TOML.replace("workspace_size_mib = 10240", "workspace_size_mib = 1");
+        assert!(Policy::parse(&tiny, "p").unwrap_err().to_string().contains("workspace_size_mib"));
     }
 
     #[test]

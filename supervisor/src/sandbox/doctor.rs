@@ -32,7 +32,17 @@ fn check(name: &'static str, level: Level, detail: impl Into<String>, fix: impl 
 
 /// Runs every probe.
 pub fn run() -> Vec<Check> {
-    vec![root(), landlock(), seccomp(), namespaces(), cgroups(), supervisor_memory(), overlayfs(), runtimes()]
+    vec![
+        root(),
+        landlock(),
+        seccomp(),
+        namespaces(),
+        cgroups(),
+        supervisor_memory(),
+        overlayfs(),
+        workspace_limits(),
+        runtimes(),
+    ]
 }
 
 fn root() -> Check {
@@ -146,6 +156,65 @@ fn overlayfs() -> Check {
     }
 }
 
+/// Which bound applies to workspaces: a loop-mounted ext4 image per
+/// workspace moat makes (needs loop devices, ext4 and mkfs.ext4); an
+/// operator's `--workspace DIR` is never bounded. Project quotas are named
+/// when the filesystem has them, and why moat does not rely on them.
+fn workspace_limits() -> Check {
+    let home = moat_builder::home::moat_home();
+    let fss = fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    let mut missing = Vec::new();
+    if !Path::new("/dev/loop-control").exists() {
+        missing.push("loop devices (/dev/loop-control; CONFIG_BLK_DEV_LOOP, `modprobe loop`)");
+    }
+    if !fss.lines().any(|l| l.split_whitespace().last() == Some("ext4")) {
+        missing.push("ext4 (CONFIG_EXT4_FS)");
+    }
+    if !["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"].iter().any(|p| Path::new(p).is_file()) {
+        missing.push("mkfs.ext4 (install e2fsprogs)");
+    }
+    let quota = if project_quota(&home) {
+        "; the filesystem of MOAT_HOME has project quotas, which moat does not use (the sandbox owns its files \
+         in the host's user namespace and could move them out of a project)"
+    } else {
+        ""
+    };
+    let operator = "an operator's --workspace DIR is not bounded (a warning event says so at each start)";
+    if missing.is_empty() {
+        check(
+            "workspace limits",
+            Level::Ok,
+            format!("size and inode limits from policy: a loop-mounted ext4 image per workspace in {}; {operator}{quota}", home.display()),
+            "",
+        )
+    } else {
+        check(
+            "workspace limits",
+            Level::Missing,
+            format!("missing: {}", missing.join(", ")),
+            format!("without them a sandbox cannot start with a bounded workspace; {operator}"),
+        )
+    }
+}
+
+/// Whether the filesystem holding `dir` (or its nearest existing parent)
+/// is mounted with project quotas (ext4 `prjquota`, xfs `prjquota`/`pquota`).
+fn project_quota(dir: &Path) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut best: Option<(usize, bool)> = None;
+    let dir = dir.ancestors().find(|p| p.exists()).and_then(|p| p.canonicalize().ok()).unwrap_or_default();
+    for l in info.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        let Some(sep) = f.iter().position(|x| *x == "-") else { continue };
+        let (Some(mp), Some(opts)) = (f.get(4), f.get(sep + 3)) else { continue };
+        if dir.starts_with(mp) && best.is_none_or(|(n, _)| mp.len() >= n) {
+            let q = opts.split(',').any(|o| matches!(o, "prjquota" | "pquota" | "prjjquota"));
+            best = Some((mp.len(), q));
+        }
+    }
+    best.is_some_and(|(_, q)| q)
+}
+
 fn runtimes() -> Check {
     let found: Vec<&str> = ["runc", "crun"].into_iter().filter(|r| which(r)).collect();
     if found.is_empty() {
@@ -164,7 +233,7 @@ mod tests {
     #[test]
     fn every_check_reports_and_gaps_say_how_to_fix() {
         let checks = super::run();
-        assert_eq!(checks.len(), 8);
+        assert_eq!(checks.len(), 9);
         for c in &checks {
             assert!(!c.detail.is_empty(), "{}", c.name);
             if c.level != super::Level::Ok {
