@@ -72,7 +72,22 @@ fn a_flood_of_output_stays_under_the_cap_and_the_newest_output_is_kept() {
     let done = wait_for(60, || tail(&log, 4096).contains("flood-done"));
     let total = size(&log) + size(&old);
     let listed = moat(&["logs", "flood"]);
+    // A follower sees the end, and stops when the sandbox does.
+    let follower = std::process::Command::new(env!("CARGO_BIN_EXE_moat"))
+        .args(["logs", "-f", "flood"])
+        .env("MOAT_HOME", world().home.path().join("home"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("moat logs -f");
+    ok(&["stop", "-t", "1", "flood"]);
+    let followed = follower.wait_with_output().expect("moat logs -f");
     ok(&["rm", "--force", "flood"]);
+    let followed = String::from_utf8_lossy(&followed.stdout);
+    assert!(
+        followed.contains("flood-done") && followed.lines().any(|l| l.starts_with("moat") && l.contains("exited")),
+        "moat logs -f shows the end and stops at the exit: {:?}",
+        followed.lines().rev().take(5).collect::<Vec<_>>()
+    );
     assert!(done, "the sandbox finished its flood (51 MiB) and the log shows its last line");
     assert!(total <= LOG_BOUND, "51 MiB of output left {total} bytes of log on the host (bound {LOG_BOUND})");
     assert!(listed.status.success(), "moat logs: {}", String::from_utf8_lossy(&listed.stderr));

@@ -251,34 +251,35 @@ fn begin_after(launcher: ForkedLauncher, name: &str, policy: &Policy) -> Early {
 /// pipes to the log the supervisor writes (`logs`), with the supervisor's
 /// own lines marked as its. Call single-threaded (it forks the launcher).
 pub fn supervise_detached(paths: &Paths, ready: Option<fs::File>) -> Result<i32, SandboxError> {
+    let mut log = None;
     let begun = (|| {
         let req: RunRequest =
             serde_json::from_slice(&fs::read(paths.run.join("request.json")).map_err(io("request.json"))?)
                 .map_err(|e| SandboxError::Refused(format!("request.json: {e}")))?;
-        let pipes =
-            logs::SandboxPipes::install().map_err(|e| SandboxError::Refused(moat_builder::errors::chain(&e)))?;
+        let refused = |e: logs::LogError| SandboxError::Refused(moat_builder::errors::chain(&e));
+        let pipes = logs::SandboxPipes::install().map_err(refused)?;
         let launcher = ForkedLauncher::fork();
-        let log = pipes.start(&paths.log_file()).map_err(|e| SandboxError::Refused(moat_builder::errors::chain(&e)));
-        let (launcher, log) = (launcher?, log?);
-        Ok((begin_after(launcher, &paths.name, &req.policy), log))
+        log = Some(pipes.start(&paths.log_file()).map_err(refused)?);
+        Ok(begin_after(launcher?, &paths.name, &req.policy))
     })();
-    let (early, log) = match begun {
-        Ok(b) => b,
+    let result = match begun {
+        Ok(early) => supervise(paths, ready, Some(early)),
         Err(e) => {
             let mut ready = ready;
             failed(paths, &mut ready, &e);
             let _ = fs::remove_dir_all(&paths.run);
-            return Err(e);
+            Err(e)
         }
     };
-    let result = supervise(paths, ready, Some(early));
     // The supervisor's last lines, on its own (marked) stream.
     let mut own = std::io::stderr();
     let _ = match &result {
         Ok(code) => writeln!(own, "sandbox exited with code {code}"),
         Err(e) => writeln!(own, "error: {}", crate::visible::field(&moat_builder::errors::chain(e))),
     };
-    log.finish();
+    if let Some(log) = log {
+        log.finish();
+    }
     result
 }
 
