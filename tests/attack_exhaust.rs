@@ -233,3 +233,55 @@ print("wall=%.2f" % (time.time() - t0))
     // Half a core for ~2 s is ~1 s of CPU; unbounded it is up to 2 s per core.
     assert!(cpu <= wall * 0.5 + 0.4, "the sandbox used {cpu:.2} s of CPU in {wall:.2} s with cpu_max = 0.5");
 }
+
+fn status_field(pid: i64, key: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    field(&s, key).unwrap_or_default().split_whitespace().next().unwrap_or_default().to_string()
+}
+
+fn init_pid(name: &str) -> i64 {
+    let rec = std::fs::read(world().home.path().join("home/sandboxes").join(name).join("state.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&rec).unwrap();
+    v["init"]["pid"].as_i64().expect("a running sandbox records its init")
+}
+
+/// One sandbox fills its process limit (RLIMIT_NPROC counts per host uid);
+/// another sandbox must still be able to fork. Before, every sandbox ran as
+/// host uid 1000 (often a real account), so the first one's processes
+/// counted against the second. Each sandbox now runs as a host uid of its
+/// own, while the files it writes in its workspace stay the image user's.
+#[test]
+fn one_sandbox_filling_its_process_limit_does_not_stop_another() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let p = policy("exhaust-nproc", "");
+    let text = std::fs::read_to_string(&p).unwrap().replace("rlimit_nproc = 512", "rlimit_nproc = 48");
+    std::fs::write(&p, text).unwrap();
+    // Forks until the limit refuses, keeps every child, then says how many.
+    let hog = "import os, time\nn = 0\ntry:\n    for i in range(80):\n        if os.fork() == 0:\n            time.sleep(600)\n            os._exit(0)\n        n += 1\nexcept OSError:\n    pass\nopen('/sandbox/owned', 'w').write(str(n))\ntime.sleep(600)\n";
+    ok(&["run", "-d", "--name", "nproc-hog", "--policy", p.to_str().unwrap(), "agent", "--", "python3", "-c", hog]);
+    let ws = world().home.path().join("home/sandboxes/nproc-hog/workspace/owned");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !ws.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let hog_uid = status_field(init_pid("nproc-hog"), "Uid");
+    let victim = "for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; wait && echo forked=ok; echo uid=$(id -u); \
+                  touch /sandbox/mine; stat -c owner=%u /sandbox/mine";
+    let o = moat(&["run", "--rm", "--policy", p.to_str().unwrap(), "agent", "--", "sh", "-c", victim]);
+    let owner = std::fs::metadata(&ws).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    let held = std::fs::read_to_string(&ws).unwrap_or_default();
+    ok(&["rm", "--force", "nproc-hog"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let r = kv(&out);
+    assert_eq!(
+        r.get("forked").map(String::as_str),
+        Some("ok"),
+        "a second sandbox could not fork while the first held its process limit:\n{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(held.parse::<u32>().is_ok_and(|n| n >= 40), "the first sandbox held {held:?} processes, not its limit");
+    assert_ne!(hog_uid, "1000", "the sandbox runs as host uid 1000");
+    assert_ne!(r.get("uid").map(String::as_str), Some(hog_uid.as_str()), "two sandboxes share host uid {hog_uid}");
+    assert_eq!(r.get("owner"), r.get("uid"), "inside, the sandbox owns what it writes in its workspace: {out}");
+    assert_eq!(owner.ok(), Some(1000), "on the host, the workspace's files stay the image user's (uid 1000)");
+}

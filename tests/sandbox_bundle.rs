@@ -14,6 +14,11 @@ const RUNC_DIFFERS: &[(&str, &str)] = &[
     ("connect_gateway", "ECONNREFUSED"),
     ("connect_other_port", "ECONNREFUSED"),
     ("connect_port_22", "ECONNREFUSED"),
+    // runc runs as the image's uid; moat as a host uid of the sandbox's own
+    // (docs/sandbox.md), checked by assert_process_guards for both.
+    ("uid", "1000"),
+    ("euid", "1000"),
+    ("setuid_binary", "uid=1000 euid=1000"),
 ];
 
 #[test]

@@ -80,6 +80,22 @@ pub struct LaunchPlan {
     pub uid: u32,
     pub gid: u32,
     pub cwd: String,
+    /// The workspace, mounted by the launcher with its owner mapped to the
+    /// sandbox's uid (absent: the spec binds the host directory as it is).
+    #[serde(default)]
+    pub workspace: Option<WorkspaceMap>,
+}
+
+/// An idmapped workspace: `source` on the host, mounted at `staging` (the
+/// spec's bind source) with host ids `owner` shown as `sandbox` inside.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkspaceMap {
+    pub source: PathBuf,
+    pub staging: PathBuf,
+    /// (uid, gid) owning the workspace on disk.
+    pub owner: (u32, u32),
+    /// (uid, gid) the sandbox runs as on the host.
+    pub sandbox: (u32, u32),
 }
 
 /// The contents of the per-sandbox top layer.
@@ -89,6 +105,12 @@ pub struct TopLayer {
     pub workspace: String,
     /// The sandbox's /etc/hosts.
     pub hosts: String,
+    /// `/etc/passwd` and `/etc/group` naming the sandbox's host uid (absent:
+    /// the image's own).
+    #[serde(default)]
+    pub passwd: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
     /// The gateway's CA certificate, trusted inside the sandbox.
     pub ca_pem: String,
 }
@@ -127,7 +149,14 @@ pub fn launch(prepared: Prepared, plan: &LaunchPlan, mut report: Option<std::fs:
     }
     sys::catch_stop_signals();
     rootfs::mount_top_layer(&plan.top_layer)?;
-    rootfs::write_top_layer(&plan.top_layer, &plan.top.workspace, &plan.top.hosts)?;
+    let accounts: Vec<(&str, &str)> = [("passwd", &plan.top.passwd), ("group", &plan.top.group)]
+        .into_iter()
+        .filter_map(|(n, t)| Some((n, t.as_deref()?)))
+        .collect();
+    rootfs::write_top_layer(&plan.top_layer, &plan.top.workspace, &plan.top.hosts, &accounts)?;
+    if let Some(map) = &plan.workspace {
+        rootfs::mount_workspace(map)?;
+    }
     rootfs::write_trust(&plan.top_layer, &plan.lowers, &plan.top.ca_pem)?;
     let lowers: Vec<PathBuf> = std::iter::once(plan.top_layer.clone()).chain(plan.lowers.iter().cloned()).collect();
     rootfs::mount_overlay(&plan.rootfs, &lowers, &plan.cache_dir)?;
@@ -185,6 +214,9 @@ pub fn launch(prepared: Prepared, plan: &LaunchPlan, mut report: Option<std::fs:
     if getppid().as_raw() as u32 != plan.supervisor_pid {
         rootfs::unmount(&plan.rootfs);
         rootfs::unmount(&plan.top_layer);
+        if let Some(m) = &plan.workspace {
+            rootfs::unmount(&m.staging);
+        }
         let _ = std::fs::remove_dir_all(&plan.run_dir);
     }
     Ok(code)

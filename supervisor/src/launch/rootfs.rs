@@ -28,6 +28,8 @@ pub enum RootfsError {
     User { image: String, message: String },
     #[error("mounting overlayfs on {target} (lowerdir={lower})")]
     Mount { target: PathBuf, lower: String, source: io::Error },
+    #[error("mounting {what}")]
+    Workspace { what: String, source: io::Error },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RootfsError + '_ {
@@ -113,7 +115,7 @@ impl PreparedImage {
     }
 
     /// A file from the topmost layer that has it (never following symlinks).
-    fn read_file(&self, rel: &str) -> io::Result<Option<Vec<u8>>> {
+    pub(crate) fn read_file(&self, rel: &str) -> io::Result<Option<Vec<u8>>> {
         for layer in self.layers.iter().rev() {
             if let Some(bytes) = read_no_follow(layer, rel)? {
                 return Ok(Some(bytes));
@@ -133,7 +135,12 @@ pub(crate) const MOUNT_POINTS: &[&str] = &["proc", "dev", "sys", "tmp"];
 /// `dir` may be a copy of an image (`moat bundle`): a symlink at any path
 /// touched here is replaced, never followed, so the image cannot redirect
 /// these writes to the host.
-pub(crate) fn write_top_layer(dir: &Path, workspace: &str, hosts: &str) -> Result<(), RootfsError> {
+pub(crate) fn write_top_layer(
+    dir: &Path,
+    workspace: &str,
+    hosts: &str,
+    accounts: &[(&str, &str)],
+) -> Result<(), RootfsError> {
     let unlink_symlink = |p: &Path| -> Result<(), RootfsError> {
         match fs::symlink_metadata(p) {
             Ok(m) if m.file_type().is_symlink() => fs::remove_file(p).map_err(io_err(p)),
@@ -156,11 +163,58 @@ pub(crate) fn write_top_layer(dir: &Path, workspace: &str, hosts: &str) -> Resul
     }
     mk(&dir.join(workspace.trim_start_matches('/')), 0o755)?;
     mk(&dir.join("etc"), 0o755)?;
-    let h = dir.join("etc/hosts");
-    unlink_symlink(&h)?;
-    fs::write(&h, hosts).map_err(io_err(&h))?;
-    fs::set_permissions(&h, fs::Permissions::from_mode(0o644)).map_err(io_err(&h))?;
+    for (name, text) in std::iter::once(("hosts", hosts)).chain(accounts.iter().copied()) {
+        let h = dir.join("etc").join(name);
+        unlink_symlink(&h)?;
+        fs::write(&h, text).map_err(io_err(&h))?;
+        fs::set_permissions(&h, fs::Permissions::from_mode(0o644)).map_err(io_err(&h))?;
+    }
     Ok(())
+}
+
+/// The image's `/etc/passwd` or `/etc/group` with the sandbox user's (or
+/// its group's) id, `image_id`, replaced by the host id it runs as, so
+/// names resolve inside. Lines are matched on their id field (the third).
+pub(crate) fn remap_accounts(text: &str, image_id: u32, host_id: u32) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    for line in text.lines() {
+        let mut f: Vec<&str> = line.split(':').collect();
+        let id = host_id.to_string();
+        if f.len() >= 4 && f[2] == image_id.to_string() {
+            f[2] = &id;
+            if f.len() >= 7 && f[3] == image_id.to_string() {
+                f[3] = &id; // passwd: the primary group too
+            }
+            out.push_str(&f.join(":"));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Mounts the workspace `map.source` at `map.staging` (in the launcher's
+/// own mount namespace) so that the files its owner owns on disk are the
+/// sandbox uid's inside, and what the sandbox writes is the owner's on disk.
+pub(crate) fn mount_workspace(map: &crate::launch::WorkspaceMap) -> Result<(), RootfsError> {
+    let one = crate::launch::ensure_single_threaded()
+        .map_err(|e| RootfsError::Workspace { what: "workspace".into(), source: io::Error::other(e.to_string()) })?;
+    let uid_map = format!("{} {} 1\n", map.owner.0, map.sandbox.0);
+    let gid_map = format!("{} {} 1\n", map.owner.1, map.sandbox.1);
+    let ns = crate::launch::sys::user_namespace(one, &uid_map, &gid_map).map_err(|source| RootfsError::Workspace {
+        what: "a user namespace for the workspace's id mapping".into(),
+        source,
+    })?;
+    crate::launch::sys::idmapped_bind(&map.source, &map.staging, std::os::fd::AsFd::as_fd(&ns)).map_err(|source| {
+        RootfsError::Workspace {
+            what: format!(
+                "{} as an idmapped mount (needs a filesystem that supports them: ext4, xfs, btrfs, tmpfs)",
+                map.source.display()
+            ),
+            source,
+        }
+    })
 }
 
 /// Where the sandbox finds the gateway's CA: alone, and appended to the

@@ -221,3 +221,119 @@ pub(crate) fn landlock_abi() -> i32 {
         v as i32
     }
 }
+
+/// A user namespace whose uid and gid maps are `uid_map` and `gid_map`
+/// (`/proc/PID/uid_map` syntax), as a descriptor: what an idmapped mount
+/// needs. A child unshares it and waits while this process, root in the
+/// parent namespace, writes the maps and opens the namespace; then the
+/// child exits. The namespace lives on through the descriptor.
+pub(super) fn user_namespace(checked: OneThread, uid_map: &str, gid_map: &str) -> io::Result<OwnedFd> {
+    let (ready_r, ready_w) = nix::unistd::pipe()?;
+    let (done_r, done_w) = nix::unistd::pipe()?;
+    // SAFETY: `checked` proves this process has one thread (the launcher,
+    // before libcontainer runs), so the child inherits no lock held by
+    // another thread; it only makes raw syscalls and ends in `exit_now`,
+    // never returning into the caller's frames.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        ForkResult::Child => {
+            drop((ready_r, done_w));
+            let code = match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER) {
+                Ok(()) => 0,
+                Err(_) => 1,
+            };
+            let _ = nix::unistd::write(&ready_w, &[code as u8]);
+            let mut b = [0u8; 1];
+            let _ = nix::unistd::read(done_r.as_raw_fd(), &mut b);
+            exit_now(code)
+        }
+        ForkResult::Parent { child } => {
+            drop((ready_w, done_r));
+            let _ = checked;
+            let mut b = [1u8; 1];
+            let got = nix::unistd::read(ready_r.as_raw_fd(), &mut b);
+            let result = (|| -> io::Result<OwnedFd> {
+                if got != Ok(1) || b[0] != 0 {
+                    return Err(io::Error::other("the helper could not make a user namespace"));
+                }
+                let dir = format!("/proc/{}", child.as_raw());
+                std::fs::write(format!("{dir}/uid_map"), uid_map)?;
+                std::fs::write(format!("{dir}/gid_map"), gid_map)?;
+                Ok(OwnedFd::from(std::fs::File::open(format!("{dir}/ns/user"))?))
+            })();
+            drop(done_w);
+            let _ = wait(child.as_raw());
+            result
+        }
+    }
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Clones the mount at `source` and attaches it at `target` with its
+/// owners mapped through `userns` (an idmapped mount), nosuid and nodev.
+pub(super) fn idmapped_bind(source: &std::path::Path, target: &std::path::Path, userns: BorrowedFd) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+    let cstr = |p: &std::path::Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (src, dst) = (cstr(source)?, cstr(target)?);
+    let empty = c"";
+    // SAFETY: open_tree reads the NUL-terminated path `src`, which outlives
+    // the call; it returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, src.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as u32)
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned `fd` as a new descriptor of ours.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: mount_setattr reads `attr` (size given) and the empty path;
+    // both outlive the call, and `tree` is an open descriptor.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: move_mount reads the two NUL-terminated paths, which outlive
+    // the call; `tree` is an open descriptor.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

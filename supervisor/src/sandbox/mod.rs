@@ -8,6 +8,7 @@
 pub(crate) mod cgroup_warm;
 pub mod doctor;
 pub mod host_cgroup;
+pub mod host_uid;
 pub mod logs;
 pub(crate) mod net;
 pub(crate) mod netns;
@@ -18,7 +19,7 @@ use crate::launch::executor::GuardPlan;
 use crate::launch::fork::ForkedLauncher;
 use crate::launch::landlock::{kernel_abi, missing_features, LandlockPlan};
 use crate::launch::rootfs::{self, PreparedImage};
-use crate::launch::{LaunchPlan, TopLayer};
+use crate::launch::{LaunchPlan, TopLayer, WorkspaceMap};
 use crate::layers::LayerCache;
 use crate::policy::{Compatibility, Policy};
 use crate::sandbox::net::{LaunchNet, NetStart};
@@ -348,14 +349,25 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     }
     fs::create_dir_all(paths.rootfs()).map_err(io("rootfs mount point"))?;
     fs::create_dir_all(paths.top_layer()).map_err(io("top layer mount point"))?;
+    // The sandbox runs as a host uid of its own; its workspace keeps its
+    // owner on disk and is shown to the sandbox as its own (idmapped).
+    let host_id = host_uid::claim(&paths.name).map_err(io("claiming a host uid for the sandbox"))?;
+    let owner = workspace_owner(&rec, &r.user)?;
+    let staging = paths.run.join("workspace");
+    fs::create_dir_all(&staging).map_err(io("workspace mount point"))?;
+    let user = rootfs::SandboxUser { uid: host_id, gid: host_id, home: r.user.home.clone() };
+    let accounts = |file: &str, image_id: u32| -> Option<String> {
+        let text = r.image.read_file(file).ok().flatten()?;
+        Some(rootfs::remap_accounts(&String::from_utf8_lossy(&text), image_id, host_id))
+    };
     let params = SpecParams {
         rootfs: paths.rootfs().display().to_string(),
         args: r.args.clone(),
         env,
         cwd: r.cwd.clone(),
-        user: r.user.clone(),
+        user: user.clone(),
         hostname: paths.name.clone(),
-        workspace_host: rec.workspace.clone(),
+        workspace_host: staging.clone(),
         netns_path: Some(netns_path),
         cgroups_path: Some(format!("/moat/{}", paths.name)),
         terminal: req.tty,
@@ -375,6 +387,8 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
             workspace: policy.filesystem.workspace.clone(),
             hosts: rootfs::hosts_file(&paths.name),
             ca_pem: ca.cert_pem(),
+            passwd: accounts("etc/passwd", r.user.uid),
+            group: accounts("etc/group", r.user.gid),
         },
         cache_dir: LayerCache::default_location().dir().to_path_buf(),
         guard: guard_plan(policy),
@@ -382,9 +396,10 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
         run_dir: paths.run.clone(),
         tty: req.tty,
         interactive: req.interactive,
-        uid: r.user.uid,
-        gid: r.user.gid,
+        uid: user.uid,
+        gid: user.gid,
         cwd: r.cwd.clone(),
+        workspace: Some(WorkspaceMap { source: rec.workspace.clone(), staging, owner, sandbox: (user.uid, user.gid) }),
     };
     let plan_json = serde_json::to_vec_pretty(&plan).map_err(|e| SandboxError::Refused(e.to_string()))?;
     state::write_runtime(&paths.launch_plan(), &plan_json)?;
@@ -426,6 +441,20 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     })?;
     tracing::info!(event = "sandbox_exited", sandbox = %paths.name, code, "sandbox exited");
     Ok(code)
+}
+
+/// Who owns the workspace on disk, and so whose files the sandbox sees as
+/// its own: moat's workspace belongs to the image's user (as before
+/// sandboxes had uids of their own), an operator's `--workspace DIR` to
+/// DIR's owner, unless that is root (the sandbox never acts as root on the
+/// host: then the image's user, whose files DIR's modes govern).
+fn workspace_owner(rec: &Record, image_user: &rootfs::SandboxUser) -> Result<(u32, u32), SandboxError> {
+    use std::os::unix::fs::MetadataExt;
+    if rec.workspace_owned {
+        return Ok((image_user.uid, image_user.gid));
+    }
+    let m = fs::metadata(&rec.workspace).map_err(io(rec.workspace.display().to_string()))?;
+    Ok(if m.uid() == 0 { (image_user.uid, image_user.gid) } else { (m.uid(), m.gid()) })
 }
 
 /// The gateway's bounds from the policy's `[supervisor]` section.
@@ -495,6 +524,7 @@ pub fn remove(paths: &Paths, force: bool, workspace: bool) -> Result<(), Sandbox
     }
     crate::launch::remove_leftovers(&Paths::containers_root(), &paths.container_id());
     host_cgroup::remove(&paths.name);
+    host_uid::release(&paths.name);
     let _ = fs::remove_dir_all(&paths.run);
     let keep = rec.workspace_owned && !workspace;
     for e in fs::read_dir(&paths.home).map_err(io(paths.home.display().to_string()))?.flatten() {
@@ -531,7 +561,7 @@ pub fn write_bundle(
     let dir = fs::canonicalize(dir).map_err(io(dir.display().to_string()))?;
     let root = dir.join("rootfs");
     copy_merged(&r.image, &root)?;
-    rootfs::write_top_layer(&root, &policy.filesystem.workspace, &rootfs::hosts_file("moat"))?;
+    rootfs::write_top_layer(&root, &policy.filesystem.workspace, &rootfs::hosts_file("moat"), &[])?;
     let ws = dir.join("workspace");
     fs::DirBuilder::new().mode(0o700).create(&ws).map_err(io(ws.display().to_string()))?;
     chown(&ws, Some(r.user.uid), Some(r.user.gid)).map_err(io("chown workspace"))?;
