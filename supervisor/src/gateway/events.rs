@@ -316,6 +316,8 @@ const OVERFLOW_HOSTS: usize = 1024;
 #[derive(Debug)]
 pub struct EventLog {
     inner: Arc<Mutex<Inner>>,
+    /// The window closer starts with the first refusal (none at start-up).
+    closer: std::sync::Once,
 }
 
 impl EventLog {
@@ -344,8 +346,7 @@ impl EventLog {
             overflow: None,
             overflow_hosts: Default::default(),
         }));
-        closer(Arc::downgrade(&inner), limits.window);
-        EventLog { inner }
+        EventLog { inner, closer: std::sync::Once::new() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -357,7 +358,10 @@ impl EventLog {
     pub fn record(&self, e: &Event) {
         let mut inner = self.lock();
         match e.decision {
-            Decision::Deny => inner.refuse(e, Instant::now()),
+            Decision::Deny => {
+                self.closer.call_once(|| closer(Arc::downgrade(&self.inner), inner.limits.window));
+                inner.refuse(e, Instant::now())
+            }
             _ => inner.write(e),
         }
     }
