@@ -155,7 +155,7 @@ pub fn launch(prepared: Prepared, plan: &LaunchPlan, mut report: Option<std::fs:
         .collect();
     rootfs::write_top_layer(&plan.top_layer, &plan.top.workspace, &plan.top.hosts, &accounts)?;
     if let Some(map) = &plan.workspace {
-        rootfs::mount_workspace(map)?;
+        rootfs::mount_workspace(map, plan.supervisor_pid)?;
     }
     rootfs::write_trust(&plan.top_layer, &plan.lowers, &plan.top.ca_pem)?;
     let lowers: Vec<PathBuf> = std::iter::once(plan.top_layer.clone()).chain(plan.lowers.iter().cloned()).collect();

@@ -197,24 +197,34 @@ pub(crate) fn remap_accounts(text: &str, image_id: u32, host_id: u32) -> String 
 /// Mounts the workspace `map.source` at `map.staging` (in the launcher's
 /// own mount namespace) so that the files its owner owns on disk are the
 /// sandbox uid's inside, and what the sandbox writes is the owner's on disk.
-pub(crate) fn mount_workspace(map: &crate::launch::WorkspaceMap) -> Result<(), RootfsError> {
+/// The source is taken from the mount namespace of `host_pid` (the
+/// supervisor): mounts it made after the launcher's namespace was split off
+/// (a size-limited workspace) are there, not here.
+pub(crate) fn mount_workspace(map: &crate::launch::WorkspaceMap, host_pid: u32) -> Result<(), RootfsError> {
+    use nix::sched::{setns, CloneFlags};
+    let fail = |what: String| move |source: io::Error| RootfsError::Workspace { what, source };
     let one = crate::launch::ensure_single_threaded()
         .map_err(|e| RootfsError::Workspace { what: "workspace".into(), source: io::Error::other(e.to_string()) })?;
     let uid_map = format!("{} {} 1\n", map.owner.0, map.sandbox.0);
     let gid_map = format!("{} {} 1\n", map.owner.1, map.sandbox.1);
-    let ns = crate::launch::sys::user_namespace(one, &uid_map, &gid_map).map_err(|source| RootfsError::Workspace {
-        what: "a user namespace for the workspace's id mapping".into(),
-        source,
-    })?;
-    crate::launch::sys::idmapped_bind(&map.source, &map.staging, std::os::fd::AsFd::as_fd(&ns)).map_err(|source| {
-        RootfsError::Workspace {
-            what: format!(
-                "{} as an idmapped mount (needs a filesystem that supports them: ext4, xfs, btrfs, tmpfs)",
-                map.source.display()
-            ),
-            source,
-        }
-    })
+    let ns = crate::launch::sys::user_namespace(one, &uid_map, &gid_map)
+        .map_err(fail("a user namespace for the workspace's id mapping".into()))?;
+    let own = fs::File::open("/proc/self/ns/mnt").map_err(fail("this mount namespace".into()))?;
+    // setns resets the working directory to the namespace's root.
+    let cwd = std::env::current_dir().map_err(fail("the working directory".into()))?;
+    let host =
+        fs::File::open(format!("/proc/{host_pid}/ns/mnt")).map_err(fail("the supervisor's mount namespace".into()))?;
+    setns(&host, CloneFlags::CLONE_NEWNS)
+        .map_err(|e| fail("entering the supervisor's mount namespace".into())(e.into()))?;
+    let tree = crate::launch::sys::idmapped_clone(&map.source, std::os::fd::AsFd::as_fd(&ns));
+    setns(&own, CloneFlags::CLONE_NEWNS)
+        .map_err(|e| fail("returning to the launcher's mount namespace".into())(e.into()))?;
+    std::env::set_current_dir(&cwd).map_err(fail(cwd.display().to_string()))?;
+    let tree = tree.map_err(fail(format!(
+        "{} as an idmapped mount (needs a filesystem that supports them: ext4, xfs, btrfs, tmpfs)",
+        map.source.display()
+    )))?;
+    crate::launch::sys::attach(tree, &map.staging).map_err(fail(format!("the workspace at {}", map.staging.display())))
 }
 
 /// Where the sandbox finds the gateway's CA: alone, and appended to the

@@ -276,19 +276,15 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-/// Clones the mount at `source` and attaches it at `target` with its
-/// owners mapped through `userns` (an idmapped mount), nosuid and nodev.
-pub(super) fn idmapped_bind(source: &std::path::Path, target: &std::path::Path, userns: BorrowedFd) -> io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
+/// Clones the mount at `source` as a detached mount with its owners mapped
+/// through `userns` (an idmapped mount), nosuid and nodev. The clone can be
+/// attached in another mount namespace than the one it was taken in.
+pub(super) fn idmapped_clone(source: &std::path::Path, userns: BorrowedFd) -> io::Result<OwnedFd> {
     const OPEN_TREE_CLONE: libc::c_uint = 1;
     const MOUNT_ATTR_NOSUID: u64 = 0x2;
     const MOUNT_ATTR_NODEV: u64 = 0x4;
     const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
-    let cstr = |p: &std::path::Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
-    let (src, dst) = (cstr(source)?, cstr(target)?);
-    let empty = c"";
+    let src = cstring(source)?;
     // SAFETY: open_tree reads the NUL-terminated path `src`, which outlives
     // the call; it returns a new descriptor or -1.
     let fd = unsafe {
@@ -311,7 +307,7 @@ pub(super) fn idmapped_bind(source: &std::path::Path, target: &std::path::Path, 
         libc::syscall(
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
-            empty.as_ptr(),
+            c"".as_ptr(),
             libc::AT_EMPTY_PATH,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
@@ -320,13 +316,21 @@ pub(super) fn idmapped_bind(source: &std::path::Path, target: &std::path::Path, 
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(tree)
+}
+
+/// Attaches the detached mount `tree` at `target` in this process's mount
+/// namespace.
+pub(super) fn attach(tree: OwnedFd, target: &std::path::Path) -> io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+    let dst = cstring(target)?;
     // SAFETY: move_mount reads the two NUL-terminated paths, which outlive
     // the call; `tree` is an open descriptor.
     let r = unsafe {
         libc::syscall(
             libc::SYS_move_mount,
             tree.as_raw_fd(),
-            empty.as_ptr(),
+            c"".as_ptr(),
             libc::AT_FDCWD,
             dst.as_ptr(),
             MOVE_MOUNT_F_EMPTY_PATH,
@@ -336,4 +340,9 @@ pub(super) fn idmapped_bind(source: &std::path::Path, target: &std::path::Path, 
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+fn cstring(p: &std::path::Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other)
 }
