@@ -208,7 +208,9 @@ fn init_tracing(quiet: bool) {
     // (a newline in a field a sandbox chose must not start a line of its
     // own in a detached sandbox's log: sandbox::logs).
     let writer = || RedactingWriter::new(moat_supervisor::sandbox::logs::OneLine(LossyStderr));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).init();
+    // Colours only on a terminal: not in a log or a pipe.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer).init();
 }
 
 /// stderr for log lines, dropping a line it cannot write. tracing-subscriber
