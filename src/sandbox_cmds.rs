@@ -214,36 +214,66 @@ pub fn supervise_internal(a: InternalArgs) -> Result<ExitCode> {
 }
 
 pub fn ls(a: LsArgs, _g: &Global) -> Result<ExitCode> {
-    let recs = state::list()?;
+    // Every record; one that does not parse is listed as corrupt (with why),
+    // not hidden: it still holds the name, and `rm -f` removes it. A
+    // starting sandbox whose supervisor died is dead, with the reason.
+    let entries = state::entries()?;
     if a.json {
-        let rows: Vec<_> = recs
+        let rows: Vec<_> = entries
             .iter()
-            .map(|r| {
-                let st = r.live_status();
-                serde_json::json!({
-                    "name": r.name, "image": r.image, "image_digest": r.image_digest,
-                    "state": st, "pid": r.init.filter(|_| st == Status::Running).map(|p| p.pid),
-                    "uptime_seconds": r.started.filter(|_| st == Status::Running).map(|s| state::now().saturating_sub(s)),
-                    "exit_code": r.exit_code, "workspace": r.workspace,
-                })
+            .map(|(name, r)| match r {
+                Ok(r) => {
+                    let st = r.live_status();
+                    serde_json::json!({
+                        "name": r.name, "image": r.image, "image_digest": r.image_digest,
+                        "state": st, "pid": r.init.filter(|_| st == Status::Running).map(|p| p.pid),
+                        "uptime_seconds": r.started.filter(|_| st == Status::Running).map(|s| state::now().saturating_sub(s)),
+                        "exit_code": r.exit_code, "workspace": r.workspace, "reason": r.dead_reason(),
+                    })
+                }
+                Err(e) => serde_json::json!({
+                    "name": name, "image": null, "image_digest": null, "state": "corrupt", "pid": null,
+                    "uptime_seconds": null, "exit_code": null, "workspace": null,
+                    "reason": moat_builder::errors::chain(e),
+                }),
             })
             .collect();
         println!("{}", visible::json(&serde_json::to_string_pretty(&rows)?));
         return Ok(ExitCode::SUCCESS);
     }
     println!("{:<24} {:<14} {:<8} {:>8} {:>8}", "NAME", "IMAGE", "STATE", "PID", "UPTIME");
-    for r in recs {
+    for (name, r) in entries {
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                let why = moat_builder::errors::chain(&e);
+                let (name, why) = (visible::field(&name), visible::field(&why));
+                println!("{name:<24} {:<14} {:<8} {:>8} {:>8}  {why}", "-", "corrupt", "-", "-");
+                continue;
+            }
+        };
         let st = r.live_status();
         let running = st == Status::Running;
-        let digest = r.image_digest.strip_prefix("sha256:").map(|d| &d[..12.min(d.len())]).unwrap_or("-");
+        let digest: String = match r.image_digest.strip_prefix("sha256:") {
+            Some(d) => d.chars().take(12).collect(),
+            None => "-".into(),
+        };
         let pid = r.init.filter(|_| running).map(|p| p.pid.to_string()).unwrap_or_else(|| "-".into());
         let up =
             r.started.filter(|_| running).map(|s| human(state::now().saturating_sub(s))).unwrap_or_else(|| "-".into());
+        let reason = r.dead_reason().map(|why| format!("  {why}")).unwrap_or_default();
         let st = match (st, r.exit_code) {
             (Status::Exited, Some(c)) => format!("exited({c})"),
             (s, _) => format!("{s:?}").to_lowercase(),
         };
-        println!("{:<24} {:<14} {:<8} {:>8} {:>8}", visible::field(&r.name), visible::field(digest), st, pid, up);
+        println!(
+            "{:<24} {:<14} {:<8} {:>8} {:>8}{reason}",
+            visible::field(&r.name),
+            visible::field(&digest),
+            st,
+            pid,
+            up
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,7 @@ pub mod host_uid;
 pub mod logs;
 pub(crate) mod net;
 pub(crate) mod netns;
+mod reap;
 pub(crate) mod spec;
 pub mod state;
 mod sys;
@@ -55,6 +56,10 @@ pub enum SandboxError {
     Refused(String),
     #[error("sandbox {0} is running: stop it first (or use --force)")]
     Running(String),
+    #[error("sandbox {0} is starting: wait for it to run, or `moat rm -f {0}` to stop and remove it")]
+    Starting(String),
+    #[error("the record of sandbox {name} does not parse (`moat rm -f {name}` removes it)")]
+    Corrupt { name: String, source: state::StateError },
     #[error("sandbox {0} is not running")]
     NotRunning(String),
 }
@@ -120,38 +125,41 @@ pub fn check_enforceable(policy: &Policy) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// Validates the request, reserves the name and records it. Returns the name.
+/// Validates the request and reserves the name by writing its whole record
+/// (`state::reserve`: nothing holds the name but a complete record). The
+/// record names this process as the supervisor: a foreground `run` is it,
+/// a detached one is replaced by its supervisor when that starts
+/// (`claim`), so a dead starter is seen as dead from the first moment.
+/// Returns the paths.
 pub fn create(req: &RunRequest) -> Result<Paths, SandboxError> {
     check_enforceable(&req.policy)?;
     let name = name_for(req);
     let paths = Paths::new(&name)?;
-    state::reserve(&paths)?;
-    let result = (|| -> Result<(), SandboxError> {
-        if let Some(w) = &req.workspace {
-            if !w.is_dir() {
-                return Err(SandboxError::Refused(format!("--workspace {}: not a directory", w.display())));
-            }
+    if let Some(w) = &req.workspace {
+        if !w.is_dir() {
+            return Err(SandboxError::Refused(format!("--workspace {}: not a directory", w.display())));
         }
+    }
+    let rec = Record {
+        name: name.clone(),
+        image: req.image.clone(),
+        image_digest: String::new(),
+        command: req.args.clone(),
+        workspace: req.workspace.clone().unwrap_or_else(|| paths.default_workspace()),
+        workspace_owned: req.workspace.is_none(),
+        created: state::now(),
+        status: Status::Created,
+        detached: req.detach,
+        supervisor: ProcId::of(std::process::id() as i32),
+        init: None,
+        started: None,
+        exit_code: None,
+    };
+    state::reserve(&paths, &rec, !req.ephemeral)?;
+    let result = (|| -> Result<(), SandboxError> {
         let policy_json = serde_json::to_vec_pretty(&req.policy).map_err(|e| SandboxError::Refused(e.to_string()))?;
         let write = if req.ephemeral { state::write_runtime } else { state::write_atomic };
         write(&paths.policy_file(), &policy_json)?;
-        let rec = Record {
-            name: name.clone(),
-            image: req.image.clone(),
-            image_digest: String::new(),
-            command: req.args.clone(),
-            workspace: req.workspace.clone().unwrap_or_else(|| paths.default_workspace()),
-            workspace_owned: req.workspace.is_none(),
-            created: state::now(),
-            status: Status::Created,
-            detached: req.detach,
-            supervisor: None,
-            init: None,
-            started: None,
-            exit_code: None,
-        };
-        let rec_json = serde_json::to_vec_pretty(&rec).map_err(|e| SandboxError::Refused(e.to_string()))?;
-        write(&paths.state_file(), &rec_json)?;
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -313,7 +321,18 @@ fn failed(paths: &Paths, ready: &mut Option<fs::File>, e: &SandboxError) {
     });
 }
 
+/// Records this process as the sandbox's supervisor, if it is not already
+/// (a detached sandbox was recorded by its `run -d`).
+fn claim(paths: &Paths) -> Result<(), SandboxError> {
+    let me = ProcId::of(std::process::id() as i32);
+    if state::load(paths)?.supervisor != me {
+        state::update(paths, |r| r.supervisor = me)?;
+    }
+    Ok(())
+}
+
 fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Early>) -> Result<i32, SandboxError> {
+    claim(paths)?;
     let req: RunRequest =
         serde_json::from_slice(&fs::read(paths.run.join("request.json")).map_err(io("request.json"))?)
             .map_err(|e| SandboxError::Refused(format!("request.json: {e}")))?;
@@ -486,12 +505,18 @@ pub fn launch_plan(paths: &Paths) -> Result<LaunchPlan, SandboxError> {
     serde_json::from_slice(&bytes).map_err(|e| SandboxError::Refused(format!("launch.json: {e}")))
 }
 
-/// SIGTERM to the sandbox, SIGKILL after `grace`; waits for the supervisor to finish.
+/// SIGTERM to the sandbox, SIGKILL after `grace`; waits for the supervisor
+/// to finish. A sandbox still starting is killed outright (supervisor,
+/// launcher and what it made so far) and recorded as exited.
 pub fn stop(paths: &Paths, grace: Duration) -> Result<bool, SandboxError> {
     let rec = state::load(paths)?;
-    if rec.live_status() != Status::Running {
-        return Ok(false);
+    match rec.live_status() {
+        Status::Running => {}
+        Status::Created => return reap::stop_starting(paths, &rec).map(|()| true),
+        _ => return Ok(false),
     }
+    // A frozen task acts on no signal until it is thawed.
+    reap::thaw(&paths.name);
     let gone = || !rec.supervisor.is_some_and(|s| s.alive());
     if let Some(init) = rec.init {
         init.signal(libc::SIGTERM);
@@ -513,27 +538,43 @@ pub fn stop(paths: &Paths, grace: Duration) -> Result<bool, SandboxError> {
     Ok(true)
 }
 
-/// Removes a stopped sandbox's state; the workspace stays unless `workspace`.
+/// Removes a sandbox's state; the workspace stays unless `workspace`. A
+/// running or starting sandbox is refused, naming its state, unless
+/// `force`, which stops it first (`reap::quiesce`: nothing of it, its
+/// supervisor included, outlives the record). A record that does not
+/// parse is removed only with `force`; moat's own workspace is then the
+/// one in the sandbox's directory.
 pub fn remove(paths: &Paths, force: bool, workspace: bool) -> Result<(), SandboxError> {
-    let rec = state::load(paths)?;
-    if rec.live_status() == Status::Running {
-        if !force {
-            return Err(SandboxError::Running(paths.name.clone()));
-        }
-        stop(paths, Duration::from_secs(0))?;
-    }
-    crate::launch::remove_leftovers(&Paths::containers_root(), &paths.container_id());
-    host_cgroup::remove(&paths.name);
+    let rec = match state::load(paths) {
+        Ok(r) => Some(r),
+        Err(e) if e.is_corrupt() && force => None,
+        Err(e) if e.is_corrupt() => return Err(SandboxError::Corrupt { name: paths.name.clone(), source: e }),
+        Err(e) => return Err(e.into()),
+    };
+    reap::quiesce(paths, rec.as_ref(), force)?;
+    reap::remove_runtime(paths);
     host_uid::release(&paths.name);
     let _ = fs::remove_dir_all(&paths.run);
-    let keep = rec.workspace_owned && !workspace;
+    let (ws, owned) = match &rec {
+        Some(r) => (r.workspace.clone(), r.workspace_owned),
+        None => (paths.default_workspace(), true),
+    };
+    let keep = owned && !workspace;
+    // The record goes last: a remove cut short leaves it, so it can be run again.
+    let state_file = paths.state_file();
     for e in fs::read_dir(&paths.home).map_err(io(paths.home.display().to_string()))?.flatten() {
         let p = e.path();
-        if keep && p == rec.workspace {
+        if p == state_file || (keep && p == ws) {
             continue;
         }
         let res = if p.is_dir() && !p.is_symlink() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
         res.map_err(io(p.display().to_string()))?;
+    }
+    match fs::remove_file(&state_file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(SandboxError::Io { what: state_file.display().to_string(), source: e })
+        }
+        _ => {}
     }
     if !keep {
         fs::remove_dir(&paths.home).map_err(io(paths.home.display().to_string()))?;

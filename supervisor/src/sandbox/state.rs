@@ -4,7 +4,10 @@
 //! plan). Guards against acting on the wrong process (pids are checked with
 //! their start time, so a recycled pid is never signalled), against name
 //! tricks (names are a closed alphabet, never a path), and against torn
-//! records (atomic writes).
+//! records: the name is taken only by a whole record (written to a temp
+//! file, then linked to `state.json`, which fails if the name exists), so a
+//! kill at any moment leaves a whole record or none; a record that does not
+//! parse anyway (a disk fault, a hand edit) is listed as corrupt, not hidden.
 #![forbid(unsafe_code)]
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -23,7 +26,19 @@ pub enum StateError {
     Exists(String),
     #[error("{path}: corrupt state")]
     Corrupt { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: corrupt state: larger than {limit} bytes")]
+    TooLarge { path: PathBuf, limit: u64 },
 }
+
+impl StateError {
+    /// Whether the record exists but cannot be read as one (`rm -f` removes it).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, StateError::Corrupt { .. } | StateError::TooLarge { .. })
+    }
+}
+
+/// A record is a few hundred bytes; anything past this is not one.
+pub const MAX_RECORD: u64 = 1 << 20;
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
     move |source| StateError::Io { path: path.to_path_buf(), source }
@@ -105,9 +120,13 @@ impl Paths {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// Recorded, still starting (its supervisor lives).
     Created,
     Running,
     Exited,
+    /// Never written: a "created" record whose supervisor is gone
+    /// ([`Record::live_status`]; the reason is [`Record::dead_reason`]).
+    Dead,
 }
 
 /// A process identified by pid and start time (clock ticks since boot).
@@ -148,6 +167,10 @@ fn start_time(pid: i32) -> Option<u64> {
 fn is_zombie(pid: i32) -> bool {
     stat_fields(pid).and_then(|f| f.first().cloned()).is_some_and(|s| s == "Z" || s == "X")
 }
+/// Whether `pid` is stopped (SIGSTOP), a zombie, or gone.
+pub(crate) fn stopped_or_gone(pid: i32) -> bool {
+    stat_fields(pid).and_then(|f| f.first().cloned()).is_none_or(|s| matches!(s.as_str(), "T" | "t" | "Z" | "X"))
+}
 
 /// The durable record of a sandbox (`state.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,12 +192,22 @@ pub struct Record {
 }
 
 impl Record {
-    /// The status as seen now: a "running" record whose supervisor is gone is "exited".
+    /// The status as seen now: a "running" record whose supervisor is gone
+    /// is "exited"; a "created" one is "dead" (it never ran).
     pub fn live_status(&self) -> Status {
+        let alive = self.supervisor.is_some_and(|s| s.alive());
         match self.status {
-            Status::Running if !self.supervisor.is_some_and(|s| s.alive()) => Status::Exited,
+            Status::Running if !alive => Status::Exited,
+            Status::Created if !alive => Status::Dead,
             s => s,
         }
+    }
+    /// Why [`Record::live_status`] says "dead".
+    pub fn dead_reason(&self) -> Option<&'static str> {
+        (self.live_status() == Status::Dead).then_some(match self.supervisor {
+            Some(_) => "supervisor exited while starting",
+            None => "no supervisor was recorded",
+        })
     }
 }
 
@@ -182,15 +215,36 @@ pub fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Reserves the name: creates `state.json` exclusively (a workspace kept
-/// by `rm` does not hold the name; a new sandbox of that name reuses it).
-pub fn reserve(paths: &Paths) -> Result<(), StateError> {
+/// Reserves the name by creating its whole record: `rec` goes to a temp
+/// file in the sandbox's directory (fsynced if `durable`), which is then
+/// hard-linked to `state.json`; the link fails if the name is taken. So
+/// the name is held only by a complete record, whatever moment the process
+/// is killed at (a temp file may be left: it holds no name, and `rm`
+/// removes it with the directory). A workspace kept by `rm` does not hold
+/// the name; a new sandbox of that name reuses it.
+pub fn reserve(paths: &Paths, rec: &Record, durable: bool) -> Result<(), StateError> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dest = paths.state_file();
+    let bytes = serde_json::to_vec_pretty(rec).map_err(|source| StateError::Corrupt { path: dest.clone(), source })?;
     fs::create_dir_all(&paths.home).map_err(io_err(&paths.home))?;
-    match fs::OpenOptions::new().write(true).create_new(true).open(paths.state_file()) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(StateError::Exists(paths.name.clone())),
-        Err(e) => Err(StateError::Io { path: paths.state_file(), source: e }),
+    let mut tmp =
+        tempfile::Builder::new().prefix(".state.json.").tempfile_in(&paths.home).map_err(io_err(&paths.home))?;
+    tmp.as_file().set_permissions(fs::Permissions::from_mode(0o600)).map_err(io_err(tmp.path()))?;
+    tmp.write_all(&bytes).map_err(io_err(tmp.path()))?;
+    if durable {
+        tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
     }
+    match fs::hard_link(tmp.path(), &dest) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(StateError::Exists(paths.name.clone())),
+        Err(e) => return Err(StateError::Io { path: dest, source: e }),
+    }
+    drop(tmp); // removes the temp name; the record stays at `state.json`
+    if durable {
+        moat_builder::fsio::sync_dir(&paths.home);
+    }
+    Ok(())
 }
 
 pub fn save(paths: &Paths, rec: &Record) -> Result<(), StateError> {
@@ -199,13 +253,20 @@ pub fn save(paths: &Paths, rec: &Record) -> Result<(), StateError> {
     write_atomic(&paths.state_file(), &bytes)
 }
 
+/// Reads the record (at most [`MAX_RECORD`] bytes).
 pub fn load(paths: &Paths) -> Result<Record, StateError> {
+    use std::io::Read;
     let p = paths.state_file();
-    let bytes = match fs::read(&p) {
-        Ok(b) => b,
+    let f = match fs::File::open(&p) {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StateError::Unknown(paths.name.clone())),
         Err(e) => return Err(StateError::Io { path: p, source: e }),
     };
+    let mut bytes = Vec::new();
+    f.take(MAX_RECORD + 1).read_to_end(&mut bytes).map_err(io_err(&p))?;
+    if bytes.len() as u64 > MAX_RECORD {
+        return Err(StateError::TooLarge { path: p, limit: MAX_RECORD });
+    }
     serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path: p, source })
 }
 
@@ -224,6 +285,16 @@ pub fn update(paths: &Paths, f: impl FnOnce(&mut Record)) -> Result<Record, Stat
 
 /// Every sandbox with a readable record, sorted by name.
 pub fn list() -> Result<Vec<Record>, StateError> {
+    Ok(entries()?.into_iter().filter_map(|(_, r)| r.ok()).collect())
+}
+
+/// A sandbox's name and its record, or why the record cannot be read.
+pub type Entry = (String, Result<Record, StateError>);
+
+/// Every sandbox that has a record, sorted by name: the record, or why it
+/// cannot be read (it is still listed: `rm -f` removes it). A directory
+/// without `state.json` (a workspace kept by `rm`) is not a sandbox.
+pub fn entries() -> Result<Vec<Entry>, StateError> {
     let dir = moat_builder::home::moat_home().join("sandboxes");
     let rd = match fs::read_dir(&dir) {
         Ok(rd) => rd,
@@ -234,11 +305,12 @@ pub fn list() -> Result<Vec<Record>, StateError> {
     for e in rd.flatten() {
         let Some(name) = e.file_name().to_str().map(str::to_string) else { continue };
         let Ok(paths) = Paths::new(&name) else { continue };
-        if let Ok(r) = load(&paths) {
-            out.push(r);
+        match load(&paths) {
+            Err(StateError::Unknown(_)) => {}
+            r => out.push((name, r)),
         }
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 
@@ -270,6 +342,71 @@ mod tests {
         for bad in ["", "../x", "a/b", ".hidden", "-x", &"x".repeat(64), "a b"] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
+    }
+
+    fn record(name: &str) -> Record {
+        Record {
+            name: name.into(),
+            image: "probe".into(),
+            image_digest: String::new(),
+            command: vec![],
+            workspace: PathBuf::from("/nowhere"),
+            workspace_owned: true,
+            created: 1,
+            status: Status::Created,
+            detached: true,
+            supervisor: None,
+            init: None,
+            started: None,
+            exit_code: None,
+        }
+    }
+
+    fn paths_in(dir: &Path, name: &str) -> Paths {
+        Paths { name: name.into(), home: dir.join(name), run: dir.join("run").join(name) }
+    }
+
+    #[test]
+    fn the_name_is_taken_only_by_a_whole_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = paths_in(dir.path(), "x");
+        let first = record("x");
+        reserve(&paths, &first, true).unwrap();
+        assert_eq!(load(&paths).unwrap(), first);
+        let second = Record { image: "other".into(), ..record("x") };
+        assert!(matches!(reserve(&paths, &second, false), Err(StateError::Exists(_))));
+        assert_eq!(load(&paths).unwrap(), first, "a refused reserve leaves the record");
+        let names: Vec<_> = fs::read_dir(&paths.home).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names, ["state.json"], "no temp file is left");
+    }
+
+    #[test]
+    fn records_that_do_not_parse_or_are_too_large_are_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = paths_in(dir.path(), "x");
+        fs::create_dir_all(&paths.home).unwrap();
+        for bytes in [Vec::new(), b"{\"name\":".to_vec(), vec![b' '; MAX_RECORD as usize + 1]] {
+            fs::write(paths.state_file(), &bytes).unwrap();
+            let e = load(&paths).unwrap_err();
+            assert!(e.is_corrupt(), "{e}");
+        }
+        assert!(matches!(load(&paths), Err(StateError::TooLarge { .. })));
+        fs::remove_file(paths.state_file()).unwrap();
+        assert!(!load(&paths).unwrap_err().is_corrupt(), "a missing record is unknown, not corrupt");
+    }
+
+    #[test]
+    fn a_starting_record_whose_supervisor_died_is_dead() {
+        let me = ProcId::of(std::process::id() as i32).unwrap();
+        let gone = ProcId { pid: me.pid, start: me.start + 1 };
+        let mut rec = Record { supervisor: Some(me), ..record("x") };
+        assert_eq!((rec.live_status(), rec.dead_reason()), (Status::Created, None));
+        rec.supervisor = Some(gone);
+        assert_eq!((rec.live_status(), rec.dead_reason()), (Status::Dead, Some("supervisor exited while starting")));
+        rec.supervisor = None;
+        assert_eq!(rec.dead_reason(), Some("no supervisor was recorded"));
+        rec.status = Status::Running;
+        assert_eq!((rec.live_status(), rec.dead_reason()), (Status::Exited, None));
     }
 
     #[test]
