@@ -6,7 +6,8 @@ pkgs=(skopeo umoci oci-image-tool docker-registry apache2-utils runc crun
       busybox-static iproute2 dpkg-dev nix-bin hyperfine jq
       gpg gpg-agent debian-archive-keyring mmdebstrap
       restic tinyproxy nginx-light qemu-user
-      gcc libc6-dev)  # gcc: tests/attack_identity.rs builds the injected library
+      gcc libc6-dev   # gcc: tests/attack_identity.rs builds the injected library
+      e2fsprogs)      # mkfs.ext4: each workspace is an ext4 image (tests/attack_disk.rs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

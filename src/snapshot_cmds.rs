@@ -2,14 +2,16 @@
 //! export|import|push|pull|gc`. Thin: resolves the sandbox's workspace and state, then
 //! calls `moat_snapshot`. Guards against restoring under a running
 //! sandbox (its workspace is mounted) and against silent data loss (every
-//! restore prints how to undo it).
+//! restore prints how to undo it). A stopped sandbox's workspace image is
+//! mounted for the command.
 use crate::registry_cmds::NetArgs;
 use crate::Global;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use moat_snapshot::{archive, backup_dir, freeze, oci, restore_with, BackupOptions, Record, Repo, RestoreOptions};
 use moat_supervisor::sandbox::state::{self, Paths, Status};
-use std::path::PathBuf;
+use moat_supervisor::sandbox::workspace_limit::{Disk, Mounted};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Args)]
@@ -91,21 +93,29 @@ fn repo() -> Result<Repo> {
 pub fn backup(a: BackupArgs, g: &Global) -> Result<ExitCode> {
     let paths = Paths::new(&a.name)?;
     let rec = state::load(&paths)?;
-    if !rec.workspace.is_dir() {
-        bail!("{}: the workspace of {} does not exist", rec.workspace.display(), a.name);
+    let running = rec.live_status() == Status::Running;
+    // Running: its image is mounted and bound at the workspace already.
+    let (dir, _mounted) = if running || !rec.workspace_owned || !Disk::of(&paths.home).exists() {
+        (rec.workspace.clone(), None)
+    } else {
+        let m = mount(&paths.home)?;
+        (m.data(), Some(m))
+    };
+    if !dir.is_dir() {
+        bail!("{}: the workspace of {} does not exist", dir.display(), a.name);
     }
     let repo = repo()?;
     let opts =
         BackupOptions { sandbox: a.name.clone(), tag: a.tag, exclude: a.exclude, exclude_secrets: a.exclude_secrets };
     // A running sandbox is frozen for the moment of the read, thawed on drop.
-    let frozen = if rec.live_status() == Status::Running {
+    let frozen = if running {
         Some(freeze::freeze(&a.name).with_context(|| format!("freezing {} for a consistent backup", a.name))?)
     } else {
         None
     };
-    let report = backup_dir(&repo, &rec.workspace, &opts);
+    let report = backup_dir(&repo, &dir, &opts);
     drop(frozen);
-    let report = report.with_context(|| format!("backing up {}", rec.workspace.display()))?;
+    let report = report.with_context(|| format!("backing up {}", dir.display()))?;
     let r = &report.record;
     if !g.quiet {
         say!(
@@ -154,28 +164,33 @@ pub fn restore(a: RestoreArgs, g: &Global) -> Result<ExitCode> {
     let src = Paths::new(&a.name)?;
     let repo = repo()?;
     let rec = repo.resolve(&a.name, a.snapshot.as_deref())?;
-    let (target_name, dest) = match &a.to {
+    let (target_name, target, owned) = match &a.to {
         Some(new) => {
             let p = Paths::new(new)?;
             if p.state_file().exists() {
                 bail!("a sandbox named {new:?} already exists; restore into it with `moat restore {new} ...` or pick another name");
             }
-            (new.clone(), p.default_workspace())
+            let ws = p.default_workspace();
+            (new.clone(), p, (ws, true))
         }
         None => match state::load(&src) {
             Ok(s) => {
                 if s.live_status() == Status::Running {
                     bail!("{} is running (its workspace is mounted): `moat stop {}` first", a.name, a.name);
                 }
-                (a.name.clone(), s.workspace)
+                (a.name.clone(), Paths::new(&a.name)?, (s.workspace, s.workspace_owned))
             }
-            Err(state::StateError::Unknown(_)) => (a.name.clone(), src.default_workspace()),
+            Err(state::StateError::Unknown(_)) => {
+                (a.name.clone(), Paths::new(&a.name)?, (src.default_workspace(), true))
+            }
             Err(e) => return Err(e.into()),
         },
     };
+    let (dest, mounted) = restore_target(&target, owned)?;
     let opts = RestoreOptions { undo_as: Some(&target_name), force: a.force };
     let report = restore_with(&repo, &rec.digest, &dest, &opts)
         .with_context(|| format!("restoring sha256:{} to {}", rec.digest, dest.display()))?;
+    drop(mounted);
     for l in &report.lost {
         // Said even with -q: it is gone for good.
         say!("warning: replaced without a snapshot (--force): {}", moat_supervisor::visible::field(l));
@@ -259,6 +274,22 @@ pub fn snapshot(a: SnapshotArgs, g: &Global) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Mounts the workspace image of the sandbox home `home` for this command.
+fn mount(home: &Path) -> Result<Mounted> {
+    Disk::of(home).mount().with_context(|| format!("mounting the workspace image in {} (needs root)", home.display()))
+}
+
+/// Where a restore writes: the workspace inside the target's image, mounted
+/// for the restore, when it has one; else the plain directory (a new
+/// sandbox's is moved into an image of its policy's size when it starts).
+fn restore_target(target: &Paths, (workspace, owned): (PathBuf, bool)) -> Result<(PathBuf, Option<Mounted>)> {
+    if !owned || !Disk::of(&target.home).exists() {
+        return Ok((workspace, None));
+    }
+    let m = mount(&target.home)?;
+    Ok((m.data(), Some(m)))
 }
 
 /// SANDBOX (latest), SANDBOX:TAG, or a digest / unique prefix of any sandbox.

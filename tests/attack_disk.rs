@@ -60,7 +60,7 @@ const FILL: &str = "cd /sandbox || exit 9; echo keep > keep.txt
 fallocate -l 128M big 2>/tmp/e; echo fallocate_rc=$?; echo \"fallocate_err=$(cat /tmp/e)\"; rm -f big
 dd if=/dev/zero of=fill bs=1M count=128 2>/tmp/e; echo dd_rc=$?; echo \"dd_err=$(grep -i -m1 space /tmp/e)\"
 echo dd_size=$(stat -c %s fill); rm -f fill
-mkdir many; i=0; while [ $i -lt 3000 ]; do : > many/f$i 2>/tmp/e || break; i=$((i+1)); done
+mkdir many; i=0; while [ $i -lt 3000 ]; do echo -n 2>/tmp/e > many/f$i || break; i=$((i+1)); done
 echo files=$i; echo \"files_err=$(cat /tmp/e)\"; rm -rf many
 echo alive=yes";
 

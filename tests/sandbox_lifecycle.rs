@@ -157,7 +157,9 @@ fn detached_sandbox_ls_exec_logs_stop_rm() {
     assert!(!w.run(&["exec", "agent", "--", "true"]).status.success());
 
     w.ok(&["rm", "agent"]);
-    assert!(ws.join("note").exists(), "rm keeps the workspace");
+    // The workspace (in its image, unmounted once the sandbox stopped) stays.
+    assert!(w.home().join("sandboxes/agent/workspace.img").is_file(), "rm keeps the workspace");
+    assert!(!ws.join("note").exists(), "the workspace image is still mounted after rm");
     assert!(!w.home().join("sandboxes/agent/state.json").exists());
     assert!(!w.run(&["logs", "agent"]).status.success());
 }

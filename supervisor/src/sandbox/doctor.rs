@@ -184,7 +184,10 @@ fn workspace_limits() -> Check {
         check(
             "workspace limits",
             Level::Ok,
-            format!("size and inode limits from policy: a loop-mounted ext4 image per workspace in {}; {operator}{quota}", home.display()),
+            format!(
+                "size and inode limits from policy: a loop-mounted ext4 image per workspace in {}; {operator}{quota}",
+                home.display()
+            ),
             "",
         )
     } else {

@@ -16,6 +16,7 @@ mod reap;
 pub(crate) mod spec;
 pub mod state;
 mod sys;
+pub mod workspace_limit;
 use crate::launch::executor::GuardPlan;
 use crate::launch::fork::ForkedLauncher;
 use crate::launch::landlock::{kernel_abi, missing_features, LandlockPlan};
@@ -62,6 +63,8 @@ pub enum SandboxError {
     Corrupt { name: String, source: state::StateError },
     #[error("sandbox {0} is not running")]
     NotRunning(String),
+    #[error(transparent)]
+    Workspace(#[from] workspace_limit::LimitError),
 }
 
 pub(crate) fn gateway_err(e: impl std::error::Error) -> SandboxError {
@@ -344,21 +347,15 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     net.start_gateway(paths, &policy.network, gateway_limits(&policy.supervisor));
     let rec = state::load(paths)?;
     let store = Store::open_existing(&req.store)?;
-    let prepared = (|| -> Result<Resolved, SandboxError> {
+    let prepared = (|| -> Result<(Resolved, Option<workspace_limit::Mounted>), SandboxError> {
         let r = resolve(&store, &req.image, policy, &req.args, &req.env)?;
-        // Workspace: moat's own is created for the sandbox user.
-        if rec.workspace_owned {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&rec.workspace)
-                .map_err(io(rec.workspace.display().to_string()))?;
-            chown(&rec.workspace, Some(r.user.uid), Some(r.user.gid)).map_err(io("chown workspace"))?;
-        }
-        Ok(r)
+        // Workspace: moat's own is made for the image's user, in an image of the policy's size.
+        let (home, fsp, owned) = (&paths.home, &policy.filesystem, rec.workspace_owned);
+        let disk = workspace_limit::prepare(&paths.name, home, &rec.workspace, owned, fsp, r.user.uid, r.user.gid)?;
+        Ok((r, disk))
     })();
     let launch_net = net.ready();
-    let r = prepared?;
+    let (r, disk) = prepared?;
     let LaunchNet { netns_path, ca } = launch_net?;
     let mut env = r.env.clone();
     for (k, v) in rootfs::CA_ENV {
@@ -448,6 +445,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     let _ = cgroup_warm.join();
     let code = launcher.wait().map_err(io("waiting for the launcher"))?;
     sys::stop_forwarding();
+    drop(disk); // unmounted on the host: the sandbox is gone
     if line.is_empty() {
         return Err(SandboxError::Refused(format!(
             "the sandbox failed to start (launcher exit code {code}); see the messages above"
@@ -559,12 +557,13 @@ pub fn remove(paths: &Paths, force: bool, workspace: bool) -> Result<(), Sandbox
         Some(r) => (r.workspace.clone(), r.workspace_owned),
         None => (paths.default_workspace(), true),
     };
+    workspace_limit::release(&paths.home, &ws);
     let keep = owned && !workspace;
     // The record goes last: a remove cut short leaves it, so it can be run again.
     let state_file = paths.state_file();
     for e in fs::read_dir(&paths.home).map_err(io(paths.home.display().to_string()))?.flatten() {
         let p = e.path();
-        if p == state_file || (keep && p == ws) {
+        if p == state_file || (keep && (p == ws || workspace_limit::is_image_part(&p))) {
             continue;
         }
         let res = if p.is_dir() && !p.is_symlink() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };

@@ -1,6 +1,7 @@
 //! The supervisor side's raw syscalls that `nix` does not wrap or wraps
 //! only as `unsafe`, each behind a small safe function: getrandom, the
-//! interface-flags ioctls that bring `lo` up, and the handler that forwards
+//! interface-flags ioctls that bring `lo` up, the loop-device ioctls that
+//! attach a workspace image, and the handler that forwards
 //! SIGTERM/SIGINT/SIGHUP to the launcher. Guards against unsound syscalls
 //! spread over sandbox/: every `unsafe` of it is here, with the reason it holds.
 use nix::sys::signal::{kill, signal, SigHandler, Signal};
@@ -100,4 +101,87 @@ pub fn ready_pipe_from_parent() -> Option<std::fs::File> {
     // `detach_with_ready_fd` (it says so in MOAT_READY_FD), nothing else in
     // this process owns it, and TAKEN makes this the only File made from it.
     Some(unsafe { std::fs::File::from_raw_fd(3) })
+}
+
+/// `struct loop_info64` of <linux/loop.h>.
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+/// `struct loop_config` of <linux/loop.h> (LOOP_CONFIGURE, Linux 5.8).
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+/// The device detaches itself when its last user (the mounts) is gone.
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+/// Attaches `backing` (an open image file) to a free loop device with
+/// autoclear set, and returns the device, open: the caller mounts it and
+/// closes it, after which the device lives exactly as long as its mounts.
+/// Retries when another process takes the same free device first.
+pub(super) fn loop_attach(backing: &std::fs::File) -> io::Result<(std::path::PathBuf, std::fs::File)> {
+    let ctl = std::fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control")?;
+    for _ in 0..16 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device
+        // index or -1; `ctl` is an open loop-control descriptor we own.
+        let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let path = std::path::PathBuf::from(format!("/dev/loop{n}"));
+        let dev = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
+        let fd = u32::try_from(backing.as_raw_fd()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let cfg = LoopConfig {
+            fd,
+            block_size: 0,
+            info: LoopInfo64 {
+                lo_device: 0,
+                lo_inode: 0,
+                lo_rdevice: 0,
+                lo_offset: 0,
+                lo_sizelimit: 0,
+                lo_number: 0,
+                lo_encrypt_type: 0,
+                lo_encrypt_key_size: 0,
+                lo_flags: LO_FLAGS_AUTOCLEAR,
+                lo_file_name: [0; 64],
+                lo_crypt_name: [0; 64],
+                lo_encrypt_key: [0; 32],
+                lo_init: [0; 2],
+            },
+            reserved: [0; 8],
+        };
+        // SAFETY: `dev` is an open loop device we own; `cfg` is a whole,
+        // initialised loop_config that LOOP_CONFIGURE only reads during the
+        // call; its `fd` is `backing`, open for the whole call.
+        let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg as *const LoopConfig) };
+        if r == 0 {
+            return Ok((path, dev));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBUSY) {
+            return Err(e);
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::ResourceBusy, "every free loop device was taken by others first"))
 }

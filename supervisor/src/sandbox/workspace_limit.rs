@@ -1,0 +1,311 @@
+//! Bounded workspace disk: the workspace moat makes for a sandbox lives in a
+//! sparse ext4 image of its own (`workspace.img` beside it, size and inode
+//! count from `filesystem.workspace_size_mib` / `workspace_inodes`), loop-
+//! mounted while something uses it: the supervisor while the sandbox runs,
+//! `moat backup` / `moat restore` of a stopped one. Guards against a sandbox
+//! filling the host's disk or inode table through its workspace (issue 18):
+//! past either bound its writes fail with ENOSPC inside the image, and the
+//! host gives the image at most its size. Project quotas are not used: the
+//! sandbox runs in the host's user namespace and owns its files, so it could
+//! move them out of any project with FS_IOC_FSSETXATTR.
+//!
+//! Layout in `$MOAT_HOME/sandboxes/NAME/`: `workspace.img` (the image),
+//! `workspace.disk/` (where its root is mounted) and, inside the image,
+//! `workspace/` (the workspace itself: a directory, not the image's root, so
+//! that a restore can swap it with one rename inside the image), bound at
+//! `workspace/` (the path the record and operators know) while it runs.
+#![forbid(unsafe_code)]
+use crate::policy::Filesystem;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{chown, DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The image file, beside the workspace.
+pub const IMAGE: &str = "workspace.img";
+/// Where the image's root is mounted.
+pub const DISK: &str = "workspace.disk";
+/// The workspace: a directory at the image's root.
+const DATA: &str = "workspace";
+const LOOP_MAJOR: u64 = 7;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error("{what}")]
+    Io { what: String, source: io::Error },
+    #[error("making the workspace image {path}: mkfs.ext4 failed: {stderr}")]
+    Mkfs { path: PathBuf, stderr: String },
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn io_err(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> LimitError {
+    let what = what.to_string();
+    move |source| LimitError::Io { what, source }
+}
+
+/// The image-backed workspace of one sandbox home.
+pub struct Disk {
+    home: PathBuf,
+}
+
+impl Disk {
+    pub fn of(home: &Path) -> Disk {
+        Disk { home: home.to_path_buf() }
+    }
+    pub fn image(&self) -> PathBuf {
+        self.home.join(IMAGE)
+    }
+    /// The mount point of the image's root.
+    pub fn root(&self) -> PathBuf {
+        self.home.join(DISK)
+    }
+    /// The workspace inside the mounted image.
+    pub fn data(&self) -> PathBuf {
+        self.root().join(DATA)
+    }
+    pub fn exists(&self) -> bool {
+        self.image().is_file()
+    }
+
+    /// Makes the image: a sparse file of `size_mib` formatted as ext4 with
+    /// `inodes` inodes and no reserved blocks, holding an empty workspace
+    /// directory owned by `uid:gid`. Written under a temporary name and
+    /// renamed, so a crash never leaves a half-made image in use.
+    pub fn create(&self, size_mib: u64, inodes: u64, uid: u32, gid: u32) -> Result<(), LimitError> {
+        let image = self.image();
+        let tmp = self.home.join(format!(".{IMAGE}.{}", std::process::id()));
+        let seed = self.home.join(format!(".{IMAGE}.seed.{}", std::process::id()));
+        let result = (|| {
+            let f = fs::File::create(&tmp).map_err(io_err(tmp.display()))?;
+            f.set_len(size_mib << 20).map_err(io_err(tmp.display()))?;
+            drop(f);
+            // mkfs.ext4 -d copies this tree into the new filesystem (owner
+            // and mode included): no mount is needed to make the workspace.
+            let ws = seed.join(DATA);
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(&ws).map_err(io_err(ws.display()))?;
+            chown(&ws, Some(uid), Some(gid)).map_err(io_err(ws.display()))?;
+            let out = Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-b", "4096", "-m", "0", "-L", "moat-workspace"])
+                .arg("-N")
+                .arg(inodes.to_string())
+                // The new file is all holes, which read as zeros: neither
+                // the inode tables nor the journal need writing (mke2fs
+                // punches the file and marks the tables zeroed, so the
+                // kernel does not zero them later either). An empty 10 GiB
+                // workspace costs the host about 4 MiB.
+                .arg("-E")
+                .arg("root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1")
+                .arg("-d")
+                .arg(&seed)
+                .arg(&tmp)
+                .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
+                .output()
+                .map_err(io_err("running mkfs.ext4 (install e2fsprogs)"))?;
+            if !out.status.success() {
+                return Err(LimitError::Mkfs {
+                    path: image.clone(),
+                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                });
+            }
+            fs::rename(&tmp, &image).map_err(io_err(image.display()))
+        })();
+        let _ = fs::remove_dir_all(&seed);
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Mounts the image's root at [`Disk::root`] (nosuid, nodev; freed
+    /// blocks are given back to the host), or takes the mount that is there.
+    /// The image is locked (flock) until the returned value is dropped, so
+    /// two users never attach it twice.
+    pub fn mount(&self) -> Result<Mounted, LimitError> {
+        let image = self.image();
+        let file = fs::OpenOptions::new().read(true).write(true).open(&image).map_err(io_err(image.display()))?;
+        file.lock().map_err(io_err(format!("locking {}", image.display())))?;
+        let root = self.root();
+        match fs::DirBuilder::new().mode(0o700).create(&root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(root.display())(e)),
+        }
+        if mounted_device(&root)?.is_some() {
+            return Ok(Mounted { _lock: file, root, owned: false, view: None });
+        }
+        let (device, dev) = super::sys::loop_attach(&file)
+            .map_err(io_err(format!("attaching {} to a loop device", image.display())))?;
+        mount(
+            Some(device.as_path()),
+            &root,
+            Some("ext4"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME,
+            Some("discard"),
+        )
+        .map_err(|e| io_err(format!("mounting {} at {}", image.display(), root.display()))(e.into()))?;
+        // The mount holds the device now; with autoclear it detaches when
+        // the last mount of it is gone.
+        drop(dev);
+        let data = root.join(DATA);
+        if !data.is_dir() {
+            let _ = umount2(&root, MntFlags::MNT_DETACH);
+            return Err(LimitError::Refused(format!("{}: the image holds no workspace directory", image.display())));
+        }
+        Ok(Mounted { _lock: file, root, owned: true, view: None })
+    }
+}
+
+/// The loop device mounted at `root`, if `root` is a mount point.
+fn mounted_device(root: &Path) -> Result<Option<PathBuf>, LimitError> {
+    let parent = root.parent().unwrap_or(Path::new("/"));
+    let (m, p) =
+        (fs::metadata(root).map_err(io_err(root.display()))?, fs::metadata(parent).map_err(io_err(parent.display()))?);
+    if m.dev() == p.dev() {
+        return Ok(None);
+    }
+    let (major, minor) = (nix::sys::stat::major(m.dev()), nix::sys::stat::minor(m.dev()));
+    if major != LOOP_MAJOR {
+        return Err(LimitError::Refused(format!(
+            "{}: something other than a workspace image is mounted there",
+            root.display()
+        )));
+    }
+    Ok(Some(PathBuf::from(format!("/dev/loop{minor}"))))
+}
+
+/// A mounted workspace image, unmounted on drop when this value mounted it.
+pub struct Mounted {
+    _lock: fs::File,
+    root: PathBuf,
+    owned: bool,
+    view: Option<PathBuf>,
+}
+
+impl Mounted {
+    /// The mount point of the image's root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// The workspace inside the image.
+    pub fn data(&self) -> PathBuf {
+        self.root.join(DATA)
+    }
+    /// Binds the workspace at `view` too (the path operators and `moat
+    /// backup` of a running sandbox read), until drop.
+    pub fn bind_view(&mut self, view: &Path) -> Result<(), LimitError> {
+        let data = self.data();
+        mount(Some(data.as_path()), view, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| io_err(format!("binding {} at {}", data.display(), view.display()))(e.into()))?;
+        self.view = Some(view.to_path_buf());
+        Ok(())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(v) = &self.view {
+            let _ = umount2(v, MntFlags::MNT_DETACH);
+        }
+        if self.owned {
+            let _ = umount2(&self.root, MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Gets the workspace of a starting sandbox ready: moat's own is made (an
+/// image on first use), mounted and bound at `workspace`, its directory
+/// owned by the sandbox user; returns the mount, or `None` where no limit
+/// applies (an operator's `--workspace DIR`), said by a warning event. A
+/// plain directory with files (made before limits existed, or by `moat
+/// restore --to`) is moved into a new image first; one that does not fit
+/// stays a plain directory, unbounded, with a warning event.
+pub fn prepare(
+    name: &str,
+    home: &Path,
+    workspace: &Path,
+    owned: bool,
+    fs_policy: &Filesystem,
+    uid: u32,
+    gid: u32,
+) -> Result<Option<Mounted>, LimitError> {
+    if !owned {
+        tracing::warn!(event = "workspace_unlimited", sandbox = %name, path = %workspace.display(),
+            reason = "operator directory (--workspace)", "the workspace has no size or inode limit");
+        return Ok(None);
+    }
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(workspace).map_err(io_err(workspace.display()))?;
+    chown(workspace, Some(uid), Some(gid)).map_err(io_err("chown workspace"))?;
+    let disk = Disk::of(home);
+    let mut plain = false;
+    if !disk.exists() {
+        plain = fs::read_dir(workspace).map_err(io_err(workspace.display()))?.next().is_some();
+        disk.create(fs_policy.workspace_size_mib, fs_policy.workspace_inodes, uid, gid)?;
+    }
+    let size = fs::metadata(disk.image()).map_err(io_err(disk.image().display()))?.len();
+    if size != fs_policy.workspace_size_mib << 20 {
+        tracing::warn!(event = "workspace_limit_kept", sandbox = %name, image_mib = size >> 20,
+            policy_mib = fs_policy.workspace_size_mib, "the workspace image keeps the size it was made with");
+    }
+    let mut m = disk.mount()?;
+    if plain {
+        if let Err(why) = copy_tree(workspace, &m.data()) {
+            drop(m);
+            let _ = fs::remove_file(disk.image());
+            tracing::warn!(event = "workspace_unlimited", sandbox = %name, path = %workspace.display(),
+                reason = %format!("a plain directory that does not fit the policy's image: {why}"),
+                "the workspace has no size or inode limit");
+            return Ok(None);
+        }
+        discard_plain(workspace, uid, gid)?;
+        tracing::info!(event = "workspace_moved", sandbox = %name, image = %disk.image().display(),
+            "a plain workspace directory was moved into an image");
+    }
+    chown(m.data(), Some(uid), Some(gid)).map_err(io_err("chown workspace"))?;
+    m.bind_view(workspace)?;
+    Ok(Some(m))
+}
+
+/// Copies the tree under `from` into the directory `to` (owners, modes,
+/// times, links, extended attributes and holes kept); on failure, the
+/// copier's words.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+    let out = Command::new("cp")
+        .args(["-a", "--sparse=always", "--no-target-directory"])
+        .arg(from.join("."))
+        .arg(to)
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .map_err(|e| format!("running cp: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).lines().take(3).collect::<Vec<_>>().join("; "))
+    }
+}
+
+/// Replaces the plain directory `workspace`, whose files are in the image
+/// now, with an empty one (the mount point of the image's workspace).
+fn discard_plain(workspace: &Path, uid: u32, gid: u32) -> Result<(), LimitError> {
+    let old = workspace.with_file_name(format!(".workspace.moved.{}", std::process::id()));
+    fs::rename(workspace, &old).map_err(io_err(workspace.display()))?;
+    fs::DirBuilder::new().mode(0o700).create(workspace).map_err(io_err(workspace.display()))?;
+    chown(workspace, Some(uid), Some(gid)).map_err(io_err("chown workspace"))?;
+    fs::remove_dir_all(&old).map_err(io_err(old.display()))
+}
+
+/// Unmounts what a supervisor that died left mounted (before `moat rm`).
+pub fn release(home: &Path, workspace: &Path) {
+    let root = Disk::of(home).root();
+    if matches!(mounted_device(&root), Ok(Some(_))) {
+        let _ = umount2(workspace, MntFlags::MNT_DETACH);
+        let _ = umount2(&root, MntFlags::MNT_DETACH);
+    }
+}
+
+/// Whether `p` (an entry of a sandbox home) belongs to the workspace's image.
+pub fn is_image_part(p: &Path) -> bool {
+    p.file_name().is_some_and(|n| n == IMAGE || n == DISK)
+}
