@@ -134,8 +134,10 @@ pub fn lint(a: LintArgs, _g: &Global) -> Result<ExitCode> {
 /// (sandbox policy or seccomp deny list), so unknown keys are caught in review.
 fn check_policy(path: &Path, text: &str) -> Vec<lint::Finding> {
     let at = |msg: String| vec![lint::Finding { at: format!("{}:1:1", path.display()), msg }];
-    let Ok(table) = text.parse::<toml::Table>() else {
-        return at("not valid TOML".into());
+    // The parse `policy check` and `lint` share: the parser's reason, placed.
+    let table = match moat_builder::textfile::parse_toml::<toml::Table>(text, &path.display().to_string()) {
+        Ok(t) => t,
+        Err(e) => return vec![lint::Finding { at: format!("{}:{}:{}", e.origin, e.line, e.column), msg: e.message }],
     };
     if path.file_name().is_some_and(|n| n == "seccomp.toml") {
         return match moat_supervisor::launch::seccomp::DenyList::parse(text) {

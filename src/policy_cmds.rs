@@ -147,7 +147,8 @@ pub fn policy(a: PolicyArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PolicyCmd::Import { file, output } => {
-            let text = std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
+            // Bounded and UTF-8 checked with the error placed, before the YAML bounds.
+            let text = moat_builder::textfile::read(&file, moat_supervisor::yaml::MAX_BYTES as u64)?;
             let imported = moat_supervisor::policy::import::import_yaml(&text, &file.display().to_string())?;
             for w in &imported.warnings {
                 say!("moat: not carried over: {}", visible::lines(w));

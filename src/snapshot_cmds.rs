@@ -150,7 +150,8 @@ pub fn snapshots(a: SnapshotsArgs, _g: &Global) -> Result<ExitCode> {
         println!(
             "sha256:{:<12} {:<14} {:<20} {:>12} {:>7} {:>12}",
             &r.digest[..12],
-            r.tag.as_deref().unwrap_or("-"),
+            // A record written before tags were checked may hold escape codes.
+            moat_supervisor::visible::field(r.tag.as_deref().unwrap_or("-")),
             utc((r.time_ns / 1_000_000_000) as i64),
             r.bytes,
             r.files,

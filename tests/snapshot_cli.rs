@@ -351,3 +351,50 @@ fn deep_workspace_restores_and_what_cannot_be_kept_needs_force() {
     assert!(fs::symlink_metadata(&odd).is_err());
     assert_eq!(fs::read(ws.join("top")).unwrap(), b"top\n");
 }
+
+/// A tag with an escape sequence is refused by `moat backup`; one already in
+/// a repository (written by a moat from before tags were checked) is shown
+/// escaped by `moat snapshots`, never acted on by the terminal.
+#[test]
+fn tags_with_escape_codes_are_refused_and_never_printed_raw() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let ws = sandbox(&home, "tagged", None);
+    fs::write(ws.join("f"), b"f\n").unwrap();
+    let mut c = moat(&home);
+    c.args(["backup", "tagged", "--tag", "\x1b[2J\x1b[31mrelease"]);
+    let (code, out, err) = run(c);
+    assert_ne!(code, 0, "a tag with escape codes was accepted: {out}");
+    assert!(err.contains("tag") && !err.contains('\x1b'), "{err:?}");
+    ok({
+        let mut c = moat(&home);
+        c.args(["backup", "tagged", "--tag", "plain"]);
+        c
+    });
+    // Plant the escape codes in the stored record, as an older moat wrote them.
+    let refs: Vec<PathBuf> = walk(&home).into_iter().filter(|p| p.to_string_lossy().contains("refs/tagged/")).collect();
+    assert_eq!(refs.len(), 1, "{refs:?}");
+    let text = fs::read_to_string(&refs[0]).unwrap();
+    assert!(text.contains("\"plain\""), "{text}");
+    fs::write(&refs[0], text.replace("\"plain\"", "\"\\u001b]0;owned\\u0007\\u001b[31mred\"")).unwrap();
+    let out = ok({
+        let mut c = moat(&home);
+        c.args(["snapshots", "tagged"]);
+        c
+    });
+    assert!(!out.contains('\x1b') && !out.contains('\x07'), "raw escape codes in: {out:?}");
+    assert!(out.contains("red"), "{out}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

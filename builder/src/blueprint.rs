@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 use crate::digest::Digest;
 use crate::layer::tree;
+use crate::textfile::{self, TextError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,19 +31,24 @@ pub struct Location {
     pub line: usize,
     pub column: usize,
 }
+impl Location {
+    /// The first character of `file`.
+    pub fn start(file: &Path) -> Location {
+        Location { file: file.into(), line: 1, column: 1 }
+    }
+}
+impl BlueprintError {
+    fn placed(file: &Path, at: textfile::At) -> BlueprintError {
+        BlueprintError::At { at: Location { file: file.into(), line: at.line, column: at.column }, msg: at.message }
+    }
+}
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
     }
 }
 
-/// Converts a byte offset in `text` to a 1-based line and column.
-pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
-}
+pub use crate::textfile::line_col;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -283,22 +289,23 @@ impl Loaded {
     }
 }
 
-/// Reads and validates a blueprint file.
+/// Reads and validates a blueprint file: the one path `lock`, `build`,
+/// `verify` and `lint` take (bounded read, UTF-8 and TOML errors placed).
 pub fn load(path: &Path) -> Result<Loaded, BlueprintError> {
-    let text = std::fs::read_to_string(path).map_err(|source| BlueprintError::Read { path: path.into(), source })?;
+    let text = textfile::read(path, textfile::MAX_TEXT).map_err(|e| match e {
+        TextError::Read { path, source } => BlueprintError::Read { path, source },
+        TextError::TooLarge { path, max } => {
+            BlueprintError::At { at: Location::start(&path), msg: format!("larger than {max} bytes; not read") }
+        }
+        TextError::At(at) => BlueprintError::placed(path, at),
+    })?;
     parse(path, text)
 }
 
 /// Parses and validates blueprint text read from `path`.
 pub fn parse(path: &Path, text: String) -> Result<Loaded, BlueprintError> {
-    let bp: Blueprint = match toml::from_str(&text) {
-        Ok(bp) => bp,
-        Err(e) => {
-            let (line, column) = e.span().map_or((1, 1), |s| line_col(&text, s.start));
-            let at = Location { file: path.into(), line, column };
-            return Err(BlueprintError::At { at, msg: e.message().to_string() });
-        }
-    };
+    let origin = path.display().to_string();
+    let bp: Blueprint = textfile::parse_toml(&text, &origin).map_err(|at| BlueprintError::placed(path, at))?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
     let mut loaded = Loaded { path: path.into(), dir, text, bp, base: BaseRef::Scratch };

@@ -26,6 +26,7 @@ pub mod registry;
 pub mod store;
 pub(crate) mod strip;
 mod sys;
+pub mod textfile;
 pub mod verify;
 
 pub use digest::Digest;

@@ -1,8 +1,10 @@
 //! `moat lint`: finds what makes a build or a policy not reproducible or not
 //! reviewable — mutable image references (a tag without a digest), unpinned
-//! remote sources, unknown keys, unlocked blueprints — each with file:line.
+//! remote sources, unknown keys, unlocked blueprints, text that is not
+//! UTF-8 or not TOML — each with file:line:column.
 #![forbid(unsafe_code)]
 use crate::blueprint;
+use crate::textfile::{self, TextError};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +15,9 @@ pub struct Finding {
 }
 
 /// Lints every `.toml` under `paths` (files or directories, recursively).
+/// Every file is read and parsed the way the command that uses it reads it:
+/// a blueprint through [`blueprint::load`]'s path (as `moat lock` does), so
+/// lint and lock accept and refuse the same files with the same error.
 /// `check_other` validates TOML files that are not blueprints (for example
 /// policies); it returns located findings.
 pub fn lint(paths: &[PathBuf], check_other: &dyn Fn(&Path, &str) -> Vec<Finding>) -> Vec<Finding> {
@@ -23,15 +28,26 @@ pub fn lint(paths: &[PathBuf], check_other: &dyn Fn(&Path, &str) -> Vec<Finding>
     files.sort();
     let mut out = Vec::new();
     for f in files {
-        let text = match std::fs::read_to_string(&f) {
+        let text = match textfile::read(&f, textfile::MAX_TEXT) {
             Ok(t) => t,
+            Err(TextError::At(at)) => {
+                out.push(Finding { at: format!("{}:{}:{}", at.origin, at.line, at.column), msg: at.message });
+                continue;
+            }
             Err(e) => {
-                out.push(Finding { at: f.display().to_string(), msg: e.to_string() });
+                out.push(Finding { at: f.display().to_string(), msg: crate::errors::chain(&e) });
                 continue;
             }
         };
-        if is_blueprint(&f, &text) {
-            match blueprint::parse(&f, text.clone()) {
+        let table = match textfile::parse_toml::<toml::Table>(&text, &f.display().to_string()) {
+            Ok(t) => t,
+            Err(at) => {
+                out.push(Finding { at: format!("{}:{}:{}", at.origin, at.line, at.column), msg: at.message });
+                continue;
+            }
+        };
+        if is_blueprint(&f, &table) {
+            match blueprint::parse(&f, text) {
                 Ok(l) => {
                     if !l.lock_path().exists() {
                         out.push(Finding {
@@ -63,14 +79,18 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// A blueprint is a TOML file with a top-level `name` and a `[base]`,
-/// `[[layer]]` or `[debian]` table, or any file under a `blueprints/` folder.
-fn is_blueprint(p: &Path, text: &str) -> bool {
+/// Keys only a blueprint has at its top level (`layers` and `schema` too:
+/// a misspelt or mistaken blueprint is still linted as one).
+const BLUEPRINT_KEYS: &[&str] = &["name", "schema", "base", "layer", "layers", "debian", "strip", "users", "config"];
+
+/// A blueprint is any file under a `blueprints/` folder, or a TOML file
+/// with a blueprint key and no `version` (policies, presets and profiles
+/// always have `version`; a blueprint never does).
+fn is_blueprint(p: &Path, table: &toml::Table) -> bool {
     if p.components().any(|c| c.as_os_str() == "blueprints") {
         return true;
     }
-    let Ok(v) = text.parse::<toml::Table>() else { return false };
-    v.contains_key("name") && (v.contains_key("base") || v.contains_key("layer") || v.contains_key("debian"))
+    !table.contains_key("version") && BLUEPRINT_KEYS.iter().any(|k| table.contains_key(*k))
 }
 
 /// Any `image`-like value (`image = "..."`, `*_image = "..."`) without a digest.

@@ -3,6 +3,7 @@
 //! `build` refuses inputs that differ from it, `verify` proves outputs match it.
 #![forbid(unsafe_code)]
 use crate::digest::Digest;
+use crate::textfile::{self, TextError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -93,17 +94,22 @@ impl Lock {
     }
 
     pub fn read(path: &Path, blueprint: &Path) -> Result<Lock, LockError> {
-        let text = match std::fs::read_to_string(path) {
+        let placed = |at: textfile::At| LockError::Parse {
+            path: path.into(),
+            msg: format!("{}:{}: {}", at.line, at.column, at.message),
+        };
+        let text = match textfile::read(path, textfile::MAX_TEXT) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(TextError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Err(LockError::Missing(path.into(), blueprint.into()))
             }
-            Err(source) => return Err(LockError::Io { path: path.into(), source }),
+            Err(TextError::Read { source, .. }) => return Err(LockError::Io { path: path.into(), source }),
+            Err(TextError::TooLarge { max, .. }) => {
+                return Err(LockError::Parse { path: path.into(), msg: format!("larger than {max} bytes; not read") })
+            }
+            Err(TextError::At(at)) => return Err(placed(at)),
         };
-        let lock: Lock = toml::from_str(&text).map_err(|e| {
-            let (line, col) = e.span().map_or((1, 1), |s| crate::blueprint::line_col(&text, s.start));
-            LockError::Parse { path: path.into(), msg: format!("{line}:{col}: {}", e.message()) }
-        })?;
+        let lock: Lock = textfile::parse_toml(&text, "").map_err(placed)?;
         if lock.version != LOCK_VERSION {
             return Err(LockError::Parse {
                 path: path.into(),

@@ -98,6 +98,9 @@ impl Stat {
 /// Backs up `src` into `repo`; records it under `opts.sandbox`.
 pub fn backup_dir(repo: &Repo, src: &Path, opts: &BackupOptions) -> Result<BackupReport, SnapshotError> {
     moat_builder::home::check_sandbox_name(&opts.sandbox)?;
+    if let Some(t) = &opts.tag {
+        crate::repo::check_tag(t).map_err(SnapshotError::Invalid)?;
+    }
     let _lock = repo.lock(false)?;
     let excludes = build_globs(&opts.exclude)?;
     let root_meta = fs::symlink_metadata(src).map_err(io_err(src))?;

@@ -40,6 +40,56 @@ pub struct Record {
     pub secrets: Vec<String>,
 }
 
+/// How far in the future a record's time may be (clocks of two machines
+/// differ; a time beyond this would stay "latest" for good).
+pub(crate) const MAX_CLOCK_SKEW_NS: u128 = 24 * 3600 * 1_000_000_000;
+/// The longest tag, in bytes.
+pub(crate) const MAX_TAG: usize = 128;
+
+/// Nanoseconds since 1970 now (0 if the clock is before 1970).
+pub(crate) fn now_ns() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+/// A tag is 1-128 bytes of text an operator's terminal shows as written: no
+/// control characters (escape sequences, newlines) and no invisible or
+/// direction-changing ones.
+pub(crate) fn check_tag(tag: &str) -> Result<(), String> {
+    if tag.is_empty() || tag.len() > MAX_TAG {
+        return Err(format!("a tag is 1 to {MAX_TAG} bytes"));
+    }
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    };
+    if let Some(c) = tag.chars().find(|c| hidden(*c)) {
+        return Err(format!(
+            "tag \"{}\" holds the control or invisible character U+{:04X}",
+            tag.escape_default(),
+            c as u32
+        ));
+    }
+    Ok(())
+}
+
+impl Record {
+    /// Checks what a record says of itself against `now` (ns since 1970):
+    /// its tag ([`check_tag`]) and a time no more than [`MAX_CLOCK_SKEW_NS`]
+    /// ahead (time is unsigned, so never before 1970).
+    pub fn check(&self, now: u128) -> Result<(), String> {
+        if let Some(t) = &self.tag {
+            check_tag(t)?;
+        }
+        if self.time_ns > now.saturating_add(MAX_CLOCK_SKEW_NS) {
+            return Err(format!(
+                "its time ({} ns since 1970) is more than a day in the future (now {now})",
+                self.time_ns
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One stat-cache line: a file as it was seen, and its chunks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct CacheEntry {
@@ -153,8 +203,13 @@ impl Repo {
         Ok(out)
     }
 
+    /// Stores a record; every record passes here (backup, import, pull), so
+    /// its name, tag and time are checked here.
     pub(crate) fn add_record(&self, r: &Record) -> Result<(), SnapshotError> {
         check_sandbox_name(&r.sandbox)?;
+        r.check(now_ns()).map_err(|why| {
+            SnapshotError::Invalid(format!("the record of snapshot sha256:{} is refused: {why}", r.digest))
+        })?;
         let dir = self.root.join("refs").join(&r.sandbox);
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let bytes = serde_json::to_vec_pretty(r).map_err(|e| SnapshotError::Invalid(e.to_string()))?;

@@ -2,7 +2,7 @@
 //!
 //! Rooms by layer (HACKING.md draws them):
 //! - `policy/`: the one typed policy (schema, network rules, host variables,
-//!   OpenShell import). A leaf: it imports no other room.
+//!   OpenShell import). A leaf: it imports no other room but `yaml`.
 //! - `sandbox/`: the supervisor side of a sandbox, where threads are allowed
 //!   (state, spec, netns, the gateway's start, doctor).
 //! - `launch/`: the single-threaded launcher and sandbox init (fork,
@@ -12,6 +12,7 @@
 //! - `secrets/`: the credential store and the redactor.
 //! - `layers`: the unpacked-layer cache, a leaf both sides read.
 //! - `visible`: text escaped for an operator's terminal, a leaf.
+//! - `yaml`: bounds on YAML input checked before the parser, a leaf.
 //!
 //! Process tree: supervisor (`sandbox::supervise`, runs threads: gateway,
 //! tokio) -> launcher (`launch::launch`, the only caller of libcontainer,
@@ -29,5 +30,6 @@ pub mod sandbox;
 pub mod secrets;
 mod sys;
 pub mod visible;
+pub mod yaml;
 
 pub use policy::Policy;

@@ -27,6 +27,9 @@ pub enum ImportError {
     YamlUnplaced { origin: String, message: String },
     #[error("{origin}: {path}: {message}")]
     Shape { origin: String, path: String, message: String },
+    /// Too large or too deeply nested to hand to the parser.
+    #[error(transparent)]
+    Limit(#[from] crate::yaml::YamlLimit),
 }
 
 /// Endpoint fields moat has no counterpart for; none of them narrows access
@@ -69,6 +72,7 @@ const OTHER_SECTIONS: &[(&str, &str)] = &[
 /// into moat network rules. `origin` names the input in errors and in each
 /// rule's `why`.
 pub fn import_yaml(text: &str, origin: &str) -> Result<Imported, ImportError> {
+    crate::yaml::check(text, origin)?;
     let doc: Value = serde_norway::from_str(text).map_err(|e| yaml_error(&e, origin))?;
     let top = match &doc {
         Value::Mapping(m) => m,

@@ -10,6 +10,7 @@ pub(crate) mod matcher;
 pub mod network;
 pub mod presets;
 pub mod schema;
+use moat_builder::textfile::{self, TextError};
 use serde::{Deserialize, Serialize};
 use std::path::{Component, Path};
 
@@ -195,17 +196,21 @@ impl Policy {
 
     /// Reads and validates a policy file.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| PolicyError::Io { path: path.display().to_string(), source })?;
-        Policy::parse(&text, &path.display().to_string())
+        let origin = path.display().to_string();
+        let text = textfile::read(path, textfile::MAX_TEXT).map_err(|e| match e {
+            TextError::Read { source, .. } => PolicyError::Io { path: origin.clone(), source },
+            TextError::TooLarge { max, .. } => {
+                PolicyError::Invalid { origin: origin.clone(), message: format!("larger than {max} bytes; not read") }
+            }
+            TextError::At(at) => placed(at),
+        })?;
+        Policy::parse(&text, &origin)
     }
 
-    /// Parses and validates policy TOML; `origin` names it in errors.
+    /// Parses and validates policy TOML; `origin` names it in errors. The
+    /// TOML is read by the parse `moat lint` and blueprints use too.
     pub fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
-        let policy: Policy = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
-            PolicyError::Parse { origin: origin.into(), line, column, message: e.message().to_string() }
-        })?;
+        let policy: Policy = textfile::parse_toml(text, origin).map_err(placed)?;
         policy.validate().map_err(|message| PolicyError::Invalid { origin: origin.into(), message })?;
         Ok(policy)
     }
@@ -281,12 +286,8 @@ fn check_sandbox_path(p: &str, what: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// 1-based line and column of a byte offset.
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
-    (line, column)
+fn placed(at: textfile::At) -> PolicyError {
+    PolicyError::Parse { origin: at.origin, line: at.line, column: at.column, message: at.message }
 }
 
 #[cfg(test)]

@@ -139,9 +139,11 @@ pub(crate) fn invalid(s: impl Into<String>) -> NetPolicyError {
 
 /// Parses TOML with errors at file:line:column.
 pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result<T, NetPolicyError> {
-    toml::from_str(text).map_err(|e| {
-        let (line, column) = e.span().map(|s| crate::policy::line_col(text, s.start)).unwrap_or((1, 1));
-        NetPolicyError::Parse { origin: origin.into(), line, column, message: e.message().to_string() }
+    moat_builder::textfile::parse_toml(text, origin).map_err(|at| NetPolicyError::Parse {
+        origin: at.origin,
+        line: at.line,
+        column: at.column,
+        message: at.message,
     })
 }
 
