@@ -67,6 +67,19 @@ fn invalid_utf8_is_placed_by_every_reader() {
         assert_ne!(code, 0, "{args:?}");
         assert!(err.contains(&format!("{file}:{place}")), "{args:?}: {err}");
     }
+    // A lock is read by build and verify: its errors are placed the same way.
+    fs::write(tmp.path().join("ok.toml"), "name = \"ok\"\n").unwrap();
+    for (lock, want) in [
+        (&b"version = 1\nab\xffc = 1\n"[..], format!("ok.lock:{place}")),
+        (b"version = 1\nformat = [\n", "ok.lock:3:1: invalid array".to_string()),
+    ] {
+        fs::write(tmp.path().join("ok.lock"), lock).unwrap();
+        for verb in ["build", "verify"] {
+            let (code, _, err) = run(cmd(tmp.path(), &[verb, "ok.toml"]));
+            assert_ne!(code, 0, "{verb}");
+            assert!(err.contains(&want), "{verb}: want {want:?} in {err}");
+        }
+    }
     for file in ["bp.toml", "policy.toml"] {
         let (code, out, _) = run(cmd(tmp.path(), &["lint", file]));
         assert_eq!(code, 1, "{out}");
@@ -75,7 +88,7 @@ fn invalid_utf8_is_placed_by_every_reader() {
 }
 
 #[test]
-fn deeply_nested_yaml_is_refused_before_parsing() {
+fn yaml_is_bounded_before_parsing_and_every_refusal_placed() {
     let tmp = tempfile::tempdir().unwrap();
     // 200 KB of `[` took 21 s (release build) inside the YAML library before
     // its own recursion limit answered; `{` is the same.
@@ -87,6 +100,21 @@ fn deeply_nested_yaml_is_refused_before_parsing() {
         assert_eq!(code, 2, "{err}");
         // The 65th bracket: line 2, after `network_policies: ` (18 characters).
         assert!(err.contains(&format!("{name}:2:83: flow collections")), "{err}");
+    }
+    // What the YAML library refuses without a place is placed too: a second
+    // document, and aliases that expand past its bound (a billion laughs).
+    let mut bomb = vec!["version: 1".to_string(), "a0: &a0 [x,x,x,x,x,x,x,x,x,x]".into()];
+    for i in 1..10 {
+        bomb.push(format!("a{i}: &a{i} [{}]", vec![format!("*a{}", i - 1); 10].join(",")));
+    }
+    fs::write(tmp.path().join("bomb.yaml"), bomb.join("\n") + "\n").unwrap();
+    fs::write(tmp.path().join("two.yaml"), "version: 1\n---\nversion: 2\n").unwrap();
+    for (name, want) in
+        [("bomb.yaml", "bomb.yaml:3:10: repetition limit"), ("two.yaml", "two.yaml:2:1: a second YAML document")]
+    {
+        let (code, _, err) = run(cmd(tmp.path(), &["policy", "import", name]));
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(want), "want {want:?} in {err}");
     }
     // Nesting a real policy uses still imports.
     let ok_yaml = "version: 1\nnetwork_policies:\n  p:\n    name: p\n    endpoints: [{host: a.example, port: 443}]\n    binaries: [{path: /usr/bin/curl}]\n";

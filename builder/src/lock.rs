@@ -19,6 +19,9 @@ pub enum LockError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {msg}")]
     Parse { path: PathBuf, msg: String },
+    /// A located error: `file:line:column: reason`.
+    #[error("{0}")]
+    At(textfile::At),
     #[error("{0}: no lock file; run `moat lock {1}` first")]
     Missing(PathBuf, PathBuf),
 }
@@ -94,10 +97,6 @@ impl Lock {
     }
 
     pub fn read(path: &Path, blueprint: &Path) -> Result<Lock, LockError> {
-        let placed = |at: textfile::At| LockError::Parse {
-            path: path.into(),
-            msg: format!("{}:{}: {}", at.line, at.column, at.message),
-        };
         let text = match textfile::read(path, textfile::MAX_TEXT) {
             Ok(t) => t,
             Err(TextError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
@@ -107,9 +106,9 @@ impl Lock {
             Err(TextError::TooLarge { max, .. }) => {
                 return Err(LockError::Parse { path: path.into(), msg: format!("larger than {max} bytes; not read") })
             }
-            Err(TextError::At(at)) => return Err(placed(at)),
+            Err(TextError::At(at)) => return Err(LockError::At(at)),
         };
-        let lock: Lock = textfile::parse_toml(&text, "").map_err(placed)?;
+        let lock: Lock = textfile::parse_toml(&text, &path.display().to_string()).map_err(LockError::At)?;
         if lock.version != LOCK_VERSION {
             return Err(LockError::Parse {
                 path: path.into(),

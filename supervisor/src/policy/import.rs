@@ -72,8 +72,8 @@ const OTHER_SECTIONS: &[(&str, &str)] = &[
 /// into moat network rules. `origin` names the input in errors and in each
 /// rule's `why`.
 pub fn import_yaml(text: &str, origin: &str) -> Result<Imported, ImportError> {
-    crate::yaml::check(text, origin)?;
-    let doc: Value = serde_norway::from_str(text).map_err(|e| yaml_error(&e, origin))?;
+    let checked = crate::yaml::check(text, origin)?;
+    let doc: Value = serde_norway::from_str(text).map_err(|e| yaml_error(&e, origin, checked))?;
     let top = match &doc {
         Value::Mapping(m) => m,
         Value::Null => return Err(shape(origin, "(document)", "empty: expected an OpenShell policy mapping")),
@@ -462,7 +462,7 @@ fn check(binary: String, endpoint: Endpoint) -> Result<(), String> {
     probe.validate().map_err(|e| e.to_string().trim_start_matches("network.policy \"probe\": ").to_string())
 }
 
-fn yaml_error(e: &serde_norway::Error, origin: &str) -> ImportError {
+fn yaml_error(e: &serde_norway::Error, origin: &str, checked: crate::yaml::Checked) -> ImportError {
     let message = e.to_string();
     match e.location() {
         Some(loc) => {
@@ -470,7 +470,16 @@ fn yaml_error(e: &serde_norway::Error, origin: &str) -> ImportError {
             let message = message.replace(&format!(" at line {line} column {column}"), "");
             ImportError::Yaml { origin: origin.into(), line, column, message }
         }
-        None => ImportError::YamlUnplaced { origin: origin.into(), message },
+        // The parser's alias expansion bound names no place: the first alias.
+        None => match checked.first_alias.filter(|_| message.contains("repetition limit")) {
+            Some((line, column)) => ImportError::Yaml {
+                origin: origin.into(),
+                line,
+                column,
+                message: format!("{message} (aliases expand to too much; the first alias is here)"),
+            },
+            None => ImportError::YamlUnplaced { origin: origin.into(), message },
+        },
     }
 }
 

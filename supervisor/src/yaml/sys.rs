@@ -1,28 +1,44 @@
 //! The YAML scanner's token stream, read through libyaml's own C-shaped API
 //! (the `unsafe-libyaml-norway` crate `serde_norway` parses with), the only
-//! `unsafe` of `yaml/`. Guards against a nesting bound that disagrees with
-//! the parser: the depth is counted on the very tokens the parser would see.
+//! `unsafe` of `yaml/`. Guards against a bound that disagrees with the
+//! parser: depth, documents and aliases are counted on the very tokens the
+//! parser would see.
 use unsafe_libyaml_norway as unsafe_y;
 
-/// The flow depth (`[`/`{` nesting) of `text` as libyaml scans it, up to
-/// `max`: `Some(byte offset)` of the first flow collection opened below
-/// `max` levels, `None` when the text stays within it or the scanner stops
-/// on an error first (the parser then reports that error, in linear time).
+/// What a scan of the token stream found, as byte offsets.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Scan {
+    /// The first flow collection (`[`/`{`) opened below `max` levels; the
+    /// scan stops there.
+    pub(super) too_deep: Option<usize>,
+    /// Where a second document begins (`---` after content, or content
+    /// after `...`).
+    pub(super) second_document: Option<usize>,
+    /// The first alias (`*name`).
+    pub(super) first_alias: Option<usize>,
+}
+
+/// Scans `text` with libyaml's scanner (the parser's own tokens, so quotes,
+/// comments and block scalars are what the parser takes them for) up to the
+/// end, the first flow collection nested deeper than `max`, or the first
+/// scanner error (the parser then reports that error, in linear time).
 ///
 /// libyaml's scanner checks every open flow level at each token, which is
 /// quadratic in the depth; stopping at `max` keeps this scan linear.
-pub(super) fn first_too_deep(text: &str, max: usize) -> Option<usize> {
+pub(super) fn scan(text: &str, max: usize) -> Scan {
     let mut parser = std::mem::MaybeUninit::<unsafe_y::yaml_parser_t>::zeroed();
     // SAFETY: `parser` is writable memory of the parser's size; initialize
     // sets every field it needs. A failed allocation is reported, not used.
     if !unsafe { unsafe_y::yaml_parser_initialize(parser.as_mut_ptr()) }.ok {
-        return None;
+        return Scan::default();
     }
     let p = parser.as_mut_ptr();
     // SAFETY: `p` was initialized above; `text` outlives the parser, which is
     // deleted before this function returns.
     unsafe { unsafe_y::yaml_parser_set_input_string(p, text.as_ptr(), text.len() as u64) };
-    let (mut depth, mut found) = (0usize, None);
+    let (mut depth, mut found) = (0usize, Scan::default());
+    // Any token but the stream start and directives; a document has ended.
+    let (mut begun, mut ended) = (false, false);
     loop {
         let mut token = std::mem::MaybeUninit::<unsafe_y::yaml_token_t>::zeroed();
         // SAFETY: `p` is an initialized parser with input set; `token` is
@@ -38,19 +54,33 @@ pub(super) fn first_too_deep(text: &str, max: usize) -> Option<usize> {
         if !ok {
             break;
         }
+        let at = usize::try_from(at).ok();
+        match kind {
+            unsafe_y::YAML_STREAM_START_TOKEN
+            | unsafe_y::YAML_VERSION_DIRECTIVE_TOKEN
+            | unsafe_y::YAML_TAG_DIRECTIVE_TOKEN => {}
+            // NO_TOKEN: the scanner stopped on an error (it answers that from then on).
+            unsafe_y::YAML_STREAM_END_TOKEN | unsafe_y::YAML_NO_TOKEN => break,
+            unsafe_y::YAML_DOCUMENT_END_TOKEN => (begun, ended) = (true, true),
+            unsafe_y::YAML_DOCUMENT_START_TOKEN if !begun => begun = true,
+            _ if kind == unsafe_y::YAML_DOCUMENT_START_TOKEN || ended => {
+                found.second_document = found.second_document.or(at);
+                (begun, ended) = (true, false);
+            }
+            _ => begun = true,
+        }
         match kind {
             unsafe_y::YAML_FLOW_SEQUENCE_START_TOKEN | unsafe_y::YAML_FLOW_MAPPING_START_TOKEN => {
                 depth += 1;
                 if depth > max {
-                    found = usize::try_from(at).ok();
+                    found.too_deep = at;
                     break;
                 }
             }
             unsafe_y::YAML_FLOW_SEQUENCE_END_TOKEN | unsafe_y::YAML_FLOW_MAPPING_END_TOKEN => {
                 depth = depth.saturating_sub(1)
             }
-            // NO_TOKEN: the scanner stopped on an error (it answers that from then on).
-            unsafe_y::YAML_STREAM_END_TOKEN | unsafe_y::YAML_NO_TOKEN => break,
+            unsafe_y::YAML_ALIAS_TOKEN => found.first_alias = found.first_alias.or(at),
             _ => {}
         }
     }
