@@ -70,49 +70,18 @@ impl Disk {
         self.image().is_file()
     }
 
-    /// Makes the image: a sparse file of `size_mib` formatted as ext4 with
-    /// `inodes` inodes and no reserved blocks, holding an empty workspace
-    /// directory owned by `uid:gid`. Written under a temporary name and
-    /// renamed, so a crash never leaves a half-made image in use.
-    pub fn create(&self, size_mib: u64, inodes: u64, uid: u32, gid: u32) -> Result<(), LimitError> {
+    /// Makes the image: a sparse copy of the empty template for `size_mib`
+    /// and `inodes` (made once, see [`template`]). Written under a
+    /// temporary name and renamed, so a crash never leaves a half-made
+    /// image in use. The workspace directory in it belongs to root until
+    /// [`prepare`] gives it to the sandbox's user.
+    pub fn create(&self, size_mib: u64, inodes: u64) -> Result<(), LimitError> {
+        let tmpl = template(size_mib, inodes)?;
         let image = self.image();
         let tmp = self.home.join(format!(".{IMAGE}.{}", std::process::id()));
-        let seed = self.home.join(format!(".{IMAGE}.seed.{}", std::process::id()));
-        let result = (|| {
-            let f = fs::File::create(&tmp).map_err(io_err(tmp.display()))?;
-            f.set_len(size_mib << 20).map_err(io_err(tmp.display()))?;
-            drop(f);
-            // mkfs.ext4 -d copies this tree into the new filesystem (owner
-            // and mode included): no mount is needed to make the workspace.
-            let ws = seed.join(DATA);
-            fs::DirBuilder::new().recursive(true).mode(0o700).create(&ws).map_err(io_err(ws.display()))?;
-            chown(&ws, Some(uid), Some(gid)).map_err(io_err(ws.display()))?;
-            let out = Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-b", "4096", "-m", "0", "-L", "moat-workspace"])
-                .arg("-N")
-                .arg(inodes.to_string())
-                // The new file is all holes, which read as zeros: neither
-                // the inode tables nor the journal need writing (mke2fs
-                // punches the file and marks the tables zeroed, so the
-                // kernel does not zero them later either). An empty 10 GiB
-                // workspace costs the host about 4 MiB.
-                .arg("-E")
-                .arg("root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1")
-                .arg("-d")
-                .arg(&seed)
-                .arg(&tmp)
-                .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
-                .output()
-                .map_err(io_err("running mkfs.ext4 (install e2fsprogs)"))?;
-            if !out.status.success() {
-                return Err(LimitError::Mkfs {
-                    path: image.clone(),
-                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                });
-            }
-            fs::rename(&tmp, &image).map_err(io_err(image.display()))
-        })();
-        let _ = fs::remove_dir_all(&seed);
+        let copied =
+            copy_sparse(&tmpl, &tmp).map_err(io_err(format!("copying {} to {}", tmpl.display(), tmp.display())));
+        let result = copied.and_then(|()| fs::rename(&tmp, &image).map_err(io_err(image.display())));
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
@@ -156,6 +125,94 @@ impl Disk {
         }
         Ok(Mounted { _lock: file, root, owned: true, view: None })
     }
+}
+
+/// The empty image for `size_mib` and `inodes` in moat's cache, made
+/// once: a sparse file formatted as ext4 with that many inodes and no
+/// reserved blocks, holding an empty `workspace/` (mkfs.ext4 at each start
+/// took 40-100 ms here; a copy of the template's ~4 MiB takes a few).
+/// Images made from one template share its filesystem UUID.
+fn template(size_mib: u64, inodes: u64) -> Result<PathBuf, LimitError> {
+    let dir = moat_builder::home::cache_dir().join("workspace-images");
+    let path = dir.join(format!("{size_mib}m-{inodes}i.img"));
+    if path.is_file() {
+        return Ok(path);
+    }
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io_err(dir.display()))?;
+    let tmp = dir.join(format!(".{size_mib}m-{inodes}i.img.{}", std::process::id()));
+    let seed = dir.join(format!(".seed.{}", std::process::id()));
+    let result = (|| {
+        let f = fs::File::create(&tmp).map_err(io_err(tmp.display()))?;
+        f.set_len(size_mib << 20).map_err(io_err(tmp.display()))?;
+        drop(f);
+        // mkfs.ext4 -d copies this tree into the new filesystem: no mount
+        // is needed to make the workspace directory.
+        let ws = seed.join(DATA);
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&ws).map_err(io_err(ws.display()))?;
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096", "-m", "0", "-L", "moat-workspace"])
+            .arg("-N")
+            .arg(inodes.to_string())
+            // The new file is all holes, which read as zeros: neither the
+            // inode tables nor the journal need writing (mke2fs punches the
+            // file and marks the tables zeroed, so the kernel does not zero
+            // them later either). An empty 10 GiB image holds about 4 MiB.
+            .arg("-E")
+            .arg("root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1")
+            .arg("-d")
+            .arg(&seed)
+            .arg(&tmp)
+            .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
+            .output()
+            .map_err(io_err("running mkfs.ext4 (install e2fsprogs)"))?;
+        if !out.status.success() {
+            return Err(LimitError::Mkfs {
+                path: path.clone(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        fs::rename(&tmp, &path).map_err(io_err(path.display()))
+    })();
+    let _ = fs::remove_dir_all(&seed);
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|()| path)
+}
+
+/// Copies `from` to a new file `to` of the same length, writing only the
+/// data ranges (SEEK_DATA/SEEK_HOLE): the holes stay holes.
+fn copy_sparse(from: &Path, to: &Path) -> io::Result<()> {
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let src = fs::File::open(from)?;
+    let len = src.metadata()?.len();
+    let dst = fs::OpenOptions::new().write(true).create_new(true).open(to)?;
+    dst.set_len(len)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0i64;
+    let end = i64::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    while pos < end {
+        let data = match lseek(src.as_raw_fd(), pos, Whence::SeekData) {
+            Ok(d) => d,
+            Err(nix::errno::Errno::ENXIO) => break, // only a hole is left
+            Err(e) => return Err(e.into()),
+        };
+        let hole = lseek(src.as_raw_fd(), data, Whence::SeekHole)?.min(end);
+        let mut at = data;
+        while at < hole {
+            let want = usize::try_from(hole - at).unwrap_or(buf.len()).min(buf.len());
+            let n = src.read_at(&mut buf[..want], at as u64)?;
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+            dst.write_all_at(&buf[..n], at as u64)?;
+            at += n as i64;
+        }
+        pos = hole;
+    }
+    Ok(())
 }
 
 /// The loop device mounted at `root`, if `root` is a mount point.
@@ -242,7 +299,7 @@ pub fn prepare(
     let mut plain = false;
     if !disk.exists() {
         plain = fs::read_dir(workspace).map_err(io_err(workspace.display()))?.next().is_some();
-        disk.create(fs_policy.workspace_size_mib, fs_policy.workspace_inodes, uid, gid)?;
+        disk.create(fs_policy.workspace_size_mib, fs_policy.workspace_inodes)?;
     }
     let size = fs::metadata(disk.image()).map_err(io_err(disk.image().display()))?.len();
     if size != fs_policy.workspace_size_mib << 20 {
