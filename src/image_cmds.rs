@@ -160,6 +160,9 @@ fn check_policy(path: &Path, text: &str) -> Vec<lint::Finding> {
                 Ok(()) => direct_inference(&p.policies),
                 Err(e) => at(e.to_string()),
             },
+            Err(moat_supervisor::policy::schema::NetPolicyError::Parse { origin, line, column, message }) => {
+                vec![lint::Finding { at: format!("{origin}:{line}:{column}"), msg: message }]
+            }
             Err(e) => at(e.to_string()),
         };
     }
@@ -168,6 +171,10 @@ fn check_policy(path: &Path, text: &str) -> Vec<lint::Finding> {
             Ok(p) => p.network.effective().map(|r| direct_inference(&r)).unwrap_or_default(),
             Err(moat_supervisor::policy::PolicyError::Parse { origin, line, column, message }) => {
                 vec![lint::Finding { at: format!("{origin}:{line}:{column}"), msg: message }]
+            }
+            // A value out of range has no span: the file, as `policy check` says it.
+            Err(moat_supervisor::policy::PolicyError::Invalid { origin, message }) => {
+                vec![lint::Finding { at: origin, msg: message }]
             }
             Err(e) => at(e.to_string()),
         };

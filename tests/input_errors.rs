@@ -47,6 +47,23 @@ fn toml_syntax_errors_are_placed_alike_by_lint_and_policy_check() {
     let (code, out, _) = run(cmd(tmp.path(), &["lint", "p"]));
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("p/bad.toml:5:1: invalid array"), "lint: {out}");
+    // A preset's unknown key: its own place, once (not behind a made-up 1:1).
+    let npm = fs::read_to_string(repo().join("policies/presets/npm.toml")).unwrap();
+    let line = npm.lines().position(|l| l.starts_with("risk = ")).unwrap() + 1;
+    fs::create_dir_all(tmp.path().join("pr")).unwrap();
+    fs::write(tmp.path().join("pr/npm.toml"), npm.replacen("risk = ", "riskk = 1\nrisk = ", 1)).unwrap();
+    let (code, out, _) = run(cmd(tmp.path(), &["lint", "pr"]));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with(&format!("pr/npm.toml:{line}:1: unknown field `riskk`")), "lint: {out}");
+    // A value out of range has no span: lint says what policy check says.
+    let baseline = fs::read_to_string(repo().join("policies/baseline.toml")).unwrap();
+    fs::create_dir_all(tmp.path().join("v")).unwrap();
+    fs::write(tmp.path().join("v/p.toml"), baseline.replacen("version = 1", "version = 2", 1)).unwrap();
+    let (_, _, err) = run(cmd(tmp.path(), &["policy", "check", "v/p.toml"]));
+    let (code, out, _) = run(cmd(tmp.path(), &["lint", "v"]));
+    assert_eq!(code, 1, "{out}");
+    let said = err.trim().trim_start_matches("moat: error: ");
+    assert_eq!(out.trim(), said, "lint and policy check differ");
 }
 
 #[test]
