@@ -126,6 +126,13 @@ fn tar_entries<R: Read>(
     Ok(())
 }
 
+/// Unpacks a `.deb` in memory as the build unpacks a mirror package and
+/// keeps nothing; returns how many entries it ships. The package parser's
+/// public entry point (used by `fuzz/`).
+pub fn unpack_check(deb: &[u8]) -> Result<usize, DebianError> {
+    Ok(extract("input", deb)?.entries.len())
+}
+
 /// Unpacks one verified `.deb`.
 pub(crate) fn extract(pkg: &str, deb: &[u8]) -> Result<DebContents, DebianError> {
     let err = |msg: String| DebianError::Deb { package: pkg.to_string(), msg };

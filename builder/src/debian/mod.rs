@@ -350,5 +350,6 @@ pub fn materialize(layer: &DebLayer, lock: &DebianLock) -> Result<Tree, DebianEr
     Ok(t)
 }
 
+pub use extract::unpack_check;
 /// The package manifest inside an image, for `moat sbom`.
 pub use fixups::SBOM_DATA;

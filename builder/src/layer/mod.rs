@@ -13,3 +13,5 @@ pub(crate) mod tar_in;
 pub(crate) mod tar_out;
 pub mod tree;
 pub(crate) mod write;
+
+pub use tar_in::read_archive_input;

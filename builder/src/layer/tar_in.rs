@@ -124,6 +124,27 @@ pub(crate) fn deb_data_tar(deb: &[u8]) -> Result<Vec<u8>, ArchiveError> {
     Err(ArchiveError::NotDeb("no data.tar member".into()))
 }
 
+/// Reads one archive input of a blueprint into a fresh tree, as `moat build`
+/// does for a `tar` entry (compressed or not) or, with `deb`, a `deb` entry
+/// (its data member): the same bounds, hard-link normalisation and
+/// symlink-parent check. The archive parser's public entry point (used by
+/// `fuzz/`); an error comes back as its whole chain of causes.
+pub fn read_archive_input(bytes: &[u8], deb: bool) -> Result<Tree, String> {
+    use crate::errors::chain;
+    let data;
+    let tar = if deb {
+        data = deb_data_tar(bytes).map_err(|e| chain(&e))?;
+        &data[..]
+    } else {
+        bytes
+    };
+    let mut tree = Tree::new();
+    read_tar_into(&mut tree, tar, "", Overrides::default()).map_err(|e| chain(&e))?;
+    normalize_hardlinks(&mut tree);
+    tree.check_symlink_parents().map_err(|e| chain(&e))?;
+    Ok(tree)
+}
+
 /// Makes hardlinks point at the first path of their group in byte-wise
 /// sort order (the contract in DESIGN.md), so the archive reads back on any
 /// tool: that path becomes the file (with the file's metadata), every other
