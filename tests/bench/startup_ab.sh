@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Start-up A/B: `moat run --rm bench -- /bin/true` with two moat binaries
+# (before and after a change) on the same image, store and layer cache,
+# alternating short hyperfine rounds so that load on the machine falls on
+# both alike. Prints each binary's median over all runs and the difference.
+# The start-up figure itself (against runc and the libcontainer floor) is
+# tests/bench/run.sh; this answers "did this change cost start-up time?".
+#
+# Needs root, hyperfine, jq, busybox-static (scripts/install-deps.sh), and
+# the release helpers tests/bench/run.sh builds (moat-testimage, the static
+# probe).
+# Usage: tests/bench/startup_ab.sh BEFORE AFTER [ROUNDS] [RUNS_PER_ROUND]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+before=$(realpath "$1"); after=$(realpath "$2"); rounds=${3:-10}; runs=${4:-10}
+for t in hyperfine jq busybox; do
+  command -v "$t" >/dev/null || { echo "bench: $t is missing (scripts/install-deps.sh)" >&2; exit 1; }
+done
+[ "$(id -u)" -eq 0 ] || { echo "bench: needs root" >&2; exit 1; }
+triple="$(uname -m)-unknown-linux-gnu"
+tgt=$(realpath -m "${CARGO_TARGET_DIR:-target}")
+cargo build --release --quiet -p moat-probe --features image --bin moat-testimage
+RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=$tgt/probe-static \
+  cargo build --release --quiet -p moat-probe --bin moat-probe --target "$triple"
+work=$(mktemp -d /tmp/moat-ab.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+export MOAT_HOME=$work/home MOAT_STORE=$work/store MOAT_RUN_DIR=$work/run
+"$tgt/release/moat-testimage" "$MOAT_STORE" bench "$tgt/probe-static/$triple/release/moat-probe" /bin/busybox >/dev/null
+for m in "$before" "$after"; do "$m" run --rm bench -- /bin/true; done # warm the layer cache
+
+for r in $(seq 1 "$rounds"); do
+  for side in before after; do
+    m=$before; [ "$side" = after ] && m=$after
+    hyperfine -N --warmup 2 --runs "$runs" --export-json "$work/$side-$r.json" "$m run --rm bench -- /bin/true" >/dev/null 2>&1
+  done
+done
+median_ms() { jq -s '[.[].results[0].times[]] | sort | .[length/2|floor] * 1000 | . * 100 | round / 100' "$@"; }
+b=$(median_ms "$work"/before-*.json); a=$(median_ms "$work"/after-*.json)
+echo "start-up median over $((rounds * runs)) runs each: before $b ms, after $a ms, difference $(jq -n "($a - $b) * 100 | round / 100") ms"
