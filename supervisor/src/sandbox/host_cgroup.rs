@@ -117,6 +117,12 @@ fn sweep(parent: &Path) {
 /// supervisor to have left it (it is busy while the process exits).
 pub(crate) fn remove(name: &str) {
     let Some(dir) = dir_of(name) else { return };
+    // A foreground `run --rm` removes its sandbox from inside that cgroup:
+    // it stays busy until this process exits (the next start sweeps it).
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    if own.lines().any(|l| l.ends_with(&format!("/{PARENT}/{name}"))) {
+        return;
+    }
     for _ in 0..100 {
         match std::fs::remove_dir(&dir) {
             Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) => {
