@@ -25,7 +25,7 @@ fn backup(repo: &Repo, src: &Path, tag: Option<&str>) -> Result<String, String> 
 fn tags_with_control_characters_are_refused_at_backup() {
     let (t, repo) = setup();
     for tag in ["\x1b[2J\x1b[31mpwned", "two\nlines", "bell\x07", "rtl\u{202e}gnp.exe", ""] {
-        let e = backup(&repo, &t.path().join("src"), Some(tag)).expect_err(tag);
+        let e = backup(&repo, &t.path().join("src"), Some(tag)).expect_err(&format!("{tag:?}"));
         assert!(e.contains("tag"), "{tag:?}: {e}");
         assert!(!e.contains('\x1b') && !e.contains('\u{202e}'), "the refusal itself is printable: {e:?}");
     }
