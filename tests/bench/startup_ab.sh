@@ -10,6 +10,8 @@
 # the release helpers tests/bench/run.sh builds (moat-testimage, the static
 # probe).
 # Usage: tests/bench/startup_ab.sh BEFORE AFTER [ROUNDS] [RUNS_PER_ROUND]
+# RUN_ARGS: extra `moat run` options for both (e.g. "--workspace /tmp/ws"
+# to leave moat's own workspace out).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 before=$(realpath "$1"); after=$(realpath "$2"); rounds=${3:-10}; runs=${4:-10}
@@ -26,12 +28,12 @@ work=$(mktemp -d /tmp/moat-ab.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 export MOAT_HOME=$work/home MOAT_STORE=$work/store MOAT_RUN_DIR=$work/run
 "$tgt/release/moat-testimage" "$MOAT_STORE" bench "$tgt/probe-static/$triple/release/moat-probe" /bin/busybox >/dev/null
-for m in "$before" "$after"; do "$m" run --rm bench -- /bin/true; done # warm the layer cache
+for m in "$before" "$after"; do "$m" run --rm ${RUN_ARGS:-} bench -- /bin/true; done # warm the layer cache
 
 for r in $(seq 1 "$rounds"); do
   for side in before after; do
     m=$before; [ "$side" = after ] && m=$after
-    hyperfine -N --warmup 2 --runs "$runs" --export-json "$work/$side-$r.json" "$m run --rm bench -- /bin/true" >/dev/null 2>&1
+    hyperfine -N --warmup 2 --runs "$runs" --export-json "$work/$side-$r.json" "$m run --rm ${RUN_ARGS:-} bench -- /bin/true" >/dev/null 2>&1
   done
 done
 median_ms() { jq -s '[.[].results[0].times[]] | sort | .[length/2|floor] * 1000 | . * 100 | round / 100' "$@"; }
