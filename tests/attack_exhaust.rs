@@ -93,6 +93,15 @@ fn kib(status: &str, key: &str) -> u64 {
     field(status, key).and_then(|v| v.trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0)
 }
 
+/// The baseline policy with one setting changed (`from` must be in it).
+fn tuned(name: &str, from: &str, to: &str) -> std::path::PathBuf {
+    let p = policy(name, "");
+    let text = std::fs::read_to_string(&p).unwrap();
+    assert!(text.contains(from), "the baseline has no {from:?}");
+    std::fs::write(&p, text.replace(from, to)).unwrap();
+    p
+}
+
 fn set_route() {
     ok(&["inference", "set", "--default", "--provider", "local", "--endpoint", "http://other.test:80"]);
 }
@@ -140,11 +149,7 @@ fn slow_large_inference_bodies_do_not_grow_the_supervisor() {
 fn oversized_and_stalled_inference_bodies_are_refused_clearly() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     set_route();
-    let p = policy("exhaust-bad", "");
-    let text = std::fs::read_to_string(&p)
-        .unwrap()
-        .replace("request_body_timeout_secs = 120", "request_body_timeout_secs = 2");
-    std::fs::write(&p, text).unwrap();
+    let p = tuned("exhaust-bad", "request_body_timeout_secs = 120", "request_body_timeout_secs = 2");
     let o = moat(&["run", "--rm", "--policy", p.to_str().unwrap(), "agent", "--", "python3", "-c", BAD_BODIES_PY]);
     clear_route();
     let out = String::from_utf8_lossy(&o.stdout);
@@ -163,9 +168,7 @@ fn oversized_and_stalled_inference_bodies_are_refused_clearly() {
 #[test]
 fn the_supervisor_is_charged_to_a_cgroup_of_its_own() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let p = policy("exhaust-cg", "");
-    let text = std::fs::read_to_string(&p).unwrap().replace("memory_max_mib = 256", "memory_max_mib = 96");
-    std::fs::write(&p, text).unwrap();
+    let p = tuned("exhaust-cg", "memory_max_mib = 256", "memory_max_mib = 96");
     ok(&["run", "-d", "--name", "exhaust-cg", "--policy", p.to_str().unwrap(), "agent", "--", "sleep", "600"]);
     let pid = supervisor_pid("exhaust-cg");
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
@@ -203,9 +206,7 @@ fn the_supervisor_is_charged_to_a_cgroup_of_its_own() {
 #[test]
 fn a_busy_sandbox_gets_only_its_cpu_share() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let p = policy("exhaust-cpu", "");
-    let text = std::fs::read_to_string(&p).unwrap().replace("cpu_max = 2", "cpu_max = 0.5");
-    std::fs::write(&p, text).unwrap();
+    let p = tuned("exhaust-cpu", "cpu_max = 2", "cpu_max = 0.5");
     let script = r#"
 import os, time
 t0 = time.time()
@@ -253,9 +254,7 @@ fn init_pid(name: &str) -> i64 {
 #[test]
 fn one_sandbox_filling_its_process_limit_does_not_stop_another() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let p = policy("exhaust-nproc", "");
-    let text = std::fs::read_to_string(&p).unwrap().replace("rlimit_nproc = 512", "rlimit_nproc = 48");
-    std::fs::write(&p, text).unwrap();
+    let p = tuned("exhaust-nproc", "rlimit_nproc = 512", "rlimit_nproc = 48");
     // Forks until the limit refuses, keeps every child, then says how many.
     let hog = "import os, time\nn = 0\ntry:\n    for i in range(80):\n        if os.fork() == 0:\n            time.sleep(600)\n            os._exit(0)\n        n += 1\nexcept OSError:\n    pass\nopen('/sandbox/owned', 'w').write(str(n))\ntime.sleep(600)\n";
     ok(&["run", "-d", "--name", "nproc-hog", "--policy", p.to_str().unwrap(), "agent", "--", "python3", "-c", hog]);
