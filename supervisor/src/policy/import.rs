@@ -73,7 +73,7 @@ const OTHER_SECTIONS: &[(&str, &str)] = &[
 /// rule's `why`.
 pub fn import_yaml(text: &str, origin: &str) -> Result<Imported, ImportError> {
     let checked = crate::yaml::check(text, origin)?;
-    let doc: Value = serde_norway::from_str(text).map_err(|e| yaml_error(&e, origin, checked))?;
+    let doc: Value = serde_norway::from_str(text).map_err(|e| yaml_error(&e, text, origin, checked))?;
     let top = match &doc {
         Value::Mapping(m) => m,
         Value::Null => return Err(shape(origin, "(document)", "empty: expected an OpenShell policy mapping")),
@@ -462,12 +462,15 @@ fn check(binary: String, endpoint: Endpoint) -> Result<(), String> {
     probe.validate().map_err(|e| e.to_string().trim_start_matches("network.policy \"probe\": ").to_string())
 }
 
-fn yaml_error(e: &serde_norway::Error, origin: &str, checked: crate::yaml::Checked) -> ImportError {
+fn yaml_error(e: &serde_norway::Error, text: &str, origin: &str, checked: crate::yaml::Checked) -> ImportError {
     let message = e.to_string();
     match e.location() {
         Some(loc) => {
-            let (line, column) = (loc.line(), loc.column());
-            let message = message.replace(&format!(" at line {line} column {column}"), "");
+            let message = message.replace(&format!(" at line {} column {}", loc.line(), loc.column()), "");
+            // libyaml places an error at the end of input one line past the
+            // last one when the text does not end in a newline: the place is
+            // taken from the byte offset, kept inside the text.
+            let (line, column) = moat_builder::textfile::line_col(text, loc.index().min(text.len()));
             ImportError::Yaml { origin: origin.into(), line, column, message }
         }
         // The parser's alias expansion bound names no place: the first alias.
@@ -614,6 +617,15 @@ mod tests {
             assert!(warned(&i, section, "not carried over"), "{section}: {:?}", i.warnings);
         }
         assert_eq!(i.warnings.len(), 4, "{:?}", i.warnings);
+    }
+
+    #[test]
+    fn an_error_at_the_end_of_input_is_placed_inside_the_text() {
+        // Found by fuzz/openshell_import: libyaml said 2:1 for a one-line text.
+        let e = import_yaml("network_policies: [", "p.yaml").unwrap_err().to_string();
+        assert!(e.starts_with("p.yaml:1:20: "), "{e}");
+        let e = import_yaml("a: 1\nnetwork_policies: [\n", "p.yaml").unwrap_err().to_string();
+        assert!(e.starts_with("p.yaml:3:1: "), "{e}");
     }
 
     #[test]
