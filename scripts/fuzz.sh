@@ -12,14 +12,18 @@
 #   FUZZ_SANITIZER   none (default) or address (a second, slower build)
 #   FUZZ_TIMEOUT     seconds one input may take before it counts as a hang (default 10)
 #   FUZZ_RSS_MB      memory limit per process (default 2048)
+#   FUZZ_KEEP_GOING  1: keep fuzzing past a crash, hang or OOM (libFuzzer's
+#                    fork mode) instead of stopping the target at the first
 #
 # Seeds: the project's own fixtures (blueprints/, policies/, tests/fixtures/,
 # *.lock), tars made here by GNU tar, a .deb by dpkg-deb when present, and
 # what fuzz/src/make_seeds.rs writes (tars and .debs in every compression,
 # a real snapshot export, HTTP heads), plus fuzz/regressions/<target>/.
 # The growing corpus stays in fuzz/corpus/<target>/ (not committed).
-# A crash, hang or out-of-memory input is copied to
-# fuzz/regressions/<target>/ (commit it with the fix) and the script exits 1.
+# A crash, hang or out-of-memory input is kept in fuzz/artifacts/<target>/;
+# the first new one of each kind is copied to fuzz/regressions/<target>/
+# (commit it with the fix, or minimise it first: the replay line says how),
+# and the script exits 1.
 #
 # Needs cargo-fuzz (installed here with `cargo install --locked cargo-fuzz`
 # when missing) and a C++ compiler (libFuzzer is built by libfuzzer-sys; g++
@@ -44,6 +48,10 @@ done
 sanitizer=${FUZZ_SANITIZER:-none}
 timeout=${FUZZ_TIMEOUT:-10}
 rss_mb=${FUZZ_RSS_MB:-2048}
+keep_going=()
+if [[ ${FUZZ_KEEP_GOING:-0} == 1 ]]; then
+    keep_going=(-fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1)
+fi
 
 if ! command -v c++ >/dev/null; then
     echo "fuzz.sh: a C++ compiler is missing (libFuzzer is C++): apt-get install g++" >&2
@@ -128,33 +136,43 @@ for t in "${targets[@]}"; do
     nseeds=$(find "$seeds/$t" -type f | wc -l)
     echo "fuzz.sh: $t for ${seconds}s ($nseeds seeds; log $log)" >&2
     before=$(find "$art" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'slow-unit-*' \) | sort)
+    started=$SECONDS
     set +e
     "$bin/$t" "$corpus" "$seeds/$t" \
         -max_total_time="$seconds" -timeout="$timeout" -rss_limit_mb="$rss_mb" -max_len="$(max_len "$t")" \
-        -artifact_prefix="$art/" -print_final_stats=1 -detect_leaks=0 >"$log" 2>&1
+        -artifact_prefix="$art/" -print_final_stats=1 -detect_leaks=0 "${keep_going[@]}" >"$log" 2>&1
     rc=$?
     set -e
-    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
-    rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -1)
-    cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | tr -dc 0-9)
+    took=$((SECONDS - started))
+    # Status lines: `#N ... cov: C ... exec/s: R ... rss: MMb` (fork mode: `#N: cov: ...`).
+    status=$(grep -E '^#[0-9]+:? ' "$log" | tail -1 || true)
+    pick() { grep -oE "$1" | tail -1 | tr -dc 0-9 || true; }
+    execs=$(pick '^stat::number_of_executed_units: *[0-9]+' <"$log")
+    [[ -n $execs ]] || execs=$(echo "$status" | pick '^#[0-9]+')
+    rate=$(pick '^stat::average_exec_per_sec: *[0-9]+' <"$log")
+    [[ -n $rate ]] || rate=$(echo "$status" | pick 'exec/s:? [0-9]+')
+    rss=$(pick '^stat::peak_rss_mb: *[0-9]+' <"$log")
+    [[ -n $rss ]] || rss=$(pick ' rss: [0-9]+' <"$log")
+    cov=$(echo "$status" | pick 'cov: [0-9]+')
     files=$(find "$corpus" -type f | wc -l)
     after=$(find "$art" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'slow-unit-*' \) | sort)
     new=$(comm -13 <(echo "$before") <(echo "$after") | grep -v '^$' || true)
-    found=0
+    found=$(echo -n "$new" | grep -c . || true)
     if [[ -n $new || $rc -ne 0 ]]; then
         failed=1
         mkdir -p "fuzz/regressions/$t"
-        for f in $new; do
+        for kind in crash timeout oom slow-unit; do
+            f=$(echo "$new" | grep "/$kind-" | head -1 || true)
+            [[ -n $f ]] || continue
             cp "$f" "fuzz/regressions/$t/"
-            found=$((found + 1))
-            echo "fuzz.sh: $t: FOUND $(basename "$f"), saved as fuzz/regressions/$t/$(basename "$f")" >&2
-            echo "  replay: $bin/$t fuzz/regressions/$t/$(basename "$f")" >&2
+            echo "fuzz.sh: $t: FOUND $(basename "$f") (of $found new in $art/), saved as fuzz/regressions/$t/$(basename "$f")" >&2
+            echo "  replay:   $bin/$t fuzz/regressions/$t/$(basename "$f")" >&2
+            echo "  minimise: $bin/$t -minimize_crash=1 -runs=100000 -exact_artifact_path=/tmp/$t.min fuzz/regressions/$t/$(basename "$f")" >&2
         done
         echo "fuzz.sh: $t exited $rc; the end of its log:" >&2
         grep -v '^#' "$log" | tail -40 >&2
     fi
-    summary+=("| $t | ${seconds} s | ${execs:-?} | ${rate:-?}/s | ${cov:-?} | $files | ${rss:-?} MB | $found |")
+    summary+=("| $t | ${took} s | ${execs:-?} | ${rate:-?}/s | ${cov:-?} | $files | ${rss:-?} MB | $found |")
 done
 
 echo
