@@ -145,7 +145,7 @@ for t in "${targets[@]}"; do
     set -e
     took=$((SECONDS - started))
     # Status lines: `#N ... cov: C ... exec/s: R ... rss: MMb` (fork mode: `#N: cov: ...`).
-    status=$(grep -E '^#[0-9]+:? ' "$log" | tail -1 || true)
+    status=$(grep -E '^#[0-9]+:?[[:space:]]' "$log" | tail -1 || true)
     pick() { grep -oE "$1" | tail -1 | tr -dc 0-9 || true; }
     execs=$(pick '^stat::number_of_executed_units: *[0-9]+' <"$log")
     [[ -n $execs ]] || execs=$(echo "$status" | pick '^#[0-9]+')
@@ -156,9 +156,24 @@ for t in "${targets[@]}"; do
     cov=$(echo "$status" | pick 'cov: [0-9]+')
     files=$(find "$corpus" -type f | wc -l)
     after=$(find "$art" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'slow-unit-*' \) | sort)
-    new=$(comm -13 <(echo "$before") <(echo "$after") | grep -v '^$' || true)
+    # New files, and those written again (same input, same name) as the log says.
+    new=$({
+        comm -13 <(echo "$before") <(echo "$after")
+        grep -oE 'Test unit written to [^ ]+' "$log" | sed 's/^Test unit written to //'
+    } | grep -v '^$' | sort -u || true)
+    # An input already in fuzz/regressions/ (artifacts are named by their sha1) is known, not new.
+    known_sums=$(find "fuzz/regressions/$t" -type f -exec sha1sum {} + 2>/dev/null | cut -c1-40 || true)
+    known=0
+    fresh=""
+    for f in $new; do
+        if grep -qx "$(sha1sum "$f" | cut -c1-40)" <<<"$known_sums"; then known=$((known + 1)); else fresh+="$f"$'\n'; fi
+    done
+    new=$(echo -n "$fresh" | grep -v '^$' || true)
     found=$(echo -n "$new" | grep -c . || true)
-    if [[ -n $new || $rc -ne 0 ]]; then
+    if [[ $known -gt 0 ]]; then
+        echo "fuzz.sh: $t: $known input(s) of fuzz/regressions/$t/ still fail (not fixed yet)" >&2
+    fi
+    if [[ -n $new || $rc -ne 0 || $known -gt 0 ]]; then
         failed=1
         mkdir -p "fuzz/regressions/$t"
         for kind in crash timeout oom slow-unit; do
@@ -172,7 +187,7 @@ for t in "${targets[@]}"; do
         echo "fuzz.sh: $t exited $rc; the end of its log:" >&2
         grep -v '^#' "$log" | tail -40 >&2
     fi
-    summary+=("| $t | ${took} s | ${execs:-?} | ${rate:-?}/s | ${cov:-?} | $files | ${rss:-?} MB | $found |")
+    summary+=("| $t | ${took} s | ${execs:-?} | ${rate:-?}/s | ${cov:-?} | $files | ${rss:-?} MB | $found new, $known known |")
 done
 
 echo
