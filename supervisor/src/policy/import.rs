@@ -137,7 +137,9 @@ pub fn to_toml(imported: &Imported) -> String {
     } else {
         out.push_str("# Not carried over:\n");
         for w in &imported.warnings {
-            out.push_str(&format!("#   - {}\n", w.replace(['\n', '\r'], " ")));
+            // Escaped: a control character from the input would show in a
+            // terminal and make the comment invalid TOML (fuzz/openshell_import).
+            out.push_str(&format!("#   - {}\n", crate::visible::field(w)));
         }
     }
     if imported.network.is_empty() {
@@ -626,6 +628,14 @@ mod tests {
         assert!(e.starts_with("p.yaml:1:20: "), "{e}");
         let e = import_yaml("a: 1\nnetwork_policies: [\n", "p.yaml").unwrap_err().to_string();
         assert!(e.starts_with("p.yaml:3:1: "), "{e}");
+    }
+
+    #[test]
+    fn warnings_with_control_characters_stay_comments() {
+        let i = import_yaml("network_policies:\n  p:\n    \"x\\e[31my\\a\": 1\n", "p.yaml").unwrap();
+        let text = to_toml(&i);
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        assert!(toml::from_str::<toml::Value>(&text).is_ok(), "{text}");
     }
 
     #[test]
