@@ -4,21 +4,11 @@
 //! secrets and gc.
 mod common;
 
-use common::{as_restored, check_repo, data, describe, every_type};
+use common::{as_restored, check_repo, data, describe, every_type, opts, setup};
 use moat_snapshot::sha256_hex as sha;
 use moat_snapshot::{archive, backup_dir, restore_dir, BackupOptions, ChunkWriter, Repo, SnapshotError};
 use std::fs;
 use std::path::Path;
-
-fn opts(name: &str) -> BackupOptions {
-    BackupOptions { sandbox: name.into(), ..Default::default() }
-}
-
-fn setup() -> (tempfile::TempDir, Repo) {
-    let t = tempfile::tempdir().unwrap();
-    let repo = Repo::open(&t.path().join("repo")).unwrap();
-    (t, repo)
-}
 
 /// Chunks stored, as a new process opening the repository sees them.
 fn chunk_count(repo: &Repo) -> usize {

@@ -7,21 +7,11 @@
 //! has the very digest it had before sparse files were recorded.
 mod common;
 
-use common::{chmod, data, deep_tree, describe, fd_path};
-use moat_snapshot::{backup_dir, restore_dir, restore_with, BackupOptions, Repo, RestoreOptions};
+use common::{chmod, data, deep_tree, describe, fd_path, opts, setup};
+use moat_snapshot::{backup_dir, restore_dir, restore_with, RestoreOptions};
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
-
-fn opts(name: &str) -> BackupOptions {
-    BackupOptions { sandbox: name.into(), ..Default::default() }
-}
-
-fn setup() -> (tempfile::TempDir, Repo) {
-    let t = tempfile::tempdir().unwrap();
-    let repo = Repo::open(&t.path().join("repo")).unwrap();
-    (t, repo)
-}
 
 /// A tree without holes has the digest it had in format v1: old snapshots
 /// and new ones of the same content stay one snapshot.

@@ -12,6 +12,18 @@ use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 
+/// Backup options for sandbox `name`, the rest default.
+pub fn opts(name: &str) -> moat_snapshot::BackupOptions {
+    moat_snapshot::BackupOptions { sandbox: name.into(), ..Default::default() }
+}
+
+/// A scratch directory with an empty repository at `repo/` in it.
+pub fn setup() -> (tempfile::TempDir, moat_snapshot::Repo) {
+    let t = tempfile::tempdir().unwrap();
+    let repo = moat_snapshot::Repo::open(&t.path().join("repo")).unwrap();
+    (t, repo)
+}
+
 /// Deterministic pseudo-random bytes (xorshift64*), incompressible.
 pub fn data(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

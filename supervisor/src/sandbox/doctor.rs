@@ -129,7 +129,7 @@ fn cgroups() -> Check {
 
 fn supervisor_memory() -> Check {
     let where_ = crate::sandbox::host_cgroup::describe();
-    if crate::sandbox::host_cgroup::dir_of("x").is_some() {
+    if crate::sandbox::host_cgroup::available() {
         check("supervisor memory", Level::Ok, format!("bounded per sandbox in {where_}"), "")
     } else {
         check(

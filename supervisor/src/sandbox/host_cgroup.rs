@@ -56,6 +56,11 @@ pub(crate) fn dir_of(name: &str) -> Option<PathBuf> {
     layout().map(|l| parent_dir(l).join(name))
 }
 
+/// Whether the host has a memory controller to bound supervisors with.
+pub(crate) fn available() -> bool {
+    layout().is_some()
+}
+
 /// Where the supervisor's memory is bounded, for `moat doctor`.
 pub fn describe() -> String {
     match layout() {

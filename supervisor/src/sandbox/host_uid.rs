@@ -44,29 +44,31 @@ pub(crate) fn claim(name: &str) -> io::Result<u32> {
             continue; // a host account after all
         }
         let file = d.join(uid.to_string());
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&file) {
-            Ok(mut f) => {
-                f.write_all(name.as_bytes())?;
+        if take(&file, name)? {
+            return Ok(uid);
+        }
+        let holder = std::fs::read_to_string(&file).unwrap_or_default();
+        if holder == name {
+            return Ok(uid);
+        }
+        if !holder.is_empty() && !exists(&holder) {
+            // Stale: its sandbox is gone. Remove and retry this slot once.
+            let _ = std::fs::remove_file(&file);
+            if take(&file, name)? {
                 return Ok(uid);
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let holder = std::fs::read_to_string(&file).unwrap_or_default();
-                if holder == name {
-                    return Ok(uid);
-                }
-                if !holder.is_empty() && !exists(&holder) {
-                    // Stale: its sandbox is gone. Remove and retry this slot once.
-                    let _ = std::fs::remove_file(&file);
-                    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).create_new(true).open(&file) {
-                        f.write_all(name.as_bytes())?;
-                        return Ok(uid);
-                    }
-                }
-            }
-            Err(e) => return Err(e),
         }
     }
     Err(io::Error::other("no free sandbox uid near this name's (1024 tried)"))
+}
+
+/// Creates the claim `file` for `name`; false when someone holds it.
+fn take(file: &std::path::Path, name: &str) -> io::Result<bool> {
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(file) {
+        Ok(mut f) => f.write_all(name.as_bytes()).map(|()| true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 fn exists(name: &str) -> bool {
