@@ -27,6 +27,7 @@ use crate::policy::{Compatibility, Policy};
 use crate::sandbox::net::{LaunchNet, NetStart};
 use crate::sandbox::spec::SpecParams;
 use crate::sandbox::state::{Paths, ProcId, Record, Status};
+use crate::sandbox::workspace_limit::Durability;
 use moat_builder::Store;
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -344,14 +345,18 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
         None => begin(&paths.name, &req.policy)?,
     };
     let policy = &req.policy;
-    net.start_gateway(paths, &policy.network, gateway_limits(&policy.supervisor));
     let rec = state::load(paths)?;
+    // Workspace: moat's own, in an image of the policy's size (a `--rm`
+    // sandbox's is not durable), mounted while the image is resolved, then
+    // given to the image's user.
+    let durability = if req.ephemeral { Durability::Ephemeral } else { Durability::Kept };
+    let (home, fsp, owned) = (&paths.home, &policy.filesystem, rec.workspace_owned);
+    let workspace = workspace_limit::Preparing::start(&paths.name, home, &rec.workspace, owned, fsp, durability);
+    net.start_gateway(paths, &policy.network, gateway_limits(&policy.supervisor));
     let store = Store::open_existing(&req.store)?;
     let prepared = (|| -> Result<(Resolved, Option<workspace_limit::Mounted>), SandboxError> {
         let r = resolve(&store, &req.image, policy, &req.args, &req.env)?;
-        // Workspace: moat's own is made for the image's user, in an image of the policy's size.
-        let (home, fsp, owned) = (&paths.home, &policy.filesystem, rec.workspace_owned);
-        let disk = workspace_limit::prepare(&paths.name, home, &rec.workspace, owned, fsp, r.user.uid, r.user.gid)?;
+        let disk = workspace.finish((r.user.uid, r.user.gid))?;
         Ok((r, disk))
     })();
     let launch_net = net.ready();

@@ -1,0 +1,174 @@
+//! A `run --rm` sandbox's workspace (issue 18, start-up time): its image is
+//! deleted when the sandbox exits, so it is made without a journal and
+//! mounted without write barriers (nothing of it has to reach the host's
+//! disk), yet its size and inode bounds hold as a kept workspace's do
+//! (a hostile agent in a `--rm` sandbox can fill a disk as well); the run
+//! leaves no mount, loop device or file behind, and the same name runs
+//! again at once. A kept sandbox's image keeps its journal and barriers,
+//! and an image a killed `run --rm` left behind gets a journal before a
+//! sandbox that keeps it mounts it. Needs root, busybox-static and
+//! e2fsprogs (dumpe2fs).
+#[path = "sandbox_common/mod.rs"]
+mod sandbox_common;
+
+use sandbox_common::{wait_until, World};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const LIMIT_MIB: u64 = 64;
+
+/// The baseline policy with a small workspace.
+fn small_policy(dir: &Path) -> PathBuf {
+    let base = include_str!("../policies/baseline.toml");
+    let text: String = base
+        .lines()
+        .filter(|l| !l.starts_with("workspace_size_mib") && !l.starts_with("workspace_inodes"))
+        .map(|l| match l {
+            "workspace = \"/sandbox\"" => format!("{l}\nworkspace_size_mib = {LIMIT_MIB}\nworkspace_inodes = 2000\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    assert!(text.contains("workspace_inodes = 2000"), "the baseline no longer has the workspace line this test edits");
+    let p = dir.join("small.toml");
+    fs::write(&p, text).unwrap();
+    p
+}
+
+/// Writes past the size, then past the inode count, and prints the
+/// workspace's line of the sandbox's mountinfo (its ext4 options).
+const FILL: &str = "cd /sandbox || exit 9
+dd if=/dev/zero of=fill bs=1M count=128 2>/tmp/e; echo dd_rc=$?; echo \"dd_err=$(grep -i -m1 space /tmp/e)\"
+echo dd_size=$(stat -c %s fill); rm -f fill
+mkdir many; i=0; while [ $i -lt 3000 ]; do echo -n 2>/tmp/e > many/f$i || break; i=$((i+1)); done
+echo files=$i; echo \"files_err=$(cat /tmp/e)\"; rm -rf many
+echo \"mount=$(grep ' /sandbox ' /proc/self/mountinfo)\"";
+
+/// The "Filesystem features" line of an ext4 image.
+fn features(image: &Path) -> String {
+    let out = Command::new("dumpe2fs").arg("-h").arg(image).output().expect("run dumpe2fs (install e2fsprogs)");
+    assert!(out.status.success(), "dumpe2fs {}: {}", image.display(), String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find(|l| l.starts_with("Filesystem features:"))
+        .unwrap_or_else(|| panic!("no features in:\n{text}"))
+        .into()
+}
+
+/// Mounts and loop devices on the host that belong to this test's world.
+fn leftovers(w: &World) -> Vec<String> {
+    let dir = w.dir.path().to_string_lossy().into_owned();
+    let mut left: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&dir))
+        .map(|l| format!("mount: {l}"))
+        .collect();
+    for e in fs::read_dir("/sys/block").unwrap().flatten() {
+        if let Ok(b) = fs::read_to_string(e.path().join("loop/backing_file")) {
+            if b.contains(&dir) {
+                left.push(format!("loop device {:?} on {}", e.file_name(), b.trim()));
+            }
+        }
+    }
+    left
+}
+
+#[test]
+fn a_rm_workspace_is_bounded_not_durable_and_leaves_nothing() {
+    let w = World::new();
+    let policy = small_policy(w.dir.path());
+    let p = policy.to_str().unwrap();
+    let out = w.ok(&["run", "--rm", "--name", "eph", "--policy", p, &w.image, "--", "sh", "-c", FILL]);
+    let r = sandbox_common::parse(&out);
+    let get = |k: &str| r.get(k).map(String::as_str).unwrap_or_else(|| panic!("no {k} in:\n{out}"));
+    // The bounds hold in an image without a journal.
+    assert_ne!(get("dd_rc"), "0", "dd of 128 MiB succeeded under a 64 MiB limit:\n{out}");
+    assert!(get("dd_err").contains("No space left"), "dd: {out}");
+    let written: u64 = get("dd_size").parse().unwrap();
+    assert!(written > 32 << 20 && written <= LIMIT_MIB << 20, "dd wrote {written} bytes before ENOSPC:\n{out}");
+    let files: u64 = get("files").parse().unwrap();
+    assert!((1500..2000).contains(&files), "{files} files made under a 2000-inode limit:\n{out}");
+    assert!(get("files_err").contains("No space left"), "files: {out}");
+    // Not durable: no write barriers (the image has no journal: below).
+    let mount = get("mount");
+    assert!(mount.contains(" ext4 "), "the workspace is not the ext4 image: {mount}");
+    assert!(mount.contains("nobarrier"), "a --rm workspace is mounted with write barriers: {mount}");
+
+    // Nothing is left, and the name is free at once.
+    assert!(!w.home().join("sandboxes/eph").exists(), "run --rm left its directory");
+    assert_eq!(leftovers(&w), Vec::<String>::new(), "run --rm left mounts or loop devices");
+    let again = w.ok(&[
+        "run",
+        "--rm",
+        "--name",
+        "eph",
+        "--policy",
+        p,
+        &w.image,
+        "--",
+        "sh",
+        "-c",
+        "echo x > /sandbox/y && cat /sandbox/y",
+    ]);
+    assert_eq!(again, "x\n");
+    assert!(!w.home().join("sandboxes/eph").exists() && leftovers(&w).is_empty(), "{:?}", leftovers(&w));
+
+    // A kept sandbox's workspace keeps its journal and barriers.
+    let out = w.ok(&[
+        "run",
+        "--name",
+        "kept",
+        "--policy",
+        p,
+        &w.image,
+        "--",
+        "sh",
+        "-c",
+        "grep ' /sandbox ' /proc/self/mountinfo",
+    ]);
+    assert!(out.contains(" ext4 ") && !out.contains("nobarrier"), "a kept workspace is not durable: {out}");
+    let image = w.home().join("sandboxes/kept/workspace.img");
+    assert!(features(&image).contains("has_journal"), "a kept image has no journal: {}", features(&image));
+    w.ok(&["rm", "--workspace", "kept"]);
+    assert_eq!(leftovers(&w), Vec::<String>::new());
+}
+
+#[test]
+fn an_image_a_killed_rm_run_left_gets_a_journal_when_it_is_kept() {
+    let w = World::new();
+    let mut child = w
+        .moat()
+        .args(["run", "--rm", "--name", "left", &w.image, "--", "sh", "-c", "echo data > /sandbox/f; sleep 60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start moat run");
+    let ws = w.home().join("sandboxes/left/workspace");
+    let wrote = wait_until(Duration::from_secs(20), || ws.join("f").is_file());
+    // The supervisor of a foreground run is the `moat run` itself.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(wrote, "the sandbox never wrote its file");
+    w.ok(&["rm", "left"]); // keeps the workspace
+    let image = w.home().join("sandboxes/left/workspace.img");
+    assert!(!features(&image).contains("has_journal"), "a --rm image has a journal: {}", features(&image));
+    assert_eq!(leftovers(&w), Vec::<String>::new(), "rm left mounts or loop devices");
+
+    let out = w.ok(&[
+        "run",
+        "--name",
+        "left",
+        &w.image,
+        "--",
+        "sh",
+        "-c",
+        "cat /sandbox/f; grep ' /sandbox ' /proc/self/mountinfo",
+    ]);
+    assert!(out.starts_with("data\n"), "the kept workspace lost its file: {out}");
+    assert!(!out.contains("nobarrier"), "a kept workspace is mounted without barriers: {out}");
+    assert!(features(&image).contains("has_journal"), "the kept image got no journal: {}", features(&image));
+    w.ok(&["rm", "--workspace", "left"]);
+}
