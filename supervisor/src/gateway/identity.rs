@@ -6,15 +6,16 @@
 //! hashed and trusted on first use, and a changed hash, a deleted binary or
 //! a socket held by processes running different programs is refused.
 #![forbid(unsafe_code)]
+use super::connects::Connects;
 use super::integrity::{Findings, Integrity, Taint};
-use sha2::{Digest, Sha256};
+use super::process::HashCache;
+pub use super::process::Proc;
 use std::collections::HashMap;
 use std::fs;
-use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -30,24 +31,21 @@ pub enum IdentityError {
     Tainted { exe: String, pid: i32, taint: Taint },
     #[error("reading {path}")]
     Io { path: String, source: std::io::Error },
+    /// No connect(2) of the sandbox was seen for this socket (it was
+    /// connected by a call the notification did not cover, or its record
+    /// was evicted): fail closed.
+    #[error("no process of the sandbox was seen connecting the socket from {0}")]
+    NoConnector(SocketAddr),
+    /// The process that called connect(2) is not the one holding the socket.
+    #[error("the connection was made by {connector} but is held by {holder}")]
+    Borrowed { connector: String, holder: String },
+    /// The process that called connect(2) could not be judged or held no rights.
+    #[error("the process that connected the socket gets no network rights: {0}")]
+    Connector(String),
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
     move |source| IdentityError::Io { path: path.display().to_string(), source }
-}
-
-/// One process of the caller's chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Proc {
-    /// Host pid.
-    pub pid: i32,
-    /// The binary's path as the sandbox sees it.
-    pub exe: String,
-    pub sha256: String,
-    /// Why its code is not all from the image, if it is not.
-    pub taint: Option<Taint>,
-    /// It has anonymous executable memory (a JIT); rules decide (`jit`).
-    pub anonymous_exec: bool,
 }
 
 /// The calling process and its ancestors inside the sandbox (nearest first).
@@ -55,16 +53,6 @@ pub struct Proc {
 pub struct Caller {
     pub process: Proc,
     pub ancestors: Vec<Proc>,
-}
-
-/// File identity used to skip rehashing an unchanged binary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Fingerprint {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
 }
 
 /// Resolves callers in one network namespace (the sandbox's).
@@ -76,36 +64,40 @@ pub struct Identity {
     /// in-process tests stop at the test process).
     stop_at: Option<i32>,
     proc_root: std::path::PathBuf,
-    hashes: Mutex<HashMap<Fingerprint, String>>,
-    hashing: Mutex<()>,
+    hashes: HashCache,
     /// Trust on first use: path -> the sha256 first seen.
     trusted: Mutex<HashMap<String, String>>,
     integrity: Integrity,
+    /// Who called connect(2) on each socket, seen while it waited there
+    /// (`sandbox::connect_watch`). Required for real sandboxes; absent only
+    /// for clients in the test process itself, which no filter watches.
+    connects: Option<Arc<Connects>>,
 }
 
 impl Identity {
     /// Candidates are the processes whose network namespace has `netns_ino`.
-    pub fn new(netns_ino: u64) -> Identity {
+    fn new(netns_ino: u64, connects: Option<Arc<Connects>>) -> Identity {
         Identity {
             netns_ino,
             stop_at: None,
             proc_root: "/proc".into(),
-            hashes: Mutex::default(),
-            hashing: Mutex::default(),
+            hashes: HashCache::default(),
             trusted: Mutex::default(),
             integrity: Integrity::builtin(),
+            connects,
         }
     }
 
-    /// The namespace of a descriptor (e.g. the sandbox netns handle).
-    pub fn for_netns_fd(fd: i32) -> std::io::Result<Identity> {
-        Ok(Identity::new(fs::metadata(format!("/proc/self/fd/{fd}"))?.ino()))
+    /// The sandbox whose network namespace is the descriptor `fd`, whose
+    /// connect(2) calls are recorded in `connects`.
+    pub fn for_netns_fd(fd: i32, connects: Arc<Connects>) -> std::io::Result<Identity> {
+        Ok(Identity::new(fs::metadata(format!("/proc/self/fd/{fd}"))?.ino(), Some(connects)))
     }
 
     /// The namespace this process runs in, for clients in this very
     /// process (tests): ancestry is not followed above it.
     pub fn for_own_netns() -> std::io::Result<Identity> {
-        let mut id = Identity::new(fs::metadata("/proc/self/ns/net")?.ino());
+        let mut id = Identity::new(fs::metadata("/proc/self/ns/net")?.ino(), None);
         id.stop_at = Some(std::process::id() as i32);
         id.integrity = id.integrity.without_env_check();
         Ok(id)
@@ -128,11 +120,18 @@ impl Identity {
         let path = self.proc_root.join(reader.to_string()).join("net").join(table);
         let text = fs::read_to_string(&path).map_err(io_at(&path))?;
         let inode = socket_inode(&text, peer, local).ok_or(IdentityError::NotFound(peer))?;
+        // Who connected it, judged while it waited in connect(2): a holder
+        // can be a program the socket was handed to, or one that holds it
+        // while the connector keeps it in flight (SCM_RIGHTS) out of sight.
+        let connector = match &self.connects {
+            Some(c) => Some(c.take(inode).ok_or(IdentityError::NoConnector(peer))?.map_err(IdentityError::Connector)?),
+            None => None,
+        };
         let owners = self.owners(&pids, inode);
         let Some(&first) = owners.first() else { return Err(IdentityError::NotFound(peer)) };
         // One mount namespace for the whole sandbox: its mounts are read once.
         let mounts = self.integrity.mounts(&self.proc_root, first);
-        let process = self.describe(first, Some(&mounts))?;
+        let mut process = self.describe(first, Some(&mounts))?;
         for &other in &owners[1..] {
             let p = self.describe(other, Some(&mounts))?;
             if p.exe != process.exe || p.sha256 != process.sha256 {
@@ -141,6 +140,16 @@ impl Identity {
             untainted(&p)?;
         }
         untainted(&process)?;
+        if let Some(c) = connector {
+            if c.exe != process.exe || c.sha256 != process.sha256 {
+                return Err(IdentityError::Borrowed { connector: c.exe, holder: process.exe });
+            }
+            if let Some(t) = c.taint {
+                return Err(IdentityError::Connector(format!("{} (pid {}): {t}", c.exe, c.pid)));
+            }
+            // Code the connector held in anonymous memory counts against it too.
+            process.anonymous_exec |= c.anonymous_exec;
+        }
         let mut ancestors = Vec::new();
         let mut pid = first;
         while ancestors.len() < 64 && Some(pid) != self.stop_at {
@@ -191,7 +200,7 @@ impl Identity {
         if exe.ends_with(" (deleted)") {
             return Err(IdentityError::Deleted(exe));
         }
-        let sha256 = self.hash(&link)?;
+        let sha256 = self.hashes.hash(&link).map_err(io_at(&link))?;
         let mut trusted = self.trusted.lock().unwrap_or_else(|p| p.into_inner());
         match trusted.get(&exe) {
             Some(was) if *was != sha256 => {
@@ -209,40 +218,6 @@ impl Identity {
             None => Findings { taint: Some(Taint::Unchecked), anonymous_exec: false },
         };
         Ok(Proc { pid, exe, sha256, taint: found.taint, anonymous_exec: found.anonymous_exec })
-    }
-
-    /// sha256 of the file behind /proc/PID/exe (the mapped binary itself).
-    fn hash(&self, link: &Path) -> Result<String, IdentityError> {
-        let mut f = fs::File::open(link).map_err(io_at(link))?;
-        let m = f.metadata().map_err(io_at(link))?;
-        let fp = Fingerprint {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        };
-        if let Some(h) = self.hashes.lock().unwrap_or_else(|p| p.into_inner()).get(&fp) {
-            return Ok(h.clone());
-        }
-        // One hash at a time: a burst of first connections from one binary
-        // hashes it once; the others find it cached.
-        let _one = self.hashing.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = self.hashes.lock().unwrap_or_else(|p| p.into_inner()).get(&fp) {
-            return Ok(h.clone());
-        }
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = f.read(&mut buf).map_err(io_at(link))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        let h = hex::encode(hasher.finalize());
-        self.hashes.lock().unwrap_or_else(|p| p.into_inner()).insert(fp, h.clone());
-        Ok(h)
     }
 }
 

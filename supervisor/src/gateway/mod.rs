@@ -7,6 +7,7 @@
 //! tunnels re-check themselves.
 #![forbid(unsafe_code)]
 pub mod ca;
+pub mod connects;
 pub mod control;
 mod decide;
 pub mod events;
@@ -17,6 +18,7 @@ pub(crate) mod inspect;
 pub mod integrity;
 mod own_addrs;
 pub(crate) mod path_shape;
+pub(crate) mod process;
 mod proxy;
 pub mod revisions;
 pub mod splice;

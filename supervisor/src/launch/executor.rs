@@ -2,7 +2,8 @@
 //! setuid and the capability drop, just before exec: it ties the process's
 //! life to its launcher, verifies the capability drop (fail closed), lowers
 //! the rlimits (again, for `exec`'d processes that did not inherit them),
-//! applies Landlock, then installs the seccomp filter last. Guards against a
+//! applies Landlock, then installs the seccomp filters last (the connect
+//! notification, whose listener goes to the supervisor, then the deny list). Guards against a
 //! sandbox that starts with capabilities the policy did not keep, or without
 //! the Landlock and seccomp layers. Its inputs travel inside the value (the
 //! executor does not see the supervisor's environment).
@@ -31,6 +32,9 @@ pub struct GuardPlan {
 pub(crate) struct MoatExecutor {
     pub guard: GuardPlan,
     pub seccomp: Vec<seccompiler::BpfProgram>,
+    /// Inherited connection to the supervisor's notify.sock, on which the
+    /// connect listener is handed over (`connect_notify`).
+    pub notify: i32,
 }
 
 /// A line on the sandbox's stderr, where the user looks (libcontainer's log
@@ -90,7 +94,9 @@ impl Executor for MoatExecutor {
             }
             Err(e) => return Err(fail(moat_builder::errors::chain(&e))),
         }
-        // 5. seccomp, last.
+        // 5. seccomp, last: the connect notification, then the deny list
+        // (which refuses seccomp() itself).
+        crate::launch::connect_notify::hand_over(self.notify).map_err(fail)?;
         crate::launch::seccomp::install(&self.seccomp).map_err(|e| fail(e.to_string()))?;
         let c_args: Vec<CString> = args
             .iter()

@@ -8,12 +8,14 @@
 //! rootfs overlay exists only in the launcher's private mount namespace, and
 //! the container (cgroups, state) is deleted when its init exits or when the
 //! supervisor dies (PDEATHSIG -> SIGTERM -> kill and delete).
+pub(crate) mod connect_notify;
 pub(crate) mod executor;
 pub(crate) mod fork;
 pub(crate) mod landlock;
 pub(crate) mod rootfs;
 pub mod seccomp;
 mod sys;
+pub(crate) use sys::receive_fd;
 pub(crate) mod tty;
 use crate::launch::executor::{GuardPlan, MoatExecutor};
 use crate::launch::seccomp::DenyList;
@@ -27,7 +29,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{getppid, Pid};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -119,8 +121,8 @@ pub(crate) fn ensure_single_threaded() -> Result<sys::OneThread, LaunchError> {
     sys::one_thread().map_err(LaunchError::Threads)
 }
 
-fn executor(plan: &LaunchPlan) -> Result<MoatExecutor, LaunchError> {
-    Ok(MoatExecutor { guard: plan.guard.clone(), seccomp: DenyList::builtin()?.compile()? })
+fn executor(plan: &LaunchPlan, notify: i32) -> Result<MoatExecutor, LaunchError> {
+    Ok(MoatExecutor { guard: plan.guard.clone(), seccomp: DenyList::builtin()?.compile()?, notify })
 }
 
 /// What the launcher sets up before it knows the plan, while the
@@ -160,7 +162,11 @@ pub fn launch(prepared: Prepared, plan: &LaunchPlan, mut report: Option<std::fs:
     rootfs::write_trust(&plan.top_layer, &plan.lowers, &plan.top.ca_pem)?;
     let lowers: Vec<PathBuf> = std::iter::once(plan.top_layer.clone()).chain(plan.lowers.iter().cloned()).collect();
     rootfs::mount_overlay(&plan.rootfs, &lowers, &plan.cache_dir)?;
-    let exec = MoatExecutor { guard: plan.guard.clone(), seccomp: prepared.seccomp };
+    // Held until the container is built: its init inherits it and hands the
+    // connect listener over on it.
+    let notify = connect_notify::connect(&plan.run_dir)
+        .map_err(|source| LaunchError::Io { what: "connecting to the supervisor's notify.sock".into(), source })?;
+    let exec = MoatExecutor { guard: plan.guard.clone(), seccomp: prepared.seccomp, notify: notify.as_raw_fd() };
     let console = match plan.tty {
         true => Some(
             ConsoleSocket::bind(&plan.run_dir.join("console.sock"))
@@ -314,8 +320,9 @@ pub fn exec(
         ),
         false => None,
     };
+    let notify = connect_notify::connect(&plan.run_dir).map_err(io("connecting to the supervisor's notify.sock"))?;
     let built = ContainerBuilder::new(plan.container_id.clone(), SyscallType::Linux)
-        .with_executor(executor(plan)?)
+        .with_executor(executor(plan, notify.as_raw_fd())?)
         .with_console_socket(console.as_ref().map(|c| c.path.clone()))
         .with_root_path(&plan.state_root)
         .and_then(|b| b.as_tenant().with_process(Some(&process_file)).with_detach(console.is_some()).build());

@@ -182,9 +182,41 @@ pub(super) fn copy_window_size(from: BorrowedFd, to: BorrowedFd) {
     }
 }
 
+/// Installs the seccomp filter `prog` with a notification listener
+/// (SECCOMP_FILTER_FLAG_NEW_LISTENER) and owns the listener. The caller has
+/// set no_new_privs.
+pub(super) fn seccomp_listener(prog: &[libc::sock_filter]) -> io::Result<OwnedFd> {
+    let len = u16::try_from(prog.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let fprog = libc::sock_fprog { len, filter: prog.as_ptr().cast_mut() };
+    // SAFETY: `fprog` points at `prog`, alive for the call, with its length;
+    // the kernel copies the program and reads nothing else.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Owns descriptor `fd`, inherited from the process that built the
+/// container (checked to be open first).
+pub(super) fn own_inherited(fd: RawFd) -> io::Result<OwnedFd> {
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).map_err(io::Error::from)?;
+    // SAFETY: the descriptor is open (F_GETFD succeeded) and was given to
+    // this process by number for this one use; nothing else in it owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Receives one message on `conn` and owns the first descriptor it carries
 /// (SCM_RIGHTS), if any.
-pub(super) fn receive_fd(conn: BorrowedFd) -> io::Result<Option<OwnedFd>> {
+pub(crate) fn receive_fd(conn: BorrowedFd) -> io::Result<Option<OwnedFd>> {
     let mut buf = [0u8; 64];
     let mut iov = [IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!([RawFd; 1]);

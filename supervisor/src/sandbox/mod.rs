@@ -6,6 +6,7 @@
 //! checked before anything runs) and against leftovers (the launcher dies
 //! with the supervisor; stop/rm remove every trace but the workspace).
 pub(crate) mod cgroup_warm;
+pub(crate) mod connect_watch;
 pub mod doctor;
 pub mod host_cgroup;
 pub mod host_uid;
@@ -352,7 +353,12 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     let durability = if req.ephemeral { Durability::Ephemeral } else { Durability::Kept };
     let (home, fsp, owned) = (&paths.home, &policy.filesystem, rec.workspace_owned);
     let workspace = workspace_limit::Preparing::start(&paths.name, home, &rec.workspace, owned, fsp, durability);
-    net.start_gateway(paths, &policy.network, gateway_limits(&policy.supervisor));
+    // Who connected each socket, judged while the caller waits in connect(2):
+    // the watch must listen before the launcher hands it the sandbox's filter.
+    let connects = std::sync::Arc::new(crate::gateway::connects::Connects::default());
+    net.start_gateway(paths, &policy.network, gateway_limits(&policy.supervisor), connects.clone());
+    connect_watch::start(&paths.run.join(crate::launch::connect_notify::SOCKET), connects, policy.network.gateway_port)
+        .map_err(io("the connect watch's notify.sock"))?;
     let store = Store::open_existing(&req.store)?;
     let prepared = (|| -> Result<(Resolved, Option<workspace_limit::Mounted>), SandboxError> {
         let r = resolve(&store, &req.image, policy, &req.args, &req.env)?;

@@ -10,7 +10,7 @@
 //! the gateway accepts, the sandbox's connections wait in the socket's
 //! backlog; no packet has any other way out.
 #![forbid(unsafe_code)]
-use crate::gateway::{self, ca::Ca};
+use crate::gateway::{self, ca::Ca, connects::Connects};
 use crate::policy::Network;
 use crate::sandbox::netns::{Netns, NetnsError};
 use crate::sandbox::state::Paths;
@@ -32,7 +32,7 @@ pub(crate) struct NetStart {
     ready: mpsc::Receiver<LaunchNet>,
     /// Starts the gateway for the sandbox created at these paths. Dropped
     /// unsent, the thread ends without touching any sandbox's state.
-    go: Option<mpsc::Sender<(Paths, Network, gateway::Limits)>>,
+    go: Option<mpsc::Sender<GatewayArgs>>,
     /// The outer error: no namespace or socket (nothing was sent); the inner
     /// one: the gateway failed (or was never asked) to start. The namespace
     /// is returned either way, so its descriptor stays open until `finish`
@@ -43,13 +43,16 @@ pub(crate) struct NetStart {
 /// The namespace, and whether the gateway started in it.
 type Started = (Netns, Result<(), SandboxError>);
 
+/// What the gateway is started with, once the sandbox exists.
+type GatewayArgs = (Paths, Network, gateway::Limits, Arc<Connects>);
+
 impl NetStart {
     /// Makes the namespace, binds the gateway's `port` in it and the CA of
     /// sandbox `name` now; the gateway itself waits for `start_gateway`. The
     /// name need not be reserved yet: nothing is written until then.
     pub(crate) fn spawn(name: &str, port: u16) -> NetStart {
         let (tx, ready) = mpsc::channel();
-        let (go, go_rx) = mpsc::channel::<(Paths, Network, gateway::Limits)>();
+        let (go, go_rx) = mpsc::channel::<GatewayArgs>();
         let name = name.to_string();
         let thread = std::thread::spawn(move || {
             let ns = Netns::create()?;
@@ -58,8 +61,9 @@ impl NetStart {
             // The receiver may be gone (the supervisor failed meanwhile).
             let _ = tx.send(LaunchNet { netns_path: ns.proc_path(), ca: ca.clone() });
             let gateway = match go_rx.recv() {
-                Ok((paths, network, limits)) => {
-                    gateway_for(&paths, &network, limits, &ns, listener, ca).map_err(crate::sandbox::gateway_err)
+                Ok((paths, network, limits, connects)) => {
+                    gateway_for(&paths, &network, limits, connects, &ns, listener, ca)
+                        .map_err(crate::sandbox::gateway_err)
                 }
                 Err(_) => Err(SandboxError::Refused("the gateway was not started".into())),
             };
@@ -69,11 +73,18 @@ impl NetStart {
     }
 
     /// Lets the gateway start, once the sandbox's name is reserved and its
-    /// state directory exists.
-    pub(crate) fn start_gateway(&mut self, paths: &Paths, network: &Network, limits: gateway::Limits) {
+    /// state directory exists; `connects` are the verdicts of the sandbox's
+    /// connect watch.
+    pub(crate) fn start_gateway(
+        &mut self,
+        paths: &Paths,
+        network: &Network,
+        limits: gateway::Limits,
+        connects: Arc<Connects>,
+    ) {
         if let Some(go) = self.go.take() {
             // A send error means the thread already failed: `ready`/`finish` report it.
-            let _ = go.send((paths.clone(), network.clone(), limits));
+            let _ = go.send((paths.clone(), network.clone(), limits, connects));
         }
     }
 
@@ -118,6 +129,7 @@ fn gateway_for(
     paths: &Paths,
     network: &Network,
     limits: gateway::Limits,
+    connects: Arc<Connects>,
     netns: &Netns,
     listener: std::net::TcpListener,
     ca: Arc<Ca>,
@@ -141,7 +153,7 @@ fn gateway_for(
         revisions: gateway::revisions::RevisionStore::at(gateway::revisions::revisions_dir(&paths.home)),
         events: gateway::events::EventLog::open(&paths.audit_log())
             .map_err(|source| gateway::GatewayError::Io { what: "audit log".into(), source })?,
-        identity: gateway::identity::Identity::for_netns_fd(netns.raw_fd())
+        identity: gateway::identity::Identity::for_netns_fd(netns.raw_fd(), connects)
             .map_err(|source| gateway::GatewayError::Io { what: "sandbox netns".into(), source })?,
         resolver: gateway::ssrf::Resolver::from_env()?,
         ca,

@@ -1,14 +1,15 @@
 //! The supervisor side's raw syscalls that `nix` does not wrap or wraps
 //! only as `unsafe`, each behind a small safe function: getrandom, the
 //! interface-flags ioctls that bring `lo` up, the loop-device ioctls that
-//! attach a workspace image, and the handler that forwards
+//! attach a workspace image, the seccomp notification ioctls of the
+//! connect watch, and the handler that forwards
 //! SIGTERM/SIGINT/SIGHUP to the launcher. Guards against unsound syscalls
 //! spread over sandbox/: every `unsafe` of it is here, with the reason it holds.
 use nix::sys::signal::{kill, signal, SigHandler, Signal};
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use nix::unistd::Pid;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 /// Fills `buf` from the kernel's random source; a failure leaves it as it was.
@@ -184,4 +185,40 @@ pub(super) fn loop_attach(backing: &std::fs::File) -> io::Result<(std::path::Pat
         }
     }
     Err(io::Error::new(io::ErrorKind::ResourceBusy, "every free loop device was taken by others first"))
+}
+
+/// One connect notification: the waiting thread (host id) and its arguments.
+pub(super) struct Notif {
+    pub id: u64,
+    pub pid: u32,
+    pub args: [u64; 6],
+}
+
+/// Receives the next notification on a seccomp `listener` (blocks).
+pub(super) fn notif_recv(listener: BorrowedFd) -> io::Result<Notif> {
+    // SAFETY: seccomp_notif is plain integers; the kernel requires it zeroed.
+    let mut n: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+    // SAFETY: RECV writes one seccomp_notif into `n`, which we own for the call.
+    if unsafe { libc::ioctl(listener.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_RECV, &mut n) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Notif { id: n.id, pid: n.pid, args: n.data.args })
+}
+
+/// Whether notification `id` is still pending: its thread still waits in
+/// the call, so what was read of the process since describes the caller.
+pub(super) fn notif_id_valid(listener: BorrowedFd, id: u64) -> bool {
+    // SAFETY: ID_VALID reads one u64 from the pointer, valid for the call.
+    unsafe { libc::ioctl(listener.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0 }
+}
+
+/// Lets the waiting call of notification `id` proceed in the kernel.
+pub(super) fn notif_continue(listener: BorrowedFd, id: u64) -> io::Result<()> {
+    let mut resp =
+        libc::seccomp_notif_resp { id, val: 0, error: 0, flags: libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32 };
+    // SAFETY: SEND reads one seccomp_notif_resp from `resp`, which we own for the call.
+    if unsafe { libc::ioctl(listener.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

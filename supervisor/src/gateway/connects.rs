@@ -1,0 +1,137 @@
+//! Who connected each socket: for every connect(2) a sandbox process makes
+//! to the gateway, the process is judged (its binary, hash, and whether all
+//! its code is the image's) while it is still blocked in that call, and the
+//! verdict is kept under the socket's inode until the gateway identifies
+//! the connection. Guards against an agent borrowing another program's
+//! rights with a socket it made itself: handed to an allowed program that
+//! then holds it (an inherited descriptor), or kept in flight inside an
+//! `SCM_RIGHTS` message while the gateway looks at the fd tables. The
+//! holders the gateway sees must run the program that connected.
+//! The notifications themselves arrive in `sandbox::connect_watch`.
+#![forbid(unsafe_code)]
+use super::integrity::Integrity;
+use super::process::{HashCache, Proc};
+use std::collections::{HashMap, VecDeque};
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// Most verdicts kept: a sandbox connecting far more often than the gateway
+/// accepts only evicts its own oldest verdicts, whose connections are then
+/// refused (fail closed).
+const MAX_RECORDS: usize = 4096;
+
+/// A verdict: the connecting process, or why it could not be judged.
+pub type Verdict = Result<Proc, String>;
+
+/// The verdicts of one sandbox, shared by its connect watch and its gateway.
+#[derive(Debug)]
+pub struct Connects {
+    proc_root: PathBuf,
+    hashes: HashCache,
+    integrity: Integrity,
+    table: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    by_inode: HashMap<u64, Verdict>,
+    order: VecDeque<u64>,
+}
+
+impl Default for Connects {
+    fn default() -> Connects {
+        Connects {
+            proc_root: "/proc".into(),
+            hashes: HashCache::default(),
+            integrity: Integrity::builtin(),
+            table: Mutex::default(),
+        }
+    }
+}
+
+impl Connects {
+    /// Judges thread `tid` (a host id), which waits in connect(2) on its
+    /// descriptor `fd`: the socket's inode, and who the process is. `None`
+    /// when the descriptor is not a socket (connect then fails by itself).
+    pub fn judge(&self, tid: i32, fd: i32) -> Option<(u64, Verdict)> {
+        let dir = self.proc_root.join(tid.to_string());
+        let link = fs::read_link(dir.join("fd").join(fd.to_string())).ok()?;
+        let inode = socket_inode(&link.to_string_lossy())?;
+        Some((inode, self.describe(tid)))
+    }
+
+    fn describe(&self, tid: i32) -> Verdict {
+        let dir = self.proc_root.join(tid.to_string());
+        let exe_link = dir.join("exe");
+        let exe = fs::read_link(&exe_link).map_err(|e| format!("its binary cannot be read ({e})"))?;
+        let exe = exe.to_string_lossy().into_owned();
+        if exe.ends_with(" (deleted)") {
+            return Err(format!("{exe} was deleted or replaced while running"));
+        }
+        let sha256 = self.hashes.hash(&exe_link).map_err(|e| format!("its binary cannot be hashed ({e})"))?;
+        let found = match self.integrity.mounts(&self.proc_root, tid) {
+            Ok(mounts) => self.integrity.check(&self.proc_root, tid, &exe, &mounts),
+            Err(t) => return Err(t.to_string()),
+        };
+        Ok(Proc { pid: tid, exe, sha256, taint: found.taint, anonymous_exec: found.anonymous_exec })
+    }
+
+    /// Keeps the verdict for the socket `inode` (its process was still in
+    /// connect(2) when judged: the caller checked the notification).
+    pub fn record(&self, inode: u64, verdict: Verdict) {
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        t.by_inode.insert(inode, verdict);
+        t.order.push_back(inode);
+        while t.order.len() > MAX_RECORDS {
+            if let Some(old) = t.order.pop_front() {
+                t.by_inode.remove(&old);
+            }
+        }
+    }
+
+    /// The verdict for socket `inode`, taken: a socket connects once.
+    pub(crate) fn take(&self, inode: u64) -> Option<Verdict> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).by_inode.remove(&inode)
+    }
+}
+
+/// `socket:[1234]` -> 1234.
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn judges_this_process_by_its_socket() {
+        let c = Connects { integrity: Integrity::builtin().without_env_check(), ..Connects::default() };
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let me = std::process::id() as i32;
+        let (inode, verdict) = c.judge(me, s.as_raw_fd()).unwrap();
+        let p = verdict.unwrap();
+        assert_eq!(p.exe, fs::read_link("/proc/self/exe").unwrap().to_string_lossy());
+        assert_eq!(p.sha256.len(), 64);
+        // Not a socket: nothing to judge.
+        let f = fs::File::open("/proc/self/exe").unwrap();
+        assert!(c.judge(me, f.as_raw_fd()).is_none());
+        c.record(inode, Ok(p));
+        assert!(c.take(inode).is_some());
+        assert!(c.take(inode).is_none(), "a verdict is taken once");
+    }
+
+    #[test]
+    fn the_oldest_verdicts_go_first() {
+        let c = Connects::default();
+        for i in 0..(MAX_RECORDS as u64 + 10) {
+            c.record(i, Err("x".into()));
+        }
+        assert!(c.take(0).is_none() && c.take(9).is_none());
+        assert!(c.take(10).is_some() && c.take(MAX_RECORDS as u64 + 9).is_some());
+        assert_eq!(socket_inode("socket:[42]"), Some(42));
+        assert_eq!(socket_inode("pipe:[42]"), None);
+    }
+}
