@@ -131,6 +131,15 @@ impl Integrity {
                 return out;
             }
         }
+        match judge_vmas(&dir, &mut out) {
+            Ok(()) => return out,
+            // Kernels before 6.11 have no PROCMAP_QUERY: read the text.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL)) => {}
+            Err(e) => {
+                out.taint = Some(Taint::Unreadable(format!("maps: {e}")));
+                return out;
+            }
+        }
         match read_bounded(&dir.join("maps"), MAX_MAPS) {
             Ok(m) => judge_maps(&String::from_utf8_lossy(&m), mounts, exe, &mut out),
             Err(e) => out.taint = Some(Taint::Unreadable(format!("maps: {e}"))),
@@ -191,6 +200,46 @@ fn mount_of<'a>(path: &str, mounts: &'a [String]) -> Option<&'a str> {
         .map(String::as_str)
 }
 
+/// The kernel's own executable mappings (inode 0, no file); any other
+/// nameless or `[anon:...]`-named executable mapping is anonymous memory.
+const KERNEL_VMAS: &[&str] = &["[vdso]", "[vsyscall]", "[uprobes]", "[vectors]", "[sigpage]"];
+
+/// Most executable mappings judged (the kernel's default max_map_count is
+/// 65,530 mappings of any kind); a process with more gets no rights.
+const MAX_EXEC_VMAS: usize = 65_536;
+
+/// The same judgement as [`judge_maps`], from PROCMAP_QUERY: a file mapping
+/// must be on the device of the process's root (the image's overlay), or be
+/// its executable itself (same device and inode); paths are asked for only
+/// to name a foreign mapping or tell the kernel's own from anonymous ones.
+/// Reading the text of /proc/PID/maps makes the kernel build every path,
+/// which is most of an identification's cost (BENCHMARKS.md).
+fn judge_vmas(dir: &Path, out: &mut Findings) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let maps = fs::File::open(dir.join("maps"))?;
+    let vmas = crate::sys::exec_vmas(&maps, MAX_EXEC_VMAS)?;
+    let root = fs::metadata(dir.join("root"))?.dev();
+    let exe = fs::metadata(dir.join("exe"))?;
+    for v in vmas {
+        if v.inode == 0 && v.dev == (0, 0) {
+            let name = crate::sys::vma_name(&maps, v.start)?;
+            if !KERNEL_VMAS.contains(&name.as_str()) {
+                out.anonymous_exec = true;
+            }
+            continue;
+        }
+        let dev = libc::makedev(v.dev.0, v.dev.1);
+        if dev == root || (dev == exe.dev() && v.inode == exe.ino()) {
+            continue;
+        }
+        let name =
+            crate::sys::vma_name(&maps, v.start).unwrap_or_else(|e| format!("a mapping at {:#x} ({e})", v.start));
+        out.taint = Some(Taint::ForeignCode(name));
+        return Ok(());
+    }
+    Ok(())
+}
+
 /// Walks the executable mappings. A file mapping must lie on the root mount
 /// (or be the executable itself, which a rule named); `[vdso]` and its kin
 /// are the kernel's; anonymous ones are only reported.
@@ -212,8 +261,12 @@ fn judge_maps(maps: &str, mounts: &[String], exe: &str, out: &mut Findings) {
             out.anonymous_exec = true;
             continue;
         }
-        if path.starts_with('[') && inode == "0" {
-            continue; // [vdso], [vsyscall], [uprobes]: the kernel's own code
+        if inode == "0" && KERNEL_VMAS.contains(&path) {
+            continue; // the kernel's own code
+        }
+        if inode == "0" && path.starts_with('[') {
+            out.anonymous_exec = true; // [heap], [stack], [anon:NAME] made executable
+            continue;
         }
         if path == last_ok {
             continue;
@@ -289,9 +342,57 @@ mod tests {
         let mut f = Findings::default();
         judge_maps("7f-80 r-xp 00000000 fe:01 99 /sandbox/bin/tool\n", &mounts(), "/sandbox/bin/tool", &mut f);
         assert_eq!(f.taint, None);
-        // Anonymous executable memory is reported, not refused here.
-        let f = judge("7f-80 rwxp 00000000 00:00 0 \n");
-        assert!(f.anonymous_exec && f.taint.is_none());
+        // Anonymous executable memory is reported, not refused here, even
+        // when it is named to look like the kernel's.
+        for anon in [
+            "7f-80 rwxp 00000000 00:00 0 \n",
+            "7f-80 r-xp 00000000 00:00 0 [anon:vdso]\n",
+            "7f-80 rwxp 00000000 00:00 0 [heap]\n",
+        ] {
+            let f = judge(anon);
+            assert!(f.anonymous_exec && f.taint.is_none(), "{anon}");
+        }
+    }
+
+    /// A python that maps a memfd, then anonymous memory, executable, and
+    /// is judged at each step (through PROCMAP_QUERY where the kernel has it).
+    #[test]
+    fn a_live_process_with_foreign_and_anonymous_code_is_judged() {
+        use std::io::{BufRead, BufReader, Write};
+        let py = "import mmap, os, sys\n\
+                  print('clean', flush=True); sys.stdin.readline()\n\
+                  a = mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n\
+                  print('anon', flush=True); sys.stdin.readline()\n\
+                  fd = os.memfd_create('evil'); os.write(fd, b'\\xc3' * 4096)\n\
+                  m = mmap.mmap(fd, 4096, prot=mmap.PROT_READ | mmap.PROT_EXEC, flags=mmap.MAP_PRIVATE)\n\
+                  print('memfd', flush=True); sys.stdin.readline()\n";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", py])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut stdin = child.stdin.take().unwrap();
+        let i = Integrity::builtin().without_env_check();
+        let pid = child.id() as i32;
+        let judge = || {
+            let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+            i.check(Path::new("/proc"), pid, &exe.to_string_lossy(), &i.mounts(Path::new("/proc"), pid).unwrap())
+        };
+        let mut step = |want: &str| {
+            assert_eq!(lines.next().unwrap().unwrap(), want);
+            let f = judge();
+            writeln!(stdin).unwrap();
+            f
+        };
+        let clean = step("clean");
+        assert_eq!(clean.taint, None, "{clean:?}");
+        let anon = step("anon");
+        assert!(anon.anonymous_exec && anon.taint.is_none(), "{anon:?}");
+        let memfd = step("memfd");
+        assert!(matches!(&memfd.taint, Some(Taint::ForeignCode(p)) if p.starts_with("/memfd:evil")), "{memfd:?}");
+        let _ = child.wait();
     }
 
     #[test]
