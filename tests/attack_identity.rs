@@ -189,3 +189,62 @@ fn borrowed_rights_are_refused_from_inside_a_sandbox() {
         assert!(!seen.iter().any(|s| s.path == path), "{path} reached the upstream: {seen:?}");
     }
 }
+
+/// Only curl may reach other.test: python has no rule of its own.
+const CURL_ONLY: &str = r#"
+[[network.policy]]
+name = "curl"
+binaries = ["/usr/bin/curl"]
+[[network.policy.endpoint]]
+host = "other.test"
+port = 80
+allowed_ips = ["198.18.0.0/15"]
+"#;
+
+/// python lends its gateway connection to an idle curl and parks its own
+/// descriptor in flight (SCM_RIGHTS to itself), so curl's is the only fd
+/// table holding the socket while the gateway looks; then takes it back
+/// and asks for a host only curl may reach (tests/probe/attacks/borrow_socket.py).
+#[test]
+fn a_socket_lent_to_an_allowed_binary_is_refused_from_inside_a_sandbox() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ws = world().home.path().join("borrow-ws");
+    let _ = std::fs::remove_dir_all(&ws);
+    std::fs::create_dir_all(&ws).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/attacks/borrow_socket.py");
+    std::fs::copy(&src, ws.join("borrow_socket.py")).unwrap();
+    for p in [ws.clone(), ws.join("borrow_socket.py")] {
+        std::os::unix::fs::chown(&p, Some(1000), Some(1000)).unwrap();
+    }
+    let p = policy("borrow", CURL_ONLY);
+    let script = "echo \"curl=$(curl -s -o /dev/null -w '%{http_code}' http://other.test/curl)\"\n\
+                  python3 /sandbox/borrow_socket.py other.test";
+    let out = ok(&[
+        "run",
+        "--rm",
+        "--policy",
+        p.to_str().unwrap(),
+        "--workspace",
+        ws.to_str().unwrap(),
+        "agent",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let r = kv(&out);
+    let want = |k: &str, v: &str| assert_eq!(r.get(k).map(String::as_str), Some(v), "{k}\n{out}");
+    // Controls: curl is allowed, python on its own socket is not.
+    want("curl", "200");
+    want("direct", "403");
+    // Through the borrowed socket python is still python: a refusal or a
+    // closed connection, never the upstream's answer.
+    for k in ["late", "corked", "again"] {
+        let v = r.get(k).map(String::as_str);
+        assert!(matches!(v, Some("403") | Some("closed")), "{k}={v:?}: python got through as curl\n{out}");
+    }
+    let seen = world().plain.seen();
+    for path in ["/direct", "/late", "/corked", "/again"] {
+        assert!(!seen.iter().any(|s| s.path == path), "{path} reached the upstream: {seen:?}");
+    }
+}
