@@ -187,6 +187,8 @@ pub fn launch(prepared: Prepared, plan: &LaunchPlan, mut report: Option<std::fs:
             return Err(e.into());
         }
     };
+    // The init holds its own copy of the notify connection since `build`.
+    drop(notify);
     if let Err(e) = container.start() {
         let _ = container.delete(true);
         return Err(e.into());
