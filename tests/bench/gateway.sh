@@ -8,7 +8,10 @@
 #     in one curl command line: p50/p99 per-request latency and req/s, for
 #     L4 (http://…:8080 through a CONNECT tunnel) and for L7 (https://…:8443:
 #     direct TLS vs tinyproxy CONNECT without inspection vs moat terminating
-#     TLS and checking each request).
+#     TLS and checking each request);
+#   - a new connection per request (CN requests with Connection: close, L4):
+#     what identifying each caller costs (the connect notification judges the
+#     connecting process, the gateway its holders; docs/egress.md).
 # The upstream is nginx in a network namespace this script makes (veth,
 # 198.18.250.0/30: the gateway's SSRF guard never lets a sandbox reach
 # loopback, and a policy opts 198.18.0.0/15 in), named bench.test through
@@ -27,6 +30,7 @@ RUNS=${RUNS:-5}
 N=${N:-2000}
 ROUNDS=${ROUNDS:-3}
 WARM=${WARM:-100}
+CN=${CN:-300}
 for t in ip nginx tinyproxy openssl curl unshare awk shuf; do
   command -v "$t" >/dev/null || { echo "gateway bench: $t is missing (scripts/install-deps.sh)" >&2; exit 2; }
 done
@@ -162,7 +166,8 @@ wait_port 127.0.0.1 "$tp_port" tinyproxy
 kill -0 "$tp_pid" 2>/dev/null || { echo "gateway bench: tinyproxy exited" >&2; cat "$work"/tinyproxy.* >&2; exit 1; }
 
 # --- moat: policy = baseline + the bench endpoints, hosts override, CA ----
-cp policies/baseline.toml "$work/policy.toml"
+# BASELINE: the baseline policy a binary of another revision accepts.
+cp "${BASELINE:-policies/baseline.toml}" "$work/policy.toml"
 cat >> "$work/policy.toml" <<'EOC'
 
 [[network.policy]]
@@ -188,6 +193,7 @@ kfile() { # url file
   for _ in $(seq "$N"); do printf 'url = "%s"\noutput = "/dev/null"\n' "$1"; done > "$2"
 }
 kfile http://bench.test:8080/small "$work/ws/l4.k"
+N=$CN kfile http://bench.test:8080/small "$work/ws/conn.k"
 kfile https://bench.test:8443/small "$work/ws/l7.k"
 chmod -R a+rX "$work/ws"
 
@@ -206,6 +212,7 @@ one() { # kind path round
     bulk) what=(-o /dev/null http://bench.test:8080/1g) ;;
     l4) what=(-K "$work/ws/l4.k") ;;
     l7) what=(-K "$work/ws/l7.k") ;;
+    conn) what=(-H "Connection: close" -K "$work/ws/conn.k") ;;
   esac
   # Through a proxy, http:// URLs go through a CONNECT tunnel too (L4).
   [ "$1" = l7 ] || via=(--proxytunnel)
@@ -214,7 +221,7 @@ one() { # kind path round
       curl -sS --resolve "bench.test:8080:$up_ip" --resolve "bench.test:8443:$up_ip" "${what[@]}" -w "$fmt" ;;
     tinyproxy) [ "$1" = l7 ] && what=(--cacert "$work/ca.pem" "${what[@]}")
       curl -sS -x "http://127.0.0.1:$tp_port" "${via[@]}" "${what[@]}" -w "$fmt" ;;
-    moat) [ "$1" = bulk ] || what=(-K "/sandbox/$1.k")
+    moat) case $1 in l4 | l7) what=(-K "/sandbox/$1.k") ;; conn) what=(-H "Connection: close" -K /sandbox/conn.k) ;; esac
       in_moat "${via[@]}" "${what[@]}" -w "$fmt" ;;
   esac >> "$out" || { echo "gateway bench: $1 via $2 failed (round $3)" >&2; exit 1; }
 }
@@ -224,6 +231,8 @@ echo "bulk: $RUNS x 1 GiB per path (after a warm-up round)..." >&2
 for r in $(seq 0 "$RUNS"); do for p in direct tinyproxy moat; do one bulk "$p" "$r"; done; done
 echo "small requests: $ROUNDS x $N per path, each $N on one connection..." >&2
 for r in $(seq 0 "$ROUNDS"); do for p in direct tinyproxy moat; do one l4 "$p" "$r"; one l7 "$p" "$r"; done; done
+echo "new connections: $ROUNDS x $CN per path, one connection per request..." >&2
+for r in $(seq 0 "$ROUNDS"); do for p in direct tinyproxy moat; do one conn "$p" "$r"; done; done
 
 # Every transfer must have succeeded with the whole body.
 check() { # file transfers bytes-each
@@ -237,6 +246,7 @@ for p in direct tinyproxy moat; do
   check "$work/bulk.$p" "$RUNS" 1073741824
   check "$work/l4.$p" $((ROUNDS * N)) 64
   check "$work/l7.$p" $((ROUNDS * N)) 64
+  check "$work/conn.$p" $((ROUNDS * CN)) 64
 done
 
 median() { sort -g | awk '{a[NR]=$1} END {printf "%.1f\n", (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
@@ -263,6 +273,9 @@ read -r l4m50 l4m99 l4mrs < <(lat "$work/l4.moat")
 read -r l7d50 l7d99 l7drs < <(lat "$work/l7.direct")
 read -r l7t50 l7t99 l7trs < <(lat "$work/l7.tinyproxy")
 read -r l7m50 l7m99 l7mrs < <(lat "$work/l7.moat")
+read -r cd50 cd99 cdrs < <(N=$CN WARM=10 lat "$work/conn.direct")
+read -r ct50 ct99 ctrs < <(N=$CN WARM=10 lat "$work/conn.tinyproxy")
+read -r cm50 cm99 cmrs < <(N=$CN WARM=10 lat "$work/conn.moat")
 echo "relay ceiling: $RUNS x 1 GiB on loopback, direct and through the gateway's relay alone..." >&2
 ceiling_out=$("$ceiling" 1024 "$RUNS")
 sandbox_curl=$("$moat" run --rm -q --policy "$work/policy.toml" agent -- curl --version | head -1 | cut -d' ' -f1-2)
@@ -283,8 +296,12 @@ printf '  %-22s %9s %9s %8s\n' \
   "L4 moat CONNECT" "$l4m50" "$l4m99" "$l4mrs" \
   "L7 direct TLS" "$l7d50" "$l7d99" "$l7drs" \
   "L7 tinyproxy CONNECT" "$l7t50" "$l7t99" "$l7trs" \
-  "L7 moat TLS-terminated" "$l7m50" "$l7m99" "$l7mrs"
+  "L7 moat TLS-terminated" "$l7m50" "$l7m99" "$l7mrs" \
+  "L4 new conn. direct" "$cd50" "$cd99" "$cdrs" \
+  "L4 new conn. tinyproxy" "$ct50" "$ct99" "$ctrs" \
+  "L4 new conn. moat" "$cm50" "$cm99" "$cmrs"
 echo "  L4 moat added p50 vs direct: $(sub "$l4m50" "$l4d50") ms; vs tinyproxy: $(sub "$l4m50" "$l4t50") ms"
+echo "  new connection, moat added p50 vs tinyproxy: $(sub "$cm50" "$ct50") ms (the caller's identification)"
 echo "  L7 moat added p50 vs direct: $(sub "$l7m50" "$l7d50") ms (target < 1 ms); vs tinyproxy: $(sub "$l7m50" "$l7t50") ms"
 echo "  req/s moat/direct: L4 $(div "$l4mrs" "$l4drs"), L7 $(div "$l7mrs" "$l7drs");" \
   "moat/tinyproxy: L4 $(div "$l4mrs" "$l4trs"), L7 $(div "$l7mrs" "$l7trs")"

@@ -33,10 +33,14 @@ pub struct Connects {
     table: Mutex<Table>,
 }
 
+/// Verdicts by inode, each with the sequence number of its recording, so
+/// that evicting an old entry never removes a newer verdict for the same
+/// inode.
 #[derive(Debug, Default)]
 struct Table {
-    by_inode: HashMap<u64, Verdict>,
-    order: VecDeque<u64>,
+    by_inode: HashMap<u64, (u64, Verdict)>,
+    order: VecDeque<(u64, u64)>,
+    next: u64,
 }
 
 impl Default for Connects {
@@ -51,17 +55,16 @@ impl Default for Connects {
 }
 
 impl Connects {
-    /// Judges thread `tid` (a host id), which waits in connect(2) on its
-    /// descriptor `fd`: the socket's inode, and who the process is. `None`
-    /// when the descriptor is not a socket (connect then fails by itself).
-    pub fn judge(&self, tid: i32, fd: i32) -> Option<(u64, Verdict)> {
-        let dir = self.proc_root.join(tid.to_string());
-        let link = fs::read_link(dir.join("fd").join(fd.to_string())).ok()?;
-        let inode = socket_inode(&link.to_string_lossy())?;
-        Some((inode, self.describe(tid)))
+    /// The inode of the socket thread `tid` holds as descriptor `fd`
+    /// (`None`: not a socket, and connect(2) fails by itself).
+    pub fn socket_of(&self, tid: i32, fd: i32) -> Option<u64> {
+        let link = fs::read_link(self.proc_root.join(tid.to_string()).join("fd").join(fd.to_string())).ok()?;
+        socket_inode(&link.to_string_lossy())
     }
 
-    fn describe(&self, tid: i32) -> Verdict {
+    /// Judges the process of thread `tid` (a host id), which waits in
+    /// connect(2): its binary, that binary's hash, and its code.
+    pub fn judge(&self, tid: i32) -> Verdict {
         let dir = self.proc_root.join(tid.to_string());
         let exe_link = dir.join("exe");
         let exe = fs::read_link(&exe_link).map_err(|e| format!("its binary cannot be read ({e})"))?;
@@ -81,18 +84,28 @@ impl Connects {
     /// connect(2) when judged: the caller checked the notification).
     pub fn record(&self, inode: u64, verdict: Verdict) {
         let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        t.by_inode.insert(inode, verdict);
-        t.order.push_back(inode);
+        let seq = t.next;
+        t.next += 1;
+        t.by_inode.insert(inode, (seq, verdict));
+        t.order.push_back((inode, seq));
         while t.order.len() > MAX_RECORDS {
-            if let Some(old) = t.order.pop_front() {
-                t.by_inode.remove(&old);
+            if let Some((old, old_seq)) = t.order.pop_front() {
+                if t.by_inode.get(&old).is_some_and(|(s, _)| *s == old_seq) {
+                    t.by_inode.remove(&old);
+                }
             }
         }
     }
 
+    /// Drops any verdict for socket `inode`: it is being connected again by
+    /// a call that was not judged, so an older verdict must not stand for it.
+    pub fn forget(&self, inode: u64) {
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).by_inode.remove(&inode);
+    }
+
     /// The verdict for socket `inode`, taken: a socket connects once.
     pub(crate) fn take(&self, inode: u64) -> Option<Verdict> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner()).by_inode.remove(&inode)
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).by_inode.remove(&inode).map(|(_, v)| v)
     }
 }
 
@@ -111,13 +124,13 @@ mod tests {
         let c = Connects { integrity: Integrity::builtin().without_env_check(), ..Connects::default() };
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let me = std::process::id() as i32;
-        let (inode, verdict) = c.judge(me, s.as_raw_fd()).unwrap();
-        let p = verdict.unwrap();
+        let inode = c.socket_of(me, s.as_raw_fd()).unwrap();
+        let p = c.judge(me).unwrap();
         assert_eq!(p.exe, fs::read_link("/proc/self/exe").unwrap().to_string_lossy());
         assert_eq!(p.sha256.len(), 64);
         // Not a socket: nothing to judge.
         let f = fs::File::open("/proc/self/exe").unwrap();
-        assert!(c.judge(me, f.as_raw_fd()).is_none());
+        assert!(c.socket_of(me, f.as_raw_fd()).is_none());
         c.record(inode, Ok(p));
         assert!(c.take(inode).is_some());
         assert!(c.take(inode).is_none(), "a verdict is taken once");
@@ -131,6 +144,18 @@ mod tests {
         }
         assert!(c.take(0).is_none() && c.take(9).is_none());
         assert!(c.take(10).is_some() && c.take(MAX_RECORDS as u64 + 9).is_some());
+        // A socket judged again keeps its newer verdict when the old entry
+        // of the same inode is evicted.
+        let c = Connects::default();
+        c.record(7, Err("old".into()));
+        c.record(7, Err("new".into()));
+        for i in 100..(100 + MAX_RECORDS as u64 - 1) {
+            c.record(i, Err("x".into()));
+        }
+        assert_eq!(c.take(7), Some(Err("new".into())));
+        c.record(8, Err("x".into()));
+        c.forget(8);
+        assert!(c.take(8).is_none());
         assert_eq!(socket_inode("socket:[42]"), Some(42));
         assert_eq!(socket_inode("pipe:[42]"), None);
     }

@@ -37,6 +37,11 @@ struct Fingerprint {
     ctime: (i64, i64),
 }
 
+/// Largest binary hashed (a real one: node, a browser, is 100-250 MiB).
+const MAX_HASHED: u64 = 512 << 20;
+/// Most hashes kept (distinct binaries, or versions of one).
+const MAX_CACHED: usize = 1024;
+
 /// sha256 of binaries by file identity, so an unchanged binary is hashed once.
 #[derive(Debug, Default)]
 pub(crate) struct HashCache {
@@ -59,6 +64,11 @@ impl HashCache {
         if let Some(h) = self.hashes.lock().unwrap_or_else(|p| p.into_inner()).get(&fp) {
             return Ok(h.clone());
         }
+        // The supervisor's time is not the sandbox's: a binary the agent grew
+        // and touched again and again is not hashed without end.
+        if fp.size > MAX_HASHED {
+            return Err(std::io::Error::other(format!("larger than {} MiB, not hashed", MAX_HASHED >> 20)));
+        }
         // One hash at a time: a burst of first connections from one binary
         // hashes it once; the others find it cached.
         let _one = self.hashing.lock().unwrap_or_else(|p| p.into_inner());
@@ -75,7 +85,11 @@ impl HashCache {
             hasher.update(&buf[..n]);
         }
         let h = hex::encode(hasher.finalize());
-        self.hashes.lock().unwrap_or_else(|p| p.into_inner()).insert(fp, h.clone());
+        let mut hashes = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
+        if hashes.len() >= MAX_CACHED {
+            hashes.clear(); // re-hashing what is still in use is cheaper than tracking age
+        }
+        hashes.insert(fp, h.clone());
         Ok(h)
     }
 }

@@ -329,6 +329,8 @@ pub fn exec(
         .with_root_path(&plan.state_root)
         .and_then(|b| b.as_tenant().with_process(Some(&process_file)).with_detach(console.is_some()).build());
     let _ = std::fs::remove_file(&process_file);
+    // The exec'd process holds its own copy of the notify connection.
+    drop(notify);
     let pid = built?;
     if let Some(c) = &console {
         let master = c.receive_master().map_err(io("receiving the terminal"))?;

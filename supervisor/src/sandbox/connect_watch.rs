@@ -8,7 +8,9 @@
 //! another program's rights with a socket it connected itself. Every call
 //! is let through (the gateway decides, and refuses a connection it has no
 //! verdict for): a slow or failed judgement costs the caller time, never
-//! a wrong answer.
+//! a wrong answer. If the watch itself fails, the kernel answers the
+//! filter's connect(2) calls with ENOSYS: broken networking, never an
+//! unjudged connection.
 #![forbid(unsafe_code)]
 use crate::gateway::connects::Connects;
 use crate::sandbox::sys;
@@ -31,7 +33,18 @@ pub(crate) fn start(path: &Path, connects: Arc<Connects>, gateway_port: u16) -> 
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     std::thread::Builder::new().name("connect-watch".into()).spawn(move || {
         for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
+            let conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and its kin: do not spin.
+                    tracing::warn!(event = "connect_watch_failed", error = %e, "accepting on notify.sock");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    continue;
+                }
+            };
+            // A launcher or `moat exec` that connected but never sends (stopped,
+            // or its process died first) must not hold up the ones after it.
+            let _ = conn.set_read_timeout(Some(HAND_OVER_TIMEOUT));
             match crate::launch::receive_fd(conn.as_fd()) {
                 Ok(Some(fd)) => {
                     let connects = connects.clone();
@@ -39,9 +52,10 @@ pub(crate) fn start(path: &Path, connects: Arc<Connects>, gateway_port: u16) -> 
                         .name("connect-notify".into())
                         .spawn(move || serve(fd, &connects, gateway_port));
                     if let Err(e) = spawned {
-                        // The sandbox's connects then wait for nobody: its
-                        // launcher's error path kills it.
-                        tracing::error!(event = "connect_watch_failed", error = %e, "no thread for a connect listener");
+                        // The listener is closed with the closure: the
+                        // processes of that filter then get ENOSYS from
+                        // connect(2), loudly, never a connection unjudged.
+                        tracing::error!(event = "connect_watch_failed", error = %e, "no thread for a connect listener: connect(2) fails in those processes");
                     }
                 }
                 Ok(None) => tracing::warn!(event = "connect_watch_empty", "a notify connection carried no listener"),
@@ -52,6 +66,10 @@ pub(crate) fn start(path: &Path, connects: Arc<Connects>, gateway_port: u16) -> 
     Ok(())
 }
 
+/// How long a connection to notify.sock may take to hand its listener over
+/// (the executor sends it right after connecting, before exec).
+const HAND_OVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Answers the notifications of one listener until no process uses its filter.
 fn serve(listener: OwnedFd, connects: &Connects, gateway_port: u16) {
     loop {
@@ -59,7 +77,10 @@ fn serve(listener: OwnedFd, connects: &Connects, gateway_port: u16) {
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return,
+            Err(e) => {
+                tracing::error!(event = "connect_watch_failed", error = %e, "polling a connect listener: connect(2) fails in its processes");
+                return;
+            }
         }
         let events = fds[0].revents().unwrap_or(PollFlags::empty());
         if events.contains(PollFlags::POLLIN) {
@@ -67,7 +88,10 @@ fn serve(listener: OwnedFd, connects: &Connects, gateway_port: u16) {
                 Ok(n) => answer(&listener, connects, gateway_port, &n),
                 // The caller died before we read it, or a signal: go on.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINTR)) => {}
-                Err(_) => return,
+                Err(e) => {
+                    tracing::error!(event = "connect_watch_failed", error = %e, "reading a connect notification: connect(2) fails in its processes");
+                    return;
+                }
             }
         } else if events.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
             return;
@@ -81,8 +105,11 @@ fn answer(listener: &OwnedFd, connects: &Connects, gateway_port: u16, n: &sys::N
     // meanwhile: that can only cost a verdict (and the gateway then refuses
     // the connection), never attribute one wrongly.
     let towards_gateway = destination_port(n.pid, n.args[1], n.args[2]).is_none_or(|p| p == Some(gateway_port));
-    if towards_gateway {
-        if let Some((inode, verdict)) = connects.judge(n.pid as i32, fd) {
+    if let Some(inode) = connects.socket_of(n.pid as i32, fd) {
+        // Whatever was judged of this socket before no longer stands.
+        connects.forget(inode);
+        if towards_gateway {
+            let verdict = connects.judge(n.pid as i32);
             if sys::notif_id_valid(listener.as_fd(), n.id) {
                 connects.record(inode, verdict);
             }
