@@ -10,6 +10,7 @@ use super::connects::Connects;
 use super::integrity::{Findings, Integrity, Taint};
 use super::process::HashCache;
 pub use super::process::Proc;
+use super::sock_diag::SockDiag;
 use std::collections::HashMap;
 use std::fs;
 use std::net::{IpAddr, SocketAddr};
@@ -72,11 +73,13 @@ pub struct Identity {
     /// (`sandbox::connect_watch`). Required for real sandboxes; absent only
     /// for clients in the test process itself, which no filter watches.
     connects: Option<Arc<Connects>>,
+    /// Finds a socket by its addresses in the namespace (a socket made in it).
+    diag: Option<SockDiag>,
 }
 
 impl Identity {
     /// Candidates are the processes whose network namespace has `netns_ino`.
-    fn new(netns_ino: u64, connects: Option<Arc<Connects>>) -> Identity {
+    fn new(netns_ino: u64, connects: Option<Arc<Connects>>, diag: Option<SockDiag>) -> Identity {
         Identity {
             netns_ino,
             stop_at: None,
@@ -85,19 +88,21 @@ impl Identity {
             trusted: Mutex::default(),
             integrity: Integrity::builtin(),
             connects,
+            diag,
         }
     }
 
     /// The sandbox whose network namespace is the descriptor `fd`, whose
-    /// connect(2) calls are recorded in `connects`.
-    pub fn for_netns_fd(fd: i32, connects: Arc<Connects>) -> std::io::Result<Identity> {
-        Ok(Identity::new(fs::metadata(format!("/proc/self/fd/{fd}"))?.ino(), Some(connects)))
+    /// connect(2) calls are recorded in `connects`; `diag` is a sock_diag
+    /// socket made in that namespace.
+    pub fn for_netns_fd(fd: i32, connects: Arc<Connects>, diag: Option<SockDiag>) -> std::io::Result<Identity> {
+        Ok(Identity::new(fs::metadata(format!("/proc/self/fd/{fd}"))?.ino(), Some(connects), diag))
     }
 
     /// The namespace this process runs in, for clients in this very
     /// process (tests): ancestry is not followed above it.
     pub fn for_own_netns() -> std::io::Result<Identity> {
-        let mut id = Identity::new(fs::metadata("/proc/self/ns/net")?.ino(), None);
+        let mut id = Identity::new(fs::metadata("/proc/self/ns/net")?.ino(), None, SockDiag::new().ok());
         id.stop_at = Some(std::process::id() as i32);
         id.integrity = id.integrity.without_env_check();
         Ok(id)
@@ -116,10 +121,17 @@ impl Identity {
     ) -> Result<Caller, IdentityError> {
         let pids = self.candidates()?;
         let Some(&reader) = pids.first() else { return Err(IdentityError::NotFound(peer)) };
-        let table = if peer.is_ipv4() { "tcp" } else { "tcp6" };
-        let path = self.proc_root.join(reader.to_string()).join("net").join(table);
-        let text = fs::read_to_string(&path).map_err(io_at(&path))?;
-        let inode = socket_inode(&text, peer, local).ok_or(IdentityError::NotFound(peer))?;
+        let inode = match self.diag.as_ref().map(|d| d.inode(peer, local)) {
+            Some(Ok(found)) => found,
+            // No sock_diag (or it failed): the table, whole.
+            _ => {
+                let table = if peer.is_ipv4() { "tcp" } else { "tcp6" };
+                let path = self.proc_root.join(reader.to_string()).join("net").join(table);
+                let text = fs::read_to_string(&path).map_err(io_at(&path))?;
+                socket_inode(&text, peer, local)
+            }
+        };
+        let inode = inode.ok_or(IdentityError::NotFound(peer))?;
         // Who connected it, judged while it waited in connect(2): a holder
         // can be a program the socket was handed to, or one that holds it
         // while the connector keeps it in flight (SCM_RIGHTS) out of sight.

@@ -21,6 +21,7 @@ pub(crate) mod path_shape;
 pub(crate) mod process;
 mod proxy;
 pub mod revisions;
+pub mod sock_diag;
 pub mod splice;
 pub mod ssrf;
 pub(crate) mod upstream;

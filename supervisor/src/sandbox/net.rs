@@ -153,7 +153,7 @@ fn gateway_for(
         revisions: gateway::revisions::RevisionStore::at(gateway::revisions::revisions_dir(&paths.home)),
         events: gateway::events::EventLog::open(&paths.audit_log())
             .map_err(|source| gateway::GatewayError::Io { what: "audit log".into(), source })?,
-        identity: gateway::identity::Identity::for_netns_fd(netns.raw_fd(), connects)
+        identity: gateway::identity::Identity::for_netns_fd(netns.raw_fd(), connects, netns.sock_diag())
             .map_err(|source| gateway::GatewayError::Io { what: "sandbox netns".into(), source })?,
         resolver: gateway::ssrf::Resolver::from_env()?,
         ca,

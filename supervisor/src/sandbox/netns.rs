@@ -61,6 +61,18 @@ impl Netns {
     /// Binds and listens on 127.0.0.1:`port` inside the namespace; the
     /// returned socket is used from the host namespace as usual. This is how
     /// the egress gateway becomes the only thing the sandbox can reach.
+    /// A sock_diag socket inside the namespace (the gateway finds its
+    /// clients' sockets with it); `None` if the kernel refuses one.
+    pub(crate) fn sock_diag(&self) -> Option<crate::gateway::sock_diag::SockDiag> {
+        let fd = self.fd.as_fd();
+        std::thread::scope(|s| {
+            s.spawn(move || enter(fd).ok().and_then(|()| crate::gateway::sock_diag::SockDiag::new().ok()))
+                .join()
+                .ok()
+                .flatten()
+        })
+    }
+
     pub(crate) fn listen(&self, port: u16) -> Result<TcpListener, NetnsError> {
         let fd = self.fd.as_fd();
         std::thread::scope(|s| {
