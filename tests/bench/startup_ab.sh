@@ -11,7 +11,9 @@
 # probe).
 # Usage: tests/bench/startup_ab.sh BEFORE AFTER [ROUNDS] [RUNS_PER_ROUND]
 # RUN_ARGS: extra `moat run` options for both (e.g. "--workspace /tmp/ws"
-# to leave moat's own workspace out).
+# to leave moat's own workspace out); BEFORE_ARGS / AFTER_ARGS, for one side
+# only (default RUN_ARGS): `BEFORE_ARGS="--workspace /tmp/ws"
+# startup_ab.sh M M` is what the workspace image costs binary M.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 before=$(realpath "$1"); after=$(realpath "$2"); rounds=${3:-10}; runs=${4:-10}
@@ -28,12 +30,13 @@ work=$(mktemp -d /tmp/moat-ab.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 export MOAT_HOME=$work/home MOAT_STORE=$work/store MOAT_RUN_DIR=$work/run
 "$tgt/release/moat-testimage" "$MOAT_STORE" bench "$tgt/probe-static/$triple/release/moat-probe" /bin/busybox >/dev/null
-for m in "$before" "$after"; do "$m" run --rm ${RUN_ARGS:-} bench -- /bin/true; done # warm the layer cache
+bargs=${BEFORE_ARGS:-${RUN_ARGS:-}}; aargs=${AFTER_ARGS:-${RUN_ARGS:-}}
+"$before" run --rm $bargs bench -- /bin/true; "$after" run --rm $aargs bench -- /bin/true # warm the layer cache
 
 for r in $(seq 1 "$rounds"); do
   for side in before after; do
-    m=$before; [ "$side" = after ] && m=$after
-    hyperfine -N --warmup 2 --runs "$runs" --export-json "$work/$side-$r.json" "$m run --rm ${RUN_ARGS:-} bench -- /bin/true" >/dev/null 2>&1
+    m=$before; args=$bargs; [ "$side" = after ] && { m=$after; args=$aargs; }
+    hyperfine -N --warmup 2 --runs "$runs" --export-json "$work/$side-$r.json" "$m run --rm $args bench -- /bin/true" >/dev/null 2>&1
   done
 done
 median_ms() { jq -s '[.[].results[0].times[]] | sort | .[length/2|floor] * 1000 | . * 100 | round / 100' "$@"; }
