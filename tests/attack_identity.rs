@@ -146,24 +146,30 @@ python3 /sandbox/jit.py py_plain
 python3 /sandbox/jit.py jit
 "#;
 
-#[test]
-fn borrowed_rights_are_refused_from_inside_a_sandbox() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let ws = workspace("identity-ws");
-    let p = policy("identity", RULES);
-    let out = ok(&[
+/// Runs `script` with sh in a fresh agent sandbox under `policy`, with `ws`
+/// as its workspace; its output.
+fn run_script(policy: &Path, ws: &Path, script: &str) -> String {
+    ok(&[
         "run",
         "--rm",
         "--policy",
-        p.to_str().unwrap(),
+        policy.to_str().unwrap(),
         "--workspace",
         ws.to_str().unwrap(),
         "agent",
         "--",
         "sh",
         "-c",
-        SCRIPT,
-    ]);
+        script,
+    ])
+}
+
+#[test]
+fn borrowed_rights_are_refused_from_inside_a_sandbox() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ws = workspace("identity-ws");
+    let p = policy("identity", RULES);
+    let out = run_script(&p, &ws, SCRIPT);
     let r = kv(&out);
     let want = |k: &str, v: &str| assert_eq!(r.get(k).map(String::as_str), Some(v), "{k}\n{out}");
     // Controls: the allowed binaries, unaltered, work.
@@ -219,19 +225,7 @@ fn a_socket_lent_to_an_allowed_binary_is_refused_from_inside_a_sandbox() {
     let p = policy("borrow", CURL_ONLY);
     let script = "echo \"curl=$(curl -s -o /dev/null -w '%{http_code}' http://other.test/curl)\"\n\
                   python3 /sandbox/borrow_socket.py other.test";
-    let out = ok(&[
-        "run",
-        "--rm",
-        "--policy",
-        p.to_str().unwrap(),
-        "--workspace",
-        ws.to_str().unwrap(),
-        "agent",
-        "--",
-        "sh",
-        "-c",
-        script,
-    ]);
+    let out = run_script(&p, &ws, script);
     let r = kv(&out);
     let want = |k: &str, v: &str| assert_eq!(r.get(k).map(String::as_str), Some(v), "{k}\n{out}");
     // Controls: curl is allowed, python on its own socket is not.
