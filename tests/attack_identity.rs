@@ -64,8 +64,17 @@ fn workspace(name: &str) -> PathBuf {
     std::fs::write(dir.join("alias.py"), ALIAS_PY).unwrap();
     std::fs::write(dir.join("steal.py"), STEAL_PY).unwrap();
     std::fs::write(dir.join("jit.py"), JIT_PY).unwrap();
+    std::fs::write(dir.join("tfo.py"), TFO_PY).unwrap();
     std::fs::write(dir.join("engine.cnf"), ENGINE_CNF.replace("SO", "/sandbox/evil.so")).unwrap();
-    for p in [dir.clone(), so, dir.join("alias.py"), dir.join("steal.py"), dir.join("jit.py"), dir.join("engine.cnf")] {
+    for p in [
+        dir.clone(),
+        so,
+        dir.join("alias.py"),
+        dir.join("steal.py"),
+        dir.join("jit.py"),
+        dir.join("tfo.py"),
+        dir.join("engine.cnf"),
+    ] {
         std::os::unix::fs::chown(&p, Some(1000), Some(1000)).unwrap();
     }
     dir
@@ -117,6 +126,19 @@ except e.HTTPError as x:
     print("%s=%d" % (sys.argv[1], x.code))
 "#;
 
+/// TCP Fast Open connects a socket without connect(2), so the connect
+/// notification would not see who connected it: the sandbox may not use it.
+const TFO_PY: &str = r#"
+import errno, os, socket, urllib.parse
+proxy = urllib.parse.urlsplit(os.environ["http_proxy"])
+s = socket.socket()
+try:
+    s.sendto(b"GET http://other.test/tfo HTTP/1.1\r\nHost: other.test\r\n\r\n", socket.MSG_FASTOPEN, (proxy.hostname, proxy.port))
+    print("tfo=sent")
+except OSError as x:
+    print("tfo=%s" % errno.errorcode.get(x.errno, x.errno))
+"#;
+
 /// An OpenSSL config whose engine section loads the agent's library.
 const ENGINE_CNF: &str = r#"
 openssl_conf = conf
@@ -144,6 +166,7 @@ git -c alias.x='!python3 /sandbox/alias.py' x
 python3 /sandbox/steal.py
 python3 /sandbox/jit.py py_plain
 python3 /sandbox/jit.py jit
+python3 /sandbox/tfo.py
 "#;
 
 /// Runs `script` with sh in a fresh agent sandbox under `policy`, with `ws`
@@ -190,6 +213,8 @@ fn borrowed_rights_are_refused_from_inside_a_sandbox() {
     // No descriptor leaves another process.
     assert_ne!(r.get("pidfd_getfd").map(String::as_str), Some("stolen"), "{out}");
     want("pidfd_getfd", "EPERM");
+    // No connection without connect(2): TCP Fast Open is refused.
+    want("tfo", "EPERM");
     let seen = world().up.seen();
     for path in ["/preload", "/audit", "/engine"] {
         assert!(!seen.iter().any(|s| s.path == path), "{path} reached the upstream: {seen:?}");
