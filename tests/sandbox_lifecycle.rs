@@ -299,9 +299,12 @@ fn doctor_reports_this_kernel() {
     let out = w.ok(&["doctor", "--json"]);
     let checks: serde_json::Value = serde_json::from_str(&out).unwrap();
     let names: Vec<&str> = checks.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    for n in ["landlock", "seccomp", "namespaces", "cgroups", "overlayfs"] {
+    for n in ["landlock", "seccomp", "caller identity", "namespaces", "cgroups", "overlayfs"] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
     }
+    // This kernel (6.18) has both: the check says so.
+    let identity = checks.as_array().unwrap().iter().find(|c| c["name"] == "caller identity").unwrap();
+    assert_eq!(identity["level"], "ok", "{identity}");
     let text = w.ok(&["doctor"]);
     assert!(text.contains("landlock") && text.contains("ABI"), "{text}");
 }

@@ -36,6 +36,7 @@ pub fn run() -> Vec<Check> {
         root(),
         landlock(),
         seccomp(),
+        caller_identity(),
         namespaces(),
         cgroups(),
         supervisor_memory(),
@@ -81,6 +82,31 @@ fn seccomp() -> Check {
         (true, Ok(f)) => check("seccomp", Level::Ok, format!("filter mode available; moat's deny list compiles to {} programs", f.len()), ""),
         (false, _) => check("seccomp", Level::Missing, "the kernel has no seccomp", "without it ptrace, mount, bpf, io_uring and user namespaces stay open to the agent. Fix: a kernel built with CONFIG_SECCOMP_FILTER"),
         (true, Err(e)) => check("seccomp", Level::Missing, format!("the deny list does not compile: {e}"), "a build defect: report it"),
+    }
+}
+
+/// What the gateway's judgement of callers needs: seccomp user notification
+/// with CONTINUE (Linux 5.5) to learn who called connect(2), and
+/// PROCMAP_QUERY (Linux 6.11) to list a process's code without its paths.
+fn caller_identity() -> Check {
+    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let mut v = release.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    let fast = fs::File::open("/proc/self/maps").is_ok_and(|f| crate::sys::exec_vmas(&f, 65_536).is_ok());
+    match ((major, minor) >= (5, 5), fast) {
+        (true, true) => check("caller identity", Level::Ok, format!("Linux {release}: connect(2) notification and PROCMAP_QUERY"), ""),
+        (true, false) => check(
+            "caller identity",
+            Level::Degraded,
+            format!("Linux {release}: no PROCMAP_QUERY"),
+            "each connection's code check reads /proc/PID/maps as text, about 4x slower for a process with hundreds of libraries. Fix: Linux >= 6.11",
+        ),
+        (false, _) => check(
+            "caller identity",
+            Level::Missing,
+            format!("Linux {release}: no seccomp user notification with CONTINUE"),
+            "sandboxes cannot start: the gateway must learn which program called connect(2). Fix: Linux >= 5.5",
+        ),
     }
 }
 
