@@ -262,7 +262,7 @@ mod tests {
     #[test]
     fn every_check_reports_and_gaps_say_how_to_fix() {
         let checks = super::run();
-        assert_eq!(checks.len(), 9);
+        assert_eq!(checks.len(), 10);
         for c in &checks {
             assert!(!c.detail.is_empty(), "{}", c.name);
             if c.level != super::Level::Ok {
