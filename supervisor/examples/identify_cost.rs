@@ -1,12 +1,12 @@
 //! What checking a caller's code costs (gateway/integrity.rs): reading and
-//! judging /proc/PID/{environ,mountinfo,maps} of a process with MAPPINGS
+//! judging the environment and executable mappings of a process with MAPPINGS
 //! executable file mappings (default 500: a large program with many
 //! libraries), ITER times; prints p50/p99/max in microseconds. The process
 //! is a python3 that maps its own libc MAPPINGS times with PROT_EXEC (python
 //! keeps this example free of unsafe code). Run by tests/bench/gateway.sh;
 //! the bound is 1 ms p99 for 500 mappings.
 //!   cargo run --release -p moat-supervisor --example identify_cost [MAPPINGS] [ITER]
-use moat_supervisor::gateway::integrity::Integrity;
+use moat_supervisor::gateway::integrity::{Integrity, Mounts};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -45,9 +45,9 @@ fn main() {
     let exec = maps.lines().filter(|l| l.split(' ').nth(1).is_some_and(|p| p.as_bytes().get(2) == Some(&b'x'))).count();
     let integrity = Integrity::builtin();
     // The measured path is the whole check: the child must pass it.
-    let check =
-        || integrity.mounts(Path::new("/proc"), pid).map(|m| integrity.check(Path::new("/proc"), pid, &exe, &m));
-    let first = check().expect("mountinfo");
+    // A fresh Mounts per check, as per identification in the gateway.
+    let check = || integrity.check(Path::new("/proc"), pid, &exe, &Mounts::default());
+    let first = check();
     assert!(first.taint.is_none(), "the child was refused, so the check stopped early: {first:?}");
     let mut times = Vec::with_capacity(iter);
     for _ in 0..iter {

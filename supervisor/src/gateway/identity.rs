@@ -7,7 +7,7 @@
 //! a socket held by processes running different programs is refused.
 #![forbid(unsafe_code)]
 use super::connects::Connects;
-use super::integrity::{Findings, Integrity, Taint};
+use super::integrity::{Findings, Integrity, Mounts, Taint};
 use super::process::HashCache;
 pub use super::process::Proc;
 use super::sock_diag::SockDiag;
@@ -65,7 +65,7 @@ pub struct Identity {
     /// in-process tests stop at the test process).
     stop_at: Option<i32>,
     proc_root: std::path::PathBuf,
-    hashes: HashCache,
+    hashes: Arc<HashCache>,
     /// Trust on first use: path -> the sha256 first seen.
     trusted: Mutex<HashMap<String, String>>,
     integrity: Integrity,
@@ -84,7 +84,7 @@ impl Identity {
             netns_ino,
             stop_at: None,
             proc_root: "/proc".into(),
-            hashes: HashCache::default(),
+            hashes: connects.as_ref().map_or_else(Arc::default, |c| c.hashes()),
             trusted: Mutex::default(),
             integrity: Integrity::builtin(),
             connects,
@@ -142,7 +142,7 @@ impl Identity {
         let owners = self.owners(&pids, inode);
         let Some(&first) = owners.first() else { return Err(IdentityError::NotFound(peer)) };
         // One mount namespace for the whole sandbox: its mounts are read once.
-        let mounts = self.integrity.mounts(&self.proc_root, first);
+        let mounts = Mounts::default();
         let mut process = self.describe(first, Some(&mounts))?;
         for &other in &owners[1..] {
             let p = self.describe(other, Some(&mounts))?;
@@ -206,7 +206,7 @@ impl Identity {
     /// The binary of `pid`: its path, its hash checked against
     /// trust-on-first-use, and (with the namespace's `mounts`) whether all
     /// its code is the image's.
-    fn describe(&self, pid: i32, mounts: Option<&Result<Vec<String>, Taint>>) -> Result<Proc, IdentityError> {
+    fn describe(&self, pid: i32, mounts: Option<&Mounts>) -> Result<Proc, IdentityError> {
         let link = self.proc_root.join(pid.to_string()).join("exe");
         let exe = fs::read_link(&link).map_err(io_at(&link))?.to_string_lossy().into_owned();
         if exe.ends_with(" (deleted)") {
@@ -225,8 +225,7 @@ impl Identity {
             }
         }
         let found = match mounts {
-            Some(Ok(m)) => self.integrity.check(&self.proc_root, pid, &exe, m),
-            Some(Err(t)) => Findings { taint: Some(t.clone()), anonymous_exec: false },
+            Some(m) => self.integrity.check(&self.proc_root, pid, &exe, m),
             None => Findings { taint: Some(Taint::Unchecked), anonymous_exec: false },
         };
         Ok(Proc { pid, exe, sha256, taint: found.taint, anonymous_exec: found.anonymous_exec })

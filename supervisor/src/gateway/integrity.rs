@@ -76,6 +76,12 @@ pub struct Integrity {
     check_env: bool,
 }
 
+/// The mount points of a sandbox's mount namespace, read at most once per
+/// identification and only when a check needs them (kernels without
+/// PROCMAP_QUERY).
+#[derive(Debug, Default)]
+pub struct Mounts(std::cell::OnceCell<Result<Vec<String>, Taint>>);
+
 /// What the checks found in one process.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Findings {
@@ -106,20 +112,18 @@ impl Integrity {
         self
     }
 
-    /// The mount points of `pid`'s mount namespace, which every process of
-    /// a sandbox shares: read once per identification, passed to [`check`].
-    ///
-    /// [`check`]: Integrity::check
-    pub fn mounts(&self, proc_root: &Path, pid: i32) -> Result<Vec<String>, Taint> {
+    /// The mount points of `pid`'s mount namespace (every process of a
+    /// sandbox shares it).
+    fn mounts(&self, proc_root: &Path, pid: i32) -> Result<Vec<String>, Taint> {
         read_bounded(&proc_root.join(pid.to_string()).join("mountinfo"), MAX_MOUNTINFO)
             .map(|m| mount_points(&String::from_utf8_lossy(&m)))
             .map_err(|e| Taint::Unreadable(format!("mountinfo: {e}")))
     }
 
     /// Checks process `pid` (under `proc_root`) whose executable is `exe`
-    /// (the path as the process's mount namespace sees it), against the
-    /// namespace's `mounts`.
-    pub fn check(&self, proc_root: &Path, pid: i32, exe: &str, mounts: &[String]) -> Findings {
+    /// (the path as the process's mount namespace sees it). `mounts` holds
+    /// the namespace's mount points once read: only the text path needs them.
+    pub fn check(&self, proc_root: &Path, pid: i32, exe: &str, mounts: &Mounts) -> Findings {
         let dir = proc_root.join(pid.to_string());
         let mut out = Findings::default();
         if self.check_env {
@@ -140,6 +144,13 @@ impl Integrity {
                 return out;
             }
         }
+        let mounts = match mounts.0.get_or_init(|| self.mounts(proc_root, pid)) {
+            Ok(m) => m,
+            Err(t) => {
+                out.taint = Some(t.clone());
+                return out;
+            }
+        };
         match read_bounded(&dir.join("maps"), MAX_MAPS) {
             Ok(m) => judge_maps(&String::from_utf8_lossy(&m), mounts, exe, &mut out),
             Err(e) => out.taint = Some(Taint::Unreadable(format!("maps: {e}"))),
@@ -381,7 +392,7 @@ mod tests {
         let pid = child.id() as i32;
         let judge = || {
             let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
-            i.check(Path::new("/proc"), pid, &exe.to_string_lossy(), &i.mounts(Path::new("/proc"), pid).unwrap())
+            i.check(Path::new("/proc"), pid, &exe.to_string_lossy(), &Mounts::default())
         };
         let mut step = |want: &str| {
             assert_eq!(lines.next().unwrap().unwrap(), want);
@@ -406,7 +417,7 @@ mod tests {
     fn this_process_is_judged_by_its_own_maps() {
         let me = fs::read_link("/proc/self/exe").unwrap();
         let (i, pid) = (Integrity::builtin().without_env_check(), std::process::id() as i32);
-        let f = i.check(Path::new("/proc"), pid, &me.to_string_lossy(), &i.mounts(Path::new("/proc"), pid).unwrap());
+        let f = i.check(Path::new("/proc"), pid, &me.to_string_lossy(), &Mounts::default());
         assert!(!matches!(f.taint, Some(Taint::Unreadable(_))), "{f:?}");
     }
 }
