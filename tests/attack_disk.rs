@@ -9,29 +9,10 @@
 #[path = "sandbox_common/mod.rs"]
 mod sandbox_common;
 
-use sandbox_common::World;
+use sandbox_common::{small_policy, World, LIMIT_MIB};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-
-const LIMIT_MIB: u64 = 64;
-
-/// The baseline policy with a small workspace.
-fn small_policy(dir: &Path) -> std::path::PathBuf {
-    let base = include_str!("../policies/baseline.toml");
-    let text: String = base
-        .lines()
-        .filter(|l| !l.starts_with("workspace_size_mib") && !l.starts_with("workspace_inodes"))
-        .map(|l| match l {
-            "workspace = \"/sandbox\"" => format!("{l}\nworkspace_size_mib = {LIMIT_MIB}\nworkspace_inodes = 2000\n"),
-            _ => format!("{l}\n"),
-        })
-        .collect();
-    assert!(text.contains("workspace_inodes = 2000"), "the baseline no longer has the workspace line this test edits");
-    let p = dir.join("small.toml");
-    fs::write(&p, text).unwrap();
-    p
-}
 
 /// Bytes allocated on the host under `dir` (what the sandbox's files cost
 /// the host's disk, holes not counted), without crossing into other mounts.

@@ -11,30 +11,11 @@
 #[path = "sandbox_common/mod.rs"]
 mod sandbox_common;
 
-use sandbox_common::{wait_until, World};
+use sandbox_common::{small_policy, wait_until, World, LIMIT_MIB};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-const LIMIT_MIB: u64 = 64;
-
-/// The baseline policy with a small workspace.
-fn small_policy(dir: &Path) -> PathBuf {
-    let base = include_str!("../policies/baseline.toml");
-    let text: String = base
-        .lines()
-        .filter(|l| !l.starts_with("workspace_size_mib") && !l.starts_with("workspace_inodes"))
-        .map(|l| match l {
-            "workspace = \"/sandbox\"" => format!("{l}\nworkspace_size_mib = {LIMIT_MIB}\nworkspace_inodes = 2000\n"),
-            _ => format!("{l}\n"),
-        })
-        .collect();
-    assert!(text.contains("workspace_inodes = 2000"), "the baseline no longer has the workspace line this test edits");
-    let p = dir.join("small.toml");
-    fs::write(&p, text).unwrap();
-    p
-}
 
 /// Writes past the size, then past the inode count, and prints the
 /// workspace's line of the sandbox's mountinfo (its ext4 options).

@@ -11,6 +11,27 @@ use std::time::{Duration, Instant};
 
 pub const GATEWAY_PORT: u16 = 3128;
 
+/// The workspace size of [`small_policy`], in MiB.
+pub const LIMIT_MIB: u64 = 64;
+
+/// The baseline policy with a small workspace (LIMIT_MIB, 2,000 inodes),
+/// written in `dir`.
+pub fn small_policy(dir: &Path) -> PathBuf {
+    let base = include_str!("../../policies/baseline.toml");
+    let text: String = base
+        .lines()
+        .filter(|l| !l.starts_with("workspace_size_mib") && !l.starts_with("workspace_inodes"))
+        .map(|l| match l {
+            "workspace = \"/sandbox\"" => format!("{l}\nworkspace_size_mib = {LIMIT_MIB}\nworkspace_inodes = 2000\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    assert!(text.contains("workspace_inodes = 2000"), "the baseline no longer has the workspace line this test edits");
+    let p = dir.join("small.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
 /// The probe, built once as a static binary so it runs in any image.
 pub fn probe_binary() -> PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
