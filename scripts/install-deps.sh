@@ -7,7 +7,12 @@ pkgs=(skopeo umoci oci-image-tool docker-registry apache2-utils runc crun
       gpg gpg-agent debian-archive-keyring mmdebstrap
       restic tinyproxy nginx-light qemu-user
       gcc libc6-dev   # gcc: tests/attack_identity.rs builds the injected library
-      e2fsprogs)      # mkfs.ext4: each workspace is an ext4 image (tests/attack_disk.rs)
+      e2fsprogs       # mkfs.ext4: each workspace is an ext4 image (tests/attack_disk.rs)
+      openssl curl)   # tests/signing*.rs: openssl signs/verifies cosign payloads; curl reads the registry
+# node + npm run the independent Sigstore verifier/signer (tests/sign_oracle,
+# npm ci from the npm registry). A node installed another way (nodesource)
+# counts: Debian's npm package would conflict with it.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then pkgs+=(nodejs npm); fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
