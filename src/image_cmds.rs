@@ -206,7 +206,8 @@ pub fn audit(a: AuditArgs, g: &Global) -> Result<ExitCode> {
 pub fn images(a: ImagesArgs, g: &Global) -> Result<ExitCode> {
     let store = open_store(g)?;
     let mut rows = Vec::new();
-    for img in store.images()? {
+    // Signatures and attestations (`sha256-HEX.sig`, ...) are not images.
+    for img in store.images()?.into_iter().filter(|i| !moat_builder::sign::artifacts::is_artifact_name(&i.name)) {
         let m = store.manifest(&img.manifest.digest)?;
         let size: u64 = m.layers.iter().map(|l| l.size).sum::<u64>() + m.config.size;
         rows.push(serde_json::json!({"name": img.name, "digest": img.manifest.digest.to_string(), "layers": m.layers.len(), "size": size}));

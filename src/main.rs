@@ -24,6 +24,7 @@ mod inference_cmds;
 mod policy_cmds;
 mod registry_cmds;
 mod sandbox_cmds;
+mod sign_cmds;
 mod snapshot_cmds;
 
 #[derive(Parser)]
@@ -72,6 +73,16 @@ enum Cmd {
     Push(registry_cmds::PushArgs),
     /// Pull REGISTRY/REPO@sha256:... into the store, verifying every blob.
     Pull(registry_cmds::PullArgs),
+    /// Sign an image with a cosign-format key (classic signature + Sigstore bundle).
+    Sign(sign_cmds::SignArgs),
+    /// Attest an image: SLSA provenance from its lock and its SPDX SBOM, signed.
+    Attest(sign_cmds::AttestArgs),
+    /// Check an image's signature against trusted public keys (exit 1 if none holds).
+    #[command(name = "verify-signature")]
+    VerifySignature(sign_cmds::VerifySignatureArgs),
+    /// Check an image's attestations against trusted public keys (exit 1 if none holds).
+    #[command(name = "verify-attestation")]
+    VerifyAttestation(sign_cmds::VerifyAttestationArgs),
     /// Print the digest a registry tag names now (to pin it).
     Resolve(registry_cmds::ResolveArgs),
     /// Store registry credentials (password read from stdin).
@@ -152,6 +163,10 @@ fn dispatch(cmd: Cmd, g: &Global) -> Result<ExitCode> {
         Cmd::Sbom(a) => debian_cmds::sbom(a, g),
         Cmd::Push(a) => registry_cmds::push(a, g),
         Cmd::Pull(a) => registry_cmds::pull(a, g),
+        Cmd::Sign(a) => sign_cmds::sign(a, g),
+        Cmd::Attest(a) => sign_cmds::attest(a, g),
+        Cmd::VerifySignature(a) => sign_cmds::verify_signature(a, g),
+        Cmd::VerifyAttestation(a) => sign_cmds::verify_attestation(a, g),
         Cmd::Resolve(a) => registry_cmds::resolve(a, g),
         Cmd::Login(a) => registry_cmds::login(a, g),
         Cmd::Logout(a) => registry_cmds::logout(a, g),

@@ -4,8 +4,10 @@
 use crate::Global;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use moat_builder::digest::Digest;
 use moat_builder::home::store_dir;
 use moat_builder::registry::{self, auth, Options};
+use moat_builder::sign::check;
 use moat_builder::Store;
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -58,6 +60,9 @@ pub struct PullArgs {
     /// Architecture to pick when the digest names a multi-platform index (default: this machine's).
     #[arg(long, value_name = "ARCH")]
     pub arch: Option<String>,
+    /// Refuse the image unless it carries a signature by this public key (PEM; repeatable).
+    #[arg(long, value_name = "PUB")]
+    pub verify_key: Vec<PathBuf>,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -95,6 +100,11 @@ pub fn push(a: PushArgs, g: &Global) -> Result<ExitCode> {
     let store = Store::open_existing(&dir).with_context(|| format!("opening the image store {}", dir.display()))?;
     let r = registry::push(&store, &a.image, &a.target, &a.net.options(g))
         .with_context(|| format!("pushing {} to {}", a.image, a.target))?;
+    let sigs = registry::signatures::push(&store, &r.digest, &a.target, &a.net.options(g))
+        .with_context(|| format!("pushing the signatures of {} to {}", a.image, a.target))?;
+    if !sigs.artifacts.is_empty() && !g.quiet && !a.net.json {
+        say!("pushed {} signature artifact(s): {}", sigs.artifacts.len(), sigs.artifacts.join(", "));
+    }
     if a.net.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
@@ -118,7 +128,33 @@ pub fn pull(a: PullArgs, g: &Global) -> Result<ExitCode> {
     let mut opts = a.net.options(g);
     opts.name = a.name.clone();
     opts.architecture = a.arch.clone();
+    let keys = crate::sign_cmds::public_keys(&a.verify_key)?;
     let r = registry::pull(&a.reference, &store, &opts).with_context(|| format!("pulling {}", a.reference))?;
+    // Signature artifacts come along (a `[trust]` policy checks them at run);
+    // with --verify-key they must hold or the pulled image is not named.
+    let fetched = fetch_signatures(&a.reference, &r, &store, &opts);
+    if !keys.is_empty() {
+        fetched.with_context(|| format!("fetching the signatures of {}", a.reference))?;
+        let named = Digest::parse(a.reference.rsplit_once('@').map(|(_, d)| d).unwrap_or_default())?;
+        let held = check::signature(&store, &r.manifest.digest, &keys).or_else(|e| {
+            if named == r.manifest.digest {
+                Err(e)
+            } else {
+                check::signature(&store, &named, &keys).map_err(|_| e)
+            }
+        });
+        if let Err(e) = held {
+            let _ = store.remove_ref(&r.name);
+            say!(
+                "moat: pull {}: {} (the image was not named in the store)",
+                a.reference,
+                moat_builder::errors::chain(&e)
+            );
+            return Ok(ExitCode::from(1));
+        }
+    } else if let Err(e) = fetched {
+        tracing::warn!(reference = %a.reference, error = %moat_builder::errors::chain(&e), "could not fetch signature artifacts");
+    }
     if a.net.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
@@ -133,6 +169,25 @@ pub fn pull(a: PullArgs, g: &Global) -> Result<ExitCode> {
         println!("{}@{}", r.name, r.manifest.digest);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Fetches the signature artifacts of the pulled image and, for an index,
+/// of the index too (cosign signs whichever digest it was given).
+fn fetch_signatures(
+    reference: &str,
+    r: &registry::PullReport,
+    store: &Store,
+    opts: &registry::Options,
+) -> Result<(), registry::RegistryError> {
+    let mut quiet = opts.clone();
+    quiet.progress = false;
+    registry::signatures::fetch(reference, store, &quiet)?;
+    let (repo, _) = reference.rsplit_once('@').unwrap_or((reference, ""));
+    let child = format!("{repo}@{}", r.manifest.digest);
+    if child != reference {
+        registry::signatures::fetch(&child, store, &quiet)?;
+    }
+    Ok(())
 }
 
 pub fn resolve(a: ResolveArgs, g: &Global) -> Result<ExitCode> {

@@ -120,16 +120,33 @@ pub fn spdx(name: &str, digest: &str, packages: &[Value]) -> Value {
 /// The SPDX document of an image in `store` (`NAME`, `NAME@sha256:...` or
 /// `sha256:...`), from the package manifest its Debian fix-up layer wrote.
 pub fn image_sbom(store: &crate::Store, reference: &str) -> Result<Value, super::DebianError> {
+    let (name, digest, packages) = image_packages(store, reference)?;
+    let pkgs = packages.ok_or_else(|| {
+        super::DebianError::Spec(format!(
+            "sbom of {reference}: the image has no /{} (it was not built from a [debian] table)",
+            super::SBOM_DATA
+        ))
+    })?;
+    Ok(spdx(&name, &digest, &pkgs))
+}
+
+/// An image's name, manifest digest and the Debian packages its fix-up layer
+/// recorded (`None` when it was not built from a `[debian]` table).
+pub fn image_packages(
+    store: &crate::Store,
+    reference: &str,
+) -> Result<(String, String, Option<Vec<Value>>), super::DebianError> {
     let err = |msg: String| super::DebianError::Spec(format!("sbom of {reference}: {msg}"));
     let img = store.resolve(reference).map_err(|e| err(crate::errors::chain(&e)))?;
     let m = store.manifest(&img.manifest.digest).map_err(|e| err(crate::errors::chain(&e)))?;
     let want = |p: &str| p == super::SBOM_DATA;
     let view = crate::layer::read::merged(store, &m.layers, &want).map_err(|e| err(crate::errors::chain(&e)))?;
-    let data = view.get(super::SBOM_DATA).and_then(|e| e.data.clone()).ok_or_else(|| {
-        err(format!("the image has no /{} (it was not built from a [debian] table)", super::SBOM_DATA))
-    })?;
+    let digest = img.manifest.digest.to_string();
+    let Some(data) = view.get(super::SBOM_DATA).and_then(|e| e.data.clone()) else {
+        return Ok((img.name, digest, None));
+    };
     let pkgs: Vec<Value> = serde_json::from_slice(&data).map_err(|e| err(format!("/{}: {e}", super::SBOM_DATA)))?;
-    Ok(spdx(&img.name, &img.manifest.digest.to_string(), &pkgs))
+    Ok((img.name, digest, Some(pkgs)))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod progress;
 pub(crate) mod pull;
 pub(crate) mod push;
 pub(crate) mod reference;
+pub mod signatures;
 
 pub use client::{check_login, Options};
 pub use pull::{pull, pull_image, PullReport};

@@ -27,7 +27,7 @@ const PARALLEL: usize = 3;
 /// Attempts per blob when the transfer breaks mid-stream.
 const BLOB_ATTEMPTS: u32 = 5;
 /// Largest manifest or index accepted (the distribution spec suggests 4 MiB).
-const MAX_MANIFEST: usize = 4 << 20;
+pub(crate) const MAX_MANIFEST: usize = 4 << 20;
 
 /// What a pull did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -126,7 +126,12 @@ pub fn pull(reference: &str, store: &Store, opts: &Options) -> Result<PullReport
 }
 
 /// Fetches a manifest or index by digest and checks its bytes hash to it.
-async fn fetch_manifest(conn: &Conn, r: &Reference, digest: &Digest, what: &str) -> Result<(Digest, Vec<u8>)> {
+pub(crate) async fn fetch_manifest(
+    conn: &Conn,
+    r: &Reference,
+    digest: &Digest,
+    what: &str,
+) -> Result<(Digest, Vec<u8>)> {
     let by_digest = Reference::with_digest(r.registry().to_string(), r.repository().to_string(), digest.to_string());
     let accept =
         [OCI_IMAGE_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, IMAGE_MANIFEST_LIST_MEDIA_TYPE];
@@ -181,7 +186,7 @@ fn pick_platform(conn: &Conn, bytes: &[u8], digest: &Digest, arch: Option<&str>)
 }
 
 /// Downloads one blob unless the store has it; returns the bytes fetched, or None.
-async fn pull_blob(
+pub(crate) async fn pull_blob(
     conn: &Conn,
     store: &Store,
     r: &Reference,

@@ -111,7 +111,7 @@ pub fn push(store: &Store, image: &str, target: &str, opts: &Options) -> Result<
 }
 
 /// How a blob reached the registry.
-enum Sent {
+pub(crate) enum Sent {
     Present,
     Mounted,
     Uploaded(u64),
@@ -137,7 +137,7 @@ fn mount_sources(store: &Store, target: &Reference) -> BTreeMap<Digest, String> 
 
 /// Gets one blob into the target repository: skipped if present, mounted
 /// from another repository if one is known to hold it, else uploaded.
-async fn push_blob(
+pub(crate) async fn push_blob(
     conn: &Conn,
     store: &Store,
     r: &Reference,
