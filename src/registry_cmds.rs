@@ -129,30 +129,22 @@ pub fn pull(a: PullArgs, g: &Global) -> Result<ExitCode> {
     opts.name = a.name.clone();
     opts.architecture = a.arch.clone();
     let keys = crate::sign_cmds::public_keys(&a.verify_key)?;
-    let r = registry::pull(&a.reference, &store, &opts).with_context(|| format!("pulling {}", a.reference))?;
-    // Signature artifacts come along (a `[trust]` policy checks them at run);
-    // with --verify-key they must hold or the pulled image is not named.
-    let fetched = fetch_signatures(&a.reference, &r, &store, &opts);
     if !keys.is_empty() {
-        fetched.with_context(|| format!("fetching the signatures of {}", a.reference))?;
+        // Checked before anything is pulled or named: a refused image never
+        // replaces the store's image of the same name.
+        let mut quiet = opts.clone();
+        quiet.progress = false;
+        registry::signatures::fetch(&a.reference, &store, &quiet)
+            .with_context(|| format!("fetching the signatures of {}", a.reference))?;
         let named = Digest::parse(a.reference.rsplit_once('@').map(|(_, d)| d).unwrap_or_default())?;
-        let held = check::signature(&store, &r.manifest.digest, &keys).or_else(|e| {
-            if named == r.manifest.digest {
-                Err(e)
-            } else {
-                check::signature(&store, &named, &keys).map_err(|_| e)
-            }
-        });
-        if let Err(e) = held {
-            let _ = store.remove_ref(&r.name);
-            say!(
-                "moat: pull {}: {} (the image was not named in the store)",
-                a.reference,
-                moat_builder::errors::chain(&e)
-            );
+        if let Err(e) = check::signature(&store, &named, &keys) {
+            say!("moat: pull {}: {} (nothing was pulled)", a.reference, moat_builder::errors::chain(&e));
             return Ok(ExitCode::from(1));
         }
-    } else if let Err(e) = fetched {
+    }
+    let r = registry::pull(&a.reference, &store, &opts).with_context(|| format!("pulling {}", a.reference))?;
+    // Signature artifacts come along, so a `[trust]` policy can check them at run.
+    if let Err(e) = fetch_signatures(&a.reference, &r, &store, &opts) {
         tracing::warn!(reference = %a.reference, error = %moat_builder::errors::chain(&e), "could not fetch signature artifacts");
     }
     if a.net.json {

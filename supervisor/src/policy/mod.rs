@@ -10,6 +10,7 @@ pub(crate) mod matcher;
 pub mod network;
 pub mod presets;
 pub mod schema;
+pub mod trust;
 use moat_builder::textfile::{self, TextError};
 use serde::{Deserialize, Serialize};
 use std::path::{Component, Path};
@@ -39,6 +40,10 @@ pub struct Policy {
     #[serde(default)]
     pub supervisor: Supervisor,
     pub network: Network,
+    /// Which signatures and provenance an image needs before it runs
+    /// (absent: none, as in the baseline).
+    #[serde(default, skip_serializing_if = "trust::Trust::is_default")]
+    pub trust: trust::Trust,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,7 +209,11 @@ impl Policy {
             }
             TextError::At(at) => placed(at),
         })?;
-        Policy::parse(&text, &origin)
+        let mut p = Policy::parse(&text, &origin)?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        p.trust.embed_keys(dir).map_err(|message| PolicyError::Invalid { origin: origin.clone(), message })?;
+        p.trust.validate().map_err(|message| PolicyError::Invalid { origin, message })?;
+        Ok(p)
     }
 
     /// Parses and validates policy TOML; `origin` names it in errors. The
@@ -266,6 +275,7 @@ impl Policy {
         if sup.body_buffer_mib >= sup.memory_max_mib {
             return Err("supervisor.body_buffer_mib must be below supervisor.memory_max_mib".into());
         }
+        self.trust.validate()?;
         self.network.validate().map_err(|e| e.to_string())
     }
 

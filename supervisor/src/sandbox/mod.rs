@@ -17,6 +17,7 @@ mod reap;
 pub(crate) mod spec;
 pub mod state;
 mod sys;
+pub mod trust;
 pub mod workspace_limit;
 use crate::launch::executor::GuardPlan;
 use crate::launch::fork::ForkedLauncher;
@@ -218,6 +219,7 @@ pub fn resolve(
     args: &[String],
     env: &[String],
 ) -> Result<Resolved, SandboxError> {
+    trust::check(store, image, &policy.trust)?;
     let prepared = PreparedImage::prepare(store, image, &LayerCache::default_location())?;
     let user = prepared.user(&policy.process.user)?;
     let rc = &prepared.config.config;
