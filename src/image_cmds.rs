@@ -23,6 +23,9 @@ pub struct BuildArgs {
 pub struct VerifyArgs {
     #[arg(required = true)]
     pub blueprints: Vec<PathBuf>,
+    /// Also require the attested provenance (if any) to be signed by this public key.
+    #[arg(long, value_name = "PUB")]
+    pub key: Vec<PathBuf>,
 }
 #[derive(Args)]
 pub struct LintArgs {
@@ -108,7 +111,13 @@ pub fn verify(a: VerifyArgs, g: &Global) -> Result<ExitCode> {
         let out = verify::verify(&l, reference.as_ref(), home::cache_dir())
             .with_context(|| format!("verifying {}", bp.display()))?;
         match out.difference {
-            None => println!("ok {} {}@{}", bp.display(), out.name, out.manifest),
+            None => match check_provenance(&l, &a.key, reference.as_ref())? {
+                Some(problem) => {
+                    failed = true;
+                    println!("FAIL {}: {problem}", bp.display());
+                }
+                None => println!("ok {} {}@{}", bp.display(), out.name, out.manifest),
+            },
             Some(d) => {
                 failed = true;
                 let at = out.path.map(|p| format!(" (first differing path: /{p})")).unwrap_or_default();
@@ -117,6 +126,42 @@ pub fn verify(a: VerifyArgs, g: &Global) -> Result<ExitCode> {
         }
     }
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// Compares the provenance attested in the store for the image `l`'s lock
+/// pins with the statement the lock gives now, byte for byte (and, with
+/// keys, checks who signed it). Some(problem) when they differ.
+fn check_provenance(l: &blueprint::Loaded, keys: &[PathBuf], store: Option<&Store>) -> Result<Option<String>> {
+    use moat_builder::sign::{check, provenance};
+    let Some(store) = store else { return Ok(None) };
+    let lock_path = l.lock_path();
+    let lock = Lock::read(&lock_path, &l.path)?;
+    let lock_bytes = moat_builder::textfile::read(&lock_path, moat_builder::textfile::MAX_TEXT)?.into_bytes();
+    let want = provenance::statement(&lock, &lock_bytes, &crate::sign_cmds::blueprint_path(&l.path));
+    let digest = &lock.image.manifest;
+    let attested: Vec<(String, Vec<u8>)> = if keys.is_empty() {
+        check::attested_provenance(store, digest)?
+    } else {
+        let keys = crate::sign_cmds::public_keys(keys)?;
+        match check::attestations(store, digest, &keys, Some(provenance::PREDICATE_SLSA)) {
+            Ok(good) => good.into_iter().map(|g| (g.via, g.payload)).collect(),
+            Err(e) => return Ok(Some(moat_builder::errors::chain(&e))),
+        }
+    };
+    let want_bytes = want.to_bytes();
+    for (via, got) in attested {
+        if got == want_bytes {
+            continue;
+        }
+        let at = match serde_json::from_slice::<serde_json::Value>(&got) {
+            Ok(v) => provenance::first_difference(&v, &serde_json::to_value(&want)?).unwrap_or_else(|| "/".into()),
+            Err(_) => "the statement is not JSON".into(),
+        };
+        return Ok(Some(format!(
+            "the provenance attested in {via} does not match what the lock gives now (first difference at {at})"
+        )));
+    }
+    Ok(None)
 }
 
 pub fn lint(a: LintArgs, _g: &Global) -> Result<ExitCode> {

@@ -176,3 +176,24 @@ fn open_envelope(
     }
     Ok((key, st, payload))
 }
+
+/// The SLSA provenance statements attested for `image` as they were signed,
+/// without checking who signed them (`moat verify` compares their content
+/// with a rebuild; `attestations` checks the signatures). Returns (where,
+/// statement bytes) for every envelope or bundle of that predicate type.
+pub fn attested_provenance(store: &Store, image: &Digest) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let envs =
+        artifacts::attestations(store, image)?.into_iter().map(|b| (b.what.clone(), Envelope::parse(&b.bytes).ok(), b));
+    let bundles = artifacts::bundles(store, image)?
+        .into_iter()
+        .map(|b| (b.what.clone(), bundle::parse(&b.bytes).ok().map(|(e, _)| e), b));
+    for (what, env, b) in envs.chain(bundles) {
+        if b.predicate_type != PREDICATE_SLSA {
+            continue;
+        }
+        let payload = env.and_then(|e| base64::engine::general_purpose::STANDARD.decode(e.payload).ok());
+        out.push((what, payload.unwrap_or_default()));
+    }
+    Ok(out)
+}
