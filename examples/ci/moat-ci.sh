@@ -2,13 +2,20 @@
 # moat CI recipe, usable from any CI system (see github-actions.yml for one).
 #
 #   moat-ci.sh check                      every change: lint + verify, fail on drift
-#   moat-ci.sh release REGISTRY/PREFIX    release: build, push, and prove that the
-#                                         pushed digest is the one each lock pins
+#   moat-ci.sh release REGISTRY/PREFIX    release: build, sign and attest (when
+#                                         MOAT_SIGNING_KEY is set), push, and prove
+#                                         that the pushed digest is the one each lock pins
+#   moat-ci.sh deploy REF PUB [-- CMD..]  running side: pull REGISTRY/REPO@sha256:...
+#                                         only if signed by PUB, check its provenance,
+#                                         then run it under a policy that requires both
 #
 # Environment: MOAT (default: moat), BLUEPRINTS (default: blueprints/*.toml),
 # TAG (optional alias pushed with the digest, e.g. the release version),
 # MOAT_REGISTRY_USER + MOAT_REGISTRY_PASSWORD (optional: `moat login` first),
-# MOAT_CA_FILE (optional extra CA for the registry).
+# MOAT_CA_FILE (optional extra CA for the registry), MOAT_SIGNING_KEY (a
+# cosign-format private key file; its password in MOAT_KEY_PASSWORD), POLICY
+# (deploy: the policy to extend with [trust]; default: policies/baseline.toml
+# of the checkout).
 set -euo pipefail
 
 MOAT=${MOAT:-moat}
@@ -45,6 +52,11 @@ release() {
     built=$("$MOAT" -q build "$bp")             # NAME@sha256:...
     name=${built%@*}
     [ "${built#*@}" = "$want" ] || { echo "moat-ci: $bp built ${built#*@}, lock says $want" >&2; exit 1; }
+    if [ -n "${MOAT_SIGNING_KEY:-}" ]; then
+      # Signature and provenance (SLSA v1 from the lock) + SBOM; push sends them along.
+      "$MOAT" -q sign "$built" --key "$MOAT_SIGNING_KEY" --identity "$prefix/$name" >/dev/null
+      "$MOAT" -q attest "$built" --key "$MOAT_SIGNING_KEY" --blueprint "$bp" >/dev/null
+    fi
     pushed=$("$MOAT" -q push "$built" "$prefix/$name${TAG:+:$TAG}" "${net[@]}")   # REGISTRY/REPO@sha256:...
     if [ "${pushed##*@}" != "$want" ]; then
       echo "moat-ci: pushed ${pushed##*@} but $lock pins $want" >&2; exit 1
@@ -58,8 +70,32 @@ release() {
   done
 }
 
+deploy() {
+  local ref=${1:?usage: moat-ci.sh deploy REGISTRY/REPO@sha256:... PUB [-- CMD...]}
+  local pub=${2:?usage: moat-ci.sh deploy REGISTRY/REPO@sha256:... PUB [-- CMD...]}
+  shift 2
+  [ "${1:-}" = "--" ] && shift
+  local net=()
+  [ -n "${MOAT_CA_FILE:-}" ] && net+=(--ca-file "$MOAT_CA_FILE")
+  # Nothing is pulled unless the digest carries a signature by PUB.
+  local pulled
+  pulled=$("$MOAT" -q pull "$ref" --verify-key "$pub" "${net[@]}")   # NAME@sha256:...
+  "$MOAT" verify-signature "$pulled" --key "$pub"
+  "$MOAT" verify-attestation "$pulled" --key "$pub" --type slsaprovenance >/dev/null
+  # The policy the sandbox runs under requires both again at every start.
+  local dir policy
+  dir=$(mktemp -d)
+  trap 'rm -rf "$dir"' RETURN
+  policy="$dir/policy.toml"
+  cat "${POLICY:-policies/baseline.toml}" >"$policy"
+  cp "$pub" "$dir/release.pub"
+  printf '\n[trust]\nkeys = ["release.pub"]\nrequire_signature = true\nrequire_provenance = true\n' >>"$policy"
+  "$MOAT" run --rm --policy "$policy" "$pulled" -- "$@"
+}
+
 case "${1:-}" in
   check) check ;;
   release) shift; release "$@" ;;
-  *) echo "usage: moat-ci.sh check | release REGISTRY/PREFIX" >&2; exit 2 ;;
+  deploy) shift; deploy "$@" ;;
+  *) echo "usage: moat-ci.sh check | release REGISTRY/PREFIX | deploy REF PUB [-- CMD...]" >&2; exit 2 ;;
 esac
