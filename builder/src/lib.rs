@@ -23,6 +23,7 @@ pub mod lock;
 pub(crate) mod malloc;
 pub mod oci;
 pub mod registry;
+pub mod sign;
 pub mod store;
 pub(crate) mod strip;
 mod sys;
