@@ -7,7 +7,8 @@ pkgs=(skopeo umoci oci-image-tool docker-registry apache2-utils runc crun
       gpg gpg-agent debian-archive-keyring mmdebstrap
       restic tinyproxy nginx-light qemu-user
       gcc libc6-dev   # gcc: tests/attack_identity.rs builds the injected library
-      e2fsprogs)      # mkfs.ext4: each workspace is an ext4 image (tests/attack_disk.rs)
+      e2fsprogs       # mkfs.ext4: each workspace is an ext4 image (tests/attack_disk.rs)
+      openssl)        # the oracle for signing keys (builder/src/sign/keys_tests.rs, tests/key_cli.rs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
