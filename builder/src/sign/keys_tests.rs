@@ -269,6 +269,11 @@ fn truncated_and_mistyped_pem_are_refused() {
     // A public key PEM whose body is not a SubjectPublicKeyInfo.
     let not_spki = "-----BEGIN PUBLIC KEY-----\nAAECAwQ=\n-----END PUBLIC KEY-----\n";
     assert!(matches!(load_public(not_spki.as_bytes()), Err(KeyError::Spki)));
+    // A P-256 SubjectPublicKeyInfo whose point is not on the curve.
+    let (_, mut der) = pem_block(public.as_bytes()).unwrap();
+    *der.last_mut().unwrap() ^= 1;
+    let off_curve = p256::pkcs8::der::pem::encode_string(PUBLIC_LABEL, p256::pkcs8::LineEnding::LF, &der).unwrap();
+    assert!(matches!(load_public(off_curve.as_bytes()), Err(KeyError::Spki)));
 }
 
 #[test]
