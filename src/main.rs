@@ -21,6 +21,7 @@ mod credentials_cmds;
 mod debian_cmds;
 mod image_cmds;
 mod inference_cmds;
+mod key_cmds;
 mod policy_cmds;
 mod registry_cmds;
 mod sandbox_cmds;
@@ -127,6 +128,8 @@ enum Cmd {
     Credentials(credentials_cmds::CredentialsArgs),
     /// Route a sandbox's inference.local to a provider; show it and its token usage.
     Inference(inference_cmds::InferenceArgs),
+    /// Make signing keys (cosign's formats).
+    Key(key_cmds::KeyArgs),
     /// Internal: a detached sandbox's supervisor.
     #[command(name = "__supervise", hide = true)]
     Supervise(sandbox_cmds::InternalArgs),
@@ -189,6 +192,9 @@ fn dispatch(cmd: Cmd, g: &Global) -> Result<ExitCode> {
         Cmd::Events(a) => policy_cmds::events(a),
         Cmd::Credentials(a) => credentials_cmds::credentials(a),
         Cmd::Inference(a) => inference_cmds::inference(a),
+        Cmd::Key(a) => match a.cmd {
+            key_cmds::KeyCmd::Generate(g) => key_cmds::generate(g),
+        },
         Cmd::Supervise(a) => sandbox_cmds::supervise_internal(a),
     }
 }

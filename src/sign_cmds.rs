@@ -11,7 +11,6 @@ use moat_builder::home::{project_root, store_dir};
 use moat_builder::lock::Lock;
 use moat_builder::sign::{check, image, keys};
 use moat_builder::{registry, textfile, Store};
-use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -70,23 +69,9 @@ pub struct VerifyAttestationArgs {
     pub net: NetArgs,
 }
 
-/// The private key's password: MOAT_KEY_PASSWORD, else one line of stdin.
-pub fn password(g: &Global) -> Result<Vec<u8>> {
-    if let Some(p) = std::env::var_os("MOAT_KEY_PASSWORD") {
-        return Ok(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec());
-    }
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() && !g.quiet {
-        say!("password for the key (read from stdin; or set MOAT_KEY_PASSWORD):");
-    }
-    let mut line = String::new();
-    stdin.lock().read_line(&mut line).context("reading the key's password from stdin")?;
-    Ok(line.trim_end_matches(['\n', '\r']).as_bytes().to_vec())
-}
-
-fn private_key(path: &Path, g: &Global) -> Result<keys::SigningKey> {
+fn private_key(path: &Path) -> Result<keys::SigningKey> {
     let pem = keys::read_key_file(path)?;
-    let pass = password(g)?;
+    let pass = crate::key_cmds::password(false)?;
     keys::load_private(&pem, &pass).with_context(|| format!("reading the private key {}", path.display()))
 }
 
@@ -108,7 +93,7 @@ fn open_store(g: &Global) -> Result<Store> {
 
 pub fn sign(a: SignArgs, g: &Global) -> Result<ExitCode> {
     let store = open_store(g)?;
-    let key = private_key(&a.key, g)?;
+    let key = private_key(&a.key)?;
     let s =
         image::sign(&store, &a.image, &key, a.identity.as_deref()).with_context(|| format!("signing {}", a.image))?;
     if a.json {
@@ -135,7 +120,7 @@ pub fn attest(a: AttestArgs, g: &Global) -> Result<ExitCode> {
     let lock_bytes = textfile::read(&lock_path, textfile::MAX_TEXT)
         .with_context(|| format!("reading {}", lock_path.display()))?
         .into_bytes();
-    let key = private_key(&a.key, g)?;
+    let key = private_key(&a.key)?;
     let rel = blueprint_path(&bp);
     let out = image::attest(&store, &a.image, &key, &lock, &lock_bytes, &rel)
         .with_context(|| format!("attesting {}", a.image))?;
