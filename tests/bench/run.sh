@@ -73,6 +73,32 @@ if command -v crun >/dev/null; then
   crun_ms=$(median_ms "$work/crun.json")
 fi
 
+# The [trust] check (issue 23): the same start under a policy that requires a
+# signature by a trusted key, cached by digest (every start after the first)
+# and uncached (the cache removed before each run), in one hyperfine
+# invocation with the plain start so load hits all three alike. The peer is
+# openssl verifying the same classic signature (process start included).
+MOAT_KEY_PASSWORD=bench "$moat" key generate --out "$work/keys" >/dev/null
+MOAT_KEY_PASSWORD=bench "$moat" -q sign bench --key "$work/keys/cosign.key" >/dev/null
+{ cat policies/baseline.toml; printf '\n[trust]\nkeys = ["keys/cosign.pub"]\nrequire_signature = true\n'; } >"$work/trust.toml"
+"$moat" run --rm --policy "$work/trust.toml" bench -- /bin/true
+hyperfine -N --warmup 3 --runs "$runs" --export-json "$work/trust.json" \
+  "$moat run --rm bench -- /bin/true" \
+  "$moat run --rm --policy $work/trust.toml bench -- /bin/true" >/dev/null 2>&1
+hyperfine -N --warmup 3 --runs "$runs" --export-json "$work/trust-cold.json" \
+  --prepare "rm -rf $MOAT_HOME/cache/trust" \
+  "$moat run --rm --policy $work/trust.toml bench -- /bin/true" >/dev/null 2>&1
+sigdir="$MOAT_STORE/blobs/sha256"
+sigman=$(jq -r --arg n "sha256-$(jq -r '.manifests[] | select(.annotations["org.opencontainers.image.ref.name"]=="bench") | .digest' "$MOAT_STORE/index.json" | cut -d: -f2).sig" \
+  '.manifests[] | select(.annotations["org.opencontainers.image.ref.name"]==$n) | .digest' "$MOAT_STORE/index.json" | cut -d: -f2)
+layer=$(jq -r '.layers[0].digest' "$sigdir/$sigman" | cut -d: -f2)
+jq -r '.layers[0].annotations["dev.cosignproject.cosign/signature"]' "$sigdir/$sigman" | base64 -d >"$work/sig.der"
+hyperfine -N --warmup 3 --runs "$runs" --export-json "$work/openssl.json" \
+  "openssl dgst -sha256 -verify $work/keys/cosign.pub -signature $work/sig.der $sigdir/$layer" >/dev/null 2>&1
+plain_ms=$(jq -r '.results[0].median * 1000 | . * 100 | round / 100' "$work/trust.json")
+trust_ms=$(jq -r '.results[1].median * 1000 | . * 100 | round / 100' "$work/trust.json")
+cold_trust_ms=$(median_ms "$work/trust-cold.json"); openssl_ms=$(median_ms "$work/openssl.json")
+
 # Cold layer cache: a ~200 MB image (incompressible padding), first run.
 "$testimage" "$MOAT_STORE" big "$probe" /bin/busybox 200 >/dev/null
 big_size=$(du -sm "$MOAT_STORE" | cut -f1)
@@ -94,5 +120,6 @@ echo "  moat run --rm        $moat_ms"
 echo "  runc run             $runc_ms   (moat is $(ratio "$moat_ms" "$runc_ms")x faster)"
 echo "  crun run             $crun_ms   (moat is $(ratio "$moat_ms" "$crun_ms")x faster)$crun_note"
 echo "  libcontainer alone   $floor_ms   (the library under moat, same bundle: moat adds $(awk -v a="$moat_ms" -v b="$floor_ms" 'BEGIN { printf "%.2f", a - b }') ms)"
+echo "[trust] require_signature, median of $runs (ms): plain $plain_ms, cached check $trust_ms (+$(awk -v a="$trust_ms" -v b="$plain_ms" 'BEGIN { printf "%.2f", a - b }')), uncached $cold_trust_ms; openssl dgst -verify of the same signature: $openssl_ms"
 echo "cold layer cache, first run of a ${big_size} MB store image: ${cold_s} s (warm: ${warm_big} s)"
 echo "idle supervisor RSS: ${sup_kb} KiB, launcher RSS: ${launcher_kb} KiB"
