@@ -390,6 +390,11 @@ fn run_enforces_the_trust_policy() {
     let (ok, out, err) = run_in(&w, &sig_policy, &w.image);
     assert!(ok && out.contains("ran"), "the signed probe did not run:\nstdout: {out}\nstderr: {err}");
     st.set_ref(&tag_att(&probe.digest), ref_of(&st, &tag_att(&img.digest)).expect("an attestation image")).unwrap();
+    refused(
+        run_in(&w, &prov_policy, &w.image),
+        "provenance (.att) of another image",
+        &["provenance", "about", "subject"],
+    );
     let mut idx = json_blob(&st, &ref_of(&st, &tag_referrers(&probe.digest)).unwrap().digest);
     for e in json_blob(&st, &ref_of(&st, &tag_referrers(&img.digest)).unwrap().digest)["manifests"].as_array().unwrap()
     {
@@ -400,6 +405,6 @@ fn run_enforces_the_trust_policy() {
         }
     }
     put_named(&st, &tag_referrers(&probe.digest), moat_builder::oci::MEDIA_INDEX, &idx);
-    refused(run_in(&w, &prov_policy, &w.image), "provenance of another image", &["provenance", "subject"]);
+    refused(run_in(&w, &prov_policy, &w.image), "provenance (referrers) of another image", &["provenance", "subject"]);
     assert_eq!(w.ok(&["ls", "--json"]).trim(), "[]", "refused runs leave no record");
 }

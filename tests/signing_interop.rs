@@ -313,3 +313,27 @@ fn moat_verifies_signatures_others_made() {
     put_referrer_bundle(&st, &c, &sigstore_sign(false, &key, &stmt));
     moat_ok(&home, &store, &["verify-signature", "by-hand", "--key", s(&public)]);
 }
+
+/// A cosign key file made by another implementation, under both PEM headers
+/// cosign has written ("ENCRYPTED SIGSTORE PRIVATE KEY", and cosign 1.x's
+/// "ENCRYPTED COSIGN PRIVATE KEY"), signs with moat; openssl verifies the
+/// result with the public key openssl derived.
+#[test]
+fn moat_signs_with_cosign_key_files_made_elsewhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let (_, public, sigstore_key) = cosign_keypair(&tmp.path().join("keys"), "k");
+    let legacy = tmp.path().join("keys/legacy.key");
+    std::fs::write(&legacy, std::fs::read_to_string(&sigstore_key).unwrap().replace("SIGSTORE", "COSIGN")).unwrap();
+    for (i, key) in [&sigstore_key, &legacy].into_iter().enumerate() {
+        let store = tmp.path().join(format!("store{i}"));
+        let st = Store::open(&store).unwrap();
+        let img = reg::make_image(&st, "demo", 40, 8 << 10, true);
+        moat_ok(&home, &store, &["sign", "demo", "--key", s(key)]);
+        let m = json_blob(&st, &ref_of(&st, &tag_sig(&img.digest)).expect("no .sig written").digest);
+        let layer = &m["layers"][0];
+        let payload = st.read_blob(&digest_of(layer)).unwrap();
+        let sig = unb64(layer["annotations"][ANN_SIGNATURE].as_str().unwrap());
+        openssl_verify(&public, &sig, &payload).unwrap_or_else(|e| panic!("{}: {e}", key.display()));
+    }
+}
