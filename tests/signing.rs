@@ -408,3 +408,33 @@ fn run_enforces_the_trust_policy() {
     refused(run_in(&w, &prov_policy, &w.image), "provenance (referrers) of another image", &["provenance", "subject"]);
     assert_eq!(w.ok(&["ls", "--json"]).trim(), "[]", "refused runs leave no record");
 }
+
+/// Anyone who can push to an image's referrers tag can add a referrer about
+/// another image (or one without the predicate annotation): the image's real
+/// signature must still verify, and the stray one must not count.
+#[test]
+fn a_stray_referrer_does_not_hide_a_valid_signature() {
+    let t = signed();
+    let st = &t.st;
+    let d = &t.img.digest;
+    // The signature bundle of `demo`, attached to `other`, then its referrer
+    // entry copied into demo's referrers index.
+    let bundle = {
+        let r = referrers(st, d);
+        let layer = &r[0]["layers"][0];
+        st.read_blob(&digest_of(layer)).unwrap()
+    };
+    put_referrer_bundle(st, &t.other, &bundle);
+    let stray = json_blob(st, &ref_of(st, &tag_referrers(&t.other.digest)).unwrap().digest)["manifests"][0].clone();
+    let name = tag_referrers(d);
+    let mut idx = json_blob(st, &ref_of(st, &name).unwrap().digest);
+    idx["manifests"].as_array_mut().unwrap().insert(0, stray);
+    put_named(st, &name, moat_builder::oci::MEDIA_INDEX, &idx);
+    // The classic signature is gone: only the bundle can hold now.
+    st.remove_ref(&tag_sig(d)).unwrap();
+    let out = moat_ok(&t.home, &t.store, &["verify-signature", "demo", "--key", s(&t.public)]);
+    assert!(out.contains("referrer"), "verified through the bundle: {out}");
+    // And on `other`, the copied bundle (a statement about demo) is refused.
+    let err = moat_refused(&t.home, &t.store, &["verify-signature", "other", "--key", s(&t.public)]);
+    assert!(err.contains(&d.hex()[..12]) || err.contains("not this image"), "{err}");
+}

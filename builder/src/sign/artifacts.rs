@@ -266,14 +266,15 @@ pub fn attestations(store: &Store, subject: &Digest) -> Result<Vec<Blob>> {
     Ok(out)
 }
 
-/// The Sigstore bundles that refer to `subject`, from its referrers index.
-pub fn bundles(store: &Store, subject: &Digest) -> Result<Vec<Blob>> {
+/// The Sigstore bundles that refer to `subject`, from its referrers index,
+/// and a note for each referrer there that names another subject (skipped).
+pub fn bundles(store: &Store, subject: &Digest) -> Result<(Vec<Blob>, Vec<String>)> {
     let name = referrers_tag(subject);
-    let Some(d) = entry(store, &name)? else { return Ok(Vec::new()) };
+    let Some(d) = entry(store, &name)? else { return Ok((Vec::new(), Vec::new())) };
     let raw = read_bounded(store, &d.digest, &name, MAX_MANIFEST)?;
     let index: Index = serde_json::from_slice(&raw)
         .map_err(|e| ArtifactError::Malformed { what: name.clone(), msg: e.to_string() })?;
-    let mut out = Vec::new();
+    let (mut out, mut foreign) = (Vec::new(), Vec::new());
     for r in index.manifests {
         let what = format!("referrer {}", r.digest);
         let raw = read_bounded(store, &r.digest, &what, MAX_MANIFEST)?;
@@ -283,7 +284,11 @@ pub fn bundles(store: &Store, subject: &Digest) -> Result<Vec<Blob>> {
             continue;
         }
         if v.pointer("/subject/digest").and_then(|t| t.as_str()) != Some(&subject.to_string()) {
-            return Err(ArtifactError::Malformed { what, msg: format!("its subject is not {subject}") });
+            // Anyone who can push to the tag can add a stray referrer: it
+            // must not make the image's real signatures unreadable.
+            let other = v.pointer("/subject/digest").and_then(|t| t.as_str()).unwrap_or("none");
+            foreign.push(format!("{what}: its subject is {other}, not this image (ignored)"));
+            continue;
         }
         let m: Manifest = serde_json::from_value(v.clone())
             .map_err(|e| ArtifactError::Malformed { what: what.clone(), msg: e.to_string() })?;
@@ -293,5 +298,5 @@ pub fn bundles(store: &Store, subject: &Digest) -> Result<Vec<Blob>> {
             out.push(Blob { what: what.clone(), predicate_type: predicate_type.clone(), bytes });
         }
     }
-    Ok(out)
+    Ok((out, foreign))
 }

@@ -70,12 +70,17 @@ pub fn predicate_type(name: &str) -> Result<String> {
 /// holds is returned. Classic signatures are tried first, then bundles.
 pub fn signature(store: &Store, image: &Digest, keys: &[VerifyingKey]) -> Result<GoodSignature> {
     let classic = artifacts::signatures(store, image)?;
-    let bundles: Vec<Blob> =
-        artifacts::bundles(store, image)?.into_iter().filter(|b| b.predicate_type == PREDICATE_COSIGN_SIGN).collect();
-    if classic.is_empty() && bundles.is_empty() {
+    // The referrer's annotation is unsigned: it only sorts; the signed
+    // statement's type decides (a bundle without the annotation is tried).
+    let (bundles, foreign) = artifacts::bundles(store, image)?;
+    let bundles: Vec<Blob> = bundles
+        .into_iter()
+        .filter(|b| b.predicate_type.is_empty() || b.predicate_type == PREDICATE_COSIGN_SIGN)
+        .collect();
+    if classic.is_empty() && bundles.is_empty() && foreign.is_empty() {
         return Err(CheckError::Unsigned { image: image.clone(), sig: artifacts::sig_tag(image) });
     }
-    let mut reasons = Vec::new();
+    let mut reasons = foreign;
     for s in &classic {
         let via = format!("{} layer {}", artifacts::sig_tag(image), s.layer);
         let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(s.signature.trim()) else {
@@ -95,7 +100,7 @@ pub fn signature(store: &Store, image: &Digest, keys: &[VerifyingKey]) -> Result
         }
     }
     for b in &bundles {
-        match open_bundle(b, image, PREDICATE_COSIGN_SIGN, keys) {
+        match open_bundle(b, image, &|t: &str| t == PREDICATE_COSIGN_SIGN, keys) {
             Ok((key, _, _)) => return Ok(GoodSignature { via: b.what.clone(), key, identity: String::new() }),
             Err(r) => reasons.push(r),
         }
@@ -115,19 +120,22 @@ pub fn attestations(
     let wanted = |t: &str| t != PREDICATE_COSIGN_SIGN && predicate_type.is_none_or(|p| p == t);
     let mut candidates: Vec<(Blob, bool)> = Vec::new();
     candidates.extend(artifacts::attestations(store, image)?.into_iter().map(|b| (b, false)));
-    candidates.extend(artifacts::bundles(store, image)?.into_iter().map(|b| (b, true)));
-    candidates.retain(|(b, _)| wanted(&b.predicate_type));
-    if candidates.is_empty() {
+    let (bundles, foreign) = artifacts::bundles(store, image)?;
+    candidates.extend(bundles.into_iter().map(|b| (b, true)));
+    // Annotations are unsigned: they only pre-sort (an unannotated one is
+    // tried); the signed statement's own type is what is checked.
+    candidates.retain(|(b, _)| b.predicate_type.is_empty() || wanted(&b.predicate_type));
+    if candidates.is_empty() && foreign.is_empty() {
         return Err(CheckError::NoAttestation { image: image.clone(), kind });
     }
-    let (mut good, mut reasons) = (Vec::new(), Vec::new());
+    let (mut good, mut reasons) = (Vec::new(), foreign);
     for (b, is_bundle) in &candidates {
         let opened = if *is_bundle {
-            open_bundle(b, image, &b.predicate_type, keys)
+            open_bundle(b, image, &wanted, keys)
         } else {
             Envelope::parse(&b.bytes)
                 .map_err(|e| format!("{}: {e}", b.what))
-                .and_then(|env| open_envelope(&env, &b.what, image, &b.predicate_type, keys))
+                .and_then(|env| open_envelope(&env, &b.what, image, &wanted, keys))
         };
         match opened {
             Ok((key, statement, payload)) => {
@@ -145,7 +153,7 @@ pub fn attestations(
 fn open_bundle(
     b: &Blob,
     image: &Digest,
-    want: &str,
+    want: &dyn Fn(&str) -> bool,
     keys: &[VerifyingKey],
 ) -> std::result::Result<(usize, Statement, Vec<u8>), String> {
     let (env, _hint) = bundle::parse(&b.bytes).map_err(|e| format!("{}: {e}", b.what))?;
@@ -158,13 +166,13 @@ fn open_envelope(
     env: &Envelope,
     what: &str,
     image: &Digest,
-    want: &str,
+    want: &dyn Fn(&str) -> bool,
     keys: &[VerifyingKey],
 ) -> std::result::Result<(usize, Statement, Vec<u8>), String> {
     let (payload, key) = env.open(keys).map_err(|e| format!("{what}: {e}"))?;
     let st = Statement::parse(&payload).map_err(|e| format!("{what}: {e}"))?;
-    if st.predicate_type != want {
-        return Err(format!("{what}: the signed statement is a {}, not a {want}", st.predicate_type));
+    if !want(&st.predicate_type) {
+        return Err(format!("{what}: the signed statement is a {}, not the type asked for", st.predicate_type));
     }
     if !st.names(image) {
         let named: Vec<String> = st
@@ -186,6 +194,7 @@ pub fn attested_provenance(store: &Store, image: &Digest) -> Result<Vec<(String,
     let envs =
         artifacts::attestations(store, image)?.into_iter().map(|b| (b.what.clone(), Envelope::parse(&b.bytes).ok(), b));
     let bundles = artifacts::bundles(store, image)?
+        .0
         .into_iter()
         .map(|b| (b.what.clone(), bundle::parse(&b.bytes).ok().map(|(e, _)| e), b));
     for (what, env, b) in envs.chain(bundles) {
