@@ -14,6 +14,10 @@
 # to leave moat's own workspace out); BEFORE_ARGS / AFTER_ARGS, for one side
 # only (default RUN_ARGS): `BEFORE_ARGS="--workspace /tmp/ws"
 # startup_ab.sh M M` is what the workspace image costs binary M.
+# TRUST=1: AFTER's image is signed (by AFTER, a key made for the run) and
+# the sides run under the baseline policy file without / with a [trust]
+# section requiring that signature: `TRUST=1 startup_ab.sh M M` is what the
+# signature check (cached by digest after the first start) costs binary M.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 before=$(realpath "$1"); after=$(realpath "$2"); rounds=${3:-10}; runs=${4:-10}
@@ -31,6 +35,13 @@ trap 'rm -rf "$work"' EXIT
 export MOAT_HOME=$work/home MOAT_STORE=$work/store MOAT_RUN_DIR=$work/run
 "$tgt/release/moat-testimage" "$MOAT_STORE" bench "$tgt/probe-static/$triple/release/moat-probe" /bin/busybox >/dev/null
 bargs=${BEFORE_ARGS:-${RUN_ARGS:-}}; aargs=${AFTER_ARGS:-${RUN_ARGS:-}}
+if [ "${TRUST:-}" = 1 ]; then
+  MOAT_KEY_PASSWORD=ab "$after" key generate --out "$work/keys" >/dev/null
+  MOAT_KEY_PASSWORD=ab "$after" -q sign bench --key "$work/keys/cosign.key" >/dev/null
+  cp policies/baseline.toml "$work/base.toml"
+  { cat policies/baseline.toml; printf '\n[trust]\nkeys = ["keys/cosign.pub"]\nrequire_signature = true\n'; } >"$work/trust.toml"
+  bargs="$bargs --policy $work/base.toml"; aargs="$aargs --policy $work/trust.toml"
+fi
 "$before" run --rm $bargs bench -- /bin/true; "$after" run --rm $aargs bench -- /bin/true # warm the layer cache
 
 for r in $(seq 1 "$rounds"); do
