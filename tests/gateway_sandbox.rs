@@ -137,6 +137,49 @@ fn operator_approves_a_refused_destination_and_changes_policy_live() {
     assert!(!world().home.path().join("home/sandboxes/ops/network").exists(), "revisions go with the sandbox");
 }
 
+/// A refused client can tell why: the status line's reason phrase and an
+/// `X-Moat-Denied` header name the binary, the destination and the approval
+/// id (python's urllib prints the reason of a failed tunnel; curl -v shows
+/// both), and a foreground `moat run` tells its terminal once per new
+/// pending approval, with the exact command that allows it. A host name the
+/// agent chose cannot put control characters on the operator's terminal.
+#[test]
+fn refusals_name_binary_destination_and_approval_and_reach_the_terminal() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let p = policy("empty-refusals", "");
+    let script = r#"
+curl -sS -v -o /dev/null https://unlisted.test/x 2>&1 | grep -i -E '^< (HTTP|X-Moat-Denied)' | tr -d '\r' | sed 's/^< /curl: /'
+curl -sS -o /dev/null https://unlisted.test/again 2>/dev/null
+python3 -c "
+import urllib.request as u
+try: u.urlopen('https://py-unlisted.test/y')
+except Exception as x: print('py=' + str(x))"
+python3 -c "
+import socket
+s = socket.create_connection(('127.0.0.1', 3128))
+s.sendall(b'CONNECT evil\x1b[2J.test:443 HTTP/1.1\r\nHost: x\r\n\r\n')
+print('esc=' + s.recv(300).split(b'\r\n')[0].decode('latin-1'))"
+"#;
+    let o = moat(&["run", "--rm", "--policy", p.to_str().unwrap(), "agent", "--", "sh", "-c", script]);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let line = |prefix: &str| out.lines().find(|l| l.starts_with(prefix)).unwrap_or_default().to_string();
+    let status = line("curl: HTTP/1.1 403 ");
+    assert!(status.contains("moat denied /usr/bin/curl -> unlisted.test:443 (approval "), "{out}\n{err}");
+    let id = status.rsplit("(approval ").next().unwrap().trim_end_matches(')').to_string();
+    assert!(
+        line("curl: x-moat-denied:").to_lowercase().contains(&id) || line("curl: X-Moat-Denied:").contains(&id),
+        "{out}"
+    );
+    let py = line("py=");
+    assert!(py.contains("moat denied /usr/bin/python3") && py.contains("py-unlisted.test:443 (approval "), "{out}");
+    // The terminal: one line per new approval (curl's second refusal adds none), with the command.
+    let told: Vec<&str> = err.lines().filter(|l| l.contains("moat approve ")).collect();
+    assert_eq!(told.iter().filter(|l| l.contains("unlisted.test:443") && !l.contains("py-")).count(), 1, "{err}");
+    assert!(told.iter().any(|l| l.contains("/usr/bin/curl") && l.contains(&format!(" {id}"))), "{err}");
+    assert!(told.iter().any(|l| l.contains("py-unlisted.test:443")), "{err}");
+    assert!(!err.contains('\x1b') && !out.contains('\x1b'), "an escape reached the terminal: {err:?}");
+}
+
 const SECRET: &str = "sk-proj-SANDBOXNEVERSEES0123456789abcdef";
 
 #[test]

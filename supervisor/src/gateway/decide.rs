@@ -25,11 +25,21 @@ pub(crate) struct Relay {
     pub generation: u64,
 }
 
-/// A refusal: the status and body the client gets.
+/// A refusal: the status and body the client gets, and for policy
+/// refusals a one-line summary (`moat denied BINARY -> HOST:PORT (why)`)
+/// sent as the reason phrase and the `X-Moat-Denied` header, which clients
+/// print where they print no body (python's failed tunnel, `curl -v`).
 #[derive(Debug, Clone)]
 pub(crate) struct Refusal {
     pub status: u16,
     pub body: String,
+    pub summary: Option<String>,
+}
+
+impl Refusal {
+    pub(crate) fn plain(status: u16, body: String) -> Refusal {
+        Refusal { status, body, summary: None }
+    }
 }
 
 /// What the connection knows about its caller (identified once).
@@ -46,9 +56,15 @@ pub(super) async fn destination(
     path: &str,
 ) -> Result<Relay, Refusal> {
     let proc_ = caller.as_ref().ok().map(|c| &c.process);
-    let deny = |rule: &str, reason: String, body: String, status: u16| {
+    let who = proc_.map_or("an unidentified caller", |p| p.exe.as_str());
+    let deny_as = |rule: &str, reason: String, body: String, status: u16, why: &str| {
         shared.events.record(&Event::new(proc_, host, port, method, path, Decision::Deny, rule, &reason));
-        Refusal { status, body }
+        let summary = format!("moat denied {who} -> {host}:{port} ({why})");
+        Refusal { status, body, summary: Some(crate::visible::field(&summary).into_owned()) }
+    };
+    let deny = |rule: &str, reason: String, body: String, status: u16| {
+        let why = if rule.is_empty() { reason.clone() } else { format!("policy {rule}: {reason}") };
+        deny_as(rule, reason, body, status, &why)
     };
     let caller = match caller {
         Ok(c) => c,
@@ -79,7 +95,7 @@ pub(super) async fn destination(
                  approval id: {id} (an operator can allow it with `moat approve {} {id}`)\n",
                 shared.sandbox
             );
-            return Err(deny("", format!("{why}; pending approval {id}"), body, 403));
+            return Err(deny_as("", format!("{why}; pending approval {id}"), body, 403, &format!("approval {id}")));
         }
     };
     if caller.process.anonymous_exec && !cur.compiled.allows_jit(&policy) {
@@ -126,7 +142,7 @@ pub(super) fn request(
     };
     let malformed = |reason: String| {
         record(Decision::Deny, &reason);
-        Err(Refusal { status: 400, body: format!("moat: {reason}\n") })
+        Err(Refusal::plain(400, format!("moat: {reason}\n")))
     };
     if let Some(shape) = path_shape::refusal(path, !relay.endpoint.rules.is_empty()) {
         return malformed(format!(
@@ -165,14 +181,16 @@ pub(super) fn request(
         RequestVerdict::Deny(r) => record(Decision::Deny, r),
     }
     match verdict {
-        RequestVerdict::Deny(r) => Err(Refusal {
-            status: 403,
-            body: format!(
-                "moat: request denied: {method} {} on {host}: {r} (policy {})\n",
-                path_shape::strip_query(path),
-                relay.policy
-            ),
-        }),
+        RequestVerdict::Deny(r) => {
+            let target = path_shape::strip_query(path);
+            let summary =
+                format!("moat denied {} {method} {host}{target} (policy {})", caller.process.exe, relay.policy);
+            Err(Refusal {
+                status: 403,
+                body: format!("moat: request denied: {method} {target} on {host}: {r} (policy {})\n", relay.policy),
+                summary: Some(crate::visible::field(&summary).into_owned()),
+            })
+        }
         _ => Ok(()),
     }
 }

@@ -70,8 +70,17 @@ async fn next_head<C: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// The refusal as a response: a policy refusal's summary is its reason
+/// phrase and its `X-Moat-Denied` field (bounded; escaped when made).
 pub(crate) fn refusal_response(r: &Refusal) -> Vec<u8> {
-    http1::simple_response(r.status, http1::reason(r.status), &r.body, true)
+    const TEXT: &str = "text/plain; charset=utf-8";
+    match &r.summary {
+        Some(s) => {
+            let s: String = s.chars().take(300).collect();
+            http1::response_with(r.status, &s, &[("X-Moat-Denied", &s)], TEXT, &r.body, true)
+        }
+        None => http1::simple_response(r.status, http1::reason(r.status), &r.body, true),
+    }
 }
 
 /// `http://host[:port]/path` -> (host, port, origin-form path).
@@ -311,10 +320,10 @@ pub(crate) async fn tunnel(shared: &Arc<Shared>, client: BufReader<TcpStream>, c
             }
         };
         let refusal = if !head.target.starts_with('/') {
-            Some(Refusal { status: 400, body: "moat: requests in a tunnel use origin-form targets\n".into() })
+            Some(Refusal::plain(400, "moat: requests in a tunnel use origin-form targets\n".into()))
         } else if !host_header_matches(&head, &host, port) {
             deny_event("Host header does not name the tunnel's host");
-            Some(Refusal { status: 421, body: format!("moat: Host header must be {host} in a tunnel to {host}\n") })
+            Some(Refusal::plain(421, format!("moat: Host header must be {host} in a tunnel to {host}\n")))
         } else {
             decide::request(shared, caller, &relay, &host, port, &head, &head.target).err()
         };

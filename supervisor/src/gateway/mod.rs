@@ -16,6 +16,7 @@ pub mod identity;
 pub mod inference;
 pub(crate) mod inspect;
 pub mod integrity;
+pub mod operator;
 mod own_addrs;
 pub(crate) mod path_shape;
 pub(crate) mod process;
@@ -134,6 +135,9 @@ pub struct Shared {
     change: Mutex<()>,
     pub limits: Limits,
     pub inference: Arc<crate::gateway::inference::Inference>,
+    /// The operator's terminal (a foreground `moat run`'s stderr): told of
+    /// each new pending approval, at a bounded rate.
+    operator: operator::Terminal,
 }
 
 impl Shared {
@@ -188,7 +192,12 @@ impl Shared {
             .map(|a| revisions::Ancestor { binary: a.exe.clone(), hash: a.sha256.clone() })
             .collect();
         let p = &caller.process;
-        self.approvals.lock().unwrap_or_else(|p| p.into_inner()).request(&p.exe, &p.sha256, &chain, host, port)
+        let (id, new) =
+            self.approvals.lock().unwrap_or_else(|p| p.into_inner()).request(&p.exe, &p.sha256, &chain, host, port);
+        if new {
+            self.operator.tell_new_approval(&self.sandbox, &p.exe, host, port, &id);
+        }
+        id
     }
 
     /// Approves a pending entry: a new revision allowing exactly it.
@@ -246,6 +255,7 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, 
         change: Mutex::new(()),
         limits: config.limits,
         inference: config.inference,
+        operator: operator::Terminal::default(),
     });
     raise_nofile();
     // A deeper accept queue than std's 128: a burst of connections from the

@@ -135,14 +135,23 @@ pub const MAX_PENDING: usize = 64;
 impl Approvals {
     /// Records a refusal; returns the approval id (the same for a repeat of
     /// the same binary, with the same hash, to the same destination).
-    pub fn request(&mut self, binary: &str, hash: &str, ancestors: &[Ancestor], host: &str, port: u16) -> String {
+    /// Records a refused destination; returns its id and whether it is new
+    /// (not a repeat of a pending one).
+    pub fn request(
+        &mut self,
+        binary: &str,
+        hash: &str,
+        ancestors: &[Ancestor],
+        host: &str,
+        port: u16,
+    ) -> (String, bool) {
         let now = super::events::now_rfc3339();
         let host = host.to_ascii_lowercase();
         let same = |p: &&mut Pending| p.binary == binary && p.hash == hash && p.host == host && p.port == port;
         if let Some(p) = self.pending.iter_mut().find(same) {
             p.count += 1;
             p.last_seen = now;
-            return p.id.clone();
+            return (p.id.clone(), false);
         }
         self.make_room();
         let digest = Sha256::digest(format!("{binary}\0{hash}\0{host}\0{port}").as_bytes());
@@ -158,7 +167,7 @@ impl Approvals {
             last_seen: now,
             count: 1,
         });
-        id
+        (id, true)
     }
 
     pub fn list(&self) -> Vec<Pending> {
@@ -267,11 +276,12 @@ mod tests {
     fn approvals_dedupe_and_stay_bounded() {
         let h = "a".repeat(64);
         let mut a = Approvals::default();
-        let id = a.request("/usr/bin/curl", &h, &[], "Example.com", 443);
-        assert_eq!(a.request("/usr/bin/curl", &h, &[], "example.com", 443), id);
+        let (id, new) = a.request("/usr/bin/curl", &h, &[], "Example.com", 443);
+        assert!(new);
+        assert_eq!(a.request("/usr/bin/curl", &h, &[], "example.com", 443), (id.clone(), false), "a repeat is not new");
         assert_eq!(a.list().len(), 1);
         assert_eq!(a.list()[0].count, 2);
-        assert_ne!(a.request("/usr/bin/curl", &"b".repeat(64), &[], "example.com", 443), id, "another hash");
+        assert_ne!(a.request("/usr/bin/curl", &"b".repeat(64), &[], "example.com", 443).0, id, "another hash");
         for i in 0..200 {
             a.request("/usr/bin/curl", &h, &[], &format!("h{i}.example"), 443);
         }
@@ -290,7 +300,7 @@ mod tests {
         let mut a = Approvals::default();
         let chain = [Ancestor { binary: "/usr/bin/dash".into(), hash: "e".repeat(64) }];
         let path = "/tmp/\x08\x08/a\\*b/[x]/git";
-        let id = a.request(path, &h, &chain, "up.test", 443);
+        let (id, _) = a.request(path, &h, &chain, "up.test", 443);
         let p = a.take(&id).unwrap();
         assert_eq!(p.ancestors, chain);
         let c = Compiled::new(vec![approval_policy(&p)]).unwrap();

@@ -121,8 +121,26 @@ pub fn simple_response(status: u16, reason: &str, body: &str, close: bool) -> Ve
 
 /// A complete response with a body of `content_type`.
 pub fn typed_response(status: u16, reason: &str, content_type: &str, body: &str, close: bool) -> Vec<u8> {
+    response_with(status, reason, &[], content_type, body, close)
+}
+
+/// A complete response with `extra` header fields (written only if valid,
+/// so nothing can inject a line) before the framing ones.
+pub fn response_with(
+    status: u16,
+    reason: &str,
+    extra: &[(&str, &str)],
+    content_type: &str,
+    body: &str,
+    close: bool,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + body.len());
     push_status_line(&mut out, status, reason);
+    for (name, value) in extra {
+        if valid_field_name(name.as_bytes()) && valid_field_value(value.as_bytes()) {
+            out.extend([name.as_bytes(), b": ", value.as_bytes(), b"\r\n"].concat());
+        }
+    }
     out.extend_from_slice(format!("Content-Type: {content_type}\r\n").as_bytes());
     out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
     if close {

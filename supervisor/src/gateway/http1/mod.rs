@@ -31,8 +31,8 @@ pub use body::BodyDecoder;
 pub use decode::{copy_body, request_framing, response_framing, Framing};
 pub(crate) use decode::{expect_chunk_end, parse_chunk_size, read_crlf_line, read_trailers};
 pub use encode::{
-    is_upgrade, reason, simple_response, strip_hop_by_hop, typed_response, wants_close_request, wants_close_response,
-    write_request_head, write_response_head,
+    is_upgrade, reason, response_with, simple_response, strip_hop_by_hop, typed_response, wants_close_request,
+    wants_close_response, write_request_head, write_response_head,
 };
 pub use head::{read_request_head, read_response_head};
 
