@@ -142,7 +142,7 @@ fn check_provenance(l: &blueprint::Loaded, keys: &[PathBuf], store: Option<&Stor
     let attested: Vec<(String, Vec<u8>)> = if keys.is_empty() {
         check::attested_provenance(store, digest)?
     } else {
-        let keys = crate::sign_cmds::public_keys(keys)?;
+        let keys = crate::key_cmds::public_keys(keys)?;
         match check::attestations(store, digest, &keys, Some(provenance::PREDICATE_SLSA)) {
             Ok(good) => good.into_iter().map(|g| (g.via, g.payload)).collect(),
             Err(e) => return Ok(Some(moat_builder::errors::chain(&e))),

@@ -197,3 +197,15 @@ impl Drop for EchoOff {
         let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &self.saved);
     }
 }
+
+/// Reads trusted public keys.
+pub fn public_keys(paths: &[PathBuf]) -> Result<Vec<moat_builder::sign::keys::VerifyingKey>> {
+    paths
+        .iter()
+        .map(|p| {
+            let pem = moat_builder::sign::keys::read_key_file(p)?;
+            moat_builder::sign::keys::load_public(&pem)
+                .with_context(|| format!("reading the public key {}", p.display()))
+        })
+        .collect()
+}

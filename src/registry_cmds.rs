@@ -128,7 +128,7 @@ pub fn pull(a: PullArgs, g: &Global) -> Result<ExitCode> {
     let mut opts = a.net.options(g);
     opts.name = a.name.clone();
     opts.architecture = a.arch.clone();
-    let keys = crate::sign_cmds::public_keys(&a.verify_key)?;
+    let keys = crate::key_cmds::public_keys(&a.verify_key)?;
     if !keys.is_empty() {
         // Checked before anything is pulled or named: a refused image never
         // replaces the store's image of the same name.

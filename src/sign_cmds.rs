@@ -75,17 +75,6 @@ fn private_key(path: &Path) -> Result<keys::SigningKey> {
     keys::load_private(&pem, &pass).with_context(|| format!("reading the private key {}", path.display()))
 }
 
-/// Reads trusted public keys.
-pub fn public_keys(paths: &[PathBuf]) -> Result<Vec<keys::VerifyingKey>> {
-    paths
-        .iter()
-        .map(|p| {
-            let pem = keys::read_key_file(p)?;
-            keys::load_public(&pem).with_context(|| format!("reading the public key {}", p.display()))
-        })
-        .collect()
-}
-
 fn open_store(g: &Global) -> Result<Store> {
     let dir = store_dir(g.store.as_deref());
     Store::open_existing(&dir).with_context(|| format!("opening the image store {}", dir.display()))
@@ -164,7 +153,7 @@ fn subject(image: &str, net: &NetArgs, g: &Global) -> Result<(Store, Digest, Opt
 }
 
 pub fn verify_signature(a: VerifySignatureArgs, g: &Global) -> Result<ExitCode> {
-    let keys = public_keys(&a.key)?;
+    let keys = crate::key_cmds::public_keys(&a.key)?;
     let (store, digest, _tmp) = subject(&a.image, &a.net, g)?;
     match check::signature(&store, &digest, &keys) {
         Ok(good) => {
@@ -186,7 +175,7 @@ pub fn verify_signature(a: VerifySignatureArgs, g: &Global) -> Result<ExitCode> 
 }
 
 pub fn verify_attestation(a: VerifyAttestationArgs, g: &Global) -> Result<ExitCode> {
-    let keys = public_keys(&a.key)?;
+    let keys = crate::key_cmds::public_keys(&a.key)?;
     let kind = a.kind.as_deref().map(check::predicate_type).transpose()?;
     let (store, digest, _tmp) = subject(&a.image, &a.net, g)?;
     match check::attestations(&store, &digest, &keys, kind.as_deref()) {
