@@ -10,6 +10,7 @@ pub(crate) mod matcher;
 pub mod network;
 pub mod presets;
 pub mod schema;
+pub mod suggest;
 pub mod trust;
 use moat_builder::textfile::{self, TextError};
 use serde::{Deserialize, Serialize};
