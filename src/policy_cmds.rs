@@ -133,7 +133,8 @@ fn set_network(name: &str, network: Network, why: &str) -> Result<ExitCode> {
 pub fn policy(a: PolicyArgs) -> Result<ExitCode> {
     match a.cmd {
         PolicyCmd::Check { file } => {
-            let p = Policy::load(&file)?;
+            let layered = moat_supervisor::policy::extends::load(&file)?;
+            let p = layered.policy;
             let rules = p.network.effective()?;
             println!(
                 "{}: valid (network: {} rule sets, presets: {})",
@@ -141,6 +142,10 @@ pub fn policy(a: PolicyArgs) -> Result<ExitCode> {
                 rules.len(),
                 if p.network.presets.is_empty() { "none".into() } else { p.network.presets.join(", ") }
             );
+            // What the sections it does not name come from.
+            let mut chain: Vec<String> = layered.files.iter().skip(1).map(|f| f.display().to_string()).collect();
+            chain.push("baseline".into());
+            println!("extends: {}", visible::field(&chain.join(" -> ")));
             for w in moat_supervisor::policy::lint::lint(&rules) {
                 println!("warning: {}", visible::lines(&w));
             }
@@ -183,25 +188,26 @@ pub fn policy(a: PolicyArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PolicyCmd::Set { name, file } => {
-            let new = Policy::load(&file)?;
+            let new = moat_supervisor::policy::extends::load(&file)?;
             let paths = Paths::new(&name)?;
             let running: Policy = serde_json::from_slice(
                 &std::fs::read(paths.policy_file()).with_context(|| paths.policy_file().display().to_string())?,
             )?;
-            if new.filesystem != running.filesystem
-                || new.landlock != running.landlock
-                || new.process != running.process
-            {
+            // Only what the files name is compared: a section they leave to
+            // the baseline keeps the running sandbox's value.
+            let fixed = new.fixed_changes(&running);
+            if !fixed.is_empty() {
                 bail!(
-                    "{}: the filesystem, landlock and process sections cannot change on a live sandbox \
-                     (they are enforced by the kernel at creation); recreate the sandbox to change them",
-                    file.display()
+                    "{}: {} cannot change on a live sandbox (filesystem, landlock and process are enforced \
+                     by the kernel from creation, supervisor and trust apply at start); recreate the sandbox \
+                     to change them",
+                    file.display(),
+                    fixed.join(", ")
                 );
             }
-            if new.network.gateway_port != running.network.gateway_port {
-                bail!("{}: network.gateway_port cannot change on a live sandbox", file.display());
-            }
-            set_network(&name, new.network, &format!("moat policy set {}", file.display()))
+            let mut network = new.policy.network;
+            network.gateway_port = running.network.gateway_port;
+            set_network(&name, network, &format!("moat policy set {}", file.display()))
         }
         PolicyCmd::AddPreset { name, preset } => {
             presets::preset(&preset)?;

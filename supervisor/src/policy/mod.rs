@@ -3,6 +3,7 @@
 //! silently weakening the sandbox: unknown keys are rejected, every value is
 //! checked, and errors name file:line:column.
 #![forbid(unsafe_code)]
+pub mod extends;
 pub(crate) mod host_vars;
 pub mod import;
 pub mod lint;
@@ -12,7 +13,7 @@ pub mod presets;
 pub mod schema;
 pub mod suggest;
 pub mod trust;
-use moat_builder::textfile::{self, TextError};
+use moat_builder::textfile;
 use serde::{Deserialize, Serialize};
 use std::path::{Component, Path};
 
@@ -197,32 +198,24 @@ impl Policy {
     /// The embedded baseline policy.
     pub fn baseline() -> Policy {
         // The embedded file is checked by a unit test; failing here is a build defect.
-        Policy::parse(BASELINE_TOML, "policies/baseline.toml").expect("embedded baseline policy is valid")
+        // It is complete by itself: the base every other policy file extends.
+        let policy: Policy =
+            textfile::parse_toml(BASELINE_TOML, "policies/baseline.toml").expect("embedded baseline policy parses");
+        policy.validate().expect("embedded baseline policy is valid");
+        policy
     }
 
-    /// Reads and validates a policy file.
+    /// Reads and validates a policy file over what it extends (the baseline
+    /// unless it says otherwise: `extends`).
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let origin = path.display().to_string();
-        let text = textfile::read(path, textfile::MAX_TEXT).map_err(|e| match e {
-            TextError::Read { source, .. } => PolicyError::Io { path: origin.clone(), source },
-            TextError::TooLarge { max, .. } => {
-                PolicyError::Invalid { origin: origin.clone(), message: format!("larger than {max} bytes; not read") }
-            }
-            TextError::At(at) => placed(at),
-        })?;
-        let mut p = Policy::parse(&text, &origin)?;
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        p.trust.embed_keys(dir).map_err(|message| PolicyError::Invalid { origin: origin.clone(), message })?;
-        p.trust.validate().map_err(|message| PolicyError::Invalid { origin, message })?;
-        Ok(p)
+        extends::load(path).map(|l| l.policy)
     }
 
-    /// Parses and validates policy TOML; `origin` names it in errors. The
-    /// TOML is read by the parse `moat lint` and blueprints use too.
+    /// Parses and validates policy TOML over the baseline; `origin` names it
+    /// in errors. The TOML is read by the parse `moat lint` and blueprints
+    /// use too.
     pub fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
-        let policy: Policy = textfile::parse_toml(text, origin).map_err(placed)?;
-        policy.validate().map_err(|message| PolicyError::Invalid { origin: origin.into(), message })?;
-        Ok(policy)
+        extends::parse(text, origin)
     }
 
     fn validate(&self) -> Result<(), String> {
