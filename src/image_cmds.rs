@@ -137,7 +137,10 @@ fn check_provenance(l: &blueprint::Loaded, keys: &[PathBuf], store: Option<&Stor
     let lock_path = l.lock_path();
     let lock = Lock::read(&lock_path, &l.path)?;
     let lock_bytes = moat_builder::textfile::read(&lock_path, moat_builder::textfile::MAX_TEXT)?.into_bytes();
-    let want = provenance::statement(&lock, &lock_bytes, &crate::sign_cmds::blueprint_path(&l.path));
+    let want = match provenance::statement(&lock, &lock_bytes, &crate::sign_cmds::blueprint_path(&l.path)) {
+        Ok(w) => w,
+        Err(e) => return Ok(Some(format!("{}: {e}", lock_path.display()))),
+    };
     let digest = &lock.image.manifest;
     let attested: Vec<(String, Vec<u8>)> = if keys.is_empty() {
         check::attested_provenance(store, digest)?

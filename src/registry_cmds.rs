@@ -130,14 +130,16 @@ pub fn pull(a: PullArgs, g: &Global) -> Result<ExitCode> {
     opts.architecture = a.arch.clone();
     let keys = crate::key_cmds::public_keys(&a.verify_key)?;
     if !keys.is_empty() {
-        // Checked before anything is pulled or named: a refused image never
-        // replaces the store's image of the same name.
+        // Checked in a scratch store before anything is pulled or named: a
+        // refused pull changes nothing in the store (image or signatures).
         let mut quiet = opts.clone();
         quiet.progress = false;
-        registry::signatures::fetch(&a.reference, &store, &quiet)
+        let scratch_dir = tempfile::tempdir().context("a scratch store for the signatures")?;
+        let scratch = Store::open(scratch_dir.path())?;
+        registry::signatures::fetch(&a.reference, &scratch, &quiet)
             .with_context(|| format!("fetching the signatures of {}", a.reference))?;
         let named = Digest::parse(a.reference.rsplit_once('@').map(|(_, d)| d).unwrap_or_default())?;
-        if let Err(e) = check::signature(&store, &named, &keys) {
+        if let Err(e) = check::signature(&scratch, &named, &keys) {
             say!("moat: pull {}: {} (nothing was pulled)", a.reference, moat_builder::errors::chain(&e));
             return Ok(ExitCode::from(1));
         }

@@ -137,7 +137,12 @@ pub fn blueprint_path(bp: &Path) -> String {
 /// The store to check and the image digest: a store image, or a registry
 /// reference whose signature artifacts are fetched into a temporary store.
 fn subject(image: &str, net: &NetArgs, g: &Global) -> Result<(Store, Digest, Option<tempfile::TempDir>)> {
-    if image.contains('/') && image.contains("@sha256:") {
+    // A registry reference names a host first (a dot, a port or localhost,
+    // as docker tells them apart); anything else is a store name.
+    let remote =
+        image.split_once('/').is_some_and(|(host, _)| host.contains('.') || host.contains(':') || host == "localhost")
+            && image.contains("@sha256:");
+    if remote {
         let tmp = tempfile::tempdir().context("temporary store")?;
         let store = Store::open(tmp.path())?;
         let mut opts = net.options(g);

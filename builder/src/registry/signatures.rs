@@ -17,7 +17,8 @@ use super::reference::parse_reference;
 use super::{RegistryError, Result};
 use crate::digest::Digest;
 use crate::oci::{Descriptor, Index, Manifest, MEDIA_INDEX, MEDIA_MANIFEST};
-use crate::sign::artifacts::{att_tag, referrers_tag, sig_tag};
+use crate::sign::artifacts::{att_tag, referrers_tag, sig_tag, MAX_ENTRIES};
+use crate::sign::bundle::MEDIA_BUNDLE;
 use crate::store::Store;
 use bytes::Bytes;
 use oci_client::errors::{OciDistributionError, OciErrorCode};
@@ -153,23 +154,45 @@ pub fn fetch(reference: &str, store: &Store, opts: &Options) -> Result<Moved> {
         conn.retry("authenticate for pull", || conn.client.auth(&r, &conn.auth, RegistryOperation::Pull)).await?;
         for name in [sig_tag(&subject), att_tag(&subject)] {
             let Some(bytes) = get_tag(&conn, &r, &name).await? else { continue };
-            fetch_blobs(&conn, store, &r, &bytes, &progress).await?;
+            if let Err(e) = fetch_blobs(&conn, store, &r, &bytes, &progress).await {
+                tracing::warn!(artifact = %name, error = %crate::errors::chain(&e), "signature artifact not fetched");
+                continue;
+            }
             let d = store.put_blob(&bytes)?;
             store.set_ref(&name, desc(MEDIA_MANIFEST, d, bytes.len()))?;
             moved.artifacts.push(name);
         }
         let name = referrers_tag(&subject);
         if let Some(bytes) = get_tag(&conn, &r, &name).await? {
-            let idx: Index = serde_json::from_slice(&bytes)
+            let idx: serde_json::Value = serde_json::from_slice(&bytes)
                 .map_err(|e| RegistryError::Unsupported(format!("{name} is not an image index: {e}")))?;
-            for m in &idx.manifests {
-                let (_, child) = fetch_manifest(&conn, &r, &m.digest, "referrer manifest").await?;
-                fetch_blobs(&conn, store, &r, &child, &progress).await?;
-                store.put_blob(&child)?;
+            // Only Sigstore bundles, at most MAX_ENTRIES; one that cannot be
+            // fetched is left out, not fatal (anyone who can push can add one).
+            let mut kept = Vec::new();
+            let entries = idx.get("manifests").and_then(|m| m.as_array()).cloned().unwrap_or_default();
+            for e in entries.into_iter().filter(|e| e["artifactType"] == MEDIA_BUNDLE).take(MAX_ENTRIES) {
+                let Some(d) = e["digest"].as_str().and_then(|d| Digest::parse(d).ok()) else { continue };
+                let got = async {
+                    let (_, child) = fetch_manifest(&conn, &r, &d, "referrer manifest").await?;
+                    fetch_blobs(&conn, store, &r, &child, &progress).await?;
+                    store.put_blob(&child)?;
+                    Ok::<(), RegistryError>(())
+                }
+                .await;
+                match got {
+                    Ok(()) => kept.push(e),
+                    Err(err) => {
+                        tracing::warn!(referrer = %d, error = %crate::errors::chain(&err), "referrer not fetched")
+                    }
+                }
             }
-            let d = store.put_blob(&bytes)?;
-            store.set_ref(&name, desc(MEDIA_INDEX, d, bytes.len()))?;
-            moved.artifacts.push(name);
+            if !kept.is_empty() {
+                let index = serde_json::json!({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": kept});
+                let bytes = crate::cjson::to_vec(&index).map_err(|e| RegistryError::Unsupported(e.to_string()))?;
+                let d = store.put_blob(&bytes)?;
+                store.set_ref(&name, desc(MEDIA_INDEX, d, bytes.len()))?;
+                moved.artifacts.push(name);
+            }
         }
         Ok(moved)
     })
@@ -188,6 +211,12 @@ fn desc(media_type: &str, digest: Digest, size: usize) -> Descriptor {
 async fn fetch_blobs(conn: &Conn, store: &Store, r: &Reference, manifest: &[u8], progress: &Progress) -> Result<()> {
     let m: Manifest = serde_json::from_slice(manifest)
         .map_err(|e| RegistryError::Unsupported(format!("signature manifest is not an image manifest: {e}")))?;
+    if m.layers.len() > MAX_ENTRIES {
+        return Err(RegistryError::Unsupported(format!(
+            "a signature manifest with {} layers (moat reads {MAX_ENTRIES})",
+            m.layers.len()
+        )));
+    }
     for l in std::iter::once(m.config).chain(m.layers) {
         if l.size > crate::sign::bundle::MAX_BUNDLE {
             return Err(RegistryError::Unsupported(format!(

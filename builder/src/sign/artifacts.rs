@@ -234,16 +234,44 @@ pub fn add_bundle(store: &Store, subject: &Descriptor, bundle: &[u8], predicate_
     })
 }
 
+/// Signatures, envelopes or referrers read for one image at most (more are
+/// ignored, with a note): a registry cannot make a check read without end.
+pub const MAX_ENTRIES: usize = 64;
+/// Bytes of signature data read for one image at most, all kinds together.
+pub const MAX_TOTAL: u64 = 64 << 20;
+
+/// Counts what one check reads against [`MAX_TOTAL`].
+struct Budget(u64);
+
+impl Budget {
+    fn read(&mut self, store: &Store, d: &Digest, what: &str, max: u64) -> Result<Vec<u8>> {
+        let bytes = read_bounded(store, d, what, max.min(MAX_TOTAL.saturating_sub(self.0)))?;
+        self.0 += bytes.len() as u64;
+        Ok(bytes)
+    }
+}
+
+/// The layers of a cosign-style image of `media_type`, each digest once, at
+/// most [`MAX_ENTRIES`].
+fn layers_of(m: &Manifest, media_type: &str) -> Vec<(usize, Descriptor)> {
+    let mut seen = std::collections::BTreeSet::new();
+    m.layers
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.media_type == media_type && seen.insert((l.digest.clone(), l.annotations.clone())))
+        .take(MAX_ENTRIES)
+        .map(|(i, l)| (i, l.clone()))
+        .collect()
+}
+
 /// The classic signatures of `subject` in the store.
 pub fn signatures(store: &Store, subject: &Digest) -> Result<Vec<ClassicSignature>> {
     let Some(m) = read_manifest(store, &sig_tag(subject))? else { return Ok(Vec::new()) };
+    let mut budget = Budget(0);
     let mut out = Vec::new();
-    for (i, l) in m.layers.iter().enumerate() {
-        if l.media_type != MEDIA_SIMPLE_SIGNING {
-            continue;
-        }
+    for (i, l) in layers_of(&m, MEDIA_SIMPLE_SIGNING) {
         let what = format!("{} layer {i}", sig_tag(subject));
-        let payload = read_bounded(store, &l.digest, &what, super::payload::MAX_PAYLOAD)?;
+        let payload = budget.read(store, &l.digest, &what, super::payload::MAX_PAYLOAD)?;
         let signature = l.annotations.get(ANNOTATION_SIGNATURE).cloned().unwrap_or_default();
         out.push(ClassicSignature { layer: i, payload, signature });
     }
@@ -253,13 +281,11 @@ pub fn signatures(store: &Store, subject: &Digest) -> Result<Vec<ClassicSignatur
 /// The DSSE envelopes of `subject`'s `.att` image.
 pub fn attestations(store: &Store, subject: &Digest) -> Result<Vec<Blob>> {
     let Some(m) = read_manifest(store, &att_tag(subject))? else { return Ok(Vec::new()) };
+    let mut budget = Budget(0);
     let mut out = Vec::new();
-    for (i, l) in m.layers.iter().enumerate() {
-        if l.media_type != MEDIA_DSSE {
-            continue;
-        }
+    for (i, l) in layers_of(&m, MEDIA_DSSE) {
         let what = format!("{} layer {i}", att_tag(subject));
-        let bytes = read_bounded(store, &l.digest, &what, super::envelope::MAX_ENVELOPE)?;
+        let bytes = budget.read(store, &l.digest, &what, super::envelope::MAX_ENVELOPE)?;
         let predicate_type = l.annotations.get(ANNOTATION_PREDICATE).cloned().unwrap_or_default();
         out.push(Blob { what, predicate_type, bytes });
     }
@@ -267,36 +293,54 @@ pub fn attestations(store: &Store, subject: &Digest) -> Result<Vec<Blob>> {
 }
 
 /// The Sigstore bundles that refer to `subject`, from its referrers index,
-/// and a note for each referrer there that names another subject (skipped).
+/// and a note for each referrer that was not read (another subject,
+/// malformed, missing, over the bounds): one bad referrer, which anyone who
+/// can push to the tag can add, never hides the others.
 pub fn bundles(store: &Store, subject: &Digest) -> Result<(Vec<Blob>, Vec<String>)> {
     let name = referrers_tag(subject);
     let Some(d) = entry(store, &name)? else { return Ok((Vec::new(), Vec::new())) };
     let raw = read_bounded(store, &d.digest, &name, MAX_MANIFEST)?;
     let index: Index = serde_json::from_slice(&raw)
         .map_err(|e| ArtifactError::Malformed { what: name.clone(), msg: e.to_string() })?;
-    let (mut out, mut foreign) = (Vec::new(), Vec::new());
-    for r in index.manifests {
+    let (mut out, mut notes) = (Vec::new(), Vec::new());
+    let mut budget = Budget(0);
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &index.manifests {
+        if !seen.insert(r.digest.clone()) {
+            continue;
+        }
         let what = format!("referrer {}", r.digest);
-        let raw = read_bounded(store, &r.digest, &what, MAX_MANIFEST)?;
-        let v: serde_json::Value = serde_json::from_slice(&raw)
-            .map_err(|e| ArtifactError::Malformed { what: what.clone(), msg: e.to_string() })?;
-        if v.get("artifactType").and_then(|t| t.as_str()) != Some(MEDIA_BUNDLE) {
-            continue;
+        if seen.len() > MAX_ENTRIES {
+            notes.push(format!("{what}: more than {MAX_ENTRIES} referrers (ignored)"));
+            break;
         }
-        if v.pointer("/subject/digest").and_then(|t| t.as_str()) != Some(&subject.to_string()) {
-            // Anyone who can push to the tag can add a stray referrer: it
-            // must not make the image's real signatures unreadable.
-            let other = v.pointer("/subject/digest").and_then(|t| t.as_str()).unwrap_or("none");
-            foreign.push(format!("{what}: its subject is {other}, not this image (ignored)"));
-            continue;
-        }
-        let m: Manifest = serde_json::from_value(v.clone())
-            .map_err(|e| ArtifactError::Malformed { what: what.clone(), msg: e.to_string() })?;
-        let predicate_type = m.annotations.get(ANNOTATION_BUNDLE_PREDICATE).cloned().unwrap_or_default();
-        for l in m.layers.iter().filter(|l| l.media_type == MEDIA_BUNDLE) {
-            let bytes = read_bounded(store, &l.digest, &what, super::bundle::MAX_BUNDLE)?;
-            out.push(Blob { what: what.clone(), predicate_type: predicate_type.clone(), bytes });
+        match referrer(store, subject, &r.digest, &what, &mut budget) {
+            Ok(Some(blobs)) => out.extend(blobs),
+            Ok(None) => {}
+            Err(e) => notes.push(format!("{what}: {} (ignored)", crate::errors::chain(&e))),
         }
     }
-    Ok((out, foreign))
+    Ok((out, notes))
+}
+
+/// One referrer's bundles; None when it is another kind of artifact.
+fn referrer(store: &Store, subject: &Digest, d: &Digest, what: &str, budget: &mut Budget) -> Result<Option<Vec<Blob>>> {
+    let malformed = |msg: String| ArtifactError::Malformed { what: what.into(), msg };
+    let raw = budget.read(store, d, what, MAX_MANIFEST)?;
+    let v: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| malformed(e.to_string()))?;
+    if v.get("artifactType").and_then(|t| t.as_str()) != Some(MEDIA_BUNDLE) {
+        return Ok(None);
+    }
+    if v.pointer("/subject/digest").and_then(|t| t.as_str()) != Some(&subject.to_string()) {
+        let other = v.pointer("/subject/digest").and_then(|t| t.as_str()).unwrap_or("none");
+        return Err(malformed(format!("its subject is {other}, not this image")));
+    }
+    let m: Manifest = serde_json::from_value(v).map_err(|e| malformed(e.to_string()))?;
+    let predicate_type = m.annotations.get(ANNOTATION_BUNDLE_PREDICATE).cloned().unwrap_or_default();
+    let mut out = Vec::new();
+    for (_, l) in layers_of(&m, MEDIA_BUNDLE) {
+        let bytes = budget.read(store, &l.digest, what, super::bundle::MAX_BUNDLE)?;
+        out.push(Blob { what: what.into(), predicate_type: predicate_type.clone(), bytes });
+    }
+    Ok(Some(out))
 }

@@ -188,21 +188,22 @@ fn open_envelope(
 /// The SLSA provenance statements attested for `image` as they were signed,
 /// without checking who signed them (`moat verify` compares their content
 /// with a rebuild; `attestations` checks the signatures). Returns (where,
-/// statement bytes) for every envelope or bundle of that predicate type.
+/// statement bytes) for every envelope or bundle whose statement is SLSA
+/// provenance about `image` (the statement decides, not the annotation).
 pub fn attested_provenance(store: &Store, image: &Digest) -> Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
-    let envs =
-        artifacts::attestations(store, image)?.into_iter().map(|b| (b.what.clone(), Envelope::parse(&b.bytes).ok(), b));
-    let bundles = artifacts::bundles(store, image)?
-        .0
-        .into_iter()
-        .map(|b| (b.what.clone(), bundle::parse(&b.bytes).ok().map(|(e, _)| e), b));
-    for (what, env, b) in envs.chain(bundles) {
-        if b.predicate_type != PREDICATE_SLSA {
+    let envs = artifacts::attestations(store, image)?.into_iter().map(|b| (b.what, Envelope::parse(&b.bytes).ok()));
+    let bundles =
+        artifacts::bundles(store, image)?.0.into_iter().map(|b| (b.what, bundle::parse(&b.bytes).ok().map(|(e, _)| e)));
+    for (what, env) in envs.chain(bundles) {
+        let Some(payload) = env.and_then(|e| base64::engine::general_purpose::STANDARD.decode(e.payload).ok()) else {
             continue;
+        };
+        let is_provenance =
+            Statement::parse(&payload).is_ok_and(|st| st.predicate_type == PREDICATE_SLSA && st.names(image));
+        if is_provenance {
+            out.push((what, payload));
         }
-        let payload = env.and_then(|e| base64::engine::general_purpose::STANDARD.decode(e.payload).ok());
-        out.push((what, payload.unwrap_or_default()));
     }
     Ok(out)
 }

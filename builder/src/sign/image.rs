@@ -29,6 +29,8 @@ pub enum SignImageError {
     NotLocked { image: String, actual: Digest, locked: Digest },
     #[error("SBOM of {0}")]
     Sbom(String, #[source] crate::debian::DebianError),
+    #[error("the lock: {0}")]
+    Lock(String),
 }
 
 /// What `sign` wrote.
@@ -100,8 +102,11 @@ pub fn attest(
     if digest != lock.image.manifest {
         return Err(SignImageError::NotLocked { image: img.name, actual: digest, locked: lock.image.manifest.clone() });
     }
-    let mut statements = vec![provenance::statement(lock, lock_bytes, blueprint)];
-    let (_, _, packages) = crate::debian::sbom::image_packages(store, reference)
+    let provenance = provenance::statement(lock, lock_bytes, blueprint).map_err(SignImageError::Lock)?;
+    let mut statements = vec![provenance];
+    // The digest just checked, not the name again (it could have moved).
+    let pinned = if img.name.is_empty() { digest.to_string() } else { format!("{}@{digest}", img.name) };
+    let (_, _, packages) = crate::debian::sbom::image_packages(store, &pinned)
         .map_err(|e| SignImageError::Sbom(reference.to_string(), e))?;
     let doc = crate::debian::sbom::spdx(&img.name, &digest.to_string(), &packages.unwrap_or_default());
     statements.push(Statement::about(&img.name, &digest, PREDICATE_SPDX, doc));

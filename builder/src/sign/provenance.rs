@@ -31,7 +31,9 @@ pub fn builder_id() -> String {
 /// The provenance statement of the image `lock` pins. `lock_bytes` is the
 /// lock file as committed; `blueprint` the blueprint's path relative to its
 /// project (what a reader finds in the repository).
-pub fn statement(lock: &Lock, lock_bytes: &[u8], blueprint: &str) -> Statement {
+/// Err when the lock's `[debian]` table does not read as a package set (a
+/// statement without those dependencies would understate the inputs).
+pub fn statement(lock: &Lock, lock_bytes: &[u8], blueprint: &str) -> Result<Statement, String> {
     let mut deps: Vec<Value> = Vec::new();
     if let Some(b) = &lock.base {
         deps.push(json!({"name": "base", "uri": format!("oci://{}", b.image), "digest": {"sha256": b.manifest.hex()}}));
@@ -44,7 +46,13 @@ pub fn statement(lock: &Lock, lock_bytes: &[u8], blueprint: &str) -> Statement {
             "annotations": {"kind": i.kind},
         }));
     }
-    if let Some(deb) = lock.debian.as_ref().and_then(|v| v.clone().try_into::<crate::debian::DebianLock>().ok()) {
+    let debian = lock
+        .debian
+        .as_ref()
+        .map(|v| v.clone().try_into::<crate::debian::DebianLock>())
+        .transpose()
+        .map_err(|e| format!("its [debian] table is not a package set: {e}"))?;
+    if let Some(deb) = debian {
         for s in &deb.suites {
             deps.push(json!({
                 "name": format!("debian/{}/InRelease", s.suite),
@@ -80,7 +88,7 @@ pub fn statement(lock: &Lock, lock_bytes: &[u8], blueprint: &str) -> Statement {
             })).collect::<Vec<_>>(),
         },
     });
-    Statement::about(&lock.name, &lock.image.manifest, PREDICATE_SLSA, predicate)
+    Ok(Statement::about(&lock.name, &lock.image.manifest, PREDICATE_SLSA, predicate))
 }
 
 /// The first JSON pointer at which two statements differ (for messages).
@@ -138,14 +146,17 @@ mod tests {
 
     #[test]
     fn every_pinned_input_is_a_dependency_and_the_bytes_are_stable() {
-        let a = statement(&lock(), b"lock text", "blueprints/agent.toml");
+        let a = statement(&lock(), b"lock text", "blueprints/agent.toml").unwrap();
         assert!(a.names(&Digest::of(b"m")));
         let deps = a.predicate.pointer("/buildDefinition/resolvedDependencies").unwrap().as_array().unwrap();
         assert_eq!(deps.len(), 2);
         assert_eq!(deps[1]["digest"]["sha256"], Digest::of(b"tree").hex());
         assert!(a.predicate["buildDefinition"]["buildType"].as_str().unwrap().ends_with("layer-format=2"));
-        assert_eq!(a.to_bytes(), statement(&lock(), b"lock text", "blueprints/agent.toml").to_bytes());
-        let b = statement(&lock(), b"other lock", "blueprints/agent.toml");
+        assert_eq!(a.to_bytes(), statement(&lock(), b"lock text", "blueprints/agent.toml").unwrap().to_bytes());
+        let b = statement(&lock(), b"other lock", "blueprints/agent.toml").unwrap();
+        let mut bad = lock();
+        bad.debian = Some(toml::Value::String("not a table".into()));
+        assert!(statement(&bad, b"x", "b").unwrap_err().contains("[debian]"));
         let (va, vb) = (serde_json::to_value(&a).unwrap(), serde_json::to_value(&b).unwrap());
         assert_eq!(
             first_difference(&va, &vb).as_deref(),

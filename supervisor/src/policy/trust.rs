@@ -36,16 +36,23 @@ impl Trust {
         self.require_signature || self.require_provenance
     }
 
-    /// Replaces each key path with the PEM it names (relative to `dir`).
+    /// Replaces each key path with the PEM it names (relative to `dir`),
+    /// parsed and written back in canonical form: a file with text around
+    /// its key, or a key that is not P-256, is an error here, at load.
     pub(crate) fn embed_keys(&mut self, dir: &Path) -> Result<(), String> {
         for k in &mut self.keys {
-            if is_pem(k) {
-                continue;
-            }
-            let path = dir.join(&*k);
-            let pem = keys::read_key_file(&path)
-                .map_err(|e| format!("trust.keys {k:?}: {}", moat_builder::errors::chain(&e)))?;
-            *k = String::from_utf8(pem).map_err(|_| format!("trust.keys {k:?}: {} is not PEM text", path.display()))?;
+            let (pem, named) = if is_pem(k) {
+                (k.as_bytes().to_vec(), "an inline key".to_string())
+            } else {
+                let path = dir.join(&*k);
+                let bytes = keys::read_key_file(&path)
+                    .map_err(|e| format!("trust.keys {k:?}: {}", moat_builder::errors::chain(&e)))?;
+                (bytes, format!("{k:?} ({})", path.display()))
+            };
+            let key = keys::load_public(&pem)
+                .map_err(|e| format!("trust.keys {named}: {}", moat_builder::errors::chain(&e)))?;
+            *k = keys::public_pem(&key)
+                .map_err(|e| format!("trust.keys {named}: {}", moat_builder::errors::chain(&e)))?;
         }
         Ok(())
     }

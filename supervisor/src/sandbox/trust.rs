@@ -2,7 +2,8 @@
 //! image (every front door goes through `sandbox::resolve`): the image's
 //! manifest digest must carry a signature by a trusted key and, when asked,
 //! SLSA provenance signed by a trusted key that names that digest. A pass is
-//! remembered by (digest, trust section) in `cache/trust/`, so a start of an
+//! remembered by (check version, digest, trust section) in `cache/trust/`
+//! (0700), so a start of an
 //! already-checked image costs one stat. Guards against running an unsigned
 //! image, one signed by an unknown key, or one whose provenance describes
 //! another image. Does not guard against a trusted key that was stolen, or a
@@ -15,22 +16,37 @@ use moat_builder::sign::{check, provenance::PREDICATE_SLSA};
 use moat_builder::Store;
 use std::path::PathBuf;
 
-fn cache_entry(image: &Digest, trust: &Trust) -> PathBuf {
-    let key = serde_json::to_vec(&(image.to_string(), trust)).unwrap_or_default();
-    moat_builder::home::cache_dir().join("trust").join(Digest::of(&key).hex())
+/// Bumped whenever what a check proves changes: passes cached by an older
+/// check are not reused.
+const CHECK_VERSION: u32 = 1;
+
+fn cache_entry(image: &Digest, trust: &Trust) -> Option<PathBuf> {
+    let key = serde_json::to_vec(&(CHECK_VERSION, image.to_string(), trust)).ok()?;
+    Some(moat_builder::home::cache_dir().join("trust").join(Digest::of(&key).hex()))
 }
 
-/// Checks `image` (a store reference) against `trust`; Ok when nothing is
-/// required or everything required holds.
-pub fn check(store: &Store, image: &str, trust: &Trust) -> Result<(), SandboxError> {
+/// The image a start will use: its reference pinned to the digest that was
+/// resolved (and checked, when `[trust]` asks).
+pub struct Checked {
+    pub digest: Digest,
+    /// `NAME@sha256:...` (or the digest alone for an unnamed image).
+    pub pinned: String,
+}
+
+/// Resolves `image` (a store reference) once and checks that digest against
+/// `trust`; Ok when nothing is required or everything required holds.
+pub fn check(store: &Store, image: &str, trust: &Trust) -> Result<Checked, SandboxError> {
+    let named = store.resolve(image)?;
+    let digest = named.manifest.digest;
+    let pinned = if named.name.is_empty() { digest.to_string() } else { format!("{}@{digest}", named.name) };
+    let checked = Checked { digest: digest.clone(), pinned };
     if !trust.enforced() {
-        return Ok(());
+        return Ok(checked);
     }
-    let digest = store.resolve(image)?.manifest.digest;
     let cached = cache_entry(&digest, trust);
-    if cached.exists() {
+    if cached.as_ref().is_some_and(|c| c.exists()) {
         tracing::debug!(target: "moat::trust", image = %digest, decision = "allowed", via = "cache", "image trust");
-        return Ok(());
+        return Ok(checked);
     }
     let refuse = |what: &str, e: &dyn std::error::Error| {
         let msg = moat_builder::errors::chain(e);
@@ -47,9 +63,11 @@ pub fn check(store: &Store, image: &str, trust: &Trust) -> Result<(), SandboxErr
         check::attestations(store, &digest, &keys, Some(PREDICATE_SLSA)).map_err(|e| refuse("provenance", &e))?;
     }
     tracing::info!(target: "moat::trust", image = %digest, decision = "allowed", via = "checked", "image trust");
-    if let Some(dir) = cached.parent() {
+    if let Some((dir, file)) = cached.as_ref().and_then(|c| c.parent().map(|d| (d, c))) {
         // A cache that cannot be written only costs the next start a check.
-        let _ = std::fs::create_dir_all(dir).and_then(|()| moat_builder::fsio::write(&cached, b"ok\n", 0o644));
+        use std::os::unix::fs::DirBuilderExt;
+        let made = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir);
+        let _ = made.and_then(|()| moat_builder::fsio::write(file, b"ok\n", 0o600));
     }
-    Ok(())
+    Ok(checked)
 }
