@@ -2,22 +2,30 @@
 //! binary reach a host and port, and whether one request (method, path) on
 //! an inspected endpoint is allowed. What the egress gateway asks on every
 //! connection and request. Guards against a match wider than the rule: hosts
-//! compare case-insensitively and `*.domain` never matches `domain` itself or
-//! a look-alike suffix; paths are matched without their query.
+//! compare case-insensitively, a wildcard never matches its domain itself or
+//! a look-alike suffix, `+.domain` never more than one label below it; paths
+//! are matched without their query.
 #![forbid(unsafe_code)]
 use crate::policy::schema::{
-    binary_glob, invalid, path_glob, Access, Endpoint, Enforcement, NetPolicy, NetPolicyError,
+    binary_glob, invalid, path_glob, wildcard, Access, Depth, Endpoint, Enforcement, NetPolicy, NetPolicyError,
 };
 use globset::GlobMatcher;
 
-/// Does `host` (lower-cased by the caller) fall under `pattern`?
+/// Does `host` fall under `pattern` (exact, `+.d`, `**.d` or `*.d`; any case)?
 pub(crate) fn host_matches(pattern: &str, host: &str) -> bool {
     let host = host.trim_end_matches('.');
-    match pattern.strip_prefix("*.") {
-        Some(suffix) => {
-            host.len() > suffix.len() + 1
-                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+    match wildcard(pattern) {
+        Some((depth, suffix)) => {
+            let Some(below) = host.len().checked_sub(suffix.len() + 1).filter(|n| *n > 0) else {
+                return false;
+            };
+            // Bytes, not str slices: a host from the sandbox may hold any UTF-8.
+            let (left, dot, right) = (&host.as_bytes()[..below], host.as_bytes()[below], &host.as_bytes()[below + 1..]);
+            // The labels left of the domain: one for `+.`, one or more otherwise; none empty.
+            dot == b'.'
+                && right.eq_ignore_ascii_case(suffix.as_bytes())
+                && !left.split(|b| *b == b'.').any(<[u8]>::is_empty)
+                && (depth == Depth::AnyDepth || !left.contains(&b'.'))
         }
         None => pattern.eq_ignore_ascii_case(host),
     }

@@ -42,7 +42,9 @@ pub struct NetPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
-    /// Exact host name, IP literal, or `*.example.com` (any name below it).
+    /// Exact host name, IP literal, or a wildcard: `+.example.com` (exactly
+    /// one label below it), `**.example.com` or `*.example.com` (any depth
+    /// below it); see [`wildcard`].
     pub host: String,
     #[serde(default = "default_port")]
     pub port: u16,
@@ -242,10 +244,30 @@ fn check_host_pattern(h: &str) -> Result<(), String> {
     check_host(h)
 }
 
-/// A host name, an IP literal or `*.domain`.
+/// How many labels a wildcard host stands for below its domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// `+.domain`: exactly one label (`a.domain`, not `a.b.domain`), what
+    /// OpenShell and TLS certificates mean by `*.domain`.
+    OneLabel,
+    /// `**.domain`, and moat's `*.domain`: one label or more.
+    AnyDepth,
+}
+
+/// The depth and domain of a wildcard host (`+.d`, `**.d`, `*.d`), or
+/// `None` for an exact host. `*.d` stays any depth, as it always was in
+/// moat, so no existing policy changes meaning; `+.d` is the one-label form.
+pub fn wildcard(host: &str) -> Option<(Depth, &str)> {
+    if let Some(d) = host.strip_prefix("+.") {
+        return Some((Depth::OneLabel, d));
+    }
+    host.strip_prefix("**.").or_else(|| host.strip_prefix("*.")).map(|d| (Depth::AnyDepth, d))
+}
+
+/// A host name, an IP literal or a wildcard (`+.domain`, `**.domain`, `*.domain`).
 pub(crate) fn check_host(h: &str) -> Result<(), String> {
-    let name = h.strip_prefix("*.").unwrap_or(h);
-    if name.parse::<std::net::IpAddr>().is_ok() && !h.starts_with("*.") {
+    let name = wildcard(h).map_or(h, |(_, d)| d);
+    if name.parse::<std::net::IpAddr>().is_ok() && wildcard(h).is_none() {
         return Ok(());
     }
     let ok = !name.is_empty()
@@ -256,7 +278,9 @@ pub(crate) fn check_host(h: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("host {h:?}: use a host name, an IP address or *.domain"))
+        Err(format!(
+            "host {h:?}: use a host name, an IP address, +.domain (one label below it) or **.domain (any depth)"
+        ))
     }
 }
 

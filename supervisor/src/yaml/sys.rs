@@ -88,3 +88,72 @@ pub(super) fn scan(text: &str, max: usize) -> Scan {
     unsafe { unsafe_y::yaml_parser_delete(p) };
     found
 }
+
+/// One parser event, as [`events`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Event {
+    MappingStart,
+    SequenceStart,
+    /// The end of a mapping or a sequence.
+    End,
+    /// A scalar (its value, lossily UTF-8) or an alias (`None`): a leaf.
+    Leaf(Option<String>),
+}
+
+/// The parser's events for `text` (the document structure, as `serde_norway`
+/// sees it), each with the byte offset where its node starts. Stops at the
+/// first parse error; the caller has bounded size and flow depth first
+/// (`check`), so this is linear and at most a few events per input byte.
+pub(super) fn events(text: &str) -> Vec<(Event, usize)> {
+    let mut out = Vec::new();
+    let mut parser = std::mem::MaybeUninit::<unsafe_y::yaml_parser_t>::zeroed();
+    // SAFETY: as in `scan`: writable memory of the parser's size, initialized here.
+    if !unsafe { unsafe_y::yaml_parser_initialize(parser.as_mut_ptr()) }.ok {
+        return out;
+    }
+    let p = parser.as_mut_ptr();
+    // SAFETY: `p` was initialized above; `text` outlives the parser, which is
+    // deleted before this function returns.
+    unsafe { unsafe_y::yaml_parser_set_input_string(p, text.as_ptr(), text.len() as u64) };
+    loop {
+        let mut event = std::mem::MaybeUninit::<unsafe_y::yaml_event_t>::zeroed();
+        // SAFETY: `p` is an initialized parser with input set; `event` is
+        // writable memory of an event's size (parse zeroes it first).
+        let ok = unsafe { unsafe_y::yaml_parser_parse(p, event.as_mut_ptr()) }.ok;
+        // SAFETY: parse wrote a whole event (zeroed on an error). The scalar
+        // union member is read only for a scalar event, whose value points
+        // at `length` bytes the event owns until it is deleted below.
+        let (kind, at) = unsafe {
+            let e = event.assume_init_ref();
+            let kind = match e.type_ {
+                unsafe_y::YAML_MAPPING_START_EVENT => Some(Event::MappingStart),
+                unsafe_y::YAML_SEQUENCE_START_EVENT => Some(Event::SequenceStart),
+                unsafe_y::YAML_MAPPING_END_EVENT | unsafe_y::YAML_SEQUENCE_END_EVENT => Some(Event::End),
+                unsafe_y::YAML_ALIAS_EVENT => Some(Event::Leaf(None)),
+                unsafe_y::YAML_SCALAR_EVENT => {
+                    let s = e.data.scalar;
+                    let bytes = match usize::try_from(s.length) {
+                        Ok(n) if !s.value.is_null() => std::slice::from_raw_parts(s.value, n),
+                        _ => &[],
+                    };
+                    Some(Event::Leaf(Some(String::from_utf8_lossy(bytes).into_owned())))
+                }
+                // Stream and document starts and ends: no node.
+                _ => None,
+            };
+            (kind, (e.type_, e.start_mark.index))
+        };
+        // SAFETY: the event came from parse; delete frees what it owns once.
+        unsafe { unsafe_y::yaml_event_delete(event.as_mut_ptr()) };
+        let (ty, index) = at;
+        if !ok || matches!(ty, unsafe_y::YAML_STREAM_END_EVENT | unsafe_y::YAML_NO_EVENT) {
+            break;
+        }
+        if let (Some(kind), Ok(at)) = (kind, usize::try_from(index)) {
+            out.push((kind, at));
+        }
+    }
+    // SAFETY: `p` is initialized and deleted once; no event refers to it.
+    unsafe { unsafe_y::yaml_parser_delete(p) };
+    out
+}

@@ -2,11 +2,15 @@
 //! as moat `[[network.policy]]` rules. Guards against an import meaning more
 //! than its source: a limit moat cannot express (deny rules, query matchers,
 //! endpoint paths, non-HTTP inspection, a raw TLS tunnel with method rules)
-//! drops the rule or endpoint instead of widening it, every field left behind
-//! is reported with its YAML path, and only rules that pass
-//! `NetPolicy::validate` come out.
+//! drops the rule or endpoint instead of widening it; every field left behind,
+//! and every difference in meaning the import cannot carry, is reported with
+//! its YAML path and line; and only rules that pass `NetPolicy::validate`
+//! come out. Endpoints and rules are `endpoint`'s.
 #![forbid(unsafe_code)]
-use crate::policy::schema::{Access, Endpoint, Enforcement, NetPolicy, Protocol, Rule, RuleMatch, Tls};
+mod endpoint;
+
+use crate::policy::schema::{Endpoint, NetPolicy};
+use endpoint::{check, l4};
 use serde::Serialize;
 use serde_norway::Value;
 use std::collections::BTreeSet;
@@ -15,7 +19,8 @@ use std::collections::BTreeSet;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Imported {
     pub network: Vec<NetPolicy>,
-    /// Every field that could not be carried over, as `YAML.PATH: why`.
+    /// Every field that could not be carried over, and every difference in
+    /// meaning, as `ORIGIN:LINE: YAML.PATH: why`.
     pub warnings: Vec<String>,
 }
 
@@ -32,32 +37,8 @@ pub enum ImportError {
     Limit(#[from] crate::yaml::YamlLimit),
 }
 
-/// Endpoint fields moat has no counterpart for; none of them narrows access
-/// for the protocols moat imports, so they are reported and left out.
-#[rustfmt::skip]
-const UNSUPPORTED_ENDPOINT_FIELDS: &[&str] = &[
-    "allow_encoded_slash", "websocket_credential_rewrite", "request_body_credential_rewrite",
-    "allow_uninspected_credentials", "persisted_queries", "graphql_persisted_queries", "graphql_max_body_bytes",
-    "credential_signing", "signing_service", "signing_region", "json_rpc", "mcp",
-];
-
-/// `allow` fields that match things moat's rules cannot (query strings,
-/// GraphQL operations, MCP tools, SQL commands): a rule using them is dropped.
-const UNSUPPORTED_ALLOW_FIELDS: &[&str] =
-    &["query", "command", "operation_type", "operation_name", "fields", "tool", "params"];
-
-const NO_BINARIES: &str = "policy dropped: no usable binaries (OpenShell then lets every program use the \
-    endpoints; moat requires naming the programs: add `binaries` and import again)";
-const DENY_RULES: &str = "deny_rules cannot be carried over (moat has allow rules only), and without them the \
-    endpoint would allow what they deny";
-const ENDPOINT_PATH: &str = "an endpoint-wide path limit cannot be carried over, and without it the endpoint \
-    would allow more";
-const INFERRED_REST: &str = "absent: imported as protocol = \"rest\" (inspected), which is what enforces its \
-    access/rules in moat";
-const OTHER_PROTOCOL: &str = "moat inspects HTTP (rest) only, and relaying it as bytes would drop its limits; \
-    write an L4 endpoint by hand if that is acceptable";
-const RAW_TLS_LIMITS: &str = "a raw TLS tunnel (tls: skip/passthrough) cannot be inspected, so its access/rules \
-    could not be enforced";
+const NO_BINARIES: &str = "policy dropped: no usable binaries. OpenShell allows nothing there either (a policy \
+    gives its endpoints to the programs it lists), so no access is lost; add `binaries` to grant some";
 
 /// Top-level sections moat keeps elsewhere, and what to do about them.
 const OTHER_SECTIONS: &[(&str, &str)] = &[
@@ -79,7 +60,8 @@ pub fn import_yaml(text: &str, origin: &str) -> Result<Imported, ImportError> {
         Value::Null => return Err(shape(origin, "(document)", "empty: expected an OpenShell policy mapping")),
         _ => return Err(shape(origin, "(document)", "expected a mapping with `network_policies`")),
     };
-    let mut cx = Ctx { origin: origin.to_string(), warnings: Vec::new() };
+    let places = crate::yaml::Places::of(text);
+    let mut cx = Ctx { origin: origin.to_string(), places, warnings: Vec::new() };
     let (mut policies, mut version) = (None, None);
     for (k, v) in top {
         let key = key_text(k);
@@ -183,12 +165,20 @@ fn render_policy(p: &NetPolicy, out: &mut String) -> Result<(), toml::ser::Error
 
 struct Ctx {
     origin: String,
+    /// Where each YAML node is, so a warning names its line.
+    places: crate::yaml::Places,
     warnings: Vec<String>,
 }
 
 impl Ctx {
+    /// Records `origin:line: path: message` (the line of `path`, or of what
+    /// holds it when it is absent; no line for an empty document).
     fn warn(&mut self, path: &str, message: impl std::fmt::Display) {
-        self.warnings.push(format!("{path}: {message}"));
+        let origin = &self.origin;
+        self.warnings.push(match self.places.find(path) {
+            Some((line, _)) => format!("{origin}:{line}: {path}: {message}"),
+            None => format!("{origin}: {path}: {message}"),
+        });
     }
 
     /// One `network_policies.KEY` entry, or `None` (with a warning) when
@@ -270,198 +260,6 @@ impl Ctx {
             }
         }
     }
-
-    /// One `endpoints[i]` entry, as one moat endpoint per port; `Err` says
-    /// why it is dropped.
-    fn endpoint(&mut self, at: &str, v: &Value) -> Result<Vec<Endpoint>, String> {
-        let m = v.as_mapping().ok_or("expected a mapping with host, port, ...")?;
-        let (mut host, mut port, mut ports, mut allowed_ips, mut rules) = (None, None, Vec::new(), Vec::new(), None);
-        let (mut protocol, mut tls, mut enforcement, mut access) = <(String, String, String, String)>::default();
-        for (k, v) in m {
-            let field = key_text(k);
-            let path = format!("{at}.{field}");
-            let text = || string(v).map(|s| s.to_ascii_lowercase()).ok_or(format!("{field} is not a string"));
-            match field.as_str() {
-                "host" => host = Some(string(v).ok_or("host is not a string")?),
-                "port" if v.is_null() => {}
-                "port" => port = Some(port_number(v)?),
-                "ports" => ports = list(v, "ports")?.iter().map(port_number).collect::<Result<_, _>>()?,
-                "protocol" => protocol = text()?,
-                "tls" => tls = text()?,
-                "enforcement" => enforcement = text()?,
-                "access" => access = text()?,
-                "allowed_ips" => {
-                    for ip in list(v, "allowed_ips")? {
-                        allowed_ips.push(string(ip).ok_or("allowed_ips holds a non-string")?);
-                    }
-                }
-                "rules" => {
-                    let given = list(v, "rules")?;
-                    let kept = self.rules(&path, given);
-                    if !given.is_empty() && kept.is_empty() {
-                        return Err(
-                            "none of its rules could be carried over; without rules it allows everything".into()
-                        );
-                    }
-                    rules = Some(kept);
-                }
-                "deny_rules" if is_set(v) => return Err(DENY_RULES.into()),
-                "path" if is_set(v) => return Err(format!("path {}: {ENDPOINT_PATH}", scalar_text(v))),
-                "deny_rules" | "path" => {}
-                f if UNSUPPORTED_ENDPOINT_FIELDS.contains(&f) => {
-                    if is_set(v) {
-                        self.warn(&path, "not carried over (moat has no equivalent)");
-                    }
-                }
-                _ => self.warn(&path, "unknown field, not carried over"),
-            }
-        }
-        let host = host.ok_or("no host")?;
-        let rules = rules.unwrap_or_default();
-        let access = match access.as_str() {
-            "" => None,
-            "full" => Some(Access::Full),
-            "read-only" => Some(Access::ReadOnly),
-            "read-write" => Some(Access::ReadWrite),
-            other => return Err(format!("access {other:?} is not full, read-only or read-write")),
-        };
-        if access.is_some() && !rules.is_empty() {
-            return Err("access and rules are mutually exclusive".into());
-        }
-        let limits = !rules.is_empty() || access.is_some_and(|a| a != Access::Full);
-        let mut rest = match protocol.as_str() {
-            "rest" => true,
-            "" if limits => {
-                self.warn(&format!("{at}.protocol"), INFERRED_REST);
-                true
-            }
-            "" => false,
-            "tcp" if access.is_some() || !rules.is_empty() => return Err("tcp cannot carry access or rules".into()),
-            "tcp" => false,
-            other => return Err(format!("protocol {other:?}: {OTHER_PROTOCOL}")),
-        };
-        let mut tls = match tls.as_str() {
-            "" => None,
-            "terminate" => Some(Tls::Terminate),
-            "skip" | "passthrough" => Some(Tls::Passthrough),
-            other => return Err(format!("tls {other:?} is not terminate, passthrough or skip")),
-        };
-        if tls == Some(Tls::Passthrough) {
-            if limits {
-                return Err(RAW_TLS_LIMITS.into());
-            }
-            (rest, tls) = (false, None); // an uninspected tunnel: moat's L4 relay
-        }
-        if rest && access.is_none() && rules.is_empty() {
-            return Err(
-                "protocol rest without access or rules (OpenShell rejects it; `access: full` allows everything)".into(),
-            );
-        }
-        if !rest && tls == Some(Tls::Terminate) {
-            self.warn(&format!("{at}.tls"), "terminate on an uninspected endpoint: moat relays it as bytes (L4)");
-            tls = None;
-        }
-        let enforcement = match enforcement.as_str() {
-            "" | "enforce" => Enforcement::Enforce,
-            "audit" => Enforcement::Audit,
-            other => return Err(format!("enforcement {other:?} is not enforce or audit")),
-        };
-        if ports.is_empty() {
-            ports.extend(port);
-        } else if port.is_some_and(|p| !ports.contains(&p)) {
-            self.warn(&format!("{at}.port"), "ignored: `ports` is given and takes precedence");
-        }
-        let first = *ports.first().ok_or("no port")?;
-        let template = match rest {
-            true => Endpoint {
-                protocol: Some(Protocol::Rest),
-                tls,
-                access,
-                rules,
-                enforcement,
-                allowed_ips,
-                ..l4(host, first)
-            },
-            false => Endpoint { enforcement, allowed_ips, ..l4(host, first) },
-        };
-        check("/probe".into(), template.clone())?;
-        let mut seen = BTreeSet::new();
-        Ok(ports.into_iter().filter(|p| seen.insert(*p)).map(|port| Endpoint { port, ..template.clone() }).collect())
-    }
-
-    /// The `rules` list: `- allow: { method, path }`. A rule moat cannot
-    /// express is dropped (that narrows the endpoint, never widens it).
-    fn rules(&mut self, at: &str, given: &[Value]) -> Vec<Rule> {
-        let mut kept = Vec::new();
-        for (i, r) in given.iter().enumerate() {
-            match rule(r) {
-                Ok(rule) => kept.push(rule),
-                Err((field, why)) => self.warn(&format!("{at}[{i}]{field}"), format!("rule dropped: {why}")),
-            }
-        }
-        kept
-    }
-}
-
-/// One `- allow: { method, path }` rule; `Err((.FIELD, why))` otherwise.
-fn rule(r: &Value) -> Result<Rule, (String, &'static str)> {
-    let whole = |why| (String::new(), why);
-    let m = r.as_mapping().ok_or(whole("expected `allow: { method, path }`"))?;
-    let (mut method, mut path, mut allow) = (None, None, None);
-    for (k, v) in m {
-        match (key_text(k).as_str(), v) {
-            ("allow", Value::Mapping(a)) => allow = Some(a),
-            (f, _) => return Err((format!(".{f}"), "only `allow: { method, path }` rules are understood")),
-        }
-    }
-    for (k, v) in allow.ok_or(whole("no `allow`"))? {
-        match key_text(k).as_str() {
-            "method" => method = string(v),
-            "path" => path = string(v),
-            _ if !is_set(v) => {}
-            f if UNSUPPORTED_ALLOW_FIELDS.contains(&f) => {
-                return Err((format!(".allow.{f}"), "moat rules match method and path only"))
-            }
-            f => return Err((format!(".allow.{f}"), "unknown field")),
-        }
-    }
-    match (method, path) {
-        (Some(method), Some(path)) if !method.is_empty() && !path.is_empty() => {
-            Ok(Rule { allow: RuleMatch { method, path } })
-        }
-        _ => Err(whole("it needs both a method and a path (use \"*\" and \"/**\" for any)")),
-    }
-}
-
-/// An endpoint relayed as bytes, the base every import starts from.
-fn l4(host: String, port: u16) -> Endpoint {
-    let (protocol, tls, access, rules, allowed_ips) = (None, None, None, Vec::new(), Vec::new());
-    Endpoint {
-        host,
-        port,
-        protocol,
-        tls,
-        access,
-        rules,
-        enforcement: Enforcement::Enforce,
-        allowed_ips,
-        upgrade: false,
-    }
-}
-
-/// Checks one binary and one endpoint with `NetPolicy::validate`, moat's one
-/// source of truth for what a rule may say.
-fn check(binary: String, endpoint: Endpoint) -> Result<(), String> {
-    let probe = NetPolicy {
-        name: "probe".into(),
-        why: String::new(),
-        binaries: vec![binary],
-        sha256: Vec::new(),
-        children: false,
-        jit: true,
-        endpoints: vec![endpoint],
-    };
-    probe.validate().map_err(|e| e.to_string().trim_start_matches("network.policy \"probe\": ").to_string())
 }
 
 fn yaml_error(e: &serde_norway::Error, text: &str, origin: &str, checked: crate::yaml::Checked) -> ImportError {
