@@ -150,8 +150,18 @@ fn split(text: &str, origin: &str) -> Result<(Table, Option<(String, usize)>), P
             }
         }
     };
+    // The typed check would say this too, without naming `extends`.
+    if let Some((key, _)) = table.iter().find(|(k, _)| !TOP.contains(k)) {
+        let offset = table.key(key).and_then(|k| k.span()).map_or(0, |s| s.start);
+        let expected: Vec<String> = TOP.iter().map(|k| format!("`{k}`")).collect();
+        let message = format!("unknown field `{key}`, expected one of {}", expected.join(", "));
+        return Err(placed(At::new(text, offset, origin, message)));
+    }
     Ok((table, extends))
 }
+
+/// The keys of a policy file's top level: `extends` and the policy's own.
+const TOP: &[&str] = &["extends", "version", "filesystem", "landlock", "process", "supervisor", "network", "trust"];
 
 /// `table` (one file's, spans into `text`) over `base`, typed: an error in
 /// the file's keys or values is placed in `text`. The base goes in without
@@ -357,6 +367,16 @@ mod tests {
         let wrong = write(d.path(), "wrong.toml", "extends = \"team/base.toml\"\n[trust]\nkeys = [\"k.pub\"]\n");
         let e = err(load(&wrong));
         assert!(e.starts_with(&format!("{}: trust.keys \"k.pub\"", wrong.display())), "{e}");
+    }
+
+    #[test]
+    fn a_misspelt_extends_is_answered_with_the_keys_a_file_may_have() {
+        let e = err(Policy::parse("# c\nextend = \"team.toml\"\n", "p.toml"));
+        assert!(e.starts_with("p.toml:2:1: unknown field `extend`, expected one of `extends`, `version`"), "{e}");
+        // The list is the policy's own fields, as its typed check says them.
+        let typed = toml::from_str::<Policy>("zz = 1").unwrap_err().to_string();
+        let own: Vec<String> = TOP[1..].iter().map(|k| format!("`{k}`")).collect();
+        assert!(typed.contains(&format!("expected one of {}\n", own.join(", "))), "{typed}");
     }
 
     #[test]
