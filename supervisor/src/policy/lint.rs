@@ -1,6 +1,7 @@
 //! Warnings about network rules that are valid but wider than they look
 //! (`moat policy check`): binary globs, shells and interpreters that pass
-//! their access on, L4 and audit-mode endpoints, and endpoints that reach a
+//! their access on, L4 and audit-mode endpoints, `*.domain` hosts (any depth
+//! in moat, one label in OpenShell and TLS), and endpoints that reach a
 //! model provider around `inference.local`. Guards against an operator
 //! granting more than they meant.
 #![forbid(unsafe_code)]
@@ -111,6 +112,14 @@ pub fn lint(policies: &[NetPolicy]) -> Vec<String> {
         }
         for e in &p.endpoints {
             out.extend(direct_inference_warning(p, e));
+            if let Some(domain) = e.host.strip_prefix("*.") {
+                out.push(format!(
+                    "policy {}: host {} matches names at any depth below {domain} (a.{domain}, a.b.{domain}), \
+                     where OpenShell and TLS certificates mean one label: write +.{domain} for exactly one \
+                     label, or **.{domain} to say any depth",
+                    p.name, e.host
+                ));
+            }
             if e.protocol.is_none() {
                 out.push(format!("policy {}: {}:{} is relayed at L4 (no method/path checks)", p.name, e.host, e.port));
             }
@@ -148,6 +157,18 @@ host = "github.com"
 protocol = "rest"
 access = "read-only"
 "#;
+
+    #[test]
+    fn a_star_wildcard_is_explained_and_the_explicit_forms_are_not() {
+        let with = |host: &str| lint(&policies(&GIT.replace("CHILDREN", "").replace("github.com", host)));
+        let w = with("*.example.com");
+        let star: Vec<_> = w.iter().filter(|w| w.contains("*.example.com")).collect();
+        assert_eq!(star.len(), 1, "{w:?}");
+        assert!(star[0].contains("any depth") && star[0].contains("+.example.com"), "{star:?}");
+        for explicit in ["+.example.com", "**.example.com", "example.com"] {
+            assert!(with(explicit).iter().all(|w| !w.contains("depth")), "{explicit}: {:?}", with(explicit));
+        }
+    }
 
     #[test]
     fn children_name_what_each_spawner_runs() {
