@@ -64,6 +64,8 @@ struct Layer {
 pub fn load(path: &Path) -> Result<Layered, PolicyError> {
     let mut chain: Vec<Layer> = Vec::new();
     let mut seen: Vec<PathBuf> = Vec::new();
+    // Bytes one chain may hold, all its files together.
+    let mut budget = textfile::MAX_TEXT;
     let mut next = path.to_path_buf();
     loop {
         let real = std::fs::canonicalize(&next);
@@ -82,7 +84,8 @@ pub fn load(path: &Path) -> Result<Layered, PolicyError> {
         } else if let Ok(real) = real {
             seen.push(real);
         }
-        let layer = Layer::read(&next)?;
+        let layer = Layer::read(&next, budget)?;
+        budget -= layer.text.len() as u64;
         let base = match &layer.extends {
             Some((name, _)) if name != BASELINE => Some(layer.dir.join(name)),
             _ => None,
@@ -119,10 +122,18 @@ pub fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
 }
 
 impl Layer {
-    fn read(path: &Path) -> Result<Layer, PolicyError> {
+    /// Reads at most `max` bytes (what is left of the chain's bound).
+    fn read(path: &Path, max: u64) -> Result<Layer, PolicyError> {
         let origin = path.display().to_string();
-        let text = textfile::read(path, textfile::MAX_TEXT).map_err(|e| match e {
+        let text = textfile::read(path, max).map_err(|e| match e {
             TextError::Read { source, .. } => PolicyError::Io { path: origin.clone(), source },
+            TextError::TooLarge { max, .. } if max < textfile::MAX_TEXT => invalid(
+                &origin,
+                format!(
+                    "larger than {max} bytes, what is left of the {} one extends chain may hold; not read",
+                    textfile::MAX_TEXT
+                ),
+            ),
             TextError::TooLarge { max, .. } => invalid(&origin, format!("larger than {max} bytes; not read")),
             TextError::At(at) => placed(at),
         })?;
@@ -346,6 +357,13 @@ mod tests {
         let e = err(load(&d.path().join("l0.toml")));
         assert!(e.contains(&format!("l{}.toml:1:11: ", MAX_FILES - 1)) && e.contains("more than 8"), "{e}");
         assert!(load(&d.path().join("l1.toml")).is_ok(), "eight files are allowed");
+        // All files of a chain together are bounded like one file.
+        let half = format!("# {}\n", "x".repeat(textfile::MAX_TEXT as usize / 2));
+        write(d.path(), "big1.toml", &format!("extends = \"big2.toml\"\n{half}"));
+        write(d.path(), "big2.toml", &half);
+        let e = err(load(&d.path().join("big1.toml")));
+        assert!(e.contains("big2.toml: larger than") && e.contains("extends chain"), "{e}");
+        assert!(load(&d.path().join("big2.toml")).is_ok());
         let gone = write(d.path(), "gone.toml", "\nextends = \"nowhere.toml\"\n");
         let e = err(load(&gone));
         assert!(e.contains("gone.toml:2:11: extends \"nowhere.toml\"") && e.contains("nowhere.toml"), "{e}");
