@@ -66,7 +66,7 @@ pub fn network(rules: &str) -> Network {
 pub fn hosts() -> HashMap<String, Vec<IpAddr>> {
     let ip: IpAddr = ups().net.ip.into();
     let mut m = HashMap::new();
-    for n in ["up.test", "other.test", "a.up.test"] {
+    for n in ["up.test", "other.test", "a.up.test", "a.b.up.test"] {
         m.insert(n.to_string(), vec![ip]);
     }
     m.insert("private.test".into(), vec!["10.1.2.3".parse().unwrap()]);
