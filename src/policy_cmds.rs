@@ -1,5 +1,5 @@
 //! Network policy commands: `policy check|import|show|set|add-preset|
-//! remove-preset|presets`, `approvals`, `approve`, `deny` and `events`.
+//! remove-preset|presets|suggest`, `approvals`, `approve`, `deny` and `events`.
 //! Live changes go through the sandbox's control socket, so the running
 //! gateway validates them and keeps the old policy when they are invalid.
 //! Text that the sandbox can shape (binary paths, hosts, paths, reasons) is
@@ -51,6 +51,22 @@ enum PolicyCmd {
     AddPreset { name: String, preset: String },
     /// Remove a preset from a running sandbox's network policy.
     RemovePreset { name: String, preset: String },
+    /// Propose rules for what a sandbox's audit log shows refused (or
+    /// relayed by endpoints in audit mode): a whole policy file to review,
+    /// check and `moat policy set`.
+    Suggest {
+        name: String,
+        /// Only records from this time (RFC 3339) or this long ago (30s, 10m, 2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Write the policy file here (atomically) instead of standard output.
+        #[arg(long)]
+        write: Option<PathBuf>,
+        /// Put this CIDR in allowed_ips of every suggested endpoint (opts a
+        /// private destination in, as `moat approve --allowed-ip` does).
+        #[arg(long = "allowed-ip", value_name = "CIDR")]
+        allowed_ips: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -226,6 +242,9 @@ pub fn policy(a: PolicyArgs) -> Result<ExitCode> {
             n.presets.retain(|p| *p != preset);
             set_network(&name, n, &format!("moat policy remove-preset {preset}"))
         }
+        PolicyCmd::Suggest { name, since, write, allowed_ips } => {
+            suggest(&name, since.as_deref(), write.as_deref(), &allowed_ips)
+        }
     }
 }
 
@@ -352,4 +371,58 @@ fn print_events(f: &mut BufReader<std::fs::File>, a: &EventsArgs, wait: bool) ->
             println!("{}", visible::field(&redact(&text)));
         }
     }
+}
+
+/// `moat policy suggest`: reads the audit log (the rotated-away part
+/// first) against the network policy in force (the live revision while the
+/// sandbox runs, else the one it was created with) and prints or writes
+/// the suggested policy; what is not suggested goes to stderr with why.
+fn suggest(
+    name: &str,
+    since: Option<&str>,
+    write: Option<&std::path::Path>,
+    allowed_ips: &[String],
+) -> Result<ExitCode> {
+    use moat_supervisor::policy::suggest::{self, Collector, Limits};
+    use std::os::unix::fs::MetadataExt;
+    let paths = Paths::new(name)?;
+    let rec = state::load(&paths)?;
+    let file = paths.policy_file();
+    let policy: Policy = serde_json::from_str(&moat_builder::textfile::read(&file, moat_builder::textfile::MAX_TEXT)?)
+        .with_context(|| file.display().to_string())?;
+    let network = if rec.live_status() == Status::Running { current_network(name)? } else { policy.network.clone() };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let since = since.map(|s| suggest::since(s, i128::try_from(now).unwrap_or(i128::MAX))).transpose()?;
+    let mut c = Collector::new(&network, since, Limits::default())?;
+    let log = paths.audit_log();
+    let open = |p: &std::path::Path| match std::fs::File::open(p) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| p.display().to_string()),
+    };
+    let current = open(&log)?;
+    let rotated = open(&moat_supervisor::gateway::events::rotated_path(&log))?;
+    let ino = |f: &std::fs::File| f.metadata().map(|m| m.ino()).ok();
+    for f in [rotated.filter(|r| current.as_ref().is_none_or(|c| ino(c) != ino(r))), current].into_iter().flatten() {
+        c.read(BufReader::new(f)).with_context(|| log.display().to_string())?;
+    }
+    let s = c.finish(name, &policy, allowed_ips)?;
+    for l in &s.not_suggested {
+        say!("moat: not suggested: {}", visible::field(l));
+    }
+    match write {
+        Some(w) => {
+            state::write_atomic(w, s.text.as_bytes())?;
+            println!(
+                "{}: {} suggested from {} records ({} not suggested); check it, then `moat policy set {name} {}`",
+                w.display(),
+                s.suggested,
+                s.stats.records,
+                s.not_suggested.len(),
+                w.display()
+            );
+        }
+        None => print!("{}", visible::lines(&s.text)),
+    }
+    Ok(ExitCode::SUCCESS)
 }

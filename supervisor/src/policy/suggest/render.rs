@@ -145,8 +145,7 @@ pub(super) fn build(
     }
     for (name, host, port) in &c.enforced {
         let Some(p) = network.policies.iter().find(|p| &p.name == name) else { continue };
-        for (i, e) in p.endpoints.iter().enumerate().filter(|(_, e)| &e.host == host && e.port == *port) {
-            debug_assert_eq!(e.enforcement, Enforcement::Enforce);
+        for (i, _) in p.endpoints.iter().enumerate().filter(|(_, e)| &e.host == host && e.port == *port) {
             notes.endpoint.entry((name.clone(), i)).or_default().push(
                 "suggest: was enforcement = \"audit\" (relayed what its rules refused); enforced now: what it \
                  relayed is covered by the suggestions in this file or listed as not suggested"

@@ -20,6 +20,7 @@ fn policy(rules: &str) -> Policy {
     Policy::parse(&format!("{}\n{rules}", crate::policy::BASELINE_TOML), "test").unwrap()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn rec(
     decision: &str,
     binary: &str,
