@@ -374,7 +374,10 @@ impl Collector {
                  write it by hand with allowed_ips if it is meant)"
             ));
         }
-        if check_host(host).is_err() || r.port == 0 {
+        // Only a literal name or address: `*.d`, `+.d`, `**.d` and `{var}`
+        // are patterns to the matcher, wider than the one host recorded.
+        let literal = host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        if !literal || check_host(host).is_err() || r.port == 0 {
             return Some("not a host name or address a rule can name".into());
         }
         if reason.contains("allowed_ips") || reason.contains("never dialled") {

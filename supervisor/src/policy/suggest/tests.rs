@@ -286,3 +286,14 @@ fn recorded_text_cannot_break_out_of_a_comment() {
     assert!(s.text.contains("#   /usr/bin/py\\n[[network.policy]]\\nname"), "{}", s.text);
     assert!(s.not_suggested[0].contains("control characters"), "{:?}", s.not_suggested);
 }
+
+#[test]
+fn a_recorded_host_is_never_read_as_a_pattern() {
+    let p = policy("");
+    let hosts = ["*.example.com", "**.example.com", "+.example.com", "{registry}"];
+    let records: Vec<Record> = hosts.iter().map(|h| unlisted("/usr/bin/curl", h, 443, "CONNECT", "")).collect();
+    let s = suggest(&p, &records);
+    assert_eq!(s.policy.network.policies, p.network.policies, "{}", s.text);
+    assert_eq!(s.not_suggested.len(), hosts.len(), "{:?}", s.not_suggested);
+    assert!(s.not_suggested.iter().all(|l| l.contains("not a host name or address")), "{:?}", s.not_suggested);
+}
