@@ -153,3 +153,36 @@ fn an_image_a_killed_rm_run_left_gets_a_journal_when_it_is_kept() {
     assert!(features(&image).contains("has_journal"), "the kept image got no journal: {}", features(&image));
     w.ok(&["rm", "--workspace", "left"]);
 }
+
+/// A sandbox started while another runs must not pin the other's
+/// workspace image: its launcher's private mount namespace copies every
+/// host mount, and a copy of the other's workspace mount kept the loop
+/// device (and with it the image's lock) alive after the other stopped, so
+/// `moat backup` of the stopped one (and its restart) waited forever while
+/// the second one ran. Seen hanging before the fix.
+#[test]
+fn a_running_sandbox_does_not_pin_another_ones_stopped_workspace() {
+    let w = World::new();
+    let policy = small_policy(w.dir.path());
+    let p = policy.to_str().unwrap();
+    w.ok(&["run", "-d", "--name", "first", "--policy", p, &w.image, "--", "sleep", "300"]);
+    w.ok(&["run", "-d", "--name", "second", "--policy", p, &w.image, "--", "sleep", "300"]);
+    w.ok(&["stop", "first"]);
+    let mut backup = w
+        .moat()
+        .args(["backup", "first"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run moat backup");
+    let done = wait_until(Duration::from_secs(30), || matches!(backup.try_wait(), Ok(Some(_))));
+    if !done {
+        let _ = backup.kill();
+    }
+    let out = backup.wait_with_output().expect("wait for moat backup");
+    assert!(done, "moat backup of the stopped sandbox hung while another sandbox ran");
+    assert!(out.status.success(), "backup: {}", String::from_utf8_lossy(&out.stderr));
+    w.ok(&["rm", "--force", "--workspace", "first"]);
+    w.ok(&["rm", "--force", "--workspace", "second"]);
+}

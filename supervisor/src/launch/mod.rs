@@ -138,6 +138,9 @@ pub fn prepare() -> Result<Prepared, LaunchError> {
     ensure_single_threaded()?;
     rootfs::private_mount_namespace()
         .map_err(|source| LaunchError::Io { what: "private mount namespace".into(), source })?;
+    let sandboxes = moat_builder::home::moat_home().join("sandboxes");
+    rootfs::drop_mounts_below(&sandboxes)
+        .map_err(|source| LaunchError::Io { what: "other sandboxes' workspace mounts".into(), source })?;
     Ok(Prepared { seccomp: DenyList::builtin()?.compile()? })
 }
 

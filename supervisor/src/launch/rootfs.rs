@@ -319,6 +319,56 @@ pub(crate) fn private_mount_namespace() -> io::Result<()> {
     Ok(())
 }
 
+/// Detaches, in this (private) mount namespace, every mount at or below
+/// `dir`: the copies of other sandboxes' workspace mounts the namespace
+/// took from the host when it was made. Kept, a copy holds that
+/// workspace's loop device, and with it the image's lock, for as long as
+/// this launcher lives: the other sandbox's restart and `moat backup` then
+/// wait for this one to end. The launcher reaches its own workspace through
+/// the supervisor's namespace (`mount_workspace`), never through these.
+pub(crate) fn drop_mounts_below(dir: &Path) -> io::Result<()> {
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    // Deepest first: a bind below a mount goes before the mount.
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for p in points {
+        let _ = nix::mount::umount2(&p, MntFlags::MNT_DETACH);
+    }
+    Ok(())
+}
+
+/// A mountinfo path field: spaces, tabs, newlines and `\` are written as
+/// `\040`-style octal escapes.
+fn unescape_mountinfo(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = u32::from(b[i + 1] - b'0') * 64 + u32::from(b[i + 2] - b'0') * 8 + u32::from(b[i + 3] - b'0');
+            out.push((v & 0xff) as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+#[test]
+fn mountinfo_escapes_are_read() {
+    assert_eq!(unescape_mountinfo(r"/a\040b/c\134d\011"), "/a b/c\\d\t");
+    assert_eq!(unescape_mountinfo(r"/x\7"), r"/x\7");
+}
+
 /// Unmounts `target` (detaching it if busy).
 pub(crate) fn unmount(target: &Path) {
     let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
