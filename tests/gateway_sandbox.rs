@@ -180,6 +180,53 @@ print('esc=' + s.recv(300).split(b'\r\n')[0].decode('latin-1'))"
     assert!(!err.contains('\x1b') && !out.contains('\x1b'), "an escape reached the terminal: {err:?}");
 }
 
+/// Approvals do what the operator meant (issue 20, part 5): a destination
+/// whose address the SSRF guard refuses is not approved without
+/// `--allowed-ip` (the command says so and the entry stays pending, instead
+/// of a success after which every retry is refused), and approving a binary
+/// for a host an inspected rule covers gives it that rule's inspection, not
+/// L4: curl approved for python's read-only host may GET, not POST.
+#[test]
+fn approvals_check_the_address_and_inherit_inspection() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let p = policy("inspected-py", GIT_AND_PY);
+    ok(&["run", "-d", "--name", "meant", "--policy", p.to_str().unwrap(), "agent", "--", "sleep", "600"]);
+    // The refusal names its approval in the X-Moat-Denied header (curl -v).
+    let refused_id = |url: &str| {
+        let script = format!("curl -sv {url} 2>&1 | grep -i '^< x-moat-denied'; true");
+        let out = ok(&["exec", "meant", "--", "sh", "-c", &script]);
+        out.split("(approval ").nth(1).and_then(|s| s.split(')').next()).expect("approval id").to_string()
+    };
+    // other.test:443 is inspected for python (GET /ok/** only); curl is refused.
+    let id = refused_id("https://other.test/ok/a");
+    ok(&["approve", "meant", &id]);
+    let get = ok(&["exec", "meant", "--", "curl", "-s", "https://other.test/ok/b"]);
+    assert_eq!(get, "echo GET /ok/b 0\n", "curl may read what the rule allows");
+    let post = ok(&[
+        "exec",
+        "meant",
+        "--",
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-d",
+        "x",
+        "https://other.test/ok/b",
+    ]);
+    assert_eq!(post, "403", "the approval took the inspection: a POST is refused");
+    // A private destination no rule covers: refused without --allowed-ip, still pending.
+    let id = refused_id("http://up.test:8080/x");
+    let o = moat(&["approve", "meant", &id]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--allowed-ip"), "approved a private address silently: {err}");
+    assert!(ok(&["approvals", "meant"]).contains(&id), "the refused approval is still pending");
+    ok(&["approve", "meant", &id, "--allowed-ip", "198.18.0.0/15"]);
+    ok(&["rm", "--force", "meant"]);
+}
+
 const SECRET: &str = "sk-proj-SANDBOXNEVERSEES0123456789abcdef";
 
 #[test]

@@ -47,6 +47,8 @@ pub enum GatewayError {
     Ssrf(#[from] ssrf::SsrfError),
     #[error("{what}")]
     Io { what: String, source: std::io::Error },
+    #[error("not approved: {0}")]
+    NotApproved(String),
 }
 
 fn io(what: &str) -> impl FnOnce(std::io::Error) -> GatewayError {
@@ -200,20 +202,61 @@ impl Shared {
         id
     }
 
-    /// Approves a pending entry: a new revision allowing exactly it.
+    /// Approves a pending entry: a new revision allowing exactly it. Where
+    /// an inspected rule already covers the destination, the approval takes
+    /// its inspection (protocol, access, rules), so it never widens that host
+    /// to L4. The destination is resolved first: an address the SSRF guard
+    /// would refuse (private, loopback, ...) needs `allowed_ips` naming it,
+    /// or the approval is refused and stays pending, instead of one that
+    /// reports success and then refuses every retry.
     pub fn approve(&self, id: &str, allowed_ips: Vec<String>) -> Result<Arc<Current>, GatewayError> {
         let p = self.approvals.lock().unwrap_or_else(|p| p.into_inner()).take(id)?;
+        let restore = |p: Pending| self.approvals.lock().unwrap_or_else(|p| p.into_inner()).restore(p);
         let mut network = self.current().network.clone();
         let mut rule = revisions::approval_policy(&p);
         rule.endpoints[0].allowed_ips = allowed_ips;
+        let inherited = match network.effective() {
+            Ok(policies) => revisions::inherit_inspection(&mut rule, &policies),
+            Err(_) => None,
+        };
+        if let Err(e) = self.check_reachable(&rule.endpoints[0]) {
+            restore(p);
+            return Err(e);
+        }
         network.policies.push(rule);
-        let why = format!("approved {} (sha256 {}) -> {}:{}", crate::visible::field(&p.binary), p.hash, p.host, p.port);
+        let mut why =
+            format!("approved {} (sha256 {}) -> {}:{}", crate::visible::field(&p.binary), p.hash, p.host, p.port);
+        if let Some(from) = inherited {
+            why.push_str(&format!(", inspected as policy {from} inspects it"));
+        }
         match self.set_network(network, &why) {
             Ok(c) => Ok(c),
             Err(e) => {
-                self.approvals.lock().unwrap_or_else(|p| p.into_inner()).restore(p);
+                restore(p);
                 Err(e)
             }
+        }
+    }
+
+    /// Resolves an approval's destination and checks its addresses as a
+    /// connection would be checked (blocking: called off the runtime).
+    fn check_reachable(&self, ep: &crate::policy::schema::Endpoint) -> Result<(), GatewayError> {
+        let nets = ep.allowed_nets();
+        let check = ssrf::resolve_checked(&self.resolver, &ep.host, ep.port, &nets);
+        let result = match tokio::runtime::Handle::try_current() {
+            Ok(h) => h.block_on(check),
+            Err(_) => return Ok(()),
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e @ ssrf::SsrfError::Refused(_)) => Err(GatewayError::NotApproved(format!(
+                "{}:{}: {}; the approval stays pending: approve it with --allowed-ip CIDR naming that address                  if the sandbox should reach it",
+                ep.host,
+                ep.port,
+                moat_builder::errors::chain(&e)
+            ))),
+            // A name that does not resolve now may later; the connection is checked then.
+            Err(_) => Ok(()),
         }
     }
 

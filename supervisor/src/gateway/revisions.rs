@@ -241,6 +241,31 @@ pub fn approval_policy(p: &Pending) -> NetPolicy {
     }
 }
 
+/// Gives an approval rule the inspection of the first inspected endpoint
+/// of `policies` that covers its destination (host pattern and port):
+/// approving a refused binary for a host the policy inspects must not open
+/// that host at L4 for it. Returns the name of the policy it came from.
+pub fn inherit_inspection(rule: &mut NetPolicy, policies: &[NetPolicy]) -> Option<String> {
+    let ep = rule.endpoints.first_mut()?;
+    let (name, from) = policies.iter().find_map(|p| {
+        p.endpoints
+            .iter()
+            .find(|e| e.port == ep.port && e.inspected() && crate::policy::matcher::host_matches(&e.host, &ep.host))
+            .map(|e| (p.name.clone(), e))
+    })?;
+    ep.protocol = from.protocol;
+    ep.tls = from.tls;
+    ep.access = from.access;
+    ep.rules = from.rules.clone();
+    ep.enforcement = from.enforcement;
+    ep.upgrade = from.upgrade;
+    // The addresses the covering rule opts in, unless the operator named some.
+    if ep.allowed_ips.is_empty() {
+        ep.allowed_ips = from.allowed_ips.clone();
+    }
+    Some(name)
+}
+
 /// A glob matching exactly `path`: globset's escape brackets `*?[]{}` but
 /// leaves `\\`, an escape character in globs, so it is doubled too.
 fn glob_literal(path: &str) -> String {
