@@ -57,6 +57,32 @@ const SPAWNERS: &[(&str, &str)] = &[
     ("ruby", "any program"),
 ];
 
+/// Clients whose ordinary reads need a write method, what it is, and the
+/// rule that allows it: `access = "read-only"` refuses them with nothing
+/// in their own error to say why.
+const READS_WITH_WRITES: &[(&str, &str, &str)] = &[
+    (
+        "git",
+        "git clone and fetch over HTTPS POST to .../git-upload-pack",
+        r#"rules = [{ allow = { method = "POST", path = "/**/git-upload-pack" } }] beside the read-only access"#,
+    ),
+    (
+        "git-remote-http",
+        "git clone and fetch over HTTPS POST to .../git-upload-pack",
+        r#"rules = [{ allow = { method = "POST", path = "/**/git-upload-pack" } }] beside the read-only access"#,
+    ),
+    (
+        "git-remote-https",
+        "git clone and fetch over HTTPS POST to .../git-upload-pack",
+        r#"rules = [{ allow = { method = "POST", path = "/**/git-upload-pack" } }] beside the read-only access"#,
+    ),
+    (
+        "npm",
+        "npm install and npm audit POST the audit report to /-/npm/v1/security/...",
+        r#"rules = [{ allow = { method = "POST", path = "/-/npm/v1/security/**" } }], or run npm with --no-audit"#,
+    ),
+];
+
 /// The file name of a binary pattern, with python3.N read as python3.
 fn base_name(b: &str) -> &str {
     let base = b.rsplit('/').next().unwrap_or(b);
@@ -123,6 +149,18 @@ pub fn lint(policies: &[NetPolicy]) -> Vec<String> {
             if e.protocol.is_none() {
                 out.push(format!("policy {}: {}:{} is relayed at L4 (no method/path checks)", p.name, e.host, e.port));
             }
+            let post_allowed =
+                e.rules.iter().any(|r| r.allow.method.eq_ignore_ascii_case("POST") || r.allow.method == "*");
+            if e.access == Some(crate::policy::schema::Access::ReadOnly) && !post_allowed {
+                for b in &p.binaries {
+                    if let Some((_, why, fix)) = READS_WITH_WRITES.iter().find(|(n, ..)| *n == base_name(b)) {
+                        out.push(format!(
+                            "policy {}: {b} cannot work with read-only access to {}:{}: {why}; add {fix}",
+                            p.name, e.host, e.port
+                        ));
+                    }
+                }
+            }
             if e.enforcement == Enforcement::Audit {
                 out.push(format!(
                     "policy {}: {}:{} is in audit mode (refusals are only logged)",
@@ -162,12 +200,28 @@ access = "read-only"
     fn a_star_wildcard_is_explained_and_the_explicit_forms_are_not() {
         let with = |host: &str| lint(&policies(&GIT.replace("CHILDREN", "").replace("github.com", host)));
         let w = with("*.example.com");
-        let star: Vec<_> = w.iter().filter(|w| w.contains("*.example.com")).collect();
+        let star: Vec<_> = w.iter().filter(|w| w.contains("host *.example.com")).collect();
         assert_eq!(star.len(), 1, "{w:?}");
         assert!(star[0].contains("any depth") && star[0].contains("+.example.com"), "{star:?}");
         for explicit in ["+.example.com", "**.example.com", "example.com"] {
             assert!(with(explicit).iter().all(|w| !w.contains("depth")), "{explicit}: {:?}", with(explicit));
         }
+    }
+
+    #[test]
+    fn git_and_npm_under_read_only_are_told_what_they_need() {
+        let w = lint(&policies(&GIT.replace("CHILDREN", "")));
+        let git: Vec<_> = w.iter().filter(|w| w.contains("git-upload-pack")).collect();
+        assert_eq!(git.len(), 1, "{w:?}");
+        assert!(git[0].contains("/usr/bin/git") && git[0].contains("github.com:443"), "{git:?}");
+        let npm = lint(&policies(&GIT.replace("CHILDREN", "").replace("/usr/bin/git", "/usr/bin/npm")));
+        assert!(npm.iter().any(|w| w.contains("--no-audit")), "{npm:?}");
+        let fixed = GIT.replace("CHILDREN", "").replace(
+            "access = \"read-only\"",
+            "access = \"read-only\"\nrules = [{ allow = { method = \"POST\", path = \"/**/git-upload-pack\" } }]",
+        );
+        let quiet = lint(&policies(&fixed));
+        assert!(quiet.iter().all(|w| !w.contains("git-upload-pack")), "{quiet:?}");
     }
 
     #[test]
