@@ -79,7 +79,7 @@ const PIPE_HINT: &str = "pipe it in (`printf %s \"$KEY\" | moat credentials set 
 fn read_stdin(name: &str) -> Result<Vec<u8>> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        let _echo_off = EchoOff::new(&stdin)?;
+        let _echo_off = crate::echo_off::EchoOff::new(&stdin, PIPE_HINT)?;
         eprint!("secret for {name} (input hidden): ");
         let _ = std::io::stderr().flush();
         let mut line = String::new();
@@ -95,29 +95,6 @@ fn read_stdin(name: &str) -> Result<Vec<u8>> {
         bail!("the secret on stdin is larger than {MAX_SECRET} bytes");
     }
     Ok(buf)
-}
-
-/// Turns terminal echo off for its lifetime (restored on drop, also on error).
-struct EchoOff {
-    saved: nix::sys::termios::Termios,
-}
-
-impl EchoOff {
-    fn new(stdin: &std::io::Stdin) -> Result<EchoOff> {
-        use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
-        let saved = tcgetattr(stdin).with_context(|| format!("cannot turn off echo on this terminal: {PIPE_HINT}"))?;
-        let mut quiet = saved.clone();
-        quiet.local_flags.remove(LocalFlags::ECHO);
-        quiet.local_flags.insert(LocalFlags::ECHONL);
-        tcsetattr(stdin, SetArg::TCSAFLUSH, &quiet).context("turning off terminal echo")?;
-        Ok(EchoOff { saved })
-    }
-}
-
-impl Drop for EchoOff {
-    fn drop(&mut self) {
-        let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &self.saved);
-    }
 }
 
 fn ls(store: &Store, json: bool) -> Result<ExitCode> {

@@ -160,7 +160,7 @@ fn trim_newline(line: &mut Vec<u8>) -> usize {
 
 /// One line from the terminal with echo off, the prompt on stderr.
 fn prompt(stdin: &std::io::Stdin, text: &str) -> Result<Vec<u8>> {
-    let _echo_off = EchoOff::new(stdin)?;
+    let _echo_off = crate::echo_off::EchoOff::new(stdin, &format!("set {PASSWORD_ENV} or pipe the password in"))?;
     eprint!("{text}");
     let _ = std::io::stderr().flush();
     let mut line = Vec::new();
@@ -170,32 +170,6 @@ fn prompt(stdin: &std::io::Stdin, text: &str) -> Result<Vec<u8>> {
         bail!("the password is longer than {MAX_PASSWORD} bytes");
     }
     Ok(line)
-}
-
-/// Turns terminal echo off for its lifetime (restored on drop, also on
-/// error); ECHONL still shows the newline that ends the hidden input.
-struct EchoOff {
-    saved: nix::sys::termios::Termios,
-}
-
-impl EchoOff {
-    fn new(stdin: &std::io::Stdin) -> Result<EchoOff> {
-        use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
-        let saved = tcgetattr(stdin).with_context(|| {
-            format!("cannot turn off echo on this terminal: set {PASSWORD_ENV} or pipe the password in")
-        })?;
-        let mut quiet = saved.clone();
-        quiet.local_flags.remove(LocalFlags::ECHO);
-        quiet.local_flags.insert(LocalFlags::ECHONL);
-        tcsetattr(stdin, SetArg::TCSAFLUSH, &quiet).context("turning off terminal echo")?;
-        Ok(EchoOff { saved })
-    }
-}
-
-impl Drop for EchoOff {
-    fn drop(&mut self) {
-        let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &self.saved);
-    }
 }
 
 /// Reads trusted public keys.

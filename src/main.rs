@@ -19,6 +19,7 @@ macro_rules! say {
 
 mod credentials_cmds;
 mod debian_cmds;
+mod echo_off;
 mod image_cmds;
 mod inference_cmds;
 mod key_cmds;
