@@ -358,3 +358,46 @@ fn moat_signs_with_cosign_key_files_made_elsewhere() {
         openssl_verify(&public, &sig, &payload).unwrap_or_else(|e| panic!("{}: {e}", key.display()));
     }
 }
+
+/// Two signers push signatures of one image to one repository: the second
+/// push adds to the registry's `.sig` (as cosign does), so both classic
+/// signatures stay there, each verifiable by openssl alone.
+#[test]
+fn a_second_signer_adds_to_the_registrys_signatures_instead_of_replacing_them() {
+    let r = reg::Registry::plain();
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let target = format!("{}/moat/shared:v1", r.addr);
+    let mut publics = Vec::new();
+    for who in ["alice", "bob"] {
+        let (store, keys) = (tmp.path().join(format!("store-{who}")), tmp.path().join(format!("keys-{who}")));
+        let st = Store::open(&store).unwrap();
+        reg::make_image(&st, "shared", 9, 32 << 10, true);
+        moat_ok(&home, &store, &["key", "generate", "--out", s(&keys)]);
+        moat_ok(&home, &store, &["sign", "shared", "--key", s(&keys.join("cosign.key"))]);
+        moat_ok(&home, &store, &["push", "shared", &target]);
+        publics.push(keys.join("cosign.pub"));
+    }
+    let digest = {
+        let st = Store::open(&tmp.path().join("store-alice")).unwrap();
+        st.resolve("shared").unwrap().manifest.digest
+    };
+    let m: Value = serde_json::from_slice(&curl_get(
+        &r.addr,
+        "moat/shared",
+        "manifests",
+        &format!("sha256-{}.sig", digest.hex()),
+        "application/vnd.oci.image.manifest.v1+json",
+    ))
+    .unwrap();
+    let layers = m["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2, "both signers' signatures are in the registry: {m}");
+    for public in &publics {
+        let held = layers.iter().any(|l| {
+            let sig = unb64(l["annotations"]["dev.cosignproject.cosign/signature"].as_str().unwrap());
+            let payload = curl_get(&r.addr, "moat/shared", "blobs", l["digest"].as_str().unwrap(), "*/*");
+            openssl_verify(public, &sig, &payload).is_ok()
+        });
+        assert!(held, "no classic signature in the registry verifies with {}", public.display());
+    }
+}

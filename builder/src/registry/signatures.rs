@@ -62,7 +62,15 @@ pub fn push(store: &Store, subject: &Digest, target: &str, opts: &Options) -> Re
         conn.retry("authenticate for push", || conn.client.auth(&r, &conn.auth, RegistryOperation::Push)).await?;
         for name in [sig_tag(subject), att_tag(subject)] {
             let Some(desc) = index_entry(store, &name)? else { continue };
-            let bytes = store.read_blob(&desc.digest)?;
+            let mut bytes = store.read_blob(&desc.digest)?;
+            // Add to what other signers put there, as cosign does; a tag
+            // whose manifest does not read is replaced.
+            if let Some(theirs) = get_tag(&conn, &r, &name).await? {
+                match crate::sign::artifacts::merged_image(store, &bytes, &theirs) {
+                    Ok(merged) => bytes = merged,
+                    Err(e) => tracing::warn!(tag = %name, error = %crate::errors::chain(&e), "registry's signature image replaced"),
+                }
+            }
             push_manifest(&conn, store, &r, &bytes, MEDIA_MANIFEST, Some(&name), &progress).await?;
             moved.artifacts.push(name);
         }

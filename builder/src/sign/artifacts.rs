@@ -104,7 +104,14 @@ fn read_manifest(store: &Store, name: &str) -> Result<Option<Manifest>> {
 
 /// Writes a cosign-style image (`.sig` or `.att`) of `layers` and names it.
 /// Layers are sorted, so the same set gives the same bytes in any order.
-fn put_image(store: &Store, name: &str, mut layers: Vec<Descriptor>) -> Result<Descriptor> {
+fn put_image(store: &Store, name: &str, layers: Vec<Descriptor>) -> Result<Descriptor> {
+    let m = image_manifest(store, layers)?;
+    put_named(store, name, &m, MEDIA_MANIFEST)
+}
+
+/// The manifest of a cosign-style image of `layers` (sorted, each once),
+/// its config written to the store.
+fn image_manifest(store: &Store, mut layers: Vec<Descriptor>) -> Result<Manifest> {
     layers.sort_by(|a, b| (&a.digest, &a.annotations).cmp(&(&b.digest, &b.annotations)));
     layers.dedup();
     let diff_ids: Vec<String> = layers.iter().map(|l| l.digest.to_string()).collect();
@@ -122,15 +129,32 @@ fn put_image(store: &Store, name: &str, mut layers: Vec<Descriptor>) -> Result<D
         annotations: BTreeMap::new(),
         platform: None,
     };
-    let m = Manifest {
+    Ok(Manifest {
         schema_version: 2,
         media_type: Some(MEDIA_MANIFEST.into()),
         artifact_type: None,
         config,
         layers,
         annotations: BTreeMap::new(),
+    })
+}
+
+/// The `.sig` or `.att` image holding the layers of both `ours` and
+/// `theirs` (a registry's, with other signers' signatures): what a push
+/// sends, so it adds to the registry's signatures instead of replacing
+/// them (as cosign does). At most [`MAX_ENTRIES`] of theirs are kept.
+/// Returns the manifest's bytes; its config is written to the store.
+pub fn merged_image(store: &Store, ours: &[u8], theirs: &[u8]) -> Result<Vec<u8>> {
+    let parse = |b: &[u8], what: &str| {
+        serde_json::from_slice::<Manifest>(b)
+            .map_err(|e| ArtifactError::Malformed { what: what.into(), msg: e.to_string() })
     };
-    put_named(store, name, &m, MEDIA_MANIFEST)
+    let (ours, theirs) =
+        (parse(ours, "the store's signature image")?, parse(theirs, "the registry's signature image")?);
+    let mut layers = ours.layers;
+    layers.extend(theirs.layers.into_iter().take(MAX_ENTRIES));
+    let m = image_manifest(store, layers)?;
+    Ok(crate::cjson::to_vec(&m).map_err(StoreError::BadIndex)?)
 }
 
 fn put_named<T: serde::Serialize>(store: &Store, name: &str, doc: &T, media_type: &str) -> Result<Descriptor> {
