@@ -227,6 +227,38 @@ fn approvals_check_the_address_and_inherit_inspection() {
     ok(&["rm", "--force", "meant"]);
 }
 
+/// The gateway closes a kept-alive connection only after the policy's
+/// `supervisor.keepalive_idle_secs` (default 300 s: longer than the idle
+/// limits clients keep themselves, so the client closes first; it was 90 s,
+/// Go's own default, and the two raced). Measured from inside a sandbox on
+/// an inspected tunnel: closed after about 2 s under a 2 s limit, still open
+/// after 4 s under a 6 s one.
+#[test]
+fn kept_alive_connections_live_as_long_as_the_policy_says() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let script = r#"python3 -c "
+import http.client, ssl, select, time, os
+c = http.client.HTTPSConnection('127.0.0.1', 3128, context=ssl.create_default_context(cafile=os.environ['SSL_CERT_FILE']))
+c.set_tunnel('other.test', 443)
+c.request('GET', '/ok/a'); r = c.getresponse(); r.read()
+t = time.time()
+rd, _, _ = select.select([c.sock], [], [], 4)
+print('idle_close=%.0f' % (time.time() - t) if rd else 'idle_close=none')"
+"#;
+    let mut seen = Vec::new();
+    for secs in [2, 6] {
+        let p = policy(&format!("idle-{secs}"), GIT_AND_PY);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("keepalive_idle_secs = 300"), "the baseline's default is 300 s");
+        std::fs::write(&p, text.replace("keepalive_idle_secs = 300", &format!("keepalive_idle_secs = {secs}")))
+            .unwrap();
+        let out = ok(&["run", "--rm", "--policy", p.to_str().unwrap(), "agent", "--", "sh", "-c", script]);
+        seen.push(kv(&out).get("idle_close").cloned().unwrap_or_else(|| out.clone()));
+    }
+    assert!(matches!(seen[0].as_str(), "2" | "3"), "closed after the 2 s limit: {seen:?}");
+    assert_eq!(seen[1], "none", "still open 4 s into a 6 s limit: {seen:?}");
+}
+
 const SECRET: &str = "sk-proj-SANDBOXNEVERSEES0123456789abcdef";
 
 #[test]

@@ -82,7 +82,7 @@ impl Default for Limits {
         Limits {
             max_head: 32 * 1024,
             head_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(90),
+            idle_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
             max_connections: 1024,
             body_timeout: Duration::from_secs(120),

@@ -157,11 +157,14 @@ pub struct Supervisor {
     /// Bytes of request bodies (MiB) the inference gateway may hold at once
     /// for this sandbox (only bodies it must rewrite whole are held).
     pub body_buffer_mib: u64,
+    /// Seconds a kept-alive client connection may sit idle between requests
+    /// on an inspected or forward path before the gateway closes it.
+    pub keepalive_idle_secs: u64,
 }
 
 impl Default for Supervisor {
     fn default() -> Supervisor {
-        Supervisor { memory_max_mib: 256, request_body_timeout_secs: 120, body_buffer_mib: 64 }
+        Supervisor { memory_max_mib: 256, request_body_timeout_secs: 120, body_buffer_mib: 64, keepalive_idle_secs: 300 }
     }
 }
 
@@ -265,6 +268,9 @@ impl Policy {
             return Err(
                 "supervisor.memory_max_mib must be >= 32, request_body_timeout_secs and body_buffer_mib >= 1".into()
             );
+        }
+        if !(1..=86_400).contains(&sup.keepalive_idle_secs) {
+            return Err("supervisor.keepalive_idle_secs must be from 1 to 86400 (a day)".into());
         }
         if sup.body_buffer_mib >= sup.memory_max_mib {
             return Err("supervisor.body_buffer_mib must be below supervisor.memory_max_mib".into());

@@ -500,6 +500,7 @@ fn gateway_limits(s: &crate::policy::Supervisor) -> crate::gateway::Limits {
     crate::gateway::Limits {
         body_timeout: Duration::from_secs(s.request_body_timeout_secs),
         body_buffer: usize::try_from(s.body_buffer_mib << 20).unwrap_or(usize::MAX),
+        idle_timeout: Duration::from_secs(s.keepalive_idle_secs),
         ..Default::default()
     }
 }
