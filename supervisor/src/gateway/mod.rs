@@ -250,7 +250,7 @@ impl Shared {
         match result {
             Ok(_) => Ok(()),
             Err(e @ ssrf::SsrfError::Refused(_)) => Err(GatewayError::NotApproved(format!(
-                "{}:{}: {}; the approval stays pending: approve it with --allowed-ip CIDR naming that address                  if the sandbox should reach it",
+                "{}:{}: {}; the approval stays pending: approve it with --allowed-ip CIDR naming that address if the sandbox should reach it",
                 ep.host,
                 ep.port,
                 moat_builder::errors::chain(&e)
