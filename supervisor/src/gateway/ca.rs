@@ -1,10 +1,11 @@
 //! The per-sandbox certificate authority for L7 inspection: made when the
 //! sandbox starts (never written to the host's trust store, its key never
 //! leaves the supervisor's memory), leaf certificates cached per host, and
-//! the upstream TLS client with the system roots. Guards against a sandbox
-//! being able to mint certificates (it sees only the CA certificate) and
-//! against an inspected connection downgrading to HTTP/2 or unverified TLS
-//! upstream.
+//! the upstream TLS clients: the system roots, or an endpoint's own
+//! `upstream_ca`. Guards against a sandbox being able to mint certificates
+//! (it sees only the CA certificate), against an inspected connection
+//! downgrading to HTTP/2 or unverified TLS upstream, and against a private
+//! upstream CA being trusted beyond the endpoint that names it.
 #![forbid(unsafe_code)]
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -112,8 +113,13 @@ impl Ca {
     }
 }
 
-/// The upstream TLS client: the host's system roots, plus the PEM file
-/// named by `MOAT_GATEWAY_UPSTREAM_CA` (tests' private upstream CA).
+/// The test hook naming a PEM file of extra upstream roots (tests' private
+/// upstream CA): read only by debug builds, the ones tests run. A release
+/// build ignores it; policy names a private CA per endpoint (`upstream_ca`).
+pub const UPSTREAM_CA_HOOK: &str = "MOAT_GATEWAY_UPSTREAM_CA";
+
+/// The upstream TLS client: the host's system roots (plus, in debug builds,
+/// the file named by [`UPSTREAM_CA_HOOK`]).
 pub fn upstream_client() -> Result<Arc<rustls::ClientConfig>, CaError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
@@ -121,15 +127,57 @@ pub fn upstream_client() -> Result<Arc<rustls::ClientConfig>, CaError> {
         tracing::warn!(event = "system_roots", error = %moat_builder::errors::chain(&e), "some system root certificates could not be read");
     }
     let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-    if let Some(path) = std::env::var_os("MOAT_GATEWAY_UPSTREAM_CA").filter(|p| !p.is_empty()) {
-        let bad = |message: String| CaError::File { path: path.to_string_lossy().into_owned(), message };
-        let pem = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
-        for der in pem_certificates(&pem).map_err(bad)? {
-            roots.add(der).map_err(CaError::Tls)?;
+    let hook = std::env::var_os(UPSTREAM_CA_HOOK).filter(|p| !p.is_empty());
+    match hook {
+        Some(path) if cfg!(debug_assertions) => {
+            let bad = |message: String| CaError::File { path: path.to_string_lossy().into_owned(), message };
+            let pem = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
+            for der in pem_certificates(&pem).map_err(bad)? {
+                roots.add(der).map_err(CaError::Tls)?;
+            }
         }
-    } else if added == 0 {
-        tracing::warn!(event = "system_roots", "no system root certificates: upstream TLS will fail");
+        Some(_) => {
+            tracing::warn!(event = "system_roots", "{UPSTREAM_CA_HOOK} is a test hook, ignored by release builds: name the CA with upstream_ca in the endpoint")
+        }
+        None if added == 0 => {
+            tracing::warn!(event = "system_roots", "no system root certificates: upstream TLS will fail")
+        }
+        None => {}
     }
+    client(roots)
+}
+
+/// The upstream TLS client of an endpoint that names its upstream's CA
+/// (`upstream_ca`, PEM embedded in the policy): those roots only, in place
+/// of the system's. Built once per distinct PEM (cached by its SHA-256,
+/// bounded) for the life of the process.
+pub fn pinned_client(pem: &str) -> Result<Arc<rustls::ClientConfig>, CaError> {
+    use sha2::Digest;
+    static CACHE: Mutex<Option<HashMap<[u8; 32], Arc<rustls::ClientConfig>>>> = Mutex::new(None);
+    let key: [u8; 32] = sha2::Sha256::digest(pem.as_bytes()).into();
+    if let Some(c) = CACHE.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashMap::new).get(&key) {
+        return Ok(c.clone());
+    }
+    let bad = |message: String| CaError::File { path: "upstream_ca".into(), message };
+    let mut roots = rustls::RootCertStore::empty();
+    for der in crate::policy::upstream_ca::certificates(pem.as_bytes()).map_err(bad)? {
+        roots.add(der).map_err(CaError::Tls)?;
+    }
+    let config = client(roots)?;
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    let cache = cache.get_or_insert_with(HashMap::new);
+    if cache.len() >= PINNED_CACHE {
+        cache.clear();
+    }
+    cache.insert(key, config.clone());
+    Ok(config)
+}
+
+/// Distinct `upstream_ca` client configurations kept (a policy names few).
+const PINNED_CACHE: usize = 64;
+
+/// A TLS client trusting `roots`.
+fn client(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, CaError> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)

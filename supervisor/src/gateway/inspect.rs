@@ -245,6 +245,16 @@ pub(crate) async fn inference_tunnel(
     }
 }
 
+/// Why upstream TLS failed; an unknown issuer says how a private CA is
+/// trusted (the endpoint names it), unless the endpoint already names one.
+fn upstream_tls_error(e: &std::io::Error, names_a_ca: bool) -> String {
+    let mut s = format!("upstream TLS: {e}");
+    if !names_a_ca && s.contains("UnknownIssuer") {
+        s.push_str(" (a private CA: name it with upstream_ca in the endpoint)");
+    }
+    s
+}
+
 /// An inspected tunnel's destination, already decided and dialled.
 pub(crate) struct Target {
     pub host: String,
@@ -276,11 +286,15 @@ pub(crate) async fn tunnel(shared: &Arc<Shared>, client: BufReader<TcpStream>, c
     };
     let up = async {
         let name = super::ca::server_name(&host).map_err(|e| moat_builder::errors::chain(&e))?;
-        let config = shared.upstream_tls().map_err(|e| e.to_string())?;
+        // An endpoint naming its upstream's CA trusts that CA only.
+        let config = match &relay.endpoint.upstream_ca {
+            Some(pem) => super::ca::pinned_client(pem).map_err(|e| moat_builder::errors::chain(&e))?,
+            None => shared.upstream_tls().map_err(|e| e.to_string())?,
+        };
         let connector = tokio_rustls::TlsConnector::from(config);
         match tokio::time::timeout(shared.limits.connect_timeout, connector.connect(name, upstream)).await {
             Ok(Ok(s)) => Ok(s),
-            Ok(Err(e)) => Err(format!("upstream TLS: {e}")),
+            Ok(Err(e)) => Err(upstream_tls_error(&e, relay.endpoint.upstream_ca.is_some())),
             Err(_) => Err("upstream TLS handshake timed out".to_string()),
         }
     };

@@ -237,6 +237,7 @@ pub fn approval_policy(p: &Pending) -> NetPolicy {
             enforcement: Enforcement::Enforce,
             allowed_ips: Vec::new(),
             upgrade: false,
+            upstream_ca: None,
         }],
     }
 }
@@ -259,6 +260,7 @@ pub fn inherit_inspection(rule: &mut NetPolicy, policies: &[NetPolicy]) -> Optio
     ep.rules = from.rules.clone();
     ep.enforcement = from.enforcement;
     ep.upgrade = from.upgrade;
+    ep.upstream_ca = from.upstream_ca.clone();
     // The addresses the covering rule opts in, unless the operator named some.
     if ep.allowed_ips.is_empty() {
         ep.allowed_ips = from.allowed_ips.clone();

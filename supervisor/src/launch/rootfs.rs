@@ -130,7 +130,7 @@ impl PreparedImage {
 pub(crate) const MOUNT_POINTS: &[&str] = &["proc", "dev", "sys", "tmp"];
 
 /// Writes the per-sandbox top layer: mount points, the workspace directory
-/// and `/etc/hosts` (mapping `inference.local` to the gateway).
+/// and `/etc/hosts` (mapping `inference.local` and `moat.local` to the gateway).
 ///
 /// `dir` may be a copy of an image (`moat bundle`): a symlink at any path
 /// touched here is replaced, never followed, so the image cannot redirect
@@ -240,35 +240,192 @@ pub(crate) const CA_ENV: &[(&str, &str)] = &[
     ("NODE_EXTRA_CA_CERTS", CA_FILE),
 ];
 
-/// Writes the gateway CA into the top layer `dir`: `CA_FILE`, and
-/// `CA_BUNDLE` = the image's Debian bundle (first found in `layers`,
-/// topmost first) followed by the CA.
+/// Where TLS stacks look for the system's CA bundle (Go's list, plus
+/// OpenSSL's default file on Debian and Fedora). Each one the image has is
+/// served with the gateway's CA appended, so a client with no CA variable
+/// trusts the gateway as it trusts the image's roots.
+pub(crate) const SYSTEM_BUNDLES: &[&str] = &[
+    "etc/ssl/certs/ca-certificates.crt",                // Debian, Ubuntu, Alpine, Arch
+    "etc/pki/tls/certs/ca-bundle.crt",                  // Fedora, RHEL
+    "etc/ssl/ca-bundle.pem",                            // openSUSE
+    "etc/pki/tls/cacert.pem",                           // OpenELEC
+    "etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem", // Fedora, RHEL (the file the others link to)
+    "etc/ssl/cert.pem",                                 // Alpine, LibreSSL
+    "usr/lib/ssl/cert.pem",                             // OpenSSL's default file on Debian
+    "etc/pki/tls/cert.pem",                             // OpenSSL's default file on Fedora
+];
+
+/// The most bytes of one image bundle read (Debian's is about 220 KiB).
+const MAX_BUNDLE: u64 = 4 << 20;
+
+/// Writes the gateway CA into the top layer `dir`: `CA_FILE`; `CA_BUNDLE`
+/// = the image's Debian bundle (if it has one) followed by the CA; and at
+/// each of `SYSTEM_BUNDLES` the image has, its own bundle followed by the
+/// CA. The image is read through its layers without following any link
+/// out of it: links are resolved inside the image.
 pub(crate) fn write_trust(dir: &Path, layers_top_first: &[PathBuf], ca_pem: &str) -> Result<(), RootfsError> {
-    let etc = dir.join("etc/moat");
-    fs::DirBuilder::new().recursive(true).mode(0o755).create(&etc).map_err(io_err(&etc))?;
-    let mut bundle = String::new();
-    for l in layers_top_first {
-        let p = l.join("etc/ssl/certs/ca-certificates.crt");
-        if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_file()) {
-            bundle = fs::read_to_string(&p).map_err(io_err(&p))?;
-            break;
+    let image = ImageView(layers_top_first);
+    let with_ca = |own: &[u8]| {
+        let mut b = String::from_utf8_lossy(own).into_owned();
+        if !b.is_empty() && !b.ends_with('\n') {
+            b.push('\n');
+        }
+        b.push_str(ca_pem);
+        b
+    };
+    // Regular files first: a link to one of them keeps leading there.
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    let mut links: Vec<(String, String, PathBuf)> = Vec::new();
+    for rel in SYSTEM_BUNDLES {
+        match image.lookup(rel).map_err(io_err(&dir.join(rel)))? {
+            Found::File(host) => files.push((rel.to_string(), host)),
+            Found::Link(_) => {
+                if let Some((target, host)) = image.resolve(rel).map_err(io_err(&dir.join(rel)))? {
+                    links.push((rel.to_string(), target, host));
+                }
+            }
+            Found::Dir | Found::Absent => {}
         }
     }
-    if !bundle.is_empty() && !bundle.ends_with('\n') {
-        bundle.push('\n');
+    let mut serve: Vec<(String, PathBuf)> = files.clone();
+    for (rel, target, host) in links {
+        if !files.iter().any(|(f, _)| *f == target) {
+            serve.push((rel, host)); // a link to a bundle not served: a copy hides it
+        }
     }
-    bundle.push_str(ca_pem);
-    for (name, text) in [("ca.pem", ca_pem), ("ca-bundle.pem", bundle.as_str())] {
-        let p = etc.join(name);
-        fs::write(&p, text).map_err(io_err(&p))?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).map_err(io_err(&p))?;
+    let mut debian = String::new();
+    for (rel, host) in &serve {
+        let own = read_bounded(host).map_err(io_err(host))?;
+        let text = with_ca(&own);
+        if rel == SYSTEM_BUNDLES[0] {
+            debian = text.clone();
+        }
+        write_file(&dir.join(rel), &text)?;
     }
-    Ok(())
+    if debian.is_empty() {
+        debian = with_ca(b"");
+    }
+    write_file(&dir.join(CA_FILE.trim_start_matches('/')), ca_pem)?;
+    write_file(&dir.join(CA_BUNDLE.trim_start_matches('/')), &debian)
+}
+
+/// Writes a 0644 file in the top layer, making its directories (0755).
+fn write_file(p: &Path, text: &str) -> Result<(), RootfsError> {
+    if let Some(parent) = p.parent() {
+        fs::DirBuilder::new().recursive(true).mode(0o755).create(parent).map_err(io_err(parent))?;
+    }
+    fs::write(p, text).map_err(io_err(p))?;
+    fs::set_permissions(p, fs::Permissions::from_mode(0o644)).map_err(io_err(p))
+}
+
+/// Reads at most `MAX_BUNDLE` bytes of a layer's regular file, never through a link.
+fn read_bounded(p: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(p)?;
+    let mut v = Vec::new();
+    f.take(MAX_BUNDLE + 1).read_to_end(&mut v)?;
+    if v.len() as u64 > MAX_BUNDLE {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a CA bundle larger than {MAX_BUNDLE} bytes")));
+    }
+    Ok(v)
+}
+
+/// What a path is in the image (its layers merged, topmost first).
+#[derive(Debug, PartialEq)]
+enum Found {
+    /// A regular file, at this path on the host (inside a layer).
+    File(PathBuf),
+    /// A symbolic link, with its target.
+    Link(PathBuf),
+    Dir,
+    /// Not there (or deleted by a whiteout, or under something not a directory).
+    Absent,
+}
+
+/// An image's layers, read as the sandbox sees them, without following links.
+struct ImageView<'a>(&'a [PathBuf]);
+
+impl ImageView<'_> {
+    /// What `rel` (no `.`, `..` or links among its parents) is in the image.
+    fn lookup(&self, rel: &str) -> io::Result<Found> {
+        let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+        for layer in self.0 {
+            let mut cur = layer.clone();
+            for (i, c) in comps.iter().enumerate() {
+                cur.push(c);
+                let m = match fs::symlink_metadata(&cur) {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break, // maybe in a lower layer
+                    Err(e) => return Err(e),
+                };
+                let last = i + 1 == comps.len();
+                let t = m.file_type();
+                if last {
+                    return Ok(if t.is_file() {
+                        Found::File(cur)
+                    } else if t.is_symlink() {
+                        Found::Link(fs::read_link(&cur)?)
+                    } else if t.is_dir() {
+                        Found::Dir
+                    } else {
+                        Found::Absent // a whiteout (0/0 device) or something no bundle is
+                    });
+                }
+                if !t.is_dir() {
+                    // A parent that is a link or a file here hides lower layers'.
+                    return Ok(Found::Absent);
+                }
+            }
+        }
+        Ok(Found::Absent)
+    }
+
+    /// Follows `rel` through links inside the image (at most 16): the path
+    /// it ends at and that regular file's place on the host.
+    fn resolve(&self, rel: &str) -> io::Result<Option<(String, PathBuf)>> {
+        let mut todo: std::collections::VecDeque<String> =
+            rel.split('/').filter(|c| !c.is_empty()).map(str::to_string).collect();
+        let mut done: Vec<String> = Vec::new();
+        let mut hops = 0;
+        while let Some(c) = todo.pop_front() {
+            match c.as_str() {
+                "." => continue,
+                ".." => {
+                    done.pop();
+                    continue;
+                }
+                _ => done.push(c),
+            }
+            let path = done.join("/");
+            match self.lookup(&path)? {
+                Found::Absent => return Ok(None),
+                Found::Dir if !todo.is_empty() => {}
+                Found::File(host) if todo.is_empty() => return Ok(Some((path, host))),
+                Found::Dir | Found::File(_) => return Ok(None),
+                Found::Link(target) => {
+                    hops += 1;
+                    if hops > 16 {
+                        return Ok(None);
+                    }
+                    done.pop();
+                    if target.is_absolute() {
+                        done.clear();
+                    }
+                    let t = target.to_string_lossy().into_owned();
+                    for part in t.split('/').filter(|p| !p.is_empty()).rev() {
+                        todo.push_front(part.to_string());
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// The sandbox's /etc/hosts: the gateway listens on 127.0.0.1 inside the netns.
 pub(crate) fn hosts_file(hostname: &str) -> String {
-    format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\tinference.local\n")
+    format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\tinference.local moat.local\n")
 }
 
 /// Mounts the tmpfs that holds the per-sandbox top layer on `target`. Call

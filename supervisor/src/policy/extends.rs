@@ -6,7 +6,7 @@
 //! against the whole schema and errors are placed at file:line:column in the
 //! file that wrote them), and chains that loop or never end.
 #![forbid(unsafe_code)]
-use crate::policy::{placed, Policy, PolicyError};
+use crate::policy::{placed, upstream_ca, Policy, PolicyError};
 use moat_builder::textfile::{self, At, TextError};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -99,8 +99,10 @@ pub fn load(path: &Path) -> Result<Layered, PolicyError> {
     let files = chain.iter().map(|l| PathBuf::from(&l.origin)).collect();
     let mut named = BTreeSet::new();
     let mut policy = Policy::baseline();
-    for layer in chain.into_iter().rev() {
+    for mut layer in chain.into_iter().rev() {
         names(&layer.table, &mut named);
+        // Before the merge, while the values keep their places in this file.
+        upstream_ca::embed(&mut layer.table, Some(&layer.dir), &layer.text, &layer.origin)?;
         policy = over(&policy, layer.table, &layer.text, &layer.origin)?;
         policy.trust.embed_keys(&layer.dir).map_err(|message| invalid(&layer.origin, message))?;
         policy.validate().map_err(|message| invalid(&layer.origin, message))?;
@@ -111,7 +113,8 @@ pub fn load(path: &Path) -> Result<Layered, PolicyError> {
 /// Parses policy text with no file: over the baseline; a file it extends
 /// cannot be read (and trust key paths stay paths).
 pub fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
-    let (table, extends) = split(text, origin)?;
+    let (mut table, extends) = split(text, origin)?;
+    upstream_ca::embed(&mut table, None, text, origin)?;
     if let Some((name, offset)) = extends.filter(|(n, _)| n != BASELINE) {
         let message = format!("extends {name:?}: a file is read only when the policy is loaded from its own file");
         return Err(placed(At::new(text, offset, origin, message)));

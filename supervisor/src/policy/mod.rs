@@ -13,6 +13,7 @@ pub mod presets;
 pub mod schema;
 pub mod suggest;
 pub mod trust;
+pub mod upstream_ca;
 use moat_builder::textfile;
 use serde::{Deserialize, Serialize};
 use std::path::{Component, Path};

@@ -67,6 +67,12 @@ pub struct Endpoint {
     /// connection is bytes, no longer inspected). Never with `read-only`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub upgrade: bool,
+    /// For inspected endpoints: the CA certificates (PEM) the upstream's
+    /// certificate is verified against, in place of the host's roots.
+    /// Written as a path relative to the policy file, embedded when the file
+    /// is loaded ([`crate::policy::upstream_ca`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_ca: Option<String>,
 }
 
 fn yes() -> bool {
@@ -201,6 +207,14 @@ impl Endpoint {
             return Err("upgrade = true with access = \"read-only\": an upgraded connection carries \
                         uninspected writes"
                 .into());
+        }
+        if let Some(ca) = &self.upstream_ca {
+            if !self.inspected() {
+                return Err("upstream_ca needs protocol = \"rest\" with tls = \"terminate\" (elsewhere the \
+                            client verifies the upstream itself)"
+                    .into());
+            }
+            crate::policy::upstream_ca::validate(ca)?;
         }
         if self.tls == Some(Tls::Passthrough) && inspects {
             return Err("tls = \"passthrough\" cannot be inspected: method/path limits need tls = \"terminate\"".into());

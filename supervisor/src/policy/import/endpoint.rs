@@ -278,6 +278,7 @@ pub(super) fn l4(host: String, port: u16) -> Endpoint {
         enforcement: Enforcement::Enforce,
         allowed_ips,
         upgrade: false,
+        upstream_ca: None,
     }
 }
 

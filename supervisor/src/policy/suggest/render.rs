@@ -170,6 +170,7 @@ pub(super) fn build(
                 enforcement: Enforcement::Enforce,
                 allowed_ips: allowed_ips.to_vec(),
                 upgrade: false,
+                upstream_ca: None,
             };
             let mut lines = Vec::new();
             if t.requests.is_empty() {
