@@ -6,6 +6,7 @@ use clap::Args;
 use moat_builder::{home, Store};
 use moat_supervisor::launch as launcher;
 use moat_supervisor::sandbox::doctor;
+use moat_supervisor::sandbox::publish;
 use moat_supervisor::sandbox::state::{self, Paths, Status};
 use moat_supervisor::sandbox::{self, RunRequest};
 use moat_supervisor::secrets::redact::RedactingWriter;
@@ -49,6 +50,15 @@ pub struct RunArgs {
     /// Remove the sandbox's state when it exits (the workspace too, if moat made it).
     #[arg(long)]
     pub rm: bool,
+    /// Publish a port: the host's HOST_IP:HOST_PORT (HOST_IP default
+    /// 127.0.0.1) relayed to 127.0.0.1:SANDBOX_PORT inside; repeatable.
+    /// The sandbox may bind only the ports published.
+    #[arg(short, long = "publish", value_name = "[HOST_IP:]HOST_PORT:SANDBOX_PORT")]
+    pub publish: Vec<String>,
+    /// Require a bearer token (generated, printed once on stderr) on every
+    /// published port; needed for any HOST_IP not on loopback.
+    #[arg(long)]
+    pub publish_token: bool,
     /// Image reference: NAME, NAME@sha256:..., or sha256:...
     pub image: String,
     /// Command and arguments (default: the image's entrypoint and command).
@@ -154,7 +164,15 @@ pub fn run(a: RunArgs, g: &Global) -> Result<ExitCode> {
         tty: a.tty,
         detach: a.detach,
         ephemeral: a.rm,
+        publish: a.publish.iter().map(|p| publish::parse(p)).collect::<Result<_, _>>()?,
+        publish_token: a.publish_token.then(publish::new_token),
     };
+    if let Some(token) = &req.publish_token {
+        // Checked first: a token printed for a run refused anyway is noise.
+        publish::check(&req.publish, true, req.policy.network.gateway_port)?;
+        say!("moat: publish token: {token}");
+        say!("moat: (shown once) send it as the header `Authorization: Bearer TOKEN`");
+    }
     if a.detach {
         let paths = sandbox::create(&req)?;
         return start_detached(&paths);
@@ -229,19 +247,20 @@ pub fn ls(a: LsArgs, _g: &Global) -> Result<ExitCode> {
                         "state": st, "pid": r.init.filter(|_| st == Status::Running).map(|p| p.pid),
                         "uptime_seconds": r.started.filter(|_| st == Status::Running).map(|s| state::now().saturating_sub(s)),
                         "exit_code": r.exit_code, "workspace": r.workspace, "reason": r.dead_reason(),
+                        "published": published(&r.name, st),
                     })
                 }
                 Err(e) => serde_json::json!({
                     "name": name, "image": null, "image_digest": null, "state": "corrupt", "pid": null,
                     "uptime_seconds": null, "exit_code": null, "workspace": null,
-                    "reason": moat_builder::errors::chain(e),
+                    "reason": moat_builder::errors::chain(e), "published": [],
                 }),
             })
             .collect();
         println!("{}", visible::json(&serde_json::to_string_pretty(&rows)?));
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<24} {:<14} {:<8} {:>8} {:>8}", "NAME", "IMAGE", "STATE", "PID", "UPTIME");
+    println!("{:<24} {:<14} {:<8} {:>8} {:>8}  PORTS", "NAME", "IMAGE", "STATE", "PID", "UPTIME");
     for (name, r) in entries {
         let r = match r {
             Ok(r) => r,
@@ -262,12 +281,17 @@ pub fn ls(a: LsArgs, _g: &Global) -> Result<ExitCode> {
         let up =
             r.started.filter(|_| running).map(|s| human(state::now().saturating_sub(s))).unwrap_or_else(|| "-".into());
         let reason = r.dead_reason().map(|why| format!("  {why}")).unwrap_or_default();
+        let ports: Vec<String> = published(&r.name, st)
+            .iter()
+            .map(|p| format!("{}->{}{}", p.host, p.sandbox_port, if p.token { "(token)" } else { "" }))
+            .collect();
+        let ports = if ports.is_empty() { String::new() } else { format!("  {}", ports.join(",")) };
         let st = match (st, r.exit_code) {
             (Status::Exited, Some(c)) => format!("exited({c})"),
             (s, _) => format!("{s:?}").to_lowercase(),
         };
         println!(
-            "{:<24} {:<14} {:<8} {:>8} {:>8}{reason}",
+            "{:<24} {:<14} {:<8} {:>8} {:>8}{ports}{reason}",
             visible::field(&r.name),
             visible::field(&digest),
             st,
@@ -276,6 +300,14 @@ pub fn ls(a: LsArgs, _g: &Global) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The ports a running sandbox publishes (its supervisor's runtime record).
+fn published(name: &str, st: Status) -> Vec<publish::Shown> {
+    match (st, Paths::new(name)) {
+        (Status::Running, Ok(paths)) => publish::published(&paths),
+        _ => Vec::new(),
+    }
 }
 
 fn human(secs: u64) -> String {

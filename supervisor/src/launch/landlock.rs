@@ -1,8 +1,9 @@
 //! Landlock for the sandboxed process: the filesystem rules of the policy,
-//! TCP connect only to the gateway port, abstract-unix-socket and signal
-//! scoping. Guards against an agent reading or writing outside the paths the
-//! policy names even where file modes would allow it, reaching any local TCP
-//! service but the gateway, and signalling or connecting to processes outside
+//! TCP connect only to the gateway port, TCP bind only to the published
+//! ports, abstract-unix-socket and signal scoping. Guards against an agent
+//! reading or writing outside the paths the policy names even where file
+//! modes would allow it, reaching any local TCP service but the gateway,
+//! serving on a port nobody published, and signalling or connecting to processes outside
 //! its Landlock domain. Planned as root (`LandlockPlan`), enforced by the
 //! executor inside the sandbox just before seccomp and exec.
 #![forbid(unsafe_code)]
@@ -31,6 +32,9 @@ pub struct LandlockPlan {
     pub list_dirs: Vec<String>,
     pub read_write: Vec<String>,
     pub connect_port: u16,
+    /// The only TCP ports the sandbox may bind: those `moat run -p` published.
+    #[serde(default)]
+    pub bind_ports: Vec<u16>,
     pub compatibility: Compatibility,
 }
 
@@ -48,6 +52,7 @@ impl LandlockPlan {
             list_dirs: p.filesystem.list_dirs.iter().map(|r| r.path.clone()).collect(),
             read_write: p.filesystem.read_write.iter().map(|r| r.path.clone()).collect(),
             connect_port: p.network.gateway_port,
+            bind_ports: Vec::new(),
             compatibility: p.landlock.compatibility,
         }
     }
@@ -64,7 +69,7 @@ impl LandlockPlan {
         let mut created = Ruleset::default()
             .set_compatibility(level)
             .handle_access(AccessFs::from_all(WANTED))?
-            .handle_access(AccessNet::ConnectTcp)?
+            .handle_access(AccessNet::ConnectTcp | AccessNet::BindTcp)?
             .scope(Scope::AbstractUnixSocket | Scope::Signal)?
             .create()?;
         let read = AccessFs::from_read(WANTED);
@@ -86,6 +91,9 @@ impl LandlockPlan {
             }
         }
         created = created.add_rule(NetPort::new(self.connect_port, AccessNet::ConnectTcp))?;
+        for port in &self.bind_ports {
+            created = created.add_rule(NetPort::new(*port, AccessNet::BindTcp))?;
+        }
         let status = created.restrict_self()?;
         let fully = status.ruleset == RulesetStatus::FullyEnforced;
         if status.ruleset == RulesetStatus::NotEnforced && self.compatibility == Compatibility::HardRequirement {
@@ -114,7 +122,9 @@ pub(crate) fn missing_features(abi: i32) -> Vec<&'static str> {
         m.push("Landlock TRUNCATE (ABI 3, Linux 6.2): truncate() of read-only files is not blocked");
     }
     if abi < 4 {
-        m.push("Landlock TCP rules (ABI 4, Linux 6.7): connections to any local port are possible");
+        m.push(
+            "Landlock TCP rules (ABI 4, Linux 6.7): connections to any local port, and binding any port, are possible",
+        );
     }
     if abi < 5 {
         m.push("Landlock IOCTL_DEV (ABI 5, Linux 6.10): device ioctls are not restricted");

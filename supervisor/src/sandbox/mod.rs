@@ -13,6 +13,7 @@ pub mod host_uid;
 pub mod logs;
 pub(crate) mod net;
 pub(crate) mod netns;
+pub mod publish;
 mod reap;
 pub(crate) mod spec;
 pub mod state;
@@ -68,6 +69,8 @@ pub enum SandboxError {
     NotRunning(String),
     #[error(transparent)]
     Workspace(#[from] workspace_limit::LimitError),
+    #[error(transparent)]
+    Publish(#[from] publish::PublishError),
 }
 
 pub(crate) fn gateway_err(e: impl std::error::Error) -> SandboxError {
@@ -96,6 +99,12 @@ pub struct RunRequest {
     /// `run --rm`: the record is deleted at exit, so it is not fsynced.
     #[serde(default)]
     pub ephemeral: bool,
+    /// `run -p`: host ports relayed into the sandbox (none unless asked).
+    #[serde(default)]
+    pub publish: Vec<publish::Publish>,
+    /// `run --publish-token`: the bearer token every published port requires.
+    #[serde(default)]
+    pub publish_token: Option<String>,
 }
 
 /// Refuses policies the kernel or the policy itself cannot honour; logs
@@ -139,6 +148,7 @@ pub fn check_enforceable(policy: &Policy) -> Result<(), SandboxError> {
 /// Returns the paths.
 pub fn create(req: &RunRequest) -> Result<Paths, SandboxError> {
     check_enforceable(&req.policy)?;
+    publish::check(&req.publish, req.publish_token.is_some(), req.policy.network.gateway_port)?;
     let name = name_for(req);
     let paths = Paths::new(&name)?;
     if let Some(w) = &req.workspace {
@@ -388,6 +398,9 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     fs::create_dir_all(paths.top_layer()).map_err(io("top layer mount point"))?;
     // The sandbox runs as a host uid of its own; its workspace keeps its
     // owner on disk and is shown to the sandbox as its own (idmapped).
+    // Published ports listen on the host before the sandbox starts (a port
+    // in use fails the run); they relay once the gateway runs.
+    let published = publish::Listeners::bind(&req.publish, req.publish_token.as_deref())?;
     let host_id = host_uid::claim(&paths.name).map_err(io("claiming a host uid for the sandbox"))?;
     let owner = workspace_owner(&rec, &r.user)?;
     let staging = paths.run.join("workspace");
@@ -428,7 +441,10 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
             group: accounts("etc/group", r.user.gid),
         },
         cache_dir: LayerCache::default_location().dir().to_path_buf(),
-        guard: guard_plan(policy),
+        guard: GuardPlan {
+            landlock: LandlockPlan { bind_ports: publish::sandbox_ports(&req.publish), ..guard_plan(policy).landlock },
+            ..guard_plan(policy)
+        },
         supervisor_pid: std::process::id(),
         run_dir: paths.run.clone(),
         tty: req.tty,
@@ -449,6 +465,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     // No gateway: the sandbox could reach nothing. Dropping the launcher
     // stops it rather than reporting it running.
     let netns = net.finish()?;
+    let relay = published.start(&netns, paths)?;
     if let Some(pid) = line.trim().strip_prefix("started ").and_then(|p| p.parse::<i32>().ok()) {
         state::update(paths, |rec| {
             rec.status = Status::Running;
@@ -472,6 +489,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
             "the sandbox failed to start (launcher exit code {code}); see the messages above"
         )));
     }
+    drop(relay);
     drop(netns);
     state::update(paths, |rec| {
         rec.status = Status::Exited;

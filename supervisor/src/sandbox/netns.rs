@@ -11,7 +11,7 @@
 #![forbid(unsafe_code)]
 use nix::sched::{setns, unshare, CloneFlags};
 use std::io;
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
@@ -25,6 +25,8 @@ pub enum NetnsError {
     Enter(io::Error),
     #[error("listening on 127.0.0.1:{port} in the sandbox network namespace")]
     Listen { port: u16, source: io::Error },
+    #[error("connecting to 127.0.0.1:{port} in the sandbox network namespace")]
+    Connect { port: u16, source: io::Error },
     #[error("namespace helper thread failed")]
     Thread,
 }
@@ -80,6 +82,28 @@ impl Netns {
                 // Affects only this helper thread, which exits after binding.
                 enter(fd)?;
                 TcpListener::bind(("127.0.0.1", port)).map_err(|source| NetnsError::Listen { port, source })
+            })
+            .join()
+            .map_err(|_| NetnsError::Thread)?
+        })
+    }
+
+    /// Another descriptor of the same namespace (a published port's relay
+    /// holds one; the namespace lives while any does).
+    pub(crate) fn try_clone(&self) -> io::Result<Netns> {
+        self.fd.try_clone().map(|fd| Netns { fd })
+    }
+
+    /// Connects to 127.0.0.1:`port` inside the namespace from a helper
+    /// thread in it; the returned socket is used from the host namespace
+    /// as usual. This is how a published port reaches the sandbox.
+    pub(crate) fn connect(&self, port: u16) -> Result<TcpStream, NetnsError> {
+        let fd = self.fd.as_fd();
+        std::thread::scope(|s| {
+            s.spawn(move || -> Result<TcpStream, NetnsError> {
+                // Affects only this helper thread, which exits after connecting.
+                enter(fd)?;
+                TcpStream::connect(("127.0.0.1", port)).map_err(|source| NetnsError::Connect { port, source })
             })
             .join()
             .map_err(|_| NetnsError::Thread)?
