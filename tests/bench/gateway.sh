@@ -184,8 +184,11 @@ port = 8443
 protocol = "rest"
 access = "full"
 allowed_ips = ["198.18.0.0/15"]
+upstream_ca = "ca.pem"
 EOC
-export MOAT_GATEWAY_HOSTS=$work/hosts MOAT_GATEWAY_UPSTREAM_CA=$work/ca.pem
+# The upstream's private CA is named by the endpoint (upstream_ca, next to
+# the policy file): release builds ignore the MOAT_GATEWAY_UPSTREAM_CA hook.
+export MOAT_GATEWAY_HOSTS=$work/hosts
 
 # curl config files with N transfers of the same URL (one connection reused).
 mkdir -p "$work/ws"
