@@ -84,7 +84,9 @@ pub(crate) fn validate(value: &str) -> Result<(), String> {
 /// relative to `dir` (`None`: text with no file, where only PEM is taken).
 /// An error is placed at the value in `text`.
 pub(crate) fn embed(table: &mut Table, dir: Option<&Path>, text: &str, origin: &str) -> Result<(), PolicyError> {
-    let Some(policies) = table.get_mut("network").and_then(|n| n.get_mut("policy")) else { return Ok(()) };
+    // TableLike::get_mut, never Item's index (which inserts what it misses).
+    let network = table.get_mut("network").and_then(|n| n.as_table_like_mut());
+    let Some(policies) = network.and_then(|n| n.get_mut("policy")) else { return Ok(()) };
     for policy in tables(policies) {
         let Some(endpoints) = policy.get_mut("endpoint") else { continue };
         for ep in tables(endpoints) {
