@@ -275,6 +275,18 @@ pub fn approvals(a: ApprovalsArgs) -> Result<ExitCode> {
         for a in p["ancestors"].as_array().into_iter().flatten() {
             println!("{:<10} started by {} (sha256 {})", "", text(a, "binary"), text(a, "hash"));
         }
+        // Asked through moat.local: the agent's words, never moat's.
+        let asked = &p["agent_request"];
+        if asked.is_object() {
+            println!(
+                "{:<10} the agent asked; in the agent's own words (unverified): \"{}\"",
+                "",
+                text(asked, "reason")
+            );
+            if asked["method"].is_string() || asked["path"].is_string() {
+                println!("{:<10} it says it will send {} {}", "", text(asked, "method"), text(asked, "path"));
+            }
+        }
     }
     // Evicted to make room (oldest first): an operator must not mistake the
     // list for everything that was refused.
@@ -284,6 +296,10 @@ pub fn approvals(a: ApprovalsArgs) -> Result<ExitCode> {
             "{dropped} more were dropped (the oldest go when the list is full); their refusals are in `moat events {}`",
             visible::field(&a.name)
         );
+    }
+    let limited = v["asks_refused"].as_u64().unwrap_or(0);
+    if limited > 0 {
+        println!("{limited} agent requests were refused by the rate limit (moat.local answered them 429)");
     }
     Ok(ExitCode::SUCCESS)
 }

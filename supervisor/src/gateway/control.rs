@@ -109,7 +109,8 @@ fn answer(shared: &Shared, req: Request) -> Value {
         Request::Status => return status(shared),
         Request::Approvals => {
             let dropped = shared.approvals.lock().unwrap_or_else(|p| p.into_inner()).dropped();
-            return json!({"ok": true, "pending": shared.pending(), "dropped": dropped});
+            let asks_refused = shared.asks.refused();
+            return json!({"ok": true, "pending": shared.pending(), "dropped": dropped, "asks_refused": asks_refused});
         }
         Request::Approve { id, allowed_ips } => shared.approve(&id, allowed_ips).map(|_| ()),
         Request::Deny { id } => shared.deny(&id).map(|_| ()),

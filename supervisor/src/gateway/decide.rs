@@ -249,7 +249,12 @@ pub(super) fn recheck(shared: &Shared, caller: &Caller, relay: &Relay, host: &st
 /// code is all from the image. A rule for `/usr/bin/git` alone does not
 /// cover the python a git alias starts; git's https helper needs its own
 /// entry (the presets list it).
-fn match_caller(compiled: &crate::policy::matcher::Compiled, caller: &Caller, host: &str, port: u16) -> Match {
+pub(super) fn match_caller(
+    compiled: &crate::policy::matcher::Compiled,
+    caller: &Caller,
+    host: &str,
+    port: u16,
+) -> Match {
     let own = compiled.match_destination_pinned(&caller.process.exe, Some(&caller.process.sha256), host, port);
     if matches!(own, Match::Allowed { audit: false, .. }) {
         return own;

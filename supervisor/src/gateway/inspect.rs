@@ -146,6 +146,19 @@ pub(crate) async fn forward(
             }
             _ => None,
         };
+        // moat.local (the agents' API), the same two ways.
+        let moat_path = match &target {
+            Some((host, _, path)) if super::asks::is_moat_host(host) => Some(path.clone()),
+            None if head.target.starts_with('/')
+                && head.header("host").is_some_and(|v| super::asks::is_moat_host(&String::from_utf8_lossy(v))) =>
+            {
+                Some(head.target.clone())
+            }
+            _ => None,
+        };
+        if let Some(path) = moat_path {
+            return super::asks::handle(shared, client, head, &path, caller).await;
+        }
         if let Some(path) = inference_path {
             if !crate::gateway::inference::relay::handle(shared, client, head, &path, proc_).await {
                 return;

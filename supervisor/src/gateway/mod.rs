@@ -6,6 +6,7 @@
 //! a validated, durable revision, and the generation counter makes open
 //! tunnels re-check themselves.
 #![forbid(unsafe_code)]
+pub mod asks;
 pub mod ca;
 pub mod connects;
 pub mod control;
@@ -140,6 +141,8 @@ pub struct Shared {
     /// The operator's terminal (a foreground `moat run`'s stderr): told of
     /// each new pending approval, at a bounded rate.
     operator: operator::Terminal,
+    /// Agents' requests through `moat.local` (their rate limit).
+    pub asks: asks::Asks,
 }
 
 impl Shared {
@@ -188,11 +191,7 @@ impl Shared {
     /// Records a refused destination for the operator; returns its id.
     /// The entry shows the caller's binary, its hash and its ancestors.
     pub fn request_approval(&self, caller: &identity::Caller, host: &str, port: u16) -> String {
-        let chain: Vec<revisions::Ancestor> = caller
-            .ancestors
-            .iter()
-            .map(|a| revisions::Ancestor { binary: a.exe.clone(), hash: a.sha256.clone() })
-            .collect();
+        let chain = ancestors(caller);
         let p = &caller.process;
         let (id, new) =
             self.approvals.lock().unwrap_or_else(|p| p.into_inner()).request(&p.exe, &p.sha256, &chain, host, port);
@@ -200,6 +199,41 @@ impl Shared {
             self.operator.tell_new_approval(&self.sandbox, &p.exe, host, port, &id);
         }
         id
+    }
+
+    /// Records an agent's request (`moat.local`) as a pending approval for
+    /// the calling binary, with the agent's words; returns its id and
+    /// whether it is new. A repeat updates the words.
+    pub fn ask_approval(
+        &self,
+        caller: &identity::Caller,
+        host: &str,
+        port: u16,
+        asked: revisions::AgentRequest,
+    ) -> (String, bool) {
+        let chain = ancestors(caller);
+        let p = &caller.process;
+        let reason = asked.reason.clone();
+        let (id, new) = {
+            let mut a = self.approvals.lock().unwrap_or_else(|p| p.into_inner());
+            let (id, new) = a.request(&p.exe, &p.sha256, &chain, host, port);
+            a.set_agent_request(&id, asked);
+            (id, new)
+        };
+        if new {
+            self.operator.tell_agent_request(&self.sandbox, &p.exe, host, port, &id, &reason);
+        }
+        (id, new)
+    }
+
+    /// What became of an approval id (pending, approved, denied, dropped).
+    pub fn approval_status(&self, id: &str) -> Option<revisions::Outcome> {
+        self.approvals.lock().unwrap_or_else(|p| p.into_inner()).status(id)
+    }
+
+    /// Remembers a decision for agents polling the id.
+    fn record_outcome(&self, id: &str, outcome: revisions::Outcome) {
+        self.approvals.lock().unwrap_or_else(|p| p.into_inner()).record(id, outcome);
     }
 
     /// Approves a pending entry: a new revision allowing exactly it. Where
@@ -230,7 +264,10 @@ impl Shared {
             why.push_str(&format!(", inspected as policy {from} inspects it"));
         }
         match self.set_network(network, &why) {
-            Ok(c) => Ok(c),
+            Ok(c) => {
+                self.record_outcome(&p.id, revisions::Outcome::Approved);
+                Ok(c)
+            }
             Err(e) => {
                 restore(p);
                 Err(e)
@@ -262,8 +299,16 @@ impl Shared {
 
     /// Denies (drops) a pending entry.
     pub fn deny(&self, id: &str) -> Result<Pending, GatewayError> {
-        Ok(self.approvals.lock().unwrap_or_else(|p| p.into_inner()).take(id)?)
+        let mut a = self.approvals.lock().unwrap_or_else(|p| p.into_inner());
+        let p = a.take(id)?;
+        a.record(id, revisions::Outcome::Denied);
+        Ok(p)
     }
+}
+
+/// The chain that started a caller, as a pending approval shows it.
+fn ancestors(caller: &identity::Caller) -> Vec<revisions::Ancestor> {
+    caller.ancestors.iter().map(|a| revisions::Ancestor { binary: a.exe.clone(), hash: a.sha256.clone() }).collect()
 }
 
 /// A running gateway; dropping it does not stop it (it lives as long as
@@ -299,6 +344,7 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, 
         limits: config.limits,
         inference: config.inference,
         operator: operator::Terminal::default(),
+        asks: asks::Asks::default(),
     });
     raise_nofile();
     // A deeper accept queue than std's 128: a burst of connections from the

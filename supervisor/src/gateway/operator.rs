@@ -40,6 +40,17 @@ impl Default for Terminal {
 impl Terminal {
     /// Tells the operator of a new pending approval (rate-bounded).
     pub fn tell_new_approval(&self, sandbox: &str, binary: &str, host: &str, port: u16, id: &str) {
+        self.tell(|more| line(sandbox, binary, host, port, id, more));
+    }
+
+    /// Tells the operator of an agent's new request through `moat.local`,
+    /// with its reason quoted as the agent's words (rate-bounded with the
+    /// refusals: one bucket for both).
+    pub fn tell_agent_request(&self, sandbox: &str, binary: &str, host: &str, port: u16, id: &str, reason: &str) {
+        self.tell(|more| asked_line(sandbox, binary, host, port, id, reason, more));
+    }
+
+    fn tell(&self, make: impl FnOnce(u64) -> String) {
         let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
         let refills = (b.last.elapsed().as_secs_f64() / REFILL.as_secs_f64()) as u32;
         if refills > 0 {
@@ -53,7 +64,7 @@ impl Terminal {
         b.tokens -= 1;
         let more = std::mem::take(&mut b.unshown);
         drop(b);
-        let line = line(sandbox, binary, host, port, id, more);
+        let line = make(more);
         // A closed or full stderr must never stop the gateway.
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
@@ -69,6 +80,23 @@ fn line(sandbox: &str, binary: &str, host: &str, port: u16, id: &str, more: u64)
     )
 }
 
+/// Longest part of an agent's reason written on the operator's terminal
+/// (`moat approvals` shows it whole).
+const REASON_ON_TERMINAL: usize = 160;
+
+fn asked_line(sandbox: &str, binary: &str, host: &str, port: u16, id: &str, reason: &str, more: u64) -> String {
+    let short: String = reason.chars().take(REASON_ON_TERMINAL).collect();
+    let cut = if short.len() < reason.len() { "..." } else { "" };
+    let (sandbox, binary, host) = (field(sandbox), field(binary), field(host));
+    let more =
+        if more > 0 { format!(" ({more} more were not shown: `moat approvals {sandbox}`)") } else { String::new() };
+    format!(
+        "moat: {sandbox}: {binary} asks for {host}:{port}; allow it with `moat approve {sandbox} {id}` \
+         (or `moat deny {sandbox} {id}`){more}\n  the agent's own words (unverified): \"{}{cut}\"\n",
+        field(&short)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +107,10 @@ mod tests {
         assert!(!l.contains('\x1b') && !l.contains('\x07'), "{l:?}");
         assert!(l.contains("`moat approve agent-1 ab12cd34`"), "{l}");
         assert!(line("a", "b", "c", 1, "d", 3).contains("3 more were not shown"));
+        let asked = asked_line("agent-1", "/usr/bin/curl", "up.test", 443, "ab12cd34", "need it\x1b[2J\r", 0);
+        assert!(!asked.contains('\x1b') && !asked.contains('\r'), "{asked:?}");
+        assert!(asked.contains("asks for up.test:443") && asked.contains("the agent's own words"), "{asked}");
+        assert!(asked_line("a", "b", "c", 1, "d", &"x".repeat(1000), 0).len() < 400, "the reason is cut");
     }
 
     #[test]

@@ -96,6 +96,11 @@ async fn connect(shared: &Arc<Shared>, mut client: BufReader<TcpStream>, head: R
         }
         return;
     }
+    if super::asks::is_moat_host(&host) {
+        let body = "moat: moat.local speaks plain HTTP: use http://moat.local/v1/requests\n";
+        let _ = client.get_mut().write_all(&http1::simple_response(400, "Bad Request", body, true)).await;
+        return;
+    }
     let relay = match decide::destination(shared, &caller, &host, port, "CONNECT", "").await {
         Ok(r) => r,
         Err(refusal) => {

@@ -12,6 +12,7 @@ use crate::policy::network::Network;
 use crate::policy::schema::{Endpoint, Enforcement, NetPolicy};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -112,6 +113,43 @@ pub struct Pending {
     pub first_seen: String,
     pub last_seen: String,
     pub count: u64,
+    /// What the agent said when it asked through `moat.local` (its own
+    /// words, unverified); absent for a plain refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_request: Option<AgentRequest>,
+}
+
+/// An agent's request for a destination (`moat.local/v1/requests`): the
+/// agent's reason, and the method and path it says it will use. Shown to
+/// the operator as the agent's claim; the approval is for host and port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRequest {
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// What became of an approval id (`GET moat.local/v1/requests/ID`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Pending,
+    Approved,
+    Denied,
+    /// Evicted from a full list: the agent may ask again.
+    Dropped,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pending => "pending",
+            Outcome::Approved => "approved",
+            Outcome::Denied => "denied",
+            Outcome::Dropped => "dropped",
+        }
+    }
 }
 
 /// One process of the chain that started a refused binary.
@@ -128,9 +166,13 @@ pub struct Ancestor {
 pub struct Approvals {
     pending: Vec<Pending>,
     dropped: u64,
+    /// The latest decided ids, newest last (bounded by `MAX_OUTCOMES`).
+    outcomes: VecDeque<(String, Outcome)>,
 }
 
 pub const MAX_PENDING: usize = 64;
+/// Decided ids remembered for agents polling them.
+pub const MAX_OUTCOMES: usize = 256;
 
 impl Approvals {
     /// Records a refusal; returns the approval id (the same for a repeat of
@@ -166,6 +208,7 @@ impl Approvals {
             first_seen: now.clone(),
             last_seen: now,
             count: 1,
+            agent_request: None,
         });
         (id, true)
     }
@@ -187,6 +230,7 @@ impl Approvals {
         }
         let old = self.pending.remove(0);
         self.dropped += 1;
+        self.record(&old.id, Outcome::Dropped);
         if self.dropped.is_power_of_two() {
             tracing::warn!(
                 event = "approval_dropped",
@@ -196,6 +240,30 @@ impl Approvals {
                 "pending approvals full: the oldest were dropped"
             );
         }
+    }
+
+    /// Attaches an agent's request to a pending entry (the latest wins).
+    pub fn set_agent_request(&mut self, id: &str, asked: AgentRequest) {
+        if let Some(p) = self.pending.iter_mut().find(|p| p.id == id) {
+            p.agent_request = Some(asked);
+        }
+    }
+
+    /// Remembers what became of `id` (bounded: the oldest are forgotten).
+    pub fn record(&mut self, id: &str, outcome: Outcome) {
+        self.outcomes.retain(|(i, _)| i != id);
+        if self.outcomes.len() >= MAX_OUTCOMES {
+            self.outcomes.pop_front();
+        }
+        self.outcomes.push_back((id.to_string(), outcome));
+    }
+
+    /// The state of `id`: pending, else its latest recorded outcome.
+    pub fn status(&self, id: &str) -> Option<Outcome> {
+        if self.pending.iter().any(|p| p.id == id) {
+            return Some(Outcome::Pending);
+        }
+        self.outcomes.iter().rev().find(|(i, _)| i == id).map(|(_, o)| *o)
     }
 
     /// Puts back an entry taken for an approval that failed.
@@ -318,6 +386,25 @@ mod tests {
         let p = a.take(&a.list()[0].id.clone()).unwrap();
         let pol = approval_policy(&p);
         pol.validate().unwrap();
+    }
+
+    #[test]
+    fn outcomes_are_remembered_and_bounded() {
+        let h = "a".repeat(64);
+        let mut a = Approvals::default();
+        let (id, _) = a.request("/usr/bin/curl", &h, &[], "x.test", 443);
+        a.set_agent_request(&id, AgentRequest { reason: "r".into(), method: None, path: None });
+        assert_eq!(a.list()[0].agent_request.as_ref().map(|r| r.reason.as_str()), Some("r"));
+        assert_eq!(a.status(&id), Some(Outcome::Pending));
+        a.take(&id).unwrap();
+        a.record(&id, Outcome::Approved);
+        assert_eq!(a.status(&id), Some(Outcome::Approved));
+        for i in 0..(MAX_PENDING + MAX_OUTCOMES + 10) {
+            a.request("/usr/bin/curl", &h, &[], &format!("h{i}.test"), 443);
+        }
+        assert_eq!(a.outcomes.len(), MAX_OUTCOMES, "decided ids are bounded");
+        assert_eq!(a.status(&id), None, "the oldest are forgotten");
+        assert_eq!(a.status(&a.outcomes[0].0.clone()), Some(Outcome::Dropped));
     }
 
     #[test]
