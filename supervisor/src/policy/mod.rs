@@ -165,7 +165,12 @@ pub struct Supervisor {
 
 impl Default for Supervisor {
     fn default() -> Supervisor {
-        Supervisor { memory_max_mib: 256, request_body_timeout_secs: 120, body_buffer_mib: 64, keepalive_idle_secs: 300 }
+        Supervisor {
+            memory_max_mib: 256,
+            request_body_timeout_secs: 120,
+            body_buffer_mib: 64,
+            keepalive_idle_secs: 300,
+        }
     }
 }
 
