@@ -52,19 +52,9 @@ pub enum SsrfError {
     },
 }
 
-/// Cloud metadata services: AWS/GCP/Azure/OCI (169.254.169.254), Alibaba (100.100.100.200), OCI legacy
-/// (192.0.0.192), AWS IPv6 (fd00:ec2::254). Never dialled, whatever `allowed_ips` says.
-const METADATA_V4: [Ipv4Addr; 3] =
-    [Ipv4Addr::new(169, 254, 169, 254), Ipv4Addr::new(100, 100, 100, 200), Ipv4Addr::new(192, 0, 0, 192)];
-const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
-const METADATA_NAMES: &[&str] = &[
-    "metadata",
-    "metadata.google.internal",
-    "metadata.goog",
-    "instance-data",
-    "instance-data.ec2.internal",
-    "metadata.azure.com",
-];
+/// Cloud metadata services (one list with `policy suggest`): never
+/// dialled, whatever `allowed_ips` says.
+use crate::policy::metadata::{METADATA_NAMES, METADATA_V4, METADATA_V6};
 
 /// IANA special-purpose (and other non-public) IPv4 ranges: refused unless an `allowed_ips` CIDR contains the
 /// address. Loopback, link-local, multicast, broadcast and 0.0.0.0 are handled before (never opened).

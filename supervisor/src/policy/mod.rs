@@ -8,6 +8,7 @@ pub(crate) mod host_vars;
 pub mod import;
 pub mod lint;
 pub(crate) mod matcher;
+pub mod metadata;
 pub mod network;
 pub mod presets;
 pub mod schema;

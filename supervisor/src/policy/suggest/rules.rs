@@ -118,18 +118,7 @@ pub fn interpreter(binary: &str) -> Option<&str> {
     INTERPRETERS.iter().any(|i| stem.eq_ignore_ascii_case(i)).then_some(base)
 }
 
-/// Cloud metadata services by name and address (as `gateway::ssrf` lists
-/// them; the gateway refuses them whatever a policy says).
-const METADATA_NAMES: &[&str] = &[
-    "metadata",
-    "metadata.google.internal",
-    "metadata.goog",
-    "instance-data",
-    "instance-data.ec2.internal",
-    "metadata.azure.com",
-];
-const METADATA_V4: [Ipv4Addr; 3] =
-    [Ipv4Addr::new(169, 254, 169, 254), Ipv4Addr::new(100, 100, 100, 200), Ipv4Addr::new(192, 0, 0, 192)];
+use crate::policy::metadata::{METADATA_NAMES, METADATA_V4};
 
 /// Whether `host` (lower case) names a cloud metadata service.
 pub fn metadata(host: &str) -> bool {
