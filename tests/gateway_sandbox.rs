@@ -259,6 +259,38 @@ print('idle_close=%.0f' % (time.time() - t) if rd else 'idle_close=none')"
     assert_eq!(seen[1], "none", "still open 4 s into a 6 s limit: {seen:?}");
 }
 
+/// An inspected endpoint on a plain-HTTP port is inspected when the client
+/// tunnels plain HTTP through CONNECT (curl -p, WebSocket clients that
+/// always tunnel): it used to expect TLS there, and every such client got
+/// `Received HTTP/0.9`. The rules still hold inside: an allowed path is
+/// relayed, another is refused with the rule's reason.
+#[test]
+fn plain_http_in_a_tunnel_to_an_inspected_port_is_inspected() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rules = r#"
+[[network.policy]]
+name = "plain80"
+binaries = ["/usr/bin/curl"]
+[[network.policy.endpoint]]
+host = "other.test"
+port = 80
+protocol = "rest"
+rules = [{ allow = { method = "GET", path = "/ok/**" } }]
+allowed_ips = ["198.18.0.0/15"]
+"#;
+    let p = policy("plain-tunnel", rules);
+    let script = r#"
+echo "allowed=$(curl -s -p http://other.test/ok/a)"
+echo "refused=$(curl -s -p -o /dev/null -w '%{http_code}' http://other.test/no/b)"
+echo "post=$(curl -s -p -o /dev/null -w '%{http_code}' -d x http://other.test/ok/a)"
+"#;
+    let out = ok(&["run", "--rm", "--policy", p.to_str().unwrap(), "agent", "--", "sh", "-c", script]);
+    let r = kv(&out);
+    assert_eq!(r.get("allowed").map(String::as_str), Some("echo GET /ok/a 0"), "{out}");
+    assert_eq!(r.get("refused").map(String::as_str), Some("403"), "{out}");
+    assert_eq!(r.get("post").map(String::as_str), Some("403"), "{out}");
+}
+
 const SECRET: &str = "sk-proj-SANDBOXNEVERSEES0123456789abcdef";
 
 #[test]

@@ -16,7 +16,7 @@ use super::inference::{is_inference_host, INFERENCE_HOST};
 use super::Shared;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// Longest line of a chunked body (size plus extensions).
@@ -277,9 +277,12 @@ pub(crate) struct Target {
 }
 
 /// Terminates the client's TLS with a leaf for the tunnel's host, opens
-/// verified TLS upstream, then checks and relays each request.
-pub(crate) async fn tunnel(shared: &Arc<Shared>, client: BufReader<TcpStream>, caller: &Caller, t: Target) {
-    let Target { host, port, mut relay, upstream } = t;
+/// verified TLS upstream, then checks and relays each request. A client
+/// whose first byte is not a TLS handshake speaks plain HTTP in the tunnel
+/// (`curl -p`, WebSocket clients that always tunnel, on a plain-HTTP port):
+/// its requests are checked the same way and relayed over plain TCP.
+pub(crate) async fn tunnel(shared: &Arc<Shared>, mut client: BufReader<TcpStream>, caller: &Caller, t: Target) {
+    let Target { host, port, relay, upstream } = t;
     let policy = relay.policy.clone();
     let deny_event = |reason: &str| {
         shared.events.record(&Event::new(
@@ -293,6 +296,15 @@ pub(crate) async fn tunnel(shared: &Arc<Shared>, client: BufReader<TcpStream>, c
             reason,
         ));
     };
+    // The first byte says which: 0x16 opens a TLS handshake record.
+    let first = match tokio::time::timeout(shared.limits.head_timeout, client.fill_buf()).await {
+        Ok(Ok(b)) if !b.is_empty() => b[0],
+        _ => return,
+    };
+    if first != TLS_HANDSHAKE {
+        let mut up = BufReader::new(upstream);
+        return requests(shared, caller, relay, &host, port, &mut client, &mut up, 80).await;
+    }
     let server = match shared.ca.server_config(&host) {
         Ok(c) => c,
         Err(e) => return deny_event(&moat_builder::errors::chain(&e)),
@@ -326,14 +338,48 @@ pub(crate) async fn tunnel(shared: &Arc<Shared>, client: BufReader<TcpStream>, c
             return;
         }
     };
+    requests(shared, caller, relay, &host, port, &mut client, &mut up, 443).await;
+}
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Checks and relays each request of an inspected tunnel (TLS terminated or
+/// plain); `default_port` is the port a Host header without one means.
+#[allow(clippy::too_many_arguments)]
+async fn requests<C, U>(
+    shared: &Arc<Shared>,
+    caller: &Caller,
+    mut relay: Relay,
+    host: &str,
+    port: u16,
+    client: &mut BufReader<C>,
+    up: &mut BufReader<U>,
+    default_port: u16,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let deny_event = |reason: &str, policy: &str| {
+        shared.events.record(&Event::new(
+            Some(&caller.process),
+            host,
+            port,
+            "CONNECT",
+            "",
+            Decision::Deny,
+            policy,
+            reason,
+        ));
+    };
     loop {
-        let Some(mut head) = next_head(shared, &mut client).await else { return };
-        relay = match decide::recheck(shared, caller, &relay, &host, port) {
+        let Some(mut head) = next_head(shared, client).await else { return };
+        relay = match decide::recheck(shared, caller, &relay, host, port) {
             Ok(r) => r,
             Err(reason) => {
                 shared.events.record(&Event::new(
                     Some(&caller.process),
-                    &host,
+                    host,
                     port,
                     &head.method,
                     &head.target,
@@ -348,11 +394,11 @@ pub(crate) async fn tunnel(shared: &Arc<Shared>, client: BufReader<TcpStream>, c
         };
         let refusal = if !head.target.starts_with('/') {
             Some(Refusal::plain(400, "moat: requests in a tunnel use origin-form targets\n".into()))
-        } else if !host_header_matches(&head, &host, port) {
-            deny_event("Host header does not name the tunnel's host");
+        } else if !host_header_matches(&head, host, port, default_port) {
+            deny_event("Host header does not name the tunnel's host", &relay.policy);
             Some(Refusal::plain(421, format!("moat: Host header must be {host} in a tunnel to {host}\n")))
         } else {
-            decide::request(shared, caller, &relay, &host, port, &head, &head.target).err()
+            decide::request(shared, caller, &relay, host, port, &head, &head.target).err()
         };
         if let Some(r) = refusal {
             let _ = client.get_mut().write_all(&refusal_response(&r)).await;
@@ -361,7 +407,7 @@ pub(crate) async fn tunnel(shared: &Arc<Shared>, client: BufReader<TcpStream>, c
         }
         let path = head.target.clone();
         strip_routing_headers(&mut head);
-        if exchange(shared, &mut client, &mut up, head, &path).await != Flow::KeepAlive {
+        if exchange(shared, client, up, head, &path).await != Flow::KeepAlive {
             let _ = client.get_mut().shutdown().await;
             return;
         }
@@ -376,14 +422,14 @@ fn strip_routing_headers(head: &mut RequestHead) {
     head.remove_header("X-Rewrite-URL");
 }
 
-fn host_header_matches(head: &RequestHead, host: &str, port: u16) -> bool {
+fn host_header_matches(head: &RequestHead, host: &str, port: u16, default_port: u16) -> bool {
     let Some(v) = head.header("host").and_then(|v| std::str::from_utf8(v).ok()) else { return false };
     let v = v.trim();
     let (h, p) = match super::upstream::split_authority(v) {
         Some((h, p)) => (h, p),
-        None => (v.trim_start_matches('[').trim_end_matches(']').to_string(), 443),
+        None => (v.trim_start_matches('[').trim_end_matches(']').to_string(), default_port),
     };
-    h.eq_ignore_ascii_case(host) && (p == port || (port == 443 && !v.contains(':')))
+    h.eq_ignore_ascii_case(host) && (p == port || (port == default_port && !v.contains(':')))
 }
 
 #[derive(Debug, PartialEq, Eq)]
