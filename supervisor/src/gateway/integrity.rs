@@ -394,17 +394,21 @@ mod tests {
             let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
             i.check(Path::new("/proc"), pid, &exe.to_string_lossy(), &Mounts::default())
         };
+        // python runs (its exec is done) once it has printed its first line:
+        // opening its maps before that raced the exec under load.
+        assert_eq!(lines.next().unwrap().unwrap(), "clean");
+        // The kernel here answers PROCMAP_QUERY: the fast path is the one judged.
+        let maps = fs::File::open(format!("/proc/{pid}/maps")).unwrap();
+        let vmas = crate::sys::exec_vmas(&maps, MAX_EXEC_VMAS).expect("PROCMAP_QUERY (Linux 6.11+)");
+        assert!(vmas.iter().any(|v| v.inode != 0), "{vmas:?}");
+        let clean = judge();
+        writeln!(stdin).unwrap();
         let mut step = |want: &str| {
             assert_eq!(lines.next().unwrap().unwrap(), want);
             let f = judge();
             writeln!(stdin).unwrap();
             f
         };
-        // The kernel here answers PROCMAP_QUERY: the fast path is the one judged.
-        let maps = fs::File::open(format!("/proc/{pid}/maps")).unwrap();
-        let vmas = crate::sys::exec_vmas(&maps, MAX_EXEC_VMAS).expect("PROCMAP_QUERY (Linux 6.11+)");
-        assert!(vmas.iter().any(|v| v.inode != 0), "{vmas:?}");
-        let clean = step("clean");
         assert_eq!(clean.taint, None, "{clean:?}");
         let anon = step("anon");
         assert!(anon.anonymous_exec && anon.taint.is_none(), "{anon:?}");
