@@ -23,7 +23,8 @@
 # openssl, curl (scripts/install-deps.sh), and the `agent` image (built from
 # blueprints/agent.toml if the store lacks it).
 #   RUNS=5 ROUNDS=3 N=2000 WARM=100 bash tests/bench/gateway.sh     (as root, from the repo root)
-# MOAT=path/to/moat uses that binary instead of building the release one.
+# MOAT=path/to/moat uses that binary instead of building the release one;
+# BASELINE=FILE and OLD_CA_HOOK=1 let a binary of an older revision run it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-5}
@@ -184,10 +185,15 @@ port = 8443
 protocol = "rest"
 access = "full"
 allowed_ips = ["198.18.0.0/15"]
-upstream_ca = "ca.pem"
 EOC
 # The upstream's private CA is named by the endpoint (upstream_ca, next to
 # the policy file): release builds ignore the MOAT_GATEWAY_UPSTREAM_CA hook.
+# OLD_CA_HOOK=1: for a binary from before upstream_ca (which reads the hook).
+if [ "${OLD_CA_HOOK:-}" = 1 ]; then
+  export MOAT_GATEWAY_UPSTREAM_CA=$work/ca.pem
+else
+  echo 'upstream_ca = "ca.pem"' >> "$work/policy.toml"
+fi
 export MOAT_GATEWAY_HOSTS=$work/hosts
 
 # curl config files with N transfers of the same URL (one connection reused).
