@@ -11,7 +11,7 @@ mod gateway_common;
 mod gateway_world;
 
 use gateway_world::*;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 const CLIENTS: &[&str] = &["/usr/bin/curl", "/usr/bin/python3*", "/usr/bin/git", "/usr/lib/git-core/git-remote-http*"];
 
@@ -69,21 +69,7 @@ fn clients_trust_the_gateway_through_the_system_bundle_without_variables() {
 /// `moat` with this world's home but without the test hook that adds the
 /// private upstream CA process-wide: only policy can trust it.
 fn moat_no_hook(args: &[&str]) -> Output {
-    let w = world();
-    static STORE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    let store = STORE.get_or_init(agent_store);
-    Command::new(env!("CARGO_BIN_EXE_moat"))
-        .args(args)
-        .env("MOAT_HOME", w.home.path().join("home"))
-        .env("MOAT_RUN_DIR", w.home.path().join("run"))
-        .env("MOAT_STORE", store)
-        .env("MOAT_GATEWAY_HOSTS", &w.hosts)
-        .env("MOAT_GATEWAY_HOSTS_ONLY", "1")
-        .env_remove("MOAT_GATEWAY_UPSTREAM_CA")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run moat")
+    moat_command(args).output().expect("run moat")
 }
 
 fn text(o: &Output) -> String {

@@ -83,22 +83,27 @@ pub fn world() -> &'static World {
 /// Tests of one binary share the sandbox home: one at a time.
 pub static SERIAL: Mutex<()> = Mutex::new(());
 
-pub fn moat(args: &[&str]) -> Output {
+/// `moat` with this world's home, run dir, store and gateway hosts, stdin
+/// closed; without the test hook that trusts the upstream CA process-wide.
+pub fn moat_command(args: &[&str]) -> Command {
     let w = world();
     static STORE: OnceLock<PathBuf> = OnceLock::new();
     let store = STORE.get_or_init(agent_store);
-    Command::new(env!("CARGO_BIN_EXE_moat"))
-        .args(args)
+    let mut c = Command::new(env!("CARGO_BIN_EXE_moat"));
+    c.args(args)
         .env("MOAT_HOME", w.home.path().join("home"))
         .env("MOAT_RUN_DIR", w.home.path().join("run"))
         .env("MOAT_STORE", store)
         .env("MOAT_GATEWAY_HOSTS", &w.hosts)
         .env("MOAT_GATEWAY_HOSTS_ONLY", "1")
-        .env("MOAT_GATEWAY_UPSTREAM_CA", &w.ca.pem_file)
+        .env_remove("MOAT_GATEWAY_UPSTREAM_CA")
         .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run moat")
+        .stdin(Stdio::null());
+    c
+}
+
+pub fn moat(args: &[&str]) -> Output {
+    moat_command(args).env("MOAT_GATEWAY_UPSTREAM_CA", &world().ca.pem_file).output().expect("run moat")
 }
 
 /// Runs moat (with this world's home) with `input` on stdin: credentials.
