@@ -25,13 +25,6 @@ use oracle::*;
 use serde_json::{json, Value};
 use std::path::Path;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// What moat says of a classic signature that does not verify.
-const NOT_VERIFIED: &str =
-    "the signature does not verify with a trusted key (payload or signature changed, or another key)";
 /// What moat says of a DSSE envelope (bundle or .att) that does not verify with the one key.
 const ENVELOPE_NOT_VERIFIED: &str = "no signature in the envelope verifies with any of the 1 trusted key(s)";
 

@@ -18,14 +18,6 @@ use oracle::*;
 use serde_json::Value;
 use std::path::Path;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// What moat says of a classic signature that does not verify.
-const NOT_VERIFIED: &str =
-    "the signature does not verify with a trusted key (payload or signature changed, or another key)";
-
 /// The oracle itself first: it accepts a bundle that neither moat nor
 /// sigstore-js made (node crypto by hand) and one @sigstore/sign made, and
 /// refuses a changed payload, another key, another subject and the default

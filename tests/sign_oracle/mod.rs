@@ -30,6 +30,15 @@ pub const STATEMENT_V1: &str = "https://in-toto.io/Statement/v1";
 /// The password every key of these tests is encrypted with.
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// A path as the `&str` a command line takes.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// What moat says of a classic signature that does not verify.
+pub const NOT_VERIFIED: &str =
+    "the signature does not verify with a trusted key (payload or signature changed, or another key)";
+
 /// Fails the test (never skips) when a tool is missing.
 pub fn need(bin: &str) {
     let found =
