@@ -27,6 +27,13 @@ pub struct Descriptor {
     pub platform: Option<Platform>,
 }
 
+impl Descriptor {
+    /// A descriptor with no annotations and no platform.
+    pub fn new(media_type: &str, digest: Digest, size: u64) -> Descriptor {
+        Descriptor { media_type: media_type.into(), digest, size, annotations: BTreeMap::new(), platform: None }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Platform {
     pub architecture: String,

@@ -167,7 +167,7 @@ pub fn fetch(reference: &str, store: &Store, opts: &Options) -> Result<Moved> {
                 continue;
             }
             let d = store.put_blob(&bytes)?;
-            store.set_ref(&name, desc(MEDIA_MANIFEST, d, bytes.len()))?;
+            store.set_ref(&name, Descriptor::new(MEDIA_MANIFEST, d, bytes.len() as u64))?;
             moved.artifacts.push(name);
         }
         let name = referrers_tag(&subject);
@@ -198,22 +198,12 @@ pub fn fetch(reference: &str, store: &Store, opts: &Options) -> Result<Moved> {
                 let index = serde_json::json!({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": kept});
                 let bytes = crate::cjson::to_vec(&index).map_err(|e| RegistryError::Unsupported(e.to_string()))?;
                 let d = store.put_blob(&bytes)?;
-                store.set_ref(&name, desc(MEDIA_INDEX, d, bytes.len()))?;
+                store.set_ref(&name, Descriptor::new(MEDIA_INDEX, d, bytes.len() as u64))?;
                 moved.artifacts.push(name);
             }
         }
         Ok(moved)
     })
-}
-
-fn desc(media_type: &str, digest: Digest, size: usize) -> Descriptor {
-    Descriptor {
-        media_type: media_type.into(),
-        digest,
-        size: size as u64,
-        annotations: BTreeMap::new(),
-        platform: None,
-    }
 }
 
 async fn fetch_blobs(conn: &Conn, store: &Store, r: &Reference, manifest: &[u8], progress: &Progress) -> Result<()> {

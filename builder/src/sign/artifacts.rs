@@ -122,13 +122,7 @@ fn image_manifest(store: &Store, mut layers: Vec<Descriptor>) -> Result<Manifest
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     });
     let config = crate::cjson::to_vec(&config).map_err(StoreError::BadIndex)?;
-    let config = Descriptor {
-        media_type: MEDIA_CONFIG.into(),
-        digest: store.put_blob(&config)?,
-        size: config.len() as u64,
-        annotations: BTreeMap::new(),
-        platform: None,
-    };
+    let config = layer(store, MEDIA_CONFIG, &config, BTreeMap::new())?;
     Ok(Manifest {
         schema_version: 2,
         media_type: Some(MEDIA_MANIFEST.into()),
@@ -159,25 +153,16 @@ pub fn merged_image(store: &Store, ours: &[u8], theirs: &[u8]) -> Result<Vec<u8>
 
 fn put_named<T: serde::Serialize>(store: &Store, name: &str, doc: &T, media_type: &str) -> Result<Descriptor> {
     let bytes = crate::cjson::to_vec(doc).map_err(StoreError::BadIndex)?;
-    let desc = Descriptor {
-        media_type: media_type.into(),
-        digest: store.put_blob(&bytes)?,
-        size: bytes.len() as u64,
-        annotations: BTreeMap::new(),
-        platform: None,
-    };
+    let desc = layer(store, media_type, &bytes, BTreeMap::new())?;
     store.set_ref(name, desc.clone())?;
     Ok(desc)
 }
 
+/// Writes `bytes` as a blob; its descriptor.
 fn layer(store: &Store, media_type: &str, bytes: &[u8], annotations: BTreeMap<String, String>) -> Result<Descriptor> {
-    Ok(Descriptor {
-        media_type: media_type.into(),
-        digest: store.put_blob(bytes)?,
-        size: bytes.len() as u64,
-        annotations,
-        platform: None,
-    })
+    let mut d = Descriptor::new(media_type, store.put_blob(bytes)?, bytes.len() as u64);
+    d.annotations = annotations;
+    Ok(d)
 }
 
 /// Adds a classic signature of `subject` (kept beside the ones already there).
@@ -249,13 +234,7 @@ pub fn add_bundle(store: &Store, subject: &Descriptor, bundle: &[u8], predicate_
     entries.dedup();
     let index = json!({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": entries});
     put_named(store, &name, &index, MEDIA_INDEX)?;
-    Ok(Descriptor {
-        media_type: MEDIA_MANIFEST.into(),
-        digest,
-        size: bytes.len() as u64,
-        annotations: BTreeMap::new(),
-        platform: None,
-    })
+    Ok(Descriptor::new(MEDIA_MANIFEST, digest, bytes.len() as u64))
 }
 
 /// Signatures, envelopes or referrers read for one image at most (more are

@@ -56,13 +56,7 @@ pub struct Attested {
 
 /// The descriptor a referrer's `subject` names (no store annotations).
 fn subject(d: &Descriptor) -> Descriptor {
-    Descriptor {
-        media_type: d.media_type.clone(),
-        digest: d.digest.clone(),
-        size: d.size,
-        annotations: Default::default(),
-        platform: None,
-    }
+    Descriptor::new(&d.media_type, d.digest.clone(), d.size)
 }
 
 /// Signs `reference` (a store image) with `key`; `identity` is the
