@@ -70,17 +70,7 @@ pub fn predicate_type(name: &str) -> Result<String> {
 /// holds is returned. Classic signatures are tried first, then bundles.
 pub fn signature(store: &Store, image: &Digest, keys: &[VerifyingKey]) -> Result<GoodSignature> {
     let classic = artifacts::signatures(store, image)?;
-    // The referrer's annotation is unsigned: it only sorts; the signed
-    // statement's type decides (a bundle without the annotation is tried).
-    let (bundles, foreign) = artifacts::bundles(store, image)?;
-    let bundles: Vec<Blob> = bundles
-        .into_iter()
-        .filter(|b| b.predicate_type.is_empty() || b.predicate_type == PREDICATE_COSIGN_SIGN)
-        .collect();
-    if classic.is_empty() && bundles.is_empty() && foreign.is_empty() {
-        return Err(CheckError::Unsigned { image: image.clone(), sig: artifacts::sig_tag(image) });
-    }
-    let mut reasons = foreign;
+    let mut reasons = Vec::new();
     for s in &classic {
         let via = format!("{} layer {}", artifacts::sig_tag(image), s.layer);
         let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(s.signature.trim()) else {
@@ -99,6 +89,18 @@ pub fn signature(store: &Store, image: &Digest, keys: &[VerifyingKey]) -> Result
             Err(e) => reasons.push(format!("{via}: {e}")),
         }
     }
+    // Bundles are read only when no classic signature held. The referrer's
+    // annotation is unsigned: it only sorts; the signed statement's type
+    // decides (a bundle without the annotation is tried).
+    let (bundles, foreign) = artifacts::bundles(store, image)?;
+    let bundles: Vec<Blob> = bundles
+        .into_iter()
+        .filter(|b| b.predicate_type.is_empty() || b.predicate_type == PREDICATE_COSIGN_SIGN)
+        .collect();
+    if classic.is_empty() && bundles.is_empty() && foreign.is_empty() {
+        return Err(CheckError::Unsigned { image: image.clone(), sig: artifacts::sig_tag(image) });
+    }
+    reasons.extend(foreign);
     for b in &bundles {
         match open_bundle(b, image, &|t: &str| t == PREDICATE_COSIGN_SIGN, keys) {
             Ok((key, _, _)) => return Ok(GoodSignature { via: b.what.clone(), key, identity: String::new() }),
