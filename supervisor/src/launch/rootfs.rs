@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 use crate::layers::{read_no_follow, LayerCache, LayerError};
 use moat_builder::oci::{ImageConfig, Manifest};
+use moat_builder::store::NamedImage;
 use moat_builder::{Digest, Store};
 use nix::mount::{mount, MntFlags, MsFlags};
 use std::fs;
@@ -58,7 +59,17 @@ pub struct SandboxUser {
 impl PreparedImage {
     /// Resolves `reference` in the store and makes sure every layer is in the cache.
     pub fn prepare(store: &Store, reference: &str, cache: &LayerCache) -> Result<PreparedImage, RootfsError> {
-        let named = store.resolve(reference)?;
+        PreparedImage::prepare_named(store, reference, store.resolve(reference)?, cache)
+    }
+
+    /// [`PreparedImage::prepare`] of an image already resolved (`named`, which
+    /// `reference` named): exactly that manifest, whatever the name says now.
+    pub fn prepare_named(
+        store: &Store,
+        reference: &str,
+        named: NamedImage,
+        cache: &LayerCache,
+    ) -> Result<PreparedImage, RootfsError> {
         let manifest: Manifest = store.manifest(&named.manifest.digest)?;
         let config = store.config(&manifest)?;
         if config.rootfs.diff_ids.len() != manifest.layers.len() {

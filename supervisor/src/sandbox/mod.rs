@@ -232,13 +232,7 @@ pub fn resolve(
     // The digest checked is the digest prepared: a name moved meanwhile (a
     // concurrent pull or build) cannot slip another image past `[trust]`.
     let checked = trust::check(store, image, &policy.trust)?;
-    let prepared = PreparedImage::prepare(store, &checked.pinned, &LayerCache::default_location())?;
-    if prepared.manifest_digest != checked.digest {
-        return Err(SandboxError::Refused(format!(
-            "image {image} changed while it was checked ({} then {})",
-            checked.digest, prepared.manifest_digest
-        )));
-    }
+    let prepared = PreparedImage::prepare_named(store, image, checked, &LayerCache::default_location())?;
     let user = prepared.user(&policy.process.user)?;
     let rc = &prepared.config.config;
     let args = if args.is_empty() {

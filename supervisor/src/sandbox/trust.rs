@@ -13,6 +13,7 @@ use super::SandboxError;
 use crate::policy::trust::Trust;
 use moat_builder::digest::Digest;
 use moat_builder::sign::{check, provenance::PREDICATE_SLSA};
+use moat_builder::store::NamedImage;
 use moat_builder::Store;
 use std::path::PathBuf;
 
@@ -25,21 +26,12 @@ fn cache_entry(image: &Digest, trust: &Trust) -> Option<PathBuf> {
     Some(moat_builder::home::cache_dir().join("trust").join(Digest::of(&key).hex()))
 }
 
-/// The image a start will use: its reference pinned to the digest that was
-/// resolved (and checked, when `[trust]` asks).
-pub struct Checked {
-    pub digest: Digest,
-    /// `NAME@sha256:...` (or the digest alone for an unnamed image).
-    pub pinned: String,
-}
-
 /// Resolves `image` (a store reference) once and checks that digest against
-/// `trust`; Ok when nothing is required or everything required holds.
-pub fn check(store: &Store, image: &str, trust: &Trust) -> Result<Checked, SandboxError> {
-    let named = store.resolve(image)?;
-    let digest = named.manifest.digest;
-    let pinned = if named.name.is_empty() { digest.to_string() } else { format!("{}@{digest}", named.name) };
-    let checked = Checked { digest: digest.clone(), pinned };
+/// `trust`; returns the image resolved, for the start to prepare exactly it.
+/// Ok when nothing is required or everything required holds.
+pub fn check(store: &Store, image: &str, trust: &Trust) -> Result<NamedImage, SandboxError> {
+    let checked = store.resolve(image)?;
+    let digest = checked.manifest.digest.clone();
     if !trust.enforced() {
         return Ok(checked);
     }
