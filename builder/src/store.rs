@@ -265,6 +265,15 @@ impl Store {
             .collect())
     }
 
+    /// The index entry named exactly `name`, if any (no digest matching).
+    pub fn get_ref(&self, name: &str) -> Result<Option<Descriptor>> {
+        Ok(self
+            .index()?
+            .manifests
+            .into_iter()
+            .find(|m| m.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) == Some(name)))
+    }
+
     /// Finds an image by `NAME`, `NAME@sha256:…`, `sha256:…` or a unique hex prefix.
     pub fn resolve(&self, reference: &str) -> Result<NamedImage> {
         let images = self.images()?;

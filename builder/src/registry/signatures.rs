@@ -33,14 +33,6 @@ pub struct Moved {
     pub artifacts: Vec<String>,
 }
 
-fn index_entry(store: &Store, name: &str) -> Result<Option<Descriptor>> {
-    Ok(store
-        .index()?
-        .manifests
-        .into_iter()
-        .find(|m| m.annotations.get(crate::oci::ANNOTATION_REF_NAME).map(String::as_str) == Some(name)))
-}
-
 fn not_found(e: &OciDistributionError) -> bool {
     match e {
         OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|x| {
@@ -61,7 +53,7 @@ pub fn push(store: &Store, subject: &Digest, target: &str, opts: &Options) -> Re
         let conn = connect(&r, opts).await?;
         conn.retry("authenticate for push", || conn.client.auth(&r, &conn.auth, RegistryOperation::Push)).await?;
         for name in [sig_tag(subject), att_tag(subject)] {
-            let Some(desc) = index_entry(store, &name)? else { continue };
+            let Some(desc) = store.get_ref(&name)? else { continue };
             let mut bytes = store.read_blob(&desc.digest)?;
             // Add to what other signers put there, as cosign does; a tag
             // whose manifest does not read is replaced.
@@ -75,7 +67,7 @@ pub fn push(store: &Store, subject: &Digest, target: &str, opts: &Options) -> Re
             moved.artifacts.push(name);
         }
         let name = referrers_tag(subject);
-        if let Some(desc) = index_entry(store, &name)? {
+        if let Some(desc) = store.get_ref(&name)? {
             let local: Index = store.read_json(&desc.digest)?;
             for m in &local.manifests {
                 let bytes = store.read_blob(&m.digest)?;

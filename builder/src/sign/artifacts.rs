@@ -12,7 +12,7 @@
 use super::bundle::MEDIA_BUNDLE;
 use super::payload::{ANNOTATION_SIGNATURE, MEDIA_SIMPLE_SIGNING};
 use crate::digest::Digest;
-use crate::oci::{Descriptor, Index, Manifest, ANNOTATION_REF_NAME, MEDIA_CONFIG, MEDIA_INDEX, MEDIA_MANIFEST};
+use crate::oci::{Descriptor, Index, Manifest, MEDIA_CONFIG, MEDIA_INDEX, MEDIA_MANIFEST};
 use crate::store::{Store, StoreError};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -78,14 +78,6 @@ pub struct Blob {
     pub bytes: Vec<u8>,
 }
 
-fn entry(store: &Store, name: &str) -> Result<Option<Descriptor>> {
-    Ok(store
-        .index()?
-        .manifests
-        .into_iter()
-        .find(|m| m.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) == Some(name)))
-}
-
 fn read_bounded(store: &Store, d: &Digest, what: &str, max: u64) -> Result<Vec<u8>> {
     let size = store.blob_size(d)?;
     if size > max {
@@ -95,7 +87,7 @@ fn read_bounded(store: &Store, d: &Digest, what: &str, max: u64) -> Result<Vec<u
 }
 
 fn read_manifest(store: &Store, name: &str) -> Result<Option<Manifest>> {
-    let Some(desc) = entry(store, name)? else { return Ok(None) };
+    let Some(desc) = store.get_ref(name)? else { return Ok(None) };
     let bytes = read_bounded(store, &desc.digest, name, MAX_MANIFEST)?;
     let m = serde_json::from_slice(&bytes)
         .map_err(|e| ArtifactError::Malformed { what: name.into(), msg: e.to_string() })?;
@@ -216,7 +208,7 @@ pub fn add_bundle(store: &Store, subject: &Descriptor, bundle: &[u8], predicate_
     let subject_digest = Digest::parse(subject["digest"].as_str().unwrap_or_default())
         .map_err(|e| ArtifactError::Malformed { what: "subject".into(), msg: e.to_string() })?;
     let name = referrers_tag(&subject_digest);
-    let mut entries: Vec<serde_json::Value> = match entry(store, &name)? {
+    let mut entries: Vec<serde_json::Value> = match store.get_ref(&name)? {
         Some(d) => {
             let raw = read_bounded(store, &d.digest, &name, MAX_MANIFEST)?;
             let v: serde_json::Value = serde_json::from_slice(&raw)
@@ -301,7 +293,7 @@ pub fn attestations(store: &Store, subject: &Digest) -> Result<Vec<Blob>> {
 /// can push to the tag can add, never hides the others.
 pub fn bundles(store: &Store, subject: &Digest) -> Result<(Vec<Blob>, Vec<String>)> {
     let name = referrers_tag(subject);
-    let Some(d) = entry(store, &name)? else { return Ok((Vec::new(), Vec::new())) };
+    let Some(d) = store.get_ref(&name)? else { return Ok((Vec::new(), Vec::new())) };
     let raw = read_bounded(store, &d.digest, &name, MAX_MANIFEST)?;
     let index: Index = serde_json::from_slice(&raw)
         .map_err(|e| ArtifactError::Malformed { what: name.clone(), msg: e.to_string() })?;
