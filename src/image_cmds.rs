@@ -89,8 +89,21 @@ pub fn lock(a: LockArgs, g: &Global) -> Result<ExitCode> {
     built.lock.write(&l.lock_path()).with_context(|| format!("writing {}", l.lock_path().display()))?;
     store.set_ref(&built.lock.name, built.manifest.clone())?;
     say!("wrote {}", l.lock_path().display());
+    npm_scripts(&built.lock);
     println!("{}@{}", built.lock.name, built.lock.image.manifest);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Lists the locked npm packages that declare install scripts (never run).
+fn npm_scripts(lock: &Lock) {
+    let Some(Ok(npm)) = lock.npm.clone().map(|v| v.try_into::<moat_builder::npm::NpmLock>()) else { return };
+    let listed = moat_builder::npm::with_install_scripts(&npm);
+    if !listed.is_empty() {
+        eprintln!("npm packages with install scripts (not run; the layer holds them as unpacked):");
+        for p in listed {
+            eprintln!("  {p}");
+        }
+    }
 }
 
 pub fn build(a: BuildArgs, g: &Global) -> Result<ExitCode> {

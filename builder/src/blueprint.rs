@@ -66,6 +66,9 @@ pub struct Blueprint {
     /// Debian packages resolved by `moat lock` and pinned in the lock.
     #[serde(default)]
     pub debian: Option<Spanned<crate::debian::DebianSpec>>,
+    /// npm packages resolved by `moat lock` and pinned in the lock (docs/npm.md).
+    #[serde(default)]
+    pub npm: Option<Spanned<crate::npm::NpmSpec>>,
     #[serde(default, rename = "layer")]
     pub layers: Vec<Spanned<LayerSpec>>,
     #[serde(default)]
@@ -334,6 +337,9 @@ fn validate(l: &Loaded) -> Result<BaseRef, BlueprintError> {
         ));
     }
     let base = BaseRef::parse(bp.base.image.get_ref()).map_err(|m| l.err(bp.base.image.span(), m))?;
+    if let Some(npm) = &bp.npm {
+        validate_npm(l, npm)?;
+    }
     for layer in &bp.layers {
         if layer.get_ref().entries.is_empty() {
             return Err(l.err(layer.span(), "layer has no [[layer.entry]]"));
@@ -370,6 +376,21 @@ fn validate(l: &Loaded) -> Result<BaseRef, BlueprintError> {
         }
     }
     Ok(base)
+}
+
+fn validate_npm(l: &Loaded, npm: &Spanned<crate::npm::NpmSpec>) -> Result<(), BlueprintError> {
+    let spec = npm.get_ref();
+    if spec.packages.is_empty() {
+        return Err(l.err(npm.span(), "[npm] packages is empty"));
+    }
+    for p in &spec.packages {
+        crate::npm::parse_request(p.get_ref()).map_err(|m| l.err(p.span(), m))?;
+    }
+    let prefix = &spec.prefix;
+    if !prefix.get_ref().starts_with('/') || tree::clean_path(prefix.get_ref()).is_err() {
+        return Err(l.err(prefix.span(), format!("prefix {:?} must be a clean absolute path", prefix.get_ref())));
+    }
+    Ok(())
 }
 
 fn validate_entry(l: &Loaded, e: &Spanned<EntrySpec>) -> Result<(), BlueprintError> {
@@ -439,6 +460,17 @@ mod tests {
         assert!(e.contains("PATH is fixed"), "{e}");
         let e = p("name = \"x\"\n[[layer]]\n[[layer.entry]]\npath = \"a\"\nmode = \"0999\"\n").unwrap_err().to_string();
         assert!(e.starts_with("bp.toml:5:"), "{e}");
+    }
+    #[test]
+    fn npm_table_errors_are_placed() {
+        let l = p("name = \"x\"\n[npm]\npackages = [\"@s/a@^1\", \"b\"]\n").unwrap();
+        assert_eq!(l.bp.npm.unwrap().get_ref().prefix.get_ref(), "/usr/local");
+        let e = p("name = \"x\"\n[npm]\npackages = [\"a@1\", \"a@git+https://h/r\"]\n").unwrap_err().to_string();
+        assert!(e.starts_with("bp.toml:3:20: ") && e.contains("registry version"), "{e}");
+        let e = p("name = \"x\"\n[npm]\npackages = [\"a\"]\nregistry = \"h\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("bp.toml:4:1: ") && e.contains("unknown field"), "{e}");
+        let e = p("name = \"x\"\n[npm]\npackages = [\"a\"]\nprefix = \"usr\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("bp.toml:4:10: "), "{e}");
     }
     #[test]
     fn base_refs() {

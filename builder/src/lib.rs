@@ -21,6 +21,7 @@ pub mod layer;
 pub mod lint;
 pub mod lock;
 pub(crate) mod malloc;
+pub mod npm;
 pub mod oci;
 pub mod registry;
 pub mod sign;

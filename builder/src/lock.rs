@@ -46,6 +46,12 @@ pub struct Lock {
     /// Pinned Debian package set (present when the blueprint has `[debian]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debian: Option<toml::Value>,
+    /// Digest of the `[npm]` table the tree was resolved for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub npm_spec: Option<Digest>,
+    /// Pinned npm tree (present when the blueprint has `[npm]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub npm: Option<toml::Value>,
     #[serde(default, rename = "layer")]
     pub layers: Vec<LockedLayer>,
     pub image: LockedImage,
@@ -87,6 +93,11 @@ pub struct LockedImage {
 
 /// Digest of a `[debian]` table's content.
 pub fn debian_spec_digest(spec: &crate::debian::DebianSpec) -> Digest {
+    Digest::of(&crate::cjson::to_vec(spec).unwrap_or_default())
+}
+
+/// Digest of an `[npm]` table's content.
+pub fn npm_spec_digest(spec: &crate::npm::NpmSpec) -> Digest {
     Digest::of(&crate::cjson::to_vec(spec).unwrap_or_default())
 }
 
@@ -152,6 +163,7 @@ pub enum Difference {
         now: Option<Digest>,
     },
     Debian,
+    Npm,
     LayerCount {
         locked: usize,
         now: usize,
@@ -194,6 +206,7 @@ impl std::fmt::Display for Difference {
                 (_, None) => write!(f, "input {source} ({at}) is in the lock but not in the blueprint"),
             },
             Difference::Debian => write!(f, "the Debian package set differs from the lock"),
+            Difference::Npm => write!(f, "the npm package tree differs from the lock"),
             Difference::LayerCount { locked, now } => write!(f, "layer count differs: locked {locked}, built {now}"),
             Difference::Layer { index, name, locked, now } => {
                 write!(f, "layer {index} ({name}) differs: locked diff_id {locked}, built {now}")
@@ -245,6 +258,9 @@ pub fn first_difference(expected: &Lock, actual: &Lock) -> Option<Difference> {
     if expected.debian != actual.debian {
         return Some(Difference::Debian);
     }
+    if expected.npm != actual.npm {
+        return Some(Difference::Npm);
+    }
     for (i, (l, a)) in expected.layers.iter().zip(&actual.layers).enumerate() {
         if l.diff_id != a.diff_id {
             return Some(Difference::Layer {
@@ -292,6 +308,8 @@ mod tests {
             inputs: Vec::new(),
             debian_spec: None,
             debian: None,
+            npm_spec: None,
+            npm: None,
             layers: vec![LockedLayer {
                 name: "app".into(),
                 diff_id: Digest::of(diff_id),

@@ -153,6 +153,17 @@ fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildErr
             })?;
         }
     }
+    let npm_lock = npm_set(l, mode, opts)?;
+    if let (Some(spec), Some(nl)) = (&l.bp.npm, &npm_lock) {
+        let npm_err =
+            |e: crate::npm::NpmError| BuildError::Input { at: l.at(spec.span()).to_string(), msg: e.to_string() };
+        let what = serde_json::json!({"npm": crate::npm::layer_key(spec.get_ref(), nl), "strip": strip_key});
+        asm.add("npm", "moat: npm packages".into(), what, || {
+            let mut tree = crate::npm::materialize(spec.get_ref(), nl, &opts.download_cache).map_err(npm_err)?;
+            tree.retain_not(|e| stripper.matches(&e.path));
+            Ok(Some(tree))
+        })?;
+    }
     let mut input_iter = inputs.iter();
     for (i, layer) in l.bp.layers.iter().enumerate() {
         let spec = layer.get_ref();
@@ -205,6 +216,11 @@ fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildErr
         inputs: inputs.iter().map(|i| i.locked.clone()).collect(),
         debian_spec: l.bp.debian.as_ref().map(|s| lock::debian_spec_digest(s.get_ref())),
         debian: debian_lock
+            .as_ref()
+            .map(|d| toml::Value::try_from(d).map_err(|e| BuildError::Base(e.to_string())))
+            .transpose()?,
+        npm_spec: l.bp.npm.as_ref().map(|s| lock::npm_spec_digest(s.get_ref())),
+        npm: npm_lock
             .as_ref()
             .map(|d| toml::Value::try_from(d).map_err(|e| BuildError::Base(e.to_string())))
             .transpose()?,
@@ -283,6 +299,34 @@ fn debian_set(l: &Loaded, mode: Mode) -> Result<Option<crate::debian::DebianLock
             from_lock(prev)
         }
         Mode::Lock { .. } => crate::debian::resolve(spec.get_ref(), &l.dir)
+            .map(Some)
+            .map_err(|e| BuildError::Input { at: at(), msg: e.to_string() }),
+    }
+}
+
+/// The pinned npm tree: resolved only by `moat lock` (kept from the previous
+/// lock unless `--update` or the `[npm]` table changed); `build` and
+/// `verify` take the lock's.
+fn npm_set(l: &Loaded, mode: Mode, opts: &Options) -> Result<Option<crate::npm::NpmLock>, BuildError> {
+    let Some(spec) = &l.bp.npm else { return Ok(None) };
+    let at = || l.at(spec.span()).to_string();
+    let from_lock = |lock: &Lock| -> Result<Option<crate::npm::NpmLock>, BuildError> {
+        let v = lock.npm.clone().ok_or_else(|| BuildError::Input {
+            at: at(),
+            msg: "the lock has no [npm] package tree: run `moat lock`".into(),
+        })?;
+        v.try_into()
+            .map(Some)
+            .map_err(|e: toml::de::Error| BuildError::Input { at: at(), msg: format!("lock [npm]: {e}") })
+    };
+    match mode {
+        Mode::Build(lock) | Mode::Verify(lock) => from_lock(lock),
+        Mode::Lock { previous: Some(prev), update: false }
+            if prev.npm.is_some() && prev.npm_spec == Some(lock::npm_spec_digest(spec.get_ref())) =>
+        {
+            from_lock(prev)
+        }
+        Mode::Lock { .. } => crate::npm::resolve(spec.get_ref(), &l.bp.architecture, &opts.download_cache)
             .map(Some)
             .map_err(|e| BuildError::Input { at: at(), msg: e.to_string() }),
     }

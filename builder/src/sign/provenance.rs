@@ -134,6 +134,8 @@ mod tests {
             }],
             debian_spec: None,
             debian: None,
+            npm_spec: None,
+            npm: None,
             layers: vec![LockedLayer {
                 name: "files".into(),
                 diff_id: Digest::of(b"d"),

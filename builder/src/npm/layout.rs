@@ -1,0 +1,218 @@
+//! A locked npm tree as files: each tarball unpacked as pacote does it
+//! (first path component stripped, links and special files dropped, modes
+//! widened to 0644/0755 under umask 022, ownership ignored), placed at its
+//! install path under `PREFIX/lib`, with bin links as npm's bin-links makes
+//! them (global top-level packages into `PREFIX/bin`, the rest into the
+//! nearest `node_modules/.bin`, relative symlinks, targets made 0755).
+//! Guards against hostile tarballs: compressed size, unpacked bytes and
+//! entry count are bounded before allocation, paths that climb out (`..`,
+//! absolute) are dropped, bin names and targets cannot leave their package.
+#![forbid(unsafe_code)]
+use super::NpmError;
+use crate::layer::tree::{clean_path, Entry, Tree};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::Read;
+
+/// Most entries one tarball may hold.
+pub(crate) const MAX_ENTRIES: usize = 100_000;
+/// Most bytes one tarball may unpack to.
+pub(crate) const MAX_UNPACKED: u64 = 1 << 30;
+/// The umask npm's modes are computed under (its default, 022).
+const UMASK: u32 = 0o022;
+
+/// One unpacked file, path relative to the package directory.
+#[derive(Debug, Clone)]
+pub(crate) struct PkgFile {
+    pub(crate) path: String,
+    pub(crate) data: Vec<u8>,
+    /// The mode the tarball gave it (before npm's widening).
+    pub(crate) mode: u32,
+}
+
+/// An unpacked package: its files and directories, by relative path.
+#[derive(Debug, Default)]
+pub(crate) struct Unpacked {
+    pub(crate) files: BTreeMap<String, PkgFile>,
+    pub(crate) dirs: Vec<String>,
+}
+
+impl Unpacked {
+    /// The package's own `package.json`, parsed.
+    pub(crate) fn package_json(&self, package: &str) -> Result<Value, NpmError> {
+        let f = self.files.get("package.json").ok_or_else(|| NpmError::Package {
+            package: package.into(),
+            msg: "the tarball holds no package.json".into(),
+        })?;
+        serde_json::from_slice(&f.data)
+            .map_err(|e| NpmError::Package { package: package.into(), msg: format!("package.json: {e}") })
+    }
+}
+
+/// Unpacks a gzipped package tarball within the bounds.
+pub(crate) fn unpack(package: &str, tgz: &[u8]) -> Result<Unpacked, NpmError> {
+    let bad = |msg: String| NpmError::Package { package: package.into(), msg: format!("tarball: {msg}") };
+    let gz = flate2::read::GzDecoder::new(tgz);
+    let mut ar = tar::Archive::new(gz.take(MAX_UNPACKED + (MAX_ENTRIES as u64 + 2) * 1024));
+    let mut out = Unpacked::default();
+    let mut total = 0u64;
+    let mut saw_npmignore = std::collections::BTreeSet::new();
+    for (n, entry) in ar.entries().map_err(|e| bad(e.to_string()))?.enumerate() {
+        if n >= MAX_ENTRIES {
+            return Err(bad(format!("more than {MAX_ENTRIES} entries")));
+        }
+        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+        let raw = entry.path_bytes().into_owned();
+        let Ok(raw) = String::from_utf8(raw) else { continue };
+        let kind = entry.header().entry_type();
+        // pacote: strip the first component; what climbs out is dropped (node-tar).
+        let Some((_, rest)) = raw.trim_start_matches('/').split_once('/') else { continue };
+        if rest.split('/').any(|c| c == "..") {
+            tracing::warn!(event = "npm_entry_dropped", package, path = %raw, "path climbs out of the package");
+            continue;
+        }
+        let Ok(rel) = clean_path(rest) else { continue };
+        if rel.is_empty() {
+            continue;
+        }
+        if kind.is_dir() {
+            out.dirs.push(rel);
+            continue;
+        }
+        if !(kind.is_file() || kind == tar::EntryType::Continuous) {
+            continue; // links and special files: pacote drops them
+        }
+        let size = entry.header().size().map_err(|e| bad(e.to_string()))?;
+        total = total.saturating_add(size);
+        if total > MAX_UNPACKED {
+            return Err(bad(format!("unpacks to more than {MAX_UNPACKED} bytes")));
+        }
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
+        let mut data = Vec::with_capacity(size.min(16 << 20) as usize);
+        entry.read_to_end(&mut data).map_err(|e| bad(e.to_string()))?;
+        // pacote: `.gitignore` becomes `.npmignore` unless one is there already.
+        let rel = match rel.strip_suffix(".gitignore") {
+            Some(dir) if rel.ends_with("/.gitignore") || rel == ".gitignore" => {
+                let ni = format!("{dir}.npmignore");
+                if saw_npmignore.contains(&ni) {
+                    continue;
+                }
+                ni
+            }
+            _ => rel,
+        };
+        if rel.ends_with(".npmignore") {
+            saw_npmignore.insert(rel.clone());
+        }
+        out.files.insert(rel.clone(), PkgFile { path: rel, data, mode });
+    }
+    Ok(out)
+}
+
+/// A package's bins as npm-normalize-package-bin reads them: name -> target
+/// relative to the package (names and targets cleaned, unsafe ones dropped).
+pub(crate) fn bins(name: &str, pkg: &Value) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let raw: Vec<(String, String)> = match pkg.get("bin") {
+        Some(Value::String(t)) => vec![(name.rsplit('/').next().unwrap_or(name).to_string(), t.clone())],
+        Some(Value::Object(o)) => {
+            o.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect()
+        }
+        _ => Vec::new(),
+    };
+    for (k, v) in raw {
+        let k = k.replace(['\\', ':'], "/");
+        let base = k.rsplit('/').next().unwrap_or_default().to_string();
+        if base.is_empty() || base == "." || base == ".." {
+            continue;
+        }
+        // join('/', val).slice(1): `..` cannot climb above the package.
+        let mut parts: Vec<&str> = Vec::new();
+        let v = v.replace('\\', "/");
+        for c in v.split('/') {
+            match c {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                c => parts.push(c),
+            }
+        }
+        if !parts.is_empty() {
+            out.insert(base, parts.join("/"));
+        }
+    }
+    out
+}
+
+/// The mode pacote gives a file: widened to rw for all, then umask, owner rw,
+/// and executable when it is one of the package's bins.
+pub(crate) fn file_mode(tar_mode: u32, is_bin: bool) -> u32 {
+    let m = ((tar_mode | 0o666) & !UMASK & 0o777) | 0o600;
+    if is_bin {
+        0o777 & !UMASK
+    } else {
+        m
+    }
+}
+
+/// Relative path from directory `from_dir` to `to` (both root-relative, clean).
+pub(crate) fn relative(from_dir: &str, to: &str) -> String {
+    let a: Vec<&str> = from_dir.split('/').filter(|s| !s.is_empty()).collect();
+    let b: Vec<&str> = to.split('/').filter(|s| !s.is_empty()).collect();
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut parts: Vec<&str> = vec![".."; a.len() - common];
+    parts.extend(&b[common..]);
+    parts.join("/")
+}
+
+/// Places one unpacked package at `dir` (root-relative) in `tree` and adds
+/// its bin links into `bin_dir` (`id` is `name@version`, for errors).
+pub(crate) fn place(
+    tree: &mut Tree,
+    dir: &str,
+    id: &str,
+    name: &str,
+    u: &Unpacked,
+    bin_dir: &str,
+) -> Result<(), NpmError> {
+    let pkg = u.package_json(id)?;
+    let bins = bins(name, &pkg);
+    let bin_targets: std::collections::BTreeSet<&str> = bins.values().map(String::as_str).collect();
+    tree.insert(Entry::dir(dir, 0o755, 0, 0))?;
+    for d in &u.dirs {
+        tree.insert(Entry::dir(&format!("{dir}/{d}"), 0o755, 0, 0))?;
+    }
+    for f in u.files.values() {
+        let mode = file_mode(f.mode, bin_targets.contains(f.path.as_str()));
+        tree.insert(Entry::file(&format!("{dir}/{}", f.path), f.data.clone(), mode))?;
+    }
+    for (bin, target) in &bins {
+        if !u.files.contains_key(target) {
+            continue; // npm links it anyway, dangling; see docs/npm.md
+        }
+        let link = format!("{bin_dir}/{bin}");
+        tree.insert(Entry::symlink(&link, &relative(bin_dir, &format!("{dir}/{target}"))))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    #[test]
+    fn bins_and_modes_as_npm() {
+        let b = bins("@s/tool", &json!({"bin": "./cli.js"}));
+        assert_eq!(b, BTreeMap::from([("tool".to_string(), "cli.js".to_string())]));
+        let b = bins("x", &json!({"bin": {"../evil": "../../etc/passwd", "ok": "./bin/../bin/ok.js"}}));
+        assert_eq!(b.get("evil").map(String::as_str), Some("etc/passwd"));
+        assert_eq!(b.get("ok").map(String::as_str), Some("bin/ok.js"));
+        assert_eq!(file_mode(0o644, false), 0o644);
+        assert_eq!(file_mode(0o600, false), 0o644);
+        assert_eq!(file_mode(0o744, false), 0o744);
+        assert_eq!(file_mode(0o644, true), 0o755);
+        assert_eq!(relative("usr/local/bin", "usr/local/lib/node_modules/a/cli.js"), "../lib/node_modules/a/cli.js");
+        assert_eq!(relative("p/node_modules/.bin", "p/node_modules/@s/b/x.js"), "../@s/b/x.js");
+    }
+}

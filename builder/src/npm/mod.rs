@@ -1,0 +1,256 @@
+//! npm packages as pinned inputs (docs/npm.md): `resolve` (the only step
+//! that asks the registry anything: packuments, then every tarball checked
+//! against its sha512 integrity) writes a lock of install paths, tarball
+//! paths and hashes; `materialize` builds the layer from that lock alone, as
+//! `npm install --global --ignore-scripts --omit=dev` lays it out. Threats:
+//! a hostile registry (integrity, bounds), package code at build time
+//! (install scripts never run; packages that need a compiler are refused),
+//! native code for the wrong machine (platform from the blueprint), drift.
+#![forbid(unsafe_code)]
+pub(crate) mod integrity;
+pub(crate) mod layout;
+pub(crate) mod pick;
+pub(crate) mod platform;
+pub(crate) mod registry;
+pub(crate) mod resolve;
+
+use crate::downloads::Pin;
+use crate::layer::tree::{clean_path, Entry, Tree, TreeError};
+use crate::Digest;
+use serde_json::Value;
+use std::path::Path;
+use toml::Spanned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NpmError {
+    #[error("[npm]: {0}")]
+    Spec(String),
+    #[error("fetching {url}: {msg}")]
+    Http { url: String, msg: String },
+    #[error("{url}: larger than {max} bytes; not read")]
+    TooLarge { url: String, max: u64 },
+    #[error("package {package}: {msg}")]
+    Package { package: String, msg: String },
+    #[error("package {package}: tarball does not match the lock (expected {expected}, got {got}); refused")]
+    Integrity { package: String, expected: String, got: String },
+    #[error("package {package} has native code to compile (binding.gyp) and no prebuilt platform package for {arch}; moat runs no compiler")]
+    NeedsCompiler { package: String, arch: String },
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+}
+
+fn default_prefix() -> Spanned<String> {
+    Spanned::new(0..0, "/usr/local".into())
+}
+
+/// The blueprint's `[npm]` table.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NpmSpec {
+    /// `name@range` or `@scope/name@range` (a bare name means `latest`).
+    pub packages: Vec<Spanned<String>>,
+    /// Packages land in `PREFIX/lib/node_modules`, bins in `PREFIX/bin`.
+    #[serde(default = "default_prefix")]
+    pub prefix: Spanned<String>,
+}
+
+/// Splits `name@spec` (`@scope/name@spec`); checks the name as npm does.
+pub fn parse_request(s: &str) -> Result<(String, String), String> {
+    let s = s.trim();
+    let (name, spec) = match s.get(1..).and_then(|rest| rest.find('@')) {
+        Some(i) => (&s[..i + 1], &s[i + 2..]),
+        None => (s, "latest"),
+    };
+    let ok_part = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 214
+            && !p.starts_with('.')
+            && !p.starts_with('_')
+            && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._~".contains(&b))
+    };
+    let valid = match name.strip_prefix('@') {
+        Some(scoped) => scoped.split_once('/').is_some_and(|(sc, n)| ok_part(sc) && ok_part(n)),
+        None => ok_part(name),
+    };
+    if !valid {
+        return Err(format!("{name:?} is not a valid npm package name"));
+    }
+    pick::Want::parse(spec, None).or_else(|e| {
+        if spec.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+            Ok(pick::Want::Exact(spec.into()))
+        } else {
+            Err(e)
+        }
+    })?;
+    Ok((name.to_string(), spec.to_string()))
+}
+
+/// One pinned package.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedNpm {
+    /// Install path below `PREFIX/lib` (`node_modules/a/node_modules/b`).
+    pub path: String,
+    pub name: String,
+    pub version: String,
+    /// Tarball path below the registry (or a full URL on another host).
+    pub tarball: String,
+    /// The registry's sha512 SRI, checked at lock and at build.
+    pub integrity: String,
+    /// sha256 of the tarball (the downloads cache's key).
+    pub sha256: String,
+    pub size: u64,
+    /// Declares preinstall/install/postinstall (or a binding.gyp): never run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub install_script: bool,
+}
+
+/// The lock's `[npm]` table.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NpmLock {
+    /// Sorted by path.
+    pub packages: Vec<LockedNpm>,
+}
+
+fn scripts_of(m: &Value) -> (bool, bool) {
+    let s = |k: &str| m.pointer(&format!("/scripts/{k}")).and_then(Value::as_str).unwrap_or_default().to_string();
+    let (pre, ins, post) = (s("preinstall"), s("install"), s("postinstall"));
+    let gyp = m.get("gypfile").and_then(Value::as_bool) == Some(true)
+        || [&pre, &ins].iter().any(|x| x.trim() == "node-gyp rebuild");
+    (gyp, gyp || !(pre.is_empty() && ins.is_empty() && post.is_empty()))
+}
+
+/// Looks the spec up in the registry and returns the pinned tree; every
+/// tarball is downloaded, checked and kept in the downloads cache.
+pub fn resolve(spec: &NpmSpec, architecture: &str, cache: &Path) -> Result<NpmLock, NpmError> {
+    let platform = platform::Platform::for_architecture(architecture)
+        .ok_or_else(|| NpmError::Spec(format!("no npm platform for architecture {architecture:?}")))?;
+    let requests: Vec<(String, String)> =
+        spec.packages.iter().map(|p| parse_request(p.get_ref()).map_err(NpmError::Spec)).collect::<Result<_, _>>()?;
+    if requests.is_empty() {
+        return Err(NpmError::Spec("`packages` is empty".into()));
+    }
+    let mut client = registry::Client::new(registry::registry_base())?;
+    let placed = resolve::resolve(&mut client, &requests, &platform)?;
+    let mut packages = Vec::new();
+    for p in placed {
+        let id = format!("{}@{}", p.name, p.version);
+        let url = p.manifest.pointer("/dist/tarball").and_then(Value::as_str).unwrap_or_default().to_string();
+        let sri = p.manifest.pointer("/dist/integrity").and_then(Value::as_str).unwrap_or_default();
+        let integrity = integrity::sha512_of(sri).ok_or_else(|| NpmError::Package {
+            package: id.clone(),
+            msg: "the registry gives no sha512 integrity for its tarball".into(),
+        })?;
+        if !(url.starts_with("https://") || url.starts_with(&client.base)) {
+            return Err(NpmError::Package {
+                package: id,
+                msg: format!("tarball URL {url:?} is neither https nor on the registry"),
+            });
+        }
+        let bytes = client.get(&url, registry::MAX_TARBALL, "*/*")?;
+        if !integrity::matches(&integrity, &bytes) {
+            return Err(NpmError::Integrity { package: id, expected: integrity, got: integrity::sri_sha512(&bytes) });
+        }
+        let (mut gyp, mut script) = scripts_of(&p.manifest);
+        let unpacked = layout::unpack(&id, &bytes)?;
+        if unpacked.files.contains_key("binding.gyp") && !scripts_of(&p.manifest).1 {
+            (gyp, script) = (true, true); // npm runs `node-gyp rebuild` for it
+        }
+        if gyp && !p.has_platform_optional {
+            return Err(NpmError::NeedsCompiler { package: id, arch: architecture.into() });
+        }
+        let sha256 = registry::remember(cache, &id, &bytes)?;
+        packages.push(LockedNpm {
+            path: p.path,
+            name: p.name,
+            version: p.version,
+            tarball: client.tarball_path(&url),
+            integrity,
+            sha256: sha256.hex().to_string(),
+            size: bytes.len() as u64,
+            install_script: script,
+        });
+    }
+    Ok(NpmLock { packages })
+}
+
+/// The digest that keys the npm layer (every input and the layout code).
+pub fn layer_key(spec: &NpmSpec, lock: &NpmLock) -> Digest {
+    let v = serde_json::json!({"layout": LAYOUT_VERSION, "prefix": spec.prefix.get_ref(), "lock": lock});
+    Digest::of(&crate::cjson::to_vec(&v).unwrap_or_default())
+}
+
+/// Bumped whenever `materialize` would lay the same lock out differently.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Builds the npm layer's tree from the lock alone (downloading into the
+/// cache as needed, every tarball checked against sha256 and sha512).
+pub fn materialize(spec: &NpmSpec, lock: &NpmLock, cache: &Path) -> Result<Tree, NpmError> {
+    let prefix = clean_path(spec.prefix.get_ref())?;
+    let lib = if prefix.is_empty() { "lib".to_string() } else { format!("{prefix}/lib") };
+    let bin = if prefix.is_empty() { "bin".to_string() } else { format!("{prefix}/bin") };
+    let client = registry::Client::new(registry::registry_base())?;
+    let mut tree = Tree::new();
+    tree.insert(Entry::dir(&format!("{lib}/node_modules"), 0o755, 0, 0))?;
+    tree.insert(Entry::dir(&bin, 0o755, 0, 0))?;
+    for p in &lock.packages {
+        let id = format!("{}@{}", p.name, p.version);
+        let sha = Digest::parse_hex(&p.sha256).map_err(|_| NpmError::Package {
+            package: id.clone(),
+            msg: "lock: sha256 is not 64 hex characters".into(),
+        })?;
+        let pin = Pin { sha256: sha, size: Some(p.size) };
+        let bytes = registry::tarball(&client, cache, &id, &p.tarball, &pin)?;
+        if !integrity::matches(&p.integrity, &bytes) {
+            return Err(NpmError::Integrity {
+                package: id,
+                expected: p.integrity.clone(),
+                got: integrity::sri_sha512(&bytes),
+            });
+        }
+        let rel = clean_path(&p.path)?;
+        let ok_path = rel.starts_with("node_modules/") && rel.ends_with(&format!("node_modules/{}", p.name));
+        if !ok_path || rel != p.path {
+            return Err(NpmError::Package {
+                package: id,
+                msg: format!("lock: install path {:?} is not node_modules/.../{}", p.path, p.name),
+            });
+        }
+        let top = rel == format!("node_modules/{}", p.name);
+        let bin_dir = if top {
+            bin.clone()
+        } else {
+            let parent_nm = &rel[..rel.len() - p.name.len() - 1];
+            format!("{lib}/{parent_nm}/.bin")
+        };
+        let unpacked = layout::unpack(&id, &bytes)?;
+        layout::place(&mut tree, &format!("{lib}/{rel}"), &id, &p.name, &unpacked, &bin_dir)?;
+    }
+    tree.add_parents();
+    Ok(tree)
+}
+
+/// Packages of a lock that declare install scripts (never run), as `name@version`.
+pub fn with_install_scripts(lock: &NpmLock) -> Vec<String> {
+    lock.packages
+        .iter()
+        .filter(|p| p.install_script)
+        .map(|p| format!("{}@{} ({})", p.name, p.version, p.path))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn requests_parse_like_npm() {
+        assert_eq!(parse_request("@s/n@^1.2").unwrap(), ("@s/n".into(), "^1.2".into()));
+        assert_eq!(parse_request("left-pad@1.3.0").unwrap(), ("left-pad".into(), "1.3.0".into()));
+        assert_eq!(parse_request("left-pad").unwrap(), ("left-pad".into(), "latest".into()));
+        assert_eq!(parse_request("@s/n").unwrap(), ("@s/n".into(), "latest".into()));
+        for bad in ["Left", "@s", "../x@1", "x@git+https://h/r", "x@file:../y", "@s/n@npm:z@1"] {
+            assert!(parse_request(bad).is_err(), "{bad}");
+        }
+    }
+}
