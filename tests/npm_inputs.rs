@@ -164,7 +164,8 @@ fn fixtures(mark: &Path) -> Vec<Pkg> {
         pkg(
             "left",
             "1.0.0",
-            json!({"dependencies": {"shared": "^1.0.0"}}),
+            json!({"dependencies": {"shared": "^1.0.0"}, "peerDependencies": {"peer-nested": "^1.0.0"},
+            "optionalDependencies": {"not-published": "^1.0.0"}}),
             vec![
                 ("lib/run.sh", "#!/bin/sh\n", 0o755),
                 ("lib/owner-only", "x", 0o600),
@@ -175,6 +176,17 @@ fn fixtures(mark: &Path) -> Vec<Pkg> {
         pkg("shared", "1.0.0", json!({}), vec![]),
         pkg("shared", "1.1.0", json!({"bin": "tool.js"}), vec![("tool.js", "#!/usr/bin/env node\n", 0o644)]),
         pkg("shared", "2.0.0", json!({}), vec![]),
+        // Above `latest`: npm takes `latest` when it satisfies the range.
+        pkg("shared", "2.1.0", json!({}), vec![]),
+        pkg("peer-nested", "1.0.0", json!({}), vec![]),
+        // A second top-level package: its own copies, hoisted inside it;
+        // a bin with a CRLF hashbang line.
+        pkg(
+            "other-cli",
+            "1.0.0",
+            json!({"bin": "./other.js", "dependencies": {"left": "^1.0.0", "shared": "^1.0.0"}}),
+            vec![("other.js", "#!/usr/bin/env node\r\nconsole.log('other')\n", 0o644)],
+        ),
         pkg("peer-thing", "1.0.0", json!({}), vec![]),
         pkg("peer-thing", "2.0.0", json!({}), vec![]),
         pkg("devonly", "1.0.0", json!({}), vec![]),
@@ -205,7 +217,7 @@ fn fixtures(mark: &Path) -> Vec<Pkg> {
     ]
 }
 
-const REQUESTS: [&str; 4] = ["@fx/cli@^1.0.0", "native@1.0.0", "scripted", "peer-thing@^1"];
+const REQUESTS: [&str; 5] = ["@fx/cli@^1.0.0", "native@1.0.0", "scripted", "peer-thing@^1", "other-cli"];
 
 fn blueprint(dir: &Path, file: &str, arch: &str, packages: &[&str]) -> std::path::PathBuf {
     let list: Vec<String> = packages.iter().map(|p| format!("{p:?}")).collect();

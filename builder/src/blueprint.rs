@@ -67,7 +67,9 @@ pub struct Blueprint {
     #[serde(default)]
     pub debian: Option<Spanned<crate::debian::DebianSpec>>,
     /// npm packages resolved by `moat lock` and pinned in the lock (docs/npm.md).
-    #[serde(default)]
+    /// Absent, it is not serialised: a blueprint without `[npm]` keeps the
+    /// digest its lock was made with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub npm: Option<Spanned<crate::npm::NpmSpec>>,
     #[serde(default, rename = "layer")]
     pub layers: Vec<Spanned<LayerSpec>>,

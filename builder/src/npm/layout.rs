@@ -156,6 +156,23 @@ pub(crate) fn file_mode(tar_mode: u32, is_bin: bool) -> u32 {
     }
 }
 
+/// bin-links' `fixBin`: a bin whose hashbang line (found in its first 2048
+/// bytes) ends in CRLF is rewritten, as UTF-8, with that line ending in LF.
+pub(crate) fn unix_hashbang(data: &[u8]) -> Vec<u8> {
+    let head = &data[..data.len().min(2048)];
+    let crlf = head.starts_with(b"#!")
+        && head.iter().position(|&b| b == b'\n').is_some_and(|nl| nl > 3 && head[nl - 1] == b'\r');
+    if !crlf {
+        return data.to_vec();
+    }
+    let text = String::from_utf8_lossy(data);
+    let nl = text.find('\n').unwrap_or_default();
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..nl - 1]);
+    out.push_str(&text[nl..]);
+    out.into_bytes()
+}
+
 /// Relative path from directory `from_dir` to `to` (both root-relative, clean).
 pub(crate) fn relative(from_dir: &str, to: &str) -> String {
     let a: Vec<&str> = from_dir.split('/').filter(|s| !s.is_empty()).collect();
@@ -184,8 +201,9 @@ pub(crate) fn place(
         tree.insert(Entry::dir(&format!("{dir}/{d}"), 0o755, 0, 0))?;
     }
     for f in u.files.values() {
-        let mode = file_mode(f.mode, bin_targets.contains(f.path.as_str()));
-        tree.insert(Entry::file(&format!("{dir}/{}", f.path), f.data.clone(), mode))?;
+        let is_bin = bin_targets.contains(f.path.as_str());
+        let data = if is_bin { unix_hashbang(&f.data) } else { f.data.clone() };
+        tree.insert(Entry::file(&format!("{dir}/{}", f.path), data, file_mode(f.mode, is_bin)))?;
     }
     for (bin, target) in &bins {
         if !u.files.contains_key(target) {
@@ -212,6 +230,9 @@ mod tests {
         assert_eq!(file_mode(0o600, false), 0o644);
         assert_eq!(file_mode(0o744, false), 0o744);
         assert_eq!(file_mode(0o644, true), 0o755);
+        assert_eq!(unix_hashbang(b"#!/bin/sh\r\necho\r\n"), b"#!/bin/sh\necho\r\n");
+        assert_eq!(unix_hashbang(b"#!\r\n"), b"#!\r\n");
+        assert_eq!(unix_hashbang(b"echo\r\n"), b"echo\r\n");
         assert_eq!(relative("usr/local/bin", "usr/local/lib/node_modules/a/cli.js"), "../lib/node_modules/a/cli.js");
         assert_eq!(relative("p/node_modules/.bin", "p/node_modules/@s/b/x.js"), "../@s/b/x.js");
     }
