@@ -28,6 +28,7 @@ mod registry_cmds;
 mod sandbox_cmds;
 mod sign_cmds;
 mod snapshot_cmds;
+mod term_cmds;
 
 #[derive(Parser)]
 #[command(name = "moat", version, about = "Reproducible sandbox images and the supervisor that runs them")]
@@ -123,6 +124,8 @@ enum Cmd {
     Approve(policy_cmds::ApproveArgs),
     /// Drop a pending destination (it stays refused).
     Deny(policy_cmds::DecideArgs),
+    /// The live console: sandboxes, egress as it happens, approvals, policy.
+    Term(term_cmds::TermArgs),
     /// Print a sandbox's egress audit log (JSON lines with --json).
     Events(policy_cmds::EventsArgs),
     /// Store provider credentials on the host (never inside a sandbox).
@@ -191,6 +194,7 @@ fn dispatch(cmd: Cmd, g: &Global) -> Result<ExitCode> {
         Cmd::Approve(a) => policy_cmds::approve(a),
         Cmd::Deny(a) => policy_cmds::deny(a),
         Cmd::Events(a) => policy_cmds::events(a),
+        Cmd::Term(a) => term_cmds::term(a),
         Cmd::Credentials(a) => credentials_cmds::credentials(a),
         Cmd::Inference(a) => inference_cmds::inference(a),
         Cmd::Key(a) => match a.cmd {

@@ -8,8 +8,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use moat_supervisor::gateway::control::{self, Request};
 use moat_supervisor::gateway::events::Event;
+use moat_supervisor::gateway::scope::Scope;
+use moat_supervisor::policy::append;
 use moat_supervisor::policy::network::Network;
 use moat_supervisor::policy::presets;
+use moat_supervisor::policy::schema::NetPolicy;
 use moat_supervisor::sandbox::state::{self, Paths, Status};
 use moat_supervisor::secrets::redact::redact;
 use moat_supervisor::visible;
@@ -92,6 +95,22 @@ pub struct ApproveArgs {
     /// reserved addresses stay refused even for an approved name.
     #[arg(long = "allowed-ip", value_name = "CIDR")]
     pub allowed_ips: Vec<String>,
+    /// How much it opens: auto (as the policy treats that host: inspected
+    /// if a rule inspects it, else L4), exact (host:port at L4), read-only,
+    /// read-write or full (every request inspected), request (one
+    /// --method and --path glob).
+    #[arg(long, default_value = "auto")]
+    pub scope: String,
+    /// With --scope request: the one method allowed.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// With --scope request: the one path glob allowed.
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Also add the rule to this policy file (created over the baseline if
+    /// missing), so the next sandbox run with it has it too.
+    #[arg(long, value_name = "FILE")]
+    pub write: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -305,8 +324,20 @@ pub fn approvals(a: ApprovalsArgs) -> Result<ExitCode> {
 }
 
 pub fn approve(a: ApproveArgs) -> Result<ExitCode> {
-    let v = call(&a.name, &Request::Approve { id: a.id.clone(), allowed_ips: a.allowed_ips })?;
-    println!("{}: approved {}; network policy revision {}", a.name, visible::field(&a.id), v["revision"]);
+    let scope = Scope::parse(&a.scope, a.method.as_deref(), a.path.as_deref())?;
+    let v = call(&a.name, &Request::Approve { id: a.id.clone(), allowed_ips: a.allowed_ips, scope: scope.clone() })?;
+    println!(
+        "{}: approved {} ({}); network policy revision {}",
+        a.name,
+        visible::field(&a.id),
+        scope.describe(),
+        v["revision"]
+    );
+    if let Some(file) = &a.write {
+        let rule: NetPolicy = serde_json::from_value(v["rule"].clone()).context("the approved rule")?;
+        append::add_rule(file, &rule).with_context(|| format!("writing the rule into {}", file.display()))?;
+        println!("rule {} written into {}", rule.name, file.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -36,15 +36,27 @@ fn unlisted_destination_is_refused_then_approved_and_the_approval_survives_a_res
     // Private (198.18/15) upstreams need allowed_ips: approving without
     // them is refused at approve time, naming the flag, and stays pending
     // (it used to succeed, and every retry was then refused).
-    let refused = g.control(&Request::Approve { id: id.clone(), allowed_ips: vec![] }).unwrap_err().to_string();
+    let refused = g
+        .control(&Request::Approve { id: id.clone(), allowed_ips: vec![], scope: Default::default() })
+        .unwrap_err()
+        .to_string();
     assert!(refused.contains("--allowed-ip") && refused.contains("198.18"), "{refused}");
     let pending = g.control(&Request::Approvals).unwrap();
     assert_eq!(pending["pending"][0]["id"], id.as_str(), "still pending");
-    let v = g.control(&Request::Approve { id: id.clone(), allowed_ips: vec!["198.18.0.0/15".into()] }).unwrap();
+    let v = g
+        .control(&Request::Approve {
+            id: id.clone(),
+            allowed_ips: vec!["198.18.0.0/15".into()],
+            scope: Default::default(),
+        })
+        .unwrap();
     assert_eq!(v["revision"], 2);
     let (_s, status, head) = g.tunnel("up.test:443");
     assert_eq!(status, 200, "{head}");
-    assert!(g.control(&Request::Approve { id, allowed_ips: vec![] }).is_err(), "an id is used once");
+    assert!(
+        g.control(&Request::Approve { id, allowed_ips: vec![], scope: Default::default() }).is_err(),
+        "an id is used once"
+    );
 
     // Restart on the same state: revision 2 (with the approval) is in force.
     let dir = g.dir;

@@ -1,7 +1,8 @@
 //! The control API: a unix socket per sandbox (0600, owned by the user who
 //! runs the supervisor, normally root) speaking one JSON request and one
 //! JSON answer per line; the CLI's `approvals`, `approve`, `deny` and
-//! `policy set/add-preset/remove-preset` go through it. Guards against the
+//! `policy set/add-preset/remove-preset` go through it, and `watch` turns a
+//! connection into the console's live feed (`super::watch`). Guards against the
 //! sandbox changing its own policy (the socket lives outside the sandbox's
 //! filesystem and network namespace, and its mode admits only its owner).
 #![forbid(unsafe_code)]
@@ -36,10 +37,13 @@ pub enum Request {
     Approvals,
     /// `allowed_ips`: CIDRs the operator opts in for this destination
     /// (private addresses stay refused otherwise).
+    /// `scope`: how much it opens (default: as the policy treats the host).
     Approve {
         id: String,
         #[serde(default)]
         allowed_ips: Vec<String>,
+        #[serde(default)]
+        scope: super::scope::Scope,
     },
     Deny {
         id: String,
@@ -55,6 +59,10 @@ pub enum Request {
     },
     /// The route and today's token usage.
     InferenceShow,
+    /// Turns the connection into a stream of JSON lines (`super::watch`):
+    /// the policy, the pending approvals, then every audit record as it is
+    /// written and every change of the other two. Read-only.
+    Watch,
 }
 
 /// Binds the socket with mode 0600 (any stale socket is replaced).
@@ -76,6 +84,7 @@ pub async fn serve(shared: Arc<Shared>, listener: std::os::unix::net::UnixListen
             let mut lines = tokio::io::BufReader::new(r).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let answer = match serde_json::from_str::<Request>(&line) {
+                    Ok(Request::Watch) => return super::watch::stream(shared, lines, w).await,
                     Ok(req) => {
                         let s = shared.clone();
                         tokio::task::spawn_blocking(move || answer(&s, req))
@@ -112,7 +121,14 @@ fn answer(shared: &Shared, req: Request) -> Value {
             let asks_refused = shared.asks.refused();
             return json!({"ok": true, "pending": shared.pending(), "dropped": dropped, "asks_refused": asks_refused});
         }
-        Request::Approve { id, allowed_ips } => shared.approve(&id, allowed_ips).map(|_| ()),
+        Request::Approve { id, allowed_ips, scope } => match shared.approve(&id, allowed_ips, &scope) {
+            Ok((_, rule)) => {
+                let mut v = status(shared);
+                v["rule"] = json!(rule);
+                return v;
+            }
+            Err(e) => Err(e),
+        },
         Request::Deny { id } => shared.deny(&id).map(|_| ()),
         Request::SetNetwork { network, why } => shared.set_network(*network, &why).map(|_| ()),
         Request::InferenceSet { route } => match shared.inference.set_route(*route) {
@@ -120,6 +136,7 @@ fn answer(shared: &Shared, req: Request) -> Value {
             Err(e) => return json!({"ok": false, "error": moat_builder::errors::chain(&e)}),
         },
         Request::InferenceShow => return inference(shared),
+        Request::Watch => return json!({"ok": false, "error": "watch is a stream: send it first on a connection"}),
     };
     match result {
         Ok(()) => status(shared),

@@ -202,6 +202,14 @@ struct Inner {
     overflow: Option<(u64, Event)>,
     /// Distinct destinations among the overflow (counted up to a bound).
     overflow_hosts: std::collections::HashSet<String>,
+    /// Each written record, as its JSON line (no newline), for the
+    /// operator's console (`moat term`): sent only while one watches, and
+    /// never waited on (a watcher that falls behind loses the oldest and is
+    /// told how many).
+    feed: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// The newest records (at most [`RECENT`]): what a console that
+    /// starts watching is shown first.
+    recent: std::collections::VecDeque<Arc<str>>,
 }
 
 impl Inner {
@@ -221,7 +229,17 @@ impl Inner {
             count = e.count,
         );
         let Ok(json) = serde_json::to_string(e) else { return };
-        let mut line = redact(&json).into_owned().into_bytes();
+        let json = redact(&json);
+        let shared: Arc<str> = Arc::from(&*json);
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(shared.clone());
+        if self.feed.receiver_count() > 0 {
+            // Err only when the last watcher left in between: nothing to tell.
+            let _ = self.feed.send(shared);
+        }
+        let mut line = json.into_owned().into_bytes();
         line.push(b'\n');
         let max = self.limits.max_file;
         if let Some(f) = self.file.as_mut() {
@@ -309,6 +327,13 @@ impl Inner {
     }
 }
 
+/// Records a watcher may fall behind by before it loses the oldest: a
+/// second of a busy gateway's decisions (the feed holds one `Arc` each).
+pub const FEED_CAPACITY: usize = 4096;
+
+/// Records kept for a console that starts watching.
+pub const RECENT: usize = 256;
+
 /// How many distinct destinations of the overflow are told apart.
 const OVERFLOW_HOSTS: usize = 1024;
 
@@ -345,6 +370,8 @@ impl EventLog {
             folded: HashMap::new(),
             overflow: None,
             overflow_hosts: Default::default(),
+            feed: tokio::sync::broadcast::Sender::new(FEED_CAPACITY),
+            recent: std::collections::VecDeque::with_capacity(RECENT),
         }));
         EventLog { inner, closer: std::sync::Once::new() }
     }
@@ -364,6 +391,14 @@ impl EventLog {
             }
             _ => inner.write(e),
         }
+    }
+
+    /// The newest records written so far and those written from now on,
+    /// as JSON lines (see `Inner::feed`): taken under one lock, so none is
+    /// missed or told twice between the two.
+    pub fn watch(&self) -> (Vec<Arc<str>>, tokio::sync::broadcast::Receiver<Arc<str>>) {
+        let inner = self.lock();
+        (inner.recent.iter().cloned().collect(), inner.feed.subscribe())
     }
 
     /// Writes what the current window holds back (its folded repeats).

@@ -23,13 +23,16 @@ pub(crate) mod path_shape;
 pub(crate) mod process;
 mod proxy;
 pub mod revisions;
+pub mod scope;
 pub mod sock_diag;
 pub mod splice;
 pub mod ssrf;
 pub(crate) mod upstream;
+pub mod watch;
 
 use crate::policy::matcher::Compiled;
 use crate::policy::network::Network;
+use crate::policy::schema::NetPolicy;
 use events::EventLog;
 use revisions::{Approvals, Pending, RevisionStore};
 use std::path::PathBuf;
@@ -50,6 +53,8 @@ pub enum GatewayError {
     Io { what: String, source: std::io::Error },
     #[error("not approved: {0}")]
     NotApproved(String),
+    #[error(transparent)]
+    Scope(#[from] scope::ScopeError),
 }
 
 fn io(what: &str) -> impl FnOnce(std::io::Error) -> GatewayError {
@@ -143,6 +148,8 @@ pub struct Shared {
     operator: operator::Terminal,
     /// Agents' requests through `moat.local` (their rate limit).
     pub asks: asks::Asks,
+    /// Bumped at every change of the pending approvals (the console's feed).
+    approvals_changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -188,6 +195,26 @@ impl Shared {
         self.approvals.lock().unwrap_or_else(|p| p.into_inner()).list()
     }
 
+    /// The pending list and how many entries were evicted from it.
+    pub fn approvals_snapshot(&self) -> (Vec<Pending>, u64) {
+        let a = self.approvals.lock().unwrap_or_else(|p| p.into_inner());
+        (a.list(), a.dropped())
+    }
+
+    /// Wakes whenever the pending approvals change.
+    pub fn watch_approvals(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.approvals_changed.subscribe()
+    }
+
+    fn approvals_changed(&self) {
+        self.approvals_changed.send_modify(|n| *n += 1);
+    }
+
+    /// A revision's file text (`None`: no such revision kept).
+    pub fn revision_text(&self, number: u64) -> Option<String> {
+        self.revisions.read(number).ok().flatten()
+    }
+
     /// Records a refused destination for the operator; returns its id.
     /// The entry shows the caller's binary, its hash and its ancestors.
     pub fn request_approval(&self, caller: &identity::Caller, host: &str, port: u16) -> String {
@@ -198,6 +225,7 @@ impl Shared {
         if new {
             self.operator.tell_new_approval(&self.sandbox, &p.exe, host, port, &id);
         }
+        self.approvals_changed();
         id
     }
 
@@ -223,6 +251,7 @@ impl Shared {
         if new {
             self.operator.tell_agent_request(&self.sandbox, &p.exe, host, port, &id, &reason);
         }
+        self.approvals_changed();
         (id, new)
     }
 
@@ -236,37 +265,57 @@ impl Shared {
         self.approvals.lock().unwrap_or_else(|p| p.into_inner()).record(id, outcome);
     }
 
-    /// Approves a pending entry: a new revision allowing exactly it. Where
-    /// an inspected rule already covers the destination, the approval takes
-    /// its inspection (protocol, access, rules), so it never widens that host
-    /// to L4. The destination is resolved first: an address the SSRF guard
+    /// Approves a pending entry: a new revision allowing exactly it, as
+    /// wide as `scope` says. By default, where an inspected rule already
+    /// covers the destination, the approval takes its inspection (protocol,
+    /// access, rules), so it never widens that host to L4. The destination is resolved first: an address the SSRF guard
     /// would refuse (private, loopback, ...) needs `allowed_ips` naming it,
     /// or the approval is refused and stays pending, instead of one that
     /// reports success and then refuses every retry.
-    pub fn approve(&self, id: &str, allowed_ips: Vec<String>) -> Result<Arc<Current>, GatewayError> {
+    pub fn approve(
+        &self,
+        id: &str,
+        allowed_ips: Vec<String>,
+        scope: &scope::Scope,
+    ) -> Result<(Arc<Current>, NetPolicy), GatewayError> {
+        scope.check()?;
         let p = self.approvals.lock().unwrap_or_else(|p| p.into_inner()).take(id)?;
-        let restore = |p: Pending| self.approvals.lock().unwrap_or_else(|p| p.into_inner()).restore(p);
+        let restore = |p: Pending| {
+            self.approvals.lock().unwrap_or_else(|p| p.into_inner()).restore(p);
+            self.approvals_changed();
+        };
         let mut network = self.current().network.clone();
         let mut rule = revisions::approval_policy(&p);
         rule.endpoints[0].allowed_ips = allowed_ips;
-        let inherited = match network.effective() {
-            Ok(policies) => revisions::inherit_inspection(&mut rule, &policies),
-            Err(_) => None,
+        let policies = network.effective().unwrap_or_default();
+        let inherited = match scope::apply(&mut rule, scope, &policies) {
+            Ok(from) => from,
+            Err(e) => {
+                restore(p);
+                return Err(e.into());
+            }
         };
         if let Err(e) = self.check_reachable(&rule.endpoints[0]) {
             restore(p);
             return Err(e);
         }
-        network.policies.push(rule);
-        let mut why =
-            format!("approved {} (sha256 {}) -> {}:{}", crate::visible::field(&p.binary), p.hash, p.host, p.port);
+        network.policies.push(rule.clone());
+        let mut why = format!(
+            "approved {} (sha256 {}) -> {}:{}, {}",
+            crate::visible::field(&p.binary),
+            p.hash,
+            p.host,
+            p.port,
+            scope.describe()
+        );
         if let Some(from) = inherited {
             why.push_str(&format!(", inspected as policy {from} inspects it"));
         }
         match self.set_network(network, &why) {
             Ok(c) => {
                 self.record_outcome(&p.id, revisions::Outcome::Approved);
-                Ok(c)
+                self.approvals_changed();
+                Ok((c, rule))
             }
             Err(e) => {
                 restore(p);
@@ -302,6 +351,8 @@ impl Shared {
         let mut a = self.approvals.lock().unwrap_or_else(|p| p.into_inner());
         let p = a.take(id)?;
         a.record(id, revisions::Outcome::Denied);
+        drop(a);
+        self.approvals_changed();
         Ok(p)
     }
 }
@@ -345,6 +396,7 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, 
         inference: config.inference,
         operator: operator::Terminal::default(),
         asks: asks::Asks::default(),
+        approvals_changed: tokio::sync::watch::Sender::new(0),
     });
     raise_nofile();
     // A deeper accept queue than std's 128: a burst of connections from the

@@ -65,6 +65,27 @@ impl RevisionStore {
         Ok(Some((n, f.network, hex::encode(Sha256::digest(text.as_bytes())))))
     }
 
+    /// Revision `n`'s file text, if kept (at most [`MAX_REVISION_TEXT`]
+    /// bytes: the console shows it and a diff against the one before).
+    pub fn read(&self, n: u64) -> Result<Option<String>, RevisionError> {
+        use std::io::Read;
+        let Some(dir) = &self.dir else { return Ok(None) };
+        let path = dir.join(file_name(n));
+        let f = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(RevisionError::Io { path, source }),
+        };
+        let mut bytes = Vec::new();
+        f.take(MAX_REVISION_TEXT + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|source| RevisionError::Io { path: path.clone(), source })?;
+        if bytes.len() as u64 > MAX_REVISION_TEXT {
+            return Err(RevisionError::Corrupt { path, message: format!("larger than {MAX_REVISION_TEXT} bytes") });
+        }
+        String::from_utf8(bytes).map(Some).map_err(|_| RevisionError::Corrupt { path, message: "not UTF-8".into() })
+    }
+
     /// Writes revision `n` durably (fsynced); returns its sha256 (of the file bytes).
     pub fn write(&self, n: u64, network: &Network, why: &str) -> Result<String, RevisionError> {
         self.write_as(n, network, why, true)
@@ -94,6 +115,9 @@ impl RevisionStore {
         Ok(hash)
     }
 }
+
+/// The most of a revision file [`RevisionStore::read`] returns.
+pub const MAX_REVISION_TEXT: u64 = 4 << 20;
 
 fn file_name(n: u64) -> String {
     format!("{n:06}.toml")

@@ -3,6 +3,7 @@
 //! silently weakening the sandbox: unknown keys are rejected, every value is
 //! checked, and errors name file:line:column.
 #![forbid(unsafe_code)]
+pub mod append;
 pub mod extends;
 pub(crate) mod host_vars;
 pub mod import;

@@ -19,6 +19,7 @@ pub(crate) mod spec;
 pub mod state;
 mod sys;
 pub mod trust;
+pub mod usage;
 pub mod workspace_limit;
 use crate::launch::executor::GuardPlan;
 use crate::launch::fork::ForkedLauncher;
