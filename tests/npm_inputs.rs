@@ -348,6 +348,22 @@ fn npm_tree_matches_npm_and_is_pinned() {
     assert_eq!(code, 0, "second build failed:\n{out2}\n{err}");
     assert_eq!(out1.trim(), out2.trim(), "two builds gave different digests");
 
+    // A lock whose sha512 no longer matches its tarball is refused, by name.
+    let lock_path = dir.join("app.lock");
+    let mut edited: toml::Value = toml::from_str(&lock).unwrap();
+    let pkgs = edited["npm"]["packages"].as_array_mut().unwrap();
+    let right = pkgs.iter_mut().find(|p| p["name"].as_str() == Some("right")).unwrap();
+    right["integrity"] = toml::Value::String(sri(b"not the tarball"));
+    fs::write(&lock_path, toml::to_string(&edited).unwrap()).unwrap();
+    let (code, out, err) =
+        run(moat_at(&t.join("home5"), &reg, "022", "UTC", &["build", bp.to_str().unwrap(), "--store", s]));
+    assert_ne!(code, 0, "a tarball that does not match the locked sha512 was built:\n{out}");
+    assert!(
+        err.contains("right@1.0.0") && err.contains("does not match"),
+        "the refusal does not name the package:\n{err}"
+    );
+    fs::write(&lock_path, &lock).unwrap();
+
     // A tarball changed on the registry after locking is refused, by name.
     reg.tamper("left", "1.0.0");
     let (code, out, err) =

@@ -465,6 +465,9 @@ mod tests {
     }
     #[test]
     fn npm_table_errors_are_placed() {
+        let plain = p("name = \"x\"\n").unwrap();
+        let text = String::from_utf8(crate::cjson::to_vec(&plain.bp).unwrap()).unwrap();
+        assert!(!text.contains("npm"), "an absent [npm] changes every blueprint digest: {text}");
         let l = p("name = \"x\"\n[npm]\npackages = [\"@s/a@^1\", \"b\"]\n").unwrap();
         assert_eq!(l.bp.npm.unwrap().get_ref().prefix.get_ref(), "/usr/local");
         let e = p("name = \"x\"\n[npm]\npackages = [\"a@1\", \"a@git+https://h/r\"]\n").unwrap_err().to_string();
