@@ -336,6 +336,29 @@ fn npm_tree_matches_npm_and_is_pinned() {
     assert!(diff.is_empty(), "moat's layer differs from npm's install:\n{}", diff.join("\n"));
     assert!(ours.get("bin/fx").is_some_and(|v| v == "link ../lib/node_modules/@fx/cli/bin/fx.js"), "{ours:#?}");
 
+    // The SBOM lists every locked package with its purl and hashes.
+    let doc = ok({
+        let mut c = moat(&home2);
+        c.args(["sbom", "npmtest", "--store", s]);
+        c
+    });
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    let locked: toml::Value = toml::from_str(&lock).unwrap();
+    let locked = locked["npm"]["packages"].as_array().unwrap();
+    let spdx = doc["packages"].as_array().unwrap();
+    assert_eq!(spdx.len(), locked.len(), "{doc:#}");
+    for (l, p) in locked.iter().zip(spdx) {
+        let purl = p["externalRefs"][0]["referenceLocator"].as_str().unwrap();
+        let name = l["name"].as_str().unwrap().replace('@', "%40");
+        assert_eq!(purl, format!("pkg:npm/{name}@{}", l["version"].as_str().unwrap()));
+        assert_eq!(p["checksums"][0]["checksumValue"].as_str(), l["sha256"].as_str(), "{p:#}");
+        let sha512 = base64::engine::general_purpose::STANDARD
+            .decode(l["integrity"].as_str().unwrap().trim_start_matches("sha512-"))
+            .unwrap();
+        assert_eq!(p["checksums"][1]["checksumValue"].as_str(), Some(hex::encode(sha512).as_str()), "{p:#}");
+    }
+    assert!(doc.to_string().contains("pkg:npm/%40fx/cli@1.0.0"), "{doc:#}");
+
     // Same digest under another umask and TZ, other home and store.
     let store2 = t.join("store2");
     let (code, out2, err) = run(moat_at(

@@ -62,11 +62,17 @@ pub fn spdx(name: &str, digest: &str, packages: &[Value]) -> Value {
     let mut pkgs = Vec::new();
     let mut rels = Vec::new();
     let mut ids = std::collections::BTreeMap::new();
-    for (i, p) in packages.iter().enumerate() {
+    for (i, p) in packages.iter().enumerate().filter(|(_, p)| !crate::npm::sbom::is_npm(p)) {
         let n = p["name"].as_str().unwrap_or("");
         ids.insert(n.to_string(), spdx_ref(i, n));
     }
-    for p in packages {
+    for (i, p) in packages.iter().enumerate() {
+        if crate::npm::sbom::is_npm(p) {
+            let o = crate::npm::sbom::spdx_package(i, p);
+            rels.push(json!({"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": o["SPDXID"]}));
+            pkgs.push(o);
+            continue;
+        }
         let n = p["name"].as_str().unwrap_or("");
         let v = p["version"].as_str().unwrap_or("");
         let arch = p["architecture"].as_str().unwrap_or("");
@@ -123,15 +129,17 @@ pub fn image_sbom(store: &crate::Store, reference: &str) -> Result<Value, super:
     let (name, digest, packages) = image_packages(store, reference)?;
     let pkgs = packages.ok_or_else(|| {
         super::DebianError::Spec(format!(
-            "sbom of {reference}: the image has no /{} (it was not built from a [debian] table)",
-            super::SBOM_DATA
+            "sbom of {reference}: the image has neither /{} nor /{} (it was built from no [debian] or [npm] table)",
+            super::SBOM_DATA,
+            crate::npm::sbom::SBOM_DATA
         ))
     })?;
     Ok(spdx(&name, &digest, &pkgs))
 }
 
 /// An image's name, manifest digest and the Debian packages its fix-up layer
-/// recorded (`None` when it was not built from a `[debian]` table).
+/// recorded, then the npm packages its npm layer recorded (`"ecosystem":
+/// "npm"`); `None` when it was built from neither table.
 pub fn image_packages(
     store: &crate::Store,
     reference: &str,
@@ -139,14 +147,18 @@ pub fn image_packages(
     let err = |msg: String| super::DebianError::Spec(format!("sbom of {reference}: {msg}"));
     let img = store.resolve(reference).map_err(|e| err(crate::errors::chain(&e)))?;
     let m = store.manifest(&img.manifest.digest).map_err(|e| err(crate::errors::chain(&e)))?;
-    let want = |p: &str| p == super::SBOM_DATA;
+    let npm = crate::npm::sbom::SBOM_DATA;
+    let want = |p: &str| p == super::SBOM_DATA || p == npm;
     let view = crate::layer::read::merged(store, &m.layers, &want).map_err(|e| err(crate::errors::chain(&e)))?;
     let digest = img.manifest.digest.to_string();
-    let Some(data) = view.get(super::SBOM_DATA).and_then(|e| e.data.clone()) else {
-        return Ok((img.name, digest, None));
-    };
-    let pkgs: Vec<Value> = serde_json::from_slice(&data).map_err(|e| err(format!("/{}: {e}", super::SBOM_DATA)))?;
-    Ok((img.name, digest, Some(pkgs)))
+    let mut found = None;
+    for file in [super::SBOM_DATA, npm] {
+        if let Some(data) = view.get(file).and_then(|e| e.data.clone()) {
+            let pkgs: Vec<Value> = serde_json::from_slice(&data).map_err(|e| err(format!("/{file}: {e}")))?;
+            found.get_or_insert_with(Vec::new).extend(pkgs);
+        }
+    }
+    Ok((img.name, digest, found))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub(crate) mod pick;
 pub(crate) mod platform;
 pub(crate) mod registry;
 pub(crate) mod resolve;
+pub mod sbom;
 
 use crate::downloads::Pin;
 use crate::layer::tree::{clean_path, Entry, Tree, TreeError};
@@ -182,7 +183,7 @@ pub fn layer_key(spec: &NpmSpec, lock: &NpmLock) -> Digest {
 }
 
 /// Bumped whenever `materialize` would lay the same lock out differently.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Builds the npm layer's tree from the lock alone (downloading into the
 /// cache as needed, every tarball checked against sha256 and sha512).
@@ -227,6 +228,7 @@ pub fn materialize(spec: &NpmSpec, lock: &NpmLock, cache: &Path) -> Result<Tree,
         let unpacked = layout::unpack(&id, &bytes)?;
         layout::place(&mut tree, &format!("{lib}/{rel}"), &id, &p.name, &unpacked, &bin_dir)?;
     }
+    tree.insert(Entry::file(sbom::SBOM_DATA, sbom::manifest(lock), 0o644))?;
     tree.add_parents();
     Ok(tree)
 }
