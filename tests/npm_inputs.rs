@@ -267,7 +267,21 @@ fn npm_oracle(tmp: &Path, reg: &Registry) -> std::path::PathBuf {
     let mut c = Command::new("sh");
     c.arg("-c").arg("umask 022; exec npm \"$@\"").arg("npm");
     c.args(["install", "--global", "--ignore-scripts", "--omit=dev", "--prefer-online", "--no-audit", "--no-fund"]);
-    c.args(["--os=linux", "--cpu=x64", "--libc=glibc", "--registry", &reg.url, "--loglevel=error"]);
+    // npm >= 11 has --os/--cpu/--libc (added in 10.x); an older npm picks
+    // platform packages for the host, which matches only on x86_64.
+    let version = Command::new("npm").arg("--version").output().expect("npm --version");
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    let major: u32 = version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    if major >= 11 {
+        c.args(["--os=linux", "--cpu=x64", "--libc=glibc"]);
+    } else {
+        assert_eq!(
+            std::env::consts::ARCH,
+            "x86_64",
+            "npm {version} cannot install for x64 on this host: use npm >= 11"
+        );
+    }
+    c.args(["--registry", &reg.url, "--loglevel=error"]);
     c.arg("--prefix").arg(&prefix).arg("--cache").arg(&cache).arg("--userconfig").arg(tmp.join("npmrc"));
     c.args(REQUESTS);
     c.env("npm_config_update_notifier", "false").env("HOME", tmp);

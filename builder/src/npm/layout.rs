@@ -219,6 +219,42 @@ pub(crate) fn place(
 mod tests {
     use super::*;
     use serde_json::json;
+    fn tgz(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+        for (path, kind, data) in entries {
+            let mut h = tar::Header::new_old();
+            h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            if *kind == tar::EntryType::Symlink {
+                h.set_link_name("/etc/shadow").unwrap();
+            }
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[test]
+    fn hostile_entries_are_dropped_as_pacote_drops_them() {
+        let reg = tar::EntryType::Regular;
+        let t = tgz(&[
+            ("package/package.json", reg, b"{}"),
+            ("package/../../evil", reg, b"x"),
+            ("package/a/../../../evil2", reg, b"x"),
+            ("package/link", tar::EntryType::Symlink, b""),
+            ("package/.gitignore", reg, b"node_modules"),
+            ("top-level-only", reg, b"x"),
+            ("/package/abs", reg, b"x"),
+        ]);
+        let u = unpack("p@1", &t).unwrap();
+        let names: Vec<&str> = u.files.keys().map(String::as_str).collect();
+        assert_eq!(names, [".npmignore", "abs", "package.json"]);
+        let e = unpack("p@1", b"not gzip").unwrap_err().to_string();
+        assert!(e.starts_with("package p@1: tarball"), "{e}");
+    }
+
     #[test]
     fn bins_and_modes_as_npm() {
         let b = bins("@s/tool", &json!({"bin": "./cli.js"}));

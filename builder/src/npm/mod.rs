@@ -55,6 +55,25 @@ pub struct NpmSpec {
     pub prefix: Spanned<String>,
 }
 
+/// A package name npm's registry can hold (validate-npm-package-name,
+/// including what old packages may have: capitals, `!~*'()`); never one
+/// that could mean something else in a `node_modules` path.
+pub(crate) fn valid_name(name: &str) -> bool {
+    let ok_part = |p: &str| {
+        !p.is_empty()
+            && !p.starts_with('.')
+            && !p.starts_with('_')
+            && p != "node_modules"
+            && p != "favicon.ico"
+            && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!*'()".contains(&b))
+    };
+    name.len() <= 214
+        && match name.strip_prefix('@') {
+            Some(scoped) => scoped.split_once('/').is_some_and(|(sc, n)| ok_part(sc) && ok_part(n)),
+            None => ok_part(name),
+        }
+}
+
 /// Splits `name@spec` (`@scope/name@spec`); checks the name as npm does.
 pub fn parse_request(s: &str) -> Result<(String, String), String> {
     let s = s.trim();
@@ -62,17 +81,7 @@ pub fn parse_request(s: &str) -> Result<(String, String), String> {
         Some(i) => (&s[..i + 1], &s[i + 2..]),
         None => (s, "latest"),
     };
-    let ok_part = |p: &str| {
-        !p.is_empty()
-            && p.len() <= 214
-            && !p.starts_with('.')
-            && !p.starts_with('_')
-            && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._~".contains(&b))
-    };
-    let valid = match name.strip_prefix('@') {
-        Some(scoped) => scoped.split_once('/').is_some_and(|(sc, n)| ok_part(sc) && ok_part(n)),
-        None => ok_part(name),
-    };
+    let valid = valid_name(name);
     if !valid {
         return Err(format!("{name:?} is not a valid npm package name"));
     }
@@ -210,6 +219,9 @@ pub fn materialize(spec: &NpmSpec, lock: &NpmLock, cache: &Path) -> Result<Tree,
                 got: integrity::sri_sha512(&bytes),
             });
         }
+        if !valid_name(&p.name) {
+            return Err(NpmError::Package { package: id, msg: "lock: not a valid npm package name".into() });
+        }
         let rel = clean_path(&p.path)?;
         let ok_path = rel.starts_with("node_modules/") && rel.ends_with(&format!("node_modules/{}", p.name));
         if !ok_path || rel != p.path {
@@ -251,7 +263,18 @@ mod tests {
         assert_eq!(parse_request("left-pad@1.3.0").unwrap(), ("left-pad".into(), "1.3.0".into()));
         assert_eq!(parse_request("left-pad").unwrap(), ("left-pad".into(), "latest".into()));
         assert_eq!(parse_request("@s/n").unwrap(), ("@s/n".into(), "latest".into()));
-        for bad in ["Left", "@s", "../x@1", "x@git+https://h/r", "x@file:../y", "@s/n@npm:z@1"] {
+        assert_eq!(parse_request("JSONStream@1").unwrap().0, "JSONStream", "old packages have capitals");
+        for bad in [
+            "@s",
+            "../x@1",
+            "node_modules",
+            "@s/.bin",
+            "a/b",
+            "a b",
+            "x@git+https://h/r",
+            "x@file:../y",
+            "@s/n@npm:z@1",
+        ] {
             assert!(parse_request(bad).is_err(), "{bad}");
         }
     }

@@ -197,6 +197,19 @@ pub(crate) fn resolve(
                 package: who(t),
                 msg: format!("dependency {name}@{spec}: {msg}"),
             };
+            if !super::valid_name(&name) {
+                return Err(unresolvable(&tree, "not a valid npm package name".into()));
+            }
+            // A range the current position already satisfies needs no packument.
+            if let Ok(w @ Want::Range(_)) = Want::parse(&spec, None) {
+                if let Some(c) = tree.resolve(n, &name).filter(|&c| w.admits(&tree.nodes[c].version)) {
+                    tree.nodes[c].edges_in.push((n, w));
+                    if kind == EdgeKind::Optional {
+                        tree.nodes[n].has_platform_optional = true;
+                    }
+                    continue;
+                }
+            }
             let p = match client.packument(&name) {
                 Ok(p) => p,
                 Err(_) if kind == EdgeKind::Optional => continue,
