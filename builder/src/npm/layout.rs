@@ -11,7 +11,7 @@
 use super::NpmError;
 use crate::layer::tree::{clean_path, Entry, Tree};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 
 /// Most entries one tarball may hold.
@@ -37,18 +37,6 @@ pub(crate) struct Unpacked {
     pub(crate) dirs: Vec<String>,
 }
 
-impl Unpacked {
-    /// The package's own `package.json`, parsed.
-    pub(crate) fn package_json(&self, package: &str) -> Result<Value, NpmError> {
-        let f = self.files.get("package.json").ok_or_else(|| NpmError::Package {
-            package: package.into(),
-            msg: "the tarball holds no package.json".into(),
-        })?;
-        serde_json::from_slice(&f.data)
-            .map_err(|e| NpmError::Package { package: package.into(), msg: format!("package.json: {e}") })
-    }
-}
-
 /// Unpacks a gzipped package tarball within the bounds.
 pub(crate) fn unpack(package: &str, tgz: &[u8]) -> Result<Unpacked, NpmError> {
     let bad = |msg: String| NpmError::Package { package: package.into(), msg: format!("tarball: {msg}") };
@@ -56,7 +44,7 @@ pub(crate) fn unpack(package: &str, tgz: &[u8]) -> Result<Unpacked, NpmError> {
     let mut ar = tar::Archive::new(gz.take(MAX_UNPACKED + (MAX_ENTRIES as u64 + 2) * 1024));
     let mut out = Unpacked::default();
     let mut total = 0u64;
-    let mut saw_npmignore = std::collections::BTreeSet::new();
+    let mut saw_npmignore = BTreeSet::new();
     for (n, entry) in ar.entries().map_err(|e| bad(e.to_string()))?.enumerate() {
         if n >= MAX_ENTRIES {
             return Err(bad(format!("more than {MAX_ENTRIES} entries")));
@@ -118,6 +106,11 @@ pub(crate) fn bins(name: &str, pkg: &Value) -> BTreeMap<String, String> {
         Some(Value::Object(o)) => {
             o.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect()
         }
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|v| (v.replace('\\', "/").rsplit('/').next().unwrap_or_default().to_string(), v.to_string()))
+            .collect(),
         _ => Vec::new(),
     };
     for (k, v) in raw {
@@ -126,27 +119,17 @@ pub(crate) fn bins(name: &str, pkg: &Value) -> BTreeMap<String, String> {
         if base.is_empty() || base == "." || base == ".." {
             continue;
         }
-        // join('/', val).slice(1): `..` cannot climb above the package.
-        let mut parts: Vec<&str> = Vec::new();
-        let v = v.replace('\\', "/");
-        for c in v.split('/') {
-            match c {
-                "" | "." => {}
-                ".." => {
-                    parts.pop();
-                }
-                c => parts.push(c),
-            }
-        }
-        if !parts.is_empty() {
-            out.insert(base, parts.join("/"));
+        let target = inside(&v.replace('\\', "/"));
+        if !target.is_empty() {
+            out.insert(base, target);
         }
     }
     out
 }
 
-/// The mode pacote gives a file: widened to rw for all, then umask, owner rw,
-/// and executable when it is one of the package's bins.
+/// The mode a file gets: pacote widens it to rw for all, then umask 022,
+/// owner rw; bin-links' fixBin makes a linked bin 0755. Setuid, setgid and
+/// sticky bits are dropped (npm keeps them: a root-owned setuid file).
 pub(crate) fn file_mode(tar_mode: u32, is_bin: bool) -> u32 {
     let m = ((tar_mode | 0o666) & !UMASK & 0o777) | 0o600;
     if is_bin {
@@ -183,34 +166,91 @@ pub(crate) fn relative(from_dir: &str, to: &str) -> String {
     parts.join("/")
 }
 
-/// Places one unpacked package at `dir` (root-relative) in `tree` and adds
-/// its bin links into `bin_dir` (`id` is `name@version`, for errors).
+/// `join('/', p).slice(1)`: a path resolved inside the package (`..`
+/// cannot climb above it), without a leading `/`.
+fn inside(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    parts.join("/")
+}
+
+/// A package's man pages as bin-links' `linkMans` reads them: (section,
+/// path inside the package); an entry without a `.N` or `.N.gz` suffix is
+/// an error (npm's EBADMAN), as npm fails the install on it.
+pub(crate) fn mans(pkg: &Value) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let Some(list) = pkg.get("man").and_then(Value::as_array) else { return Ok(out) };
+    for m in list.iter().filter_map(Value::as_str).filter(|m| !m.is_empty()) {
+        let rel = inside(&m.replace(['\\', ':'], "/"));
+        let stem = rel.strip_suffix(".gz").unwrap_or(&rel);
+        let section: String = stem.rsplit('.').next().unwrap_or_default().to_string();
+        if rel.is_empty() || !stem.contains('.') || section.is_empty() || !section.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("invalid man entry {m:?}: man files must end with a number, and optionally .gz"));
+        }
+        if !out.iter().any(|(_, r)| r == &rel) {
+            out.push((section, rel));
+        }
+    }
+    Ok(out)
+}
+
+/// Where one package's links go, and which link paths are taken already
+/// (bin-links never links over a link it made: the first package wins).
+pub(crate) struct Links {
+    /// `PREFIX/bin` for top-level packages, else `.../node_modules/.bin`.
+    pub(crate) bin_dir: String,
+    /// `PREFIX/share/man` for top-level packages (global installs only).
+    pub(crate) man_dir: Option<String>,
+}
+
+/// Places one unpacked package at `dir` (root-relative) in `tree` with its
+/// bin links (`bins`: name -> target) and, for a top-level package, man links.
 pub(crate) fn place(
     tree: &mut Tree,
     dir: &str,
-    id: &str,
-    name: &str,
     u: &Unpacked,
-    bin_dir: &str,
+    bins: &BTreeMap<String, String>,
+    mans: &[(String, String)],
+    links: &Links,
+    taken: &mut BTreeSet<String>,
 ) -> Result<(), NpmError> {
-    let pkg = u.package_json(id)?;
-    let bins = bins(name, &pkg);
-    let bin_targets: std::collections::BTreeSet<&str> = bins.values().map(String::as_str).collect();
     tree.insert(Entry::dir(dir, 0o755, 0, 0))?;
     for d in &u.dirs {
         tree.insert(Entry::dir(&format!("{dir}/{d}"), 0o755, 0, 0))?;
     }
+    let mut linked = BTreeSet::new();
+    for (bin, target) in bins {
+        let link = format!("{}/{bin}", links.bin_dir);
+        // A missing target is skipped, as npm skips it (no dangling link).
+        if u.files.contains_key(target) && taken.insert(link.clone()) {
+            tree.insert(Entry::symlink(&link, &relative(&links.bin_dir, &format!("{dir}/{target}"))))?;
+            linked.insert(target.as_str());
+        }
+    }
     for f in u.files.values() {
-        let is_bin = bin_targets.contains(f.path.as_str());
+        // fixBin (0755, LF hashbang) runs on the bins it linked, and only
+        // those: a bin that lost its link to another package's keeps its mode.
+        let is_bin = linked.contains(f.path.as_str());
         let data = if is_bin { unix_hashbang(&f.data) } else { f.data.clone() };
         tree.insert(Entry::file(&format!("{dir}/{}", f.path), data, file_mode(f.mode, is_bin)))?;
     }
-    for (bin, target) in &bins {
-        if !u.files.contains_key(target) {
-            continue; // npm links it anyway, dangling; see docs/npm.md
+    if let Some(man_dir) = &links.man_dir {
+        for (section, rel) in mans {
+            let base = rel.rsplit('/').next().unwrap_or(rel);
+            let to_dir = format!("{man_dir}/man{section}");
+            let link = format!("{to_dir}/{base}");
+            if u.files.contains_key(rel) && taken.insert(link.clone()) {
+                tree.insert(Entry::symlink(&link, &relative(&to_dir, &format!("{dir}/{rel}"))))?;
+            }
         }
-        let link = format!("{bin_dir}/{bin}");
-        tree.insert(Entry::symlink(&link, &relative(bin_dir, &format!("{dir}/{target}"))))?;
     }
     Ok(())
 }
@@ -262,9 +302,16 @@ mod tests {
         let b = bins("x", &json!({"bin": {"../evil": "../../etc/passwd", "ok": "./bin/../bin/ok.js"}}));
         assert_eq!(b.get("evil").map(String::as_str), Some("etc/passwd"));
         assert_eq!(b.get("ok").map(String::as_str), Some("bin/ok.js"));
+        assert_eq!(bins("x", &json!({"bin": ["./a/run", "b"]})).get("run").map(String::as_str), Some("a/run"));
+        assert_eq!(
+            mans(&json!({"man": ["./man/x.1", "doc/y.5.gz"]})).unwrap(),
+            [("1".into(), "man/x.1".into()), ("5".into(), "doc/y.5.gz".into())]
+        );
+        assert!(mans(&json!({"man": ["README.md"]})).is_err());
         assert_eq!(file_mode(0o644, false), 0o644);
         assert_eq!(file_mode(0o600, false), 0o644);
         assert_eq!(file_mode(0o744, false), 0o744);
+        assert_eq!(file_mode(0o4755, false), 0o755, "no setuid file from a tarball");
         assert_eq!(file_mode(0o644, true), 0o755);
         assert_eq!(unix_hashbang(b"#!/bin/sh\r\necho\r\n"), b"#!/bin/sh\necho\r\n");
         assert_eq!(unix_hashbang(b"#!\r\n"), b"#!\r\n");

@@ -19,6 +19,7 @@ use crate::downloads::Pin;
 use crate::layer::tree::{clean_path, Entry, Tree, TreeError};
 use crate::Digest;
 use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use toml::Spanned;
 
@@ -95,6 +96,9 @@ pub fn parse_request(s: &str) -> Result<(String, String), String> {
     Ok((name.to_string(), spec.to_string()))
 }
 
+/// Every install path starts so.
+const PREFIX_NM: &str = "node_modules/";
+
 /// One pinned package.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -113,6 +117,12 @@ pub struct LockedNpm {
     /// Declares preinstall/install/postinstall (or a binding.gyp): never run.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub install_script: bool,
+    /// Bins from the registry's manifest (what npm links), name -> target.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bin: BTreeMap<String, String>,
+    /// Man pages of a top-level package (linked into `PREFIX/share/man`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub man: Vec<String>,
 }
 
 /// The lock's `[npm]` table.
@@ -170,6 +180,14 @@ pub fn resolve(spec: &NpmSpec, architecture: &str, cache: &Path) -> Result<NpmLo
         if gyp && !p.has_platform_optional {
             return Err(NpmError::NeedsCompiler { package: id, arch: architecture.into() });
         }
+        let top = p.path.strip_prefix(PREFIX_NM).is_some_and(|rest| !rest.contains("/node_modules/"));
+        let bin = layout::bins(&p.name, &p.manifest);
+        let man = if top {
+            let mans = layout::mans(&p.manifest).map_err(|msg| NpmError::Package { package: id.clone(), msg })?;
+            mans.into_iter().map(|(_, rel)| rel).collect()
+        } else {
+            Vec::new()
+        };
         let sha256 = registry::remember(cache, &id, &bytes)?;
         packages.push(LockedNpm {
             path: p.path,
@@ -180,6 +198,8 @@ pub fn resolve(spec: &NpmSpec, architecture: &str, cache: &Path) -> Result<NpmLo
             sha256: sha256.hex().to_string(),
             size: bytes.len() as u64,
             install_script: script,
+            bin,
+            man,
         });
     }
     Ok(NpmLock { packages })
@@ -192,7 +212,7 @@ pub fn layer_key(spec: &NpmSpec, lock: &NpmLock) -> Digest {
 }
 
 /// Bumped whenever `materialize` would lay the same lock out differently.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Builds the npm layer's tree from the lock alone (downloading into the
 /// cache as needed, every tarball checked against sha256 and sha512).
@@ -202,6 +222,7 @@ pub fn materialize(spec: &NpmSpec, lock: &NpmLock, cache: &Path) -> Result<Tree,
     let bin = if prefix.is_empty() { "bin".to_string() } else { format!("{prefix}/bin") };
     let client = registry::Client::new(registry::registry_base())?;
     let mut tree = Tree::new();
+    let mut taken = BTreeSet::new();
     tree.insert(Entry::dir(&format!("{lib}/node_modules"), 0o755, 0, 0))?;
     tree.insert(Entry::dir(&bin, 0o755, 0, 0))?;
     for p in &lock.packages {
@@ -231,18 +252,32 @@ pub fn materialize(spec: &NpmSpec, lock: &NpmLock, cache: &Path) -> Result<Tree,
             });
         }
         let top = rel == format!("node_modules/{}", p.name);
-        let bin_dir = if top {
-            bin.clone()
+        let links = if top {
+            layout::Links { bin_dir: bin.clone(), man_dir: Some(format!("{}share/man", with_slash(&prefix))) }
         } else {
             let parent_nm = &rel[..rel.len() - p.name.len() - 1];
-            format!("{lib}/{parent_nm}/.bin")
+            layout::Links { bin_dir: format!("{lib}/{parent_nm}/.bin"), man_dir: None }
         };
+        let mans = p
+            .man
+            .iter()
+            .map(|m| layout::mans(&serde_json::json!({ "man": [m] })).map(|mut v| v.remove(0)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|msg| NpmError::Package { package: id.clone(), msg: format!("lock: {msg}") })?;
         let unpacked = layout::unpack(&id, &bytes)?;
-        layout::place(&mut tree, &format!("{lib}/{rel}"), &id, &p.name, &unpacked, &bin_dir)?;
+        layout::place(&mut tree, &format!("{lib}/{rel}"), &unpacked, &p.bin, &mans, &links, &mut taken)?;
     }
     tree.insert(Entry::file(sbom::SBOM_DATA, sbom::manifest(lock), 0o644))?;
     tree.add_parents();
     Ok(tree)
+}
+
+fn with_slash(prefix: &str) -> String {
+    if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    }
 }
 
 /// Packages of a lock that declare install scripts (never run), as `name@version`.
