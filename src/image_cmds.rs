@@ -254,6 +254,7 @@ pub fn audit(a: AuditArgs, g: &Global) -> Result<ExitCode> {
             ("toolchain binaries", &r.toolchain),
             ("setuid/setgid files", &r.setuid),
             ("world-writable paths", &r.world_writable),
+            ("npm install scripts (not run)", &r.install_scripts),
         ] {
             println!("{title}: {}", list.len());
             for f in list {

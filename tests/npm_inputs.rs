@@ -414,6 +414,20 @@ fn npm_tree_matches_npm_and_is_pinned() {
     }
     assert!(doc.to_string().contains("pkg:npm/%40fx/cli@1.0.0"), "{doc:#}");
 
+    // `moat audit` names the packages whose install scripts did not run.
+    let report = ok({
+        let mut c = moat(&home2);
+        c.args(["audit", "npmtest", "--store", s]);
+        c
+    });
+    assert!(report.contains("npm install scripts (not run): 2"), "{report}");
+    for (pkg, dir) in [
+        ("scripted@1.0.0", "/usr/local/lib/node_modules/scripted"),
+        ("native@1.0.0", "/usr/local/lib/node_modules/native"),
+    ] {
+        assert!(report.contains(&format!("{dir} npm package {pkg} declares install scripts")), "{report}");
+    }
+
     // Same digest under another umask and TZ, other home and store.
     let store2 = t.join("store2");
     let (code, out2, err) = run(moat_at(

@@ -3,7 +3,8 @@
 //! (compilers, make, netcat) in any directory and toolchains' library
 //! directories, setuid/setgid files and world-writable paths. Guards
 //! against a compiler hidden where the build's strip does not look
-//! (`/opt/cc/bin/gcc`, `~/.local/bin/tcc`, `/usr/lib/*/gcc`).
+//! (`/opt/cc/bin/gcc`, `~/.local/bin/tcc`, `/usr/lib/*/gcc`). Also names
+//! the npm packages that declare install scripts moat did not run.
 #![forbid(unsafe_code)]
 use crate::layer::read::{self as layer_read, ReadError};
 use crate::store::Store;
@@ -17,6 +18,9 @@ pub struct Report {
     pub toolchain: Vec<Finding>,
     pub setuid: Vec<Finding>,
     pub world_writable: Vec<Finding>,
+    /// npm packages that declare install scripts (never run; reported, not failed).
+    #[serde(default)]
+    pub install_scripts: Vec<Finding>,
 }
 
 #[derive(Debug, Serialize)]
@@ -30,7 +34,8 @@ pub struct Finding {
 pub fn audit(store: &Store, reference: &str) -> Result<Report, ReadError> {
     let img = store.resolve(reference)?;
     let manifest = store.manifest(&img.manifest.digest)?;
-    let view = layer_read::merged(store, &manifest.layers, &|_| false)?;
+    let npm = crate::npm::sbom::SBOM_DATA;
+    let view = layer_read::merged(store, &manifest.layers, &|p| p == npm)?;
     let mut r = Report { image: format!("{}@{}", img.name, img.manifest.digest), ..Default::default() };
     for (path, e) in &view {
         let mode = format!("{:04o}", e.mode);
@@ -58,6 +63,12 @@ pub fn audit(store: &Store, reference: &str) -> Result<Report, ReadError> {
             };
             r.world_writable.push(Finding { path: abs, mode, why: why.into() });
         }
+    }
+    if let Some(data) = view.get(npm).and_then(|e| e.data.as_ref()) {
+        r.install_scripts = crate::npm::sbom::install_scripts(data)
+            .into_iter()
+            .map(|(path, why)| Finding { path, mode: String::new(), why })
+            .collect();
     }
     Ok(r)
 }

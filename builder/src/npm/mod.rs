@@ -212,7 +212,7 @@ pub fn layer_key(spec: &NpmSpec, lock: &NpmLock) -> Digest {
 }
 
 /// Bumped whenever `materialize` would lay the same lock out differently.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Builds the npm layer's tree from the lock alone (downloading into the
 /// cache as needed, every tarball checked against sha256 and sha512).
@@ -267,7 +267,7 @@ pub fn materialize(spec: &NpmSpec, lock: &NpmLock, cache: &Path) -> Result<Tree,
         let unpacked = layout::unpack(&id, &bytes)?;
         layout::place(&mut tree, &format!("{lib}/{rel}"), &unpacked, &p.bin, &mans, &links, &mut taken)?;
     }
-    tree.insert(Entry::file(sbom::SBOM_DATA, sbom::manifest(lock), 0o644))?;
+    tree.insert(Entry::file(sbom::SBOM_DATA, sbom::manifest(lock, spec.prefix.get_ref()), 0o644))?;
     tree.add_parents();
     Ok(tree)
 }

@@ -12,18 +12,34 @@ use serde_json::{json, Value};
 pub const SBOM_DATA: &str = "var/lib/moat/npm-packages.json";
 
 /// The manifest's bytes: one object per locked package, sorted by path.
-pub(crate) fn manifest(lock: &NpmLock) -> Vec<u8> {
+pub(crate) fn manifest(lock: &NpmLock, prefix: &str) -> Vec<u8> {
     let list: Vec<Value> = lock
         .packages
         .iter()
         .map(|p| {
-            json!({"ecosystem": "npm", "name": p.name, "version": p.version, "path": p.path,
+            json!({"ecosystem": "npm", "name": p.name, "version": p.version, "prefix": prefix, "path": p.path,
                    "sha256": p.sha256, "integrity": p.integrity, "install_script": p.install_script})
         })
         .collect();
     let mut bytes = serde_json::to_vec_pretty(&list).unwrap_or_default();
     bytes.push(b'\n');
     bytes
+}
+
+/// The packages of a manifest (its bytes) that declare install scripts:
+/// (install directory, why); unreadable data yields a finding saying so.
+pub fn install_scripts(data: &[u8]) -> Vec<(String, String)> {
+    let Ok(list) = serde_json::from_slice::<Vec<Value>>(data) else {
+        return vec![(format!("/{SBOM_DATA}"), "unreadable npm package list".into())];
+    };
+    list.iter()
+        .filter(|p| p["install_script"].as_bool() == Some(true))
+        .map(|p| {
+            let s = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+            let dir = format!("{}/lib/{}", s("prefix").trim_end_matches('/'), s("path"));
+            (dir, format!("npm package {}@{} declares install scripts (not run)", s("name"), s("version")))
+        })
+        .collect()
 }
 
 /// Whether a manifest entry is an npm package.
