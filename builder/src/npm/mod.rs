@@ -133,11 +133,16 @@ pub struct NpmLock {
     pub packages: Vec<LockedNpm>,
 }
 
-fn scripts_of(m: &Value) -> (bool, bool) {
+/// (needs a compiler, declares install scripts) as npm's rebuild sees a
+/// manifest: preinstall/install/postinstall scripts, and a `binding.gyp`
+/// without install or preinstall script (unless `gypfile: false`) means
+/// `node-gyp rebuild`, as does `gypfile: true`.
+fn scripts_of(m: &Value, has_binding_gyp: bool) -> (bool, bool) {
     let s = |k: &str| m.pointer(&format!("/scripts/{k}")).and_then(Value::as_str).unwrap_or_default().to_string();
     let (pre, ins, post) = (s("preinstall"), s("install"), s("postinstall"));
-    let gyp = m.get("gypfile").and_then(Value::as_bool) == Some(true)
-        || [&pre, &ins].iter().any(|x| x.trim() == "node-gyp rebuild");
+    let gypfile = m.get("gypfile").and_then(Value::as_bool);
+    let implicit = has_binding_gyp && gypfile != Some(false) && pre.is_empty() && ins.is_empty();
+    let gyp = implicit || gypfile == Some(true) || [&pre, &ins].iter().any(|x| x.trim() == "node-gyp rebuild");
     (gyp, gyp || !(pre.is_empty() && ins.is_empty() && post.is_empty()))
 }
 
@@ -172,11 +177,8 @@ pub fn resolve(spec: &NpmSpec, architecture: &str, cache: &Path) -> Result<NpmLo
         if !integrity::matches(&integrity, &bytes) {
             return Err(NpmError::Integrity { package: id, expected: integrity, got: integrity::sri_sha512(&bytes) });
         }
-        let (mut gyp, mut script) = scripts_of(&p.manifest);
         let unpacked = layout::unpack(&id, &bytes)?;
-        if unpacked.files.contains_key("binding.gyp") && !scripts_of(&p.manifest).1 {
-            (gyp, script) = (true, true); // npm runs `node-gyp rebuild` for it
-        }
+        let (gyp, script) = scripts_of(&p.manifest, unpacked.files.contains_key("binding.gyp"));
         if gyp && !p.has_platform_optional {
             return Err(NpmError::NeedsCompiler { package: id, arch: architecture.into() });
         }
@@ -292,6 +294,17 @@ pub fn with_install_scripts(lock: &NpmLock) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn install_scripts_as_npm_rebuild_sees_them() {
+        use serde_json::json;
+        assert_eq!(scripts_of(&json!({}), false), (false, false));
+        assert_eq!(scripts_of(&json!({}), true), (true, true), "binding.gyp alone: node-gyp rebuild");
+        assert_eq!(scripts_of(&json!({"gypfile": false}), true), (false, false));
+        assert_eq!(scripts_of(&json!({"scripts": {"install": "node-gyp-build"}}), true), (false, true));
+        assert_eq!(scripts_of(&json!({"scripts": {"postinstall": "x"}}), true), (true, true));
+        assert_eq!(scripts_of(&json!({"scripts": {"install": "node-gyp rebuild"}}), false), (true, true));
+        assert_eq!(scripts_of(&json!({"scripts": {"prepare": "x", "test": "y"}}), false), (false, false));
+    }
     #[test]
     fn requests_parse_like_npm() {
         assert_eq!(parse_request("@s/n@^1.2").unwrap(), ("@s/n".into(), "^1.2".into()));
