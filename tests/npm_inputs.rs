@@ -162,7 +162,8 @@ fn fixtures(mark: &Path) -> Vec<Pkg> {
             "@fx/cli",
             "1.0.0",
             json!({"bin": {"fx": "./bin/fx.js", "fx-missing": "./bin/not-shipped.js"}, "man": ["./man/fx.1"],
-            "dependencies": {"left": "^1.0.0", "right": "^1.0.0", "shared": "^2.0.0", "dirbin": "1.0.0"},
+            "dependencies": {"left": "^1.0.0", "right": "^1.0.0", "shared": "^2.0.0", "dirbin": "1.0.0",
+                "aaa-first": "1.0.0", "zz-peerer": "1.0.0"},
             "devDependencies": {"devonly": "1.0.0"},
             "peerDependencies": {"peer-thing": "^1.0.0"}}),
             vec![("bin/fx.js", "#!/usr/bin/env node\nconsole.log('fx')\n", 0o644), ("man/fx.1", ".TH FX 1\n", 0o644)],
@@ -180,6 +181,12 @@ fn fixtures(mark: &Path) -> Vec<Pkg> {
             ],
         ),
         pkg("right", "1.0.0", json!({"dependencies": {"shared": "~1.1.0", "tool-b": "1", "tool-a": "1"}}), vec![]),
+        // A peer placed with its dependent (zz-peerer), before the
+        // dependency of an earlier sibling (aaa-first) on another version.
+        pkg("aaa-first", "1.0.0", json!({"dependencies": {"pn-late": "^2.0.0"}}), vec![]),
+        pkg("zz-peerer", "1.0.0", json!({"peerDependencies": {"pn-late": "^1.0.0"}}), vec![]),
+        pkg("pn-late", "1.0.0", json!({}), vec![]),
+        pkg("pn-late", "2.0.0", json!({}), vec![]),
         // Two packages with the same bin name in one node_modules/.bin.
         pkg("tool-a", "1.0.0", json!({"bin": {"tool": "a.js"}}), vec![("a.js", "a", 0o644)]),
         pkg("tool-b", "1.0.0", json!({"bin": {"tool": "b.js"}}), vec![("b.js", "b", 0o644)]),

@@ -16,6 +16,8 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Deepest chain of peers placed with their dependent (peers of peers...).
+pub(crate) const MAX_PEER_DEPTH: usize = 64;
 /// Most packages one lock may hold.
 pub(crate) const MAX_PACKAGES: usize = 20_000;
 
@@ -118,8 +120,9 @@ impl Tree {
             n = self.nodes[n].parent;
         }
     }
-    /// Where a new `name@version` goes for an edge from `from`, starting the
-    /// walk at `start`: `Ok(Err(existing))` when a satisfying copy is found.
+    /// Where a new `name@version` (with `peers`) goes for an edge from
+    /// `from`, starting the walk at `start`: `Err(existing)` when a
+    /// satisfying copy is found on the way.
     fn target(
         &self,
         from: usize,
@@ -127,6 +130,7 @@ impl Tree {
         name: &str,
         version: &str,
         want: &Want,
+        peers: &[(String, Want)],
     ) -> Option<Result<usize, usize>> {
         let mut best = None;
         let mut t = start;
@@ -135,6 +139,14 @@ impl Tree {
                 if want.admits(&self.nodes[c].version) {
                     return Some(Err(c));
                 }
+                break;
+            }
+            // Its peers go beside it: a copy there that does not satisfy one
+            // rules this place out (arborist's canPlacePeers).
+            let peer_conflict = peers
+                .iter()
+                .any(|(pn, pw)| self.nodes[t].children.get(pn).is_some_and(|&c| !pw.admits(&self.nodes[c].version)));
+            if peer_conflict {
                 break;
             }
             if t != from {
@@ -154,6 +166,15 @@ impl Tree {
         }
         best
     }
+}
+
+/// The peers a manifest requires, as (name, what it accepts) for ranges.
+fn peers_of(m: &Value) -> Vec<(String, Want)> {
+    edges(m)
+        .into_iter()
+        .filter(|(_, _, k)| *k == EdgeKind::Peer)
+        .filter_map(|(n, s, _)| Want::parse(&s, None).ok().map(|w| (n, w)))
+        .collect()
 }
 
 /// Resolves `requests` (name, spec) into the placed tree, sorted by path.
@@ -177,104 +198,20 @@ pub(crate) fn resolve(
         edges_in: Vec::new(),
         has_platform_optional: false,
     };
-    let mut tree = Tree { nodes: vec![root] };
-    let mut queue: Vec<usize> = vec![0];
-    while !queue.is_empty() {
-        queue.sort_by(|&a, &b| {
-            let (a, b) = (&tree.nodes[a], &tree.nodes[b]);
+    let mut r = Resolver { tree: Tree { nodes: vec![root] }, client, platform, queue: vec![0] };
+    while !r.queue.is_empty() {
+        let nodes = &r.tree.nodes;
+        r.queue.sort_by(|&a, &b| {
+            let (a, b) = (&nodes[a], &nodes[b]);
             b.depth.cmp(&a.depth).then_with(|| npm_order(&b.path, &a.path))
         });
-        let Some(n) = queue.pop() else { break };
-        let who = |t: &Tree| {
-            if n == 0 {
-                "the blueprint".to_string()
-            } else {
-                format!("{}@{}", t.nodes[n].name, t.nodes[n].version)
-            }
-        };
-        for (name, spec, kind) in edges(&tree.nodes[n].manifest.clone()) {
-            let unresolvable = |t: &Tree, msg: String| NpmError::Package {
-                package: who(t),
-                msg: format!("dependency {name}@{spec}: {msg}"),
-            };
-            if !super::valid_name(&name) {
-                return Err(unresolvable(&tree, "not a valid npm package name".into()));
-            }
-            // A range the current position already satisfies needs no packument.
-            if let Ok(w @ Want::Range(_)) = Want::parse(&spec, None) {
-                if let Some(c) = tree.resolve(n, &name).filter(|&c| w.admits(&tree.nodes[c].version)) {
-                    tree.nodes[c].edges_in.push((n, w));
-                    if kind == EdgeKind::Optional {
-                        tree.nodes[n].has_platform_optional = true;
-                    }
-                    continue;
-                }
-            }
-            let p = match client.packument(&name) {
-                Ok(p) => p,
-                Err(_) if kind == EdgeKind::Optional => continue,
-                Err(e) => return Err(e),
-            };
-            let want = Want::parse(&spec, Some(&p)).map_err(|m| unresolvable(&tree, m))?;
-            if let Some(c) = tree.resolve(n, &name).filter(|&c| want.admits(&tree.nodes[c].version)) {
-                tree.nodes[c].edges_in.push((n, want));
-                if kind == EdgeKind::Optional {
-                    tree.nodes[n].has_platform_optional = true;
-                }
-                continue;
-            }
-            let Some((version, manifest)) = pick(&p, &spec, &want) else {
-                if kind == EdgeKind::Optional {
-                    continue;
-                }
-                return Err(unresolvable(&tree, "no version in the registry satisfies it".into()));
-            };
-            if !platform.admits(manifest) {
-                if kind == EdgeKind::Optional {
-                    continue;
-                }
-                return Err(unresolvable(
-                    &tree,
-                    format!("{name}@{version} does not support {}/{} (os/cpu/libc)", platform.os, platform.cpu),
-                ));
-            }
-            let start = if kind == EdgeKind::Peer && n != 0 { tree.nodes[n].parent } else { n };
-            let at = match tree.target(n, start, &name, version, &want) {
-                Some(Err(existing)) => {
-                    tree.nodes[existing].edges_in.push((n, want));
-                    continue;
-                }
-                Some(Ok(t)) => t,
-                None => return Err(unresolvable(&tree, "conflicts with the copy already placed beside it".into())),
-            };
-            if tree.nodes.len() > MAX_PACKAGES {
-                return Err(NpmError::Spec(format!("the tree holds more than {MAX_PACKAGES} packages")));
-            }
-            let path = if at == 0 {
-                format!("node_modules/{name}")
-            } else {
-                format!("{}/node_modules/{name}", tree.nodes[at].path)
-            };
-            let id = tree.nodes.len();
-            tree.nodes.push(Node {
-                name: name.clone(),
-                version: version.to_string(),
-                manifest: Arc::new(manifest.clone()),
-                parent: at,
-                depth: tree.nodes[at].depth + 1,
-                path,
-                children: BTreeMap::new(),
-                edges_in: vec![(n, want)],
-                has_platform_optional: false,
-            });
-            tree.nodes[at].children.insert(name, id);
-            if kind == EdgeKind::Optional {
-                tree.nodes[n].has_platform_optional = true;
-            }
-            queue.push(id);
+        let Some(n) = r.queue.pop() else { break };
+        for (name, spec, kind) in edges(&r.tree.nodes[n].manifest.clone()) {
+            r.edge(n, &name, &spec, kind, 0)?;
         }
     }
-    let mut out: Vec<Placed> = tree
+    let mut out: Vec<Placed> = r
+        .tree
         .nodes
         .into_iter()
         .skip(1)
@@ -288,6 +225,117 @@ pub(crate) fn resolve(
         .collect();
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
+}
+
+struct Resolver<'a> {
+    tree: Tree,
+    client: &'a mut Client,
+    platform: &'a Platform,
+    /// Placed packages whose own edges are still to be read.
+    queue: Vec<usize>,
+}
+
+impl Resolver<'_> {
+    fn who(&self, n: usize) -> String {
+        if n == 0 {
+            "the blueprint".to_string()
+        } else {
+            format!("{}@{}", self.tree.nodes[n].name, self.tree.nodes[n].version)
+        }
+    }
+
+    /// Records that `n`'s edge resolves to `c`.
+    fn keep(&mut self, n: usize, c: usize, want: Want, kind: EdgeKind) {
+        self.tree.nodes[c].edges_in.push((n, want));
+        if kind == EdgeKind::Optional {
+            self.tree.nodes[n].has_platform_optional = true;
+        }
+    }
+
+    /// Satisfies one edge of `n`: keeps what its position already resolves
+    /// to, or picks a version and places it, then places its peers with it
+    /// (npm's peer sets).
+    fn edge(&mut self, n: usize, name: &str, spec: &str, kind: EdgeKind, peer_depth: usize) -> Result<(), NpmError> {
+        let who = self.who(n);
+        let unresolvable =
+            |msg: String| NpmError::Package { package: who.clone(), msg: format!("dependency {name}@{spec}: {msg}") };
+        if !super::valid_name(name) {
+            return Err(unresolvable("not a valid npm package name".into()));
+        }
+        if peer_depth > MAX_PEER_DEPTH {
+            return Err(unresolvable(format!("peers of peers nest deeper than {MAX_PEER_DEPTH}")));
+        }
+        // A range the current position already satisfies needs no packument.
+        if let Ok(w @ Want::Range(_)) = Want::parse(spec, None) {
+            if let Some(c) = self.tree.resolve(n, name).filter(|&c| w.admits(&self.tree.nodes[c].version)) {
+                self.keep(n, c, w, kind);
+                return Ok(());
+            }
+        }
+        let p = match self.client.packument(name) {
+            Ok(p) => p,
+            Err(_) if kind == EdgeKind::Optional => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let want = Want::parse(spec, Some(&p)).map_err(&unresolvable)?;
+        if let Some(c) = self.tree.resolve(n, name).filter(|&c| want.admits(&self.tree.nodes[c].version)) {
+            self.keep(n, c, want, kind);
+            return Ok(());
+        }
+        let Some((version, manifest)) = pick(&p, spec, &want) else {
+            if kind == EdgeKind::Optional {
+                return Ok(());
+            }
+            return Err(unresolvable("no version in the registry satisfies it".into()));
+        };
+        if !self.platform.admits(manifest) {
+            if kind == EdgeKind::Optional {
+                return Ok(());
+            }
+            let (os, cpu) = (self.platform.os, self.platform.cpu);
+            return Err(unresolvable(format!("{name}@{version} does not support {os}/{cpu} (os/cpu/libc)")));
+        }
+        let start = if kind == EdgeKind::Peer && n != 0 { self.tree.nodes[n].parent } else { n };
+        let peers = peers_of(manifest);
+        let at = match self.tree.target(n, start, name, version, &want, &peers) {
+            Some(Err(existing)) => {
+                self.keep(n, existing, want, kind);
+                return Ok(());
+            }
+            Some(Ok(t)) => t,
+            None => return Err(unresolvable("conflicts with the copy already placed beside it".into())),
+        };
+        if self.tree.nodes.len() > MAX_PACKAGES {
+            return Err(NpmError::Spec(format!("the tree holds more than {MAX_PACKAGES} packages")));
+        }
+        let path = if at == 0 {
+            format!("node_modules/{name}")
+        } else {
+            format!("{}/node_modules/{name}", self.tree.nodes[at].path)
+        };
+        let id = self.tree.nodes.len();
+        let manifest = Arc::new(manifest.clone());
+        self.tree.nodes.push(Node {
+            name: name.to_string(),
+            version: version.to_string(),
+            manifest: manifest.clone(),
+            parent: at,
+            depth: self.tree.nodes[at].depth + 1,
+            path,
+            children: BTreeMap::new(),
+            edges_in: Vec::new(),
+            has_platform_optional: false,
+        });
+        self.tree.nodes[at].children.insert(name.to_string(), id);
+        self.keep(n, id, want, kind);
+        self.queue.push(id);
+        for (pname, pspec, pkind) in edges(&manifest) {
+            if pkind == EdgeKind::Peer {
+                self.edge(id, &pname, &pspec, pkind, peer_depth + 1)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
