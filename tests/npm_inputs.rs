@@ -447,6 +447,11 @@ fn npm_tree_matches_npm_and_is_pinned() {
     assert_eq!(code, 0, "second build failed:\n{out2}\n{err}");
     assert_eq!(out1.trim(), out2.trim(), "two builds gave different digests");
 
+    // `moat verify` rebuilds from the lock in a fresh store and agrees.
+    let (code, out, err) =
+        run(moat_at(&t.join("home6"), &reg, "022", "UTC", &["verify", bp.to_str().unwrap(), "--store", s]));
+    assert!(code == 0 && out.starts_with("ok "), "verify:\n{out}\n{err}");
+
     // A lock whose sha512 no longer matches its tarball is refused, by name.
     let lock_path = dir.join("app.lock");
     let mut edited: toml::Value = toml::from_str(&lock).unwrap();
