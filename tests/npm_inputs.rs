@@ -163,7 +163,7 @@ fn fixtures(mark: &Path) -> Vec<Pkg> {
             "1.0.0",
             json!({"bin": {"fx": "./bin/fx.js", "fx-missing": "./bin/not-shipped.js"}, "man": ["./man/fx.1"],
             "dependencies": {"left": "^1.0.0", "right": "^1.0.0", "shared": "^2.0.0", "dirbin": "1.0.0",
-                "aaa-first": "1.0.0", "zz-peerer": "1.0.0"},
+                "aaa-first": "1.0.0", "zz-peerer": "1.0.0", "r-narrow": "1.0.0", "r-wide": "1.0.0"},
             "devDependencies": {"devonly": "1.0.0"},
             "peerDependencies": {"peer-thing": "^1.0.0"}}),
             vec![("bin/fx.js", "#!/usr/bin/env node\nconsole.log('fx')\n", 0o644), ("man/fx.1", ".TH FX 1\n", 0o644)],
@@ -187,6 +187,14 @@ fn fixtures(mark: &Path) -> Vec<Pkg> {
         pkg("zz-peerer", "1.0.0", json!({"peerDependencies": {"pn-late": "^1.0.0"}}), vec![]),
         pkg("pn-late", "1.0.0", json!({}), vec![]),
         pkg("pn-late", "2.0.0", json!({}), vec![]),
+        // `latest` (1.0.0) below the highest version: r-narrow takes 1.0.0,
+        // then r-wide needs ^1.0.1, which also satisfies r-narrow: npm
+        // replaces the placed copy instead of nesting a second one.
+        pkg("r-narrow", "1.0.0", json!({"dependencies": {"dd": "~1.0.0"}}), vec![]),
+        pkg("r-wide", "1.0.0", json!({"dependencies": {"dd": "^1.0.1"}}), vec![]),
+        pkg("dd", "1.0.0", json!({"dependencies": {"dd-old-only": "1"}}), vec![]),
+        pkg("dd", "1.0.1", json!({}), vec![]),
+        pkg("dd-old-only", "1.0.0", json!({}), vec![]),
         // Two packages with the same bin name in one node_modules/.bin.
         pkg("tool-a", "1.0.0", json!({"bin": {"tool": "a.js"}}), vec![("a.js", "a", 0o644)]),
         pkg("tool-b", "1.0.0", json!({"bin": {"tool": "b.js"}}), vec![("b.js", "b", 0o644)]),
@@ -320,7 +328,7 @@ fn npm_tree_matches_npm_and_is_pinned() {
     let t = tmp.path();
     let mark = t.join("install-script-ran");
     let reg = Registry::serve();
-    reg.publish(&fixtures(&mark), &[("shared", "2.0.0"), ("peer-thing", "2.0.0")]);
+    reg.publish(&fixtures(&mark), &[("shared", "2.0.0"), ("peer-thing", "2.0.0"), ("dd", "1.0.0")]);
     let dir = t.join("bp");
     fs::create_dir_all(&dir).unwrap();
     let bp = blueprint(&dir, "app.toml", "amd64", &REQUESTS);

@@ -11,6 +11,7 @@ use super::pick::{pick, Want};
 use super::platform::Platform;
 use super::registry::Client;
 use super::NpmError;
+use nodejs_semver::Version;
 use serde_json::Value;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -33,6 +34,17 @@ pub(crate) struct Placed {
     pub(crate) has_platform_optional: bool,
 }
 
+/// Where an edge's package goes.
+enum Place {
+    /// A copy on the way satisfies it.
+    Keep(usize),
+    /// A new node under this one.
+    Under(usize),
+    /// This copy is replaced by the new version, which satisfies all that
+    /// rely on it (arborist's REPLACE).
+    Replace(usize),
+}
+
 struct Node {
     name: String,
     version: String,
@@ -44,6 +56,8 @@ struct Node {
     /// Edges resolved to this node: (from, what it accepts).
     edges_in: Vec<(usize, Want)>,
     has_platform_optional: bool,
+    /// Pruned: nothing relies on it any more.
+    removed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,8 +135,7 @@ impl Tree {
         }
     }
     /// Where a new `name@version` (with `peers`) goes for an edge from
-    /// `from`, starting the walk at `start`: `Err(existing)` when a
-    /// satisfying copy is found on the way.
+    /// `from`, starting the walk at `start`.
     fn target(
         &self,
         from: usize,
@@ -131,13 +144,20 @@ impl Tree {
         version: &str,
         want: &Want,
         peers: &[(String, Want)],
-    ) -> Option<Result<usize, usize>> {
+    ) -> Option<Place> {
         let mut best = None;
         let mut t = start;
         loop {
             if let Some(&c) = self.nodes[t].children.get(name) {
                 if want.admits(&self.nodes[c].version) {
-                    return Some(Err(c));
+                    return Some(Place::Keep(c));
+                }
+                let newer = match (Version::parse(version), Version::parse(&self.nodes[c].version)) {
+                    (Ok(new), Ok(cur)) => new >= cur,
+                    _ => false,
+                };
+                if newer && self.nodes[c].edges_in.iter().all(|(_, w)| w.admits(version)) {
+                    return Some(Place::Replace(c));
                 }
                 break;
             }
@@ -158,7 +178,7 @@ impl Tree {
                     }
                 }
             }
-            best = Some(Ok(t));
+            best = Some(Place::Under(t));
             if t == 0 || self.nodes[t].parent == 0 {
                 break;
             }
@@ -197,6 +217,7 @@ pub(crate) fn resolve(
         children: BTreeMap::new(),
         edges_in: Vec::new(),
         has_platform_optional: false,
+        removed: false,
     };
     let mut r = Resolver { tree: Tree { nodes: vec![root] }, client, platform, queue: vec![0] };
     while !r.queue.is_empty() {
@@ -210,11 +231,13 @@ pub(crate) fn resolve(
             r.edge(n, &name, &spec, kind, 0)?;
         }
     }
+    r.prune();
     let mut out: Vec<Placed> = r
         .tree
         .nodes
         .into_iter()
         .skip(1)
+        .filter(|n| !n.removed)
         .map(|n| Placed {
             path: n.path,
             name: n.name,
@@ -298,11 +321,24 @@ impl Resolver<'_> {
         let start = if kind == EdgeKind::Peer && n != 0 { self.tree.nodes[n].parent } else { n };
         let peers = peers_of(manifest);
         let at = match self.tree.target(n, start, name, version, &want, &peers) {
-            Some(Err(existing)) => {
+            Some(Place::Keep(existing)) => {
                 self.keep(n, existing, want, kind);
                 return Ok(());
             }
-            Some(Ok(t)) => t,
+            Some(Place::Replace(c)) => {
+                // The old version's own edges go; what only they needed is pruned at the end.
+                for node in &mut self.tree.nodes {
+                    node.edges_in.retain(|(f, _)| *f != c);
+                }
+                let node = &mut self.tree.nodes[c];
+                node.version = version.to_string();
+                node.manifest = Arc::new(manifest.clone());
+                node.has_platform_optional = false;
+                self.keep(n, c, want, kind);
+                self.queue.push(c);
+                return self.place_peers(c, peer_depth);
+            }
+            Some(Place::Under(t)) => t,
             None => return Err(unresolvable("conflicts with the copy already placed beside it".into())),
         };
         if self.tree.nodes.len() > MAX_PACKAGES {
@@ -325,16 +361,46 @@ impl Resolver<'_> {
             children: BTreeMap::new(),
             edges_in: Vec::new(),
             has_platform_optional: false,
+            removed: false,
         });
         self.tree.nodes[at].children.insert(name.to_string(), id);
         self.keep(n, id, want, kind);
         self.queue.push(id);
-        for (pname, pspec, pkind) in edges(&manifest) {
+        self.place_peers(id, peer_depth)
+    }
+
+    /// Places the peers of `id` right after it.
+    fn place_peers(&mut self, id: usize, peer_depth: usize) -> Result<(), NpmError> {
+        for (pname, pspec, pkind) in edges(&self.tree.nodes[id].manifest.clone()) {
             if pkind == EdgeKind::Peer {
                 self.edge(id, &pname, &pspec, pkind, peer_depth + 1)?;
             }
         }
         Ok(())
+    }
+
+    /// Removes what nothing relies on any more (left behind by a replaced
+    /// copy), with everything below it.
+    fn prune(&mut self) {
+        loop {
+            let Some(dead) = (1..self.tree.nodes.len())
+                .find(|&i| !self.tree.nodes[i].removed && self.tree.nodes[i].edges_in.is_empty())
+            else {
+                return;
+            };
+            let gone: Vec<usize> = (1..self.tree.nodes.len())
+                .filter(|&i| !self.tree.nodes[i].removed && self.tree.is_descendant(i, dead))
+                .collect();
+            let parent = self.tree.nodes[dead].parent;
+            let name = self.tree.nodes[dead].name.clone();
+            self.tree.nodes[parent].children.remove(&name);
+            for &g in &gone {
+                self.tree.nodes[g].removed = true;
+            }
+            for node in &mut self.tree.nodes {
+                node.edges_in.retain(|(f, _)| !gone.contains(f));
+            }
+        }
     }
 }
 
