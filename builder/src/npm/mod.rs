@@ -226,7 +226,6 @@ pub fn materialize(spec: &NpmSpec, lock: &NpmLock, cache: &Path) -> Result<Tree,
     let mut tree = Tree::new();
     let mut taken = BTreeSet::new();
     tree.insert(Entry::dir(&format!("{lib}/node_modules"), 0o755, 0, 0))?;
-    tree.insert(Entry::dir(&bin, 0o755, 0, 0))?;
     for p in &lock.packages {
         let id = format!("{}@{}", p.name, p.version);
         let sha = Digest::parse_hex(&p.sha256).map_err(|_| NpmError::Package {
