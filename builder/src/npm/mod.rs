@@ -214,7 +214,7 @@ pub fn layer_key(spec: &NpmSpec, lock: &NpmLock) -> Digest {
 }
 
 /// Bumped whenever `materialize` would lay the same lock out differently.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Builds the npm layer's tree from the lock alone (downloading into the
 /// cache as needed, every tarball checked against sha256 and sha512).
