@@ -89,6 +89,8 @@ impl Registry {
                     let path = path.replace("%2f", "/").replace("%2F", "/").replace("%40", "@");
                     let body = f.lock().unwrap().get(&path).cloned();
                     let resp = match body {
+                        // A stored answer that is a whole HTTP response goes out as is.
+                        Some(b) if b.starts_with(b"HTTP/1.1 ") => b,
                         Some(b) => {
                             let mut r =
                                 format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", b.len())
@@ -522,4 +524,44 @@ fn platform_follows_the_blueprint_and_compilers_are_refused() {
     assert_ne!(code, 0, "a package that needs a compiler was locked");
     assert!(err.contains("needs-cc@1.0.0") && err.contains("compile"), "{err}");
     assert!(!dir.join("cc.lock").exists(), "a lock was written");
+}
+
+#[test]
+fn hostile_registry_answers_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let reg = Registry::serve();
+    let mut pkgs = fixtures(&t.join("mark"));
+    pkgs.push(pkg("bad-dep", "1.0.0", json!({"dependencies": {"../../etc": "1"}}), vec![]));
+    reg.publish(&pkgs, &[]);
+    // A packument that says it is 200 MB: refused before it is read.
+    reg.files
+        .lock()
+        .unwrap()
+        .insert("/huge".into(), b"HTTP/1.1 200 OK\r\ncontent-length: 200000000\r\nconnection: close\r\n\r\n{".to_vec());
+    // A tarball that does not match the registry's own integrity.
+    reg.tamper("scripted", "1.0.0");
+    let dir = t.join("bp");
+    fs::create_dir_all(&dir).unwrap();
+    let s = t.join("store");
+    for (file, request, want) in [
+        ("huge.toml", "huge", vec!["/huge", "larger than"]),
+        ("bad.toml", "bad-dep@1.0.0", vec!["bad-dep@1.0.0", "dependency \"../../etc\"", "not a valid npm package name"]),
+        ("sri.toml", "scripted@1.0.0", vec!["scripted@1.0.0", "does not match"]),
+        ("none.toml", "peer-thing@^9", vec!["peer-thing@^9", "no version"]),
+    ] {
+        let bp = blueprint(&dir, file, "amd64", &[request]);
+        let (code, out, err) = run(moat_at(
+            &t.join("home"),
+            &reg,
+            "022",
+            "UTC",
+            &["lock", bp.to_str().unwrap(), "--store", s.to_str().unwrap()],
+        ));
+        assert_ne!(code, 0, "{request}: locked:\n{out}");
+        for w in want {
+            assert!(err.contains(w), "{request}: the refusal does not say {w:?}:\n{err}");
+        }
+        assert!(!dir.join(file.replace("toml", "lock")).exists(), "{request}: a lock was written");
+    }
 }

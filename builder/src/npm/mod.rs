@@ -167,7 +167,8 @@ pub fn resolve(spec: &NpmSpec, architecture: &str, cache: &Path) -> Result<NpmLo
             package: id.clone(),
             msg: "the registry gives no sha512 integrity for its tarball".into(),
         })?;
-        if !(url.starts_with("https://") || url.starts_with(&client.base)) {
+        let clean = !url.chars().any(|c| c.is_control() || c.is_whitespace());
+        if !clean || !(url.starts_with("https://") || url.starts_with(&client.base)) {
             return Err(NpmError::Package {
                 package: id,
                 msg: format!("tarball URL {url:?} is neither https nor on the registry"),

@@ -263,7 +263,7 @@ impl Resolver<'_> {
         if n == 0 {
             "the blueprint".to_string()
         } else {
-            format!("{}@{}", self.tree.nodes[n].name, self.tree.nodes[n].version)
+            format!("{}@{}", self.tree.nodes[n].name, self.tree.nodes[n].version.escape_debug())
         }
     }
 
@@ -280,10 +280,14 @@ impl Resolver<'_> {
     /// (npm's peer sets).
     fn edge(&mut self, n: usize, name: &str, spec: &str, kind: EdgeKind, peer_depth: usize) -> Result<(), NpmError> {
         let who = self.who(n);
-        let unresolvable =
-            |msg: String| NpmError::Package { package: who.clone(), msg: format!("dependency {name}@{spec}: {msg}") };
+        let unresolvable = |msg: String| NpmError::Package {
+            package: who.clone(),
+            msg: format!("dependency {name}@{}: {msg}", spec.escape_debug()),
+        };
         if !super::valid_name(name) {
-            return Err(unresolvable("not a valid npm package name".into()));
+            // Registry text, shown escaped: it may hold anything.
+            let msg = format!("dependency {name:?}: not a valid npm package name");
+            return Err(NpmError::Package { package: who, msg });
         }
         if peer_depth > MAX_PEER_DEPTH {
             return Err(unresolvable(format!("peers of peers nest deeper than {MAX_PEER_DEPTH}")));
