@@ -9,6 +9,7 @@
 //! absolute) are dropped, bin names and targets cannot leave their package.
 #![forbid(unsafe_code)]
 use super::NpmError;
+use crate::layer::bounds::{Limits, TarGuard};
 use crate::layer::tree::{clean_path, Entry, Tree};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,7 +42,10 @@ pub(crate) struct Unpacked {
 pub(crate) fn unpack(package: &str, tgz: &[u8]) -> Result<Unpacked, NpmError> {
     let bad = |msg: String| NpmError::Package { package: package.into(), msg: format!("tarball: {msg}") };
     let gz = flate2::read::GzDecoder::new(tgz);
-    let mut ar = tar::Archive::new(gz.take(MAX_UNPACKED + (MAX_ENTRIES as u64 + 2) * 1024));
+    // Every header is checked (sizes, PAX/long-name records, counts) before
+    // the tar crate acts on it, as for every other archive input.
+    let limits = Limits { unpacked: MAX_UNPACKED, entries: MAX_ENTRIES as u64, meta: 1 << 20 };
+    let mut ar = tar::Archive::new(TarGuard::new(gz, limits));
     let mut out = Unpacked::default();
     let mut total = 0u64;
     let mut saw_npmignore = BTreeSet::new();
@@ -291,6 +295,14 @@ mod tests {
         let u = unpack("p@1", &t).unwrap();
         let names: Vec<&str> = u.files.keys().map(String::as_str).collect();
         assert_eq!(names, [".npmignore", "abs", "package.json"]);
+        // A long-name record past the 1 MiB bound is refused before the tar crate reads it.
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        b.append_data(&mut h, format!("package/{}", "a/".repeat(600_000)), &b"x"[..]).unwrap();
+        let r = unpack("p@1", &b.into_inner().unwrap().finish().unwrap());
+        assert!(matches!(&r, Err(e) if e.to_string().contains("over the limit")), "a 1.2 MB long name was read");
         let e = unpack("p@1", b"not gzip").unwrap_err().to_string();
         assert!(e.starts_with("package p@1: tarball"), "{e}");
     }
