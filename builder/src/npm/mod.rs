@@ -156,7 +156,7 @@ pub fn resolve(spec: &NpmSpec, architecture: &str, cache: &Path) -> Result<NpmLo
     if requests.is_empty() {
         return Err(NpmError::Spec("`packages` is empty".into()));
     }
-    let mut client = registry::Client::new(registry::registry_base())?;
+    let mut client = registry::Client::new(registry::registry_base()?)?;
     let placed = resolve::resolve(&mut client, &requests, &platform)?;
     let mut packages = Vec::new();
     for p in placed {
@@ -171,7 +171,7 @@ pub fn resolve(spec: &NpmSpec, architecture: &str, cache: &Path) -> Result<NpmLo
         if !clean || !(url.starts_with("https://") || url.starts_with(&client.base)) {
             return Err(NpmError::Package {
                 package: id,
-                msg: format!("tarball URL {url:?} is neither https nor on the registry"),
+                msg: format!("tarball URL {url:?} is not a clean https URL or a URL on the registry"),
             });
         }
         let bytes = client.get(&url, registry::MAX_TARBALL, "*/*")?;
@@ -223,7 +223,7 @@ pub fn materialize(spec: &NpmSpec, lock: &NpmLock, cache: &Path) -> Result<Tree,
     let prefix = clean_path(spec.prefix.get_ref())?;
     let lib = if prefix.is_empty() { "lib".to_string() } else { format!("{prefix}/lib") };
     let bin = if prefix.is_empty() { "bin".to_string() } else { format!("{prefix}/bin") };
-    let client = registry::Client::new(registry::registry_base())?;
+    let client = registry::Client::new(registry::registry_base()?)?;
     let mut tree = Tree::new();
     let mut taken = BTreeSet::new();
     tree.insert(Entry::dir(&format!("{lib}/node_modules"), 0o755, 0, 0))?;

@@ -22,10 +22,46 @@ pub(crate) const MAX_PACKUMENT: u64 = 96 << 20;
 /// Largest tarball read.
 pub(crate) const MAX_TARBALL: u64 = 256 << 20;
 
-/// The registry base URL (no trailing `/`): `MOAT_NPM_REGISTRY` or the default.
-pub(crate) fn registry_base() -> String {
-    let base = std::env::var("MOAT_NPM_REGISTRY").ok().filter(|s| !s.trim().is_empty());
-    base.as_deref().unwrap_or(DEFAULT_REGISTRY).trim().trim_end_matches('/').to_string()
+/// The registry base URL (no trailing `/`): `MOAT_NPM_REGISTRY`, else
+/// `https://HOST` for the `npm-registry` host variable the presets use
+/// (`[hosts]` in `$MOAT_HOME/registries.toml`, or the file
+/// `MOAT_REGISTRY_HOSTS` names), else the public registry.
+pub(crate) fn registry_base() -> Result<String, NpmError> {
+    let env = std::env::var("MOAT_NPM_REGISTRY").ok();
+    let hosts = std::env::var_os("MOAT_REGISTRY_HOSTS")
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::home::moat_home().join("registries.toml"));
+    base_from(env.as_deref(), &hosts)
+}
+
+fn base_from(env: Option<&str>, hosts: &Path) -> Result<String, NpmError> {
+    if let Some(e) = env.map(str::trim).filter(|e| !e.is_empty()) {
+        return Ok(e.trim_end_matches('/').to_string());
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Hosts {
+        #[serde(default)]
+        hosts: HashMap<String, String>,
+    }
+    let bad = |msg: String| NpmError::Spec(format!("{}: {msg}", hosts.display()));
+    let text = match crate::textfile::read(hosts, crate::textfile::MAX_TEXT) {
+        Ok(t) => t,
+        Err(crate::textfile::TextError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(DEFAULT_REGISTRY.into())
+        }
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    let f: Hosts = crate::textfile::parse_toml(&text, &hosts.display().to_string())
+        .map_err(|at| NpmError::Spec(at.to_string()))?;
+    match f.hosts.get("npm-registry") {
+        None => Ok(DEFAULT_REGISTRY.into()),
+        Some(h) if !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b)) => {
+            Ok(format!("https://{h}"))
+        }
+        Some(h) => Err(bad(format!("hosts.npm-registry {h:?} is not a host name"))),
+    }
 }
 
 /// A package's packument: its dist-tags and one manifest per version.
@@ -168,5 +204,23 @@ fn cache_error(package: &str, e: Failure<impl Into<NpmError>>, want: &Digest) ->
         Failure::Mismatch { actual, .. } => {
             NpmError::Integrity { package: package.into(), expected: want.to_string(), got: actual.to_string() }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn registry_from_env_then_host_variable_then_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("registries.toml");
+        assert_eq!(base_from(None, &f).unwrap(), DEFAULT_REGISTRY);
+        std::fs::write(&f, "[hosts]\nnpm-registry = \"npm.mirror.example\"\npypi = \"x\"\n").unwrap();
+        assert_eq!(base_from(None, &f).unwrap(), "https://npm.mirror.example");
+        assert_eq!(base_from(Some("http://127.0.0.1:4873/"), &f).unwrap(), "http://127.0.0.1:4873");
+        std::fs::write(&f, "[hosts]\nnpm-registry = \"evil/path\"\n").unwrap();
+        assert!(base_from(None, &f).unwrap_err().to_string().contains("not a host name"));
+        std::fs::write(&f, "[hostz]\n").unwrap();
+        assert!(base_from(None, &f).unwrap_err().to_string().contains("registries.toml:1:"));
     }
 }
