@@ -153,7 +153,9 @@ pub(crate) fn unix_hashbang(data: &[u8]) -> Vec<u8> {
         return data.to_vec();
     }
     let text = String::from_utf8_lossy(data);
-    let nl = text.find('\n').unwrap_or_default();
+    let Some(nl) = text.find('\n').filter(|&n| n > 0 && text.as_bytes()[n - 1] == b'\r') else {
+        return data.to_vec();
+    };
     let mut out = String::with_capacity(text.len());
     out.push_str(&text[..nl - 1]);
     out.push_str(&text[nl..]);
