@@ -115,6 +115,9 @@ fn the_operator_approves_read_only_from_the_console() {
     let file = world().home.path().join("term-approved.toml");
     let _ = std::fs::remove_file(&file);
     let tmux = Tmux::start("main", &term_command("", &format!("--policy-file {}", file.display())));
+    tmux.keys(&["?"]);
+    tmux.wait("the help", |s| s.contains("quit (sandboxes keep running)"));
+    tmux.keys(&["Escape"]);
     let s = tmux.wait("both sandboxes running", |s| {
         s.lines().filter(|l| (l.contains("term-a") || l.contains("term-b")) && l.contains("running")).count() == 2
     });
@@ -146,6 +149,15 @@ fn the_operator_approves_read_only_from_the_console() {
     assert_eq!(curl("term-a", &["-X", "POST", "-d", "x", "http://other.test/page"]), "403", "a write");
     assert_eq!(curl("term-b", &["http://other.test/page"]), "403", "the other sandbox");
 
+    // Denied from the console, after a confirmation naming it.
+    tmux.wait("term-b's approval", |s| s.contains("3 Approvals (1)"));
+    tmux.keys(&["d"]);
+    let s = tmux.wait("the deny confirmation", |s| s.contains("y: deny"));
+    assert!(s.contains("term-b -> other.test:80"), "{s}");
+    tmux.keys(&["y"]);
+    tmux.wait("the denial", |s| s.contains("term-b: denied") && s.contains("3 Approvals (0)"));
+    assert_eq!(curl("term-b", &["http://other.test/page"]), "403", "denied stays refused");
+
     // The egress tab shows the decisions as they came.
     tmux.keys(&["2"]);
     let s = tmux.wait("the allowed GET", |s| s.lines().any(|l| l.contains("allow") && l.contains("GET /page")));
@@ -157,7 +169,7 @@ fn the_operator_approves_read_only_from_the_console() {
     // The policy tab: the new revision against the one before.
     tmux.keys(&["4"]);
     let s = tmux.wait("the policy diff", |s| s.contains("revision 2 in force"));
-    assert!(s.contains("+ ") && s.contains("read-only"), "{s}");
+    assert!(s.contains("+ access = \"read-only\""), "the rule's own line, added: {s}");
 
     // The rule in the file loads as a policy.
     let check = moat(&["policy", "check", file.to_str().unwrap()]);

@@ -5,7 +5,7 @@
 //! silently did not happen: each one runs off the screen's thread and its
 //! outcome, success or the supervisor's reason, comes back to the status line.
 #![forbid(unsafe_code)]
-use crate::feed::Inbox;
+use crate::feed::Board;
 use crate::model::Update;
 use moat_supervisor::gateway::control::{self, Request};
 use moat_supervisor::gateway::scope::Scope;
@@ -21,15 +21,15 @@ pub enum Action {
     Deny { sandbox: String, id: String },
 }
 
-/// Carries out `action` on a thread of its own; the outcome goes to `inbox`.
-pub fn perform(action: Action, inbox: Arc<Inbox>) {
+/// Carries out `action` on a thread of its own; the outcome goes to `board`.
+pub fn perform(action: Action, board: Arc<Board>) {
     let spawned = std::thread::Builder::new().name("term-act".into()).spawn({
-        let inbox = inbox.clone();
+        let board = board.clone();
         let action = action.clone();
-        move || inbox.push(Update::Done(outcome(&action)))
+        move || board.apply(Update::Done(outcome(&action)))
     });
     if let Err(e) = spawned {
-        inbox.push(Update::Done(format!("not done: no thread for it: {e}")));
+        board.apply(Update::Done(format!("not done: no thread for it: {e}")));
     }
 }
 
@@ -40,17 +40,17 @@ fn call(sandbox: &str, req: &Request) -> Result<serde_json::Value, String> {
 
 /// What happened, as the status line says it.
 pub fn outcome(action: &Action) -> String {
-    let shown = moat_supervisor::visible::field;
+    // Not escaped here: the status line escapes what it shows.
     match action {
         Action::Deny { sandbox, id } => match call(sandbox, &Request::Deny { id: id.clone() }) {
             Ok(_) => format!("{sandbox}: denied {id} (it stays refused)"),
-            Err(e) => format!("{sandbox}: deny {id} failed: {}", shown(&e)),
+            Err(e) => format!("{sandbox}: deny {id} failed: {e}"),
         },
         Action::Approve { sandbox, id, scope, allowed_ips, write } => {
             let req = Request::Approve { id: id.clone(), allowed_ips: allowed_ips.clone(), scope: scope.clone() };
             let v = match call(sandbox, &req) {
                 Ok(v) => v,
-                Err(e) => return format!("{sandbox}: approve {id} failed: {}", shown(&e)),
+                Err(e) => return format!("{sandbox}: approve {id} failed: {e}"),
             };
             let mut msg = format!("{sandbox}: approved {id} ({}); policy revision {}", scope.describe(), v["revision"]);
             if let Some(file) = write {
@@ -59,7 +59,7 @@ pub fn outcome(action: &Action) -> String {
                     .and_then(|rule| append::add_rule(file, &rule).map_err(|e| moat_builder::errors::chain(&e)));
                 match written {
                     Ok(_) => msg.push_str("; rule written into the policy file"),
-                    Err(e) => msg.push_str(&format!("; NOT written into {}: {}", file.display(), shown(&e))),
+                    Err(e) => msg.push_str(&format!("; NOT written into {}: {e}", file.display())),
                 }
             }
             msg

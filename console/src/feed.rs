@@ -1,76 +1,71 @@
 //! The console's feeds: one thread per running sandbox holding its
 //! supervisor's control socket in `watch` mode (policy, approvals, every
 //! egress record as it is written: no audit file is tailed), and one that
-//! lists the sandboxes and samples their cgroups once a second. They fill
-//! an [`Inbox`] the screen drains. Guards the supervisors against a slow
+//! lists the sandboxes and samples their cgroups once a second. They apply
+//! what they read to the [`Board`] the screen draws from. Guards the supervisors against a slow
 //! terminal (the feeds read their sockets whatever the screen does; a frame
 //! not drawn is skipped, a record is not) and the console against a hostile
 //! or broken feed (every line is bounded before it is held, and a line that
 //! does not parse ends that feed with the reason shown).
 #![forbid(unsafe_code)]
-use crate::model::{PolicyView, SandboxRow, Update};
+use crate::model::{Model, PolicyView, SandboxRow, Update};
 use moat_supervisor::gateway::events::Event;
 use moat_supervisor::gateway::revisions::Pending;
 use moat_supervisor::sandbox::state::{self, Paths, Status};
 use moat_supervisor::sandbox::{publish, usage};
 use serde_json::Value;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Reports waiting for the screen; past this, new ones are counted, not kept
-/// (a minute and more of a busy gateway).
-pub const MAX_QUEUED: usize = 200_000;
 /// The longest feed line held (a policy line carries two revision files).
 pub const MAX_LINE: u64 = 16 << 20;
 /// How often the sandbox table is refreshed.
 pub const LIST_EVERY: Duration = Duration::from_secs(1);
 
-/// What the feeds reported and the screen has not taken yet.
+/// What the feeds reported, applied as it arrives: the model itself (its
+/// egress list is bounded), so a screen that cannot draw loses frames and
+/// never a report. The screen holds the lock only to draw into memory,
+/// never while the terminal is written.
 #[derive(Debug, Default)]
-pub struct Inbox {
-    queue: Mutex<VecDeque<Update>>,
-    overflow: AtomicU64,
+pub struct Board {
+    model: Mutex<Model>,
+    dirty: AtomicBool,
 }
 
-impl Inbox {
-    pub fn push(&self, u: Update) {
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() >= MAX_QUEUED {
-            self.overflow.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        q.push_back(u);
+impl Board {
+    pub fn apply(&self, u: Update) {
+        self.lock().apply(u);
+        self.dirty.store(true, Ordering::Release);
     }
 
-    /// Everything queued, oldest first.
-    pub fn drain(&self) -> VecDeque<Update> {
-        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Model> {
+        self.model.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reports not kept because the screen fell that far behind.
-    pub fn overflow(&self) -> u64 {
-        self.overflow.load(Ordering::Relaxed)
+    /// Whether anything changed since the last call.
+    pub fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, Ordering::AcqRel)
     }
 }
 
 /// Starts the lister, which starts a watcher per running sandbox (`only`:
 /// that one sandbox). They end when `stop` is set.
-pub fn start(inbox: Arc<Inbox>, only: Option<String>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
-    std::thread::Builder::new().name("term-list".into()).spawn(move || lister(&inbox, only.as_deref(), &stop))?;
+pub fn start(board: Arc<Board>, only: Option<String>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    std::thread::Builder::new().name("term-list".into()).spawn(move || lister(&board, only.as_deref(), &stop))?;
     Ok(())
 }
 
-fn lister(inbox: &Arc<Inbox>, only: Option<&str>, stop: &AtomicBool) {
+fn lister(board: &Arc<Board>, only: Option<&str>, stop: &AtomicBool) {
     let watching: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut cpu: HashMap<String, (u64, Instant)> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         let entries = match state::entries() {
             Ok(e) => e,
             Err(e) => {
-                inbox.push(Update::Done(format!("listing sandboxes: {}", moat_builder::errors::chain(&e))));
+                board.apply(Update::Done(format!("listing sandboxes: {}", moat_builder::errors::chain(&e))));
                 Vec::new()
             }
         };
@@ -113,35 +108,35 @@ fn lister(inbox: &Arc<Inbox>, only: Option<&str>, stop: &AtomicBool) {
                 }
                 let new = watching.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone());
                 if new {
-                    spawn_watcher(name.clone(), inbox.clone(), watching.clone());
+                    spawn_watcher(name.clone(), board.clone(), watching.clone());
                 }
             }
             rows.push(row);
         }
-        inbox.push(Update::Sandboxes(rows));
+        board.apply(Update::Sandboxes(rows));
         std::thread::sleep(LIST_EVERY);
     }
 }
 
-fn spawn_watcher(name: String, inbox: Arc<Inbox>, watching: Arc<Mutex<HashSet<String>>>) {
+fn spawn_watcher(name: String, board: Arc<Board>, watching: Arc<Mutex<HashSet<String>>>) {
     let thread_name = format!("term-watch-{name}");
     let spawned = std::thread::Builder::new().name(thread_name).spawn({
-        let (name, inbox, watching) = (name.clone(), inbox.clone(), watching.clone());
+        let (name, board, watching) = (name.clone(), board.clone(), watching.clone());
         move || {
-            let why = watch(&name, &inbox);
-            inbox.push(Update::Disconnected { sandbox: name.clone(), why });
+            let why = watch(&name, &board);
+            board.apply(Update::Disconnected { sandbox: name.clone(), why });
             // The lister starts a new watcher next round if it still runs.
             watching.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
         }
     });
     if let Err(e) = spawned {
-        inbox.push(Update::Done(format!("{name}: no thread to watch it: {e}")));
+        board.apply(Update::Done(format!("{name}: no thread to watch it: {e}")));
         watching.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
     }
 }
 
 /// Follows one sandbox's feed until it ends; returns why it ended.
-fn watch(name: &str, inbox: &Inbox) -> String {
+fn watch(name: &str, board: &Board) -> String {
     let socket = match Paths::new(name) {
         Ok(p) => p.control_socket(),
         Err(e) => return moat_builder::errors::chain(&e),
@@ -166,14 +161,30 @@ fn watch(name: &str, inbox: &Inbox) -> String {
             Err(e) => return format!("reading the feed: {e}"),
         }
         match parse(name, &line) {
-            Ok(u) => inbox.push(u),
+            Ok(u) => board.apply(u),
             Err(why) => return why,
         }
     }
 }
 
+const REFUSED: &str = "the supervisor refused the feed";
+
+/// The fast path: an event line read straight into its record (thousands
+/// a second; no intermediate JSON value).
+#[derive(serde::Deserialize)]
+struct EventLine {
+    kind: String,
+    seq: Option<u64>,
+    event: Event,
+}
+
 /// One feed line as a report.
 pub fn parse(sandbox: &str, line: &[u8]) -> Result<Update, String> {
+    if let Ok(l) = serde_json::from_slice::<EventLine>(line) {
+        if l.kind == "event" {
+            return Ok(Update::Event { sandbox: sandbox.to_string(), seq: l.seq, event: Box::new(l.event) });
+        }
+    }
     let v: Value = serde_json::from_slice(line).map_err(|e| format!("a feed line is not JSON: {e}"))?;
     let sandbox = sandbox.to_string();
     let field = |k: &str| v.get(k).cloned().unwrap_or(Value::Null);
@@ -181,7 +192,7 @@ pub fn parse(sandbox: &str, line: &[u8]) -> Result<Update, String> {
     Ok(match v.get("kind").and_then(Value::as_str) {
         Some("event") => {
             let event: Event = serde_json::from_value(field("event")).map_err(|e| bad("event", e))?;
-            Update::Event { sandbox, event: Box::new(event) }
+            Update::Event { sandbox, seq: v["seq"].as_u64(), event: Box::new(event) }
         }
         Some("approvals") => {
             let pending: Vec<Pending> = serde_json::from_value(field("pending")).map_err(|e| bad("approvals", e))?;
@@ -194,13 +205,14 @@ pub fn parse(sandbox: &str, line: &[u8]) -> Result<Update, String> {
                 sha256: text("sha256").unwrap_or_default(),
                 text: text("text").unwrap_or_default(),
                 previous: text("previous"),
+                feed: v["feed"].as_u64(),
             };
             Update::Policy { sandbox, policy }
         }
         Some("lagged") => Update::Lagged { sandbox, missed: v["missed"].as_u64().unwrap_or(0) },
         Some(other) => return Err(format!("a feed line of unknown kind {:?}", moat_supervisor::visible::field(other))),
         None => match v.get("error").and_then(Value::as_str) {
-            Some(e) => return Err(format!("the supervisor refused the feed: {}", moat_supervisor::visible::field(e))),
+            Some(e) => return Err(format!("{REFUSED}: {}", moat_supervisor::visible::field(e))),
             None => return Err("a feed line without a kind".into()),
         },
     })
@@ -214,8 +226,8 @@ mod tests {
     fn feed_lines_become_reports() {
         let e =
             Event::new(None, "h.test", 443, "GET", "/x", moat_supervisor::gateway::events::Decision::Deny, "", "no");
-        let line = format!("{{\"kind\":\"event\",\"event\":{}}}", serde_json::to_string(&e).unwrap());
-        assert!(matches!(parse("s", line.as_bytes()), Ok(Update::Event { event, .. }) if *event == e));
+        let line = format!("{{\"kind\":\"event\",\"seq\":4,\"event\":{}}}", serde_json::to_string(&e).unwrap());
+        assert!(matches!(parse("s", line.as_bytes()), Ok(Update::Event { event, seq: Some(4), .. }) if *event == e));
         let line = br#"{"kind":"policy","revision":3,"sha256":"ab","text":"t","previous":null}"#;
         match parse("s", line) {
             Ok(Update::Policy { policy, .. }) => assert_eq!((policy.revision, policy.previous), (3, None)),
@@ -239,16 +251,5 @@ mod tests {
             let e = parse("s", line).unwrap_err();
             assert!(e.contains(want) && !e.contains('\x1b'), "{e}");
         }
-    }
-
-    #[test]
-    fn the_inbox_counts_what_it_cannot_hold() {
-        let inbox = Inbox::default();
-        for _ in 0..MAX_QUEUED + 2 {
-            inbox.push(Update::Done(String::new()));
-        }
-        assert_eq!(inbox.overflow(), 2);
-        assert_eq!(inbox.drain().len(), MAX_QUEUED);
-        assert!(inbox.drain().is_empty());
     }
 }

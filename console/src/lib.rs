@@ -59,30 +59,36 @@ pub fn run(opts: Options) -> Result<(), ConsoleError> {
             return Err(ConsoleError::Unknown(name.clone()));
         }
     }
-    let inbox = Arc::new(feed::Inbox::default());
+    let board = Arc::new(feed::Board::default());
     let stop = Arc::new(AtomicBool::new(false));
-    feed::start(inbox.clone(), opts.only.clone(), stop.clone())?;
-    let mut terminal = ratatui::try_init()?;
-    let result = screen(&mut terminal, &opts, &inbox);
+    feed::start(board.clone(), opts.only.clone(), stop.clone())?;
+    let mut terminal = match ratatui::try_init() {
+        Ok(t) => t,
+        Err(e) => {
+            // Raw mode may be on already: leave the terminal as it was.
+            let _ = ratatui::try_restore();
+            stop.store(true, Ordering::Relaxed);
+            return Err(e.into());
+        }
+    };
+    let result = screen(&mut terminal, &opts, &board);
     stop.store(true, Ordering::Relaxed);
     let restored = ratatui::try_restore();
     result?;
     Ok(restored?)
 }
 
-fn screen(terminal: &mut ratatui::DefaultTerminal, opts: &Options, inbox: &Arc<feed::Inbox>) -> std::io::Result<()> {
-    let mut m = model::Model::default();
+fn screen(terminal: &mut ratatui::DefaultTerminal, opts: &Options, board: &Arc<feed::Board>) -> std::io::Result<()> {
     let mut u = ui::Ui::new(opts.policy_file.clone());
     let theme = view::Theme { color: opts.color };
     let mut drawn: Option<Instant> = None;
     let mut dirty = true;
     loop {
-        for update in inbox.drain() {
-            m.apply(update);
-            dirty = true;
-        }
+        dirty |= board.take_dirty();
         if dirty && drawn.is_none_or(|d| d.elapsed() >= FRAME) {
-            terminal.draw(|f| view::render(f, &m, &u, theme, inbox.overflow()))?;
+            // The model is locked while the frame is drawn into memory, not
+            // while the terminal is written (draw's flush comes after).
+            terminal.draw(|f| view::render(f, &board.lock(), &u, theme))?;
             drawn = Some(Instant::now());
             dirty = false;
         }
@@ -91,11 +97,12 @@ fn screen(terminal: &mut ratatui::DefaultTerminal, opts: &Options, inbox: &Arc<f
         }
         match event::read()? {
             Event::Key(k) if k.kind != KeyEventKind::Release => {
-                match u.key(k, &m) {
+                let effect = u.key(k, &board.lock());
+                match effect {
                     Some(ui::Effect::Quit) => return Ok(()),
                     Some(ui::Effect::Act(a)) => {
-                        m.status = "working...".into();
-                        act::perform(a, inbox.clone());
+                        board.apply(model::Update::Done("working...".into()));
+                        act::perform(a, board.clone());
                     }
                     None => {}
                 }

@@ -32,6 +32,8 @@ pub struct PolicyView {
     pub sha256: String,
     pub text: String,
     pub previous: Option<String>,
+    /// Names the supervisor's record numbering (a new one restarts it).
+    pub feed: Option<u64>,
 }
 
 /// What a feed reports.
@@ -47,9 +49,16 @@ pub enum Update {
         pending: Vec<Pending>,
         dropped: u64,
     },
+    /// `seq`: the record's number in its supervisor's feed.
     Event {
         sandbox: String,
+        seq: Option<u64>,
         event: Box<Event>,
+    },
+    /// A feed line this console could not read.
+    Unreadable {
+        sandbox: String,
+        why: String,
     },
     /// The supervisor's feed dropped this many records for this console.
     Lagged {
@@ -134,8 +143,13 @@ pub struct Model {
     /// Feeds that are not connected, with why.
     pub disconnected: BTreeMap<String, String>,
     pub status: String,
+    /// Feed lines that could not be read (the last reason is the status).
+    pub unreadable: u64,
     /// Approval ids seen so far: a new one is announced on the status line.
     seen_approvals: std::collections::BTreeSet<String>,
+    /// Per sandbox: its feed's name and the last record number taken, so
+    /// the records replayed at a reconnect are not shown twice.
+    cursors: BTreeMap<String, (Option<u64>, u64)>,
 }
 
 impl Model {
@@ -145,6 +159,10 @@ impl Model {
             Update::Sandboxes(rows) => self.sandboxes = rows,
             Update::Policy { sandbox, policy } => {
                 self.disconnected.remove(&sandbox);
+                let cursor = self.cursors.entry(sandbox.clone()).or_insert((policy.feed, 0));
+                if cursor.0 != policy.feed {
+                    *cursor = (policy.feed, 0);
+                }
                 self.policies.insert(sandbox, policy);
             }
             Update::Approvals { sandbox, pending, dropped } => {
@@ -161,7 +179,13 @@ impl Model {
                 }
                 self.approvals.insert(sandbox, (pending, dropped));
             }
-            Update::Event { sandbox, event } => {
+            Update::Event { sandbox, seq, event } => {
+                if let (Some(seq), Some(cursor)) = (seq, self.cursors.get_mut(&sandbox)) {
+                    if seq <= cursor.1 {
+                        return; // shown already, before a reconnect
+                    }
+                    cursor.1 = seq;
+                }
                 if self.events.len() == MAX_EVENTS {
                     self.events.pop_front();
                     self.trimmed += 1;
@@ -169,6 +193,10 @@ impl Model {
                 self.events.push_back((sandbox, *event));
             }
             Update::Lagged { missed, .. } => self.lagged += missed,
+            Update::Unreadable { sandbox, why } => {
+                self.unreadable += 1;
+                self.status = format!("{sandbox}: {why}");
+            }
             Update::Disconnected { sandbox, why } => {
                 self.approvals.remove(&sandbox);
                 self.disconnected.insert(sandbox, why);
@@ -280,7 +308,7 @@ mod tests {
         let mut m = Model::default();
         for i in 0..MAX_EVENTS + 3 {
             let e = event(Decision::Allow, "/usr/bin/curl", &format!("h{i}"), "GET", "/");
-            m.apply(Update::Event { sandbox: "a".into(), event: Box::new(e) });
+            m.apply(Update::Event { sandbox: "a".into(), seq: None, event: Box::new(e) });
         }
         assert_eq!((m.events.len(), m.trimmed), (MAX_EVENTS, 3));
         assert_eq!(m.events.front().map(|(_, e)| e.host.as_str()), Some("h3"));
@@ -296,7 +324,7 @@ mod tests {
             (Decision::Allow, "/usr/bin/curl", "b.test"),
             (Decision::Deny, "/usr/bin/python3", "b.test"),
         ] {
-            m.apply(Update::Event { sandbox: "s".into(), event: Box::new(event(d, b, h, "GET", "/")) });
+            m.apply(Update::Event { sandbox: "s".into(), seq: None, event: Box::new(event(d, b, h, "GET", "/")) });
         }
         let mut f = Filter::default();
         assert_eq!(m.filtered(&f).count(), 3);
@@ -336,11 +364,41 @@ mod tests {
             ("/usr/bin/curl", "else.test", "POST", "/c"),
             ("/usr/bin/curl", "other.test", "POST", "/d"),
         ] {
-            m.apply(Update::Event { sandbox: "s".into(), event: Box::new(event(Decision::Deny, b, h, meth, path)) });
+            m.apply(Update::Event {
+                sandbox: "s".into(),
+                seq: None,
+                event: Box::new(event(Decision::Deny, b, h, meth, path)),
+            });
         }
         let seen = m.seen_requests("s", &p);
         assert_eq!(seen, [("POST".to_string(), "/d".to_string()), ("GET".into(), "/a".into())]);
         assert!(m.seen_requests("t", &p).is_empty());
+    }
+
+    #[test]
+    fn records_replayed_at_a_reconnect_are_shown_once_and_a_new_supervisor_starts_over() {
+        let mut m = Model::default();
+        let policy =
+            |feed| PolicyView { revision: 1, sha256: String::new(), text: String::new(), previous: None, feed };
+        let rec = |seq: u64| Update::Event {
+            sandbox: "s".into(),
+            seq: Some(seq),
+            event: Box::new(event(Decision::Allow, "/usr/bin/curl", &format!("h{seq}"), "GET", "/")),
+        };
+        m.apply(Update::Policy { sandbox: "s".into(), policy: policy(Some(7)) });
+        for seq in [1, 2, 3] {
+            m.apply(rec(seq));
+        }
+        m.apply(Update::Disconnected { sandbox: "s".into(), why: "x".into() });
+        m.apply(Update::Policy { sandbox: "s".into(), policy: policy(Some(7)) });
+        for seq in [2, 3, 4] {
+            m.apply(rec(seq));
+        }
+        let hosts: Vec<_> = m.events.iter().map(|(_, e)| e.host.as_str()).collect();
+        assert_eq!(hosts, ["h1", "h2", "h3", "h4"]);
+        m.apply(Update::Policy { sandbox: "s".into(), policy: policy(Some(8)) });
+        m.apply(rec(1));
+        assert_eq!(m.events.len(), 5, "a restarted supervisor numbers from 1 again");
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub enum Mode {
     Help,
     Input(Field, String),
     Pick(Picker),
+    /// Deny this entry? (sandbox, id, destination): `y` denies it.
+    ConfirmDeny(String, String, String),
 }
 
 #[derive(Debug)]
@@ -63,6 +65,9 @@ pub struct Ui {
     pub policy_scroll: usize,
     /// Where "write into a policy file" writes (`moat term --policy-file`).
     pub policy_file: Option<PathBuf>,
+    /// The selected approval by (sandbox, id), not by row: rows move when
+    /// entries are evicted or decided, the entry the operator chose does not.
+    pub approval: Option<(String, String)>,
 }
 
 fn index(tab: Tab) -> usize {
@@ -79,6 +84,7 @@ impl Ui {
             filter: Filter::default(),
             policy_scroll: 0,
             policy_file,
+            approval: None,
         }
     }
 
@@ -98,14 +104,24 @@ impl Ui {
         if self.tab == Tab::Egress && self.follow {
             return n.saturating_sub(1);
         }
+        if let (Tab::Approvals, Some((sandbox, id))) = (self.tab, &self.approval) {
+            let at = m.approval_rows().iter().position(|r| r.sandbox == sandbox && r.pending.id == *id);
+            if let Some(i) = at {
+                return i;
+            }
+        }
         self.selected[index(self.tab)].min(n.saturating_sub(1))
     }
 
     fn select(&mut self, m: &Model, to: usize) {
         let n = self.rows(m);
-        self.selected[index(self.tab)] = to.min(n.saturating_sub(1));
+        let to = to.min(n.saturating_sub(1));
+        self.selected[index(self.tab)] = to;
         if self.tab == Tab::Egress {
-            self.follow = to + 1 >= n;
+            self.follow = to >= n.saturating_sub(1);
+        }
+        if self.tab == Tab::Approvals {
+            self.approval = m.approval_rows().get(to).map(|r| (r.sandbox.to_string(), r.pending.id.clone()));
         }
         if self.tab == Tab::Policy {
             self.policy_scroll = 0;
@@ -125,6 +141,9 @@ impl Ui {
                 None
             }
             Mode::Pick(p) => self.pick(p, k),
+            Mode::ConfirmDeny(sandbox, id, _) => {
+                (k.code == KeyCode::Char('y')).then_some(Effect::Act(Action::Deny { sandbox, id }))
+            }
         }
     }
 
@@ -169,7 +188,8 @@ impl Ui {
             }
             KeyCode::Char('d') if self.tab == Tab::Approvals => {
                 if let Some(r) = m.approval_rows().get(sel) {
-                    return Some(Effect::Act(Action::Deny { sandbox: r.sandbox.into(), id: r.pending.id.clone() }));
+                    let dest = format!("{}:{}", r.pending.host, r.pending.port);
+                    self.mode = Mode::ConfirmDeny(r.sandbox.into(), r.pending.id.clone(), dest);
                 }
             }
             _ => {}
@@ -212,8 +232,14 @@ impl Ui {
                 Scope::Inspected { access: Access::ReadWrite },
             ),
         ];
+        // A path as seen is allowed as that path only: the sandbox chose it,
+        // and glob characters in it (`/**`) must not widen the rule.
         for (method, path) in m.seen_requests(r.sandbox, r.pending) {
-            options.push((format!("only {method} {path} (as seen)"), Scope::Request { method, path }));
+            let plain_method = (1..=16).contains(&method.len()) && method.bytes().all(|b| b.is_ascii_uppercase());
+            if plain_method {
+                let literal = moat_supervisor::gateway::revisions::glob_literal(&path);
+                options.push((format!("only {method} {path} (as seen)"), Scope::Request { method, path: literal }));
+            }
         }
         options.push((format!("exact host and port, all traffic at L4: {dest}"), Scope::Exact));
         Some(Picker {
@@ -297,7 +323,7 @@ mod tests {
         m.apply(Update::Approvals { sandbox: "s".into(), pending: vec![p], dropped: 0 });
         let mut e = Event::new(None, "other.test", 80, "GET", "/x", Decision::Deny, "", "");
         e.binary = "/usr/bin/curl".into();
-        m.apply(Update::Event { sandbox: "s".into(), event: Box::new(e) });
+        m.apply(Update::Event { sandbox: "s".into(), seq: None, event: Box::new(e) });
         m
     }
 
@@ -341,8 +367,63 @@ mod tests {
         assert!(p.write);
         assert_eq!(ui.key(key(KeyCode::Esc), &m), None);
         assert_eq!(ui.mode, Mode::Normal);
-        let d = ui.key(key(KeyCode::Char('d')), &m);
+        assert_eq!(ui.key(key(KeyCode::Char('d')), &m), None, "asks first");
+        assert!(matches!(&ui.mode, Mode::ConfirmDeny(_, id, dest) if id == "ab12" && dest == "other.test:80"));
+        assert_eq!(ui.key(key(KeyCode::Char('n')), &m), None, "anything but y sends nothing");
+        ui.key(key(KeyCode::Char('d')), &m);
+        let d = ui.key(key(KeyCode::Char('y')), &m);
         assert_eq!(d, Some(Effect::Act(Action::Deny { sandbox: "s".into(), id: "ab12".into() })));
+    }
+
+    #[test]
+    fn a_path_as_seen_is_allowed_literally_and_odd_methods_are_not_offered() {
+        let mut m = model();
+        for (method, path) in [("GET", "/**"), ("*", "/x"), ("get", "/y")] {
+            let mut e = Event::new(None, "other.test", 80, method, path, Decision::Deny, "", "");
+            e.binary = "/usr/bin/curl".into();
+            m.apply(Update::Event { sandbox: "s".into(), seq: None, event: Box::new(e) });
+        }
+        let mut ui = Ui::new(None);
+        ui.key(key(KeyCode::Char('3')), &m);
+        ui.key(key(KeyCode::Char('a')), &m);
+        let Mode::Pick(p) = &ui.mode else { panic!() };
+        let requests: Vec<&Scope> =
+            p.options.iter().map(|o| &o.1).filter(|s| matches!(s, Scope::Request { .. })).collect();
+        assert_eq!(
+            requests,
+            [
+                &Scope::Request { method: "GET".into(), path: "/[*][*]".into() },
+                &Scope::Request { method: "GET".into(), path: "/x".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn the_selected_approval_stays_the_same_entry_when_rows_move() {
+        let mut m = model();
+        let mut ui = Ui::new(None);
+        ui.key(key(KeyCode::Char('3')), &m);
+        ui.key(key(KeyCode::Down), &m);
+        assert_eq!(ui.approval, Some(("s".into(), "ab12".into())));
+        // Another sandbox's entry sorts first now: the row moves, the choice stays.
+        let mut other = m.approval_rows()[0].pending.clone();
+        other.id = "ffff".into();
+        m.apply(Update::Approvals { sandbox: "a".into(), pending: vec![other], dropped: 0 });
+        assert_eq!(ui.selection(&m), 1);
+        ui.key(key(KeyCode::Char('d')), &m);
+        assert!(matches!(&ui.mode, Mode::ConfirmDeny(s, id, _) if s == "s" && id == "ab12"));
+    }
+
+    #[test]
+    fn end_follows_the_newest_record() {
+        let m = model();
+        let mut ui = Ui::new(None);
+        ui.key(key(KeyCode::Char('2')), &m);
+        ui.key(key(KeyCode::Up), &m);
+        ui.key(key(KeyCode::Char('G')), &m);
+        assert!(ui.follow);
+        ui.key(key(KeyCode::End), &m);
+        assert!(ui.follow);
     }
 
     #[test]

@@ -63,7 +63,7 @@ fn decision_word(d: Decision) -> &'static str {
 }
 
 /// Draws the whole screen.
-pub fn render(f: &mut Frame, m: &Model, ui: &Ui, t: Theme, dropped_by_console: u64) {
+pub fn render(f: &mut Frame, m: &Model, ui: &Ui, t: Theme) {
     let [bar, body, status, keys] =
         Layout::vertical([Constraint::Length(1), Constraint::Min(3), Constraint::Length(2), Constraint::Length(1)])
             .areas(f.area());
@@ -75,9 +75,11 @@ pub fn render(f: &mut Frame, m: &Model, ui: &Ui, t: Theme, dropped_by_console: u
         Tab::Policy => policy(f, body, m, ui, t),
     }
     let mut st = vec![Span::raw(shown(&m.status).into_owned())];
-    let lost = m.lagged + dropped_by_console;
-    if lost > 0 {
-        st.push(Span::styled(format!("  [{lost} records missed: see `moat events`]"), t.alert()));
+    if m.lagged > 0 {
+        st.push(Span::styled(format!("  [{} records missed: see `moat events`]", m.lagged), t.alert()));
+    }
+    if m.unreadable > 0 {
+        st.push(Span::styled(format!("  [{} feed lines unreadable]", m.unreadable), t.alert()));
     }
     f.render_widget(Paragraph::new(Line::from(st)).wrap(Wrap { trim: true }), status);
     f.render_widget(Paragraph::new(key_line(ui)).style(t.dim()), keys);
@@ -85,6 +87,13 @@ pub fn render(f: &mut Frame, m: &Model, ui: &Ui, t: Theme, dropped_by_console: u
         Mode::Help => help(f, t),
         Mode::Pick(p) => picker(f, p, ui, t),
         Mode::Input(field, text) => input(f, *field, text, t),
+        Mode::ConfirmDeny(sandbox, id, dest) => {
+            let area = centered(f.area(), 60, 3);
+            f.render_widget(Clear, area);
+            let block = Block::default().borders(Borders::ALL).title(" deny ").border_style(t.head());
+            let text = format!("deny {id} ({} -> {})? y: deny", shown(sandbox), shown(dest));
+            f.render_widget(Paragraph::new(text).block(block), area);
+        }
         Mode::Normal => {}
     }
 }
@@ -115,6 +124,7 @@ fn key_line(ui: &Ui) -> &'static str {
         (Mode::Pick(_), _) => "1-9/↑↓ scope  i addresses  w also into policy file  Enter approve  Esc cancel",
         (Mode::Input(..), _) => "type, Enter keep, Esc cancel",
         (Mode::Help, _) => "any key closes help",
+        (Mode::ConfirmDeny(..), _) => "y deny   any other key: keep it pending",
         (_, Tab::Sandboxes) => "Tab/1-4 tabs  ↑↓ select  Enter policy  ? help  q quit",
         (_, Tab::Egress) => "f decision  b binary  h host  c clear  ↑↓ scroll  G newest  ? help  q quit",
         (_, Tab::Approvals) => "a approve (scope)  d deny  ↑↓ select  ? help  q quit",
@@ -204,14 +214,15 @@ fn egress(f: &mut Frame, area: Rect, m: &Model, ui: &Ui, t: Theme) {
         .take(height)
         .map(|(s, e)| {
             let time = e.time.get(11..19).unwrap_or(&e.time).to_string();
-            let what = if e.method.is_empty() { String::new() } else { format!("{} {}", e.method, e.path) };
+            let what =
+                if e.method.is_empty() { String::new() } else { format!("{} {}", shown(&e.method), shown(&e.path)) };
             Row::new([
                 Cell::from(time),
                 Cell::from(Span::styled(decision_word(e.decision), t.decision(e.decision))),
                 Cell::from(shown(s).into_owned()),
                 Cell::from(shown(short_binary(&e.binary)).into_owned()),
                 Cell::from(shown(&format!("{}:{}", e.host, e.port)).into_owned()),
-                Cell::from(shown(&what).into_owned()),
+                Cell::from(what),
             ])
         })
         .collect();
@@ -225,7 +236,7 @@ fn egress(f: &mut Frame, area: Rect, m: &Model, ui: &Ui, t: Theme) {
         Constraint::Min(10),
     ];
     let table = Table::new(rows, widths).header(header).row_highlight_style(t.selected());
-    f.render_stateful_widget(table, list, &mut table_state(sel - start.min(sel), total));
+    f.render_stateful_widget(table, list, &mut table_state(sel - start, total));
 }
 
 fn approvals(f: &mut Frame, area: Rect, m: &Model, ui: &Ui, t: Theme) {
@@ -319,7 +330,7 @@ fn policy(f: &mut Frame, area: Rect, m: &Model, ui: &Ui, t: Theme) {
             lines.extend(p.text.lines().map(|l| Line::raw(shown(l).into_owned())));
         }
         Some(prev) => {
-            lines.push(Line::styled(format!("changes since revision {}:", p.revision - 1), t.dim()));
+            lines.push(Line::styled(format!("changes since revision {}:", p.revision.saturating_sub(1)), t.dim()));
             for (tag, text) in policy_diff(prev, &p.text) {
                 let style = match tag {
                     '+' => t.fg(Color::Green),
@@ -403,4 +414,71 @@ fn input(f: &mut Frame, field: Field, text: &str, t: Theme) {
     f.render_widget(Clear, area);
     let block = Block::default().borders(Borders::ALL).title(format!(" filter: {what} ")).border_style(t.head());
     f.render_widget(Paragraph::new(format!("{}_", shown(text))).block(block), area);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Update;
+    use moat_supervisor::gateway::events::Event;
+    use moat_supervisor::gateway::revisions::{AgentRequest, Pending};
+    use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
+
+    /// The screen as text, row by row.
+    fn draw(m: &Model, ui: &Ui) -> String {
+        let mut t = Terminal::new(TestBackend::new(80, 24)).unwrap();
+        t.draw(|f| render(f, m, ui, Theme { color: false })).unwrap();
+        let buf = t.backend().buffer().clone();
+        (0..24).map(|y| (0..80).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>() + "\n").collect()
+    }
+
+    #[test]
+    fn text_a_sandbox_chose_is_shown_escaped_on_every_tab() {
+        let evil = "/tmp/\u{1b}[2J\u{202e}gnp.exe";
+        let mut m = Model::default();
+        let mut e = Event::new(None, "h.test", 80, "GET", evil, Decision::Deny, "", "");
+        e.binary = evil.into();
+        m.apply(Update::Event { sandbox: "s".into(), seq: None, event: Box::new(e) });
+        let p = Pending {
+            id: "ab12".into(),
+            binary: evil.into(),
+            hash: "00".into(),
+            ancestors: Vec::new(),
+            host: "h.test".into(),
+            port: 80,
+            first_seen: String::new(),
+            last_seen: String::new(),
+            count: 1,
+            agent_request: Some(AgentRequest { reason: format!("please {evil}"), method: None, path: None }),
+        };
+        m.apply(Update::Approvals { sandbox: "s".into(), pending: vec![p], dropped: 0 });
+        let mut ui = Ui::new(None);
+        for tab in Tab::ALL {
+            ui.tab = tab;
+            let screen = draw(&m, &ui);
+            assert!(!screen.contains('\u{1b}') && !screen.contains('\u{202e}'), "{tab:?}:\n{screen}");
+        }
+        ui.tab = Tab::Approvals;
+        let screen = draw(&m, &ui);
+        assert!(screen.contains(r"/tmp/\u{1b}[2J\u{202e}gnp.exe"), "the path is shown escaped:\n{screen}");
+        assert!(screen.contains("own words (unverified)"), "{screen}");
+    }
+
+    #[test]
+    fn every_tab_and_popup_fits_80x24() {
+        let m = Model::default();
+        let mut ui = Ui::new(None);
+        for tab in Tab::ALL {
+            ui.tab = tab;
+            for mode in [Mode::Normal, Mode::Help, Mode::Input(Field::Host, "x".into())] {
+                ui.mode = mode;
+                let screen = draw(&m, &ui);
+                assert!(screen.contains("moat term"), "{screen}");
+            }
+        }
+        ui.mode = Mode::Help;
+        let screen = draw(&m, &ui);
+        assert!(screen.contains("quit (sandboxes keep running)"), "help is whole at 80x24:\n{screen}");
+    }
 }

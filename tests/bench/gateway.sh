@@ -11,7 +11,9 @@
 #     TLS and checking each request);
 #   - a new connection per request (CN requests with Connection: close, L4):
 #     what identifying each caller costs (the connect notification judges the
-#     connecting process, the gateway its holders; docs/egress.md).
+#     connecting process, the gateway its holders; docs/egress.md);
+#   - the operator's console (`moat term`, in tmux) attached against
+#     detached: the L7 small requests' latency (console_phase below).
 # The upstream is nginx in a network namespace this script makes (veth,
 # 198.18.250.0/30: the gateway's SSRF guard never lets a sandbox reach
 # loopback, and a policy opts 198.18.0.0/15 in), named bench.test through
@@ -23,6 +25,7 @@
 # openssl, curl (scripts/install-deps.sh), and the `agent` image (built from
 # blueprints/agent.toml if the store lacks it).
 #   RUNS=5 ROUNDS=3 N=2000 WARM=100 bash tests/bench/gateway.sh     (as root, from the repo root)
+# CONSOLE_ONLY=1 runs the console phase alone, CONSOLE=0 skips it.
 # MOAT=path/to/moat uses that binary instead of building the release one;
 # BASELINE=FILE and OLD_CA_HOOK=1 let a binary of an older revision run it.
 set -euo pipefail
@@ -212,6 +215,52 @@ in_moat() { # args for curl, run inside an agent sandbox through the gateway
     curl -sS -x http://127.0.0.1:3128 --cacert /etc/moat/ca-bundle.pem "$@"
 }
 
+# --- the operator's console attached vs detached (issue 21) ---------------
+# One detached sandbox; the L7 small requests (one audit record each, so
+# some thousands of records a second) run in it through `moat exec`, each
+# round once with no console and once with `moat term NAME` watching it in
+# a tmux terminal at 80x24 on its Egress tab (the view that redraws with
+# every record); the order alternates by round. Round 0 is discarded.
+# CONSOLE_ONLY=1 runs this phase alone; CONSOLE=0 skips it.
+console_phase() {
+  command -v tmux >/dev/null || { echo "gateway bench: tmux is missing (scripts/install-deps.sh)" >&2; exit 2; }
+  local cname=gwbc-$$ tsock fmt='%{http_code} %{size_download} %{time_total}\n' r mode
+  "$moat" run -d -q --name "$cname" --policy "$work/policy.toml" --workspace "$work/ws" agent -- sleep 100000 >/dev/null
+  attach() { # a tmux server of its own each time (a killed one takes a moment to go)
+    tsock=moat-gwb-$$-$1
+    tmux -L "$tsock" -f /dev/null new-session -d -s t -x 80 -y 24 "env MOAT_HOME=$MOAT_HOME $moat term $cname"
+    for _ in $(seq 100); do
+      tmux -L "$tsock" capture-pane -p -t t 2>/dev/null | grep -q "$cname .*running" && break; sleep 0.1
+    done
+    tmux -L "$tsock" send-keys -t t 2
+  }
+  detach() { tmux -L "$tsock" kill-server 2>/dev/null || true; }
+  echo "console: $ROUNDS x $N L7 requests per mode, console detached and attached..." >&2
+  for r in $(seq 0 "$ROUNDS"); do
+    local order="detached attached"
+    [ $((r % 2)) -eq 1 ] && order="attached detached"
+    for mode in $order; do
+      local out="$work/console.$mode"
+      [ "$r" -eq 0 ] && out=/dev/null
+      [ "$mode" = attached ] && attach "$r"
+      "$moat" exec "$cname" -- curl -sS -x http://127.0.0.1:3128 --cacert /etc/moat/ca-bundle.pem \
+        -K /sandbox/l7.k -w "$fmt" >> "$out" || { detach; echo "gateway bench: console $mode failed" >&2; exit 1; }
+      [ "$mode" = attached ] && detach
+    done
+  done
+  "$moat" rm --force "$cname" >/dev/null
+  check "$work/console.detached" $((ROUNDS * N)) 64
+  check "$work/console.attached" $((ROUNDS * N)) 64
+  local d50 d99 drs a50 a99 ars
+  read -r d50 d99 drs < <(lat "$work/console.detached")
+  read -r a50 a99 ars < <(lat "$work/console.attached")
+  echo "console (moat term on its Egress tab in tmux 80x24) vs none, L7 small requests in one sandbox:"
+  printf '  %-22s %9s %9s %8s\n' "" "p50 ms" "p99 ms" "req/s" \
+    "console detached" "$d50" "$d99" "$drs" "console attached" "$a50" "$a99" "$ars"
+  echo "  records/s while attached: about $ars (one audit record per request)"
+  echo "  console added p50: $(sub "$a50" "$d50") ms (target < 0.1 ms); req/s attached/detached $(div "$ars" "$drs")"
+}
+
 # One round = each path once, in turn, so that load from elsewhere on the
 # machine falls on all three alike. Round 0 warms caches and is discarded.
 one() { # kind path round
@@ -235,14 +284,6 @@ one() { # kind path round
   esac >> "$out" || { echo "gateway bench: $1 via $2 failed (round $3)" >&2; exit 1; }
 }
 
-load0=$(cut -d' ' -f1-3 /proc/loadavg)
-echo "bulk: $RUNS x 1 GiB per path (after a warm-up round)..." >&2
-for r in $(seq 0 "$RUNS"); do for p in direct tinyproxy moat; do one bulk "$p" "$r"; done; done
-echo "small requests: $ROUNDS x $N per path, each $N on one connection..." >&2
-for r in $(seq 0 "$ROUNDS"); do for p in direct tinyproxy moat; do one l4 "$p" "$r"; one l7 "$p" "$r"; done; done
-echo "new connections: $ROUNDS x $CN per path, one connection per request..." >&2
-for r in $(seq 0 "$ROUNDS"); do for p in direct tinyproxy moat; do one conn "$p" "$r"; done; done
-
 # Every transfer must have succeeded with the whole body.
 check() { # file transfers bytes-each
   local n bad
@@ -251,13 +292,6 @@ check() { # file transfers bytes-each
   bad=$(awk -v sz="$3" '$1 != 200 || $2 != sz' "$1" | head -3)
   [ -z "$bad" ] || { echo "gateway bench: $(basename "$1"): failed transfers: $bad" >&2; exit 1; }
 }
-for p in direct tinyproxy moat; do
-  check "$work/bulk.$p" "$RUNS" 1073741824
-  check "$work/l4.$p" $((ROUNDS * N)) 64
-  check "$work/l7.$p" $((ROUNDS * N)) 64
-  check "$work/conn.$p" $((ROUNDS * CN)) 64
-done
-
 median() { sort -g | awk '{a[NR]=$1} END {printf "%.1f\n", (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 # MiB/s of each bulk run, median.
 mibs() { awk '{printf "%.1f\n", $2 / 1048576 / $3}' "$1" | median; }
@@ -274,6 +308,23 @@ lat() {
 }
 div() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
+
+if [ "${CONSOLE_ONLY:-0}" = 1 ]; then console_phase; exit 0; fi
+
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "bulk: $RUNS x 1 GiB per path (after a warm-up round)..." >&2
+for r in $(seq 0 "$RUNS"); do for p in direct tinyproxy moat; do one bulk "$p" "$r"; done; done
+echo "small requests: $ROUNDS x $N per path, each $N on one connection..." >&2
+for r in $(seq 0 "$ROUNDS"); do for p in direct tinyproxy moat; do one l4 "$p" "$r"; one l7 "$p" "$r"; done; done
+echo "new connections: $ROUNDS x $CN per path, one connection per request..." >&2
+for r in $(seq 0 "$ROUNDS"); do for p in direct tinyproxy moat; do one conn "$p" "$r"; done; done
+
+for p in direct tinyproxy moat; do
+  check "$work/bulk.$p" "$RUNS" 1073741824
+  check "$work/l4.$p" $((ROUNDS * N)) 64
+  check "$work/l7.$p" $((ROUNDS * N)) 64
+  check "$work/conn.$p" $((ROUNDS * CN)) 64
+done
 
 bd=$(mibs "$work/bulk.direct"); bt=$(mibs "$work/bulk.tinyproxy"); bm=$(mibs "$work/bulk.moat")
 read -r l4d50 l4d99 l4drs < <(lat "$work/l4.direct")
@@ -315,3 +366,5 @@ echo "  L7 moat added p50 vs direct: $(sub "$l7m50" "$l7d50") ms (target < 1 ms)
 echo "  req/s moat/direct: L4 $(div "$l4mrs" "$l4drs"), L7 $(div "$l7mrs" "$l7drs");" \
   "moat/tinyproxy: L4 $(div "$l4mrs" "$l4trs"), L7 $(div "$l7mrs" "$l7trs")"
 echo "$ceiling_out" | sed '1s/^/ceiling, no sandbox or policy: /'
+[ "${CONSOLE:-1}" = 1 ] && console_phase
+exit 0

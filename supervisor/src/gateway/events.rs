@@ -206,11 +206,17 @@ struct Inner {
     /// operator's console (`moat term`): sent only while one watches, and
     /// never waited on (a watcher that falls behind loses the oldest and is
     /// told how many).
-    feed: tokio::sync::broadcast::Sender<Arc<str>>,
+    feed: tokio::sync::broadcast::Sender<Fed>,
     /// The newest records (at most [`RECENT`]): what a console that
     /// starts watching is shown first.
-    recent: std::collections::VecDeque<Arc<str>>,
+    recent: std::collections::VecDeque<Fed>,
+    /// The number of the last record written (1, 2, ...): a console that
+    /// reconnects tells the records it has from those it has not.
+    seq: u64,
 }
+
+/// A record as the feed carries it: its number and its JSON line.
+pub type Fed = (u64, Arc<str>);
 
 impl Inner {
     fn write(&mut self, e: &Event) {
@@ -230,7 +236,8 @@ impl Inner {
         );
         let Ok(json) = serde_json::to_string(e) else { return };
         let json = redact(&json);
-        let shared: Arc<str> = Arc::from(&*json);
+        self.seq += 1;
+        let shared: Fed = (self.seq, Arc::from(&*json));
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
@@ -343,6 +350,8 @@ pub struct EventLog {
     inner: Arc<Mutex<Inner>>,
     /// The window closer starts with the first refusal (none at start-up).
     closer: std::sync::Once,
+    /// Names this log's numbering (see `Inner::seq`).
+    feed_id: u64,
 }
 
 impl EventLog {
@@ -372,8 +381,13 @@ impl EventLog {
             overflow_hosts: Default::default(),
             feed: tokio::sync::broadcast::Sender::new(FEED_CAPACITY),
             recent: std::collections::VecDeque::with_capacity(RECENT),
+            seq: 0,
         }));
-        EventLog { inner, closer: std::sync::Once::new() }
+        // Tells this log's record numbers from those of an earlier
+        // supervisor of the same sandbox (they start at 1 again).
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let feed_id = (now.as_nanos() as u64) ^ (u64::from(std::process::id()) << 40);
+        EventLog { inner, closer: std::sync::Once::new(), feed_id }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -396,9 +410,14 @@ impl EventLog {
     /// The newest records written so far and those written from now on,
     /// as JSON lines (see `Inner::feed`): taken under one lock, so none is
     /// missed or told twice between the two.
-    pub fn watch(&self) -> (Vec<Arc<str>>, tokio::sync::broadcast::Receiver<Arc<str>>) {
+    pub fn watch(&self) -> (Vec<Fed>, tokio::sync::broadcast::Receiver<Fed>) {
         let inner = self.lock();
         (inner.recent.iter().cloned().collect(), inner.feed.subscribe())
+    }
+
+    /// What names this log's record numbering (it differs per supervisor).
+    pub fn feed_id(&self) -> u64 {
+        self.feed_id
     }
 
     /// Writes what the current window holds back (its folded repeats).
@@ -526,5 +545,32 @@ mod tests {
     fn records_without_a_count_read_as_one() {
         let old = r#"{"time":"t","binary":"b","hash":"h","pid":1,"host":"h","port":1,"method":"GET","path":"/","decision":"deny","rule":"","reason":""}"#;
         assert_eq!(serde_json::from_str::<Event>(old).unwrap().count, 1);
+    }
+
+    #[test]
+    fn a_watcher_that_never_reads_costs_the_log_nothing_and_is_told_what_it_missed() {
+        let log = EventLog::discard();
+        let allow = |i: usize| Event::new(None, &format!("h{i}"), 443, "GET", "/", Decision::Allow, "r", "");
+        for i in 0..3 {
+            log.record(&allow(i));
+        }
+        let (recent, mut rx) = log.watch();
+        assert_eq!(recent.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3], "what was written before, numbered");
+        // Past the feed's capacity, with nobody reading: record() never waits.
+        let n = FEED_CAPACITY + 100;
+        for i in 3..3 + n {
+            log.record(&allow(i));
+        }
+        match rx.try_recv() {
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(missed)) => assert_eq!(missed, 100),
+            other => panic!("expected a lag of 100, got {other:?}"),
+        }
+        let (seq, line) = rx.try_recv().unwrap();
+        let next: Event = serde_json::from_str(&line).unwrap();
+        assert_eq!((seq, next.host.as_str()), (104, "h103"), "the oldest were dropped, the newest kept in order");
+        let (recent, _) = log.watch();
+        assert_eq!(recent.len(), RECENT, "the recent ring is bounded");
+        let last: Event = serde_json::from_str(&recent.last().unwrap().1).unwrap();
+        assert_eq!(last.host, format!("h{}", 2 + n));
     }
 }

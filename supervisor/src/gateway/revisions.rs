@@ -362,7 +362,7 @@ pub fn inherit_inspection(rule: &mut NetPolicy, policies: &[NetPolicy]) -> Optio
 
 /// A glob matching exactly `path`: globset's escape brackets `*?[]{}` but
 /// leaves `\\`, an escape character in globs, so it is doubled too.
-fn glob_literal(path: &str) -> String {
+pub fn glob_literal(path: &str) -> String {
     globset::escape(path).replace('\\', "\\\\")
 }
 

@@ -93,15 +93,17 @@ fn access_word(a: Access) -> &'static str {
 }
 
 /// Shapes an approval's rule (one endpoint, L4 as written by
-/// `revisions::approval_policy`) to `scope`. `policies` are the rules in
-/// force: an inspected endpoint covering the destination lends its upstream
-/// CA and opted-in addresses to an inspected scope. Returns the name of the
+/// `revisions::approval_policy`, with the addresses the operator opted in)
+/// to `scope`. `policies` are the rules in force: an inspected endpoint
+/// covering the destination lends its upstream CA to an inspected scope
+/// (its opted-in addresses only to `Auto`). Returns the name of the
 /// rule set whose inspection was taken, if any.
 pub fn apply(rule: &mut NetPolicy, scope: &Scope, policies: &[NetPolicy]) -> Result<Option<String>, ScopeError> {
     scope.check()?;
     if *scope == Scope::Exact {
         return Ok(None);
     }
+    let typed = rule.endpoints.first().map(|e| e.allowed_ips.clone()).unwrap_or_default();
     let inherited = super::revisions::inherit_inspection(rule, policies);
     let Some(ep) = rule.endpoints.first_mut() else { return Ok(inherited) };
     let (access, rules) = match scope {
@@ -118,6 +120,9 @@ pub fn apply(rule: &mut NetPolicy, scope: &Scope, policies: &[NetPolicy]) -> Res
     ep.rules = rules;
     ep.enforcement = Enforcement::Enforce;
     ep.upgrade = false;
+    // Private addresses only as the operator typed them: the picker says
+    // none are opted in unless named.
+    ep.allowed_ips = typed;
     Ok(inherited)
 }
 
@@ -182,7 +187,7 @@ mod tests {
         let ep = &r.endpoints[0];
         assert!(ep.inspected(), "{ep:?}");
         assert_eq!((ep.access, ep.upgrade), (Some(Access::ReadOnly), false));
-        assert_eq!(ep.allowed_ips, ["198.18.0.0/15"], "the covering rule's addresses come along");
+        assert!(ep.allowed_ips.is_empty(), "only typed addresses: {ep:?}");
 
         let mut r = rule("other.test", 80);
         let scope = Scope::Request { method: "post".into(), path: "/api/*".into() };

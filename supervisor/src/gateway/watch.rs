@@ -30,23 +30,25 @@ pub async fn stream(shared: Arc<Shared>, mut requests: Lines<BufReader<OwnedRead
     let mut policy = shared.subscribe();
     approvals.borrow_and_update();
     policy.borrow_and_update();
-    let mut first = policy_line(&shared);
+    let s = shared.clone();
+    let Ok(mut first) = tokio::task::spawn_blocking(move || policy_line(&s)).await else { return };
     first.push_str(&approvals_line(&shared));
-    for r in &recent {
-        first.push_str(&event_line(r));
+    for (seq, r) in &recent {
+        first.push_str(&event_line(*seq, r));
     }
     if w.write_all(first.as_bytes()).await.is_err() {
         return;
     }
     let mut approvals_due = tokio::time::Instant::now();
+    let mut approvals_dirty = false;
     loop {
         let out = tokio::select! {
             r = events.recv() => match r {
-                Ok(first) => {
-                    let mut out = event_line(&first);
+                Ok((seq, first)) => {
+                    let mut out = event_line(seq, &first);
                     for _ in 0..BATCH {
                         match events.try_recv() {
-                            Ok(more) => out.push_str(&event_line(&more)),
+                            Ok((seq, more)) => out.push_str(&event_line(seq, &more)),
                             Err(TryRecvError::Lagged(n)) => out.push_str(&lagged_line(n)),
                             Err(_) => break,
                         }
@@ -56,12 +58,18 @@ pub async fn stream(shared: Arc<Shared>, mut requests: Lines<BufReader<OwnedRead
                 Err(RecvError::Lagged(n)) => lagged_line(n),
                 Err(RecvError::Closed) => return,
             },
-            r = approvals.changed() => {
+            // A change only marks the list; it is sent by the arm below when
+            // due, so records keep flowing while a flood changes it.
+            r = approvals.changed(), if !approvals_dirty => {
                 if r.is_err() {
                     return;
                 }
-                tokio::time::sleep_until(approvals_due).await;
+                approvals_dirty = true;
+                continue;
+            }
+            _ = tokio::time::sleep_until(approvals_due), if approvals_dirty => {
                 approvals.borrow_and_update();
+                approvals_dirty = false;
                 approvals_due = tokio::time::Instant::now() + APPROVALS_EVERY;
                 approvals_line(&shared)
             }
@@ -70,7 +78,12 @@ pub async fn stream(shared: Arc<Shared>, mut requests: Lines<BufReader<OwnedRead
                     return;
                 }
                 policy.borrow_and_update();
-                policy_line(&shared)
+                let s = shared.clone();
+                // Reads two revision files: off the gateway's workers.
+                match tokio::task::spawn_blocking(move || policy_line(&s)).await {
+                    Ok(line) => line,
+                    Err(_) => return,
+                }
             }
             // The watcher sends nothing more: a line is ignored, the end is its hang-up.
             r = requests.next_line() => match r {
@@ -84,9 +97,9 @@ pub async fn stream(shared: Arc<Shared>, mut requests: Lines<BufReader<OwnedRead
     }
 }
 
-fn event_line(record: &str) -> String {
+fn event_line(seq: u64, record: &str) -> String {
     // `record` is the audit line itself (JSON written by `events`).
-    format!("{{\"kind\":\"event\",\"event\":{record}}}\n")
+    format!("{{\"kind\":\"event\",\"seq\":{seq},\"event\":{record}}}\n")
 }
 
 fn lagged_line(missed: u64) -> String {
@@ -106,6 +119,6 @@ fn policy_line(shared: &Shared) -> String {
     format!(
         "{}\n",
         json!({"kind": "policy", "sandbox": shared.sandbox, "revision": c.number, "sha256": c.sha256,
-               "text": current, "previous": previous})
+               "text": current, "previous": previous, "feed": shared.events.feed_id()})
     )
 }

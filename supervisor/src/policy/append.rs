@@ -19,6 +19,8 @@ pub enum AppendError {
     Read(#[from] TextError),
     #[error("{path}: not a TOML document")]
     Toml { path: String, source: toml_edit::TomlError },
+    #[error("{path}: cannot add a rule to a policy that does not load")]
+    Load { path: String, source: PolicyError },
     #[error("{path}: the rule would not be added as it is")]
     Changed { path: String, source: PolicyError },
     #[error(
@@ -40,11 +42,15 @@ const HEADER: &str = "# moat policy: rules approved by the operator (`moat appro
 /// name is replaced. Returns the files the policy was loaded from.
 pub fn add_rule(path: &Path, rule: &NetPolicy) -> Result<Vec<PathBuf>, AppendError> {
     let shown = path.display().to_string();
+    // Two approvals written at once (two consoles, or `moat approve
+    // --write` beside one) each read, check and replace the file: one at a
+    // time, or the second would drop the first's rule.
+    let _held = lock_beside(path).map_err(|source| AppendError::Write { path: shown.clone(), source })?;
     let (text, before) = match path.exists() {
         true => {
             let text = textfile::read(path, textfile::MAX_TEXT)?;
             let layered = crate::policy::extends::load(path)
-                .map_err(|source| AppendError::Changed { path: shown.clone(), source })?;
+                .map_err(|source| AppendError::Load { path: shown.clone(), source })?;
             (text, Some(layered))
         }
         false => (HEADER.to_string(), None),
@@ -88,6 +94,17 @@ pub fn add_rule(path: &Path, rule: &NetPolicy) -> Result<Vec<PathBuf>, AppendErr
     moat_builder::fsio::write(path, new_text.as_bytes(), 0o644)
         .map_err(|source| AppendError::Write { path: shown, source })?;
     Ok(crate::policy::extends::load(path).map(|l| l.files).unwrap_or_default())
+}
+
+/// Takes the lock file beside `path` (`.NAME.lock`), held until dropped.
+fn lock_beside(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let f =
+        std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(dir.join(format!(".{name}.lock")))?;
+    f.lock()?;
+    Ok(f)
 }
 
 /// The rule as `[[network.policy]]` text, its reason as a comment above.
@@ -183,6 +200,19 @@ mod tests {
         let e = add_rule(&p, &rule("approved-1", "a.example.com")).unwrap_err();
         assert!(matches!(e, AppendError::Inherited { .. }), "{e}");
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "extends = \"base.toml\"\n", "nothing written");
+    }
+
+    #[test]
+    fn rules_written_at_once_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.toml");
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let p = &p;
+                s.spawn(move || add_rule(p, &rule(&format!("approved-{i}"), &format!("h{i}.example.com"))).unwrap());
+            }
+        });
+        assert_eq!(Policy::load(&p).unwrap().network.policies.len(), 8);
     }
 
     #[test]
