@@ -14,8 +14,8 @@ pub(crate) mod platform;
 pub(crate) mod registry;
 pub(crate) mod resolve;
 pub mod sbom;
+pub(crate) mod tarballs;
 
-use crate::downloads::Pin;
 use crate::layer::tree::{clean_path, Entry, Tree, TreeError};
 use crate::Digest;
 use serde_json::Value;
@@ -158,8 +158,8 @@ pub fn resolve(spec: &NpmSpec, architecture: &str, cache: &Path) -> Result<NpmLo
     }
     let mut client = registry::Client::new(registry::registry_base()?)?;
     let placed = resolve::resolve(&mut client, &requests, &platform)?;
-    let mut packages = Vec::new();
-    for p in placed {
+    let client = &client;
+    let packages = tarballs::par_map(&placed, |p| {
         let id = format!("{}@{}", p.name, p.version);
         let url = p.manifest.pointer("/dist/tarball").and_then(Value::as_str).unwrap_or_default().to_string();
         let sri = p.manifest.pointer("/dist/integrity").and_then(Value::as_str).unwrap_or_default();
@@ -174,17 +174,13 @@ pub fn resolve(spec: &NpmSpec, architecture: &str, cache: &Path) -> Result<NpmLo
                 msg: format!("tarball URL {url:?} is not a clean https URL or a URL on the registry"),
             });
         }
-        let bytes = client.get(&url, registry::MAX_TARBALL, "*/*")?;
-        if !integrity::matches(&integrity, &bytes) {
-            return Err(NpmError::Integrity { package: id, expected: integrity, got: integrity::sri_sha512(&bytes) });
-        }
+        let bytes = tarballs::fetch_new(client, &id, &url, &integrity)?;
         let unpacked = layout::unpack(&id, &bytes)?;
         let (gyp, script) = scripts_of(&p.manifest, unpacked.files.contains_key("binding.gyp"));
         if gyp && !p.has_platform_optional {
             return Err(NpmError::NeedsCompiler { package: id, arch: architecture.into() });
         }
         let top = p.path.strip_prefix(PREFIX_NM).is_some_and(|rest| !rest.contains("/node_modules/"));
-        let bin = layout::bins(&p.name, &p.manifest);
         let man = if top {
             let mans = layout::mans(&p.manifest).map_err(|msg| NpmError::Package { package: id.clone(), msg })?;
             mans.into_iter().map(|(_, rel)| rel).collect()
@@ -192,19 +188,19 @@ pub fn resolve(spec: &NpmSpec, architecture: &str, cache: &Path) -> Result<NpmLo
             Vec::new()
         };
         let sha256 = registry::remember(cache, &id, &bytes)?;
-        packages.push(LockedNpm {
-            path: p.path,
-            name: p.name,
-            version: p.version,
+        Ok(LockedNpm {
+            path: p.path.clone(),
+            name: p.name.clone(),
+            version: p.version.clone(),
             tarball: client.tarball_path(&url),
             integrity,
             sha256: sha256.hex().to_string(),
             size: bytes.len() as u64,
             install_script: script,
-            bin,
+            bin: layout::bins(&p.name, &p.manifest),
             man,
-        });
-    }
+        })
+    })?;
     Ok(NpmLock { packages })
 }
 
@@ -227,33 +223,15 @@ pub fn materialize(spec: &NpmSpec, lock: &NpmLock, cache: &Path) -> Result<Tree,
     let mut tree = Tree::new();
     let mut taken = BTreeSet::new();
     tree.insert(Entry::dir(&format!("{lib}/node_modules"), 0o755, 0, 0))?;
-    for p in &lock.packages {
+    let unpacked = tarballs::par_map(&lock.packages, |p| {
         let id = format!("{}@{}", p.name, p.version);
-        let sha = Digest::parse_hex(&p.sha256).map_err(|_| NpmError::Package {
-            package: id.clone(),
-            msg: "lock: sha256 is not 64 hex characters".into(),
-        })?;
-        let pin = Pin { sha256: sha, size: Some(p.size) };
-        let bytes = registry::tarball(&client, cache, &id, &p.tarball, &pin)?;
-        if !integrity::matches(&p.integrity, &bytes) {
-            return Err(NpmError::Integrity {
-                package: id,
-                expected: p.integrity.clone(),
-                got: integrity::sri_sha512(&bytes),
-            });
-        }
-        if !valid_name(&p.name) {
-            return Err(NpmError::Package { package: id, msg: "lock: not a valid npm package name".into() });
-        }
-        let rel = clean_path(&p.path)?;
-        let ok_path = rel.starts_with("node_modules/") && rel.ends_with(&format!("node_modules/{}", p.name));
-        if !ok_path || rel != p.path {
-            return Err(NpmError::Package {
-                package: id,
-                msg: format!("lock: install path {:?} is not node_modules/.../{}", p.path, p.name),
-            });
-        }
-        let top = rel == format!("node_modules/{}", p.name);
+        check_locked(p, &id)?;
+        tarballs::fetch_locked(&client, cache, &id, p)
+    })?;
+    for (p, unpacked) in lock.packages.iter().zip(&unpacked) {
+        let id = format!("{}@{}", p.name, p.version);
+        let rel = &p.path;
+        let top = *rel == format!("node_modules/{}", p.name);
         let links = if top {
             layout::Links { bin_dir: bin.clone(), man_dir: Some(format!("{}share/man", with_slash(&prefix))) }
         } else {
@@ -263,15 +241,32 @@ pub fn materialize(spec: &NpmSpec, lock: &NpmLock, cache: &Path) -> Result<Tree,
         let mans = p
             .man
             .iter()
-            .map(|m| layout::mans(&serde_json::json!({ "man": [m] })).map(|mut v| v.remove(0)))
+            .map(|m| layout::mans(&serde_json::json!({ "man": [m] })).map(|v| v.into_iter().next()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|msg| NpmError::Package { package: id.clone(), msg: format!("lock: {msg}") })?;
-        let unpacked = layout::unpack(&id, &bytes)?;
-        layout::place(&mut tree, &format!("{lib}/{rel}"), &unpacked, &p.bin, &mans, &links, &mut taken)?;
+        let mans: Vec<(String, String)> = mans.into_iter().flatten().collect();
+        layout::place(&mut tree, &format!("{lib}/{rel}"), unpacked, &p.bin, &mans, &links, &mut taken)?;
     }
     tree.insert(Entry::file(sbom::SBOM_DATA, sbom::manifest(lock, spec.prefix.get_ref()), 0o644))?;
     tree.add_parents();
     Ok(tree)
+}
+
+/// A locked package's name and install path, checked before anything is
+/// fetched: a valid name, at a clean `node_modules/.../NAME` path.
+fn check_locked(p: &LockedNpm, id: &str) -> Result<(), NpmError> {
+    if !valid_name(&p.name) {
+        return Err(NpmError::Package { package: id.into(), msg: "lock: not a valid npm package name".into() });
+    }
+    let rel = clean_path(&p.path)?;
+    let ok_path = rel.starts_with(PREFIX_NM) && rel.ends_with(&format!("node_modules/{}", p.name));
+    if !ok_path || rel != p.path {
+        return Err(NpmError::Package {
+            package: id.into(),
+            msg: format!("lock: install path {:?} is not node_modules/.../{}", p.path, p.name),
+        });
+    }
+    Ok(())
 }
 
 fn with_slash(prefix: &str) -> String {
