@@ -197,6 +197,19 @@ fn fixtures(mark: &Path) -> Vec<Pkg> {
         pkg("dd", "1.0.0", json!({"dependencies": {"dd-old-only": "1"}}), vec![]),
         pkg("dd", "1.0.1", json!({}), vec![]),
         pkg("dd-old-only", "1.0.0", json!({}), vec![]),
+        // An optional package for another platform is placed, then removed
+        // with what only it needed: its dependency took the hoisted slot,
+        // so zz-user's copy stays nested.
+        pkg(
+            "plat",
+            "1.0.0",
+            json!({"dependencies": {"zz-user": "1.0.0"}, "optionalDependencies": {"@plat/arm64": "1.0.0"}}),
+            vec![],
+        ),
+        pkg("@plat/arm64", "1.0.0", json!({"cpu": ["arm64"], "dependencies": {"shared-h": "1.0.0"}}), vec![]),
+        pkg("zz-user", "1.0.0", json!({"dependencies": {"shared-h": "2.0.0"}}), vec![]),
+        pkg("shared-h", "1.0.0", json!({}), vec![]),
+        pkg("shared-h", "2.0.0", json!({}), vec![]),
         // Two packages with the same bin name in one node_modules/.bin.
         pkg("tool-a", "1.0.0", json!({"bin": {"tool": "a.js"}}), vec![("a.js", "a", 0o644)]),
         pkg("tool-b", "1.0.0", json!({"bin": {"tool": "b.js"}}), vec![("b.js", "b", 0o644)]),
@@ -252,7 +265,7 @@ fn fixtures(mark: &Path) -> Vec<Pkg> {
     ]
 }
 
-const REQUESTS: [&str; 5] = ["@fx/cli@^1.0.0", "native@1.0.0", "scripted", "peer-thing@^1", "other-cli"];
+const REQUESTS: [&str; 6] = ["@fx/cli@^1.0.0", "native@1.0.0", "scripted", "peer-thing@^1", "other-cli", "plat"];
 
 fn blueprint(dir: &Path, file: &str, arch: &str, packages: &[&str]) -> std::path::PathBuf {
     let list: Vec<String> = packages.iter().map(|p| format!("{p:?}")).collect();
@@ -546,7 +559,11 @@ fn hostile_registry_answers_are_refused() {
     let s = t.join("store");
     for (file, request, want) in [
         ("huge.toml", "huge", vec!["/huge", "larger than"]),
-        ("bad.toml", "bad-dep@1.0.0", vec!["bad-dep@1.0.0", "dependency \"../../etc\"", "not a valid npm package name"]),
+        (
+            "bad.toml",
+            "bad-dep@1.0.0",
+            vec!["bad-dep@1.0.0", "dependency \"../../etc\"", "not a valid npm package name"],
+        ),
         ("sri.toml", "scripted@1.0.0", vec!["scripted@1.0.0", "does not match"]),
         ("none.toml", "peer-thing@^9", vec!["peer-thing@^9", "no version"]),
     ] {

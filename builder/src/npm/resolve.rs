@@ -58,6 +58,9 @@ struct Node {
     has_platform_optional: bool,
     /// Pruned: nothing relies on it any more.
     removed: bool,
+    /// An optional package for another platform: placed as npm places it
+    /// (it can take a slot), removed at the end with what only it needed.
+    inert: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,6 +221,7 @@ pub(crate) fn resolve(
         edges_in: Vec::new(),
         has_platform_optional: false,
         removed: false,
+        inert: false,
     };
     let mut r = Resolver { tree: Tree { nodes: vec![root] }, client, platform, queue: vec![0] };
     while !r.queue.is_empty() {
@@ -229,6 +233,11 @@ pub(crate) fn resolve(
         let Some(n) = r.queue.pop() else { break };
         for (name, spec, kind) in edges(&r.tree.nodes[n].manifest.clone()) {
             r.edge(n, &name, &spec, kind, 0)?;
+        }
+    }
+    for node in &mut r.tree.nodes {
+        if node.inert {
+            node.edges_in.clear();
         }
     }
     r.prune();
@@ -268,11 +277,21 @@ impl Resolver<'_> {
     }
 
     /// Records that `n`'s edge resolves to `c`.
-    fn keep(&mut self, n: usize, c: usize, want: Want, kind: EdgeKind) {
+    fn keep(&mut self, n: usize, c: usize, want: Want, kind: EdgeKind) -> Result<(), NpmError> {
+        let (from_inert, to_inert) = (self.tree.nodes[n].inert, self.tree.nodes[c].inert);
+        if to_inert && kind != EdgeKind::Optional && !from_inert {
+            let (os, cpu) = (self.platform.os, self.platform.cpu);
+            let (name, version) = (&self.tree.nodes[c].name, &self.tree.nodes[c].version);
+            return Err(NpmError::Package {
+                package: self.who(n),
+                msg: format!("dependency {name}@{version} does not support {os}/{cpu} (os/cpu/libc)"),
+            });
+        }
         self.tree.nodes[c].edges_in.push((n, want));
-        if kind == EdgeKind::Optional {
+        if kind == EdgeKind::Optional && !to_inert {
             self.tree.nodes[n].has_platform_optional = true;
         }
+        Ok(())
     }
 
     /// Satisfies one edge of `n`: keeps what its position already resolves
@@ -295,8 +314,7 @@ impl Resolver<'_> {
         // A range the current position already satisfies needs no packument.
         if let Ok(w @ Want::Range(_)) = Want::parse(spec, None) {
             if let Some(c) = self.tree.resolve(n, name).filter(|&c| w.admits(&self.tree.nodes[c].version)) {
-                self.keep(n, c, w, kind);
-                return Ok(());
+                return self.keep(n, c, w, kind);
             }
         }
         let p = match self.client.packument(name) {
@@ -306,8 +324,7 @@ impl Resolver<'_> {
         };
         let want = Want::parse(spec, Some(&p)).map_err(&unresolvable)?;
         if let Some(c) = self.tree.resolve(n, name).filter(|&c| want.admits(&self.tree.nodes[c].version)) {
-            self.keep(n, c, want, kind);
-            return Ok(());
+            return self.keep(n, c, want, kind);
         }
         let Some((version, manifest)) = pick(&p, spec, &want) else {
             if kind == EdgeKind::Optional {
@@ -315,10 +332,10 @@ impl Resolver<'_> {
             }
             return Err(unresolvable("no version in the registry satisfies it".into()));
         };
-        if !self.platform.admits(manifest) {
-            if kind == EdgeKind::Optional {
-                return Ok(());
-            }
+        // Only reachable through optional edges: placed, removed at the end.
+        let optional = kind == EdgeKind::Optional || self.tree.nodes[n].inert;
+        let inert = !self.platform.admits(manifest);
+        if inert && !optional {
             let (os, cpu) = (self.platform.os, self.platform.cpu);
             return Err(unresolvable(format!("{name}@{version} does not support {os}/{cpu} (os/cpu/libc)")));
         }
@@ -326,8 +343,7 @@ impl Resolver<'_> {
         let peers = peers_of(manifest);
         let at = match self.tree.target(n, start, name, version, &want, &peers) {
             Some(Place::Keep(existing)) => {
-                self.keep(n, existing, want, kind);
-                return Ok(());
+                return self.keep(n, existing, want, kind);
             }
             Some(Place::Replace(c)) => {
                 // The old version's own edges go; what only they needed is pruned at the end.
@@ -338,7 +354,8 @@ impl Resolver<'_> {
                 node.version = version.to_string();
                 node.manifest = Arc::new(manifest.clone());
                 node.has_platform_optional = false;
-                self.keep(n, c, want, kind);
+                node.inert = inert;
+                self.keep(n, c, want, kind)?;
                 self.queue.push(c);
                 return self.place_peers(c, peer_depth);
             }
@@ -366,9 +383,10 @@ impl Resolver<'_> {
             edges_in: Vec::new(),
             has_platform_optional: false,
             removed: false,
+            inert,
         });
         self.tree.nodes[at].children.insert(name.to_string(), id);
-        self.keep(n, id, want, kind);
+        self.keep(n, id, want, kind)?;
         self.queue.push(id);
         self.place_peers(id, peer_depth)
     }
