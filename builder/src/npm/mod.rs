@@ -33,7 +33,7 @@ pub enum NpmError {
     TooLarge { url: String, max: u64 },
     #[error("package {package}: {msg}")]
     Package { package: String, msg: String },
-    #[error("package {package}: tarball does not match the lock (expected {expected}, got {got}); refused")]
+    #[error("package {package}: tarball does not match its pinned hash (expected {expected}, got {got}); refused")]
     Integrity { package: String, expected: String, got: String },
     #[error("package {package} has native code to compile (binding.gyp) and no prebuilt platform package for {arch}; moat runs no compiler")]
     NeedsCompiler { package: String, arch: String },
