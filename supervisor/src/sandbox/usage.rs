@@ -30,7 +30,14 @@ fn number(path: &Path) -> Option<u64> {
 
 /// The cgroup directories of `pid` for CPU accounting and memory.
 fn dirs(pid: i32, root: &Path) -> (Option<PathBuf>, Option<PathBuf>) {
-    let Some(text) = read(&PathBuf::from(format!("/proc/{pid}/cgroup"))) else { return (None, None) };
+    match read(&PathBuf::from(format!("/proc/{pid}/cgroup"))) {
+        Some(text) => dirs_in(&text, root),
+        None => (None, None),
+    }
+}
+
+/// The directories a `/proc/PID/cgroup` text names under `root`.
+fn dirs_in(text: &str, root: &Path) -> (Option<PathBuf>, Option<PathBuf>) {
     let (mut cpu, mut mem) = (None, None);
     for line in text.lines() {
         let mut f = line.splitn(3, ':');
@@ -88,6 +95,36 @@ mod tests {
         let u = of(std::process::id() as i32);
         assert!(u.memory_bytes.is_some_and(|m| m > 0), "{u:?}");
         assert!(u.cpu_ns.is_some(), "{u:?}");
+    }
+
+    /// A cgroup tree under a temp root: `files` (path, content).
+    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (p, text) in files {
+            let p = d.path().join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn v1_hybrid_and_v2_layouts_are_read() {
+        let v1 = tree(&[
+            ("cpu,cpuacct/moat/s/cpuacct.usage", "1500\n"),
+            ("memory/moat/s/memory.usage_in_bytes", "4096\n"),
+            // The unified hierarchy of a hybrid host has no controllers here.
+            ("unified/moat/s/cgroup.procs", ""),
+        ]);
+        let text = "12:memory:/moat/s\n4:cpu,cpuacct:/moat/s\n0::/moat/s\n";
+        let (cpu, mem) = dirs_in(text, v1.path());
+        assert_eq!(cpu, Some(v1.path().join("cpu,cpuacct/moat/s")));
+        assert_eq!(mem, Some(v1.path().join("memory/moat/s")));
+        assert_eq!(number(&cpu.unwrap().join("cpuacct.usage")), Some(1500));
+
+        let v2 = tree(&[("moat/s/cpu.stat", "usage_usec 7\nuser_usec 5\n"), ("moat/s/memory.current", "8192\n")]);
+        let (cpu, mem) = dirs_in("0::/moat/s\n", v2.path());
+        assert_eq!((cpu.as_deref(), mem.as_deref()), (Some(&*v2.path().join("moat/s")), Some(&*v2.path().join("moat/s"))));
     }
 
     #[test]
