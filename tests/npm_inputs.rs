@@ -525,6 +525,21 @@ fn platform_follows_the_blueprint_and_compilers_are_refused() {
         lock.contains("@native/linux-arm64") && !lock.contains("linux-x64"),
         "arm64 blueprint, host amd64:\n{lock}"
     );
+    // The same [npm] table for another architecture is resolved again, even without --update.
+    let bp = blueprint(&dir, "arm.toml", "amd64", &["native@1.0.0"]);
+    let (code, out, err) = run(moat_at(
+        &t.join("home"),
+        &reg,
+        "022",
+        "UTC",
+        &["lock", bp.to_str().unwrap(), "--store", s.to_str().unwrap()],
+    ));
+    assert_eq!(code, 0, "lock failed:\n{out}\n{err}");
+    let lock = fs::read_to_string(dir.join("arm.lock")).unwrap();
+    assert!(
+        lock.contains("@native/linux-x64") && !lock.contains("linux-arm64"),
+        "kept the arm64 tree for amd64:\n{lock}"
+    );
 
     let bp = blueprint(&dir, "cc.toml", "amd64", &["needs-cc@1.0.0"]);
     let (code, _, err) = run(moat_at(

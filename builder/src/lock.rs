@@ -46,7 +46,7 @@ pub struct Lock {
     /// Pinned Debian package set (present when the blueprint has `[debian]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debian: Option<toml::Value>,
-    /// Digest of the `[npm]` table the tree was resolved for.
+    /// Digest of the `[npm]` table and architecture the tree was resolved for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub npm_spec: Option<Digest>,
     /// Pinned npm tree (present when the blueprint has `[npm]`).
@@ -96,9 +96,11 @@ pub fn debian_spec_digest(spec: &crate::debian::DebianSpec) -> Digest {
     Digest::of(&crate::cjson::to_vec(spec).unwrap_or_default())
 }
 
-/// Digest of an `[npm]` table's content.
-pub fn npm_spec_digest(spec: &crate::npm::NpmSpec) -> Digest {
-    Digest::of(&crate::cjson::to_vec(spec).unwrap_or_default())
+/// Digest of what an npm tree is resolved for: the `[npm]` table and the
+/// blueprint's architecture (which selects platform packages).
+pub fn npm_spec_digest(spec: &crate::npm::NpmSpec, architecture: &str) -> Digest {
+    let v = serde_json::json!({"npm": spec, "architecture": architecture});
+    Digest::of(&crate::cjson::to_vec(&v).unwrap_or_default())
 }
 
 impl Lock {

@@ -219,7 +219,7 @@ fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildErr
             .as_ref()
             .map(|d| toml::Value::try_from(d).map_err(|e| BuildError::Base(e.to_string())))
             .transpose()?,
-        npm_spec: l.bp.npm.as_ref().map(|s| lock::npm_spec_digest(s.get_ref())),
+        npm_spec: l.bp.npm.as_ref().map(|s| lock::npm_spec_digest(s.get_ref(), &l.bp.architecture)),
         npm: npm_lock
             .as_ref()
             .map(|d| toml::Value::try_from(d).map_err(|e| BuildError::Base(e.to_string())))
@@ -322,7 +322,8 @@ fn npm_set(l: &Loaded, mode: Mode, opts: &Options) -> Result<Option<crate::npm::
     match mode {
         Mode::Build(lock) | Mode::Verify(lock) => from_lock(lock),
         Mode::Lock { previous: Some(prev), update: false }
-            if prev.npm.is_some() && prev.npm_spec == Some(lock::npm_spec_digest(spec.get_ref())) =>
+            if prev.npm.is_some()
+                && prev.npm_spec == Some(lock::npm_spec_digest(spec.get_ref(), &l.bp.architecture)) =>
         {
             from_lock(prev)
         }
