@@ -2,10 +2,13 @@
 //! breadth-first by depth then path, each missing or unsatisfied edge
 //! placed as shallow as it can go without conflicting with a copy already
 //! there or shadowing one a deeper package relies on, but never above its
-//! top-level package (npm's "shallow" global strategy). Peer dependencies
-//! are placed beside their dependent; optional ones whose platform does not
-//! match the blueprint's architecture are skipped. Guards against unbounded
-//! trees (node count bound) and registry specs that leave the registry.
+//! top-level package (npm's "shallow" global strategy); an older copy in
+//! the way that the new version can stand in for is replaced. Peer
+//! dependencies are placed together with their dependent; optional ones
+//! whose platform does not match the blueprint's architecture (never the
+//! host's) are placed, then removed with what only they needed. Guards
+//! against unbounded trees (node count, peer depth) and registry specs or
+//! names that leave the registry or the install directory.
 #![forbid(unsafe_code)]
 use super::pick::{pick, Want};
 use super::platform::Platform;
