@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 pub(crate) mod integrity;
 pub(crate) mod layout;
+pub(crate) mod parallel;
 pub(crate) mod pick;
 pub(crate) mod platform;
 pub(crate) mod registry;
@@ -159,7 +160,7 @@ pub fn resolve(spec: &NpmSpec, architecture: &str, cache: &Path) -> Result<NpmLo
     let mut client = registry::Client::new(registry::registry_base()?)?;
     let placed = resolve::resolve(&mut client, &requests, &platform)?;
     let client = &client;
-    let packages = tarballs::par_map(&placed, |p| {
+    let packages = parallel::par_map(&placed, |p| {
         let id = format!("{}@{}", p.name, p.version);
         let url = p.manifest.pointer("/dist/tarball").and_then(Value::as_str).unwrap_or_default().to_string();
         let sri = p.manifest.pointer("/dist/integrity").and_then(Value::as_str).unwrap_or_default();
@@ -223,7 +224,7 @@ pub fn materialize(spec: &NpmSpec, lock: &NpmLock, cache: &Path) -> Result<Tree,
     let mut tree = Tree::new();
     let mut taken = BTreeSet::new();
     tree.insert(Entry::dir(&format!("{lib}/node_modules"), 0o755, 0, 0))?;
-    let unpacked = tarballs::par_map(&lock.packages, |p| {
+    let unpacked = parallel::par_map(&lock.packages, |p| {
         let id = format!("{}@{}", p.name, p.version);
         check_locked(p, &id)?;
         tarballs::fetch_locked(&client, cache, &id, p)

@@ -99,6 +99,28 @@ impl Client {
         if let Some(p) = self.memo.get(name) {
             return Ok(p.clone());
         }
+        let p = Arc::new(self.fetch_packument(name)?);
+        self.memo.insert(name.into(), p.clone());
+        Ok(p)
+    }
+
+    /// Fetches the packuments of `names` not yet memoized, several at once;
+    /// failures are left for [`Client::packument`] to meet and report.
+    pub(crate) fn prefetch(&mut self, names: &[String]) {
+        let mut todo: Vec<&String> = names.iter().filter(|n| !self.memo.contains_key(*n)).collect();
+        todo.sort();
+        todo.dedup();
+        if todo.len() < 2 {
+            return;
+        }
+        let this = &*self;
+        let got = super::parallel::par_map(&todo, |n| Ok(this.fetch_packument(n).ok().map(|p| ((*n).clone(), p))));
+        for (n, p) in got.into_iter().flatten().flatten() {
+            self.memo.insert(n, Arc::new(p));
+        }
+    }
+
+    fn fetch_packument(&self, name: &str) -> Result<Packument, NpmError> {
         let url = format!("{}/{}", self.base, name.replacen('/', "%2f", 1));
         let bytes = self.get(&url, MAX_PACKUMENT, "application/json")?;
         let bad = |msg: String| NpmError::Package { package: name.into(), msg: format!("packument {url}: {msg}") };
@@ -115,9 +137,7 @@ impl Client {
             Some(Value::Object(m)) => m.into_iter().collect(),
             _ => return Err(bad("no `versions` object".into())),
         };
-        let p = Arc::new(Packument { dist_tags, versions });
-        self.memo.insert(name.into(), p.clone());
-        Ok(p)
+        Ok(Packument { dist_tags, versions })
     }
 
     /// GETs `url`, refusing an answer larger than `max` before reading it.

@@ -234,7 +234,19 @@ pub(crate) fn resolve(
             b.depth.cmp(&a.depth).then_with(|| npm_order(&b.path, &a.path))
         });
         let Some(n) = r.queue.pop() else { break };
-        for (name, spec, kind) in edges(&r.tree.nodes[n].manifest.clone()) {
+        let edges = edges(&r.tree.nodes[n].manifest.clone());
+        // The packuments this node will ask for, fetched together.
+        let wanted: Vec<String> = edges
+            .iter()
+            .filter(|(name, spec, _)| {
+                let satisfied = Want::parse(spec, None)
+                    .is_ok_and(|w| r.tree.resolve(n, name).is_some_and(|c| w.admits(&r.tree.nodes[c].version)));
+                super::valid_name(name) && !satisfied
+            })
+            .map(|(name, ..)| name.clone())
+            .collect();
+        r.client.prefetch(&wanted);
+        for (name, spec, kind) in edges {
             r.edge(n, &name, &spec, kind, 0)?;
         }
     }
