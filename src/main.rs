@@ -96,6 +96,8 @@ enum Cmd {
     Run(sandbox_cmds::RunArgs),
     /// List sandboxes.
     Ls(sandbox_cmds::LsArgs),
+    /// Publish a port of a running sandbox on the host (one it may bind: `run -p` or `--expose`).
+    Publish(sandbox_cmds::PublishArgs),
     /// Stop sandboxes: SIGTERM, then SIGKILL after a grace period.
     Stop(sandbox_cmds::StopArgs),
     /// Remove stopped sandboxes (the workspace stays unless --workspace).
@@ -179,6 +181,7 @@ fn dispatch(cmd: Cmd, g: &Global) -> Result<ExitCode> {
         Cmd::Logout(a) => registry_cmds::logout(a, g),
         Cmd::Run(a) => sandbox_cmds::run(a, g),
         Cmd::Ls(a) => sandbox_cmds::ls(a, g),
+        Cmd::Publish(a) => sandbox_cmds::publish_cmd(a, g),
         Cmd::Stop(a) => sandbox_cmds::stop(a, g),
         Cmd::Rm(a) => sandbox_cmds::rm(a, g),
         Cmd::Exec(a) => sandbox_cmds::exec(a, g),

@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// published port; needed for any HOST_IP not on loopback.
     #[arg(long)]
     pub publish_token: bool,
+    /// Let the sandbox bind PORT, to publish it later with `moat publish`
+    /// (Landlock's rights are fixed when the sandbox starts); repeatable.
+    #[arg(long, value_name = "PORT")]
+    pub expose: Vec<u16>,
     /// Image reference: NAME, NAME@sha256:..., or sha256:...
     pub image: String,
     /// Command and arguments (default: the image's entrypoint and command).
@@ -166,6 +170,7 @@ pub fn run(a: RunArgs, g: &Global) -> Result<ExitCode> {
         ephemeral: a.rm,
         publish: a.publish.iter().map(|p| publish::parse(p)).collect::<Result<_, _>>()?,
         publish_token: a.publish_token.then(publish::new_token),
+        expose: a.expose,
     };
     if let Some(token) = &req.publish_token {
         // Checked first: a token printed for a run refused anyway is noise.
@@ -298,6 +303,27 @@ pub fn ls(a: LsArgs, _g: &Global) -> Result<ExitCode> {
             pid,
             up
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct PublishArgs {
+    pub name: String,
+    /// `[HOST_IP:]HOST_PORT:SANDBOX_PORT`, as `run -p`; SANDBOX_PORT must be
+    /// one the sandbox may bind (`run -p` or `--expose`).
+    #[arg(required = true, value_name = "[HOST_IP:]HOST_PORT:SANDBOX_PORT")]
+    pub ports: Vec<String>,
+}
+
+/// Publishes ports of a running sandbox through its supervisor.
+pub fn publish_cmd(a: PublishArgs, _g: &Global) -> Result<ExitCode> {
+    use moat_supervisor::gateway::control::{self, Request};
+    let paths = Paths::new(&a.name)?;
+    for spec in &a.ports {
+        control::call(&paths.control_socket(), &Request::Publish { spec: spec.clone() })
+            .with_context(|| format!("publishing {spec} of {}", a.name))?;
+        println!("{}: published {spec}", a.name);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -151,3 +151,48 @@ fn token_protected_port_refuses_requests_without_the_token() {
     ok(&["rm", "--force", "pubt"]);
     assert!(closed(host));
 }
+
+/// `moat publish` on a running sandbox: a port exposed at run (`--expose`,
+/// so Landlock lets the agent bind it) is unreachable until published, then
+/// served; a port never exposed cannot be published (the agent could not
+/// bind it anyway), nor a non-loopback address without the run's token;
+/// `moat ls` lists the new port, and `moat rm` closes it.
+#[test]
+fn a_running_sandbox_publishes_an_exposed_port_on_demand() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = moat(&["rm", "--force", "publive"]);
+    let (host, inside, other) = (free_port(), free_port(), free_port());
+    let script = format!(
+        "echo live > /sandbox/live.txt; exec python3 -m http.server {inside} --bind 127.0.0.1 --directory /sandbox"
+    );
+    ok(&["run", "-d", "--name", "publive", "--expose", &inside.to_string(), "agent", "--", "sh", "-c", &script]);
+    // Nothing published yet: the host port is closed.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(closed(host), "host port {host} open before anything was published");
+
+    let spec = format!("127.0.0.1:{host}:{inside}");
+    let out = ok(&["publish", "publive", &spec]);
+    assert!(out.contains("published"), "{out}");
+    let page = get_when_up(host, "/live.txt", "");
+    assert!(page.ends_with("live\n"), "{page}");
+    let ls = ok(&["ls"]);
+    assert!(
+        ls.lines().any(|l| l.starts_with("publive ") && l.contains(&format!("127.0.0.1:{host}->{inside}"))),
+        "{ls}"
+    );
+
+    // Not exposed at run: refused, naming the flag.
+    let o = moat(&["publish", "publive", &format!("127.0.0.1:{}:{other}", free_port())]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains(&format!("--expose {other}")), "{err}");
+    // Off loopback without a token (the run had none): refused.
+    let o = moat(&["publish", "publive", &format!("0.0.0.0:{}:{inside}", free_port())]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--publish-token"), "{err}");
+    // The same host address twice: refused.
+    let o = moat(&["publish", "publive", &spec]);
+    assert!(!o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    ok(&["rm", "--force", "publive"]);
+    assert!(closed(host), "host port {host} still open after moat rm");
+}

@@ -52,11 +52,18 @@ fn a_request_scope_allows_that_method_and_path_only() {
 #[test]
 fn a_read_only_scope_allows_reads_and_refuses_writes() {
     let g = approved(Scope::Inspected { access: Access::ReadOnly });
-    assert_eq!(statuses(&g, &[("GET", "/a"), ("OPTIONS", "/b"), ("POST", "/a"), ("DELETE", "/a")]), [200, 200, 403, 403]);
+    assert_eq!(
+        statuses(&g, &[("GET", "/a"), ("OPTIONS", "/b"), ("POST", "/a"), ("DELETE", "/a")]),
+        [200, 200, 403, 403]
+    );
 }
 
 #[test]
 fn a_path_as_seen_with_glob_characters_allows_only_itself() {
     let g = approved(Scope::Request { method: "GET".into(), path: glob_literal("/**") });
-    assert_eq!(statuses(&g, &[("GET", "/other"), ("GET", "/a/b"), ("GET", "/**")]), [403, 403, 200], "`/**` as seen is itself");
+    assert_eq!(
+        statuses(&g, &[("GET", "/other"), ("GET", "/a/b"), ("GET", "/**")]),
+        [403, 403, 200],
+        "`/**` as seen is itself"
+    );
 }

@@ -59,10 +59,23 @@ pub enum Request {
     },
     /// The route and today's token usage.
     InferenceShow,
+    /// Publishes a port of the running sandbox on the host
+    /// (`[HOST_IP:]HOST_PORT:SANDBOX_PORT`; `moat publish`).
+    Publish {
+        spec: String,
+    },
     /// Turns the connection into a stream of JSON lines (`super::watch`):
     /// the policy, the pending approvals, then every audit record as it is
     /// written and every change of the other two. Read-only.
     Watch,
+}
+
+/// What publishes a port of the running sandbox: the sandbox side (which
+/// owns the namespace and the host listeners) installs it once the sandbox
+/// runs (`Shared::set_publisher`); the control socket only passes requests.
+pub trait Publisher: Send + Sync {
+    /// Publishes `spec`; answers what is now published, or why not.
+    fn publish(&self, spec: &str) -> Result<Value, String>;
 }
 
 /// Binds the socket with mode 0600 (any stale socket is replaced).
@@ -137,6 +150,17 @@ fn answer(shared: &Shared, req: Request) -> Value {
         },
         Request::InferenceShow => return inference(shared),
         Request::Watch => return json!({"ok": false, "error": "watch is a stream: send it first on a connection"}),
+        Request::Publish { spec } => {
+            return match shared.publisher.get() {
+                None => {
+                    json!({"ok": false, "error": "this sandbox cannot publish ports now (starting, or run without a namespace)"})
+                }
+                Some(p) => match p.publish(&spec) {
+                    Ok(shown) => json!({"ok": true, "published": shown}),
+                    Err(e) => json!({"ok": false, "error": e}),
+                },
+            };
+        }
     };
     match result {
         Ok(()) => status(shared),

@@ -150,6 +150,8 @@ pub struct Shared {
     pub asks: asks::Asks,
     /// Bumped at every change of the pending approvals (the console's feed).
     approvals_changed: tokio::sync::watch::Sender<u64>,
+    /// Publishes ports live (`moat publish`), once the sandbox runs.
+    pub publisher: std::sync::OnceLock<Box<dyn control::Publisher>>,
 }
 
 impl Shared {
@@ -397,6 +399,7 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, 
         operator: operator::Terminal::default(),
         asks: asks::Asks::default(),
         approvals_changed: tokio::sync::watch::Sender::new(0),
+        publisher: std::sync::OnceLock::new(),
     });
     raise_nofile();
     // A deeper accept queue than std's 128: a burst of connections from the

@@ -106,6 +106,10 @@ pub struct RunRequest {
     /// `run --publish-token`: the bearer token every published port requires.
     #[serde(default)]
     pub publish_token: Option<String>,
+    /// `run --expose`: ports the agent may bind, to be published later
+    /// (`moat publish`); Landlock rights cannot be added to a running sandbox.
+    #[serde(default)]
+    pub expose: Vec<u16>,
 }
 
 /// Refuses policies the kernel or the policy itself cannot honour; logs
@@ -437,7 +441,10 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
         },
         cache_dir: LayerCache::default_location().dir().to_path_buf(),
         guard: GuardPlan {
-            landlock: LandlockPlan { bind_ports: publish::sandbox_ports(&req.publish), ..guard_plan(policy).landlock },
+            landlock: LandlockPlan {
+                bind_ports: publish::sandbox_ports(&req.publish, &req.expose),
+                ..guard_plan(policy).landlock
+            },
             ..guard_plan(policy)
         },
         supervisor_pid: std::process::id(),
@@ -459,8 +466,19 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     let _ = BufReader::new(report).read_line(&mut line);
     // No gateway: the sandbox could reach nothing. Dropping the launcher
     // stops it rather than reporting it running.
-    let netns = net.finish()?;
+    let (netns, gateway) = net.finish()?;
     let relay = published.start(&netns, paths)?;
+    let bindable = publish::sandbox_ports(&req.publish, &req.expose);
+    let live = publish::Live::new(
+        &netns,
+        paths,
+        bindable,
+        policy.network.gateway_port,
+        req.publish_token.clone(),
+        &req.publish,
+    )
+    .map_err(io("the sandbox network namespace"))?;
+    let _ = gateway.publisher.set(Box::new(live));
     if let Some(pid) = line.trim().strip_prefix("started ").and_then(|p| p.parse::<i32>().ok()) {
         state::update(paths, |rec| {
             rec.status = Status::Running;

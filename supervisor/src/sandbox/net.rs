@@ -40,8 +40,8 @@ pub(crate) struct NetStart {
     thread: Option<JoinHandle<Result<Started, SandboxError>>>,
 }
 
-/// The namespace, and whether the gateway started in it.
-type Started = (Netns, Result<(), SandboxError>);
+/// The namespace, and the gateway started in it (or why not).
+type Started = (Netns, Result<Arc<gateway::Shared>, SandboxError>);
 
 /// What the gateway is started with, once the sandbox exists.
 type GatewayArgs = (Paths, Network, gateway::Limits, Arc<Connects>);
@@ -98,10 +98,10 @@ impl NetStart {
     }
 
     /// Waits for the gateway to run; returns the namespace, to be held as
-    /// long as the sandbox lives.
-    pub(crate) fn finish(mut self) -> Result<Netns, SandboxError> {
+    /// long as the sandbox lives, and the gateway's state.
+    pub(crate) fn finish(mut self) -> Result<(Netns, Arc<gateway::Shared>), SandboxError> {
         let (ns, gateway) = self.join()?;
-        gateway.map(|()| ns)
+        gateway.map(|g| (ns, g))
     }
 
     fn join(&mut self) -> Result<Started, SandboxError> {
@@ -133,7 +133,7 @@ fn gateway_for(
     netns: &Netns,
     listener: std::net::TcpListener,
     ca: Arc<Ca>,
-) -> Result<(), gateway::GatewayError> {
+) -> Result<Arc<gateway::Shared>, gateway::GatewayError> {
     // Credentials stay on the host; their permissions are re-checked (and
     // repaired, loudly) on every start.
     let credentials = crate::secrets::credentials::Store::default_location();
@@ -161,6 +161,5 @@ fn gateway_for(
         limits,
         inference: Arc::new(crate::gateway::inference::Inference::load(paths.home.clone(), credentials)),
     };
-    gateway::start(config, listener)?;
-    Ok(())
+    Ok(gateway::start(config, listener)?.shared)
 }

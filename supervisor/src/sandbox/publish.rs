@@ -35,6 +35,10 @@ pub enum PublishError {
     TokenWithoutPort,
     #[error("publishing {0}: cannot listen on the host")]
     Listen(SocketAddr, #[source] io::Error),
+    #[error(
+        "the sandbox may not bind port {0}: Landlock rights are fixed at start; run it with --expose {0} (or -p ...:{0}) to publish that port later"
+    )]
+    NotExposed(u16),
 }
 
 /// One published port, as asked.
@@ -103,9 +107,10 @@ pub fn new_token() -> String {
     hex::encode(b)
 }
 
-/// The ports the agent may bind: the published ones.
-pub(crate) fn sandbox_ports(ports: &[Publish]) -> Vec<u16> {
-    let mut v: Vec<u16> = ports.iter().map(|p| p.sandbox_port).collect();
+/// The ports the agent may bind: the published ones and those exposed to
+/// be published later (`run --expose`).
+pub(crate) fn sandbox_ports(ports: &[Publish], exposed: &[u16]) -> Vec<u16> {
+    let mut v: Vec<u16> = ports.iter().map(|p| p.sandbox_port).chain(exposed.iter().copied()).collect();
     v.sort_unstable();
     v.dedup();
     v
@@ -152,11 +157,13 @@ impl Listeners {
     /// Starts relaying into `netns` (a descriptor of its own is kept) and
     /// records the ports for `moat ls`. Relaying stops when the result drops.
     pub(crate) fn start(self, netns: &Netns, paths: &Paths) -> Result<Relay, crate::sandbox::SandboxError> {
-        let shown: Vec<Shown> = self
-            .ports
-            .iter()
-            .map(|(p, _)| Shown { host: p.host.to_string(), sandbox_port: p.sandbox_port, token: self.token.is_some() })
-            .collect();
+        // Ports published earlier (`moat publish`) stay listed.
+        let mut shown = published(paths);
+        shown.extend(self.ports.iter().map(|(p, _)| Shown {
+            host: p.host.to_string(),
+            sandbox_port: p.sandbox_port,
+            token: self.token.is_some(),
+        }));
         if !shown.is_empty() {
             let json = serde_json::to_vec(&shown).map_err(|e| crate::sandbox::SandboxError::Refused(e.to_string()))?;
             state::write_runtime(&shown_file(paths), &json)?;
@@ -177,6 +184,57 @@ impl Listeners {
             std::thread::spawn(move || accept_loop(listener, p, ns, token, stop, sandbox));
         }
         Ok(Relay { listeners: fds, stop })
+    }
+}
+
+/// Publishes ports of a running sandbox (`moat publish`, through the
+/// control socket): only ports the sandbox was allowed to bind at start,
+/// under the same rules as `run -p` (a token off loopback, the run's token
+/// for every port).
+pub(crate) struct Live {
+    netns: Netns,
+    paths: Paths,
+    bindable: Vec<u16>,
+    gateway_port: u16,
+    token: Option<String>,
+    state: std::sync::Mutex<(Vec<Publish>, Vec<Relay>)>,
+}
+
+impl Live {
+    pub(crate) fn new(
+        netns: &Netns,
+        paths: &Paths,
+        bindable: Vec<u16>,
+        gateway_port: u16,
+        token: Option<String>,
+        published: &[Publish],
+    ) -> io::Result<Live> {
+        let state = std::sync::Mutex::new((published.to_vec(), Vec::new()));
+        Ok(Live { netns: netns.try_clone()?, paths: paths.clone(), bindable, gateway_port, token, state })
+    }
+
+    fn publish_one(&self, spec: &str) -> Result<Vec<Shown>, PublishError> {
+        let p = parse(spec)?;
+        if !self.bindable.contains(&p.sandbox_port) {
+            return Err(PublishError::NotExposed(p.sandbox_port));
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = state.0.clone();
+        all.push(p);
+        check(&all, self.token.is_some(), self.gateway_port)?;
+        let relay = Listeners::bind(&[p], self.token.as_deref())?
+            .start(&self.netns, &self.paths)
+            .map_err(|e| PublishError::Listen(p.host, io::Error::other(moat_builder::errors::chain(&e))))?;
+        state.0.push(p);
+        state.1.push(relay);
+        tracing::info!(event = "port_published", sandbox = %self.paths.name, host = %p.host, sandbox_port = p.sandbox_port);
+        Ok(published(&self.paths))
+    }
+}
+
+impl crate::gateway::control::Publisher for Live {
+    fn publish(&self, spec: &str) -> Result<serde_json::Value, String> {
+        self.publish_one(spec).map(|shown| serde_json::json!(shown)).map_err(|e| moat_builder::errors::chain(&e))
     }
 }
 

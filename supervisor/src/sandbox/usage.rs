@@ -124,7 +124,10 @@ mod tests {
 
         let v2 = tree(&[("moat/s/cpu.stat", "usage_usec 7\nuser_usec 5\n"), ("moat/s/memory.current", "8192\n")]);
         let (cpu, mem) = dirs_in("0::/moat/s\n", v2.path());
-        assert_eq!((cpu.as_deref(), mem.as_deref()), (Some(&*v2.path().join("moat/s")), Some(&*v2.path().join("moat/s"))));
+        assert_eq!(
+            (cpu.as_deref(), mem.as_deref()),
+            (Some(&*v2.path().join("moat/s")), Some(&*v2.path().join("moat/s")))
+        );
     }
 
     #[test]
