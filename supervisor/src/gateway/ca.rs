@@ -76,7 +76,19 @@ impl Ca {
     }
 
     /// A TLS server configuration presenting a leaf certificate for `host`.
-    pub fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, CaError> {
+    pub fn server_config(&self, host: &str, h2: bool) -> Result<Arc<rustls::ServerConfig>, CaError> {
+        let config = self.server_config_h1(host)?;
+        if !h2 {
+            return Ok(config);
+        }
+        // The same leaf, offering h2 alone (`super::h2`): not cached, these
+        // connections are few.
+        let mut c = (*config).clone();
+        c.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(c))
+    }
+
+    fn server_config_h1(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, CaError> {
         let host = host.to_ascii_lowercase();
         // Only valid names are ever cached.
         if let Some(c) = self.leaves.lock().unwrap_or_else(|p| p.into_inner()).get(&host) {
@@ -101,7 +113,8 @@ impl Ca {
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(chain, key)?;
-        // HTTP/1.1 only: the inspector parses HTTP/1 requests.
+        // HTTP/1.1: the inspector parses HTTP/1 requests; `server_config(_, true)`
+        // offers h2 alone to clients that offer nothing else.
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let config = Arc::new(config);
         let mut leaves = self.leaves.lock().unwrap_or_else(|p| p.into_inner());
@@ -186,6 +199,14 @@ fn client(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, CaE
     Ok(Arc::new(config))
 }
 
+/// `config` offering h2 first, then HTTP/1.1 (the upstream of an HTTP/2
+/// client: gRPC needs h2 end to end).
+pub fn offering_h2(config: &Arc<rustls::ClientConfig>) -> Arc<rustls::ClientConfig> {
+    let mut c = (**config).clone();
+    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(c)
+}
+
 /// The TLS name for an upstream host (DNS name or IP literal).
 pub fn server_name(host: &str) -> Result<ServerName<'static>, CaError> {
     ServerName::try_from(host.to_string()).map_err(|_| CaError::Name(host.into()))
@@ -208,11 +229,11 @@ mod tests {
     fn leaves_chain_to_the_ca_and_are_cached() {
         let ca = Ca::new("t").unwrap();
         assert!(ca.cert_pem().starts_with("-----BEGIN CERTIFICATE-----"));
-        let a = ca.server_config("api.example.com").unwrap();
-        let b = ca.server_config("API.example.com").unwrap();
+        let a = ca.server_config("api.example.com", false).unwrap();
+        let b = ca.server_config("API.example.com", false).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
-        ca.server_config("198.18.0.2").unwrap();
-        assert!(ca.server_config("bad name!").is_err());
+        ca.server_config("198.18.0.2", false).unwrap();
+        assert!(ca.server_config("bad name!", false).is_err());
         let ders = pem_certificates(ca.cert_pem().as_bytes()).unwrap();
         assert_eq!(ders.len(), 1);
     }

@@ -242,7 +242,7 @@ pub(crate) async fn inference_tunnel(
     client: BufReader<TcpStream>,
     caller: Option<&super::identity::Proc>,
 ) {
-    let Ok(server) = shared.ca.server_config(INFERENCE_HOST) else { return };
+    let Ok(server) = shared.ca.server_config(INFERENCE_HOST, false) else { return };
     let accept = tokio_rustls::TlsAcceptor::from(server).accept(client);
     let Ok(Ok(tls)) = tokio::time::timeout(shared.limits.head_timeout, accept).await else { return };
     let mut client = BufReader::new(tls);
@@ -305,7 +305,18 @@ pub(crate) async fn tunnel(shared: &Arc<Shared>, mut client: BufReader<TcpStream
         let mut up = BufReader::new(upstream);
         return requests(shared, caller, relay, &host, port, &mut client, &mut up, 80).await;
     }
-    let server = match shared.ca.server_config(&host) {
+    // The ClientHello first: a client that offers only h2 (gRPC, HTTP/2-only
+    // libraries) is served HTTP/2 (`super::h2`); any other keeps HTTP/1.1.
+    let hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client);
+    let start = match tokio::time::timeout(shared.limits.head_timeout, hello).await {
+        Ok(Ok(s)) => s,
+        _ => return,
+    };
+    let h2_only = start.client_hello().alpn().is_some_and(|offered| {
+        let offered: Vec<&[u8]> = offered.collect();
+        offered.contains(&&b"h2"[..]) && !offered.contains(&&b"http/1.1"[..])
+    });
+    let server = match shared.ca.server_config(&host, h2_only) {
         Ok(c) => c,
         Err(e) => return deny_event(&moat_builder::errors::chain(&e)),
     };
@@ -316,6 +327,7 @@ pub(crate) async fn tunnel(shared: &Arc<Shared>, mut client: BufReader<TcpStream
             Some(pem) => super::ca::pinned_client(pem).map_err(|e| moat_builder::errors::chain(&e))?,
             None => shared.upstream_tls().map_err(|e| e.to_string())?,
         };
+        let config = if h2_only { super::ca::offering_h2(&config) } else { config };
         let connector = tokio_rustls::TlsConnector::from(config);
         match tokio::time::timeout(shared.limits.connect_timeout, connector.connect(name, upstream)).await {
             Ok(Ok(s)) => Ok(s),
@@ -323,13 +335,12 @@ pub(crate) async fn tunnel(shared: &Arc<Shared>, mut client: BufReader<TcpStream
             Err(_) => Err("upstream TLS handshake timed out".to_string()),
         }
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(server);
-    let accept = tokio::time::timeout(shared.limits.head_timeout, acceptor.accept(client));
+    let accept = tokio::time::timeout(shared.limits.head_timeout, start.into_stream(server));
     let (up, accepted) = tokio::join!(up, accept);
     let Ok(Ok(tls)) = accepted else { return };
     let mut client = BufReader::new(tls);
-    let mut up = match up {
-        Ok(u) => BufReader::new(u),
+    let up = match up {
+        Ok(u) => u,
         Err(e) => {
             deny_event(&e);
             let body = format!("moat: cannot reach {host}:{port}: {e}\n");
@@ -338,6 +349,11 @@ pub(crate) async fn tunnel(shared: &Arc<Shared>, mut client: BufReader<TcpStream
             return;
         }
     };
+    if h2_only {
+        let upstream_h2 = up.get_ref().1.alpn_protocol() == Some(b"h2");
+        return super::h2::serve(shared, caller, relay, &host, port, client.into_inner(), up, upstream_h2).await;
+    }
+    let mut up = BufReader::new(up);
     requests(shared, caller, relay, &host, port, &mut client, &mut up, 443).await;
 }
 

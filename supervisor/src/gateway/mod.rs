@@ -12,6 +12,7 @@ pub mod connects;
 pub mod control;
 mod decide;
 pub mod events;
+mod h2;
 pub mod http1;
 pub mod identity;
 pub mod inference;
