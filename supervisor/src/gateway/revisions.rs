@@ -9,7 +9,7 @@
 //! it, and the rule an approval writes pins that sha256.
 #![forbid(unsafe_code)]
 use crate::policy::network::Network;
-use crate::policy::schema::{Endpoint, Enforcement, NetPolicy};
+use crate::policy::schema::{Endpoint, NetPolicy};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
@@ -319,18 +319,7 @@ pub fn approval_policy(p: &Pending) -> NetPolicy {
         sha256: vec![p.hash.clone()],
         children: false,
         jit: true,
-        endpoints: vec![Endpoint {
-            host: p.host.clone(),
-            port: p.port,
-            protocol: None,
-            tls: None,
-            access: None,
-            rules: Vec::new(),
-            enforcement: Enforcement::Enforce,
-            allowed_ips: Vec::new(),
-            upgrade: false,
-            upstream_ca: None,
-        }],
+        endpoints: vec![Endpoint::l4(p.host.clone(), p.port)],
     }
 }
 

@@ -144,18 +144,7 @@ mod tests {
     }
 
     fn endpoint(host: &str, port: u16) -> Endpoint {
-        Endpoint {
-            host: host.into(),
-            port,
-            protocol: None,
-            tls: None,
-            access: None,
-            rules: Vec::new(),
-            enforcement: Enforcement::Enforce,
-            allowed_ips: Vec::new(),
-            upgrade: false,
-            upstream_ca: None,
-        }
+        Endpoint::l4(host, port)
     }
 
     fn inspected_policy() -> Vec<NetPolicy> {

@@ -134,7 +134,7 @@ fn load_text(path: &Path, text: &str) -> Result<Policy, PolicyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::schema::{Endpoint, Enforcement};
+    use crate::policy::schema::Endpoint;
 
     fn rule(name: &str, host: &str) -> NetPolicy {
         NetPolicy {
@@ -144,18 +144,7 @@ mod tests {
             sha256: vec!["ab".repeat(32)],
             children: false,
             jit: true,
-            endpoints: vec![Endpoint {
-                host: host.into(),
-                port: 443,
-                protocol: None,
-                tls: None,
-                access: None,
-                rules: Vec::new(),
-                enforcement: Enforcement::Enforce,
-                allowed_ips: Vec::new(),
-                upgrade: false,
-                upstream_ca: None,
-            }],
+            endpoints: vec![Endpoint::l4(host, 443)],
         }
     }
 

@@ -186,6 +186,23 @@ impl NetPolicy {
 }
 
 impl Endpoint {
+    /// `host:port` relayed as bytes (L4), nothing else set: the base an
+    /// approval, an import and a suggestion start from.
+    pub fn l4(host: impl Into<String>, port: u16) -> Endpoint {
+        Endpoint {
+            host: host.into(),
+            port,
+            protocol: None,
+            tls: None,
+            access: None,
+            rules: Vec::new(),
+            enforcement: Enforcement::Enforce,
+            allowed_ips: Vec::new(),
+            upgrade: false,
+            upstream_ca: None,
+        }
+    }
+
     fn validate(&self) -> Result<(), String> {
         check_host_pattern(&self.host)?;
         if self.port == 0 {

@@ -267,19 +267,7 @@ fn rule(r: &Value) -> Result<Vec<Rule>, (String, String)> {
 
 /// An endpoint relayed as bytes, the base every import starts from.
 pub(super) fn l4(host: String, port: u16) -> Endpoint {
-    let (protocol, tls, access, rules, allowed_ips) = (None, None, None, Vec::new(), Vec::new());
-    Endpoint {
-        host,
-        port,
-        protocol,
-        tls,
-        access,
-        rules,
-        enforcement: Enforcement::Enforce,
-        allowed_ips,
-        upgrade: false,
-        upstream_ca: None,
-    }
+    Endpoint::l4(host, port)
 }
 
 /// Checks one binary and one endpoint with `NetPolicy::validate`, moat's one

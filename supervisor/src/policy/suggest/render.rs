@@ -8,7 +8,7 @@
 #![forbid(unsafe_code)]
 use super::rules::{literal, path_rules};
 use super::{Collector, Seen, SuggestError, Suggestion, Traffic};
-use crate::policy::schema::{Access, Endpoint, Enforcement, NetPolicy, Protocol, Rule, RuleMatch};
+use crate::policy::schema::{Access, Endpoint, NetPolicy, Protocol, Rule, RuleMatch};
 use crate::policy::{Network, Policy};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -160,18 +160,7 @@ pub(super) fn build(
         let mut ep_notes = Vec::new();
         let mut rule_notes = Vec::new();
         for ((host, port), t) in &b.dests {
-            let mut e = Endpoint {
-                host: host.clone(),
-                port: *port,
-                protocol: None,
-                tls: None,
-                access: None,
-                rules: Vec::new(),
-                enforcement: Enforcement::Enforce,
-                allowed_ips: allowed_ips.to_vec(),
-                upgrade: false,
-                upstream_ca: None,
-            };
+            let mut e = Endpoint { allowed_ips: allowed_ips.to_vec(), ..Endpoint::l4(host.clone(), *port) };
             let mut lines = Vec::new();
             if t.requests.is_empty() {
                 lines.push(format!(
