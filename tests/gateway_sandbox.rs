@@ -389,3 +389,70 @@ fn routes_switch_live_from_the_cli_and_secrets_are_masked_in_logs() {
     assert!(logs.contains("token=ghp_") && !logs.contains("MeNow0123456789"), "the token is masked: {logs}");
     ok(&["rm", "--force", "live"]);
 }
+
+/// An HTTP/2-only client is served HTTP/2 on an inspected endpoint, each
+/// request checked: Node's `http2` (which offers only h2 in ALPN, as gRPC
+/// clients do) GETs through the (HTTP/1.1) upstream and is refused a POST
+/// on a read-only rule; curl offering both protocols keeps HTTP/1.1.
+#[test]
+fn an_http2_only_client_is_served_h2_and_checked_per_request() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rules = "[[network.policy]]\nname = \"h2-clients\"\nbinaries = [\"/usr/bin/curl\", \"/usr/bin/node*\"]\n\
+                 [[network.policy.endpoint]]\nhost = \"up.test\"\nport = 443\nprotocol = \"rest\"\n\
+                 access = \"read-only\"\nallowed_ips = [\"198.18.0.0/15\"]\n";
+    let p = policy("h2-only", rules);
+    // Node ignores the proxy variables: the tunnel is opened by hand, then
+    // TLS offering h2 alone, then HTTP/2 over it.
+    let node = r#"
+const net = require('net'), tls = require('tls'), http2 = require('http2'), fs = require('fs');
+const ca = fs.readFileSync('/etc/moat/ca.pem');
+function tunnel() {
+  return new Promise((ok, bad) => {
+    const s = net.connect(3128, '127.0.0.1', () => s.write('CONNECT up.test:443 HTTP/1.1\r\nHost: up.test:443\r\n\r\n'));
+    s.once('data', d => d.toString().startsWith('HTTP/1.1 200') ? ok(s) : bad(new Error(d.toString())));
+    s.on('error', bad);
+  });
+}
+function req(client, method, path) {
+  return new Promise(ok => {
+    const r = client.request({ ':method': method, ':path': path });
+    let body = '', status = 0;
+    r.on('response', h => { status = h[':status']; });
+    r.on('data', d => { body += d; });
+    r.on('end', () => ok(status + ' ' + body.trim()));
+    if (method === 'POST') r.end('x'); else r.end();
+  });
+}
+(async () => {
+  const sock = await tunnel();
+  const t = tls.connect({ socket: sock, servername: 'up.test', ALPNProtocols: ['h2'], ca });
+  await new Promise((ok, bad) => { t.once('secureConnect', ok); t.once('error', bad); });
+  console.log('alpn=' + t.alpnProtocol);
+  const client = http2.connect('https://up.test', { createConnection: () => t });
+  console.log('get=' + await req(client, 'GET', '/h2get'));
+  console.log('post=' + (await req(client, 'POST', '/h2post')).split(' ')[0]);
+  client.close();
+})().catch(e => { console.log('error=' + e.message); });
+"#;
+    let script = format!(
+        "node -e \"$NODE\"\ncurl -sS --http2 -o /dev/null -w 'both=%{{http_version}}\\n' https://up.test/both\n"
+    );
+    let out = ok(&[
+        "run",
+        "--rm",
+        "--policy",
+        p.to_str().unwrap(),
+        "-e",
+        &format!("NODE={node}"),
+        "agent",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let r = kv(&out);
+    assert_eq!(r.get("alpn").map(String::as_str), Some("h2"), "{out}");
+    assert_eq!(r.get("get").map(String::as_str), Some("200 echo GET /h2get 0"), "{out}");
+    assert_eq!(r.get("post").map(String::as_str), Some("403"), "{out}");
+    assert_eq!(r.get("both").map(String::as_str), Some("1.1"), "{out}");
+}
