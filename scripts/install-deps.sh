@@ -14,6 +14,9 @@ pkgs=(skopeo umoci oci-image-tool docker-registry apache2-utils runc crun
 # npm ci from the npm registry). A node installed another way (nodesource)
 # counts: Debian's npm package would conflict with it.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then pkgs+=(nodejs npm); fi
+# pip is the oracle of [pypi] layouts (tests/pypi_inputs.rs); a python3 with
+# pip installed another way (pyenv) counts.
+if ! python3 -m pip --version >/dev/null 2>&1; then pkgs+=(python3 python3-pip); fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

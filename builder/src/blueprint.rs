@@ -71,6 +71,10 @@ pub struct Blueprint {
     /// digest its lock was made with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub npm: Option<Spanned<crate::npm::NpmSpec>>,
+    /// PyPI wheels resolved by `moat lock` and pinned in the lock
+    /// (docs/pypi.md); absent, not serialised (digests stay as they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pypi: Option<Spanned<crate::pypi::PypiSpec>>,
     #[serde(default, rename = "layer")]
     pub layers: Vec<Spanned<LayerSpec>>,
     #[serde(default)]
@@ -342,6 +346,12 @@ fn validate(l: &Loaded) -> Result<BaseRef, BlueprintError> {
     if let Some(npm) = &bp.npm {
         validate_npm(l, npm)?;
     }
+    if let Some(pypi) = &bp.pypi {
+        if pypi.get_ref().packages.is_empty() {
+            return Err(l.err(pypi.span(), "[pypi] packages is empty"));
+        }
+        crate::pypi::check(pypi.get_ref(), &bp.architecture).map_err(|(span, m)| l.err(span, m))?;
+    }
     for layer in &bp.layers {
         if layer.get_ref().entries.is_empty() {
             return Err(l.err(layer.span(), "layer has no [[layer.entry]]"));
@@ -476,6 +486,30 @@ mod tests {
         assert!(e.starts_with("bp.toml:4:1: ") && e.contains("unknown field"), "{e}");
         let e = p("name = \"x\"\n[npm]\npackages = [\"a\"]\nprefix = \"usr\"\n").unwrap_err().to_string();
         assert!(e.starts_with("bp.toml:4:10: "), "{e}");
+    }
+    #[test]
+    fn pypi_table_errors_are_placed() {
+        let plain = p("name = \"x\"\n").unwrap();
+        let text = String::from_utf8(crate::cjson::to_vec(&plain.bp).unwrap()).unwrap();
+        assert!(!text.contains("pypi"), "an absent [pypi] changes every blueprint digest: {text}");
+        let head =
+            "name = \"x\"\n[pypi]\npython_version = \"3.11\"\ntarget = \"/usr/local/lib/python3.11/dist-packages\"\n";
+        let l =
+            p(&format!("{head}packages = [\"attrs==23.2.0\", \"rich[jupyter]>=13,<14 ; python_version >= '3.8'\"]\n"))
+                .unwrap();
+        assert_eq!(l.bp.pypi.unwrap().get_ref().python.get_ref(), "/usr/bin/python3");
+        let e = p(&format!("{head}packages = [\"a==1\", \"b @ https://h/b.whl\"]\n")).unwrap_err().to_string();
+        assert!(e.starts_with("bp.toml:5:21: ") && e.contains("URL"), "{e}");
+        let e = p(&format!("{head}packages = [\"a\"]\nindex = \"h\"\n")).unwrap_err().to_string();
+        assert!(e.starts_with("bp.toml:6:1: ") && e.contains("unknown field"), "{e}");
+        let e = p("name = \"x\"\n[pypi]\npackages = [\"a\"]\npython_version = \"3.11\"\ntarget = \"/usr/local/lib/python3.12/dist-packages\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("bp.toml:5:10: ") && e.contains("python3.11"), "{e}");
+        let e = p("name = \"x\"\n[pypi]\npackages = [\"a\"]\npython_version = \"three\"\ntarget = \"/t\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("bp.toml:4:18: "), "{e}");
     }
     #[test]
     fn base_refs() {

@@ -23,6 +23,7 @@ pub mod lock;
 pub(crate) mod malloc;
 pub mod npm;
 pub mod oci;
+pub mod pypi;
 pub mod registry;
 pub mod sign;
 pub mod store;

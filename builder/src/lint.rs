@@ -82,7 +82,7 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) {
 /// Keys only a blueprint has at its top level (`layers` and `schema` too:
 /// a misspelt or mistaken blueprint is still linted as one).
 const BLUEPRINT_KEYS: &[&str] =
-    &["name", "schema", "base", "layer", "layers", "debian", "npm", "strip", "users", "config"];
+    &["name", "schema", "base", "layer", "layers", "debian", "npm", "pypi", "strip", "users", "config"];
 
 /// A blueprint is any file under a `blueprints/` folder, or a TOML file
 /// with a blueprint key and no `version` (policies, presets and profiles

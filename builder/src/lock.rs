@@ -52,6 +52,12 @@ pub struct Lock {
     /// Pinned npm tree (present when the blueprint has `[npm]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub npm: Option<toml::Value>,
+    /// Digest of the `[pypi]` table and architecture the set was resolved for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pypi_spec: Option<Digest>,
+    /// Pinned PyPI wheels (present when the blueprint has `[pypi]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pypi: Option<toml::Value>,
     #[serde(default, rename = "layer")]
     pub layers: Vec<LockedLayer>,
     pub image: LockedImage,
@@ -100,6 +106,13 @@ pub fn debian_spec_digest(spec: &crate::debian::DebianSpec) -> Digest {
 /// blueprint's architecture (which selects platform packages).
 pub fn npm_spec_digest(spec: &crate::npm::NpmSpec, architecture: &str) -> Digest {
     let v = serde_json::json!({"npm": spec, "architecture": architecture});
+    Digest::of(&crate::cjson::to_vec(&v).unwrap_or_default())
+}
+
+/// Digest of what a PyPI set is resolved for: the `[pypi]` table and the
+/// blueprint's architecture (which selects platform wheels).
+pub fn pypi_spec_digest(spec: &crate::pypi::PypiSpec, architecture: &str) -> Digest {
+    let v = serde_json::json!({"pypi": spec, "architecture": architecture});
     Digest::of(&crate::cjson::to_vec(&v).unwrap_or_default())
 }
 
@@ -166,6 +179,7 @@ pub enum Difference {
     },
     Debian,
     Npm,
+    Pypi,
     LayerCount {
         locked: usize,
         now: usize,
@@ -209,6 +223,7 @@ impl std::fmt::Display for Difference {
             },
             Difference::Debian => write!(f, "the Debian package set differs from the lock"),
             Difference::Npm => write!(f, "the npm package tree differs from the lock"),
+            Difference::Pypi => write!(f, "the PyPI wheel set differs from the lock"),
             Difference::LayerCount { locked, now } => write!(f, "layer count differs: locked {locked}, built {now}"),
             Difference::Layer { index, name, locked, now } => {
                 write!(f, "layer {index} ({name}) differs: locked diff_id {locked}, built {now}")
@@ -263,6 +278,9 @@ pub fn first_difference(expected: &Lock, actual: &Lock) -> Option<Difference> {
     if expected.npm != actual.npm {
         return Some(Difference::Npm);
     }
+    if expected.pypi != actual.pypi {
+        return Some(Difference::Pypi);
+    }
     for (i, (l, a)) in expected.layers.iter().zip(&actual.layers).enumerate() {
         if l.diff_id != a.diff_id {
             return Some(Difference::Layer {
@@ -312,6 +330,8 @@ mod tests {
             debian: None,
             npm_spec: None,
             npm: None,
+            pypi_spec: None,
+            pypi: None,
             layers: vec![LockedLayer {
                 name: "app".into(),
                 diff_id: Digest::of(diff_id),

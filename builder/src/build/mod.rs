@@ -164,6 +164,19 @@ fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildErr
             Ok(Some(tree))
         })?;
     }
+    let pypi_lock = pypi_set(l, mode, opts)?;
+    if let (Some(spec), Some(pl)) = (&l.bp.pypi, &pypi_lock) {
+        let arch = &l.bp.architecture;
+        let pypi_err =
+            |e: crate::pypi::PypiError| BuildError::Input { at: l.at(spec.span()).to_string(), msg: e.to_string() };
+        let what = serde_json::json!({"pypi": crate::pypi::layer_key(spec.get_ref(), pl, arch), "strip": strip_key});
+        asm.add("pypi", "moat: PyPI packages".into(), what, || {
+            let mut tree =
+                crate::pypi::materialize(spec.get_ref(), pl, arch, &opts.download_cache).map_err(pypi_err)?;
+            tree.retain_not(|e| stripper.matches(&e.path));
+            Ok(Some(tree))
+        })?;
+    }
     let mut input_iter = inputs.iter();
     for (i, layer) in l.bp.layers.iter().enumerate() {
         let spec = layer.get_ref();
@@ -221,6 +234,11 @@ fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildErr
             .transpose()?,
         npm_spec: l.bp.npm.as_ref().map(|s| lock::npm_spec_digest(s.get_ref(), &l.bp.architecture)),
         npm: npm_lock
+            .as_ref()
+            .map(|d| toml::Value::try_from(d).map_err(|e| BuildError::Base(e.to_string())))
+            .transpose()?,
+        pypi_spec: l.bp.pypi.as_ref().map(|s| lock::pypi_spec_digest(s.get_ref(), &l.bp.architecture)),
+        pypi: pypi_lock
             .as_ref()
             .map(|d| toml::Value::try_from(d).map_err(|e| BuildError::Base(e.to_string())))
             .transpose()?,
@@ -328,6 +346,35 @@ fn npm_set(l: &Loaded, mode: Mode, opts: &Options) -> Result<Option<crate::npm::
             from_lock(prev)
         }
         Mode::Lock { .. } => crate::npm::resolve(spec.get_ref(), &l.bp.architecture, &opts.download_cache)
+            .map(Some)
+            .map_err(|e| BuildError::Input { at: at(), msg: e.to_string() }),
+    }
+}
+
+/// The pinned PyPI set: resolved only by `moat lock` (kept from the previous
+/// lock unless `--update` or the `[pypi]` table or architecture changed);
+/// `build` and `verify` take the lock's.
+fn pypi_set(l: &Loaded, mode: Mode, opts: &Options) -> Result<Option<crate::pypi::PypiLock>, BuildError> {
+    let Some(spec) = &l.bp.pypi else { return Ok(None) };
+    let at = || l.at(spec.span()).to_string();
+    let from_lock = |lock: &Lock| -> Result<Option<crate::pypi::PypiLock>, BuildError> {
+        let v = lock.pypi.clone().ok_or_else(|| BuildError::Input {
+            at: at(),
+            msg: "the lock has no [pypi] wheel set: run `moat lock`".into(),
+        })?;
+        v.try_into()
+            .map(Some)
+            .map_err(|e: toml::de::Error| BuildError::Input { at: at(), msg: format!("lock [pypi]: {e}") })
+    };
+    match mode {
+        Mode::Build(lock) | Mode::Verify(lock) => from_lock(lock),
+        Mode::Lock { previous: Some(prev), update: false }
+            if prev.pypi.is_some()
+                && prev.pypi_spec == Some(lock::pypi_spec_digest(spec.get_ref(), &l.bp.architecture)) =>
+        {
+            from_lock(prev)
+        }
+        Mode::Lock { .. } => crate::pypi::resolve(spec.get_ref(), &l.bp.architecture, &opts.download_cache)
             .map(Some)
             .map_err(|e| BuildError::Input { at: at(), msg: e.to_string() }),
     }

@@ -62,13 +62,18 @@ pub fn spdx(name: &str, digest: &str, packages: &[Value]) -> Value {
     let mut pkgs = Vec::new();
     let mut rels = Vec::new();
     let mut ids = std::collections::BTreeMap::new();
-    for (i, p) in packages.iter().enumerate().filter(|(_, p)| !crate::npm::sbom::is_npm(p)) {
+    let foreign = |p: &Value| crate::npm::sbom::is_npm(p) || crate::pypi::sbom::is_pypi(p);
+    for (i, p) in packages.iter().enumerate().filter(|(_, p)| !foreign(p)) {
         let n = p["name"].as_str().unwrap_or("");
         ids.insert(n.to_string(), spdx_ref(i, n));
     }
     for (i, p) in packages.iter().enumerate() {
-        if crate::npm::sbom::is_npm(p) {
-            let o = crate::npm::sbom::spdx_package(i, p);
+        if foreign(p) {
+            let o = if crate::npm::sbom::is_npm(p) {
+                crate::npm::sbom::spdx_package(i, p)
+            } else {
+                crate::pypi::sbom::spdx_package(i, p)
+            };
             rels.push(json!({"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": o["SPDXID"]}));
             pkgs.push(o);
             continue;
@@ -129,9 +134,10 @@ pub fn image_sbom(store: &crate::Store, reference: &str) -> Result<Value, super:
     let (name, digest, packages) = image_packages(store, reference)?;
     let pkgs = packages.ok_or_else(|| {
         super::DebianError::Spec(format!(
-            "sbom of {reference}: the image has neither /{} nor /{} (it was built from no [debian] or [npm] table)",
+            "sbom of {reference}: the image has none of /{}, /{} and /{} (it was built from no [debian], [npm] or [pypi] table)",
             super::SBOM_DATA,
-            crate::npm::sbom::SBOM_DATA
+            crate::npm::sbom::SBOM_DATA,
+            crate::pypi::sbom::SBOM_DATA
         ))
     })?;
     Ok(spdx(&name, &digest, &pkgs))
@@ -148,11 +154,12 @@ pub fn image_packages(
     let img = store.resolve(reference).map_err(|e| err(crate::errors::chain(&e)))?;
     let m = store.manifest(&img.manifest.digest).map_err(|e| err(crate::errors::chain(&e)))?;
     let npm = crate::npm::sbom::SBOM_DATA;
-    let want = |p: &str| p == super::SBOM_DATA || p == npm;
+    let pypi = crate::pypi::sbom::SBOM_DATA;
+    let want = |p: &str| p == super::SBOM_DATA || p == npm || p == pypi;
     let view = crate::layer::read::merged(store, &m.layers, &want).map_err(|e| err(crate::errors::chain(&e)))?;
     let digest = img.manifest.digest.to_string();
     let mut found = None;
-    for file in [super::SBOM_DATA, npm] {
+    for file in [super::SBOM_DATA, npm, pypi] {
         if let Some(data) = view.get(file).and_then(|e| e.data.clone()) {
             let pkgs: Vec<Value> = serde_json::from_slice(&data).map_err(|e| err(format!("/{file}: {e}")))?;
             found.get_or_insert_with(Vec::new).extend(pkgs);

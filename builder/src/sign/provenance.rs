@@ -136,6 +136,8 @@ mod tests {
             debian: None,
             npm_spec: None,
             npm: None,
+            pypi_spec: None,
+            pypi: None,
             layers: vec![LockedLayer {
                 name: "files".into(),
                 diff_id: Digest::of(b"d"),

@@ -1,0 +1,509 @@
+//! `[pypi]` inputs end to end against a simple index the test serves on
+//! loopback (PEP 691 JSON pages, one PEP 503 HTML page, PEP 658 metadata
+//! for some files, wheels the test zips): `moat lock` resolves (a diamond,
+//! markers that exclude dependencies, an extra), `moat build` lays the
+//! wheels out, and the layer is compared with what the real `pip install
+//! --no-deps --require-hashes --only-binary :all:` makes of the same wheels.
+//! Also: platform wheels chosen for the blueprint's architecture, an
+//! sdist-only package refused by name, a tampered wheel refused by name,
+//! the SBOM's purls, and the same digest under another umask and TZ.
+mod common;
+use base64::Engine as _;
+use common::*;
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+fn record_hash(b: &[u8]) -> String {
+    format!("sha256={}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(b)))
+}
+
+/// A wheel: (file name, bytes, METADATA bytes).
+fn wheel(
+    name: &str,
+    version: &str,
+    tag: &str,
+    meta: &str,
+    eps: Option<&str>,
+    files: &[(&str, &str, bool)],
+) -> (String, Vec<u8>, Vec<u8>) {
+    let dist = name.replace('-', "_");
+    let info = format!("{dist}-{version}.dist-info");
+    let metadata = format!("Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{meta}\nA long description.\n");
+    let mut all: Vec<(String, Vec<u8>, bool)> =
+        files.iter().map(|(p, c, x)| (p.to_string(), c.as_bytes().to_vec(), *x)).collect();
+    all.push((format!("{info}/METADATA"), metadata.clone().into_bytes(), false));
+    all.push((
+        format!("{info}/WHEEL"),
+        format!("Wheel-Version: 1.0\nGenerator: moat-test\nRoot-Is-Purelib: true\nTag: {tag}\n").into_bytes(),
+        false,
+    ));
+    if let Some(e) = eps {
+        all.push((format!("{info}/entry_points.txt"), e.as_bytes().to_vec(), false));
+    }
+    let mut record = String::new();
+    for (p, c, _) in &all {
+        record.push_str(&format!("{p},{},{}\n", record_hash(c), c.len()));
+    }
+    record.push_str(&format!("{info}/RECORD,,\n"));
+    all.push((format!("{info}/RECORD"), record.into_bytes(), false));
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (p, c, x) in &all {
+        let o = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .unix_permissions(if *x { 0o755 } else { 0o644 });
+        w.start_file(p.as_str(), o).unwrap();
+        w.write_all(c).unwrap();
+    }
+    let bytes = w.finish().unwrap().into_inner();
+    (format!("{dist}-{version}-{tag}.whl"), bytes, metadata.into_bytes())
+}
+
+fn fixtures() -> Vec<(String, Vec<u8>, Vec<u8>)> {
+    let x86 = "cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64";
+    let arm = "cp311-cp311-manylinux_2_17_aarch64.manylinux2014_aarch64";
+    vec![
+        wheel(
+            "fx-cli",
+            "1.0",
+            "py3-none-any",
+            "Requires-Python: >=3.8\nRequires-Dist: left>=1\nRequires-Dist: right>=1\n\
+             Requires-Dist: winonly ; sys_platform == \"win32\"\nRequires-Dist: oldpy ; python_version < \"3.8\"\n\
+             Requires-Dist: colorlib>=1 ; extra == \"color\"\nRequires-Dist: docs-only ; extra == \"docs\"\nProvides-Extra: color\n",
+            Some("[console_scripts]\nfx = fx_cli.main:run\n[gui_scripts]\nfx-gui = fx_cli.gui:App.start\n[other]\nnot = a:b\n"),
+            &[
+                ("fx_cli/__init__.py", "", false),
+                ("fx_cli/main.py", "def run():\n    print('fx')\n", false),
+                ("fx_cli/gui.py", "class App:\n    start = staticmethod(lambda: 0)\n", false),
+                ("fx_cli/tool.sh", "#!/bin/sh\necho tool\n", true),
+                ("fx_cli-1.0.data/scripts/fx-tool", "#!python\nprint('tool')\n", true),
+                ("fx_cli-1.0.data/scripts/plain.sh", "#!/bin/sh\necho plain\n", false),
+                ("fx_cli-1.0.data/data/share/fx/readme.txt", "readme\n", false),
+                ("fx_cli-1.0.data/purelib/fx_extra_mod.py", "X = 1\n", false),
+            ],
+        ),
+        wheel("left", "1.0", "py3-none-any", "Requires-Dist: shared<3,>=1\n", None, &[("left/__init__.py", "L = 1\n", false)]),
+        wheel("right", "1.0", "py3-none-any", "Requires-Dist: shared>=2\n", None, &[("right.py", "R = 1\n", false)]),
+        wheel("shared", "1.0", "py3-none-any", "", None, &[("shared.py", "V = 1\n", false)]),
+        wheel("shared", "2.0", "py3-none-any", "", None, &[("shared.py", "V = 2\n", false)]),
+        wheel("shared", "3.0", "py3-none-any", "", None, &[("shared.py", "V = 3\n", false)]),
+        wheel("colorlib", "1.2", "py3-none-any", "", None, &[("colorlib.py", "C = 1\n", false)]),
+        wheel("winonly", "1.0", "py3-none-any", "", None, &[("winonly.py", "", false)]),
+        wheel("oldpy", "1.0", "py3-none-any", "", None, &[("oldpy.py", "", false)]),
+        wheel("docs-only", "1.0", "py3-none-any", "", None, &[("docs_only.py", "", false)]),
+        wheel("native", "1.0", x86, "", None, &[("native/__init__.py", "", false), ("native/_arch.txt", "x86_64\n", false)]),
+        wheel("native", "1.0", arm, "", None, &[("native/__init__.py", "", false), ("native/_arch.txt", "aarch64\n", false)]),
+    ]
+}
+
+/// The index: URL path -> (content type, body), served from a thread on 127.0.0.1.
+struct Index {
+    url: String,
+    files: Arc<Mutex<HashMap<String, (String, Vec<u8>)>>>,
+}
+
+impl Index {
+    fn serve() -> Index {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let files: Arc<Mutex<HashMap<String, (String, Vec<u8>)>>> = Arc::default();
+        let f = files.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 65536 {
+                        match c.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&req).lines().next().unwrap_or_default().to_string();
+                    let path = line.split(' ').nth(1).unwrap_or("/").to_string();
+                    let resp = match f.lock().unwrap().get(&path).cloned() {
+                        Some((ctype, b)) => {
+                            let mut r = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                                b.len()
+                            )
+                            .into_bytes();
+                            r.extend(b);
+                            r
+                        }
+                        None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec(),
+                    };
+                    let _ = c.write_all(&resp);
+                });
+            }
+        });
+        Index { url, files }
+    }
+
+    /// Publishes the wheels (and sdist file names): JSON pages, `right` as
+    /// HTML, PEP 658 metadata for `left` and `shared`.
+    fn publish(&self, wheels: &[(String, Vec<u8>, Vec<u8>)], sdists: &[(&str, &str)]) {
+        let mut pages: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        let mut files = self.files.lock().unwrap();
+        for (file, bytes, meta) in wheels {
+            let project = file.split('-').next().unwrap().replace('_', "-");
+            let mut f = json!({"filename": file, "url": format!("/files/{file}"), "hashes": {"sha256": hex::encode(Sha256::digest(bytes))}});
+            if project == "left" || project == "shared" {
+                f["core-metadata"] = json!({"sha256": hex::encode(Sha256::digest(meta))});
+                files.insert(format!("/files/{file}.metadata"), ("application/octet-stream".into(), meta.clone()));
+            }
+            files.insert(format!("/files/{file}"), ("application/octet-stream".into(), bytes.clone()));
+            pages.entry(project).or_default().push(f);
+        }
+        for (project, file) in sdists {
+            files.insert(format!("/files/{file}"), ("application/octet-stream".into(), b"not built".to_vec()));
+            pages.entry(project.to_string()).or_default().push(
+                json!({"filename": file, "url": format!("/files/{file}"), "hashes": {"sha256": hex::encode(Sha256::digest(b"not built"))}}),
+            );
+        }
+        for (project, list) in pages {
+            let body = if project == "right" {
+                let links: Vec<String> = list
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "<a href=\"{}#sha256={}\">{}</a><br/>",
+                            f["url"].as_str().unwrap(),
+                            f["hashes"]["sha256"].as_str().unwrap(),
+                            f["filename"].as_str().unwrap()
+                        )
+                    })
+                    .collect();
+                (
+                    "text/html".to_string(),
+                    format!("<!DOCTYPE html><html><body>{}</body></html>", links.join("\n")).into_bytes(),
+                )
+            } else {
+                let doc = json!({"meta": {"api-version": "1.1"}, "name": project, "files": list});
+                ("application/vnd.pypi.simple.v1+json".to_string(), serde_json::to_vec(&doc).unwrap())
+            };
+            files.insert(format!("/simple/{project}/"), body);
+        }
+    }
+}
+
+fn blueprint(dir: &Path, file: &str, arch: &str, packages: &[&str]) -> std::path::PathBuf {
+    let list: Vec<String> = packages.iter().map(|p| format!("{p:?}")).collect();
+    let text = format!(
+        "name = \"pypitest\"\nepoch = 1700000000\narchitecture = \"{arch}\"\n[pypi]\npackages = [{}]\n\
+         python_version = \"3.11\"\npython = \"/usr/bin/python3\"\ntarget = \"/usr/local/lib/python3.11/site-packages\"\n",
+        list.join(", ")
+    );
+    let p = dir.join(file);
+    fs::write(&p, text).unwrap();
+    p
+}
+
+fn moat_at(home: &Path, idx: &Index, umask: &str, tz: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(format!("umask {umask}; exec \"$0\" \"$@\"")).arg(moat_bin()).args(args);
+    c.env("MOAT_HOME", home).env_remove("MOAT_STORE").env_remove("RUST_LOG");
+    c.env("MOAT_PYPI_INDEX", format!("{}/simple", idx.url)).env("TZ", tz);
+    c
+}
+
+/// path -> (mode, bytes) of the files below `root`, and dirs as mode only.
+fn listing(root: &Path) -> BTreeMap<String, (u32, Option<Vec<u8>>)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let md = fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                stack.push(p.clone());
+                out.insert(rel, (md.mode() & 0o7777, None));
+            } else {
+                out.insert(rel, (md.mode() & 0o7777, Some(fs::read(&p).unwrap())));
+            }
+        }
+    }
+    out
+}
+
+const REQUESTS: [&str; 2] = ["fx-cli[color]>=1", "native==1.0"];
+
+#[test]
+fn pypi_set_matches_pip_and_is_pinned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let idx = Index::serve();
+    let wheels = fixtures();
+    idx.publish(&wheels, &[]);
+    let dir = t.join("bp");
+    fs::create_dir_all(&dir).unwrap();
+    let bp = blueprint(&dir, "app.toml", "amd64", &REQUESTS);
+    let store = t.join("store");
+    let s = store.to_str().unwrap();
+
+    let (code, out, err) =
+        run(moat_at(&t.join("home1"), &idx, "022", "UTC", &["lock", bp.to_str().unwrap(), "--store", s]));
+    assert_eq!(code, 0, "lock failed:\n{out}\n{err}");
+    let lock = fs::read_to_string(dir.join("app.lock")).unwrap();
+    let locked: toml::Value = toml::from_str(&lock).unwrap();
+    let pkgs = locked["pypi"]["packages"].as_array().unwrap();
+    let names: Vec<String> =
+        pkgs.iter().map(|p| format!("{}=={}", p["name"].as_str().unwrap(), p["version"].as_str().unwrap())).collect();
+    // The diamond meets at shared 2.0 (left: <3, right: >=2); markers
+    // exclude winonly and oldpy; the `color` extra brings colorlib, `docs` is not asked.
+    assert_eq!(
+        names,
+        ["colorlib==1.2", "fx-cli==1.0", "left==1.0", "native==1.0", "right==1.0", "shared==2.0"],
+        "{lock}"
+    );
+    assert!(lock.contains("native-1.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"), "{lock}");
+    assert!(lock.contains("url = \"/files/left-1.0-py3-none-any.whl\""), "{lock}");
+
+    let home2 = t.join("home2");
+    let (code, out1, err) = run(moat_at(&home2, &idx, "022", "UTC", &["build", bp.to_str().unwrap(), "--store", s]));
+    assert_eq!(code, 0, "build failed:\n{out1}\n{err}");
+
+    // The layer against the real pip.
+    require_tool("umoci");
+    let bundle = t.join("bundle");
+    let mut c = Command::new("umoci");
+    c.arg("unpack").arg("--image").arg(format!("{s}:pypitest")).arg(&bundle);
+    ok(c);
+    let root = bundle.join("rootfs/usr/local");
+    let ours_lib = listing(&root.join("lib/python3.11/site-packages"));
+    let ours_bin = listing(&root.join("bin"));
+    let ours_data = listing(&root.join("share"));
+
+    let pip_ok = Command::new("python3").args(["-m", "pip", "--version"]).output().is_ok_and(|o| o.status.success());
+    assert!(pip_ok, "the oracle needs `python3 -m pip` (Debian: python3-pip; scripts/install-deps.sh)");
+    assert_eq!(std::env::consts::ARCH, "x86_64", "the pip oracle installs for the host; this test compares amd64");
+    let wheel_dir = t.join("wheels");
+    fs::create_dir_all(&wheel_dir).unwrap();
+    for (f, b, _) in &wheels {
+        fs::write(wheel_dir.join(f), b).unwrap();
+    }
+    let reqs: Vec<String> = pkgs
+        .iter()
+        .map(|p| {
+            format!(
+                "{}=={} --hash=sha256:{}",
+                p["name"].as_str().unwrap(),
+                p["version"].as_str().unwrap(),
+                p["sha256"].as_str().unwrap()
+            )
+        })
+        .collect();
+    fs::write(t.join("req.txt"), reqs.join("\n") + "\n").unwrap();
+    let prefix = t.join("pip-prefix");
+    let mut c = Command::new("sh");
+    c.arg("-c").arg("umask 022; exec python3 -m pip \"$@\"").arg("pip");
+    c.args(["install", "--no-deps", "--require-hashes", "--only-binary", ":all:", "--no-index", "--no-compile"]);
+    c.args(["--disable-pip-version-check", "--no-warn-script-location", "--no-cache-dir", "--find-links"]);
+    c.arg(&wheel_dir).arg("--prefix").arg(&prefix).arg("-r").arg(t.join("req.txt"));
+    c.env("PIP_CONFIG_FILE", "/dev/null").env("HOME", t);
+    ok(c);
+    let lib = find_packages_dir(&prefix).expect("pip made no site-packages/dist-packages directory");
+    let bin = lib.join("../../../bin");
+    let exe = String::from_utf8(
+        Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().unwrap().stdout,
+    )
+    .unwrap();
+    let shebang = format!("#!{}\n", exe.trim());
+    let mut theirs_lib = listing(&lib);
+    let mut theirs_bin = listing(&bin);
+    let theirs_data = listing(&prefix.join("share"));
+
+    // Accepted differences (docs/pypi.md), each undone on pip's side:
+    // 1. scripts' `#!`: pip writes its own interpreter, moat the image's `python`.
+    let mut rewritten = Vec::new();
+    for (name, (_, data)) in theirs_bin.iter_mut() {
+        if let Some(d) = data.as_mut().filter(|d| d.starts_with(shebang.as_bytes())) {
+            *d = [b"#!/usr/bin/python3\n".as_slice(), &d[shebang.len()..]].concat();
+            rewritten.push(format!("../../../bin/{name}"));
+        }
+    }
+    assert_eq!(rewritten.len(), 3, "pip wrote the interpreter into fx, fx-gui and fx-tool: {rewritten:?}");
+    let requested = ["fx_cli-1.0.dist-info", "native-1.0.dist-info"];
+    let infos: Vec<String> = theirs_lib.keys().filter(|k| k.ends_with(".dist-info")).cloned().collect();
+    for info in &infos {
+        // 2. INSTALLER: pip writes `pip`, moat `moat`.
+        let inst = theirs_lib.get_mut(&format!("{info}/INSTALLER")).unwrap();
+        assert_eq!(inst.1.as_deref(), Some(b"pip\n".as_slice()));
+        inst.1 = Some(b"moat\n".to_vec());
+        // 3. REQUESTED: pip marks every line of a requirements file; moat the blueprint's packages.
+        let had = theirs_lib.contains_key(&format!("{info}/REQUESTED"));
+        assert!(had, "pip no longer writes REQUESTED for {info}");
+        if !requested.contains(&info.as_str()) {
+            theirs_lib.remove(&format!("{info}/REQUESTED"));
+        }
+        // 4. RECORD: the rows of what 1-3 changed, rehashed as pip would have.
+        let rec_key = format!("{info}/RECORD");
+        let text = String::from_utf8(theirs_lib[&rec_key].1.clone().unwrap()).unwrap();
+        let mut out = String::new();
+        for line in text.split_inclusive("\r\n") {
+            let path = line.split(',').next().unwrap();
+            let fixed = if path == format!("{info}/REQUESTED") && !requested.contains(&info.as_str()) {
+                String::new()
+            } else if path == format!("{info}/INSTALLER") {
+                format!("{path},{},5\r\n", record_hash(b"moat\n"))
+            } else if rewritten.iter().any(|r| r == path) {
+                let d = theirs_bin[path.trim_start_matches("../../../bin/")].1.clone().unwrap();
+                format!("{path},{},{}\r\n", record_hash(&d), d.len())
+            } else {
+                line.to_string()
+            };
+            out.push_str(&fixed);
+        }
+        theirs_lib.get_mut(&rec_key).unwrap().1 = Some(out.into_bytes());
+    }
+    for (what, ours, theirs) in
+        [("lib", &ours_lib, &theirs_lib), ("bin", &ours_bin, &theirs_bin), ("share", &ours_data, &theirs_data)]
+    {
+        let show = |v: Option<&(u32, Option<Vec<u8>>)>| {
+            v.map(|(m, d)| format!("{m:o} {:?}", d.as_ref().map(|d| String::from_utf8_lossy(d).into_owned())))
+        };
+        let diff: Vec<String> = ours
+            .iter()
+            .filter(|(k, v)| theirs.get(*k) != Some(v))
+            .map(|(k, v)| format!("moat {k}: {:?}\n  pip: {:?}", show(Some(v)), show(theirs.get(k))))
+            .chain(
+                theirs
+                    .iter()
+                    .filter(|(k, _)| !ours.contains_key(*k))
+                    .map(|(k, v)| format!("pip only {k}: {:?}", show(Some(v)))),
+            )
+            .collect();
+        assert!(diff.is_empty(), "moat's {what} differs from pip's install:\n{}", diff.join("\n"));
+    }
+    assert!(ours_bin.contains_key("fx") && ours_lib.contains_key("fx_extra_mod.py"), "{:?}", ours_bin.keys());
+    assert!(!ours_lib.keys().any(|k| k.contains("__pycache__")), "moat wrote bytecode");
+
+    // The SBOM lists every locked wheel with its purl and sha256.
+    let doc = ok({
+        let mut c = moat(&home2);
+        c.args(["sbom", "pypitest", "--store", s]);
+        c
+    });
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    let spdx = doc["packages"].as_array().unwrap();
+    assert_eq!(spdx.len(), pkgs.len(), "{doc:#}");
+    for (l, p) in pkgs.iter().zip(spdx) {
+        let purl = p["externalRefs"][0]["referenceLocator"].as_str().unwrap();
+        assert_eq!(purl, format!("pkg:pypi/{}@{}", l["name"].as_str().unwrap(), l["version"].as_str().unwrap()));
+        assert_eq!(p["checksums"][0]["checksumValue"].as_str(), l["sha256"].as_str(), "{p:#}");
+    }
+
+    // Same digest under another umask and TZ, other home and store.
+    let store2 = t.join("store2");
+    let (code, out2, err) = run(moat_at(
+        &t.join("home3"),
+        &idx,
+        "077",
+        "Pacific/Kiritimati",
+        &["build", bp.to_str().unwrap(), "--store", store2.to_str().unwrap()],
+    ));
+    assert_eq!(code, 0, "second build failed:\n{out2}\n{err}");
+    assert_eq!(out1.trim(), out2.trim(), "two builds gave different digests");
+
+    // A wheel changed on the index after locking is refused, by name.
+    let evil = wheel("left", "1.0", "py3-none-any", "", None, &[("left/__init__.py", "evil()\n", false)]);
+    idx.files
+        .lock()
+        .unwrap()
+        .insert("/files/left-1.0-py3-none-any.whl".into(), ("application/octet-stream".into(), evil.1));
+    let (code, out, err) =
+        run(moat_at(&t.join("home4"), &idx, "022", "UTC", &["build", bp.to_str().unwrap(), "--store", s]));
+    assert_ne!(code, 0, "a tampered wheel was built:\n{out}");
+    assert!(
+        err.contains("left==1.0") && err.contains("does not match"),
+        "the refusal does not name the package:\n{err}"
+    );
+}
+
+fn find_packages_dir(prefix: &Path) -> Option<std::path::PathBuf> {
+    let mut stack = vec![prefix.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).ok()? {
+            let p = e.ok()?.path();
+            let name = p.file_name()?.to_string_lossy().into_owned();
+            if name == "site-packages" || name == "dist-packages" {
+                return Some(p);
+            }
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn architecture_picks_wheels_and_sdists_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let idx = Index::serve();
+    idx.publish(&fixtures(), &[("sdonly", "sdonly-1.0.tar.gz"), ("sdonly", "sdonly-0.9.tar.gz")]);
+    let dir = t.join("bp");
+    fs::create_dir_all(&dir).unwrap();
+    let s = t.join("store");
+    let bp = blueprint(&dir, "arm.toml", "arm64", &["native==1.0"]);
+    let (code, out, err) = run(moat_at(
+        &t.join("home"),
+        &idx,
+        "022",
+        "UTC",
+        &["lock", bp.to_str().unwrap(), "--store", s.to_str().unwrap()],
+    ));
+    assert_eq!(code, 0, "lock failed:\n{out}\n{err}");
+    let lock = fs::read_to_string(dir.join("arm.lock")).unwrap();
+    assert!(
+        lock.contains("manylinux2014_aarch64.whl") && !lock.contains("x86_64"),
+        "arm64 blueprint, host amd64:\n{lock}"
+    );
+    // The same table for another architecture is resolved again, even without --update.
+    let bp = blueprint(&dir, "arm.toml", "amd64", &["native==1.0"]);
+    let (code, out, err) = run(moat_at(
+        &t.join("home"),
+        &idx,
+        "022",
+        "UTC",
+        &["lock", bp.to_str().unwrap(), "--store", s.to_str().unwrap()],
+    ));
+    assert_eq!(code, 0, "lock failed:\n{out}\n{err}");
+    let lock = fs::read_to_string(dir.join("arm.lock")).unwrap();
+    assert!(
+        lock.contains("manylinux2014_x86_64.whl") && !lock.contains("aarch64"),
+        "kept the arm64 wheel for amd64:\n{lock}"
+    );
+
+    for (file, request, want) in [
+        ("sd.toml", &["sdonly>=0.5"][..], vec!["sdonly", "sdist", "1.0"]),
+        ("none.toml", &["shared>=9"], vec!["shared>=9", "no wheel"]),
+        ("conflict.toml", &["shared==1.0", "right"], vec!["shared==1.0", "right==1.0 requires shared>=2"]),
+    ] {
+        let request = request.join(", ");
+        let bp = blueprint(&dir, file, "amd64", &request.split(", ").collect::<Vec<_>>());
+        let (code, out, err) = run(moat_at(
+            &t.join("home"),
+            &idx,
+            "022",
+            "UTC",
+            &["lock", bp.to_str().unwrap(), "--store", s.to_str().unwrap()],
+        ));
+        assert_ne!(code, 0, "{request}: locked:\n{out}");
+        for w in want {
+            assert!(err.contains(w), "{request}: the refusal does not say {w:?}:\n{err}");
+        }
+        assert!(!dir.join(file.replace("toml", "lock")).exists(), "{request}: a lock was written");
+    }
+}
