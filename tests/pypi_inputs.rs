@@ -452,7 +452,14 @@ fn architecture_picks_wheels_and_sdists_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let idx = Index::serve();
-    idx.publish(&fixtures(), &[("sdonly", "sdonly-1.0.tar.gz"), ("sdonly", "sdonly-0.9.tar.gz")]);
+    let mut wheels = fixtures();
+    wheels.push(wheel("evil", "1.0", "py3-none-any", "", None, &[("../../../../etc/evil.py", "x", false)]));
+    idx.publish(&wheels, &[("sdonly", "sdonly-1.0.tar.gz"), ("sdonly", "sdonly-0.9.tar.gz")]);
+    // PEP 658 metadata that is not what the index's page says it is.
+    idx.files.lock().unwrap().insert(
+        "/files/shared-2.0-py3-none-any.whl.metadata".into(),
+        ("application/octet-stream".into(), b"Name: shared\nVersion: 2.0\nRequires-Dist: evil\n".to_vec()),
+    );
     let dir = t.join("bp");
     fs::create_dir_all(&dir).unwrap();
     let s = t.join("store");
@@ -490,6 +497,8 @@ fn architecture_picks_wheels_and_sdists_are_refused() {
         ("sd.toml", &["sdonly>=0.5"][..], vec!["sdonly", "sdist", "1.0"]),
         ("none.toml", &["shared>=9"], vec!["shared>=9", "no wheel"]),
         ("conflict.toml", &["shared==1.0", "right"], vec!["shared==1.0", "right==1.0 requires shared>=2"]),
+        ("meta.toml", &["shared==2.0"], vec!["shared", "shared-2.0-py3-none-any.whl.metadata", "does not match"]),
+        ("evil.toml", &["evil"], vec!["evil==1.0", "outside", "refused"]),
     ] {
         let request = request.join(", ");
         let bp = blueprint(&dir, file, "amd64", &request.split(", ").collect::<Vec<_>>());

@@ -232,7 +232,16 @@ fn remember(cache: &Path, package: &str, bytes: &[u8]) -> Result<Digest, PypiErr
             f.write_all(rest)
                 .map_err(|e| PypiError::Package { package: package.into(), msg: format!("download cache: {e}") })
         })
-        .map_err(|_| PypiError::Package { package: package.into(), msg: "download cache: not written".into() })?;
+        .map_err(|e| match e {
+            crate::downloads::Failure::Fetch(e) => e,
+            crate::downloads::Failure::Io { path, source } => PypiError::Package {
+                package: package.into(),
+                msg: format!("download cache {}: {source}", path.display()),
+            },
+            crate::downloads::Failure::Mismatch { actual, .. } => {
+                PypiError::Package { package: package.into(), msg: format!("download cache: wrote {actual}, not {d}") }
+            }
+        })?;
     Ok(d)
 }
 

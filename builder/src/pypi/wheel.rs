@@ -34,7 +34,7 @@ fn read_entry(f: &mut zip::read::ZipFile<'_, Cursor<&[u8]>>, budget: &mut u64) -
     let name = f.name().to_string();
     let declared = f.size();
     if declared > *budget {
-        return Err(format!("{name:?}: unpacks to more than the {MAX_UNPACKED} bytes read from a wheel"));
+        return Err(format!("{name:?}: unpacks to more than the {budget} bytes still allowed; not read"));
     }
     let mut data = Vec::with_capacity(declared.min(1 << 20) as usize);
     f.by_ref().take(declared + 1).read_to_end(&mut data).map_err(|e| format!("{name:?}: {e}"))?;
