@@ -103,17 +103,20 @@ fn fixtures() -> Vec<(String, Vec<u8>, Vec<u8>)> {
     ]
 }
 
-/// The index: URL path -> (content type, body), served from a thread on 127.0.0.1.
+/// URL path -> (content type, body).
+type Served = Arc<Mutex<HashMap<String, (String, Vec<u8>)>>>;
+
+/// The index: what it serves, from a thread on 127.0.0.1.
 struct Index {
     url: String,
-    files: Arc<Mutex<HashMap<String, (String, Vec<u8>)>>>,
+    files: Served,
 }
 
 impl Index {
     fn serve() -> Index {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
-        let files: Arc<Mutex<HashMap<String, (String, Vec<u8>)>>> = Arc::default();
+        let files: Served = Arc::default();
         let f = files.clone();
         std::thread::spawn(move || {
             for conn in l.incoming() {
