@@ -1,9 +1,10 @@
 //! Which wheel of which version each requirement gets, for the target
 //! interpreter: breadth first from the blueprint's requirements, each
 //! project's newest version (final releases unless a specifier names a
-//! prerelease; yanked files only when pinned with `==`) that admits the
-//! target's Python and has a wheel for its tags, its dependencies read from
-//! the wheel's metadata with markers evaluated for the target. No
+//! prerelease or only prereleases fit; yanked files only when pinned with
+//! `==`) that admits the target's Python and has a wheel for its tags, its
+//! dependencies read from the wheel's metadata with markers evaluated for
+//! the target. No
 //! backtracking: a later requirement the chosen version does not satisfy
 //! is an error naming both sides. Guards against host-chosen wheels,
 //! sdists (build code never runs) and silent conflicts.
@@ -191,7 +192,7 @@ fn choose(
         }
         let Some(wn) = WheelName::parse(&f.filename) else {
             if let Some(v) = sdist_version(name, &f.filename) {
-                if spec.contains(&v) && (pre || !v.any_prerelease()) {
+                if spec.contains(&v) {
                     sdists.insert(v);
                 }
             }
@@ -201,13 +202,18 @@ fn choose(
         if PackageName::from_str(&wn.name).ok().as_ref() != Some(name) || !spec.contains(&v) {
             continue;
         }
-        if v.any_prerelease() && !pre {
-            continue;
-        }
         match target.rank(&wn) {
             Some(r) => wheels.push((v, r, wn.build.map_or(0, |b| b.0), f)),
             None => other_wheels += 1,
         }
+    }
+    // Prereleases only when a specifier names one, or when nothing else fits
+    // (packaging's `SpecifierSet.filter`, which pip applies to the wheels that fit).
+    if !pre && wheels.iter().any(|w| !w.0.any_prerelease()) {
+        wheels.retain(|w| !w.0.any_prerelease());
+    }
+    if !pre && sdists.iter().any(|v| !v.any_prerelease()) {
+        sdists.retain(|v| !v.any_prerelease());
     }
     wheels.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(b.2.cmp(&a.2)).then(a.3.filename.cmp(&b.3.filename)));
     if let Some((v, _, _, f)) = wheels.first() {
@@ -301,6 +307,10 @@ mod tests {
         assert_eq!(choose(&n, &yanked, &files, &t).unwrap().filename, "fx_lib-1.5-py3-none-any.whl");
         let e = choose(&n, &VersionSpecifiers::from_str("==1.1").unwrap(), &files, &t).unwrap_err().to_string();
         assert!(e.contains("fx-lib==1.1") && e.contains("sdist"), "{e}");
+        // Only prereleases have wheels: pip (packaging's filter) takes them.
+        let only_pre =
+            vec![f("fx_lib-2.0b1-py3-none-any.whl"), f("fx_lib-2.0b2-py3-none-any.whl"), f("fx_lib-1.0.tar.gz")];
+        assert_eq!(choose(&n, &any, &only_pre, &t).unwrap().filename, "fx_lib-2.0b2-py3-none-any.whl");
     }
     #[test]
     fn an_extra_brings_its_dependencies() {
