@@ -109,4 +109,17 @@ mod tests {
         assert!(member(&bytes, "a-1.dist-info/METADATA", 5).unwrap_err().contains("more than"));
         assert!(members(b"not a zip").is_err());
     }
+    #[test]
+    fn an_entry_that_lies_about_its_size_is_refused() {
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let o = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        w.start_file("a.py", o).unwrap();
+        w.write_all(&[b'x'; 4096]).unwrap();
+        let mut bytes = w.finish().unwrap().into_inner();
+        // The central directory's uncompressed size (offset 24 of its header) says 5.
+        let cd = bytes.windows(4).position(|s| s == [0x50, 0x4b, 0x01, 0x02]).unwrap();
+        bytes[cd + 24..cd + 28].copy_from_slice(&5u32.to_le_bytes());
+        let e = members(&bytes).unwrap_err();
+        assert!(e.contains("\"a.py\"") && e.contains("another size"), "{e}");
+    }
 }
