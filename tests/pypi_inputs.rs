@@ -66,6 +66,19 @@ fn wheel(
     (format!("{dist}-{version}-{tag}.whl"), bytes, metadata.into_bytes())
 }
 
+/// The same wheel without its RECORD (pip cannot install it).
+fn without_record(w: (String, Vec<u8>, Vec<u8>)) -> (String, Vec<u8>, Vec<u8>) {
+    let mut r = zip::ZipArchive::new(std::io::Cursor::new(w.1)).unwrap();
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for i in 0..r.len() {
+        let f = r.by_index(i).unwrap();
+        if !f.name().ends_with("/RECORD") {
+            out.raw_copy_file(f).unwrap();
+        }
+    }
+    (w.0, out.finish().unwrap().into_inner(), w.2)
+}
+
 fn fixtures() -> Vec<(String, Vec<u8>, Vec<u8>)> {
     let x86 = "cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64";
     let arm = "cp311-cp311-manylinux_2_17_aarch64.manylinux2014_aarch64";
@@ -134,6 +147,8 @@ impl Index {
                     let line = String::from_utf8_lossy(&req).lines().next().unwrap_or_default().to_string();
                     let path = line.split(' ').nth(1).unwrap_or("/").to_string();
                     let resp = match f.lock().unwrap().get(&path).cloned() {
+                        // A stored answer of type "raw" is a whole HTTP response.
+                        Some((ctype, b)) if ctype == "raw" => b,
                         Some((ctype, b)) => {
                             let mut r = format!(
                                 "HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
@@ -465,7 +480,12 @@ fn architecture_picks_wheels_and_sdists_are_refused() {
     let idx = Index::serve();
     let mut wheels = fixtures();
     wheels.push(wheel("evil", "1.0", "py3-none-any", "", None, &[("../../../../etc/evil.py", "x", false)]));
+    wheels.push(without_record(wheel("norecord", "1.0", "py3-none-any", "", None, &[("norecord.py", "", false)])));
     idx.publish(&wheels, &[("sdonly", "sdonly-1.0.tar.gz"), ("sdonly", "sdonly-0.9.tar.gz")]);
+    // A project page that says it is 200 MB: refused before it is read.
+    let huge =
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 200000000\r\nconnection: close\r\n\r\n<a";
+    idx.files.lock().unwrap().insert("/simple/huge/".into(), ("raw".into(), huge.to_vec()));
     // PEP 658 metadata that is not what the index's page says it is.
     idx.files.lock().unwrap().insert(
         "/files/shared-2.0-py3-none-any.whl.metadata".into(),
@@ -510,6 +530,8 @@ fn architecture_picks_wheels_and_sdists_are_refused() {
         ("conflict.toml", &["shared==1.0", "right"], vec!["shared==1.0", "right==1.0 requires shared>=2"]),
         ("meta.toml", &["shared==2.0"], vec!["shared", "shared-2.0-py3-none-any.whl.metadata", "does not match"]),
         ("evil.toml", &["evil"], vec!["evil==1.0", "outside", "refused"]),
+        ("huge.toml", &["huge"], vec!["/simple/huge/", "larger than"]),
+        ("norecord.toml", &["norecord"], vec!["norecord==1.0", "RECORD is missing"]),
     ] {
         let request = request.join(", ");
         let bp = blueprint(&dir, file, "amd64", &request.split(", ").collect::<Vec<_>>());

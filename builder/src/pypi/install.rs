@@ -214,7 +214,8 @@ pub(crate) fn install(
         put(tree, &format!("{info_dir}/REQUESTED"), Vec::new(), 0o644)?;
         generated.push(format!("{info_dir}/REQUESTED"));
     }
-    let old = read("RECORD").map(|d| String::from_utf8_lossy(d).into_owned()).unwrap_or_default();
+    let old = read("RECORD").ok_or_else(|| err(format!("{info}/RECORD is missing (PEP 427 requires it)")))?;
+    let old = String::from_utf8_lossy(old).into_owned();
     let mut rows: Vec<(String, String, String)> = Vec::new();
     for row in csv_rows(&old) {
         let path = row.first().cloned().unwrap_or_default();
