@@ -300,11 +300,24 @@ impl Upstream {
                 Response::new(full(vec![b'x'; n]))
             }
             _ => match self.files.as_ref().map(|root| root.join(p.trim_start_matches('/'))) {
-                Some(f) if f.is_file() => Response::new(full(std::fs::read(f).unwrap_or_default())),
+                // A directory's index.html (a pip simple page), else the file.
+                Some(f) if f.is_dir() && f.join("index.html").is_file() => {
+                    static_file(&std::fs::read(f.join("index.html")).unwrap_or_default(), "text/html")
+                }
+                Some(f) if f.is_file() => {
+                    let bytes = std::fs::read(&f).unwrap_or_default();
+                    // A packument (npm) is JSON; the rest is bytes.
+                    let t = if bytes.first() == Some(&b'{') { "application/json" } else { "application/octet-stream" };
+                    static_file(&bytes, t)
+                }
                 _ => Response::new(full(format!("echo {method} {p} {}\n", body.len()).into_bytes())),
             },
         })
     }
+}
+
+fn static_file(bytes: &[u8], content_type: &str) -> Response<Body> {
+    Response::builder().header("content-type", content_type).body(full(bytes.to_vec())).unwrap()
 }
 
 /// OpenAI- and Anthropic-shaped answers: `/v1/chat/completions`,
