@@ -64,6 +64,24 @@ fn lint_catches_a_tag_only_reference_with_its_line() {
 }
 
 #[test]
+fn lint_flags_a_blueprint_changed_since_its_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path(), APP);
+    ok(cmd(tmp.path(), &dir, &["lock", "blueprints/app.toml"]));
+    let (code, out, _) = run(cmd(tmp.path(), &dir, &["lint"]));
+    assert_eq!(code, 0, "{out}");
+    // What it asks for now is not what the lock pins.
+    fs::write(
+        dir.join("blueprints/app.toml"),
+        format!("{APP}[[layer.entry]]\npath = \"src/README\"\ndest = \"/README2\"\n"),
+    )
+    .unwrap();
+    let (code, out, _) = run(cmd(tmp.path(), &dir, &["lint"]));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("blueprints/app.toml:1:1: ") && out.contains("changed since it was locked"), "{out}");
+}
+
+#[test]
 fn audit_catches_a_planted_compiler_and_setuid_files() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = project(tmp.path(), "name = \"app\"\n[strip]\ntoolchain = false\n[[layer]]\n[[layer.entry]]\npath = \"src\"\n[[layer.entry]]\npath = \"gcc\"\ndest = \"/usr/bin/gcc\"\nmode = \"4755\"\n");

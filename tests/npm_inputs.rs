@@ -458,6 +458,17 @@ fn npm_tree_matches_npm_and_is_pinned() {
         assert!(report.contains(&format!("{dir} npm package {pkg} declares install scripts")), "{report}");
     }
 
+    // `moat lint` flags them too, at the [npm] table (issue 24 part 4).
+    let (code, lint, _) = run({
+        let mut c = moat(&home2);
+        c.arg("lint").arg(&bp);
+        c
+    });
+    assert_eq!(code, 1, "{lint}");
+    for pkg in ["scripted@1.0.0", "native@1.0.0"] {
+        assert!(lint.contains(&format!("npm package {pkg} declares install scripts")), "{lint}");
+    }
+
     // Same digest under another umask and TZ, other home and store.
     let store2 = t.join("store2");
     let (code, out2, err) = run(moat_at(

@@ -48,14 +48,7 @@ pub fn lint(paths: &[PathBuf], check_other: &dyn Fn(&Path, &str) -> Vec<Finding>
         };
         if is_blueprint(&f, &table) {
             match blueprint::parse(&f, text) {
-                Ok(l) => {
-                    if !l.lock_path().exists() {
-                        out.push(Finding {
-                            at: format!("{}:1:1", f.display()),
-                            msg: format!("not locked: run `moat lock {}`", f.display()),
-                        });
-                    }
-                }
+                Ok(l) => out.extend(lock_findings(&f, &l)),
                 Err(blueprint::BlueprintError::At { at, msg }) => out.push(Finding { at: at.to_string(), msg }),
                 Err(e) => out.push(Finding { at: f.display().to_string(), msg: crate::errors::chain(&e) }),
             }
@@ -65,6 +58,41 @@ pub fn lint(paths: &[PathBuf], check_other: &dyn Fn(&Path, &str) -> Vec<Finding>
         }
     }
     out
+}
+
+/// What the lock says about a blueprint: missing, made for another version
+/// of it (a range or a package added since is not pinned), or pinning npm
+/// packages that declare install scripts (they never run: the image holds
+/// them unbuilt, and whatever the script would have made is missing).
+fn lock_findings(f: &Path, l: &blueprint::Loaded) -> Vec<Finding> {
+    let at = |span: Option<std::ops::Range<usize>>| match span {
+        Some(s) => l.at(s).to_string(),
+        None => format!("{}:1:1", f.display()),
+    };
+    if !l.lock_path().exists() {
+        return vec![Finding { at: at(None), msg: format!("not locked: run `moat lock {}`", f.display()) }];
+    }
+    let lock = match crate::lock::Lock::read(&l.lock_path(), f) {
+        Ok(lock) => lock,
+        Err(e) => return vec![Finding { at: l.lock_path().display().to_string(), msg: crate::errors::chain(&e) }],
+    };
+    if lock.blueprint != l.digest() {
+        let msg = format!("changed since it was locked: what it asks for is not pinned; run `moat lock {}`", f.display());
+        return vec![Finding { at: at(None), msg }];
+    }
+    let (Some(spec), Some(npm)) = (&l.bp.npm, &lock.npm) else { return Vec::new() };
+    let Ok(npm) = npm.clone().try_into::<crate::npm::NpmLock>() else { return Vec::new() };
+    npm.packages
+        .iter()
+        .filter(|p| p.install_script)
+        .map(|p| Finding {
+            at: at(Some(spec.span())),
+            msg: format!(
+                "npm package {}@{} declares install scripts: they never run here (the package is laid out unbuilt; `moat audit` lists it)",
+                p.name, p.version
+            ),
+        })
+        .collect()
 }
 
 fn collect(p: &Path, out: &mut Vec<PathBuf>) {
