@@ -454,6 +454,18 @@ fn pypi_set_matches_pip_and_is_pinned() {
         err.contains("left==1.0") && err.contains("does not match"),
         "the refusal does not name the package:\n{err}"
     );
+
+    // `moat lock` again, unchanged table: the set is kept, the index not asked.
+    idx.files.lock().unwrap().clear();
+    let (code, out, err) =
+        run(moat_at(&t.join("home1"), &idx, "022", "UTC", &["lock", bp.to_str().unwrap(), "--store", s]));
+    assert_eq!(code, 0, "a second lock asked the index:\n{out}\n{err}");
+    assert_eq!(fs::read_to_string(dir.join("app.lock")).unwrap(), lock, "a second lock changed the set");
+    // With --update it is resolved again, and the empty index fails it, naming a package.
+    let (code, _, err) =
+        run(moat_at(&t.join("home1"), &idx, "022", "UTC", &["lock", "--update", bp.to_str().unwrap(), "--store", s]));
+    assert_ne!(code, 0, "--update did not ask the index");
+    assert!(err.contains("fx-cli") && err.contains("404"), "{err}");
 }
 
 fn find_packages_dir(prefix: &Path) -> Option<std::path::PathBuf> {
