@@ -14,6 +14,7 @@ use crate::layer::tree::{clean_path, Entry, Tree};
 use base64::Engine as _;
 use sha2::Digest as _;
 use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
 
 /// What moat writes to each dist-info's INSTALLER (pip writes `pip`).
 pub(crate) const INSTALLER: &[u8] = b"moat\n";
@@ -124,6 +125,12 @@ pub(crate) fn install(
 ) -> Result<(), PypiError> {
     let err = |msg: String| PypiError::Package { package: id.into(), msg };
     let info = super::wheel::dist_info(members.iter().map(|m| m.name.as_str())).map_err(err)?;
+    // As pip checks it: the .dist-info must be this package's (`NAME-VERSION.dist-info`).
+    let own = id.split_once("==").map(|(n, _)| n).unwrap_or(id);
+    let named = info.split_once('-').and_then(|(n, _)| pep508_rs::PackageName::from_str(n).ok());
+    if named.as_ref().map(|n| n.as_ref()) != Some(own) {
+        return Err(err(format!("{info} is not the .dist-info of {own}; refused")));
+    }
     let read = |name: &str| members.iter().find(|m| m.name == format!("{info}/{name}")).map(|m| &m.data);
     let wheel_meta = read("WHEEL").ok_or_else(|| err(format!("{info}/WHEEL is missing")))?;
     let wheel_meta = String::from_utf8_lossy(wheel_meta);
@@ -266,5 +273,21 @@ mod tests {
             "{s}"
         );
         assert!(script("/p", "os; rm -rf /:x").is_err());
+    }
+    #[test]
+    fn the_dist_info_must_be_the_packages() {
+        let t = Target::new("3.11", "amd64", "2.36", "/usr/bin/python3", "/usr/lib/python3.11/dist-packages").unwrap();
+        let m = |n: &str, d: &str| Member { name: n.into(), data: d.as_bytes().to_vec(), exec: false };
+        let wheel = |info: &str| {
+            vec![
+                m("a.py", ""),
+                m(&format!("{info}/WHEEL"), "Wheel-Version: 1.0\n"),
+                m(&format!("{info}/RECORD"), "a.py,,\n"),
+            ]
+        };
+        let mut tree = Tree::new();
+        install(&mut tree, &t, "fx-lib==1.0", &wheel("Fx_Lib-1.0.dist-info"), false).unwrap();
+        let e = install(&mut tree, &t, "fx-lib==1.0", &wheel("other-1.0.dist-info"), false).unwrap_err().to_string();
+        assert!(e.contains("fx-lib==1.0") && e.contains("other-1.0.dist-info"), "{e}");
     }
 }
