@@ -434,9 +434,7 @@ function req(client, method, path) {
   client.close();
 })().catch(e => { console.log('error=' + e.message); });
 "#;
-    let script = format!(
-        "node -e \"$NODE\"\ncurl -sS --http2 -o /dev/null -w 'both=%{{http_version}}\\n' https://up.test/both\n"
-    );
+    let script = "node -e \"$NODE\"\ncurl -sS --http2 -o /dev/null -w 'both=%{http_version}\\n' https://up.test/both\n";
     let out = ok(&[
         "run",
         "--rm",
@@ -448,7 +446,7 @@ function req(client, method, path) {
         "--",
         "sh",
         "-c",
-        &script,
+        script,
     ]);
     let r = kv(&out);
     assert_eq!(r.get("alpn").map(String::as_str), Some("h2"), "{out}");

@@ -77,7 +77,8 @@ fn lock_findings(f: &Path, l: &blueprint::Loaded) -> Vec<Finding> {
         Err(e) => return vec![Finding { at: l.lock_path().display().to_string(), msg: crate::errors::chain(&e) }],
     };
     if lock.blueprint != l.digest() {
-        let msg = format!("changed since it was locked: what it asks for is not pinned; run `moat lock {}`", f.display());
+        let msg =
+            format!("changed since it was locked: what it asks for is not pinned; run `moat lock {}`", f.display());
         return vec![Finding { at: at(None), msg }];
     }
     let (Some(spec), Some(npm)) = (&l.bp.npm, &lock.npm) else { return Vec::new() };

@@ -48,6 +48,7 @@ struct Tunnel {
 
 /// Serves the client's HTTP/2 connection `client` (TLS accepted with h2)
 /// over `upstream` (TLS connected; `upstream_h2` if it chose h2).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve<C, U>(
     shared: &Arc<Shared>,
     caller: &Caller,
