@@ -1,10 +1,11 @@
-//! The agent image with a real npm-distributed agent CLI (issue 24 part 5):
-//! `blueprints/agent-node.toml` is the default agent plus Claude Code from
-//! the npm registry, pinned with its dependencies in the committed lock.
+//! The agent image with a real npm-distributed agent CLI and a PyPI tool
+//! (issue 24 part 5): `blueprints/agent-node.toml` is the default agent plus
+//! Claude Code from the npm registry and `llm` from PyPI, each pinned with
+//! its dependencies in the committed lock.
 //! The image builds from the lock alone, `moat verify` reproduces it, and
 //! the CLI starts inside a sandbox under the baseline policy (no network:
-//! `--version` needs none). Needs root, the Debian mirror and the npm
-//! registry (the download cache is shared with the other image tests).
+//! `--version` needs none). Needs root, the Debian mirror, the npm registry
+//! and PyPI (the download cache is shared with the other image tests).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -54,6 +55,13 @@ fn the_agent_cli_from_the_npm_registry_is_a_locked_input_and_starts_in_a_sandbox
     let _ = std::fs::remove_dir_all(&home);
     let out = ok(&moat(&["run", "--rm", "agent-node", "--", "claude", "--version"], &home, &store), "claude --version");
     assert_eq!(out.trim(), format!("{version} (Claude Code)"));
+    let llm = lock["pypi"]["packages"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"].as_str() == Some("llm")))
+        .expect("llm is in the lock");
+    let llm_version = llm["version"].as_str().unwrap();
+    let out = ok(&moat(&["run", "--rm", "agent-node", "--", "llm", "--version"], &home, &store), "llm --version");
+    assert_eq!(out.trim(), format!("llm, version {llm_version}"));
     let audit = ok(&moat(&["audit", "agent-node"], &home, &store), "audit");
     assert!(audit.contains("npm install scripts (not run): 0"), "{audit}");
 }
