@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Language packages benchmark (issue 24), the PyPI half: a 33-wheel set from
+# Language packages benchmark (issue 24). The PyPI half: a 33-wheel set from
 # PyPI (14 pinned requirements and their dependencies), locked once (network),
 # then with warm download caches for both sides:
 #   moat build into a fresh store with a cold layer cache, and its no-op rebuild,
 #   pip install --no-deps --require-hashes --only-binary :all: --no-compile
 #     --no-index --find-links WHEELS --prefix EMPTY_DIR (the same wheels as files).
-# Medians of RUNS runs, one run. The npm half (200-package tree vs npm ci) is
-# not written yet.
+# The npm half: eslint, webpack, prettier and typescript (about 200 packages
+# with their dependencies) locked once from the npm registry, then with warm
+# caches: moat build (fresh store, cold layer cache) and its no-op rebuild
+# against `npm ci --ignore-scripts --prefer-offline` into an empty project
+# from a package-lock.json npm made for the same versions. moat lays out a
+# global install (each package under lib/node_modules), npm ci a project's
+# hoisted node_modules: the same tarballs, slightly different trees.
+# Medians of RUNS runs, one run.
 # Usage: tests/bench/lang.sh [RUNS]   (MOAT=path skips the release build;
-# needs PyPI or MOAT_PYPI_INDEX, and python3 -m pip: scripts/install-deps.sh)
+# needs PyPI or MOAT_PYPI_INDEX, the npm registry, python3 -m pip and npm:
+# scripts/install-deps.sh)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${1:-5}
@@ -65,3 +72,42 @@ echo "moat build (fresh store, cold layer cache, warm downloads): $(ms "$M") ms"
 echo "pip install --require-hashes into an empty prefix (wheels as files): $(ms "$P") ms"
 echo "moat no-op rebuild: $(ms "$Z") ms (target < 200 ms)"
 awk -v m="$M" -v p="$P" 'BEGIN {printf "ratio moat/pip = %.2f (target <= 1.0: moat also makes the layer)\n", m/p}'
+
+# ---- npm -------------------------------------------------------------------
+command -v npm >/dev/null || { echo "lang.sh: needs npm" >&2; exit 1; }
+cat > "$W/bp/js.toml" <<'TOML'
+name = "langbench-npm"
+epoch = 1700000000
+[npm]
+packages = ["eslint@9.13.0", "webpack@5.95.0", "prettier@3.3.3", "typescript@5.6.3"]
+prefix = "/usr/local"
+TOML
+MOAT_HOME=$H "$MOAT" -q lock "$W/bp/js.toml" --store "$W/s0" >/dev/null
+NJ=$(grep -c '^\[\[npm.packages\]\]' "$W/bp/js.lock")
+mkdir -p "$W/proj"
+cat > "$W/proj/package.json" <<'JSON'
+{"name": "langbench", "version": "1.0.0", "private": true,
+ "dependencies": {"eslint": "9.13.0", "webpack": "5.95.0", "prettier": "3.3.3", "typescript": "5.6.3"}}
+JSON
+NPM=(npm --cache "$W/npmcache" --no-audit --no-fund --loglevel=error)
+(cd "$W/proj" && "${NPM[@]}" install --package-lock-only --ignore-scripts >/dev/null)
+# Warm npm's cache the same way moat's download cache is warm (the lock).
+(cd "$W/proj" && "${NPM[@]}" ci --ignore-scripts >/dev/null && rm -rf node_modules)
+moat_j=(); noop_j=(); npm_j=()
+for i in $(seq "$RUNS"); do
+  rm -rf "$W/sj" "$H/cache/layers" "$W/proj/node_modules"
+  t0=$(now); MOAT_HOME=$H "$MOAT" -q build "$W/bp/js.toml" --store "$W/sj" >/dev/null; t1=$(now)
+  moat_j+=($((t1 - t0)))
+  t0=$(now); MOAT_HOME=$H "$MOAT" -q build "$W/bp/js.toml" --store "$W/sj" >/dev/null; t1=$(now)
+  noop_j+=($((t1 - t0)))
+  t0=$(now); (cd "$W/proj" && "${NPM[@]}" ci --ignore-scripts --prefer-offline >/dev/null); t1=$(now)
+  npm_j+=($((t1 - t0)))
+done
+MJ=$(printf '%s\n' "${moat_j[@]}" | median); PJ=$(printf '%s\n' "${npm_j[@]}" | median)
+ZJ=$(printf '%s\n' "${noop_j[@]}" | median)
+NN=$(find "$W/proj/node_modules" -name package.json -path '*/node_modules/*/package.json' -not -path '*/node_modules/*/node_modules/*/*/package.json' | wc -l)
+echo "npm input: $NJ packages in moat's lock ($NN package.json files under npm ci's tree); $RUNS runs; medians; npm $(npm --version)"
+echo "moat build (fresh store, cold layer cache, warm downloads): $(ms "$MJ") ms"
+echo "npm ci --ignore-scripts --prefer-offline into an empty project (warm cache): $(ms "$PJ") ms"
+echo "moat no-op rebuild: $(ms "$ZJ") ms (target < 200 ms)"
+awk -v m="$MJ" -v p="$PJ" 'BEGIN {printf "ratio moat/npm = %.2f (target <= 1.0: moat also makes the layer)\n", m/p}'
