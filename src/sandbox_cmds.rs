@@ -174,7 +174,7 @@ pub fn run(a: RunArgs, g: &Global) -> Result<ExitCode> {
     };
     if let Some(token) = &req.publish_token {
         // Checked first: a token printed for a run refused anyway is noise.
-        publish::check(&req.publish, true, req.policy.network.gateway_port)?;
+        publish::check(&req.publish, &req.expose, true, req.policy.network.gateway_port)?;
         say!("moat: publish token: {token}");
         say!("moat: (shown once) send it as the header `Authorization: Bearer TOKEN`");
     }

@@ -468,6 +468,29 @@ fn npm_tree_matches_npm_and_is_pinned() {
     for pkg in ["scripted@1.0.0", "native@1.0.0"] {
         assert!(lint.contains(&format!("npm package {pkg} declares install scripts")), "{lint}");
     }
+    // A lock without the npm tree its blueprint needs: lint says so, as build would.
+    let bare = t.join("bare");
+    fs::create_dir_all(&bare).unwrap();
+    fs::copy(&bp, bare.join("app.toml")).unwrap();
+    let locked = fs::read_to_string(dir.join("app.lock")).unwrap();
+    let mut in_npm = false;
+    let kept: Vec<&str> = locked
+        .lines()
+        .filter(|l| {
+            if l.starts_with('[') {
+                in_npm = l.starts_with("[npm") || l.starts_with("[[npm");
+            }
+            !in_npm
+        })
+        .collect();
+    fs::write(bare.join("app.lock"), kept.join("\n")).unwrap();
+    let (code, lint, _) = run({
+        let mut c = moat(&home2);
+        c.arg("lint").arg(bare.join("app.toml"));
+        c
+    });
+    assert_eq!(code, 1, "{lint}");
+    assert!(lint.contains("the lock has no [npm] package tree"), "{lint}");
 
     // Same digest under another umask and TZ, other home and store.
     let store2 = t.join("store2");

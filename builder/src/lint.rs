@@ -1,7 +1,9 @@
 //! `moat lint`: finds what makes a build or a policy not reproducible or not
 //! reviewable — mutable image references (a tag without a digest), unpinned
-//! remote sources, unknown keys, unlocked blueprints, text that is not
-//! UTF-8 or not TOML — each with file:line:column.
+//! remote sources, unknown keys, unlocked blueprints or ones changed since
+//! their lock, a lock without the npm tree its blueprint needs, npm packages
+//! pinned with install scripts (never run), text that is not UTF-8 or not
+//! TOML — each with file:line:column.
 #![forbid(unsafe_code)]
 use crate::blueprint;
 use crate::textfile::{self, TextError};
@@ -81,8 +83,19 @@ fn lock_findings(f: &Path, l: &blueprint::Loaded) -> Vec<Finding> {
             format!("changed since it was locked: what it asks for is not pinned; run `moat lock {}`", f.display());
         return vec![Finding { at: at(None), msg }];
     }
-    let (Some(spec), Some(npm)) = (&l.bp.npm, &lock.npm) else { return Vec::new() };
-    let Ok(npm) = npm.clone().try_into::<crate::npm::NpmLock>() else { return Vec::new() };
+    let Some(spec) = &l.bp.npm else { return Vec::new() };
+    // What `moat build` would refuse, said here first.
+    let Some(npm) = &lock.npm else {
+        let msg = format!("the lock has no [npm] package tree: run `moat lock {}`", f.display());
+        return vec![Finding { at: at(Some(spec.span())), msg }];
+    };
+    let npm: crate::npm::NpmLock = match npm.clone().try_into() {
+        Ok(n) => n,
+        Err(e) => {
+            let e: toml::de::Error = e;
+            return vec![Finding { at: l.lock_path().display().to_string(), msg: format!("lock [npm]: {e}") }];
+        }
+    };
     npm.packages
         .iter()
         .filter(|p| p.install_script)

@@ -138,7 +138,19 @@ fn an_h2_only_client_is_inspected_stream_by_stream_with_trailers_kept() {
         assert_eq!(status, 421, "{body}");
         // Extended CONNECT (WebSocket over h2) is not relayed.
         let (status, _, _, _) = call(&mut send, "CONNECT", "up.test:9443").await;
-        assert!(status == 403 || status == 400, "{status}");
+        assert_eq!(status, 403);
+    });
+    // Each refusal closes the connection (as on HTTP/1): a new one for the next.
+    rt().block_on(async {
+        // A Host header naming another virtual host than :authority (fronting).
+        let mut send = h2_client(&g, 9443).await;
+        let req = Request::builder()
+            .uri("https://up.test:9443/fronted")
+            .header("host", "internal.up.test")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 421, "a Host that is not :authority is refused");
     });
     let events = g.events();
     let decisions: Vec<(String, String, String)> = events
@@ -153,6 +165,36 @@ fn an_h2_only_client_is_inspected_stream_by_stream_with_trailers_kept() {
         .collect();
     assert!(decisions.contains(&("allow".into(), "GET".into(), "/hello".into())), "{decisions:?}");
     assert!(decisions.contains(&("deny".into(), "POST".into(), "/hello".into())), "{decisions:?}");
+    assert!(decisions.iter().any(|d| d.0 == "deny" && d.1 == "CONNECT"), "{decisions:?}");
+    assert!(!decisions.iter().any(|d| d.2 == "/fronted" && d.0 == "allow"), "{decisions:?}");
+}
+
+#[test]
+fn a_revoked_tunnel_refuses_its_next_stream_and_ends_the_connection() {
+    h2_upstream();
+    let g = Gw::start(RULES);
+    rt().block_on(async {
+        let mut send = h2_client(&g, 9443).await;
+        assert_eq!(call(&mut send, "GET", "https://up.test:9443/before").await.0, 200);
+        let network: moat_supervisor::policy::network::Network = toml::from_str("gateway_port = 3128\n").unwrap();
+        g.control(&moat_supervisor::gateway::control::Request::SetNetwork {
+            network: Box::new(network),
+            why: "revoke".into(),
+        })
+        .unwrap();
+        let (status, _, body, _) = call(&mut send, "GET", "https://up.test:9443/after").await;
+        assert_eq!(status, 403, "{body}");
+        // GOAWAY: once it has reached the client, the connection takes no new
+        // stream (one sent before it arrived is still checked, and refused).
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let req = Request::builder().uri("https://up.test:9443/again").body(Full::new(Bytes::new())).unwrap();
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let _ = send.ready().await;
+            send.send_request(req).await
+        })
+        .await;
+        assert!(matches!(next, Ok(Err(_))), "a stream after the revocation: {next:?}");
+    });
 }
 
 #[test]

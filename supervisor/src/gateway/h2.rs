@@ -8,8 +8,11 @@
 //! HTTP/1.1, if that is all the upstream speaks) with bodies and trailers
 //! streamed. Guards against HTTP/2 as a way around the rules: no stream is
 //! relayed unchecked, extended CONNECT (WebSocket over h2) is refused, a
-//! policy change re-checks the tunnel at the next stream, and header lists
-//! and concurrent streams are bounded.
+//! `Host` field must name the same host as `:authority` (and is not sent
+//! on), a policy change re-checks the tunnel at the next stream and a
+//! revocation ends the connection (GOAWAY), and header lists, streams (per
+//! connection and per sandbox), send buffers, flow-control windows and the
+//! wait for a response are bounded.
 #![forbid(unsafe_code)]
 use super::decide::{self, Relay};
 use super::events::{Decision, Event};
@@ -24,8 +27,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Streams one client may have open at once.
-const MAX_STREAMS: u32 = 100;
+/// Streams one client connection may have open at once.
+const MAX_STREAMS: u32 = 16;
+/// Streams being checked or relayed at once across the whole sandbox: with
+/// the head bound, what HTTP/2 heads can hold in the supervisor (8 MiB).
+pub(crate) const MAX_SANDBOX_STREAMS: usize = 256;
+/// Bytes queued for a client that stops reading, per stream.
+const MAX_SEND_BUF: usize = 64 << 10;
+/// Flow-control windows offered to the client and to the upstream.
+const STREAM_WINDOW: u32 = 256 << 10;
+const CONNECTION_WINDOW: u32 = 1 << 20;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -44,6 +55,8 @@ struct Tunnel {
     host: String,
     port: u16,
     upstream: Upstream,
+    /// Ends the connection (GOAWAY) once the policy no longer allows it.
+    revoked: tokio::sync::Notify,
 }
 
 /// Serves the client's HTTP/2 connection `client` (TLS accepted with h2)
@@ -63,7 +76,12 @@ pub(crate) async fn serve<C, U>(
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let up = if upstream_h2 {
-        match hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(upstream)).await {
+        let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_send_buf_size(MAX_SEND_BUF)
+            .handshake(TokioIo::new(upstream));
+        match handshake.await {
             Ok((send, conn)) => {
                 tokio::spawn(conn);
                 Upstream::H2(send)
@@ -90,17 +108,30 @@ pub(crate) async fn serve<C, U>(
         host: host.to_string(),
         port,
         upstream: up,
+        revoked: tokio::sync::Notify::new(),
     });
+    let tunnel = t.clone();
     let service = hyper::service::service_fn(move |req| {
-        let t = t.clone();
+        let t = tunnel.clone();
         async move { Ok::<_, std::convert::Infallible>(stream(&t, req).await) }
     });
     let max_head = u32::try_from(shared.limits.max_head).unwrap_or(u32::MAX);
-    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .max_concurrent_streams(MAX_STREAMS)
         .max_header_list_size(max_head)
-        .serve_connection(TokioIo::new(client), service)
-        .await;
+        .max_send_buf_size(MAX_SEND_BUF)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .serve_connection(TokioIo::new(client), service);
+    tokio::pin!(conn);
+    let served = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = t.revoked.notified() => {
+            // Streams in flight finish; no new one is taken.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
     if let Err(e) = served {
         tracing::debug!(event = "gateway_h2_closed", error = %e, "HTTP/2 connection ended");
     }
@@ -119,6 +150,9 @@ fn text(status: u16, body: String, summary: Option<&str>) -> Response<Body> {
 /// One stream: checked, then relayed.
 async fn stream(t: &Tunnel, mut req: Request<Incoming>) -> Response<Body> {
     let (shared, caller, host, port) = (&t.shared, &t.caller, t.host.as_str(), t.port);
+    let Ok(_slot) = shared.h2_streams.try_acquire() else {
+        return text(503, "moat: too many HTTP/2 streams in this sandbox; retry\n".into(), None);
+    };
     let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let method = req.method().as_str().to_string();
     // A new policy revision re-checks the tunnel, as on HTTP/1.
@@ -141,6 +175,7 @@ async fn stream(t: &Tunnel, mut req: Request<Incoming>) -> Response<Body> {
                     &reason,
                 );
                 shared.events.record(&e);
+                t.revoked.notify_one();
                 return text(403, format!("moat: {reason}; reconnect\n"), None);
             }
         }
@@ -156,8 +191,11 @@ async fn stream(t: &Tunnel, mut req: Request<Incoming>) -> Response<Body> {
             "CONNECT inside an inspected HTTP/2 tunnel (extended CONNECT, WebSocket over h2) is not relayed".into(),
         );
     }
+    if !path.starts_with('/') {
+        return refuse(400, "requests in a tunnel use origin-form paths".into());
+    }
     if !authority_matches(&req, host, port) {
-        return refuse(421, format!("the request's authority must be {host} in a tunnel to {host}"));
+        return refuse(421, format!("the request's authority and Host must be {host} in a tunnel to {host}"));
     }
     // The same check as HTTP/1, on the same head form.
     let head = RequestHead {
@@ -169,22 +207,24 @@ async fn stream(t: &Tunnel, mut req: Request<Incoming>) -> Response<Body> {
     if let Err(r) = decide::request(shared, caller, &relay, host, port, &head, &path) {
         return text(r.status, r.body, r.summary.as_deref());
     }
-    // Headers some frameworks route by instead of the path the rule checked.
-    req.headers_mut().remove("x-original-url");
-    req.headers_mut().remove("x-rewrite-url");
+    // Headers some frameworks route by instead of the path the rule checked;
+    // the proxy's own fields; a Host beside :authority (checked equal above).
+    for name in ["x-original-url", "x-rewrite-url", "proxy-authorization", "proxy-connection", "trailer"] {
+        req.headers_mut().remove(name);
+    }
+    req.headers_mut().remove(hyper::header::HOST);
+    let authority = super::inspect::authority(host, port, 443);
     let sent = match &t.upstream {
         Upstream::H2(send) => {
-            let authority = if port == 443 { host.to_string() } else { format!("{host}:{port}") };
             match hyper::Uri::builder().scheme("https").authority(authority).path_and_query(path.as_str()).build() {
                 Ok(uri) => *req.uri_mut() = uri,
                 Err(e) => return refuse(400, format!("request target: {e}")),
             }
             let mut send = send.clone();
-            send.send_request(req).await
+            within(send.send_request(req)).await
         }
         Upstream::H1(send) => {
-            let host_value = if port == 443 { host.to_string() } else { format!("{host}:{port}") };
-            match (hyper::header::HeaderValue::from_str(&host_value), path.parse::<hyper::Uri>()) {
+            match (hyper::header::HeaderValue::from_str(&authority), path.parse::<hyper::Uri>()) {
                 (Ok(h), Ok(uri)) => {
                     req.headers_mut().insert(hyper::header::HOST, h);
                     *req.uri_mut() = uri;
@@ -195,30 +235,40 @@ async fn stream(t: &Tunnel, mut req: Request<Incoming>) -> Response<Body> {
                 _ => return refuse(400, "request target or host".into()),
             }
             let mut send = send.lock().await;
-            match send.ready().await {
-                Ok(()) => send.send_request(req).await,
-                Err(e) => Err(e),
-            }
+            within(async {
+                send.ready().await?;
+                send.send_request(req).await
+            })
+            .await
         }
     };
     match sent {
-        Ok(resp) => resp.map(|b| b.boxed()),
-        Err(e) => text(502, format!("moat: the upstream failed: {e}\n"), None),
+        Ok(Ok(resp)) => resp.map(|b| b.boxed()),
+        Ok(Err(e)) => text(502, format!("moat: the upstream failed: {e}\n"), None),
+        Err(_) => text(504, "moat: the upstream did not answer in time\n".into(), None),
     }
 }
 
-/// Whether the stream's `:authority` (or Host) names the tunnel's host and port.
+/// The upstream's response head, within the wait HTTP/1 allows too.
+async fn within<F: std::future::Future>(f: F) -> Result<F::Output, tokio::time::error::Elapsed> {
+    tokio::time::timeout(super::upstream::RESPONSE_TIMEOUT, f).await
+}
+
+/// Whether the stream's `:authority` and its Host field (each when
+/// present, at least one) name the tunnel's host and port: an upstream
+/// that routes by Host must not be led to another virtual host.
 fn authority_matches(req: &Request<Incoming>, host: &str, port: u16) -> bool {
-    let named = match req.uri().authority() {
-        Some(a) => a.as_str().to_string(),
-        None => match req.headers().get(hyper::header::HOST).and_then(|v| v.to_str().ok()) {
-            Some(h) => h.to_string(),
-            None => return false,
-        },
+    let names_tunnel = |named: &str| {
+        let (h, p) = match super::upstream::split_authority(named) {
+            Some((h, p)) => (h, p),
+            None => (named.trim_start_matches('[').trim_end_matches(']').to_string(), 443),
+        };
+        h.eq_ignore_ascii_case(host) && p == port
     };
-    let (h, p) = match super::upstream::split_authority(&named) {
-        Some((h, p)) => (h, p),
-        None => (named.trim_start_matches('[').trim_end_matches(']').to_string(), 443),
-    };
-    h.eq_ignore_ascii_case(host) && p == port
+    let authority = req.uri().authority().map(|a| a.as_str());
+    let hosts = req.headers().get_all(hyper::header::HOST);
+    if authority.is_none() && hosts.iter().next().is_none() {
+        return false;
+    }
+    authority.is_none_or(names_tunnel) && hosts.iter().all(|v| v.to_str().is_ok_and(names_tunnel))
 }

@@ -107,10 +107,11 @@ fn parse_absolute(target: &str) -> Option<(String, u16, String)> {
     Some((host, port, path))
 }
 
-/// `host[:port]` for a Host header (port 80 left out, IPv6 in brackets).
-fn authority(host: &str, port: u16) -> String {
+/// `host[:port]` for a Host header or an authority (the scheme's
+/// `default_port` left out, IPv6 in brackets).
+pub(super) fn authority(host: &str, port: u16, default_port: u16) -> String {
     let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
-    if port == 80 {
+    if port == default_port {
         host
     } else {
         format!("{host}:{port}")
@@ -227,7 +228,7 @@ pub(crate) async fn forward(
         }
         // RFC 9112 §3.2.2: the Host the decision was made for, never the
         // client's (which could name another virtual host behind the same front door).
-        head.set_header("Host", authority(&host, port));
+        head.set_header("Host", authority(&host, port, 80));
         let Some((_, _, _, up)) = upstream.as_mut() else { return };
         if exchange(shared, client, up, head, &path).await != Flow::KeepAlive {
             return;
@@ -578,8 +579,9 @@ mod tests {
         assert_eq!(parse_absolute("http://user:pw@a.example/"), None);
         assert_eq!(parse_absolute("https://a.example/"), None);
         assert_eq!(parse_absolute("/x"), None);
-        assert_eq!(authority("a.example", 80), "a.example");
-        assert_eq!(authority("a.example", 8080), "a.example:8080");
-        assert_eq!(authority("::1", 81), "[::1]:81");
+        assert_eq!(authority("a.example", 80, 80), "a.example");
+        assert_eq!(authority("a.example", 8080, 80), "a.example:8080");
+        assert_eq!(authority("::1", 81, 80), "[::1]:81");
+        assert_eq!(authority("::1", 443, 443), "[::1]");
     }
 }

@@ -153,6 +153,8 @@ pub struct Shared {
     approvals_changed: tokio::sync::watch::Sender<u64>,
     /// Publishes ports live (`moat publish`), once the sandbox runs.
     pub publisher: std::sync::OnceLock<Box<dyn control::Publisher>>,
+    /// HTTP/2 streams being checked or relayed, sandbox-wide (`h2`).
+    h2_streams: tokio::sync::Semaphore,
 }
 
 impl Shared {
@@ -401,6 +403,7 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, 
         asks: asks::Asks::default(),
         approvals_changed: tokio::sync::watch::Sender::new(0),
         publisher: std::sync::OnceLock::new(),
+        h2_streams: tokio::sync::Semaphore::new(h2::MAX_SANDBOX_STREAMS),
     });
     raise_nofile();
     // A deeper accept queue than std's 128: a burst of connections from the

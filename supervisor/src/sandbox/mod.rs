@@ -153,7 +153,7 @@ pub fn check_enforceable(policy: &Policy) -> Result<(), SandboxError> {
 /// Returns the paths.
 pub fn create(req: &RunRequest) -> Result<Paths, SandboxError> {
     check_enforceable(&req.policy)?;
-    publish::check(&req.publish, req.publish_token.is_some(), req.policy.network.gateway_port)?;
+    publish::check(&req.publish, &req.expose, req.publish_token.is_some(), req.policy.network.gateway_port)?;
     let name = name_for(req);
     let paths = Paths::new(&name)?;
     if let Some(w) = &req.workspace {

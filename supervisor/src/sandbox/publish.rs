@@ -31,7 +31,7 @@ pub enum PublishError {
     Twice(SocketAddr),
     #[error("-p ...:{0}: that is the egress gateway's port in the sandbox, not a service of the agent")]
     GatewayPort(u16),
-    #[error("--publish-token without -p: nothing is published")]
+    #[error("--publish-token without -p or --expose: nothing is published")]
     TokenWithoutPort,
     #[error("publishing {0}: cannot listen on the host")]
     Listen(SocketAddr, #[source] io::Error),
@@ -81,10 +81,19 @@ pub fn parse(spec: &str) -> Result<Publish, PublishError> {
 }
 
 /// Checks a run's ports together: no host address twice, not the gateway's
-/// port, and a token for any address not on loopback.
-pub fn check(ports: &[Publish], token: bool, gateway_port: u16) -> Result<(), PublishError> {
-    if token && ports.is_empty() {
+/// port, and a token for any address not on loopback; `exposed` (ports the
+/// sandbox may bind, to publish later) are neither 0 nor the gateway's.
+pub fn check(ports: &[Publish], exposed: &[u16], token: bool, gateway_port: u16) -> Result<(), PublishError> {
+    if token && ports.is_empty() && exposed.is_empty() {
         return Err(PublishError::TokenWithoutPort);
+    }
+    for &port in exposed {
+        if port == 0 {
+            return Err(PublishError::Spec { spec: "--expose 0".into(), why: "port 0 is any port".into() });
+        }
+        if port == gateway_port {
+            return Err(PublishError::GatewayPort(port));
+        }
     }
     for (i, p) in ports.iter().enumerate() {
         if ports[..i].iter().any(|q| q.host == p.host) {
@@ -221,7 +230,7 @@ impl Live {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut all = state.0.clone();
         all.push(p);
-        check(&all, self.token.is_some(), self.gateway_port)?;
+        check(&all, &[], self.token.is_some(), self.gateway_port)?;
         let relay = Listeners::bind(&[p], self.token.as_deref())?
             .start(&self.netns, &self.paths)
             .map_err(|e| PublishError::Listen(p.host, io::Error::other(moat_builder::errors::chain(&e))))?;
@@ -410,12 +419,16 @@ mod tests {
     fn checks_token_duplicates_and_the_gateway() {
         let lo = parse("8080:80").unwrap();
         let all = parse("0.0.0.0:8081:80").unwrap();
-        assert!(check(&[lo], false, 3128).is_ok());
-        assert!(matches!(check(&[all], false, 3128), Err(PublishError::NeedsToken(_))));
-        assert!(check(&[all], true, 3128).is_ok());
-        assert!(matches!(check(&[lo, lo], false, 3128), Err(PublishError::Twice(_))));
-        assert!(matches!(check(&[parse("1:3128").unwrap()], false, 3128), Err(PublishError::GatewayPort(_))));
-        assert!(matches!(check(&[], true, 3128), Err(PublishError::TokenWithoutPort)));
+        assert!(check(&[lo], &[], false, 3128).is_ok());
+        assert!(matches!(check(&[all], &[], false, 3128), Err(PublishError::NeedsToken(_))));
+        assert!(check(&[all], &[], true, 3128).is_ok());
+        assert!(matches!(check(&[lo, lo], &[], false, 3128), Err(PublishError::Twice(_))));
+        assert!(matches!(check(&[parse("1:3128").unwrap()], &[], false, 3128), Err(PublishError::GatewayPort(_))));
+        assert!(matches!(check(&[], &[], true, 3128), Err(PublishError::TokenWithoutPort)));
+        // A token with ports exposed only for later is what `moat publish` off loopback needs.
+        assert!(check(&[], &[8080], true, 3128).is_ok());
+        assert!(matches!(check(&[], &[3128], false, 3128), Err(PublishError::GatewayPort(3128))));
+        assert!(matches!(check(&[], &[0], false, 3128), Err(PublishError::Spec { .. })));
     }
 
     #[test]
