@@ -213,7 +213,7 @@ async fn stream(t: &Tunnel, mut req: Request<Incoming>) -> Response<Body> {
         req.headers_mut().remove(name);
     }
     req.headers_mut().remove(hyper::header::HOST);
-    let authority = super::inspect::authority(host, port, 443);
+    let authority = super::upstream::authority(host, port, 443);
     let sent = match &t.upstream {
         Upstream::H2(send) => {
             match hyper::Uri::builder().scheme("https").authority(authority).path_and_query(path.as_str()).build() {

@@ -107,17 +107,6 @@ fn parse_absolute(target: &str) -> Option<(String, u16, String)> {
     Some((host, port, path))
 }
 
-/// `host[:port]` for a Host header or an authority (the scheme's
-/// `default_port` left out, IPv6 in brackets).
-pub(super) fn authority(host: &str, port: u16, default_port: u16) -> String {
-    let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
-    if port == default_port {
-        host
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
 /// The plain-HTTP forward proxy loop (absolute-form requests).
 pub(crate) async fn forward(
     shared: &Arc<Shared>,
@@ -228,7 +217,7 @@ pub(crate) async fn forward(
         }
         // RFC 9112 §3.2.2: the Host the decision was made for, never the
         // client's (which could name another virtual host behind the same front door).
-        head.set_header("Host", authority(&host, port, 80));
+        head.set_header("Host", super::upstream::authority(&host, port, 80));
         let Some((_, _, _, up)) = upstream.as_mut() else { return };
         if exchange(shared, client, up, head, &path).await != Flow::KeepAlive {
             return;
@@ -579,9 +568,9 @@ mod tests {
         assert_eq!(parse_absolute("http://user:pw@a.example/"), None);
         assert_eq!(parse_absolute("https://a.example/"), None);
         assert_eq!(parse_absolute("/x"), None);
-        assert_eq!(authority("a.example", 80, 80), "a.example");
-        assert_eq!(authority("a.example", 8080, 80), "a.example:8080");
-        assert_eq!(authority("::1", 81, 80), "[::1]:81");
-        assert_eq!(authority("::1", 443, 443), "[::1]");
+        assert_eq!(super::super::upstream::authority("a.example", 80, 80), "a.example");
+        assert_eq!(super::super::upstream::authority("a.example", 8080, 80), "a.example:8080");
+        assert_eq!(super::super::upstream::authority("::1", 81, 80), "[::1]:81");
+        assert_eq!(super::super::upstream::authority("::1", 443, 443), "[::1]");
     }
 }
