@@ -39,6 +39,17 @@ pub(crate) async fn dial(shared: &Shared, relay: &Relay) -> std::io::Result<TcpS
     Err(last)
 }
 
+/// `host[:port]` for a Host header or an authority (the scheme's
+/// `default_port` left out, IPv6 in brackets).
+pub(crate) fn authority(host: &str, port: u16, default_port: u16) -> String {
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+    if port == default_port {
+        host
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,16 +62,5 @@ mod tests {
         assert_eq!(split_authority("example.com:0"), None);
         assert_eq!(split_authority("a@b:443"), None);
         assert_eq!(split_authority(":443"), None);
-    }
-}
-
-/// `host[:port]` for a Host header or an authority (the scheme's
-/// `default_port` left out, IPv6 in brackets).
-pub(crate) fn authority(host: &str, port: u16, default_port: u16) -> String {
-    let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
-    if port == default_port {
-        host
-    } else {
-        format!("{host}:{port}")
     }
 }
