@@ -25,6 +25,7 @@ pub mod npm;
 pub mod oci;
 pub mod pypi;
 pub mod registry;
+pub mod registry_hosts;
 pub mod sign;
 pub mod store;
 pub(crate) mod strip;

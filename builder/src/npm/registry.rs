@@ -27,40 +27,17 @@ pub(crate) const MAX_TARBALL: u64 = 256 << 20;
 /// (`[hosts]` in `$MOAT_HOME/registries.toml`, or the file
 /// `MOAT_REGISTRY_HOSTS` names), else the public registry.
 pub(crate) fn registry_base() -> Result<String, NpmError> {
-    let env = std::env::var("MOAT_NPM_REGISTRY").ok();
-    let hosts = std::env::var_os("MOAT_REGISTRY_HOSTS")
-        .filter(|p| !p.is_empty())
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| crate::home::moat_home().join("registries.toml"));
-    base_from(env.as_deref(), &hosts)
+    base_from(std::env::var("MOAT_NPM_REGISTRY").ok().as_deref(), &crate::registry_hosts::file())
 }
 
 fn base_from(env: Option<&str>, hosts: &Path) -> Result<String, NpmError> {
     if let Some(e) = env.map(str::trim).filter(|e| !e.is_empty()) {
         return Ok(e.trim_end_matches('/').to_string());
     }
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Hosts {
-        #[serde(default)]
-        hosts: HashMap<String, String>,
-    }
-    let bad = |msg: String| NpmError::Spec(format!("{}: {msg}", hosts.display()));
-    let text = match crate::textfile::read(hosts, crate::textfile::MAX_TEXT) {
-        Ok(t) => t,
-        Err(crate::textfile::TextError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(DEFAULT_REGISTRY.into())
-        }
-        Err(e) => return Err(bad(e.to_string())),
-    };
-    let f: Hosts = crate::textfile::parse_toml(&text, &hosts.display().to_string())
-        .map_err(|at| NpmError::Spec(at.to_string()))?;
-    match f.hosts.get("npm-registry") {
-        None => Ok(DEFAULT_REGISTRY.into()),
-        Some(h) if !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b)) => {
-            Ok(format!("https://{h}"))
-        }
-        Some(h) => Err(bad(format!("hosts.npm-registry {h:?} is not a host name"))),
+    match crate::registry_hosts::lookup(hosts, "npm-registry") {
+        Ok(Some(h)) => Ok(format!("https://{h}")),
+        Ok(None) => Ok(DEFAULT_REGISTRY.into()),
+        Err(e) => Err(NpmError::Spec(crate::errors::chain(&e))),
     }
 }
 

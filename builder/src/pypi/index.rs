@@ -26,40 +26,17 @@ pub(crate) const MAX_PAGE: u64 = 64 << 20;
 /// preset uses (`[hosts]` in `$MOAT_HOME/registries.toml`, or the file
 /// `MOAT_REGISTRY_HOSTS` names), else PyPI.
 pub(crate) fn index_base() -> Result<String, PypiError> {
-    let env = std::env::var("MOAT_PYPI_INDEX").ok();
-    let hosts = std::env::var_os("MOAT_REGISTRY_HOSTS")
-        .filter(|p| !p.is_empty())
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| crate::home::moat_home().join("registries.toml"));
-    base_from(env.as_deref(), &hosts)
+    base_from(std::env::var("MOAT_PYPI_INDEX").ok().as_deref(), &crate::registry_hosts::file())
 }
 
 fn base_from(env: Option<&str>, hosts: &Path) -> Result<String, PypiError> {
     if let Some(e) = env.map(str::trim).filter(|e| !e.is_empty()) {
         return Ok(e.trim_end_matches('/').to_string());
     }
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Hosts {
-        #[serde(default)]
-        hosts: HashMap<String, String>,
-    }
-    let bad = |msg: String| PypiError::Spec(format!("{}: {msg}", hosts.display()));
-    let text = match crate::textfile::read(hosts, crate::textfile::MAX_TEXT) {
-        Ok(t) => t,
-        Err(crate::textfile::TextError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(DEFAULT_INDEX.into())
-        }
-        Err(e) => return Err(bad(e.to_string())),
-    };
-    let f: Hosts = crate::textfile::parse_toml(&text, &hosts.display().to_string())
-        .map_err(|at| PypiError::Spec(at.to_string()))?;
-    match f.hosts.get("pypi-index") {
-        None => Ok(DEFAULT_INDEX.into()),
-        Some(h) if !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b)) => {
-            Ok(format!("https://{h}/simple"))
-        }
-        Some(h) => Err(bad(format!("hosts.pypi-index {h:?} is not a host name"))),
+    match crate::registry_hosts::lookup(hosts, "pypi-index") {
+        Ok(Some(h)) => Ok(format!("https://{h}/simple")),
+        Ok(None) => Ok(DEFAULT_INDEX.into()),
+        Err(e) => Err(PypiError::Spec(crate::errors::chain(&e))),
     }
 }
 
