@@ -198,6 +198,30 @@ fn a_revoked_tunnel_refuses_its_next_stream_and_ends_the_connection() {
 }
 
 #[test]
+fn an_idle_connection_is_ended() {
+    h2_upstream();
+    let limits =
+        moat_supervisor::gateway::Limits { idle_timeout: std::time::Duration::from_secs(1), ..Default::default() };
+    let g = Gw::start_in(tempfile::tempdir().unwrap(), RULES, limits);
+    rt().block_on(async {
+        let mut send = h2_client(&g, 9443).await;
+        assert_eq!(call(&mut send, "GET", "https://up.test:9443/a").await.0, 200);
+        // Busy within the limit: still open.
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        assert_eq!(call(&mut send, "GET", "https://up.test:9443/b").await.0, 200);
+        // Idle past it: GOAWAY, no new stream.
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        let req = Request::builder().uri("https://up.test:9443/c").body(Full::new(Bytes::new())).unwrap();
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let _ = send.ready().await;
+            send.send_request(req).await
+        })
+        .await;
+        assert!(matches!(next, Ok(Err(_))), "a stream after the idle limit: {next:?}");
+    });
+}
+
+#[test]
 fn an_h2_client_reaches_an_http1_upstream_and_a_client_offering_both_gets_http1() {
     let g = Gw::start(RULES);
     rt().block_on(async {

@@ -10,7 +10,8 @@
 //! relayed unchecked, extended CONNECT (WebSocket over h2) is refused, a
 //! `Host` field must name the same host as `:authority` (and is not sent
 //! on), a policy change re-checks the tunnel at the next stream and a
-//! revocation ends the connection (GOAWAY), and header lists, streams (per
+//! revocation or the idle limit without a stream ends the connection
+//! (GOAWAY), and header lists, streams (per
 //! connection and per sandbox), send buffers, flow-control windows and the
 //! wait for a response are bounded.
 #![forbid(unsafe_code)]
@@ -57,6 +58,9 @@ struct Tunnel {
     upstream: Upstream,
     /// Ends the connection (GOAWAY) once the policy no longer allows it.
     revoked: tokio::sync::Notify,
+    /// When the last stream began: a connection with none for the idle
+    /// limit is ended (GOAWAY), as an idle HTTP/1 connection is closed.
+    last_stream: Mutex<tokio::time::Instant>,
 }
 
 /// Serves the client's HTTP/2 connection `client` (TLS accepted with h2)
@@ -109,6 +113,7 @@ pub(crate) async fn serve<C, U>(
         port,
         upstream: up,
         revoked: tokio::sync::Notify::new(),
+        last_stream: Mutex::new(tokio::time::Instant::now()),
     });
     let tunnel = t.clone();
     let service = hyper::service::service_fn(move |req| {
@@ -124,13 +129,22 @@ pub(crate) async fn serve<C, U>(
         .initial_connection_window_size(CONNECTION_WINDOW)
         .serve_connection(TokioIo::new(client), service);
     tokio::pin!(conn);
-    let served = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = t.revoked.notified() => {
-            // Streams in flight finish; no new one is taken.
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let idle = shared.limits.idle_timeout;
+    let idle_for = || t.last_stream.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+    let served = loop {
+        let check = tokio::time::sleep(idle.saturating_sub(idle_for()).max(std::time::Duration::from_millis(100)));
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = t.revoked.notified() => {}
+            _ = check => {
+                if idle_for() < idle {
+                    continue;
+                }
+            }
         }
+        // Revoked or idle: streams in flight finish; no new one is taken.
+        conn.as_mut().graceful_shutdown();
+        break conn.await;
     };
     if let Err(e) = served {
         tracing::debug!(event = "gateway_h2_closed", error = %e, "HTTP/2 connection ended");
@@ -150,6 +164,7 @@ fn text(status: u16, body: String, summary: Option<&str>) -> Response<Body> {
 /// One stream: checked, then relayed.
 async fn stream(t: &Tunnel, mut req: Request<Incoming>) -> Response<Body> {
     let (shared, caller, host, port) = (&t.shared, &t.caller, t.host.as_str(), t.port);
+    *t.last_stream.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
     let Ok(_slot) = shared.h2_streams.try_acquire() else {
         return text(503, "moat: too many HTTP/2 streams in this sandbox; retry\n".into(), None);
     };
