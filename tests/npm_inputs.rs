@@ -545,14 +545,17 @@ fn platform_follows_the_blueprint_and_compilers_are_refused() {
     let dir = t.join("bp");
     fs::create_dir_all(&dir).unwrap();
     let s = t.join("store");
+    let lock_at = |bp: &Path| {
+        run(moat_at(
+            &t.join("home"),
+            &reg,
+            "022",
+            "UTC",
+            &["lock", bp.to_str().unwrap(), "--store", s.to_str().unwrap()],
+        ))
+    };
     let bp = blueprint(&dir, "arm.toml", "arm64", &["native@1.0.0"]);
-    let (code, out, err) = run(moat_at(
-        &t.join("home"),
-        &reg,
-        "022",
-        "UTC",
-        &["lock", bp.to_str().unwrap(), "--store", s.to_str().unwrap()],
-    ));
+    let (code, out, err) = lock_at(&bp);
     assert_eq!(code, 0, "lock failed:\n{out}\n{err}");
     let lock = fs::read_to_string(dir.join("arm.lock")).unwrap();
     assert!(
@@ -561,13 +564,7 @@ fn platform_follows_the_blueprint_and_compilers_are_refused() {
     );
     // The same [npm] table for another architecture is resolved again, even without --update.
     let bp = blueprint(&dir, "arm.toml", "amd64", &["native@1.0.0"]);
-    let (code, out, err) = run(moat_at(
-        &t.join("home"),
-        &reg,
-        "022",
-        "UTC",
-        &["lock", bp.to_str().unwrap(), "--store", s.to_str().unwrap()],
-    ));
+    let (code, out, err) = lock_at(&bp);
     assert_eq!(code, 0, "lock failed:\n{out}\n{err}");
     let lock = fs::read_to_string(dir.join("arm.lock")).unwrap();
     assert!(
@@ -576,13 +573,7 @@ fn platform_follows_the_blueprint_and_compilers_are_refused() {
     );
 
     let bp = blueprint(&dir, "cc.toml", "amd64", &["needs-cc@1.0.0"]);
-    let (code, _, err) = run(moat_at(
-        &t.join("home"),
-        &reg,
-        "022",
-        "UTC",
-        &["lock", bp.to_str().unwrap(), "--store", s.to_str().unwrap()],
-    ));
+    let (code, _, err) = lock_at(&bp);
     assert_ne!(code, 0, "a package that needs a compiler was locked");
     assert!(err.contains("needs-cc@1.0.0") && err.contains("compile"), "{err}");
     assert!(!dir.join("cc.lock").exists(), "a lock was written");

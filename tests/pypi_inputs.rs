@@ -506,14 +506,17 @@ fn architecture_picks_wheels_and_sdists_are_refused() {
     let dir = t.join("bp");
     fs::create_dir_all(&dir).unwrap();
     let s = t.join("store");
+    let lock_at = |bp: &Path| {
+        run(moat_at(
+            &t.join("home"),
+            &idx,
+            "022",
+            "UTC",
+            &["lock", bp.to_str().unwrap(), "--store", s.to_str().unwrap()],
+        ))
+    };
     let bp = blueprint(&dir, "arm.toml", "arm64", &["native==1.0"]);
-    let (code, out, err) = run(moat_at(
-        &t.join("home"),
-        &idx,
-        "022",
-        "UTC",
-        &["lock", bp.to_str().unwrap(), "--store", s.to_str().unwrap()],
-    ));
+    let (code, out, err) = lock_at(&bp);
     assert_eq!(code, 0, "lock failed:\n{out}\n{err}");
     let lock = fs::read_to_string(dir.join("arm.lock")).unwrap();
     assert!(
@@ -522,13 +525,7 @@ fn architecture_picks_wheels_and_sdists_are_refused() {
     );
     // The same table for another architecture is resolved again, even without --update.
     let bp = blueprint(&dir, "arm.toml", "amd64", &["native==1.0"]);
-    let (code, out, err) = run(moat_at(
-        &t.join("home"),
-        &idx,
-        "022",
-        "UTC",
-        &["lock", bp.to_str().unwrap(), "--store", s.to_str().unwrap()],
-    ));
+    let (code, out, err) = lock_at(&bp);
     assert_eq!(code, 0, "lock failed:\n{out}\n{err}");
     let lock = fs::read_to_string(dir.join("arm.lock")).unwrap();
     assert!(
@@ -545,15 +542,9 @@ fn architecture_picks_wheels_and_sdists_are_refused() {
         ("huge.toml", &["huge"], vec!["/simple/huge/", "larger than"]),
         ("norecord.toml", &["norecord"], vec!["norecord==1.0", "RECORD is missing"]),
     ] {
+        let bp = blueprint(&dir, file, "amd64", request);
         let request = request.join(", ");
-        let bp = blueprint(&dir, file, "amd64", &request.split(", ").collect::<Vec<_>>());
-        let (code, out, err) = run(moat_at(
-            &t.join("home"),
-            &idx,
-            "022",
-            "UTC",
-            &["lock", bp.to_str().unwrap(), "--store", s.to_str().unwrap()],
-        ));
+        let (code, out, err) = lock_at(&bp);
         assert_ne!(code, 0, "{request}: locked:\n{out}");
         for w in want {
             assert!(err.contains(w), "{request}: the refusal does not say {w:?}:\n{err}");

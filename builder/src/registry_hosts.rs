@@ -29,6 +29,21 @@ pub fn file() -> PathBuf {
         .unwrap_or_else(|| crate::home::moat_home().join("registries.toml"))
 }
 
+/// A registry's base URL: `env` (its URL variable, trailing `/` dropped)
+/// if set, else `to_url` of the host variable `name`, else `default`.
+pub fn base_url(
+    env: Option<&str>,
+    hosts: &Path,
+    name: &str,
+    to_url: impl Fn(&str) -> String,
+    default: &str,
+) -> Result<String, HostsError> {
+    if let Some(e) = env.map(str::trim).filter(|e| !e.is_empty()) {
+        return Ok(e.trim_end_matches('/').to_string());
+    }
+    Ok(lookup(hosts, name)?.map(|h| to_url(&h)).unwrap_or_else(|| default.to_string()))
+}
+
 /// The host `name` is set to in `hosts` (None: no file, or not set).
 pub fn lookup(hosts: &Path, name: &str) -> Result<Option<String>, HostsError> {
     #[derive(serde::Deserialize)]

@@ -31,14 +31,8 @@ pub(crate) fn registry_base() -> Result<String, NpmError> {
 }
 
 fn base_from(env: Option<&str>, hosts: &Path) -> Result<String, NpmError> {
-    if let Some(e) = env.map(str::trim).filter(|e| !e.is_empty()) {
-        return Ok(e.trim_end_matches('/').to_string());
-    }
-    match crate::registry_hosts::lookup(hosts, "npm-registry") {
-        Ok(Some(h)) => Ok(format!("https://{h}")),
-        Ok(None) => Ok(DEFAULT_REGISTRY.into()),
-        Err(e) => Err(NpmError::Spec(crate::errors::chain(&e))),
-    }
+    crate::registry_hosts::base_url(env, hosts, "npm-registry", |h| format!("https://{h}"), DEFAULT_REGISTRY)
+        .map_err(|e| NpmError::Spec(crate::errors::chain(&e)))
 }
 
 /// A package's packument: its dist-tags and one manifest per version.

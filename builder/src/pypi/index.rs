@@ -30,14 +30,8 @@ pub(crate) fn index_base() -> Result<String, PypiError> {
 }
 
 fn base_from(env: Option<&str>, hosts: &Path) -> Result<String, PypiError> {
-    if let Some(e) = env.map(str::trim).filter(|e| !e.is_empty()) {
-        return Ok(e.trim_end_matches('/').to_string());
-    }
-    match crate::registry_hosts::lookup(hosts, "pypi-index") {
-        Ok(Some(h)) => Ok(format!("https://{h}/simple")),
-        Ok(None) => Ok(DEFAULT_INDEX.into()),
-        Err(e) => Err(PypiError::Spec(crate::errors::chain(&e))),
-    }
+    crate::registry_hosts::base_url(env, hosts, "pypi-index", |h| format!("https://{h}/simple"), DEFAULT_INDEX)
+        .map_err(|e| PypiError::Spec(crate::errors::chain(&e)))
 }
 
 /// One file of a project page.

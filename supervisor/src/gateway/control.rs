@@ -130,9 +130,9 @@ fn answer(shared: &Shared, req: Request) -> Value {
     let result = match req {
         Request::Status => return status(shared),
         Request::Approvals => {
-            let dropped = shared.approvals.lock().unwrap_or_else(|p| p.into_inner()).dropped();
+            let (pending, dropped) = shared.approvals_snapshot();
             let asks_refused = shared.asks.refused();
-            return json!({"ok": true, "pending": shared.pending(), "dropped": dropped, "asks_refused": asks_refused});
+            return json!({"ok": true, "pending": pending, "dropped": dropped, "asks_refused": asks_refused});
         }
         Request::Approve { id, allowed_ips, scope } => match shared.approve(&id, allowed_ips, &scope) {
             Ok((_, rule)) => {

@@ -283,7 +283,6 @@ impl Shared {
         allowed_ips: Vec<String>,
         scope: &scope::Scope,
     ) -> Result<(Arc<Current>, NetPolicy), GatewayError> {
-        scope.check()?;
         let p = self.approvals.lock().unwrap_or_else(|p| p.into_inner()).take(id)?;
         let restore = |p: Pending| {
             self.approvals.lock().unwrap_or_else(|p| p.into_inner()).restore(p);

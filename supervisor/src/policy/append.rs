@@ -10,7 +10,7 @@
 use crate::policy::schema::NetPolicy;
 use crate::policy::{Policy, PolicyError};
 use moat_builder::textfile::{self, TextError};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use toml_edit::{DocumentMut, Item};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +39,8 @@ const HEADER: &str = "# moat policy: rules approved by the operator (`moat appro
 
 /// Adds `rule` to the `[[network.policy]]` rules of the policy file at
 /// `path` (created over the baseline if missing); a rule set of the same
-/// name is replaced. Returns the files the policy was loaded from.
-pub fn add_rule(path: &Path, rule: &NetPolicy) -> Result<Vec<PathBuf>, AppendError> {
+/// name is replaced.
+pub fn add_rule(path: &Path, rule: &NetPolicy) -> Result<(), AppendError> {
     let shown = path.display().to_string();
     // Two approvals written at once (two consoles, or `moat approve
     // --write` beside one) each read, check and replace the file: one at a
@@ -92,8 +92,7 @@ pub fn add_rule(path: &Path, rule: &NetPolicy) -> Result<Vec<PathBuf>, AppendErr
         });
     }
     moat_builder::fsio::write(path, new_text.as_bytes(), 0o644)
-        .map_err(|source| AppendError::Write { path: shown, source })?;
-    Ok(crate::policy::extends::load(path).map(|l| l.files).unwrap_or_default())
+        .map_err(|source| AppendError::Write { path: shown, source })
 }
 
 /// Takes the lock file beside `path` (`.NAME.lock`), held until dropped.
