@@ -289,6 +289,7 @@ echo "post=$(curl -s -p -o /dev/null -w '%{http_code}' -d x http://other.test/ok
     assert_eq!(r.get("allowed").map(String::as_str), Some("echo GET /ok/a 0"), "{out}");
     assert_eq!(r.get("refused").map(String::as_str), Some("403"), "{out}");
     assert_eq!(r.get("post").map(String::as_str), Some("403"), "{out}");
+    assert_eq!(r.get("fronted").map(String::as_str), Some("421"), "a Host beside :authority: {out}");
 }
 
 const SECRET: &str = "sk-proj-SANDBOXNEVERSEES0123456789abcdef";
@@ -393,7 +394,8 @@ fn routes_switch_live_from_the_cli_and_secrets_are_masked_in_logs() {
 /// An HTTP/2-only client is served HTTP/2 on an inspected endpoint, each
 /// request checked: Node's `http2` (which offers only h2 in ALPN, as gRPC
 /// clients do) GETs through the (HTTP/1.1) upstream and is refused a POST
-/// on a read-only rule; curl offering both protocols keeps HTTP/1.1.
+/// on a read-only rule and a Host field naming another virtual host than
+/// `:authority` (the fronting attack); curl offering both keeps HTTP/1.1.
 #[test]
 fn an_http2_only_client_is_served_h2_and_checked_per_request() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -413,9 +415,9 @@ function tunnel() {
     s.on('error', bad);
   });
 }
-function req(client, method, path) {
+function req(client, method, path, extra) {
   return new Promise(ok => {
-    const r = client.request({ ':method': method, ':path': path });
+    const r = client.request(Object.assign({ ':method': method, ':path': path }, extra || {}));
     let body = '', status = 0;
     r.on('response', h => { status = h[':status']; });
     r.on('data', d => { body += d; });
@@ -431,6 +433,8 @@ function req(client, method, path) {
   const client = http2.connect('https://up.test', { createConnection: () => t });
   console.log('get=' + await req(client, 'GET', '/h2get'));
   console.log('post=' + (await req(client, 'POST', '/h2post')).split(' ')[0]);
+  // Fronting: :authority names the tunnel's host, Host another one.
+  console.log('fronted=' + (await req(client, 'GET', '/fronted', { ':authority': 'up.test', host: 'other.test' })).split(' ')[0]);
   client.close();
 })().catch(e => { console.log('error=' + e.message); });
 "#;
@@ -452,5 +456,6 @@ function req(client, method, path) {
     assert_eq!(r.get("alpn").map(String::as_str), Some("h2"), "{out}");
     assert_eq!(r.get("get").map(String::as_str), Some("200 echo GET /h2get 0"), "{out}");
     assert_eq!(r.get("post").map(String::as_str), Some("403"), "{out}");
+    assert_eq!(r.get("fronted").map(String::as_str), Some("421"), "a Host beside :authority: {out}");
     assert_eq!(r.get("both").map(String::as_str), Some("1.1"), "{out}");
 }
