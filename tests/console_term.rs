@@ -220,3 +220,27 @@ fn without_a_terminal_it_says_so() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("needs a terminal"), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// The agent chooses the path it asks for; picking "as seen" in the console
+/// must allow that path only, not the glob it spells: an agent that asks
+/// for `/**` gets `/**` and nothing else.
+#[test]
+fn a_path_the_agent_asked_for_is_allowed_literally() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _gone = Gone(vec!["term-d"]);
+    start("term-d");
+    let body = r#"{"host":"other.test","port":80,"method":"GET","path":"/**","reason":"everything"}"#;
+    let asked = ok(&["exec", "term-d", "--", "curl", "-s", "--data-binary", body, "http://moat.local/v1/requests"]);
+    assert!(asked.contains("pending"), "{asked}");
+    let tmux = Tmux::start("literal", &term_command("", "term-d"));
+    tmux.wait("the request", |s| s.contains("1 Sandboxes (1)") && s.contains("3 Approvals (1)"));
+    tmux.keys(&["3", "a"]);
+    let s = tmux.wait("the picker", |s| s.contains("only GET /** (as seen)"));
+    let n = s.lines().find(|l| l.contains("only GET /** (as seen)")).and_then(|l| l.split_whitespace().nth(1)).unwrap();
+    tmux.keys(&[n, "i"]);
+    tmux.keys(&["-l", "198.18.0.0/15"]);
+    tmux.keys(&["Enter", "Enter"]);
+    tmux.wait("the approval", |s| s.contains("approved"));
+    assert_eq!(curl("term-d", &["http://other.test/other"]), "403", "another path");
+    assert_eq!(curl("term-d", &["http://other.test/**"]), "200", "the path asked for");
+}
