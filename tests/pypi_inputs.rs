@@ -100,6 +100,8 @@ fn fixtures() -> Vec<(String, Vec<u8>, Vec<u8>)> {
                 ("fx_cli-1.0.data/scripts/plain.sh", "#!/bin/sh\necho plain\n", false),
                 ("fx_cli-1.0.data/data/share/fx/readme.txt", "readme\n", false),
                 ("fx_cli-1.0.data/purelib/fx_extra_mod.py", "X = 1\n", false),
+                ("fx_cli-1.0.data/headers/fx.h", "#define FX 1\n", false),
+                ("fx_cli-1.0.data/headers/fx/sub.h", "#define FX_SUB 1\n", false),
             ],
         ),
         wheel("left", "1.0", "py3-none-any", "Requires-Dist: shared<3,>=1\n", None, &[("left/__init__.py", "L = 1\n", false)]),
@@ -301,6 +303,7 @@ fn pypi_set_matches_pip_and_is_pinned() {
     let ours_lib = listing(&root.join("lib/python3.11/site-packages"));
     let ours_bin = listing(&root.join("bin"));
     let ours_data = listing(&root.join("share"));
+    let ours_include = listing(&root.join("include"));
 
     let pip_ok = Command::new("python3").args(["-m", "pip", "--version"]).output().is_ok_and(|o| o.status.success());
     assert!(pip_ok, "the oracle needs `python3 -m pip` (Debian: python3-pip; scripts/install-deps.sh)");
@@ -343,6 +346,8 @@ fn pypi_set_matches_pip_and_is_pinned() {
     let mut theirs_lib = listing(&lib);
     let mut theirs_bin = listing(&bin);
     let theirs_data = listing(&lib.join("../../../share"));
+    // `.data/headers` (pip's scheme for a prefix): PREFIX/include/python3.11/<name>/.
+    let theirs_include = listing(&lib.join("../../../include"));
 
     // Accepted differences (docs/pypi.md), each undone on pip's side:
     // 1. scripts' `#!`: pip writes its own interpreter, moat the image's `python`.
@@ -387,9 +392,12 @@ fn pypi_set_matches_pip_and_is_pinned() {
         }
         theirs_lib.get_mut(&rec_key).unwrap().1 = Some(out.into_bytes());
     }
-    for (what, ours, theirs) in
-        [("lib", &ours_lib, &theirs_lib), ("bin", &ours_bin, &theirs_bin), ("share", &ours_data, &theirs_data)]
-    {
+    for (what, ours, theirs) in [
+        ("lib", &ours_lib, &theirs_lib),
+        ("bin", &ours_bin, &theirs_bin),
+        ("share", &ours_data, &theirs_data),
+        ("include", &ours_include, &theirs_include),
+    ] {
         let show = |v: Option<&(u32, Option<Vec<u8>>)>| {
             v.map(|(m, d)| format!("{m:o} {:?}", d.as_ref().map(|d| String::from_utf8_lossy(d).into_owned())))
         };
@@ -407,6 +415,7 @@ fn pypi_set_matches_pip_and_is_pinned() {
         assert!(diff.is_empty(), "moat's {what} differs from pip's install:\n{}", diff.join("\n"));
     }
     assert!(ours_bin.contains_key("fx") && ours_lib.contains_key("fx_extra_mod.py"), "{:?}", ours_bin.keys());
+    assert!(ours_include.contains_key("python3.11/fx-cli/fx/sub.h"), "{:?}", ours_include.keys());
     assert!(!ours_lib.keys().any(|k| k.contains("__pycache__")), "moat wrote bytecode");
 
     // The SBOM lists every locked wheel with its purl and sha256.
@@ -492,6 +501,16 @@ fn architecture_picks_wheels_and_sdists_are_refused() {
     let idx = Index::serve();
     let mut wheels = fixtures();
     wheels.push(wheel("evil", "1.0", "py3-none-any", "", None, &[("../../../../etc/evil.py", "x", false)]));
+    // Headers that leave their scheme directory (`..`, an absolute path).
+    wheels.push(wheel(
+        "hdrevil",
+        "1.0",
+        "py3-none-any",
+        "",
+        None,
+        &[("hdrevil-1.0.data/headers/../../../../../etc/x.h", "x", false)],
+    ));
+    wheels.push(wheel("hdrabs", "1.0", "py3-none-any", "", None, &[("hdrabs-1.0.data/headers//etc/x.h", "x", false)]));
     wheels.push(without_record(wheel("norecord", "1.0", "py3-none-any", "", None, &[("norecord.py", "", false)])));
     idx.publish(&wheels, &[("sdonly", "sdonly-1.0.tar.gz"), ("sdonly", "sdonly-0.9.tar.gz")]);
     // A project page that says it is 200 MB: refused before it is read.
@@ -539,6 +558,8 @@ fn architecture_picks_wheels_and_sdists_are_refused() {
         ("conflict.toml", &["shared==1.0", "right"], vec!["shared==1.0", "right==1.0 requires shared>=2"]),
         ("meta.toml", &["shared==2.0"], vec!["shared", "shared-2.0-py3-none-any.whl.metadata", "does not match"]),
         ("evil.toml", &["evil"], vec!["evil==1.0", "outside", "refused"]),
+        ("hdrevil.toml", &["hdrevil"], vec!["hdrevil==1.0", "../../../../../etc/x.h", "outside", "refused"]),
+        ("hdrabs.toml", &["hdrabs"], vec!["hdrabs==1.0", "/etc/x.h", "outside", "refused"]),
         ("huge.toml", &["huge"], vec!["/simple/huge/", "larger than"]),
         ("norecord.toml", &["norecord"], vec!["norecord==1.0", "RECORD is missing"]),
     ] {
@@ -551,4 +572,74 @@ fn architecture_picks_wheels_and_sdists_are_refused() {
         }
         assert!(!dir.join(file.replace("toml", "lock")).exists(), "{request}: a lock was written");
     }
+}
+
+/// A venv target (`venv = true`): a wheel's `.data/headers` go to
+/// VENV/include/site/python3.11/<name>/, as pip installs them into a venv;
+/// the tree and the RECORD rows are compared with pip's install into a real venv.
+#[test]
+fn venv_headers_match_pip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let idx = Index::serve();
+    let files = [
+        ("hdr_lib.py", "H = 1\n", false),
+        ("hdr_lib-2.0.data/headers/hdr.h", "#define HDR 2\n", false),
+        ("hdr_lib-2.0.data/headers/inner/more.h", "#define MORE 1\n", false),
+    ];
+    let w = wheel("hdr-lib", "2.0", "py3-none-any", "", None, &files);
+    idx.publish(std::slice::from_ref(&w), &[]);
+    let dir = t.join("bp");
+    fs::create_dir_all(&dir).unwrap();
+    let bp = dir.join("venv.toml");
+    fs::write(
+        &bp,
+        "name = \"pypivenv\"\nepoch = 1700000000\narchitecture = \"amd64\"\n[pypi]\npackages = [\"hdr-lib==2.0\"]\n\
+         python_version = \"3.11\"\npython = \"/opt/venv/bin/python\"\nvenv = true\n\
+         target = \"/opt/venv/lib/python3.11/site-packages\"\n",
+    )
+    .unwrap();
+    let s = t.join("store");
+    let s = s.to_str().unwrap();
+    for cmd in ["lock", "build"] {
+        let (code, out, err) =
+            run(moat_at(&t.join("home"), &idx, "022", "UTC", &[cmd, bp.to_str().unwrap(), "--store", s]));
+        assert_eq!(code, 0, "{cmd} failed:\n{out}\n{err}");
+    }
+    require_tool("umoci");
+    let bundle = t.join("bundle");
+    let mut c = Command::new("umoci");
+    c.arg("unpack").arg("--image").arg(format!("{s}:pypivenv")).arg(&bundle);
+    ok(c);
+    let ours = bundle.join("rootfs/opt/venv");
+
+    let venv = t.join("venv");
+    let mut c = Command::new("python3");
+    c.args(["-m", "venv", "--without-pip"]).arg(&venv);
+    ok(c);
+    let wheel_dir = t.join("wheels");
+    fs::create_dir_all(&wheel_dir).unwrap();
+    fs::write(wheel_dir.join(&w.0), &w.1).unwrap();
+    fs::write(t.join("req.txt"), format!("hdr-lib==2.0 --hash=sha256:{}\n", hex::encode(Sha256::digest(&w.1))))
+        .unwrap();
+    let mut c = Command::new("sh");
+    c.arg("-c").arg("umask 022; exec python3 -m pip \"$@\"").arg("pip");
+    c.arg("--python").arg(venv.join("bin/python"));
+    c.args(["install", "--no-deps", "--require-hashes", "--only-binary", ":all:", "--no-index", "--no-compile"]);
+    c.args(["--disable-pip-version-check", "--no-cache-dir", "--find-links"]);
+    c.arg(&wheel_dir).arg("-r").arg(t.join("req.txt"));
+    c.env("PIP_CONFIG_FILE", "/dev/null").env("HOME", t);
+    ok(c);
+    // (`python3 -m venv` itself makes an empty include/python3.11: not pip's.)
+    let theirs_include = listing(&venv.join("include/site"));
+    assert!(theirs_include.contains_key("python3.11/hdr-lib/inner/more.h"), "pip's venv: {:?}", theirs_include.keys());
+    assert_eq!(listing(&ours.join("include")).len(), theirs_include.len() + 1, "moat wrote more than include/site");
+    assert_eq!(listing(&ours.join("include/site")), theirs_include, "moat's venv include/site differs from pip's");
+    let rows = |root: &Path| -> Vec<String> {
+        let rec = fs::read_to_string(root.join("lib/python3.11/site-packages/hdr_lib-2.0.dist-info/RECORD")).unwrap();
+        rec.lines().filter(|l| l.contains("include/")).map(str::to_string).collect()
+    };
+    let theirs = rows(&venv);
+    assert_eq!(theirs.len(), 2, "pip's RECORD rows for headers: {theirs:?}");
+    assert_eq!(rows(&ours), theirs, "moat's RECORD rows for headers differ from pip's");
 }

@@ -1,7 +1,8 @@
 //! One wheel laid out as `pip install --no-deps --no-compile` lays it out
 //! (pip's `_install_wheel`): the root and `.data/purelib|platlib` into the
 //! target, `.data/scripts` (their `#!python` line rewritten) into PREFIX/bin,
-//! `.data/data` into PREFIX, console and GUI entry points as pip's
+//! `.data/data` into PREFIX, `.data/headers` into the include directory
+//! of the package's name, console and GUI entry points as pip's
 //! script template, then INSTALLER, REQUESTED and RECORD rewritten as pip
 //! rewrites it. Guards against wheel paths that leave their scheme
 //! directory (refused, naming the package) and host-dependent bytes (modes
@@ -180,12 +181,14 @@ pub(crate) fn install(
             .split_once('/')
             .ok_or_else(|| err(format!("{:?}: .data contents must be named <scheme>/<path>", m.name)))?;
         let dir = match key {
-            "purelib" | "platlib" => &t.lib,
-            "scripts" => &t.bin,
-            "data" => &t.prefix,
+            "purelib" | "platlib" => t.lib.clone(),
+            "scripts" => t.bin.clone(),
+            "data" => t.prefix.clone(),
+            // pip's scheme: the package's own directory below include/ (the name as the lock has it).
+            "headers" => format!("{}/{own}", t.include),
             other => return Err(err(format!("{:?}: the {other:?} scheme is not installed by moat", m.name))),
         };
-        let dest = inside(dir, sub)?;
+        let dest = inside(&dir, sub)?;
         if key == "scripts" {
             if is_wrapper(sub.rsplit('/').next().unwrap_or(sub)) {
                 continue;
@@ -276,7 +279,8 @@ mod tests {
     }
     #[test]
     fn the_dist_info_must_be_the_packages() {
-        let t = Target::new("3.11", "amd64", "2.36", "/usr/bin/python3", "/usr/lib/python3.11/dist-packages").unwrap();
+        let t = Target::new("3.11", "amd64", "2.36", "/usr/bin/python3", "/usr/lib/python3.11/dist-packages", false)
+            .unwrap();
         let m = |n: &str, d: &str| Member { name: n.into(), data: d.as_bytes().to_vec(), exec: false };
         let wheel = |info: &str| {
             vec![

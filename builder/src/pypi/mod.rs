@@ -67,6 +67,10 @@ pub struct PypiSpec {
     /// The image's glibc, `2.N`: the newest `manylinux_2_N` wheels accepted.
     #[serde(default = "default_glibc")]
     pub glibc: Spanned<String>,
+    /// `target` is a virtual environment's: `.data/headers` go to
+    /// `PREFIX/include/site/python3.N/NAME` (else `PREFIX/include/python3.N/NAME`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub venv: bool,
 }
 
 /// A `packages` entry parsed; an error says what is wrong with it.
@@ -112,6 +116,7 @@ fn target_of(spec: &PypiSpec, architecture: &str) -> Result<target::Target, Pypi
         spec.glibc.get_ref(),
         spec.python.get_ref(),
         spec.target.get_ref(),
+        spec.venv,
     )
     .map_err(PypiError::Spec)
 }

@@ -288,8 +288,9 @@ mod tests {
     }
     #[test]
     fn picks_as_pip_does() {
-        let t = Target::new("3.11", "amd64", "2.36", "/usr/bin/python3", "/usr/local/lib/python3.11/dist-packages")
-            .unwrap();
+        let t =
+            Target::new("3.11", "amd64", "2.36", "/usr/bin/python3", "/usr/local/lib/python3.11/dist-packages", false)
+                .unwrap();
         let n = PackageName::from_str("Fx_Lib").unwrap();
         let any = VersionSpecifiers::empty();
         let files = vec![
@@ -314,8 +315,9 @@ mod tests {
     }
     #[test]
     fn an_extra_brings_its_dependencies() {
-        let t = Target::new("3.11", "amd64", "2.36", "/usr/bin/python3", "/usr/local/lib/python3.11/dist-packages")
-            .unwrap();
+        let t =
+            Target::new("3.11", "amd64", "2.36", "/usr/bin/python3", "/usr/local/lib/python3.11/dist-packages", false)
+                .unwrap();
         let m = metadata::parse(
             b"Name: a\nVersion: 1\nRequires-Dist: c ; extra == 'color'\nRequires-Dist: w ; sys_platform == 'win32'\n",
         )

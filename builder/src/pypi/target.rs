@@ -25,6 +25,9 @@ pub(crate) struct Target {
     pub(crate) bin: String,
     /// `usr/local` (the `data` scheme).
     pub(crate) prefix: String,
+    /// `usr/local/include/python3.11` (`PREFIX/include/site/python3.11` in a
+    /// venv): the `headers` scheme, with the package's name below it.
+    pub(crate) include: String,
 }
 
 /// `3.11` (or `3.11.4`) -> ((3, 11), full version).
@@ -86,6 +89,7 @@ impl Target {
         glibc: &str,
         python: &str,
         target: &str,
+        venv: bool,
     ) -> Result<Target, String> {
         let (py, full) = parse_python_version(python_version)
             .ok_or_else(|| format!("python_version {python_version:?} is not 3.N or 3.N.M"))?;
@@ -96,6 +100,13 @@ impl Target {
         let lib = crate::layer::tree::clean_path(target).map_err(|e| e.to_string())?;
         let bin = if prefix.is_empty() { "bin".to_string() } else { format!("{prefix}/bin") };
         let pv = format!("{}.{}", py.0, py.1);
+        // pip's schemes: posix_prefix's `include/pythonX.Y`, a venv's `include/site/pythonX.Y`.
+        let site = if venv { "site/" } else { "" };
+        let include = if prefix.is_empty() {
+            format!("include/{site}python{pv}")
+        } else {
+            format!("{prefix}/include/{site}python{pv}")
+        };
         let env = MarkerEnvironment::try_from(MarkerEnvironmentBuilder {
             implementation_name: "cpython",
             implementation_version: &full,
@@ -111,7 +122,7 @@ impl Target {
         })
         .map_err(|e| format!("python_version {python_version:?}: {e}"))?;
         let tags = tags(py, machine, glibc).into_iter().enumerate().map(|(i, t)| (t, i)).collect();
-        Ok(Target { py, machine, tags, env, python: python.to_string(), lib, bin, prefix })
+        Ok(Target { py, machine, tags, env, python: python.to_string(), lib, bin, prefix, include })
     }
 
     /// The best (lowest) rank of a wheel's tag set, `None` if it fits no tag.
@@ -226,8 +237,9 @@ mod tests {
     use super::*;
     #[test]
     fn tags_follow_packaging_order() {
-        let t = Target::new("3.11", "amd64", "2.36", "/usr/bin/python3", "/usr/local/lib/python3.11/dist-packages")
-            .unwrap();
+        let t =
+            Target::new("3.11", "amd64", "2.36", "/usr/bin/python3", "/usr/local/lib/python3.11/dist-packages", false)
+                .unwrap();
         let r = |f: &str| t.rank(&WheelName::parse(f).unwrap());
         let native = r("a-1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl").unwrap();
         let abi3 = r("a-1-cp38-abi3-manylinux2014_x86_64.whl").unwrap();
@@ -244,10 +256,13 @@ mod tests {
         ] {
             assert_eq!(r(no), None, "{no}");
         }
-        let arm =
-            Target::new("3.11", "arm64", "2.36", "/usr/bin/python3", "/opt/v/lib/python3.11/site-packages").unwrap();
+        let arm = Target::new("3.11", "arm64", "2.36", "/usr/bin/python3", "/opt/v/lib/python3.11/site-packages", true)
+            .unwrap();
         assert!(arm.rank(&WheelName::parse("a-1-cp311-cp311-manylinux_2_17_aarch64.whl").unwrap()).is_some());
-        assert_eq!((arm.bin.as_str(), arm.prefix.as_str()), ("opt/v/bin", "opt/v"));
+        assert_eq!(
+            (arm.bin.as_str(), arm.prefix.as_str(), arm.include.as_str()),
+            ("opt/v/bin", "opt/v", "opt/v/include/site/python3.11")
+        );
         assert_eq!(WheelName::parse("a-1-7b-py3-none-any.whl").unwrap().build, Some((7, "b".into())));
     }
     #[test]
