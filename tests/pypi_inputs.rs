@@ -125,6 +125,10 @@ type Served = Arc<Mutex<HashMap<String, (String, Vec<u8>)>>>;
 struct Index {
     url: String,
     files: Served,
+    /// Each answer waits this long (ms) before it is written.
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Requests in flight: "pages" (/simple/) and "files" (/files/) -> (now, most ever).
+    inflight: Arc<Mutex<HashMap<&'static str, (usize, usize)>>>,
 }
 
 impl Index {
@@ -133,10 +137,14 @@ impl Index {
         let url = format!("http://{}", l.local_addr().unwrap());
         let files: Served = Arc::default();
         let f = files.clone();
+        let delay_ms: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let inflight: Arc<Mutex<HashMap<&'static str, (usize, usize)>>> = Arc::default();
+        let (d, inf) = (delay_ms.clone(), inflight.clone());
         std::thread::spawn(move || {
             for conn in l.incoming() {
                 let Ok(mut c) = conn else { continue };
                 let f = f.clone();
+                let (d, inf) = (d.clone(), inf.clone());
                 std::thread::spawn(move || {
                     let mut req = Vec::new();
                     let mut buf = [0u8; 4096];
@@ -162,11 +170,27 @@ impl Index {
                         }
                         None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec(),
                     };
+                    let class = if path.starts_with("/simple/") { "pages" } else { "files" };
+                    {
+                        let mut m = inf.lock().unwrap();
+                        let e = m.entry(class).or_default();
+                        e.0 += 1;
+                        e.1 = e.1.max(e.0);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(d.load(std::sync::atomic::Ordering::SeqCst)));
                     let _ = c.write_all(&resp);
+                    inf.lock().unwrap().entry(class).or_default().0 -= 1;
                 });
             }
         });
-        Index { url, files }
+        Index { url, files, delay_ms, inflight }
+    }
+
+    /// The most requests of `class` ever in flight at once since the last call (then reset).
+    fn most_at_once(&self, class: &'static str) -> usize {
+        let mut m = self.inflight.lock().unwrap();
+        let e = m.entry(class).or_default();
+        std::mem::replace(&mut e.1, e.0)
     }
 
     /// Publishes the wheels (and sdist file names): JSON pages, `right` as
@@ -642,4 +666,74 @@ fn venv_headers_match_pip() {
     let theirs = rows(&venv);
     assert_eq!(theirs.len(), 2, "pip's RECORD rows for headers: {theirs:?}");
     assert_eq!(rows(&ours), theirs, "moat's RECORD rows for headers differ from pip's");
+}
+
+/// Every file below `dir` whose parent is named `parent`, as (name, bytes).
+fn files_in(dir: &Path, parent: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if d.file_name().is_some_and(|n| n == parent) {
+                out.push((p.file_name().unwrap().to_string_lossy().into_owned(), fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Downloads run several at once and at most 8: project pages and wheels at
+/// `moat lock`, wheels at a cold `moat build` (the index answers each
+/// request after 150 ms and counts how many are in flight). A wheel that
+/// fails its pin fails the build naming its package, and leaves no
+/// half-written file in the downloads cache or the store.
+#[test]
+fn downloads_run_at_once_bounded_and_fail_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let idx = Index::serve();
+    let names: Vec<String> = (0..12).map(|i| format!("p{i:02}")).collect();
+    let wheels: Vec<_> = names
+        .iter()
+        .map(|n| wheel(n, "1.0", "py3-none-any", "", None, &[(&format!("{n}.py"), &format!("N = {n:?}\n"), false)]))
+        .collect();
+    idx.publish(&wheels, &[]);
+    let dir = t.join("bp");
+    fs::create_dir_all(&dir).unwrap();
+    let requests: Vec<&str> = names.iter().map(String::as_str).collect();
+    let bp = blueprint(&dir, "par.toml", "amd64", &requests);
+    let bp = bp.to_str().unwrap();
+    let s = t.join("store");
+    let s = s.to_str().unwrap();
+    idx.delay_ms.store(150, std::sync::atomic::Ordering::SeqCst);
+
+    let (code, out, err) = run(moat_at(&t.join("home1"), &idx, "022", "UTC", &["lock", bp, "--store", s]));
+    assert_eq!(code, 0, "lock failed:\n{out}\n{err}");
+    let (pages, files) = (idx.most_at_once("pages"), idx.most_at_once("files"));
+    assert!((2..=8).contains(&pages), "moat lock had {pages} project pages in flight at most (want 2..=8)");
+    assert!((2..=8).contains(&files), "moat lock had {files} wheels in flight at most (want 2..=8)");
+
+    let (code, out, err) = run(moat_at(&t.join("home2"), &idx, "022", "UTC", &["build", bp, "--store", s]));
+    assert_eq!(code, 0, "build failed:\n{out}\n{err}");
+    let files = idx.most_at_once("files");
+    assert!((2..=8).contains(&files), "a cold moat build had {files} wheels in flight at most (want 2..=8)");
+    assert_eq!(idx.most_at_once("pages"), 0, "moat build asked for a project page");
+
+    // p07 changed on the index: a cold build into a fresh store fails naming it.
+    let evil = wheel("p07", "1.0", "py3-none-any", "", None, &[("p07.py", "evil()\n", false)]);
+    idx.files.lock().unwrap().insert(format!("/files/{}", evil.0), ("application/octet-stream".into(), evil.1));
+    let home3 = t.join("home3");
+    let s3 = t.join("store3");
+    let (code, out, err) = run(moat_at(&home3, &idx, "022", "UTC", &["build", bp, "--store", s3.to_str().unwrap()]));
+    assert_ne!(code, 0, "a tampered wheel was built:\n{out}");
+    assert!(err.contains("p07==1.0") && err.contains("does not match"), "the refusal does not name p07:\n{err}");
+    let cached = files_in(&home3, "downloads");
+    assert!(!cached.is_empty(), "no wheel reached the downloads cache of {}", home3.display());
+    for (name, bytes) in cached.iter().chain(&files_in(&s3, "sha256")) {
+        assert_eq!(name, &hex::encode(Sha256::digest(bytes)), "a half-written or wrong file {name} was left behind");
+    }
 }

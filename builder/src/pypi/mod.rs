@@ -168,8 +168,45 @@ fn fetch_new(client: &index::Client, id: &str, f: &index::IndexFile) -> Result<V
     Ok(bytes)
 }
 
+/// `f` over `items`, up to 8 at once on npm's workers (`npm::parallel`),
+/// results in order; after a failure no new item starts, and the first
+/// failure in order among the items that ran is returned.
+pub(crate) fn par_map<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> Result<R, PypiError> + Sync,
+) -> Result<Vec<R>, PypiError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let failed = AtomicBool::new(false);
+    let got = crate::npm::parallel::par_map(items, |item| {
+        if failed.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let r = f(item);
+        if r.is_err() {
+            failed.store(true, Ordering::SeqCst);
+        }
+        Ok(Some(r))
+    })
+    .map_err(|e| PypiError::Spec(crate::errors::chain(&e)))?;
+    let mut out = Vec::with_capacity(got.len());
+    let mut skipped = false;
+    for r in got {
+        match r {
+            Some(Ok(v)) => out.push(v),
+            Some(Err(e)) => return Err(e),
+            None => skipped = true,
+        }
+    }
+    // An item is skipped only after another failed, whose error came first or comes after.
+    if skipped {
+        return Err(PypiError::Spec("a download was skipped without a failure".into()));
+    }
+    Ok(out)
+}
+
 /// Resolves the spec against the index and returns the pinned set; every
-/// chosen wheel is downloaded, checked and kept in the downloads cache.
+/// chosen wheel is downloaded, checked and kept in the downloads cache
+/// (pages, metadata and wheels several at once).
 pub fn resolve(spec: &PypiSpec, architecture: &str, cache: &Path) -> Result<PypiLock, PypiError> {
     let t = target_of(spec, architecture)?;
     let requests: Vec<Requirement> =
@@ -178,7 +215,7 @@ pub fn resolve(spec: &PypiSpec, architecture: &str, cache: &Path) -> Result<Pypi
         return Err(PypiError::Spec("`packages` is empty".into()));
     }
     let client = index::Client::new(index::index_base()?)?;
-    let fetched = std::cell::RefCell::new(std::collections::HashMap::<String, Vec<u8>>::new());
+    let fetched = std::sync::Mutex::new(std::collections::HashMap::<String, Vec<u8>>::new());
     let meta = |c: &index::Client, name: &str, f: &index::IndexFile| {
         if let Some((bytes, m)) = resolve::index_metadata(c, name, f)? {
             return Ok((Some(bytes), m));
@@ -187,14 +224,16 @@ pub fn resolve(spec: &PypiSpec, architecture: &str, cache: &Path) -> Result<Pypi
         let bytes = fetch_new(c, &id, f)?;
         let raw = wheel_metadata(&id, &bytes, &f.filename)?;
         let m = metadata::parse(&raw).map_err(|msg| PypiError::Package { package: id.clone(), msg })?;
-        fetched.borrow_mut().insert(f.url.clone(), bytes);
+        if let Ok(mut got) = fetched.lock() {
+            got.insert(f.url.clone(), bytes);
+        }
         Ok((None, m))
     };
     let chosen = resolve::resolve(&client, &t, &requests, &meta)?;
-    let mut packages = Vec::with_capacity(chosen.len());
-    for c in chosen {
+    par_map(&chosen, |c| {
         let id = format!("{}=={}", c.name, c.version);
-        let bytes = match fetched.borrow_mut().remove(&c.file.url) {
+        let have = fetched.lock().ok().and_then(|mut got| got.remove(&c.file.url));
+        let bytes = match have {
             Some(b) => b,
             None => fetch_new(&client, &id, &c.file)?,
         };
@@ -213,7 +252,7 @@ pub fn resolve(spec: &PypiSpec, architecture: &str, cache: &Path) -> Result<Pypi
         let members = wheel::members(&bytes).map_err(|msg| PypiError::Package { package: id.clone(), msg })?;
         install::install(&mut Tree::new(), &t, &id, &members, c.requested)?;
         let d = remember(cache, &id, &bytes)?;
-        packages.push(LockedWheel {
+        Ok(LockedWheel {
             name: c.name.to_string(),
             version: c.version.to_string(),
             filename: c.file.filename.clone(),
@@ -221,9 +260,9 @@ pub fn resolve(spec: &PypiSpec, architecture: &str, cache: &Path) -> Result<Pypi
             sha256: d.hex().to_string(),
             size: bytes.len() as u64,
             requested: c.requested,
-        });
-    }
-    Ok(PypiLock { packages })
+        })
+    })
+    .map(|packages| PypiLock { packages })
 }
 
 /// Puts bytes already checked into the downloads cache under their sha256.
@@ -264,7 +303,7 @@ pub const LAYOUT_VERSION: u32 = 1;
 pub fn materialize(spec: &PypiSpec, lock: &PypiLock, architecture: &str, cache: &Path) -> Result<Tree, PypiError> {
     let t = target_of(spec, architecture)?;
     let client = index::Client::new(index::index_base()?)?;
-    let mut tree = Tree::new();
+    let mut pins = Vec::with_capacity(lock.packages.len());
     for p in &lock.packages {
         let id = format!("{}=={}", p.name, p.version);
         let bad = |msg: String| PypiError::Package { package: id.clone(), msg: format!("lock: {msg}") };
@@ -275,12 +314,38 @@ pub fn materialize(spec: &PypiSpec, lock: &PypiLock, architecture: &str, cache: 
             return Err(bad(format!("{} is not a wheel of {} for this target", p.filename, p.name)));
         }
         let sha = Digest::parse_hex(&p.sha256).map_err(|_| bad("sha256 is not 64 hex characters".into()))?;
-        let pin = Pin { sha256: sha, size: Some(p.size) };
-        let bytes = index::wheel(&client, cache, &id, &p.url, &pin)?;
-        let members = wheel::members(&bytes).map_err(|msg| PypiError::Package { package: id.clone(), msg })?;
-        install::install(&mut tree, &t, &id, &members, p.requested)?;
+        pins.push((id, p, Pin { sha256: sha, size: Some(p.size) }));
+    }
+    // Fetched (or read from the cache) and unzipped several at once; laid out in lock order.
+    let unpacked = par_map(&pins, |(id, p, pin)| {
+        let bytes = index::wheel(&client, cache, id, &p.url, pin)?;
+        wheel::members(&bytes).map_err(|msg| PypiError::Package { package: id.clone(), msg })
+    })?;
+    let mut tree = Tree::new();
+    for ((id, p, _), members) in pins.iter().zip(unpacked) {
+        install::install(&mut tree, &t, id, &members, p.requested)?;
     }
     tree.insert(Entry::file(sbom::SBOM_DATA, sbom::manifest(lock, spec.target.get_ref()), 0o644))?;
     tree.add_parents();
     Ok(tree)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn par_map_keeps_order_and_reports_the_first_failure() {
+        let items: Vec<u32> = (0..40).collect();
+        assert_eq!(par_map(&items, |i| Ok(i + 1)).unwrap(), (1..41).collect::<Vec<_>>());
+        let e = par_map(&items, |i| {
+            if *i == 5 || *i == 30 {
+                Err(PypiError::Package { package: format!("p{i}==1.0"), msg: "broken".into() })
+            } else {
+                Ok(*i)
+            }
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "package p5==1.0: broken");
+    }
 }

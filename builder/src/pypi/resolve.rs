@@ -4,7 +4,8 @@
 //! prerelease or only prereleases fit; yanked files only when pinned with
 //! `==`) that admits the target's Python and has a wheel for its tags, its
 //! dependencies read from the wheel's metadata with markers evaluated for
-//! the target. No
+//! the target (project pages and metadata fetched several at once, ahead
+//! of the loop that decides, which takes them in its own order). No
 //! backtracking: a later requirement the chosen version does not satisfy
 //! is an error naming both sides. Guards against host-chosen wheels,
 //! sdists (build code never runs) and silent conflicts.
@@ -15,7 +16,7 @@ use super::target::{Target, WheelName};
 use super::PypiError;
 use pep440_rs::{Operator, Version, VersionSpecifiers};
 use pep508_rs::{ExtraName, PackageName, Requirement, VersionOrUrl};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::str::FromStr;
 
 /// Most packages in one resolution.
@@ -45,14 +46,74 @@ struct State {
 /// from there) and the parsed fields.
 pub(crate) type MetadataOf = (Option<Vec<u8>>, Metadata);
 
+/// Gives a chosen file's metadata (the index's `.metadata` or the wheel's own).
+pub(crate) type FetchMetadata<'a> = dyn Fn(&Client, &str, &IndexFile) -> Result<MetadataOf, PypiError> + Sync + 'a;
+
+/// Most projects fetched ahead in one go (their pages, metadata and wheels held until used).
+const AHEAD: usize = 32;
+
+/// One project's page, the file `choose` takes for `spec`, and its metadata.
+fn fetch_one(
+    client: &Client,
+    target: &Target,
+    name: &PackageName,
+    spec: &VersionSpecifiers,
+    fetch_metadata: &FetchMetadata,
+) -> Result<(IndexFile, MetadataOf), PypiError> {
+    let files = client.project(name.as_ref())?;
+    let file = choose(name, spec, &files, target)?;
+    let meta = fetch_metadata(client, name.as_ref(), &file)?;
+    Ok((file, meta))
+}
+
+/// What `fetch_one` gave for a name, and for which specifiers.
+type Ahead = HashMap<PackageName, (VersionSpecifiers, Result<(IndexFile, MetadataOf), PypiError>)>;
+
+/// Fetches `first` and the projects the queue decides next (each at its
+/// first requirement whose marker holds, as the loop will meet it), several
+/// at once. Results, errors too, wait in `ahead` until the loop reaches
+/// them, so the outcome and the error reported are the sequential ones.
+fn fetch_ahead(
+    client: &Client,
+    target: &Target,
+    first: (&PackageName, &VersionSpecifiers),
+    queue: &VecDeque<(Requirement, String)>,
+    states: &BTreeMap<PackageName, State>,
+    ahead: &mut Ahead,
+    fetch_metadata: &FetchMetadata,
+) -> Result<(), PypiError> {
+    let mut batch: Vec<(PackageName, VersionSpecifiers)> = vec![(first.0.clone(), first.1.clone())];
+    let mut seen: BTreeSet<PackageName> = BTreeSet::from([first.0.clone()]);
+    for (r, _) in queue {
+        if batch.len() >= AHEAD {
+            break;
+        }
+        if states.contains_key(&r.name) || ahead.contains_key(&r.name) || !r.marker.evaluate(&target.env, &[]) {
+            continue;
+        }
+        if seen.insert(r.name.clone()) {
+            if let Some(VersionOrUrl::VersionSpecifier(s)) = &r.version_or_url {
+                batch.push((r.name.clone(), s.clone()));
+            } else if r.version_or_url.is_none() {
+                batch.push((r.name.clone(), VersionSpecifiers::empty()));
+            }
+        }
+    }
+    let got = super::par_map(&batch, |(n, s)| Ok(fetch_one(client, target, n, s, fetch_metadata)))?;
+    ahead.extend(batch.into_iter().zip(got).map(|((n, s), r)| (n, (s, r))));
+    Ok(())
+}
+
 /// Resolves `requests`; `fetch_metadata(client, name, file)` gives each
 /// chosen file's metadata (the index's `.metadata` or the wheel's own).
+/// Project pages and metadata are fetched several at once ([`fetch_ahead`]).
 pub(crate) fn resolve(
     client: &Client,
     target: &Target,
     requests: &[Requirement],
-    fetch_metadata: &dyn Fn(&Client, &str, &IndexFile) -> Result<MetadataOf, PypiError>,
+    fetch_metadata: &FetchMetadata,
 ) -> Result<Vec<Chosen>, PypiError> {
+    let mut ahead: Ahead = HashMap::new();
     let mut states: BTreeMap<PackageName, State> = BTreeMap::new();
     let mut queue: VecDeque<(Requirement, String)> =
         requests.iter().map(|r| (r.clone(), "the blueprint".to_string())).collect();
@@ -98,9 +159,13 @@ pub(crate) fn resolve(
         if states.len() >= MAX_PACKAGES {
             return Err(PypiError::Spec(format!("more than {MAX_PACKAGES} packages; not resolved")));
         }
-        let files = client.project(req.name.as_ref())?;
-        let file = choose(&req.name, &spec, &files, target)?;
-        let (metadata_bytes, metadata) = fetch_metadata(client, req.name.as_ref(), &file)?;
+        if !ahead.contains_key(&req.name) {
+            fetch_ahead(client, target, (&req.name, &spec), &queue, &states, &mut ahead, fetch_metadata)?;
+        }
+        let (file, (metadata_bytes, metadata)) = match ahead.remove(&req.name) {
+            Some((s, got)) if s == spec => got?,
+            _ => fetch_one(client, target, &req.name, &spec, fetch_metadata)?,
+        };
         let wn = WheelName::parse(&file.filename).ok_or_else(|| PypiError::Package {
             package: req.name.to_string(),
             msg: format!("{:?} is not a wheel file name", file.filename),
