@@ -104,6 +104,9 @@ fn npm_scripts(lock: &Lock) {
             eprintln!("  {p}");
         }
     }
+    for w in moat_builder::npm::engines::lock_warnings(&npm, lock.debian.as_ref()) {
+        eprintln!("warning: {w}");
+    }
 }
 
 pub fn build(a: BuildArgs, g: &Global) -> Result<ExitCode> {

@@ -7,153 +7,17 @@
 //! compiler refused, a tampered tarball refused naming its package, and the
 //! same digest under another umask and TZ.
 mod common;
+#[path = "common/debian.rs"]
+mod debian_common;
+mod npm_fixture;
 use base64::Engine as _;
 use common::*;
+use npm_fixture::*;
 use serde_json::{json, Value};
-use sha2::{Digest as _, Sha512};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
-
-/// One fixture package: its package.json and files (path, bytes, tar mode).
-struct Pkg {
-    json: Value,
-    files: Vec<(&'static str, Vec<u8>, u32)>,
-}
-
-fn pkg(name: &str, version: &str, extra: Value, files: Vec<(&'static str, &str, u32)>) -> Pkg {
-    let mut json = json!({"name": name, "version": version, "description": "moat test fixture", "license": "MIT"});
-    if let (Value::Object(j), Value::Object(e)) = (&mut json, extra) {
-        j.extend(e);
-    }
-    let mut files: Vec<_> = files.into_iter().map(|(p, c, m)| (p, c.as_bytes().to_vec(), m)).collect();
-    files.push(("index.js", format!("module.exports = '{name}@{version}';\n").into_bytes(), 0o644));
-    Pkg { json, files }
-}
-
-fn tgz(p: &Pkg) -> Vec<u8> {
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()));
-    let mut add = |path: &str, data: &[u8], mode: u32| {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(mode);
-        h.set_mtime(499162500);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, format!("package/{path}"), data).unwrap();
-    };
-    let mut json = p.json.clone();
-    json.as_object_mut().unwrap().remove("_registry");
-    add("package.json", serde_json::to_string_pretty(&json).unwrap().as_bytes(), 0o644);
-    for (path, data, mode) in &p.files {
-        add(path, data, *mode);
-    }
-    b.into_inner().unwrap().finish().unwrap()
-}
-
-fn sri(b: &[u8]) -> String {
-    format!("sha512-{}", base64::engine::general_purpose::STANDARD.encode(Sha512::digest(b)))
-}
-
-/// The registry: URL path -> body, served from a thread on 127.0.0.1.
-struct Registry {
-    url: String,
-    files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
-}
-
-impl Registry {
-    fn serve() -> Registry {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", l.local_addr().unwrap());
-        let files: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
-        let f = files.clone();
-        std::thread::spawn(move || {
-            for conn in l.incoming() {
-                let Ok(mut c) = conn else { continue };
-                let f = f.clone();
-                std::thread::spawn(move || {
-                    let mut req = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 65536 {
-                        match c.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => req.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let line = String::from_utf8_lossy(&req).lines().next().unwrap_or_default().to_string();
-                    let path = line.split(' ').nth(1).unwrap_or("/").split('?').next().unwrap_or("/");
-                    let path = path.replace("%2f", "/").replace("%2F", "/").replace("%40", "@");
-                    let body = f.lock().unwrap().get(&path).cloned();
-                    let resp = match body {
-                        // A stored answer that is a whole HTTP response goes out as is.
-                        Some(b) if b.starts_with(b"HTTP/1.1 ") => b,
-                        Some(b) => {
-                            let mut r =
-                                format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", b.len())
-                                    .into_bytes();
-                            r.extend(b);
-                            r
-                        }
-                        None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec(),
-                    };
-                    let _ = c.write_all(&resp);
-                });
-            }
-        });
-        Registry { url, files }
-    }
-
-    fn tarball_path(name: &str, version: &str) -> String {
-        let base = name.rsplit('/').next().unwrap();
-        format!("/{name}/-/{base}-{version}.tgz")
-    }
-
-    /// Publishes every version of every package (latest: `latest[name]` or the last listed).
-    fn publish(&self, pkgs: &[Pkg], latest: &[(&str, &str)]) {
-        let mut docs: BTreeMap<String, Value> = BTreeMap::new();
-        let mut files = self.files.lock().unwrap();
-        for p in pkgs {
-            let name = p.json["name"].as_str().unwrap().to_string();
-            let version = p.json["version"].as_str().unwrap().to_string();
-            let bytes = tgz(p);
-            let tpath = Self::tarball_path(&name, &version);
-            let mut m = p.json.clone();
-            // What `npm publish` normalizes into the registry's copy only.
-            if let Some(Value::Object(extra)) = m.as_object_mut().unwrap().remove("_registry") {
-                m.as_object_mut().unwrap().extend(extra);
-            }
-            m["_id"] = json!(format!("{name}@{version}"));
-            m["dist"] = json!({"tarball": format!("{}{tpath}", self.url), "integrity": sri(&bytes)});
-            files.insert(tpath, bytes);
-            let doc = docs
-                .entry(name.clone())
-                .or_insert_with(|| json!({"_id": name, "name": name, "dist-tags": {}, "versions": {}}));
-            doc["versions"][&version] = m;
-            doc["dist-tags"]["latest"] = json!(version);
-        }
-        for (n, v) in latest {
-            docs.get_mut(*n).unwrap()["dist-tags"]["latest"] = json!(v);
-        }
-        for (name, doc) in docs {
-            files.insert(format!("/{name}"), serde_json::to_vec(&doc).unwrap());
-        }
-    }
-
-    fn tamper(&self, name: &str, version: &str) {
-        let mut files = self.files.lock().unwrap();
-        let t = files.get_mut(&Self::tarball_path(name, version)).unwrap();
-        let mut p = Pkg {
-            json: json!({"name": name, "version": version}),
-            files: vec![("index.js", b"evil()".to_vec(), 0o644)],
-        };
-        p.json["description"] = json!("tampered");
-        *t = tgz(&p);
-    }
-}
 
 fn fixtures(mark: &Path) -> Vec<Pkg> {
     let script = format!("touch {}", mark.display());
@@ -267,76 +131,6 @@ fn fixtures(mark: &Path) -> Vec<Pkg> {
 
 const REQUESTS: [&str; 6] = ["@fx/cli@^1.0.0", "native@1.0.0", "scripted", "peer-thing@^1", "other-cli", "plat"];
 
-fn blueprint(dir: &Path, file: &str, arch: &str, packages: &[&str]) -> std::path::PathBuf {
-    let list: Vec<String> = packages.iter().map(|p| format!("{p:?}")).collect();
-    let text = format!("name = \"npmtest\"\nepoch = 1700000000\narchitecture = \"{arch}\"\n[npm]\npackages = [{}]\nprefix = \"/usr/local\"\n", list.join(", "));
-    let p = dir.join(file);
-    fs::write(&p, text).unwrap();
-    p
-}
-
-fn moat_at(home: &Path, reg: &Registry, umask: &str, tz: &str, args: &[&str]) -> Command {
-    let mut c = Command::new("sh");
-    c.arg("-c").arg(format!("umask {umask}; exec \"$0\" \"$@\"")).arg(moat_bin()).args(args);
-    c.env("MOAT_HOME", home).env_remove("MOAT_STORE").env_remove("RUST_LOG");
-    c.env("MOAT_NPM_REGISTRY", &reg.url).env("TZ", tz);
-    c
-}
-
-/// path -> "dir MODE" | "file MODE sha" | "link TARGET", below `root`.
-fn listing(root: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            let md = fs::symlink_metadata(&p).unwrap();
-            let v = if md.file_type().is_symlink() {
-                format!("link {}", fs::read_link(&p).unwrap().display())
-            } else if md.is_dir() {
-                stack.push(p.clone());
-                format!("dir {:o}", md.mode() & 0o7777)
-            } else {
-                format!("file {:o} {}", md.mode() & 0o7777, hex::encode(sha2::Sha256::digest(fs::read(&p).unwrap())))
-            };
-            out.insert(rel, v);
-        }
-    }
-    out
-}
-
-fn npm_oracle(tmp: &Path, reg: &Registry) -> std::path::PathBuf {
-    require_tool("npm");
-    let prefix = tmp.join("npm-prefix");
-    let cache = tmp.join("npm-cache");
-    fs::create_dir_all(&prefix).unwrap();
-    fs::write(tmp.join("npmrc"), "").unwrap();
-    let mut c = Command::new("sh");
-    c.arg("-c").arg("umask 022; exec npm \"$@\"").arg("npm");
-    c.args(["install", "--global", "--ignore-scripts", "--omit=dev", "--prefer-online", "--no-audit", "--no-fund"]);
-    // npm >= 11 has --os/--cpu/--libc (added in 10.x); an older npm picks
-    // platform packages for the host, which matches only on x86_64.
-    let version = Command::new("npm").arg("--version").output().expect("npm --version");
-    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
-    let major: u32 = version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
-    if major >= 11 {
-        c.args(["--os=linux", "--cpu=x64", "--libc=glibc"]);
-    } else {
-        assert_eq!(
-            std::env::consts::ARCH,
-            "x86_64",
-            "npm {version} cannot install for x64 on this host: use npm >= 11"
-        );
-    }
-    c.args(["--registry", &reg.url, "--loglevel=error"]);
-    c.arg("--prefix").arg(&prefix).arg("--cache").arg(&cache).arg("--userconfig").arg(tmp.join("npmrc"));
-    c.args(REQUESTS);
-    c.env("npm_config_update_notifier", "false").env("HOME", tmp);
-    ok(c);
-    prefix
-}
-
 #[test]
 fn npm_tree_matches_npm_and_is_pinned() {
     let tmp = tempfile::tempdir().unwrap();
@@ -383,7 +177,7 @@ fn npm_tree_matches_npm_and_is_pinned() {
     c.arg("unpack").arg("--image").arg(format!("{s}:npmtest")).arg(&bundle);
     ok(c);
     let ours = listing(&bundle.join("rootfs/usr/local"));
-    let prefix = npm_oracle(t, &reg);
+    let (prefix, _) = npm_oracle(t, &reg, &REQUESTS);
     assert!(!mark.exists(), "npm ran an install script despite --ignore-scripts");
     let theirs = listing(&prefix);
     // A global install writes no hidden lockfile (`node_modules/.package-lock.json`).
@@ -621,4 +415,258 @@ fn hostile_registry_answers_are_refused() {
         }
         assert!(!dir.join(file.replace("toml", "lock")).exists(), "{request}: a lock was written");
     }
+}
+
+/// Peers of peers (arborist's canPlacePeers): a package goes only where its
+/// whole peer set fits, so `plugin -> peer host -> peer core@2` nests below a
+/// `core@1` instead of beside it; a requested package's peers go inside it;
+/// where no place fits, moat refuses at lock time naming the chain (npm warns
+/// ERESOLVE and installs with the peer unmet).
+#[test]
+fn peers_of_peers_are_placed_as_npm_places_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let reg = Registry::serve();
+    let deps = |d: Value| json!({ "dependencies": d });
+    let peers = |d: Value| json!({ "peerDependencies": d });
+    reg.publish(
+        &[
+            pkg("core", "1.0.0", json!({}), vec![]),
+            pkg("core", "2.0.0", json!({}), vec![]),
+            pkg(
+                "host",
+                "1.0.0",
+                json!({"peerDependencies": {"core": "^2.0.0"}, "bin": {"host": "h.js"}}),
+                vec![("h.js", "h", 0o644)],
+            ),
+            pkg("plugin", "1.0.0", peers(json!({"host": "^1.0.0"})), vec![]),
+            pkg("mid", "1.0.0", deps(json!({"plugin": "1.0.0"})), vec![]),
+            // core@1 beside mid: plugin, host and core@2 go inside mid.
+            pkg("app1", "1.0.0", deps(json!({"core": "^1.0.0", "mid": "1.0.0"})), vec![]),
+            // Three deep: p4 -> peer h4 -> peer h5 -> peer core@2.
+            pkg("h5", "1.0.0", peers(json!({"core": "^2.0.0"})), vec![]),
+            pkg("h4", "1.0.0", peers(json!({"h5": "^1.0.0"})), vec![]),
+            pkg("p4", "1.0.0", peers(json!({"h4": "^1.0.0"})), vec![]),
+            pkg("mid4", "1.0.0", deps(json!({"p4": "1.0.0"})), vec![]),
+            pkg("app4", "1.0.0", deps(json!({"core": "^1.0.0", "mid4": "1.0.0"})), vec![]),
+            // core@1 hoisted from an earlier sibling's dependency.
+            pkg("a-core1", "1.0.0", deps(json!({"core": "^1.0.0"})), vec![]),
+            pkg("app6", "1.0.0", deps(json!({"a-core1": "1.0.0", "mid": "1.0.0"})), vec![]),
+            // plugin beside core@1 with nowhere deeper to go.
+            pkg("app2", "1.0.0", deps(json!({"core": "^1.0.0", "plugin": "1.0.0"})), vec![]),
+        ],
+        &[],
+    );
+    // Two installs: a requested plugin would meet mid's dependency from the top.
+    // In the second, a requested plugin's peers go inside it (bins into its node_modules/.bin).
+    for (name, requests, nested) in [
+        ("peers", &["app1", "app4", "app6"][..], "app1/node_modules/mid/node_modules/core"),
+        ("peers-top", &["plugin", "core@^1"][..], "plugin/node_modules/.bin/host"),
+    ] {
+        let (ours, _) = moat_layer(t, &reg, name, requests);
+        let (prefix, _) = npm_oracle(&t.join(format!("npm-{name}")), &reg, requests);
+        let diff = differences(&ours, &listing(&prefix));
+        assert!(diff.is_empty(), "{requests:?}: moat's layer differs from npm's install:\n{}", diff.join("\n"));
+        assert!(ours.contains_key(&format!("lib/node_modules/{nested}")), "{ours:#?}");
+    }
+
+    // No place fits: npm says ERESOLVE (and installs host with its peer unmet); moat refuses, naming the chain.
+    let npm_dir = t.join("npm-conflict");
+    let (_, npm_err) = npm_oracle(&npm_dir, &reg, &["app2"]);
+    assert!(npm_err.contains("ERESOLVE") && npm_err.contains("core@\"^2.0.0\" from host@1.0.0"), "{npm_err}");
+    let dir = t.join("bp-conflict");
+    fs::create_dir_all(&dir).unwrap();
+    let bp = blueprint(&dir, "app.toml", "amd64", &["app2"]);
+    let store = t.join("store-conflict");
+    let (code, out, err) = run(moat_at(
+        &t.join("home-conflict"),
+        &reg,
+        "022",
+        "UTC",
+        &["lock", bp.to_str().unwrap(), "--store", store.to_str().unwrap()],
+    ));
+    assert_ne!(code, 0, "a peer conflict npm reports as ERESOLVE was locked:\n{out}");
+    for want in
+        ["plugin@1.0.0", "host@1.0.0", "core@^2.0.0", "core@1.0.0", "node_modules/app2/node_modules/core", "ERESOLVE"]
+    {
+        assert!(err.contains(want), "the refusal does not name {want:?}:\n{err}");
+    }
+    assert!(!dir.join("app.lock").exists(), "a lock was written");
+}
+
+/// Bundled dependencies come inside their package's tarball: npm links their
+/// bins into that package's own node_modules/.bin (only the top package's
+/// bins reach PREFIX/bin), and their install scripts are listed, never run.
+#[test]
+fn bundled_dependencies_get_bins_and_their_scripts_are_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let mark = t.join("bundled-script-ran");
+    let script = format!(
+        r#"{{"name":"bdep","version":"1.0.0","bin":{{"bdep-cli":"bin/b.js"}},"scripts":{{"postinstall":"touch {}"}},"dependencies":{{"bsub":"1.0.0"}}}}"#,
+        mark.display()
+    );
+    let bundler = |version: &str| {
+        pkg(
+            "bundler",
+            version,
+            json!({"bin": {"bundler": "cli.js"}, "dependencies": {"bdep": "^1.0.0", "plain": "1.0.0"},
+                "bundleDependencies": ["bdep"]}),
+            vec![
+                ("cli.js", "#!/usr/bin/env node\n", 0o644),
+                ("node_modules/bdep/package.json", &script, 0o644),
+                ("node_modules/bdep/bin/b.js", "#!/usr/bin/env node\r\nconsole.log(1)\n", 0o644),
+                (
+                    "node_modules/bsub/package.json",
+                    r#"{"name":"bsub","version":"1.0.0","bin":"s.js","dependencies":{"@bs/scoped":"^2.0.0"}}"#,
+                    0o644,
+                ),
+                ("node_modules/bsub/s.js", "#!/bin/sh\n", 0o644),
+                (
+                    "node_modules/@bs/scoped/package.json",
+                    r#"{"name":"@bs/scoped","version":"2.0.0","bin":{"sc":"sc.js"}}"#,
+                    0o644,
+                ),
+                ("node_modules/@bs/scoped/sc.js", "#!/bin/sh\n", 0o600),
+            ],
+        )
+    };
+    let reg = Registry::serve();
+    reg.publish(
+        &[
+            bundler("1.0.0"),
+            bundler("1.1.0"),
+            pkg("plain", "1.0.0", json!({}), vec![]),
+            pkg("bdep", "1.0.0", json!({"description": "the registry's copy: npm installs the bundled one"}), vec![]),
+            // bundler@1.0.0 nested below another requested package (the top one is 1.1.0).
+            pkg("outer", "1.0.0", json!({"dependencies": {"bundler": "1.0.0"}}), vec![]),
+        ],
+        &[],
+    );
+    let requests = ["bundler", "outer"];
+    let (ours, lock_err) = moat_layer(t, &reg, "bundled", &requests);
+    assert!(!mark.exists(), "a bundled install script ran");
+    let (prefix, _) = npm_oracle(&t.join("npm"), &reg, &requests);
+    let diff = differences(&ours, &listing(&prefix));
+    assert!(diff.is_empty(), "moat's layer differs from npm's install:\n{}", diff.join("\n"));
+    assert_eq!(
+        ours.get("lib/node_modules/outer/node_modules/bundler/node_modules/.bin/bdep-cli").map(String::as_str),
+        Some("link ../bdep/bin/b.js"),
+        "{ours:#?}"
+    );
+    assert!(lock_err.contains("bdep@1.0.0"), "`moat lock` does not list the bundled install script:\n{lock_err}");
+
+    let s = t.join("store-bundled");
+    let report = ok({
+        let mut c = moat(&t.join("home-bundled"));
+        c.args(["audit", "npmtest", "--store", s.to_str().unwrap()]);
+        c
+    });
+    for dir in [
+        "/usr/local/lib/node_modules/bundler/node_modules/bdep",
+        "/usr/local/lib/node_modules/outer/node_modules/bundler/node_modules/bdep",
+    ] {
+        assert!(report.contains(&format!("{dir} npm package bdep@1.0.0 declares install scripts")), "{report}");
+    }
+    let (code, lint, _) = run({
+        let mut c = moat(&t.join("home-bundled"));
+        c.arg("lint").arg(t.join("bp-bundled/app.toml"));
+        c
+    });
+    assert_eq!(code, 1, "{lint}");
+    assert!(lint.contains("npm package bdep@1.0.0 declares install scripts"), "{lint}");
+}
+
+/// `engines.node` against the image's node (the blueprint's Debian `nodejs`,
+/// from the lock): `moat lock` warns, as npm warns EBADENGINE, and `moat lint`
+/// flags each package whose range excludes it, from the lock alone. Without
+/// Debian's nodejs, nothing is said about engines.
+#[test]
+fn engines_node_is_checked_against_the_debian_nodejs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let mut repo = debian_common::Repo::new(&t.join("deb"), "moat-test");
+    repo.add(&debian_common::Pkg {
+        name: "nodejs",
+        version: "18.19.0+dfsg-6~deb12u2",
+        fields: "",
+        files: vec![("usr/bin/node", b"#!/bin/sh\n".to_vec(), 0o755)],
+        symlinks: vec![],
+    });
+    repo.publish();
+    let mirror = debian_common::serve(&repo.root);
+    let reg = Registry::serve();
+    let engines = |r: &str| json!({ "engines": { "node": r, "npm": ">=99" } });
+    reg.publish(
+        &[
+            pkg("eng-new", "1.0.0", json!({"engines": {"node": ">=20"}, "dependencies": {"eng-nested": "1"}}), vec![]),
+            pkg("eng-nested", "1.0.0", engines("^18.20.0"), vec![]),
+            pkg("eng-old", "1.0.0", engines(">=16 <19"), vec![]),
+            pkg("eng-bad", "1.0.0", engines("eighteen"), vec![]),
+            pkg("eng-none", "1.0.0", json!({}), vec![]),
+        ],
+        &[],
+    );
+    let dir = t.join("bp");
+    fs::create_dir_all(&dir).unwrap();
+    fs::copy(&repo.keyring, dir.join("keyring.gpg")).unwrap();
+    let npm_table = "[npm]\npackages = [\"eng-new\", \"eng-old\", \"eng-bad\", \"eng-none\"]\n";
+    let with_debian = format!(
+        "name = \"npmtest\"\nepoch = 1700000000\narchitecture = \"amd64\"\n[base]\nimage = \"scratch\"\n[debian]\nsuite = \"moat-test\"\nsuites = [\"moat-test\"]\npackages = [\"nodejs\"]\nessential = false\nkeyring = {{ path = \"keyring.gpg\", sha256 = \"{}\" }}\n{npm_table}",
+        repo.keyring_sha256()
+    );
+    fs::write(dir.join("deb.toml"), with_debian).unwrap();
+    fs::write(
+        dir.join("plain.toml"),
+        format!("name = \"npmtest\"\nepoch = 1700000000\narchitecture = \"amd64\"\n{npm_table}"),
+    )
+    .unwrap();
+    let lock = |file: &str| {
+        let mut c = moat_at(&t.join("home"), &reg, "022", "UTC", &["lock"]);
+        c.arg(dir.join(file)).arg("--store").arg(t.join("store")).env("MOAT_DEBIAN_MIRROR", &mirror);
+        run(c)
+    };
+    let (code, out, err) = lock("deb.toml");
+    assert_eq!(code, 0, "lock failed:\n{out}\n{err}");
+    for (pkg, range) in [("eng-new@1.0.0", ">=20"), ("eng-nested@1.0.0", "^18.20.0"), ("eng-bad@1.0.0", "eighteen")] {
+        let want = format!("npm package {pkg} (node_modules/");
+        let line =
+            err.lines().find(|l| l.contains(&want)).unwrap_or_else(|| panic!("no engines warning for {pkg}:\n{err}"));
+        assert!(line.contains(&format!("engines.node {range:?}")) && line.contains("nodejs 18.19.0"), "{line}");
+    }
+    assert!(
+        !err.contains("eng-old@") && !err.contains("eng-none@"),
+        "a package whose engines admit node 18.19.0 was flagged:\n{err}"
+    );
+    assert!(
+        fs::read_to_string(dir.join("deb.lock")).unwrap().contains("engines_node = \">=20\""),
+        "the lock does not record engines.node"
+    );
+
+    // lint: from the lock alone (no registry, no mirror reachable).
+    let (code, lint, _) = run({
+        let mut c = moat(&t.join("home"));
+        c.arg("lint").arg(dir.join("deb.toml"));
+        c.env("MOAT_NPM_REGISTRY", "http://127.0.0.1:1").env("MOAT_DEBIAN_MIRROR", "http://127.0.0.1:1");
+        c
+    });
+    assert_eq!(code, 1, "{lint}");
+    for pkg in ["eng-new@1.0.0", "eng-nested@1.0.0", "eng-bad@1.0.0"] {
+        assert!(
+            lint.contains(&format!("npm package {pkg} (node_modules/")) && lint.contains("nodejs 18.19.0"),
+            "{pkg}:\n{lint}"
+        );
+    }
+    assert!(!lint.contains("eng-old@"), "{lint}");
+
+    // Without Debian's nodejs: nothing about engines.
+    let (code, out, err) = lock("plain.toml");
+    assert_eq!(code, 0, "lock failed:\n{out}\n{err}");
+    assert!(!err.contains("engines"), "{err}");
+    let (_, lint, _) = run({
+        let mut c = moat(&t.join("home"));
+        c.arg("lint").arg(dir.join("plain.toml"));
+        c
+    });
+    assert!(!lint.contains("engines"), "{lint}");
 }

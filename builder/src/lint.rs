@@ -96,17 +96,18 @@ fn lock_findings(f: &Path, l: &blueprint::Loaded) -> Vec<Finding> {
             return vec![Finding { at: l.lock_path().display().to_string(), msg: format!("lock [npm]: {e}") }];
         }
     };
-    npm.packages
-        .iter()
-        .filter(|p| p.install_script)
-        .map(|p| Finding {
+    let mut out: Vec<Finding> = crate::npm::install_script_packages(&npm)
+        .into_iter()
+        .map(|(id, _)| Finding {
             at: at(Some(spec.span())),
             msg: format!(
-                "npm package {}@{} declares install scripts: they never run here (the package is laid out unbuilt; `moat audit` lists it)",
-                p.name, p.version
+                "npm package {id} declares install scripts: they never run here (the package is laid out unbuilt; `moat audit` lists it)"
             ),
         })
-        .collect()
+        .collect();
+    let msgs = crate::npm::engines::lock_warnings(&npm, lock.debian.as_ref());
+    out.extend(msgs.into_iter().map(|msg| Finding { at: at(Some(spec.span())), msg }));
+    out
 }
 
 fn collect(p: &Path, out: &mut Vec<PathBuf>) {

@@ -3,7 +3,8 @@
 //! widened to 0644/0755 under umask 022, ownership ignored), placed at its
 //! install path under `PREFIX/lib`, with bin links as npm's bin-links makes
 //! them (global top-level packages into `PREFIX/bin`, the rest into the
-//! nearest `node_modules/.bin`, relative symlinks, targets made 0755).
+//! nearest `node_modules/.bin`, bundled packages' bins into the `.bin`
+//! beside them, relative symlinks, targets made 0755).
 //! Guards against hostile tarballs: compressed size, unpacked bytes and
 //! entry count are bounded before allocation, paths that climb out (`..`,
 //! absolute) are dropped, bin names and targets cannot leave their package.
@@ -131,6 +132,55 @@ pub(crate) fn bins(name: &str, pkg: &Value) -> BTreeMap<String, String> {
     out
 }
 
+/// One package inside a tarball's `node_modules` (a bundled dependency or
+/// one of its own dependencies), as npm's loadActual finds it there.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Inside {
+    /// Relative to the package directory: `node_modules/a/node_modules/@s/b`.
+    pub(crate) path: String,
+    pub(crate) name: String,
+    pub(crate) manifest: Value,
+}
+
+/// Largest bundled `package.json` read.
+const MAX_INSIDE_MANIFEST: usize = 1 << 20;
+
+/// The packages a tarball ships in its own `node_modules`: every
+/// `node_modules/NAME/package.json` (`@scope/NAME` too, at any depth) that
+/// parses as a JSON object; the directory names the package, as in npm.
+pub(crate) fn bundled_packages(u: &Unpacked) -> Vec<Inside> {
+    let mut out = Vec::new();
+    for (path, f) in &u.files {
+        let Some(dir) = path.strip_suffix("/package.json") else { continue };
+        let parts: Vec<&str> = dir.split('/').collect();
+        let mut i = 0;
+        let mut name = None;
+        while i < parts.len() {
+            if parts[i] != "node_modules" {
+                name = None;
+                break;
+            }
+            let (n, step) = match parts.get(i + 1) {
+                Some(s) if s.starts_with('@') => match parts.get(i + 2) {
+                    Some(b) => (format!("{s}/{b}"), 3),
+                    None => break,
+                },
+                Some(b) => ((*b).to_string(), 2),
+                None => break,
+            };
+            name = Some(n);
+            i += step;
+        }
+        let Some(name) = name.filter(|n| i == parts.len() && super::valid_name(n)) else { continue };
+        if f.data.len() > MAX_INSIDE_MANIFEST {
+            continue;
+        }
+        let Ok(manifest @ Value::Object(_)) = serde_json::from_slice::<Value>(&f.data) else { continue };
+        out.push(Inside { path: dir.to_string(), name, manifest });
+    }
+    out
+}
+
 /// The mode a file gets: pacote widens it to rw for all, then umask 022,
 /// owner rw; bin-links' fixBin makes a linked bin 0755. Setuid, setgid and
 /// sticky bits are dropped (npm keeps them: a root-owned setuid file).
@@ -218,12 +268,17 @@ pub(crate) struct Links {
 }
 
 /// Places one unpacked package at `dir` (root-relative) in `tree` with its
-/// bin links (`bins`: name -> target) and, for a top-level package, man links.
+/// bin links (`bins`: name -> target), the bins of the packages it bundles
+/// (`bundled`: path in the package -> its bins, linked into the
+/// `node_modules/.bin` beside them, as npm links them) and, for a top-level
+/// package, man links.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn place(
     tree: &mut Tree,
     dir: &str,
     u: &Unpacked,
     bins: &BTreeMap<String, String>,
+    bundled: &[(&str, &BTreeMap<String, String>)],
     mans: &[(String, String)],
     links: &Links,
     taken: &mut BTreeSet<String>,
@@ -238,13 +293,27 @@ pub(crate) fn place(
         // A missing target is skipped, as npm skips it (no dangling link).
         if u.files.contains_key(target) && taken.insert(link.clone()) {
             tree.insert(Entry::symlink(&link, &relative(&links.bin_dir, &format!("{dir}/{target}"))))?;
-            linked.insert(target.as_str());
+            linked.insert(target.clone());
+        }
+    }
+    for (path, bins) in bundled {
+        let Some(parent_nm) = path.rfind("node_modules/").map(|i| &path[..i + "node_modules".len()]) else {
+            continue;
+        };
+        let bin_dir = format!("{dir}/{parent_nm}/.bin");
+        for (bin, target) in bins.iter() {
+            let target = format!("{path}/{target}");
+            let link = format!("{bin_dir}/{bin}");
+            if u.files.contains_key(&target) && taken.insert(link.clone()) {
+                tree.insert(Entry::symlink(&link, &relative(&bin_dir, &format!("{dir}/{target}"))))?;
+                linked.insert(target);
+            }
         }
     }
     for f in u.files.values() {
         // fixBin (0755, LF hashbang) runs on the bins it linked, and only
         // those: a bin that lost its link to another package's keeps its mode.
-        let is_bin = linked.contains(f.path.as_str());
+        let is_bin = linked.contains(&f.path);
         let data = if is_bin { unix_hashbang(&f.data) } else { f.data.clone() };
         tree.insert(Entry::file(&format!("{dir}/{}", f.path), data, file_mode(f.mode, is_bin)))?;
     }

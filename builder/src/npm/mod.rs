@@ -7,6 +7,7 @@
 //! (install scripts never run; packages that need a compiler are refused),
 //! native code for the wrong machine (platform from the blueprint), drift.
 #![forbid(unsafe_code)]
+pub mod engines;
 pub(crate) mod integrity;
 pub(crate) mod layout;
 pub(crate) mod parallel;
@@ -124,6 +125,29 @@ pub struct LockedNpm {
     /// Man pages of a top-level package (linked into `PREFIX/share/man`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub man: Vec<String>,
+    /// `engines.node` of the registry's manifest, checked against the
+    /// image's Debian nodejs by `moat lock` and `moat lint` (engines.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engines_node: Option<String>,
+    /// Packages its tarball ships in its own `node_modules` (bundled).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bundled: Vec<BundledNpm>,
+}
+
+/// A package that came inside another's tarball (`bundleDependencies`).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundledNpm {
+    /// Path inside the package that ships it: `node_modules/a`.
+    pub path: String,
+    pub name: String,
+    pub version: String,
+    /// Declares install scripts (never run).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub install_script: bool,
+    /// Its bins, linked into the `node_modules/.bin` beside it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bin: BTreeMap<String, String>,
 }
 
 /// The lock's `[npm]` table.
@@ -188,6 +212,8 @@ pub fn resolve(spec: &NpmSpec, architecture: &str, cache: &Path) -> Result<NpmLo
         } else {
             Vec::new()
         };
+        let bundled = bundled_of(&id, &unpacked)?;
+        let engines_node = p.manifest.pointer("/engines/node").and_then(Value::as_str).map(String::from);
         let sha256 = registry::remember(cache, &id, &bytes)?;
         Ok(LockedNpm {
             path: p.path.clone(),
@@ -200,9 +226,35 @@ pub fn resolve(spec: &NpmSpec, architecture: &str, cache: &Path) -> Result<NpmLo
             install_script: script,
             bin: layout::bins(&p.name, &p.manifest),
             man,
+            engines_node,
+            bundled,
         })
     })?;
     Ok(NpmLock { packages })
+}
+
+/// The packages a tarball bundles, with their bins and install scripts; one
+/// that needs a compiler and brings no optional (prebuilt) dependency is
+/// refused as any other.
+fn bundled_of(id: &str, u: &layout::Unpacked) -> Result<Vec<BundledNpm>, NpmError> {
+    let mut out = Vec::new();
+    for b in layout::bundled_packages(u) {
+        let version = b.manifest.get("version").and_then(Value::as_str).unwrap_or_default().to_string();
+        let (gyp, script) = scripts_of(&b.manifest, u.files.contains_key(&format!("{}/binding.gyp", b.path)));
+        let prebuilt = b.manifest.get("optionalDependencies").and_then(Value::as_object).is_some_and(|o| !o.is_empty());
+        if gyp && !prebuilt {
+            let package = format!("{}@{} (bundled in {id})", b.name, version.escape_debug());
+            return Err(NpmError::NeedsCompiler { package, arch: "any architecture".into() });
+        }
+        out.push(BundledNpm {
+            bin: layout::bins(&b.name, &b.manifest),
+            path: b.path,
+            name: b.name,
+            version,
+            install_script: script,
+        });
+    }
+    Ok(out)
 }
 
 /// The digest that keys the npm layer (every input and the layout code).
@@ -246,7 +298,9 @@ pub fn materialize(spec: &NpmSpec, lock: &NpmLock, cache: &Path) -> Result<Tree,
             .collect::<Result<Vec<_>, _>>()
             .map_err(|msg| NpmError::Package { package: id.clone(), msg: format!("lock: {msg}") })?;
         let mans: Vec<(String, String)> = mans.into_iter().flatten().collect();
-        layout::place(&mut tree, &format!("{lib}/{rel}"), unpacked, &p.bin, &mans, &links, &mut taken)?;
+        let bundled: Vec<(&str, &BTreeMap<String, String>)> =
+            p.bundled.iter().map(|b| (b.path.as_str(), &b.bin)).collect();
+        layout::place(&mut tree, &format!("{lib}/{rel}"), unpacked, &p.bin, &bundled, &mans, &links, &mut taken)?;
     }
     tree.insert(Entry::file(sbom::SBOM_DATA, sbom::manifest(lock, spec.prefix.get_ref()), 0o644))?;
     tree.add_parents();
@@ -267,6 +321,18 @@ fn check_locked(p: &LockedNpm, id: &str) -> Result<(), NpmError> {
             msg: format!("lock: install path {:?} is not node_modules/.../{}", p.path, p.name),
         });
     }
+    for b in &p.bundled {
+        let ok = valid_name(&b.name)
+            && clean_path(&b.path).is_ok_and(|c| c == b.path)
+            && b.path.starts_with(PREFIX_NM)
+            && b.path.ends_with(&format!("node_modules/{}", b.name));
+        if !ok {
+            return Err(NpmError::Package {
+                package: id.into(),
+                msg: format!("lock: bundled path {:?} is not node_modules/.../{:?}", b.path, b.name),
+            });
+        }
+    }
     Ok(())
 }
 
@@ -278,13 +344,25 @@ fn with_slash(prefix: &str) -> String {
     }
 }
 
-/// Packages of a lock that declare install scripts (never run), as `name@version`.
+/// Packages of a lock that declare install scripts (never run), as
+/// `name@version (install path)`, bundled ones included.
 pub fn with_install_scripts(lock: &NpmLock) -> Vec<String> {
-    lock.packages
-        .iter()
-        .filter(|p| p.install_script)
-        .map(|p| format!("{}@{} ({})", p.name, p.version, p.path))
-        .collect()
+    install_script_packages(lock).into_iter().map(|(id, path)| format!("{id} ({path})")).collect()
+}
+
+/// (`name@version`, install path below `PREFIX/lib`) of every locked or
+/// bundled package that declares install scripts.
+pub fn install_script_packages(lock: &NpmLock) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for p in &lock.packages {
+        if p.install_script {
+            out.push((format!("{}@{}", p.name, p.version), p.path.clone()));
+        }
+        for b in p.bundled.iter().filter(|b| b.install_script) {
+            out.push((format!("{}@{}", b.name, b.version), format!("{}/{}", p.path, b.path)));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -140,8 +140,10 @@ impl Tree {
             n = self.nodes[n].parent;
         }
     }
-    /// Where a new `name@version` (with `peers`) goes for an edge from
-    /// `from`, starting the walk at `start`.
+    /// Where a new `name@version` (with `manifest`, whose peers are picked
+    /// in `set`) goes for an edge from `from`, starting the walk at `start`;
+    /// `Err` says why not even the first place fits.
+    #[allow(clippy::too_many_arguments)]
     fn target(
         &self,
         from: usize,
@@ -149,31 +151,34 @@ impl Tree {
         name: &str,
         version: &str,
         want: &Want,
-        peers: &[(String, Want)],
-    ) -> Option<Place> {
-        let mut best = None;
+        manifest: &Value,
+        set: &PeerSet,
+    ) -> Result<Place, String> {
+        let mut best: Result<Place, String> = Err(String::new());
         let mut t = start;
         loop {
+            // Its peers (and theirs) go beside it: a place where one of the
+            // set does not fit is ruled out (arborist's canPlacePeers).
+            let fits = |t: usize| self.peers_fit(t, from, manifest, set, &mut vec![name.to_string()]);
             if let Some(&c) = self.nodes[t].children.get(name) {
                 if want.admits(&self.nodes[c].version) {
-                    return Some(Place::Keep(c));
+                    return Ok(Place::Keep(c));
                 }
                 let newer = match (Version::parse(version), Version::parse(&self.nodes[c].version)) {
                     (Ok(new), Ok(cur)) => new >= cur,
                     _ => false,
                 };
                 if newer && self.nodes[c].edges_in.iter().all(|(_, w)| w.admits(version)) {
-                    return Some(Place::Replace(c));
+                    match fits(t) {
+                        Ok(()) => return Ok(Place::Replace(c)),
+                        Err(e) => return best.or(Err(e)),
+                    }
                 }
-                break;
+                let at = &self.nodes[c];
+                return best.or(Err(format!("conflicts with {name}@{} at {}", at.version, at.path)));
             }
-            // Its peers go beside it: a copy there that does not satisfy one
-            // rules this place out (arborist's canPlacePeers).
-            let peer_conflict = peers
-                .iter()
-                .any(|(pn, pw)| self.nodes[t].children.get(pn).is_some_and(|&c| !pw.admits(&self.nodes[c].version)));
-            if peer_conflict {
-                break;
+            if let Err(e) = fits(t) {
+                return best.or(Err(e));
             }
             if t != from {
                 if let Some(cur) = self.resolve(t, name) {
@@ -184,7 +189,7 @@ impl Tree {
                     }
                 }
             }
-            best = Some(Place::Under(t));
+            best = Ok(Place::Under(t));
             if t == 0 || self.nodes[t].parent == 0 {
                 break;
             }
@@ -192,14 +197,108 @@ impl Tree {
         }
         best
     }
+
+    /// arborist's canPlacePeers: whether the peers of `manifest` (and
+    /// theirs, as picked in `set`) fit beside it under `t`: a copy there
+    /// keeps a peer it satisfies, or is replaced by a newer one all its
+    /// dependents accept; otherwise the peer must not clash with `t`'s own
+    /// dependency nor shadow a copy a package below `t` relies on. `path`
+    /// holds the names on the way (peer cycles end there). `Err` names the
+    /// chain to the clash.
+    fn peers_fit(
+        &self,
+        t: usize,
+        from: usize,
+        manifest: &Value,
+        set: &PeerSet,
+        path: &mut Vec<String>,
+    ) -> Result<(), String> {
+        if t == 0 {
+            return Ok(()); // a requested package's peers go inside it (npm loads no peer set for a global top)
+        }
+        for (pn, spec, pw) in peers_of(manifest) {
+            if path.contains(&pn) {
+                continue;
+            }
+            let picked = set.get(&pn);
+            let clash = |msg: String| Err(format!("peer {pn}@{} {msg}", spec.escape_debug()));
+            if let Some(&c) = self.nodes[t].children.get(&pn) {
+                let cur = &self.nodes[c];
+                if pw.admits(&cur.version) {
+                    continue;
+                }
+                let replaces = picked.is_some_and(|(v, _)| {
+                    let newer = matches!((Version::parse(v), Version::parse(&cur.version)), (Ok(n), Ok(o)) if n >= o);
+                    newer && pw.admits(v) && cur.edges_in.iter().all(|(_, w)| w.admits(v))
+                });
+                if !replaces {
+                    return clash(format!("conflicts with {pn}@{} at {}", cur.version, cur.path));
+                }
+            }
+            let Some((v, m)) = picked else { continue };
+            if !pw.admits(v) {
+                return clash(format!("is not met by {pn}@{v}, which another peer of the set asked for"));
+            }
+            if !self.nodes[t].children.contains_key(&pn) {
+                let own = edges(&self.nodes[t].manifest).into_iter().find(|(n, ..)| *n == pn);
+                if let Some((_, own_spec, _)) = own.filter(|(_, s, _)| Want::parse(s, None).is_ok_and(|w| !w.admits(v)))
+                {
+                    let by = format!("{}@{}", self.nodes[t].name, self.nodes[t].version);
+                    return clash(format!(
+                        "({pn}@{v}) conflicts with {by}'s dependency {pn}@{}",
+                        own_spec.escape_debug()
+                    ));
+                }
+                if t != from {
+                    if let Some(cur) = self.resolve(t, &pn) {
+                        let shadowed =
+                            self.nodes[cur].edges_in.iter().any(|(f, w)| self.is_descendant(*f, t) && !w.admits(v));
+                        if shadowed {
+                            let at = &self.nodes[cur];
+                            return clash(format!("({pn}@{v}) would shadow {pn}@{} at {}", at.version, at.path));
+                        }
+                    }
+                }
+            }
+            path.push(pn.clone());
+            let deeper = self.peers_fit(t, from, m, set, path);
+            path.pop();
+            if let Err(e) = deeper {
+                return clash(format!("({pn}@{v}) -> {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// arborist's deepestNestingTarget: where a peer edge of `from` starts
+    /// looking, above every package that has `name` as a peer, never above a
+    /// requested package.
+    fn nest_start(&self, from: usize, name: &str) -> usize {
+        let mut t = from;
+        loop {
+            if t == 0 || self.nodes[t].parent == 0 {
+                return t;
+            }
+            let peer = edges(&self.nodes[t].manifest).into_iter().any(|(n, _, k)| n == name && k == EdgeKind::Peer);
+            if !peer {
+                return t;
+            }
+            t = self.nodes[t].parent;
+        }
+    }
 }
 
-/// The peers a manifest requires, as (name, what it accepts) for ranges.
-fn peers_of(m: &Value) -> Vec<(String, Want)> {
+/// A package's peer set (npm's virtual root): one picked version per name.
+type PeerSet = BTreeMap<String, (String, Arc<Value>)>;
+/// Most packages one peer set may hold.
+const MAX_PEER_SET: usize = 1000;
+
+/// The peers a manifest requires, as (name, spec, what it accepts) for ranges.
+fn peers_of(m: &Value) -> Vec<(String, String, Want)> {
     edges(m)
         .into_iter()
         .filter(|(_, _, k)| *k == EdgeKind::Peer)
-        .filter_map(|(n, s, _)| Want::parse(&s, None).ok().map(|w| (n, w)))
+        .filter_map(|(n, s, _)| Want::parse(&s, None).ok().map(|w| (n, s, w)))
         .collect()
 }
 
@@ -354,28 +453,33 @@ impl Resolver<'_> {
             let (os, cpu) = (self.platform.os, self.platform.cpu);
             return Err(unresolvable(format!("{name}@{version} does not support {os}/{cpu} (os/cpu/libc)")));
         }
-        let start = if kind == EdgeKind::Peer && n != 0 { self.tree.nodes[n].parent } else { n };
-        let peers = peers_of(manifest);
-        let at = match self.tree.target(n, start, name, version, &want, &peers) {
-            Some(Place::Keep(existing)) => {
+        let start = if kind == EdgeKind::Peer { self.tree.nest_start(n, name) } else { n };
+        let manifest = manifest.clone();
+        let set = if n == 0 { PeerSet::new() } else { self.peer_set(name, &manifest)? };
+        let at = match self.tree.target(n, start, name, version, &want, &manifest, &set) {
+            Ok(Place::Keep(existing)) => {
                 return self.keep(n, existing, want, kind);
             }
-            Some(Place::Replace(c)) => {
+            Ok(Place::Replace(c)) => {
                 // The old version's own edges go; what only they needed is pruned at the end.
                 for node in &mut self.tree.nodes {
                     node.edges_in.retain(|(f, _)| *f != c);
                 }
                 let node = &mut self.tree.nodes[c];
                 node.version = version.to_string();
-                node.manifest = Arc::new(manifest.clone());
+                node.manifest = Arc::new(manifest);
                 node.has_platform_optional = false;
                 node.inert = inert;
                 self.keep(n, c, want, kind)?;
                 self.queue.push(c);
                 return self.place_peers(c, peer_depth);
             }
-            Some(Place::Under(t)) => t,
-            None => return Err(unresolvable("conflicts with the copy already placed beside it".into())),
+            Ok(Place::Under(t)) => t,
+            Err(why) => {
+                return Err(unresolvable(format!(
+                    "{name}@{version} cannot be placed: {why} (npm warns ERESOLVE and installs it with the peer unmet, or moves another copy deeper; moat does neither)"
+                )))
+            }
         };
         if self.tree.nodes.len() > MAX_PACKAGES {
             return Err(NpmError::Spec(format!("the tree holds more than {MAX_PACKAGES} packages")));
@@ -386,7 +490,7 @@ impl Resolver<'_> {
             format!("{}/node_modules/{name}", self.tree.nodes[at].path)
         };
         let id = self.tree.nodes.len();
-        let manifest = Arc::new(manifest.clone());
+        let manifest = Arc::new(manifest);
         self.tree.nodes.push(Node {
             name: name.to_string(),
             version: version.to_string(),
@@ -406,8 +510,39 @@ impl Resolver<'_> {
         self.place_peers(id, peer_depth)
     }
 
-    /// Places the peers of `id` right after it.
+    /// Picks the peer set of `name` (with `manifest`): its peers, theirs,
+    /// and so on, one version per name, as npm loads them into a virtual
+    /// root before placing any. A peer the registry cannot give is left out
+    /// (placing it reports that).
+    fn peer_set(&mut self, name: &str, manifest: &Value) -> Result<PeerSet, NpmError> {
+        let mut set = PeerSet::new();
+        let mut todo: Vec<Arc<Value>> = vec![Arc::new(manifest.clone())];
+        while let Some(m) = todo.pop() {
+            for (pn, spec, _) in peers_of(&m) {
+                if pn == name || set.contains_key(&pn) || !super::valid_name(&pn) {
+                    continue;
+                }
+                let Ok(p) = self.client.packument(&pn) else { continue };
+                let Ok(want) = Want::parse(&spec, Some(&p)) else { continue };
+                let Some((v, pm)) = pick(&p, &spec, &want) else { continue };
+                let pm = Arc::new(pm.clone());
+                set.insert(pn, (v.to_string(), pm.clone()));
+                todo.push(pm);
+                if set.len() > MAX_PEER_SET {
+                    let msg = format!("its peer set holds more than {MAX_PEER_SET} packages");
+                    return Err(NpmError::Package { package: name.to_string(), msg });
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    /// Places the peers of `id` right after it (npm's peer set); a
+    /// requested package's peers wait for its own turn and go inside it.
     fn place_peers(&mut self, id: usize, peer_depth: usize) -> Result<(), NpmError> {
+        if self.tree.nodes[id].parent == 0 {
+            return Ok(());
+        }
         for (pname, pspec, pkind) in edges(&self.tree.nodes[id].manifest.clone()) {
             if pkind == EdgeKind::Peer {
                 self.edge(id, &pname, &pspec, pkind, peer_depth + 1)?;

@@ -13,14 +13,17 @@ pub const SBOM_DATA: &str = "var/lib/moat/npm-packages.json";
 
 /// The manifest's bytes: one object per locked package, sorted by path.
 pub(crate) fn manifest(lock: &NpmLock, prefix: &str) -> Vec<u8> {
-    let list: Vec<Value> = lock
-        .packages
-        .iter()
-        .map(|p| {
-            json!({"ecosystem": "npm", "name": p.name, "version": p.version, "prefix": prefix, "path": p.path,
-                   "sha256": p.sha256, "integrity": p.integrity, "install_script": p.install_script})
-        })
-        .collect();
+    let mut list: Vec<Value> = Vec::new();
+    for p in &lock.packages {
+        list.push(json!({"ecosystem": "npm", "name": p.name, "version": p.version, "prefix": prefix, "path": p.path,
+               "sha256": p.sha256, "integrity": p.integrity, "install_script": p.install_script}));
+        // Bundled packages came inside p's tarball: no hashes of their own.
+        for b in &p.bundled {
+            list.push(json!({"ecosystem": "npm", "name": b.name, "version": b.version, "prefix": prefix,
+                   "path": format!("{}/{}", p.path, b.path), "bundled_in": format!("{}@{}", p.name, p.version),
+                   "install_script": b.install_script}));
+        }
+    }
     let mut bytes = serde_json::to_vec_pretty(&list).unwrap_or_default();
     bytes.push(b'\n');
     bytes
@@ -63,7 +66,10 @@ pub fn spdx_package(i: usize, p: &Value) -> Value {
     let v = p["version"].as_str().unwrap_or("");
     let clean: String =
         n.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect();
-    let mut sums = vec![json!({"algorithm": "SHA256", "checksumValue": p["sha256"]})];
+    let mut sums = Vec::new();
+    if let Some(sha256) = p["sha256"].as_str() {
+        sums.push(json!({"algorithm": "SHA256", "checksumValue": sha256}));
+    }
     let sha512 = p["integrity"].as_str().and_then(|s| s.strip_prefix("sha512-"));
     if let Some(raw) = sha512.and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok()) {
         sums.push(json!({"algorithm": "SHA512", "checksumValue": hex::encode(raw)}));
