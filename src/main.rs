@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use moat_supervisor::secrets::redact::{redact, RedactingWriter};
+use moat_supervisor::secrets::redact::redact;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -145,7 +145,7 @@ fn main() -> ExitCode {
     moat_supervisor::secrets::redact::install_panic_hook();
     quiet_on_closed_stdout();
     let cli = Cli::parse();
-    init_tracing(cli.quiet);
+    moat_supervisor::logging::init(cli.quiet, None);
     let g = Global { store: cli.store, quiet: cli.quiet };
     match dispatch(cli.cmd, &g) {
         Ok(code) => code,
@@ -225,37 +225,4 @@ fn quiet_on_closed_stdout() {
         }
         next(info)
     }));
-}
-
-fn init_tracing(quiet: bool) {
-    // libcontainer warns about every absent cgroup v1 controller on hybrid
-    // hosts (FIELD-NOTES.md); only its errors are worth the user's attention.
-    let default = if quiet { "error" } else { "warn,libcontainer=error,libcgroups=error,rustls_platform_verifier=off" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Every log line goes through the secret redactor, and stays one line
-    // (a newline in a field a sandbox chose must not start a line of its
-    // own in a detached sandbox's log: sandbox::logs).
-    let writer = || RedactingWriter::new(moat_supervisor::sandbox::logs::OneLine(LossyStderr));
-    // Colours only on a terminal: not in a log or a pipe.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer).init();
-}
-
-/// stderr for log lines, dropping a line it cannot write. tracing-subscriber
-/// reports a failed write with `eprintln!`, which panics on a closed stderr
-/// (`moat run ... 2>&1 | head`): that would stop a supervisor or launcher
-/// halfway through removing its sandbox.
-struct LossyStderr;
-
-impl std::io::Write for LossyStderr {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let _ = std::io::stderr().write_all(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        let _ = std::io::stderr().flush();
-        Ok(())
-    }
 }

@@ -126,17 +126,7 @@ pub struct EventsArgs {
 
 /// Adds presets and profiles' presets to a policy (deduplicated, validated).
 pub fn with_presets(mut policy: Policy, presets: &[String], profiles: &[String]) -> Result<Policy> {
-    let mut names: Vec<String> = presets.to_vec();
-    for p in profiles {
-        names.extend(presets::profile(p)?.presets);
-    }
-    for n in names {
-        if !policy.network.presets.contains(&n) {
-            policy.network.presets.push(n);
-        }
-    }
-    policy.network.validate()?;
-    policy.network.effective()?; // host variables of presets must be set
+    policy.network.add_presets(presets, profiles)?;
     Ok(policy)
 }
 

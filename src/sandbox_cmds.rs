@@ -171,6 +171,7 @@ pub fn run(a: RunArgs, g: &Global) -> Result<ExitCode> {
         publish: a.publish.iter().map(|p| publish::parse(p)).collect::<Result<_, _>>()?,
         publish_token: a.publish_token.then(publish::new_token),
         expose: a.expose,
+        oci: None,
     };
     if let Some(token) = &req.publish_token {
         // Checked first: a token printed for a run refused anyway is noise.

@@ -11,6 +11,7 @@
 //! - `gateway/`: the egress gateway and the inference relay (tokio).
 //! - `secrets/`: the credential store and the redactor.
 //! - `layers`: the unpacked-layer cache, a leaf both sides read.
+//! - `logging`: how every moat process logs (filter, redacting writer).
 //! - `visible`: text escaped for an operator's terminal, a leaf.
 //! - `yaml`: bounds on YAML input checked before the parser, a leaf.
 //!
@@ -25,6 +26,7 @@
 pub mod gateway;
 pub mod launch;
 pub(crate) mod layers;
+pub mod logging;
 pub mod policy;
 pub mod sandbox;
 pub mod secrets;

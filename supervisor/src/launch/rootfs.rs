@@ -37,12 +37,15 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RootfsError + '_ {
     move |source| RootfsError::Io { path: path.to_path_buf(), source }
 }
 
-/// An image resolved from the store with every layer unpacked in the cache.
+/// An image resolved from the store with every layer unpacked in the cache,
+/// or a root filesystem another runtime engine prepared (containerd's
+/// snapshot: no manifest, no image config).
 #[derive(Debug, Clone)]
 pub struct PreparedImage {
     pub reference: String,
     pub name: String,
-    pub manifest_digest: Digest,
+    /// None: not an image of moat's store.
+    pub manifest_digest: Option<Digest>,
     pub config: ImageConfig,
     /// Unpacked layer directories, bottom layer first.
     pub layers: Vec<PathBuf>,
@@ -84,10 +87,23 @@ impl PreparedImage {
         Ok(PreparedImage {
             reference: reference.into(),
             name: named.name,
-            manifest_digest: named.manifest.digest,
+            manifest_digest: Some(named.manifest.digest),
             config,
             layers,
         })
+    }
+
+    /// A root filesystem made of directories another engine prepared,
+    /// bottom first (containerd's snapshot layers, or a `--rootfs` tree).
+    /// They are only read: the sandbox's writes go to its own top layer.
+    pub fn from_dirs(reference: &str, layers: Vec<PathBuf>) -> PreparedImage {
+        PreparedImage {
+            reference: reference.into(),
+            name: reference.into(),
+            manifest_digest: None,
+            config: ImageConfig::default(),
+            layers,
+        }
     }
 
     /// Looks up `user` (a name, `uid`, or `uid:gid`) in the image; refuses root.

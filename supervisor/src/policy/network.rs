@@ -5,7 +5,7 @@
 //! policy that names a preset twice or an unknown one, or whose rules would
 //! silently open nothing (an unset host variable is an error).
 #![forbid(unsafe_code)]
-use crate::policy::presets::preset;
+use crate::policy::presets::{preset, profile};
 use crate::policy::schema::{invalid, variable, NetPolicy, NetPolicyError};
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +22,23 @@ pub struct Network {
 }
 
 impl Network {
+    /// Adds presets, and the presets of profiles, to this section
+    /// (deduplicated), then checks the result (host variables of presets set).
+    pub fn add_presets(&mut self, presets: &[String], profiles: &[String]) -> Result<(), NetPolicyError> {
+        let mut names: Vec<String> = presets.to_vec();
+        for p in profiles {
+            names.extend(profile(p)?.presets);
+        }
+        for n in names {
+            if !self.presets.contains(&n) {
+                self.presets.push(n);
+            }
+        }
+        self.validate()?;
+        self.effective()?;
+        Ok(())
+    }
+
     /// Checks every rule and every preset name.
     pub fn validate(&self) -> Result<(), NetPolicyError> {
         if self.gateway_port == 0 {

@@ -8,11 +8,13 @@
 pub(crate) mod cgroup_warm;
 pub(crate) mod connect_watch;
 pub mod doctor;
+pub mod engine;
 pub mod host_cgroup;
 pub mod host_uid;
 pub mod logs;
 pub(crate) mod net;
 pub(crate) mod netns;
+pub mod oci;
 pub mod publish;
 mod reap;
 pub(crate) mod spec;
@@ -110,6 +112,10 @@ pub struct RunRequest {
     /// (`moat publish`); Landlock rights cannot be added to a running sandbox.
     #[serde(default)]
     pub expose: Vec<u16>,
+    /// A sandbox another engine describes (containerd: the root filesystem
+    /// it prepared, the spec's process): None for an image of moat's store.
+    #[serde(default)]
+    pub oci: Option<oci::OciInput>,
 }
 
 /// Refuses policies the kernel or the policy itself cannot honour; logs
@@ -255,6 +261,30 @@ pub fn resolve(
     Ok(Resolved { image: prepared, user, args, env, cwd })
 }
 
+/// `resolve` for a root filesystem another engine prepared: the process
+/// is the spec's, the user the spec's unless root (then the policy's).
+pub fn resolve_oci(
+    oci: &oci::OciInput,
+    image: &str,
+    policy: &Policy,
+    args: &[String],
+    env: &[String],
+) -> Result<Resolved, SandboxError> {
+    if policy.trust.enforced() {
+        return Err(SandboxError::Refused(
+            "the policy's [trust] section checks images of moat's store; a root filesystem the engine prepared carries no signature moat can check".into(),
+        ));
+    }
+    let prepared = PreparedImage::from_dirs(image, oci.lowers.clone());
+    let user = match oci.user {
+        Some((uid, gid)) => prepared.user(&format!("{uid}:{gid}"))?,
+        None => prepared.user(&policy.process.user)?,
+    };
+    let env = spec::environment(env, &[], &user.home, policy.network.gateway_port)?;
+    let cwd = Some(oci.cwd.clone()).filter(|c| !c.is_empty()).unwrap_or_else(|| policy.filesystem.workspace.clone());
+    Ok(Resolved { image: prepared, user, args: args.to_vec(), env, cwd })
+}
+
 /// What a sandbox start begins before anything else, so that it runs while
 /// the sandbox is recorded and its image resolved.
 pub struct Early {
@@ -378,9 +408,11 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     net.start_gateway(paths, &policy.network, gateway_limits(&policy.supervisor), connects.clone());
     connect_watch::start(&paths.run.join(crate::launch::connect_notify::SOCKET), connects, policy.network.gateway_port)
         .map_err(io("the connect watch's notify.sock"))?;
-    let store = Store::open_existing(&req.store)?;
     let prepared = (|| -> Result<(Resolved, Option<workspace_limit::Mounted>), SandboxError> {
-        let r = resolve(&store, &req.image, policy, &req.args, &req.env)?;
+        let r = match &req.oci {
+            Some(oci) => resolve_oci(oci, &req.image, policy, &req.args, &req.env)?,
+            None => resolve(&Store::open_existing(&req.store)?, &req.image, policy, &req.args, &req.env)?,
+        };
         let disk = workspace.finish((r.user.uid, r.user.gid))?;
         Ok((r, disk))
     })();
@@ -460,6 +492,9 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     state::write_runtime(&paths.launch_plan(), &plan_json)?;
     fs::create_dir_all(Paths::containers_root()).map_err(io("containers root"))?;
 
+    if req.oci.as_ref().is_some_and(|o| o.gated) {
+        wait_for_start(ready)?;
+    }
     let report = launcher.start(&plan)?;
     sys::forward_stop_signals(launcher.pid());
     let mut line = String::new();
@@ -482,7 +517,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     if let Some(pid) = line.trim().strip_prefix("started ").and_then(|p| p.parse::<i32>().ok()) {
         state::update(paths, |rec| {
             rec.status = Status::Running;
-            rec.image_digest = r.image.manifest_digest.to_string();
+            rec.image_digest = r.image.manifest_digest.as_ref().map(|d| d.to_string()).unwrap_or_default();
             rec.supervisor = ProcId::of(std::process::id() as i32);
             rec.init = ProcId::of(pid);
             rec.started = Some(state::now());
@@ -510,6 +545,20 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     })?;
     tracing::info!(event = "sandbox_exited", sandbox = %paths.name, code, "sandbox exited");
     Ok(code)
+}
+
+/// A gated sandbox (containerd's create, then start) says it is created
+/// and waits for `start` on its ready channel; anything else ends it.
+fn wait_for_start(ready: &mut Option<fs::File>) -> Result<(), SandboxError> {
+    let r = ready.as_mut().ok_or_else(|| SandboxError::Refused("a gated sandbox needs its ready channel".into()))?;
+    writeln!(r, "created").map_err(io("the ready channel"))?;
+    let mut line = String::new();
+    let mut limited = std::io::Read::take(&mut *r, 64);
+    BufReader::new(&mut limited).read_line(&mut line).map_err(io("the ready channel"))?;
+    match line.trim() {
+        "start" => Ok(()),
+        _ => Err(SandboxError::Refused("the sandbox was deleted before it started".into())),
+    }
 }
 
 /// Who owns the workspace on disk, and so whose files the sandbox sees as

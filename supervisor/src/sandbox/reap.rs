@@ -151,7 +151,7 @@ fn children(pid: i32) -> Vec<i32> {
 
 /// The cgroup directories of sandbox `name`: `moat/NAME` in the v2
 /// hierarchy and in every v1 one (the freezer's among them).
-fn sandbox_cgroups(name: &str) -> Vec<PathBuf> {
+pub(super) fn sandbox_cgroups(name: &str) -> Vec<PathBuf> {
     let root = Path::new("/sys/fs/cgroup");
     let mut dirs = vec![root.join("moat").join(name)];
     if let Ok(rd) = std::fs::read_dir(root) {
@@ -161,7 +161,7 @@ fn sandbox_cgroups(name: &str) -> Vec<PathBuf> {
     dirs
 }
 
-fn members(dir: &Path) -> Vec<i32> {
+pub(super) fn members(dir: &Path) -> Vec<i32> {
     std::fs::read_to_string(dir.join("cgroup.procs"))
         .map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect())
         .unwrap_or_default()

@@ -1,0 +1,106 @@
+//! What the shim reads from a containerd bundle: the OCI spec
+//! (`config.json`, size-capped before it is read) and the sandbox's policy,
+//! from the spec's annotations (a pod's annotations reach them through
+//! containerd's `pod_annotations` allowlist). Guards against a bundle that
+//! exhausts the shim (sizes bounded before allocation) and against a policy
+//! that is silently not the one asked for (an annotation that does not
+//! parse fails the create, naming the annotation and the place).
+#![forbid(unsafe_code)]
+use moat_supervisor::policy::Policy;
+use std::io::Read;
+use std::path::Path;
+
+/// `config.json` larger than this is refused.
+pub const MAX_SPEC: u64 = 4 << 20;
+/// An inline policy annotation larger than this is refused.
+pub const MAX_POLICY: usize = 64 << 10;
+
+/// An inline TOML policy (whole, or a small one over the baseline).
+pub const POLICY: &str = "moat.dev/policy";
+/// Comma-separated preset names, as `moat run --preset`.
+pub const PRESETS: &str = "moat.dev/presets";
+/// Comma-separated profile names, as `moat run --profile`.
+pub const PROFILE: &str = "moat.dev/profile";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{path}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: larger than {max} bytes")]
+    TooLarge { path: String, max: u64 },
+    #[error("{path}: {message}")]
+    Spec { path: String, message: String },
+    #[error("annotation {key}: larger than {max} bytes")]
+    AnnotationTooLarge { key: &'static str, max: usize },
+    #[error("annotation {key}")]
+    Policy { key: &'static str, source: moat_supervisor::policy::PolicyError },
+    #[error("annotation {key}")]
+    Presets { key: &'static str, source: moat_supervisor::policy::schema::NetPolicyError },
+}
+
+/// The bundle's OCI spec.
+pub fn spec(bundle: &Path) -> Result<oci_spec::runtime::Spec, BundleError> {
+    let path = bundle.join("config.json");
+    let shown = path.display().to_string();
+    let f = std::fs::File::open(&path).map_err(|source| BundleError::Io { path: shown.clone(), source })?;
+    let mut bytes = Vec::new();
+    f.take(MAX_SPEC + 1).read_to_end(&mut bytes).map_err(|source| BundleError::Io { path: shown.clone(), source })?;
+    if bytes.len() as u64 > MAX_SPEC {
+        return Err(BundleError::TooLarge { path: shown, max: MAX_SPEC });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| BundleError::Spec { path: shown, message: e.to_string() })
+}
+
+fn names(v: &str) -> Vec<String> {
+    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
+/// The policy the spec's annotations ask for: `moat.dev/policy` (else the
+/// baseline), plus `moat.dev/presets` and `moat.dev/profile`.
+pub fn policy(spec: &oci_spec::runtime::Spec) -> Result<Policy, BundleError> {
+    let empty = Default::default();
+    let a = spec.annotations().as_ref().unwrap_or(&empty);
+    let mut policy = match a.get(POLICY) {
+        Some(text) if text.len() > MAX_POLICY => {
+            return Err(BundleError::AnnotationTooLarge { key: POLICY, max: MAX_POLICY })
+        }
+        Some(text) => Policy::parse(text, POLICY).map_err(|source| BundleError::Policy { key: POLICY, source })?,
+        None => Policy::baseline(),
+    };
+    let (p, r) = (a.get(PRESETS).map(|v| names(v)), a.get(PROFILE).map(|v| names(v)));
+    if p.is_some() || r.is_some() {
+        let key = if p.is_some() { PRESETS } else { PROFILE };
+        policy
+            .network
+            .add_presets(&p.unwrap_or_default(), &r.unwrap_or_default())
+            .map_err(|source| BundleError::Presets { key, source })?;
+    }
+    Ok(policy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(annotations: serde_json::Value) -> oci_spec::runtime::Spec {
+        serde_json::from_value(serde_json::json!({"ociVersion": "1.0.2", "annotations": annotations})).expect("spec")
+    }
+
+    #[test]
+    fn no_annotation_is_the_baseline_and_presets_are_added() {
+        assert_eq!(policy(&with(serde_json::json!({}))).expect("baseline"), Policy::baseline());
+        let p = policy(&with(serde_json::json!({PRESETS: "github, slack"}))).expect("presets");
+        assert_eq!(p.network.presets, vec!["github".to_string(), "slack".to_string()]);
+    }
+
+    #[test]
+    fn a_bad_policy_names_its_annotation_and_place() {
+        let e = policy(&with(serde_json::json!({POLICY: "version = 1\n[network\n"}))).expect_err("bad toml");
+        let shown = moat_builder::errors::chain(&e);
+        assert!(shown.starts_with("annotation moat.dev/policy: moat.dev/policy:2:"), "{shown}");
+        let e = policy(&with(serde_json::json!({PRESETS: "no-such-preset"}))).expect_err("unknown preset");
+        assert!(moat_builder::errors::chain(&e).contains("unknown preset \"no-such-preset\""), "{e}");
+        let big = "#".repeat(MAX_POLICY + 1);
+        assert!(matches!(policy(&with(serde_json::json!({POLICY: big}))), Err(BundleError::AnnotationTooLarge { .. })));
+    }
+}

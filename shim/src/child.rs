@@ -1,0 +1,167 @@
+//! The shim's children: each container's supervisor and each exec run in
+//! a fresh single-threaded process (the shim itself has threads; the
+//! launcher must be forked from a process without them), started as
+//! `containerd-shim-moat-v1 __supervise NAME LOG` or `__exec NAME FILE`
+//! with the engine's stdio FIFOs as theirs. Guards against a container or
+//! an engine client holding the shim up: no FIFO open waits for the other
+//! side (stdin is copied into a pipe by a thread, outputs are opened
+//! read-write).
+#![forbid(unsafe_code)]
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio as ProcStdio};
+
+/// The process's standard streams as the engine names them (FIFO paths;
+/// empty: none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stdio {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    #[error("{what}")]
+    Io { what: String, source: std::io::Error },
+    #[error("the exec's process: {0}")]
+    Process(String),
+}
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> ChildError {
+    move |source| ChildError::Io { what, source }
+}
+
+/// An output FIFO, opened read-write so the open never waits for the
+/// engine's reader (what is written meanwhile waits in the pipe).
+fn output(path: &str) -> Result<ProcStdio, ChildError> {
+    if path.is_empty() {
+        return Ok(ProcStdio::null());
+    }
+    let f = OpenOptions::new().read(true).write(true).open(path).map_err(io(format!("opening {path}")))?;
+    Ok(f.into())
+}
+
+/// The input: a pipe fed from the engine's FIFO by a thread, so the open
+/// never waits for the engine's writer; it ends at the engine's end of file.
+fn input(path: &str) -> Result<ProcStdio, ChildError> {
+    if path.is_empty() {
+        return Ok(ProcStdio::null());
+    }
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| ChildError::Io { what: "stdin pipe".into(), source: e.into() })?;
+    let (path, mut w) = (path.to_string(), File::from(w));
+    std::thread::Builder::new()
+        .name("shim-stdin".into())
+        .spawn(move || {
+            // Blocks until the engine opens its end; ends at its end of file.
+            if let Ok(mut fifo) = OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC).open(&path) {
+                let _ = std::io::copy(&mut fifo, &mut w);
+            }
+        })
+        .map_err(io("starting the stdin copier".into()))?;
+    Ok(File::from(r).into())
+}
+
+fn command(stdio: &Stdio) -> Result<Command, ChildError> {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.stdin(input(&stdio.stdin)?).stdout(output(&stdio.stdout)?).stderr(output(&stdio.stderr)?);
+    Ok(cmd)
+}
+
+/// Starts sandbox `name`'s supervisor; returns its pid and the ready channel.
+pub fn spawn_supervisor(name: &str, bundle: &Path, stdio: &Stdio) -> Result<(u32, UnixStream), ChildError> {
+    let (ours, theirs) = UnixStream::pair().map_err(io("the ready channel".into()))?;
+    let mut cmd = command(stdio)?;
+    cmd.arg("__supervise").arg(name).arg(bundle.join("log")).env("MOAT_READY_FD", "3");
+    moat_supervisor::sandbox::detach_with_ready_fd(&mut cmd, theirs.as_raw_fd());
+    let child = cmd.spawn().map_err(io(format!("starting the supervisor of {name}")))?;
+    Ok((child.id(), ours))
+}
+
+/// Starts an exec of `process` in sandbox `name`; returns its pid.
+pub fn spawn_exec(name: &str, process: &oci_spec::runtime::Process, stdio: &Stdio) -> Result<u32, ChildError> {
+    // The child removes the file once it has read it.
+    let path = tempfile_for(process)?
+        .into_temp_path()
+        .keep()
+        .map_err(|e| ChildError::Io { what: "the exec's process file".into(), source: e.error })?;
+    let mut cmd = command(stdio)?;
+    cmd.arg("__exec").arg(name).arg(&path);
+    match cmd.spawn() {
+        Ok(child) => Ok(child.id()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(io(format!("starting an exec in {name}"))(e))
+        }
+    }
+}
+
+fn tempfile_for(process: &oci_spec::runtime::Process) -> Result<tempfile::NamedTempFile, ChildError> {
+    let json = serde_json::to_vec(process).map_err(|e| ChildError::Process(e.to_string()))?;
+    let mut f = tempfile::Builder::new()
+        .prefix("moat-exec-")
+        .tempfile_in(moat_supervisor::sandbox::state::run_root())
+        .map_err(io("the exec's process file".into()))?;
+    std::io::Write::write_all(&mut f, &json).map_err(io("the exec's process file".into()))?;
+    Ok(f)
+}
+
+/// Sends `signal` to child `pid` of this shim.
+pub fn signal(pid: u32, signal: i32) -> std::io::Result<()> {
+    let sig = nix::sys::signal::Signal::try_from(signal).map_err(std::io::Error::from)?;
+    let pid = i32::try_from(pid).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(std::io::Error::from)
+}
+
+/// `__supervise NAME LOG`: the supervisor of one container.
+pub fn supervise_main(name: &str, log: &Path) -> i32 {
+    use moat_supervisor::sandbox::engine;
+    let ready = moat_supervisor::sandbox::ready_pipe_from_parent();
+    // The log first: the launcher, forked next, logs there too, not into
+    // the container's stderr.
+    let log = match engine::open_own_log(log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("moat shim: sandbox {name}: {}", moat_builder::errors::chain(&e));
+            return 125;
+        }
+    };
+    moat_supervisor::logging::init(false, log.try_clone().ok());
+    match engine::supervise_for_engine(name, ready, &log) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("moat shim: sandbox {name}: {}", moat_builder::errors::chain(&e));
+            125
+        }
+    }
+}
+
+/// The largest exec process file read.
+const MAX_PROCESS: u64 = 1 << 20;
+
+/// `__exec NAME FILE`: one exec; FILE (the process JSON) is removed once read.
+pub fn exec_main(name: &str, file: &Path) -> i32 {
+    let read = (|| -> Result<oci_spec::runtime::Process, String> {
+        let mut bytes = Vec::new();
+        let f = File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let _ = std::fs::remove_file(file);
+        f.take(MAX_PROCESS).read_to_end(&mut bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("the exec's process: {e}"))
+    })();
+    let result = read.and_then(|p| {
+        moat_supervisor::sandbox::engine::exec_for_engine(name, &p).map_err(|e| moat_builder::errors::chain(&e))
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("moat shim: exec in {name}: {e}");
+            126
+        }
+    }
+}
