@@ -14,6 +14,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio as ProcStdio};
+use std::sync::{mpsc, Mutex, OnceLock};
 
 /// The process's standard streams as the engine names them (FIFO paths;
 /// empty: none).
@@ -74,14 +75,42 @@ fn command(stdio: &Stdio) -> Result<Command, ChildError> {
     Ok(cmd)
 }
 
+/// Spawns `cmd` on the one thread that forks the shim's children, which
+/// lives as long as the shim: PDEATHSIG fires when the forking thread
+/// ends, and the task service's threads come and go. Returns the pid (the
+/// child is reaped by the shim's SIGCHLD handler, never waited here).
+fn spawn(cmd: Command) -> std::io::Result<u32> {
+    type Job = (Command, mpsc::Sender<std::io::Result<u32>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let sender = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let started = std::thread::Builder::new().name("shim-spawner".into()).spawn(move || {
+            for (mut cmd, answer) in rx {
+                let _ = answer.send(cmd.spawn().map(|c| c.id()));
+            }
+        });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "starting the shim's spawner thread");
+        }
+        Mutex::new(tx)
+    });
+    let (tx, rx) = mpsc::channel();
+    let sent = sender.lock().unwrap_or_else(|p| p.into_inner()).send((cmd, tx));
+    sent.map_err(|_| std::io::Error::other("the shim's spawner thread is gone"))?;
+    rx.recv().map_err(|_| std::io::Error::other("the shim's spawner thread is gone"))?
+}
+
 /// Starts sandbox `name`'s supervisor; returns its pid and the ready channel.
 pub fn spawn_supervisor(name: &str, bundle: &Path, stdio: &Stdio) -> Result<(u32, UnixStream), ChildError> {
     let (ours, theirs) = UnixStream::pair().map_err(io("the ready channel".into()))?;
     let mut cmd = command(stdio)?;
     cmd.arg("__supervise").arg(name).arg(bundle.join("log")).env("MOAT_READY_FD", "3");
-    moat_supervisor::sandbox::detach_with_ready_fd(&mut cmd, theirs.as_raw_fd());
-    let child = cmd.spawn().map_err(io(format!("starting the supervisor of {name}")))?;
-    Ok((child.id(), ours))
+    // The shim's death stops the sandbox as a SIGTERM to `moat run` does
+    // (the supervisor stops its launcher, which stops the sandbox); what
+    // is left, containerd's `delete` removes.
+    crate::sys::arm(&mut cmd, libc::SIGTERM, Some(theirs.as_raw_fd()));
+    let child = spawn(cmd).map_err(io(format!("starting the supervisor of {name}")))?;
+    Ok((child, ours))
 }
 
 /// Starts an exec of `process` in sandbox `name`; returns its pid.
@@ -93,8 +122,9 @@ pub fn spawn_exec(name: &str, process: &oci_spec::runtime::Process, stdio: &Stdi
         .map_err(|e| ChildError::Io { what: "the exec's process file".into(), source: e.error })?;
     let mut cmd = command(stdio)?;
     cmd.arg("__exec").arg(name).arg(&path);
-    match cmd.spawn() {
-        Ok(child) => Ok(child.id()),
+    crate::sys::arm(&mut cmd, libc::SIGKILL, None);
+    match spawn(cmd) {
+        Ok(child) => Ok(child),
         Err(e) => {
             let _ = std::fs::remove_file(&path);
             Err(io(format!("starting an exec in {name}"))(e))
