@@ -6,78 +6,21 @@
 //! --no-deps --require-hashes --only-binary :all:` makes of the same wheels.
 //! Also: platform wheels chosen for the blueprint's architecture, an
 //! sdist-only package refused by name, a tampered wheel refused by name,
-//! the SBOM's purls, and the same digest under another umask and TZ.
+//! the SBOM's purls, the same digest under another umask and TZ,
+//! `.data/headers` as pip installs them (prefix and venv), downloads
+//! several at once (counted by the index), and the interpreter and glibc
+//! taken from the image's locked Debian packages (a loopback Debian repo).
 mod common;
-use base64::Engine as _;
+#[path = "common/debian.rs"]
+mod debian_common;
+mod pypi_fixture;
 use common::*;
-use serde_json::{json, Value};
+use pypi_fixture::*;
+use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
-
-fn record_hash(b: &[u8]) -> String {
-    format!("sha256={}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(b)))
-}
-
-/// A wheel: (file name, bytes, METADATA bytes).
-fn wheel(
-    name: &str,
-    version: &str,
-    tag: &str,
-    meta: &str,
-    eps: Option<&str>,
-    files: &[(&str, &str, bool)],
-) -> (String, Vec<u8>, Vec<u8>) {
-    let dist = name.replace('-', "_");
-    let info = format!("{dist}-{version}.dist-info");
-    let metadata = format!("Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{meta}\nA long description.\n");
-    let mut all: Vec<(String, Vec<u8>, bool)> =
-        files.iter().map(|(p, c, x)| (p.to_string(), c.as_bytes().to_vec(), *x)).collect();
-    all.push((format!("{info}/METADATA"), metadata.clone().into_bytes(), false));
-    all.push((
-        format!("{info}/WHEEL"),
-        format!("Wheel-Version: 1.0\nGenerator: moat-test\nRoot-Is-Purelib: true\nTag: {tag}\n").into_bytes(),
-        false,
-    ));
-    if let Some(e) = eps {
-        all.push((format!("{info}/entry_points.txt"), e.as_bytes().to_vec(), false));
-    }
-    let mut record = String::new();
-    for (p, c, _) in &all {
-        record.push_str(&format!("{p},{},{}\n", record_hash(c), c.len()));
-    }
-    record.push_str(&format!("{info}/RECORD,,\n"));
-    all.push((format!("{info}/RECORD"), record.into_bytes(), false));
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (p, c, x) in &all {
-        let o = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated)
-            .unix_permissions(if *x { 0o755 } else { 0o644 });
-        w.start_file(p.as_str(), o).unwrap();
-        w.write_all(c).unwrap();
-    }
-    let bytes = w.finish().unwrap().into_inner();
-    (format!("{dist}-{version}-{tag}.whl"), bytes, metadata.into_bytes())
-}
-
-/// The same wheel without its RECORD (pip cannot install it).
-fn without_record(w: (String, Vec<u8>, Vec<u8>)) -> (String, Vec<u8>, Vec<u8>) {
-    let mut r = zip::ZipArchive::new(std::io::Cursor::new(w.1)).unwrap();
-    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for i in 0..r.len() {
-        let f = r.by_index(i).unwrap();
-        if !f.name().ends_with("/RECORD") {
-            out.raw_copy_file(f).unwrap();
-        }
-    }
-    (w.0, out.finish().unwrap().into_inner(), w.2)
-}
 
 fn fixtures() -> Vec<(String, Vec<u8>, Vec<u8>)> {
     let x86 = "cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64";
@@ -116,168 +59,6 @@ fn fixtures() -> Vec<(String, Vec<u8>, Vec<u8>)> {
         wheel("native", "1.0", x86, "", None, &[("native/__init__.py", "", false), ("native/_arch.txt", "x86_64\n", false)]),
         wheel("native", "1.0", arm, "", None, &[("native/__init__.py", "", false), ("native/_arch.txt", "aarch64\n", false)]),
     ]
-}
-
-/// URL path -> (content type, body).
-type Served = Arc<Mutex<HashMap<String, (String, Vec<u8>)>>>;
-
-/// The index: what it serves, from a thread on 127.0.0.1.
-struct Index {
-    url: String,
-    files: Served,
-    /// Each answer waits this long (ms) before it is written.
-    delay_ms: Arc<std::sync::atomic::AtomicU64>,
-    /// Requests in flight: "pages" (/simple/) and "files" (/files/) -> (now, most ever).
-    inflight: Arc<Mutex<HashMap<&'static str, (usize, usize)>>>,
-}
-
-impl Index {
-    fn serve() -> Index {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", l.local_addr().unwrap());
-        let files: Served = Arc::default();
-        let f = files.clone();
-        let delay_ms: Arc<std::sync::atomic::AtomicU64> = Arc::default();
-        let inflight: Arc<Mutex<HashMap<&'static str, (usize, usize)>>> = Arc::default();
-        let (d, inf) = (delay_ms.clone(), inflight.clone());
-        std::thread::spawn(move || {
-            for conn in l.incoming() {
-                let Ok(mut c) = conn else { continue };
-                let f = f.clone();
-                let (d, inf) = (d.clone(), inf.clone());
-                std::thread::spawn(move || {
-                    let mut req = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 65536 {
-                        match c.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => req.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let line = String::from_utf8_lossy(&req).lines().next().unwrap_or_default().to_string();
-                    let path = line.split(' ').nth(1).unwrap_or("/").to_string();
-                    let resp = match f.lock().unwrap().get(&path).cloned() {
-                        // A stored answer of type "raw" is a whole HTTP response.
-                        Some((ctype, b)) if ctype == "raw" => b,
-                        Some((ctype, b)) => {
-                            let mut r = format!(
-                                "HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                                b.len()
-                            )
-                            .into_bytes();
-                            r.extend(b);
-                            r
-                        }
-                        None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec(),
-                    };
-                    let class = if path.starts_with("/simple/") { "pages" } else { "files" };
-                    {
-                        let mut m = inf.lock().unwrap();
-                        let e = m.entry(class).or_default();
-                        e.0 += 1;
-                        e.1 = e.1.max(e.0);
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(d.load(std::sync::atomic::Ordering::SeqCst)));
-                    let _ = c.write_all(&resp);
-                    inf.lock().unwrap().entry(class).or_default().0 -= 1;
-                });
-            }
-        });
-        Index { url, files, delay_ms, inflight }
-    }
-
-    /// The most requests of `class` ever in flight at once since the last call (then reset).
-    fn most_at_once(&self, class: &'static str) -> usize {
-        let mut m = self.inflight.lock().unwrap();
-        let e = m.entry(class).or_default();
-        std::mem::replace(&mut e.1, e.0)
-    }
-
-    /// Publishes the wheels (and sdist file names): JSON pages, `right` as
-    /// HTML, PEP 658 metadata for `left` and `shared`.
-    fn publish(&self, wheels: &[(String, Vec<u8>, Vec<u8>)], sdists: &[(&str, &str)]) {
-        let mut pages: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        let mut files = self.files.lock().unwrap();
-        for (file, bytes, meta) in wheels {
-            let project = file.split('-').next().unwrap().replace('_', "-");
-            let mut f = json!({"filename": file, "url": format!("/files/{file}"), "hashes": {"sha256": hex::encode(Sha256::digest(bytes))}});
-            if project == "left" || project == "shared" {
-                f["core-metadata"] = json!({"sha256": hex::encode(Sha256::digest(meta))});
-                files.insert(format!("/files/{file}.metadata"), ("application/octet-stream".into(), meta.clone()));
-            }
-            files.insert(format!("/files/{file}"), ("application/octet-stream".into(), bytes.clone()));
-            pages.entry(project).or_default().push(f);
-        }
-        for (project, file) in sdists {
-            files.insert(format!("/files/{file}"), ("application/octet-stream".into(), b"not built".to_vec()));
-            pages.entry(project.to_string()).or_default().push(
-                json!({"filename": file, "url": format!("/files/{file}"), "hashes": {"sha256": hex::encode(Sha256::digest(b"not built"))}}),
-            );
-        }
-        for (project, list) in pages {
-            let body = if project == "right" {
-                let links: Vec<String> = list
-                    .iter()
-                    .map(|f| {
-                        format!(
-                            "<a href=\"{}#sha256={}\">{}</a><br/>",
-                            f["url"].as_str().unwrap(),
-                            f["hashes"]["sha256"].as_str().unwrap(),
-                            f["filename"].as_str().unwrap()
-                        )
-                    })
-                    .collect();
-                (
-                    "text/html".to_string(),
-                    format!("<!DOCTYPE html><html><body>{}</body></html>", links.join("\n")).into_bytes(),
-                )
-            } else {
-                let doc = json!({"meta": {"api-version": "1.1"}, "name": project, "files": list});
-                ("application/vnd.pypi.simple.v1+json".to_string(), serde_json::to_vec(&doc).unwrap())
-            };
-            files.insert(format!("/simple/{project}/"), body);
-        }
-    }
-}
-
-fn blueprint(dir: &Path, file: &str, arch: &str, packages: &[&str]) -> std::path::PathBuf {
-    let list: Vec<String> = packages.iter().map(|p| format!("{p:?}")).collect();
-    let text = format!(
-        "name = \"pypitest\"\nepoch = 1700000000\narchitecture = \"{arch}\"\n[pypi]\npackages = [{}]\n\
-         python_version = \"3.11\"\npython = \"/usr/bin/python3\"\ntarget = \"/usr/local/lib/python3.11/site-packages\"\n",
-        list.join(", ")
-    );
-    let p = dir.join(file);
-    fs::write(&p, text).unwrap();
-    p
-}
-
-fn moat_at(home: &Path, idx: &Index, umask: &str, tz: &str, args: &[&str]) -> Command {
-    let mut c = Command::new("sh");
-    c.arg("-c").arg(format!("umask {umask}; exec \"$0\" \"$@\"")).arg(moat_bin()).args(args);
-    c.env("MOAT_HOME", home).env_remove("MOAT_STORE").env_remove("RUST_LOG");
-    c.env("MOAT_PYPI_INDEX", format!("{}/simple", idx.url)).env("TZ", tz);
-    c
-}
-
-/// path -> (mode, bytes) of the files below `root`, and dirs as mode only.
-fn listing(root: &Path) -> BTreeMap<String, (u32, Option<Vec<u8>>)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            let md = fs::symlink_metadata(&p).unwrap();
-            if md.is_dir() {
-                stack.push(p.clone());
-                out.insert(rel, (md.mode() & 0o7777, None));
-            } else {
-                out.insert(rel, (md.mode() & 0o7777, Some(fs::read(&p).unwrap())));
-            }
-        }
-    }
-    out
 }
 
 const REQUESTS: [&str; 2] = ["fx-cli[color]>=1", "native==1.0"];
@@ -668,24 +449,6 @@ fn venv_headers_match_pip() {
     assert_eq!(rows(&ours), theirs, "moat's RECORD rows for headers differ from pip's");
 }
 
-/// Every file below `dir` whose parent is named `parent`, as (name, bytes).
-fn files_in(dir: &Path, parent: &str) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if d.file_name().is_some_and(|n| n == parent) {
-                out.push((p.file_name().unwrap().to_string_lossy().into_owned(), fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out
-}
-
 /// Downloads run several at once and at most 8: project pages and wheels at
 /// `moat lock`, wheels at a cold `moat build` (the index answers each
 /// request after 150 ms and counts how many are in flight). A wheel that
@@ -736,4 +499,136 @@ fn downloads_run_at_once_bounded_and_fail_cleanly() {
     for (name, bytes) in cached.iter().chain(&files_in(&s3, "sha256")) {
         assert_eq!(name, &hex::encode(Sha256::digest(bytes)), "a half-written or wrong file {name} was left behind");
     }
+}
+
+/// A blueprint with a `[debian]` set from the loopback repository and a `[pypi]` table.
+fn image_blueprint(dir: &Path, file: &str, keyring_sha: &str, debs: &[&str], pypi: &str) -> String {
+    let q = |l: &[&str]| l.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ");
+    let text = format!(
+        "name = \"pyimage\"\nepoch = 1700000000\narchitecture = \"amd64\"\n[debian]\nsuite = \"moat-test\"\n\
+         suites = [\"moat-test\"]\npackages = [{}]\nessential = false\n\
+         keyring = {{ path = \"keyring.gpg\", sha256 = \"{keyring_sha}\" }}\n[pypi]\n{pypi}\n",
+        q(debs)
+    );
+    fs::write(dir.join(file), text).unwrap();
+    dir.join(file).to_str().unwrap().to_string()
+}
+
+/// The image's locked Debian packages decide the interpreter and glibc the
+/// wheels are chosen for: python3.11 and glibc 2.31 here, so no cp312 and
+/// no manylinux_2_34 wheel, and `python_full_version` markers see 3.11.2.
+/// Settings that contradict the image are refused by name; without a Debian
+/// Python the blueprint's own `python_version` stands.
+#[test]
+fn the_images_debian_python_and_glibc_decide_the_wheels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let mut r = debian_common::Repo::new(&t.join("deb"), "moat-test");
+    let pkg = |name, version, fields, files, symlinks| debian_common::Pkg { name, version, fields, files, symlinks };
+    r.add(&pkg(
+        "libc6",
+        "2.31-13+deb11u11",
+        "",
+        vec![("usr/lib/x86_64-linux-gnu/libc.so.6", b"ELF".to_vec(), 0o644)],
+        vec![],
+    ));
+    r.add(&pkg(
+        "python3.11-minimal",
+        "3.11.2-6+deb12u9",
+        "Depends: libc6\n",
+        vec![("usr/bin/python3.11", b"ELF".to_vec(), 0o755)],
+        vec![],
+    ));
+    r.add(&pkg(
+        "python3-minimal",
+        "3.11.2-1+b1",
+        "Depends: python3.11-minimal\n",
+        vec![("usr/share/doc/python3-minimal/README", b"x".to_vec(), 0o644)],
+        vec![("usr/bin/python3", "python3.11")],
+    ));
+    r.publish();
+    let mirror = debian_common::serve(&r.root);
+    let idx = Index::serve();
+    let (c311, c334, c312) =
+        ("cp311-cp311-manylinux_2_17_x86_64", "cp311-cp311-manylinux_2_34_x86_64", "cp312-cp312-manylinux_2_17_x86_64");
+    idx.publish(
+        &[
+            wheel(
+                "cext",
+                "1.0",
+                c311,
+                "Requires-Dist: patchdep ; python_full_version >= \"3.11.1\"\n",
+                None,
+                &[("cext.py", "", false)],
+            ),
+            wheel("cext", "2.0", c334, "", None, &[("cext.py", "", false)]),
+            wheel("cext", "2.0", c312, "", None, &[("cext.py", "", false)]),
+            wheel("patchdep", "1.0", "py3-none-any", "", None, &[("patchdep.py", "", false)]),
+            wheel("pure", "1.0", "py3-none-any", "", None, &[("pure.py", "", false)]),
+        ],
+        &[],
+    );
+    let dir = t.join("bp");
+    fs::create_dir_all(&dir).unwrap();
+    fs::copy(&r.keyring, dir.join("keyring.gpg")).unwrap();
+    let sha = r.keyring_sha256();
+    let s = t.join("store");
+    let moat_img = |args: &[&str]| {
+        let mut c = moat_at(&t.join("home"), &idx, "022", "UTC", args);
+        c.env("MOAT_DEBIAN_MIRROR", &mirror);
+        run(c)
+    };
+    let s = s.to_str().unwrap();
+    let py311 = "python_version = \"3.11\"\ntarget = \"/usr/local/lib/python3.11/dist-packages\"";
+    let py312 = "python_version = \"3.12\"\ntarget = \"/usr/local/lib/python3.12/dist-packages\"";
+
+    let bp = image_blueprint(&dir, "ok.toml", &sha, &["python3-minimal"], &format!("packages = [\"cext\"]\n{py311}"));
+    let (code, out, err) = moat_img(&["lock", &bp, "--store", s]);
+    assert_eq!(code, 0, "lock failed:\n{out}\n{err}");
+    let lock = fs::read_to_string(dir.join("ok.lock")).unwrap();
+    let v: toml::Value = toml::from_str(&lock).unwrap();
+    assert!(lock.contains(&format!("cext-1.0-{c311}.whl")), "not the manylinux_2_17 cext for glibc 2.31:\n{lock}");
+    assert!(!lock.contains("manylinux_2_34") && !lock.contains("cp312"), "{lock}");
+    assert!(lock.contains("name = \"patchdep\""), "python_full_version is not the image's 3.11.2:\n{lock}");
+    assert_eq!(v["pypi"]["python_version"].as_str(), Some("3.11.2"), "{lock}");
+    assert_eq!(v["pypi"]["glibc"].as_str(), Some("2.31"), "{lock}");
+    let (code, out, err) = moat_img(&["build", &bp, "--store", s]);
+    assert_eq!(code, 0, "build failed:\n{out}\n{err}");
+    let (code, out, err) = moat_img(&["lock", &bp, "--store", s]);
+    assert_eq!(code, 0, "second lock failed:\n{out}\n{err}");
+    assert_eq!(fs::read_to_string(dir.join("ok.lock")).unwrap(), lock, "a second lock changed the set");
+
+    for (file, pypi, want) in [
+        (
+            "py312.toml",
+            format!("packages = [\"pure\"]\n{py312}"),
+            vec!["python_version = \"3.12\"", "python3.11-minimal", "3.11.2"],
+        ),
+        (
+            "glibc.toml",
+            format!("packages = [\"pure\"]\nglibc = \"2.34\"\n{py311}"),
+            vec!["glibc = \"2.34\"", "libc6", "2.31-13"],
+        ),
+        (
+            "nopy.toml",
+            format!("packages = [\"pure\"]\npython = \"/usr/bin/python3.12\"\n{py311}"),
+            vec!["/usr/bin/python3.12", "no locked Debian package provides it", "python3.11-minimal"],
+        ),
+    ] {
+        let bp = image_blueprint(&dir, file, &sha, &["python3-minimal"], &pypi);
+        let (code, out, err) = moat_img(&["lock", &bp, "--store", s]);
+        assert_ne!(code, 0, "{file}: locked against the image:\n{out}");
+        for w in want {
+            assert!(err.contains(w), "{file}: the refusal does not say {w:?}:\n{err}");
+        }
+        assert!(!dir.join(file.replace("toml", "lock")).exists(), "{file}: a lock was written");
+    }
+
+    // No Debian Python in the image: the blueprint's python_version stands; glibc is still the image's.
+    let bp = image_blueprint(&dir, "libc.toml", &sha, &["libc6"], &format!("packages = [\"pure\"]\n{py312}"));
+    let (code, out, err) = moat_img(&["lock", &bp, "--store", s]);
+    assert_eq!(code, 0, "lock without a Debian Python failed:\n{out}\n{err}");
+    let v: toml::Value = toml::from_str(&fs::read_to_string(dir.join("libc.lock")).unwrap()).unwrap();
+    assert_eq!(v["pypi"].get("python_version"), None, "{v:#?}");
+    assert_eq!(v["pypi"]["glibc"].as_str(), Some("2.31"), "{v:#?}");
 }

@@ -164,7 +164,7 @@ fn build_inner(l: &Loaded, opts: &Options, mode: Mode) -> Result<Built, BuildErr
             Ok(Some(tree))
         })?;
     }
-    let pypi_lock = pypi_set(l, mode, opts)?;
+    let pypi_lock = pypi_set(l, mode, opts, debian_lock.as_ref())?;
     if let (Some(spec), Some(pl)) = (&l.bp.pypi, &pypi_lock) {
         let arch = &l.bp.architecture;
         let pypi_err =
@@ -352,11 +352,24 @@ fn npm_set(l: &Loaded, mode: Mode, opts: &Options) -> Result<Option<crate::npm::
 }
 
 /// The pinned PyPI set: resolved only by `moat lock` (kept from the previous
-/// lock unless `--update` or the `[pypi]` table or architecture changed);
-/// `build` and `verify` take the lock's.
-fn pypi_set(l: &Loaded, mode: Mode, opts: &Options) -> Result<Option<crate::pypi::PypiLock>, BuildError> {
+/// lock unless `--update`, the `[pypi]` table or architecture changed, or
+/// the image's Debian Python or glibc did); `build` and `verify` take the lock's.
+fn pypi_set(
+    l: &Loaded,
+    mode: Mode,
+    opts: &Options,
+    debian: Option<&crate::debian::DebianLock>,
+) -> Result<Option<crate::pypi::PypiLock>, BuildError> {
     let Some(spec) = &l.bp.pypi else { return Ok(None) };
     let at = || l.at(spec.span()).to_string();
+    let pypi_err = |e: crate::pypi::PypiError| BuildError::Input { at: at(), msg: e.to_string() };
+    let image: Vec<crate::pypi::ImagePackage> = debian
+        .map(|d| d.packages.iter())
+        .into_iter()
+        .flatten()
+        .map(|p| crate::pypi::ImagePackage { name: &p.name, version: &p.version, depends: &p.depends })
+        .collect();
+    let resolve = || crate::pypi::resolve(spec.get_ref(), &l.bp.architecture, &opts.download_cache, &image);
     let from_lock = |lock: &Lock| -> Result<Option<crate::pypi::PypiLock>, BuildError> {
         let v = lock.pypi.clone().ok_or_else(|| BuildError::Input {
             at: at(),
@@ -372,11 +385,12 @@ fn pypi_set(l: &Loaded, mode: Mode, opts: &Options) -> Result<Option<crate::pypi
             if prev.pypi.is_some()
                 && prev.pypi_spec == Some(lock::pypi_spec_digest(spec.get_ref(), &l.bp.architecture)) =>
         {
-            from_lock(prev)
+            match from_lock(prev)? {
+                Some(kept) if crate::pypi::keeps(spec.get_ref(), &kept, &image).map_err(pypi_err)? => Ok(Some(kept)),
+                _ => resolve().map(Some).map_err(pypi_err),
+            }
         }
-        Mode::Lock { .. } => crate::pypi::resolve(spec.get_ref(), &l.bp.architecture, &opts.download_cache)
-            .map(Some)
-            .map_err(|e| BuildError::Input { at: at(), msg: e.to_string() }),
+        Mode::Lock { .. } => resolve().map(Some).map_err(pypi_err),
     }
 }
 

@@ -7,6 +7,7 @@
 //! package code at build time (wheels only: no sdist build ever runs),
 //! native code for the wrong machine (tags from the blueprint), drift.
 #![forbid(unsafe_code)]
+pub(crate) mod image;
 pub(crate) mod index;
 pub(crate) mod install;
 pub(crate) mod metadata;
@@ -18,6 +19,7 @@ pub(crate) mod wheel;
 use crate::downloads::Pin;
 use crate::layer::tree::{Entry, Tree, TreeError};
 use crate::Digest;
+pub use image::ImagePackage;
 use pep508_rs::{PackageName, Requirement, VersionOrUrl};
 use std::path::Path;
 use std::str::FromStr;
@@ -109,11 +111,18 @@ pub fn check(spec: &PypiSpec, architecture: &str) -> Result<(), (std::ops::Range
     Ok(())
 }
 
-fn target_of(spec: &PypiSpec, architecture: &str) -> Result<target::Target, PypiError> {
+/// The target of `spec`, with the interpreter version and glibc the image
+/// decided (`image::decide`, recorded in the lock) where it decided them.
+fn target_of(
+    spec: &PypiSpec,
+    architecture: &str,
+    python_version: Option<&str>,
+    glibc: Option<&str>,
+) -> Result<target::Target, PypiError> {
     target::Target::new(
-        spec.python_version.get_ref(),
+        python_version.unwrap_or(spec.python_version.get_ref()),
         architecture,
-        spec.glibc.get_ref(),
+        glibc.unwrap_or(spec.glibc.get_ref()),
         spec.python.get_ref(),
         spec.target.get_ref(),
         spec.venv,
@@ -142,6 +151,13 @@ pub struct LockedWheel {
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PypiLock {
+    /// The interpreter's full version as the image's Debian packages give
+    /// it (absent: the blueprint's `python_version`, as written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python_version: Option<String>,
+    /// The image's glibc (libc6) when the blueprint sets none (absent: the blueprint's `glibc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub glibc: Option<String>,
     /// Sorted by name.
     pub packages: Vec<LockedWheel>,
 }
@@ -207,8 +223,16 @@ pub(crate) fn par_map<T: Sync, R: Send>(
 /// Resolves the spec against the index and returns the pinned set; every
 /// chosen wheel is downloaded, checked and kept in the downloads cache
 /// (pages, metadata and wheels several at once).
-pub fn resolve(spec: &PypiSpec, architecture: &str, cache: &Path) -> Result<PypiLock, PypiError> {
-    let t = target_of(spec, architecture)?;
+/// The interpreter version and glibc come from the image's locked Debian
+/// packages where they say anything (`image::decide`; a contradiction is an error).
+pub fn resolve(
+    spec: &PypiSpec,
+    architecture: &str,
+    cache: &Path,
+    debian: &[ImagePackage],
+) -> Result<PypiLock, PypiError> {
+    let img = image::decide(spec, debian).map_err(PypiError::Spec)?;
+    let t = target_of(spec, architecture, img.python_version.as_deref(), img.glibc.as_deref())?;
     let requests: Vec<Requirement> =
         spec.packages.iter().map(|p| parse_request(p.get_ref()).map_err(PypiError::Spec)).collect::<Result<_, _>>()?;
     if requests.is_empty() {
@@ -262,7 +286,20 @@ pub fn resolve(spec: &PypiSpec, architecture: &str, cache: &Path) -> Result<Pypi
             requested: c.requested,
         })
     })
-    .map(|packages| PypiLock { packages })
+    .map(|packages| PypiLock { python_version: img.python_version, glibc: img.glibc, packages })
+}
+
+/// Whether a previous lock's set still fits the image (`moat lock` without
+/// `--update` keeps it then): the image decides what it decided then. A
+/// lock from before moat read the image (neither recorded) is kept when
+/// the blueprint's settings agree with the image. A contradiction is an error.
+pub fn keeps(spec: &PypiSpec, lock: &PypiLock, debian: &[ImagePackage]) -> Result<bool, PypiError> {
+    let img = image::decide(spec, debian).map_err(PypiError::Spec)?;
+    if lock.python_version == img.python_version && lock.glibc == img.glibc {
+        return Ok(true);
+    }
+    let legacy = lock.python_version.is_none() && lock.glibc.is_none();
+    Ok(legacy && img.glibc.as_ref().is_none_or(|g| g == spec.glibc.get_ref()))
 }
 
 /// Puts bytes already checked into the downloads cache under their sha256.
@@ -301,7 +338,8 @@ pub const LAYOUT_VERSION: u32 = 1;
 /// Builds the pypi layer's tree from the lock alone (downloading into the
 /// cache as needed, every wheel checked against its sha256).
 pub fn materialize(spec: &PypiSpec, lock: &PypiLock, architecture: &str, cache: &Path) -> Result<Tree, PypiError> {
-    let t = target_of(spec, architecture)?;
+    let t = target_of(spec, architecture, lock.python_version.as_deref(), lock.glibc.as_deref())
+        .map_err(|e| PypiError::Spec(format!("lock: {e}")))?;
     let client = index::Client::new(index::index_base()?)?;
     let mut pins = Vec::with_capacity(lock.packages.len());
     for p in &lock.packages {
