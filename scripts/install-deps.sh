@@ -9,6 +9,7 @@ pkgs=(skopeo umoci oci-image-tool docker-registry apache2-utils runc crun
       gcc libc6-dev   # gcc: tests/attack_identity.rs builds the injected library
       e2fsprogs       # mkfs.ext4: each workspace is an ext4 image (tests/attack_disk.rs)
       tmux            # the terminal moat term is driven in (tests/console_term.rs, tests/bench/gateway.sh)
+      containerd      # containerd + ctr drive moat's shim (tests/shim_ctr.rs)
       openssl curl)   # openssl: the oracle of signing (keys, payloads); curl reads the registry
 # node + npm run the independent Sigstore verifier/signer (tests/sign_oracle,
 # npm ci from the npm registry). A node installed another way (nodesource)

@@ -1,0 +1,365 @@
+//! moat's containerd shim (`containerd-shim-moat-v1`, issue 22) driven by
+//! `ctr` against a real containerd (Debian 12's 1.6): exit codes and output,
+//! the sandbox's guards inside (only `lo`, no capabilities, Landlock,
+//! seccomp), the egress gateway with a policy from the `moat.dev/policy`
+//! annotation, exec/ps/pause/resume/kill/delete, a pod network namespace
+//! the gateway dials from, nothing left behind after delete, and a shim
+//! killed with SIGKILL. Guards the engine front door: a container started
+//! by containerd is as confined as `moat run`'s and leaves nothing when it
+//! goes. Needs root, containerd, busybox-static, iproute2.
+#[path = "../supervisor/tests/gateway_common/mod.rs"]
+mod gateway_common;
+mod sandbox_common;
+mod shim_world;
+
+use gateway_common::Upstream;
+use sandbox_common::{assert_process_guards, parse, pid_alive, wait_until, GATEWAY_PORT};
+use shim_world::*;
+use std::time::Duration;
+
+/// A shell function for the container: `req HOST[:PORT] PATH` sends one
+/// plain-HTTP request in proxy form to the gateway with busybox's nc.
+const REQ: &str = r#"req() { printf 'GET http://%s%s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$1" "$2" "$1" | busybox nc 127.0.0.1 3128; }"#;
+
+/// One `[[network.policy]]` rule over the baseline: busybox (nc) may reach
+/// `host:port` (the test upstreams are in 198.18.0.0/15, private to the
+/// SSRF guard unless named).
+fn busybox_rule(host: &str, port: u16) -> String {
+    format!(
+        "[[network.policy]]\nname = \"busybox\"\nbinaries = [\"/bin/busybox\"]\n\
+         [[network.policy.endpoint]]\nhost = \"{host}\"\nport = {port}\nallowed_ips = [\"198.18.0.0/15\"]\n"
+    )
+}
+
+/// The sections of `out` that follow `== NAME` marker lines.
+fn section<'a>(out: &'a str, name: &str) -> &'a str {
+    let marker = format!("== {name}\n");
+    let start = out.find(&marker).map(|i| i + marker.len()).unwrap_or_else(|| panic!("no {marker:?} in:\n{out}"));
+    let rest = &out[start..];
+    rest.find("\n== ").map(|i| &rest[..i + 1]).unwrap_or(rest)
+}
+
+/// An HTTP response's status line and body.
+fn response(text: &str) -> (&str, &str) {
+    let status = text.lines().next().unwrap_or("").trim_end();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body)
+}
+
+fn seen_paths(up: &Upstream) -> Vec<String> {
+    up.seen().into_iter().map(|s| s.path).collect()
+}
+
+#[test]
+fn exit_code_and_output_reach_ctr() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("exit");
+    let o = s.run(&["--rm"], &id, &["/bin/sh", "-c", "echo out-$((1+2)); echo err >&2; exit 3"]);
+    assert_eq!(o.code, 3, "ctr run's exit code is the container's: {o:?}\n{}", s.containerd_log());
+    assert_eq!(o.stdout, "out-3\n", "{o:?}");
+    assert_eq!(o.stderr, "err\n", "{o:?}");
+    let o = s.run(&["--rm"], &made.id("exit0"), &["/bin/true"]);
+    assert_eq!((o.code, o.stdout.as_str()), (0, ""), "{o:?}");
+    // --rm: the container is gone, and so is its sandbox.
+    assert!(!s.ctr_ok(&["containers", "ls", "-q"]).lines().any(|l| l == id));
+    s.assert_nothing_left(&id, &[]);
+}
+
+#[test]
+fn inside_only_lo_no_capabilities_landlock_and_seccomp() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("guards");
+    // The test process is the host pid the probe tries to signal.
+    let script =
+        format!("ls /sys/class/net; echo ==; /usr/local/bin/moat-probe all {GATEWAY_PORT} {}", std::process::id());
+    let o = s.run(&["--rm"], &id, &["/bin/sh", "-c", &script]);
+    assert_eq!(o.code, 0, "{o:?}\n{}", s.containerd_log());
+    let (ifaces, probe) = o.stdout.split_once("==\n").unwrap_or_else(|| panic!("{o:?}"));
+    assert_eq!(ifaces, "lo\n", "the container's network namespace has only lo");
+    let r = parse(probe);
+    assert_process_guards(&r);
+    assert_eq!(r["landlock_read_srv"], "EACCES", "Landlock refuses a 0644 file outside the policy's paths");
+    assert_eq!(r["connect_gateway"], "ok", "the gateway's socket is reachable");
+    assert_eq!(r["connect_other_port"], "EACCES", "Landlock allows TCP connect to the gateway port only");
+}
+
+#[test]
+fn the_gateway_refuses_an_unlisted_host_and_allows_a_listed_one() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("gw");
+    let policy = format!("moat.dev/policy={}", busybox_rule("up.test", 80));
+    let rootfs = s.rootfs.to_str().unwrap();
+    s.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &policy,
+        "--rootfs",
+        rootfs,
+        &id,
+        "/bin/sleep",
+        "1000",
+    ]);
+    let script = format!(
+        "{REQ}; echo '== listed'; req up.test /{id}/listed; echo; echo '== unlisted'; req other.test /{id}/unlisted"
+    );
+    let o = s.ctr(&["task", "exec", "--exec-id", "req", &id, "/bin/sh", "-c", &script]);
+    assert_eq!(o.code, 0, "{o:?}");
+    let (status, body) = response(section(&o.stdout, "listed"));
+    assert_eq!(status, "HTTP/1.1 200 OK", "{}", o.stdout);
+    assert_eq!(body.trim_end(), format!("echo GET /{id}/listed 0"), "{}", o.stdout);
+    let (status, body) = response(section(&o.stdout, "unlisted"));
+    assert!(status.starts_with("HTTP/1.1 403 "), "{}", o.stdout);
+    assert!(body.contains("other.test") && body.contains("/bin/busybox"), "{body}");
+    let approval = body
+        .split("approval id: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no approval id in the refusal: {body}"))
+        .to_string();
+    let paths = seen_paths(&s.up);
+    assert!(paths.contains(&format!("/{id}/listed")), "{paths:?}");
+    assert!(!paths.iter().any(|p| p.contains(&format!("/{id}/unlisted"))), "the refused request went out: {paths:?}");
+    // The sandbox is registered under the container's id: the usual
+    // commands reach its approvals queue.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_moat"))
+        .args(["approvals", &id])
+        .env("MOAT_HOME", s.home())
+        .env("MOAT_RUN_DIR", s.dir.join("run"))
+        .output()
+        .expect("moat approvals");
+    let list = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "moat approvals {id}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(list.contains(&approval) && list.contains("other.test:80"), "{list}");
+    s.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+}
+
+#[test]
+fn a_bad_policy_annotation_fails_the_run_naming_it() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("badpol");
+    let o = s.run(&["--rm", "--annotation", "moat.dev/policy=version = 1\n[network\n"], &id, &["/bin/true"]);
+    assert_ne!(o.code, 0, "a policy that does not parse must fail the run: {o:?}");
+    assert!(
+        o.stderr.contains("annotation moat.dev/policy: moat.dev/policy:2:"),
+        "the error names the annotation and line:column: {}",
+        o.stderr
+    );
+    s.assert_nothing_left(&id, &[]);
+}
+
+#[test]
+fn exec_ps_pause_resume_kill_and_delete() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("life");
+    let counter = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done";
+    s.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--rootfs",
+        s.rootfs.to_str().unwrap(),
+        &id,
+        "/bin/sh",
+        "-c",
+        counter,
+    ]);
+    assert_eq!(s.task_status(&id).as_deref(), Some("RUNNING"));
+    let init = s.task_pid(&id);
+
+    // exec: its exit code and output; it sees the container's /tmp.
+    let o = s.ctr(&["task", "exec", "--exec-id", "e1", &id, "/bin/sh", "-c", "echo exec-out; cat /tmp/count; exit 4"]);
+    assert_eq!(o.code, 4, "{o:?}");
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"exec-out"), "{o:?}");
+    assert!(lines.get(1).and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n > 0), "{o:?}");
+
+    // ps: the init and a detached exec, and nothing outside the sandbox.
+    s.ctr_ok(&["task", "exec", "-d", "--exec-id", "e2", &id, "/bin/sleep", "777"]);
+    // The counter's short sleeps come and go; the init and the exec stay.
+    let sleeper = || processes().into_iter().find(|(_, a)| a.last().is_some_and(|x| x == "777")).map(|(p, _)| p);
+    let mut pids = Vec::new();
+    let listed = wait_until(Duration::from_secs(5), || {
+        pids = s.task_ps(&id);
+        sleeper().is_some_and(|p| pids.contains(&p))
+    });
+    assert!(listed, "the exec's sleep {:?} is not in ctr task ps {id}: {pids:?}", sleeper());
+    assert!(pids.contains(&init), "ctr task ps {id}: {pids:?} (init {init})");
+    for p in &pids {
+        // A pid that is gone by now (one of the counter's sleeps) has no file.
+        if let Ok(cg) = std::fs::read_to_string(format!("/proc/{p}/cgroup")) {
+            assert!(cg.contains(&format!(":/moat/{id}\n")), "pid {p} listed but not in the sandbox:\n{cg}");
+        }
+    }
+
+    // metrics: the cgroup's figures.
+    let m = s.ctr_ok(&["task", "metrics", &id]);
+    let metric = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap_or(0)))
+            .unwrap_or_else(|| panic!("no {name} in:\n{m}"))
+    };
+    assert!(metric("memory.usage_in_bytes") > 0 && metric("cpuacct.usage") > 0, "{m}");
+
+    // pause: PAUSED, the freezer frozen, the counter stands still.
+    let freezer = std::path::PathBuf::from(format!("/sys/fs/cgroup/freezer/moat/{id}/freezer.state"));
+    assert!(freezer.exists(), "the sandbox's freezer cgroup {}", freezer.display());
+    let count = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{init}/root/tmp/count")).unwrap_or_default().trim().parse().unwrap_or(0)
+    };
+    s.ctr_ok(&["task", "pause", &id]);
+    assert_eq!(s.task_status(&id).as_deref(), Some("PAUSED"));
+    let frozen =
+        wait_until(Duration::from_secs(5), || std::fs::read_to_string(&freezer).unwrap_or_default() == "FROZEN\n");
+    assert!(frozen, "freezer.state: {:?}", std::fs::read_to_string(&freezer));
+    let before = count();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(count(), before, "a paused container made progress");
+    assert!(before > 0, "the counter was read through /proc/{init}/root");
+
+    // resume: RUNNING, thawed, counting again.
+    s.ctr_ok(&["task", "resume", &id]);
+    assert_eq!(s.task_status(&id).as_deref(), Some("RUNNING"));
+    assert_eq!(std::fs::read_to_string(&freezer).unwrap_or_default(), "THAWED\n");
+    assert!(wait_until(Duration::from_secs(5), || count() > before), "the counter did not move after resume");
+
+    // kill + delete: STOPPED with the signal's status, then gone entirely.
+    s.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    assert!(
+        wait_until(Duration::from_secs(10), || s.task_status(&id).as_deref() == Some("STOPPED")),
+        "{:?}",
+        s.task_status(&id)
+    );
+    s.ctr_ok(&["task", "delete", &id]);
+    assert_eq!(s.task_status(&id), None);
+    s.ctr_ok(&["containers", "rm", &id]);
+    s.assert_nothing_left(&id, &pids);
+}
+
+#[test]
+fn with_ns_the_gateway_dials_from_the_pod_namespace() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let policy = format!("moat.dev/policy={}", busybox_rule("pod.test", POD_PORT));
+    let host = format!("pod.test:{POD_PORT}");
+    let run = |id: &str, with_ns: Option<String>| {
+        let mut opts = vec!["--rm", "--annotation", policy.as_str()];
+        let ns = with_ns.map(|p| format!("network:{p}"));
+        if let Some(ns) = &ns {
+            opts.extend(["--with-ns", ns.as_str()]);
+        }
+        let script = format!("{REQ}; echo '== ifaces'; ls /sys/class/net; echo '== pod'; req {host} /{id}/pod");
+        let o = s.run(&opts, id, &["/bin/sh", "-c", &script]);
+        assert_eq!(o.code, 0, "{o:?}\n{}", s.containerd_log());
+        o.stdout
+    };
+    // In the pod's namespace: the pod's upstream answers.
+    let id = made.id("podns");
+    let out = run(&id, Some(s.pod.pod_path()));
+    assert_eq!(section(&out, "ifaces"), "lo\n", "the container still has only lo");
+    let (status, body) = response(section(&out, "pod"));
+    assert_eq!(status, "HTTP/1.1 200 OK", "{out}");
+    assert_eq!(body.trim_end(), format!("echo GET /{id}/pod 0"), "{out}");
+    assert!(seen_paths(&s.pod_up).contains(&format!("/{id}/pod")), "the pod's upstream saw the request");
+
+    // Control: without --with-ns the gateway dials from the host's
+    // namespace, where that address has no such server.
+    let id = made.id("hostns");
+    let out = run(&id, None);
+    assert_eq!(section(&out, "ifaces"), "lo\n");
+    let (status, _) = response(section(&out, "pod"));
+    assert_eq!(status, "HTTP/1.1 502 Bad Gateway", "{out}");
+    assert!(!seen_paths(&s.pod_up).iter().any(|p| p.contains(&format!("/{id}/"))));
+}
+
+#[test]
+fn nothing_is_left_after_delete() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("left");
+    // A background child, a file in the workspace, one in /tmp.
+    let script = "sleep 1000 & echo x > /sandbox/f; echo y > /tmp/f; wait";
+    s.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--rootfs",
+        s.rootfs.to_str().unwrap(),
+        &id,
+        "/bin/sh",
+        "-c",
+        script,
+    ]);
+    let mut pids = Vec::new();
+    assert!(wait_until(Duration::from_secs(5), || {
+        pids = s.task_ps(&id);
+        pids.len() >= 2
+    }));
+    // The checks see each kind of trace while the container runs.
+    let running = s.leftovers(&id, &pids);
+    for kind in ["mount: ", "loop device ", "cgroup: ", "process ", "shim process ", "record: "] {
+        assert!(running.iter().any(|l| l.starts_with(kind)), "no {kind:?} seen while {id} runs:\n{running:#?}");
+    }
+    // SIGKILL: the shell is its pid namespace's init, which ignores SIGTERM.
+    s.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    assert!(wait_until(Duration::from_secs(10), || s.task_status(&id).as_deref() == Some("STOPPED")));
+    s.ctr_ok(&["task", "delete", &id]);
+    s.ctr_ok(&["containers", "rm", &id]);
+    s.assert_nothing_left(&id, &pids);
+}
+
+#[test]
+fn a_killed_shim_leaves_nothing_behind() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("crash");
+    let events = Events::start(s);
+    s.ctr_ok(&["run", "-d", "--runtime", RUNTIME, "--rootfs", s.rootfs.to_str().unwrap(), &id, "/bin/sleep", "1000"]);
+    let pids = s.task_ps(&id);
+    let init = s.task_pid(&id);
+    assert!(pids.contains(&init), "{pids:?}");
+    let shim_pid = s.shim_pid(&id).expect("the shim of the container");
+    // The shim's own children (the supervisor and its launcher) count too.
+    let mut all = pids.clone();
+    all.extend(
+        processes()
+            .into_iter()
+            .filter(|(_, a)| a.windows(2).any(|w| w[0] == "__supervise" && w[1] == id))
+            .map(|(p, _)| p),
+    );
+    assert!(all.len() > pids.len(), "the supervisor of {id} runs");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim_pid), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill -9 the shim");
+    let died = wait_until(Duration::from_secs(15), || !all.iter().any(|p| pid_alive(i64::from(*p))));
+    let alive: Vec<&i32> = all.iter().filter(|p| pid_alive(i64::from(**p))).collect();
+    assert!(died, "processes of {id} outlived its shim: {alive:?}\n{}", s.containerd_log());
+    // containerd saw the exit: the task is stopped or gone.
+    let status = s.task_status(&id);
+    assert!(status.is_none() || status.as_deref() == Some("STOPPED"), "ctr task ls: {status:?}");
+    s.assert_nothing_left(&id, &all);
+    let exit = format!("/tasks/exit {{\"container_id\":\"{id}\"");
+    assert!(
+        wait_until(Duration::from_secs(10), || events.text().lines().any(|l| l.contains(&exit))),
+        "containerd published no exit of {id}:\n{}",
+        events.text()
+    );
+    s.ctr_ok(&["containers", "rm", &id]);
+}
