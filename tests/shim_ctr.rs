@@ -56,9 +56,12 @@ fn exit_code_and_output_reach_ctr() {
     let s = shim();
     let mut made = Made::new(s);
     let id = made.id("exit");
-    let o = s.run(&["--rm"], &id, &["/bin/sh", "-c", "echo out-$((1+2)); echo err >&2; exit 3"]);
+    let rootfs = s.rootfs.to_str().unwrap();
+    let script = "read a; read b; echo out-$a-$b-$((1+2)); echo err >&2; exit 3";
+    let cmd = s.ctr_command(&["run", "--rm", "--runtime", RUNTIME, "--rootfs", rootfs, &id, "/bin/sh", "-c", script]);
+    let o = try_run(cmd, Some(b"in\nput\n"), Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(o.code, 3, "ctr run's exit code is the container's: {o:?}\n{}", s.containerd_log());
-    assert_eq!(o.stdout, "out-3\n", "{o:?}");
+    assert_eq!(o.stdout, "out-in-put-3\n", "ctr's stdin reached the container, its stdout ctr: {o:?}");
     assert_eq!(o.stderr, "err\n", "{o:?}");
     let o = s.run(&["--rm"], &made.id("exit0"), &["/bin/true"]);
     assert_eq!((o.code, o.stdout.as_str()), (0, ""), "{o:?}");
@@ -85,6 +88,52 @@ fn inside_only_lo_no_capabilities_landlock_and_seccomp() {
     assert_eq!(r["landlock_read_srv"], "EACCES", "Landlock refuses a 0644 file outside the policy's paths");
     assert_eq!(r["connect_gateway"], "ok", "the gateway's socket is reachable");
     assert_eq!(r["connect_other_port"], "EACCES", "Landlock allows TCP connect to the gateway port only");
+}
+
+#[test]
+fn a_spec_that_asks_for_more_gets_only_what_the_policy_gives() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("wider");
+    // Everything ctr can ask to widen a container: moat's policy decides.
+    let opts = [
+        "--rm",
+        "--privileged",
+        "--net-host",
+        "--allow-new-privs",
+        "--cap-add",
+        "CAP_SYS_ADMIN",
+        "--mount",
+        "type=bind,src=/etc,dst=/hostetc,options=rbind:rw",
+        "--device",
+        "/dev/kmsg",
+        "--env",
+        "FOO=bar",
+        "--cwd",
+        "/tmp",
+    ];
+    let script = "ls /sys/class/net; ls -d /hostetc /dev/kmsg 2>&1; grep -e CapEff -e CapBnd -e NoNewPrivs /proc/self/status; pwd; echo $FOO; id -u";
+    let o = s.run(&opts, &id, &["/bin/sh", "-c", script]);
+    assert_eq!(o.code, 0, "{o:?}\n{}", s.containerd_log());
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(
+        lines[..8],
+        [
+            "lo",
+            "ls: /hostetc: No such file or directory",
+            "ls: /dev/kmsg: No such file or directory",
+            "CapEff:\t0000000000000000",
+            "CapBnd:\t0000000000000000",
+            "NoNewPrivs:\t1",
+            "/tmp",
+            "bar"
+        ],
+        "{o:?}"
+    );
+    // ctr's user is root (0): the sandbox's own host uid runs instead.
+    let uid: u32 = lines.get(8).and_then(|u| u.parse().ok()).unwrap_or_else(|| panic!("{o:?}"));
+    assert!(uid >= 0x6d00_0000, "uid {uid}");
 }
 
 #[test]
@@ -156,6 +205,15 @@ fn a_bad_policy_annotation_fails_the_run_naming_it() {
         o.stderr
     );
     s.assert_nothing_left(&id, &[]);
+    let id = made.id("badpreset");
+    let o = s.run(&["--rm", "--annotation", "moat.dev/presets=github,no-such-preset"], &id, &["/bin/true"]);
+    assert_ne!(o.code, 0, "an unknown preset must fail the run: {o:?}");
+    assert!(
+        o.stderr.contains("annotation moat.dev/presets") && o.stderr.contains("\"no-such-preset\""),
+        "the error names the annotation and the preset: {}",
+        o.stderr
+    );
+    s.assert_nothing_left(&id, &[]);
 }
 
 #[test]
@@ -164,6 +222,7 @@ fn exec_ps_pause_resume_kill_and_delete() {
     let s = shim();
     let mut made = Made::new(s);
     let id = made.id("life");
+    let events = Events::start(s);
     let counter = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done";
     s.ctr_ok(&[
         "run",
@@ -199,8 +258,11 @@ fn exec_ps_pause_resume_kill_and_delete() {
     assert!(listed, "the exec's sleep {:?} is not in ctr task ps {id}: {pids:?}", sleeper());
     assert!(pids.contains(&init), "ctr task ps {id}: {pids:?} (init {init})");
     for p in &pids {
-        // A pid that is gone by now (one of the counter's sleeps) has no file.
-        if let Ok(cg) = std::fs::read_to_string(format!("/proc/{p}/cgroup")) {
+        // One of the counter's sleeps may be gone by now, or a zombie (the
+        // kernel moves an exiting task to the root cgroups): a process
+        // still alive after its file was read was alive when it was read.
+        let cg = std::fs::read_to_string(format!("/proc/{p}/cgroup"));
+        if let (Ok(cg), true) = (cg, pid_alive(i64::from(*p))) {
             assert!(cg.contains(&format!(":/moat/{id}\n")), "pid {p} listed but not in the sandbox:\n{cg}");
         }
     }
@@ -217,24 +279,24 @@ fn exec_ps_pause_resume_kill_and_delete() {
     // pause: PAUSED, the freezer frozen, the counter stands still.
     let freezer = std::path::PathBuf::from(format!("/sys/fs/cgroup/freezer/moat/{id}/freezer.state"));
     assert!(freezer.exists(), "the sandbox's freezer cgroup {}", freezer.display());
-    let count = || -> u64 {
-        std::fs::read_to_string(format!("/proc/{init}/root/tmp/count")).unwrap_or_default().trim().parse().unwrap_or(0)
-    };
+    let raw = || std::fs::read_to_string(format!("/proc/{init}/root/tmp/count")).unwrap_or_default();
+    let count = || -> u64 { raw().trim().parse().unwrap_or(0) };
+    assert!(wait_until(Duration::from_secs(5), || count() > 0), "the counter is read through /proc/{init}/root");
     s.ctr_ok(&["task", "pause", &id]);
     assert_eq!(s.task_status(&id).as_deref(), Some("PAUSED"));
     let frozen =
         wait_until(Duration::from_secs(5), || std::fs::read_to_string(&freezer).unwrap_or_default() == "FROZEN\n");
     assert!(frozen, "freezer.state: {:?}", std::fs::read_to_string(&freezer));
-    let before = count();
+    // (Frozen between the shell's truncation and its write, the file is empty.)
+    let (before, n) = (raw(), count());
     std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(count(), before, "a paused container made progress");
-    assert!(before > 0, "the counter was read through /proc/{init}/root");
+    assert_eq!(raw(), before, "a paused container made progress");
 
     // resume: RUNNING, thawed, counting again.
     s.ctr_ok(&["task", "resume", &id]);
     assert_eq!(s.task_status(&id).as_deref(), Some("RUNNING"));
     assert_eq!(std::fs::read_to_string(&freezer).unwrap_or_default(), "THAWED\n");
-    assert!(wait_until(Duration::from_secs(5), || count() > before), "the counter did not move after resume");
+    assert!(wait_until(Duration::from_secs(5), || count() > n), "the counter did not move after resume");
 
     // kill + delete: STOPPED with the signal's status, then gone entirely.
     s.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
@@ -243,6 +305,15 @@ fn exec_ps_pause_resume_kill_and_delete() {
         "{:?}",
         s.task_status(&id)
     );
+    // The exits containerd was told: the exec's code, the init's signal.
+    let text = events.text();
+    let exit_of = |exec: &str, code: u32| {
+        text.lines().any(|l| {
+            l.contains(&format!("/tasks/exit {{\"container_id\":\"{id}\",\"id\":\"{exec}\""))
+                && l.contains(&format!("\"exit_status\":{code},"))
+        })
+    };
+    assert!(exit_of("e1", 4) && exit_of(&id, 137), "exit events of {id}:\n{text}");
     s.ctr_ok(&["task", "delete", &id]);
     assert_eq!(s.task_status(&id), None);
     s.ctr_ok(&["containers", "rm", &id]);
@@ -324,24 +395,33 @@ fn nothing_is_left_after_delete() {
     s.assert_nothing_left(&id, &pids);
 }
 
-#[test]
-fn a_killed_shim_leaves_nothing_behind() {
+/// Runs `cmd` detached as `id`, optionally with a running exec and then
+/// paused, kills its shim with SIGKILL, and checks the promise:
+/// the processes die, containerd reports the exit, and the `delete`
+/// containerd then runs leaves nothing behind.
+fn kill_the_shim(tag: &str, paused: bool) {
     let _g = serial();
     let s = shim();
     let mut made = Made::new(s);
-    let id = made.id("crash");
+    let id = made.id(tag);
     let events = Events::start(s);
     s.ctr_ok(&["run", "-d", "--runtime", RUNTIME, "--rootfs", s.rootfs.to_str().unwrap(), &id, "/bin/sleep", "1000"]);
+    if paused {
+        s.ctr_ok(&["task", "exec", "-d", "--exec-id", "e1", &id, "/bin/sleep", "999"]);
+        assert!(wait_until(Duration::from_secs(5), || s.task_ps(&id).len() == 2), "{:?}", s.task_ps(&id));
+        s.ctr_ok(&["task", "pause", &id]);
+        assert_eq!(s.task_status(&id).as_deref(), Some("PAUSED"));
+    }
     let pids = s.task_ps(&id);
     let init = s.task_pid(&id);
     assert!(pids.contains(&init), "{pids:?}");
     let shim_pid = s.shim_pid(&id).expect("the shim of the container");
-    // The shim's own children (the supervisor and its launcher) count too.
+    // The shim's own children (the supervisor, its launcher, the exec's) count too.
     let mut all = pids.clone();
     all.extend(
         processes()
             .into_iter()
-            .filter(|(_, a)| a.windows(2).any(|w| w[0] == "__supervise" && w[1] == id))
+            .filter(|(_, a)| a.windows(2).any(|w| (w[0] == "__supervise" || w[0] == "__exec") && w[1] == id))
             .map(|(p, _)| p),
     );
     assert!(all.len() > pids.len(), "the supervisor of {id} runs");
@@ -351,15 +431,25 @@ fn a_killed_shim_leaves_nothing_behind() {
     let died = wait_until(Duration::from_secs(15), || !all.iter().any(|p| pid_alive(i64::from(*p))));
     let alive: Vec<&i32> = all.iter().filter(|p| pid_alive(i64::from(**p))).collect();
     assert!(died, "processes of {id} outlived its shim: {alive:?}\n{}", s.containerd_log());
-    // containerd saw the exit: the task is stopped or gone.
+    // containerd saw the exit: the task is stopped or gone, the event published.
     let status = s.task_status(&id);
     assert!(status.is_none() || status.as_deref() == Some("STOPPED"), "ctr task ls: {status:?}");
-    s.assert_nothing_left(&id, &all);
     let exit = format!("/tasks/exit {{\"container_id\":\"{id}\"");
     assert!(
         wait_until(Duration::from_secs(10), || events.text().lines().any(|l| l.contains(&exit))),
         "containerd published no exit of {id}:\n{}",
         events.text()
     );
+    s.assert_nothing_left(&id, &all);
     s.ctr_ok(&["containers", "rm", &id]);
+}
+
+#[test]
+fn a_killed_shim_leaves_nothing_behind() {
+    kill_the_shim("crash", false);
+}
+
+#[test]
+fn a_killed_shim_of_a_paused_container_with_an_exec_leaves_nothing_behind() {
+    kill_the_shim("crashp", true);
 }

@@ -216,18 +216,26 @@ pub struct Out {
 
 /// Runs `cmd` to its end, at most `limit`; a hang fails the test.
 pub fn run_limited(cmd: Command, limit: Duration) -> Out {
-    try_run(cmd, limit).unwrap_or_else(|e| panic!("{e}"))
+    try_run(cmd, None, limit).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Runs `cmd` to its end, at most `limit` (then kills it: Err).
-pub fn try_run(mut cmd: Command, limit: Duration) -> Result<Out, String> {
+/// Runs `cmd` with `input` on its stdin (None: closed) to its end, at most
+/// `limit` (then kills it: Err).
+pub fn try_run(mut cmd: Command, input: Option<&[u8]>, limit: Duration) -> Result<Out, String> {
     let shown = format!("{cmd:?}");
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("{shown}: {e}"))?;
+    if let (Some(data), Some(mut w)) = (input, child.stdin.take()) {
+        let data = data.to_vec();
+        // Written from a thread, closed at its end: the command sees end of file.
+        std::thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut w, &data);
+        });
+    }
     let reader = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut s = Vec::new();
@@ -440,7 +448,7 @@ impl<'a> Made<'a> {
 impl Drop for Made<'_> {
     fn drop(&mut self) {
         // Never panics (this may run while a failed test unwinds).
-        let ctr = |args: &[&str]| try_run(self.shim.ctr_command(args), Duration::from_secs(30)).ok();
+        let ctr = |args: &[&str]| try_run(self.shim.ctr_command(args), None, Duration::from_secs(30)).ok();
         for id in &self.ids {
             if ctr(&["task", "ls", "-q"]).is_some_and(|o| o.stdout.lines().any(|l| l == id)) {
                 let _ = ctr(&["task", "delete", "-f", id]);
