@@ -453,3 +453,78 @@ fn a_killed_shim_leaves_nothing_behind() {
 fn a_killed_shim_of_a_paused_container_with_an_exec_leaves_nothing_behind() {
     kill_the_shim("crashp", true);
 }
+
+/// `moat` with this world's home, run dir and store (the probe image).
+fn moat(s: &Shim, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_moat"))
+        .args(args)
+        .env("MOAT_HOME", s.home())
+        .env("MOAT_RUN_DIR", s.dir.join("run"))
+        .env("MOAT_STORE", s.dir.join("store"))
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run moat")
+}
+
+#[test]
+fn a_refused_create_leaves_moat_runs_sandbox_of_that_name_alone() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+
+    // A sandbox started by hand (`moat run`) under the name a container
+    // then asks for.
+    let id = made.id("byhand");
+    let o = moat(s, &["run", "-d", "--name", &id, "probe", "--", "/bin/sleep", "1000"]);
+    assert!(o.status.success(), "moat run -d: {}", String::from_utf8_lossy(&o.stderr));
+    let o = s.run(&["--rm"], &id, &["/bin/true"]);
+    assert_ne!(o.code, 0, "a second sandbox named {id}: {o:?}");
+    assert!(o.stderr.contains(&format!("a sandbox named \"{id}\" already exists")), "{o:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let ls = String::from_utf8_lossy(&moat(s, &["ls"]).stdout).into_owned();
+    let running = ls.lines().any(|l| l.split_whitespace().next() == Some(&id) && l.contains("running"));
+    let _ = moat(s, &["rm", "--force", "--workspace", &id]);
+    assert!(running, "the refused container's clean-up stopped `moat run`'s sandbox {id}:\n{ls}");
+}
+
+#[test]
+fn a_refused_create_in_another_namespace_leaves_the_first_container_alone() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let rootfs = s.rootfs.to_str().unwrap();
+    let id = made.id("twice");
+    let other = format!("moat-other-{}", std::process::id());
+    s.ctr_ok(&["run", "-d", "--runtime", RUNTIME, "--rootfs", rootfs, &id, "/bin/sleep", "1000"]);
+    let init = s.task_pid(&id);
+    let o = s.ctr(&["-n", &other, "run", "--rm", "--runtime", RUNTIME, "--rootfs", rootfs, &id, "/bin/true"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, alive) = (s.task_status(&id), pid_alive(i64::from(init)));
+    let _ = s.ctr(&["-n", &other, "containers", "rm", &id]);
+    let _ = s.ctr(&["namespaces", "rm", &other]);
+    assert_ne!(o.code, 0, "a second sandbox named {id}: {o:?}");
+    assert!(
+        status.as_deref() == Some("RUNNING") && alive,
+        "namespace {other}'s refused {id} stopped the default namespace's {id}: {status:?}, init alive: {alive}\n{}",
+        s.containerd_log()
+    );
+}
+
+#[test]
+fn a_sandbox_removed_by_hand_still_lets_containerd_delete_the_task() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("rmhand");
+    s.ctr_ok(&["run", "-d", "--runtime", RUNTIME, "--rootfs", s.rootfs.to_str().unwrap(), &id, "/bin/sleep", "1000"]);
+    let pids = s.task_ps(&id);
+    // An operator removes the sandbox with moat's own command.
+    let o = moat(s, &["rm", "--force", "--workspace", &id]);
+    assert!(o.status.success(), "moat rm --force {id}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(wait_until(Duration::from_secs(10), || s.task_status(&id).as_deref() == Some("STOPPED")));
+    let o = s.ctr(&["task", "delete", &id]);
+    assert_eq!(o.code, 0, "the task of a sandbox already removed cannot be deleted: {o:?}");
+    s.ctr_ok(&["containers", "rm", &id]);
+    s.assert_nothing_left(&id, &pids);
+}

@@ -450,8 +450,15 @@ impl Drop for Made<'_> {
         // Never panics (this may run while a failed test unwinds).
         let ctr = |args: &[&str]| try_run(self.shim.ctr_command(args), None, Duration::from_secs(30)).ok();
         for id in &self.ids {
-            if ctr(&["task", "ls", "-q"]).is_some_and(|o| o.stdout.lines().any(|l| l == id)) {
+            let has_task = || ctr(&["task", "ls", "-q"]).is_some_and(|o| o.stdout.lines().any(|l| l == id));
+            if has_task() {
                 let _ = ctr(&["task", "delete", "-f", id]);
+            }
+            // A task its shim cannot delete: end that shim (containerd then
+            // cleans up after it) rather than leave it running.
+            if let Some(pid) = self.shim.shim_pid(id).filter(|_| has_task()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                crate::sandbox_common::wait_until(Duration::from_secs(5), || !has_task());
             }
             if ctr(&["containers", "ls", "-q"]).is_some_and(|o| o.stdout.lines().any(|l| l == id)) {
                 let _ = ctr(&["containers", "rm", id]);
