@@ -528,3 +528,16 @@ fn a_sandbox_removed_by_hand_still_lets_containerd_delete_the_task() {
     s.ctr_ok(&["containers", "rm", &id]);
     s.assert_nothing_left(&id, &pids);
 }
+
+#[test]
+fn a_container_id_as_the_cri_plugin_makes_it_runs() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    // containerd's CRI plugin (and so every kubelet) names containers by 64
+    // hex digits; containerd accepts ids of up to 76 characters.
+    let id = made.named(format!("{:064x}", u64::from(std::process::id()) << 8 | 0xc1));
+    let o = s.run(&["--rm"], &id, &["/bin/echo", "hi"]);
+    assert_eq!((o.code, o.stdout.as_str()), (0, "hi\n"), "{o:?}");
+    s.assert_nothing_left(&id, &[]);
+}

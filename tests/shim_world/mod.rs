@@ -439,7 +439,10 @@ impl<'a> Made<'a> {
     /// A container id unique to this test process (sandbox names and
     /// cgroups are machine-wide).
     pub fn id(&mut self, tag: &str) -> String {
-        let id = format!("{tag}-{}", std::process::id());
+        self.named(format!("{tag}-{}", std::process::id()))
+    }
+    /// Container `id` exactly, removed at the end like the others.
+    pub fn named(&mut self, id: String) -> String {
         self.ids.push(id.clone());
         id
     }
