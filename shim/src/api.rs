@@ -133,7 +133,8 @@ impl containerd_shim::Shim for Service {
     /// the sandbox (cwd is the bundle, the id the container's) is removed.
     fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
         let id = containerd_shim::parse(&std::env::args_os().skip(1).collect::<Vec<_>>())?.id;
-        crate::cleanup(&id).map_err(|e| containerd_shim::Error::Other(moat_builder::errors::chain(&e)))?;
+        crate::cleanup(&self.namespace, &id)
+            .map_err(|e| containerd_shim::Error::Other(moat_builder::errors::chain(&e)))?;
         Ok(DeleteResponse {
             exit_status: 137,
             exited_at: Some(timestamp(SystemTime::now())).into(),

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 use crate::bundle;
 use crate::child::{self, Stdio};
+use crate::names;
 use moat_supervisor::sandbox::{self, engine, oci, state::Paths};
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
@@ -89,7 +90,9 @@ struct Exec {
 }
 
 struct Container {
+    /// The sandbox's name (`names::sandbox_name`) and its record's owner.
     name: String,
+    owner: String,
     bundle: PathBuf,
     /// The supervisor's ready channel: `created`, then `start`, then `ok`.
     ready: Option<UnixStream>,
@@ -150,11 +153,11 @@ impl Table {
         let spec = bundle::spec(&bundle_dir)?;
         let policy = bundle::policy(&spec)?;
         let lowers = oci::lowers(&spec, &bundle_dir, mounts)?;
-        let req =
-            oci::request(id, &format!("containerd:{namespace}/{id}"), &spec, lowers, policy, !stdio.stdin.is_empty())?;
+        let (name, owner) = (names::sandbox_name(id), names::owner(namespace, id));
+        let req = oci::request(&name, &owner, &spec, lowers, policy, !stdio.stdin.is_empty())?;
         let paths = sandbox::create(&req)?;
         let started =
-            child::spawn_supervisor(id, &bundle_dir, &stdio).map_err(ShimError::from).and_then(|(pid, ready)| {
+            child::spawn_supervisor(&name, &bundle_dir, &stdio).map_err(ShimError::from).and_then(|(pid, ready)| {
                 let line = read_line(&ready).map_err(io("the supervisor's ready channel"))?;
                 match line.as_str() {
                     "created" => Ok((pid, ready)),
@@ -170,7 +173,7 @@ impl Table {
         };
         let init = Proc { pid, child: pid, status: Status::Created, exit: None, stdio };
         let mut g = self.lock();
-        let mut c = Container { name: id.into(), bundle: bundle_dir, ready: Some(ready), init, execs: HashMap::new() };
+        let mut c = Container { name, owner, bundle: bundle_dir, ready: Some(ready), init, execs: HashMap::new() };
         claim(&mut g.unclaimed, &mut c.init);
         g.containers.insert(id.to_string(), c);
         Ok(pid)
@@ -305,7 +308,8 @@ impl Table {
                 Ok((pid, exit))
             });
         }
-        let (name, status, child_pid) = self.with(id, |c| Ok((c.name.clone(), c.init.status, c.init.child)))?;
+        let (name, owner, status, child_pid) =
+            self.with(id, |c| Ok((c.name.clone(), c.owner.clone(), c.init.status, c.init.child)))?;
         match status {
             Status::Running | Status::Paused => {
                 return Err(ShimError::Precondition(format!("container {id} is running")))
@@ -322,7 +326,8 @@ impl Table {
             }
             Status::Stopped => {}
         }
-        sandbox::remove(&Paths::new(&name)?, true, true)?;
+        // Removed by hand already (`moat rm`) is removed.
+        names::remove_if_owned(&name, &owner)?;
         let mut g = self.lock();
         let c = g.containers.remove(id).ok_or_else(|| ShimError::NotFound(format!("container {id} not found")))?;
         Ok((c.init.pid, c.init.exit.unwrap_or(Exit { code: 137, at: SystemTime::now() })))

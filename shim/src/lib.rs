@@ -6,7 +6,8 @@
 //! the root filesystem, moat's policy everything that confines it.
 //!
 //! Rooms: `api` (the containerd-shim crate, and only it), `containers`
-//! (the task API's meaning in plain types), `bundle` (spec and policy from
+//! (the task API's meaning in plain types), `names` (container id to
+//! sandbox name, and who owns a sandbox), `bundle` (spec and policy from
 //! a bundle), `child` (the single-threaded processes the shim starts),
 //! `sys` (its one unsafe call: what a child arms before exec).
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -14,6 +15,7 @@ mod api;
 mod bundle;
 mod child;
 mod containers;
+mod names;
 mod sys;
 
 use std::ffi::OsString;
@@ -40,12 +42,10 @@ pub fn main() -> i32 {
     }
 }
 
-/// Removes whatever is left of container `id`'s sandbox (after its shim
-/// died): its processes, cgroups, mounts, record and workspace.
-pub fn cleanup(id: &str) -> Result<(), moat_supervisor::sandbox::SandboxError> {
-    let paths = moat_supervisor::sandbox::state::Paths::new(id)?;
-    if !paths.state_file().exists() {
-        return Ok(());
-    }
-    moat_supervisor::sandbox::remove(&paths, true, true)
+/// Removes whatever is left of container `id`'s sandbox in containerd
+/// namespace `namespace` (after its shim died, or its create was refused):
+/// its processes, cgroups, mounts, record and workspace. A sandbox of that
+/// name that the container does not own is left alone.
+pub fn cleanup(namespace: &str, id: &str) -> Result<(), moat_supervisor::sandbox::SandboxError> {
+    names::remove_if_owned(&names::sandbox_name(id), &names::owner(namespace, id))
 }

@@ -12,6 +12,7 @@
 //! - `secrets/`: the credential store and the redactor.
 //! - `layers`: the unpacked-layer cache, a leaf both sides read.
 //! - `logging`: how every moat process logs (filter, redacting writer).
+//! - `unix_addr`: Unix sockets at paths longer than `sun_path`, a leaf.
 //! - `visible`: text escaped for an operator's terminal, a leaf.
 //! - `yaml`: bounds on YAML input checked before the parser, a leaf.
 //!
@@ -31,6 +32,7 @@ pub mod policy;
 pub mod sandbox;
 pub mod secrets;
 mod sys;
+pub mod unix_addr;
 pub mod visible;
 pub mod yaml;
 

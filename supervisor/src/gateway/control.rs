@@ -81,7 +81,7 @@ pub trait Publisher: Send + Sync {
 /// Binds the socket with mode 0600 (any stale socket is replaced).
 pub fn bind(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
     let _ = std::fs::remove_file(path);
-    let l = std::os::unix::net::UnixListener::bind(path)?;
+    let l = crate::unix_addr::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     l.set_nonblocking(true)?;
     Ok(l)
@@ -170,7 +170,7 @@ fn answer(shared: &Shared, req: Request) -> Value {
 
 /// The CLI side: sends one request, returns the answer (errors as Err).
 pub fn call(socket: &Path, req: &Request) -> Result<Value, ControlError> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
+    let mut s = crate::unix_addr::connect(socket)
         .map_err(|source| ControlError::Connect { path: socket.display().to_string(), source })?;
     let mut line = serde_json::to_string(req).map_err(|e| ControlError::Protocol(e.to_string()))?;
     line.push('\n');

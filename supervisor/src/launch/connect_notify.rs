@@ -54,7 +54,7 @@ pub(crate) fn filter() -> Vec<libc::sock_filter> {
 /// Connects to the supervisor's `notify.sock` in `run_dir`, before the
 /// container is built: the executor inherits the connection.
 pub(crate) fn connect(run_dir: &Path) -> io::Result<UnixStream> {
-    UnixStream::connect(run_dir.join(SOCKET))
+    crate::unix_addr::connect(&run_dir.join(SOCKET))
 }
 
 /// In the executor: installs the filter and sends its listener to the

@@ -20,7 +20,6 @@ use nix::unistd::Pid;
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -29,7 +28,7 @@ use std::sync::Arc;
 /// process using its filter exits).
 pub(crate) fn start(path: &Path, connects: Arc<Connects>, gateway_port: u16) -> io::Result<()> {
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
+    let listener = crate::unix_addr::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     std::thread::Builder::new().name("connect-watch".into()).spawn(move || {
         for conn in listener.incoming() {
