@@ -19,6 +19,7 @@ use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config, DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult};
 use moat_supervisor::sandbox::oci::RootMount;
+use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -66,6 +67,8 @@ fn proc_status(s: Status) -> api::Status {
 #[derive(Clone)]
 pub struct Service {
     namespace: String,
+    /// The socket containerd reaches this shim on (`-socket`).
+    socket: PathBuf,
     exit: Arc<ExitSignal>,
     table: Arc<Table>,
     events: Arc<Mutex<Option<RemotePublisher>>>,
@@ -117,6 +120,7 @@ impl containerd_shim::Shim for Service {
     fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         Service {
             namespace: args.namespace.clone(),
+            socket: PathBuf::from(args.socket.strip_prefix("unix://").unwrap_or(&args.socket)),
             exit: Arc::new(ExitSignal::default()),
             table: Arc::new(Table::default()),
             events: Arc::new(Mutex::new(None)),
@@ -297,6 +301,13 @@ impl containerd_shim::Task for Service {
 
     fn shutdown(&self, _ctx: &TtrpcContext, req: api::ShutdownRequest) -> TtrpcResult<Empty> {
         if req.now || self.table.is_empty() {
+            // The socket goes first: a container of the same id started
+            // while this shim winds down gets a shim of its own at once
+            // (containerd-shim's start would otherwise wait up to 1 s on a
+            // socket that is still there, or hand it this dying one).
+            if self.socket.metadata().is_ok_and(|m| m.file_type().is_socket()) {
+                let _ = std::fs::remove_file(&self.socket);
+            }
             self.exit.signal();
         }
         Ok(Empty::new())
