@@ -10,6 +10,8 @@ pkgs=(skopeo umoci oci-image-tool docker-registry apache2-utils runc crun
       e2fsprogs       # mkfs.ext4: each workspace is an ext4 image (tests/attack_disk.rs)
       tmux            # the terminal moat term is driven in (tests/console_term.rs, tests/bench/gateway.sh)
       containerd      # containerd + ctr drive moat's shim (tests/shim_ctr.rs)
+      containernetworking-plugins  # CNI (bridge, host-local, loopback) for containerd's CRI plugin (tests/shim_cri.rs)
+      protobuf-compiler  # protoc: the k8s-cri dev-dependency generates the CRI client at build time
       openssl curl)   # openssl: the oracle of signing (keys, payloads); curl reads the registry
 # node + npm run the independent Sigstore verifier/signer (tests/sign_oracle,
 # npm ci from the npm registry). A node installed another way (nodesource)
