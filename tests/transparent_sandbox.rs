@@ -1,0 +1,195 @@
+//! Transparent egress (issue 20 part 1), attacked from inside real
+//! sandboxes of the agent image with every proxy variable unset: Node's
+//! `fetch` and `https.get` and python's urllib with proxies disabled reach
+//! a listed host and get a readable refusal (with an approval id `moat
+//! approvals` lists) for an unlisted one; a name resolves to the sandbox's
+//! reserved range and no DNS query leaves (a resolver in the test's network
+//! namespace sees none); a raw address outside the range is unreachable; a
+//! TLS SNI or HTTP Host other than the name the address was given for is
+//! refused; per-binary and method rules hold as for CONNECT. Needs root,
+//! iproute2 and the Debian mirror (the agent image).
+#[path = "../supervisor/tests/gateway_common/mod.rs"]
+mod gateway_common;
+
+mod gateway_world;
+
+use gateway_world::*;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+const RULES: &str = r#"
+[[network.policy]]
+name = "clients"
+binaries = ["/usr/bin/python3*", "/usr/bin/node*"]
+[[network.policy.endpoint]]
+host = "other.test"
+port = 443
+protocol = "rest"
+access = "read-only"
+allowed_ips = ["198.18.0.0/15"]
+[[network.policy.endpoint]]
+host = "up.test"
+port = 443
+allowed_ips = ["198.18.0.0/15"]
+[[network.policy.endpoint]]
+host = "other.test"
+port = 80
+allowed_ips = ["198.18.0.0/15"]
+"#;
+
+/// Every proxy variable gone, so only transparent egress can work.
+const NO_PROXY_VARS: &str =
+    "unset HTTP_PROXY HTTPS_PROXY ALL_PROXY http_proxy https_proxy all_proxy NO_PROXY no_proxy\n\
+     echo proxy_vars=$(env | grep -ci proxy)\n";
+
+const NODE: &str = r#"
+const show = (t) => t.replace(/\s+/g, " ").trim().slice(0, 400);
+const get = async (u) => {
+  try { const r = await fetch(u); return r.status + " " + show(await r.text()); }
+  catch (e) { return "fail " + (e.cause ? (e.cause.code || e.cause.message) : e.message); }
+};
+const hget = (u) => new Promise((done) => {
+  require("https").get(u, (r) => { let b = ""; r.on("data", (d) => b += d); r.on("end", () => done(r.statusCode + " " + show(b))); })
+    .on("error", (e) => done("fail " + (e.code || e.message)));
+});
+(async () => {
+  console.log("node_fetch=" + await get("https://other.test/repo.git/HEAD"));
+  console.log("node_https_get=" + await hget("https://other.test/repo.git/HEAD"));
+  console.log("node_unlisted=" + await get("https://unlisted.test/x"));
+})();
+"#;
+
+const PYTHON: &str = r#"
+import urllib.request as u, urllib.error as e, socket, ssl, ipaddress, errno, struct, sys
+up_ip = sys.argv[1]
+o = u.build_opener(u.ProxyHandler({}))
+def get(url, data=None):
+    try: return "200 " + o.open(u.Request(url, data=data), timeout=10).read().decode().strip()
+    except e.HTTPError as x: return "%d %s" % (x.code, x.read().decode().replace("\n", " ").strip())
+    except Exception as x: return "fail %r" % (x,)
+print("py_get=" + get("https://other.test/repo.git/HEAD"))
+print("py_post=" + get("https://other.test/repo.git/HEAD", data=b"x").split(" ")[0])
+print("py_plain=" + get("http://other.test/plain"))
+rng = ipaddress.ip_network("198.18.0.0/15")
+a = socket.getaddrinfo("anything.exfil.test", 443, socket.AF_INET)[0][4][0]
+print("dns_in_range=%s" % (ipaddress.ip_address(a) in rng))
+print("dns_stable=%s" % (socket.getaddrinfo("anything.exfil.test", 80, socket.AF_INET)[0][4][0] == a))
+try: socket.getaddrinfo("anything.exfil.test", 443, socket.AF_INET6); print("aaaa=some")
+except socket.gaierror: print("aaaa=none")
+def query(name, qtype=1):
+    q = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
+    for l in name.split("."): q += bytes([len(l)]) + l.encode()
+    return q + b"\0" + struct.pack(">HH", qtype, 1)
+# DNS over TCP to the sandbox's resolver: an A record in the range.
+t = socket.create_connection(("127.0.0.53", 53), timeout=5)
+q = query("tcp.exfil.test"); t.sendall(struct.pack(">H", len(q)) + q)
+n = struct.unpack(">H", t.recv(2))[0]; r = b""
+while len(r) < n: r += t.recv(n - len(r))
+print("dns_tcp=%s" % (ipaddress.ip_address(r[-4:]) in rng and struct.unpack(">H", r[6:8])[0] == 1))
+# A query sent straight to a resolver outside: no route.
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try: s.sendto(query("direct.exfil.test"), (up_ip, 53)); print("udp_out=sent")
+except OSError as x: print("udp_out=" + errno.errorcode.get(x.errno, str(x.errno)))
+c = socket.socket(); c.settimeout(5)
+try: c.connect(("93.184.216.34", 443)); print("raw_ip=connected")
+except OSError as x: print("raw_ip=" + (errno.errorcode.get(x.errno, str(x.errno)) if x.errno else type(x).__name__))
+def tls(sni):
+    ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+    addr = socket.getaddrinfo("up.test", 443, socket.AF_INET)[0][4][0]
+    try:
+        with socket.create_connection((addr, 443), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname=sni) as t:
+                t.sendall(("GET /repo.git/HEAD HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % sni).encode())
+                d = t.recv(100)
+                return d.decode(errors="replace").split("\r\n")[0] if d else "closed"
+    except Exception as x: return "refused " + type(x).__name__
+print("sni_same=" + tls("up.test"))
+print("sni_other=" + tls("unlisted.test"))
+def plain(host):
+    addr = socket.getaddrinfo("other.test", 80, socket.AF_INET)[0][4][0]
+    try:
+        with socket.create_connection((addr, 80), timeout=10) as t:
+            t.sendall(("GET /hosted HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % host).encode())
+            d = t.recv(100)
+            return d.decode(errors="replace").split("\r\n")[0] if d else "closed"
+    except Exception as x: return "refused " + type(x).__name__
+print("host_same=" + plain("other.test"))
+print("host_other=" + plain("unlisted.test"))
+"#;
+
+/// A DNS server in the test's network namespace (UDP 53 on the upstream's
+/// address): counts every datagram that reaches it.
+fn resolver_in_test_namespace() -> Arc<AtomicUsize> {
+    let name = world().net.name.clone();
+    let sock = std::thread::spawn(move || {
+        let ns = std::fs::File::open(format!("/var/run/netns/{name}")).expect("open netns");
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        std::net::UdpSocket::bind(("0.0.0.0", 53)).expect("bind udp 53 in the test namespace")
+    })
+    .join()
+    .expect("netns thread");
+    assert!(sock.as_raw_fd() >= 0);
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while sock.recv_from(&mut buf).is_ok() {
+            s.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    seen
+}
+
+#[test]
+fn clients_without_proxy_variables_go_through_the_gateway() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dns_seen = resolver_in_test_namespace();
+    let p = policy("transparent", RULES);
+    let _ = moat(&["rm", "--force", "tp"]);
+    ok(&["run", "-d", "--name", "tp", "--policy", p.to_str().unwrap(), "agent", "--", "sleep", "600"]);
+    let up_ip = world().net.ip.to_string();
+    let script = format!(
+        "{NO_PROXY_VARS}node -e '{}'\npython3 -c '{}' {up_ip}\n\
+         curl -s --noproxy '*' -o /dev/null -w 'curl_listed_for_others=%{{http_code}}\\n' https://other.test/repo.git/HEAD\n",
+        NODE.replace('\'', "'\\''"),
+        PYTHON.replace('\'', "'\\''"),
+    );
+    let out = ok(&["exec", "tp", "--", "sh", "-c", &script]);
+    let r = kv(&out);
+    let get = |k: &str| r.get(k).map(String::as_str).unwrap_or("");
+    let want = |k: &str, v: &str| assert_eq!(get(k), v, "{k}\n{out}");
+    want("proxy_vars", "0");
+    want("node_fetch", "200 ref: refs/heads/main");
+    want("node_https_get", "200 ref: refs/heads/main");
+    let unlisted = get("node_unlisted");
+    assert!(unlisted.starts_with("403 ") && unlisted.contains("unlisted.test:443"), "{out}");
+    let id = unlisted
+        .split("approval id: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("an approval id in node's refusal: {out}"))
+        .to_string();
+    let list = ok(&["approvals", "tp"]);
+    assert!(list.contains(&id) && list.contains("unlisted.test:443"), "{list}");
+    want("py_get", "200 ref: refs/heads/main");
+    want("py_post", "403");
+    want("py_plain", "200 echo GET /plain 0");
+    want("dns_in_range", "True");
+    want("dns_stable", "True");
+    want("aaaa", "none");
+    want("dns_tcp", "True");
+    want("udp_out", "ENETUNREACH");
+    assert!(get("raw_ip").starts_with("EN") || get("raw_ip") == "EACCES", "{out}");
+    assert_ne!(get("raw_ip"), "connected");
+    want("sni_same", "HTTP/1.1 200 OK");
+    assert!(get("sni_other").starts_with("refused") || get("sni_other") == "closed", "{out}");
+    want("host_same", "HTTP/1.1 200 OK");
+    assert!(!get("host_other").contains("200"), "{out}");
+    // curl is listed for nothing: refused though DNS answered it.
+    want("curl_listed_for_others", "403");
+    assert_eq!(dns_seen.load(Ordering::SeqCst), 0, "a DNS query reached the test namespace's resolver");
+    let events = ok(&["events", "tp", "--json"]);
+    assert!(events.contains("unlisted.test"), "the SNI refusal is audited: {events}");
+    ok(&["rm", "--force", "tp"]);
+}
