@@ -541,3 +541,88 @@ fn a_container_id_as_the_cri_plugin_makes_it_runs() {
     assert_eq!((o.code, o.stdout.as_str()), (0, "hi\n"), "{o:?}");
     s.assert_nothing_left(&id, &[]);
 }
+
+/// Sends one HTTP/1.0 GET to `127.0.0.1:port` from inside network
+/// namespace file `ns` (a helper thread joins it); the whole answer.
+fn get_in(ns: &str, port: u16) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&ns)?;
+        // Changes only this helper thread's namespace.
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+        c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+        let mut out = String::new();
+        c.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .join()
+    .expect("netns thread")
+}
+
+#[test]
+fn a_published_port_serves_from_the_pod_namespace_and_nothing_else_comes_in() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("publish");
+    let (pod_port, inside, unpublished) = (18080u16, 8000u16, 8001u16);
+    let ns = format!("network:{}", s.pod.pod_path());
+    let publish = format!("moat.dev/publish={pod_port}:{inside}");
+    // The agent serves on its lo the published port, and tries another.
+    let script = format!(
+        "mkdir -p /tmp/w && echo hello-{id} > /tmp/w/index.html; \
+         busybox httpd -p 127.0.0.1:{unpublished} -h /tmp/w 2>/tmp/w/refused.txt; \
+         exec busybox httpd -f -p 127.0.0.1:{inside} -h /tmp/w"
+    );
+    let rootfs = s.rootfs.to_str().unwrap();
+    // `--rootfs` is a flag: the root path and the id follow the options.
+    s.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        &ns,
+        "--annotation",
+        &publish,
+        "--rootfs",
+        rootfs,
+        &id,
+        "/bin/sh",
+        "-c",
+        &script,
+    ]);
+    let mut got = String::new();
+    let served = wait_until(Duration::from_secs(10), || {
+        got = get_in(&s.pod.pod_path(), pod_port).unwrap_or_else(|e| e.to_string());
+        got.contains(&format!("hello-{id}"))
+    });
+    // Nothing else comes in: the port the agent was not given is not
+    // reachable from the pod's namespace, and the host has no listener.
+    let other = get_in(&s.pod.pod_path(), unpublished);
+    let on_host = std::net::TcpStream::connect(("127.0.0.1", pod_port));
+    let pids = s.task_ps(&id);
+    let _ = s.ctr(&["task", "kill", "-s", "KILL", &id]);
+    wait_until(Duration::from_secs(10), || s.task_status(&id).as_deref() == Some("STOPPED"));
+    let _ = s.ctr(&["task", "delete", &id]);
+    let _ = s.ctr(&["containers", "rm", &id]);
+    assert!(served, "the published port did not reach the agent's server: {got}\n{}", s.containerd_log());
+    assert!(other.is_err(), "an unpublished port answered from the pod's namespace: {other:?}");
+    assert!(on_host.is_err(), "the pod's port listens in the host's namespace");
+    s.assert_nothing_left(&id, &pids);
+}
+
+#[test]
+fn a_bad_publish_annotation_fails_the_create_naming_it() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("badpub");
+    let o = s.run(&["--rm", "--annotation", "moat.dev/publish=8080,http"], &id, &["/bin/true"]);
+    assert_ne!(o.code, 0, "{o:?}");
+    assert!(o.stderr.contains("annotation moat.dev/publish: \"http\": \"http\" is not a port"), "{o:?}");
+    s.assert_nothing_left(&id, &[]);
+}

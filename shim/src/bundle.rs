@@ -21,6 +21,11 @@ pub const POLICY: &str = "moat.dev/policy";
 pub const PRESETS: &str = "moat.dev/presets";
 /// Comma-separated profile names, as `moat run --profile`.
 pub const PROFILE: &str = "moat.dev/profile";
+/// Comma-separated ports the pod serves, `PORT` or `POD_PORT:SANDBOX_PORT`:
+/// a listener in the pod's namespace relays each to the agent's `lo`.
+pub const PUBLISH: &str = "moat.dev/publish";
+/// Most ports one annotation publishes.
+pub const MAX_PORTS: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -34,6 +39,8 @@ pub enum BundleError {
     AnnotationTooLarge { key: &'static str, max: usize },
     #[error("annotation {key}")]
     Policy { key: &'static str, source: moat_supervisor::policy::PolicyError },
+    #[error("annotation {PUBLISH}: {item:?}: {why} (want PORT or POD_PORT:SANDBOX_PORT, comma-separated)")]
+    Publish { item: String, why: String },
     #[error("annotation {key}")]
     Presets { key: &'static str, source: moat_supervisor::policy::schema::NetPolicyError },
 }
@@ -78,6 +85,32 @@ pub fn policy(spec: &oci_spec::runtime::Spec) -> Result<Policy, BundleError> {
     Ok(policy)
 }
 
+/// The ports `moat.dev/publish` asks for: (pod port, sandbox port) pairs.
+pub fn publish(spec: &oci_spec::runtime::Spec) -> Result<Vec<(u16, u16)>, BundleError> {
+    let Some(v) = spec.annotations().as_ref().and_then(|a| a.get(PUBLISH)) else { return Ok(Vec::new()) };
+    let items = names(v);
+    if items.len() > MAX_PORTS {
+        let why = format!("more than {MAX_PORTS} ports");
+        return Err(BundleError::Publish { item: format!("{} items", items.len()), why });
+    }
+    let port = |item: &str, s: &str| match s.trim().parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(BundleError::Publish { item: item.to_string(), why: format!("{s:?} is not a port (1-65535)") }),
+    };
+    let mut ports: Vec<(u16, u16)> = Vec::new();
+    for item in &items {
+        let pair = match item.split_once(':') {
+            Some((pod, sandbox)) => (port(item, pod)?, port(item, sandbox)?),
+            None => port(item, item).map(|p| (p, p))?,
+        };
+        if ports.iter().any(|q| q.0 == pair.0) {
+            return Err(BundleError::Publish { item: item.clone(), why: format!("port {} published twice", pair.0) });
+        }
+        ports.push(pair);
+    }
+    Ok(ports)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +135,21 @@ mod tests {
         assert!(moat_builder::errors::chain(&e).contains("unknown preset \"no-such-preset\""), "{e}");
         let big = "#".repeat(MAX_POLICY + 1);
         assert!(matches!(policy(&with(serde_json::json!({POLICY: big}))), Err(BundleError::AnnotationTooLarge { .. })));
+    }
+
+    #[test]
+    fn published_ports_parse_and_bad_ones_are_named() {
+        assert_eq!(publish(&with(serde_json::json!({}))).unwrap(), vec![]);
+        assert_eq!(
+            publish(&with(serde_json::json!({PUBLISH: "8080, 9090:80"}))).unwrap(),
+            vec![(8080, 8080), (9090, 80)]
+        );
+        for bad in ["0", "x", "80:", "70000", "1:2:3", "80, 80:81"] {
+            let e = publish(&with(serde_json::json!({PUBLISH: bad}))).expect_err(bad);
+            let first_bad = bad.rsplit(',').next().unwrap_or(bad).trim();
+            assert!(e.to_string().starts_with(&format!("annotation moat.dev/publish: {first_bad:?}")), "{e}");
+        }
+        let many = (1..=33).map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+        assert!(publish(&with(serde_json::json!({PUBLISH: many}))).is_err());
     }
 }

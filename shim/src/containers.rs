@@ -151,10 +151,10 @@ impl Table {
             ));
         }
         let spec = bundle::spec(&bundle_dir)?;
-        let policy = bundle::policy(&spec)?;
+        let (policy, ports) = (bundle::policy(&spec)?, bundle::publish(&spec)?);
         let lowers = oci::lowers(&spec, &bundle_dir, mounts)?;
         let (name, owner) = (names::sandbox_name(id), names::owner(namespace, id));
-        let req = oci::request(&name, &owner, &spec, lowers, policy, !stdio.stdin.is_empty())?;
+        let req = oci::request(&name, &owner, &spec, lowers, policy, !stdio.stdin.is_empty(), &ports)?;
         let paths = sandbox::create(&req)?;
         let started =
             child::spawn_supervisor(&name, &bundle_dir, &stdio).map_err(ShimError::from).and_then(|(pid, ready)| {

@@ -7,9 +7,11 @@
 //! capabilities, namespaces, seccomp and devices come from moat's policy, and
 //! user 0 is never honoured (the policy's user runs instead).
 #![forbid(unsafe_code)]
+use super::publish::Publish;
 use super::{RunRequest, SandboxError};
 use crate::policy::Policy;
 use serde::{Deserialize, Serialize};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 /// The part of a sandbox that comes from the engine, not from moat's store.
@@ -84,7 +86,10 @@ fn network_path(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
 
 /// The request a spec makes under `policy`: sandbox `name`, labelled
 /// `image` in listings, whose stdio is the process's own (`interactive`:
-/// the engine gave it a stdin).
+/// the engine gave it a stdin), serving `ports` ((outer, sandbox) pairs):
+/// in the pod's namespace on every address (who reaches a pod's port is
+/// the cluster's NetworkPolicy's call, as for any pod), else on the
+/// host's loopback.
 pub fn request(
     name: &str,
     image: &str,
@@ -92,6 +97,7 @@ pub fn request(
     lowers: Vec<PathBuf>,
     policy: Policy,
     interactive: bool,
+    ports: &[(u16, u16)],
 ) -> Result<RunRequest, SandboxError> {
     let process = spec.process().as_ref().ok_or_else(|| SandboxError::Refused("the spec has no process".into()))?;
     let args = process.args().clone().unwrap_or_default();
@@ -100,6 +106,12 @@ pub fn request(
     }
     let user = (process.user().uid() != 0).then(|| (process.user().uid(), process.user().gid()));
     let tty = process.terminal().unwrap_or(false);
+    let dial_netns = network_path(spec);
+    let ip = if dial_netns.is_some() { Ipv4Addr::UNSPECIFIED } else { Ipv4Addr::LOCALHOST };
+    let publish = ports
+        .iter()
+        .map(|&(outer, sandbox_port)| Publish { host: SocketAddr::from((ip, outer)), sandbox_port })
+        .collect();
     Ok(RunRequest {
         name: Some(name.to_string()),
         image: image.to_string(),
@@ -112,16 +124,10 @@ pub fn request(
         tty,
         detach: false,
         ephemeral: false,
-        publish: Vec::new(),
+        publish,
         publish_token: None,
         expose: Vec::new(),
-        oci: Some(OciInput {
-            lowers,
-            cwd: process.cwd().display().to_string(),
-            user,
-            dial_netns: network_path(spec),
-            gated: true,
-        }),
+        oci: Some(OciInput { lowers, cwd: process.cwd().display().to_string(), user, dial_netns, gated: true }),
     })
 }
 
@@ -174,7 +180,7 @@ mod tests {
             "process": {"args": ["sh"], "cwd": "/w", "user": {"uid": 0, "gid": 0}, "env": ["A=1"]},
             "linux": {"namespaces": [{"type": "network", "path": "/var/run/netns/pod"}, {"type": "pid"}]}
         }));
-        let r = request("t1", "ctr:t1", &s, vec![], Policy::baseline(), false).expect("request");
+        let r = request("t1", "ctr:t1", &s, vec![], Policy::baseline(), false, &[]).expect("request");
         let oci = r.oci.expect("oci");
         assert_eq!(oci.user, None);
         assert_eq!(oci.dial_netns, Some(PathBuf::from("/var/run/netns/pod")));
@@ -184,7 +190,7 @@ mod tests {
             serde_json::json!({"ociVersion": "1.0.2", "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 1000, "gid": 100}}}),
         );
         assert_eq!(
-            request("t1", "x", &s, vec![], Policy::baseline(), false).expect("r").oci.expect("oci").user,
+            request("t1", "x", &s, vec![], Policy::baseline(), false, &[]).expect("r").oci.expect("oci").user,
             Some((1000, 100))
         );
     }
