@@ -626,3 +626,60 @@ fn a_bad_publish_annotation_fails_the_create_naming_it() {
     assert!(o.stderr.contains("annotation moat.dev/publish: \"http\": \"http\" is not a port"), "{o:?}");
     s.assert_nothing_left(&id, &[]);
 }
+
+/// The moat shim among `pid`'s ancestors (a container's init runs under
+/// its supervisor, a child of the shim that started it).
+fn shim_above(pid: i32) -> Option<i32> {
+    let mut p = pid;
+    for _ in 0..16 {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        // The parent follows the command, which is in parentheses.
+        p = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+        // The shim's own children (`__supervise`, `__exec`) run its binary too.
+        let exe = std::fs::read_link(format!("/proc/{p}/exe")).ok()?;
+        let args = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
+        let child = args.split(|b| *b == 0).nth(1).is_some_and(|a| a.starts_with(b"__"));
+        if exe.to_string_lossy().ends_with("containerd-shim-moat-v1") && !child {
+            return Some(p);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_pods_containers_share_one_shim_that_ends_with_the_last() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let rootfs = s.rootfs.to_str().unwrap();
+    // What containerd's CRI plugin writes on a pod's sandbox (pause)
+    // container and on each of its containers.
+    let pod = made.id("pod");
+    let agent = made.id("agent");
+    let group = format!("io.kubernetes.cri.sandbox-id={pod}");
+    let run = |id: &str, kind: &str| {
+        let kind = format!("io.kubernetes.cri.container-type={kind}");
+        let opts = ["run", "-d", "--runtime", RUNTIME, "--annotation", &group, "--annotation", &kind, "--rootfs"];
+        s.ctr_ok(&[&opts[..], &[rootfs, id, "/bin/sleep", "1000"]].concat());
+    };
+    run(&pod, "sandbox");
+    run(&agent, "container");
+    let (a, b) = (shim_above(s.task_pid(&pod)), shim_above(s.task_pid(&agent)));
+    let pids = [s.task_ps(&pod), s.task_ps(&agent)].concat();
+    let stop = |id: &str| {
+        let _ = s.ctr(&["task", "kill", "-s", "KILL", id]);
+        wait_until(Duration::from_secs(10), || s.task_status(id).as_deref() == Some("STOPPED"));
+        s.ctr_ok(&["task", "delete", id]);
+        s.ctr_ok(&["containers", "rm", id]);
+    };
+    // The pod's sandbox container goes last, as the kubelet removes it.
+    stop(&agent);
+    let after_first = a.is_some_and(|p| pid_alive(i64::from(p)));
+    stop(&pod);
+    assert!(a.is_some() && a == b, "one shim per pod: {a:?} and {b:?}");
+    assert!(after_first, "the pod's shim ended while the pod's sandbox container still ran");
+    let gone = wait_until(Duration::from_secs(10), || !a.is_some_and(|p| pid_alive(i64::from(p))));
+    assert!(gone, "the pod's shim outlived its last container");
+    s.assert_nothing_left(&pod, &pids);
+    s.assert_nothing_left(&agent, &pids);
+}

@@ -127,8 +127,11 @@ impl containerd_shim::Shim for Service {
         }
     }
 
+    /// One shim per pod: the containers of a pod (CRI's sandbox-id
+    /// annotation) share the shim the pod's sandbox container started.
     fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
-        let grouping = opts.id.clone();
+        let bundle = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
+        let grouping = crate::bundle::group(&bundle, &opts.id);
         let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
         Ok(address)
     }
