@@ -683,3 +683,25 @@ fn a_pods_containers_share_one_shim_that_ends_with_the_last() {
     s.assert_nothing_left(&pod, &pids);
     s.assert_nothing_left(&agent, &pids);
 }
+
+#[test]
+fn an_exec_that_leaves_a_child_behind_still_returns() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("bgexec");
+    s.ctr_ok(&["run", "-d", "--runtime", RUNTIME, "--rootfs", s.rootfs.to_str().unwrap(), &id, "/bin/sleep", "1000"]);
+    // A probe or `kubectl exec` that starts a daemon: the daemon keeps the
+    // exec's stdout. runc's shim returns once the exec has exited (and its
+    // output drained for up to 2 s); so must moat's.
+    let cmd = s.ctr_command(&["task", "exec", "--exec-id", "bg", &id, "/bin/sh", "-c", "sleep 600 & echo started"]);
+    let o = try_run(cmd, None, Duration::from_secs(20));
+    let pids = s.task_ps(&id);
+    let _ = s.ctr(&["task", "kill", "-s", "KILL", &id]);
+    wait_until(Duration::from_secs(10), || s.task_status(&id).as_deref() == Some("STOPPED"));
+    let _ = s.ctr(&["task", "delete", &id]);
+    let _ = s.ctr(&["containers", "rm", &id]);
+    let o = o.unwrap_or_else(|e| panic!("the exec never returned while its child held its output: {e}"));
+    assert_eq!((o.code, o.stdout.as_str()), (0, "started\n"), "{o:?}");
+    s.assert_nothing_left(&id, &pids);
+}

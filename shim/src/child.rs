@@ -5,16 +5,37 @@
 //! with the engine's stdio FIFOs as theirs. Guards against a container or
 //! an engine client holding the shim up: no FIFO open waits for the other
 //! side (stdin is copied into a pipe by a thread, outputs are opened
-//! read-write).
+//! read-write), and against an exec's leftover child holding the engine's
+//! client up: an exec's output is copied by the shim, which stops copying
+//! 2 s after the exec exits, as runc's shim does.
 #![forbid(unsafe_code)]
 use std::fs::{File, OpenOptions};
-use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio as ProcStdio};
-use std::sync::{mpsc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long an exec's output is still copied once the exec has exited
+/// (what is already in flight arrives; a daemon it left holds nothing up).
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Set when an exec has exited: its output copiers stop after [`DRAIN`].
+#[derive(Debug, Clone, Default)]
+pub struct Exited(Arc<AtomicBool>);
+
+impl Exited {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
 
 /// The process's standard streams as the engine names them (FIFO paths;
 /// empty: none).
@@ -69,6 +90,46 @@ fn input(path: &str) -> Result<ProcStdio, ChildError> {
     Ok(File::from(r).into())
 }
 
+/// An exec's output: a pipe whose other end a thread copies to the
+/// engine's FIFO until every writer is gone, or [`DRAIN`] after `exited`.
+fn relayed(path: &str, exited: &Exited) -> Result<ProcStdio, ChildError> {
+    if path.is_empty() {
+        return Ok(ProcStdio::null());
+    }
+    let fifo = OpenOptions::new().read(true).write(true).open(path).map_err(io(format!("opening {path}")))?;
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| ChildError::Io { what: "output pipe".into(), source: e.into() })?;
+    let (r, exited) = (File::from(r), exited.clone());
+    std::thread::Builder::new()
+        .name("shim-output".into())
+        .spawn(move || copy_until(r, fifo, &exited))
+        .map_err(io("starting an output copier".into()))?;
+    Ok(File::from(w).into())
+}
+
+fn copy_until(mut from: File, mut to: File, exited: &Exited) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut buf = vec![0u8; 64 << 10];
+    let mut deadline = None;
+    loop {
+        let mut fds = [PollFd::new(from.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(100u16)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+            Ok(_) => match from.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) if to.write_all(&buf[..n]).is_err() => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            },
+        }
+        if exited.is_set() && Instant::now() >= *deadline.get_or_insert_with(|| Instant::now() + DRAIN) {
+            return;
+        }
+    }
+}
+
 fn command(stdio: &Stdio) -> Result<Command, ChildError> {
     let mut cmd = Command::new("/proc/self/exe");
     cmd.stdin(input(&stdio.stdin)?).stdout(output(&stdio.stdout)?).stderr(output(&stdio.stderr)?);
@@ -113,14 +174,21 @@ pub fn spawn_supervisor(name: &str, bundle: &Path, stdio: &Stdio) -> Result<(u32
     Ok((child, ours))
 }
 
-/// Starts an exec of `process` in sandbox `name`; returns its pid.
-pub fn spawn_exec(name: &str, process: &oci_spec::runtime::Process, stdio: &Stdio) -> Result<u32, ChildError> {
+/// Starts an exec of `process` in sandbox `name`; returns its pid. Its
+/// output stops being copied [`DRAIN`] after `exited` is set.
+pub fn spawn_exec(
+    name: &str,
+    process: &oci_spec::runtime::Process,
+    stdio: &Stdio,
+    exited: &Exited,
+) -> Result<u32, ChildError> {
     // The child removes the file once it has read it.
     let path = tempfile_for(process)?
         .into_temp_path()
         .keep()
         .map_err(|e| ChildError::Io { what: "the exec's process file".into(), source: e.error })?;
-    let mut cmd = command(stdio)?;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.stdin(input(&stdio.stdin)?).stdout(relayed(&stdio.stdout, exited)?).stderr(relayed(&stdio.stderr, exited)?);
     cmd.arg("__exec").arg(name).arg(&path);
     crate::sys::arm(&mut cmd, libc::SIGKILL, None);
     match spawn(cmd) {

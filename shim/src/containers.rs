@@ -87,6 +87,8 @@ struct Proc {
 struct Exec {
     proc: Proc,
     process: oci_spec::runtime::Process,
+    /// Told when the exec exits: its output copiers wind down.
+    exited: child::Exited,
 }
 
 struct Container {
@@ -182,14 +184,14 @@ impl Table {
     /// Starts the init (the sandbox runs) or an exec; returns its pid.
     pub fn start(&self, id: &str, exec: &str) -> Result<u32, ShimError> {
         if !exec.is_empty() {
-            let (name, process, stdio) = self.with(id, |c| {
+            let (name, process, stdio, exited) = self.with(id, |c| {
                 let e = c.execs.get(exec).ok_or_else(|| ShimError::NotFound(format!("exec {exec} not found")))?;
                 if e.proc.status != Status::Created {
                     return Err(ShimError::Precondition(format!("exec {exec} was already started")));
                 }
-                Ok((c.name.clone(), e.process.clone(), e.proc.stdio.clone()))
+                Ok((c.name.clone(), e.process.clone(), e.proc.stdio.clone(), e.exited.clone()))
             })?;
-            let pid = child::spawn_exec(&name, &process, &stdio)?;
+            let pid = child::spawn_exec(&name, &process, &stdio, &exited)?;
             let mut g = self.lock();
             let Inner { containers, unclaimed } = &mut *g;
             let e = containers.get_mut(id).and_then(|c| c.execs.get_mut(exec));
@@ -198,6 +200,9 @@ impl Table {
             e.proc.child = pid;
             e.proc.status = Status::Running;
             claim(unclaimed, &mut e.proc);
+            if e.proc.exit.is_some() {
+                e.exited.set();
+            }
             return Ok(pid);
         }
         let (name, ready) = self.with(id, |c| {
@@ -244,7 +249,7 @@ impl Table {
                 return Err(ShimError::Precondition(format!("exec {exec} already exists")));
             }
             let proc = Proc { pid: 0, child: 0, status: Status::Created, exit: None, stdio };
-            c.execs.insert(exec.to_string(), Exec { proc, process });
+            c.execs.insert(exec.to_string(), Exec { proc, process, exited: child::Exited::default() });
             Ok(())
         })
     }
@@ -386,10 +391,11 @@ impl Table {
         let exit = Exit { code: code_of(status), at: SystemTime::now() };
         let mut report = None;
         for (id, c) in containers.iter_mut() {
-            let procs = std::iter::once((String::new(), &mut c.init))
-                .chain(c.execs.iter_mut().map(|(k, e)| (k.clone(), &mut e.proc)));
-            for (exec, p) in procs {
+            let procs = std::iter::once((String::new(), &mut c.init, None))
+                .chain(c.execs.iter_mut().map(|(k, e)| (k.clone(), &mut e.proc, Some(&e.exited))));
+            for (exec, p, output) in procs {
                 if p.child == pid && p.child != 0 && p.exit.is_none() {
+                    output.inspect(|o| o.set());
                     p.exit = Some(exit);
                     p.status = Status::Stopped;
                     report = Some(ExitReport { container: id.clone(), exec, pid: p.pid, exit });
