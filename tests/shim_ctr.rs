@@ -705,3 +705,53 @@ fn an_exec_that_leaves_a_child_behind_still_returns() {
     assert_eq!((o.code, o.stdout.as_str()), (0, "started\n"), "{o:?}");
     s.assert_nothing_left(&id, &pids);
 }
+
+#[test]
+fn a_killed_pod_shim_ends_every_container_of_the_pod() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let rootfs = s.rootfs.to_str().unwrap();
+    let (pod, agent) = (made.id("kpod"), made.id("kagent"));
+    let events = Events::start(s);
+    let group = format!("io.kubernetes.cri.sandbox-id={pod}");
+    for id in [&pod, &agent] {
+        s.ctr_ok(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            &group,
+            "--rootfs",
+            rootfs,
+            id,
+            "/bin/sleep",
+            "1000",
+        ]);
+    }
+    let shim_pid = shim_above(s.task_pid(&pod)).expect("the pod's shim");
+    assert_eq!(shim_above(s.task_pid(&agent)), Some(shim_pid), "one shim per pod");
+    let mut all = [s.task_ps(&pod), s.task_ps(&agent)].concat();
+    all.extend(
+        processes()
+            .into_iter()
+            .filter(|(_, a)| a.windows(2).any(|w| w[0] == "__supervise" && (w[1] == pod || w[1] == agent)))
+            .map(|(p, _)| p),
+    );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim_pid), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill -9 the shim");
+    let died = wait_until(Duration::from_secs(15), || !all.iter().any(|p| pid_alive(i64::from(*p))));
+    assert!(died, "processes of the pod outlived its shim\n{}", s.containerd_log());
+    for id in [&pod, &agent] {
+        let exit = format!("/tasks/exit {{\"container_id\":\"{id}\"");
+        assert!(
+            wait_until(Duration::from_secs(10), || events.text().lines().any(|l| l.contains(&exit))),
+            "containerd published no exit of {id}:\n{}",
+            events.text()
+        );
+        s.assert_nothing_left(id, &all);
+        let _ = s.ctr(&["task", "delete", id]);
+        s.ctr_ok(&["containers", "rm", id]);
+    }
+}
