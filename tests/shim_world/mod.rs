@@ -336,56 +336,13 @@ impl Shim {
 
     /// The shim serving container `id` of this containerd.
     pub fn shim_pid(&self, id: &str) -> Option<i32> {
-        let sock = self.sock.display().to_string();
-        processes().into_iter().find_map(|(pid, args)| {
-            let is_shim = args.first().is_some_and(|a| a.ends_with("containerd-shim-moat-v1"));
-            let ours = args.windows(2).any(|w| w[0] == "-id" && w[1] == id)
-                && args.windows(2).any(|w| w[0] == "-address" && w[1] == sock);
-            (is_shim && ours).then_some(pid)
-        })
+        shim_pid_at(&self.sock, id)
     }
 
     /// What is left of container `id`'s sandbox, each a line saying what
     /// and where (empty: nothing). `pids`: processes it had.
     pub fn leftovers(&self, id: &str, pids: &[i32]) -> Vec<String> {
-        let mut left = Vec::new();
-        let dir = self.dir.display().to_string();
-        // Mounts in the host's namespace: moat's (overlay, workspace image,
-        // namespace pins) live under the world's dir or name the sandbox.
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for l in mountinfo.lines() {
-            if l.contains(&dir) || l.split_whitespace().any(|w| w.ends_with(&format!("/{id}"))) {
-                left.push(format!("mount: {l}"));
-            }
-        }
-        // Loop devices backed by a file of this world (the workspace image).
-        if let Ok(rd) = std::fs::read_dir("/sys/block") {
-            for e in rd.flatten() {
-                let b = std::fs::read_to_string(e.path().join("loop/backing_file")).unwrap_or_default();
-                if b.contains(&dir) {
-                    left.push(format!("loop device {:?}: {}", e.file_name(), b.trim()));
-                }
-            }
-        }
-        for cg in cgroups_of(id) {
-            left.push(format!("cgroup: {}", cg.display()));
-        }
-        for (pid, args) in processes() {
-            let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-            let named = args.windows(2).any(|w| (w[0] == "__supervise" || w[0] == "__exec") && w[1] == id);
-            if cg.contains(&format!("/moat/{id}\n")) || named || pids.contains(&pid) {
-                left.push(format!("process {pid}: {args:?}"));
-            }
-        }
-        if let Some(p) = self.shim_pid(id) {
-            left.push(format!("shim process {p}"));
-        }
-        for d in [self.home().join("sandboxes").join(id), self.dir.join("run").join(id)] {
-            if d.exists() {
-                left.push(format!("record: {}", d.display()));
-            }
-        }
-        left
+        leftovers_at(&self.dir, &self.sock, id, id, pids)
     }
 
     /// Waits (a few seconds: a shim exits after its last delete) until
@@ -398,6 +355,62 @@ impl Shim {
         });
         assert!(gone, "left behind by {id}:\n{}\n{}", left.join("\n"), self.containerd_log());
     }
+}
+
+/// The shim serving container `id` of the containerd at `sock`.
+pub fn shim_pid_at(sock: &Path, id: &str) -> Option<i32> {
+    let sock = sock.display().to_string();
+    processes().into_iter().find_map(|(pid, args)| {
+        let is_shim = args.first().is_some_and(|a| a.ends_with("containerd-shim-moat-v1"));
+        let ours = args.windows(2).any(|w| w[0] == "-id" && w[1] == id)
+            && args.windows(2).any(|w| w[0] == "-address" && w[1] == sock);
+        (is_shim && ours).then_some(pid)
+    })
+}
+
+/// What is left of container `id` (sandbox `name`) of the world in `dir_path`
+/// (MOAT_HOME `dir/home`, MOAT_RUN_DIR `dir/run`) whose containerd serves
+/// `sock`, each a line saying what and where (empty: nothing). `pids`:
+/// processes it had.
+pub fn leftovers_at(dir_path: &Path, sock: &Path, id: &str, name: &str, pids: &[i32]) -> Vec<String> {
+    let mut left = Vec::new();
+    let dir = dir_path.display().to_string();
+    // Mounts in the host's namespace: moat's (overlay, workspace image,
+    // namespace pins) live under the world's dir or name the sandbox.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for l in mountinfo.lines() {
+        if l.contains(&dir) || l.split_whitespace().any(|w| w.ends_with(&format!("/{id}"))) {
+            left.push(format!("mount: {l}"));
+        }
+    }
+    // Loop devices backed by a file of this world (the workspace image).
+    if let Ok(rd) = std::fs::read_dir("/sys/block") {
+        for e in rd.flatten() {
+            let b = std::fs::read_to_string(e.path().join("loop/backing_file")).unwrap_or_default();
+            if b.contains(&dir) {
+                left.push(format!("loop device {:?}: {}", e.file_name(), b.trim()));
+            }
+        }
+    }
+    for cg in cgroups_of(name) {
+        left.push(format!("cgroup: {}", cg.display()));
+    }
+    for (pid, args) in processes() {
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let named = args.windows(2).any(|w| (w[0] == "__supervise" || w[0] == "__exec") && w[1] == name);
+        if cg.contains(&format!("/moat/{name}\n")) || named || pids.contains(&pid) {
+            left.push(format!("process {pid}: {args:?}"));
+        }
+    }
+    if let Some(p) = shim_pid_at(sock, id) {
+        left.push(format!("shim process {p}"));
+    }
+    for d in [dir_path.join("home/sandboxes").join(name), dir_path.join("run").join(name)] {
+        if d.exists() {
+            left.push(format!("record: {}", d.display()));
+        }
+    }
+    left
 }
 
 /// Cgroup directories `/sys/fs/cgroup/[CONTROLLER/]moat/ID`.

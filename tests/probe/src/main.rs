@@ -3,7 +3,7 @@
 //! so the tests can assert each result and compare runtimes line by line.
 //! Built statically (`-C target-feature=+crt-static`) to need nothing from
 //! the image. Subcommands: `all GATEWAY_PORT SUPERVISOR_PID`, `id`,
-//! `forkbomb`, `connect PORT`, `calls NAME:NR...`.
+//! `forkbomb`, `connect PORT`, `calls NAME:NR...`, `pause`.
 use std::ffi::CString;
 use std::fs;
 use std::io::Write;
@@ -339,6 +339,32 @@ fn forkbomb() {
     println!("fork_error={err}");
 }
 
+/// A pod's pause process (the image tests/shim_cri.rs builds with moat):
+/// sleeps until SIGTERM or SIGINT (then exits 0), reaping any child.
+fn pause() {
+    // SAFETY: sigset operations on a local set; sigprocmask and sigwait
+    // with valid pointers; waitpid with a null status pointer.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGCHLD] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        loop {
+            let mut sig = 0;
+            if libc::sigwait(&set, &mut sig) != 0 {
+                continue;
+            }
+            if sig == libc::SIGCHLD {
+                while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
+                continue;
+            }
+            std::process::exit(0);
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -350,6 +376,7 @@ fn main() {
         // SAFETY: plain getters.
         Some("id") => println!("uid={} euid={}", unsafe { libc::getuid() }, unsafe { libc::geteuid() }),
         Some("forkbomb") => forkbomb(),
+        Some("pause") => pause(),
         // `calls NAME:NR...`: each syscall with all-zero arguments (harmless
         // for every call moat denies unconditionally) and its result.
         Some("calls") => {
@@ -365,7 +392,7 @@ fn main() {
         }
         Some("connect") => println!("{}", connect(args.get(2).and_then(|p| p.parse().ok()).unwrap_or(0))),
         _ => {
-            eprintln!("usage: moat-probe all GATEWAY_PORT SUPERVISOR_PID | id | forkbomb | connect PORT");
+            eprintln!("usage: moat-probe all GATEWAY_PORT SUPERVISOR_PID | id | forkbomb | connect PORT | pause");
             std::process::exit(2);
         }
     }
