@@ -87,10 +87,13 @@ q = query("tcp.exfil.test"); t.sendall(struct.pack(">H", len(q)) + q)
 n = struct.unpack(">H", t.recv(2))[0]; r = b""
 while len(r) < n: r += t.recv(n - len(r))
 print("dns_tcp=%s" % (ipaddress.ip_address(r[-4:]) in rng and struct.unpack(">H", r[6:8])[0] == 1))
-# A query sent straight to a resolver outside: no route.
+# Queries sent straight to resolvers outside: a public one has no route;
+# the test namespace's (its address is in the range, local here) gets none.
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-try: s.sendto(query("direct.exfil.test"), (up_ip, 53)); print("udp_out=sent")
+try: s.sendto(query("direct.exfil.test"), ("8.8.8.8", 53)); print("udp_out=sent")
 except OSError as x: print("udp_out=" + errno.errorcode.get(x.errno, str(x.errno)))
+try: s.sendto(query("direct.exfil.test"), (up_ip, 53))
+except OSError: pass
 c = socket.socket(); c.settimeout(5)
 try: c.connect(("93.184.216.34", 443)); print("raw_ip=connected")
 except OSError as x: print("raw_ip=" + (errno.errorcode.get(x.errno, str(x.errno)) if x.errno else type(x).__name__))
@@ -190,6 +193,18 @@ fn clients_without_proxy_variables_go_through_the_gateway() {
     want("curl_listed_for_others", "403");
     assert_eq!(dns_seen.load(Ordering::SeqCst), 0, "a DNS query reached the test namespace's resolver");
     let events = ok(&["events", "tp", "--json"]);
-    assert!(events.contains("unlisted.test"), "the SNI refusal is audited: {events}");
+    let ev: Vec<serde_json::Value> = events.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let denied = |why: &str| {
+        ev.iter().any(|e| {
+            e["decision"] == "deny" && e["host"] == "up.test" && e["reason"].as_str().unwrap_or("").contains(why)
+        })
+    };
+    assert!(denied("TLS server name unlisted.test"), "the SNI refusal is audited: {events}");
+    assert!(
+        ev.iter().any(|e| e["decision"] == "deny"
+            && e["host"] == "other.test"
+            && e["reason"].as_str().unwrap_or("").contains("Host unlisted.test")),
+        "the Host refusal is audited: {events}"
+    );
     ok(&["rm", "--force", "tp"]);
 }

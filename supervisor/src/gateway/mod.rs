@@ -11,6 +11,7 @@ pub mod ca;
 pub mod connects;
 pub mod control;
 mod decide;
+pub mod dns;
 pub mod events;
 mod h2;
 pub mod http1;
@@ -18,6 +19,7 @@ pub mod identity;
 pub mod inference;
 pub(crate) mod inspect;
 pub mod integrity;
+pub mod names;
 pub mod operator;
 mod own_addrs;
 pub(crate) mod path_shape;
@@ -28,6 +30,7 @@ pub mod scope;
 pub mod sock_diag;
 pub mod splice;
 pub mod ssrf;
+mod transparent;
 pub(crate) mod upstream;
 pub mod watch;
 
@@ -155,6 +158,17 @@ pub struct Shared {
     pub publisher: std::sync::OnceLock<Box<dyn control::Publisher>>,
     /// HTTP/2 streams being checked or relayed, sandbox-wide (`h2`).
     h2_streams: tokio::sync::Semaphore,
+    /// The names the sandbox's DNS gave out (transparent egress).
+    pub names: Arc<names::Names>,
+}
+
+/// The sockets of transparent egress, bound inside the sandbox's namespace:
+/// the DNS responder's (UDP and TCP on `dns::ADDRESS`:53) and one listener
+/// on every port connections to the reserved range are taken on.
+pub struct Transparent {
+    pub dns_udp: std::net::UdpSocket,
+    pub dns_tcp: std::net::TcpListener,
+    pub listeners: Vec<std::net::TcpListener>,
 }
 
 impl Shared {
@@ -376,6 +390,15 @@ pub struct Handle {
 /// Loads the revision in force, then serves `listener` (and the control
 /// socket) on a dedicated runtime thread.
 pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, GatewayError> {
+    start_with(config, listener, None)
+}
+
+/// `start`, serving transparent egress on `transparent`'s sockets too.
+pub fn start_with(
+    config: Config,
+    listener: std::net::TcpListener,
+    transparent: Option<Transparent>,
+) -> Result<Handle, GatewayError> {
     let port = listener.local_addr().map_err(io("gateway socket"))?.port();
     let (number, network, sha256) = match config.revisions.latest()? {
         Some(found) => found,
@@ -403,6 +426,7 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, 
         approvals_changed: tokio::sync::watch::Sender::new(0),
         publisher: std::sync::OnceLock::new(),
         h2_streams: tokio::sync::Semaphore::new(h2::MAX_SANDBOX_STREAMS),
+        names: Arc::new(names::Names::default()),
     });
     raise_nofile();
     // A deeper accept queue than std's 128: a burst of connections from the
@@ -422,6 +446,13 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, 
         .enable_all()
         .build()
         .map_err(io("gateway runtime"))?;
+    if let Some(t) = &transparent {
+        t.dns_udp.set_nonblocking(true).map_err(io("DNS socket"))?;
+        t.dns_tcp.set_nonblocking(true).map_err(io("DNS socket"))?;
+        for l in &t.listeners {
+            l.set_nonblocking(true).map_err(io("transparent egress socket"))?;
+        }
+    }
     let s = shared.clone();
     std::thread::Builder::new()
         .name("moat-gateway".into())
@@ -437,11 +468,37 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> Result<Handle, 
                 if let Some(c) = control {
                     tokio::spawn(control::serve(s.clone(), c));
                 }
-                proxy::serve(s, listener).await;
+                let slots = Arc::new(tokio::sync::Semaphore::new(s.limits.max_connections));
+                if let Some(t) = transparent {
+                    serve_transparent(&s, t, &slots);
+                }
+                proxy::serve(s, listener, slots).await;
             })
         })
         .map_err(io("gateway thread"))?;
     Ok(Handle { shared, port })
+}
+
+/// Starts the DNS responder and the transparent ports' accept loops on
+/// the current runtime; a socket the runtime refuses is logged and left out.
+fn serve_transparent(s: &Arc<Shared>, t: Transparent, slots: &Arc<tokio::sync::Semaphore>) {
+    let fail = |e: std::io::Error| {
+        tracing::error!(event = "gateway_failed", error = %moat_builder::errors::chain(&e), "transparent egress socket");
+    };
+    match tokio::net::UdpSocket::from_std(t.dns_udp) {
+        Ok(u) => drop(tokio::spawn(dns::serve_udp(s.names.clone(), u))),
+        Err(e) => fail(e),
+    }
+    match tokio::net::TcpListener::from_std(t.dns_tcp) {
+        Ok(l) => drop(tokio::spawn(dns::serve_tcp(s.names.clone(), l))),
+        Err(e) => fail(e),
+    }
+    for l in t.listeners {
+        match tokio::net::TcpListener::from_std(l) {
+            Ok(l) => drop(tokio::spawn(transparent::serve(s.clone(), l, slots.clone()))),
+            Err(e) => fail(e),
+        }
+    }
 }
 
 /// Each relayed connection holds two descriptors: lift the soft limit to

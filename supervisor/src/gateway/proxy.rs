@@ -18,8 +18,8 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Accepts until the runtime stops.
-pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(shared.limits.max_connections));
+/// `slots` is the connection cap, shared with the transparent ports.
+pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, slots: Arc<tokio::sync::Semaphore>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -73,7 +73,7 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, local
 }
 
 /// Identifies the caller off the reactor (it reads /proc).
-async fn identify(shared: &Arc<Shared>, peer: SocketAddr, local: Option<SocketAddr>) -> Identified {
+pub(super) async fn identify(shared: &Arc<Shared>, peer: SocketAddr, local: Option<SocketAddr>) -> Identified {
     let Some(local) = local else { return Err(super::identity::IdentityError::NotFound(peer)) };
     let s = shared.clone();
     let check_ancestors = s.current().compiled.passes_to_children();
@@ -130,7 +130,7 @@ async fn connect(shared: &Arc<Shared>, mut client: BufReader<TcpStream>, head: R
 
 /// Relays bytes both ways until either side closes, or until a new policy
 /// revision no longer allows the destination.
-async fn relay_l4(
+pub(super) async fn relay_l4(
     shared: &Arc<Shared>,
     client: BufReader<TcpStream>,
     mut upstream: TcpStream,

@@ -32,6 +32,10 @@ pub struct LandlockPlan {
     pub list_dirs: Vec<String>,
     pub read_write: Vec<String>,
     pub connect_port: u16,
+    /// The other TCP ports it may connect to: DNS over TCP and those
+    /// transparent egress listens on (the gateway's sockets on `lo`).
+    #[serde(default)]
+    pub transparent_ports: Vec<u16>,
     /// The only TCP ports the sandbox may bind: those `moat run -p` published.
     #[serde(default)]
     pub bind_ports: Vec<u16>,
@@ -52,6 +56,7 @@ impl LandlockPlan {
             list_dirs: p.filesystem.list_dirs.iter().map(|r| r.path.clone()).collect(),
             read_write: p.filesystem.read_write.iter().map(|r| r.path.clone()).collect(),
             connect_port: p.network.gateway_port,
+            transparent_ports: Vec::new(),
             bind_ports: Vec::new(),
             compatibility: p.landlock.compatibility,
         }
@@ -91,6 +96,9 @@ impl LandlockPlan {
             }
         }
         created = created.add_rule(NetPort::new(self.connect_port, AccessNet::ConnectTcp))?;
+        for port in &self.transparent_ports {
+            created = created.add_rule(NetPort::new(*port, AccessNet::ConnectTcp))?;
+        }
         for port in &self.bind_ports {
             created = created.add_rule(NetPort::new(*port, AccessNet::BindTcp))?;
         }

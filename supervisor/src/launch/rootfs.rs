@@ -156,8 +156,9 @@ impl PreparedImage {
 /// read-only rootfs needs no writes at start.
 pub(crate) const MOUNT_POINTS: &[&str] = &["proc", "dev", "sys", "tmp"];
 
-/// Writes the per-sandbox top layer: mount points, the workspace directory
-/// and `/etc/hosts` (mapping `inference.local` and `moat.local` to the gateway).
+/// Writes the per-sandbox top layer: mount points, the workspace directory,
+/// `/etc/hosts` (mapping `inference.local` and `moat.local` to the gateway)
+/// and `/etc/resolv.conf` (the supervisor's DNS responder, `RESOLV_CONF`).
 ///
 /// `dir` may be a copy of an image (`moat bundle`): a symlink at any path
 /// touched here is replaced, never followed, so the image cannot redirect
@@ -190,7 +191,8 @@ pub(crate) fn write_top_layer(
     }
     mk(&dir.join(workspace.trim_start_matches('/')), 0o755)?;
     mk(&dir.join("etc"), 0o755)?;
-    for (name, text) in std::iter::once(("hosts", hosts)).chain(accounts.iter().copied()) {
+    let fixed = [("hosts", hosts), ("resolv.conf", RESOLV_CONF)];
+    for (name, text) in fixed.into_iter().chain(accounts.iter().copied()) {
         let h = dir.join("etc").join(name);
         unlink_symlink(&h)?;
         fs::write(&h, text).map_err(io_err(&h))?;
@@ -449,6 +451,11 @@ impl ImageView<'_> {
         Ok(None)
     }
 }
+
+/// The sandbox's /etc/resolv.conf: the supervisor's DNS responder inside
+/// the netns (`gateway::dns`), which answers every name from the reserved
+/// range and asks no one else. No search domains: a name means itself.
+pub(crate) const RESOLV_CONF: &str = "nameserver 127.0.0.53\noptions edns0\n";
 
 /// The sandbox's /etc/hosts: the gateway listens on 127.0.0.1 inside the netns.
 pub(crate) fn hosts_file(hostname: &str) -> String {

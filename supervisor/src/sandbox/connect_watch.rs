@@ -2,7 +2,8 @@
 //! `notify.sock` (0600, in its run directory) for the seccomp listeners
 //! that the sandbox's init and each `moat exec` hand over
 //! (`launch::connect_notify`), and serves each on a thread of its own. For
-//! every connect(2) towards the gateway's port the waiting process is judged
+//! every connect(2) towards one of the gateway's ports (its proxy port and
+//! the transparent egress ports) the waiting process is judged
 //! while it still waits, and the verdict is kept under the socket's inode
 //! for the gateway (`gateway::connects`). Guards against an agent borrowing
 //! another program's rights with a socket it connected itself. Every call
@@ -26,7 +27,8 @@ use std::sync::Arc;
 /// Binds `path` and serves the listeners handed over on it, on detached
 /// threads that end with the supervisor (or, per listener, when the last
 /// process using its filter exits).
-pub(crate) fn start(path: &Path, connects: Arc<Connects>, gateway_port: u16) -> io::Result<()> {
+pub(crate) fn start(path: &Path, connects: Arc<Connects>, gateway_ports: Vec<u16>) -> io::Result<()> {
+    let gateway_ports: Arc<[u16]> = gateway_ports.into();
     let _ = std::fs::remove_file(path);
     let listener = crate::unix_addr::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -46,10 +48,10 @@ pub(crate) fn start(path: &Path, connects: Arc<Connects>, gateway_port: u16) -> 
             let _ = conn.set_read_timeout(Some(HAND_OVER_TIMEOUT));
             match crate::launch::receive_fd(conn.as_fd()) {
                 Ok(Some(fd)) => {
-                    let connects = connects.clone();
+                    let (connects, ports) = (connects.clone(), gateway_ports.clone());
                     let spawned = std::thread::Builder::new()
                         .name("connect-notify".into())
-                        .spawn(move || serve(fd, &connects, gateway_port));
+                        .spawn(move || serve(fd, &connects, &ports));
                     if let Err(e) = spawned {
                         // The listener is closed with the closure: the
                         // processes of that filter then get ENOSYS from
@@ -70,7 +72,7 @@ pub(crate) fn start(path: &Path, connects: Arc<Connects>, gateway_port: u16) -> 
 const HAND_OVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Answers the notifications of one listener until no process uses its filter.
-fn serve(listener: OwnedFd, connects: &Connects, gateway_port: u16) {
+fn serve(listener: OwnedFd, connects: &Connects, gateway_ports: &[u16]) {
     loop {
         let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::NONE) {
@@ -84,7 +86,7 @@ fn serve(listener: OwnedFd, connects: &Connects, gateway_port: u16) {
         let events = fds[0].revents().unwrap_or(PollFlags::empty());
         if events.contains(PollFlags::POLLIN) {
             match sys::notif_recv(listener.as_fd()) {
-                Ok(n) => answer(&listener, connects, gateway_port, &n),
+                Ok(n) => answer(&listener, connects, gateway_ports, &n),
                 // The caller died before we read it, or a signal: go on.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINTR)) => {}
                 Err(e) => {
@@ -98,12 +100,13 @@ fn serve(listener: OwnedFd, connects: &Connects, gateway_port: u16) {
     }
 }
 
-fn answer(listener: &OwnedFd, connects: &Connects, gateway_port: u16, n: &sys::Notif) {
+fn answer(listener: &OwnedFd, connects: &Connects, gateway_ports: &[u16], n: &sys::Notif) {
     let fd = n.args[0] as i32;
     // The destination is read from the caller's memory, which it may change
     // meanwhile: that can only cost a verdict (and the gateway then refuses
     // the connection), never attribute one wrongly.
-    let towards_gateway = destination_port(n.pid, n.args[1], n.args[2]).is_none_or(|p| p == Some(gateway_port));
+    let towards_gateway =
+        destination_port(n.pid, n.args[1], n.args[2]).is_none_or(|p| p.is_some_and(|p| gateway_ports.contains(&p)));
     if let Some(inode) = connects.socket_of(n.pid as i32, fd) {
         // Whatever was judged of this socket before no longer stands.
         connects.forget(inode);

@@ -13,6 +13,7 @@ pub mod host_cgroup;
 pub mod host_uid;
 pub mod logs;
 pub(crate) mod net;
+mod netlink;
 pub(crate) mod netns;
 pub mod oci;
 pub mod publish;
@@ -308,7 +309,7 @@ pub fn begin(name: &str, policy: &Policy) -> Result<Early, SandboxError> {
 /// The rest of `begin`, once the launcher is forked.
 fn begin_after(launcher: ForkedLauncher, name: &str, policy: &Policy) -> Early {
     let cgroup_warm = host_cgroup::start(name, policy.supervisor.memory_max_mib, launcher.pid());
-    let net = NetStart::spawn(name, policy.network.gateway_port);
+    let net = NetStart::spawn(name, policy.network.gateway_port, net::transparent_ports(&policy.network, &[]));
     Early { launcher, cgroup_warm, net }
 }
 
@@ -407,8 +408,17 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     // Who connected each socket, judged while the caller waits in connect(2):
     // the watch must listen before the launcher hands it the sandbox's filter.
     let connects = std::sync::Arc::new(crate::gateway::connects::Connects::default());
-    net.start_gateway(paths, &policy.network, gateway_limits(&policy.supervisor), connects.clone());
-    connect_watch::start(&paths.run.join(crate::launch::connect_notify::SOCKET), connects, policy.network.gateway_port)
+    // Transparent egress: the ports it takes, none the sandbox may bind.
+    let transparent = net::transparent_ports(&policy.network, &publish::sandbox_ports(&req.publish, &req.expose));
+    net.start_gateway(
+        paths,
+        &policy.network,
+        gateway_limits(&policy.supervisor),
+        connects.clone(),
+        transparent.clone(),
+    );
+    let judged: Vec<u16> = std::iter::once(policy.network.gateway_port).chain(transparent.iter().copied()).collect();
+    connect_watch::start(&paths.run.join(crate::launch::connect_notify::SOCKET), connects, judged)
         .map_err(io("the connect watch's notify.sock"))?;
     let prepared = (|| -> Result<(Resolved, Option<workspace_limit::Mounted>), SandboxError> {
         let r = match &req.oci {
@@ -477,6 +487,8 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
         guard: GuardPlan {
             landlock: LandlockPlan {
                 bind_ports: publish::sandbox_ports(&req.publish, &req.expose),
+                // DNS over TCP, and the transparent ports.
+                transparent_ports: std::iter::once(53).chain(transparent.iter().copied()).collect(),
                 ..guard_plan(policy).landlock
             },
             ..guard_plan(policy)

@@ -1,6 +1,7 @@
 //! The sandbox's network side as the supervisor starts it, on one helper
 //! thread: first what the launch needs (the namespace with only `lo`, the
-//! gateway's socket bound inside it, the sandbox's CA for the trust bundle),
+//! gateway's sockets bound inside it: its proxy port, transparent egress's
+//! DNS responder and ports, the sandbox's CA for the trust bundle),
 //! made while the CLI records the sandbox and resolves its image; then, once
 //! the sandbox's state exists, the gateway itself (policy revision, audit
 //! log, control socket, runtime), which runs while the launcher builds the
@@ -18,6 +19,28 @@ use crate::sandbox::SandboxError;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+
+/// The most ports transparent egress listens on (80 and 443, then the
+/// policy's other endpoint ports, lowest first).
+pub(crate) const MAX_TRANSPARENT_PORTS: usize = 32;
+
+/// The ports transparent egress takes connections on: 80, 443 and every
+/// port an endpoint of `network` names, but never the gateway's proxy
+/// port, DNS's 53, or a port the sandbox may bind itself (`bindable`:
+/// published or exposed). Landlock lets the sandbox connect to these.
+pub(crate) fn transparent_ports(network: &Network, bindable: &[u16]) -> Vec<u16> {
+    let named = network.effective().unwrap_or_default();
+    let mut rest: Vec<u16> = named.iter().flat_map(|p| p.endpoints.iter().map(|e| e.port)).collect();
+    rest.sort_unstable();
+    let mut out: Vec<u16> = Vec::new();
+    for p in [80, 443].into_iter().chain(rest) {
+        if p != 0 && p != network.gateway_port && p != 53 && !bindable.contains(&p) && !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out.truncate(MAX_TRANSPARENT_PORTS);
+    out
+}
 
 /// What the launch needs from the network side.
 pub(crate) struct LaunchNet {
@@ -38,60 +61,81 @@ pub(crate) struct NetStart {
     /// is returned either way, so its descriptor stays open until `finish`
     /// (the launcher opens it by number).
     thread: Option<JoinHandle<Result<Started, SandboxError>>>,
+    /// Told once the transparent ports the sandbox may bind are closed
+    /// (right after `start_gateway`'s arguments arrive).
+    trimmed: mpsc::Receiver<()>,
+    gateway_asked: bool,
 }
 
 /// The namespace, and the gateway started in it (or why not).
 type Started = (Netns, Result<Arc<gateway::Shared>, SandboxError>);
 
-/// What the gateway is started with, once the sandbox exists.
-type GatewayArgs = (Paths, Network, gateway::Limits, Arc<Connects>);
+/// What the gateway is started with, once the sandbox exists, and the
+/// transparent ports it serves.
+type GatewayArgs = (Paths, Network, gateway::Limits, Arc<Connects>, Vec<u16>);
 
 impl NetStart {
     /// Makes the namespace, binds the gateway's `port` in it and the CA of
     /// sandbox `name` now; the gateway itself waits for `start_gateway`. The
     /// name need not be reserved yet: nothing is written until then.
-    pub(crate) fn spawn(name: &str, port: u16) -> NetStart {
+    /// `transparent` are the ports transparent egress may listen on; those
+    /// `start_gateway` does not keep are closed before `ready` returns.
+    pub(crate) fn spawn(name: &str, port: u16, transparent: Vec<u16>) -> NetStart {
         let (tx, ready) = mpsc::channel();
         let (go, go_rx) = mpsc::channel::<GatewayArgs>();
+        let (trimmed_tx, trimmed) = mpsc::channel();
         let name = name.to_string();
         let thread = std::thread::spawn(move || {
             let ns = Netns::create()?;
             let listener = ns.listen(port)?;
+            let mut sockets = transparent_sockets(&ns, &transparent)?;
             let ca = Arc::new(Ca::new(&name).map_err(crate::sandbox::gateway_err)?);
             // The receiver may be gone (the supervisor failed meanwhile).
             let _ = tx.send(LaunchNet { netns_path: ns.proc_path(), ca: ca.clone() });
             let gateway = match go_rx.recv() {
-                Ok((paths, network, limits, connects)) => {
-                    gateway_for(&paths, &network, limits, connects, &ns, listener, ca)
+                Ok((paths, network, limits, connects, keep)) => {
+                    sockets.listeners.retain(|l| l.local_addr().is_ok_and(|a| keep.contains(&a.port())));
+                    let _ = trimmed_tx.send(());
+                    gateway_for(&paths, &network, limits, connects, &ns, listener, ca, sockets)
                         .map_err(crate::sandbox::gateway_err)
                 }
                 Err(_) => Err(SandboxError::Refused("the gateway was not started".into())),
             };
             Ok((ns, gateway))
         });
-        NetStart { ready, go: Some(go), thread: Some(thread) }
+        NetStart { ready, go: Some(go), thread: Some(thread), trimmed, gateway_asked: false }
     }
 
     /// Lets the gateway start, once the sandbox's name is reserved and its
     /// state directory exists; `connects` are the verdicts of the sandbox's
-    /// connect watch.
+    /// connect watch, `transparent` the ports transparent egress keeps.
     pub(crate) fn start_gateway(
         &mut self,
         paths: &Paths,
         network: &Network,
         limits: gateway::Limits,
         connects: Arc<Connects>,
+        transparent: Vec<u16>,
     ) {
         if let Some(go) = self.go.take() {
+            self.gateway_asked = true;
             // A send error means the thread already failed: `ready`/`finish` report it.
-            let _ = go.send((paths.clone(), network.clone(), limits, connects));
+            let _ = go.send((paths.clone(), network.clone(), limits, connects, transparent));
         }
     }
 
-    /// Waits for the namespace, the socket and the CA.
+    /// Waits for the namespace, the sockets and the CA (and, once the
+    /// gateway was asked to start, for the ports it does not keep to be
+    /// closed, so the sandbox can bind them).
     pub(crate) fn ready(&mut self) -> Result<LaunchNet, SandboxError> {
         match self.ready.recv() {
-            Ok(net) => Ok(net),
+            Ok(net) => {
+                if self.gateway_asked {
+                    // An error: the thread ended; `finish` says why.
+                    let _ = self.trimmed.recv();
+                }
+                Ok(net)
+            }
             // The thread failed before sending: its error says why.
             Err(_) => Err(self.join().err().unwrap_or(SandboxError::Netns(NetnsError::Thread))),
         }
@@ -122,9 +166,23 @@ impl Drop for NetStart {
     }
 }
 
-/// Starts the gateway of the sandbox at `paths` on `listener` (inside its
-/// namespace `netns`): its CA, audit log, revisions, control socket and
-/// inference route. Returns the CA, whose certificate the sandbox trusts.
+/// Binds transparent egress's sockets in `ns`: the DNS responder on
+/// 127.0.0.53:53 (UDP and TCP) and `0.0.0.0:PORT` for each of `ports`.
+fn transparent_sockets(ns: &Netns, ports: &[u16]) -> Result<gateway::Transparent, NetnsError> {
+    use std::net::{Ipv4Addr, SocketAddr};
+    let dns = SocketAddr::from((gateway::dns::ADDRESS, 53));
+    let listeners = ports
+        .iter()
+        .map(|p| ns.listen_on(SocketAddr::from((Ipv4Addr::UNSPECIFIED, *p))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(gateway::Transparent { dns_udp: ns.bind_udp(dns)?, dns_tcp: ns.listen_on(dns)?, listeners })
+}
+
+/// Starts the gateway of the sandbox at `paths` on `listener` and the
+/// transparent egress `sockets` (inside its namespace `netns`): its CA,
+/// audit log, revisions, control socket and inference route. Returns the
+/// CA, whose certificate the sandbox trusts.
+#[allow(clippy::too_many_arguments)]
 fn gateway_for(
     paths: &Paths,
     network: &Network,
@@ -133,6 +191,7 @@ fn gateway_for(
     netns: &Netns,
     listener: std::net::TcpListener,
     ca: Arc<Ca>,
+    sockets: gateway::Transparent,
 ) -> Result<Arc<gateway::Shared>, gateway::GatewayError> {
     // Credentials stay on the host; their permissions are re-checked (and
     // repaired, loudly) on every start.
@@ -161,5 +220,5 @@ fn gateway_for(
         limits,
         inference: Arc::new(crate::gateway::inference::Inference::load(paths.home.clone(), credentials)),
     };
-    Ok(gateway::start(config, listener)?.shared)
+    Ok(gateway::start_with(config, listener, Some(sockets))?.shared)
 }

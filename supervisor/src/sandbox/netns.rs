@@ -1,5 +1,6 @@
 //! The sandbox's network namespace: created by the supervisor with only `lo`
-//! up (no veth, no route), and listening sockets opened inside it from the
+//! up (no veth, no route out; the reserved name range of transparent egress
+//! is an address of `lo`), and listening sockets opened inside it from the
 //! supervisor's own process. Guards against any network path out of the
 //! sandbox except sockets the supervisor owns: egress is impossible in the
 //! kernel, not filtered by a rule that could be wrong. The namespace lives
@@ -21,6 +22,10 @@ pub enum NetnsError {
     Create(io::Error),
     #[error("bringing up lo in the sandbox network namespace: {0}")]
     Loopback(io::Error),
+    #[error("adding the reserved name range to lo in the sandbox network namespace: {0}")]
+    Range(io::Error),
+    #[error("binding {addr} in the sandbox network namespace")]
+    Bind { addr: std::net::SocketAddr, source: io::Error },
     #[error("entering the sandbox network namespace: {0}")]
     Enter(io::Error),
     #[error("listening on 127.0.0.1:{port} in the sandbox network namespace")]
@@ -44,6 +49,8 @@ impl Netns {
             // Changes only this helper thread, which exits right after.
             unshare(CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Create(e.into()))?;
             super::sys::interface_up("lo").map_err(NetnsError::Loopback)?;
+            let (_, prefix) = crate::gateway::names::RANGE;
+            super::netlink::add_loopback_range(crate::gateway::names::RANGE_ADDR, prefix).map_err(NetnsError::Range)?;
             open_fd(Path::new("/proc/thread-self/ns/net")).map_err(NetnsError::Create)
         })
         .join()
@@ -82,6 +89,32 @@ impl Netns {
                 // Affects only this helper thread, which exits after binding.
                 enter(fd)?;
                 TcpListener::bind(("127.0.0.1", port)).map_err(|source| NetnsError::Listen { port, source })
+            })
+            .join()
+            .map_err(|_| NetnsError::Thread)?
+        })
+    }
+
+    /// Binds and listens on `addr` inside the namespace (transparent
+    /// egress: the DNS responder's TCP side, and `0.0.0.0:PORT`, which takes
+    /// connections to every address of the reserved range on that port).
+    pub(crate) fn listen_on(&self, addr: std::net::SocketAddr) -> Result<TcpListener, NetnsError> {
+        self.inside(move || TcpListener::bind(addr).map_err(|source| NetnsError::Bind { addr, source }))
+    }
+
+    /// Binds a UDP socket to `addr` inside the namespace (the DNS responder).
+    pub(crate) fn bind_udp(&self, addr: std::net::SocketAddr) -> Result<std::net::UdpSocket, NetnsError> {
+        self.inside(move || std::net::UdpSocket::bind(addr).map_err(|source| NetnsError::Bind { addr, source }))
+    }
+
+    /// Runs `f` on a helper thread inside the namespace.
+    fn inside<T: Send>(&self, f: impl FnOnce() -> Result<T, NetnsError> + Send) -> Result<T, NetnsError> {
+        let fd = self.fd.as_fd();
+        std::thread::scope(|s| {
+            s.spawn(move || -> Result<T, NetnsError> {
+                // Affects only this helper thread, which exits after binding.
+                enter(fd)?;
+                f()
             })
             .join()
             .map_err(|_| NetnsError::Thread)?
