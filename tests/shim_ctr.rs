@@ -755,3 +755,68 @@ fn a_killed_pod_shim_ends_every_container_of_the_pod() {
         s.ctr_ok(&["containers", "rm", id]);
     }
 }
+
+#[test]
+fn close_io_ends_stdin_although_the_fifo_is_still_held_open() {
+    use std::io::{Read, Write};
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("closeio");
+    // ctr makes its FIFOs under --fifo-dir: the test holds the stdin FIFO
+    // open as a second writer, as containerd's CRI plugin does for attach.
+    let fifos = s.dir.join(format!("fifo-{id}"));
+    std::fs::create_dir_all(&fifos).unwrap();
+    let mut cmd = s.ctr_command(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--fifo-dir",
+        fifos.to_str().unwrap(),
+        "--rootfs",
+        s.rootfs.to_str().unwrap(),
+        &id,
+        "/bin/sh",
+        "-c",
+        "cat; echo after-eof",
+    ]);
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ctr run");
+    let fifo = || {
+        let dirs = std::fs::read_dir(&fifos).ok()?;
+        dirs.flatten().map(|d| d.path().join(format!("{id}-stdin"))).find(|p| p.exists())
+    };
+    assert!(wait_until(Duration::from_secs(10), || fifo().is_some()), "no stdin FIFO under {fifos:?}");
+    let held = std::fs::OpenOptions::new().read(true).write(true).open(fifo().unwrap()).expect("hold the FIFO");
+    // ctr sends its input, closes its end and calls CloseIO (once its
+    // task exists: an end of input before that is sent as nothing).
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello\n").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || s.task_status(&id).as_deref() == Some("RUNNING")));
+    drop(stdin);
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let ended = wait_until(Duration::from_secs(20), || child.try_wait().ok().flatten().is_some());
+    if !ended {
+        let _ = child.kill();
+        let _ = s.ctr(&["task", "kill", "-s", "KILL", &id]);
+    }
+    let _ = child.wait();
+    drop(held);
+    let out = reader.join().unwrap_or_default();
+    wait_until(Duration::from_secs(10), || s.task_status(&id).is_none());
+    let _ = s.ctr(&["task", "delete", &id]);
+    let _ = s.ctr(&["containers", "rm", &id]);
+    assert!(ended, "CloseIO did not end the process's stdin (output so far: {out:?})");
+    assert_eq!(out, "hello\nafter-eof\n");
+    s.assert_nothing_left(&id, &[]);
+}

@@ -270,9 +270,13 @@ impl containerd_shim::Task for Service {
         Ok(Empty::new())
     }
 
-    /// Stdin ends when the engine closes its end of the FIFO (the copier
-    /// then closes the process's pipe): nothing is held open here.
-    fn close_io(&self, _ctx: &TtrpcContext, _req: api::CloseIORequest) -> TtrpcResult<Empty> {
+    /// Stdin ends at the engine's end of file on its FIFO, or here: CRI
+    /// keeps the FIFO open for attach and closes stdin with CloseIO.
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
+        if req.stdin {
+            tracing::info!(container = %req.id, exec = %req.exec_id, "CloseIO: stdin closed");
+            self.table.close_stdin(&req.id, &req.exec_id).map_err(status)?;
+        }
         Ok(Empty::new())
     }
 

@@ -69,25 +69,78 @@ fn output(path: &str) -> Result<ProcStdio, ChildError> {
     Ok(f.into())
 }
 
+/// A process's stdin as the shim feeds it: CloseIO ends it although the
+/// engine still holds its FIFO open (containerd's CRI plugin does).
+#[derive(Debug, Clone, Default)]
+pub struct Stdin {
+    /// The pipe's write end; None once closed.
+    writer: Arc<Mutex<Option<File>>>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Stdin {
+    /// Ends the process's input: it reads end of file once what was
+    /// already copied is read. If the copier is mid-write, it closes the
+    /// pipe when that write returns.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Ok(mut w) = self.writer.try_lock() {
+            w.take();
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
 /// The input: a pipe fed from the engine's FIFO by a thread, so the open
-/// never waits for the engine's writer; it ends at the engine's end of file.
-fn input(path: &str) -> Result<ProcStdio, ChildError> {
+/// never waits for the engine's writer; it ends at the engine's end of
+/// file or at `Stdin::close`.
+fn input(path: &str) -> Result<(ProcStdio, Stdin), ChildError> {
     if path.is_empty() {
-        return Ok(ProcStdio::null());
+        return Ok((ProcStdio::null(), Stdin::default()));
     }
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| ChildError::Io { what: "stdin pipe".into(), source: e.into() })?;
-    let (path, mut w) = (path.to_string(), File::from(w));
+    let stdin = Stdin { writer: Arc::new(Mutex::new(Some(File::from(w)))), closed: Arc::default() };
+    let (path, feed) = (path.to_string(), stdin.clone());
     std::thread::Builder::new()
         .name("shim-stdin".into())
         .spawn(move || {
-            // Blocks until the engine opens its end; ends at its end of file.
-            if let Ok(mut fifo) = OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC).open(&path) {
-                let _ = std::io::copy(&mut fifo, &mut w);
+            // Blocks until the engine opens its end.
+            if let Ok(fifo) = OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC).open(&path) {
+                copy_stdin(fifo, &feed);
             }
+            feed.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         })
         .map_err(io("starting the stdin copier".into()))?;
-    Ok(File::from(r).into())
+    Ok((File::from(r).into(), stdin))
+}
+
+/// Copies the FIFO into the pipe until end of file or `Stdin::close`.
+fn copy_stdin(mut fifo: File, to: &Stdin) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut buf = vec![0u8; 64 << 10];
+    while !to.closed.load(Ordering::Acquire) {
+        let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(100u16)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+            Ok(_) => {}
+        }
+        let n = match fifo.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        let mut w = to.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let written = w.as_mut().map(|f| f.write_all(&buf[..n]));
+        if !matches!(written, Some(Ok(()))) {
+            return;
+        }
+    }
 }
 
 /// An exec's output: a pipe whose other end a thread copies to the
@@ -130,10 +183,11 @@ fn copy_until(mut from: File, mut to: File, exited: &Exited) {
     }
 }
 
-fn command(stdio: &Stdio) -> Result<Command, ChildError> {
+fn command(stdio: &Stdio) -> Result<(Command, Stdin), ChildError> {
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.stdin(input(&stdio.stdin)?).stdout(output(&stdio.stdout)?).stderr(output(&stdio.stderr)?);
-    Ok(cmd)
+    let (input, stdin) = input(&stdio.stdin)?;
+    cmd.stdin(input).stdout(output(&stdio.stdout)?).stderr(output(&stdio.stderr)?);
+    Ok((cmd, stdin))
 }
 
 /// Spawns `cmd` on the one thread that forks the shim's children, which
@@ -161,38 +215,40 @@ fn spawn(cmd: Command) -> std::io::Result<u32> {
     rx.recv().map_err(|_| std::io::Error::other("the shim's spawner thread is gone"))?
 }
 
-/// Starts sandbox `name`'s supervisor; returns its pid and the ready channel.
-pub fn spawn_supervisor(name: &str, bundle: &Path, stdio: &Stdio) -> Result<(u32, UnixStream), ChildError> {
+/// Starts sandbox `name`'s supervisor; returns its pid, the ready channel
+/// and its stdin.
+pub fn spawn_supervisor(name: &str, bundle: &Path, stdio: &Stdio) -> Result<(u32, UnixStream, Stdin), ChildError> {
     let (ours, theirs) = UnixStream::pair().map_err(io("the ready channel".into()))?;
-    let mut cmd = command(stdio)?;
+    let (mut cmd, stdin) = command(stdio)?;
     cmd.arg("__supervise").arg(name).arg(bundle.join("log")).env("MOAT_READY_FD", "3");
     // The shim's death stops the sandbox as a SIGTERM to `moat run` does
     // (the supervisor stops its launcher, which stops the sandbox); what
     // is left, containerd's `delete` removes.
     crate::sys::arm(&mut cmd, libc::SIGTERM, Some(theirs.as_raw_fd()));
     let child = spawn(cmd).map_err(io(format!("starting the supervisor of {name}")))?;
-    Ok((child, ours))
+    Ok((child, ours, stdin))
 }
 
-/// Starts an exec of `process` in sandbox `name`; returns its pid. Its
-/// output stops being copied [`DRAIN`] after `exited` is set.
+/// Starts an exec of `process` in sandbox `name`; returns its pid and its
+/// stdin. Its output stops being copied [`DRAIN`] after `exited` is set.
 pub fn spawn_exec(
     name: &str,
     process: &oci_spec::runtime::Process,
     stdio: &Stdio,
     exited: &Exited,
-) -> Result<u32, ChildError> {
+) -> Result<(u32, Stdin), ChildError> {
     // The child removes the file once it has read it.
     let path = tempfile_for(process)?
         .into_temp_path()
         .keep()
         .map_err(|e| ChildError::Io { what: "the exec's process file".into(), source: e.error })?;
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.stdin(input(&stdio.stdin)?).stdout(relayed(&stdio.stdout, exited)?).stderr(relayed(&stdio.stderr, exited)?);
+    let (input, stdin) = input(&stdio.stdin)?;
+    cmd.stdin(input).stdout(relayed(&stdio.stdout, exited)?).stderr(relayed(&stdio.stderr, exited)?);
     cmd.arg("__exec").arg(name).arg(&path);
     crate::sys::arm(&mut cmd, libc::SIGKILL, None);
     match spawn(cmd) {
-        Ok(child) => Ok(child),
+        Ok(child) => Ok((child, stdin)),
         Err(e) => {
             let _ = std::fs::remove_file(&path);
             Err(io(format!("starting an exec in {name}"))(e))

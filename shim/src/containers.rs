@@ -82,6 +82,8 @@ struct Proc {
     status: Status,
     exit: Option<Exit>,
     stdio: Stdio,
+    /// What CloseIO closes.
+    stdin: child::Stdin,
 }
 
 struct Exec {
@@ -158,22 +160,23 @@ impl Table {
         let (name, owner) = (names::sandbox_name(id), names::owner(namespace, id));
         let req = oci::request(&name, &owner, &spec, lowers, policy, !stdio.stdin.is_empty(), &ports)?;
         let paths = sandbox::create(&req)?;
-        let started =
-            child::spawn_supervisor(&name, &bundle_dir, &stdio).map_err(ShimError::from).and_then(|(pid, ready)| {
+        let started = child::spawn_supervisor(&name, &bundle_dir, &stdio).map_err(ShimError::from).and_then(
+            |(pid, ready, stdin)| {
                 let line = read_line(&ready).map_err(io("the supervisor's ready channel"))?;
                 match line.as_str() {
-                    "created" => Ok((pid, ready)),
+                    "created" => Ok((pid, ready, stdin)),
                     msg => Err(ShimError::Invalid(failure(msg))),
                 }
-            });
-        let (pid, ready) = match started {
+            },
+        );
+        let (pid, ready, stdin) = match started {
             Ok(v) => v,
             Err(e) => {
                 let _ = sandbox::remove(&paths, true, true);
                 return Err(e);
             }
         };
-        let init = Proc { pid, child: pid, status: Status::Created, exit: None, stdio };
+        let init = Proc { pid, child: pid, status: Status::Created, exit: None, stdio, stdin };
         let mut g = self.lock();
         let mut c = Container { name, owner, bundle: bundle_dir, ready: Some(ready), init, execs: HashMap::new() };
         claim(&mut g.unclaimed, &mut c.init);
@@ -191,13 +194,18 @@ impl Table {
                 }
                 Ok((c.name.clone(), e.process.clone(), e.proc.stdio.clone(), e.exited.clone()))
             })?;
-            let pid = child::spawn_exec(&name, &process, &stdio, &exited)?;
+            let (pid, stdin) = child::spawn_exec(&name, &process, &stdio, &exited)?;
             let mut g = self.lock();
             let Inner { containers, unclaimed } = &mut *g;
             let e = containers.get_mut(id).and_then(|c| c.execs.get_mut(exec));
             let e = e.ok_or_else(|| ShimError::NotFound(format!("exec {exec} was deleted")))?;
             e.proc.pid = pid;
             e.proc.child = pid;
+            // A CloseIO between the exec's add and its start still counts.
+            if e.proc.stdin.is_closed() {
+                stdin.close();
+            }
+            e.proc.stdin = stdin;
             e.proc.status = Status::Running;
             claim(unclaimed, &mut e.proc);
             if e.proc.exit.is_some() {
@@ -248,8 +256,17 @@ impl Table {
             if c.execs.contains_key(exec) {
                 return Err(ShimError::Precondition(format!("exec {exec} already exists")));
             }
-            let proc = Proc { pid: 0, child: 0, status: Status::Created, exit: None, stdio };
+            let proc = Proc { pid: 0, child: 0, status: Status::Created, exit: None, stdio, stdin: Default::default() };
             c.execs.insert(exec.to_string(), Exec { proc, process, exited: child::Exited::default() });
+            Ok(())
+        })
+    }
+
+    /// CloseIO: ends the stdin of the init or an exec (containerd's
+    /// clients send it once the task or exec exists).
+    pub fn close_stdin(&self, id: &str, exec: &str) -> Result<(), ShimError> {
+        self.with(id, |c| {
+            proc_of(c, exec)?.stdin.close();
             Ok(())
         })
     }

@@ -160,9 +160,10 @@ pub fn check_enforceable(policy: &Policy) -> Result<(), SandboxError> {
 /// Returns the paths.
 pub fn create(req: &RunRequest) -> Result<Paths, SandboxError> {
     check_enforceable(&req.policy)?;
-    // A pod's ports listen in the pod's namespace: the cluster decides who reaches them.
-    let open = req.publish_token.is_some() || req.oci.as_ref().is_some_and(|o| o.dial_netns.is_some());
-    publish::check(&req.publish, &req.expose, open, req.policy.network.gateway_port)?;
+    // A pod's ports listen in the pod's namespace: the cluster decides who
+    // reaches them, so they go off loopback without a token.
+    let in_pod = req.oci.as_ref().is_some_and(|o| o.dial_netns.is_some()) && !req.publish.is_empty();
+    publish::check(&req.publish, &req.expose, req.publish_token.is_some() || in_pod, req.policy.network.gateway_port)?;
     let name = name_for(req);
     let paths = Paths::new(&name)?;
     if let Some(w) = &req.workspace {
