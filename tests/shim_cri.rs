@@ -270,3 +270,42 @@ fn a_shim_killed_with_sigkill_is_an_exit_and_the_pod_leaves_nothing() {
     kubelet_teardown(w, &mut guard, &id);
     w.assert_nothing_left(&names, &pids);
 }
+
+/// The benchmark of tests/bench/shim_cri.sh, not a check: RunPodSandbox to
+/// the first ExecSync answer, moat's handler against runc's on the same
+/// images and network, alternating, MOAT_BENCH_RUNS rounds; prints the
+/// medians and their ratio.
+#[test]
+#[ignore = "benchmark: run by tests/bench/shim_cri.sh"]
+fn bench_run_pod_sandbox_to_exec_sync() {
+    let _g = serial();
+    let w = cri();
+    let runs: usize = std::env::var("MOAT_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(10);
+    let mut times: HashMap<&str, Vec<Duration>> = HashMap::new();
+    for round in 0..runs + 1 {
+        for handler in ["moat", "runc"] {
+            let name = format!("bench-{handler}-{round}");
+            let spec = pod_spec(w, &name, handler);
+            let t0 = Instant::now();
+            let (mut guard, id) = agent_pod(w, &spec);
+            let (code, out, err) = exec(w, &id, "echo ready");
+            let t = t0.elapsed();
+            assert_eq!((code, out.as_str()), (0, "ready\n"), "{handler}: {err}");
+            // The first round warms caches (image unpack, page cache).
+            if round > 0 {
+                times.entry(handler).or_default().push(t);
+            }
+            kubelet_teardown(w, &mut guard, &id);
+        }
+    }
+    let median = |h: &str| {
+        let mut v = times[h].clone();
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1000.0
+    };
+    let (m, r) = (median("moat"), median("runc"));
+    println!("RunPodSandbox -> CreateContainer -> StartContainer -> first ExecSync answer, median of {runs}:");
+    println!("  moat handler (io.containerd.moat.v1): {m:.1} ms");
+    println!("  runc handler (io.containerd.runc.v2): {r:.1} ms");
+    println!("  ratio moat/runc: {:.2}", m / r);
+}
