@@ -542,6 +542,15 @@ fn a_container_id_as_the_cri_plugin_makes_it_runs() {
     s.assert_nothing_left(&id, &[]);
 }
 
+/// Kills container `id`'s task, then deletes it and the container: what a
+/// test does to leave nothing, whatever the test found.
+fn kill_and_remove(s: &Shim, id: &str) {
+    let _ = s.ctr(&["task", "kill", "-s", "KILL", id]);
+    wait_until(Duration::from_secs(10), || s.task_status(id).as_deref() == Some("STOPPED"));
+    let _ = s.ctr(&["task", "delete", id]);
+    let _ = s.ctr(&["containers", "rm", id]);
+}
+
 /// Sends one HTTP/1.0 GET to `127.0.0.1:port` from inside network
 /// namespace file `ns` (a helper thread joins it); the whole answer.
 fn get_in(ns: &str, port: u16) -> std::io::Result<String> {
@@ -605,10 +614,7 @@ fn a_published_port_serves_from_the_pod_namespace_and_nothing_else_comes_in() {
     let other = get_in(&s.pod.pod_path(), unpublished);
     let on_host = std::net::TcpStream::connect(("127.0.0.1", pod_port));
     let pids = s.task_ps(&id);
-    let _ = s.ctr(&["task", "kill", "-s", "KILL", &id]);
-    wait_until(Duration::from_secs(10), || s.task_status(&id).as_deref() == Some("STOPPED"));
-    let _ = s.ctr(&["task", "delete", &id]);
-    let _ = s.ctr(&["containers", "rm", &id]);
+    kill_and_remove(s, &id);
     assert!(served, "the published port did not reach the agent's server: {got}\n{}", s.containerd_log());
     assert!(other.is_err(), "an unpublished port answered from the pod's namespace: {other:?}");
     assert!(on_host.is_err(), "the pod's port listens in the host's namespace");
@@ -666,16 +672,10 @@ fn a_pods_containers_share_one_shim_that_ends_with_the_last() {
     run(&agent, "container");
     let (a, b) = (shim_above(s.task_pid(&pod)), shim_above(s.task_pid(&agent)));
     let pids = [s.task_ps(&pod), s.task_ps(&agent)].concat();
-    let stop = |id: &str| {
-        let _ = s.ctr(&["task", "kill", "-s", "KILL", id]);
-        wait_until(Duration::from_secs(10), || s.task_status(id).as_deref() == Some("STOPPED"));
-        s.ctr_ok(&["task", "delete", id]);
-        s.ctr_ok(&["containers", "rm", id]);
-    };
     // The pod's sandbox container goes last, as the kubelet removes it.
-    stop(&agent);
+    kill_and_remove(s, &agent);
     let after_first = a.is_some_and(|p| pid_alive(i64::from(p)));
-    stop(&pod);
+    kill_and_remove(s, &pod);
     assert!(a.is_some() && a == b, "one shim per pod: {a:?} and {b:?}");
     assert!(after_first, "the pod's shim ended while the pod's sandbox container still ran");
     let gone = wait_until(Duration::from_secs(10), || !a.is_some_and(|p| pid_alive(i64::from(p))));
@@ -697,10 +697,7 @@ fn an_exec_that_leaves_a_child_behind_still_returns() {
     let cmd = s.ctr_command(&["task", "exec", "--exec-id", "bg", &id, "/bin/sh", "-c", "sleep 600 & echo started"]);
     let o = try_run(cmd, None, Duration::from_secs(20));
     let pids = s.task_ps(&id);
-    let _ = s.ctr(&["task", "kill", "-s", "KILL", &id]);
-    wait_until(Duration::from_secs(10), || s.task_status(&id).as_deref() == Some("STOPPED"));
-    let _ = s.ctr(&["task", "delete", &id]);
-    let _ = s.ctr(&["containers", "rm", &id]);
+    kill_and_remove(s, &id);
     let o = o.unwrap_or_else(|e| panic!("the exec never returned while its child held its output: {e}"));
     assert_eq!((o.code, o.stdout.as_str()), (0, "started\n"), "{o:?}");
     s.assert_nothing_left(&id, &pids);

@@ -100,8 +100,9 @@ pub fn group(bundle: &Path, id: &str) -> String {
     named.filter(well_formed).unwrap_or_else(|| id.to_string())
 }
 
-/// The ports `moat.dev/publish` asks for: (pod port, sandbox port) pairs.
-pub fn publish(spec: &oci_spec::runtime::Spec) -> Result<Vec<(u16, u16)>, BundleError> {
+/// The ports `moat.dev/publish` asks for: (pod port, sandbox port) pairs;
+/// the sandbox's `gateway_port` is the gateway's, never the agent's.
+pub fn publish(spec: &oci_spec::runtime::Spec, gateway_port: u16) -> Result<Vec<(u16, u16)>, BundleError> {
     let Some(v) = spec.annotations().as_ref().and_then(|a| a.get(PUBLISH)) else { return Ok(Vec::new()) };
     let items = names(v);
     if items.len() > MAX_PORTS {
@@ -118,6 +119,10 @@ pub fn publish(spec: &oci_spec::runtime::Spec) -> Result<Vec<(u16, u16)>, Bundle
             Some((pod, sandbox)) => (port(item, pod)?, port(item, sandbox)?),
             None => port(item, item).map(|p| (p, p))?,
         };
+        if pair.1 == gateway_port {
+            let why = format!("sandbox port {gateway_port} is the egress gateway's, not a service of the agent");
+            return Err(BundleError::Publish { item: item.clone(), why });
+        }
         if ports.iter().any(|q| q.0 == pair.0) {
             return Err(BundleError::Publish { item: item.clone(), why: format!("port {} published twice", pair.0) });
         }
@@ -154,17 +159,17 @@ mod tests {
 
     #[test]
     fn published_ports_parse_and_bad_ones_are_named() {
-        assert_eq!(publish(&with(serde_json::json!({}))).unwrap(), vec![]);
+        assert_eq!(publish(&with(serde_json::json!({})), 3128).unwrap(), vec![]);
         assert_eq!(
-            publish(&with(serde_json::json!({PUBLISH: "8080, 9090:80"}))).unwrap(),
+            publish(&with(serde_json::json!({PUBLISH: "8080, 9090:80"})), 3128).unwrap(),
             vec![(8080, 8080), (9090, 80)]
         );
-        for bad in ["0", "x", "80:", "70000", "1:2:3", "80, 80:81"] {
-            let e = publish(&with(serde_json::json!({PUBLISH: bad}))).expect_err(bad);
+        for bad in ["0", "x", "80:", "70000", "1:2:3", "80, 80:81", "80:3128"] {
+            let e = publish(&with(serde_json::json!({PUBLISH: bad})), 3128).expect_err(bad);
             let first_bad = bad.rsplit(',').next().unwrap_or(bad).trim();
             assert!(e.to_string().starts_with(&format!("annotation moat.dev/publish: {first_bad:?}")), "{e}");
         }
         let many = (1..=33).map(|p| p.to_string()).collect::<Vec<_>>().join(",");
-        assert!(publish(&with(serde_json::json!({PUBLISH: many}))).is_err());
+        assert!(publish(&with(serde_json::json!({PUBLISH: many})), 3128).is_err());
     }
 }

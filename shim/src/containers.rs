@@ -155,7 +155,8 @@ impl Table {
             ));
         }
         let spec = bundle::spec(&bundle_dir)?;
-        let (policy, ports) = (bundle::policy(&spec)?, bundle::publish(&spec)?);
+        let policy = bundle::policy(&spec)?;
+        let ports = bundle::publish(&spec, policy.network.gateway_port)?;
         let lowers = oci::lowers(&spec, &bundle_dir, mounts)?;
         let (name, owner) = (names::sandbox_name(id), names::owner(namespace, id));
         let req = oci::request(&name, &owner, &spec, lowers, policy, !stdio.stdin.is_empty(), &ports)?;
