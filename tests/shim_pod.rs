@@ -1,0 +1,293 @@
+//! moat's containerd shim (issue 22) as pods and clients use it, driven by
+//! `ctr` against a real containerd 1.6 (the world of tests/shim_world/):
+//! ports a pod publishes from its namespace (and nothing else coming in),
+//! one shim per pod and its crash, an exec's leftover child and CloseIO
+//! against a held FIFO, containerd restarted under running containers, a
+//! fresh moat home, SIGKILL of a paused container, signals to an exec.
+//! Guards the engine front door: what containerd, CRI and kubelet do must
+//! neither widen a sandbox nor lose or hang one. Needs root, containerd,
+//! busybox-static, iproute2.
+#[path = "../supervisor/tests/gateway_common/mod.rs"]
+mod gateway_common;
+mod sandbox_common;
+mod shim_world;
+
+use sandbox_common::{pid_alive, wait_until};
+use shim_world::*;
+use std::time::Duration;
+
+/// Kills container `id`'s task, then deletes it and the container: what a
+/// test does to leave nothing, whatever the test found.
+fn kill_and_remove(s: &Shim, id: &str) {
+    let _ = s.ctr(&["task", "kill", "-s", "KILL", id]);
+    wait_until(Duration::from_secs(10), || s.task_status(id).as_deref() == Some("STOPPED"));
+    let _ = s.ctr(&["task", "delete", id]);
+    let _ = s.ctr(&["containers", "rm", id]);
+}
+
+/// Sends one HTTP/1.0 GET to `127.0.0.1:port` from inside network
+/// namespace file `ns` (a helper thread joins it); the whole answer.
+fn get_in(ns: &str, port: u16) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&ns)?;
+        // Changes only this helper thread's namespace.
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+        c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+        let mut out = String::new();
+        c.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .join()
+    .expect("netns thread")
+}
+
+#[test]
+fn a_published_port_serves_from_the_pod_namespace_and_nothing_else_comes_in() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("publish");
+    let (pod_port, inside, unpublished) = (18080u16, 8000u16, 8001u16);
+    let ns = format!("network:{}", s.pod.pod_path());
+    let publish = format!("moat.dev/publish={pod_port}:{inside}");
+    // The agent serves on its lo the published port, and tries another.
+    let script = format!(
+        "mkdir -p /tmp/w && echo hello-{id} > /tmp/w/index.html; \
+         busybox httpd -p 127.0.0.1:{unpublished} -h /tmp/w 2>/tmp/w/refused.txt; \
+         exec busybox httpd -f -p 127.0.0.1:{inside} -h /tmp/w"
+    );
+    let rootfs = s.rootfs.to_str().unwrap();
+    // `--rootfs` is a flag: the root path and the id follow the options.
+    s.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        &ns,
+        "--annotation",
+        &publish,
+        "--rootfs",
+        rootfs,
+        &id,
+        "/bin/sh",
+        "-c",
+        &script,
+    ]);
+    let mut got = String::new();
+    let served = wait_until(Duration::from_secs(10), || {
+        got = get_in(&s.pod.pod_path(), pod_port).unwrap_or_else(|e| e.to_string());
+        got.contains(&format!("hello-{id}"))
+    });
+    // Nothing else comes in: the port the agent was not given is not
+    // reachable from the pod's namespace, and the host has no listener.
+    let other = get_in(&s.pod.pod_path(), unpublished);
+    let on_host = std::net::TcpStream::connect(("127.0.0.1", pod_port));
+    let pids = s.task_ps(&id);
+    kill_and_remove(s, &id);
+    assert!(served, "the published port did not reach the agent's server: {got}\n{}", s.containerd_log());
+    assert!(other.is_err(), "an unpublished port answered from the pod's namespace: {other:?}");
+    assert!(on_host.is_err(), "the pod's port listens in the host's namespace");
+    s.assert_nothing_left(&id, &pids);
+}
+
+#[test]
+fn a_bad_publish_annotation_fails_the_create_naming_it() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("badpub");
+    let o = s.run(&["--rm", "--annotation", "moat.dev/publish=8080,http"], &id, &["/bin/true"]);
+    assert_ne!(o.code, 0, "{o:?}");
+    assert!(o.stderr.contains("annotation moat.dev/publish: \"http\": \"http\" is not a port"), "{o:?}");
+    s.assert_nothing_left(&id, &[]);
+}
+
+/// The moat shim among `pid`'s ancestors (a container's init runs under
+/// its supervisor, a child of the shim that started it).
+fn shim_above(pid: i32) -> Option<i32> {
+    let mut p = pid;
+    for _ in 0..16 {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        // The parent follows the command, which is in parentheses.
+        p = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+        // The shim's own children (`__supervise`, `__exec`) run its binary too.
+        let exe = std::fs::read_link(format!("/proc/{p}/exe")).ok()?;
+        let args = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
+        let child = args.split(|b| *b == 0).nth(1).is_some_and(|a| a.starts_with(b"__"));
+        if exe.to_string_lossy().ends_with("containerd-shim-moat-v1") && !child {
+            return Some(p);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_pods_containers_share_one_shim_that_ends_with_the_last() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let rootfs = s.rootfs.to_str().unwrap();
+    // What containerd's CRI plugin writes on a pod's sandbox (pause)
+    // container and on each of its containers.
+    let pod = made.id("pod");
+    let agent = made.id("agent");
+    let group = format!("io.kubernetes.cri.sandbox-id={pod}");
+    let run = |id: &str, kind: &str| {
+        let kind = format!("io.kubernetes.cri.container-type={kind}");
+        let opts = ["run", "-d", "--runtime", RUNTIME, "--annotation", &group, "--annotation", &kind, "--rootfs"];
+        s.ctr_ok(&[&opts[..], &[rootfs, id, "/bin/sleep", "1000"]].concat());
+    };
+    run(&pod, "sandbox");
+    run(&agent, "container");
+    let (a, b) = (shim_above(s.task_pid(&pod)), shim_above(s.task_pid(&agent)));
+    let pids = [s.task_ps(&pod), s.task_ps(&agent)].concat();
+    // The pod's sandbox container goes last, as the kubelet removes it.
+    kill_and_remove(s, &agent);
+    let after_first = a.is_some_and(|p| pid_alive(i64::from(p)));
+    kill_and_remove(s, &pod);
+    assert!(a.is_some() && a == b, "one shim per pod: {a:?} and {b:?}");
+    assert!(after_first, "the pod's shim ended while the pod's sandbox container still ran");
+    let gone = wait_until(Duration::from_secs(10), || !a.is_some_and(|p| pid_alive(i64::from(p))));
+    assert!(gone, "the pod's shim outlived its last container");
+    s.assert_nothing_left(&pod, &pids);
+    s.assert_nothing_left(&agent, &pids);
+}
+
+#[test]
+fn an_exec_that_leaves_a_child_behind_still_returns() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("bgexec");
+    s.ctr_ok(&["run", "-d", "--runtime", RUNTIME, "--rootfs", s.rootfs.to_str().unwrap(), &id, "/bin/sleep", "1000"]);
+    // A probe or `kubectl exec` that starts a daemon: the daemon keeps the
+    // exec's stdout. runc's shim returns once the exec has exited (and its
+    // output drained for up to 2 s); so must moat's.
+    let cmd = s.ctr_command(&["task", "exec", "--exec-id", "bg", &id, "/bin/sh", "-c", "sleep 600 & echo started"]);
+    let o = try_run(cmd, None, Duration::from_secs(20));
+    let pids = s.task_ps(&id);
+    kill_and_remove(s, &id);
+    let o = o.unwrap_or_else(|e| panic!("the exec never returned while its child held its output: {e}"));
+    assert_eq!((o.code, o.stdout.as_str()), (0, "started\n"), "{o:?}");
+    s.assert_nothing_left(&id, &pids);
+}
+
+#[test]
+fn a_killed_pod_shim_ends_every_container_of_the_pod() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let rootfs = s.rootfs.to_str().unwrap();
+    let (pod, agent) = (made.id("kpod"), made.id("kagent"));
+    let events = Events::start(s);
+    let group = format!("io.kubernetes.cri.sandbox-id={pod}");
+    for id in [&pod, &agent] {
+        s.ctr_ok(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            &group,
+            "--rootfs",
+            rootfs,
+            id,
+            "/bin/sleep",
+            "1000",
+        ]);
+    }
+    let shim_pid = shim_above(s.task_pid(&pod)).expect("the pod's shim");
+    assert_eq!(shim_above(s.task_pid(&agent)), Some(shim_pid), "one shim per pod");
+    let mut all = [s.task_ps(&pod), s.task_ps(&agent)].concat();
+    all.extend(
+        processes()
+            .into_iter()
+            .filter(|(_, a)| a.windows(2).any(|w| w[0] == "__supervise" && (w[1] == pod || w[1] == agent)))
+            .map(|(p, _)| p),
+    );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim_pid), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill -9 the shim");
+    let died = wait_until(Duration::from_secs(15), || !all.iter().any(|p| pid_alive(i64::from(*p))));
+    assert!(died, "processes of the pod outlived its shim\n{}", s.containerd_log());
+    for id in [&pod, &agent] {
+        let exit = format!("/tasks/exit {{\"container_id\":\"{id}\"");
+        assert!(
+            wait_until(Duration::from_secs(10), || events.text().lines().any(|l| l.contains(&exit))),
+            "containerd published no exit of {id}:\n{}",
+            events.text()
+        );
+        s.assert_nothing_left(id, &all);
+        let _ = s.ctr(&["task", "delete", id]);
+        s.ctr_ok(&["containers", "rm", id]);
+    }
+}
+
+#[test]
+fn close_io_ends_stdin_although_the_fifo_is_still_held_open() {
+    use std::io::{Read, Write};
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("closeio");
+    // ctr makes its FIFOs under --fifo-dir: the test holds the stdin FIFO
+    // open as a second writer, as containerd's CRI plugin does for attach.
+    let fifos = s.dir.join(format!("fifo-{id}"));
+    std::fs::create_dir_all(&fifos).unwrap();
+    let mut cmd = s.ctr_command(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--fifo-dir",
+        fifos.to_str().unwrap(),
+        "--rootfs",
+        s.rootfs.to_str().unwrap(),
+        &id,
+        "/bin/sh",
+        "-c",
+        "cat; echo after-eof",
+    ]);
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ctr run");
+    let fifo = || {
+        let dirs = std::fs::read_dir(&fifos).ok()?;
+        dirs.flatten().map(|d| d.path().join(format!("{id}-stdin"))).find(|p| p.exists())
+    };
+    assert!(wait_until(Duration::from_secs(10), || fifo().is_some()), "no stdin FIFO under {fifos:?}");
+    let held = std::fs::OpenOptions::new().read(true).write(true).open(fifo().unwrap()).expect("hold the FIFO");
+    // ctr sends its input, closes its end and calls CloseIO (once its
+    // task exists: an end of input before that is sent as nothing).
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello\n").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || s.task_status(&id).as_deref() == Some("RUNNING")));
+    drop(stdin);
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let ended = wait_until(Duration::from_secs(20), || child.try_wait().ok().flatten().is_some());
+    if !ended {
+        let _ = child.kill();
+        let _ = s.ctr(&["task", "kill", "-s", "KILL", &id]);
+    }
+    let _ = child.wait();
+    drop(held);
+    let out = reader.join().unwrap_or_default();
+    wait_until(Duration::from_secs(10), || s.task_status(&id).is_none());
+    let _ = s.ctr(&["task", "delete", &id]);
+    let _ = s.ctr(&["containers", "rm", &id]);
+    assert!(ended, "CloseIO did not end the process's stdin (output so far: {out:?})");
+    assert_eq!(out, "hello\nafter-eof\n");
+    s.assert_nothing_left(&id, &[]);
+}
