@@ -291,3 +291,21 @@ fn close_io_ends_stdin_although_the_fifo_is_still_held_open() {
     assert_eq!(out, "hello\nafter-eof\n");
     s.assert_nothing_left(&id, &[]);
 }
+
+#[test]
+fn a_fresh_moat_home_runs_a_container() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("fresh");
+    // A node where moat never ran: nothing under MOAT_HOME's cache (the
+    // world's `moat bundle` made it; set it aside for this run).
+    let cache = s.home().join("cache");
+    let aside = s.home().join("cache.aside");
+    let _ = std::fs::rename(&cache, &aside);
+    let o = s.run(&["--rm"], &id, &["/bin/echo", "hi"]);
+    let _ = std::fs::remove_dir_all(&cache);
+    let _ = std::fs::rename(&aside, &cache);
+    assert_eq!((o.code, o.stdout.as_str()), (0, "hi\n"), "{o:?}");
+    s.assert_nothing_left(&id, &[]);
+}

@@ -476,15 +476,19 @@ pub(crate) fn mount_top_layer(target: &Path) -> Result<(), RootfsError> {
 
 /// Mounts the read-only overlay of `lowers` (topmost first) on `target`.
 /// Call only in a private mount namespace (the launcher's). Paths under
-/// `cache_dir` are passed relative to it to keep the option string short.
+/// `cache_dir` are passed relative to it to keep the option string short
+/// (an engine's snapshot dirs are not under it, and it may not exist).
 pub(crate) fn mount_overlay(target: &Path, lowers: &[PathBuf], cache_dir: &Path) -> Result<(), RootfsError> {
+    let cached = lowers.iter().any(|l| l.starts_with(cache_dir));
     let rel: Vec<String> = lowers
         .iter()
         .map(|l| l.strip_prefix(cache_dir).map(|r| r.display().to_string()).unwrap_or_else(|_| l.display().to_string()))
         .collect();
     let lower = rel.join(":");
     let mount_err = |source| RootfsError::Mount { target: target.to_path_buf(), lower: lower.clone(), source };
-    std::env::set_current_dir(cache_dir).map_err(io_err(cache_dir))?;
+    if cached {
+        std::env::set_current_dir(cache_dir).map_err(io_err(cache_dir))?;
+    }
     let none = None::<&str>;
     if lowers.len() == 1 {
         // overlayfs needs two lowers without an upper; one layer is a read-only bind.
