@@ -309,3 +309,125 @@ fn a_fresh_moat_home_runs_a_container() {
     assert_eq!((o.code, o.stdout.as_str()), (0, "hi\n"), "{o:?}");
     s.assert_nothing_left(&id, &[]);
 }
+
+/// A containerd of one test's own (the world's keeps running), stopped
+/// and started again at will; killed when dropped.
+struct OwnContainerd {
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl OwnContainerd {
+    fn new(s: &Shim, tag: &str) -> OwnContainerd {
+        let dir = s.dir.join(format!("ctrd-{tag}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = format!(
+            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{0}/sock\"\n[ttrpc]\n  address = \"{0}/sock.ttrpc\"\n",
+            dir.display()
+        );
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        let mut c = OwnContainerd { dir, child: None };
+        c.start(s);
+        c
+    }
+
+    fn start(&mut self, s: &Shim) {
+        let path = format!("{}:{}", s.dir.join("bin").display(), std::env::var("PATH").unwrap_or_default());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("log")).unwrap();
+        let child = std::process::Command::new("containerd")
+            .arg("--config")
+            .arg(self.dir.join("config.toml"))
+            .env("PATH", path)
+            .env("MOAT_HOME", s.home())
+            .env("MOAT_RUN_DIR", s.dir.join("run"))
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        self.child = Some(child);
+        assert!(wait_until(Duration::from_secs(20), || self.ctr(&["version"]).code == 0), "containerd did not start");
+    }
+
+    /// Stops containerd as a service manager would (SIGTERM); its shims live on.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+    }
+
+    fn ctr(&self, args: &[&str]) -> Out {
+        let mut c = std::process::Command::new("ctr");
+        c.arg("--address").arg(self.dir.join("sock")).args(args);
+        run_limited(c, Duration::from_secs(60))
+    }
+
+    /// (pid, status) of task `id` as `ctr task ls` shows it.
+    fn task(&self, id: &str) -> Option<(i32, String)> {
+        let out = self.ctr(&["task", "ls"]).stdout;
+        out.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.first() != Some(&id) {
+                return None;
+            }
+            Some((f.get(1)?.parse().ok()?, f.get(2)?.to_string()))
+        })
+    }
+}
+
+impl Drop for OwnContainerd {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            for t in self.ctr(&["task", "ls", "-q"]).stdout.lines() {
+                let _ = self.ctr(&["task", "delete", "-f", t]);
+            }
+            for c in self.ctr(&["containers", "ls", "-q"]).stdout.lines() {
+                let _ = self.ctr(&["containers", "rm", c]);
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn a_restarted_containerd_finds_its_running_containers_again() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("restart");
+    let mut ctrd = OwnContainerd::new(s, &id);
+    let o = ctrd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--rootfs",
+        s.rootfs.to_str().unwrap(),
+        &id,
+        "/bin/sleep",
+        "1000",
+    ]);
+    assert_eq!(o.code, 0, "{o:?}");
+    let (pid, _) = ctrd.task(&id).expect("the task runs");
+    // An upgrade or a crash of containerd: the shims and their containers
+    // live on, and the new containerd reconnects to them.
+    ctrd.stop();
+    ctrd.start(s);
+    let seen = ctrd.task(&id);
+    let alive = pid_alive(i64::from(pid));
+    let o = ctrd.ctr(&["task", "kill", "-s", "KILL", &id]);
+    let killed = o.code == 0 && wait_until(Duration::from_secs(10), || !pid_alive(i64::from(pid)));
+    drop(ctrd);
+    assert_eq!(seen, Some((pid, "RUNNING".to_string())), "after containerd's restart");
+    assert!(alive, "the container died with containerd's restart");
+    assert!(killed, "the restarted containerd cannot reach the container: {o:?}");
+    s.assert_nothing_left(&id, &[pid]);
+}

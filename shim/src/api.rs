@@ -133,6 +133,10 @@ impl containerd_shim::Shim for Service {
         let bundle = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
         let grouping = crate::bundle::group(&bundle, &opts.id);
         let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        // A restarted containerd reconnects through the bundle's `address`
+        // file; without it, it takes the shim for dead and cleans up
+        // (removes) every running sandbox.
+        containerd_shim::util::write_address(&address)?;
         Ok(address)
     }
 
@@ -315,6 +319,9 @@ impl containerd_shim::Task for Service {
             if self.socket.metadata().is_ok_and(|m| m.file_type().is_socket()) {
                 let _ = std::fs::remove_file(&self.socket);
             }
+            // containerd-shim removes the socket `address` names when the
+            // shim exits: by then it may be a new shim's of the same id.
+            let _ = std::fs::remove_file("address");
             self.exit.signal();
         }
         Ok(Empty::new())
