@@ -187,6 +187,23 @@ fn the_listed_host_is_reached_from_the_pods_cni_namespace() {
     w.assert_nothing_left(&names, &[]);
 }
 
+#[test]
+fn a_bad_policy_annotation_fails_run_pod_sandbox_naming_it() {
+    let _g = serial();
+    let w = cri();
+    let mut spec = pod_spec(w, "badpolicy", "moat");
+    spec.annotations.insert("moat.dev/policy".into(), "version = 1\n[network\n".into());
+    let r = w.client.run_pod(&spec);
+    let _guard = PodGuard { w, id: r.as_ref().map(String::clone).unwrap_or_default() };
+    let e = r.expect_err("a pod with a policy that does not parse");
+    assert!(e.message().contains("annotation moat.dev/policy: moat.dev/policy:2:"), "{e:?}");
+    // Nothing of the refused pod stays: no moat sandbox, no pod.
+    let left = std::fs::read_dir(w.home().join("sandboxes")).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(left, 0, "a refused pod left a sandbox record");
+    let pods = w.client.list_pods().expect("ListPodSandbox");
+    assert!(!pods.iter().any(|p| p.metadata.as_ref().is_some_and(|m| m.name == "badpolicy")), "{pods:?}");
+}
+
 /// `moat.test/cri:pause` names another image while it lives.
 struct Retag<'a> {
     w: &'a Cri,
