@@ -431,3 +431,46 @@ fn a_restarted_containerd_finds_its_running_containers_again() {
     assert!(killed, "the restarted containerd cannot reach the container: {o:?}");
     s.assert_nothing_left(&id, &[pid]);
 }
+
+#[test]
+fn a_spec_naming_the_hosts_namespace_publishes_on_loopback_only() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("hostpub");
+    let (port, inside) = (18081u16, 8000u16);
+    // `--with-ns network:/proc/self/ns/net` names the host's own namespace:
+    // not a pod's, so a published port is the host's and stays on loopback
+    // (moat run needs --publish-token for anything else).
+    let publish = format!("moat.dev/publish={port}:{inside}");
+    let script = format!(
+        "mkdir -p /tmp/w && echo hello-{id} > /tmp/w/index.html; exec busybox httpd -f -p 127.0.0.1:{inside} -h /tmp/w"
+    );
+    s.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        "network:/proc/self/ns/net",
+        "--annotation",
+        &publish,
+        "--rootfs",
+        s.rootfs.to_str().unwrap(),
+        &id,
+        "/bin/sh",
+        "-c",
+        &script,
+    ]);
+    let mut got = String::new();
+    let served = wait_until(Duration::from_secs(10), || {
+        got = get_in("/proc/self/ns/net", port).unwrap_or_else(|e| e.to_string());
+        got.contains(&format!("hello-{id}"))
+    });
+    let outside = std::net::TcpStream::connect((s.net.host_ip, port));
+    let pids = s.task_ps(&id);
+    kill_and_remove(s, &id);
+    assert!(served, "not served on the host's loopback: {got}");
+    assert!(outside.is_err(), "published on the host's other addresses without a token");
+    s.assert_nothing_left(&id, &pids);
+}

@@ -77,11 +77,19 @@ pub fn lowers(
     Ok(dirs)
 }
 
-/// The network namespace path the spec joins, if it names one.
+/// The network namespace path the spec joins, if it names one other than
+/// this process's own (the host's): dialling from the host's is what none
+/// means, and a port published there is the host's (loopback only).
 fn network_path(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
     use oci_spec::runtime::LinuxNamespaceType;
+    use std::os::unix::fs::MetadataExt;
     let namespaces = spec.linux().as_ref()?.namespaces().as_ref()?;
-    namespaces.iter().find(|n| n.typ() == LinuxNamespaceType::Network).and_then(|n| n.path().clone())
+    let path = namespaces.iter().find(|n| n.typ() == LinuxNamespaceType::Network).and_then(|n| n.path().clone())?;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    match (id(&path), id(Path::new("/proc/self/ns/net"))) {
+        (Some(theirs), Some(own)) if theirs == own => None,
+        _ => Some(path),
+    }
 }
 
 /// The request a spec makes under `policy`: sandbox `name`, labelled
