@@ -176,6 +176,21 @@ fn the_listed_host_is_reached_from_the_pods_cni_namespace() {
     // reaches it (the host has no address or route there, the agent's own
     // namespace only lo).
     let tag = &id[..12];
+    // The premise, checked without the gateway: the pod's CNI namespace
+    // reaches the upstream; the host has no route over the pod bridge.
+    let netns = w.pod_netns();
+    assert_eq!(netns.len(), 1, "one pod network namespace: {netns:?}");
+    let control = format!(
+        "(printf 'GET /{tag}/control HTTP/1.1\\r\\nHost: up.test\\r\\nConnection: close\\r\\n\\r\\n'; sleep 1) | /bin/busybox nc {} 80",
+        w.up_ip
+    );
+    let mut c = std::process::Command::new("nsenter");
+    c.arg(format!("--net={}", netns[0].display())).args(["/bin/sh", "-c", &control]);
+    let o = shim_world::run_limited(c, Duration::from_secs(10));
+    assert!(o.stdout.starts_with("HTTP/1.1 200 OK"), "the pod's CNI namespace does not reach the upstream: {o:?}");
+    let route = std::process::Command::new("ip").args(["route", "get", &w.up_ip.to_string()]).output();
+    let route = route.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    assert!(!route.contains(&w.bridge), "the host routes to the upstream over the pod bridge: {route}");
     let script = format!("{REQ}; echo '== listed'; req up.test /{tag}/listed");
     let (code, out, err) = exec(w, &id, &script);
     assert_eq!(code, 0, "{out}{err}");

@@ -3,8 +3,10 @@
 //! from examples/kubernetes/containerd-config.toml (so the example is what
 //! is tested) plus a `runc` handler, Debian's CNI plugins with a bridge
 //! network of its own (a /24 in 198.19.0.0/16 no interface uses, IPAM state
-//! in the world's dir), a pause image and the probe image built by moat
-//! and imported into containerd's `k8s.io` namespace, and an upstream in a
+//! in the world's dir), two pause images (the sandbox image with its
+//! binary in /usr/bin, and one shaped exactly as registry.k8s.io/pause)
+//! and the probe image, built by moat and imported into containerd's
+//! `k8s.io` namespace (moat's store is an OCI layout: its tar), an upstream in a
 //! namespace on the pod bridge: reachable from a pod's CNI namespace only
 //! (the host has no address or route there). Also what "nothing left"
 //! means for a pod. Needs root, containerd (+ ctr), containernetworking-
@@ -341,6 +343,20 @@ impl Cri {
             let f: Vec<&str> = l.split_whitespace().collect();
             (f.first() == Some(&id)).then(|| f.get(1).and_then(|p| p.parse().ok())).flatten()
         })
+    }
+
+    /// The network namespaces CNI made for pods (mounted under the world's
+    /// state dir).
+    pub fn pod_netns(&self) -> Vec<PathBuf> {
+        let under = self.dir.join("ctrd/state/io.containerd.grpc.v1.cri/netns");
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut found: Vec<PathBuf> = mountinfo
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(PathBuf::from))
+            .filter(|m| m.starts_with(&under))
+            .collect();
+        found.dedup();
+        found
     }
 
     /// What is left of a pod's containers (`ids`, with their sandbox names
