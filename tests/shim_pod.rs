@@ -474,3 +474,25 @@ fn a_spec_naming_the_hosts_namespace_publishes_on_loopback_only() {
     assert!(outside.is_err(), "published on the host's other addresses without a token");
     s.assert_nothing_left(&id, &pids);
 }
+
+#[test]
+fn sigkill_ends_a_paused_container() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("pausekill");
+    s.ctr_ok(&["run", "-d", "--runtime", RUNTIME, "--rootfs", s.rootfs.to_str().unwrap(), &id, "/bin/sleep", "1000"]);
+    let pids = s.task_ps(&id);
+    s.ctr_ok(&["task", "pause", &id]);
+    // What `ctr task kill -s KILL` and a kubelet's stop of a frozen pod do:
+    // runc thaws after the signal, so the frozen processes can die.
+    s.ctr_ok(&["task", "kill", "-s", "KILL", &id]);
+    let stopped = wait_until(Duration::from_secs(10), || s.task_status(&id).as_deref() == Some("STOPPED"));
+    let status = s.task_status(&id);
+    if !stopped {
+        let _ = s.ctr(&["task", "resume", &id]);
+    }
+    kill_and_remove(s, &id);
+    assert!(stopped, "a SIGKILLed paused container stays {status:?}");
+    s.assert_nothing_left(&id, &pids);
+}

@@ -288,16 +288,38 @@ impl Table {
     /// Sends `signal` to the init (`all`: every process of the sandbox) or
     /// to an exec.
     pub fn kill(&self, id: &str, exec: &str, signal: i32, all: bool) -> Result<(), ShimError> {
-        let (name, target, status) = self.with(id, |c| {
+        let (name, target, status, paused) = self.with(id, |c| {
             let p = proc_of(c, exec)?;
-            Ok((c.name.clone(), p.child, p.status))
+            Ok((c.name.clone(), p.child, p.status, c.init.status == Status::Paused))
         })?;
+        Self::signal(id, exec, &name, (target, status), signal, all)?;
+        // A frozen process dies of SIGKILL only once thawed (runc thaws too).
+        if paused && signal == libc::SIGKILL {
+            engine::freeze(&name, false)?;
+            self.with(id, |c| {
+                if c.init.status == Status::Paused {
+                    c.init.status = Status::Running;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    fn signal(
+        id: &str,
+        exec: &str,
+        name: &str,
+        (target, status): (u32, Status),
+        signal: i32,
+        all: bool,
+    ) -> Result<(), ShimError> {
         let finished = || ShimError::NotFound(format!("process of {id} already finished"));
         match (exec.is_empty(), status) {
             (_, Status::Stopped) => Err(finished()),
             // Not started: the supervisor waits at the gate; ending it ends the sandbox.
             (true, Status::Created) => child::signal(target, signal).map_err(io("signalling the supervisor")),
-            (true, _) => match engine::signal(&Paths::new(&name)?, signal, all)? {
+            (true, _) => match engine::signal(&Paths::new(name)?, signal, all)? {
                 true => Ok(()),
                 false => Err(finished()),
             },
