@@ -209,7 +209,7 @@ fn a_bad_policy_annotation_fails_run_pod_sandbox_naming_it() {
     let mut spec = pod_spec(w, "badpolicy", "moat");
     spec.annotations.insert("moat.dev/policy".into(), "version = 1\n[network\n".into());
     let r = w.client.run_pod(&spec);
-    let _guard = PodGuard { w, id: r.as_ref().map(String::clone).unwrap_or_default() };
+    let _guard = PodGuard { w, id: r.as_ref().ok().cloned().unwrap_or_default() };
     let e = r.expect_err("a pod with a policy that does not parse");
     assert!(e.message().contains("annotation moat.dev/policy: moat.dev/policy:2:"), "{e:?}");
     // Nothing of the refused pod stays: no moat sandbox, no pod.
