@@ -496,3 +496,42 @@ fn sigkill_ends_a_paused_container() {
     assert!(stopped, "a SIGKILLed paused container stays {status:?}");
     s.assert_nothing_left(&id, &pids);
 }
+
+#[test]
+fn a_signal_sent_to_an_exec_reaches_its_process() {
+    use std::io::Read;
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("execsig");
+    s.ctr_ok(&["run", "-d", "--runtime", RUNTIME, "--rootfs", s.rootfs.to_str().unwrap(), &id, "/bin/sleep", "1000"]);
+    // A process that handles SIGTERM (a server that shuts down cleanly).
+    let script = "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done";
+    let mut exec = s
+        .ctr_command(&["task", "exec", "--exec-id", "sig", &id, "/bin/sh", "-c", script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ctr task exec");
+    let mut out = exec.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let running = wait_until(Duration::from_secs(10), || s.task_ps(&id).len() >= 3);
+    let kill = s.ctr(&["task", "kill", "--exec-id", "sig", "-s", "TERM", &id]);
+    let ended = wait_until(Duration::from_secs(10), || exec.try_wait().ok().flatten().is_some());
+    if !ended {
+        let _ = exec.kill();
+    }
+    let code = exec.wait().ok().and_then(|s| s.code());
+    let pids = s.task_ps(&id);
+    kill_and_remove(s, &id);
+    let out = reader.join().unwrap_or_default();
+    assert!(running, "the exec did not start");
+    assert_eq!(kill.code, 0, "{kill:?}");
+    assert_eq!((code, out.as_str()), (Some(7), "ready\ngot-term\n"), "the exec's own handler did not run");
+    s.assert_nothing_left(&id, &pids);
+}

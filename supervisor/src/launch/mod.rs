@@ -339,7 +339,11 @@ pub fn exec(
         let master = c.receive_master().map_err(io("receiving the terminal"))?;
         return Ok(tty::relay(master, pid.as_raw(), interactive, &|| false, &mut || {}));
     }
-    sys::wait(pid.as_raw()).map_err(|source| LaunchError::Io { what: "waiting for the exec'd process".into(), source })
+    // A signal for the exec (an engine's kill of it) is the process's.
+    sys::forward_signals_to(pid.as_raw());
+    let code = sys::wait(pid.as_raw());
+    sys::stop_forwarding_signals();
+    code.map_err(|source| LaunchError::Io { what: "waiting for the exec'd process".into(), source })
 }
 
 /// Deletes what a crashed launcher may have left of a container (its

@@ -1,7 +1,7 @@
 //! The launcher's raw syscalls, each behind a small safe function: the ones
 //! `nix` does not wrap (`_exit`, `close_range`, `pidfd_open`, the Landlock
 //! ABI probe, the window-size ioctls), the ones it wraps as `unsafe`
-//! (fork, signal handlers), taking ownership of a descriptor the kernel
+//! (fork, signal handlers, passing signals on), taking ownership of a descriptor the kernel
 //! hands over (SCM_RIGHTS), and waitpid, whose nix wrapper loses the status
 //! of a child killed by a real-time signal (it reaps, then fails with
 //! EINVAL). Guards against unsound syscalls spread over the launcher: every
@@ -150,6 +150,46 @@ pub(super) fn catch_stop_signals() {
 /// The last of SIGTERM/SIGINT/SIGHUP received since `catch_stop_signals` (0: none).
 pub(super) fn stop_signal() -> i32 {
     STOP_SIGNAL.load(Ordering::SeqCst)
+}
+
+static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = FORWARD_TO.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe and takes integers only.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// The signals an engine sends a process that it can catch: passed on.
+const FORWARDED: [Signal; 8] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGCONT,
+    Signal::SIGALRM,
+];
+
+/// From now on the catchable signals this process gets go to `pid` (an
+/// exec'd process it waits for) instead of ending this process. Without
+/// SA_RESTART, so the wait sees EINTR and goes on waiting.
+pub(super) fn forward_signals_to(pid: i32) {
+    FORWARD_TO.store(pid, Ordering::SeqCst);
+    let sa = SigAction::new(SigHandler::Handler(forward), SaFlags::empty(), SigSet::empty());
+    for sig in FORWARDED {
+        // SAFETY: the handler only loads an atomic and calls kill, both
+        // async-signal-safe.
+        let _ = unsafe { sigaction(sig, &sa) };
+    }
+}
+
+/// Stops forwarding: `pid` was reaped and may be reused.
+pub(super) fn stop_forwarding_signals() {
+    FORWARD_TO.store(0, Ordering::SeqCst);
 }
 
 static WINCH: AtomicBool = AtomicBool::new(true);
