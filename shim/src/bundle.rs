@@ -85,15 +85,12 @@ pub fn policy(spec: &oci_spec::runtime::Spec) -> Result<Policy, BundleError> {
     Ok(policy)
 }
 
-/// What containerd's CRI plugin writes on every container of a pod: the
-/// id of the pod's sandbox container.
-pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-
 /// Which shim serves container `id` of `bundle`: its pod's (the sandbox
 /// id, if the spec names a well-formed one), else its own. A spec that
 /// cannot be read groups by the id; `create` reports what is wrong with it.
 pub fn group(bundle: &Path, id: &str) -> String {
-    let named = spec(bundle).ok().and_then(|s| s.annotations().as_ref().and_then(|a| a.get(SANDBOX_ID).cloned()));
+    let named =
+        spec(bundle).ok().and_then(|s| s.annotations().as_ref().and_then(|a| a.get(crate::pod::SANDBOX_ID).cloned()));
     // containerd's own rule for ids: 1-76 of [A-Za-z0-9._-].
     let well_formed =
         |g: &String| (1..=76).contains(&g.len()) && g.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));

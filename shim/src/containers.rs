@@ -8,6 +8,7 @@
 use crate::bundle;
 use crate::child::{self, Stdio};
 use crate::names;
+use crate::pod;
 use moat_supervisor::sandbox::{self, engine, oci, state::Paths};
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
@@ -97,6 +98,9 @@ struct Container {
     /// The sandbox's name (`names::sandbox_name`) and its record's owner.
     name: String,
     owner: String,
+    /// The namespace its gateway dials from (a pod's app containers use
+    /// their pod sandbox container's).
+    dial: Option<PathBuf>,
     bundle: PathBuf,
     /// The supervisor's ready channel: `created`, then `start`, then `ok`.
     ready: Option<UnixStream>,
@@ -159,7 +163,16 @@ impl Table {
         let ports = bundle::publish(&spec, policy.network.gateway_port)?;
         let lowers = oci::lowers(&spec, &bundle_dir, mounts)?;
         let (name, owner) = (names::sandbox_name(id), names::owner(namespace, id));
-        let req = oci::request(&name, &owner, &spec, lowers, policy, !stdio.stdin.is_empty(), &ports)?;
+        let mut req = oci::request(&name, &owner, &spec, lowers, policy, !stdio.stdin.is_empty(), &ports)?;
+        match pod::role(&spec) {
+            pod::Role::PodSandbox => pod::fit_pod_sandbox(&mut req),
+            pod::Role::InPod(sandbox) => {
+                let dial = self.lock().containers.get(&sandbox).and_then(|c| c.dial.clone());
+                pod::dial_from_pod(&mut req, dial);
+            }
+            pod::Role::Plain => {}
+        }
+        let dial = req.oci.as_ref().and_then(|o| o.dial_netns.clone());
         let paths = sandbox::create(&req)?;
         let started = child::spawn_supervisor(&name, &bundle_dir, &stdio).map_err(ShimError::from).and_then(
             |(pid, ready, stdin)| {
@@ -179,7 +192,8 @@ impl Table {
         };
         let init = Proc { pid, child: pid, status: Status::Created, exit: None, stdio, stdin };
         let mut g = self.lock();
-        let mut c = Container { name, owner, bundle: bundle_dir, ready: Some(ready), init, execs: HashMap::new() };
+        let mut c =
+            Container { name, owner, dial, bundle: bundle_dir, ready: Some(ready), init, execs: HashMap::new() };
         claim(&mut g.unclaimed, &mut c.init);
         g.containers.insert(id.to_string(), c);
         Ok(pid)

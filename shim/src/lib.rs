@@ -7,7 +7,8 @@
 //!
 //! Rooms: `api` (the containerd-shim crate, and only it), `containers`
 //! (the task API's meaning in plain types), `names` (container id to
-//! sandbox name, and who owns a sandbox), `bundle` (spec and policy from
+//! sandbox name, and who owns a sandbox), `pod` (CRI's pause and app
+//! containers), `bundle` (spec and policy from
 //! a bundle), `child` (the single-threaded processes the shim starts),
 //! `sys` (its one unsafe call: what a child arms before exec).
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -16,6 +17,7 @@ mod bundle;
 mod child;
 mod containers;
 mod names;
+mod pod;
 mod sys;
 
 use std::ffi::OsString;
