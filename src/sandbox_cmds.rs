@@ -186,7 +186,7 @@ pub fn run(a: RunArgs, g: &Global) -> Result<ExitCode> {
     // The launcher fork, the grace period and the namespace start before
     // the sandbox is recorded, to run while it is.
     req.name = Some(sandbox::name_for(&req));
-    let early = sandbox::begin(req.name.as_deref().unwrap_or_default(), &req.policy)?;
+    let early = sandbox::begin(req.name.as_deref().unwrap_or_default(), &req.policy, None)?;
     let paths = sandbox::create(&req)?;
     let result = sandbox::supervise(&paths, None, Some(early));
     if a.rm {

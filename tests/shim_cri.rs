@@ -149,15 +149,18 @@ fn a_pod_of_runtime_class_moat_sees_only_lo_refuses_unlisted_hosts_and_leaves_no
         .and_then(|s| s.split_whitespace().next())
         .unwrap_or_else(|| panic!("no approval id in the refusal: {body}"))
         .to_string();
-    let agent = &names[1].1;
+    // The pod's one queue, under the pod's name (its sandbox container's
+    // sandbox); the agent's is POD.CONTAINER.
+    let (pod, agent) = (&names[0].1, &names[1].1);
+    assert_eq!(agent, &format!("{pod}.agent"), "{names:?}");
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_moat"))
-        .args(["approvals", agent])
+        .args(["approvals", pod])
         .env("MOAT_HOME", w.home())
         .env("MOAT_RUN_DIR", w.dir.join("run"))
         .output()
         .expect("moat approvals");
     let list = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "moat approvals {agent}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "moat approvals {pod}: {}", String::from_utf8_lossy(&o.stderr));
     assert!(list.contains(&approval) && list.contains("other.test:80"), "{list}");
     assert!(!w.up.seen().iter().any(|s| s.path.contains(&format!("/{tag}/unlisted"))), "the refused request went out");
 

@@ -535,3 +535,103 @@ fn a_signal_sent_to_an_exec_reaches_its_process() {
     assert_eq!((code, out.as_str()), (Some(7), "ready\ngot-term\n"), "the exec's own handler did not run");
     s.assert_nothing_left(&id, &pids);
 }
+
+/// `moat` with this world's home and run dir; its stdout (it must succeed).
+fn moat_ok(s: &Shim, args: &[&str]) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_moat"))
+        .args(args)
+        .env("MOAT_HOME", s.home())
+        .env("MOAT_RUN_DIR", s.dir.join("run"))
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run moat");
+    assert!(o.status.success(), "moat {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn net_ns(pid: i32) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()
+}
+
+#[test]
+fn a_pods_app_container_joins_the_pods_network_gateway_and_approvals() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let rootfs = s.rootfs.to_str().unwrap();
+    let (pod, agent) = (made.id("jpod"), made.id("jagent"));
+    let pod_name = format!("mypod-{}", std::process::id());
+    // busybox (nc) may reach up.test:80; other.test is unlisted.
+    let rule = "[[network.policy]]\nname = \"busybox\"\nbinaries = [\"/bin/busybox\"]\n\
+                [[network.policy.endpoint]]\nhost = \"up.test\"\nport = 80\nallowed_ips = [\"198.18.0.0/15\"]\n";
+    // What containerd's CRI plugin writes: the pod's annotations go to
+    // every container of the pod.
+    let common = [
+        format!("moat.dev/policy={rule}"),
+        format!("io.kubernetes.cri.sandbox-id={pod}"),
+        format!("io.kubernetes.cri.sandbox-name={pod_name}"),
+        "io.kubernetes.cri.sandbox-namespace=default".to_string(),
+    ];
+    let run = |id: &str, extra: &[String]| {
+        let mut args: Vec<String> = ["run", "-d", "--runtime", RUNTIME].map(String::from).to_vec();
+        for a in common.iter().chain(extra) {
+            args.extend(["--annotation".to_string(), a.clone()]);
+        }
+        args.extend(["--rootfs", rootfs, id, "/bin/sleep", "1000"].map(String::from));
+        s.ctr_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    };
+    run(&pod, &["io.kubernetes.cri.container-type=sandbox".to_string()]);
+    run(
+        &agent,
+        &["io.kubernetes.cri.container-type=container".into(), "io.kubernetes.cri.container-name=agent".into()],
+    );
+    let (pod_ns, agent_ns) = (net_ns(s.task_pid(&pod)), net_ns(s.task_pid(&agent)));
+    let ls = moat_ok(s, &["ls"]);
+    let req = r#"req() { printf 'GET http://%s%s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$1" "$2" "$1" | busybox nc 127.0.0.1 3128; }"#;
+    let script =
+        format!("{req}; ls /sys/class/net; req up.test /{agent}/listed; echo; req other.test /{agent}/unlisted");
+    let o = s.ctr(&["task", "exec", "--exec-id", "req", &agent, "/bin/sh", "-c", &script]);
+    let approvals = moat_ok(s, &["approvals", &pod_name]);
+    let pids = [s.task_ps(&pod), s.task_ps(&agent)].concat();
+    kill_and_remove(s, &agent);
+    kill_and_remove(s, &pod);
+
+    // Named after the pod, and POD.CONTAINER.
+    assert!(ls.lines().any(|l| l.split_whitespace().next() == Some(&pod_name)), "{ls}");
+    let agent_name = format!("{pod_name}.agent");
+    assert!(ls.lines().any(|l| l.split_whitespace().next() == Some(agent_name.as_str())), "{ls}");
+    // One network namespace for the pod, with only lo.
+    assert!(
+        pod_ns.is_some() && pod_ns == agent_ns,
+        "the agent has a namespace of its own: {agent_ns:?}, pod {pod_ns:?}"
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.starts_with("lo\n"), "{}", o.stdout);
+    // The pod's gateway served the agent: the listed host answered, the
+    // unlisted one was refused, and the pod's queue holds the approval.
+    assert!(
+        o.stdout.contains("HTTP/1.1 200 OK") && o.stdout.contains(&format!("echo GET /{agent}/listed 0")),
+        "{}",
+        o.stdout
+    );
+    let approval = o
+        .stdout
+        .split("approval id: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no approval id in the refusal: {}", o.stdout))
+        .to_string();
+    assert!(
+        approvals.contains(&approval) && approvals.contains("other.test"),
+        "moat approvals {pod_name}:\n{approvals}"
+    );
+    let seen: Vec<String> = s.up.seen().into_iter().map(|r| r.path).collect();
+    assert!(!seen.iter().any(|p| p.contains(&format!("/{agent}/unlisted"))), "the refused request went out");
+    for name in [&pod_name, &agent_name] {
+        let left = wait_until(Duration::from_secs(10), || !moat_ok(s, &["ls"]).contains(name.as_str()));
+        assert!(left && cgroups_of(name).is_empty(), "sandbox {name} left behind");
+    }
+    s.assert_nothing_left(&pod, &pids);
+    s.assert_nothing_left(&agent, &pids);
+}

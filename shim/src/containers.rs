@@ -162,15 +162,24 @@ impl Table {
         let policy = bundle::policy(&spec)?;
         let ports = bundle::publish(&spec, policy.network.gateway_port)?;
         let lowers = oci::lowers(&spec, &bundle_dir, mounts)?;
-        let (name, owner) = (names::sandbox_name(id), names::owner(namespace, id));
+        let role = pod::role(&spec);
+        // An app container's pod: its sandbox container, served by this shim.
+        let pod = match &role {
+            pod::Role::InPod(sandbox) => self.lock().containers.get(sandbox).map(|c| (c.name.clone(), c.dial.clone())),
+            _ => None,
+        };
+        let preferred = pod::preferred_names(&spec, &role, pod.as_ref().map(|p| p.0.as_str()));
+        let (name, owner) = (names::choose(&preferred, id), names::owner(namespace, id));
         let mut req = oci::request(&name, &owner, &spec, lowers, policy, !stdio.stdin.is_empty(), &ports)?;
-        match pod::role(&spec) {
-            pod::Role::PodSandbox => pod::fit_pod_sandbox(&mut req),
-            pod::Role::InPod(sandbox) => {
-                let dial = self.lock().containers.get(&sandbox).and_then(|c| c.dial.clone());
-                pod::dial_from_pod(&mut req, dial);
+        match (&role, pod) {
+            (pod::Role::PodSandbox, _) => pod::fit_pod_sandbox(&mut req),
+            (pod::Role::InPod(_), Some((pod_name, dial))) => pod::join(&mut req, &pod_name, dial),
+            // A pod whose sandbox container this shim does not serve: the
+            // container has a network and gateway of its own.
+            (pod::Role::InPod(sandbox), None) => {
+                tracing::warn!(container = id, pod = %sandbox, "the pod's sandbox container is not this shim's: a gateway of its own")
             }
-            pod::Role::Plain => {}
+            (pod::Role::Plain, _) => {}
         }
         let dial = req.oci.as_ref().and_then(|o| o.dial_netns.clone());
         let paths = sandbox::create(&req)?;

@@ -49,5 +49,9 @@ pub fn main() -> i32 {
 /// its processes, cgroups, mounts, record and workspace. A sandbox of that
 /// name that the container does not own is left alone.
 pub fn cleanup(namespace: &str, id: &str) -> Result<(), moat_supervisor::sandbox::SandboxError> {
-    names::remove_if_owned(&names::sandbox_name(id), &names::owner(namespace, id))
+    let owner = names::owner(namespace, id);
+    match names::owned_by(id, &owner) {
+        Some(name) => names::remove_if_owned(&name, &owner),
+        None => Ok(()),
+    }
 }

@@ -41,8 +41,27 @@ pub fn owner(namespace: &str, id: &str) -> String {
     format!("containerd:{namespace}/{id}")
 }
 
+/// The name for container `id`: the first of `preferred` (a pod's name,
+/// what an operator types) that is a valid sandbox name no sandbox has
+/// yet, else the one its id gives.
+pub fn choose(preferred: &[String], id: &str) -> String {
+    let free = |n: &String| check_sandbox_name(n).is_ok() && Paths::new(n).is_ok_and(|p| !p.state_file().exists());
+    preferred.iter().find(|n| free(n)).cloned().unwrap_or_else(|| sandbox_name(id))
+}
+
+/// The sandbox `owner` owns, if any: the one its id names, else (a pod's
+/// name was chosen) the one whose record names it.
+pub fn owned_by(id: &str, owner: &str) -> Option<String> {
+    let by_id = sandbox_name(id);
+    let owns = |name: &str| Paths::new(name).ok().and_then(|p| state::load(&p).ok()).is_some_and(|r| r.image == owner);
+    if owns(&by_id) {
+        return Some(by_id);
+    }
+    state::list().ok()?.into_iter().find(|r| r.image == owner).map(|r| r.name)
+}
+
 /// Removes sandbox `name` with everything it has, if its record says it
-/// is `owner`'s. A sandbox already gone (`moat rm`) counts as removed; one
+/// is `owner`'s (found by [`owned_by`] after a crash). A sandbox already gone (`moat rm`) counts as removed; one
 /// that belongs to someone else is left alone (logged), and so is a record
 /// that cannot be read (it cannot say whose it is).
 pub fn remove_if_owned(name: &str, owner: &str) -> Result<(), SandboxError> {

@@ -1,12 +1,14 @@
 //! What containerd's CRI plugin says of a container, and what moat makes of
-//! it: a pod's sandbox ("pause") container runs its one binary with read
-//! and execute granted on that file alone, as nobody when its spec says
-//! root; an app container's gateway dials from the pod's CNI namespace,
-//! which CRI names by the pause's pid (`/proc/PID/ns/net`) and which moat's
-//! pause does not live in. Guards against a pod whose agent's egress leaves
-//! from a namespace with no route (every request a 502) and against a pause
-//! that cannot start (the pod never ready), without widening the agent's
-//! sandbox: only the pause gets the extra path.
+//! it: a pod's sandbox ("pause") container is the pod's moat sandbox, named
+//! after the pod, whose gateway dials from the pod's CNI namespace; it runs
+//! its one binary with read and execute granted on that file alone, as
+//! nobody when its spec says root. An app container joins it: the pod's
+//! namespace (containers of a pod share `lo`), its one gateway, approvals
+//! queue and audit log (`moat approvals POD`), its published ports; it is
+//! named POD.CONTAINER. Guards against a pod whose agent's egress leaves
+//! from a namespace with no route or with a gateway of its own the
+//! operator does not watch, and against a pause that cannot start, without
+//! widening an agent's sandbox: only the pause gets the extra path.
 #![forbid(unsafe_code)]
 use moat_supervisor::policy::PathRule;
 use moat_supervisor::sandbox::RunRequest;
@@ -16,6 +18,11 @@ use std::path::PathBuf;
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// CRI's annotation on every container of a pod: its sandbox container's id.
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// CRI's annotations: the pod's name and Kubernetes namespace, the
+/// container's name in the pod.
+pub const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
+pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
+pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 
 /// What a container is to its pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,12 +61,35 @@ pub fn fit_pod_sandbox(req: &mut RunRequest) {
     }
 }
 
-/// Points an app container's gateway at its pod's namespace: the one its
-/// pod's sandbox container dials from (`pod_dial`), if this shim has it.
-pub fn dial_from_pod(req: &mut RunRequest, pod_dial: Option<PathBuf>) {
-    if let (Some(oci), Some(dial)) = (req.oci.as_mut(), pod_dial) {
-        oci.dial_netns = Some(dial);
+/// The sandbox names an operator would type for the container, best
+/// first: the pod's (`POD`, then `POD.NAMESPACE`) for its sandbox
+/// container, `POD.CONTAINER` for an app container of pod sandbox `pod`.
+pub fn preferred_names(spec: &oci_spec::runtime::Spec, role: &Role, pod: Option<&str>) -> Vec<String> {
+    let empty = Default::default();
+    let a = spec.annotations().as_ref().unwrap_or(&empty);
+    let get = |k: &str| a.get(k).filter(|v| !v.is_empty()).cloned();
+    match (role, get(SANDBOX_NAME), get(CONTAINER_NAME)) {
+        (Role::PodSandbox, Some(name), _) => {
+            let mut names = vec![name.clone()];
+            names.extend(get(SANDBOX_NAMESPACE).map(|ns| format!("{name}.{ns}")));
+            names
+        }
+        (Role::InPod(_), _, Some(container)) => pod.map(|p| vec![format!("{p}.{container}")]).unwrap_or_default(),
+        _ => Vec::new(),
     }
+}
+
+/// Makes an app container join its pod's sandbox `pod` (a running moat
+/// sandbox of this shim): its network, gateway and CA. The pod's ports are
+/// published by the pod's sandbox; the agent may bind them (Landlock).
+pub fn join(req: &mut RunRequest, pod: &str, pod_dial: Option<PathBuf>) {
+    if let Some(oci) = req.oci.as_mut() {
+        oci.join = Some(pod.to_string());
+        oci.dial_netns = pod_dial;
+    }
+    let published: Vec<u16> = req.publish.drain(..).map(|p| p.sandbox_port).collect();
+    req.expose.extend(published);
+    req.publish_token = None;
 }
 
 #[cfg(test)]

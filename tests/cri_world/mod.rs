@@ -326,14 +326,17 @@ impl Cri {
         self.dir.join("home")
     }
 
-    /// The moat sandbox of container `id`, as the world's records name it:
-    /// the id, or for an id that is no sandbox name a name that starts with
-    /// its first 46 characters.
+    /// The moat sandbox of container `id`: the one whose record names it.
     pub fn sandbox_of(&self, id: &str) -> Option<String> {
+        // The record names its owner (`containerd:NAMESPACE/ID`); the name
+        // may be the pod's (POD, POD.CONTAINER) or the id's.
+        let owner = format!("containerd:k8s.io/{id}");
         let rd = std::fs::read_dir(self.home().join("sandboxes")).ok()?;
-        let names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-        let prefix = format!("{}-", &id[..id.len().min(46)]);
-        names.iter().find(|n| *n == id).or_else(|| names.iter().find(|n| n.starts_with(&prefix))).cloned()
+        rd.flatten().find_map(|e| {
+            let rec: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.path().join("state.json")).ok()?).ok()?;
+            (rec.get("image")?.as_str()? == owner).then(|| e.file_name().to_string_lossy().into_owned())
+        })
     }
 
     /// The task's pid as `ctr -n k8s.io task ls` shows it.

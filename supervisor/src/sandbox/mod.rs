@@ -16,6 +16,7 @@ pub(crate) mod net;
 mod netlink;
 pub(crate) mod netns;
 pub mod oci;
+pub(crate) mod pod_net;
 pub mod publish;
 mod reap;
 pub(crate) mod spec;
@@ -32,6 +33,7 @@ use crate::launch::{LaunchPlan, TopLayer, WorkspaceMap};
 use crate::layers::LayerCache;
 use crate::policy::{Compatibility, Policy};
 use crate::sandbox::net::{LaunchNet, NetStart};
+use crate::sandbox::pod_net::{NetSide, PodNet};
 use crate::sandbox::spec::SpecParams;
 use crate::sandbox::state::{Paths, ProcId, Record, Status};
 use crate::sandbox::workspace_limit::Durability;
@@ -294,7 +296,7 @@ pub fn resolve_oci(
 pub struct Early {
     launcher: ForkedLauncher,
     cgroup_warm: std::thread::JoinHandle<()>,
-    net: NetStart,
+    net: NetSide,
 }
 
 /// Forks the launcher (first: the process must still be single-threaded;
@@ -302,16 +304,29 @@ pub struct Early {
 /// supervisor's own memory cgroup (which also starts the cgroup lock's
 /// grace period the launcher's first cgroup write would wait for) and
 /// the network namespace with the gateway's socket and the CA of sandbox
-/// `name`. Nothing is written to any sandbox's state.
-pub fn begin(name: &str, policy: &Policy) -> Result<Early, SandboxError> {
-    Ok(begin_after(ForkedLauncher::fork()?, name, policy))
+/// `name` (or, with `pod`, that running sandbox's namespace and CA).
+/// Nothing is written to any sandbox's state.
+pub fn begin(name: &str, policy: &Policy, pod: Option<&str>) -> Result<Early, SandboxError> {
+    begin_after(ForkedLauncher::fork()?, name, policy, pod)
 }
 
 /// The rest of `begin`, once the launcher is forked.
-fn begin_after(launcher: ForkedLauncher, name: &str, policy: &Policy) -> Early {
+fn begin_after(
+    launcher: ForkedLauncher,
+    name: &str,
+    policy: &Policy,
+    pod: Option<&str>,
+) -> Result<Early, SandboxError> {
+    let net = match pod {
+        Some(pod) => NetSide::Pod(PodNet::open(pod)?),
+        None => NetSide::Own(NetStart::spawn(
+            name,
+            policy.network.gateway_port,
+            net::transparent_ports(&policy.network, &[]),
+        )),
+    };
     let cgroup_warm = host_cgroup::start(name, policy.supervisor.memory_max_mib, launcher.pid());
-    let net = NetStart::spawn(name, policy.network.gateway_port, net::transparent_ports(&policy.network, &[]));
-    Early { launcher, cgroup_warm, net }
+    Ok(Early { launcher, cgroup_warm, net })
 }
 
 /// `supervise` for a detached sandbox: its stdout and stderr go through
@@ -327,7 +342,7 @@ pub fn supervise_detached(paths: &Paths, ready: Option<fs::File>) -> Result<i32,
         let pipes = logs::SandboxPipes::install().map_err(refused)?;
         let launcher = ForkedLauncher::fork();
         log = Some(pipes.start(&paths.log_file()).map_err(refused)?);
-        Ok(begin_after(launcher?, &paths.name, &req.policy))
+        begin_after(launcher?, &paths.name, &req.policy, req.oci.as_ref().and_then(|o| o.join.as_deref()))
     })();
     let result = match begun {
         Ok(early) => supervise(paths, ready, Some(early)),
@@ -396,7 +411,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
             .map_err(|e| SandboxError::Refused(format!("request.json: {e}")))?;
     let Early { mut launcher, cgroup_warm, mut net } = match early {
         Some(e) => e,
-        None => begin(&paths.name, &req.policy)?,
+        None => begin(&paths.name, &req.policy, req.oci.as_ref().and_then(|o| o.join.as_deref()))?,
     };
     let policy = &req.policy;
     let rec = state::load(paths)?;
@@ -419,8 +434,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
         transparent.clone(),
     );
     let judged: Vec<u16> = std::iter::once(policy.network.gateway_port).chain(transparent.iter().copied()).collect();
-    connect_watch::start(&paths.run.join(crate::launch::connect_notify::SOCKET), connects, judged)
-        .map_err(io("the connect watch's notify.sock"))?;
+    net.watch_connects(paths, connects, judged)?;
     let prepared = (|| -> Result<(Resolved, Option<workspace_limit::Mounted>), SandboxError> {
         let r = match &req.oci {
             Some(oci) => resolve_oci(oci, &req.image, policy, &req.args, &req.env)?,
@@ -431,7 +445,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     })();
     let launch_net = net.ready();
     let (r, disk) = prepared?;
-    let LaunchNet { netns_path, ca } = launch_net?;
+    let LaunchNet { netns_path, ca_pem } = launch_net?;
     let mut env = r.env.clone();
     for (k, v) in rootfs::CA_ENV {
         if !env.iter().any(|kv| kv.split_once('=').is_some_and(|(key, _)| key == *k)) {
@@ -480,7 +494,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
         top: TopLayer {
             workspace: policy.filesystem.workspace.clone(),
             hosts: rootfs::hosts_file(&paths.name),
-            ca_pem: ca.cert_pem(),
+            ca_pem,
             passwd: accounts("etc/passwd", r.user.uid),
             group: accounts("etc/group", r.user.gid),
         },
@@ -516,19 +530,11 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     let _ = BufReader::new(report).read_line(&mut line);
     // No gateway: the sandbox could reach nothing. Dropping the launcher
     // stops it rather than reporting it running.
-    let (netns, gateway) = net.finish()?;
-    let relay = published.start(&netns, paths)?;
-    let bindable = publish::sandbox_ports(&req.publish, &req.expose);
-    let live = publish::Live::new(
-        &netns,
-        paths,
-        bindable,
-        policy.network.gateway_port,
-        req.publish_token.clone(),
-        &req.publish,
-    )
-    .map_err(io("the sandbox network namespace"))?;
-    let _ = gateway.publisher.set(Box::new(live));
+    let own = net.finish()?;
+    let relay = match &own {
+        Some((netns, gateway)) => Some(serve_ports(netns, gateway, published, &req, paths)?),
+        None => None,
+    };
     if let Some(pid) = line.trim().strip_prefix("started ").and_then(|p| p.parse::<i32>().ok()) {
         state::update(paths, |rec| {
             rec.status = Status::Running;
@@ -553,13 +559,37 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
         )));
     }
     drop(relay);
-    drop(netns);
+    drop(own);
     state::update(paths, |rec| {
         rec.status = Status::Exited;
         rec.exit_code = Some(code);
     })?;
     tracing::info!(event = "sandbox_exited", sandbox = %paths.name, code, "sandbox exited");
     Ok(code)
+}
+
+/// Relays the published ports into the sandbox's namespace `netns` and
+/// lets its gateway publish more later (`moat publish`).
+fn serve_ports(
+    netns: &netns::Netns,
+    gateway: &crate::gateway::Shared,
+    published: publish::Listeners,
+    req: &RunRequest,
+    paths: &Paths,
+) -> Result<publish::Relay, SandboxError> {
+    let relay = published.start(netns, paths)?;
+    let bindable = publish::sandbox_ports(&req.publish, &req.expose);
+    let live = publish::Live::new(
+        netns,
+        paths,
+        bindable,
+        req.policy.network.gateway_port,
+        req.publish_token.clone(),
+        &req.publish,
+    )
+    .map_err(io("the sandbox network namespace"))?;
+    let _ = gateway.publisher.set(Box::new(live));
+    Ok(relay)
 }
 
 /// A gated sandbox (containerd's create, then start) says it is created

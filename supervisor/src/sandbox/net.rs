@@ -46,7 +46,8 @@ pub(crate) fn transparent_ports(network: &Network, bindable: &[u16]) -> Vec<u16>
 pub(crate) struct LaunchNet {
     /// `/proc/PID/fd/N` of the namespace, for the spec.
     pub netns_path: String,
-    pub ca: Arc<Ca>,
+    /// The CA certificate (PEM) the sandbox trusts.
+    pub ca_pem: String,
 }
 
 /// The helper thread; joined by `finish`, or on drop (it writes into the
@@ -91,7 +92,7 @@ impl NetStart {
             let mut sockets = transparent_sockets(&ns, &transparent)?;
             let ca = Arc::new(Ca::new(&name).map_err(crate::sandbox::gateway_err)?);
             // The receiver may be gone (the supervisor failed meanwhile).
-            let _ = tx.send(LaunchNet { netns_path: ns.proc_path(), ca: ca.clone() });
+            let _ = tx.send(LaunchNet { netns_path: ns.proc_path(), ca_pem: ca.cert_pem() });
             let gateway = match go_rx.recv() {
                 Ok((paths, network, limits, connects, keep)) => {
                     sockets.listeners.retain(|l| l.local_addr().is_ok_and(|a| keep.contains(&a.port())));

@@ -28,6 +28,10 @@ pub struct OciInput {
     pub dial_netns: Option<PathBuf>,
     /// The sandbox is created, then started when the engine says so.
     pub gated: bool,
+    /// A running sandbox whose network this one joins (its pod's): its
+    /// namespace, gateway, approvals and CA; None: a network of its own.
+    #[serde(default)]
+    pub join: Option<String>,
 }
 
 /// One root filesystem mount as the engine hands it over.
@@ -135,7 +139,14 @@ pub fn request(
         publish,
         publish_token: None,
         expose: Vec::new(),
-        oci: Some(OciInput { lowers, cwd: process.cwd().display().to_string(), user, dial_netns, gated: true }),
+        oci: Some(OciInput {
+            lowers,
+            cwd: process.cwd().display().to_string(),
+            user,
+            dial_netns,
+            gated: true,
+            join: None,
+        }),
     })
 }
 
