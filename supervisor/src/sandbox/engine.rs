@@ -127,3 +127,18 @@ pub fn signal(paths: &Paths, sig: i32, all: bool) -> Result<bool, SandboxError> 
     }
     Ok(rec.init.is_some_and(|p| p.signal(sig)))
 }
+
+/// A gated sandbox (containerd's create, then start) says it is created
+/// and waits for `start` on its ready channel; anything else ends it.
+pub(super) fn wait_for_start(ready: &mut Option<fs::File>) -> Result<(), SandboxError> {
+    let r = ready.as_mut().ok_or_else(|| SandboxError::Refused("a gated sandbox needs its ready channel".into()))?;
+    std::io::Write::write_all(r, b"created\n").map_err(io("the ready channel"))?;
+    let mut line = String::new();
+    let mut limited = std::io::Read::take(&mut *r, 64);
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut limited), &mut line)
+        .map_err(io("the ready channel"))?;
+    match line.trim() {
+        "start" => Ok(()),
+        _ => Err(SandboxError::Refused("the sandbox was deleted before it started".into())),
+    }
+}

@@ -522,7 +522,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     fs::create_dir_all(Paths::containers_root()).map_err(io("containers root"))?;
 
     if req.oci.as_ref().is_some_and(|o| o.gated) {
-        wait_for_start(ready)?;
+        engine::wait_for_start(ready)?;
     }
     let report = launcher.start(&plan)?;
     sys::forward_stop_signals(launcher.pid());
@@ -532,7 +532,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     // stops it rather than reporting it running.
     let own = net.finish()?;
     let relay = match &own {
-        Some((netns, gateway)) => Some(serve_ports(netns, gateway, published, &req, paths)?),
+        Some((netns, gateway)) => Some(publish::serve_ports(netns, gateway, published, &req, paths)?),
         None => None,
     };
     if let Some(pid) = line.trim().strip_prefix("started ").and_then(|p| p.parse::<i32>().ok()) {
@@ -566,44 +566,6 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     })?;
     tracing::info!(event = "sandbox_exited", sandbox = %paths.name, code, "sandbox exited");
     Ok(code)
-}
-
-/// Relays the published ports into the sandbox's namespace `netns` and
-/// lets its gateway publish more later (`moat publish`).
-fn serve_ports(
-    netns: &netns::Netns,
-    gateway: &crate::gateway::Shared,
-    published: publish::Listeners,
-    req: &RunRequest,
-    paths: &Paths,
-) -> Result<publish::Relay, SandboxError> {
-    let relay = published.start(netns, paths)?;
-    let bindable = publish::sandbox_ports(&req.publish, &req.expose);
-    let live = publish::Live::new(
-        netns,
-        paths,
-        bindable,
-        req.policy.network.gateway_port,
-        req.publish_token.clone(),
-        &req.publish,
-    )
-    .map_err(io("the sandbox network namespace"))?;
-    let _ = gateway.publisher.set(Box::new(live));
-    Ok(relay)
-}
-
-/// A gated sandbox (containerd's create, then start) says it is created
-/// and waits for `start` on its ready channel; anything else ends it.
-fn wait_for_start(ready: &mut Option<fs::File>) -> Result<(), SandboxError> {
-    let r = ready.as_mut().ok_or_else(|| SandboxError::Refused("a gated sandbox needs its ready channel".into()))?;
-    writeln!(r, "created").map_err(io("the ready channel"))?;
-    let mut line = String::new();
-    let mut limited = std::io::Read::take(&mut *r, 64);
-    BufReader::new(&mut limited).read_line(&mut line).map_err(io("the ready channel"))?;
-    match line.trim() {
-        "start" => Ok(()),
-        _ => Err(SandboxError::Refused("the sandbox was deleted before it started".into())),
-    }
 }
 
 /// Who owns the workspace on disk, and so whose files the sandbox sees as

@@ -400,6 +400,27 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Relays the published ports into the sandbox's namespace `netns` and
+/// lets its gateway publish more later (`moat publish`).
+pub(crate) fn serve_ports(
+    netns: &Netns,
+    gateway: &crate::gateway::Shared,
+    published: Listeners,
+    req: &crate::sandbox::RunRequest,
+    paths: &Paths,
+) -> Result<Relay, crate::sandbox::SandboxError> {
+    let relay = published.start(netns, paths)?;
+    let bindable = sandbox_ports(&req.publish, &req.expose);
+    let live =
+        Live::new(netns, paths, bindable, req.policy.network.gateway_port, req.publish_token.clone(), &req.publish)
+            .map_err(|source| crate::sandbox::SandboxError::Io {
+                what: "the sandbox network namespace".into(),
+                source,
+            })?;
+    let _ = gateway.publisher.set(Box::new(live));
+    Ok(relay)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
