@@ -311,7 +311,10 @@ impl containerd_shim::Task for Service {
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, req: api::ShutdownRequest) -> TtrpcResult<Empty> {
-        if req.now || self.table.is_empty() {
+        // `now` or not: a pod's shim ends only with its last container
+        // (runc's shim ignores `now` likewise).
+        let _ = req.now;
+        if self.table.is_idle() {
             // The socket goes first: a container of the same id started
             // while this shim winds down gets a shim of its own at once
             // (containerd-shim's start would otherwise wait up to 1 s on a

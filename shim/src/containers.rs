@@ -10,12 +10,12 @@ use crate::child::{self, Stdio};
 use crate::names;
 use crate::pod;
 use moat_supervisor::sandbox::{self, engine, oci, state::Paths};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
@@ -112,11 +112,18 @@ struct Container {
 struct Inner {
     containers: HashMap<String, Container>,
     /// Exits of children not (yet) known: a child can end before it is
-    /// recorded. Bounded: orphans the shim reaps as subreaper land here too.
-    unclaimed: VecDeque<(u32, i32)>,
+    /// recorded. Bounded: orphans the shim reaps as subreaper land here
+    /// too; kept for a short while only, so a reused pid never inherits one.
+    unclaimed: VecDeque<(u32, i32, Instant)>,
+    /// Containers being created: their ids are taken, and the shim is not
+    /// idle (Shutdown must not end it under them).
+    creating: HashSet<String>,
 }
 
 const UNCLAIMED_MAX: usize = 1024;
+/// An exit not claimed within this long was no child the shim recorded
+/// (a child is recorded within milliseconds of its start).
+const UNCLAIMED_FOR: Duration = Duration::from_secs(30);
 
 /// The shim's containers.
 #[derive(Default)]
@@ -150,14 +157,30 @@ impl Table {
         mounts: &[oci::RootMount],
         stdio: Stdio,
     ) -> Result<u32, ShimError> {
-        if self.lock().containers.contains_key(id) {
-            return Err(ShimError::Precondition(format!("container {id} already exists")));
-        }
         if stdio.terminal {
             return Err(ShimError::Invalid(
                 "terminals (ctr -t, kubectl -t) are not supported by moat's shim yet".into(),
             ));
         }
+        {
+            let mut g = self.lock();
+            if g.containers.contains_key(id) || !g.creating.insert(id.to_string()) {
+                return Err(ShimError::Precondition(format!("container {id} already exists")));
+            }
+        }
+        let made = self.create_taken(namespace, id, bundle_dir, mounts, stdio);
+        self.lock().creating.remove(id);
+        made
+    }
+
+    fn create_taken(
+        &self,
+        namespace: &str,
+        id: &str,
+        bundle_dir: PathBuf,
+        mounts: &[oci::RootMount],
+        stdio: Stdio,
+    ) -> Result<u32, ShimError> {
         let spec = bundle::spec(&bundle_dir)?;
         let policy = bundle::policy(&spec)?;
         let ports = bundle::publish(&spec, policy.network.gateway_port)?;
@@ -220,7 +243,7 @@ impl Table {
             })?;
             let (pid, stdin) = child::spawn_exec(&name, &process, &stdio, &exited)?;
             let mut g = self.lock();
-            let Inner { containers, unclaimed } = &mut *g;
+            let Inner { containers, unclaimed, .. } = &mut *g;
             let e = containers.get_mut(id).and_then(|c| c.execs.get_mut(exec));
             let e = e.ok_or_else(|| ShimError::NotFound(format!("exec {exec} was deleted")))?;
             e.proc.pid = pid;
@@ -366,15 +389,17 @@ impl Table {
     /// Deletes an exec, or the container with everything of its sandbox.
     pub fn delete(&self, id: &str, exec: &str) -> Result<(u32, Exit), ShimError> {
         if !exec.is_empty() {
-            return self.with(id, |c| {
-                let p = &proc_of(c, exec)?;
-                if p.status == Status::Running {
-                    return Err(ShimError::Precondition(format!("exec {exec} is running")));
-                }
-                let (pid, exit) = (p.pid, p.exit.unwrap_or(Exit { code: 0, at: SystemTime::now() }));
-                c.execs.remove(exec);
-                Ok((pid, exit))
-            });
+            return self
+                .with(id, |c| {
+                    let p = &proc_of(c, exec)?;
+                    if p.status == Status::Running {
+                        return Err(ShimError::Precondition(format!("exec {exec} is running")));
+                    }
+                    let (pid, exit) = (p.pid, p.exit.unwrap_or(Exit { code: 0, at: SystemTime::now() }));
+                    c.execs.remove(exec);
+                    Ok((pid, exit))
+                })
+                .inspect(|_| self.changed.notify_all());
         }
         let (name, owner, status, child_pid) =
             self.with(id, |c| Ok((c.name.clone(), c.owner.clone(), c.init.status, c.init.child)))?;
@@ -398,6 +423,9 @@ impl Table {
         names::remove_if_owned(&name, &owner)?;
         let mut g = self.lock();
         let c = g.containers.remove(id).ok_or_else(|| ShimError::NotFound(format!("container {id} not found")))?;
+        drop(g);
+        // Waiters on a deleted process learn it is gone.
+        self.changed.notify_all();
         Ok((c.init.pid, c.init.exit.unwrap_or(Exit { code: 137, at: SystemTime::now() })))
     }
 
@@ -443,14 +471,16 @@ impl Table {
         self.lock().containers.get(id).map(|c| c.init.pid).unwrap_or_default()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.lock().containers.is_empty()
+    /// No container, none being created: Shutdown may end the shim.
+    pub fn is_idle(&self) -> bool {
+        let g = self.lock();
+        g.containers.is_empty() && g.creating.is_empty()
     }
 
     /// Records that child `pid` ended with `status`; returns what to report.
     pub fn exited(&self, pid: u32, status: i32) -> Option<ExitReport> {
         let mut g = self.lock();
-        let Inner { containers, unclaimed } = &mut *g;
+        let Inner { containers, unclaimed, .. } = &mut *g;
         let exit = Exit { code: code_of(status), at: SystemTime::now() };
         let mut report = None;
         for (id, c) in containers.iter_mut() {
@@ -466,10 +496,13 @@ impl Table {
             }
         }
         if report.is_none() {
-            if unclaimed.len() >= UNCLAIMED_MAX {
+            let now = Instant::now();
+            while unclaimed.len() >= UNCLAIMED_MAX
+                || unclaimed.front().is_some_and(|e| now.duration_since(e.2) > UNCLAIMED_FOR)
+            {
                 unclaimed.pop_front();
             }
-            unclaimed.push_back((pid, status));
+            unclaimed.push_back((pid, status, now));
         }
         drop(g);
         self.changed.notify_all();
@@ -478,9 +511,10 @@ impl Table {
 }
 
 /// Takes an exit that arrived before its process was recorded.
-fn claim(unclaimed: &mut VecDeque<(u32, i32)>, p: &mut Proc) {
-    if let Some(i) = unclaimed.iter().position(|(pid, _)| *pid == p.child) {
-        if let Some((_, status)) = unclaimed.remove(i) {
+fn claim(unclaimed: &mut VecDeque<(u32, i32, Instant)>, p: &mut Proc) {
+    let fresh = |at: &Instant| at.elapsed() <= UNCLAIMED_FOR;
+    if let Some(i) = unclaimed.iter().position(|(pid, _, at)| *pid == p.child && fresh(at)) {
+        if let Some((_, status, _)) = unclaimed.remove(i) {
             p.exit = Some(Exit { code: code_of(status), at: SystemTime::now() });
             p.status = Status::Stopped;
         }
@@ -506,5 +540,40 @@ fn failure(line: &str) -> String {
         Some(msg) => msg.to_string(),
         None if line.is_empty() => "the sandbox's supervisor exited before the sandbox started".into(),
         None => format!("the sandbox's supervisor said {line:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proc_with_child(child: u32) -> Proc {
+        let (stdio, stdin) = (Stdio::default(), child::Stdin::default());
+        Proc { pid: child, child, status: Status::Created, exit: None, stdio, stdin }
+    }
+
+    #[test]
+    fn an_exit_is_claimed_while_fresh_and_never_by_a_reused_pid_later() {
+        let mut unclaimed = VecDeque::new();
+        unclaimed.push_back((41, 0, Instant::now()));
+        let mut p = proc_with_child(41);
+        claim(&mut unclaimed, &mut p);
+        assert_eq!((p.status, p.exit.map(|e| e.code)), (Status::Stopped, Some(0)));
+        assert!(unclaimed.is_empty());
+
+        // The same pid, reused long after an exit nobody claimed.
+        let old = Instant::now().checked_sub(UNCLAIMED_FOR + Duration::from_secs(1)).expect("up for over 31 s");
+        unclaimed.push_back((42, 9, old));
+        let mut p = proc_with_child(42);
+        claim(&mut unclaimed, &mut p);
+        assert_eq!((p.status, p.exit.map(|e| e.code)), (Status::Created, None));
+    }
+
+    #[test]
+    fn a_table_with_a_create_in_flight_is_not_idle() {
+        let t = Table::default();
+        assert!(t.is_idle());
+        t.lock().creating.insert("c1".into());
+        assert!(!t.is_idle());
     }
 }
