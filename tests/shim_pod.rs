@@ -635,3 +635,40 @@ fn a_pods_app_container_joins_the_pods_network_gateway_and_approvals() {
     s.assert_nothing_left(&pod, &pids);
     s.assert_nothing_left(&agent, &pids);
 }
+
+/// The shim's threads named `name` (its stdio copiers).
+fn threads_named(shim: i32, name: &str) -> usize {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{shim}/task")) else { return 0 };
+    rd.flatten().filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)).count()
+}
+
+#[test]
+fn execs_leave_no_copier_threads_behind() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("threads");
+    s.ctr_ok(&["run", "-d", "--runtime", RUNTIME, "--rootfs", s.rootfs.to_str().unwrap(), &id, "/bin/sleep", "1000"]);
+    let shim_pid = shim_above(s.task_pid(&id)).expect("the shim");
+    // The init's own copiers run as long as it does.
+    let before = (threads_named(shim_pid, "shim-stdin"), threads_named(shim_pid, "shim-output"));
+    // Execs whose client has nothing to send (stdin at end of file at once),
+    // as probes and `kubectl exec` without -i are.
+    for n in 0..5 {
+        let o = try_run(
+            s.ctr_command(&["task", "exec", "--exec-id", &format!("t{n}"), &id, "/bin/true"]),
+            None,
+            Duration::from_secs(20),
+        );
+        assert!(o.as_ref().is_ok_and(|o| o.code == 0), "{o:?}");
+    }
+    let mut left = before;
+    let gone = wait_until(Duration::from_secs(10), || {
+        left = (threads_named(shim_pid, "shim-stdin"), threads_named(shim_pid, "shim-output"));
+        left == before
+    });
+    let pids = s.task_ps(&id);
+    kill_and_remove(s, &id);
+    assert!(gone, "copier threads left in the shim after the execs ended (stdin, output): {left:?}, before {before:?}");
+    s.assert_nothing_left(&id, &pids);
+}

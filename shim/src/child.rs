@@ -76,16 +76,24 @@ pub struct Stdin {
     /// The pipe's write end; None once closed.
     writer: Arc<Mutex<Option<File>>>,
     closed: Arc<AtomicBool>,
+    /// The engine's FIFO, and whether the copier has opened it yet.
+    fifo: Arc<str>,
+    opened: Arc<AtomicBool>,
 }
 
 impl Stdin {
     /// Ends the process's input: it reads end of file once what was
     /// already copied is read. If the copier is mid-write, it closes the
-    /// pipe when that write returns.
+    /// pipe when that write returns; if it still waits in open(2) for the
+    /// engine's writer (which may never come), it is let through to end.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         if let Ok(mut w) = self.writer.try_lock() {
             w.take();
+        }
+        if !self.fifo.is_empty() && !self.opened.load(Ordering::Acquire) {
+            // A writer's open completes the copier's; it then sees `closed`.
+            let _ = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(&*self.fifo);
         }
     }
 
@@ -103,13 +111,20 @@ fn input(path: &str) -> Result<(ProcStdio, Stdin), ChildError> {
     }
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| ChildError::Io { what: "stdin pipe".into(), source: e.into() })?;
-    let stdin = Stdin { writer: Arc::new(Mutex::new(Some(File::from(w)))), closed: Arc::default() };
+    let stdin = Stdin {
+        writer: Arc::new(Mutex::new(Some(File::from(w)))),
+        closed: Arc::default(),
+        fifo: path.into(),
+        opened: Arc::default(),
+    };
     let (path, feed) = (path.to_string(), stdin.clone());
     std::thread::Builder::new()
         .name("shim-stdin".into())
         .spawn(move || {
-            // Blocks until the engine opens its end.
-            if let Ok(fifo) = OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC).open(&path) {
+            // Blocks until the engine opens its end (or `close` does).
+            let fifo = OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC).open(&path);
+            feed.opened.store(true, Ordering::Release);
+            if let Ok(fifo) = fifo {
                 copy_stdin(fifo, &feed);
             }
             feed.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -149,7 +164,14 @@ fn relayed(path: &str, exited: &Exited) -> Result<ProcStdio, ChildError> {
     if path.is_empty() {
         return Ok(ProcStdio::null());
     }
-    let fifo = OpenOptions::new().read(true).write(true).open(path).map_err(io(format!("opening {path}")))?;
+    // Non-blocking: a reader that went away (whose FIFO we also hold, so
+    // writes never fail) cannot hold the copier past its deadline.
+    let fifo = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io(format!("opening {path}")))?;
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| ChildError::Io { what: "output pipe".into(), source: e.into() })?;
     let (r, exited) = (File::from(r), exited.clone());
@@ -164,6 +186,7 @@ fn copy_until(mut from: File, mut to: File, exited: &Exited) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut buf = vec![0u8; 64 << 10];
     let mut deadline = None;
+    let mut over = || exited.is_set() && Instant::now() >= *deadline.get_or_insert_with(|| Instant::now() + DRAIN);
     loop {
         let mut fds = [PollFd::new(from.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(100u16)) {
@@ -171,16 +194,38 @@ fn copy_until(mut from: File, mut to: File, exited: &Exited) {
             Err(_) => return,
             Ok(_) => match from.read(&mut buf) {
                 Ok(0) => return,
-                Ok(n) if to.write_all(&buf[..n]).is_err() => return,
+                Ok(n) if !write_until(&mut to, &buf[..n], &mut over) => return,
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => return,
             },
         }
-        if exited.is_set() && Instant::now() >= *deadline.get_or_insert_with(|| Instant::now() + DRAIN) {
+        if over() {
             return;
         }
     }
+}
+
+/// Writes all of `data` to the non-blocking `to`, waiting while it is
+/// full until `over`; whether all was written.
+fn write_until(to: &mut File, mut data: &[u8], over: &mut impl FnMut() -> bool) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    while !data.is_empty() {
+        match to.write(data) {
+            Ok(0) => return false,
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if over() {
+                    return false;
+                }
+                let mut fds = [PollFd::new(to.as_fd(), PollFlags::POLLOUT)];
+                let _ = poll(&mut fds, PollTimeout::from(100u16));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 fn command(stdio: &Stdio) -> Result<(Command, Stdin), ChildError> {

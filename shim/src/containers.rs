@@ -489,6 +489,9 @@ impl Table {
             for (exec, p, output) in procs {
                 if p.child == pid && p.child != 0 && p.exit.is_none() {
                     output.inspect(|o| o.set());
+                    // Its input has nowhere to go (and a copier waiting for
+                    // the engine's writer is let go).
+                    p.stdin.close();
                     p.exit = Some(exit);
                     p.status = Status::Stopped;
                     report = Some(ExitReport { container: id.clone(), exec, pid: p.pid, exit });
