@@ -314,6 +314,18 @@ fn exec_ps_pause_resume_kill_and_delete() {
         })
     };
     assert!(exit_of("e1", 4) && exit_of(&id, 137), "exit events of {id}:\n{text}");
+    // And the others of a task's life, as runc's shim publishes them.
+    let seen = |topic: &str, exec: &str| {
+        text.lines().any(|l| l.contains(topic) && l.contains(&format!("\"container_id\":\"{id}\"")) && l.contains(exec))
+    };
+    for (topic, exec) in [
+        ("/tasks/exec-added", "\"e1\""),
+        ("/tasks/exec-started", "\"e1\""),
+        ("/tasks/paused", ""),
+        ("/tasks/resumed", ""),
+    ] {
+        assert!(seen(topic, exec), "no {topic} {exec} of {id}:\n{text}");
+    }
     s.ctr_ok(&["task", "delete", &id]);
     assert_eq!(s.task_status(&id), None);
     s.ctr_ok(&["containers", "rm", &id]);

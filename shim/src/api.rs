@@ -11,7 +11,9 @@ use crate::child::Stdio;
 use crate::containers::{Exit, ShimError, Status, Table};
 use containerd_shim::api::{self, Empty};
 use containerd_shim::monitor::{monitor_subscribe, Subject, Topic};
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskPaused, TaskResumed, TaskStart,
+};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{Message, MessageDyn};
@@ -194,6 +196,14 @@ impl containerd_shim::Task for Service {
                 "/tasks/start",
                 Box::new(TaskStart { container_id: req.id.clone(), pid, ..Default::default() }),
             );
+        } else {
+            let ev = TaskExecStarted {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                pid,
+                ..Default::default()
+            };
+            self.publish("/tasks/exec-started", Box::new(ev));
         }
         Ok(api::StartResponse { pid, ..Default::default() })
     }
@@ -250,6 +260,8 @@ impl containerd_shim::Task for Service {
             .map_err(|e| rpc_status(Code::INVALID_ARGUMENT, format!("the exec's process spec: {e}")))?;
         let io = stdio(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         self.table.add_exec(&req.id, &req.exec_id, process, io).map_err(status)?;
+        let ev = TaskExecAdded { container_id: req.id.clone(), exec_id: req.exec_id.clone(), ..Default::default() };
+        self.publish("/tasks/exec-added", Box::new(ev));
         Ok(Empty::new())
     }
 
@@ -266,11 +278,13 @@ impl containerd_shim::Task for Service {
 
     fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
         self.table.pause(&req.id, true).map_err(status)?;
+        self.publish("/tasks/paused", Box::new(TaskPaused { container_id: req.id.clone(), ..Default::default() }));
         Ok(Empty::new())
     }
 
     fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
         self.table.pause(&req.id, false).map_err(status)?;
+        self.publish("/tasks/resumed", Box::new(TaskResumed { container_id: req.id.clone(), ..Default::default() }));
         Ok(Empty::new())
     }
 
