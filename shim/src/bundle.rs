@@ -41,6 +41,8 @@ pub enum BundleError {
     Policy { key: &'static str, source: moat_supervisor::policy::PolicyError },
     #[error("annotation {PUBLISH}: {item:?}: {why} (want PORT or POD_PORT:SANDBOX_PORT, comma-separated)")]
     Publish { item: String, why: String },
+    #[error("annotation {PUBLISH}: {0} ports; at most {MAX_PORTS}")]
+    TooManyPorts(usize),
     #[error("annotation {key}")]
     Presets { key: &'static str, source: moat_supervisor::policy::schema::NetPolicyError },
 }
@@ -103,8 +105,7 @@ pub fn publish(spec: &oci_spec::runtime::Spec, gateway_port: u16) -> Result<Vec<
     let Some(v) = spec.annotations().as_ref().and_then(|a| a.get(PUBLISH)) else { return Ok(Vec::new()) };
     let items = names(v);
     if items.len() > MAX_PORTS {
-        let why = format!("more than {MAX_PORTS} ports");
-        return Err(BundleError::Publish { item: format!("{} items", items.len()), why });
+        return Err(BundleError::TooManyPorts(items.len()));
     }
     let port = |item: &str, s: &str| match s.trim().parse::<u16>() {
         Ok(p) if p > 0 => Ok(p),
