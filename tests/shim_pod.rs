@@ -593,6 +593,7 @@ fn a_pods_app_container_joins_the_pods_network_gateway_and_approvals() {
         format!("{req}; ls /sys/class/net; req up.test /{agent}/listed; echo; req other.test /{agent}/unlisted");
     let o = s.ctr(&["task", "exec", "--exec-id", "req", &agent, "/bin/sh", "-c", &script]);
     let approvals = moat_ok(s, &["approvals", &pod_name]);
+    let via_agent = moat_ok(s, &["approvals", &format!("{pod_name}.agent")]);
     let pids = [s.task_ps(&pod), s.task_ps(&agent)].concat();
     kill_and_remove(s, &agent);
     kill_and_remove(s, &pod);
@@ -626,6 +627,7 @@ fn a_pods_app_container_joins_the_pods_network_gateway_and_approvals() {
         approvals.contains(&approval) && approvals.contains("other.test"),
         "moat approvals {pod_name}:\n{approvals}"
     );
+    assert!(via_agent.contains(&approval), "moat approvals {agent_name} is not the pod's queue:\n{via_agent}");
     let seen: Vec<String> = s.up.seen().into_iter().map(|r| r.path).collect();
     assert!(!seen.iter().any(|p| p.contains(&format!("/{agent}/unlisted"))), "the refused request went out");
     for name in [&pod_name, &agent_name] {

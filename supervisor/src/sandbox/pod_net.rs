@@ -70,7 +70,8 @@ impl NetSide {
     }
 
     /// Serves the sandbox's connect notifications at its `notify.sock`:
-    /// its own watch, or a link to its pod's.
+    /// its own watch, or a link to its pod's (with its control socket and
+    /// audit log: `moat approvals POD.CONTAINER` is the pod's queue).
     pub(crate) fn watch_connects(
         &self,
         paths: &Paths,
@@ -82,8 +83,16 @@ impl NetSide {
         match self {
             NetSide::Own(_) => super::connect_watch::start(&socket, connects, judged).map_err(io),
             NetSide::Pod(p) => {
-                let _ = std::fs::remove_file(&socket);
-                std::os::unix::fs::symlink(p.pod.run.join(crate::launch::connect_notify::SOCKET), &socket).map_err(io)
+                let links = [
+                    (p.pod.run.join(crate::launch::connect_notify::SOCKET), socket),
+                    (p.pod.control_socket(), paths.control_socket()),
+                    (p.pod.audit_log(), paths.audit_log()),
+                ];
+                for (target, link) in links {
+                    let _ = std::fs::remove_file(&link);
+                    std::os::unix::fs::symlink(target, &link).map_err(io)?;
+                }
+                Ok(())
             }
         }
     }
