@@ -674,3 +674,79 @@ fn execs_leave_no_copier_threads_behind() {
     assert!(gone, "copier threads left in the shim after the execs ended (stdin, output): {left:?}, before {before:?}");
     s.assert_nothing_left(&id, &pids);
 }
+
+/// Runs `ctr ARGS` on a terminal of the test's own, `rows` x `cols`, to
+/// its end (at most 30 s); what it wrote to the terminal.
+fn ctr_on_a_terminal(s: &Shim, args: &[&str], rows: u16, cols: u16) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::fd::OwnedFd;
+    let ws = nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let pty = nix::pty::openpty(Some(&ws), None).map_err(|e| e.to_string())?;
+    let slave: OwnedFd = pty.slave;
+    let mut cmd = s.ctr_command(args);
+    cmd.stdin(slave.try_clone().unwrap()).stdout(slave.try_clone().unwrap()).stderr(slave);
+    // SAFETY: setsid and ioctl are async-signal-safe; the closure allocates nothing.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    drop(cmd);
+    let master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let (mut m, mut out) = (master, Vec::new());
+        let mut buf = [0u8; 4096];
+        // EIO once every holder of the slave is gone.
+        while let Ok(n) = m.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let ended = wait_until(Duration::from_secs(30), || child.try_wait().ok().flatten().is_some());
+    if !ended {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    let out = reader.join().unwrap_or_default();
+    if ended {
+        Ok(out)
+    } else {
+        Err(format!("ctr {args:?} did not end on its terminal; it wrote: {out:?}"))
+    }
+}
+
+#[test]
+fn a_terminal_has_the_clients_size_for_run_and_exec() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let rootfs = s.rootfs.to_str().unwrap();
+    // The size arrives by ResizePty once the task runs: wait for it.
+    let script = "while [ \"$(busybox stty size)\" = '0 0' ]; do sleep 0.05; done; busybox stty size; busybox tty";
+    let id = made.id("tty");
+    let out = ctr_on_a_terminal(
+        s,
+        &["run", "-t", "--rm", "--runtime", RUNTIME, "--rootfs", rootfs, &id, "/bin/sh", "-c", script],
+        41,
+        103,
+    );
+    let out = out.unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.contains("41 103") && out.contains("/dev/pts/"), "ctr run -t: {out:?}");
+    s.assert_nothing_left(&id, &[]);
+
+    let id = made.id("ttyx");
+    s.ctr_ok(&["run", "-d", "--runtime", RUNTIME, "--rootfs", rootfs, &id, "/bin/sleep", "1000"]);
+    let out = ctr_on_a_terminal(s, &["task", "exec", "-t", "--exec-id", "t1", &id, "/bin/sh", "-c", script], 27, 66);
+    let pids = s.task_ps(&id);
+    kill_and_remove(s, &id);
+    let out = out.unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.contains("27 66") && out.contains("/dev/pts/"), "ctr task exec -t: {out:?}");
+    s.assert_nothing_left(&id, &pids);
+}

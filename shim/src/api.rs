@@ -288,6 +288,13 @@ impl containerd_shim::Task for Service {
         Ok(Empty::new())
     }
 
+    fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
+        let size =
+            |v: u32| u16::try_from(v).map_err(|_| rpc_status(Code::INVALID_ARGUMENT, "terminal size out of range"));
+        self.table.resize(&req.id, &req.exec_id, size(req.width)?, size(req.height)?).map_err(status)?;
+        Ok(Empty::new())
+    }
+
     /// Stdin ends at the engine's end of file on its FIFO, or here: CRI
     /// keeps the FIFO open for attach and closes stdin with CloseIO.
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {

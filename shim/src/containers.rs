@@ -84,7 +84,7 @@ struct Proc {
     exit: Option<Exit>,
     stdio: Stdio,
     /// What CloseIO closes.
-    stdin: child::Stdin,
+    kept: child::Kept,
 }
 
 struct Exec {
@@ -157,11 +157,6 @@ impl Table {
         mounts: &[oci::RootMount],
         stdio: Stdio,
     ) -> Result<u32, ShimError> {
-        if stdio.terminal {
-            return Err(ShimError::Invalid(
-                "terminals (ctr -t, kubectl -t) are not supported by moat's shim yet".into(),
-            ));
-        }
         {
             let mut g = self.lock();
             if g.containers.contains_key(id) || !g.creating.insert(id.to_string()) {
@@ -207,22 +202,22 @@ impl Table {
         let dial = req.oci.as_ref().and_then(|o| o.dial_netns.clone());
         let paths = sandbox::create(&req)?;
         let started = child::spawn_supervisor(&name, &bundle_dir, &stdio).map_err(ShimError::from).and_then(
-            |(pid, ready, stdin)| {
+            |(pid, ready, kept)| {
                 let line = read_line(&ready).map_err(io("the supervisor's ready channel"))?;
                 match line.as_str() {
-                    "created" => Ok((pid, ready, stdin)),
+                    "created" => Ok((pid, ready, kept)),
                     msg => Err(ShimError::Invalid(failure(msg))),
                 }
             },
         );
-        let (pid, ready, stdin) = match started {
+        let (pid, ready, kept) = match started {
             Ok(v) => v,
             Err(e) => {
                 let _ = sandbox::remove(&paths, true, true);
                 return Err(e);
             }
         };
-        let init = Proc { pid, child: pid, status: Status::Created, exit: None, stdio, stdin };
+        let init = Proc { pid, child: pid, status: Status::Created, exit: None, stdio, kept };
         let mut g = self.lock();
         let mut c =
             Container { name, owner, dial, bundle: bundle_dir, ready: Some(ready), init, execs: HashMap::new() };
@@ -241,7 +236,7 @@ impl Table {
                 }
                 Ok((c.name.clone(), e.process.clone(), e.proc.stdio.clone(), e.exited.clone()))
             })?;
-            let (pid, stdin) = child::spawn_exec(&name, &process, &stdio, &exited)?;
+            let (pid, kept) = child::spawn_exec(&name, &process, &stdio, &exited)?;
             let mut g = self.lock();
             let Inner { containers, unclaimed, .. } = &mut *g;
             let e = containers.get_mut(id).and_then(|c| c.execs.get_mut(exec));
@@ -249,10 +244,10 @@ impl Table {
             e.proc.pid = pid;
             e.proc.child = pid;
             // A CloseIO between the exec's add and its start still counts.
-            if e.proc.stdin.is_closed() {
-                stdin.close();
+            if e.proc.kept.stdin.is_closed() {
+                kept.stdin.close();
             }
-            e.proc.stdin = stdin;
+            e.proc.kept = kept;
             e.proc.status = Status::Running;
             claim(unclaimed, &mut e.proc);
             if e.proc.exit.is_some() {
@@ -291,11 +286,6 @@ impl Table {
         process: oci_spec::runtime::Process,
         stdio: Stdio,
     ) -> Result<(), ShimError> {
-        if stdio.terminal {
-            return Err(ShimError::Invalid(
-                "terminals (ctr -t, kubectl -t) are not supported by moat's shim yet".into(),
-            ));
-        }
         self.with(id, |c| {
             if c.init.status != Status::Running {
                 return Err(ShimError::Precondition(format!("container {id} is not running")));
@@ -303,17 +293,24 @@ impl Table {
             if c.execs.contains_key(exec) {
                 return Err(ShimError::Precondition(format!("exec {exec} already exists")));
             }
-            let proc = Proc { pid: 0, child: 0, status: Status::Created, exit: None, stdio, stdin: Default::default() };
+            let proc = Proc { pid: 0, child: 0, status: Status::Created, exit: None, stdio, kept: Default::default() };
             c.execs.insert(exec.to_string(), Exec { proc, process, exited: child::Exited::default() });
             Ok(())
         })
+    }
+
+    /// ResizePty: the new size of the terminal of the init or an exec.
+    pub fn resize(&self, id: &str, exec: &str, width: u16, height: u16) -> Result<(), ShimError> {
+        let console = self.with(id, |c| Ok(proc_of(c, exec)?.kept.console.clone()))?;
+        let console = console.ok_or_else(|| ShimError::Precondition(format!("{id} {exec} has no terminal")))?;
+        console.resize(width, height).map_err(io("setting the terminal's size"))
     }
 
     /// CloseIO: ends the stdin of the init or an exec (containerd's
     /// clients send it once the task or exec exists).
     pub fn close_stdin(&self, id: &str, exec: &str) -> Result<(), ShimError> {
         self.with(id, |c| {
-            proc_of(c, exec)?.stdin.close();
+            proc_of(c, exec)?.kept.stdin.close();
             Ok(())
         })
     }
@@ -491,7 +488,7 @@ impl Table {
                     output.inspect(|o| o.set());
                     // Its input has nowhere to go (and a copier waiting for
                     // the engine's writer is let go).
-                    p.stdin.close();
+                    p.kept.stdin.close();
                     p.exit = Some(exit);
                     p.status = Status::Stopped;
                     report = Some(ExitReport { container: id.clone(), exec, pid: p.pid, exit });
@@ -551,8 +548,8 @@ mod tests {
     use super::*;
 
     fn proc_with_child(child: u32) -> Proc {
-        let (stdio, stdin) = (Stdio::default(), child::Stdin::default());
-        Proc { pid: child, child, status: Status::Created, exit: None, stdio, stdin }
+        let (stdio, kept) = (Stdio::default(), child::Kept::default());
+        Proc { pid: child, child, status: Status::Created, exit: None, stdio, kept }
     }
 
     #[test]

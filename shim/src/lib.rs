@@ -18,6 +18,7 @@ mod child;
 mod containers;
 mod names;
 mod pod;
+mod stdio;
 mod sys;
 
 use std::ffi::OsString;

@@ -1,5 +1,5 @@
-//! The shim's one unsafe call site: what a child does between fork and
-//! exec. Guards against a child outliving the shim (a container running on
+//! The shim's unsafe calls: what a child does between fork and exec, and a
+//! terminal's window size. Guards against a child outliving the shim (a container running on
 //! with no shim to report it): each child asks the kernel for a signal when
 //! the shim dies, and exits at once if the shim died before it asked.
 use std::os::fd::RawFd;
@@ -7,16 +7,21 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 /// Arms `cmd` so its child gets `signal` when the shim dies (PDEATHSIG) and,
-/// with `ready`, finds that descriptor at 3. PDEATHSIG follows the thread
-/// that forks: call `spawn` on a thread that lives as long as the shim.
-pub fn arm(cmd: &mut Command, signal: libc::c_int, ready: Option<RawFd>) {
+/// with `ready`, finds that descriptor at 3; with `terminal`, its stdin (a
+/// pty's slave) becomes the controlling terminal of a new session, so a
+/// resize reaches it as SIGWINCH. PDEATHSIG follows the thread that forks:
+/// call `spawn` on a thread that lives as long as the shim.
+pub fn arm(cmd: &mut Command, signal: libc::c_int, ready: Option<RawFd>, terminal: bool) {
     let parent = std::process::id() as libc::pid_t;
-    // SAFETY: the closure runs in the child between fork and exec; it calls
-    // only prctl, getppid, dup2 and _exit, which are async-signal-safe, and
-    // allocates nothing.
+    // SAFETY: the closure runs in the child between fork and exec (after
+    // its stdio is in place); it calls only prctl, getppid, setsid, ioctl,
+    // dup2 and _exit, which are async-signal-safe, and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if terminal && (libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0) {
                 return Err(std::io::Error::last_os_error());
             }
             if libc::getppid() != parent {
@@ -30,4 +35,16 @@ pub fn arm(cmd: &mut Command, signal: libc::c_int, ready: Option<RawFd>) {
             Ok(())
         });
     }
+}
+
+/// Sets the window size of terminal `fd` (TIOCSWINSZ).
+pub fn set_window_size(fd: std::os::fd::BorrowedFd, cols: u16, rows: u16) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which points at
+    // a live local; `fd` is a descriptor the caller holds open.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
