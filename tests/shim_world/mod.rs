@@ -540,3 +540,31 @@ impl Drop for Events {
         let _ = self.child.wait();
     }
 }
+
+/// Kills container `id`'s task, then deletes it and the container: what a
+/// test does to leave nothing, whatever the test found.
+pub fn kill_and_remove(s: &Shim, id: &str) {
+    let _ = s.ctr(&["task", "kill", "-s", "KILL", id]);
+    crate::sandbox_common::wait_until(Duration::from_secs(10), || s.task_status(id).as_deref() == Some("STOPPED"));
+    let _ = s.ctr(&["task", "delete", id]);
+    let _ = s.ctr(&["containers", "rm", id]);
+}
+
+/// The moat shim among `pid`'s ancestors (a container's init runs under
+/// its supervisor, a child of the shim that started it).
+pub fn shim_above(pid: i32) -> Option<i32> {
+    let mut p = pid;
+    for _ in 0..16 {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        // The parent follows the command, which is in parentheses.
+        p = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+        // The shim's own children (`__supervise`, `__exec`) run its binary too.
+        let exe = std::fs::read_link(format!("/proc/{p}/exe")).ok()?;
+        let args = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
+        let child = args.split(|b| *b == 0).nth(1).is_some_and(|a| a.starts_with(b"__"));
+        if exe.to_string_lossy().ends_with("containerd-shim-moat-v1") && !child {
+            return Some(p);
+        }
+    }
+    None
+}
