@@ -443,6 +443,7 @@ fn a_pods_app_container_joins_the_pods_network_gateway_and_approvals() {
     let o = s.ctr(&["task", "exec", "--exec-id", "req", &agent, "/bin/sh", "-c", &script]);
     let approvals = moat_ok(s, &["approvals", &pod_name]);
     let via_agent = moat_ok(s, &["approvals", &format!("{pod_name}.agent")]);
+    let events = moat_ok(s, &["events", &pod_name]);
     let pids = [s.task_ps(&pod), s.task_ps(&agent)].concat();
     kill_and_remove(s, &agent);
     kill_and_remove(s, &pod);
@@ -477,6 +478,8 @@ fn a_pods_app_container_joins_the_pods_network_gateway_and_approvals() {
         "moat approvals {pod_name}:\n{approvals}"
     );
     assert!(via_agent.contains(&approval), "moat approvals {agent_name} is not the pod's queue:\n{via_agent}");
+    // The pod's one audit log holds both decisions about the agent's requests.
+    assert!(events.contains("up.test") && events.contains("other.test"), "moat events {pod_name}:\n{events}");
     let seen: Vec<String> = s.up.seen().into_iter().map(|r| r.path).collect();
     assert!(!seen.iter().any(|p| p.contains(&format!("/{agent}/unlisted"))), "the refused request went out");
     for name in [&pod_name, &agent_name] {
