@@ -179,12 +179,7 @@ fn the_gateway_refuses_an_unlisted_host_and_allows_a_listed_one() {
     assert!(!paths.iter().any(|p| p.contains(&format!("/{id}/unlisted"))), "the refused request went out: {paths:?}");
     // The sandbox is registered under the container's id: the usual
     // commands reach its approvals queue.
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_moat"))
-        .args(["approvals", &id])
-        .env("MOAT_HOME", s.home())
-        .env("MOAT_RUN_DIR", s.dir.join("run"))
-        .output()
-        .expect("moat approvals");
+    let o = s.moat(&["approvals", &id]);
     let list = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "moat approvals {id}: {}", String::from_utf8_lossy(&o.stderr));
     assert!(list.contains(&approval) && list.contains("other.test:80"), "{list}");
@@ -466,19 +461,6 @@ fn a_killed_shim_of_a_paused_container_with_an_exec_leaves_nothing_behind() {
     kill_the_shim("crashp", true);
 }
 
-/// `moat` with this world's home, run dir and store (the probe image).
-fn moat(s: &Shim, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_moat"))
-        .args(args)
-        .env("MOAT_HOME", s.home())
-        .env("MOAT_RUN_DIR", s.dir.join("run"))
-        .env("MOAT_STORE", s.dir.join("store"))
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run moat")
-}
-
 #[test]
 fn a_refused_create_leaves_moat_runs_sandbox_of_that_name_alone() {
     let _g = serial();
@@ -488,15 +470,15 @@ fn a_refused_create_leaves_moat_runs_sandbox_of_that_name_alone() {
     // A sandbox started by hand (`moat run`) under the name a container
     // then asks for.
     let id = made.id("byhand");
-    let o = moat(s, &["run", "-d", "--name", &id, "probe", "--", "/bin/sleep", "1000"]);
+    let o = s.moat(&["run", "-d", "--name", &id, "probe", "--", "/bin/sleep", "1000"]);
     assert!(o.status.success(), "moat run -d: {}", String::from_utf8_lossy(&o.stderr));
     let o = s.run(&["--rm"], &id, &["/bin/true"]);
     assert_ne!(o.code, 0, "a second sandbox named {id}: {o:?}");
     assert!(o.stderr.contains(&format!("a sandbox named \"{id}\" already exists")), "{o:?}");
     std::thread::sleep(Duration::from_millis(500));
-    let ls = String::from_utf8_lossy(&moat(s, &["ls"]).stdout).into_owned();
+    let ls = String::from_utf8_lossy(&s.moat(&["ls"]).stdout).into_owned();
     let running = ls.lines().any(|l| l.split_whitespace().next() == Some(&id) && l.contains("running"));
-    let _ = moat(s, &["rm", "--force", "--workspace", &id]);
+    let _ = s.moat(&["rm", "--force", "--workspace", &id]);
     assert!(running, "the refused container's clean-up stopped `moat run`'s sandbox {id}:\n{ls}");
 }
 
@@ -532,7 +514,7 @@ fn a_sandbox_removed_by_hand_still_lets_containerd_delete_the_task() {
     s.ctr_ok(&["run", "-d", "--runtime", RUNTIME, "--rootfs", s.rootfs.to_str().unwrap(), &id, "/bin/sleep", "1000"]);
     let pids = s.task_ps(&id);
     // An operator removes the sandbox with moat's own command.
-    let o = moat(s, &["rm", "--force", "--workspace", &id]);
+    let o = s.moat(&["rm", "--force", "--workspace", &id]);
     assert!(o.status.success(), "moat rm --force {id}: {}", String::from_utf8_lossy(&o.stderr));
     assert!(wait_until(Duration::from_secs(10), || s.task_status(&id).as_deref() == Some("STOPPED")));
     let o = s.ctr(&["task", "delete", &id]);

@@ -387,14 +387,7 @@ fn sigkill_ends_a_paused_container() {
 
 /// `moat` with this world's home and run dir; its stdout (it must succeed).
 fn moat_ok(s: &Shim, args: &[&str]) -> String {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_moat"))
-        .args(args)
-        .env("MOAT_HOME", s.home())
-        .env("MOAT_RUN_DIR", s.dir.join("run"))
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run moat");
+    let o = s.moat(args);
     assert!(o.status.success(), "moat {args:?}: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -304,6 +304,19 @@ impl Shim {
         self.dir.join("home")
     }
 
+    /// `moat ARGS` with this world's home, run dir and store (the probe image).
+    pub fn moat(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_moat"))
+            .args(args)
+            .env("MOAT_HOME", self.home())
+            .env("MOAT_RUN_DIR", self.dir.join("run"))
+            .env("MOAT_STORE", self.dir.join("store"))
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run moat")
+    }
+
     /// The task's status as `ctr task ls` shows it (None: no task).
     pub fn task_status(&self, id: &str) -> Option<String> {
         let out = self.ctr_ok(&["task", "ls"]);
