@@ -299,9 +299,11 @@ fn a_shim_killed_with_sigkill_is_an_exit_and_the_pod_leaves_nothing() {
         w.client.pod_status(&guard.id).is_ok_and(|s| s.state == k8s_cri::v1::PodSandboxState::SandboxNotready as i32)
     });
     assert!(not_ready, "the pod is still ready after its shim died: {:?}", w.client.pod_status(&guard.id));
-    for p in &pids {
-        assert!(!pid_alive(i64::from(*p)), "process {p} of the pod outlived its shim");
-    }
+    // They die of it (PDEATHSIG, then their supervisors' teardown): soon,
+    // not necessarily before containerd has noticed.
+    let died = wait_until(Duration::from_secs(15), || !pids.iter().any(|p| pid_alive(i64::from(*p))));
+    let alive: Vec<&i32> = pids.iter().filter(|p| pid_alive(i64::from(**p))).collect();
+    assert!(died, "processes {alive:?} of the pod outlived its shim");
     kubelet_teardown(w, &mut guard, &id);
     w.assert_nothing_left(&names, &pids);
 }
