@@ -8,9 +8,10 @@
 //! Rooms: `api` (the containerd-shim crate, and only it), `containers`
 //! (the task API's meaning in plain types), `names` (container id to
 //! sandbox name, and who owns a sandbox), `pod` (CRI's pause and app
-//! containers), `bundle` (spec and policy from
-//! a bundle), `child` (the single-threaded processes the shim starts),
-//! `sys` (its one unsafe call: what a child arms before exec).
+//! containers), `bundle` (spec and policy from a bundle), `child` (the
+//! single-threaded processes the shim starts), `stdio` (their FIFOs and
+//! terminals), `sys` (its unsafe calls: what a child arms before exec, a
+//! terminal's size).
 #![deny(clippy::undocumented_unsafe_blocks)]
 mod api;
 mod bundle;
