@@ -6,8 +6,10 @@
 //! reserved range and no DNS query leaves (a resolver in the test's network
 //! namespace sees none); a raw address outside the range is unreachable; a
 //! TLS SNI or HTTP Host other than the name the address was given for is
-//! refused; per-binary and method rules hold as for CONNECT. Needs root,
-//! iproute2 and the Debian mirror (the agent image).
+//! refused; per-binary and method rules hold as for CONNECT; an address of
+//! the range the DNS never gave out (dialled straight) is refused and
+//! audited, and no upstream sees it. Needs root, iproute2 and the Debian
+//! mirror (the agent image).
 #[path = "../supervisor/tests/gateway_common/mod.rs"]
 mod gateway_common;
 
@@ -207,4 +209,74 @@ fn clients_without_proxy_variables_go_through_the_gateway() {
         "the Host refusal is audited: {events}"
     );
     ok(&["rm", "--force", "tp"]);
+}
+
+/// A process that skips the sandbox's DNS and dials an address of the
+/// reserved range that DNS never gave out: one far from any handed out
+/// (198.19.255.7) and the upstream's own address (inside the range, so
+/// local in the sandbox). It names listed hosts (SNI up.test, Host
+/// other.test), so a gateway that trusted them would relay.
+const UNISSUED: &str = r#"
+import socket, ssl, sys
+def tls(addr, port):
+    ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((addr, port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="up.test") as t:
+                t.sendall(b"GET /unissued-tls HTTP/1.1\r\nHost: up.test\r\nConnection: close\r\n\r\n")
+                d = t.recv(100)
+                return d.decode(errors="replace").split("\r\n")[0] if d else "closed"
+    except Exception as x: return "refused " + type(x).__name__
+def plain(addr, port):
+    try:
+        with socket.create_connection((addr, port), timeout=10) as t:
+            t.sendall(b"GET /unissued-plain HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n")
+            d = t.recv(100)
+            return d.decode(errors="replace").split("\r\n")[0] if d else "closed"
+    except Exception as x: return "refused " + type(x).__name__
+for tag, addr in (("far", "198.19.255.7"), ("up", sys.argv[1])):
+    print("%s_443=%s" % (tag, tls(addr, 443)))
+    print("%s_80=%s" % (tag, plain(addr, 80)))
+"#;
+
+#[test]
+fn an_address_the_dns_never_gave_out_is_refused_and_audited() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let p = policy("transparent-unissued", RULES);
+    let _ = moat(&["rm", "--force", "tpu"]);
+    ok(&["run", "-d", "--name", "tpu", "--policy", p.to_str().unwrap(), "agent", "--", "sleep", "600"]);
+    let up_ip = world().net.ip.to_string();
+    let seen_before = world().up.seen().len() + world().plain.seen().len();
+    let script = format!("{NO_PROXY_VARS}python3 -c '{}' {up_ip}\n", UNISSUED.replace('\'', "'\\''"));
+    let out = ok(&["exec", "tpu", "--", "sh", "-c", &script]);
+    let r = kv(&out);
+    for k in ["far_443", "far_80", "up_443", "up_80"] {
+        let v = r.get(k).map(String::as_str).unwrap_or_else(|| panic!("{k} in the output: {out}"));
+        let refused = v == "closed"
+            || v.starts_with("refused ")
+            || v.starts_with("HTTP/1.1 403")
+            || v.starts_with("HTTP/1.1 421");
+        assert!(refused, "{k}: a connection to an address DNS never gave out must be refused, got {v:?}\n{out}");
+    }
+    let seen: Vec<_> = world().up.seen().into_iter().chain(world().plain.seen()).collect();
+    assert!(
+        !seen.iter().any(|s| s.path.starts_with("/unissued")),
+        "an upstream saw a request sent to an unissued address: {seen:?}"
+    );
+    assert_eq!(seen.len(), seen_before, "the upstreams saw requests: {seen:?}");
+    let events = ok(&["events", "tpu", "--json"]);
+    let ev: Vec<serde_json::Value> = events.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    for (addr, port) in [("198.19.255.7", 443), ("198.19.255.7", 80), (up_ip.as_str(), 443), (up_ip.as_str(), 80)] {
+        assert!(
+            ev.iter().any(|e| e["decision"] == "deny"
+                && e["host"] == addr
+                && e["port"] == port
+                && e["reason"].as_str().unwrap_or("").contains("did not give out")),
+            "the refusal of {addr}:{port} is audited: {events}"
+        );
+    }
+    // The operator's view (not JSON) names the refused address too.
+    let plain = ok(&["events", "tpu"]);
+    assert!(plain.contains("198.19.255.7") && plain.contains(&up_ip), "{plain}");
+    ok(&["rm", "--force", "tpu"]);
 }
