@@ -432,7 +432,7 @@ fn a_pods_app_container_joins_the_pods_network_gateway_and_approvals() {
     let ls = moat_ok(s, &["ls"]);
     let req = r#"req() { printf 'GET http://%s%s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$1" "$2" "$1" | busybox nc 127.0.0.1 3128; }"#;
     let script =
-        format!("{req}; ls /sys/class/net; req up.test /{agent}/listed; echo; req other.test /{agent}/unlisted");
+        format!("{req}; ls /sys/class/net; req up.test /{agent}/listed; echo; req other.test /{agent}/unlisted; echo; echo '== dns'; busybox nslookup up.test 2>&1");
     let o = s.ctr(&["task", "exec", "--exec-id", "req", &agent, "/bin/sh", "-c", &script]);
     let approvals = moat_ok(s, &["approvals", &pod_name]);
     let via_agent = moat_ok(s, &["approvals", &format!("{pod_name}.agent")]);
@@ -452,6 +452,10 @@ fn a_pods_app_container_joins_the_pods_network_gateway_and_approvals() {
     );
     assert_eq!(o.code, 0, "{o:?}");
     assert!(o.stdout.starts_with("lo\n"), "{}", o.stdout);
+    // Its names come from the pod's DNS responder (transparent egress's
+    // reserved range), as the pod sandbox's own would.
+    let dns = o.stdout.split("== dns").nth(1).unwrap_or("");
+    assert!(dns.contains("198.19."), "the agent's DNS answer is not the pod responder's: {dns}");
     // The pod's gateway served the agent: the listed host answered, the
     // unlisted one was refused, and the pod's queue holds the approval.
     assert!(
