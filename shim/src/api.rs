@@ -299,7 +299,7 @@ impl containerd_shim::Task for Service {
     /// keeps the FIFO open for attach and closes stdin with CloseIO.
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
         if req.stdin {
-            tracing::info!(container = %req.id, exec = %req.exec_id, "CloseIO: stdin closed");
+            tracing::debug!(container = %req.id, exec = %req.exec_id, "CloseIO: stdin closed");
             self.table.close_stdin(&req.id, &req.exec_id).map_err(status)?;
         }
         Ok(Empty::new())
