@@ -249,3 +249,45 @@ fn a_terminal_has_the_clients_size_for_run_and_exec() {
     assert!(out.contains("27 66") && out.contains("/dev/pts/"), "ctr task exec -t: {out:?}");
     s.assert_nothing_left(&id, &pids);
 }
+
+/// The terminal devices among process `pid`'s descriptors above 2.
+fn terminals_held(pid: i32) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    rd.flatten()
+        .filter(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()).is_some_and(|n| n > 2))
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|l| l.display().to_string())
+        .filter(|l| l.starts_with("/dev/pts/") || l == "/dev/ptmx")
+        .collect()
+}
+
+#[test]
+fn a_terminal_stays_with_its_own_process() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("ttyleak");
+    s.ctr_ok(&["run", "-d", "--runtime", RUNTIME, "--rootfs", s.rootfs.to_str().unwrap(), &id, "/bin/sleep", "1000"]);
+    // An exec on a terminal stays running while another process starts.
+    let term = std::thread::scope(|scope| {
+        let t = scope
+            .spawn(|| ctr_on_a_terminal(s, &["task", "exec", "-t", "--exec-id", "t1", &id, "/bin/sleep", "3"], 24, 80));
+        std::thread::sleep(Duration::from_millis(700));
+        s.ctr_ok(&["task", "exec", "-d", "--exec-id", "e2", &id, "/bin/sleep", "100"]);
+        // The second exec's launcher: the one whose stdin is no terminal.
+        let on_terminal =
+            |p: i32| std::fs::read_link(format!("/proc/{p}/fd/0")).is_ok_and(|l| l.starts_with("/dev/pts/"));
+        let launcher = shim_world::processes()
+            .into_iter()
+            .find(|(p, a)| a.iter().any(|x| x == "__exec") && a.iter().any(|x| x == &id) && !on_terminal(*p))
+            .map(|(p, _)| p);
+        let held = launcher.map(terminals_held);
+        let _ = t.join();
+        held
+    });
+    let pids = s.task_ps(&id);
+    kill_and_remove(s, &id);
+    let held = term.expect("the second exec's launcher");
+    assert!(held.is_empty(), "the second exec's launcher holds another process's terminal: {held:?}");
+    s.assert_nothing_left(&id, &pids);
+}

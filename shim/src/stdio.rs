@@ -273,10 +273,9 @@ pub struct Wired {
 /// (an exec: `Some`).
 pub fn wire(stdio: &Stdio, exited: Option<&Exited>) -> Result<Wired, StdioError> {
     if stdio.terminal {
-        let pty =
-            nix::pty::openpty(None, None).map_err(|e| StdioError { what: "a terminal".into(), source: e.into() })?;
+        let (master, slave) = crate::sys::open_pty().map_err(io("a terminal".into()))?;
         let dup = |fd: &OwnedFd, what: &str| fd.try_clone().map_err(io(what.to_string()));
-        let master = Arc::new(pty.master);
+        let master = Arc::new(master);
         let stdin = match stdio.stdin.is_empty() {
             true => Stdin::default(),
             false => feed(&stdio.stdin, File::from(dup(&master, "the terminal")?))?,
@@ -284,7 +283,6 @@ pub fn wire(stdio: &Stdio, exited: Option<&Exited>) -> Result<Wired, StdioError>
         if !stdio.stdout.is_empty() {
             copy_out(File::from(dup(&master, "the terminal")?), &stdio.stdout, exited.unwrap_or(&Exited::default()))?;
         }
-        let slave = pty.slave;
         return Ok(Wired {
             stdin: dup(&slave, "the terminal")?.into(),
             stdout: dup(&slave, "the terminal")?.into(),

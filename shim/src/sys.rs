@@ -48,3 +48,30 @@ pub fn set_window_size(fd: std::os::fd::BorrowedFd, cols: u16, rows: u16) -> std
     }
     Ok(())
 }
+
+/// A new pty, both ends close-on-exec from the start (the shim forks
+/// children from another thread meanwhile: none may inherit another's
+/// terminal): posix_openpt, then the slave through TIOCGPTPEER.
+pub fn open_pty() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: posix_openpt takes flags only and returns a new descriptor.
+    let m = unsafe { libc::posix_openpt(flags) };
+    if m < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `m` is the descriptor just returned; nothing else owns it.
+    let master = unsafe { OwnedFd::from_raw_fd(m) };
+    // SAFETY: grantpt and unlockpt take the master descriptor we hold.
+    if unsafe { libc::grantpt(master.as_raw_fd()) } < 0 || unsafe { libc::unlockpt(master.as_raw_fd()) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: TIOCGPTPEER takes open flags as its argument and returns a new
+    // descriptor for the slave of the master we hold.
+    let s = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
+    if s < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `s` is the descriptor just returned; nothing else owns it.
+    Ok((master, unsafe { OwnedFd::from_raw_fd(s) }))
+}
