@@ -486,3 +486,39 @@ fn a_pods_app_container_joins_the_pods_network_gateway_and_approvals() {
     s.assert_nothing_left(&pod, &pids);
     s.assert_nothing_left(&agent, &pids);
 }
+
+#[test]
+fn a_container_never_joins_a_sandbox_that_took_its_pods_name() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let rootfs = s.rootfs.to_str().unwrap();
+    let (pod, agent) = (made.id("opod"), made.id("oagent"));
+    let pod_name = format!("owned-{}", std::process::id());
+    let common = [
+        format!("io.kubernetes.cri.sandbox-id={pod}"),
+        format!("io.kubernetes.cri.sandbox-name={pod_name}"),
+        "io.kubernetes.cri.sandbox-namespace=default".to_string(),
+    ];
+    let run = |id: &str, extra: &str| {
+        let mut args: Vec<String> = ["run", "-d", "--runtime", RUNTIME].map(String::from).to_vec();
+        for a in common.iter().map(String::as_str).chain([extra]) {
+            args.extend(["--annotation".to_string(), a.to_string()]);
+        }
+        args.extend(["--rootfs", rootfs, id, "/bin/sleep", "1000"].map(String::from));
+        s.ctr(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    assert_eq!(run(&pod, "io.kubernetes.cri.container-type=sandbox").code, 0);
+    // The pod's sandbox goes by hand, and another sandbox takes its name.
+    assert!(s.moat(&["rm", "--force", "--workspace", &pod_name]).status.success());
+    let o = s.moat(&["run", "-d", "--name", &pod_name, "probe", "--", "/bin/sleep", "1000"]);
+    assert!(o.status.success(), "moat run: {}", String::from_utf8_lossy(&o.stderr));
+    // The kubelet (re)starts an app container of the pod.
+    let joined = run(&agent, "io.kubernetes.cri.container-type=container");
+    let _ = s.moat(&["rm", "--force", "--workspace", &pod_name]);
+    kill_and_remove(s, &agent);
+    kill_and_remove(s, &pod);
+    assert_ne!(joined.code, 0, "the app container joined moat run's sandbox {pod_name}: {joined:?}");
+    assert!(joined.stderr.contains("not the pod's"), "{joined:?}");
+    s.assert_nothing_left(&agent, &[]);
+}

@@ -183,15 +183,19 @@ impl Table {
         let role = pod::role(&spec);
         // An app container's pod: its sandbox container, served by this shim.
         let pod = match &role {
-            pod::Role::InPod(sandbox) => self.lock().containers.get(sandbox).map(|c| (c.name.clone(), c.dial.clone())),
+            pod::Role::InPod(sandbox) => {
+                let g = self.lock();
+                let c = g.containers.get(sandbox);
+                c.map(|c| (oci::Join { sandbox: c.name.clone(), owner: c.owner.clone() }, c.dial.clone()))
+            }
             _ => None,
         };
-        let preferred = pod::preferred_names(&spec, &role, pod.as_ref().map(|p| p.0.as_str()));
+        let preferred = pod::preferred_names(&spec, &role, pod.as_ref().map(|p| p.0.sandbox.as_str()));
         let (name, owner) = (names::choose(&preferred, id), names::owner(namespace, id));
         let mut req = oci::request(&name, &owner, &spec, lowers, policy, !stdio.stdin.is_empty(), &ports)?;
         match (&role, pod) {
             (pod::Role::PodSandbox, _) => pod::fit_pod_sandbox(&mut req),
-            (pod::Role::InPod(_), Some((pod_name, dial))) => pod::join(&mut req, &pod_name, dial),
+            (pod::Role::InPod(_), Some((join, dial))) => pod::join(&mut req, join, dial),
             // A pod whose sandbox container this shim does not serve: the
             // container has a network and gateway of its own.
             (pod::Role::InPod(sandbox), None) => {

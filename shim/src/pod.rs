@@ -11,6 +11,7 @@
 //! widening an agent's sandbox: only the pause gets the extra path.
 #![forbid(unsafe_code)]
 use moat_supervisor::policy::PathRule;
+use moat_supervisor::sandbox::oci::Join;
 use moat_supervisor::sandbox::RunRequest;
 use std::path::PathBuf;
 
@@ -61,19 +62,20 @@ pub fn fit_pod_sandbox(req: &mut RunRequest) {
     }
 }
 
-/// The sandbox names an operator would type for the container, best
-/// first: the pod's (`POD`, then `POD.NAMESPACE`) for its sandbox
-/// container, `POD.CONTAINER` for an app container of pod sandbox `pod`.
+/// The sandbox name an operator would type for the container: the pod's
+/// for its sandbox container (`POD` in Kubernetes' `default` namespace,
+/// `POD_NAMESPACE` in any other: Kubernetes names have no `_`, so a pod
+/// of one namespace never takes another's name), `SANDBOX.CONTAINER` for
+/// an app container of pod sandbox `pod`. Taken already: the id's name.
 pub fn preferred_names(spec: &oci_spec::runtime::Spec, role: &Role, pod: Option<&str>) -> Vec<String> {
     let empty = Default::default();
     let a = spec.annotations().as_ref().unwrap_or(&empty);
     let get = |k: &str| a.get(k).filter(|v| !v.is_empty()).cloned();
     match (role, get(SANDBOX_NAME), get(CONTAINER_NAME)) {
-        (Role::PodSandbox, Some(name), _) => {
-            let mut names = vec![name.clone()];
-            names.extend(get(SANDBOX_NAMESPACE).map(|ns| format!("{name}.{ns}")));
-            names
-        }
+        (Role::PodSandbox, Some(name), _) => match get(SANDBOX_NAMESPACE) {
+            Some(ns) if ns != "default" => vec![format!("{name}_{ns}")],
+            _ => vec![name],
+        },
         (Role::InPod(_), _, Some(container)) => pod.map(|p| vec![format!("{p}.{container}")]).unwrap_or_default(),
         _ => Vec::new(),
     }
@@ -82,9 +84,9 @@ pub fn preferred_names(spec: &oci_spec::runtime::Spec, role: &Role, pod: Option<
 /// Makes an app container join its pod's sandbox `pod` (a running moat
 /// sandbox of this shim): its network, gateway and CA. The pod's ports are
 /// published by the pod's sandbox; the agent may bind them (Landlock).
-pub fn join(req: &mut RunRequest, pod: &str, pod_dial: Option<PathBuf>) {
+pub fn join(req: &mut RunRequest, pod: Join, pod_dial: Option<PathBuf>) {
     if let Some(oci) = req.oci.as_mut() {
-        oci.join = Some(pod.to_string());
+        oci.join = Some(pod);
         oci.dial_netns = pod_dial;
     }
     let published: Vec<u16> = req.publish.drain(..).map(|p| p.sandbox_port).collect();

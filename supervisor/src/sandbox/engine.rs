@@ -37,7 +37,7 @@ pub fn supervise_for_engine(name: &str, ready: Option<File>, own_log: &File) -> 
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(errno("joining the spec's network namespace"))?;
     }
-    let early = begin(name, &req.policy, req.oci.as_ref().and_then(|o| o.join.as_deref()))?;
+    let early = begin(name, &req.policy, req.oci.as_ref().and_then(|o| o.join.as_ref()))?;
     own_output_to(own_log)?;
     supervise(&paths, ready, Some(early))
 }

@@ -306,7 +306,7 @@ pub struct Early {
 /// the network namespace with the gateway's socket and the CA of sandbox
 /// `name` (or, with `pod`, that running sandbox's namespace and CA).
 /// Nothing is written to any sandbox's state.
-pub fn begin(name: &str, policy: &Policy, pod: Option<&str>) -> Result<Early, SandboxError> {
+pub fn begin(name: &str, policy: &Policy, pod: Option<&oci::Join>) -> Result<Early, SandboxError> {
     begin_after(ForkedLauncher::fork()?, name, policy, pod)
 }
 
@@ -315,7 +315,7 @@ fn begin_after(
     launcher: ForkedLauncher,
     name: &str,
     policy: &Policy,
-    pod: Option<&str>,
+    pod: Option<&oci::Join>,
 ) -> Result<Early, SandboxError> {
     let net = match pod {
         Some(pod) => NetSide::Pod(PodNet::open(pod)?),
@@ -342,7 +342,7 @@ pub fn supervise_detached(paths: &Paths, ready: Option<fs::File>) -> Result<i32,
         let pipes = logs::SandboxPipes::install().map_err(refused)?;
         let launcher = ForkedLauncher::fork();
         log = Some(pipes.start(&paths.log_file()).map_err(refused)?);
-        begin_after(launcher?, &paths.name, &req.policy, req.oci.as_ref().and_then(|o| o.join.as_deref()))
+        begin_after(launcher?, &paths.name, &req.policy, req.oci.as_ref().and_then(|o| o.join.as_ref()))
     })();
     let result = match begun {
         Ok(early) => supervise(paths, ready, Some(early)),
@@ -411,7 +411,7 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
             .map_err(|e| SandboxError::Refused(format!("request.json: {e}")))?;
     let Early { mut launcher, cgroup_warm, mut net } = match early {
         Some(e) => e,
-        None => begin(&paths.name, &req.policy, req.oci.as_ref().and_then(|o| o.join.as_deref()))?,
+        None => begin(&paths.name, &req.policy, req.oci.as_ref().and_then(|o| o.join.as_ref()))?,
     };
     let policy = &req.policy;
     let rec = state::load(paths)?;

@@ -31,7 +31,15 @@ pub struct OciInput {
     /// A running sandbox whose network this one joins (its pod's): its
     /// namespace, gateway, approvals and CA; None: a network of its own.
     #[serde(default)]
-    pub join: Option<String>,
+    pub join: Option<Join>,
+}
+
+/// The pod sandbox a sandbox joins: its name, and the owner its record must
+/// name (a name alone could by then be another sandbox's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Join {
+    pub sandbox: String,
+    pub owner: String,
 }
 
 /// One root filesystem mount as the engine hands it over.

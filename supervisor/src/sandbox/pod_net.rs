@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 use super::net::{LaunchNet, NetStart};
 use super::netns::Netns;
+use super::oci::Join;
 use super::state::{self, Paths, Status};
 use super::SandboxError;
 use crate::gateway::{self, connects::Connects};
@@ -34,12 +35,16 @@ pub(crate) struct PodNet {
 }
 
 impl PodNet {
-    /// Joins running sandbox `pod`: its init's namespace (opened, then the
-    /// init checked to be the same process) and its CA.
-    pub(crate) fn open(pod: &str) -> Result<PodNet, SandboxError> {
-        let refuse = |why: String| SandboxError::Refused(format!("the pod's sandbox {pod}: {why}"));
-        let pod = Paths::new(pod)?;
+    /// Joins running sandbox `join.sandbox`, if its record names
+    /// `join.owner`: its init's namespace (opened, then the init checked to
+    /// be the same process) and its CA.
+    pub(crate) fn open(join: &Join) -> Result<PodNet, SandboxError> {
+        let refuse = |why: String| SandboxError::Refused(format!("the pod's sandbox {}: {why}", join.sandbox));
+        let pod = Paths::new(&join.sandbox)?;
         let rec = state::load(&pod)?;
+        if rec.image != join.owner {
+            return Err(refuse(format!("it is {}'s, not the pod's ({})", rec.image, join.owner)));
+        }
         let init = match (rec.live_status(), rec.init) {
             (Status::Running, Some(init)) => init,
             (s, _) => return Err(refuse(format!("it is {s:?}, not running"))),
