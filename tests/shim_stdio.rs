@@ -291,3 +291,28 @@ fn a_terminal_stays_with_its_own_process() {
     assert!(held.is_empty(), "the second exec's launcher holds another process's terminal: {held:?}");
     s.assert_nothing_left(&id, &pids);
 }
+
+#[test]
+fn a_signal_sent_to_a_terminal_exec_reaches_its_process() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let id = made.id("ttysig");
+    s.ctr_ok(&["run", "-d", "--runtime", RUNTIME, "--rootfs", s.rootfs.to_str().unwrap(), &id, "/bin/sleep", "1000"]);
+    let script = "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done";
+    let (out, kill) = std::thread::scope(|scope| {
+        let t = scope.spawn(|| {
+            ctr_on_a_terminal(s, &["task", "exec", "-t", "--exec-id", "ts", &id, "/bin/sh", "-c", script], 24, 80)
+        });
+        let started = wait_until(Duration::from_secs(10), || s.task_ps(&id).len() >= 3);
+        std::thread::sleep(Duration::from_millis(300));
+        let kill = s.ctr(&["task", "kill", "--exec-id", "ts", "-s", "TERM", &id]);
+        (t.join().ok(), (started, kill))
+    });
+    let pids = s.task_ps(&id);
+    kill_and_remove(s, &id);
+    assert!(kill.0 && kill.1.code == 0, "{kill:?}");
+    let out = out.and_then(Result::ok).unwrap_or_default();
+    assert!(out.contains("got-term"), "the terminal exec's own handler did not run: {out:?}");
+    s.assert_nothing_left(&id, &pids);
+}

@@ -335,15 +335,18 @@ pub fn exec(
     // The exec'd process holds its own copy of the notify connection.
     drop(notify);
     let pid = built?;
-    if let Some(c) = &console {
-        let master = c.receive_master().map_err(io("receiving the terminal"))?;
-        return Ok(tty::relay(master, pid.as_raw(), interactive, &|| false, &mut || {}));
-    }
     // A signal for the exec (an engine's kill of it) is the process's.
     sys::forward_signals_to(pid.as_raw());
-    let code = sys::wait(pid.as_raw());
+    let code = match &console {
+        Some(c) => c
+            .receive_master()
+            .map(|master| tty::relay(master, pid.as_raw(), interactive, &|| false, &mut || {}))
+            .map_err(io("receiving the terminal")),
+        None => sys::wait(pid.as_raw())
+            .map_err(|source| LaunchError::Io { what: "waiting for the exec'd process".into(), source }),
+    };
     sys::stop_forwarding_signals();
-    code.map_err(|source| LaunchError::Io { what: "waiting for the exec'd process".into(), source })
+    code
 }
 
 /// Deletes what a crashed launcher may have left of a container (its

@@ -157,8 +157,14 @@ static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
 extern "C" fn forward(sig: libc::c_int) {
     let pid = FORWARD_TO.load(Ordering::SeqCst);
     if pid > 0 {
-        // SAFETY: kill is async-signal-safe and takes integers only.
-        unsafe { libc::kill(pid, sig) };
+        // SAFETY: __errno_location returns this thread's errno slot; kill
+        // is async-signal-safe and takes integers only. errno is restored:
+        // the interrupted wait must still see its own EINTR.
+        unsafe {
+            let errno = *libc::__errno_location();
+            libc::kill(pid, sig);
+            *libc::__errno_location() = errno;
+        }
     }
 }
 
