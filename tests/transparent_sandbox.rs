@@ -280,3 +280,58 @@ fn an_address_the_dns_never_gave_out_is_refused_and_audited() {
     assert!(plain.contains("198.19.255.7") && plain.contains(&up_ip), "{plain}");
     ok(&["rm", "--force", "tpu"]);
 }
+
+/// Node's `http2.connect` offers only h2 in ALPN; the refused stream's
+/// status, `x-moat-denied` header and body.
+const NODE_H2: &str = r#"
+const http2 = require("http2"), fs = require("fs");
+const show = (t) => t.replace(/\s+/g, " ").trim().slice(0, 400);
+const c = http2.connect("https://unlisted.test", { ca: fs.readFileSync("/etc/moat/ca.pem") });
+c.on("error", (e) => console.log("h2_error=" + (e.code || e.message)));
+const r = c.request({ ":path": "/refused-h2" });
+let status = 0, denied = "", body = "";
+r.on("response", (h) => { status = h[":status"]; denied = h["x-moat-denied"] || ""; });
+r.on("data", (d) => { body += d; });
+r.on("error", (e) => console.log("h2_stream_error=" + (e.code || e.message)));
+r.on("end", () => {
+  console.log("h2_status=" + status);
+  console.log("h2_denied=" + show(denied));
+  console.log("h2_body=" + show(body));
+  c.close();
+});
+r.end();
+"#;
+
+/// An HTTP/2-only client (Node's `http2`, no proxy variables) refused in
+/// transparent mode reads the refusal: a 403 on its stream with the same
+/// body and `X-Moat-Denied` header as HTTP/1 clients get, naming the
+/// approval id `moat approvals` lists (not a failed TLS handshake).
+#[test]
+fn an_http2_only_client_reads_its_refusal() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let p = policy("transparent-h2", RULES);
+    let _ = moat(&["rm", "--force", "tph2"]);
+    ok(&["run", "-d", "--name", "tph2", "--policy", p.to_str().unwrap(), "agent", "--", "sleep", "600"]);
+    let script = format!("{NO_PROXY_VARS}node -e '{}'\n", NODE_H2.replace('\'', "'\\''"));
+    let out = ok(&["exec", "tph2", "--", "sh", "-c", &script]);
+    let r = kv(&out);
+    let get = |k: &str| r.get(k).map(String::as_str).unwrap_or("");
+    assert_eq!(get("proxy_vars"), "0", "{out}");
+    assert_eq!(get("h2_status"), "403", "an h2-only client gets a 403 on its stream: {out}");
+    let body = get("h2_body");
+    assert!(body.contains("unlisted.test:443"), "{out}");
+    let id = body
+        .split("approval id: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("an approval id in the h2 refusal's body: {out}"))
+        .to_string();
+    let denied = get("h2_denied");
+    assert!(
+        denied.starts_with("moat denied") && denied.contains("unlisted.test:443") && denied.contains(&id),
+        "the x-moat-denied header names the destination and approval {id}: {out}"
+    );
+    let list = ok(&["approvals", "tph2"]);
+    assert!(list.contains(&id) && list.contains("unlisted.test:443"), "{list}");
+    ok(&["rm", "--force", "tph2"]);
+}

@@ -10,7 +10,8 @@
 //! relayed; and against anything but TLS and HTTP passing unchecked (other
 //! protocols are refused: they use the proxy). A refusal is readable: plain
 //! HTTP gets the 403, TLS gets it after a handshake with the sandbox CA's
-//! leaf for the name.
+//! leaf for the name, over HTTP/2 to a client that offers only h2 (each
+//! stream answered with the refusal, then GOAWAY).
 #![forbid(unsafe_code)]
 use super::decide::{self, Refusal};
 use super::events::{Decision, Event};
@@ -48,10 +49,19 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener, slots: Arc
     }
 }
 
+/// What a TLS client offers by ALPN, as far as a refusal's handshake cares.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Alpn {
+    /// h2 and not http/1.1 (Node's `http2`, gRPC): the refusal speaks HTTP/2.
+    H2Only,
+    /// Anything else: HTTP/1.1.
+    Http1,
+}
+
 /// What a connection's first bytes are.
 enum Opening {
     /// A TLS ClientHello, with its server name if it sent one.
-    Tls(Option<String>),
+    Tls(Option<String>, Alpn),
     /// An HTTP/1 request head, with its Host.
     Http(Option<String>),
     /// Anything else (or a head past the bound).
@@ -75,7 +85,7 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         // The gateway's own names (/etc/hosts and the DNS give 127.0.0.1):
         // https://inference.local and http://moat.local without a proxy.
         return match opening {
-            Some(Opening::Tls(Some(sni))) if super::inference::is_inference_host(&sni) => {
+            Some(Opening::Tls(Some(sni), _)) if super::inference::is_inference_host(&sni) => {
                 inspect::inference_tunnel(shared, BufReader::new(stream), proc_).await
             }
             Some(Opening::Http(_)) => inspect::forward(shared, &mut BufReader::new(stream), None, &caller).await,
@@ -92,7 +102,7 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let mut stream = stream;
     match &opening {
         None => return,
-        Some(Opening::Tls(Some(sni))) if !same_name(sni, &host) => {
+        Some(Opening::Tls(Some(sni), _)) if !same_name(sni, &host) => {
             let sni = crate::visible::field(sni);
             return deny(&host, &format!("TLS server name {sni} is not {host}, the name {ip} was given for"));
         }
@@ -116,7 +126,10 @@ async fn handle(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         }
         _ => {}
     }
-    let tls = matches!(opening, Some(Opening::Tls(_)));
+    let tls = match opening {
+        Some(Opening::Tls(_, alpn)) => Some(alpn),
+        _ => None,
+    };
     let relay = match decide::destination(shared, &caller, &host, port, "CONNECT", "").await {
         Ok(r) => r,
         Err(refusal) => return refuse(shared, stream, tls, &host, &refusal).await,
@@ -147,20 +160,68 @@ fn same_name(asked: &str, name: &str) -> bool {
 }
 
 /// Sends `refusal`: as is to a plain-HTTP client; to a TLS client after a
-/// handshake with the sandbox CA's leaf for `host` and its request head.
-async fn refuse(shared: &Shared, mut stream: TcpStream, tls: bool, host: &str, refusal: &Refusal) {
-    if !tls {
+/// handshake with the sandbox CA's leaf for `host` and its request head
+/// (HTTP/1.1), or its first streams (HTTP/2, when it offers only h2).
+async fn refuse(shared: &Shared, mut stream: TcpStream, tls: Option<Alpn>, host: &str, refusal: &Refusal) {
+    let Some(alpn) = tls else {
         let _ = stream.write_all(&inspect::refusal_response(refusal)).await;
         return;
-    }
-    let Ok(server) = shared.ca.server_config(host, false) else { return };
+    };
+    let h2 = alpn == Alpn::H2Only;
+    let Ok(server) = shared.ca.server_config(host, h2) else { return };
     let accept = tokio_rustls::TlsAcceptor::from(server).accept(stream);
     let Ok(Ok(tls)) = tokio::time::timeout(shared.limits.head_timeout, accept).await else { return };
+    if h2 {
+        return refuse_h2(shared, tls, refusal).await;
+    }
     let mut client = BufReader::new(tls);
     if let Ok(Some(_)) = inspect::read_head(shared, &mut client, shared.limits.head_timeout).await {
         let _ = client.get_mut().write_all(&inspect::refusal_response(refusal)).await;
     }
     let _ = client.get_mut().shutdown().await;
+}
+
+/// Answers every stream of an HTTP/2 connection with `refusal` (status,
+/// `X-Moat-Denied`, body: what `inspect::refusal_response` sends HTTP/1
+/// clients; HTTP/2 has no reason phrase), then ends it with GOAWAY once one
+/// is answered. Bounded: a few streams, the head bound on header lists,
+/// the head deadline for the first stream and again for the goodbye.
+async fn refuse_h2<S>(shared: &Shared, tls: S, refusal: &Refusal)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let answered = Arc::new(tokio::sync::Notify::new());
+    let (done, refusal) = (answered.clone(), refusal.clone());
+    let service = hyper::service::service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+        done.notify_one();
+        std::future::ready(Ok::<_, std::convert::Infallible>(h2_refusal(&refusal)))
+    });
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .max_concurrent_streams(4)
+        .max_header_list_size(u32::try_from(shared.limits.max_head).unwrap_or(u32::MAX))
+        .serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = answered.notified() => {}
+        _ = tokio::time::sleep(shared.limits.head_timeout) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(shared.limits.head_timeout, conn).await;
+}
+
+/// The refusal as an HTTP/2 response.
+fn h2_refusal(r: &Refusal) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(r.body.clone())));
+    *resp.status_mut() = hyper::StatusCode::from_u16(r.status).unwrap_or(hyper::StatusCode::FORBIDDEN);
+    let h = resp.headers_mut();
+    h.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    let summary = r.summary.as_deref().map(|s| s.chars().take(300).collect::<String>());
+    if let Some(v) = summary.and_then(|s| hyper::header::HeaderValue::from_str(&s).ok()) {
+        h.insert("x-moat-denied", v);
+    }
+    resp
 }
 
 /// Waits (up to the head deadline) for the first bytes to show a whole
@@ -205,7 +266,16 @@ fn client_hello(mut b: &[u8]) -> Option<Opening> {
         }
     }
     match acceptor.accept() {
-        Ok(Some(a)) => Some(Opening::Tls(a.client_hello().server_name().map(str::to_string))),
+        Ok(Some(a)) => {
+            let hello = a.client_hello();
+            // The rule `inspect::tunnel` serves HTTP/2 by.
+            let h2_only = hello.alpn().is_some_and(|offered| {
+                let offered: Vec<&[u8]> = offered.collect();
+                offered.contains(&&b"h2"[..]) && !offered.contains(&&b"http/1.1"[..])
+            });
+            let alpn = if h2_only { Alpn::H2Only } else { Alpn::Http1 };
+            Some(Opening::Tls(hello.server_name().map(str::to_string), alpn))
+        }
         Ok(None) => None,
         Err(_) => Some(Opening::Other),
     }
