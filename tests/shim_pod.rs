@@ -14,6 +14,7 @@ mod shim_world;
 
 use sandbox_common::{pid_alive, wait_until};
 use shim_world::*;
+use std::io::Write;
 use std::time::Duration;
 
 /// Sends one HTTP/1.0 GET to `127.0.0.1:port` from inside network
@@ -521,4 +522,54 @@ fn a_container_never_joins_a_sandbox_that_took_its_pods_name() {
     assert_ne!(joined.code, 0, "the app container joined moat run's sandbox {pod_name}: {joined:?}");
     assert!(joined.stderr.contains("not the pod's"), "{joined:?}");
     s.assert_nothing_left(&agent, &[]);
+}
+
+#[test]
+fn a_pods_containers_keep_their_own_binaries_apart() {
+    let _g = serial();
+    let s = shim();
+    let mut made = Made::new(s);
+    let (pod, a, b) = (made.id("tpod"), made.id("ta"), made.id("tb"));
+    let pod_name = format!("tofu-{}", std::process::id());
+    // Container b's image has another busybox at the same path (a byte
+    // appended: it still runs, its hash differs).
+    let rootfs_b = s.dir.join(format!("rootfs-b-{}", std::process::id()));
+    let cp = std::process::Command::new("cp").arg("-a").arg(&s.rootfs).arg(&rootfs_b).status().expect("cp");
+    assert!(cp.success());
+    std::fs::OpenOptions::new().append(true).open(rootfs_b.join("bin/busybox")).unwrap().write_all(b"\0b").unwrap();
+    let rule = "[[network.policy]]\nname = \"busybox\"\nbinaries = [\"/bin/busybox\"]\n\
+                [[network.policy.endpoint]]\nhost = \"up.test\"\nport = 80\nallowed_ips = [\"198.18.0.0/15\"]\n";
+    let run = |id: &str, rootfs: &std::path::Path, kind: &str, name: &str| {
+        let annotations = [
+            format!("moat.dev/policy={rule}"),
+            format!("io.kubernetes.cri.sandbox-id={pod}"),
+            format!("io.kubernetes.cri.sandbox-name={pod_name}"),
+            format!("io.kubernetes.cri.container-type={kind}"),
+            format!("io.kubernetes.cri.container-name={name}"),
+        ];
+        let mut args: Vec<String> = ["run", "-d", "--runtime", RUNTIME].map(String::from).to_vec();
+        for x in &annotations {
+            args.extend(["--annotation".to_string(), x.clone()]);
+        }
+        args.extend(["--rootfs".to_string(), rootfs.display().to_string(), id.to_string()]);
+        args.extend(["/bin/sleep", "1000"].map(String::from));
+        s.ctr_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    };
+    run(&pod, &s.rootfs, "sandbox", "");
+    run(&a, &s.rootfs, "container", "a");
+    run(&b, &rootfs_b, "container", "b");
+    let req = |id: &str| {
+        let script = r#"printf 'GET http://up.test/tofu HTTP/1.1\r\nHost: up.test\r\nConnection: close\r\n\r\n' | busybox nc 127.0.0.1 3128 | head -1"#;
+        s.ctr(&["task", "exec", "--exec-id", "r", id, "/bin/sh", "-c", script]).stdout
+    };
+    // a's busybox is trusted first; b's, another file at the same path,
+    // is its own container's and no "changed binary".
+    let (first, second) = (req(&a), req(&b));
+    for id in [&b, &a, &pod] {
+        kill_and_remove(s, id);
+    }
+    let _ = std::fs::remove_dir_all(&rootfs_b);
+    assert!(first.starts_with("HTTP/1.1 200"), "container a: {first}");
+    assert!(second.starts_with("HTTP/1.1 200"), "container b, its own busybox: {second}");
+    s.assert_nothing_left(&b, &[]);
 }

@@ -66,8 +66,11 @@ pub struct Identity {
     stop_at: Option<i32>,
     proc_root: std::path::PathBuf,
     hashes: Arc<HashCache>,
-    /// Trust on first use: path -> the sha256 first seen.
-    trusted: Mutex<HashMap<String, String>>,
+    /// Trust on first use: (mount namespace, path) -> the sha256 first
+    /// seen. The mount namespace tells a pod's containers apart (one
+    /// gateway serves them all; each has its own root filesystem); a
+    /// sandbox cannot make a new one (seccomp: unshare, setns, clone).
+    trusted: Mutex<HashMap<(u64, String), String>>,
     integrity: Integrity,
     /// Who called connect(2) on each socket, seen while it waited there
     /// (`sandbox::connect_watch`). Required for real sandboxes; absent only
@@ -213,15 +216,17 @@ impl Identity {
             return Err(IdentityError::Deleted(exe));
         }
         let sha256 = self.hashes.hash(&link).map_err(io_at(&link))?;
+        let mnt = self.proc_root.join(pid.to_string()).join("ns/mnt");
+        let key = (fs::metadata(&mnt).map_err(io_at(&mnt))?.ino(), exe.clone());
         let mut trusted = self.trusted.lock().unwrap_or_else(|p| p.into_inner());
-        match trusted.get(&exe) {
+        match trusted.get(&key) {
             Some(was) if *was != sha256 => {
                 return Err(IdentityError::HashChanged { path: exe, was: was.clone(), now: sha256 });
             }
             Some(_) => {}
             None => {
                 tracing::info!(event = "binary_trusted", binary = %exe, sha256 = %sha256, "trusted on first use");
-                trusted.insert(exe.clone(), sha256.clone());
+                trusted.insert(key, sha256.clone());
             }
         }
         let found = match mounts {
@@ -319,7 +324,8 @@ mod tests {
         assert_eq!(caller.process.exe, me.to_string_lossy());
         assert_eq!(caller.process.sha256.len(), 64);
         // A different hash for the same path is refused.
-        id.trusted.lock().unwrap().insert(caller.process.exe.clone(), "0".repeat(64));
+        let mnt = fs::metadata("/proc/self/ns/mnt").unwrap().ino();
+        id.trusted.lock().unwrap().insert((mnt, caller.process.exe.clone()), "0".repeat(64));
         assert!(matches!(id.identify(peer, l.local_addr().unwrap(), true), Err(IdentityError::HashChanged { .. })));
         drop(client);
     }

@@ -307,18 +307,16 @@ pub struct Early {
 /// `name` (or, with `pod`, that running sandbox's namespace and CA).
 /// Nothing is written to any sandbox's state.
 pub fn begin(name: &str, policy: &Policy, pod: Option<&oci::Join>) -> Result<Early, SandboxError> {
-    begin_after(ForkedLauncher::fork()?, name, policy, pod)
+    // The pod first (it starts no thread): a refusal must not leave a forked
+    // launcher holding the caller's descriptors (its ready channel).
+    let pod = pod.map(PodNet::open).transpose()?;
+    Ok(begin_after(ForkedLauncher::fork()?, name, policy, pod))
 }
 
 /// The rest of `begin`, once the launcher is forked.
-fn begin_after(
-    launcher: ForkedLauncher,
-    name: &str,
-    policy: &Policy,
-    pod: Option<&oci::Join>,
-) -> Result<Early, SandboxError> {
+fn begin_after(launcher: ForkedLauncher, name: &str, policy: &Policy, pod: Option<PodNet>) -> Early {
     let net = match pod {
-        Some(pod) => NetSide::Pod(PodNet::open(pod)?),
+        Some(pod) => NetSide::Pod(pod),
         None => NetSide::Own(NetStart::spawn(
             name,
             policy.network.gateway_port,
@@ -326,7 +324,7 @@ fn begin_after(
         )),
     };
     let cgroup_warm = host_cgroup::start(name, policy.supervisor.memory_max_mib, launcher.pid());
-    Ok(Early { launcher, cgroup_warm, net })
+    Early { launcher, cgroup_warm, net }
 }
 
 /// `supervise` for a detached sandbox: its stdout and stderr go through
@@ -342,7 +340,8 @@ pub fn supervise_detached(paths: &Paths, ready: Option<fs::File>) -> Result<i32,
         let pipes = logs::SandboxPipes::install().map_err(refused)?;
         let launcher = ForkedLauncher::fork();
         log = Some(pipes.start(&paths.log_file()).map_err(refused)?);
-        begin_after(launcher?, &paths.name, &req.policy, req.oci.as_ref().and_then(|o| o.join.as_ref()))
+        let pod = req.oci.as_ref().and_then(|o| o.join.as_ref()).map(PodNet::open).transpose()?;
+        Ok(begin_after(launcher?, &paths.name, &req.policy, pod))
     })();
     let result = match begun {
         Ok(early) => supervise(paths, ready, Some(early)),
