@@ -227,8 +227,10 @@ fn a_terminal_has_the_clients_size_for_run_and_exec() {
     let s = shim();
     let mut made = Made::new(s);
     let rootfs = s.rootfs.to_str().unwrap();
-    // The size arrives by ResizePty once the task runs: wait for it.
-    let script = "while [ \"$(busybox stty size)\" = '0 0' ]; do sleep 0.05; done; busybox stty size; busybox tty";
+    // The size arrives by ResizePty once the task runs: wait for it (until
+    // then stty prints 0 0, nothing, or fails). Never arriving is a hang,
+    // which the 30 s limit fails.
+    let script = "until z=$(busybox stty size 2>/dev/null); case \"$z\" in [1-9]*' '[1-9]*) true;; *) false;; esac; do sleep 0.05; done; echo \"$z\"; busybox tty";
     let id = made.id("tty");
     let out = ctr_on_a_terminal(
         s,
