@@ -346,3 +346,55 @@ fn bench_run_pod_sandbox_to_exec_sync() {
     println!("  runc handler (io.containerd.runc.v2): {r:.1} ms");
     println!("  ratio moat/runc: {:.2}", m / r);
 }
+
+/// One HTTP/1.0 GET of `/` to `127.0.0.1:port` from inside network
+/// namespace file `ns` (a helper thread joins it); the whole answer.
+fn get_in(ns: &std::path::Path, port: u16) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let ns = ns.to_path_buf();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&ns)?;
+        // Changes only this helper thread's namespace.
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+        c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+        let mut out = String::new();
+        c.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .join()
+    .unwrap_or_else(|_| Err(std::io::Error::other("netns thread panicked")))
+}
+
+#[test]
+fn a_port_the_pod_publishes_reaches_the_agent_from_the_pods_namespace() {
+    let _g = serial();
+    let w = cri();
+    let mut spec = pod_spec(w, "served", "moat");
+    spec.annotations.insert("moat.dev/publish".into(), "18090:8000".into());
+    let before = w.pod_netns();
+    let pod = w.client.run_pod(&spec).unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}\n{}", w.log()));
+    let mut guard = PodGuard { w, id: pod.clone() };
+    let serve =
+        "mkdir -p /tmp/w && echo hello-cri > /tmp/w/index.html; exec /bin/busybox httpd -f -p 127.0.0.1:8000 -h /tmp/w";
+    let id = w
+        .client
+        .create_container(&pod, &spec, "agent", PROBE_IMAGE, &["/bin/sh", "-c", serve])
+        .unwrap_or_else(|e| panic!("CreateContainer: {e:?}\n{}", w.log()));
+    w.client.start_container(&id).unwrap_or_else(|e| panic!("StartContainer: {e:?}\n{}", w.log()));
+    // The pod's CNI namespace: the one this pod added.
+    let ns = w.pod_netns().into_iter().find(|n| !before.contains(n)).expect("the pod's network namespace");
+    let mut got = String::new();
+    let served = wait_until(Duration::from_secs(10), || {
+        got = get_in(&ns, 18090).unwrap_or_else(|e| e.to_string());
+        got.contains("hello-cri")
+    });
+    let unpublished = get_in(&ns, 8000);
+    let names = sandboxes(w, &guard.id, &id);
+    let pids = vec![w.task_pid(&id).expect("the agent's pid"), w.task_pid(&guard.id).expect("the pause's pid")];
+    kubelet_teardown(w, &mut guard, &id);
+    assert!(served, "the pod's published port did not reach the agent: {got}\n{}", w.log());
+    assert!(unpublished.is_err(), "the agent's own port answered in the pod's namespace: {unpublished:?}");
+    w.assert_nothing_left(&names, &pids);
+}
