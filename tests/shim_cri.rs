@@ -20,6 +20,7 @@ mod shim_world;
 use cri_world::client::PodSpec;
 use cri_world::{cri, Cri, CtrEvents, PodGuard, PAUSE_IMAGE, PROBE_IMAGE, UPSTREAM_PAUSE_IMAGE};
 use sandbox_common::{assert_process_guards, parse, pid_alive, wait_until, GATEWAY_PORT};
+use shim_world::{get_in, response, section};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -41,19 +42,6 @@ fn policy(host: &str, net: &str) -> String {
         "[[network.policy]]\nname = \"busybox\"\nbinaries = [\"/bin/busybox\"]\n\
          [[network.policy.endpoint]]\nhost = \"{host}\"\nport = 80\nallowed_ips = [\"{net}.0/24\"]\n"
     )
-}
-
-fn section<'a>(out: &'a str, name: &str) -> &'a str {
-    let marker = format!("== {name}\n");
-    let start = out.find(&marker).map(|i| i + marker.len()).unwrap_or_else(|| panic!("no {marker:?} in:\n{out}"));
-    let rest = &out[start..];
-    rest.find("\n== ").map(|i| &rest[..i + 1]).unwrap_or(rest)
-}
-
-fn response(text: &str) -> (&str, &str) {
-    let status = text.lines().next().unwrap_or("").trim_end();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, body)
 }
 
 fn pod_spec<'a>(w: &Cri, name: &'a str, handler: &'a str) -> PodSpec<'a> {
@@ -345,26 +333,6 @@ fn bench_run_pod_sandbox_to_exec_sync() {
     println!("  moat handler (io.containerd.moat.v1): {m:.1} ms");
     println!("  runc handler (io.containerd.runc.v2): {r:.1} ms");
     println!("  ratio moat/runc: {:.2}", m / r);
-}
-
-/// One HTTP/1.0 GET of `/` to `127.0.0.1:port` from inside network
-/// namespace file `ns` (a helper thread joins it); the whole answer.
-fn get_in(ns: &std::path::Path, port: u16) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let ns = ns.to_path_buf();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(&ns)?;
-        // Changes only this helper thread's namespace.
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-        let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        c.set_read_timeout(Some(Duration::from_secs(5)))?;
-        c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
-        let mut out = String::new();
-        c.read_to_string(&mut out)?;
-        Ok(out)
-    })
-    .join()
-    .unwrap_or_else(|_| Err(std::io::Error::other("netns thread panicked")))
 }
 
 #[test]

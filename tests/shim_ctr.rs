@@ -31,21 +31,6 @@ fn busybox_rule(host: &str, port: u16) -> String {
     )
 }
 
-/// The sections of `out` that follow `== NAME` marker lines.
-fn section<'a>(out: &'a str, name: &str) -> &'a str {
-    let marker = format!("== {name}\n");
-    let start = out.find(&marker).map(|i| i + marker.len()).unwrap_or_else(|| panic!("no {marker:?} in:\n{out}"));
-    let rest = &out[start..];
-    rest.find("\n== ").map(|i| &rest[..i + 1]).unwrap_or(rest)
-}
-
-/// An HTTP response's status line and body.
-fn response(text: &str) -> (&str, &str) {
-    let status = text.lines().next().unwrap_or("").trim_end();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, body)
-}
-
 fn seen_paths(up: &Upstream) -> Vec<String> {
     up.seen().into_iter().map(|s| s.path).collect()
 }

@@ -17,24 +17,16 @@ use shim_world::*;
 use std::io::Write;
 use std::time::Duration;
 
-/// Sends one HTTP/1.0 GET to `127.0.0.1:port` from inside network
-/// namespace file `ns` (a helper thread joins it); the whole answer.
-fn get_in(ns: &str, port: u16) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(&ns)?;
-        // Changes only this helper thread's namespace.
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-        let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        c.set_read_timeout(Some(Duration::from_secs(5)))?;
-        c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
-        let mut out = String::new();
-        c.read_to_string(&mut out)?;
-        Ok(out)
-    })
-    .join()
-    .expect("netns thread")
+/// `ctr run -d` of `/bin/sleep 1000` on `rootfs` as container `id` with
+/// `annotations` (what containerd's CRI plugin writes, here by hand).
+fn run_annotated(s: &Shim, id: &str, rootfs: &std::path::Path, annotations: &[String]) -> Out {
+    let mut args: Vec<String> = ["run", "-d", "--runtime", RUNTIME].map(String::from).to_vec();
+    for a in annotations {
+        args.extend(["--annotation".to_string(), a.clone()]);
+    }
+    args.extend(["--rootfs".to_string(), rootfs.display().to_string(), id.to_string()]);
+    args.extend(["/bin/sleep", "1000"].map(String::from));
+    s.ctr(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 #[test]
@@ -72,12 +64,12 @@ fn a_published_port_serves_from_the_pod_namespace_and_nothing_else_comes_in() {
     ]);
     let mut got = String::new();
     let served = wait_until(Duration::from_secs(10), || {
-        got = get_in(&s.pod.pod_path(), pod_port).unwrap_or_else(|e| e.to_string());
+        got = get_in(s.pod.pod_path(), pod_port).unwrap_or_else(|e| e.to_string());
         got.contains(&format!("hello-{id}"))
     });
     // Nothing else comes in: the port the agent was not given is not
     // reachable from the pod's namespace, and the host has no listener.
-    let other = get_in(&s.pod.pod_path(), unpublished);
+    let other = get_in(s.pod.pod_path(), unpublished);
     let on_host = std::net::TcpStream::connect(("127.0.0.1", pod_port));
     let pids = s.task_ps(&id);
     kill_and_remove(s, &id);
@@ -402,7 +394,6 @@ fn a_pods_app_container_joins_the_pods_network_gateway_and_approvals() {
     let _g = serial();
     let s = shim();
     let mut made = Made::new(s);
-    let rootfs = s.rootfs.to_str().unwrap();
     let (pod, agent) = (made.id("jpod"), made.id("jagent"));
     let pod_name = format!("mypod-{}", std::process::id());
     // busybox (nc) may reach up.test:80; other.test is unlisted.
@@ -417,12 +408,8 @@ fn a_pods_app_container_joins_the_pods_network_gateway_and_approvals() {
         "io.kubernetes.cri.sandbox-namespace=default".to_string(),
     ];
     let run = |id: &str, extra: &[String]| {
-        let mut args: Vec<String> = ["run", "-d", "--runtime", RUNTIME].map(String::from).to_vec();
-        for a in common.iter().chain(extra) {
-            args.extend(["--annotation".to_string(), a.clone()]);
-        }
-        args.extend(["--rootfs", rootfs, id, "/bin/sleep", "1000"].map(String::from));
-        s.ctr_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let o = run_annotated(s, id, &s.rootfs, &[&common[..], extra].concat());
+        assert_eq!(o.code, 0, "{o:?}");
     };
     run(&pod, &["io.kubernetes.cri.container-type=sandbox".to_string()]);
     run(
@@ -493,7 +480,6 @@ fn a_container_never_joins_a_sandbox_that_took_its_pods_name() {
     let _g = serial();
     let s = shim();
     let mut made = Made::new(s);
-    let rootfs = s.rootfs.to_str().unwrap();
     let (pod, agent) = (made.id("opod"), made.id("oagent"));
     let pod_name = format!("owned-{}", std::process::id());
     let common = [
@@ -501,14 +487,7 @@ fn a_container_never_joins_a_sandbox_that_took_its_pods_name() {
         format!("io.kubernetes.cri.sandbox-name={pod_name}"),
         "io.kubernetes.cri.sandbox-namespace=default".to_string(),
     ];
-    let run = |id: &str, extra: &str| {
-        let mut args: Vec<String> = ["run", "-d", "--runtime", RUNTIME].map(String::from).to_vec();
-        for a in common.iter().map(String::as_str).chain([extra]) {
-            args.extend(["--annotation".to_string(), a.to_string()]);
-        }
-        args.extend(["--rootfs", rootfs, id, "/bin/sleep", "1000"].map(String::from));
-        s.ctr(&args.iter().map(String::as_str).collect::<Vec<_>>())
-    };
+    let run = |id: &str, extra: &str| run_annotated(s, id, &s.rootfs, &[&common[..], &[extra.to_string()]].concat());
     assert_eq!(run(&pod, "io.kubernetes.cri.container-type=sandbox").code, 0);
     // The pod's sandbox goes by hand, and another sandbox takes its name.
     assert!(s.moat(&["rm", "--force", "--workspace", &pod_name]).status.success());
@@ -547,13 +526,8 @@ fn a_pods_containers_keep_their_own_binaries_apart() {
             format!("io.kubernetes.cri.container-type={kind}"),
             format!("io.kubernetes.cri.container-name={name}"),
         ];
-        let mut args: Vec<String> = ["run", "-d", "--runtime", RUNTIME].map(String::from).to_vec();
-        for x in &annotations {
-            args.extend(["--annotation".to_string(), x.clone()]);
-        }
-        args.extend(["--rootfs".to_string(), rootfs.display().to_string(), id.to_string()]);
-        args.extend(["/bin/sleep", "1000"].map(String::from));
-        s.ctr_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let o = run_annotated(s, id, rootfs, &annotations);
+        assert_eq!(o.code, 0, "{o:?}");
     };
     run(&pod, &s.rootfs, "sandbox", "");
     run(&a, &s.rootfs, "container", "a");

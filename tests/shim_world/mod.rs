@@ -581,3 +581,39 @@ pub fn shim_above(pid: i32) -> Option<i32> {
     }
     None
 }
+
+/// The sections of `out` that follow `== NAME` marker lines.
+pub fn section<'a>(out: &'a str, name: &str) -> &'a str {
+    let marker = format!("== {name}\n");
+    let start = out.find(&marker).map(|i| i + marker.len()).unwrap_or_else(|| panic!("no {marker:?} in:\n{out}"));
+    let rest = &out[start..];
+    rest.find("\n== ").map(|i| &rest[..i + 1]).unwrap_or(rest)
+}
+
+/// An HTTP response's status line and body.
+pub fn response(text: &str) -> (&str, &str) {
+    let status = text.lines().next().unwrap_or("").trim_end();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body)
+}
+
+/// Sends one HTTP/1.0 GET of `/index.html` to `127.0.0.1:port` from
+/// inside network namespace file `ns` (a helper thread joins it); the
+/// whole answer.
+pub fn get_in(ns: impl AsRef<Path>, port: u16) -> std::io::Result<String> {
+    use std::io::Write;
+    let ns = ns.as_ref().to_path_buf();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&ns)?;
+        // Changes only this helper thread's namespace.
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+        c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+        let mut out = String::new();
+        c.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .join()
+    .unwrap_or_else(|_| Err(std::io::Error::other("netns thread panicked")))
+}
