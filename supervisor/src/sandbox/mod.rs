@@ -607,6 +607,12 @@ pub fn launch_plan(paths: &Paths) -> Result<LaunchPlan, SandboxError> {
     if rec.live_status() != Status::Running {
         return Err(SandboxError::NotRunning(paths.name.clone()));
     }
+    read_launch_plan(paths)
+}
+
+/// The launch plan in the runtime directory, for a caller that has checked
+/// the sandbox runs.
+pub(crate) fn read_launch_plan(paths: &Paths) -> Result<LaunchPlan, SandboxError> {
     let bytes = fs::read(paths.launch_plan()).map_err(io(paths.launch_plan().display().to_string()))?;
     serde_json::from_slice(&bytes).map_err(|e| SandboxError::Refused(format!("launch.json: {e}")))
 }

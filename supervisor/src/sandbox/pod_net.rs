@@ -54,7 +54,8 @@ impl PodNet {
         if !init.alive() {
             return Err(refuse("its init exited".into()));
         }
-        let ca_pem = super::launch_plan(&pod)?.top.ca_pem;
+        // Its record was read and found running above.
+        let ca_pem = super::read_launch_plan(&pod)?.top.ca_pem;
         Ok(PodNet { pod, ns, ca_pem })
     }
 }
