@@ -42,6 +42,21 @@ impl Watcher {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
     }
 
+    /// Reads until a line matching each of `a` and `b` has come, in either
+    /// order: records, approvals and policy travel on separate channels.
+    fn both(&mut self, a: (&str, fn(&Value) -> bool), b: (&str, fn(&Value) -> bool)) -> (Value, Value) {
+        let (mut first, mut second) = (Value::Null, Value::Null);
+        while first.is_null() || second.is_null() {
+            let v = self.next();
+            if first.is_null() && v["kind"] == a.0 && a.1(&v) {
+                first = v;
+            } else if second.is_null() && v["kind"] == b.0 && b.1(&v) {
+                second = v;
+            }
+        }
+        (first, second)
+    }
+
     /// Reads until a line of `kind` that satisfies `ok`.
     fn until(&mut self, kind: &str, ok: impl Fn(&Value) -> bool) -> Value {
         loop {
@@ -66,19 +81,17 @@ fn the_feed_carries_policy_approvals_and_records_as_they_happen() {
 
     let (_s, status, _) = g.tunnel("up.test:443");
     assert_eq!(status, 403);
-    let e = w.until("event", |_| true);
+    let (e, a) = w.both(("event", |_| true), ("approvals", |v| v["pending"].as_array().is_some_and(|p| !p.is_empty())));
     assert_eq!((e["event"]["decision"].as_str(), e["event"]["host"].as_str()), (Some("deny"), Some("up.test")));
     assert_eq!(e["event"]["binary"], me().as_str());
-    let a = w.until("approvals", |v| v["pending"].as_array().is_some_and(|p| !p.is_empty()));
     let id = a["pending"][0]["id"].as_str().unwrap().to_string();
 
     let scope = moat_supervisor::gateway::scope::Scope::Exact;
     g.control(&Request::Approve { id, allowed_ips: vec!["198.18.0.0/15".into()], scope }).unwrap();
-    let p = w.until("policy", |_| true);
+    let (p, _) = w.both(("policy", |_| true), ("approvals", |v| v["pending"].as_array().is_some_and(Vec::is_empty)));
     assert_eq!(p["revision"], 2);
     let (prev, text) = (p["previous"].as_str().unwrap(), p["text"].as_str().unwrap());
     assert!(!prev.contains("approved-") && text.contains("approved-"), "the two revisions, for the diff: {p}");
-    w.until("approvals", |v| v["pending"].as_array().is_some_and(Vec::is_empty));
     let (_s, status, _) = g.tunnel("up.test:443");
     assert_eq!(status, 200);
     let e = w.until("event", |v| v["event"]["decision"] == "allow");
