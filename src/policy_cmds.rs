@@ -18,7 +18,7 @@ use moat_supervisor::secrets::redact::redact;
 use moat_supervisor::visible;
 use moat_supervisor::Policy;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -343,7 +343,7 @@ pub fn events(a: EventsArgs) -> Result<ExitCode> {
     use std::os::unix::fs::MetadataExt;
     let paths = Paths::new(&a.name)?;
     state::load(&paths)?;
-    let path = paths.audit_log();
+    let path = paths.audit_log_target();
     let open = |p: &std::path::Path| std::fs::File::open(p).map(BufReader::new);
     let mut f = match open(&path) {
         Ok(f) => f,
@@ -374,15 +374,25 @@ pub fn events(a: EventsArgs) -> Result<ExitCode> {
     }
 }
 
+/// The longest audit line read whole (records are bounded by the gateway's
+/// head limits, a few KiB).
+const MAX_EVENT_LINE: u64 = 1 << 20;
+
 /// Prints the complete lines `f` holds from where it is; a partial last
 /// line is left for the next call when `wait` (a follower).
 fn print_events(f: &mut BufReader<std::fs::File>, a: &EventsArgs, wait: bool) -> Result<()> {
     let mut line = String::new();
     loop {
         line.clear();
-        let n = f.read_line(&mut line)?;
+        let n = f.by_ref().take(MAX_EVENT_LINE).read_line(&mut line)?;
         if n == 0 {
             return Ok(());
+        }
+        if n as u64 == MAX_EVENT_LINE && !line.ends_with('\n') {
+            // No record the gateway writes is this long: skipped, not held.
+            f.skip_until(b'\n')?;
+            say!("moat: skipped an audit line longer than {} KiB", MAX_EVENT_LINE >> 10);
+            continue;
         }
         if !line.ends_with('\n') && wait {
             // A partial line: rewind and wait for the rest.
@@ -431,7 +441,7 @@ fn suggest(
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let since = since.map(|s| suggest::since(s, i128::try_from(now).unwrap_or(i128::MAX))).transpose()?;
     let mut c = Collector::new(&network, since, Limits::default())?;
-    let log = paths.audit_log();
+    let log = paths.audit_log_target();
     let open = |p: &std::path::Path| match std::fs::File::open(p) {
         Ok(f) => Ok(Some(f)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -85,6 +85,13 @@ impl Paths {
     pub fn audit_log(&self) -> PathBuf {
         self.home.join("audit.log")
     }
+    /// The audit log to read: a pod container's `audit.log` is a link to
+    /// its pod's, whose rotated-away part (`events::rotated_path`) lies
+    /// beside the pod's log, not beside the link.
+    pub fn audit_log_target(&self) -> PathBuf {
+        let link = self.audit_log();
+        std::fs::canonicalize(&link).unwrap_or(link)
+    }
     /// The gateway's control socket (runtime; exists while the supervisor runs).
     pub fn control_socket(&self) -> PathBuf {
         self.run.join("control.sock")
