@@ -60,6 +60,44 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// Places many offsets of one text, each as [`line_col`] would, in time
+/// linear in the text when the offsets come in order (a parser's events do):
+/// it counts on from the last offset placed instead of from the start. An
+/// offset before the last one is counted from the start again.
+pub struct LineCols<'a> {
+    text: &'a str,
+    at: usize,
+    line: usize,
+    column: usize,
+}
+
+impl<'a> LineCols<'a> {
+    pub fn new(text: &'a str) -> LineCols<'a> {
+        LineCols { text, at: 0, line: 1, column: 1 }
+    }
+
+    /// Line and column of byte `offset`, as [`line_col`] gives them.
+    pub fn place(&mut self, offset: usize) -> (usize, usize) {
+        let mut end = offset.min(self.text.len());
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        if end < self.at {
+            (self.at, self.line, self.column) = (0, 1, 1);
+        }
+        let passed = &self.text[self.at..end];
+        match passed.rfind('\n') {
+            Some(last) => {
+                self.line += passed.matches('\n').count();
+                self.column = passed[last + 1..].chars().count() + 1;
+            }
+            None => self.column += passed.chars().count(),
+        }
+        self.at = end;
+        (self.line, self.column)
+    }
+}
+
 /// Reads `path` as UTF-8 text of at most `max` bytes.
 pub fn read(path: &Path, max: u64) -> Result<String, TextError> {
     let f = std::fs::File::open(path).map_err(|source| TextError::Read { path: path.into(), source })?;
@@ -116,6 +154,18 @@ mod tests {
     fn offsets_inside_a_character_do_not_panic() {
         assert_eq!(line_col("aé\nb", 2), (1, 2));
         assert_eq!(line_col("aé\nb", 99), (2, 2));
+    }
+    #[test]
+    fn line_cols_agrees_with_line_col_in_and_out_of_order() {
+        let text = "ab\n\u{e9}c\n\n  x\u{1f600}y\nlast";
+        let mut forward = LineCols::new(text);
+        for offset in 0..text.len() + 3 {
+            assert_eq!(forward.place(offset), line_col(text, offset), "offset {offset}");
+        }
+        let mut jumping = LineCols::new(text);
+        for offset in [9, 3, 15, 15, 0, 20, 4, 99, 1] {
+            assert_eq!(jumping.place(offset), line_col(text, offset), "offset {offset}");
+        }
     }
     #[test]
     fn toml_errors_keep_the_reason_and_place() {

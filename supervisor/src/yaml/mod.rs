@@ -91,7 +91,9 @@ impl Places {
         }
         let mut at = std::collections::HashMap::new();
         let mut stack: Vec<Frame> = Vec::new();
-        let place = |offset: usize| moat_builder::textfile::line_col(text, offset.min(text.len()));
+        // Events come in text order: each place counts on from the last.
+        let mut cols = moat_builder::textfile::LineCols::new(text);
+        let mut place = |offset: usize| cols.place(offset);
         for (event, offset) in sys::events(text) {
             if event == sys::Event::End {
                 // After a value a key comes next; after a collection used as
