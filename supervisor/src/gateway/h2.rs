@@ -151,18 +151,83 @@ pub(crate) async fn serve<C, U>(
     }
 }
 
+/// What the gateway itself answered (never an upstream's response): the
+/// text a gRPC client gets as its status message.
+#[derive(Clone)]
+struct OwnAnswer(String);
+
 fn text(status: u16, body: String, summary: Option<&str>) -> Response<Body> {
+    let message = summary.map_or_else(|| body.trim().to_string(), str::to_string);
     let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
     r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
     if let Some(v) = summary.and_then(|s| hyper::header::HeaderValue::from_str(s).ok()) {
         r.headers_mut().insert("x-moat-denied", v);
     }
+    r.extensions_mut().insert(OwnAnswer(message));
     r
 }
 
-/// One stream: checked, then relayed.
-async fn stream(t: &Tunnel, mut req: Request<Incoming>) -> Response<Body> {
+/// Whether a request is gRPC (`content-type: application/grpc`, `+proto`, ...).
+pub(crate) fn is_grpc(headers: &hyper::HeaderMap) -> bool {
+    headers.get(hyper::header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= 16
+            && v[..16].eq_ignore_ascii_case(b"application/grpc")
+            && matches!(v.get(16), None | Some(b'+' | b';'))
+    })
+}
+
+/// The gateway's own answer to a gRPC request, as gRPC reads it: gRPC
+/// clients read the status only from `grpc-status` and `grpc-message`
+/// (grpc-js turns a bare 403 into "Received HTTP status code 403", and
+/// grpc-go ignores `grpc-message` beside a status other than 200), so the
+/// answer becomes a Trailers-Only response (`:status` 200, no body), as
+/// Envoy answers gRPC requests it refuses itself: the HTTP status mapped
+/// as gRPC's own table maps it (403 -> 7 PERMISSION_DENIED), `message`
+/// percent-encoded; `x-moat-denied` stays.
+pub(crate) fn grpc_answer<B>(mut r: Response<B>, message: &str, empty: B) -> Response<B> {
+    let code = match r.status().as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    };
+    let mut encoded = String::new();
+    for b in message.bytes().take(1024) {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    *r.status_mut() = StatusCode::OK;
+    let h = r.headers_mut();
+    h.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", hyper::header::HeaderValue::from(code));
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&encoded) {
+        h.insert("grpc-message", v);
+    }
+    r.map(|_| empty)
+}
+
+/// One stream: checked, then relayed; a gRPC request gets the gateway's
+/// own answers as gRPC status.
+async fn stream(t: &Tunnel, req: Request<Incoming>) -> Response<Body> {
+    let grpc = is_grpc(req.headers());
+    let r = check_and_relay(t, req).await;
+    match r.extensions().get::<OwnAnswer>().cloned() {
+        Some(OwnAnswer(message)) if grpc => {
+            let empty = Full::new(Bytes::new()).map_err(|never| match never {}).boxed();
+            grpc_answer(r, &message, empty)
+        }
+        _ => r,
+    }
+}
+
+async fn check_and_relay(t: &Tunnel, mut req: Request<Incoming>) -> Response<Body> {
     let (shared, caller, host, port) = (&t.shared, &t.caller, t.host.as_str(), t.port);
     *t.last_stream.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
     let Ok(_slot) = shared.h2_streams.try_acquire() else {
@@ -286,4 +351,43 @@ fn authority_matches(req: &Request<Incoming>, host: &str, port: u16) -> bool {
         return false;
     }
     authority.is_none_or(names_tunnel) && hosts.iter().all(|v| v.to_str().is_ok_and(names_tunnel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_is_told_by_its_content_type() {
+        let with = |v: &'static str| {
+            let mut h = hyper::HeaderMap::new();
+            h.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(v));
+            is_grpc(&h)
+        };
+        for v in ["application/grpc", "application/grpc+proto", "Application/GRPC;charset=x"] {
+            assert!(with(v), "{v}");
+        }
+        for v in ["application/grpc-web", "application/grpcx", "application/json", "text/plain"] {
+            assert!(!with(v), "{v}");
+        }
+        assert!(!is_grpc(&hyper::HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_refusal_becomes_a_trailers_only_grpc_status() {
+        let r = Response::builder().status(403).header("x-moat-denied", "moat denied x").body("text").unwrap();
+        let g = grpc_answer(r, "moat denied a -> b:1 (100% \"no\")\nnext", "");
+        assert_eq!(g.status(), StatusCode::OK);
+        assert_eq!(g.headers()["content-type"], "application/grpc");
+        assert_eq!(g.headers()["grpc-status"], "7");
+        assert_eq!(g.headers()["grpc-message"], "moat denied a -> b:1 (100%25 \"no\")%0Anext");
+        assert_eq!(g.headers()["x-moat-denied"], "moat denied x");
+        assert_eq!(*g.body(), "");
+        let code = |status: u16| {
+            let r = Response::builder().status(status).body(()).unwrap();
+            grpc_answer(r, "", ()).headers()["grpc-status"].to_str().unwrap().to_string()
+        };
+        let got: Vec<String> = [400, 401, 404, 421, 429, 502, 503, 504].into_iter().map(code).collect();
+        assert_eq!(got, ["13", "16", "12", "2", "14", "14", "14", "14"]);
+    }
 }

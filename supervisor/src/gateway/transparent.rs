@@ -183,7 +183,8 @@ async fn refuse(shared: &Shared, mut stream: TcpStream, tls: Option<Alpn>, host:
 
 /// Answers every stream of an HTTP/2 connection with `refusal` (status,
 /// `X-Moat-Denied`, body: what `inspect::refusal_response` sends HTTP/1
-/// clients; HTTP/2 has no reason phrase), then ends it with GOAWAY once one
+/// clients; HTTP/2 has no reason phrase; a gRPC request gets it as gRPC
+/// status, `h2::grpc_answer`), then ends it with GOAWAY once one
 /// is answered. Bounded: a few streams, the head bound on header lists,
 /// the head deadline for the first stream and again for the goodbye.
 async fn refuse_h2<S>(shared: &Shared, tls: S, refusal: &Refusal)
@@ -193,9 +194,14 @@ where
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let answered = Arc::new(tokio::sync::Notify::new());
     let (done, refusal) = (answered.clone(), refusal.clone());
-    let service = hyper::service::service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         done.notify_one();
-        std::future::ready(Ok::<_, std::convert::Infallible>(h2_refusal(&refusal)))
+        let mut answer = h2_refusal(&refusal);
+        if super::h2::is_grpc(req.headers()) {
+            let message = refusal.summary.clone().unwrap_or_else(|| refusal.body.trim().to_string());
+            answer = super::h2::grpc_answer(answer, &message, http_body_util::Full::default());
+        }
+        std::future::ready(Ok::<_, std::convert::Infallible>(answer))
     });
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .max_concurrent_streams(4)
