@@ -186,3 +186,51 @@ fn a_running_sandbox_does_not_pin_another_ones_stopped_workspace() {
     w.ok(&["rm", "--force", "--workspace", "first"]);
     w.ok(&["rm", "--force", "--workspace", "second"]);
 }
+
+/// The inode numbers of the ready images in moat's cache.
+fn ready_images(w: &World) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = w.home().join("cache/workspace-images/ready");
+    let Ok(rd) = fs::read_dir(&dir) else { return Vec::new() };
+    rd.flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| e.metadata().ok().map(|m| m.ino()))
+        .collect()
+}
+
+/// Start-up takes a ready image (a synced copy of the empty template) with
+/// a rename instead of copying the template on its path; each ready image
+/// goes to one sandbox, and the start makes new ones for the next.
+#[test]
+fn starts_take_ready_images_one_each_and_make_new_ones() {
+    use std::os::unix::fs::MetadataExt;
+    let w = World::new();
+    let policy = small_policy(w.dir.path());
+    let p = policy.to_str().unwrap();
+    let image_ino =
+        |name: &str| fs::metadata(w.home().join("sandboxes").join(name).join("workspace.img")).unwrap().ino();
+    w.ok(&["run", "-d", "--name", "a", "--policy", p, &w.image, "--", "sleep", "300"]);
+    assert!(wait_until(Duration::from_secs(20), || ready_images(&w).len() == 2), "no ready images after a start");
+    let ready = ready_images(&w);
+    w.ok(&["run", "-d", "--name", "b", "--policy", p, &w.image, "--", "sh", "-c", "echo b > /sandbox/f; sleep 300"]);
+    let b = image_ino("b");
+    assert!(ready.contains(&b), "b's image {b} is not one of the ready ones {ready:?}");
+    assert_ne!(image_ino("a"), b);
+    assert!(
+        wait_until(Duration::from_secs(20), || { ready_images(&w).len() == 2 && !ready_images(&w).contains(&b) }),
+        "the ready images were not made again, or b's is still offered: {:?}",
+        ready_images(&w)
+    );
+    // The workspace is b's own, bounded as any.
+    let out = w.ok(&[
+        "exec",
+        "b",
+        "--",
+        "sh",
+        "-c",
+        "cat /sandbox/f; grep ' /sandbox ' /proc/self/mountinfo | grep -c ' ext4 '",
+    ]);
+    assert_eq!(out, "b\n1\n");
+    w.ok(&["rm", "--force", "--workspace", "a"]);
+    w.ok(&["rm", "--force", "--workspace", "b"]);
+}

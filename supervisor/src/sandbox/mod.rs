@@ -25,6 +25,7 @@ mod sys;
 pub mod trust;
 pub mod usage;
 pub mod workspace_limit;
+mod workspace_pool;
 use crate::launch::executor::GuardPlan;
 use crate::launch::fork::ForkedLauncher;
 use crate::launch::landlock::{kernel_abi, missing_features, LandlockPlan};

@@ -87,14 +87,18 @@ impl Disk {
         self.image().is_file()
     }
 
-    /// Makes the image: a sparse copy of the empty template for `size_mib`
-    /// and `inodes` (made once, see [`template`]). Written under a
+    /// Makes the image: a ready copy of the empty template for `size_mib`
+    /// and `inodes` (`workspace_pool`), else a sparse copy of the template
+    /// (made once, see [`template`]). Written under a
     /// temporary name and renamed, so a crash never leaves a half-made
     /// image in use. The workspace directory in it belongs to root until
     /// [`prepare`] gives it to the sandbox's user.
     pub fn create(&self, size_mib: u64, inodes: u64, durability: Durability) -> Result<(), LimitError> {
         let tmpl = template(size_mib, inodes, durability)?;
         let image = self.image();
+        if super::workspace_pool::take(&tmpl, &image) {
+            return Ok(());
+        }
         let tmp = self.home.join(format!(".{IMAGE}.{}", std::process::id()));
         let copied =
             copy_sparse(&tmpl, &tmp).map_err(io_err(format!("copying {} to {}", tmpl.display(), tmp.display())));
@@ -338,8 +342,10 @@ impl Drop for Mounted {
 pub struct Preparing {
     name: String,
     workspace: PathBuf,
-    /// Joined on drop: a mount made meanwhile is unmounted then.
-    thread: Option<std::thread::JoinHandle<Result<Option<Staged>, LimitError>>>,
+    /// The staging thread's result (it goes on to refill the ready images,
+    /// which nothing waits for). Received on drop: a mount made meanwhile
+    /// is unmounted then.
+    staged: Option<std::sync::mpsc::Receiver<Result<Staged, LimitError>>>,
 }
 
 /// The image mounted, not yet given to the sandbox's user nor bound.
@@ -361,22 +367,36 @@ impl Preparing {
     ) -> Preparing {
         let (n, h, w) = (name.to_string(), home.to_path_buf(), workspace.to_path_buf());
         let (size, inodes) = (fs_policy.workspace_size_mib, fs_policy.workspace_inodes);
-        let thread = owned.then(|| std::thread::spawn(move || stage(&n, &h, &w, size, inodes, durability).map(Some)));
+        let staged = owned.then(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(stage(&n, &h, &w, size, inodes, durability));
+                // After the start has its image: ready images for the next
+                // starts (a process that exits first cuts this short, which
+                // leaves nothing half-made).
+                if let Ok(tmpl) = template(size, inodes, durability) {
+                    if let Err(e) = super::workspace_pool::refill(&tmpl, copy_sparse) {
+                        tracing::debug!(event = "workspace_pool_refill_failed", error = %e);
+                    }
+                }
+            });
+            rx
+        });
         if !owned {
             tracing::warn!(event = "workspace_unlimited", sandbox = %name, path = %workspace.display(),
                 reason = "operator directory (--workspace)", "the workspace has no size or inode limit");
         }
-        Preparing { name: name.to_string(), workspace: workspace.to_path_buf(), thread }
+        Preparing { name: name.to_string(), workspace: workspace.to_path_buf(), staged }
     }
 
     /// Waits for the mount, gives the workspace to `uid`:`gid` and binds it;
     /// `None` where no limit applies.
     pub fn finish(mut self, (uid, gid): (u32, u32)) -> Result<Option<Mounted>, LimitError> {
-        let Some(thread) = self.thread.take() else { return Ok(None) };
-        let joined = thread
-            .join()
+        let Some(staged) = self.staged.take() else { return Ok(None) };
+        let received = staged
+            .recv()
             .map_err(|_| LimitError::Refused("preparing the workspace image: the thread panicked".into()))?;
-        let Some(Staged { mut m, disk, plain }) = joined? else { return Ok(None) };
+        let Staged { mut m, disk, plain } = received?;
         let (name, workspace) = (&self.name, &self.workspace);
         chown(workspace, Some(uid), Some(gid)).map_err(io_err("chown workspace"))?;
         if plain {
@@ -400,8 +420,8 @@ impl Preparing {
 
 impl Drop for Preparing {
     fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(staged) = self.staged.take() {
+            let _ = staged.recv();
         }
     }
 }
