@@ -128,22 +128,6 @@ pub(crate) fn read(file: &Path) -> Result<Imported, SnapshotError> {
 pub(crate) fn store(repo: &Repo, imp: Imported) -> Result<(String, Record), SnapshotError> {
     let Imported { digest, manifest: m, record, chunks, file } = imp;
     let bad = |reason: String| SnapshotError::Corrupt { path: file.clone(), reason };
-    let _lock = repo.lock(false)?;
-    let have: std::collections::BTreeSet<&str> = chunks.iter().map(|(id, _, _)| id.as_str()).collect();
-    let missing: Vec<&str> =
-        m.chunk_ids().into_iter().filter(|id| !have.contains(id) && !repo.chunks().has_chunk(id)).collect();
-    if !missing.is_empty() {
-        return Err(bad(format!("{} chunk(s) missing: {}", missing.len(), missing.join(", "))));
-    }
-    let w = ChunkWriter::new(repo.chunks());
-    for (id, stored, _) in &chunks {
-        // Stored as they came (verified above): no second compression.
-        w.put_stored(id, stored)?;
-    }
-    w.commit()?;
-    if repo.put_manifest(&m)? != digest {
-        return Err(bad("manifest is not in canonical form".into()));
-    }
     let mut rec = record.unwrap_or(Record {
         digest: digest.clone(),
         sandbox: "imported".into(),
@@ -162,6 +146,24 @@ pub(crate) fn store(repo: &Repo, imp: Imported) -> Result<(String, Record), Snap
     }
     rec.new_chunks = chunks.len() as u64;
     rec.new_bytes = chunks.iter().map(|(_, _, plain)| plain).sum();
+    // A record that would be refused stores nothing (no orphan manifest or chunks).
+    crate::repo::check_record(&rec)?;
+    let _lock = repo.lock(false)?;
+    let have: std::collections::BTreeSet<&str> = chunks.iter().map(|(id, _, _)| id.as_str()).collect();
+    let missing: Vec<&str> =
+        m.chunk_ids().into_iter().filter(|id| !have.contains(id) && !repo.chunks().has_chunk(id)).collect();
+    if !missing.is_empty() {
+        return Err(bad(format!("{} chunk(s) missing: {}", missing.len(), missing.join(", "))));
+    }
+    let w = ChunkWriter::new(repo.chunks());
+    for (id, stored, _) in &chunks {
+        // Stored as they came (verified above): no second compression.
+        w.put_stored(id, stored)?;
+    }
+    w.commit()?;
+    if repo.put_manifest(&m)? != digest {
+        return Err(bad("manifest is not in canonical form".into()));
+    }
     let existing = repo.records(&rec.sandbox)?;
     if !existing.iter().any(|r| r.digest == rec.digest && r.time_ns == rec.time_ns) {
         repo.add_record(&rec)?;

@@ -90,6 +90,14 @@ impl Record {
     }
 }
 
+/// What [`Repo::add_record`] checks: the sandbox name, tag and time. An
+/// import checks it before it stores anything.
+pub(crate) fn check_record(r: &Record) -> Result<(), SnapshotError> {
+    check_sandbox_name(&r.sandbox)?;
+    r.check(now_ns())
+        .map_err(|why| SnapshotError::Invalid(format!("the record of snapshot sha256:{} is refused: {why}", r.digest)))
+}
+
 /// One stat-cache line: a file as it was seen, and its chunks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct CacheEntry {
@@ -206,10 +214,7 @@ impl Repo {
     /// Stores a record; every record passes here (backup, import, pull), so
     /// its name, tag and time are checked here.
     pub(crate) fn add_record(&self, r: &Record) -> Result<(), SnapshotError> {
-        check_sandbox_name(&r.sandbox)?;
-        r.check(now_ns()).map_err(|why| {
-            SnapshotError::Invalid(format!("the record of snapshot sha256:{} is refused: {why}", r.digest))
-        })?;
+        check_record(r)?;
         let dir = self.root.join("refs").join(&r.sandbox);
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let bytes = serde_json::to_vec_pretty(r).map_err(|e| SnapshotError::Invalid(e.to_string()))?;

@@ -2,7 +2,8 @@
 //! API: a tag holding an escape sequence or a newline is refused at backup,
 //! and an export whose record claims a time far in the future (2^127 ns: it
 //! would stay "latest" for good and print as a year before Christ) or a
-//! hostile tag is refused at import, nothing stored.
+//! hostile tag is refused at import, nothing stored (no record, manifest or
+//! chunk).
 use moat_snapshot::{archive, backup_dir, BackupOptions, Repo};
 use std::fs;
 use std::io::Read;
@@ -73,6 +74,8 @@ fn imported_records_from_the_far_future_or_with_hostile_tags_are_refused() {
     archive::export(&repo, &digest, Some(&rec), &file).unwrap();
     let other = Repo::open(&t.path().join("other")).unwrap();
     let day_ns: u128 = 24 * 3600 * 1_000_000_000;
+    // The one chunk of the snapshot: src/a's bytes.
+    let hello = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"hello\n"));
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     let n = |x: u128| (serde_json::json!("__NUMBER__"), x.to_string());
     let cases = [
@@ -87,6 +90,8 @@ fn imported_records_from_the_far_future_or_with_hostile_tags_are_refused() {
         assert!(e.contains("refused"), "{what}: {e}");
         assert!(!e.contains('\x1b'), "{what}: the refusal is printable: {e:?}");
         assert!(other.records("box").unwrap().is_empty(), "{what}: a record was stored");
+        assert!(other.manifests().unwrap().is_empty(), "{what}: the refused snapshot's manifest was stored");
+        assert!(!other.chunks().has_chunk(&hello), "{what}: the refused snapshot's chunk was stored");
     }
     // Within the day of skew two clocks may have, and the original, import.
     let near = t.path().join("near.tar");
