@@ -117,6 +117,45 @@ fn fsck_names_every_corrupt_and_missing_blob() {
     assert!(err.contains(&config[..12]) || err.contains("missing"), "{err}");
 }
 
+/// A blob that is not a regular file (a FIFO no one writes, a symlink to a
+/// device without end) is named unreadable, not opened and read: fsck hung
+/// forever on either. The deadline is a hang guard, not a benchmark.
+#[test]
+fn fsck_names_a_blob_that_is_not_a_regular_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = project(tmp.path());
+    ok(cmd(tmp.path(), &dir, &["lock", "blueprints/app.toml"]));
+    let (layers, _, _) = pinned(&dir, "app");
+    let blobs = dir.join("images/blobs/sha256");
+    // The layer blob becomes a FIFO; an unreferenced name links to /dev/zero.
+    fs::remove_file(blobs.join(&layers[0])).unwrap();
+    nix::unistd::mkfifo(&blobs.join(&layers[0]), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let zero = "0".repeat(64);
+    std::os::unix::fs::symlink("/dev/zero", blobs.join(&zero)).unwrap();
+    let mut c = cmd(tmp.path(), &dir, &["fsck"]);
+    let mut child = c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("moat fsck still runs after 30 s on a FIFO and a symlink to /dev/zero");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
+    let line = |hex: &str| stdout.lines().find(|l| l.starts_with("unreadable") && l.contains(hex)).map(str::to_string);
+    let fifo = line(&layers[0]).unwrap_or_else(|| panic!("the FIFO is not named unreadable:\n{stdout}"));
+    assert!(fifo.contains("not a regular file") && fifo.contains("layer 0 of app"), "{fifo}");
+    let link = line(&zero).unwrap_or_else(|| panic!("the symlink is not named unreadable:\n{stdout}"));
+    assert!(link.contains("not a regular file"), "{link}");
+}
+
 /// 32 blueprints, each with its own incompressible 512 KiB file (fixed seed),
 /// so every build writes blobs no other image references.
 const RACE_BUILDS: usize = 32;

@@ -9,6 +9,7 @@ use crate::digest::{digest_reader, Digest};
 use crate::oci::ANNOTATION_REF_NAME;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
+use std::path::Path;
 
 /// One thing wrong with the store.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -65,7 +66,7 @@ impl Store {
                 continue;
             };
             present.insert(d.clone());
-            let hashed = File::open(self.blob_path(&d)).and_then(digest_reader);
+            let hashed = open_regular(&self.blob_path(&d)).and_then(digest_reader);
             report.blobs += 1;
             match hashed {
                 Ok((actual, size)) => {
@@ -123,4 +124,36 @@ impl Store {
         report.problems.extend(bad.into_values());
         Ok(report)
     }
+}
+
+/// Opens a blob for hashing only if it is a regular file: opening a FIFO
+/// blocks until someone writes it, and a symlink may lead to a device that
+/// never ends (`/dev/zero`). Checked on the open file too (no race with a
+/// rename between the look and the open).
+fn open_regular(p: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let kind = |t: fs::FileType| {
+        if t.is_symlink() {
+            "a symlink"
+        } else if t.is_dir() {
+            "a directory"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        }
+    };
+    let not_regular = |t: fs::FileType| std::io::Error::other(format!("not a regular file ({})", kind(t)));
+    let t = fs::symlink_metadata(p)?.file_type();
+    if !t.is_file() {
+        return Err(not_regular(t));
+    }
+    let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(p)?;
+    let t = f.metadata()?.file_type();
+    if !t.is_file() {
+        return Err(not_regular(t));
+    }
+    Ok(f)
 }
