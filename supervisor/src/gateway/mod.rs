@@ -25,6 +25,7 @@ mod own_addrs;
 pub(crate) mod path_shape;
 pub(crate) mod process;
 mod proxy;
+mod refused_tunnel;
 pub mod revisions;
 pub mod scope;
 pub mod sock_diag;

@@ -103,10 +103,7 @@ async fn connect(shared: &Arc<Shared>, mut client: BufReader<TcpStream>, head: R
     }
     let relay = match decide::destination(shared, &caller, &host, port, "CONNECT", "").await {
         Ok(r) => r,
-        Err(refusal) => {
-            let _ = client.get_mut().write_all(&inspect::refusal_response(&refusal)).await;
-            return;
-        }
+        Err(refusal) => return super::refused_tunnel::answer(shared, client, &caller, &host, port, &refusal).await,
     };
     let Ok(caller) = caller else { return };
     let upstream = match dial(shared, &relay).await {
