@@ -10,6 +10,9 @@
 //! hand-written requests, which real clients (HTTP/2 with gRPC framing, a
 //! WebSocket handshake, asyncio HTTP) exercise differently.
 #![allow(dead_code)]
+#[path = "../common/npm_ci.rs"]
+mod npm_ci;
+
 use crate::gateway_common::{hosts_file, UpNet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -65,23 +68,7 @@ fn server_dir() -> PathBuf {
     need("node");
     need("npm");
     let dir = tmp().join(format!("clients-servers-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["package.json", "package-lock.json", "servers.js"] {
-        std::fs::copy(src().join(f), dir.join(f)).unwrap_or_else(|e| panic!("copy {f}: {e}"));
-    }
-    let out = Command::new("npm")
-        .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"])
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run npm ci");
-    assert!(
-        out.status.success(),
-        "npm ci of tests/clients_world failed (the npm registry must be reachable): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
+    npm_ci::install("clients_world", &["package.json", "package-lock.json", "servers.js"], dir)
 }
 
 /// A test CA and a leaf for the servers' names: writes upstream-ca.pem (for

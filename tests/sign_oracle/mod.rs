@@ -200,6 +200,9 @@ pub fn key_hint(public: &Path) -> String {
 
 // ---------------------------------------------------------------- npm oracle
 
+#[path = "../common/npm_ci.rs"]
+mod npm_ci;
+
 /// The oracle's node_modules: `npm ci --ignore-scripts` of this directory's
 /// package-lock.json into a directory of this test process (once).
 pub fn oracle_dir() -> &'static Path {
@@ -207,25 +210,9 @@ pub fn oracle_dir() -> &'static Path {
     DIR.get_or_init(|| {
         need("node");
         need("npm");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sign_oracle");
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sign-oracle-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in ["package.json", "package-lock.json", "verify_bundle.js", "sign_bundle.js", "cosign_key.js"] {
-            std::fs::copy(src.join(f), dir.join(f)).unwrap_or_else(|e| panic!("copy {f}: {e}"));
-        }
-        let out = Command::new("npm")
-            .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run npm ci");
-        assert!(
-            out.status.success(),
-            "npm ci of tests/sign_oracle failed (the npm registry must be reachable): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
+        let files = ["package.json", "package-lock.json", "verify_bundle.js", "sign_bundle.js", "cosign_key.js"];
+        npm_ci::install("sign_oracle", &files, dir)
     })
 }
 
