@@ -58,28 +58,29 @@ const SPAWNERS: &[(&str, &str)] = &[
 ];
 
 /// Clients whose ordinary reads need a write method, what it is, and the
-/// rule that allows it: `access = "read-only"` refuses them with nothing
-/// in their own error to say why.
+/// rules that allow it: `access = "read-only"` refuses them with nothing
+/// in their own error to say why. An endpoint takes `access` or `rules`,
+/// never both, so the rules replace the access and allow the reads too.
 const READS_WITH_WRITES: &[(&str, &str, &str)] = &[
     (
         "git",
         "git clone and fetch over HTTPS POST to .../git-upload-pack",
-        r#"rules = [{ allow = { method = "POST", path = "/**/git-upload-pack" } }] beside the read-only access"#,
+        r#"rules = [{ allow = { method = "GET", path = "/**" } }, { allow = { method = "POST", path = "/**/git-upload-pack" } }] in place of access = "read-only""#,
     ),
     (
         "git-remote-http",
         "git clone and fetch over HTTPS POST to .../git-upload-pack",
-        r#"rules = [{ allow = { method = "POST", path = "/**/git-upload-pack" } }] beside the read-only access"#,
+        r#"rules = [{ allow = { method = "GET", path = "/**" } }, { allow = { method = "POST", path = "/**/git-upload-pack" } }] in place of access = "read-only""#,
     ),
     (
         "git-remote-https",
         "git clone and fetch over HTTPS POST to .../git-upload-pack",
-        r#"rules = [{ allow = { method = "POST", path = "/**/git-upload-pack" } }] beside the read-only access"#,
+        r#"rules = [{ allow = { method = "GET", path = "/**" } }, { allow = { method = "POST", path = "/**/git-upload-pack" } }] in place of access = "read-only""#,
     ),
     (
         "npm",
         "npm install and npm audit POST the audit report to /-/npm/v1/security/...",
-        r#"rules = [{ allow = { method = "POST", path = "/-/npm/v1/security/**" } }], or run npm with --no-audit"#,
+        r#"rules = [{ allow = { method = "GET", path = "/**" } }, { allow = { method = "POST", path = "/-/npm/v1/security/**" } }] in place of access = "read-only", or run npm with --no-audit"#,
     ),
 ];
 
@@ -216,12 +217,27 @@ access = "read-only"
         assert!(git[0].contains("/usr/bin/git") && git[0].contains("github.com:443"), "{git:?}");
         let npm = lint(&policies(&GIT.replace("CHILDREN", "").replace("/usr/bin/git", "/usr/bin/npm")));
         assert!(npm.iter().any(|w| w.contains("--no-audit")), "{npm:?}");
-        let fixed = GIT.replace("CHILDREN", "").replace(
-            "access = \"read-only\"",
-            "access = \"read-only\"\nrules = [{ allow = { method = \"POST\", path = \"/**/git-upload-pack\" } }]",
-        );
-        let quiet = lint(&policies(&fixed));
-        assert!(quiet.iter().all(|w| !w.contains("git-upload-pack")), "{quiet:?}");
+        // The advice, taken: its rules in place of the access line make a
+        // valid endpoint that reads, fetches (or audits) and writes nothing else.
+        for (bin, warning, posts) in [
+            ("/usr/bin/git", git[0], "/o/r.git/git-upload-pack"),
+            ("/usr/bin/npm", npm.iter().find(|w| w.contains("--no-audit")).unwrap(), "/-/npm/v1/security/audits/quick"),
+        ] {
+            let start = warning.find("rules = [").unwrap();
+            let rules = &warning[start..start + warning[start..].find("}]").unwrap() + 2];
+            let fixed =
+                GIT.replace("CHILDREN", "").replace("/usr/bin/git", bin).replace("access = \"read-only\"", rules);
+            let ps = policies(&fixed);
+            ps.iter().for_each(|p| p.validate().unwrap_or_else(|e| panic!("{bin}: {e}: {fixed}")));
+            let quiet = lint(&ps);
+            assert!(quiet.iter().all(|w| !w.contains("read-only")), "{quiet:?}");
+            let c = crate::policy::matcher::Compiled::new(ps.clone()).unwrap();
+            let check = |m: &str, path: &str| c.check_request("git", &ps[0].endpoints[0], m, path);
+            assert_eq!(check("GET", "/o/r.git/info/refs"), crate::policy::matcher::RequestVerdict::Allow, "{bin}");
+            assert_eq!(check("POST", posts), crate::policy::matcher::RequestVerdict::Allow, "{bin}");
+            assert_ne!(check("POST", "/o/r.git/git-receive-pack"), crate::policy::matcher::RequestVerdict::Allow);
+            assert_ne!(check("PUT", "/x"), crate::policy::matcher::RequestVerdict::Allow, "{bin}");
+        }
     }
 
     #[test]
