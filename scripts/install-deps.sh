@@ -11,6 +11,7 @@ pkgs=(skopeo umoci oci-image-tool docker-registry apache2-utils runc crun
       tmux            # the terminal moat term is driven in (tests/console_term.rs, tests/bench/gateway.sh)
       containerd      # containerd + ctr drive moat's shim (tests/shim_ctr.rs)
       containernetworking-plugins  # CNI (bridge, host-local, loopback) for containerd's CRI plugin (tests/shim_cri.rs)
+      git             # git http-backend: the smart-HTTP server of tests/clients_sandbox.rs
       protobuf-compiler  # protoc: the k8s-cri dev-dependency generates the CRI client at build time
       openssl curl)   # openssl: the oracle of signing (keys, payloads); curl reads the registry
 # node + npm run the independent Sigstore verifier/signer (tests/sign_oracle,

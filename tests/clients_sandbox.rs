@@ -4,9 +4,11 @@
 //! a gRPC call with @grpc/grpc-js through an inspected endpoint (TLS
 //! terminated, h2 by ALPN), through HTTPS_PROXY and with no proxy variables;
 //! a WebSocket (npm `ws`) on an inspected port 80; python's aiohttp with no
-//! proxy variables. Threat: rules that hold for hand-made requests but
-//! break, or leak, with the clients agents actually run (a gateway that
-//! relays a refused gRPC method, a refusal a client cannot read). Needs
+//! proxy variables; git clone and push over smart HTTP to a private CA
+//! named by `upstream_ca`, and a push refused per request. Threat: rules
+//! that hold for hand-made requests but break, or leak, with the clients
+//! agents actually run (a gateway that relays a refused gRPC method, a
+//! refusal a client cannot read). Needs
 //! root, iproute2, node and npm on the host, the Debian mirror and the npm
 //! registry (the image and the servers' packages).
 #[path = "../supervisor/tests/gateway_common/mod.rs"]
@@ -235,4 +237,140 @@ fn aiohttp_without_proxy_variables() {
     assert!(list.contains(&id) && list.contains("unlisted.test:443"), "{list}");
     let seen: Vec<String> = world().seen().split_off(before);
     assert_eq!(seen, ["https /hello"], "{out}");
+}
+
+/// git and its https helper (which makes the requests), reaching git.test
+/// inspected with the test CA named by `upstream_ca`; `extra` lines in the
+/// endpoint (its access and rules).
+fn git_rules(extra: &str) -> String {
+    format!(
+        r#"
+[[network.policy]]
+name = "git"
+binaries = ["/usr/bin/git", "/usr/lib/git-core/git-remote-http*"]
+[[network.policy.endpoint]]
+host = "git.test"
+port = 443
+protocol = "rest"
+allowed_ips = ["198.18.0.0/15"]
+upstream_ca = "upstream-ca.pem"
+{extra}
+"#
+    )
+}
+
+/// No CA variable inside: git trusts the gateway through the system bundle,
+/// and the upstream's private CA only through the rule's `upstream_ca`.
+const NO_CA_VARS: &str = "unset SSL_CERT_FILE REQUESTS_CA_BUNDLE CURL_CA_BUNDLE GIT_SSL_CAINFO NODE_EXTRA_CA_CERTS\n\
+     export GIT_AUTHOR_NAME=agent GIT_AUTHOR_EMAIL=agent@sandbox GIT_COMMITTER_NAME=agent GIT_COMMITTER_EMAIL=agent@sandbox\n";
+
+/// `clone_push TAG REPO`: clones https://git.test/REPO.git, commits TAG.txt
+/// and pushes `main`. Prints `TAG_clone=` (the README, or `fail ERRORS`)
+/// and `TAG_push=` (`ok` or `fail ERRORS`, git's stderr on one line).
+const CLONE_PUSH: &str = r#"
+clone_push() {
+  rm -rf "/tmp/$1"
+  if ! git clone -q "https://git.test/$2.git" "/tmp/$1" 2>/tmp/err; then
+    echo "$1_clone=fail $(tr '\n' ' ' </tmp/err)"; return
+  fi
+  echo "$1_clone=$(cat "/tmp/$1/README")"
+  (cd "/tmp/$1" && echo "from $1" >"$1.txt" && git add "$1.txt" && git commit -qm "pushed $1" &&
+    git push -q origin main 2>/tmp/err) && echo "$1_push=ok" || echo "$1_push=fail $(tr '\n' ' ' </tmp/err)"
+}
+"#;
+
+/// The host's bare repository's `main`, one subject a line, newest first.
+fn host_log(repo: &std::path::Path) -> String {
+    host_sh("git --git-dir \"$1\" log --format=%s main", &[repo.to_str().unwrap()])
+}
+
+/// `git clone` and `git push` over smart HTTP (the host's `git
+/// http-backend`) to a server whose certificate only the private CA named
+/// by the endpoint's `upstream_ca` verifies, with no CA variable inside the
+/// sandbox: through HTTPS_PROXY and with no proxy variables (transparent
+/// egress). Both pushes land in the host's bare repository.
+#[test]
+fn git_clone_and_push_to_a_private_ca() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let w = world();
+    let repo = w.bare_repo("push");
+    let p = policy("git-full", &git_rules("access = \"full\""));
+    let before = w.seen().len();
+    let script = format!(
+        "{NO_CA_VARS}echo https_proxy=$https_proxy\n{CLONE_PUSH}clone_push proxy push\n\
+         {NO_PROXY_VARS}clone_push direct push\n"
+    );
+    let out = ok(&["run", "--rm", "--policy", p.to_str().unwrap(), "agent-clients", "--", "sh", "-c", &script]);
+    let r = kv(&out);
+    let get = |k: &str| r.get(k).map(String::as_str).unwrap_or("");
+    assert!(get("https_proxy").starts_with("http://"), "the first push goes through the proxy: {out}");
+    assert_eq!(get("proxy_vars"), "0", "{out}");
+    for tag in ["proxy", "direct"] {
+        assert_eq!(get(&format!("{tag}_clone")), "hello from the host", "{tag}: {out}");
+        assert_eq!(get(&format!("{tag}_push")), "ok", "{tag}: {out}");
+    }
+    assert_eq!(host_log(&repo), "pushed direct\npushed proxy\nfrom the host", "{out}");
+    let seen: Vec<String> = w.seen().split_off(before);
+    let pushes = seen.iter().filter(|l| *l == "git POST /push.git/git-receive-pack").count();
+    assert_eq!(pushes, 2, "{seen:?}");
+}
+
+/// Under `access = "read-only"` git cannot even clone over smart HTTP
+/// (its fetch is a POST to git-upload-pack): `moat policy check` says so
+/// and names rules that allow fetching. With those rules in place of the
+/// access, clone works and push is refused per request (the POST to
+/// git-receive-pack, never reaching the server), and git's output names
+/// the refusal, through the proxy and with no proxy variables; the plain
+/// read-only clone is refused with the refusal named too.
+#[test]
+fn git_push_is_refused_where_the_rule_allows_fetching_only() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let w = world();
+    let repo = w.bare_repo("ro");
+    let read_only = policy("git-read-only", &git_rules("access = \"read-only\""));
+    let check = moat(&["policy", "check", read_only.to_str().unwrap()]);
+    let said = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    let warning = said
+        .lines()
+        .find(|l| l.contains("/usr/bin/git cannot work with read-only access to git.test:443"))
+        .unwrap_or_else(|| panic!("policy check warns about git under read-only: {said}"));
+    assert!(warning.contains("git-upload-pack"), "{warning}");
+    // The rules the warning names, as the endpoint's rules.
+    let rules = warning
+        .find("rules = [")
+        .and_then(|i| warning[i..].find("}]").map(|j| &warning[i..i + j + 2]))
+        .unwrap_or_else(|| panic!("the warning names rules: {warning}"));
+    let fetch_only = policy("git-fetch-only", &git_rules(rules));
+
+    let before = w.seen().len();
+    let script = format!("{NO_CA_VARS}{CLONE_PUSH}clone_push proxy ro\n{NO_PROXY_VARS}clone_push direct ro\n");
+    let out =
+        ok(&["run", "--rm", "--policy", fetch_only.to_str().unwrap(), "agent-clients", "--", "sh", "-c", &script]);
+    let r = kv(&out);
+    let get = |k: &str| r.get(k).map(String::as_str).unwrap_or("");
+    assert_eq!(get("proxy_vars"), "0", "{out}");
+    for tag in ["proxy", "direct"] {
+        assert_eq!(get(&format!("{tag}_clone")), "hello from the host", "{tag}: clone with {rules}: {out}");
+        let push = get(&format!("{tag}_push"));
+        assert!(push.starts_with("fail "), "{tag}: {out}");
+        assert!(
+            push.contains("remote: moat: request denied: POST /ro.git/git-receive-pack on git.test: ")
+                && push.contains("(policy git)"),
+            "{tag}: git's output names the refusal: {out}"
+        );
+    }
+    assert_eq!(host_log(&repo), "from the host", "a refused push changed the repository: {out}");
+    let seen: Vec<String> = w.seen().split_off(before);
+    assert!(seen.contains(&"git POST /ro.git/git-upload-pack".to_string()), "{seen:?}");
+    assert!(!seen.iter().any(|l| l.contains("git-receive-pack") && l.starts_with("git POST")), "{seen:?}");
+
+    let script = format!("{NO_CA_VARS}{CLONE_PUSH}clone_push plain ro\n");
+    let out = ok(&["run", "--rm", "--policy", read_only.to_str().unwrap(), "agent-clients", "--", "sh", "-c", &script]);
+    let clone = kv(&out).get("plain_clone").cloned().unwrap_or_default();
+    assert!(
+        clone.starts_with("fail ")
+            && clone.contains("moat: request denied: POST /ro.git/git-upload-pack on git.test: ")
+            && clone.contains("(policy git)"),
+        "git's output names the refused fetch: {out}"
+    );
 }

@@ -3,12 +3,14 @@
 //! built once from the committed lock beside this file), a network namespace
 //! the test makes with real servers in it (the host's node running
 //! servers.js: a grpc-js server and an HTTPS server with a certificate of a
-//! test CA, a `ws` WebSocket server on plain port 80; their packages from
-//! this directory's package-lock.json by `npm ci`), a hosts file naming
-//! them (grpc.test, web.test, ws.test), and `moat` run against a home of
+//! test CA, which serves git's smart HTTP for git.test (the host's `git
+//! http-backend` over bare repositories in `git_root`), a `ws` WebSocket
+//! server on plain port 80; their packages from this directory's
+//! package-lock.json by `npm ci`), a hosts file naming them (grpc.test,
+//! web.test, ws.test, git.test), and `moat` run against a home of
 //! this test binary's own. Threat: gateway paths proven only with
 //! hand-written requests, which real clients (HTTP/2 with gRPC framing, a
-//! WebSocket handshake, asyncio HTTP) exercise differently.
+//! WebSocket handshake, asyncio HTTP, git's smart HTTP) exercise differently.
 #![allow(dead_code)]
 #[path = "../common/npm_ci.rs"]
 mod npm_ci;
@@ -27,6 +29,9 @@ pub struct World {
     pub hosts: PathBuf,
     /// One line per request the servers saw (servers.js).
     pub seen: PathBuf,
+    /// The git server's GIT_PROJECT_ROOT: `https://git.test/NAME.git` is
+    /// the bare repository `git_root/NAME.git` (see `bare_repo`).
+    pub git_root: PathBuf,
     /// The servers; they exit when this process ends (their stdin closes).
     server: Mutex<Child>,
 }
@@ -81,7 +86,7 @@ fn certificates(dir: &Path) {
     p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
     let ca = p.self_signed(&ca_key).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
-    let names = ["grpc.test", "web.test", "ws.test"].map(String::from).to_vec();
+    let names = ["grpc.test", "web.test", "ws.test", "git.test"].map(String::from).to_vec();
     let leaf = rcgen::CertificateParams::new(names).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
     std::fs::write(dir.join("upstream-ca.pem"), ca.pem()).unwrap();
     std::fs::write(dir.join("server.pem"), format!("{}{}", leaf.pem(), ca.pem())).unwrap();
@@ -99,6 +104,9 @@ pub fn world() -> &'static World {
         let net = UpNet::create(3);
         let seen = home.join("seen.log");
         std::fs::write(&seen, "").unwrap();
+        need("git");
+        let git_root = home.join("git");
+        std::fs::create_dir_all(&git_root).unwrap();
         let dir = server_dir();
         let log = std::fs::File::create(home.join("servers.stderr")).unwrap();
         let mut server = Command::new("ip")
@@ -106,6 +114,7 @@ pub fn world() -> &'static World {
             .arg(home.join("server.pem"))
             .arg(home.join("server.key"))
             .arg(&seen)
+            .arg(&git_root)
             .current_dir(&dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -129,8 +138,8 @@ pub fn world() -> &'static World {
             std::fs::read_to_string(home.join("servers.stderr")).unwrap_or_default()
         );
         let ip = net.ip.to_string();
-        let hosts = hosts_file(&home, &[(&ip, "grpc.test"), (&ip, "web.test"), (&ip, "ws.test")]);
-        World { home, net, hosts, seen, server: Mutex::new(server) }
+        let hosts = hosts_file(&home, &[(&ip, "grpc.test"), (&ip, "web.test"), (&ip, "ws.test"), (&ip, "git.test")]);
+        World { home, net, hosts, seen, git_root, server: Mutex::new(server) }
     })
 }
 
@@ -173,6 +182,49 @@ impl World {
     /// The requests the servers saw so far, one line each.
     pub fn seen(&self) -> Vec<String> {
         std::fs::read_to_string(&self.seen).unwrap_or_default().lines().map(String::from).collect()
+    }
+}
+
+/// The host's `sh -c SCRIPT sh ARGS...` with git's identity set and no
+/// git configuration read; its stdout. Fails the test on an error.
+pub fn host_sh(script: &str, args: &[&str]) -> String {
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!("set -e\n{script}"))
+        .arg("sh")
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "host")
+        .env("GIT_AUTHOR_EMAIL", "host@git.test")
+        .env("GIT_COMMITTER_NAME", "host")
+        .env("GIT_COMMITTER_EMAIL", "host@git.test")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sh");
+    assert!(o.status.success(), "{script} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// `bare_repo`'s script: $1 a new bare repository whose `main` has one
+/// commit, a README.
+const BARE_REPO: &str = r#"git init -q --bare -b main "$1"
+blob=$(echo 'hello from the host' | git --git-dir "$1" hash-object -w --stdin)
+tree=$(printf '100644 blob %s\tREADME\n' "$blob" | git --git-dir "$1" mktree)
+c=$(git --git-dir "$1" commit-tree "$tree" -m 'from the host')
+git --git-dir "$1" update-ref refs/heads/main "$c"
+"#;
+
+impl World {
+    /// A new bare repository `https://git.test/NAME.git` (the host's
+    /// `git_root/NAME.git`, replacing any earlier one) whose branch `main`
+    /// has one commit with a README reading "hello from the host"; its
+    /// git directory.
+    pub fn bare_repo(&self, name: &str) -> PathBuf {
+        let dir = self.git_root.join(format!("{name}.git"));
+        let _ = std::fs::remove_dir_all(&dir);
+        host_sh(BARE_REPO, &[dir.to_str().unwrap()]);
+        dir
     }
 }
 

@@ -83,6 +83,15 @@ pub(crate) fn refusal_response(r: &Refusal) -> Vec<u8> {
     }
 }
 
+/// The refusal of request `head` as its client reads it: git's own calls
+/// get it in git's protocol (git drops an HTTP error's body on them).
+fn request_refusal(head: &RequestHead, r: &Refusal) -> Vec<u8> {
+    match super::git_rpc::service(head) {
+        Some(s) => super::git_rpc::refusal_response(r, s),
+        None => refusal_response(r),
+    }
+}
+
 /// `http://host[:port]/path` -> (host, port, origin-form path).
 fn parse_absolute(target: &str) -> Option<(String, u16, String)> {
     let rest = target.strip_prefix("http://").or_else(|| {
@@ -200,7 +209,7 @@ pub(crate) async fn forward(
         let Ok(c) = caller else { return };
         if relay.endpoint.inspected() {
             if let Err(refusal) = decide::request(shared, c, &relay, &host, port, &head, &path) {
-                let _ = client.get_mut().write_all(&refusal_response(&refusal)).await;
+                let _ = client.get_mut().write_all(&request_refusal(&head, &refusal)).await;
                 return;
             }
             strip_routing_headers(&mut head);
@@ -407,7 +416,7 @@ async fn requests<C, U>(
             decide::request(shared, caller, &relay, host, port, &head, &head.target).err()
         };
         if let Some(r) = refusal {
-            let _ = client.get_mut().write_all(&refusal_response(&r)).await;
+            let _ = client.get_mut().write_all(&request_refusal(&head, &r)).await;
             let _ = client.get_mut().shutdown().await;
             return;
         }

@@ -13,6 +13,7 @@ pub mod control;
 mod decide;
 pub mod dns;
 pub mod events;
+mod git_rpc;
 mod h2;
 pub mod http1;
 pub mod identity;
