@@ -182,7 +182,7 @@ impl Compiled {
             return if access_allows(access, method) {
                 RequestVerdict::Allow
             } else {
-                RequestVerdict::Deny(format!("method {method} is not allowed by access = {access:?}"))
+                RequestVerdict::Deny(format!("method {method} is not allowed by access = {access}"))
             };
         }
         if endpoint.rules.is_empty() {

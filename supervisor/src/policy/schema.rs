@@ -109,6 +109,17 @@ pub enum Access {
     ReadWrite,
 }
 
+impl std::fmt::Display for Access {
+    /// As a policy file spells it (`read-only`), for messages that quote it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Access::Full => "full",
+            Access::ReadOnly => "read-only",
+            Access::ReadWrite => "read-write",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Enforcement {

@@ -145,7 +145,7 @@ fn an_access_level_becomes_rules_before_requests_are_added() {
         "POST",
         "/x",
         "learn",
-        "method POST is not allowed by access = ReadOnly",
+        "method POST is not allowed by access = read-only",
     );
     let s = suggest(&p, std::slice::from_ref(&r));
     let e = &s.policy.network.policies.iter().find(|p| p.name == "learn").unwrap().endpoints[0];
