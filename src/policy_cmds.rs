@@ -381,24 +381,29 @@ const MAX_EVENT_LINE: u64 = 1 << 20;
 /// Prints the complete lines `f` holds from where it is; a partial last
 /// line is left for the next call when `wait` (a follower).
 fn print_events(f: &mut BufReader<std::fs::File>, a: &EventsArgs, wait: bool) -> Result<()> {
-    let mut line = String::new();
+    let mut raw = Vec::new();
     loop {
-        line.clear();
-        let n = f.by_ref().take(MAX_EVENT_LINE).read_line(&mut line)?;
+        raw.clear();
+        // Bytes, not read_line: a line that is not UTF-8 (a record torn by
+        // a full disk, the 1 MiB cut inside a character) must not stop the
+        // reader and hide the records after it.
+        let n = f.by_ref().take(MAX_EVENT_LINE).read_until(b'\n', &mut raw)?;
         if n == 0 {
             return Ok(());
         }
-        if n as u64 == MAX_EVENT_LINE && !line.ends_with('\n') {
+        if n as u64 == MAX_EVENT_LINE && !raw.ends_with(b"\n") {
             // No record the gateway writes is this long: skipped, not held.
             f.skip_until(b'\n')?;
             say!("moat: skipped an audit line longer than {} KiB", MAX_EVENT_LINE >> 10);
             continue;
         }
-        if !line.ends_with('\n') && wait {
+        if !raw.ends_with(b"\n") && wait {
             // A partial line: rewind and wait for the rest.
             f.seek(SeekFrom::Current(-(n as i64)))?;
             return Ok(());
         }
+        // Not UTF-8: shown with U+FFFD by --json; no record parses from it.
+        let line = String::from_utf8_lossy(&raw);
         if a.json {
             print!("{}", visible::json(&redact(&line)));
         } else if let Ok(e) = serde_json::from_str::<Event>(&line) {
