@@ -195,8 +195,13 @@ pub(crate) fn grpc_answer<B>(mut r: Response<B>, message: &str, empty: B) -> Res
         429 | 502..=504 => 14,
         _ => 2,
     };
+    // At most 1 KiB, cut at a character: the message is UTF-8 once decoded.
+    let mut end = message.len().min(1024);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
     let mut encoded = String::new();
-    for b in message.bytes().take(1024) {
+    for b in message[..end].bytes() {
         if (0x20..0x7f).contains(&b) && b != b'%' {
             encoded.push(char::from(b));
         } else {
@@ -389,5 +394,28 @@ mod tests {
         };
         let got: Vec<String> = [400, 401, 404, 421, 429, 502, 503, 504].into_iter().map(code).collect();
         assert_eq!(got, ["13", "16", "12", "2", "14", "14", "14", "14"]);
+    }
+
+    /// gRPC's grpc-message is percent-encoded UTF-8: the 1 KiB bound cuts at
+    /// a character, never inside one (a binary named in the summary may be
+    /// any text the sandbox chose).
+    #[test]
+    fn a_long_grpc_message_is_cut_at_a_character() {
+        let r = Response::builder().status(403).body(()).unwrap();
+        let g = grpc_answer(r, &format!("a{}", "\u{e9}".repeat(600)), ());
+        let v = g.headers()["grpc-message"].as_bytes();
+        let mut bytes = Vec::new();
+        let mut i = 0;
+        while i < v.len() {
+            if v[i] == b'%' {
+                bytes.push(u8::from_str_radix(std::str::from_utf8(&v[i + 1..i + 3]).unwrap(), 16).unwrap());
+                i += 3;
+            } else {
+                bytes.push(v[i]);
+                i += 1;
+            }
+        }
+        let text = String::from_utf8(bytes).map_err(|e| e.utf8_error()).expect("grpc-message decodes to UTF-8");
+        assert!(text.len() <= 1024 && text.len() > 1000, "{}", text.len());
     }
 }
