@@ -55,10 +55,14 @@ pub(super) fn refill(template: &Path, copy: impl Fn(&Path, &Path) -> io::Result<
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = d.join(format!(".{name}.{me}"));
         let made = copy(template, &tmp).and_then(|()| fs::File::open(&tmp)?.sync_all());
-        // Another start may have filled the slot meanwhile: keep the first.
-        let placed = made.and_then(|()| match fs::hard_link(&tmp, &target) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            r => r,
+        // One step, never replacing: another start may have filled the slot
+        // meanwhile (keep the first), and no second name of the image is
+        // left behind if this process ends here.
+        let placed = made.and_then(|()| {
+            match nix::fcntl::renameat2(None, &tmp, None, &target, nix::fcntl::RenameFlags::RENAME_NOREPLACE) {
+                Err(nix::errno::Errno::EEXIST) => Ok(()),
+                r => r.map_err(io::Error::from),
+            }
         });
         let _ = fs::remove_file(&tmp);
         placed?;
