@@ -18,6 +18,10 @@
 # the sides run under the baseline policy file without / with a [trust]
 # section requiring that signature: `TRUST=1 startup_ab.sh M M` is what the
 # signature check (cached by digest after the first start) costs binary M.
+# RUN_TMPFS=1: the runtime directory (MOAT_RUN_DIR) on a tmpfs of its own,
+# as the default /run/moat is; otherwise it is under /tmp with the rest
+# (on these VMs a journal-less ext4, where every file a start makes costs
+# an inode-table scan: see BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 before=$(realpath "$1"); after=$(realpath "$2"); rounds=${3:-10}; runs=${4:-10}
@@ -31,8 +35,9 @@ cargo build --release --quiet -p moat-probe --features image --bin moat-testimag
 RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=$tgt/probe-static \
   cargo build --release --quiet -p moat-probe --bin moat-probe --target "$triple"
 work=$(mktemp -d /tmp/moat-ab.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+trap 'umount "$work/run" 2>/dev/null; rm -rf "$work"' EXIT
 export MOAT_HOME=$work/home MOAT_STORE=$work/store MOAT_RUN_DIR=$work/run
+if [ "${RUN_TMPFS:-}" = 1 ]; then mkdir -p "$work/run" && mount -t tmpfs -o mode=0755 moat-ab-run "$work/run"; fi
 "$tgt/release/moat-testimage" "$MOAT_STORE" bench "$tgt/probe-static/$triple/release/moat-probe" /bin/busybox >/dev/null
 bargs=${BEFORE_ARGS:-${RUN_ARGS:-}}; aargs=${AFTER_ARGS:-${RUN_ARGS:-}}
 if [ "${TRUST:-}" = 1 ]; then
