@@ -416,8 +416,8 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     let policy = &req.policy;
     let rec = state::load(paths)?;
     // Workspace: moat's own, in an image of the policy's size (a `--rm`
-    // sandbox's is not durable), mounted while the image is resolved, then
-    // given to the image's user.
+    // sandbox's is not durable), mounted while the image is resolved and
+    // the spec and plan are written, then given to the image's user.
     let durability = if req.ephemeral { Durability::Ephemeral } else { Durability::Kept };
     let (home, fsp, owned) = (&paths.home, &policy.filesystem, rec.workspace_owned);
     let workspace = workspace_limit::Preparing::start(&paths.name, home, &rec.workspace, owned, fsp, durability);
@@ -435,16 +435,14 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     );
     let judged: Vec<u16> = std::iter::once(policy.network.gateway_port).chain(transparent.iter().copied()).collect();
     net.watch_connects(paths, connects, judged)?;
-    let prepared = (|| -> Result<(Resolved, Option<workspace_limit::Mounted>), SandboxError> {
-        let r = match &req.oci {
-            Some(oci) => resolve_oci(oci, &req.image, policy, &req.args, &req.env)?,
-            None => resolve(&Store::open_existing(&req.store)?, &req.image, policy, &req.args, &req.env)?,
-        };
-        let disk = workspace.finish((r.user.uid, r.user.gid))?;
-        Ok((r, disk))
-    })();
+    let prepared = match &req.oci {
+        Some(oci) => resolve_oci(oci, &req.image, policy, &req.args, &req.env),
+        None => Store::open_existing(&req.store)
+            .map_err(SandboxError::from)
+            .and_then(|s| resolve(&s, &req.image, policy, &req.args, &req.env)),
+    };
     let launch_net = net.ready();
-    let (r, disk) = prepared?;
+    let r = prepared?;
     let LaunchNet { netns_path, ca_pem } = launch_net?;
     let mut env = r.env.clone();
     for (k, v) in rootfs::CA_ENV {
@@ -521,6 +519,9 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     state::write_runtime(&paths.launch_plan(), &plan_json)?;
     fs::create_dir_all(Paths::containers_root()).map_err(io("containers root"))?;
 
+    // The workspace's image was mounted meanwhile on its own thread: waited
+    // for only now, so the spec and plan above overlap it.
+    let disk = workspace.finish((r.user.uid, r.user.gid))?;
     if req.oci.as_ref().is_some_and(|o| o.gated) {
         engine::wait_for_start(ready)?;
     }
