@@ -14,6 +14,9 @@
 #![allow(dead_code)]
 #[path = "../common/npm_ci.rs"]
 mod npm_ci;
+#[path = "../common/stale.rs"]
+mod stale;
+use stale::remove_stale_sandboxes;
 
 use crate::gateway_common::{hosts_file, UpNet};
 use std::io::{BufRead, BufReader};
@@ -141,23 +144,6 @@ pub fn world() -> &'static World {
         let hosts = hosts_file(&home, &[(&ip, "grpc.test"), (&ip, "web.test"), (&ip, "ws.test"), (&ip, "git.test")]);
         World { home, net, hosts, seen, git_root, server: Mutex::new(server) }
     })
-}
-
-/// Sandboxes an earlier run left (it was killed before its guards ran):
-/// removed with `moat rm --force` before their home is deleted, or their
-/// mounted workspace would keep the old home half alive.
-fn remove_stale_sandboxes(home: &Path) {
-    let Ok(rd) = std::fs::read_dir(home.join("home/sandboxes")) else { return };
-    for e in rd.flatten() {
-        let _ = Command::new(env!("CARGO_BIN_EXE_moat"))
-            .args(["rm", "--force"])
-            .arg(e.file_name())
-            .env("MOAT_HOME", home.join("home"))
-            .env("MOAT_RUN_DIR", home.join("run"))
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .output();
-    }
 }
 
 /// A detached sandbox, removed when the test ends (passed or failed).

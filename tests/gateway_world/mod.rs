@@ -5,6 +5,8 @@
 //! gateway_sandbox.rs and the attack tests (attack_*.rs), which perform each
 //! attack from inside a real sandbox.
 #![allow(dead_code)]
+#[path = "../common/stale.rs"]
+mod stale;
 use crate::gateway_common;
 pub use crate::gateway_common::{TestCa, UpNet, Upstream};
 use std::path::{Path, PathBuf};
@@ -51,6 +53,7 @@ pub fn world() -> &'static World {
     static W: OnceLock<World> = OnceLock::new();
     W.get_or_init(|| {
         let home = Home(Path::new(env!("CARGO_TARGET_TMPDIR")).join(env!("CARGO_CRATE_NAME")));
+        stale::remove_stale_sandboxes(home.path());
         let _ = std::fs::remove_dir_all(home.path());
         std::fs::create_dir_all(home.path()).unwrap();
         let net = UpNet::create(2);
