@@ -94,6 +94,14 @@ fn base_name(b: &str) -> &str {
     }
 }
 
+/// Whether binary pattern `b` names program `name`: its file name is
+/// `name`, or a glob that matches it (`git-remote-http*`).
+fn names(b: &str, name: &str) -> bool {
+    let base = base_name(b);
+    base == name
+        || (base.contains(['*', '?', '[']) && crate::policy::schema::binary_glob(base).is_ok_and(|g| g.is_match(name)))
+}
+
 /// The warning for an endpoint that opens a known inference provider directly.
 fn direct_inference_warning(p: &NetPolicy, e: &Endpoint) -> Option<String> {
     INFERENCE_HOSTS.iter().any(|h| host_matches(&e.host, h) || e.host.eq_ignore_ascii_case(h)).then(|| {
@@ -150,11 +158,10 @@ pub fn lint(policies: &[NetPolicy]) -> Vec<String> {
             if e.protocol.is_none() {
                 out.push(format!("policy {}: {}:{} is relayed at L4 (no method/path checks)", p.name, e.host, e.port));
             }
-            let post_allowed =
-                e.rules.iter().any(|r| r.allow.method.eq_ignore_ascii_case("POST") || r.allow.method == "*");
-            if e.access == Some(crate::policy::schema::Access::ReadOnly) && !post_allowed {
+            // (An endpoint with `access` has no `rules`: nothing else can allow the POST.)
+            if e.access == Some(crate::policy::schema::Access::ReadOnly) {
                 for b in &p.binaries {
-                    if let Some((_, why, fix)) = READS_WITH_WRITES.iter().find(|(n, ..)| *n == base_name(b)) {
+                    if let Some((_, why, fix)) = READS_WITH_WRITES.iter().find(|(n, ..)| names(b, n)) {
                         out.push(format!(
                             "policy {}: {b} cannot work with read-only access to {}:{}: {why}; add {fix}",
                             p.name, e.host, e.port
@@ -238,6 +245,13 @@ access = "read-only"
             assert_ne!(check("POST", "/o/r.git/git-receive-pack"), crate::policy::matcher::RequestVerdict::Allow);
             assert_ne!(check("PUT", "/x"), crate::policy::matcher::RequestVerdict::Allow, "{bin}");
         }
+    }
+
+    #[test]
+    fn a_binary_glob_naming_git_is_told_too() {
+        let glob = GIT.replace("CHILDREN", "").replace("\"/usr/bin/git\"", "\"/usr/lib/git-core/git-remote-http*\"");
+        let w = lint(&policies(&glob));
+        assert!(w.iter().any(|w| w.contains("git-remote-http*") && w.contains("git-upload-pack")), "{w:?}");
     }
 
     #[test]
