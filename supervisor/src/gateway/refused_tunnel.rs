@@ -54,6 +54,19 @@ pub(super) async fn answer(
     }
     // HTTP/1.1 only: libcurl offers it by ALPN (a client offering h2 alone
     // fails the handshake and is closed).
+    http1_in_tls(shared, stream, server, refusal).await;
+}
+
+/// Answers `refusal` inside TLS with `server` (the sandbox CA's leaf for
+/// the name asked): the handshake and one request head, each within the
+/// head deadline, then the refusal, then the connection is closed. Also
+/// transparent egress's answer to an HTTP/1.1 TLS client it refuses.
+pub(super) async fn http1_in_tls(
+    shared: &Shared,
+    stream: TcpStream,
+    server: Arc<rustls::ServerConfig>,
+    refusal: &Refusal,
+) {
     let accept = tokio_rustls::TlsAcceptor::from(server).accept(stream);
     let Ok(Ok(tls)) = tokio::time::timeout(shared.limits.head_timeout, accept).await else { return };
     let mut tls = BufReader::new(tls);

@@ -169,16 +169,12 @@ async fn refuse(shared: &Shared, mut stream: TcpStream, tls: Option<Alpn>, host:
     };
     let h2 = alpn == Alpn::H2Only;
     let Ok(server) = shared.ca.server_config(host, h2) else { return };
+    if !h2 {
+        return super::refused_tunnel::http1_in_tls(shared, stream, server, refusal).await;
+    }
     let accept = tokio_rustls::TlsAcceptor::from(server).accept(stream);
     let Ok(Ok(tls)) = tokio::time::timeout(shared.limits.head_timeout, accept).await else { return };
-    if h2 {
-        return refuse_h2(shared, tls, refusal).await;
-    }
-    let mut client = BufReader::new(tls);
-    if let Ok(Some(_)) = inspect::read_head(shared, &mut client, shared.limits.head_timeout).await {
-        let _ = client.get_mut().write_all(&inspect::refusal_response(refusal)).await;
-    }
-    let _ = client.get_mut().shutdown().await;
+    refuse_h2(shared, tls, refusal).await
 }
 
 /// Answers every stream of an HTTP/2 connection with `refusal` (status,
