@@ -12,8 +12,11 @@
 //! hand-written requests, which real clients (HTTP/2 with gRPC framing, a
 //! WebSocket handshake, asyncio HTTP, git's smart HTTP) exercise differently.
 #![allow(dead_code)]
+#[path = "../common/mod.rs"]
+mod common;
 #[path = "../common/npm_ci.rs"]
 mod npm_ci;
+use common::require_tool;
 #[path = "../common/stale.rs"]
 mod stale;
 use stale::remove_stale_sandboxes;
@@ -47,13 +50,6 @@ fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients_world")
 }
 
-/// Fails the test (never skips) when a tool is missing.
-fn need(bin: &str) {
-    let found =
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file())).unwrap_or(false);
-    assert!(found, "{bin} is not installed: run scripts/install-deps.sh (as root) first");
-}
-
 /// The `agent-clients` image, built from the committed lock into a store
 /// shared by test runs (the download cache is the Debian mirror tests').
 fn image_store() -> PathBuf {
@@ -73,8 +69,8 @@ fn image_store() -> PathBuf {
 /// The servers' node_modules: `npm ci --ignore-scripts` of this directory's
 /// lock into a directory of this test process.
 fn server_dir() -> PathBuf {
-    need("node");
-    need("npm");
+    require_tool("node");
+    require_tool("npm");
     let dir = tmp().join(format!("clients-servers-{}", std::process::id()));
     npm_ci::install("clients_world", &["package.json", "package-lock.json", "servers.js"], dir)
 }
@@ -107,7 +103,7 @@ pub fn world() -> &'static World {
         let net = UpNet::create(3);
         let seen = home.join("seen.log");
         std::fs::write(&seen, "").unwrap();
-        need("git");
+        require_tool("git");
         let git_root = home.join("git");
         std::fs::create_dir_all(&git_root).unwrap();
         let dir = server_dir();
@@ -219,12 +215,12 @@ pub static SERIAL: Mutex<()> = Mutex::new(());
 
 /// `moat` with this world's home, run dir, store and gateway hosts, stdin
 /// closed; upstream trust only from the policies' `upstream_ca`.
-pub fn moat(args: &[&str]) -> Output {
+fn moat_command(args: &[&str]) -> Command {
     let w = world();
     static STORE: OnceLock<PathBuf> = OnceLock::new();
     let store = STORE.get_or_init(image_store);
-    Command::new(env!("CARGO_BIN_EXE_moat"))
-        .args(args)
+    let mut c = Command::new(env!("CARGO_BIN_EXE_moat"));
+    c.args(args)
         .env("MOAT_HOME", w.home.join("home"))
         .env("MOAT_RUN_DIR", w.home.join("run"))
         .env("MOAT_STORE", store)
@@ -232,20 +228,17 @@ pub fn moat(args: &[&str]) -> Output {
         .env("MOAT_GATEWAY_HOSTS_ONLY", "1")
         .env_remove("MOAT_GATEWAY_UPSTREAM_CA")
         .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run moat")
+        .stdin(Stdio::null());
+    c
 }
 
+pub fn moat(args: &[&str]) -> Output {
+    moat_command(args).output().expect("run moat")
+}
+
+/// `moat ARGS`, which must succeed: its stdout.
 pub fn ok(args: &[&str]) -> String {
-    let o = moat(args);
-    assert!(
-        o.status.success(),
-        "moat {args:?}: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    common::ok(moat_command(args))
 }
 
 /// A policy file beside upstream-ca.pem: the baseline plus `rules`.
