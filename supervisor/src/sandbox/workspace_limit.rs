@@ -370,11 +370,14 @@ impl Preparing {
         let staged = owned.then(|| {
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
-                let _ = tx.send(stage(&n, &h, &w, size, inodes, durability));
+                let staged = stage(&n, &h, &w, size, inodes, durability);
+                let made = staged.is_ok();
+                let _ = tx.send(staged);
                 // After the start has its image: ready images for the next
                 // starts (a process that exits first cuts this short, which
-                // leaves nothing half-made).
-                if let Ok(tmpl) = template(size, inodes, durability) {
+                // leaves nothing half-made). A failed stage may have failed
+                // making the template itself: not tried again here.
+                if let Some(Ok(tmpl)) = made.then(|| template(size, inodes, durability)) {
                     if let Err(e) = super::workspace_pool::refill(&tmpl, copy_sparse) {
                         tracing::debug!(event = "workspace_pool_refill_failed", error = %e);
                     }
