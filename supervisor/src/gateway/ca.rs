@@ -36,8 +36,10 @@ pub struct Ca {
     cert: rcgen::Certificate,
     key: KeyPair,
     /// One key for every leaf of this CA: generating keys per host is slow
-    /// and gains nothing (all leaves live in this process only).
-    leaf_key: KeyPair,
+    /// and gains nothing (all leaves live in this process only). Made at
+    /// the first leaf: a sandbox that never has TLS inspected never pays
+    /// for it, and its start does not wait for it.
+    leaf_key: std::sync::OnceLock<KeyPair>,
     leaves: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
 }
 
@@ -67,7 +69,7 @@ impl Ca {
         params.not_before = now - Duration::days(1);
         params.not_after = now + Duration::days(365);
         let cert = params.self_signed(&key)?;
-        Ok(Ca { cert, key, leaf_key: KeyPair::generate()?, leaves: Mutex::default() })
+        Ok(Ca { cert, key, leaf_key: std::sync::OnceLock::new(), leaves: Mutex::default() })
     }
 
     /// The CA certificate (PEM) that the sandbox trusts.
@@ -106,9 +108,16 @@ impl Ca {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
         params.not_after = now + Duration::days(30);
-        let leaf = params.signed_by(&self.leaf_key, &self.cert, &self.key)?;
+        let leaf_key = match self.leaf_key.get() {
+            Some(k) => k,
+            None => {
+                let made = KeyPair::generate()?;
+                self.leaf_key.get_or_init(|| made)
+            }
+        };
+        let leaf = params.signed_by(leaf_key, &self.cert, &self.key)?;
         let chain = vec![leaf.der().clone(), self.cert.der().clone()];
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key.serialize_der()));
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()

@@ -203,7 +203,6 @@ pub fn launch(prepared: Prepared, plan: &LaunchPlan, mut report: Option<std::fs:
     if let Some(r) = report.as_mut() {
         let _ = writeln!(r, "started {pid}");
     }
-    drop(report);
     let code = match &console {
         Some(c) => match c.receive_master() {
             Ok(master) => {
@@ -219,6 +218,15 @@ pub fn launch(prepared: Prepared, plan: &LaunchPlan, mut report: Option<std::fs:
         },
         None => wait_for(pid.as_raw(), &mut container),
     };
+    // The supervisor unmounts the workspace on `exited` while the container
+    // is removed: this namespace's mount of it goes first.
+    if let Some(m) = &plan.workspace {
+        rootfs::unmount(&m.staging);
+    }
+    if let Some(r) = report.as_mut() {
+        let _ = writeln!(r, "exited {code}");
+    }
+    drop(report);
     if let Err(e) = container.delete(true) {
         tracing::warn!(container = %plan.container_id, error = %moat_builder::errors::chain(&e), "removing the finished container");
     }

@@ -415,6 +415,12 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     };
     let policy = &req.policy;
     let rec = state::load(paths)?;
+    // The sandbox's own host uid, on a thread of its own: its check that no
+    // host account has it is a name-service lookup (up to 1.5 ms of CPU, `host_uid`).
+    let host_id = {
+        let name = paths.name.clone();
+        std::thread::spawn(move || host_uid::claim(&name))
+    };
     // Workspace: moat's own, in an image of the policy's size (a `--rm`
     // sandbox's is not durable), mounted while the image is resolved and
     // the spec and plan are written, then given to the image's user.
@@ -457,7 +463,10 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     // Published ports listen on the host before the sandbox starts (a port
     // in use fails the run); they relay once the gateway runs.
     let published = publish::Listeners::bind(&req.publish, req.publish_token.as_deref())?;
-    let host_id = host_uid::claim(&paths.name).map_err(io("claiming a host uid for the sandbox"))?;
+    let host_id = host_id
+        .join()
+        .map_err(|_| SandboxError::Refused("claiming a host uid for the sandbox: the thread panicked".into()))?
+        .map_err(io("claiming a host uid for the sandbox"))?;
     let owner = workspace_owner(&rec, &r.user)?;
     let staging = paths.run.join("workspace");
     fs::create_dir_all(&staging).map_err(io("workspace mount point"))?;
@@ -527,8 +536,9 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     }
     let report = launcher.start(&plan)?;
     sys::forward_stop_signals(launcher.pid());
+    let mut report = BufReader::new(report);
     let mut line = String::new();
-    let _ = BufReader::new(report).read_line(&mut line);
+    let _ = report.read_line(&mut line);
     // No gateway: the sandbox could reach nothing. Dropping the launcher
     // stops it rather than reporting it running.
     let own = net.finish()?;
@@ -551,6 +561,18 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
         *ready = None;
     }
     let _ = cgroup_warm.join();
+    // `exited`: the sandbox's init is gone and the launcher has let go of
+    // the workspace; it is unmounted here while the launcher removes the
+    // container. Without that line (the launcher died), only once the
+    // launcher is reaped.
+    let mut exited = String::new();
+    let _ = report.read_line(&mut exited);
+    let disk = if exited.starts_with("exited ") {
+        drop(disk);
+        None
+    } else {
+        disk
+    };
     let code = launcher.wait().map_err(io("waiting for the launcher"))?;
     sys::stop_forwarding();
     drop(disk); // unmounted on the host: the sandbox is gone

@@ -13,7 +13,7 @@
 #![forbid(unsafe_code)]
 use crate::gateway::{self, ca::Ca, connects::Connects};
 use crate::policy::Network;
-use crate::sandbox::netns::{Netns, NetnsError};
+use crate::sandbox::netns::{self, Netns, NetnsError};
 use crate::sandbox::state::Paths;
 use crate::sandbox::SandboxError;
 use std::sync::mpsc;
@@ -87,17 +87,23 @@ impl NetStart {
         let (trimmed_tx, trimmed) = mpsc::channel();
         let name = name.to_string();
         let thread = std::thread::spawn(move || {
-            let ns = Netns::create()?;
-            let listener = ns.listen(port)?;
-            let mut sockets = transparent_sockets(&ns, &transparent)?;
-            let ca = Arc::new(Ca::new(&name).map_err(crate::sandbox::gateway_err)?);
+            // The namespace and its sockets are made on one helper thread
+            // while this one makes the CA.
+            let creating = Netns::create_then(move || {
+                let listener = netns::listen_local(port)?;
+                let sockets = transparent_sockets(&transparent)?;
+                Ok((listener, sockets, gateway::sock_diag::SockDiag::new().ok()))
+            });
+            let ca = Ca::new(&name).map_err(crate::sandbox::gateway_err);
+            let (ns, (listener, mut sockets, diag)) = creating.join()?;
+            let ca = Arc::new(ca?);
             // The receiver may be gone (the supervisor failed meanwhile).
             let _ = tx.send(LaunchNet { netns_path: ns.proc_path(), ca_pem: ca.cert_pem() });
             let gateway = match go_rx.recv() {
                 Ok((paths, network, limits, connects, keep)) => {
                     sockets.listeners.retain(|l| l.local_addr().is_ok_and(|a| keep.contains(&a.port())));
                     let _ = trimmed_tx.send(());
-                    gateway_for(&paths, &network, limits, connects, &ns, listener, ca, sockets)
+                    gateway_for(&paths, &network, limits, connects, (&ns, diag), listener, ca, sockets)
                         .map_err(crate::sandbox::gateway_err)
                 }
                 Err(_) => Err(SandboxError::Refused("the gateway was not started".into())),
@@ -167,16 +173,17 @@ impl Drop for NetStart {
     }
 }
 
-/// Binds transparent egress's sockets in `ns`: the DNS responder on
-/// 127.0.0.53:53 (UDP and TCP) and `0.0.0.0:PORT` for each of `ports`.
-fn transparent_sockets(ns: &Netns, ports: &[u16]) -> Result<gateway::Transparent, NetnsError> {
+/// Binds transparent egress's sockets in the calling thread's namespace
+/// (inside `Netns::create_then`): the DNS responder on 127.0.0.53:53 (UDP
+/// and TCP) and `0.0.0.0:PORT` for each of `ports`.
+fn transparent_sockets(ports: &[u16]) -> Result<gateway::Transparent, NetnsError> {
     use std::net::{Ipv4Addr, SocketAddr};
     let dns = SocketAddr::from((gateway::dns::ADDRESS, 53));
     let listeners = ports
         .iter()
-        .map(|p| ns.listen_on(SocketAddr::from((Ipv4Addr::UNSPECIFIED, *p))))
+        .map(|p| netns::listen_on(SocketAddr::from((Ipv4Addr::UNSPECIFIED, *p))))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(gateway::Transparent { dns_udp: ns.bind_udp(dns)?, dns_tcp: ns.listen_on(dns)?, listeners })
+    Ok(gateway::Transparent { dns_udp: netns::bind_udp(dns)?, dns_tcp: netns::listen_on(dns)?, listeners })
 }
 
 /// Starts the gateway of the sandbox at `paths` on `listener` and the
@@ -189,7 +196,7 @@ fn gateway_for(
     network: &Network,
     limits: gateway::Limits,
     connects: Arc<Connects>,
-    netns: &Netns,
+    (netns, sock_diag): (&Netns, Option<gateway::sock_diag::SockDiag>),
     listener: std::net::TcpListener,
     ca: Arc<Ca>,
     sockets: gateway::Transparent,
@@ -213,7 +220,7 @@ fn gateway_for(
         revisions: gateway::revisions::RevisionStore::at(gateway::revisions::revisions_dir(&paths.home)),
         events: gateway::events::EventLog::open(&paths.audit_log())
             .map_err(|source| gateway::GatewayError::Io { what: "audit log".into(), source })?,
-        identity: gateway::identity::Identity::for_netns_fd(netns.raw_fd(), connects, netns.sock_diag())
+        identity: gateway::identity::Identity::for_netns_fd(netns.raw_fd(), connects, sock_diag)
             .map_err(|source| gateway::GatewayError::Io { what: "sandbox netns".into(), source })?,
         resolver: gateway::ssrf::Resolver::from_env()?,
         ca,

@@ -6,9 +6,10 @@
 //! kernel, not filtered by a rule that could be wrong. The namespace lives
 //! as long as a descriptor to it does: nothing to clean up on a crash.
 //!
-//! Both operations run on a short-lived thread, because unshare/setns of a
-//! network namespace change only the calling thread: the process's other
-//! threads (a tokio runtime) stay in the host namespace.
+//! Both run on a short-lived thread, because unshare/setns of a network
+//! namespace change only the calling thread: the process's other threads (a
+//! tokio runtime) stay in the host namespace. The namespace and every socket
+//! bound in it at start share one such thread.
 #![forbid(unsafe_code)]
 use nix::sched::{setns, unshare, CloneFlags};
 use std::io;
@@ -43,19 +44,24 @@ pub(crate) struct Netns {
 }
 
 impl Netns {
-    /// Creates a new network namespace and brings its `lo` up.
-    pub(crate) fn create() -> Result<Netns, NetnsError> {
-        std::thread::spawn(|| -> Result<OwnedFd, NetnsError> {
+    /// Starts creating a new network namespace: a helper thread makes it,
+    /// brings its `lo` up and runs `then` inside it, so the sockets the
+    /// supervisor binds in the namespace are made in one visit (a thread per
+    /// socket cost a clone, a join and two context switches each on the
+    /// start's critical path). The caller goes on meanwhile.
+    pub(crate) fn create_then<T: Send + 'static>(
+        then: impl FnOnce() -> Result<T, NetnsError> + Send + 'static,
+    ) -> Creating<T> {
+        Creating(std::thread::spawn(move || {
             // Changes only this helper thread, which exits right after.
             unshare(CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Create(e.into()))?;
             super::sys::interface_up("lo").map_err(NetnsError::Loopback)?;
             let (_, prefix) = crate::gateway::names::RANGE;
             super::netlink::add_loopback_range(crate::gateway::names::RANGE_ADDR, prefix).map_err(NetnsError::Range)?;
-            open_fd(Path::new("/proc/thread-self/ns/net")).map_err(NetnsError::Create)
-        })
-        .join()
-        .map_err(|_| NetnsError::Thread)?
-        .map(|fd| Netns { fd })
+            let fd = open_fd(Path::new("/proc/thread-self/ns/net")).map_err(NetnsError::Create)?;
+            let made = then()?;
+            Ok((Netns { fd }, made))
+        }))
     }
 
     pub(crate) fn raw_fd(&self) -> i32 {
@@ -65,60 +71,6 @@ impl Netns {
     /// A path other processes can open to join this namespace while it is held.
     pub(crate) fn proc_path(&self) -> String {
         format!("/proc/{}/fd/{}", std::process::id(), self.fd.as_raw_fd())
-    }
-
-    /// Binds and listens on 127.0.0.1:`port` inside the namespace; the
-    /// returned socket is used from the host namespace as usual. This is how
-    /// the egress gateway becomes the only thing the sandbox can reach.
-    /// A sock_diag socket inside the namespace (the gateway finds its
-    /// clients' sockets with it); `None` if the kernel refuses one.
-    pub(crate) fn sock_diag(&self) -> Option<crate::gateway::sock_diag::SockDiag> {
-        let fd = self.fd.as_fd();
-        std::thread::scope(|s| {
-            s.spawn(move || enter(fd).ok().and_then(|()| crate::gateway::sock_diag::SockDiag::new().ok()))
-                .join()
-                .ok()
-                .flatten()
-        })
-    }
-
-    pub(crate) fn listen(&self, port: u16) -> Result<TcpListener, NetnsError> {
-        let fd = self.fd.as_fd();
-        std::thread::scope(|s| {
-            s.spawn(move || -> Result<TcpListener, NetnsError> {
-                // Affects only this helper thread, which exits after binding.
-                enter(fd)?;
-                TcpListener::bind(("127.0.0.1", port)).map_err(|source| NetnsError::Listen { port, source })
-            })
-            .join()
-            .map_err(|_| NetnsError::Thread)?
-        })
-    }
-
-    /// Binds and listens on `addr` inside the namespace (transparent
-    /// egress: the DNS responder's TCP side, and `0.0.0.0:PORT`, which takes
-    /// connections to every address of the reserved range on that port).
-    pub(crate) fn listen_on(&self, addr: std::net::SocketAddr) -> Result<TcpListener, NetnsError> {
-        self.inside(move || TcpListener::bind(addr).map_err(|source| NetnsError::Bind { addr, source }))
-    }
-
-    /// Binds a UDP socket to `addr` inside the namespace (the DNS responder).
-    pub(crate) fn bind_udp(&self, addr: std::net::SocketAddr) -> Result<std::net::UdpSocket, NetnsError> {
-        self.inside(move || std::net::UdpSocket::bind(addr).map_err(|source| NetnsError::Bind { addr, source }))
-    }
-
-    /// Runs `f` on a helper thread inside the namespace.
-    fn inside<T: Send>(&self, f: impl FnOnce() -> Result<T, NetnsError> + Send) -> Result<T, NetnsError> {
-        let fd = self.fd.as_fd();
-        std::thread::scope(|s| {
-            s.spawn(move || -> Result<T, NetnsError> {
-                // Affects only this helper thread, which exits after binding.
-                enter(fd)?;
-                f()
-            })
-            .join()
-            .map_err(|_| NetnsError::Thread)?
-        })
     }
 
     /// Another descriptor of the same namespace (a published port's relay
@@ -162,6 +114,38 @@ impl Netns {
     }
 }
 
+/// A namespace being made by [`Netns::create_then`].
+pub(crate) struct Creating<T>(std::thread::JoinHandle<Result<(Netns, T), NetnsError>>);
+
+impl<T> Creating<T> {
+    /// The namespace and what was made in it.
+    pub(crate) fn join(self) -> Result<(Netns, T), NetnsError> {
+        self.0.join().map_err(|_| NetnsError::Thread)?
+    }
+}
+
+/// Binds and listens on 127.0.0.1:`port` in the calling thread's namespace
+/// (inside [`Netns::create_then`]); the socket is then used from the host
+/// namespace as usual. This is how the egress gateway becomes the only
+/// thing the sandbox can reach.
+pub(crate) fn listen_local(port: u16) -> Result<TcpListener, NetnsError> {
+    TcpListener::bind(("127.0.0.1", port)).map_err(|source| NetnsError::Listen { port, source })
+}
+
+/// Binds and listens on `addr` in the calling thread's namespace
+/// (transparent egress: the DNS responder's TCP side, and `0.0.0.0:PORT`,
+/// which takes connections to every address of the reserved range on that
+/// port).
+pub(crate) fn listen_on(addr: std::net::SocketAddr) -> Result<TcpListener, NetnsError> {
+    TcpListener::bind(addr).map_err(|source| NetnsError::Bind { addr, source })
+}
+
+/// Binds a UDP socket to `addr` in the calling thread's namespace (the DNS
+/// responder).
+pub(crate) fn bind_udp(addr: std::net::SocketAddr) -> Result<std::net::UdpSocket, NetnsError> {
+    std::net::UdpSocket::bind(addr).map_err(|source| NetnsError::Bind { addr, source })
+}
+
 /// Moves the calling thread into the network namespace `fd`.
 fn enter(fd: BorrowedFd) -> Result<(), NetnsError> {
     setns(fd, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Enter(e.into()))
@@ -180,9 +164,8 @@ mod tests {
     /// Needs root (CAP_SYS_ADMIN); the CI runs as root.
     #[test]
     fn lo_only_namespace_and_listener_inside_it() {
-        let ns = Netns::create().expect("needs root: create a network namespace");
+        let (ns, l) = Netns::create_then(|| listen_local(0)).join().expect("needs root: create a network namespace");
         assert_eq!(ns.interfaces().unwrap(), vec!["lo".to_string()]);
-        let l = ns.listen(0).unwrap();
         let port = l.local_addr().unwrap().port();
         // From the host namespace the port is not reachable...
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || port_in_use_on_host(port));
