@@ -165,18 +165,28 @@ fn detached_sandbox_ls_exec_logs_stop_rm() {
 }
 
 /// The launcher is a fork of the supervisor: besides stdin/stdout/stderr it
-/// may hold only descriptors it made itself (the pidfd of the sandbox init),
-/// none of the supervisor's files, sockets or pipes (the detached CLI's ready
+/// may hold only descriptors it made itself (the pidfd of the sandbox init)
+/// and, at fd 4, the write end of its report pipe (it reports the init's
+/// exit there), whose read end the supervisor holds; none of the
+/// supervisor's files, sockets or other pipes (the detached CLI's ready
 /// pipe, the log, the gateway's listener).
 fn assert_launcher_holds_nothing_of_the_supervisor(sup: i64) {
     let children = std::fs::read_to_string(format!("/proc/{sup}/task/{sup}/children")).unwrap();
     let launchers: Vec<&str> = children.split_whitespace().collect();
     assert_eq!(launchers.len(), 1, "the supervisor has one child, the launcher: {children:?}");
-    let fds = std::fs::read_dir(format!("/proc/{}/fd", launchers[0])).unwrap();
-    for fd in fds.flatten() {
-        let n: u32 = fd.file_name().to_string_lossy().parse().unwrap();
-        let target = std::fs::read_link(fd.path()).map(|t| t.display().to_string()).unwrap_or_default();
-        assert!(n <= 2 || target.starts_with("anon_inode:"), "the launcher holds fd {n} -> {target}");
+    let targets = |pid: &str| -> Vec<(u32, String)> {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+        fds.flatten()
+            .map(|fd| {
+                let n: u32 = fd.file_name().to_string_lossy().parse().unwrap();
+                (n, std::fs::read_link(fd.path()).map(|t| t.display().to_string()).unwrap_or_default())
+            })
+            .collect()
+    };
+    let supervisors = targets(&sup.to_string());
+    for (n, target) in targets(launchers[0]) {
+        let report = n == 4 && target.starts_with("pipe:") && supervisors.iter().any(|(_, t)| *t == target);
+        assert!(n <= 2 || target.starts_with("anon_inode:") || report, "the launcher holds fd {n} -> {target}");
     }
 }
 

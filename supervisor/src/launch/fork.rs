@@ -24,7 +24,7 @@ pub(crate) struct ForkedLauncher {
     pid: i32,
     /// Write end of the plan pipe; dropping it unsent tells the child to exit.
     plan: Option<File>,
-    /// Read end of the report pipe (`started PID`).
+    /// Read end of the report pipe (`started PID`, then `exited CODE`).
     report: Option<File>,
     reaped: bool,
 }
@@ -59,7 +59,8 @@ impl ForkedLauncher {
     }
 
     /// Hands the plan over; the launcher starts the sandbox. Returns the
-    /// pipe on which it reports `started PID` (EOF if it failed).
+    /// pipe on which it reports `started PID` (EOF if it failed), then
+    /// `exited CODE` once the sandbox's init has exited.
     pub(crate) fn start(&mut self, plan: &LaunchPlan) -> Result<File, LaunchError> {
         let json = serde_json::to_vec(plan).map_err(|e| LaunchError::Refused(format!("launch plan: {e}")))?;
         let mut w = self.plan.take().ok_or_else(|| LaunchError::Refused("the launcher was already started".into()))?;

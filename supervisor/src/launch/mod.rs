@@ -145,7 +145,8 @@ pub fn prepare() -> Result<Prepared, LaunchError> {
 }
 
 /// Starts the sandbox described by `plan`, reports `started PID` on
-/// `report`, waits for its init and removes the container. Returns the
+/// `report`, waits for its init, reports `exited CODE` (its workspace
+/// mount let go) and removes the container. Returns the
 /// init's exit code (128+N when killed by signal N).
 pub fn launch(prepared: Prepared, plan: &LaunchPlan, mut report: Option<std::fs::File>) -> Result<i32, LaunchError> {
     ensure_single_threaded()?;

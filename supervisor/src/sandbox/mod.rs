@@ -418,8 +418,8 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     // The sandbox's own host uid, on a thread of its own: its check that no
     // host account has it is a name-service lookup (up to 1.5 ms of CPU, `host_uid`).
     let host_id = {
-        let name = paths.name.clone();
-        std::thread::spawn(move || host_uid::claim(&name))
+        let paths = paths.clone();
+        std::thread::spawn(move || host_uid::claim(&paths))
     };
     // Workspace: moat's own, in an image of the policy's size (a `--rm`
     // sandbox's is not durable), mounted while the image is resolved and
@@ -561,17 +561,24 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
         *ready = None;
     }
     let _ = cgroup_warm.join();
-    // `exited`: the sandbox's init is gone and the launcher has let go of
-    // the workspace; it is unmounted here while the launcher removes the
-    // container. Without that line (the launcher died), only once the
-    // launcher is reaped.
+    // `exited CODE`: the sandbox's init is gone and the launcher has let go
+    // of the workspace. The exit is recorded (nothing reads the workspace as
+    // a running sandbox's any more) and the workspace unmounted (a `--rm`
+    // one's image deleted) while the launcher removes the container.
+    // Without that line (the launcher died), only once it is reaped.
     let mut exited = String::new();
     let _ = report.read_line(&mut exited);
-    let disk = if exited.starts_with("exited ") {
-        drop(disk);
-        None
-    } else {
-        disk
+    let early_code = exited.trim().strip_prefix("exited ").and_then(|c| c.parse::<i32>().ok());
+    let disk = match early_code {
+        Some(code) if !line.is_empty() => {
+            record_exit(paths, code)?;
+            if req.ephemeral && disk.is_some() {
+                let _ = fs::remove_file(workspace_limit::Disk::of(&paths.home).image());
+            }
+            drop(disk);
+            None
+        }
+        _ => disk,
     };
     let code = launcher.wait().map_err(io("waiting for the launcher"))?;
     sys::stop_forwarding();
@@ -583,12 +590,20 @@ fn supervise_inner(paths: &Paths, ready: &mut Option<fs::File>, early: Option<Ea
     }
     drop(relay);
     drop(own);
+    if early_code != Some(code) {
+        record_exit(paths, code)?;
+    }
+    tracing::info!(event = "sandbox_exited", sandbox = %paths.name, code, "sandbox exited");
+    Ok(code)
+}
+
+/// Records that the sandbox exited with `code`.
+fn record_exit(paths: &Paths, code: i32) -> Result<(), SandboxError> {
     state::update(paths, |rec| {
         rec.status = Status::Exited;
         rec.exit_code = Some(code);
     })?;
-    tracing::info!(event = "sandbox_exited", sandbox = %paths.name, code, "sandbox exited");
-    Ok(code)
+    Ok(())
 }
 
 /// Who owns the workspace on disk, and so whose files the sandbox sees as
@@ -689,7 +704,7 @@ pub fn remove(paths: &Paths, force: bool, workspace: bool) -> Result<(), Sandbox
     };
     reap::quiesce(paths, rec.as_ref(), force)?;
     reap::remove_runtime(paths);
-    host_uid::release(&paths.name);
+    host_uid::release(paths);
     let _ = fs::remove_dir_all(&paths.run);
     let (ws, owned) = match &rec {
         Some(r) => (r.workspace.clone(), r.workspace_owned),

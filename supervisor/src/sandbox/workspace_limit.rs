@@ -457,14 +457,6 @@ fn stage(
             policy_mib = size_mib, "the workspace image keeps the size it was made with");
     }
     let m = disk.mount_as(durability)?;
-    if durability == Durability::Ephemeral {
-        // A `--rm` sandbox's image is garbage once it exits: its name goes
-        // now, and the loop device holds the file until the last unmount,
-        // which frees it (off the exit's path: `Preparing`'s caller
-        // unmounts while the launcher removes the container). A supervisor
-        // killed meanwhile leaves nothing to delete either.
-        let _ = fs::remove_file(disk.image());
-    }
     Ok(Staged { m, disk, plain })
 }
 
