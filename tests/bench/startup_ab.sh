@@ -18,6 +18,10 @@
 # the sides run under the baseline policy file without / with a [trust]
 # section requiring that signature: `TRUST=1 startup_ab.sh M M` is what the
 # signature check (cached by digest after the first start) costs binary M.
+# REST=SECONDS: that long idle before each timed run (hyperfine --prepare
+# "sleep SECONDS"), so that what one start leaves to the kernel (freeing its
+# image's blocks, RCU callbacks, workqueues) is done before the next: the
+# figure for starts that are not back to back.
 # RUN_TMPFS=1: the runtime directory (MOAT_RUN_DIR) on a tmpfs of its own,
 # as the default /run/moat is; otherwise it is under /tmp with the rest
 # (on these VMs a journal-less ext4, where every file a start makes costs
@@ -52,7 +56,7 @@ fi
 for r in $(seq 1 "$rounds"); do
   for side in before after; do
     m=$before; args=$bargs; [ "$side" = after ] && { m=$after; args=$aargs; }
-    hyperfine -N --warmup 2 --runs "$runs" --export-json "$work/$side-$r.json" "$m run --rm $args bench -- /bin/true" >/dev/null 2>&1
+    hyperfine -N --warmup 2 --runs "$runs" ${REST:+--prepare "sleep $REST"} --export-json "$work/$side-$r.json" "$m run --rm $args bench -- /bin/true" >/dev/null 2>&1
   done
 done
 median_ms() { jq -s '[.[].results[0].times[]] | sort | .[length/2|floor] * 1000 | . * 100 | round / 100' "$@"; }

@@ -30,7 +30,10 @@ pub(crate) struct ForkedLauncher {
 }
 
 fn pipe() -> Result<(File, File), LaunchError> {
-    let (r, w) = nix::unistd::pipe().map_err(|e| LaunchError::Io { what: "pipe".into(), source: e.into() })?;
+    // Close-on-exec: programs the supervisor runs (mkfs, cp) must not hold
+    // the plan pipe open (the launcher reads the plan to its end).
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| LaunchError::Io { what: "pipe".into(), source: e.into() })?;
     Ok((File::from(r), File::from(w)))
 }
 

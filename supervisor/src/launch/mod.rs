@@ -126,22 +126,28 @@ fn executor(plan: &LaunchPlan, notify: i32) -> Result<MoatExecutor, LaunchError>
 }
 
 /// What the launcher sets up before it knows the plan, while the
-/// supervisor resolves the image: its private mount namespace and the
-/// compiled seccomp filter.
+/// supervisor resolves the image: its private mount namespace, the
+/// compiled seccomp filter and the helper that makes the user namespace of
+/// the workspace's idmapped mount (a fork, kept off the start's path).
 pub struct Prepared {
     seccomp: Vec<seccompiler::BpfProgram>,
+    /// The user namespace helper of the workspace's idmapped mount.
+    userns: std::io::Result<sys::UsernsHelper>,
 }
 
 /// Enters a private mount namespace (the rootfs overlay will exist only
-/// there) and compiles the seccomp deny list. Single-threaded callers only.
+/// there), compiles the seccomp deny list and forks the user namespace
+/// helper (its failure is reported when the workspace is mounted).
+/// Single-threaded callers only.
 pub fn prepare() -> Result<Prepared, LaunchError> {
-    ensure_single_threaded()?;
+    let one = ensure_single_threaded()?;
     rootfs::private_mount_namespace()
         .map_err(|source| LaunchError::Io { what: "private mount namespace".into(), source })?;
     let sandboxes = moat_builder::home::moat_home().join("sandboxes");
     rootfs::drop_mounts_below(&sandboxes)
         .map_err(|source| LaunchError::Io { what: "other sandboxes' workspace mounts".into(), source })?;
-    Ok(Prepared { seccomp: DenyList::builtin()?.compile()? })
+    let seccomp = DenyList::builtin()?.compile()?;
+    Ok(Prepared { seccomp, userns: sys::userns_helper(one) })
 }
 
 /// Starts the sandbox described by `plan`, reports `started PID` on
@@ -160,8 +166,9 @@ pub fn launch(prepared: Prepared, plan: &LaunchPlan, mut report: Option<std::fs:
         .filter_map(|(n, t)| Some((n, t.as_deref()?)))
         .collect();
     rootfs::write_top_layer(&plan.top_layer, &plan.top.workspace, &plan.top.hosts, &accounts)?;
+    let Prepared { seccomp, userns } = prepared;
     if let Some(map) = &plan.workspace {
-        rootfs::mount_workspace(map, plan.supervisor_pid)?;
+        rootfs::mount_workspace(map, plan.supervisor_pid, userns)?;
     }
     rootfs::write_trust(&plan.top_layer, &plan.lowers, &plan.top.ca_pem)?;
     let lowers: Vec<PathBuf> = std::iter::once(plan.top_layer.clone()).chain(plan.lowers.iter().cloned()).collect();
@@ -170,7 +177,7 @@ pub fn launch(prepared: Prepared, plan: &LaunchPlan, mut report: Option<std::fs:
     // connect listener over on it.
     let notify = connect_notify::connect(&plan.run_dir)
         .map_err(|source| LaunchError::Io { what: "connecting to the supervisor's notify.sock".into(), source })?;
-    let exec = MoatExecutor { guard: plan.guard.clone(), seccomp: prepared.seccomp, notify: notify.as_raw_fd() };
+    let exec = MoatExecutor { guard: plan.guard.clone(), seccomp, notify: notify.as_raw_fd() };
     let console = match plan.tty {
         true => Some(
             ConsoleSocket::bind(&plan.run_dir.join("console.sock"))

@@ -229,14 +229,17 @@ pub(crate) fn remap_accounts(text: &str, image_id: u32, host_id: u32) -> String 
 /// The source is taken from the mount namespace of `host_pid` (the
 /// supervisor): mounts it made after the launcher's namespace was split off
 /// (a size-limited workspace) are there, not here.
-pub(crate) fn mount_workspace(map: &crate::launch::WorkspaceMap, host_pid: u32) -> Result<(), RootfsError> {
+pub(crate) fn mount_workspace(
+    map: &crate::launch::WorkspaceMap,
+    host_pid: u32,
+    userns: io::Result<crate::launch::sys::UsernsHelper>,
+) -> Result<(), RootfsError> {
     use nix::sched::{setns, CloneFlags};
     let fail = |what: String| move |source: io::Error| RootfsError::Workspace { what, source };
-    let one = crate::launch::ensure_single_threaded()
-        .map_err(|e| RootfsError::Workspace { what: "workspace".into(), source: io::Error::other(e.to_string()) })?;
     let uid_map = format!("{} {} 1\n", map.owner.0, map.sandbox.0);
     let gid_map = format!("{} {} 1\n", map.owner.1, map.sandbox.1);
-    let ns = crate::launch::sys::user_namespace(one, &uid_map, &gid_map)
+    let ns = userns
+        .and_then(|h| h.finish(&uid_map, &gid_map))
         .map_err(fail("a user namespace for the workspace's id mapping".into()))?;
     let own = fs::File::open("/proc/self/ns/mnt").map_err(fail("this mount namespace".into()))?;
     // setns resets the working directory to the namespace's root.

@@ -300,14 +300,22 @@ pub(crate) fn landlock_abi() -> i32 {
     }
 }
 
-/// A user namespace whose uid and gid maps are `uid_map` and `gid_map`
-/// (`/proc/PID/uid_map` syntax), as a descriptor: what an idmapped mount
-/// needs. A child unshares it and waits while this process, root in the
-/// parent namespace, writes the maps and opens the namespace; then the
-/// child exits. The namespace lives on through the descriptor.
-pub(super) fn user_namespace(checked: OneThread, uid_map: &str, gid_map: &str) -> io::Result<OwnedFd> {
-    let (ready_r, ready_w) = nix::unistd::pipe()?;
-    let (done_r, done_w) = nix::unistd::pipe()?;
+/// A child that has made a user namespace of its own and waits for its uid
+/// and gid maps: forked while the launcher waits for its plan (`prepare`),
+/// so the fork is off the start's path. [`UsernsHelper::finish`] writes the
+/// maps (`/proc/PID/uid_map` syntax) as this process, root in the parent
+/// namespace, and returns the namespace as a descriptor, which is what an
+/// idmapped mount needs; the child then exits and the namespace lives on
+/// through the descriptor. Dropped unfinished, the child just exits.
+pub(crate) struct UsernsHelper {
+    child: i32,
+    ready: OwnedFd,
+    done: Option<OwnedFd>,
+}
+
+pub(super) fn userns_helper(checked: OneThread) -> io::Result<UsernsHelper> {
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (done_r, done_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     // SAFETY: `checked` proves this process has one thread (the launcher,
     // before libcontainer runs), so the child inherits no lock held by
     // another thread; it only makes raw syscalls and ends in `exit_now`,
@@ -320,6 +328,7 @@ pub(super) fn user_namespace(checked: OneThread, uid_map: &str, gid_map: &str) -
                 Err(_) => 1,
             };
             let _ = nix::unistd::write(&ready_w, &[code as u8]);
+            // Until the maps are written (or the launcher is gone: EOF).
             let mut b = [0u8; 1];
             let _ = nix::unistd::read(done_r.as_raw_fd(), &mut b);
             exit_now(code)
@@ -327,21 +336,31 @@ pub(super) fn user_namespace(checked: OneThread, uid_map: &str, gid_map: &str) -
         ForkResult::Parent { child } => {
             drop((ready_w, done_r));
             let _ = checked;
-            let mut b = [1u8; 1];
-            let got = nix::unistd::read(ready_r.as_raw_fd(), &mut b);
-            let result = (|| -> io::Result<OwnedFd> {
-                if got != Ok(1) || b[0] != 0 {
-                    return Err(io::Error::other("the helper could not make a user namespace"));
-                }
-                let dir = format!("/proc/{}", child.as_raw());
-                std::fs::write(format!("{dir}/uid_map"), uid_map)?;
-                std::fs::write(format!("{dir}/gid_map"), gid_map)?;
-                Ok(OwnedFd::from(std::fs::File::open(format!("{dir}/ns/user"))?))
-            })();
-            drop(done_w);
-            let _ = wait(child.as_raw());
-            result
+            Ok(UsernsHelper { child: child.as_raw(), ready: ready_r, done: Some(done_w) })
         }
+    }
+}
+
+impl UsernsHelper {
+    /// Writes the child's maps and returns its user namespace.
+    pub(crate) fn finish(self, uid_map: &str, gid_map: &str) -> io::Result<OwnedFd> {
+        let mut b = [1u8; 1];
+        let got = nix::unistd::read(self.ready.as_raw_fd(), &mut b);
+        if got != Ok(1) || b[0] != 0 {
+            return Err(io::Error::other("the helper could not make a user namespace"));
+        }
+        let dir = format!("/proc/{}", self.child);
+        std::fs::write(format!("{dir}/uid_map"), uid_map)?;
+        std::fs::write(format!("{dir}/gid_map"), gid_map)?;
+        Ok(OwnedFd::from(std::fs::File::open(format!("{dir}/ns/user"))?))
+    }
+}
+
+impl Drop for UsernsHelper {
+    /// Lets the child exit and reaps it.
+    fn drop(&mut self) {
+        drop(self.done.take());
+        let _ = wait(self.child);
     }
 }
 
