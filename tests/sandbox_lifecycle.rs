@@ -318,3 +318,29 @@ fn doctor_reports_this_kernel() {
     let text = w.ok(&["doctor"]);
     assert!(text.contains("landlock") && text.contains("ABI"), "{text}");
 }
+
+/// Two moat homes sharing one runtime directory (two operators, or CI jobs,
+/// with their own MOAT_HOME and the default /run/moat) must not hand out
+/// one host uid twice: a uid claim held by a sandbox of the other home is
+/// not stale just because this home has no sandbox of that name. A shared
+/// uid would let one sandbox's processes count against, and signal, the
+/// other's.
+#[test]
+fn sandboxes_of_two_homes_sharing_a_run_dir_get_distinct_uids() {
+    let w = World::new();
+    w.ok(&["run", "-d", "--name", "first", &w.image, "--", "sleep", "1000"]);
+    let first = w.ok(&["exec", "first", "--", "id", "-u"]);
+    let other_home = w.dir.path().join("home2");
+    let o = w
+        .moat()
+        .env("MOAT_HOME", &other_home)
+        .args(["run", "--rm", "--name", "second", &w.image, "--", "id", "-u"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run moat");
+    w.ok(&["rm", "--force", "first"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let second = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(first.trim().parse::<u32>().is_ok_and(|u| u >= 0x6d00_0000), "{first}");
+    assert_ne!(first.trim(), second.trim(), "sandboxes of two homes share host uid {first}");
+}

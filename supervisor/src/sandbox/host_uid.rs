@@ -50,16 +50,9 @@ pub(crate) fn claim(paths: &Paths) -> io::Result<u32> {
 /// [`claim`] in the claims directory `d`, for the sandbox whose state file is `state`.
 fn claim_in(d: &Path, state: &Path) -> io::Result<u32> {
     std::fs::create_dir_all(d)?;
-    let lock = std::fs::File::create(d.join(".lock"))?;
-    lock.lock()?;
+    let _lock = locked(d)?;
     let me = state.display().to_string();
-    let mut held = std::collections::BTreeMap::new();
-    for e in std::fs::read_dir(d)?.flatten() {
-        let Some(uid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        if e.file_type().is_ok_and(|t| t.is_file()) {
-            held.insert(uid, std::fs::read_to_string(e.path()).unwrap_or_default());
-        }
-    }
+    let held = holders(d)?;
     if let Some((uid, _)) = held.iter().find(|(_, h)| **h == me) {
         return Ok(*uid);
     }
@@ -86,6 +79,25 @@ fn claim_in(d: &Path, state: &Path) -> io::Result<u32> {
         return Ok(uid);
     }
     Err(io::Error::other(format!("no free sandbox uid ({SLOTS} slots tried)")))
+}
+
+/// The claims directory `d`, locked until the returned file is dropped.
+fn locked(d: &Path) -> io::Result<std::fs::File> {
+    let lock = std::fs::File::create(d.join(".lock"))?;
+    lock.lock()?;
+    Ok(lock)
+}
+
+/// Each claimed uid in `d` and what its claim holds.
+fn holders(d: &Path) -> io::Result<std::collections::BTreeMap<u32, String>> {
+    let mut held = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(d)?.flatten() {
+        let Some(uid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if e.file_type().is_ok_and(|t| t.is_file()) {
+            held.insert(uid, std::fs::read_to_string(e.path()).unwrap_or_default());
+        }
+    }
+    Ok(held)
 }
 
 /// What the claim of a slot a host account has holds (never a state file's path).
@@ -124,14 +136,10 @@ fn is_account(dir: &Path, uid: u32) -> Option<bool> {
 /// Releases the claim of the sandbox at `paths` (when its state is removed).
 pub(crate) fn release(paths: &Paths) {
     let d = dir();
-    let Ok(lock) = std::fs::File::create(d.join(".lock")) else { return };
-    let _ = lock.lock();
+    let (Ok(_lock), Ok(held)) = (locked(&d), holders(&d)) else { return };
     let me = paths.state_file().display().to_string();
-    let Ok(entries) = std::fs::read_dir(&d) else { return };
-    for e in entries.flatten() {
-        if e.file_type().is_ok_and(|t| t.is_file()) && std::fs::read_to_string(e.path()).is_ok_and(|h| h == me) {
-            let _ = std::fs::remove_file(e.path());
-        }
+    for (uid, _) in held.iter().filter(|(_, h)| **h == me) {
+        let _ = std::fs::remove_file(d.join(uid.to_string()));
     }
 }
 
